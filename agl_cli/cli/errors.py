@@ -1,0 +1,40 @@
+"""Exit codes and the one-line error every command ends with when something goes wrong."""
+
+from __future__ import annotations
+
+import enum
+from typing import NoReturn
+
+import typer
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # the request could not be carried out (bad file, unknown id, ...)
+    USAGE = 2  # the command line itself is wrong
+    UNREACHABLE = 3  # no daemon answers at the address
+    AUTH = 4  # the daemon refused the token
+    TIMEOUT = 5  # a --timeout passed before the work was done
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 error (bad input, unknown id, daemon refused); 2 usage; "
+    "3 daemon unreachable; 4 token refused; 5 timed out."
+)
+
+
+class CLIError(Exception):
+    """A failure to report as `agl: <message>` with an exit code."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
+    raise CLIError(message, code)
+
+
+def report(error: CLIError) -> NoReturn:
+    typer.echo(f"agl: {error}", err=True)
+    raise SystemExit(int(error.code))

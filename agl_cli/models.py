@@ -1,0 +1,108 @@
+"""Wire types of the Agent Lightning legacy protocol, and agl's own task states.
+
+Field names, defaults and optionality follow what agentlightning 0.3.0 workers send and
+expect, so that a payload produced by either side validates on the other.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["train", "val", "test"]
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life: queued → claimed → completed, or failed / cancelled."""
+
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Task(BaseModel):
+    """A unit of work handed to a worker, as `GET /task` returns it."""
+
+    rollout_id: str
+    input: Any = None
+    mode: Mode | None = None
+    resources_id: str | None = None
+    create_time: float | None = None
+    last_claim_time: float | None = None
+    num_claims: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskIfAny(BaseModel):
+    is_available: bool
+    task: Task | None = None
+
+
+class Triplet(BaseModel):
+    prompt: Any
+    response: Any
+    reward: float | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Rollout(BaseModel):
+    """A worker's report for one task (agentlightning's `RolloutLegacy`).
+
+    Unknown fields are kept: newer workers may send more than this server knows.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    rollout_id: str
+    task: Task | None = None
+    final_reward: float | None = None
+    triplets: list[Triplet] | None = None
+    trace: list[dict[str, Any]] | None = None
+    logs: list[str] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class LLM(BaseModel):
+    resource_type: Literal["llm"] = "llm"
+    endpoint: str
+    model: str
+    api_key: str | None = None
+    sampling_parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProxyLLM(BaseModel):
+    resource_type: Literal["proxy_llm"] = "proxy_llm"
+    endpoint: str
+    model: str
+    api_key: str | None = None
+    sampling_parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromptTemplate(BaseModel):
+    resource_type: Literal["prompt_template"] = "prompt_template"
+    template: str
+    engine: Literal["jinja", "f-string", "poml"]
+
+
+Resource = Annotated[Union[LLM, ProxyLLM, PromptTemplate], Field(discriminator="resource_type")]  # noqa: UP007
+NamedResources = dict[str, Resource]
+
+
+class ResourcesUpdate(BaseModel):
+    """A published resource bundle, as `GET /resources/...` returns it."""
+
+    resources_id: str
+    create_time: float
+    update_time: float
+    version: int
+    resources: NamedResources
+
+
+class GenericResponse(BaseModel):
+    status: str
+    message: str | None = None
+    data: Any = None

@@ -1,0 +1,1 @@
+"""The daemon: a Starlette app over a store, served by uvicorn."""

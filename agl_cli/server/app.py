@@ -1,0 +1,91 @@
+"""The Starlette application: worker routes, health, and the management API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agl_cli import __version__
+from agl_cli.server import legacy, management
+from agl_cli.server.auth import BearerAuth
+from agl_cli.server.broker import Broker
+from agl_cli.server.limits import BodySizeLimit
+from agl_cli.server.requests import BadRequest
+from agl_cli.server.responses import ORJSONResponse, error
+from agl_cli.store import Store
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    token: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    address: str | None = None
+    state_dir: str | None = None
+
+
+def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
+    """Build the app around an open store; the app closes the store when it shuts down."""
+    options = options or ServerOptions()
+    broker = Broker(store)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await broker.start()
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await broker.stop()
+            store.close()
+
+    app = Starlette(
+        routes=[
+            *legacy.routes,
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            *management.routes,
+        ],
+        middleware=[
+            Middleware(BodySizeLimit, max_bytes=options.max_body_bytes),
+            Middleware(BearerAuth, token=options.token),
+        ],
+        exception_handlers={BadRequest: _bad_request, HTTPException: _http_exception},
+        lifespan=lifespan,
+    )
+    app.state.broker = broker
+    app.state.options = options
+    app.state.ready = False
+    return app
+
+
+async def health(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return ORJSONResponse({"status": "ok", "version": __version__})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: the store is open and the app is not shutting down."""
+    if not request.app.state.ready:
+        return error(503, "agl is not ready.")
+    return ORJSONResponse({"status": "ready", "version": __version__})
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BadRequest)
+    return exc.response
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return ORJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)

@@ -1,0 +1,36 @@
+"""Bearer-token check for the management API; the worker routes stay open."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agl_cli.server.responses import error
+
+OPEN_PREFIXES = ("/task", "/resources", "/rollout", "/health", "/ready", "/metrics")
+
+
+class BearerAuth:
+    """Requires `Authorization: Bearer <token>` on every path outside `OPEN_PREFIXES`."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.expected is None or _is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(given, self.expected):
+            reason = "A bearer token is required." if not given else "The bearer token is not valid."
+            response = error(401, reason)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_open(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in OPEN_PREFIXES)

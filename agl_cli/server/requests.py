@@ -1,0 +1,65 @@
+"""Reading request bodies and query parameters with a clear 4xx for anything bad."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from agl_cli.server.responses import ORJSONResponse, error, json_decode_error, missing_body_error, validation_error
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class BadRequest(Exception):
+    """Raised while reading a request; carries the response that explains why."""
+
+    def __init__(self, response: ORJSONResponse) -> None:
+        super().__init__(response.body)
+        self.response = response
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if not body.strip():
+        raise BadRequest(missing_body_error())
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(json_decode_error(exc.msg, exc.pos)) from None
+
+
+async def read_model(request: Request, model: type[M]) -> M:
+    payload = await read_json(request)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise BadRequest(validation_error(exc)) from None
+
+
+def float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(error(422, f"Query parameter '{name}' must be a number, not '{raw}'.")) from None
+    if not low <= value <= high:  # also refuses NaN
+        raise BadRequest(error(422, f"Query parameter '{name}' must be between {low:g} and {high:g}."))
+    return value
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(error(422, f"Query parameter '{name}' must be a whole number, not '{raw}'.")) from None
+    if not low <= value <= high:
+        raise BadRequest(error(422, f"Query parameter '{name}' must be between {low} and {high}."))
+    return value

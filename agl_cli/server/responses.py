@@ -1,0 +1,52 @@
+"""JSON responses rendered with orjson, and the error bodies agl answers with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+
+class ORJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error(status_code: int, detail: str) -> ORJSONResponse:
+    """An error with a one-sentence reason, in the `{"detail": ...}` shape 0.3.0 uses."""
+    return ORJSONResponse({"detail": detail}, status_code=status_code)
+
+
+def validation_error(exc: ValidationError, prefix: str = "body") -> ORJSONResponse:
+    """A 422 listing every problem as `{type, loc, msg, input}`, like 0.3.0's FastAPI."""
+    details = [
+        {"type": e["type"], "loc": [prefix, *e["loc"]], "msg": e["msg"], "input": _jsonable(e.get("input"))}
+        for e in exc.errors(include_url=False)
+    ]
+    return ORJSONResponse({"detail": details}, status_code=422)
+
+
+def json_decode_error(message: str, position: int) -> ORJSONResponse:
+    detail = {
+        "type": "json_invalid",
+        "loc": ["body", position],
+        "msg": "JSON decode error",
+        "input": {},
+        "ctx": {"error": message},
+    }
+    return ORJSONResponse({"detail": [detail]}, status_code=422)
+
+
+def missing_body_error() -> ORJSONResponse:
+    detail = {"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}
+    return ORJSONResponse({"detail": [detail]}, status_code=422)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return repr(value)
+    return value

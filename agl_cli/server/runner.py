@@ -1,0 +1,163 @@
+"""Run the daemon in the foreground: check everything that can fail, then serve.
+
+Everything a user can get wrong (a port in use, an unwritable state directory, a file
+that is not agl's database) is found here, before serving, and raised as `StartupError`
+with one sentence the CLI prints as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from agl_cli import __version__, paths
+from agl_cli.server.app import DEFAULT_MAX_BODY_BYTES, ServerOptions, create_app
+from agl_cli.server.broker import Broker
+from agl_cli.store import MemoryStore, SQLiteStore, Store, StoreError
+
+log = logging.getLogger("agl")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why in one sentence."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    state_dir: Path | None = None
+    memory: bool = False
+    task_timeout: float = 300.0
+    max_attempts: int | None = None
+    log_level: str = "info"
+    auth: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def prepare_state_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = path / ".agl-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"The state directory {path} is not writable ({exc.strerror or exc}).") from None
+    return path
+
+
+def load_or_create_token(state_dir: Path) -> str:
+    """The management API's token: made once, readable by its owner only (mode 0600)."""
+    token_path = state_dir / paths.TOKEN_NAME
+    try:
+        token = token_path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    os.chmod(token_path, 0o600)
+    return token
+
+
+def open_store(config: DaemonConfig, state_dir: Path) -> Store:
+    options: dict[str, Any] = {"task_timeout": config.task_timeout, "max_claims": config.max_attempts}
+    if config.memory:
+        return MemoryStore(**options)
+    try:
+        return SQLiteStore(state_dir / paths.DATABASE_NAME, **options)
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"Port {port} on {host} is already in use; is agl already running?") from None
+        raise StartupError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}).") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, told to answer long polls at once when asked to stop."""
+
+    broker: Broker | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.broker is not None:
+            self.broker.begin_shutdown()
+
+
+def run(config: DaemonConfig) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish, then the store closes."""
+    if not config.auth and not is_loopback(config.host):
+        raise StartupError(f"Refusing to listen on {config.host} without a token: remove --no-auth.")
+    state_dir = prepare_state_dir(config.state_dir or paths.default_state_dir())
+    token = load_or_create_token(state_dir) if config.auth else None
+    store = open_store(config, state_dir)
+    try:
+        sock = bind(config.host, config.port)
+    except StartupError:
+        store.close()
+        raise
+    port = sock.getsockname()[1]
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    address = f"http://{host}:{port}"
+    app = create_app(
+        store,
+        ServerOptions(
+            token=token, max_body_bytes=config.max_body_bytes, address=address, state_dir=str(state_dir)
+        ),
+    )
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_level=config.log_level,
+            access_log=config.log_level == "debug",
+            timeout_graceful_shutdown=30,
+            lifespan="on",
+        )
+    )
+    server.broker = app.state.broker
+    address_file = state_dir / paths.ADDRESS_NAME
+    address_file.write_text(address + "\n")
+    where = "in memory" if config.memory else str(state_dir / paths.DATABASE_NAME)
+    print(f"agl {__version__} listening on {address} (store: {where})", file=sys.stderr, flush=True)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+        address_file.unlink(missing_ok=True)

@@ -1,0 +1,34 @@
+"""Where agl keeps its state: one interface, a durable SQLite store and an in-memory one."""
+
+from __future__ import annotations
+
+from agl_cli.store.base import (
+    InvalidTransitionError,
+    ReportOutcome,
+    Store,
+    StoreCounts,
+    StoredRollout,
+    StoreError,
+    TaskRecord,
+    TaskSpec,
+    UnknownResourcesError,
+    UnknownTaskError,
+)
+from agl_cli.store.memory import MemoryStore
+from agl_cli.store.sqlite import NotAglDatabaseError, SQLiteStore
+
+__all__ = [
+    "InvalidTransitionError",
+    "MemoryStore",
+    "NotAglDatabaseError",
+    "ReportOutcome",
+    "SQLiteStore",
+    "Store",
+    "StoreCounts",
+    "StoreError",
+    "StoredRollout",
+    "TaskRecord",
+    "TaskSpec",
+    "UnknownResourcesError",
+    "UnknownTaskError",
+]

@@ -1,0 +1,274 @@
+"""The store interface: what the server needs from any place that keeps agl's state.
+
+The task life cycle is decided here, once, by the small pure functions below; each
+implementation only records the outcome in its own data structures.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from agl_cli.models import Mode, NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
+
+Clock = Callable[[], float]
+
+
+class StoreError(Exception):
+    """A request the store cannot carry out; the message is fit to show a user."""
+
+
+class UnknownTaskError(StoreError):
+    def __init__(self, rollout_id: str) -> None:
+        super().__init__(f"No task with id '{rollout_id}'.")
+        self.rollout_id = rollout_id
+
+
+class UnknownResourcesError(StoreError):
+    def __init__(self, resources_id: str) -> None:
+        super().__init__(f"No resources with id '{resources_id}'.")
+        self.resources_id = resources_id
+
+
+class InvalidTransitionError(StoreError):
+    """The task is in a state that does not allow the requested change."""
+
+
+class TaskSpec(BaseModel):
+    """What a submitter says about a new task; the store fills in the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any = None
+    mode: Mode | None = None
+    resources_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("resources_id")
+    @classmethod
+    def _non_empty_id(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("resources_id must not be empty")
+        return value
+
+
+class ReportOutcome(str, enum.Enum):
+    """What happened to a reported rollout."""
+
+    STORED = "stored"  # the first result for a task agl handed out
+    DUPLICATE = "duplicate"  # the task already has a result: counted, not stored
+    UNSOLICITED = "unsolicited"  # an id agl never issued: stored, marked as such
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task as the management side sees it: the wire task plus its life-cycle state."""
+
+    task: Task
+    status: TaskStatus
+    deadline: float | None = None
+    completed_time: float | None = None
+    duplicates: int = 0
+
+    @property
+    def rollout_id(self) -> str:
+        return self.task.rollout_id
+
+
+@dataclass(frozen=True)
+class StoredRollout:
+    """A kept rollout with its place in the arrival order."""
+
+    seq: int
+    rollout: Rollout
+    received_time: float
+    attempt: int | None
+    unsolicited: bool
+    consumed: bool = False
+
+
+@dataclass
+class StoreCounts:
+    tasks: dict[TaskStatus, int] = field(default_factory=lambda: dict.fromkeys(TaskStatus, 0))
+    rollouts: int = 0
+    unsolicited: int = 0
+    duplicates: int = 0
+    resources: int = 0
+
+
+# --- the life cycle, decided once -------------------------------------------------------
+
+
+def status_after_timeout(num_claims: int, max_claims: int | None) -> TaskStatus:
+    """A claim ran out: hand the task out again, unless it has used all its attempts."""
+    if max_claims is not None and num_claims >= max_claims:
+        return TaskStatus.FAILED
+    return TaskStatus.QUEUED
+
+
+def outcome_of_report(status: TaskStatus | None) -> ReportOutcome:
+    """The first result for a task wins, whatever state the task was in when it came."""
+    if status is None:
+        return ReportOutcome.UNSOLICITED
+    if status is TaskStatus.COMPLETED:
+        return ReportOutcome.DUPLICATE
+    return ReportOutcome.STORED
+
+
+CANCELLABLE = frozenset({TaskStatus.QUEUED, TaskStatus.CLAIMED})
+
+
+def check_cancellable(rollout_id: str, status: TaskStatus) -> None:
+    if status not in CANCELLABLE:
+        raise InvalidTransitionError(f"Task '{rollout_id}' is {status.value} and cannot be cancelled.")
+
+
+def new_rollout_id() -> str:
+    return f"rollout-{uuid.uuid4()}"
+
+
+def new_resources_id() -> str:
+    return f"res-{uuid.uuid4()}"
+
+
+def check_resources_id(resources_id: str) -> None:
+    """Refuse names that could not be fetched back through `GET /resources/{id}`."""
+    if not resources_id or resources_id != resources_id.strip():
+        raise StoreError("A resources id must be non-empty and have no surrounding spaces.")
+    if resources_id == "latest":
+        raise StoreError("'latest' is reserved and cannot be used as a resources id.")
+    if "/" in resources_id or len(resources_id) > 200:
+        raise StoreError("A resources id must be at most 200 characters and contain no '/'.")
+
+
+# --- the interface ------------------------------------------------------------------------
+
+
+class Store(abc.ABC):
+    """Durable (or not) home of tasks, resources and rollouts.
+
+    Methods are synchronous and cheap: every one touches a bounded number of rows, so the
+    server can call them from its event loop. `max_claims` bounds attempts per task.
+    """
+
+    def __init__(self, *, task_timeout: float = 300.0, max_claims: int | None = None, clock: Clock = time.time):
+        if task_timeout <= 0:
+            raise ValueError("task_timeout must be positive")
+        if max_claims is not None and max_claims < 1:
+            raise ValueError("max_claims must be at least 1")
+        self.task_timeout = task_timeout
+        self.max_claims = max_claims
+        self.clock = clock
+
+    # tasks
+    @abc.abstractmethod
+    def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
+        """Queue all of `specs` or none of them; return their rollout ids in order."""
+
+    @abc.abstractmethod
+    def claim_next(self) -> Task | None:
+        """Return the oldest queued task, now claimed, after putting back expired claims."""
+
+    @abc.abstractmethod
+    def expire_claims(self) -> int:
+        """Requeue (or fail) claims whose deadline has passed; return how many changed."""
+
+    @abc.abstractmethod
+    def next_deadline(self) -> float | None:
+        """The earliest claim deadline, so a waiter knows when a task may come back."""
+
+    @abc.abstractmethod
+    def get_task(self, rollout_id: str) -> TaskRecord | None: ...
+
+    @abc.abstractmethod
+    def list_tasks(
+        self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[TaskRecord]: ...
+
+    @abc.abstractmethod
+    def cancel_task(self, rollout_id: str) -> TaskRecord: ...
+
+    # rollouts
+    @abc.abstractmethod
+    def record_rollout(self, rollout: Rollout) -> ReportOutcome:
+        """Keep the first result for a task; count, but do not keep, any later one."""
+
+    @abc.abstractmethod
+    def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:
+        """Kept rollouts with a sequence number greater than `seq`, oldest first."""
+
+    @abc.abstractmethod
+    def get_rollout(self, rollout_id: str) -> StoredRollout | None: ...
+
+    @abc.abstractmethod
+    def consume_rollout(self, rollout_id: str) -> Rollout | None:
+        """Return a rollout not yet consumed and mark it consumed (the Python API's get)."""
+
+    @abc.abstractmethod
+    def consume_all(self) -> list[Rollout]: ...
+
+    @abc.abstractmethod
+    def last_seq(self) -> int: ...
+
+    # resources
+    @abc.abstractmethod
+    def publish_resources(
+        self, resources: Mapping[str, Any], resources_id: str | None = None
+    ) -> ResourcesUpdate:
+        """Publish a bundle as the latest; an existing id gets a new version of it."""
+
+    @abc.abstractmethod
+    def get_resources(self, resources_id: str) -> ResourcesUpdate | None: ...
+
+    @abc.abstractmethod
+    def latest_resources(self) -> ResourcesUpdate | None: ...
+
+    @abc.abstractmethod
+    def list_resources(self) -> list[ResourcesUpdate]: ...
+
+    # the rest
+    @abc.abstractmethod
+    def counts(self) -> StoreCounts: ...
+
+    def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
+        """Release what the store holds open."""
+
+
+def validate_resources(resources: Mapping[str, Any]) -> NamedResources:
+    """Check a bundle against the resource types that 0.3.0 workers understand."""
+    plain = {
+        name: value.model_dump() if isinstance(value, BaseModel) else value for name, value in resources.items()
+    }
+    try:
+        return _RESOURCES_ADAPTER.validate_python(plain)
+    except ValidationError as exc:
+        raise StoreError(describe_resource_error(exc)) from None
+
+
+def describe_resource_error(exc: ValidationError) -> str:
+    """Turn pydantic's first complaint about a bundle into one sentence."""
+    first = exc.errors(include_url=False)[0]
+    loc = list(first["loc"])
+    if len(loc) > 1 and loc[1] in _RESOURCE_TYPES:
+        del loc[1]  # pydantic names the union member; the user only needs the field
+    where = ".".join(str(part) for part in loc)
+    if first["type"] == "union_tag_invalid":
+        tag = first.get("ctx", {}).get("tag")
+        return (
+            f"Resource '{first['loc'][0]}' has unknown resource_type '{tag}'; "
+            f"expected one of: {', '.join(_RESOURCE_TYPES)}."
+        )
+    if first["type"] == "union_tag_not_found":
+        return f"Resource '{first['loc'][0]}' has no resource_type; expected one of: {', '.join(_RESOURCE_TYPES)}."
+    return f"Resource field '{where}': {first['msg']}."
+
+
+_RESOURCE_TYPES = ("llm", "proxy_llm", "prompt_template")
+_RESOURCES_ADAPTER: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)

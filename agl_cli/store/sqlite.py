@@ -1,0 +1,440 @@
+"""The default store: one SQLite file, so that a `kill -9` loses nothing answered.
+
+PRAGMA choices and why:
+- `journal_mode=WAL`: readers never block the writer, and a commit is one append.
+- `synchronous=FULL` for writes that a caller is told succeeded with data it cannot
+  recreate (queued tasks, rollouts, resources, cancels): the commit is on disk before the
+  answer goes out, so it survives even a power cut. A claim commits with
+  `synchronous=NORMAL`: it survives a crash of the daemon, and losing it to a power
+  cut only means the task is handed out once more, which at-least-once allows.
+- `application_id` marks the file as agl's, so `agl serve` refuses a database it did
+  not make instead of writing into it; `user_version` numbers the schema.
+
+Every statement on the request path is an index probe: the queue is read through a
+partial index of queued tasks, and expired claims through a partial index of claim
+deadlines, so the cost of a claim does not grow with the work in flight.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
+from agl_cli.store.base import (
+    ReportOutcome,
+    Store,
+    StoreCounts,
+    StoredRollout,
+    StoreError,
+    TaskRecord,
+    TaskSpec,
+    UnknownTaskError,
+    check_cancellable,
+    check_resources_id,
+    new_resources_id,
+    new_rollout_id,
+    outcome_of_report,
+    status_after_timeout,
+    validate_resources,
+)
+
+APPLICATION_ID = 0x41474C31  # "AGL1"
+SCHEMA_VERSION = 1
+EXPIRE_BATCH = 500
+
+SCHEMA = """
+CREATE TABLE tasks (
+    id              INTEGER PRIMARY KEY,
+    rollout_id      TEXT NOT NULL UNIQUE,
+    status          TEXT NOT NULL,
+    queue_pos       INTEGER,
+    deadline        REAL,
+    input           TEXT NOT NULL,
+    mode            TEXT,
+    resources_id    TEXT,
+    metadata        TEXT NOT NULL,
+    create_time     REAL NOT NULL,
+    last_claim_time REAL,
+    num_claims      INTEGER NOT NULL DEFAULT 0,
+    completed_time  REAL,
+    duplicates      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX tasks_queue ON tasks(queue_pos) WHERE status = 'queued';
+CREATE INDEX tasks_deadline ON tasks(deadline) WHERE status = 'claimed';
+CREATE INDEX tasks_status ON tasks(status, id);
+
+CREATE TABLE rollouts (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id    TEXT NOT NULL UNIQUE,
+    received_time REAL NOT NULL,
+    attempt       INTEGER,
+    unsolicited   INTEGER NOT NULL,
+    consumed      INTEGER NOT NULL DEFAULT 0,
+    body          TEXT NOT NULL
+);
+CREATE INDEX rollouts_unconsumed ON rollouts(seq) WHERE consumed = 0;
+
+CREATE TABLE resources (
+    resources_id TEXT PRIMARY KEY,
+    publish_seq  INTEGER NOT NULL UNIQUE,
+    create_time  REAL NOT NULL,
+    update_time  REAL NOT NULL,
+    version      INTEGER NOT NULL,
+    body         TEXT NOT NULL
+);
+
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO counters VALUES ('duplicates', 0);
+"""
+
+_TASK_COLUMNS = (
+    "rollout_id, status, deadline, input, mode, resources_id, metadata, "
+    "create_time, last_claim_time, num_claims, completed_time, duplicates"
+)
+_ROLLOUT_COLUMNS = "seq, body, received_time, attempt, unsolicited, consumed"
+
+
+class NotAglDatabaseError(StoreError):
+    pass
+
+
+def open_connection(path: Path) -> sqlite3.Connection:
+    """Open (creating if new) an agl database, refusing files that are not agl's."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"Cannot open the database {path}: {exc}.") from None
+    try:
+        _prepare(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise NotAglDatabaseError(f"{path} is not an agl database ({exc}).") from None
+        raise StoreError(f"Cannot use the database {path}: {exc}.") from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    has_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+    if has_tables and app_id != APPLICATION_ID:
+        raise NotAglDatabaseError(f"{path} is not an agl database; refusing to use it.")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if not has_tables:
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{SCHEMA}\n"
+            f"PRAGMA application_id={APPLICATION_ID};\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
+        )
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer agl (schema {version}); upgrade agl to use it.")
+
+
+class SQLiteStore(Store):
+    """All of agl's state in one SQLite file; one connection, one writer at a time."""
+
+    def __init__(self, path: str | Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.path = Path(path)
+        self._conn = open_connection(self.path)
+        self._lock = threading.RLock()
+        self._synchronous = "FULL"
+        row = self._conn.execute("SELECT max(queue_pos) FROM tasks").fetchone()
+        self._queue_pos = row[0] or 0
+
+    @contextmanager
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; `durable` commits are synced to disk before they return."""
+        with self._lock:
+            wanted = "FULL" if durable else "NORMAL"
+            if wanted != self._synchronous:
+                self._conn.execute(f"PRAGMA synchronous={wanted}")
+                self._synchronous = wanted
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # tasks -------------------------------------------------------------------------------
+
+    def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
+        now = self.clock()
+        ids = [new_rollout_id() for _ in specs]
+        with self._write() as conn:
+            first = self._queue_pos + 1
+            conn.executemany(
+                "INSERT INTO tasks (rollout_id, status, queue_pos, input, mode, resources_id, metadata,"
+                " create_time) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        rollout_id,
+                        first + index,
+                        orjson.dumps(spec.input).decode(),
+                        spec.mode,
+                        spec.resources_id,
+                        orjson.dumps(spec.metadata).decode(),
+                        now,
+                    )
+                    for index, (rollout_id, spec) in enumerate(zip(ids, specs))
+                ),
+            )
+        self._queue_pos = first + len(ids) - 1
+        return ids
+
+    def claim_next(self) -> Task | None:
+        with self._write(durable=False) as conn:
+            self._expire(conn)
+            row = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'queued' ORDER BY queue_pos LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            now = self.clock()
+            conn.execute(
+                "UPDATE tasks SET status = 'claimed', queue_pos = NULL, num_claims = num_claims + 1,"
+                " last_claim_time = ?, deadline = ? WHERE rollout_id = ?",
+                (now, now + self.task_timeout, row[0]),
+            )
+        task = _task_from_row(row)
+        task.num_claims = (task.num_claims or 0) + 1
+        task.last_claim_time = now
+        return task
+
+    def expire_claims(self) -> int:
+        with self._write(durable=False) as conn:
+            return self._expire(conn)
+
+    def _expire(self, conn: sqlite3.Connection) -> int:
+        rows = conn.execute(
+            "SELECT rollout_id, num_claims FROM tasks WHERE status = 'claimed' AND deadline <= ?"
+            " ORDER BY deadline LIMIT ?",
+            (self.clock(), EXPIRE_BATCH),
+        ).fetchall()
+        for rollout_id, num_claims in rows:
+            status = status_after_timeout(num_claims, self.max_claims)
+            position = None
+            if status is TaskStatus.QUEUED:
+                self._queue_pos += 1
+                position = self._queue_pos
+            conn.execute(
+                "UPDATE tasks SET status = ?, queue_pos = ?, deadline = NULL WHERE rollout_id = ?",
+                (status.value, position, rollout_id),
+            )
+        return len(rows)
+
+    def next_deadline(self) -> float | None:
+        row = self._read("SELECT min(deadline) FROM tasks WHERE status = 'claimed'")
+        return row[0][0] if row else None
+
+    def get_task(self, rollout_id: str) -> TaskRecord | None:
+        rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,))
+        return _record_from_row(rows[0]) if rows else None
+
+    def list_tasks(self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+        if status is None:
+            sql, params = f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id LIMIT ? OFFSET ?", [limit, offset]
+        else:
+            sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = ? ORDER BY id LIMIT ? OFFSET ?"
+            params = [status.value, limit, offset]
+        return [_record_from_row(row) for row in self._read(sql, params)]
+
+    def cancel_task(self, rollout_id: str) -> TaskRecord:
+        with self._write() as conn:
+            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,)).fetchone()
+            if row is None:
+                raise UnknownTaskError(rollout_id)
+            check_cancellable(rollout_id, TaskStatus(row[1]))
+            conn.execute(
+                "UPDATE tasks SET status = 'cancelled', queue_pos = NULL, deadline = NULL WHERE rollout_id = ?",
+                (rollout_id,),
+            )
+        record = _record_from_row(row)
+        return TaskRecord(record.task, TaskStatus.CANCELLED, None, None, record.duplicates)
+
+    # rollouts ----------------------------------------------------------------------------
+
+    def record_rollout(self, rollout: Rollout) -> ReportOutcome:
+        body = rollout.model_dump_json()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout.rollout_id,)
+            ).fetchone()
+            outcome = outcome_of_report(TaskStatus(row[0]) if row else None)
+            if outcome is ReportOutcome.UNSOLICITED and conn.execute(
+                "SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout.rollout_id,)
+            ).fetchone():
+                outcome = ReportOutcome.DUPLICATE
+            if outcome is ReportOutcome.DUPLICATE:
+                conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
+                conn.execute(
+                    "UPDATE tasks SET duplicates = duplicates + 1 WHERE rollout_id = ?", (rollout.rollout_id,)
+                )
+                return outcome
+            now = self.clock()
+            if row:
+                conn.execute(
+                    "UPDATE tasks SET status = 'completed', queue_pos = NULL, deadline = NULL,"
+                    " completed_time = ? WHERE rollout_id = ?",
+                    (now, rollout.rollout_id),
+                )
+            conn.execute(
+                "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (rollout.rollout_id, now, row[1] if row else None, int(row is None), body),
+            )
+        return outcome
+
+    def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:
+        rows = self._read(f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [_stored_from_row(row) for row in rows]
+
+    def get_rollout(self, rollout_id: str) -> StoredRollout | None:
+        rows = self._read(f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?", (rollout_id,))
+        return _stored_from_row(rows[0]) if rows else None
+
+    def consume_rollout(self, rollout_id: str) -> Rollout | None:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT seq, body FROM rollouts WHERE rollout_id = ? AND consumed = 0", (rollout_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE rollouts SET consumed = 1 WHERE seq = ?", (row[0],))
+        return Rollout.model_validate_json(row[1])
+
+    def consume_all(self) -> list[Rollout]:
+        with self._write() as conn:
+            rows = conn.execute("SELECT seq, body FROM rollouts WHERE consumed = 0 ORDER BY seq").fetchall()
+            conn.execute("UPDATE rollouts SET consumed = 1 WHERE consumed = 0")
+        return [Rollout.model_validate_json(body) for _, body in rows]
+
+    def last_seq(self) -> int:
+        return int(self._read("SELECT coalesce(max(seq), 0) FROM rollouts")[0][0])
+
+    # resources ---------------------------------------------------------------------------
+
+    def publish_resources(self, resources: Mapping[str, Any], resources_id: str | None = None) -> ResourcesUpdate:
+        checked = validate_resources(resources)
+        if resources_id is not None:
+            check_resources_id(resources_id)
+        now = self.clock()
+        with self._write() as conn:
+            previous = (
+                conn.execute(
+                    "SELECT create_time, version FROM resources WHERE resources_id = ?", (resources_id,)
+                ).fetchone()
+                if resources_id
+                else None
+            )
+            update = ResourcesUpdate(
+                resources_id=resources_id or new_resources_id(),
+                create_time=previous[0] if previous else now,
+                update_time=now,
+                version=previous[1] + 1 if previous else 1,
+                resources=checked,
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO resources (resources_id, publish_seq, create_time, update_time, version, body)"
+                " VALUES (?, (SELECT coalesce(max(publish_seq), 0) + 1 FROM resources), ?, ?, ?, ?)",
+                (
+                    update.resources_id,
+                    update.create_time,
+                    update.update_time,
+                    update.version,
+                    update.model_dump_json(include={"resources"}),
+                ),
+            )
+        return update
+
+    def get_resources(self, resources_id: str) -> ResourcesUpdate | None:
+        rows = self._read(
+            "SELECT resources_id, create_time, update_time, version, body FROM resources WHERE resources_id = ?",
+            (resources_id,),
+        )
+        return _resources_from_row(rows[0]) if rows else None
+
+    def latest_resources(self) -> ResourcesUpdate | None:
+        rows = self._read(
+            "SELECT resources_id, create_time, update_time, version, body FROM resources"
+            " ORDER BY publish_seq DESC LIMIT 1"
+        )
+        return _resources_from_row(rows[0]) if rows else None
+
+    def list_resources(self) -> list[ResourcesUpdate]:
+        rows = self._read(
+            "SELECT resources_id, create_time, update_time, version, body FROM resources ORDER BY publish_seq"
+        )
+        return [_resources_from_row(row) for row in rows]
+
+    def counts(self) -> StoreCounts:
+        counts = StoreCounts()
+        for status, number in self._read("SELECT status, count(*) FROM tasks GROUP BY status"):
+            counts.tasks[TaskStatus(status)] = number
+        rollouts, unsolicited = self._read("SELECT count(*), coalesce(sum(unsolicited), 0) FROM rollouts")[0]
+        counts.rollouts, counts.unsolicited = rollouts, unsolicited
+        counts.duplicates = self._read("SELECT value FROM counters WHERE name = 'duplicates'")[0][0]
+        counts.resources = self._read("SELECT count(*) FROM resources")[0][0]
+        return counts
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.execute("PRAGMA optimize")
+            self._conn.close()
+
+
+def _task_from_row(row: Sequence[Any]) -> Task:
+    return Task(
+        rollout_id=row[0],
+        input=orjson.loads(row[3]),
+        mode=row[4],
+        resources_id=row[5],
+        metadata=orjson.loads(row[6]),
+        create_time=row[7],
+        last_claim_time=row[8],
+        num_claims=row[9],
+    )
+
+
+def _record_from_row(row: Sequence[Any]) -> TaskRecord:
+    return TaskRecord(_task_from_row(row), TaskStatus(row[1]), row[2], row[10], row[11])
+
+
+def _stored_from_row(row: Sequence[Any]) -> StoredRollout:
+    return StoredRollout(
+        seq=row[0],
+        rollout=Rollout.model_validate_json(row[1]),
+        received_time=row[2],
+        attempt=row[3],
+        unsolicited=bool(row[4]),
+        consumed=bool(row[5]),
+    )
+
+
+def _resources_from_row(row: Sequence[Any]) -> ResourcesUpdate:
+    body = orjson.loads(row[4])
+    return ResourcesUpdate(
+        resources_id=row[0], create_time=row[1], update_time=row[2], version=row[3], resources=body["resources"]
+    )
