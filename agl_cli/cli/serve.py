@@ -12,7 +12,9 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def serve(
-    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs the token."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on; anything but loopback needs the token."
+    ),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0 picks a free one)."),
     state_dir: Path | None = typer.Option(
         None, envvar="AGL_STATE_DIR", help="Where the database, token and pidfile live.", show_default=False
@@ -28,7 +30,9 @@ def serve(
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Serve the management API without a token (loopback only)."
     ),
-    max_body_size: int = typer.Option(32 * 1024 * 1024, min=1, help="Largest request body in bytes (413 beyond)."),
+    max_body_size: int = typer.Option(
+        32 * 1024 * 1024, min=1, help="Largest request body in bytes (413 beyond)."
+    ),
 ) -> None:
     """Run the daemon in the foreground until SIGINT or SIGTERM."""
     if log_level.lower() not in LOG_LEVELS:

@@ -8,7 +8,13 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from agl_cli.server.responses import ORJSONResponse, error, json_decode_error, missing_body_error, validation_error
+from agl_cli.server.responses import (
+    ORJSONResponse,
+    error,
+    json_decode_error,
+    missing_body_error,
+    validation_error,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,7 +65,9 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(error(422, f"Query parameter '{name}' must be a whole number, not '{raw}'.")) from None
+        raise BadRequest(
+            error(422, f"Query parameter '{name}' must be a whole number, not '{raw}'.")
+        ) from None
     if not low <= value <= high:
         raise BadRequest(error(422, f"Query parameter '{name}' must be between {low} and {high}."))
     return value

@@ -158,7 +158,9 @@ class Store(abc.ABC):
     server can call them from its event loop. `max_claims` bounds attempts per task.
     """
 
-    def __init__(self, *, task_timeout: float = 300.0, max_claims: int | None = None, clock: Clock = time.time):
+    def __init__(
+        self, *, task_timeout: float = 300.0, max_claims: int | None = None, clock: Clock = time.time
+    ):
         if task_timeout <= 0:
             raise ValueError("task_timeout must be positive")
         if max_claims is not None and max_claims < 1:
@@ -244,7 +246,8 @@ class Store(abc.ABC):
 def validate_resources(resources: Mapping[str, Any]) -> NamedResources:
     """Check a bundle against the resource types that 0.3.0 workers understand."""
     plain = {
-        name: value.model_dump() if isinstance(value, BaseModel) else value for name, value in resources.items()
+        name: value.model_dump() if isinstance(value, BaseModel) else value
+        for name, value in resources.items()
     }
     try:
         return _RESOURCES_ADAPTER.validate_python(plain)

@@ -128,7 +128,9 @@ class MemoryStore(Store):
             entry = self._tasks.get(rollout_id)
             return entry.record() if entry else None
 
-    def list_tasks(self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+    def list_tasks(
+        self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[TaskRecord]:
         with self._lock:
             matching = (e for e in self._tasks.values() if status is None or e.status is status)
             out: list[TaskRecord] = []
@@ -211,7 +213,9 @@ class MemoryStore(Store):
 
     # resources ---------------------------------------------------------------------------
 
-    def publish_resources(self, resources: Mapping[str, Any], resources_id: str | None = None) -> ResourcesUpdate:
+    def publish_resources(
+        self, resources: Mapping[str, Any], resources_id: str | None = None
+    ) -> ResourcesUpdate:
         checked = validate_resources(resources)
         if resources_id is not None:
             check_resources_id(resources_id)

@@ -198,7 +198,7 @@ class SQLiteStore(Store):
                         orjson.dumps(spec.metadata).decode(),
                         now,
                     )
-                    for index, (rollout_id, spec) in enumerate(zip(ids, specs))
+                    for index, (rollout_id, spec) in enumerate(zip(ids, specs, strict=True))
                 ),
             )
         self._queue_pos = first + len(ids) - 1
@@ -253,17 +253,21 @@ class SQLiteStore(Store):
         rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,))
         return _record_from_row(rows[0]) if rows else None
 
-    def list_tasks(self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
-        if status is None:
-            sql, params = f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id LIMIT ? OFFSET ?", [limit, offset]
-        else:
+    def list_tasks(
+        self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[TaskRecord]:
+        params: list[object] = [limit, offset]
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id LIMIT ? OFFSET ?"
+        if status is not None:
             sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = ? ORDER BY id LIMIT ? OFFSET ?"
-            params = [status.value, limit, offset]
+            params = [status.value, *params]
         return [_record_from_row(row) for row in self._read(sql, params)]
 
     def cancel_task(self, rollout_id: str) -> TaskRecord:
         with self._write() as conn:
-            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,)
+            ).fetchone()
             if row is None:
                 raise UnknownTaskError(rollout_id)
             check_cancellable(rollout_id, TaskStatus(row[1]))
@@ -283,9 +287,12 @@ class SQLiteStore(Store):
                 "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout.rollout_id,)
             ).fetchone()
             outcome = outcome_of_report(TaskStatus(row[0]) if row else None)
-            if outcome is ReportOutcome.UNSOLICITED and conn.execute(
-                "SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout.rollout_id,)
-            ).fetchone():
+            if (
+                outcome is ReportOutcome.UNSOLICITED
+                and conn.execute(
+                    "SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout.rollout_id,)
+                ).fetchone()
+            ):
                 outcome = ReportOutcome.DUPLICATE
             if outcome is ReportOutcome.DUPLICATE:
                 conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
@@ -308,7 +315,9 @@ class SQLiteStore(Store):
         return outcome
 
     def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:
-        rows = self._read(f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        rows = self._read(
+            f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
         return [_stored_from_row(row) for row in rows]
 
     def get_rollout(self, rollout_id: str) -> StoredRollout | None:
@@ -336,7 +345,9 @@ class SQLiteStore(Store):
 
     # resources ---------------------------------------------------------------------------
 
-    def publish_resources(self, resources: Mapping[str, Any], resources_id: str | None = None) -> ResourcesUpdate:
+    def publish_resources(
+        self, resources: Mapping[str, Any], resources_id: str | None = None
+    ) -> ResourcesUpdate:
         checked = validate_resources(resources)
         if resources_id is not None:
             check_resources_id(resources_id)
@@ -436,5 +447,9 @@ def _stored_from_row(row: Sequence[Any]) -> StoredRollout:
 def _resources_from_row(row: Sequence[Any]) -> ResourcesUpdate:
     body = orjson.loads(row[4])
     return ResourcesUpdate(
-        resources_id=row[0], create_time=row[1], update_time=row[2], version=row[3], resources=body["resources"]
+        resources_id=row[0],
+        create_time=row[1],
+        update_time=row[2],
+        version=row[3],
+        resources=body["resources"],
     )

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from daemon import Daemon
+
+
+@pytest.fixture(autouse=True)
+def _no_user_agl_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AGL_URL", "AGL_TOKEN", "AGL_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons with extra `agl serve` arguments; all are killed at the end."""
+    started: list[Daemon] = []
+
+    def make(*args: str, state_dir: Path | None = None) -> Daemon:
+        daemon = Daemon(state_dir or tmp_path / f"state{len(started)}", *args)
+        started.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in started:
+        daemon.close()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """A daemon on a fresh SQLite state directory."""
+    return make_daemon()

@@ -1,0 +1,139 @@
+"""A real `agl serve` process for tests: started on an ephemeral port, killed for real."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+READY_LINE = re.compile(r"listening on (http://\S+)")
+
+
+class Daemon:
+    """One daemon on one state directory; `kill()` then `start()` is a crash and a restart."""
+
+    def __init__(self, state_dir: Path, *args: str) -> None:
+        self.state_dir = state_dir
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir.parent / f"{self.state_dir.name}-daemon-{self.starts}.log"
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        self.starts += 1
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "agl_cli",
+            "serve",
+            "--port",
+            "0",
+            "--state-dir",
+            str(self.state_dir),
+        ]
+        command += ["--log-level", "warning", *self.args]
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = READY_LINE.search(self.log_path.read_text())
+            if match:
+                self.url = match.group(1)
+                self._wait_ready(deadline)
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agl serve exited early: {self.log_path.read_text()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"agl serve did not start: {self.log_path.read_text()}")
+
+    def _wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("agl serve never became ready")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    # talking to it -----------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "token").read_text().strip()
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A management-API call with the daemon's token."""
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=30, **kwargs)
+
+    def queue(self, *inputs: Any, **fields: Any) -> list[str]:
+        response = self.api("POST", "/v1/tasks", json={"tasks": [{"input": i, **fields} for i in inputs]})
+        response.raise_for_status()
+        ids: list[str] = response.json()["rollout_ids"]
+        return ids
+
+    def publish(self, resources: dict[str, Any], resources_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"resources": resources}
+        if resources_id:
+            body["resources_id"] = resources_id
+        response = self.api("POST", "/v1/resources", json=body)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        response = self.api("GET", "/v1/rollouts", params={"limit": 10_000})
+        response.raise_for_status()
+        rollouts: list[dict[str, Any]] = response.json()["rollouts"]
+        return rollouts
+
+    def status(self) -> dict[str, Any]:
+        response = self.api("GET", "/v1/status")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def claim(self) -> dict[str, Any] | None:
+        body = self.get("/task").json()
+        task: dict[str, Any] | None = body["task"]
+        return task
+
+
+def env_without_agl() -> dict[str, str]:
+    """The environment minus agl's own variables, so tests never see the user's daemon."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AGL_")}

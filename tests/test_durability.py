@@ -1,0 +1,105 @@
+"""Whatever was answered with success survives `kill -9` of the daemon and a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from daemon import Daemon
+
+
+def test_queued_tasks_rollouts_and_resources_survive_kill_9(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon("--task-timeout", "1.5", state_dir=tmp_path / "state")
+    ids = daemon.queue(*range(20), mode="train")
+    resources = daemon.publish(
+        {"prompt": {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}}
+    )
+    claimed = [daemon.claim() for _ in range(6)]
+    reported = [task["rollout_id"] for task in claimed[:4] if task]
+    for index, rollout_id in enumerate(reported):
+        body = {
+            "rollout_id": rollout_id,
+            "final_reward": index / 10,
+            "triplets": [{"prompt": "p", "response": index}],
+        }
+        assert daemon.post("/rollout", json=body).status_code == 200
+    before = daemon.rollouts()
+
+    daemon.kill()
+    daemon.start()
+
+    assert daemon.rollouts() == before
+    assert [r["rollout_id"] for r in before] == reported
+    assert daemon.get("/resources/latest").json() == resources
+    status = daemon.status()
+    assert status["tasks"] == {"queued": 14, "claimed": 2, "completed": 4, "failed": 0, "cancelled": 0}
+
+    # Everything not yet reported is handed out again: the queue first, then the two
+    # claims that were never reported, once their timeout has passed, as second claims.
+    handed_out = [daemon.get("/task", params={"wait": 10}).json()["task"] for _ in range(16)]
+    assert sorted(t["rollout_id"] for t in handed_out) == sorted(set(ids) - set(reported))
+    reclaimed = {t["rollout_id"]: t["num_claims"] for t in handed_out if t["num_claims"] > 1}
+    assert reclaimed == {claimed[4]["rollout_id"]: 2, claimed[5]["rollout_id"]: 2}  # type: ignore[index]
+
+
+def test_rollouts_answered_while_under_load_all_survive_kill_9(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    ids = daemon.queue(*range(400))
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(base_url=daemon.url, timeout=5) as client:
+            while True:
+                try:
+                    task = client.get("/task").json()["task"]
+                    if task is None:
+                        return
+                    reply = client.post(
+                        "/rollout", json={"rollout_id": task["rollout_id"], "final_reward": 1.0}
+                    )
+                except httpx.TransportError:
+                    return  # the daemon was killed under us
+                if reply.status_code == 200:
+                    with lock:
+                        acknowledged.append(task["rollout_id"])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    while len(acknowledged) < 100:
+        time.sleep(0.005)
+    daemon.kill()
+    for thread in threads:
+        thread.join()
+
+    database = sqlite3.connect(tmp_path / "state" / "agl.db")
+    kept = {row[0] for row in database.execute("SELECT rollout_id FROM rollouts")}
+    database.close()
+    assert set(acknowledged) <= kept
+    assert kept <= set(ids)
+    daemon.start()
+    assert {r["rollout_id"] for r in daemon.rollouts()} == kept
+
+
+def test_sigterm_answers_a_waiting_long_poll_and_exits_cleanly(daemon: Daemon) -> None:
+    answers: list[httpx.Response] = []
+    poller = threading.Thread(target=lambda: answers.append(daemon.get("/task", params={"wait": 60})))
+    poller.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert daemon.terminate() == 0
+    poller.join(10)
+    assert time.monotonic() - started < 10
+    assert [a.json() for a in answers] == [{"is_available": False, "task": None}]
+    database = sqlite3.connect(daemon.state_dir / "agl.db")
+    assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    database.close()

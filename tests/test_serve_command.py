@@ -1,0 +1,127 @@
+"""`agl serve` and its one-line refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from daemon import Daemon, env_without_agl
+
+
+def agl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agl_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env_without_agl(),
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str, code: int = 1) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("agl: ") and fragment in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = agl("serve", "--port", str(port), "--state-dir", str(tmp_path / "s"))
+    assert_one_line_error(result, f"Port {port} on 127.0.0.1 is already in use")
+
+
+def test_an_unwritable_state_dir_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = agl("serve", "--port", "0", "--state-dir", str(blocker / "state"))
+    assert_one_line_error(result, "is not writable")
+
+
+def test_a_database_that_is_not_agls_is_refused_and_left_alone(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    foreign = sqlite3.connect(state / "agl.db")
+    foreign.execute("CREATE TABLE invoices (id INTEGER)")
+    foreign.commit()
+    foreign.close()
+    result = agl("serve", "--port", "0", "--state-dir", str(state))
+    assert_one_line_error(result, "is not an agl database")
+    check = sqlite3.connect(state / "agl.db")
+    assert [row[0] for row in check.execute("SELECT name FROM sqlite_master")] == ["invoices"]
+    check.close()
+
+
+def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "agl.db").write_bytes(b"hello, this is plain text and rather long " * 100)
+    assert_one_line_error(agl("serve", "--port", "0", "--state-dir", str(state)), "is not an agl database")
+
+
+def test_listening_beyond_loopback_without_a_token_is_refused(tmp_path: Path) -> None:
+    result = agl("serve", "--host", "0.0.0.0", "--no-auth", "--port", "0", "--state-dir", str(tmp_path / "s"))
+    assert_one_line_error(result, "Refusing to listen on 0.0.0.0 without a token")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--log-level", "loud"], "Unknown log level 'loud'"),
+        (["--task-timeout", "0"], "--task-timeout"),
+        (["--max-attempts", "0"], "--max-attempts"),
+    ],
+)
+def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
+    result = agl("serve", "--state-dir", str(tmp_path / "s"), *args)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_token_is_created_once_and_readable_by_its_owner_only(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    token_file = daemon.state_dir / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    first = daemon.token
+    daemon.terminate()
+    daemon.start()
+    assert daemon.token == first and len(first) >= 32
+
+
+def test_the_memory_store_leaves_no_database(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--memory")
+    daemon.queue(1)
+    assert daemon.claim() is not None
+    assert not (daemon.state_dir / "agl.db").exists()
+
+
+def test_agentlightning_commands_say_plainly_when_it_is_missing() -> None:
+    if importlib.util.find_spec("agentlightning") is not None:
+        pytest.skip("agentlightning is installed here; the compat suite covers forwarding")
+    for command in ("vllm", "store", "prometheus", "agentops"):
+        result = agl(command, "--help")
+        assert_one_line_error(
+            result, f"'agl {command}' is a command of agentlightning, which is not installed"
+        )
+
+
+def test_version_and_help_work() -> None:
+    from agl_cli import __version__
+
+    assert agl("--version").stdout.strip() == f"agl {__version__}"
+    help_text = agl("--help").stdout
+    for command in ("serve", "vllm", "store", "prometheus", "agentops"):
+        assert command in help_text

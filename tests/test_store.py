@@ -1,0 +1,308 @@
+"""The task life cycle, as both stores must implement it (one suite, two stores)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agl_cli.models import Rollout, TaskStatus
+from agl_cli.store import (
+    InvalidTransitionError,
+    MemoryStore,
+    ReportOutcome,
+    SQLiteStore,
+    Store,
+    StoreError,
+    TaskSpec,
+    UnknownTaskError,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+StoreFactory = Callable[..., Store]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[StoreFactory]:
+    opened: list[Store] = []
+
+    def make(**options: object) -> Store:
+        options = {"task_timeout": 10.0, "clock": clock, **options}
+        store: Store
+        if request.param == "memory":
+            store = MemoryStore(**options)
+        else:
+            store = SQLiteStore(tmp_path / f"agl{len(opened)}.db", **options)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    return make_store()
+
+
+def queue(store: Store, *inputs: object) -> list[str]:
+    return store.queue_tasks([TaskSpec(input=value) for value in inputs])
+
+
+def test_tasks_are_handed_out_oldest_first(store: Store) -> None:
+    ids = queue(store, "a", "b", "c")
+    claimed = [store.claim_next() for _ in ids]
+    assert [task.rollout_id for task in claimed if task] == ids
+    assert [task.input for task in claimed if task] == ["a", "b", "c"]
+    assert store.claim_next() is None
+
+
+def test_a_claim_counts_itself_and_records_its_time(store: Store, clock: FakeClock) -> None:
+    [rollout_id] = store.queue_tasks(
+        [TaskSpec(input={"x": 1}, mode="train", resources_id="res-1", metadata={"k": "v"})]
+    )
+    clock.advance(5)
+    task = store.claim_next()
+    assert task is not None
+    assert task.rollout_id == rollout_id and rollout_id.startswith("rollout-")
+    assert (task.input, task.mode, task.resources_id, task.metadata) == (
+        {"x": 1},
+        "train",
+        "res-1",
+        {"k": "v"},
+    )
+    assert task.num_claims == 1
+    assert task.last_claim_time == clock.now
+    assert task.create_time == clock.now - 5
+    record = store.get_task(rollout_id)
+    assert record is not None and record.status is TaskStatus.CLAIMED
+
+
+def test_resources_id_is_never_filled_in(store: Store) -> None:
+    store.publish_resources({"p": {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}})
+    queue(store, 1)
+    task = store.claim_next()
+    assert task is not None and task.resources_id is None
+
+
+def test_an_expired_claim_is_handed_out_again_with_one_more_claim(store: Store, clock: FakeClock) -> None:
+    [rollout_id] = queue(store, "slow")
+    first = store.claim_next()
+    assert first is not None
+    clock.advance(9.9)
+    assert store.claim_next() is None
+    clock.advance(0.2)
+    again = store.claim_next()
+    assert again is not None and again.rollout_id == rollout_id
+    assert again.num_claims == 2
+    assert again.last_claim_time is not None and first.last_claim_time is not None
+    assert again.last_claim_time > first.last_claim_time
+
+
+def test_a_requeued_task_goes_to_the_back_of_the_queue(store: Store, clock: FakeClock) -> None:
+    [first_id] = queue(store, "first")
+    store.claim_next()
+    [second_id] = queue(store, "second")
+    clock.advance(11)
+    store.expire_claims()
+    order = [store.claim_next(), store.claim_next()]
+    assert [task.rollout_id for task in order if task] == [second_id, first_id]
+
+
+def test_a_task_that_times_out_max_claims_times_is_failed(make_store: StoreFactory, clock: FakeClock) -> None:
+    store = make_store(max_claims=2)
+    [rollout_id] = queue(store, "doomed")
+    for _ in range(2):
+        assert store.claim_next() is not None
+        clock.advance(11)
+    assert store.claim_next() is None
+    record = store.get_task(rollout_id)
+    assert record is not None and record.status is TaskStatus.FAILED
+    assert [r.rollout_id for r in store.list_tasks(TaskStatus.FAILED)] == [rollout_id]
+    assert store.counts().tasks[TaskStatus.FAILED] == 1
+
+
+def test_next_deadline_tells_when_a_claim_expires(store: Store, clock: FakeClock) -> None:
+    assert store.next_deadline() is None
+    queue(store, 1)
+    store.claim_next()
+    assert store.next_deadline() == clock.now + 10
+
+
+def test_a_rollout_completes_its_task(store: Store) -> None:
+    [rollout_id] = queue(store, 1)
+    store.claim_next()
+    outcome = store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=0.5))
+    assert outcome is ReportOutcome.STORED
+    record = store.get_task(rollout_id)
+    assert record is not None and record.status is TaskStatus.COMPLETED
+    [stored] = store.rollouts_after(0)
+    assert (stored.rollout.final_reward, stored.attempt, stored.unsolicited) == (0.5, 1, False)
+
+
+def test_a_late_rollout_for_a_requeued_task_takes_it_out_of_the_queue(store: Store, clock: FakeClock) -> None:
+    [rollout_id] = queue(store, 1)
+    store.claim_next()
+    clock.advance(11)
+    store.expire_claims()
+    assert store.record_rollout(Rollout(rollout_id=rollout_id)) is ReportOutcome.STORED
+    assert store.claim_next() is None
+
+
+@pytest.mark.parametrize("consume_first", [False, True])
+def test_a_second_rollout_for_a_task_is_counted_not_stored(
+    store: Store, clock: FakeClock, consume_first: bool
+) -> None:
+    [rollout_id] = queue(store, 1)
+    store.claim_next()
+    clock.advance(11)
+    store.claim_next()  # the re-claim: two workers now hold the task
+    assert store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=1.0)) is ReportOutcome.STORED
+    if consume_first:
+        assert store.consume_rollout(rollout_id) is not None
+    assert store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=2.0)) is ReportOutcome.DUPLICATE
+    assert [r.rollout.final_reward for r in store.rollouts_after(0)] == [1.0]
+    if consume_first:
+        assert store.consume_rollout(rollout_id) is None
+    else:
+        assert [r.final_reward for r in store.consume_all()] == [1.0]
+    counts = store.counts()
+    assert (counts.rollouts, counts.duplicates) == (1, 1)
+    record = store.get_task(rollout_id)
+    assert record is not None and record.duplicates == 1
+
+
+def test_a_rollout_for_an_unknown_id_is_kept_as_unsolicited(store: Store) -> None:
+    assert store.record_rollout(Rollout(rollout_id="made-up", final_reward=3.0)) is ReportOutcome.UNSOLICITED
+    assert store.record_rollout(Rollout(rollout_id="made-up")) is ReportOutcome.DUPLICATE
+    [stored] = store.rollouts_after(0)
+    assert stored.unsolicited and stored.attempt is None
+    assert store.counts().unsolicited == 1
+
+
+def test_rollouts_keep_arrival_order_and_resume_from_a_sequence_number(store: Store) -> None:
+    ids = queue(store, 1, 2, 3)
+    for rollout_id in reversed(ids):
+        store.record_rollout(Rollout(rollout_id=rollout_id))
+    everything = store.rollouts_after(0)
+    assert [r.rollout.rollout_id for r in everything] == list(reversed(ids))
+    assert [r.seq for r in everything] == sorted(r.seq for r in everything)
+    assert [r.rollout.rollout_id for r in store.rollouts_after(everything[0].seq)] == list(reversed(ids))[1:]
+    assert store.rollouts_after(0, limit=1)[0].seq == everything[0].seq
+    assert store.last_seq() == everything[-1].seq
+
+
+def test_unknown_rollout_fields_are_kept(store: Store) -> None:
+    store.record_rollout(Rollout.model_validate({"rollout_id": "x", "future_field": [1, 2]}))
+    stored = store.get_rollout("x")
+    assert stored is not None and stored.rollout.model_dump()["future_field"] == [1, 2]
+
+
+def test_reading_does_not_consume_but_consuming_is_once(store: Store) -> None:
+    ids = queue(store, 1, 2)
+    for rollout_id in ids:
+        store.record_rollout(Rollout(rollout_id=rollout_id))
+    assert len(store.rollouts_after(0)) == 2
+    first = store.consume_rollout(ids[0])
+    assert first is not None and first.rollout_id == ids[0]
+    assert store.consume_rollout(ids[0]) is None
+    assert [r.rollout_id for r in store.consume_all()] == [ids[1]]
+    assert store.consume_all() == []
+    assert len(store.rollouts_after(0)) == 2
+
+
+def test_cancel_takes_a_task_out_of_the_queue(store: Store) -> None:
+    [rollout_id] = queue(store, 1)
+    assert store.cancel_task(rollout_id).status is TaskStatus.CANCELLED
+    assert store.claim_next() is None
+    with pytest.raises(InvalidTransitionError, match="cancelled and cannot be cancelled"):
+        store.cancel_task(rollout_id)
+    with pytest.raises(UnknownTaskError, match="No task with id 'nope'"):
+        store.cancel_task("nope")
+
+
+def test_list_tasks_filters_by_status_in_queue_order(store: Store) -> None:
+    ids = queue(store, 1, 2, 3)
+    store.claim_next()
+    assert [r.rollout_id for r in store.list_tasks(TaskStatus.QUEUED)] == ids[1:]
+    assert [r.rollout_id for r in store.list_tasks()] == ids
+    assert [r.rollout_id for r in store.list_tasks(limit=1, offset=1)] == [ids[1]]
+
+
+def test_resources_get_versions_and_the_latest_wins(store: Store, clock: FakeClock) -> None:
+    llm = {"resource_type": "llm", "endpoint": "http://e", "model": "m"}
+    first = store.publish_resources({"main": llm})
+    assert first.resources_id.startswith("res-") and first.version == 1
+    clock.advance(1)
+    named = store.publish_resources({"main": llm}, resources_id="prod")
+    clock.advance(1)
+    again = store.publish_resources({"main": {**llm, "model": "m2"}}, resources_id="prod")
+    assert (again.version, again.create_time, again.update_time) == (2, named.create_time, clock.now)
+    latest = store.latest_resources()
+    assert latest is not None and latest.resources_id == "prod" and latest.version == 2
+    fetched = store.get_resources(first.resources_id)
+    assert fetched == first
+    assert [r.resources_id for r in store.list_resources()] == [first.resources_id, "prod"]
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"x": {"resource_type": "tool"}}, "unknown resource_type 'tool'"),
+        ({"x": {"endpoint": "e"}}, "has no resource_type"),
+        ({"x": {"resource_type": "llm", "model": "m"}}, "'x.endpoint': Field required"),
+        ({"x": {"resource_type": "prompt_template", "template": "t", "engine": "mustache"}}, "x.engine"),
+    ],
+)
+def test_unknown_or_incomplete_resources_are_refused(
+    store: Store, resources: dict[str, object], message: str
+) -> None:
+    with pytest.raises(StoreError, match=message):
+        store.publish_resources(resources)
+    assert store.latest_resources() is None
+
+
+def test_latest_is_not_a_name_a_bundle_can_take(store: Store) -> None:
+    with pytest.raises(StoreError, match="reserved"):
+        store.publish_resources(
+            {"p": {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}}, "latest"
+        )
+
+
+def test_a_sqlite_store_keeps_everything_across_reopening(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock, task_timeout=10)
+    ids = queue(store, "a", "b")
+    store.claim_next()
+    store.record_rollout(Rollout(rollout_id=ids[0], final_reward=1.0))
+    update = store.publish_resources(
+        {"p": {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}}
+    )
+    store.close()
+
+    reopened = SQLiteStore(path, clock=clock, task_timeout=10)
+    assert reopened.latest_resources() == update
+    assert [r.rollout.rollout_id for r in reopened.rollouts_after(0)] == [ids[0]]
+    task = reopened.claim_next()
+    assert task is not None and task.rollout_id == ids[1]
+    [more] = queue(reopened, "c")
+    assert reopened.list_tasks(TaskStatus.QUEUED)[0].rollout_id == more
+    reopened.close()

@@ -1,0 +1,204 @@
+"""The four legacy worker routes over HTTP, against a real `agl serve`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from daemon import Daemon
+
+LLM = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen"}
+PROMPT = {"resource_type": "prompt_template", "template": "Solve {q}", "engine": "f-string"}
+
+
+def test_an_empty_queue_answers_no_task(daemon: Daemon) -> None:
+    response = daemon.get("/task")
+    assert response.status_code == 200
+    assert response.json() == {"is_available": False, "task": None}
+
+
+def test_a_queued_task_is_handed_out_with_every_field(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue({"q": "1+1"}, mode="train", metadata={"split": "a"})
+    before = time.time()
+    body = daemon.get("/task").json()
+    assert body["is_available"] is True
+    task = body["task"]
+    assert set(task) == {
+        "rollout_id", "input", "mode", "resources_id", "create_time", "last_claim_time", "num_claims", "metadata",
+    }  # fmt: skip
+    assert task["rollout_id"] == rollout_id
+    assert (task["input"], task["mode"], task["resources_id"], task["metadata"]) == (
+        {"q": "1+1"}, "train", None, {"split": "a"},
+    )  # fmt: skip
+    assert task["num_claims"] == 1
+    assert before - 5 < task["create_time"] <= task["last_claim_time"] <= time.time()
+
+
+def test_resources_are_served_latest_and_by_id(daemon: Daemon) -> None:
+    assert daemon.get("/resources/latest").status_code == 404
+    assert daemon.get("/resources/latest").json() == {"detail": "No resources have been set on the server."}
+    first = daemon.publish({"main_llm": LLM})
+    second = daemon.publish({"main_llm": LLM, "prompt": PROMPT})
+    latest = daemon.get("/resources/latest").json()
+    assert latest["resources_id"] == second["resources_id"]
+    assert latest["resources"]["main_llm"] == {**LLM, "api_key": None, "sampling_parameters": {}}
+    assert latest["resources"]["prompt"] == PROMPT
+    assert latest["version"] == 1
+    by_id = daemon.get(f"/resources/{first['resources_id']}").json()
+    assert by_id == first
+    time.sleep(0.05)
+    assert daemon.get(f"/resources/{first['resources_id']}").json()["update_time"] == first["update_time"]
+
+
+def test_unknown_resources_id_is_a_404_that_names_it(daemon: Daemon) -> None:
+    response = daemon.get("/resources/res-nope")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Resource ID 'res-nope' not found."}
+
+
+def test_a_rollout_is_acknowledged_like_0_3_0(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue(1)
+    daemon.claim()
+    response = daemon.post(
+        "/rollout", json={"rollout_id": rollout_id, "final_reward": 0.75, "novel": {"a": 1}}
+    )
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "message": f"Rollout {rollout_id} received and stored.",
+        "data": None,
+    }
+    [stored] = daemon.rollouts()
+    assert (stored["rollout_id"], stored["final_reward"], stored["novel"]) == (rollout_id, 0.75, {"a": 1})
+    assert daemon.status()["tasks"]["completed"] == 1
+
+
+BAD_ROLLOUTS: list[tuple[str, bytes, str]] = [
+    ("not JSON", b"{bad", "json_invalid"),
+    ("empty body", b"", "missing"),
+    ("a JSON array", b"[1, 2]", "model_type"),
+    ("no rollout_id", b'{"final_reward": 1.0}', "missing"),
+    ("a string reward", b'{"rollout_id": "r", "final_reward": "high"}', "float_parsing"),
+    ("a NaN reward", b'{"rollout_id": "r", "final_reward": NaN}', "json_invalid"),
+    ("an infinite reward", b'{"rollout_id": "r", "final_reward": Infinity}', "json_invalid"),
+    ("a triplet without response", b'{"rollout_id": "r", "triplets": [{"prompt": 1}]}', "missing"),
+    ("logs that are not strings", b'{"rollout_id": "r", "logs": [1]}', "string_type"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "error_type"), BAD_ROLLOUTS, ids=[c[0] for c in BAD_ROLLOUTS])
+def test_a_bad_rollout_is_a_422_that_changes_nothing(
+    daemon: Daemon, case: str, body: bytes, error_type: str
+) -> None:
+    response = daemon.post("/rollout", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, case
+    details = response.json()["detail"]
+    assert isinstance(details, list) and details
+    assert {"type", "loc", "msg", "input"} <= set(details[0])
+    assert details[0]["loc"][0] == "body"
+    assert error_type in [d["type"] for d in details]
+    assert daemon.rollouts() == []
+    assert daemon.status()["rollouts"] == 0
+
+
+def test_a_body_over_the_limit_is_a_413(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--max-body-size", "2000")
+    big = {"rollout_id": "r", "logs": ["x" * 3000]}
+    response = daemon.post("/rollout", json=big)
+    assert response.status_code == 413
+    assert "larger than the limit of 2000 bytes" in response.json()["detail"]
+
+    def chunks() -> Any:  # no Content-Length: the limit holds while streaming too
+        yield b'{"rollout_id": "r", "logs": ["'
+        for _ in range(10):
+            yield b"y" * 500
+        yield b'"]}'
+
+    streamed = httpx.post(daemon.url + "/rollout", content=chunks(), timeout=10)
+    assert streamed.status_code == 413
+    assert daemon.rollouts() == []
+
+
+def test_a_long_poll_returns_as_soon_as_a_task_is_queued(daemon: Daemon) -> None:
+    timer = threading.Timer(0.5, daemon.queue, args=("late",))
+    started = time.monotonic()
+    timer.start()
+    body = daemon.get("/task", params={"wait": 20}).json()
+    elapsed = time.monotonic() - started
+    timer.join()
+    assert body["is_available"] is True and body["task"]["input"] == "late"
+    assert 0.4 < elapsed < 10
+
+
+def test_a_long_poll_on_an_empty_queue_answers_after_the_wait(daemon: Daemon) -> None:
+    started = time.monotonic()
+    assert daemon.get("/task", params={"wait": 0.6}).json() == {"is_available": False, "task": None}
+    assert time.monotonic() - started >= 0.55
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "nan", "100000"])
+def test_a_bad_wait_is_a_422(daemon: Daemon, wait: str) -> None:
+    daemon.queue(1)
+    response = daemon.get("/task", params={"wait": wait})
+    assert response.status_code == 422
+    assert "wait" in response.json()["detail"]
+    assert daemon.status()["tasks"]["queued"] == 1
+
+
+def test_an_unreported_task_comes_back_after_the_timeout(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--task-timeout", "0.5")
+    [rollout_id] = daemon.queue("x")
+    first = daemon.claim()
+    assert first is not None and daemon.claim() is None
+    again = daemon.get("/task", params={"wait": 10}).json()["task"]
+    assert again["rollout_id"] == rollout_id
+    assert again["num_claims"] == 2
+    assert again["last_claim_time"] > first["last_claim_time"]
+
+
+def test_both_attempts_report_and_exactly_one_rollout_is_kept(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--task-timeout", "0.3")
+    [rollout_id] = daemon.queue("x")
+    assert daemon.claim() is not None
+    assert daemon.get("/task", params={"wait": 10}).json()["task"]["num_claims"] == 2
+    for reward in (1.0, 2.0):  # the slow first worker, then the second
+        response = daemon.post("/rollout", json={"rollout_id": rollout_id, "final_reward": reward})
+        assert response.status_code == 200
+        assert response.json()["message"] == f"Rollout {rollout_id} received and stored."
+    assert [r["final_reward"] for r in daemon.rollouts()] == [1.0]
+    status = daemon.status()
+    assert (status["rollouts"], status["duplicates"], status["tasks"]["completed"]) == (1, 1, 1)
+    assert daemon.claim() is None
+
+
+def test_a_task_past_max_attempts_is_failed_not_recycled(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--task-timeout", "0.2", "--max-attempts", "2")
+    daemon.queue("x")
+    assert daemon.claim() is not None
+    assert daemon.get("/task", params={"wait": 10}).json()["task"]["num_claims"] == 2
+    assert daemon.get("/task", params={"wait": 1}).json() == {"is_available": False, "task": None}
+    assert daemon.status()["tasks"]["failed"] == 1
+
+
+def test_a_rollout_for_an_id_never_issued_is_kept_as_unsolicited(daemon: Daemon) -> None:
+    assert daemon.post("/rollout", json={"rollout_id": "elsewhere", "final_reward": 1}).status_code == 200
+    [stored] = daemon.rollouts()
+    assert stored["unsolicited"] is True
+    assert daemon.status()["unsolicited"] == 1
+
+
+def test_health_and_readiness_need_no_token(daemon: Daemon) -> None:
+    assert daemon.get("/health").json()["status"] == "ok"
+    assert daemon.get("/ready").json()["status"] == "ready"
+
+
+def test_the_management_api_needs_the_token(daemon: Daemon) -> None:
+    assert daemon.post("/v1/tasks", json={"tasks": [{"input": 1}]}).status_code == 401
+    wrong = daemon.post("/v1/tasks", json={"tasks": [{"input": 1}]}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert wrong.json() == {"detail": "The bearer token is not valid."}
+    assert daemon.status()["tasks"]["queued"] == 0
