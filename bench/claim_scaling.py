@@ -439,8 +439,7 @@ async def bench_server(server: Server, levels: list[int], args: argparse.Namespa
                 results.append(result)
                 log(
                     f"[{server.name}] level {level:,}: {result.requests_per_second:,.0f} req/s"
-                    f" over {done:,} requests"
-                    + (" (capped by --max-seconds)" if run.capped else "")
+                    f" over {done:,} requests" + (" (capped by --max-seconds)" if run.capped else "")
                 )
     finally:
         await server.stop()
