@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Mode = Literal["train", "val", "test"]
 
@@ -35,6 +35,28 @@ class Task(BaseModel):
     last_claim_time: float | None = None
     num_claims: int | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskSpec(BaseModel):
+    """What a submitter says about a new task; the daemon fills in the rest.
+
+    Shared by the server, which validates with it, and `agl queue`, which checks a file
+    before uploading anything.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any = None
+    mode: Mode | None = None
+    resources_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("resources_id")
+    @classmethod
+    def _non_empty_id(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("resources_id must not be empty")
+        return value
 
 
 class TaskIfAny(BaseModel):

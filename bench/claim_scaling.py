@@ -5,7 +5,7 @@ What it measures
     the throughput of `GET /task` (the legacy worker protocol's claim) over `--requests`
     requests issued by `--concurrency` concurrent keep-alive clients. Every measured
     request claims a task too, so during the measurement at level L the claimed count
-    grows from L to L + requests; nothing is ever reported.
+    grows from L (plus a warm-up, below) to L + requests; nothing is ever reported.
 
     It runs the real `agl serve` daemon in a subprocess, once per store (SQLite, the
     default, and `--memory`), and, if `--legacy-python` names a Python with
@@ -26,7 +26,8 @@ How levels are reached
     logging costs.
 
     A measurement stops early after `--max-seconds` (flagged "capped" in the output).
-    Tasks are queued up front: max(levels) + requests x number of levels.
+    Each level starts with `--concurrency` untimed warm-up claims. Tasks are queued up
+    front: max(levels) + (requests + concurrency) x number of levels.
 
     Client and servers share the machine: the client is one asyncio process (httpx), each
     server its own process. The "srv CPU us/req" column (server CPU time per request, from
@@ -48,6 +49,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -190,6 +192,13 @@ class Server(ABC):
     name: str
     url: str
     proc: asyncio.subprocess.Process | None = None
+    stderr_path: Path | None = None
+
+    def stderr_tail(self, chars: int = 3000) -> str:
+        """The end of what the server wrote to stderr."""
+        if self.stderr_path is None or not self.stderr_path.exists():
+            return ""
+        return self.stderr_path.read_text(errors="replace")[-chars:]
 
     @abstractmethod
     async def start(self, tasks: int) -> None:
@@ -216,6 +225,7 @@ class Server(ABC):
         self.proc = None
 
     async def _spawn(self, *argv: str, stderr_path: Path, env: dict[str, str] | None = None) -> None:
+        self.stderr_path = stderr_path
         with stderr_path.open("wb") as stderr:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -229,15 +239,16 @@ class Server(ABC):
 
 
 class AglServer(Server):
-    def __init__(self, store: str, workdir: Path, fill_concurrency: int) -> None:
+    def __init__(self, store: str, workdir: Path, command: list[str], fill_concurrency: int) -> None:
         self.store = store
+        self.command = command
         self.fill_concurrency = fill_concurrency
         self.name = f"agl ({store})"
         self.state_dir = workdir / f"agl-{store}"
         self.token = ""
 
     async def start(self, tasks: int) -> None:
-        argv = [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--state-dir", str(self.state_dir)]
+        argv = [*self.command, "serve", "--port", "0", "--state-dir", str(self.state_dir)]
         argv += ["--task-timeout", "3600", "--log-level", "warning"]
         if self.store == "memory":
             argv.append("--memory")
@@ -318,11 +329,13 @@ class LegacyServer(Server):
 
     def __init__(self, python: str, workdir: Path) -> None:
         self.python = python
-        self.stderr_path = workdir / "legacy.stderr"
+        self.workdir = workdir
 
     async def start(self, tasks: int) -> None:
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
-        await self._spawn(self.python, "-c", LEGACY_SCRIPT, str(tasks), stderr_path=self.stderr_path, env=env)
+        await self._spawn(
+            self.python, "-c", LEGACY_SCRIPT, str(tasks), stderr_path=self.workdir / "legacy.stderr", env=env
+        )
         words = await self._read_line(STARTUP_TIMEOUT)
         if words[0] != "READY":
             raise RuntimeError(f"unexpected line from the 0.3.0 server: {' '.join(words)}")
@@ -345,8 +358,7 @@ class LegacyServer(Server):
             raise RuntimeError(f"the 0.3.0 server did not answer within {timeout:.0f}s") from None
         if not line:
             await self.proc.wait()
-            tail = self.stderr_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the 0.3.0 server exited with {self.proc.returncode}:\n{tail}")
+            raise RuntimeError(f"the 0.3.0 server exited with {self.proc.returncode}:\n{self.stderr_tail()}")
         return line.decode().split()
 
 
@@ -376,7 +388,7 @@ def legacy_available(python: str) -> str | None:
 
 
 async def bench_server(server: Server, levels: list[int], args: argparse.Namespace) -> list[Result]:
-    tasks = max(levels) + args.requests * len(levels) + args.concurrency
+    tasks = max(levels) + (args.requests + args.concurrency) * len(levels)
     log(f"[{server.name}] starting, queueing {tasks:,} tasks ...")
     started = time.perf_counter()
     results: list[Result] = []
@@ -404,6 +416,10 @@ async def bench_server(server: Server, levels: list[int], args: argparse.Namespa
                     )
                     claimed = level
                 await warm_up(client, args.concurrency)
+                warm = await claim_many(client, args.concurrency, args.concurrency, seen)
+                claimed += warm.ok
+                if warm.errors:
+                    raise RuntimeError(f"warm-up claims failed; first: {warm.first_error}")
                 cpu_before = process_cpu_seconds(pid)
                 client_cpu_before = time.process_time()
                 run = await claim_many(
@@ -441,6 +457,10 @@ async def bench_server(server: Server, levels: list[int], args: argparse.Namespa
                     f"[{server.name}] level {level:,}: {result.requests_per_second:,.0f} req/s"
                     f" over {done:,} requests" + (" (capped by --max-seconds)" if run.capped else "")
                 )
+    except Exception:
+        tail = server.stderr_tail()
+        log(f"[{server.name}] failed; the end of its stderr:\n{tail}" if tail else f"[{server.name}] failed")
+        raise
     finally:
         await server.stop()
     base = next((r.requests_per_second for r in results if r.level == levels[0]), None)
@@ -476,9 +496,12 @@ def print_table(results: list[Result], args: argparse.Namespace, notes: list[str
         )
     print()
     print(
-        "claimed: claimed-but-unreported tasks when the measurement starts (it ends at claimed + requests)."
+        "claimed: claimed-but-unreported tasks before the level's untimed warm-up of "
+        f"{args.concurrency} claims; the timed requests then run from claimed + {args.concurrency} upwards."
     )
     print("fill claims/s: claim rate over HTTP while filling up to this level (0.3.0 fills in-process).")
+    print("srv CPU us/req: CPU time of the server process per timed request, from /proc.")
+    print("cli CPU: share of one core the bench client used while timing (near 100%: client-bound).")
     if any(r.capped for r in results):
         print(f"*: measurement stopped at --max-seconds {args.max_seconds:g} before all requests were made.")
     for note in notes:
@@ -509,7 +532,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="measured GET /task requests per level")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients while measuring")
     parser.add_argument(
-        "--fill-concurrency", type=int, default=32, help="concurrent clients while filling (agl)"
+        "--fill-concurrency", type=int, default=64, help="concurrent clients while filling (agl)"
     )
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop a measurement after this long")
     parser.add_argument(
@@ -517,6 +540,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--legacy-python", help="a Python with agentlightning 0.3.0, to bench its legacy server"
+    )
+    parser.add_argument(
+        "--agl-command",
+        type=shlex.split,
+        default=[sys.executable, "-m", "agl_cli"],
+        help="how to run agl (its `serve` subcommand is appended)",
     )
     parser.add_argument(
         "--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout only)"
@@ -541,7 +570,9 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Result]
     assert main_task is not None
     with contextlib.suppress(NotImplementedError):  # SIGTERM stops us like Ctrl-C does
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    servers: list[Server] = [AglServer(store, workdir, args.fill_concurrency) for store in args.stores]
+    servers: list[Server] = [
+        AglServer(store, workdir, args.agl_command, args.fill_concurrency) for store in args.stores
+    ]
     notes: list[str] = []
     if args.legacy_python:
         why_not = legacy_available(args.legacy_python)

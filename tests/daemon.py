@@ -79,6 +79,11 @@ class Daemon:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the daemon to exit by itself; its exit status."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -127,6 +132,10 @@ class Daemon:
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
+
+    def report(self, rollout_id: str, **fields: Any) -> None:
+        """Post a rollout as a worker does."""
+        self.post("/rollout", json={"rollout_id": rollout_id, **fields}).raise_for_status()
 
     def claim(self) -> dict[str, Any] | None:
         body = self.get("/task").json()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from agl_cli.store import (
     Store,
     StoreError,
     TaskSpec,
+    UnknownBatchError,
     UnknownTaskError,
 )
 
@@ -306,3 +309,137 @@ def test_a_sqlite_store_keeps_everything_across_reopening(tmp_path: Path, clock:
     [more] = queue(reopened, "c")
     assert reopened.list_tasks(TaskStatus.QUEUED)[0].rollout_id == more
     reopened.close()
+
+
+def stage(store: Store, batch_id: str, *inputs: object) -> list[str]:
+    return store.stage_tasks(batch_id, [TaskSpec(input=value) for value in inputs])
+
+
+def test_staged_tasks_are_invisible_until_their_batch_is_committed(store: Store) -> None:
+    batch_id = store.create_batch()
+    assert batch_id.startswith("batch-")
+    staged = stage(store, batch_id, "a", "b")
+    assert store.batch_size(batch_id) == 2
+    assert store.claim_next() is None
+    assert store.list_tasks() == []
+    assert store.get_task(staged[0]) is None
+    assert store.counts().tasks[TaskStatus.QUEUED] == 0
+
+
+def test_a_committed_batch_is_queued_in_staging_order_at_the_commit_time(
+    store: Store, clock: FakeClock
+) -> None:
+    [earlier] = queue(store, "earlier")
+    batch_id = store.create_batch()
+    first = stage(store, batch_id, "a", "b")
+    second = store.stage_tasks(batch_id, [TaskSpec(input="c", mode="val", metadata={"k": 1})])
+    assert store.batch_size(batch_id) == 3
+    clock.advance(5)
+    assert store.commit_batch(batch_id) == 3
+    assert [r.rollout_id for r in store.list_tasks()] == [earlier, *first, *second]
+    claimed = [store.claim_next() for _ in range(4)]
+    assert [task.input for task in claimed if task] == ["earlier", "a", "b", "c"]
+    record = store.get_task(second[0])
+    assert record is not None
+    assert (record.task.mode, record.task.metadata, record.task.create_time) == ("val", {"k": 1}, clock.now)
+    assert store.counts().tasks[TaskStatus.CLAIMED] == 4
+
+
+def test_a_committed_batch_queues_behind_a_task_requeued_before_it(store: Store, clock: FakeClock) -> None:
+    [slow] = queue(store, "slow")
+    store.claim_next()
+    batch_id = store.create_batch()
+    [staged] = stage(store, batch_id, "new")
+    clock.advance(11)
+    store.expire_claims()
+    store.commit_batch(batch_id)
+    order = [store.claim_next(), store.claim_next()]
+    assert [task.rollout_id for task in order if task] == [slow, staged]
+
+
+def test_a_discarded_batch_queues_nothing(store: Store) -> None:
+    batch_id = store.create_batch()
+    stage(store, batch_id, 1, 2, 3)
+    assert store.discard_batch(batch_id) == 3
+    assert store.claim_next() is None
+    assert store.list_tasks() == []
+
+
+def test_a_batch_ends_when_committed_or_discarded(store: Store) -> None:
+    committed, discarded = store.create_batch(), store.create_batch()
+    store.commit_batch(committed)
+    store.discard_batch(discarded)
+    for batch_id in (committed, discarded, "batch-nope"):
+        with pytest.raises(UnknownBatchError, match=f"No batch with id '{batch_id}'"):
+            stage(store, batch_id, 1)
+        with pytest.raises(UnknownBatchError):
+            store.commit_batch(batch_id)
+        with pytest.raises(UnknownBatchError):
+            store.discard_batch(batch_id)
+        with pytest.raises(UnknownBatchError):
+            store.batch_size(batch_id)
+    assert store.list_tasks() == []
+
+
+def test_batches_staged_side_by_side_stay_apart(store: Store) -> None:
+    one, two = store.create_batch(), store.create_batch()
+    ones = stage(store, one, "1a")
+    twos = stage(store, two, "2a")
+    ones += stage(store, one, "1b")
+    assert store.discard_batch(two) == 1
+    assert store.commit_batch(one) == 2
+    assert [r.rollout_id for r in store.list_tasks()] == ones
+    assert not set(twos) & {r.rollout_id for r in store.list_tasks()}
+
+
+def test_an_empty_batch_commits_nothing(store: Store) -> None:
+    assert store.commit_batch(store.create_batch()) == 0
+    assert store.list_tasks() == []
+
+
+def test_rollout_ids_are_unique_uuid4s(store: Store) -> None:
+    ids = queue(store, *range(500)) + stage(store, store.create_batch(), *range(500))
+    assert len(set(ids)) == 1000
+    for rollout_id in ids:
+        assert rollout_id.startswith("rollout-")
+        parsed = uuid.UUID(rollout_id.removeprefix("rollout-"))
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, rollout_id[8:])
+
+
+def test_a_store_says_what_kind_it_is(store: Store) -> None:
+    assert store.kind in ("memory", "sqlite")
+
+
+def test_a_sqlite_store_drops_uncommitted_batches_when_reopened(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock)
+    batch_id = store.create_batch()
+    stage(store, batch_id, *range(10))
+    store.close()
+
+    reopened = SQLiteStore(path, clock=clock)
+    with pytest.raises(UnknownBatchError):
+        reopened.commit_batch(batch_id)
+    assert reopened.list_tasks() == []
+    assert reopened._read("SELECT count(*) FROM staging") == [(0,)]
+    reopened.close()
+
+
+def test_a_sqlite_store_of_schema_1_is_brought_up_to_date(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock)
+    [rollout_id] = queue(store, "kept")
+    store.close()
+    old = sqlite3.connect(path)
+    old.executescript(
+        "DROP TABLE staging; DROP TABLE batches; DROP INDEX rollouts_unsolicited; PRAGMA user_version=1;"
+    )
+    old.close()
+
+    upgraded = SQLiteStore(path, clock=clock)
+    assert [r.rollout_id for r in upgraded.list_tasks()] == [rollout_id]
+    batch_id = upgraded.create_batch()
+    stage(upgraded, batch_id, "new")
+    assert upgraded.commit_batch(batch_id) == 1
+    assert upgraded._read("PRAGMA user_version") == [(2,)]
+    upgraded.close()

@@ -28,6 +28,8 @@ def forward(command: str, args: list[str]) -> int:
         status = agentlightning_main([command, *args])
     except SystemExit as exit_:
         status = exit_.code
+    except ModuleNotFoundError as exc:  # an optional dependency of that agentlightning command
+        fail(f"'agl {command}' needs the Python module '{exc.name}', which is not installed.")
     if status is None:
         return 0
     return status if isinstance(status, int) else 1

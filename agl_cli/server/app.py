@@ -66,6 +66,9 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
     app.state.broker = broker
     app.state.options = options
     app.state.ready = False
+    # What `POST /v1/shutdown` calls to stop the server gracefully; whoever runs the
+    # server sets it (the daemon does), and without it the route answers 501.
+    app.state.request_shutdown = None
     return app
 
 

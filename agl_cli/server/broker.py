@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import Request
 
 from agl_cli.models import ResourcesUpdate, Rollout, Task
+from agl_cli.server.rates import RateWindow
 from agl_cli.store import ReportOutcome, Store, TaskSpec
 
 log = logging.getLogger("agl.broker")
@@ -53,6 +54,8 @@ class Stats:
     claims: int = 0
     reclaims: int = 0
     reports: dict[ReportOutcome, int] = field(default_factory=lambda: dict.fromkeys(ReportOutcome, 0))
+    claim_rate: RateWindow = field(default_factory=RateWindow)
+    rollout_rate: RateWindow = field(default_factory=RateWindow)
 
 
 class Broker:
@@ -103,6 +106,13 @@ class Broker:
             self._tasks_changed.notify()
         return ids
 
+    def commit_batch(self, batch_id: str) -> int:
+        """Queue a staged batch at once, and wake the workers waiting for tasks."""
+        queued = self.store.commit_batch(batch_id)
+        if queued:
+            self._tasks_changed.notify()
+        return queued
+
     async def claim(self, wait: float = 0.0) -> Task | None:
         """Hand out the next task, waiting up to `wait` seconds for one to appear."""
         deadline = time.monotonic() + wait
@@ -110,6 +120,7 @@ class Broker:
             task = self.store.claim_next()
             if task is not None:
                 self.stats.claims += 1
+                self.stats.claim_rate.add()
                 if (task.num_claims or 0) > 1:
                     self.stats.reclaims += 1
                 return task
@@ -127,6 +138,7 @@ class Broker:
         outcome = self.store.record_rollout(rollout)
         self.stats.reports[outcome] += 1
         if outcome is not ReportOutcome.DUPLICATE:
+            self.stats.rollout_rate.add()
             self._rollouts_changed.notify()
         return outcome
 

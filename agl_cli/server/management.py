@@ -1,88 +1,333 @@
-"""The management API under `/v1`: what the CLI and scripts use to drive the daemon."""
+"""The management API under `/v1`: what the CLI and scripts use to drive the daemon.
+
+`docs/api.md` is the contract. Every route is one `Endpoint` in `ENDPOINTS`, from which
+both the Starlette routes and the OpenAPI document are made.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import os
+import time
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from agl_cli import __version__
+from agl_cli.models import ResourcesUpdate, TaskStatus
+from agl_cli.server import schemas
 from agl_cli.server.broker import broker_of
-from agl_cli.server.requests import int_param, read_model
+from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param, build_document, routes_of
+from agl_cli.server.requests import bool_param, choice_param, int_param, read_model
 from agl_cli.server.responses import ORJSONResponse, error
-from agl_cli.store import StoredRollout, StoreError, TaskSpec
+from agl_cli.server.schemas import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from agl_cli.server.stream import LAST_EVENT_ID, SINCE_NOW, rollout_json, stream_rollouts
+from agl_cli.store import (
+    InvalidTransitionError,
+    StoreError,
+    TaskRecord,
+    UnknownBatchError,
+    UnknownTaskError,
+)
 
+MAX_SEQ = 2**62
+REDACTED = "***"
+SECRET_BEARING_TYPES = ("llm", "proxy_llm")
+STATUSES = tuple(status.value for status in TaskStatus)
 
-class QueueRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tasks: list[TaskSpec] = Field(min_length=1)
-
-
-class PublishRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    resources: dict[str, Any] = Field(min_length=1)
-    resources_id: str | None = None
+# --- tasks ---------------------------------------------------------------------------------
 
 
 async def queue_tasks(request: Request) -> Response:
-    """`POST /v1/tasks`: queue a batch of tasks, all or none."""
-    batch = await read_model(request, QueueRequest)
+    """Queue tasks in one transaction: all of them, in order, or none."""
+    batch = await read_model(request, schemas.QueueRequest)
     ids = broker_of(request).queue_tasks(batch.tasks)
     return ORJSONResponse({"rollout_ids": ids}, status_code=201)
 
 
+async def list_tasks(request: Request) -> Response:
+    """Tasks in the order they were queued, optionally only those in one status."""
+    status = choice_param(request, "status", STATUSES)
+    limit = int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+    offset = int_param(request, "offset", 0, 0, MAX_SEQ)
+    records = broker_of(request).store.list_tasks(TaskStatus(status) if status else None, limit, offset)
+    return ORJSONResponse({"tasks": [task_json(record) for record in records]})
+
+
+async def show_task(request: Request) -> Response:
+    """One task and where it is in its life cycle."""
+    rollout_id = request.path_params["rollout_id"]
+    record = broker_of(request).store.get_task(rollout_id)
+    if record is None:
+        return error(404, str(UnknownTaskError(rollout_id)))
+    return ORJSONResponse(task_json(record))
+
+
+async def cancel_task(request: Request) -> Response:
+    """Take a queued or claimed task out of play; a rollout that still comes is kept."""
+    try:
+        record = broker_of(request).store.cancel_task(request.path_params["rollout_id"])
+    except UnknownTaskError as exc:
+        return error(404, str(exc))
+    except InvalidTransitionError as exc:
+        return error(409, str(exc))
+    return ORJSONResponse(task_json(record))
+
+
+def task_json(record: TaskRecord) -> dict[str, Any]:
+    return {
+        **record.task.model_dump(mode="json"),
+        "status": record.status.value,
+        "deadline": record.deadline,
+        "completed_time": record.completed_time,
+        "duplicates": record.duplicates,
+    }
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+async def create_batch(request: Request) -> Response:
+    """Open a batch: tasks staged into it are queued together when it is committed."""
+    return ORJSONResponse({"batch_id": broker_of(request).store.create_batch()}, status_code=201)
+
+
+async def stage_tasks(request: Request) -> Response:
+    """Add tasks to a batch; they stay invisible until the batch is committed."""
+    batch_id = request.path_params["batch_id"]
+    body = await read_model(request, schemas.QueueRequest)
+    store = broker_of(request).store
+    try:
+        ids = store.stage_tasks(batch_id, body.tasks)
+        staged = store.batch_size(batch_id)
+    except UnknownBatchError as exc:
+        return error(404, str(exc))
+    return ORJSONResponse({"rollout_ids": ids, "staged": staged})
+
+
+async def commit_batch(request: Request) -> Response:
+    """Queue every staged task of a batch in one transaction, in staging order."""
+    try:
+        queued = broker_of(request).commit_batch(request.path_params["batch_id"])
+    except UnknownBatchError as exc:
+        return error(404, str(exc))
+    return ORJSONResponse({"queued": queued})
+
+
+async def discard_batch(request: Request) -> Response:
+    """Drop a batch and everything staged in it; nothing is queued."""
+    try:
+        discarded = broker_of(request).store.discard_batch(request.path_params["batch_id"])
+    except UnknownBatchError as exc:
+        return error(404, str(exc))
+    return ORJSONResponse({"discarded": discarded})
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
 async def publish_resources(request: Request) -> Response:
-    """`POST /v1/resources`: publish a bundle; it becomes the latest."""
-    body = await read_model(request, PublishRequest)
+    """Publish a bundle; it becomes the latest, and an existing id gets a new version."""
+    body = await read_model(request, schemas.PublishBody)
+    reveal = bool_param(request, "reveal")
     try:
         update = broker_of(request).publish(body.resources, body.resources_id)
     except StoreError as exc:
         return error(422, str(exc))
-    return ORJSONResponse(update.model_dump(mode="json"), status_code=201)
+    return ORJSONResponse(resources_json(update, reveal), status_code=201)
 
 
-async def list_rollouts(request: Request) -> Response:
-    """`GET /v1/rollouts?since=SEQ&limit=N`: kept rollouts after SEQ, oldest first."""
-    since = int_param(request, "since", 0, 0, 2**62)
-    limit = int_param(request, "limit", 100, 1, 10_000)
-    rollouts = broker_of(request).store.rollouts_after(since, limit)
-    return ORJSONResponse({"rollouts": [rollout_json(r) for r in rollouts]})
-
-
-async def status(request: Request) -> Response:
-    """`GET /v1/status`: counts per task status and of rollouts."""
-    broker = broker_of(request)
-    counts = broker.store.counts()
+async def list_resources(request: Request) -> Response:
+    """Every published bundle, oldest publish first, and which one is the latest."""
+    reveal = bool_param(request, "reveal")
+    store = broker_of(request).store
+    updates = store.list_resources()
+    latest = store.latest_resources()
     return ORJSONResponse(
         {
-            "tasks": {status.value: number for status, number in counts.tasks.items()},
-            "rollouts": counts.rollouts,
-            "unsolicited": counts.unsolicited,
-            "duplicates": counts.duplicates,
-            "resources": counts.resources,
-            "last_seq": broker.store.last_seq(),
+            "resources": [resources_json(update, reveal) for update in updates],
+            "latest_id": latest.resources_id if latest else None,
         }
     )
 
 
-def rollout_json(stored: StoredRollout) -> dict[str, Any]:
-    """A kept rollout with its own fields first, then agl's bookkeeping."""
-    return {
-        **stored.rollout.model_dump(mode="json"),
-        "seq": stored.seq,
-        "received_time": stored.received_time,
-        "attempt": stored.attempt,
-        "unsolicited": stored.unsolicited,
-    }
+async def show_resources(request: Request) -> Response:
+    """One bundle by id, or the latest one."""
+    reveal = bool_param(request, "reveal")
+    resources_id = request.path_params["resources_id"]
+    store = broker_of(request).store
+    if resources_id == "latest":
+        update = store.latest_resources()
+        if update is None:
+            return error(404, "No resources have been published yet.")
+    else:
+        update = store.get_resources(resources_id)
+        if update is None:
+            return error(404, f"No resources with id '{resources_id}'.")
+    return ORJSONResponse(resources_json(update, reveal))
 
 
-routes = [
-    Route("/v1/tasks", queue_tasks, methods=["POST"]),
-    Route("/v1/resources", publish_resources, methods=["POST"]),
-    Route("/v1/rollouts", list_rollouts, methods=["GET"]),
-    Route("/v1/status", status, methods=["GET"]),
-]
+def resources_json(update: ResourcesUpdate, reveal: bool) -> dict[str, Any]:
+    """A bundle for people: API keys hidden unless asked for (workers always get them)."""
+    body = update.model_dump(mode="json")
+    if not reveal:
+        for resource in body["resources"].values():
+            if resource["resource_type"] in SECRET_BEARING_TYPES and resource.get("api_key") is not None:
+                resource["api_key"] = REDACTED
+    return body
+
+
+# --- rollouts ------------------------------------------------------------------------------
+
+
+async def list_rollouts(request: Request) -> Response:
+    """Kept rollouts with a sequence number above `since`, oldest first."""
+    since = int_param(request, "since", 0, 0, MAX_SEQ)
+    limit = int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+    store = broker_of(request).store
+    rollouts = store.rollouts_after(since, limit)
+    return ORJSONResponse({"rollouts": [rollout_json(r) for r in rollouts], "last_seq": store.last_seq()})
+
+
+async def show_rollout(request: Request) -> Response:
+    """One kept rollout by its id."""
+    rollout_id = request.path_params["rollout_id"]
+    stored = broker_of(request).store.get_rollout(rollout_id)
+    if stored is None:
+        return error(404, f"No rollout with id '{rollout_id}'.")
+    return ORJSONResponse(rollout_json(stored))
+
+
+# --- the daemon ----------------------------------------------------------------------------
+
+
+async def status(request: Request) -> Response:
+    """Version, address, counts per task status, and claim and rollout rates."""
+    broker = broker_of(request)
+    store = broker.store
+    options = request.app.state.options
+    counts = store.counts()
+    latest = store.latest_resources()
+    now = time.time()
+    body = schemas.Status(
+        version=__version__,
+        pid=os.getpid(),
+        started_time=broker.stats.started,
+        uptime=now - broker.stats.started,
+        address=options.address,
+        state_dir=options.state_dir,
+        store=store.kind,
+        task_timeout=store.task_timeout,
+        max_attempts=store.max_claims,
+        tasks={status.value: number for status, number in counts.tasks.items()},
+        rollouts=counts.rollouts,
+        unsolicited=counts.unsolicited,
+        duplicates=counts.duplicates,
+        resources=counts.resources,
+        last_seq=store.last_seq(),
+        latest_resources_id=latest.resources_id if latest else None,
+        rates=schemas.Rates(
+            claims_per_second=broker.stats.claim_rate.per_second(),
+            rollouts_per_second=broker.stats.rollout_rate.per_second(),
+        ),
+    )
+    return ORJSONResponse(body.model_dump(mode="json"))
+
+
+async def shutdown(request: Request) -> Response:
+    """Stop the daemon gracefully, as SIGTERM does, once this answer has gone out."""
+    stop = request.app.state.request_shutdown
+    if stop is None:
+        return error(501, "This server runs inside another program; stop it from there.")
+    return ORJSONResponse({"status": "stopping"}, status_code=202, background=BackgroundTask(stop))
+
+
+async def openapi_document(request: Request) -> Response:
+    """This API described as OpenAPI 3.1, generated from the models it validates with."""
+    return ORJSONResponse(_document())
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    return build_document(ENDPOINTS, title="agl management API", version=__version__)
+
+
+# --- the route table -----------------------------------------------------------------------
+
+_Limit = Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)]
+_Count = Annotated[int, Field(ge=0)]
+_LIMIT = Param("limit", _Limit, f"How many at most (default {DEFAULT_LIST_LIMIT}).")
+_REVEAL = Param("reveal", bool, "Show API keys instead of `***`.")
+_GONE = {404: None}
+_INVALID = {422: None}
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "POST", "/v1/tasks", queue_tasks, "Queue tasks",
+        {201: schemas.RolloutIds, **_INVALID}, body=schemas.QueueRequest,
+    ),
+    Endpoint(
+        "GET", "/v1/tasks", list_tasks, "List tasks", {200: schemas.TaskList, **_INVALID},
+        params=(
+            Param("status", TaskStatus, "Only tasks in this status."),
+            _LIMIT,
+            Param("offset", _Count, "How many matching tasks to skip."),
+        ),
+    ),
+    Endpoint("GET", "/v1/tasks/{rollout_id}", show_task, "Show a task", {200: schemas.TaskRecord, **_GONE}),
+    Endpoint(
+        "POST", "/v1/tasks/{rollout_id}/cancel", cancel_task, "Cancel a task",
+        {200: schemas.TaskRecord, **_GONE, 409: None},
+    ),
+    Endpoint("POST", "/v1/batches", create_batch, "Open a batch", {201: schemas.BatchCreated}),
+    Endpoint(
+        "POST", "/v1/batches/{batch_id}/tasks", stage_tasks, "Stage tasks in a batch",
+        {200: schemas.Staged, **_GONE, **_INVALID}, body=schemas.QueueRequest,
+    ),
+    Endpoint(
+        "POST", "/v1/batches/{batch_id}/commit", commit_batch, "Queue a batch",
+        {200: schemas.Committed, **_GONE},
+    ),
+    Endpoint(
+        "DELETE", "/v1/batches/{batch_id}", discard_batch, "Discard a batch",
+        {200: schemas.Discarded, **_GONE},
+    ),
+    Endpoint(
+        "POST", "/v1/resources", publish_resources, "Publish resources",
+        {201: ResourcesUpdate, **_INVALID}, body=schemas.PublishRequest, params=(_REVEAL,),
+    ),
+    Endpoint(
+        "GET", "/v1/resources", list_resources, "List resources",
+        {200: schemas.ResourcesList, **_INVALID}, params=(_REVEAL,),
+    ),
+    Endpoint(
+        "GET", "/v1/resources/{resources_id}", show_resources, "Show resources (an id, or `latest`)",
+        {200: ResourcesUpdate, **_GONE, **_INVALID}, params=(_REVEAL,),
+    ),
+    Endpoint(
+        "GET", "/v1/rollouts", list_rollouts, "List rollouts",
+        {200: schemas.RolloutList, **_INVALID},
+        params=(Param("since", _Count, "Only rollouts with a greater sequence number."), _LIMIT),
+    ),
+    Endpoint(  # before /v1/rollouts/{rollout_id}, which would take "stream" for an id
+        "GET", "/v1/rollouts/stream", stream_rollouts, "Follow rollouts as they arrive",
+        {200: schemas.RolloutRecord, **_INVALID},
+        params=(
+            Param("since", _Count | SINCE_NOW, "Start after this sequence number, or after the last one."),
+            Param(LAST_EVENT_ID, _Count, "Resume after this sequence number; wins over `since`.", "header"),
+        ),
+        media_type=EVENT_STREAM,
+    ),
+    Endpoint(
+        "GET", "/v1/rollouts/{rollout_id}", show_rollout, "Show a rollout",
+        {200: schemas.RolloutRecord, **_GONE},
+    ),
+    Endpoint("GET", "/v1/status", status, "The daemon's status", {200: schemas.Status}),
+    Endpoint("POST", "/v1/shutdown", shutdown, "Stop the daemon", {202: schemas.Stopping, 501: None}),
+    Endpoint("GET", "/v1/openapi.json", openapi_document, "This document", {200: None}),
+]  # fmt: skip
+
+routes = routes_of(ENDPOINTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -71,3 +72,27 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     if not low <= value <= high:
         raise BadRequest(error(422, f"Query parameter '{name}' must be between {low} and {high}."))
     return value
+
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def bool_param(request: Request, name: str, default: bool = False) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise BadRequest(error(422, f"Query parameter '{name}' must be true or false, not '{raw}'."))
+
+
+def choice_param(request: Request, name: str, choices: Sequence[str]) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw in choices:
+        return raw
+    raise BadRequest(
+        error(422, f"Query parameter '{name}' must be one of: {', '.join(choices)}; not '{raw}'.")
+    )

@@ -27,6 +27,7 @@ from typing import Any
 import uvicorn
 
 from agl_cli import __version__, paths
+from agl_cli.server import pidfile
 from agl_cli.server.app import DEFAULT_MAX_BODY_BYTES, ServerOptions, create_app
 from agl_cli.server.broker import Broker
 from agl_cli.store import MemoryStore, SQLiteStore, Store, StoreError
@@ -137,12 +138,33 @@ class _Server(uvicorn.Server):
         if self.broker is not None:
             self.broker.begin_shutdown()
 
+    def request_exit(self) -> None:
+        """Stop as on SIGTERM, for `POST /v1/shutdown`."""
+        self.should_exit = True
+        if self.broker is not None:
+            self.broker.begin_shutdown()
+
 
 def run(config: DaemonConfig) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests finish, then the store closes."""
+    """Serve until SIGINT/SIGTERM or `POST /v1/shutdown`; in-flight requests finish, then
+    the store closes. The pidfile marks the state directory as taken meanwhile."""
     if not config.auth and not is_loopback(config.host):
         raise StartupError(f"Refusing to listen on {config.host} without a token: remove --no-auth.")
     state_dir = prepare_state_dir(config.state_dir or paths.default_state_dir())
+    pid_path = state_dir / paths.PIDFILE_NAME
+    try:
+        pidfile.acquire(pid_path)
+    except pidfile.AlreadyRunningError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"Cannot write the pidfile {pid_path} ({exc.strerror or exc}).") from None
+    try:
+        _serve(config, state_dir)
+    finally:
+        pidfile.release(pid_path)
+
+
+def _serve(config: DaemonConfig, state_dir: Path) -> None:
     token = load_or_create_token(state_dir) if config.auth else None
     store = open_store(config, state_dir)
     try:
@@ -169,6 +191,7 @@ def run(config: DaemonConfig) -> None:
         )
     )
     server.broker = app.state.broker
+    app.state.request_shutdown = server.request_exit
     address_file = state_dir / paths.ADDRESS_NAME
     address_file.write_text(address + "\n")
     where = "in memory" if config.memory else str(state_dir / paths.DATABASE_NAME)

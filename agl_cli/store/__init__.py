@@ -11,6 +11,7 @@ from agl_cli.store.base import (
     StoreError,
     TaskRecord,
     TaskSpec,
+    UnknownBatchError,
     UnknownResourcesError,
     UnknownTaskError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "StoredRollout",
     "TaskRecord",
     "TaskSpec",
+    "UnknownBatchError",
     "UnknownResourcesError",
     "UnknownTaskError",
 ]

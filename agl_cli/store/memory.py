@@ -17,11 +17,14 @@ from agl_cli.store.base import (
     StoredRollout,
     TaskRecord,
     TaskSpec,
+    UnknownBatchError,
     UnknownTaskError,
     check_cancellable,
     check_resources_id,
+    new_batch_id,
     new_resources_id,
-    new_rollout_id,
+    new_rollout_ids,
+    new_task,
     outcome_of_report,
     status_after_timeout,
     validate_resources,
@@ -43,6 +46,8 @@ class _Entry:
 class MemoryStore(Store):
     """Dicts, a FIFO of queued ids and a heap of claim deadlines (stale entries skipped)."""
 
+    kind = "memory"
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._lock = threading.RLock()
@@ -55,31 +60,69 @@ class MemoryStore(Store):
         self._resources: dict[str, ResourcesUpdate] = {}
         self._latest: str | None = None
         self._duplicates = 0
+        self._batches: dict[str, list[_Entry]] = {}
 
     # tasks -------------------------------------------------------------------------------
 
     def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
         now = self.clock()
+        ids = new_rollout_ids(len(specs))
         entries = [
-            _Entry(
-                Task(
-                    rollout_id=new_rollout_id(),
-                    input=spec.input,
-                    mode=spec.mode,
-                    resources_id=spec.resources_id,
-                    create_time=now,
-                    num_claims=0,
-                    metadata=spec.metadata,
-                ),
-                TaskStatus.QUEUED,
-            )
-            for spec in specs
+            _Entry(new_task(i, spec, now), TaskStatus.QUEUED) for i, spec in zip(ids, specs, strict=True)
         ]
         with self._lock:
-            for entry in entries:
-                self._tasks[entry.task.rollout_id] = entry
-                self._queue[entry.task.rollout_id] = None
+            self._enqueue(entries)
         return [entry.task.rollout_id for entry in entries]
+
+    def _enqueue(self, entries: Sequence[_Entry]) -> None:
+        for entry in entries:
+            self._tasks[entry.task.rollout_id] = entry
+            self._queue[entry.task.rollout_id] = None
+
+    # batches -----------------------------------------------------------------------------
+
+    def create_batch(self) -> str:
+        batch_id = new_batch_id()
+        with self._lock:
+            self._batches[batch_id] = []
+        return batch_id
+
+    def stage_tasks(self, batch_id: str, specs: Sequence[TaskSpec]) -> list[str]:
+        ids = new_rollout_ids(len(specs))
+        entries = [
+            _Entry(new_task(i, spec, None), TaskStatus.QUEUED) for i, spec in zip(ids, specs, strict=True)
+        ]
+        with self._lock:
+            self._staged(batch_id).extend(entries)
+        return [entry.task.rollout_id for entry in entries]
+
+    def batch_size(self, batch_id: str) -> int:
+        with self._lock:
+            return len(self._staged(batch_id))
+
+    def commit_batch(self, batch_id: str) -> int:
+        with self._lock:
+            entries = self._staged(batch_id)
+            now = self.clock()
+            for entry in entries:
+                entry.task.create_time = now  # staged tasks are private: no copy needed
+            self._enqueue(entries)
+            del self._batches[batch_id]
+            return len(entries)
+
+    def discard_batch(self, batch_id: str) -> int:
+        with self._lock:
+            entries = self._staged(batch_id)
+            del self._batches[batch_id]
+            return len(entries)
+
+    def _staged(self, batch_id: str) -> list[_Entry]:
+        try:
+            return self._batches[batch_id]
+        except KeyError:
+            raise UnknownBatchError(batch_id) from None
+
+    # claims ------------------------------------------------------------------------------
 
     def claim_next(self) -> Task | None:
         with self._lock:

@@ -7,12 +7,21 @@ PRAGMA choices and why:
   answer goes out, so it survives even a power cut. A claim commits with
   `synchronous=NORMAL`: it survives a crash of the daemon, and losing it to a power
   cut only means the task is handed out once more, which at-least-once allows.
+- `journal_size_limit`: a commit of a large batch grows the WAL by its size; the limit
+  truncates it again after the next checkpoint instead of keeping the space forever.
 - `application_id` marks the file as agl's, so `agl serve` refuses a database it did
-  not make instead of writing into it; `user_version` numbers the schema.
+  not make instead of writing into it; `user_version` numbers the schema, and
+  `MIGRATIONS` brings an older file up to date when it is opened.
+
+Batches are staged in their own table and queued by one `INSERT INTO tasks SELECT ...
+FROM staging`, so a million staged tasks become visible in one transaction, or not at
+all. Staging writes are not synced: a batch does not survive a restart anyway.
 
 Every statement on the request path is an index probe: the queue is read through a
 partial index of queued tasks, and expired claims through a partial index of claim
-deadlines, so the cost of a claim does not grow with the work in flight.
+deadlines, so the cost of a claim does not grow with the work in flight. Those queries
+name their index (`INDEXED BY`): without statistics SQLite's planner prefers the status
+index and sorts every queued task on each claim.
 """
 
 from __future__ import annotations
@@ -35,19 +44,22 @@ from agl_cli.store.base import (
     StoreError,
     TaskRecord,
     TaskSpec,
+    UnknownBatchError,
     UnknownTaskError,
     check_cancellable,
     check_resources_id,
+    new_batch_id,
     new_resources_id,
-    new_rollout_id,
+    new_rollout_ids,
     outcome_of_report,
     status_after_timeout,
     validate_resources,
 )
 
 APPLICATION_ID = 0x41474C31  # "AGL1"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXPIRE_BATCH = 500
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE tasks (
@@ -97,6 +109,29 @@ CREATE TABLE counters (
 INSERT INTO counters VALUES ('duplicates', 0);
 """
 
+# MIGRATIONS[v] takes a database from schema v - 1 to v; a new file starts at 1.
+MIGRATIONS = {
+    2: """
+CREATE TABLE batches (
+    id           INTEGER PRIMARY KEY,
+    batch_id     TEXT NOT NULL UNIQUE,
+    created_time REAL NOT NULL,
+    staged       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE staging (
+    batch        INTEGER NOT NULL,
+    pos          INTEGER NOT NULL,
+    rollout_id   TEXT NOT NULL,
+    input        TEXT NOT NULL,
+    mode         TEXT,
+    resources_id TEXT,
+    metadata     TEXT NOT NULL,
+    PRIMARY KEY (batch, pos)
+) WITHOUT ROWID;
+CREATE INDEX rollouts_unsolicited ON rollouts(seq) WHERE unsolicited = 1;
+""",
+}
+
 _TASK_COLUMNS = (
     "rollout_id, status, deadline, input, mode, resources_id, metadata, "
     "create_time, last_claim_time, num_claims, completed_time, duplicates"
@@ -136,18 +171,23 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     if not has_tables:
         conn.executescript(
             f"BEGIN IMMEDIATE;\n{SCHEMA}\n"
-            f"PRAGMA application_id={APPLICATION_ID};\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
+            f"PRAGMA application_id={APPLICATION_ID};\nPRAGMA user_version=1;\nCOMMIT;"
         )
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path} was written by a newer agl (schema {version}); upgrade agl to use it.")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[target]}\nPRAGMA user_version={target};\nCOMMIT;")
 
 
 class SQLiteStore(Store):
     """All of agl's state in one SQLite file; one connection, one writer at a time."""
+
+    kind = "sqlite"
 
     def __init__(self, path: str | Path, **options: Any) -> None:
         super().__init__(**options)
@@ -157,6 +197,9 @@ class SQLiteStore(Store):
         self._synchronous = "FULL"
         row = self._conn.execute("SELECT max(queue_pos) FROM tasks").fetchone()
         self._queue_pos = row[0] or 0
+        with self._write(durable=False) as conn:  # batches never outlive the daemon
+            conn.execute("DELETE FROM staging")
+            conn.execute("DELETE FROM batches")
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -182,7 +225,7 @@ class SQLiteStore(Store):
 
     def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
         now = self.clock()
-        ids = [new_rollout_id() for _ in specs]
+        ids = new_rollout_ids(len(specs))
         with self._write() as conn:
             first = self._queue_pos + 1
             conn.executemany(
@@ -204,11 +247,83 @@ class SQLiteStore(Store):
         self._queue_pos = first + len(ids) - 1
         return ids
 
+    # batches -----------------------------------------------------------------------------
+
+    def create_batch(self) -> str:
+        batch_id = new_batch_id()
+        with self._write(durable=False) as conn:
+            conn.execute(
+                "INSERT INTO batches (batch_id, created_time) VALUES (?, ?)", (batch_id, self.clock())
+            )
+        return batch_id
+
+    def stage_tasks(self, batch_id: str, specs: Sequence[TaskSpec]) -> list[str]:
+        ids = new_rollout_ids(len(specs))
+        rows = [
+            (
+                rollout_id,
+                orjson.dumps(spec.input).decode(),
+                spec.mode,
+                spec.resources_id,
+                orjson.dumps(spec.metadata).decode(),
+            )
+            for rollout_id, spec in zip(ids, specs, strict=True)
+        ]
+        with self._write(durable=False) as conn:
+            key, staged = self._batch(conn, batch_id)
+            conn.executemany(
+                "INSERT INTO staging (batch, pos, rollout_id, input, mode, resources_id, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((key, staged + index + 1, *row) for index, row in enumerate(rows)),
+            )
+            conn.execute("UPDATE batches SET staged = staged + ? WHERE id = ?", (len(rows), key))
+        return ids
+
+    def batch_size(self, batch_id: str) -> int:
+        with self._lock:
+            return self._batch(self._conn, batch_id)[1]
+
+    def commit_batch(self, batch_id: str) -> int:
+        with self._write() as conn:
+            key, staged = self._batch(conn, batch_id)
+            conn.execute(
+                "INSERT INTO tasks (rollout_id, status, queue_pos, input, mode, resources_id, metadata,"
+                " create_time) SELECT rollout_id, 'queued', ? + pos, input, mode, resources_id, metadata, ?"
+                " FROM staging WHERE batch = ? ORDER BY pos",
+                (self._queue_pos, self.clock(), key),
+            )
+            self._drop_batch(conn, key)
+            self._queue_pos += staged
+        return int(staged)
+
+    def discard_batch(self, batch_id: str) -> int:
+        with self._write(durable=False) as conn:
+            key, staged = self._batch(conn, batch_id)
+            self._drop_batch(conn, key)
+        return int(staged)
+
+    def _batch(self, conn: sqlite3.Connection, batch_id: str) -> tuple[int, int]:
+        row = conn.execute("SELECT id, staged FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+        if row is None:
+            raise UnknownBatchError(batch_id)
+        return row[0], row[1]
+
+    def _drop_batch(self, conn: sqlite3.Connection, key: int) -> None:
+        others = conn.execute("SELECT 1 FROM batches WHERE id != ? LIMIT 1", (key,)).fetchone()
+        if others:
+            conn.execute("DELETE FROM staging WHERE batch = ?", (key,))
+        else:  # without a WHERE, SQLite drops the table's pages at once instead of row by row
+            conn.execute("DELETE FROM staging")
+        conn.execute("DELETE FROM batches WHERE id = ?", (key,))
+
+    # claims ------------------------------------------------------------------------------
+
     def claim_next(self) -> Task | None:
         with self._write(durable=False) as conn:
             self._expire(conn)
             row = conn.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'queued' ORDER BY queue_pos LIMIT 1"
+                f"SELECT {_TASK_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
+                " ORDER BY queue_pos LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -229,7 +344,8 @@ class SQLiteStore(Store):
 
     def _expire(self, conn: sqlite3.Connection) -> int:
         rows = conn.execute(
-            "SELECT rollout_id, num_claims FROM tasks WHERE status = 'claimed' AND deadline <= ?"
+            "SELECT rollout_id, num_claims FROM tasks INDEXED BY tasks_deadline"
+            " WHERE status = 'claimed' AND deadline <= ?"
             " ORDER BY deadline LIMIT ?",
             (self.clock(), EXPIRE_BATCH),
         ).fetchall()
@@ -246,7 +362,7 @@ class SQLiteStore(Store):
         return len(rows)
 
     def next_deadline(self) -> float | None:
-        row = self._read("SELECT min(deadline) FROM tasks WHERE status = 'claimed'")
+        row = self._read("SELECT min(deadline) FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'")
         return row[0][0] if row else None
 
     def get_task(self, rollout_id: str) -> TaskRecord | None:
@@ -404,8 +520,10 @@ class SQLiteStore(Store):
         counts = StoreCounts()
         for status, number in self._read("SELECT status, count(*) FROM tasks GROUP BY status"):
             counts.tasks[TaskStatus(status)] = number
-        rollouts, unsolicited = self._read("SELECT count(*), coalesce(sum(unsolicited), 0) FROM rollouts")[0]
-        counts.rollouts, counts.unsolicited = rollouts, unsolicited
+        counts.rollouts = self._read("SELECT count(*) FROM rollouts")[0][0]
+        counts.unsolicited = self._read(
+            "SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1"
+        )[0][0]
         counts.duplicates = self._read("SELECT value FROM counters WHERE name = 'duplicates'")[0][0]
         counts.resources = self._read("SELECT count(*) FROM resources")[0][0]
         return counts

@@ -12,6 +12,12 @@ agentlightning itself.
 
 from __future__ import annotations
 
+import os
+
+# Must run before agentlightning is imported: importing it imports litellm, which
+# otherwise fetches its model price map from GitHub (about 7 s of retries offline).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 import argparse
 import asyncio
 import faulthandler
@@ -31,7 +37,7 @@ def dump_resources(update: ResourcesUpdate | None) -> dict[str, Any] | None:
     """Serialise a bundle and keep each value's class name, which JSON alone would lose."""
     if update is None:
         return None
-    data = update.model_dump(mode="json")
+    data: dict[str, Any] = update.model_dump(mode="json")
     data["resource_classes"] = {name: type(res).__name__ for name, res in update.resources.items()}
     return data
 

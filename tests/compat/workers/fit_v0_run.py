@@ -54,7 +54,7 @@ SEEN: Any = multiprocessing.SimpleQueue()
 
 def observe(task: dict[str, Any], resources: dict[str, Any], rollout: Any) -> float:
     """Reward from the input, and a note for the parent of what this worker saw."""
-    reward = task["x"] / 10
+    reward = float(task["x"]) / 10
     SEEN.put(
         {
             "rollout_id": rollout.rollout_id,

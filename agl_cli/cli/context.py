@@ -1,0 +1,142 @@
+"""Where the daemon is and how to reach it: the global options, resolved the same way for
+every command, and the one place where client errors become exit codes.
+
+The URL is `--url`, else `AGL_URL`, else the address file a running daemon writes in its
+state directory, else http://127.0.0.1:8000. The token is `--token`, else `AGL_TOKEN`,
+else the state directory's token file — but that file is never sent to a host the user
+named that is not this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import typer
+
+from agl_cli import paths
+from agl_cli.cli.errors import CLIError, ExitCode
+
+if TYPE_CHECKING:
+    from agl_cli.client import AglClient, AglClientError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class Globals:
+    """The root command's options, as given (None when not given)."""
+
+    url: str | None = None
+    token: str | None = None
+    state_dir: Path | None = None
+
+    @property
+    def state_directory(self) -> Path:
+        return self.state_dir if self.state_dir is not None else paths.default_state_dir()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A daemon to talk to, and where its address came from."""
+
+    url: str
+    token: str | None
+    state_dir: Path
+    url_given: bool  # by --url or AGL_URL, rather than found
+
+    def relocate(self) -> str:
+        """The address again: a found daemon may have restarted on another port."""
+        if self.url_given:
+            return self.url
+        return discovered_url(self.state_dir) or DEFAULT_URL
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    root = ctx.find_root()
+    return root.obj if isinstance(root.obj, Globals) else Globals()
+
+
+def normalise_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
+
+def discovered_url(state_dir: Path) -> str | None:
+    """The address a running daemon wrote in its state directory, if any."""
+    try:
+        text = (state_dir / paths.ADDRESS_NAME).read_text().strip()
+    except OSError:
+        return None
+    return normalise_url(text) if text else None
+
+
+def read_token(state_dir: Path) -> str | None:
+    try:
+        return (state_dir / paths.TOKEN_NAME).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve(options: Globals) -> Target:
+    state_dir = options.state_directory
+    given = bool(options.url)
+    url = normalise_url(options.url) if options.url else discovered_url(state_dir) or DEFAULT_URL
+    token = options.token or None
+    if token is None and (not given or is_local(url)):
+        token = read_token(state_dir)
+    return Target(url=url, token=token, state_dir=state_dir, url_given=given)
+
+
+def target_of(ctx: typer.Context) -> Target:
+    return resolve(globals_of(ctx))
+
+
+def exit_code_for(error: AglClientError) -> ExitCode:
+    from agl_cli.client import AuthRefused, DaemonUnreachable
+
+    if isinstance(error, DaemonUnreachable):
+        return ExitCode.UNREACHABLE
+    if isinstance(error, AuthRefused):
+        return ExitCode.AUTH
+    return ExitCode.ERROR
+
+
+@contextlib.contextmanager
+def client_errors() -> Iterator[None]:
+    """Turn the client's exceptions into `agl: <sentence>` and the documented exit code."""
+    from agl_cli.client import AglClientError
+
+    try:
+        yield
+    except AglClientError as exc:
+        raise CLIError(str(exc), exit_code_for(exc)) from None
+
+
+@contextlib.contextmanager
+def connect(ctx: typer.Context, timeout: float | None = None) -> Iterator[AglClient]:
+    """A client of the daemon the global options point at, open for the block."""
+    from agl_cli.client import DEFAULT_TIMEOUT, AglClient
+
+    target = target_of(ctx)
+    with client_errors(), AglClient(target.url, target.token, timeout or DEFAULT_TIMEOUT) as client:
+        yield client
+
+
+def relocator(ctx: typer.Context) -> Callable[[], str]:
+    return target_of(ctx).relocate

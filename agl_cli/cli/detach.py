@@ -1,0 +1,81 @@
+"""`agl serve --detach`: the daemon in the background, in a session of its own.
+
+It is the same `python -m agl_cli serve` a person would run, with its output appended to
+STATE_DIR/agl.log. This returns once the daemon answers `/ready`, or fails with what the
+daemon said, so that a script can go on to `agl queue` at once.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from agl_cli import paths
+from agl_cli.cli import output
+from agl_cli.cli.errors import fail
+
+READY_LINE = re.compile(r"listening on (http://\S+)")
+START_TIMEOUT = 30.0
+
+
+def start_detached(state_dir: Path, serve_arguments: list[str], timeout: float = START_TIMEOUT) -> None:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log_path = state_dir / paths.LOGFILE_NAME
+        log = log_path.open("ab")
+    except OSError as exc:
+        fail(f"The state directory {state_dir} is not writable ({exc.strerror or exc}).")
+    with log:
+        start = log.tell()
+        command = [sys.executable, "-m", "agl_cli", "serve", "--state-dir", str(state_dir), *serve_arguments]
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = _wait_until_listening(process, log_path, start, time.monotonic() + timeout)
+    from agl_cli.client import AglClient
+
+    deadline = time.monotonic() + timeout
+    with AglClient(url) as client:
+        while not client.ready():
+            if process.poll() is not None:
+                _fail_with_log(log_path, start, "The daemon stopped while starting")
+            if time.monotonic() > deadline:
+                _fail_with_log(log_path, start, f"The daemon did not become ready within {timeout:g} s")
+            time.sleep(0.05)
+    output.write_line(f"agl is running in the background at {url} (pid {process.pid}); log: {log_path}")
+
+
+def _wait_until_listening(
+    process: subprocess.Popen[bytes], log_path: Path, start: int, deadline: float
+) -> str:
+    while True:
+        match = READY_LINE.search(_log_since(log_path, start))
+        if match:
+            return match.group(1)
+        if process.poll() is not None:
+            _fail_with_log(log_path, start, "The daemon exited while starting")
+        if time.monotonic() > deadline:
+            _fail_with_log(log_path, start, "The daemon did not start listening in time")
+        time.sleep(0.05)
+
+
+def _log_since(log_path: Path, start: int) -> str:
+    with log_path.open("rb") as handle:
+        handle.seek(start)
+        return handle.read().decode(errors="replace")
+
+
+def _fail_with_log(log_path: Path, start: int, reason: str) -> NoReturn:
+    """The daemon's own one-line error if it gave one; else the end of its log, then why."""
+    lines = [line for line in _log_since(log_path, start).splitlines() if line.strip()]
+    if lines and lines[-1].startswith("agl: "):
+        fail(lines[-1].removeprefix("agl: "))
+    for line in lines[-10:]:
+        typer.echo(f"  {line}", err=True)
+    fail(f"{reason}; the end of its log ({log_path}) is above." if lines else f"{reason}; its log is empty.")

@@ -1,0 +1,142 @@
+"""What the commands print: rich for people on a terminal, JSON for programs.
+
+Rich honours NO_COLOR and drops styling when its stream is not a terminal. JSON goes out
+through orjson, one document or one line per record, flushed at once so that a pipe sees
+each record as it happens.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+@functools.cache
+def out() -> Console:
+    console = Console(soft_wrap=True, highlight=False)
+    if not console.is_terminal:  # a pipe or a file: never cut a line to fit an imaginary screen
+        console.width = 10_000
+    return console
+
+
+@functools.cache
+def err() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def stdout_is_terminal() -> bool:
+    return out().is_terminal
+
+
+def stderr_is_terminal() -> bool:
+    return err().is_terminal
+
+
+def note(message: str) -> None:
+    """A remark for the person at the terminal, on stderr, never mixed with the output."""
+    err().print(Text(message, style="dim"))
+
+
+def write_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def print_json_line(value: Any) -> None:
+    write_line(json_text(value))
+
+
+def print_json(value: Any) -> None:
+    """One JSON document: indented for a person, compact for a pipe."""
+    if stdout_is_terminal():
+        out().print_json(data=value)
+    else:
+        write_line(json_text(value))
+
+
+def print_json_lines(values: Iterable[Any]) -> None:
+    for value in values:
+        sys.stdout.write(json_text(value) + "\n")
+    sys.stdout.flush()
+
+
+def timestamp(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return duration(max(time.time() - value, 0.0)) + " ago"
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def reward(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def brief(value: Any, width: int = 40) -> str:
+    """A JSON value cut to one short line, for a table cell."""
+    text = value if isinstance(value, str) else json_text(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+IDENTIFIERS = ("id", "rollout")
+
+
+def table(*columns: str) -> Table:
+    """A plain table; ids are never wrapped, so they can be copied whole."""
+    grid = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
+    for column in columns:
+        if column in IDENTIFIERS:
+            grid.add_column(column, no_wrap=True, min_width=20)
+        else:
+            grid.add_column(column, overflow="fold")
+    return grid
+
+
+def show_record(record: Mapping[str, Any], title: str | None = None) -> None:
+    """A record as `field  value` lines; nested values as indented JSON."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in record.items():
+        if key.endswith("_time") and isinstance(value, (int, float)):
+            text = f"{timestamp(value)}  ({value})"
+        elif isinstance(value, (dict, list)) and value:
+            text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+        else:
+            text = json_text(value) if not isinstance(value, str) else value
+        grid.add_row(key, Text(text))
+    if title:
+        out().print(Text(title, style="bold cyan"))
+    out().print(grid)

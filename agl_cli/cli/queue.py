@@ -1,0 +1,277 @@
+"""`agl queue`: check task files through, then queue them as one batch, all or nothing.
+
+Up to one request's worth goes up in a single `POST /v1/tasks`; more goes through the
+batch protocol in chunks, committed at the end and discarded on any error or Ctrl-C, so a
+failure anywhere leaves nothing queued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TextIO
+
+import typer
+
+from agl_cli.cli import output
+from agl_cli.cli.context import connect, target_of
+from agl_cli.cli.errors import ExitCode, fail
+
+if TYPE_CHECKING:
+    from agl_cli.cli.taskfile import Checked, Chunk, Defaults, TaskFile
+    from agl_cli.client import AglClient, Refused
+
+CHUNK_TASKS = 10_000  # the most one request may carry
+CHUNK_BYTES = 8 << 20  # well under the daemon's default body limit of 32 MiB
+
+
+class ModeChoice(str, enum.Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+def queue(
+    ctx: typer.Context,
+    files: list[str] = typer.Argument(
+        ...,
+        metavar="FILE",
+        help="Task files: a JSON object, an array of them, or JSON Lines; '-' reads standard input.",
+        show_default=False,
+    ),
+    mode: ModeChoice | None = typer.Option(None, "--mode", help="Mode of tasks that do not give one."),
+    resources_id: str | None = typer.Option(
+        None, "--resources-id", metavar="ID", help="Resources of tasks that do not name any."
+    ),
+    latest: bool = typer.Option(
+        False, "--latest", help="Use the latest resources (resolved now) for tasks that do not name any."
+    ),
+    metadata: list[str] = typer.Option(
+        [], "--metadata", metavar="KEY=VALUE", help="Metadata for every task (its own keys win); repeatable."
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="Wait for every task's rollout, then print the rollouts and a summary."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=0.0, metavar="S", help="With --wait: give up after S seconds (exit 5)."
+    ),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help="One JSON object per task (its rollout id and spec), or per rollout with --wait.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check the files and count the tasks; queue nothing."
+    ),
+) -> None:
+    """Queue tasks from files: all of them, or none if any is bad.
+
+    Prints the rollout ids, one per line, in file order.
+    """
+    if resources_id is not None and latest:
+        fail("Give --resources-id or --latest, not both.", ExitCode.USAGE)
+    if timeout is not None and not wait:
+        fail("--timeout only makes sense with --wait.", ExitCode.USAGE)
+    extra = parse_metadata(metadata)
+
+    from agl_cli.cli import taskfile
+
+    show_progress = output.stderr_is_terminal() and not json_output
+    with contextlib.ExitStack() as stack:
+        try:
+            task_files = taskfile.open_task_files(files, lambda: stack.enter_context(taskfile.spool_file()))
+            checked = _check(task_files, show_progress)
+        except taskfile.TaskFileError as exc:
+            fail(str(exc))
+        if dry_run:
+            _report_dry_run(checked.tasks, json_output)
+            return
+        with connect(ctx) as client:
+            defaults = taskfile.Defaults(
+                mode=mode.value if mode else None,
+                resources_id=_resources_id(client, resources_id, latest),
+                metadata=extra,
+            )
+            since = client.last_seq() if wait else 0
+            sink = stack.enter_context(_Sink(json_output, keep_ids=wait))
+            try:
+                _upload(client, task_files, checked, defaults, sink, show_progress)
+            except taskfile.TaskFileError as exc:
+                fail(str(exc))
+            except KeyboardInterrupt:
+                typer.echo("agl: Interrupted; nothing was queued.", err=True)
+                raise typer.Exit(130) from None
+            if not wait:
+                sink.print()
+                if output.stderr_is_terminal():
+                    output.note(f"Queued {checked.tasks} tasks.")
+                return
+            from agl_cli.cli import waiting
+
+            if show_progress:
+                output.note(f"Queued {checked.tasks} tasks.")
+            outcome = waiting.wait_for_rollouts(
+                client, target_of(ctx), sink.expected, since, timeout, show_progress
+            )
+            waiting.report(sink.expected, outcome, json_output, timeout)
+
+
+def parse_metadata(pairs: list[str]) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--metadata takes KEY=VALUE, not '{pair}'.", ExitCode.USAGE)
+        metadata[key] = value
+    return metadata
+
+
+def _resources_id(client: AglClient, resources_id: str | None, latest: bool) -> str | None:
+    """The id to fill in, checked now so that a typo fails before anything is queued."""
+    if latest:
+        return client.get_resources("latest")["resources_id"]
+    if resources_id is not None:
+        client.get_resources(resources_id)
+    return resources_id
+
+
+def _check(task_files: list[TaskFile], show_progress: bool) -> Checked:
+    from agl_cli.cli.taskfile import check_files
+
+    total = sum(f.size for f in task_files)
+    with _bar(show_progress, "Checking", total, bytes_=True) as update:
+        return check_files(task_files, update)
+
+
+def _upload(
+    client: AglClient,
+    task_files: list[TaskFile],
+    checked: Checked,
+    defaults: Defaults,
+    sink: _Sink,
+    show_progress: bool,
+) -> None:
+    from agl_cli.cli.taskfile import chunks
+
+    pieces = chunks(task_files, defaults, CHUNK_TASKS, CHUNK_BYTES, keep_specs=sink.keep_specs)
+    if checked.tasks <= CHUNK_TASKS and checked.bytes < CHUNK_BYTES:
+        for chunk in pieces:  # exactly one
+            sink.add(_send(lambda body: client.queue(body), chunk), chunk)
+        return
+    batch_id = client.create_batch()
+    try:
+        with _bar(show_progress, "Queuing", checked.tasks) as update:
+            done = 0
+            for chunk in pieces:
+                staged = _send(lambda body: client.stage(batch_id, body)["rollout_ids"], chunk)
+                sink.add(staged, chunk)
+                done += len(staged)
+                update(done)
+        with _spinner(show_progress, f"Committing {checked.tasks} tasks"):
+            client.commit_batch(batch_id)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.discard_batch(batch_id)
+        raise
+
+
+def _send(call: Callable[[bytes], list[str]], chunk: Chunk) -> list[str]:
+    """Upload one chunk; a task the daemon refuses is reported at its file and line."""
+    from agl_cli.cli.taskfile import TaskFileError
+    from agl_cli.client import Refused
+
+    try:
+        return call(chunk.body)
+    except Refused as exc:
+        where = _refused_task(exc, chunk)
+        if where is None:
+            raise
+        raise TaskFileError(where[0], f"the daemon refused this task: {exc.detail}", where[1]) from None
+
+
+def _refused_task(exc: Refused, chunk: Chunk) -> tuple[str, int] | None:
+    for error in exc.errors[:1]:
+        loc = [part for part in error.get("loc", []) if part != "body"]
+        if len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int) and loc[1] < len(chunk.lines):
+            return chunk.lines[loc[1]]
+    return None
+
+
+class _Sink:
+    """Where rollout ids go until the batch is committed: a spool file, so that a million
+    of them cost no memory, and, for --wait, the ids and modes to wait for."""
+
+    def __init__(self, json_output: bool, keep_ids: bool) -> None:
+        self.json_output = json_output
+        self.keep_ids = keep_ids
+        self.keep_specs = json_output or keep_ids
+        self.expected: dict[str, str | None] = {}
+        self._spool: TextIO = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by __exit__
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._spool.close()
+
+    def add(self, ids: list[str], chunk: Chunk) -> None:
+        specs = chunk.specs or []
+        if self.keep_ids:
+            for rollout_id, spec in zip(ids, specs, strict=True):
+                self.expected[rollout_id] = spec.get("mode")
+        elif self.json_output:
+            self._spool.writelines(
+                output.json_text({"rollout_id": rollout_id, **spec}) + "\n"
+                for rollout_id, spec in zip(ids, specs, strict=True)
+            )
+        else:
+            self._spool.writelines(rollout_id + "\n" for rollout_id in ids)
+
+    def print(self) -> None:
+        import sys
+
+        self._spool.seek(0)
+        shutil.copyfileobj(self._spool, sys.stdout)
+        sys.stdout.flush()
+
+
+def _report_dry_run(count: int, json_output: bool) -> None:
+    if json_output:
+        output.print_json_line({"tasks": count, "queued": 0})
+    else:
+        output.write_line(f"{count} tasks are valid; nothing was queued (--dry-run).")
+
+
+@contextlib.contextmanager
+def _bar(show: bool, label: str, total: int, bytes_: bool = False) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr, on a terminal only; yields `update(completed)`."""
+    if not show:
+        yield lambda _: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    count = DownloadColumn() if bytes_ else MofNCompleteColumn()
+    columns = (TextColumn(label), BarColumn(), count, TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=output.err(), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda completed: progress.update(task, completed=completed)
+
+
+@contextlib.contextmanager
+def _spinner(show: bool, label: str) -> Iterator[None]:
+    if not show:
+        yield
+        return
+    with output.err().status(label):
+        yield

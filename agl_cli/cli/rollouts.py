@@ -1,0 +1,152 @@
+"""`agl rollouts`: tail completed rollouts as they arrive, list them, show one.
+
+Reading never consumes: any number of watchers and listings see the same rollouts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.text import Text
+
+from agl_cli.cli import output
+from agl_cli.cli.context import connect, target_of
+from agl_cli.cli.errors import ExitCode, fail
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+app = typer.Typer(
+    help="Completed rollouts: watch them arrive, list them, show one.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+JSON_HELP = "Machine output: JSON Lines (also what a pipe gets)."
+
+
+def parse_since(value: str) -> int | str:
+    if value in ("all", "now"):
+        return 0 if value == "all" else "now"
+    if value.isdigit():
+        return int(value)
+    fail(f"--since takes all, now or a sequence number, not '{value}'.", ExitCode.USAGE)
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    since: str = typer.Option(
+        "now",
+        "--since",
+        metavar="all|now|SEQ",
+        help="Start after this sequence number; all = from the first.",
+    ),
+    count: int | None = typer.Option(None, "--count", min=1, metavar="N", help="Exit after N rollouts."),
+    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Print rollouts as they complete, one per line, until Ctrl-C or --count.
+
+    Survives a daemon restart: it reconnects and resumes after the last rollout it
+    printed, so nothing is missed and nothing comes twice.
+    """
+    start = parse_since(since)
+    machine = json_output or not output.stdout_is_terminal()
+    target = target_of(ctx)
+
+    def lost(error: Exception) -> None:
+        output.note(f"{error} Retrying until it is back…")
+
+    def back(after: int) -> None:
+        output.note(f"Reconnected; resuming after rollout #{after}.")
+
+    printed = 0
+    with connect(ctx) as client:
+        stream = client.watch_rollouts(
+            start if isinstance(start, int) else "now",
+            relocate=target.relocate,
+            on_disconnect=lost,
+            on_reconnect=back,
+        )
+        for record in stream:
+            print_rollout(record, machine)
+            printed += 1
+            if count is not None and printed >= count:
+                break
+
+
+@app.command("list")
+def list_rollouts(
+    ctx: typer.Context,
+    since: int = typer.Option(
+        0, "--since", min=0, metavar="SEQ", help="Only rollouts after this sequence number."
+    ),
+    limit: int = typer.Option(100, "--limit", min=1, max=10_000, metavar="N", help="At most N rollouts."),
+    json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array."),
+) -> None:
+    """List stored rollouts, oldest first."""
+    with connect(ctx) as client:
+        rollouts = client.list_rollouts(since, limit)["rollouts"]
+    if json_output:
+        output.print_json(rollouts)
+        return
+    grid = output.table("seq", "rollout", "mode", "reward", "triplets", "attempt", "received")
+    for record in rollouts:
+        grid.add_row(
+            str(record.get("seq", "")),
+            record.get("rollout_id", ""),
+            mode_of(record) or "-",
+            output.reward(record.get("final_reward")),
+            str(len(record.get("triplets") or [])),
+            _attempt(record),
+            output.timestamp(record.get("received_time")),
+        )
+    output.out().print(grid)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    rollout_id: str = typer.Argument(..., metavar="ID", help="A rollout id.", show_default=False),
+    json_output: bool = typer.Option(False, "--json", help="Machine output: the rollout as JSON."),
+) -> None:
+    """Show one rollout, all of it."""
+    with connect(ctx) as client:
+        record = client.get_rollout(rollout_id)
+    if json_output:
+        output.print_json(record)
+    else:
+        output.show_record(record)
+
+
+def mode_of(record: Mapping[str, Any]) -> str | None:
+    task = record.get("task")
+    mode = task.get("mode") if isinstance(task, dict) else None
+    return mode if isinstance(mode, str) else None
+
+
+def _attempt(record: Mapping[str, Any]) -> str:
+    if record.get("unsolicited"):
+        return "unsolicited"
+    attempt = record.get("attempt")
+    return "-" if attempt is None else str(attempt)
+
+
+def print_rollout(record: Mapping[str, Any], machine: bool, mode: str | None = None) -> None:
+    """One rollout on one line: JSON for programs, a styled summary for people."""
+    if machine:
+        output.print_json_line(record)
+        return
+    triplets = len(record.get("triplets") or [])
+    line = Text.assemble(
+        (f"#{record.get('seq', '?'):<6} ", "dim"),
+        (str(record.get("rollout_id", "")), "bold"),
+        "  ",
+        (f"{mode_of(record) or mode or '-':<5}", "cyan"),
+        "  reward ",
+        (output.reward(record.get("final_reward")), "green"),
+        f"  {triplets} triplet{'s' if triplets != 1 else ''}",
+        "  unsolicited" if record.get("unsolicited") else f"  attempt {_attempt(record)}",
+    )
+    output.out().print(line)

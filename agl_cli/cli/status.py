@@ -1,0 +1,101 @@
+"""`agl status`: everything about the daemon at a glance, once or live."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from agl_cli.cli import output
+from agl_cli.cli.context import connect
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from agl_cli.client import DaemonStatus
+
+TASK_STATES = ("queued", "claimed", "completed", "failed", "cancelled")
+
+
+def status(
+    ctx: typer.Context,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh every second until Ctrl-C."),
+    json_output: bool = typer.Option(False, "--json", help="Machine output: JSON (JSON Lines with --watch)."),
+) -> None:
+    """Show the daemon's version, uptime, address, task counts, rates and latest resources."""
+    with connect(ctx) as client:
+        if not watch:
+            current = client.status()
+            if json_output:
+                output.print_json(current)
+            else:
+                output.out().print(render(current))
+            return
+        if json_output:
+            while True:
+                output.print_json_line(client.status())
+                time.sleep(1.0)
+        from rich.live import Live
+
+        from agl_cli.client import DaemonUnreachable
+
+        with Live(render(client.status()), console=output.out(), auto_refresh=False) as live:
+            while True:
+                time.sleep(1.0)
+                view: RenderableType
+                try:
+                    view = render(client.status())
+                except DaemonUnreachable as exc:  # keep watching: it may be restarting
+                    view = Text(f"{exc} Retrying every second…", style="yellow")
+                live.update(view, refresh=True)
+
+
+def render(current: DaemonStatus) -> Table:
+    """The status as a two-column table."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    header = f"agl {current.get('version', '?')}"
+    if "pid" in current:
+        header += f" (pid {current['pid']})"
+    if "uptime" in current:
+        header += f", up {output.duration(current['uptime'])}"
+    grid.add_row("daemon", header)
+    grid.add_row("address", str(current.get("address", "-")))
+    grid.add_row("state dir", f"{current.get('state_dir', '-')} ({current.get('store', '?')} store)")
+    counts = current.get("tasks", {})
+    grid.add_row(
+        "tasks",
+        Text("  ".join(f"{state} {counts.get(state, 0)}" for state in TASK_STATES)),
+    )
+    grid.add_row(
+        "rollouts",
+        f"{current.get('rollouts', 0)} stored (last seq {current.get('last_seq', 0)}), "
+        f"{current.get('unsolicited', 0)} unsolicited, {current.get('duplicates', 0)} duplicates ignored",
+    )
+    rates = current.get("rates")
+    if rates:
+        grid.add_row(
+            "rates",
+            f"{rates.get('claims_per_second', 0):.2f} claims/s, "
+            f"{rates.get('rollouts_per_second', 0):.2f} rollouts/s (last 60 s)",
+        )
+    grid.add_row(
+        "resources",
+        f"{_count(current.get('resources', 0), 'bundle')}, latest {current.get('latest_resources_id') or '-'}",
+    )
+    limits = []
+    if "task_timeout" in current:
+        limits.append(f"task timeout {current['task_timeout']:g} s")
+    if "max_attempts" in current:
+        limits.append(f"max attempts {current['max_attempts'] or 'unlimited'}")
+    if limits:
+        grid.add_row("limits", ", ".join(limits))
+    return grid
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

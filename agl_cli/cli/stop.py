@@ -1,0 +1,108 @@
+"""`agl stop`: stop the daemon gracefully and wait until it has exited.
+
+On this machine the pidfile in the state directory names the process, and SIGTERM
+stops it as Ctrl-C would. Without a pidfile (or with an explicit --url / AGL_URL, which may
+be another machine) it asks over HTTP with `POST /v1/shutdown`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+from agl_cli import paths
+from agl_cli.cli import output
+from agl_cli.cli.context import Target, connect, target_of
+from agl_cli.cli.errors import ExitCode, fail
+
+
+def stop(
+    ctx: typer.Context,
+    timeout: float = typer.Option(
+        60.0, "--timeout", min=0.0, metavar="S", help="Seconds to wait for it to exit (exit 5 beyond)."
+    ),
+) -> None:
+    """Stop the daemon gracefully: in-flight requests finish, then it exits."""
+    target = target_of(ctx)
+    pidfile = target.state_dir / paths.PIDFILE_NAME
+    if not target.url_given and pidfile.exists():
+        _stop_by_pid(pidfile, timeout)
+    else:
+        _stop_by_request(ctx, target, timeout)
+
+
+def _stop_by_pid(pidfile: Path, timeout: float) -> None:
+    pid = _read_pid(pidfile)
+    if pid is None or not _is_running_agl(pid):
+        pidfile.unlink(missing_ok=True)
+        what = f"pid {pid}" if pid is not None else "no pid"
+        fail(
+            f"agl is not running: {pidfile} named {what}, which is not a running agl, so it was removed.",
+            ExitCode.UNREACHABLE,
+        )
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        fail(f"agl (pid {pid}) exited before it could be stopped.", ExitCode.UNREACHABLE)
+    except PermissionError:
+        fail(f"Not allowed to signal agl (pid {pid}); it belongs to another user.")
+    _wait(lambda: _is_running_agl(pid), timeout, f"agl (pid {pid})")
+    pidfile.unlink(missing_ok=True)  # the daemon removes it itself; this covers a daemon that could not
+    output.write_line(f"Stopped agl (pid {pid}).")
+
+
+def _stop_by_request(ctx: typer.Context, target: Target, timeout: float) -> None:
+    from agl_cli.client import DaemonUnreachable
+
+    with connect(ctx) as client:
+        try:
+            pid = client.status().get("pid")
+        except DaemonUnreachable:
+            fail(
+                f"agl is not running: there is no pidfile in {target.state_dir} "
+                f"and no daemon answers at {target.url}.",
+                ExitCode.UNREACHABLE,
+            )
+        client.shutdown()
+        _wait(client.alive, timeout, f"agl at {target.url}")
+    output.write_line(f"Stopped agl at {target.url}" + (f" (pid {pid})." if pid else "."))
+
+
+def _wait(running: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while running():
+        if time.monotonic() > deadline:
+            fail(f"{what} was asked to stop but is still running after {timeout:g} s.", ExitCode.TIMEOUT)
+        time.sleep(0.05)
+
+
+def _read_pid(pidfile: Path) -> int | None:
+    try:
+        match = re.search(r"\d+", pidfile.read_text())
+    except OSError:
+        return None
+    return int(match.group()) if match else None
+
+
+def _is_running_agl(pid: int) -> bool:
+    """Alive, not a zombie, and (where /proc tells) running agl rather than a reused pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc") / str(pid)
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return True  # no /proc here: trust the signal check
+    return state not in ("Z", "X") and b"agl" in command

@@ -1,0 +1,384 @@
+"""Task files for `agl queue`: JSON Lines, a JSON array of tasks, or JSON object(s).
+
+A file is read as a stream, one task at a time, so a million-line file never sits in
+memory whole. Each task comes out as its own raw JSON bytes and the line it starts on:
+checked once against `TaskSpec`, then, on a second read, uploaded as it is (or with the
+command line's defaults filled in).
+
+Which format: `.jsonl`/`.ndjson` files are JSON Lines; otherwise a file that starts with
+`[` is an array, one whose first line is a whole JSON value is JSON Lines, and anything
+else (a pretty-printed object, say) is read as a sequence of JSON values.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from pydantic import ValidationError
+
+from agl_cli.models import TaskSpec
+
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
+READ_SIZE = 1 << 20
+MAX_TASK_CHARS = 64 << 20
+TASK_FIELDS = "input, mode, resources_id and metadata"
+BOM = b"\xef\xbb\xbf"
+_WHITESPACE = " \t\r\n"
+
+
+class TaskFileError(Exception):
+    """A file that cannot be queued: `name:line: reason`, or `name: reason`."""
+
+    def __init__(self, name: str, reason: str, line: int | None = None) -> None:
+        super().__init__(f"{name}:{line}: {reason}" if line is not None else f"{name}: {reason}")
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    name: str  # as the user wrote it; `<stdin>` for `-`
+    path: Path
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the command line fills in for a task that leaves it out."""
+
+    mode: str | None = None
+    resources_id: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return self.mode is None and self.resources_id is None and not self.metadata
+
+    def apply(self, task: dict[str, Any]) -> dict[str, Any]:
+        """The full spec, as the daemon will queue it."""
+        return {
+            "input": task.get("input"),
+            "mode": task.get("mode") if task.get("mode") is not None else self.mode,
+            "resources_id": task.get("resources_id")
+            if task.get("resources_id") is not None
+            else self.resources_id,
+            "metadata": {**self.metadata, **(task.get("metadata") or {})},
+        }
+
+
+def open_task_files(names: list[str], spool: Callable[[], IO[bytes]]) -> list[TaskFile]:
+    """The files to read; standard input (`-`) is copied to a spool file so it can be read twice."""
+    files = []
+    for name in names:
+        if name == "-":
+            handle = spool()
+            shutil.copyfileobj(sys.stdin.buffer, handle, READ_SIZE)
+            handle.flush()
+            files.append(TaskFile("<stdin>", Path(handle.name)))
+            continue
+        path = Path(name)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise TaskFileError(name, f"cannot be read ({exc.strerror or exc}).") from None
+        if path.is_dir():
+            raise TaskFileError(name, "is a directory, not a file of tasks.")
+        files.append(TaskFile(name, path))
+    return files
+
+
+def spool_file() -> IO[bytes]:
+    return tempfile.NamedTemporaryFile(prefix="agl-queue-", suffix=".json")
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def iter_tasks(
+    task_file: TaskFile, progress: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """Each task of the file as (line it starts on, its raw JSON), in order."""
+    with task_file.path.open("rb") as handle:
+        if _format_of(task_file, handle) == "lines":
+            yield from _iter_lines(handle, progress)
+        else:
+            yield from _iter_values(task_file.name, handle, progress)
+
+
+def _format_of(task_file: TaskFile, handle: IO[bytes]) -> str:
+    if task_file.path.suffix.lower() in JSON_LINES_SUFFIXES and task_file.name != "<stdin>":
+        return "lines"
+    first = b""
+    for line in handle:
+        first = line.strip().removeprefix(BOM).strip()
+        if first:
+            break
+    handle.seek(0)
+    if first.startswith(b"["):
+        return "values"
+    try:
+        orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return "values"
+    return "lines"
+
+
+def _iter_lines(handle: IO[bytes], progress: Callable[[int], None] | None) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(handle, 1):
+        task = line.strip()
+        if number == 1:
+            task = task.removeprefix(BOM)
+        if task:
+            yield number, task
+        if progress is not None and number % 8192 == 0:
+            progress(handle.tell())
+    if progress is not None:
+        progress(handle.tell())
+
+
+class _TextStream:
+    """A window on a text stream that knows the line and column of every position in it."""
+
+    def __init__(self, name: str, handle: IO[bytes], progress: Callable[[int], None] | None) -> None:
+        self.name = name
+        self.raw = handle
+        self.reader = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="strict")
+        self.progress = progress
+        self.buffer = ""
+        self.pos = 0
+        self.eof = False
+        self.line_base = 1  # line of buffer[0]
+        self.column_base = 0  # characters before buffer[0] on its line
+
+    def fill(self, size: int = READ_SIZE) -> bool:
+        """Read more; False at the end of the file."""
+        if self.eof:
+            return False
+        try:
+            chunk = self.reader.read(size)
+        except UnicodeDecodeError as exc:
+            raise self.error(f"not UTF-8 text ({exc.reason}).", len(self.buffer)) from None
+        if not chunk:
+            self.eof = True
+            return False
+        self.buffer += chunk
+        if self.progress is not None:
+            self.progress(self.raw.tell())
+        return True
+
+    def compact(self) -> None:
+        """Forget what has been read, keeping line and column counts right."""
+        done = self.buffer[: self.pos]
+        newlines = done.count("\n")
+        if newlines:
+            self.line_base += newlines
+            self.column_base = len(done) - done.rfind("\n") - 1
+        else:
+            self.column_base += len(done)
+        self.buffer = self.buffer[self.pos :]
+        self.pos = 0
+
+    def peek(self) -> str:
+        """The next character that is not white space ('' at the end), without taking it."""
+        while True:
+            while self.pos < len(self.buffer) and self.buffer[self.pos] in _WHITESPACE:
+                self.pos += 1
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            self.compact()
+            if not self.fill():
+                return ""
+
+    def line_of(self, pos: int) -> int:
+        return self.line_base + self.buffer.count("\n", 0, pos)
+
+    def column_of(self, pos: int) -> int:
+        newline = self.buffer.rfind("\n", 0, pos)
+        return self.column_base + pos + 1 if newline < 0 else pos - newline
+
+    def error(self, reason: str, pos: int) -> TaskFileError:
+        return TaskFileError(self.name, reason, self.line_of(pos))
+
+    def _maybe_cut_short(self, exc: json.JSONDecodeError) -> bool:
+        """Whether the value may just go on past what has been read (then read on, up to
+        a limit far beyond what the daemon accepts in one request)."""
+        if len(self.buffer) - self.pos > MAX_TASK_CHARS:
+            return False
+        return exc.pos >= len(self.buffer) - 5 or exc.msg.startswith(("Unterminated string", "Invalid \\u"))
+
+    def value(self, decoder: json.JSONDecoder) -> tuple[int, bytes]:
+        """The JSON value that starts here, whole, reading on as far as it needs."""
+        self.compact()
+        size = READ_SIZE
+        while True:
+            try:
+                _, end = decoder.raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as exc:
+                if self._maybe_cut_short(exc) and self.fill(size):
+                    size *= 2
+                    continue
+                raise self.error(
+                    f"invalid JSON: {exc.msg} (column {self.column_of(exc.pos)}).", exc.pos
+                ) from None
+            if end == len(self.buffer) and self.fill(size):  # a number may go on
+                size *= 2
+                continue
+            line = self.line_of(self.pos)
+            raw = self.buffer[self.pos : end].encode()
+            self.pos = end
+            return line, raw
+
+
+def _iter_values(
+    name: str, handle: IO[bytes], progress: Callable[[int], None] | None
+) -> Iterator[tuple[int, bytes]]:
+    stream = _TextStream(name, handle, progress)
+    decoder = json.JSONDecoder()
+    if stream.peek() != "[":
+        while stream.peek():
+            yield stream.value(decoder)
+        return
+    stream.pos += 1
+    if stream.peek() == "]":
+        stream.pos += 1
+    else:
+        while True:
+            yield stream.value(decoder)
+            after = stream.peek()
+            if after == ",":
+                stream.pos += 1
+                if stream.peek() == "]":
+                    raise stream.error("invalid JSON: a trailing comma ends the array.", stream.pos)
+                continue
+            if after == "]":
+                stream.pos += 1
+                break
+            if not after:
+                raise stream.error("invalid JSON: the array is never closed with ']'.", stream.pos)
+            raise stream.error(
+                f"invalid JSON: expected ',' or ']' after a task (column {stream.column_of(stream.pos)}).",
+                stream.pos,
+            )
+    if stream.peek():
+        raise stream.error("invalid JSON: there is more after the array.", stream.pos)
+
+
+# --- checking ---------------------------------------------------------------------------
+
+
+_JSON_POSITION = re.compile(r" at line \d+ column (\d+)$")
+_KINDS = {"[": "an array", '"': "a string", "t": "a boolean", "f": "a boolean", "n": "null"}
+
+
+def problem_with(raw: bytes) -> str | None:
+    """Why this task cannot be queued, in a few words; None if it can."""
+    try:
+        spec = TaskSpec.model_validate_json(raw)
+    except ValidationError as exc:
+        return _describe(exc, raw)
+    if "input" not in spec.model_fields_set:
+        return f"a task needs an 'input' field (a task has {TASK_FIELDS})."
+    return None
+
+
+def _describe(exc: ValidationError, raw: bytes) -> str:
+    first = exc.errors(include_url=False)[0]
+    kind, loc, message = first["type"], first["loc"], first["msg"]
+    if kind == "json_invalid":
+        text = _JSON_POSITION.sub(r" (column \1)", str(first.get("ctx", {}).get("error", message)))
+        return f"invalid JSON: {text}."
+    if kind == "model_type" and not loc:
+        what = _KINDS.get(raw[:1].decode(errors="replace"), "a number")
+        return f"a task must be a JSON object, not {what}."
+    if kind == "extra_forbidden":
+        return f"unknown field '{loc[0]}' (a task has {TASK_FIELDS})."
+    if loc == ("mode",):
+        return f"mode must be 'train', 'val', 'test' or null, not {json.dumps(first['input'])}."
+    if loc == ("metadata",):
+        return "metadata must be a JSON object."
+    if kind == "value_error":
+        message = str(first.get("ctx", {}).get("error", message))
+    where = ".".join(str(part) for part in loc)
+    return f"{where}: {message[:1].lower()}{message[1:]}." if where else f"{message}."
+
+
+@dataclass
+class Checked:
+    tasks: int = 0
+    bytes: int = 0
+
+
+def check_files(files: list[TaskFile], progress: Callable[[int], None] | None = None) -> Checked:
+    """Read every file through and raise at the first task that cannot be queued."""
+    checked = Checked()
+    done = 0
+    for task_file in files:
+        report = None if progress is None else _offset(progress, done)
+        before = checked.tasks
+        for line, raw in iter_tasks(task_file, report):
+            reason = problem_with(raw)
+            if reason is not None:
+                raise TaskFileError(task_file.name, reason, line)
+            checked.tasks += 1
+            checked.bytes += len(raw) + 1
+        if checked.tasks == before:  # most likely a file not written yet, or the wrong one
+            raise TaskFileError(task_file.name, "there are no tasks in it.")
+        done += task_file.size
+    return checked
+
+
+def _offset(progress: Callable[[int], None], done: int) -> Callable[[int], None]:
+    return lambda position: progress(done + position)
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    """Tasks ready to upload: a JSON array, and what is needed to report on them."""
+
+    body: bytes
+    lines: list[tuple[str, int]]  # (file, line) of each task, to place the daemon's complaints
+    specs: list[dict[str, Any]] | None  # the full specs, when the caller needs them
+
+
+def chunks(
+    files: list[TaskFile],
+    defaults: Defaults,
+    max_tasks: int,
+    max_bytes: int,
+    keep_specs: bool,
+) -> Iterator[Chunk]:
+    """The checked files again, cut into uploads of at most `max_tasks` tasks / ~`max_bytes`."""
+    decode = keep_specs or not defaults.empty
+    parts: list[bytes] = []
+    lines: list[tuple[str, int]] = []
+    specs: list[dict[str, Any]] = []
+    size = 0
+    for task_file in files:
+        for line, raw in iter_tasks(task_file):
+            if decode:
+                spec = defaults.apply(orjson.loads(raw))
+                specs.append(spec)
+                raw = orjson.dumps(spec)
+            parts.append(raw)
+            lines.append((task_file.name, line))
+            size += len(raw) + 1
+            if len(parts) >= max_tasks or size >= max_bytes:
+                yield Chunk(b"[" + b",".join(parts) + b"]", lines, specs if keep_specs else None)
+                parts, lines, specs, size = [], [], [], 0
+    if parts:
+        yield Chunk(b"[" + b",".join(parts) + b"]", lines, specs if keep_specs else None)

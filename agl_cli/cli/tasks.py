@@ -1,0 +1,77 @@
+"""`agl tasks`: list, inspect and cancel queued tasks."""
+
+from __future__ import annotations
+
+import enum
+
+import typer
+
+from agl_cli.cli import output
+from agl_cli.cli.context import connect
+
+app = typer.Typer(help="Tasks: list them, show one, cancel one.", no_args_is_help=True, add_completion=False)
+
+
+class StatusChoice(str, enum.Enum):
+    queued = "queued"
+    claimed = "claimed"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+@app.command("list")
+def list_tasks(
+    ctx: typer.Context,
+    status: StatusChoice | None = typer.Option(None, "--status", help="Only tasks in this state."),
+    limit: int = typer.Option(100, "--limit", min=1, max=10_000, metavar="N", help="At most N tasks."),
+    offset: int = typer.Option(0, "--offset", min=0, metavar="M", help="Skip the first M."),
+    json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array."),
+) -> None:
+    """List tasks in the order they were queued."""
+    with connect(ctx) as client:
+        tasks = client.list_tasks(status.value if status else None, limit, offset)
+    if json_output:
+        output.print_json(tasks)
+        return
+    grid = output.table("rollout", "status", "mode", "claims", "created", "input")
+    for task in tasks:
+        grid.add_row(
+            task["rollout_id"],
+            task["status"],
+            task.get("mode") or "-",
+            str(task.get("num_claims") or 0),
+            output.ago(task.get("create_time")),
+            output.brief(task.get("input")),
+        )
+    output.out().print(grid)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    rollout_id: str = typer.Argument(..., metavar="ID", help="The task's rollout id.", show_default=False),
+    json_output: bool = typer.Option(False, "--json", help="Machine output: the task as JSON."),
+) -> None:
+    """Show one task and where it is in its life."""
+    with connect(ctx) as client:
+        task = client.get_task(rollout_id)
+    if json_output:
+        output.print_json(task)
+    else:
+        output.show_record(task)
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    rollout_id: str = typer.Argument(..., metavar="ID", help="The task's rollout id.", show_default=False),
+    json_output: bool = typer.Option(False, "--json", help="Machine output: the cancelled task as JSON."),
+) -> None:
+    """Cancel a queued or claimed task: it is not handed out again."""
+    with connect(ctx) as client:
+        task = client.cancel_task(rollout_id)
+    if json_output:
+        output.print_json(task)
+    else:
+        output.write_line(f"Cancelled {task['rollout_id']}.")

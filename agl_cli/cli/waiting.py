@@ -1,0 +1,165 @@
+"""`agl queue --wait`: follow the rollout stream until every queued task has its rollout.
+
+The stream is read on a thread that feeds a queue, so the main thread stays free to keep
+the deadline, draw progress, notice tasks that ended without a rollout (failed after
+their last attempt, or cancelled), and take Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agl_cli.cli import output
+from agl_cli.cli.context import Target
+from agl_cli.cli.errors import ExitCode, fail
+from agl_cli.client import AglClient, AglClientError, RolloutRecord
+
+# How often to look for tasks that ended without a rollout, and how many at a time.
+ENDED_CHECK_INTERVAL = 3.0
+ENDED_CHECK_BATCH = 50
+
+
+@dataclass
+class Outcome:
+    arrived: dict[str, RolloutRecord] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)  # rollout id -> failed / cancelled
+    timed_out: bool = False
+
+
+def _pump(target: Target, since: int, events: queue.Queue[RolloutRecord | Exception]) -> None:
+    """The thread: every rollout after `since` into `events`, or the error that stopped it."""
+    try:
+        with AglClient(target.url, target.token) as client:
+            for record in client.watch_rollouts(
+                since,
+                relocate=target.relocate,
+                on_disconnect=lambda error: output.note(f"{error} Waiting for it to come back…"),
+                on_reconnect=lambda _: output.note("The daemon is back; following the rollouts again."),
+            ):
+                events.put(record)
+    except Exception as exc:
+        events.put(exc)
+
+
+def wait_for_rollouts(
+    client: AglClient,
+    target: Target,
+    expected: dict[str, str | None],
+    since: int,
+    timeout: float | None,
+    show_progress: bool,
+) -> Outcome:
+    """Wait until each of `expected` (rollout id -> mode) has a rollout or has ended."""
+    events: queue.Queue[RolloutRecord | Exception] = queue.Queue()
+    threading.Thread(target=_pump, args=(target, since, events), daemon=True, name="agl-watch").start()
+    outcome = Outcome()
+    pending = dict.fromkeys(expected)  # ordered: the oldest tasks are checked first
+    deadline = None if timeout is None else time.monotonic() + timeout
+    next_check = time.monotonic() + ENDED_CHECK_INTERVAL
+    with _progress(show_progress, len(expected)) as advance:
+        while pending:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if wait <= 0:
+                outcome.timed_out = True
+                break
+            try:
+                item = events.get(timeout=wait)
+            except queue.Empty:
+                if time.monotonic() >= next_check:
+                    advance(_check_ended(client, pending, outcome))
+                    next_check = time.monotonic() + ENDED_CHECK_INTERVAL
+                continue
+            if isinstance(item, Exception):
+                raise item
+            rollout_id = item.get("rollout_id", "")
+            if rollout_id in pending:
+                del pending[rollout_id]
+                outcome.arrived[rollout_id] = item
+                advance(1)
+                next_check = time.monotonic() + ENDED_CHECK_INTERVAL
+    return outcome
+
+
+def _check_ended(client: AglClient, pending: dict[str, None], outcome: Outcome) -> int:
+    """Drop the oldest pending tasks that failed or were cancelled: no rollout will come."""
+    ended = 0
+    for rollout_id in list(pending)[:ENDED_CHECK_BATCH]:
+        with contextlib.suppress(AglClientError):
+            status = client.get_task(rollout_id)["status"]
+            if status in ("failed", "cancelled"):
+                outcome.ended[rollout_id] = status
+                del pending[rollout_id]
+                ended += 1
+    return ended
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int) -> Iterator[Callable[[int], None]]:
+    if not show:
+        yield lambda _: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("Waiting for rollouts"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=output.err(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("wait", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def report(
+    expected: dict[str, str | None], outcome: Outcome, json_output: bool, timeout: float | None
+) -> None:
+    """The rollouts in queue order, then a summary; exit 5 on a timeout, 1 if tasks ended."""
+    from agl_cli.cli.rollouts import print_rollout
+
+    rewards: dict[str, list[float]] = {}
+    for rollout_id, mode in expected.items():
+        record = outcome.arrived.get(rollout_id)
+        if record is None:
+            continue
+        print_rollout(record, json_output, mode=mode)
+        value = record.get("final_reward")
+        if isinstance(value, (int, float)):
+            rewards.setdefault(mode or "no mode", []).append(float(value))
+    summary = _summary(len(outcome.arrived), len(expected), rewards)
+    if json_output:
+        output.note(summary)
+    else:
+        output.write_line(summary)
+    if outcome.timed_out:
+        fail(
+            f"{len(outcome.arrived)} of {len(expected)} rollouts arrived before the timeout of {timeout:g} s.",
+            ExitCode.TIMEOUT,
+        )
+    if outcome.ended:
+        counts: dict[str, int] = {}
+        for status in outcome.ended.values():
+            counts[status] = counts.get(status, 0) + 1
+        what = " and ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        fail(f"{len(outcome.ended)} tasks ended without a rollout ({what}).")
+
+
+def _summary(arrived: int, total: int, rewards: dict[str, list[float]]) -> str:
+    means = ", ".join(
+        f"{mode} {sum(values) / len(values):.3f} (n={len(values)})"
+        for mode, values in sorted(rewards.items())
+    )
+    return f"{arrived} of {total} rollouts; mean reward: {means or 'none reported'}."
+
+
+def expected_from(ids: list[str], specs: list[dict[str, Any]] | None) -> dict[str, str | None]:
+    if specs is None:
+        return dict.fromkeys(ids)
+    return {rollout_id: spec.get("mode") for rollout_id, spec in zip(ids, specs, strict=True)}

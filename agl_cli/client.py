@@ -1,0 +1,457 @@
+"""A typed, synchronous client of agl's management API (docs/api.md).
+
+It imports httpx, httpx-sse and orjson only, never the server or the store, so the CLI
+starts fast and a script on another machine can drive a daemon with nothing else.
+Every failure is one of the exception classes below, with a one-sentence message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from typing import Any, Literal, TypedDict, cast
+from urllib.parse import quote
+
+import httpx
+import orjson
+from httpx_sse import connect_sse
+
+DEFAULT_TIMEOUT = 30.0
+# The daemon sends a comment every 15 s on an idle stream; three missed mean a dead link.
+STREAM_READ_TIMEOUT = 45.0
+# The largest sequence number the daemon accepts in `since`: asks for nothing, learns last_seq.
+_BEYOND_ANY_SEQ = 2**62
+
+Status = Literal["queued", "claimed", "completed", "failed", "cancelled"]
+
+
+# --- shapes of the API (docs/api.md) ------------------------------------------------------
+
+
+class TaskRecord(TypedDict):
+    rollout_id: str
+    input: Any
+    mode: str | None
+    resources_id: str | None
+    create_time: float
+    last_claim_time: float | None
+    num_claims: int | None
+    metadata: dict[str, Any]
+    status: Status
+    deadline: float | None
+    completed_time: float | None
+    duplicates: int
+
+
+class RolloutRecord(TypedDict, total=False):
+    """A rollout as its worker sent it (unknown fields included) plus agl's bookkeeping."""
+
+    rollout_id: str
+    task: dict[str, Any] | None
+    final_reward: float | None
+    triplets: list[dict[str, Any]] | None
+    trace: list[dict[str, Any]] | None
+    logs: list[str] | None
+    metadata: dict[str, Any]
+    seq: int
+    received_time: float
+    attempt: int | None
+    unsolicited: bool
+
+
+class RolloutPage(TypedDict):
+    rollouts: list[RolloutRecord]
+    last_seq: int
+
+
+class ResourcesUpdate(TypedDict):
+    resources_id: str
+    create_time: float
+    update_time: float
+    version: int
+    resources: dict[str, dict[str, Any]]
+
+
+class ResourcesList(TypedDict):
+    resources: list[ResourcesUpdate]
+    latest_id: str | None
+
+
+class StagedTasks(TypedDict):
+    rollout_ids: list[str]
+    staged: int
+
+
+class Rates(TypedDict):
+    claims_per_second: float
+    rollouts_per_second: float
+
+
+class DaemonStatus(TypedDict, total=False):
+    version: str
+    pid: int
+    started_time: float
+    uptime: float
+    address: str
+    state_dir: str
+    store: str
+    task_timeout: float
+    max_attempts: int | None
+    tasks: dict[str, int]
+    rollouts: int
+    unsolicited: int
+    duplicates: int
+    resources: int
+    last_seq: int
+    latest_resources_id: str | None
+    rates: Rates
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class AglClientError(Exception):
+    """Anything that went wrong talking to the daemon; `str()` is one sentence."""
+
+
+class DaemonUnreachable(AglClientError):
+    """Nothing answers at the address (refused, timed out, or the connection dropped)."""
+
+    def __init__(self, url: str, reason: str | None = None) -> None:
+        super().__init__(f"No agl daemon answers at {url}." if reason is None else reason)
+        self.url = url
+
+
+class ResponseError(AglClientError):
+    """The daemon answered, and said no; `detail` is its own words."""
+
+    def __init__(
+        self, message: str, status_code: int, detail: str, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+        self.errors = errors or []  # a 422's list of {type, loc, msg, input}
+
+
+class AuthRefused(ResponseError):
+    """401: no token, or not the daemon's token."""
+
+
+class NotFound(ResponseError):
+    """404: no such task, rollout, resources or batch."""
+
+
+class Refused(ResponseError):
+    """Any other 4xx: bad input, a conflict, a body too large."""
+
+
+class DaemonFailed(ResponseError):
+    """5xx: the daemon could not carry out a valid request."""
+
+
+# --- the client -------------------------------------------------------------------------
+
+
+TaskList = Sequence[Mapping[str, Any]] | bytes
+
+
+class AglClient:
+    """One daemon's management API. Use it as a context manager, or call `close()`."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout, connect=5.0)
+        )
+
+    @property
+    def url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._http.base_url = httpx.URL(value.rstrip("/"))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AglClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # tasks ------------------------------------------------------------------------------
+
+    def queue(self, tasks: TaskList) -> list[str]:
+        """Queue 1 to 10,000 tasks at once, all or none; their rollout ids, in order.
+
+        `tasks` may also be an already encoded JSON array of task objects, so a large file
+        need not be decoded and encoded again on its way up.
+        """
+        body = self._call("POST", "/v1/tasks", content=_tasks_body(tasks))
+        return cast(list[str], body["rollout_ids"])
+
+    def create_batch(self) -> str:
+        """Open a batch: tasks staged in it stay invisible until `commit_batch`."""
+        return cast(str, self._call("POST", "/v1/batches")["batch_id"])
+
+    def stage(self, batch_id: str, tasks: TaskList) -> StagedTasks:
+        return cast(
+            StagedTasks,
+            self._call("POST", f"/v1/batches/{_segment(batch_id)}/tasks", content=_tasks_body(tasks)),
+        )
+
+    def commit_batch(self, batch_id: str, timeout: float = 600.0) -> int:
+        """Queue every staged task in one transaction; a million takes a while, hence the timeout."""
+        return cast(
+            int, self._call("POST", f"/v1/batches/{_segment(batch_id)}/commit", timeout=timeout)["queued"]
+        )
+
+    def discard_batch(self, batch_id: str) -> int:
+        return cast(int, self._call("DELETE", f"/v1/batches/{_segment(batch_id)}")["discarded"])
+
+    def list_tasks(self, status: Status | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status is not None:
+            params["status"] = status
+        return cast(list[TaskRecord], self._call("GET", "/v1/tasks", params=params)["tasks"])
+
+    def get_task(self, rollout_id: str) -> TaskRecord:
+        return cast(TaskRecord, self._call("GET", f"/v1/tasks/{_segment(rollout_id)}"))
+
+    def cancel_task(self, rollout_id: str) -> TaskRecord:
+        return cast(TaskRecord, self._call("POST", f"/v1/tasks/{_segment(rollout_id)}/cancel"))
+
+    # resources --------------------------------------------------------------------------
+
+    def push_resources(
+        self, resources: Mapping[str, Any], resources_id: str | None = None
+    ) -> ResourcesUpdate:
+        """Publish a bundle; it becomes the latest (an existing id gets a new version)."""
+        body: dict[str, Any] = {"resources": dict(resources)}
+        if resources_id is not None:
+            body["resources_id"] = resources_id
+        return cast(ResourcesUpdate, self._call("POST", "/v1/resources", content=orjson.dumps(body)))
+
+    def list_resources(self, reveal: bool = False) -> ResourcesList:
+        return cast(ResourcesList, self._call("GET", "/v1/resources", params=_reveal(reveal)))
+
+    def get_resources(self, resources_id: str = "latest", reveal: bool = False) -> ResourcesUpdate:
+        return cast(
+            ResourcesUpdate,
+            self._call("GET", f"/v1/resources/{_segment(resources_id)}", params=_reveal(reveal)),
+        )
+
+    # rollouts ---------------------------------------------------------------------------
+
+    def list_rollouts(self, since: int = 0, limit: int = 100) -> RolloutPage:
+        return cast(RolloutPage, self._call("GET", "/v1/rollouts", params={"since": since, "limit": limit}))
+
+    def get_rollout(self, rollout_id: str) -> RolloutRecord:
+        return cast(RolloutRecord, self._call("GET", f"/v1/rollouts/{_segment(rollout_id)}"))
+
+    def last_seq(self) -> int:
+        """The sequence number of the newest stored rollout (0 when there is none)."""
+        return self.list_rollouts(since=_BEYOND_ANY_SEQ, limit=1)["last_seq"]
+
+    def watch_rollouts(
+        self,
+        since: int | Literal["now"] = 0,
+        *,
+        relocate: Callable[[], str] | None = None,
+        on_disconnect: Callable[[AglClientError], None] | None = None,
+        on_reconnect: Callable[[int], None] | None = None,
+        max_delay: float = 2.0,
+    ) -> Iterator[RolloutRecord]:
+        """Every rollout with a sequence number after `since`, oldest first, then live.
+
+        When the connection drops (the daemon restarted, the network failed) it reconnects,
+        with a growing pause, and resumes after the last sequence number it yielded:
+        nothing is missed, nothing comes twice. `relocate` gives the address again before
+        each reconnect, for a daemon that may come back on another port; `on_disconnect` and
+        `on_reconnect` are told when an outage starts and when it ends (with the sequence
+        number it resumes after). An unreachable daemon at
+        the start, or a refusal (401, 4xx) at any time, is raised.
+        """
+        last = self.last_seq() if since == "now" else since
+        connected_once = False
+        outage: AglClientError | None = None
+        delay = 0.1
+        while True:
+            try:
+                with contextlib.closing(self._stream_rollouts(last)) as stream:
+                    for record in stream:
+                        if record is None:  # connected: the stream answered 200
+                            connected_once = True
+                            if outage is not None and on_reconnect is not None:
+                                on_reconnect(last)
+                            outage, delay = None, 0.1
+                            continue
+                        if record["seq"] <= last:
+                            continue
+                        last = record["seq"]
+                        yield record
+                error: AglClientError = DaemonUnreachable(
+                    self.url, f"The agl daemon at {self.url} closed the rollout stream."
+                )
+            except DaemonUnreachable as exc:
+                error = exc
+            if not connected_once:
+                raise error
+            if outage is None and on_disconnect is not None:
+                on_disconnect(error)
+            outage = error
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+            if relocate is not None:
+                self.url = relocate()
+
+    def _stream_rollouts(self, after: int) -> Generator[RolloutRecord | None, None, None]:
+        """One connection to the stream: None once it is open, then its rollouts."""
+        timeout = httpx.Timeout(self.timeout, connect=5.0, read=STREAM_READ_TIMEOUT)
+        headers = {"Last-Event-ID": str(after)}
+        try:
+            with connect_sse(
+                self._http,
+                "GET",
+                "/v1/rollouts/stream",
+                params={"since": after},
+                headers=headers,
+                timeout=timeout,
+            ) as source:
+                response = source.response
+                if response.status_code in (502, 503, 504):  # starting or stopping: come back later
+                    raise DaemonUnreachable(self.url, f"The agl daemon at {self.url} is not ready.")
+                if response.status_code != 200:
+                    response.read()
+                    self._raise_for(response)
+                yield None
+                for event in source.iter_sse():
+                    if event.event == "rollout":
+                        yield cast(RolloutRecord, orjson.loads(event.data))
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    # the daemon -------------------------------------------------------------------------
+
+    def status(self) -> DaemonStatus:
+        return cast(DaemonStatus, self._call("GET", "/v1/status"))
+
+    def shutdown(self) -> None:
+        """Ask the daemon to stop gracefully, as SIGTERM would; returns before it has."""
+        self._call("POST", "/v1/shutdown")
+
+    def alive(self) -> bool:
+        """Whether anything answers `/health` (the process is up, ready or not)."""
+        try:
+            self._http.get("/health", timeout=2.0)
+        except httpx.TransportError:
+            return False
+        return True
+
+    def ready(self) -> bool:
+        """Whether the daemon answers `/ready` with 200 (it is open, not starting or stopping)."""
+        try:
+            return self._http.get("/ready", timeout=2.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    # plumbing ---------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            response = self._http.request(
+                method,
+                path,
+                params=params,
+                content=content,
+                headers=headers,
+                timeout=httpx.Timeout(timeout, connect=5.0) if timeout else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 300:
+            self._raise_for(response)
+        return cast(dict[str, Any], orjson.loads(response.content))
+
+    def _unreachable(self, exc: httpx.TransportError) -> DaemonUnreachable:
+        if isinstance(exc, httpx.ReadTimeout):
+            return DaemonUnreachable(self.url, f"The agl daemon at {self.url} did not answer in time.")
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return DaemonUnreachable(self.url)
+        return DaemonUnreachable(self.url, f"The connection to the agl daemon at {self.url} broke.")
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        code = response.status_code
+        detail, errors = _detail(response)
+        if code == 401:
+            raise AuthRefused(
+                f"The daemon at {self.url} refused the request: {_lower_first(detail)} "
+                "(give the token with --token or AGL_TOKEN).",
+                code,
+                detail,
+            )
+        if code == 404:
+            raise NotFound(_sentence(detail), code, detail)
+        if code < 500:
+            raise Refused(_sentence(detail), code, detail, errors)
+        raise DaemonFailed(f"The daemon failed ({code}): {_lower_first(detail)}", code, detail)
+
+
+def _tasks_body(tasks: TaskList) -> bytes:
+    if isinstance(tasks, bytes):
+        return b'{"tasks":' + tasks + b"}"
+    return orjson.dumps({"tasks": list(tasks)})
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: resources ids are the publisher's choice, '?' included."""
+    return quote(value, safe="")
+
+
+def _reveal(reveal: bool) -> dict[str, str]:
+    return {"reveal": "true"} if reveal else {}
+
+
+def _detail(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
+    """The daemon's reason: its `detail` sentence, or the first complaint of a 422 list."""
+    fallback = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return fallback, []
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail, []
+    if isinstance(detail, list) and detail and all(isinstance(item, dict) for item in detail):
+        first = detail[0]
+        where = ".".join(str(part) for part in first.get("loc", []) if part != "body")
+        message = str(first.get("msg", "invalid"))
+        return (f"{where}: {message}" if where else message), detail
+    return fallback, []
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _lower_first(text: str) -> str:
+    """'The token is not valid.' reads on after a colon as 'the token is not valid.'."""
+    text = _sentence(text)
+    if text[1:2].isupper():  # an acronym or a name: leave it
+        return text
+    return text[:1].lower() + text[1:]

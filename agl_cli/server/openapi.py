@@ -1,0 +1,143 @@
+"""The OpenAPI 3.1 document of the management API, generated from its route table.
+
+Each route is declared once as an `Endpoint`: the Starlette route is made from it, and
+so is its entry in the document, with request and response schemas taken from the
+pydantic models in `schemas` (pydantic writes the JSON Schema; nothing here is written
+by hand but the route summaries).
+"""
+
+from __future__ import annotations
+
+import http
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agl_cli.server.schemas import ErrorMessage, ValidationErrors
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+EVENT_STREAM = "text/event-stream"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter or header; `schema` is any type pydantic can describe."""
+
+    name: str
+    schema: Any
+    description: str
+    location: Literal["query", "header"] = "query"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One route of the management API and everything its description needs."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    responses: Mapping[int, type[BaseModel] | None]
+    body: type[BaseModel] | None = None
+    params: Sequence[Param] = field(default_factory=tuple)
+    media_type: str = "application/json"
+
+    def route(self) -> Route:
+        return Route(self.path, self.handler, methods=[self.method])
+
+
+def routes_of(endpoints: Iterable[Endpoint]) -> list[Route]:
+    return [endpoint.route() for endpoint in endpoints]
+
+
+def build_document(endpoints: Sequence[Endpoint], *, title: str, version: str) -> dict[str, Any]:
+    """The OpenAPI document for `endpoints`, with every model under `components.schemas`."""
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (ErrorMessage, "serialization"),
+        (ValidationErrors, "serialization"),
+    ]
+    for endpoint in endpoints:
+        if endpoint.body is not None:
+            wanted.append((endpoint.body, "validation"))
+        wanted += [(model, "serialization") for model in endpoint.responses.values() if model is not None]
+    refs, definitions = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF_TEMPLATE)
+    components: dict[str, Any] = {
+        "schemas": definitions.get("$defs", {}),
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    }
+
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        operation: dict[str, Any] = {
+            "operationId": endpoint.handler.__name__,
+            "summary": endpoint.summary,
+            "security": [{"bearer": []}],
+            "parameters": _parameters(endpoint),
+            "responses": {
+                str(code): _response(code, model, endpoint.media_type, refs)
+                for code, model in sorted(endpoint.responses.items())
+            },
+        }
+        if endpoint.handler.__doc__:
+            operation["description"] = endpoint.handler.__doc__.strip()
+        if endpoint.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": refs[(endpoint.body, "validation")]}},
+            }
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": components,
+    }
+
+
+def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
+    described = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", endpoint.path)
+    ]
+    for param in endpoint.params:
+        schema = TypeAdapter(param.schema).json_schema(ref_template=REF_TEMPLATE)
+        schema.pop("title", None)
+        described.append(
+            {"name": param.name, "in": param.location, "description": param.description, "schema": schema}
+        )
+    return described
+
+
+def _response(
+    code: int,
+    model: type[BaseModel] | None,
+    media_type: str,
+    refs: Mapping[tuple[Any, JsonSchemaMode], Any],
+) -> dict[str, Any]:
+    description = http.HTTPStatus(code).phrase
+    if code == 422:
+        schemas = [refs[(ErrorMessage, "serialization")], refs[(ValidationErrors, "serialization")]]
+        return {"description": description, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
+    if code >= 400:
+        model = model or ErrorMessage
+    elif media_type == EVENT_STREAM and model is not None:
+        stream = {
+            "schema": {"type": "string", "description": "Server-sent events; `data` is an `x-event-data`."},
+            "x-event-data": refs[(model, "serialization")],
+        }
+        return {"description": description, "content": {EVENT_STREAM: stream}}
+    if model is None:
+        return {"description": description}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": refs[(model, "serialization")]}},
+    }

@@ -1,0 +1,73 @@
+"""`STATE_DIR/agl.pid`: one daemon per state directory, and where to find it.
+
+The file holds the daemon's pid while it runs. A pidfile whose process is gone (or is
+not agl, the pid having been reused) is stale, left by a crash, and is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+class AlreadyRunningError(Exception):
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"agl is already running (pid {pid}).")
+        self.pid = pid
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid in the file, or None if there is no file or it does not hold a pid."""
+    try:
+        text = path.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def is_agl_process(pid: int) -> bool:
+    """True if `pid` is alive and, where /proc tells, runs agl."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, someone else's
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc here: trust the live pid
+    except OSError:
+        return True
+    if not cmdline:
+        return False  # a zombie: it has exited
+    return b"agl" in cmdline
+
+
+def acquire(path: Path) -> None:
+    """Write our pid, unless a live agl daemon holds the file already."""
+    me = os.getpid()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pid = read_pid(path)
+            if pid is not None and pid != me and is_agl_process(pid):
+                raise AlreadyRunningError(pid) from None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # stale: its daemon died without cleaning up
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{me}\n")
+        return
+    raise AlreadyRunningError(read_pid(path) or 0)
+
+
+def release(path: Path) -> None:
+    """Remove the pidfile if it is still ours."""
+    if read_pid(path) == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -1,0 +1,154 @@
+"""The bodies of the management API, as pydantic models.
+
+Requests are validated with these models, and `GET /v1/openapi.json` is generated from
+them, so the published description and what the server checks cannot drift apart.
+Responses are built by the routes as plain dicts for speed; the tests check that every
+one of them validates against its model here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agl_cli.models import NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
+from agl_cli.store import TaskSpec
+
+MAX_TASKS_PER_REQUEST = 10_000
+MAX_LIST_LIMIT = 10_000
+DEFAULT_LIST_LIMIT = 100
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests -----------------------------------------------------------------------------
+
+
+class QueueRequest(_Body):
+    """Tasks to queue (or stage) in one request; all of them or none."""
+
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)
+
+
+class PublishRequest(_Body):
+    """A resource bundle to publish; naming an existing id publishes a new version of it."""
+
+    resources: NamedResources = Field(min_length=1)
+    resources_id: str | None = None
+
+
+class PublishBody(_Body):
+    """`PublishRequest` as first read: the resources are checked by the store afterwards,
+    so that a bad one is refused with one sentence instead of pydantic's list."""
+
+    resources: dict[str, Any] = Field(min_length=1)
+    resources_id: str | None = None
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+class TaskRecord(Task):
+    """A task with its place in the life cycle."""
+
+    status: TaskStatus
+    deadline: float | None = Field(description="When the current claim runs out (epoch s), if claimed.")
+    completed_time: float | None = Field(description="When its first rollout arrived (epoch s).")
+    duplicates: int = Field(description="Rollouts received after the first, counted and not kept.")
+
+
+class RolloutRecord(Rollout):
+    """A kept rollout: the worker's fields (unknown ones included) plus its place in the order."""
+
+    seq: int = Field(description="Arrival order: strictly increasing, never reused.")
+    received_time: float
+    attempt: int | None = Field(description="The task's `num_claims` when it arrived; null if unsolicited.")
+    unsolicited: bool = Field(description="True for a rollout whose id agl never issued.")
+
+
+class RolloutIds(BaseModel):
+    rollout_ids: list[str]
+
+
+class BatchCreated(BaseModel):
+    batch_id: str
+
+
+class Staged(BaseModel):
+    rollout_ids: list[str]
+    staged: int = Field(description="Tasks in the batch so far, this request's included.")
+
+
+class Committed(BaseModel):
+    queued: int
+
+
+class Discarded(BaseModel):
+    discarded: int
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskRecord]
+
+
+class ResourcesList(BaseModel):
+    resources: list[ResourcesUpdate]
+    latest_id: str | None
+
+
+class RolloutList(BaseModel):
+    rollouts: list[RolloutRecord]
+    last_seq: int = Field(description="The highest sequence number stored.")
+
+
+class Rates(BaseModel):
+    claims_per_second: float
+    rollouts_per_second: float
+
+
+class Status(BaseModel):
+    """Everything about the daemon a user wants at a glance."""
+
+    version: str
+    pid: int
+    started_time: float
+    uptime: float
+    address: str | None
+    state_dir: str | None
+    store: str = Field(description="`sqlite` or `memory`.")
+    task_timeout: float
+    max_attempts: int | None
+    tasks: dict[str, int] = Field(description="Tasks per status.")
+    rollouts: int
+    unsolicited: int
+    duplicates: int
+    resources: int
+    last_seq: int
+    latest_resources_id: str | None
+    rates: Rates = Field(description="Over the last 60 seconds.")
+
+
+class Stopping(BaseModel):
+    status: str = "stopping"
+
+
+class ErrorMessage(BaseModel):
+    """A refusal, with its reason in one sentence."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+
+
+class ValidationErrors(BaseModel):
+    """A body that is not JSON or does not validate: every problem found."""
+
+    detail: list[ValidationIssue]

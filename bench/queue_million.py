@@ -1,0 +1,173 @@
+"""How long `agl queue` takes for a million tasks, and how much memory the daemon needs.
+
+What it measures
+    The wall time of `agl queue FILE` run as a subprocess (the real CLI: start-up, reading
+    and checking the whole file, uploading it in chunks through the batch protocol, the
+    commit, printing a million rollout ids), and the daemon's peak resident memory over
+    that time, sampled every 20 ms with psutil. Targets: <= 30 s and <= 150 MB.
+
+    The file has `--tasks` JSON Lines (default 1,000,000) shaped like real tasks: a small
+    object input, a mode, and metadata. The daemon runs on a fresh SQLite state directory
+    with `--log-level warning`. After the queue the bench checks that the daemon reports
+    exactly that many queued tasks.
+
+How to run (from the repository root; needs agl installed, and psutil)
+    python bench/queue_million.py
+    python bench/queue_million.py --tasks 200000 --json -
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+TARGET_SECONDS = 30.0
+TARGET_RSS_MB = 150.0
+READY = re.compile(r"listening on (http://\S+)")
+
+
+def write_tasks(path: Path, count: int) -> None:
+    modes = ("train", "val", "test")
+    with path.open("w") as handle:
+        for start in range(0, count, 10_000):
+            handle.writelines(
+                json.dumps(
+                    {
+                        "input": {"question": f"What is {i} + {i}?", "answer": 2 * i, "id": i},
+                        "mode": modes[i % 3],
+                        "metadata": {"source": "bench", "shard": i % 16},
+                    }
+                )
+                + "\n"
+                for i in range(start, min(start + 10_000, count))
+            )
+
+
+class PeakRSS(threading.Thread):
+    """Samples a process's resident memory until stopped; keeps the highest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(self.interval)
+
+    def stop(self) -> int:
+        self.halt.set()
+        self.join()
+        return self.peak
+
+
+def start_daemon(state_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    command = [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--state-dir", str(state_dir)]
+    command += ["--log-level", "warning"]
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = READY.search(log.read_text())
+        if match:
+            url = match.group(1)
+            while httpx.get(url + "/ready", timeout=5).status_code != 200:
+                time.sleep(0.05)
+            return process, url
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SystemExit(f"agl serve did not start:\n{log.read_text()}")
+
+
+def run(tasks: int, workdir: Path) -> dict[str, Any]:
+    file = workdir / "tasks.jsonl"
+    began = time.perf_counter()
+    write_tasks(file, tasks)
+    generated = time.perf_counter() - began
+    state_dir = workdir / "state"
+    daemon, url = start_daemon(state_dir, workdir / "daemon.log")
+    try:
+        idle_rss = psutil.Process(daemon.pid).memory_info().rss
+        sampler = PeakRSS(daemon.pid)
+        sampler.start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGL_")}
+        command = [sys.executable, "-m", "agl_cli", "--state-dir", str(state_dir), "queue", str(file)]
+        began = time.perf_counter()
+        with (workdir / "ids.txt").open("wb") as ids:
+            result = subprocess.run(command, stdout=ids, stderr=subprocess.PIPE, env=env, check=False)
+        wall = time.perf_counter() - began
+        peak = sampler.stop()
+        if result.returncode != 0:
+            raise SystemExit(f"agl queue failed ({result.returncode}): {result.stderr.decode()}")
+        token = (state_dir / "token").read_text().strip()
+        status = httpx.get(
+            url + "/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ).json()
+        printed = sum(1 for _ in (workdir / "ids.txt").open("rb"))
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+    return {
+        "tasks": tasks,
+        "file_mb": round(file.stat().st_size / 1e6, 1),
+        "generate_seconds": round(generated, 2),
+        "queue_seconds": round(wall, 2),
+        "tasks_per_second": round(tasks / wall),
+        "daemon_idle_rss_mb": round(idle_rss / 1e6, 1),
+        "daemon_peak_rss_mb": round(peak / 1e6, 1),
+        "queued_reported_by_daemon": status["tasks"]["queued"],
+        "ids_printed": printed,
+        "within_targets": wall <= TARGET_SECONDS and peak / 1e6 <= TARGET_RSS_MB,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--json", metavar="FILE", help="Also write the figures as JSON ('-' for stdout).")
+    parser.add_argument("--keep", action="store_true", help="Keep the work directory (file, state, logs).")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="agl-queue-bench-"))
+    try:
+        figures = run(args.tasks, workdir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        f"agl queue: {figures['tasks']:,} tasks ({figures['file_mb']} MB) in {figures['queue_seconds']} s "
+        f"({figures['tasks_per_second']:,}/s), target <= {TARGET_SECONDS:g} s\n"
+        f"daemon RSS: {figures['daemon_idle_rss_mb']} MB idle, {figures['daemon_peak_rss_mb']} MB peak, "
+        f"target <= {TARGET_RSS_MB:g} MB\n"
+        f"daemon reports {figures['queued_reported_by_daemon']:,} queued; {figures['ids_printed']:,} ids printed"
+    )
+    if args.json:
+        text = json.dumps(figures, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if figures["queued_reported_by_daemon"] != figures["tasks"]:
+        raise SystemExit("the daemon did not queue every task")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""`agl_cli.AgentLightningServer` used as 0.3.0 scripts use the legacy server, with the real
+0.3.0 client on the other side."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from agentlightning import LLM, PromptTemplate, ProxyLLM
+from agentlightning.client import AgentLightningClient
+from agentlightning.types import RolloutLegacy, Triplet
+
+from agl_cli import AgentLightningServer
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[AgentLightningServer]:
+    server = AgentLightningServer(port=0, task_timeout_seconds=0.5)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def client_for(server: AgentLightningServer) -> AgentLightningClient:
+    return AgentLightningClient(endpoint=server.endpoint, poll_interval=0.05, timeout=5)
+
+
+def rollout_for(rollout_id: str, reward: float) -> RolloutLegacy:
+    return RolloutLegacy(
+        rollout_id=rollout_id,
+        final_reward=reward,
+        triplets=[Triplet(prompt={"q": 1}, response=f"answer {reward}", reward=reward)],
+        metadata={"worker": "w1"},
+    )
+
+
+async def test_an_async_lifecycle_runs_as_with_the_legacy_server(server: AgentLightningServer) -> None:
+    client = client_for(server)
+    resources_id = await server.update_resources(
+        {"prompt": PromptTemplate(template="t {x}", engine="f-string")}
+    )
+    rollout_id = await server.queue_task({"x": 1}, mode="train", resources_id=resources_id, metadata={"m": 1})
+    task = await client.poll_next_task_async()
+    assert task is not None
+    assert (task.rollout_id, task.input, task.mode, task.resources_id, task.metadata) == (
+        rollout_id, {"x": 1}, "train", resources_id, {"m": 1},
+    )  # fmt: skip
+    assert task.num_claims == 1
+    assert await server.get_completed_rollout(rollout_id) is None
+    await client.post_rollout_async(rollout_for(rollout_id, 0.5))
+    rollout = await server.poll_completed_rollout(rollout_id, timeout=5)
+    assert rollout is not None
+    assert rollout.final_reward == 0.5
+    assert rollout.triplets is not None and rollout.triplets[0].response == "answer 0.5"
+    assert rollout.metadata == {"worker": "w1"}
+
+
+async def test_a_sync_client_in_a_thread_works_against_the_embedded_server(
+    server: AgentLightningServer,
+) -> None:
+    client = client_for(server)
+    ids = [await server.queue_task(k) for k in range(3)]
+    for _ in ids:
+        task = await asyncio.to_thread(client.poll_next_task)
+        assert task is not None
+        await asyncio.to_thread(client.post_rollout, rollout_for(task.rollout_id, float(task.input)))
+    rollouts = await server.retrieve_completed_rollouts()
+    assert [(r.rollout_id, r.final_reward) for r in rollouts] == [(i, float(k)) for k, i in enumerate(ids)]
+
+
+async def test_agentlightning_resource_objects_come_back_identical(server: AgentLightningServer) -> None:
+    bundle = {
+        "main_llm": LLM(
+            endpoint="http://llm/v1", model="qwen", api_key="k", sampling_parameters={"temperature": 0.7}
+        ),
+        "proxy": ProxyLLM(endpoint="http://proxy/v1", model="qwen"),
+        "prompt": PromptTemplate(template="Hello {name}", engine="f-string"),
+    }
+    resources_id = await server.update_resources(bundle)
+    client = client_for(server)
+    latest = await client.get_latest_resources_async()
+    by_id = await asyncio.to_thread(client.get_resources_by_id, resources_id)
+    for update in (latest, by_id):
+        assert update is not None and update.resources_id == resources_id
+        assert update.resources == bundle
+        assert type(update.resources["proxy"]) is ProxyLLM
+
+
+async def test_a_task_not_reported_in_time_is_handed_out_again(server: AgentLightningServer) -> None:
+    client = client_for(server)
+    rollout_id = await server.queue_task("slow")
+    first = await client.poll_next_task_async()
+    second = await client.poll_next_task_async()  # polls until the claim times out
+    assert first is not None and second is not None
+    assert second.rollout_id == rollout_id and second.num_claims == 2
+    assert second.last_claim_time is not None and first.last_claim_time is not None
+    assert second.last_claim_time > first.last_claim_time
+
+
+async def test_the_404s_read_as_the_legacy_server_wrote_them(server: AgentLightningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.endpoint) as http:
+        latest = await http.get("/resources/latest")
+        unknown = await http.get("/resources/res-x")
+    assert (latest.status_code, latest.json()) == (
+        404,
+        {"detail": "No resources have been set on the server."},
+    )
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "Resource ID 'res-x' not found."})
+    assert await client_for(server).get_latest_resources_async() is None
+
+
+async def test_a_rollout_is_consumed_once(server: AgentLightningServer) -> None:
+    client = client_for(server)
+    ids = [await server.queue_task(k) for k in range(3)]
+    for rollout_id in ids:
+        await client.post_rollout_async(rollout_for(rollout_id, 1.0))
+    assert (await server.get_completed_rollout(ids[0])) is not None
+    assert (await server.get_completed_rollout(ids[0])) is None
+    assert [r.rollout_id for r in await server.retrieve_completed_rollouts()] == ids[1:]
+    assert await server.retrieve_completed_rollouts() == []
+    assert await server.poll_completed_rollout(ids[1], timeout=0.2) is None
+
+
+async def test_a_late_second_result_is_not_returned_twice(server: AgentLightningServer) -> None:
+    client = client_for(server)
+    rollout_id = await server.queue_task("contested")
+    slow = await client.poll_next_task_async()
+    fast = await client.poll_next_task_async()
+    assert slow is not None and fast is not None and fast.num_claims == 2
+    await client.post_rollout_async(rollout_for(rollout_id, 2.0))
+    first = await server.get_completed_rollout(rollout_id)
+    await client.post_rollout_async(rollout_for(rollout_id, 1.0))
+    assert first is not None and first.final_reward == 2.0
+    assert await server.retrieve_completed_rollouts() == []
+
+
+async def test_many_concurrent_workers_lose_nothing_and_duplicate_nothing() -> None:
+    server = AgentLightningServer(port=0, task_timeout_seconds=60)
+    await server.start()
+    try:
+        ids = {await server.queue_task({"k": k}) for k in range(300)}
+        seen: list[str] = []
+
+        async def worker() -> None:
+            client = client_for(server)
+            while True:
+                async with httpx.AsyncClient(base_url=server.endpoint) as http:
+                    body = (await http.get("/task")).json()
+                if not body["is_available"]:
+                    return
+                seen.append(body["task"]["rollout_id"])
+                await client.post_rollout_async(rollout_for(body["task"]["rollout_id"], 1.0))
+
+        await asyncio.gather(*(worker() for _ in range(24)))
+        rollouts = await server.retrieve_completed_rollouts()
+        assert len(seen) == len(set(seen)) == 300
+        assert {r.rollout_id for r in rollouts} == ids and len(rollouts) == 300
+    finally:
+        await server.stop()
+
+
+def test_the_migration_example_runs_with_real_fit_v0_workers() -> None:
+    example = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "embedded_server.py"), "--port", "0", "--tasks", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert example.stdout is not None
+        match = re.search(r"serving at (\S+)", example.stdout.readline())
+        assert match, "the example did not print its endpoint"
+        worker = subprocess.run(
+            [sys.executable, str(REPO / "tests" / "compat" / "workers" / "fit_v0_run.py"), match.group(1)]
+            + ["--max-tasks", "4", "--workers", "2", "--poll-interval", "0.1"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert worker.returncode == 0, worker.stderr[-3000:]
+        output, _ = example.communicate(timeout=60)
+    finally:
+        example.kill()
+    assert example.returncode == 0, output
+    assert "8 rollouts, mean reward 0.350" in output

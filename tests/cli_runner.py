@@ -1,0 +1,105 @@
+"""Running the real `agl` command line against a real daemon, as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from daemon import Daemon, env_without_agl
+
+
+def agl(
+    *args: str,
+    daemon: Daemon | None = None,
+    state_dir: Path | None = None,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m agl_cli [--state-dir D] ARGS`, so URL and token are found as a user's would be."""
+    command = [sys.executable, "-m", "agl_cli"]
+    where = daemon.state_dir if daemon is not None else state_dir
+    if where is not None:
+        command += ["--state-dir", str(where)]
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        env={**env_without_agl(), **(env or {})},
+        check=False,
+    )
+
+
+def popen_agl(*args: str, daemon: Daemon) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_agl()
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str, code: int = 1) -> None:
+    """Exit `code`, and stderr is exactly `agl: <expected...>` on one line, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("agl: "), lines[0]
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+class Worker(threading.Thread):
+    """A worker of the legacy protocol: claims tasks and reports a rollout for each,
+    rewarding it with `input["reward"]` when the input says so."""
+
+    def __init__(self, daemon: Daemon, limit: int | None = None, pause: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.daemon_ = daemon
+        self.limit = limit
+        self.pause = pause
+        self.done = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set() and (self.limit is None or self.done < self.limit):
+            try:
+                task = httpx.get(self.daemon_.url + "/task", params={"wait": 0.2}, timeout=5).json()["task"]
+                if task is None:
+                    continue
+                self.report(task)
+            except httpx.HTTPError:
+                time.sleep(0.05)  # the daemon is restarting; its url may change under us
+                continue
+            self.done += 1
+            time.sleep(self.pause)
+
+    def report(self, task: dict[str, Any]) -> None:
+        data = task["input"]
+        reward = data.get("reward", 1.0) if isinstance(data, dict) else 1.0
+        rollout = {
+            "rollout_id": task["rollout_id"],
+            "task": task,
+            "final_reward": reward,
+            "triplets": [{"prompt": "p", "response": "r", "reward": reward}],
+        }
+        httpx.post(self.daemon_.url + "/rollout", json=rollout, timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def post_rollout(daemon: Daemon, rollout_id: str, reward: float = 0.5) -> None:
+    body = {"rollout_id": rollout_id, "final_reward": reward}
+    httpx.post(daemon.url + "/rollout", json=body, timeout=10).raise_for_status()

@@ -1,0 +1,170 @@
+"""Finding the daemon, asking its status, starting it in the background and stopping it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_runner import agl, assert_one_line_error, popen_agl
+from daemon import Daemon, env_without_agl
+
+from agl_cli.cli.context import Globals, resolve
+
+DEAD_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def test_status_tells_what_the_daemon_is_and_what_it_holds(daemon: Daemon) -> None:
+    daemon.queue(1, 2)
+    current = json.loads(agl("status", "--json", daemon=daemon).stdout)
+    assert current["tasks"]["queued"] == 2
+    assert current["address"] == daemon.url
+    assert current["state_dir"] == str(daemon.state_dir)
+    assert daemon.proc is not None and current["pid"] == daemon.proc.pid
+    human = agl("status", daemon=daemon)
+    assert human.returncode == 0, human.stderr
+    assert "queued 2" in human.stdout and daemon.url in human.stdout
+
+
+def test_status_watch_refreshes_every_second_until_ctrl_c(daemon: Daemon) -> None:
+    watcher = popen_agl("status", "--watch", "--json", daemon=daemon)
+    assert watcher.stdout is not None and watcher.stderr is not None
+    assert json.loads(watcher.stdout.readline())["tasks"]["queued"] == 0
+    daemon.queue(1)
+    counts = [json.loads(watcher.stdout.readline())["tasks"]["queued"] for _ in range(2)]
+    assert counts[-1] == 1
+    watcher.send_signal(signal.SIGINT)
+    assert watcher.wait(10) in (0, 130)
+    assert "Traceback" not in watcher.stderr.read()
+
+
+def test_an_address_file_left_by_a_dead_daemon_is_exit_3_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "address").write_text(DEAD_URL + "\n")
+    assert_one_line_error(agl("status", state_dir=tmp_path), f"No agl daemon answers at {DEAD_URL}.", code=3)
+
+
+def test_url_and_agl_url_take_precedence_over_the_address_file(daemon: Daemon) -> None:
+    assert_one_line_error(agl("--url", DEAD_URL, "status", daemon=daemon), DEAD_URL, code=3)
+    result = agl("status", daemon=daemon, env={"AGL_URL": DEAD_URL})
+    assert_one_line_error(result, DEAD_URL, code=3)
+
+
+def test_a_wrong_token_is_exit_4(daemon: Daemon) -> None:
+    result = agl("--token", "wrong", "status", daemon=daemon)
+    assert_one_line_error(result, "refused the request: the bearer token is not valid", code=4)
+
+
+def test_no_token_at_all_is_exit_4_and_agl_token_supplies_one(daemon: Daemon, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    result = agl("--url", daemon.url, "status", state_dir=elsewhere)
+    assert_one_line_error(result, "a bearer token is required", code=4)
+    result = agl("--url", daemon.url, "status", state_dir=elsewhere, env={"AGL_TOKEN": daemon.token})
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_token_file_is_never_sent_to_a_host_the_user_named(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("local-secret\n")
+    assert resolve(Globals(state_dir=tmp_path)).token == "local-secret"
+    assert resolve(Globals(url="http://127.0.0.1:8123", state_dir=tmp_path)).token == "local-secret"
+    assert resolve(Globals(url="https://agl.example.com", state_dir=tmp_path)).token is None
+    assert resolve(Globals(url="https://agl.example.com", token="t", state_dir=tmp_path)).token == "t"
+
+
+def test_help_and_status_load_neither_the_server_nor_the_store(daemon: Daemon) -> None:
+    probe = (
+        "import sys\n"
+        "from agl_cli.cli.main import main\n"
+        "sys.argv = ['agl', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('uvicorn', 'starlette', 'agl_cli.server', 'agl_cli.store', 'sqlite3')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)), file=sys.stderr)\n"
+    )
+    for args in (["--help"], ["--state-dir", str(daemon.state_dir), "status"]):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            env=env_without_agl(),
+            check=False,
+        )
+        assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_serve_detach_returns_once_ready_and_stop_ends_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    started = agl("serve", "--detach", "--port", "0", state_dir=state)
+    assert started.returncode == 0, started.stderr
+    match = re.match(
+        r"agl is running in the background at http://127\.0\.0\.1:\d+ \(pid (\d+)\)", started.stdout
+    )
+    assert match, started.stdout
+    pid = int(match.group(1))
+    try:
+        assert (state / "agl.log").exists()
+        assert json.loads(agl("status", "--json", state_dir=state).stdout)["pid"] == pid
+
+        again = agl("serve", "--detach", "--port", "0", state_dir=state)
+        assert_one_line_error(again, "already running")
+
+        stopped = agl("stop", state_dir=state)
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.strip() == f"Stopped agl (pid {pid})."
+        assert not _running(pid)
+        assert not (state / "agl.pid").exists()
+    finally:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_detach_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = agl("serve", "--detach", "--port", str(port), state_dir=tmp_path / "s")
+    assert_one_line_error(result, f"Port {port} on 127.0.0.1 is already in use")
+
+
+def test_stop_over_http_when_given_a_url(daemon: Daemon) -> None:
+    result = agl("--url", daemon.url, "stop", daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Stopped agl at {daemon.url}")
+    assert daemon.proc is not None and daemon.proc.wait(10) == 0
+
+
+def test_stop_when_nothing_runs_is_exit_3(tmp_path: Path) -> None:
+    (tmp_path / "address").write_text(DEAD_URL)
+    assert_one_line_error(agl("stop", state_dir=tmp_path), "agl is not running: there is no pidfile", code=3)
+
+
+def test_stop_removes_a_stale_pidfile_and_says_so(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    pidfile = tmp_path / "agl.pid"
+    pidfile.write_text(f"{gone.pid}\n")
+    result = agl("stop", state_dir=tmp_path)
+    assert_one_line_error(
+        result, f"named pid {gone.pid}, which is not a running agl, so it was removed", code=3
+    )
+    assert not pidfile.exists()
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"]])
+def test_version_and_help_need_no_daemon(args: list[str]) -> None:
+    result = agl(*args)
+    assert result.returncode == 0 and result.stdout

@@ -1,0 +1,204 @@
+"""`agl queue`: files in, rollout ids out; a bad file queues nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cli_runner import Worker, agl, assert_one_line_error, write
+from daemon import Daemon
+
+
+def tasks_of(daemon: Daemon) -> list[dict[str, object]]:
+    response = daemon.api("GET", "/v1/tasks", params={"limit": 10_000})
+    response.raise_for_status()
+    tasks: list[dict[str, object]] = response.json()["tasks"]
+    return tasks
+
+
+def queued_count(daemon: Daemon) -> int:
+    counts: dict[str, int] = daemon.status()["tasks"]
+    return counts["queued"]
+
+
+def test_json_lines_are_queued_in_order_and_their_ids_printed_one_per_line(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n\n{"input": {"q": 2}, "mode": "val"}\n{"input": 3}\n')
+    result = agl("queue", file, daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == 3 and all(i.startswith("rollout-") for i in ids)
+    tasks = {t["rollout_id"]: t for t in tasks_of(daemon)}
+    assert [tasks[i]["input"] for i in ids] == [1, {"q": 2}, 3]
+    assert tasks[ids[1]]["mode"] == "val"
+
+
+def test_an_array_a_pretty_object_and_stdin_are_all_task_files(daemon: Daemon, tmp_path: Path) -> None:
+    array = write(tmp_path / "a.json", '[\n  {"input": "a"},\n  {"input": "b"}\n]\n')
+    single = write(tmp_path / "o.json", '{\n  "input": "c",\n  "metadata": {"k": "v"}\n}\n')
+    result = agl("queue", array, single, "-", daemon=daemon, stdin='{"input": "d"}\n')
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) == 4
+    assert sorted(str(t["input"]) for t in tasks_of(daemon)) == ["a", "b", "c", "d"]
+
+
+def test_json_output_gives_each_rollout_id_with_the_spec_the_options_filled_in(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    file = write(
+        tmp_path / "t.jsonl", '{"input": 1}\n{"input": 2, "mode": "test", "metadata": {"a": "own"}}\n'
+    )
+    result = agl(
+        "queue", file, "--mode", "train", "--metadata", "a=cli", "--metadata", "b=2", "--json", daemon=daemon
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["rollout_id"].startswith("rollout-")
+    assert first == {**first, "input": 1, "mode": "train", "metadata": {"a": "cli", "b": "2"}}
+    assert second == {**second, "input": 2, "mode": "test", "metadata": {"a": "own", "b": "2"}}
+    stored = daemon.api("GET", f"/v1/tasks/{first['rollout_id']}").json()
+    assert stored["mode"] == "train" and stored["metadata"] == {"a": "cli", "b": "2"}
+
+
+def test_latest_pins_the_resources_published_at_queue_time(daemon: Daemon, tmp_path: Path) -> None:
+    published = daemon.publish(
+        {"p": {"resource_type": "prompt_template", "template": "x", "engine": "f-string"}}
+    )
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n{"input": 2, "resources_id": "own"}\n')
+    result = agl("queue", file, "--latest", "--json", daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    ids = [json.loads(line)["resources_id"] for line in result.stdout.splitlines()]
+    assert ids == [published["resources_id"], "own"]
+
+
+def test_latest_without_any_resources_is_refused(daemon: Daemon, tmp_path: Path) -> None:
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n')
+    assert_one_line_error(
+        agl("queue", file, "--latest", daemon=daemon), "No resources have been published yet."
+    )
+    assert queued_count(daemon) == 0
+
+
+def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Daemon, tmp_path: Path) -> None:
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n')
+    result = agl("queue", file, "--resources-id", "nope", daemon=daemon)
+    assert_one_line_error(result, "No resources with id 'nope'.")
+    assert queued_count(daemon) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        (
+            "t.jsonl",
+            '{"input": 1}\n{"input": 2}\n{"input": 3\n',
+            "t.jsonl:3: invalid JSON: EOF while parsing",
+        ),
+        ("t.jsonl", '{"input": 1}\n{"input": 2, "colour": "red"}\n', "t.jsonl:2: unknown field 'colour'"),
+        ("t.jsonl", '{"input": 1}\n[1, 2]\n', "t.jsonl:2: a task must be a JSON object, not an array."),
+        (
+            "t.jsonl",
+            '{"input": 1, "mode": "training"}\n',
+            "t.jsonl:1: mode must be 'train', 'val', 'test' or null",
+        ),
+        ("t.jsonl", '{"mode": "train"}\n', "t.jsonl:1: a task needs an 'input' field"),
+        ("t.jsonl", '{"input": 1, "metadata": [1]}\n', "t.jsonl:1: metadata must be a JSON object."),
+        ("t.json", '[\n  {"input": 1},\n  {"input": 2,}\n]\n', "t.json:3: invalid JSON:"),
+        (
+            "t.json",
+            '[\n  {"input": 1},\n  {"input": 2}\n',
+            "t.json:4: invalid JSON: the array is never closed",
+        ),
+        ("t.json", '[\n  {"input": 1},\n  7\n]\n', "t.json:3: a task must be a JSON object, not a number."),
+        ("t.jsonl", "\n\n", "t.jsonl: there are no tasks in it."),
+    ],
+)
+def test_a_bad_file_is_reported_at_its_line_and_nothing_is_queued(
+    daemon: Daemon, tmp_path: Path, name: str, content: str, expected: str
+) -> None:
+    good = write(tmp_path / "good.jsonl", '{"input": "fine"}\n')
+    result = agl("queue", good, write(tmp_path / name, content), daemon=daemon)
+    assert_one_line_error(result, str(tmp_path / expected))
+    assert result.stdout == ""
+    assert queued_count(daemon) == 0
+
+
+def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    result = agl("queue", str(tmp_path / "nope.jsonl"), state_dir=tmp_path)
+    assert_one_line_error(result, f"{tmp_path / 'nope.jsonl'}: cannot be read (No such file or directory).")
+
+
+def test_dry_run_counts_the_tasks_and_queues_nothing_without_a_daemon(tmp_path: Path) -> None:
+    file = write(tmp_path / "t.jsonl", "".join(f'{{"input": {i}}}\n' for i in range(5)))
+    result = agl("queue", "--dry-run", file, state_dir=tmp_path / "no-daemon")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("5 tasks are valid")
+
+
+def test_conflicting_options_are_usage_errors(tmp_path: Path) -> None:
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n')
+    assert agl("queue", file, "--latest", "--resources-id", "x").returncode == 2
+    assert agl("queue", file, "--timeout", "3").returncode == 2
+    assert_one_line_error(agl("queue", file, "--metadata", "novalue"), "--metadata takes KEY=VALUE", code=2)
+
+
+def test_a_large_file_goes_up_in_chunks_and_is_queued_whole(daemon: Daemon, tmp_path: Path) -> None:
+    count = 25_000
+    file = tmp_path / "big.jsonl"
+    file.write_text("".join(f'{{"input": {i}}}\n' for i in range(count)))
+    result = agl("queue", str(file), daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == len(set(ids)) == count
+    assert queued_count(daemon) == count
+    first = daemon.api("GET", f"/v1/tasks/{ids[0]}").json()
+    last = daemon.api("GET", f"/v1/tasks/{ids[-1]}").json()
+    assert (first["input"], last["input"]) == (0, count - 1)
+
+
+def test_a_batch_the_daemon_refuses_halfway_leaves_nothing_queued(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon("--max-body-size", "2000000")
+    file = tmp_path / "big.jsonl"
+    lines = [f'{{"input": {i}}}\n' for i in range(12_000)]
+    lines[11_000] = json.dumps({"input": "x" * 3_000_000}) + "\n"  # valid, but over the body limit
+    file.write_text("".join(lines))
+    result = agl("queue", str(file), daemon=daemon)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("agl: ") and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert queued_count(daemon) == 0
+
+
+def test_a_daemon_that_is_not_running_is_exit_3(tmp_path: Path) -> None:
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n')
+    result = agl("--url", "http://127.0.0.1:9", "queue", file)
+    assert_one_line_error(result, "No agl daemon answers at http://127.0.0.1:9.", code=3)
+
+
+def test_wait_prints_every_rollout_in_queue_order_and_a_summary(daemon: Daemon, tmp_path: Path) -> None:
+    tasks = [{"input": {"reward": r}, "mode": m} for r, m in [(1.0, "train"), (0.0, "train"), (0.5, "val")]]
+    file = write(tmp_path / "t.jsonl", "".join(json.dumps(t) + "\n" for t in tasks))
+    worker = Worker(daemon)
+    worker.start()
+    try:
+        result = agl("queue", file, "--wait", "--timeout", "30", "--json", daemon=daemon)
+    finally:
+        worker.stop()
+    assert result.returncode == 0, result.stderr
+    rollouts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["final_reward"] for r in rollouts] == [1.0, 0.0, 0.5]
+    assert all(isinstance(r["seq"], int) for r in rollouts)
+    assert "3 of 3 rollouts; mean reward: train 0.500 (n=2), val 0.500 (n=1)." in result.stderr
+
+
+def test_wait_gives_up_at_the_timeout_with_exit_5(daemon: Daemon, tmp_path: Path) -> None:
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n{"input": 2}\n')
+    result = agl("queue", file, "--wait", "--timeout", "0.5", daemon=daemon)
+    assert result.returncode == 5, result.stderr
+    assert "agl: 0 of 2 rollouts arrived before the timeout of 0.5 s." in result.stderr
+    assert "Traceback" not in result.stderr

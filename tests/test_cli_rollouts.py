@@ -1,0 +1,138 @@
+"""`agl rollouts`: watch them arrive (across daemon restarts), list them, show one."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cli_runner import agl, assert_one_line_error, popen_agl, post_rollout
+from daemon import Daemon
+
+
+class Lines:
+    """The stdout of a running command, line by line, readable with a timeout."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert process.stdout is not None
+        stdout = process.stdout
+        self.reader = threading.Thread(target=lambda: [self.lines.put(line) for line in stdout], daemon=True)
+        self.reader.start()
+
+    def take(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        taken = []
+        while len(taken) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"only {len(taken)} of {count} lines came: {taken}"
+            taken.append(json.loads(self.lines.get(timeout=remaining)))
+        return taken
+
+    def stop(self) -> tuple[int, str]:
+        """Ctrl-C, then everything it printed on stderr."""
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(10)
+        self.reader.join(10)
+        assert self.process.stderr is not None
+        return code, self.process.stderr.read()
+
+
+def test_list_gives_rollouts_oldest_first_after_a_sequence_number(daemon: Daemon) -> None:
+    ids = daemon.queue(1, 2, 3)
+    for rollout_id in ids:
+        post_rollout(daemon, rollout_id)
+    listed = json.loads(agl("rollouts", "list", "--json", daemon=daemon).stdout)
+    assert [r["rollout_id"] for r in listed] == ids
+    assert [r["seq"] for r in listed] == sorted(r["seq"] for r in listed)
+    later = json.loads(
+        agl(
+            "rollouts", "list", "--since", str(listed[0]["seq"]), "--limit", "1", "--json", daemon=daemon
+        ).stdout
+    )
+    assert [r["rollout_id"] for r in later] == ids[1:2]
+    table = agl("rollouts", "list", daemon=daemon)
+    assert table.returncode == 0 and all(rollout_id in table.stdout for rollout_id in ids)
+
+
+def test_show_gives_the_whole_rollout_and_an_unknown_id_is_one_line(daemon: Daemon) -> None:
+    (rollout_id,) = daemon.queue(1)
+    post_rollout(daemon, rollout_id, reward=0.25)
+    shown = json.loads(agl("rollouts", "show", rollout_id, "--json", daemon=daemon).stdout)
+    assert (shown["rollout_id"], shown["final_reward"]) == (rollout_id, 0.25)
+    assert agl("rollouts", "show", rollout_id, daemon=daemon).returncode == 0
+    assert_one_line_error(
+        agl("rollouts", "show", "rollout-nope", daemon=daemon), "No rollout with id 'rollout-nope'."
+    )
+
+
+def test_watch_since_all_prints_json_lines_and_stops_after_count(daemon: Daemon) -> None:
+    ids = daemon.queue(1, 2, 3)
+    for rollout_id in ids:
+        post_rollout(daemon, rollout_id)
+    result = agl("rollouts", "watch", "--since", "all", "--count", "2", daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["rollout_id"] for r in records] == ids[:2]
+    assert all("seq" in r and "final_reward" in r for r in records)
+
+
+def test_watch_since_now_skips_what_was_there_before(daemon: Daemon) -> None:
+    ids = daemon.queue(*range(12))
+    for rollout_id in ids[:2]:
+        post_rollout(daemon, rollout_id)
+    watcher = popen_agl("rollouts", "watch", "--since", "now", "--count", "1", "--json", daemon=daemon)
+    for rollout_id in ids[2:]:  # keep them coming until the watcher, once started, sees one
+        post_rollout(daemon, rollout_id)
+        try:
+            watcher.wait(0.4)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    stdout, _ = watcher.communicate(timeout=10)
+    (record,) = (json.loads(line) for line in stdout.splitlines())
+    assert record["rollout_id"] not in ids[:2]
+
+
+def test_watch_survives_a_crash_and_restart_missing_nothing_and_repeating_nothing(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon()
+    ids = daemon.queue(*range(30))
+    watcher = Lines(popen_agl("rollouts", "watch", "--since", "all", daemon=daemon))
+    for rollout_id in ids[:10]:
+        post_rollout(daemon, rollout_id)
+    seen = watcher.take(10)
+
+    daemon.kill()  # kill -9: no goodbye on the stream
+    daemon.start()  # same state directory, another port: the watcher finds it again
+    for rollout_id in ids[10:20]:  # stored while the watcher may still be reconnecting
+        post_rollout(daemon, rollout_id)
+    seen += watcher.take(10)
+    for rollout_id in ids[20:]:
+        post_rollout(daemon, rollout_id)
+    seen += watcher.take(10)
+
+    code, stderr = watcher.stop()
+    assert [r["rollout_id"] for r in seen] == ids
+    seqs = [r["seq"] for r in seen]
+    assert seqs == sorted(set(seqs))
+    assert watcher.lines.empty()
+    assert code in (0, 130) and "Traceback" not in stderr
+    assert "Reconnected; resuming after rollout" in stderr
+
+
+def test_watch_of_a_daemon_that_is_not_running_is_exit_3() -> None:
+    result = agl("--url", "http://127.0.0.1:9", "rollouts", "watch")
+    assert_one_line_error(result, "No agl daemon answers at http://127.0.0.1:9.", code=3)
+
+
+def test_a_bad_since_is_a_usage_error(daemon: Daemon) -> None:
+    result = agl("rollouts", "watch", "--since", "yesterday", daemon=daemon)
+    assert_one_line_error(result, "--since takes all, now or a sequence number", code=2)

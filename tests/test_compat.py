@@ -1,0 +1,156 @@
+"""The real, unmodified agentlightning 0.3.0 workers against agl, in their own environment.
+
+The environment is built once (about a minute) and reused; see tests/compat_env.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from compat_env import REPO_ROOT, WORKERS_DIR, ensure_compat_python
+from daemon import Daemon
+
+pytestmark = pytest.mark.timeout(900)
+
+LLM = {"resource_type": "llm", "endpoint": "http://127.0.0.1:9/v1", "model": "tiny", "api_key": "sk-secret"}
+PROMPT = {"resource_type": "prompt_template", "template": "What is {x}?", "engine": "f-string"}
+
+
+@pytest.fixture(scope="session")
+def compat_python() -> Path:
+    return ensure_compat_python()
+
+
+def compat_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGL_", "PYTEST_"))}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no price-list download at import
+    return env
+
+
+def run_json(python: Path, *args: str, timeout: float = 180) -> dict[str, Any]:
+    """Run a worker script there and return the JSON object it prints last."""
+    result = subprocess.run(
+        [str(python), *args], capture_output=True, text=True, timeout=timeout, env=compat_env(), check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return parsed
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_the_0_3_0_client_fetches_resources_claims_and_reports(
+    compat_python: Path, daemon: Daemon, flavour: str
+) -> None:
+    published = daemon.publish({"main_llm": LLM, "prompt": PROMPT})
+    [rollout_id] = daemon.queue({"x": 3}, mode="train", resources_id=published["resources_id"])
+    args = [str(WORKERS_DIR / "client_calls.py"), daemon.url] + (["--async"] if flavour == "async" else [])
+    seen = run_json(compat_python, *args)
+
+    assert seen["latest"]["resources_id"] == published["resources_id"]
+    assert seen["latest"]["resource_classes"] == {"main_llm": "LLM", "prompt": "PromptTemplate"}
+    assert seen["latest"]["resources"]["main_llm"]["api_key"] == "sk-secret"  # workers get the real key
+    assert seen["by_id"]["resources_id"] == published["resources_id"]
+    assert seen["missing"] is None
+    task = seen["task"]
+    assert (task["rollout_id"], task["input"], task["mode"], task["num_claims"]) == (
+        rollout_id,
+        {"x": 3},
+        "train",
+        1,
+    )
+    assert seen["post_response"] == {
+        "status": "ok",
+        "message": f"Rollout {rollout_id} received and stored.",
+        "data": None,
+    }
+    [stored] = daemon.rollouts()
+    posted = seen["posted_rollout"]
+    assert {k: stored[k] for k in posted} == posted
+    assert daemon.status()["tasks"]["completed"] == 1
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_fit_v0_with_two_workers_completes_every_task_once(
+    compat_python: Path, make_daemon: Callable[..., Daemon], flavour: str
+) -> None:
+    daemon = make_daemon("--task-timeout", "60")
+    daemon.publish({"main_llm": LLM, "prompt": PROMPT})
+    per_worker, workers = 3, 2  # fit_v0's max_tasks counts per worker
+    ids = daemon.queue(*({"x": k} for k in range(per_worker * workers)), mode="train")
+    args = [str(WORKERS_DIR / "fit_v0_run.py"), daemon.url, "--max-tasks", str(per_worker)]
+    args += ["--workers", str(workers), "--poll-interval", "0.1"] + (
+        ["--async"] if flavour == "async" else []
+    )
+    summary = run_json(compat_python, *args)
+
+    assert summary["ok"] is True
+    rollouts = daemon.rollouts()
+    assert sorted(r["rollout_id"] for r in rollouts) == sorted(ids)
+    inputs = {t["rollout_id"]: t["input"] for t in summary["seen"]}
+    assert {r["rollout_id"]: r["final_reward"] for r in rollouts} == {
+        rollout_id: inputs[rollout_id]["x"] / 10 for rollout_id in ids
+    }
+    status = daemon.status()
+    assert (status["tasks"]["completed"], status["duplicates"], status["unsolicited"]) == (6, 0, 0)
+
+
+def test_agentlightning_commands_are_handed_on_and_python_m_agl_cli_stays_agl(compat_python: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(compat_python), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=compat_env(),
+            check=False,
+        )
+
+    forwarded = run("-m", "agl_cli", "store", "--help")
+    assert forwarded.returncode == 0, forwarded.stderr
+    assert "usage: agl store" in forwarded.stdout  # agentlightning's own argparse help
+    bad = run("-m", "agl_cli", "store", "--no-such-flag")
+    assert bad.returncode == 2 and "--no-such-flag" in bad.stderr  # argparse's usage error, passed through
+    missing = run("-m", "agl_cli", "vllm", "serve", "m")  # vllm is an optional extra of agentlightning
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "agl: 'agl vllm' needs the Python module 'vllm', which is not installed."
+    own = run("-m", "agl_cli", "--version")
+    assert own.stdout.startswith("agl ")
+    # Whichever package wrote bin/agl last, the agentlightning commands are there.
+    script = compat_python.parent / "agl"
+    via_script = subprocess.run(
+        [str(script), "store", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=compat_env(),
+        check=False,
+    )
+    assert via_script.returncode == 0 and "usage: agl store" in via_script.stdout
+
+
+def test_the_embedded_server_suite_passes_beside_agentlightning(compat_python: Path) -> None:
+    """tests/agentlightning/ needs agentlightning importable, so it runs in that environment."""
+    result = subprocess.run(
+        [str(compat_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/agentlightning"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=compat_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]
+
+
+def test_agl_cli_installs_beside_agentlightning_0_3_0(compat_python: Path) -> None:
+    result = subprocess.run(
+        [str(compat_python), "-m", "pip", "check"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout

@@ -1,0 +1,723 @@
+"""The management API under /v1, against a real `agl serve`: every route, every refusal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from daemon import Daemon, env_without_agl
+from httpx_sse import ServerSentEvent, connect_sse
+
+from agl_cli.models import ResourcesUpdate
+from agl_cli.server import schemas
+
+LLM = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen", "api_key": "sk-secret"}
+PROXY = {**LLM, "resource_type": "proxy_llm", "api_key": "sk-proxy"}
+PROMPT = {"resource_type": "prompt_template", "template": "Solve {q}", "engine": "f-string"}
+
+
+def detail(response: httpx.Response) -> Any:
+    return response.json()["detail"]
+
+
+def queued_count(daemon: Daemon) -> int:
+    count: int = daemon.status()["tasks"]["queued"]
+    return count
+
+
+def complete(daemon: Daemon, *rewards: float) -> list[str]:
+    """Queue, claim and report one task per reward; their rollout ids."""
+    ids = daemon.queue(*range(len(rewards)))
+    for reward in rewards:
+        task = daemon.claim()
+        assert task is not None
+        daemon.report(task["rollout_id"], final_reward=reward)
+    return ids
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) -> None:
+    response = daemon.api(
+        "POST", "/v1/tasks", json={"tasks": [{"input": {"q": 1}, "mode": "train", "metadata": {"k": "v"}}, {}]}
+    )
+    assert response.status_code == 201
+    ids = response.json()["rollout_ids"]
+    assert len(ids) == 2 and all(rollout_id.startswith("rollout-") for rollout_id in ids)
+    claimed = daemon.claim()
+    assert claimed is not None and claimed["rollout_id"] == ids[0]
+
+    tasks = daemon.api("GET", "/v1/tasks").json()["tasks"]
+    assert [t["rollout_id"] for t in tasks] == ids
+    first, second = (schemas.TaskRecord.model_validate(t) for t in tasks)
+    assert set(tasks[0]) == {
+        "rollout_id", "input", "mode", "resources_id", "create_time", "last_claim_time", "num_claims",
+        "metadata", "status", "deadline", "completed_time", "duplicates",
+    }  # fmt: skip
+    assert (first.status.value, first.input, first.mode, first.metadata, first.num_claims) == (
+        "claimed", {"q": 1}, "train", {"k": "v"}, 1,
+    )  # fmt: skip
+    assert first.deadline is not None and first.last_claim_time is not None
+    assert abs(first.deadline - first.last_claim_time - 300) < 1
+    assert (second.status.value, second.input, second.deadline, second.num_claims) == ("queued", None, None, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "error_type"),
+    [
+        ({"tasks": [{"input": 1}, {"input": 2, "colour": "red"}]}, "extra_forbidden"),
+        ({"tasks": [{"input": 1}, {"input": 2, "mode": "training"}]}, "literal_error"),
+        ({"tasks": [{"input": 1, "resources_id": "  "}]}, "value_error"),
+        ({"tasks": [{"input": 1, "metadata": [1]}]}, "dict_type"),
+        ({"tasks": []}, "too_short"),
+        ({"tasks": [{"input": i} for i in range(10_001)]}, "too_long"),
+        ({"task": [{"input": 1}]}, "missing"),
+        ([{"input": 1}], "model_type"),
+    ],
+    ids=["unknown field", "bad mode", "blank resources_id", "list metadata", "none", "10,001", "no tasks", "array"],
+)
+def test_a_bad_batch_of_tasks_is_a_422_and_queues_nothing(
+    daemon: Daemon, body: Any, error_type: str
+) -> None:
+    response = daemon.api("POST", "/v1/tasks", json=body)
+    assert response.status_code == 422
+    assert error_type in [issue["type"] for issue in detail(response)]
+    schemas.ValidationErrors.model_validate(response.json())
+    assert queued_count(daemon) == 0
+
+
+def test_a_body_that_is_not_json_is_a_422(daemon: Daemon) -> None:
+    response = daemon.api("POST", "/v1/tasks", content=b'{"tasks": [', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert detail(response)[0]["type"] == "json_invalid"
+
+
+def test_tasks_are_listed_by_status_and_in_pages(daemon: Daemon) -> None:
+    ids = daemon.queue("a", "b", "c", "d")
+    daemon.claim()
+    assert daemon.api("POST", f"/v1/tasks/{ids[3]}/cancel").status_code == 200
+
+    def listed(**params: Any) -> list[str]:
+        response = daemon.api("GET", "/v1/tasks", params=params)
+        assert response.status_code == 200
+        return [task["rollout_id"] for task in response.json()["tasks"]]
+
+    assert listed() == ids
+    assert listed(status="queued") == ids[1:3]
+    assert listed(status="claimed") == ids[:1]
+    assert listed(status="cancelled") == ids[3:]
+    assert listed(status="completed") == []
+    assert listed(limit=2) == ids[:2]
+    assert listed(limit=2, offset=3) == ids[3:]
+    assert listed(status="queued", offset=1) == ids[2:3]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"status": "done"},
+            "Query parameter 'status' must be one of: queued, claimed, completed, failed, cancelled; not 'done'.",
+        ),
+        ({"limit": "0"}, "Query parameter 'limit' must be between 1 and 10000."),
+        ({"limit": "10001"}, "Query parameter 'limit' must be between 1 and 10000."),
+        ({"limit": "many"}, "Query parameter 'limit' must be a whole number, not 'many'."),
+        ({"offset": "-1"}, "Query parameter 'offset' must be between 0 and 4611686018427387904."),
+    ],
+)
+def test_a_bad_task_listing_is_a_422_that_says_why(
+    daemon: Daemon, params: dict[str, str], message: str
+) -> None:
+    response = daemon.api("GET", "/v1/tasks", params=params)
+    assert (response.status_code, detail(response)) == (422, message)
+
+
+def test_a_task_is_shown_by_its_id(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue({"q": 2}, mode="val")
+    response = daemon.api("GET", f"/v1/tasks/{rollout_id}")
+    assert response.status_code == 200
+    record = schemas.TaskRecord.model_validate(response.json())
+    assert (record.rollout_id, record.input, record.mode, record.status.value) == (
+        rollout_id, {"q": 2}, "val", "queued",
+    )  # fmt: skip
+    missing = daemon.api("GET", "/v1/tasks/rollout-nope")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "No task with id 'rollout-nope'."})
+
+
+def test_a_completed_task_shows_its_completion_and_duplicates(daemon: Daemon) -> None:
+    [rollout_id] = complete(daemon, 1.0)
+    daemon.report(rollout_id, final_reward=2.0)
+    record = daemon.api("GET", f"/v1/tasks/{rollout_id}").json()
+    assert (record["status"], record["duplicates"], record["deadline"]) == ("completed", 1, None)
+    assert record["completed_time"] >= record["last_claim_time"]
+
+
+def test_a_cancelled_task_is_never_handed_out(daemon: Daemon) -> None:
+    [cancelled, kept] = daemon.queue("x", "y")
+    response = daemon.api("POST", f"/v1/tasks/{cancelled}/cancel")
+    assert response.status_code == 200
+    assert (response.json()["rollout_id"], response.json()["status"]) == (cancelled, "cancelled")
+    task = daemon.claim()
+    assert task is not None and task["rollout_id"] == kept
+    assert daemon.claim() is None
+    again = daemon.api("POST", f"/v1/tasks/{cancelled}/cancel")
+    assert (again.status_code, detail(again)) == (409, f"Task '{cancelled}' is cancelled and cannot be cancelled.")
+
+
+def test_a_claimed_task_can_be_cancelled_but_a_completed_one_cannot(daemon: Daemon) -> None:
+    [claimed] = daemon.queue("x")
+    daemon.claim()
+    assert daemon.api("POST", f"/v1/tasks/{claimed}/cancel").json()["status"] == "cancelled"
+    [done] = complete(daemon, 0.5)
+    response = daemon.api("POST", f"/v1/tasks/{done}/cancel")
+    assert (response.status_code, detail(response)) == (409, f"Task '{done}' is completed and cannot be cancelled.")
+    assert daemon.api("GET", f"/v1/tasks/{done}").json()["status"] == "completed"
+    unknown = daemon.api("POST", "/v1/tasks/rollout-nope/cancel")
+    assert (unknown.status_code, detail(unknown)) == (404, "No task with id 'rollout-nope'.")
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def new_batch(daemon: Daemon) -> str:
+    response = daemon.api("POST", "/v1/batches")
+    assert response.status_code == 201
+    batch_id: str = schemas.BatchCreated.model_validate(response.json()).batch_id
+    assert batch_id.startswith("batch-")
+    return batch_id
+
+
+def stage(daemon: Daemon, batch_id: str, *inputs: Any) -> httpx.Response:
+    return daemon.api("POST", f"/v1/batches/{batch_id}/tasks", json={"tasks": [{"input": i} for i in inputs]})
+
+
+def test_a_batch_staged_in_parts_is_queued_at_once_on_commit(daemon: Daemon) -> None:
+    batch_id = new_batch(daemon)
+    first = stage(daemon, batch_id, "a", "b")
+    assert first.status_code == 200
+    assert first.json()["staged"] == 2 and len(first.json()["rollout_ids"]) == 2
+    second = stage(daemon, batch_id, "c")
+    assert second.json()["staged"] == 3
+    assert daemon.api("GET", "/v1/tasks").json()["tasks"] == []
+    assert daemon.claim() is None
+
+    committed = daemon.api("POST", f"/v1/batches/{batch_id}/commit")
+    assert (committed.status_code, committed.json()) == (200, {"queued": 3})
+    ids = first.json()["rollout_ids"] + second.json()["rollout_ids"]
+    assert [t["rollout_id"] for t in daemon.api("GET", "/v1/tasks").json()["tasks"]] == ids
+    assert [daemon.claim()["input"] for _ in ids] == ["a", "b", "c"]  # type: ignore[index]
+
+
+def test_a_commit_wakes_a_waiting_worker(daemon: Daemon) -> None:
+    batch_id = new_batch(daemon)
+    stage(daemon, batch_id, "late")
+    timer = threading.Timer(0.5, daemon.api, args=("POST", f"/v1/batches/{batch_id}/commit"))
+    timer.start()
+    started = time.monotonic()
+    body = daemon.get("/task", params={"wait": 20}).json()
+    timer.join()
+    assert body["task"]["input"] == "late"
+    assert time.monotonic() - started < 10
+
+
+def test_a_bad_part_is_refused_and_leaves_the_batch_as_it_was(daemon: Daemon) -> None:
+    batch_id = new_batch(daemon)
+    good = stage(daemon, batch_id, 1, 2).json()["rollout_ids"]
+    bad = daemon.api(
+        "POST", f"/v1/batches/{batch_id}/tasks", json={"tasks": [{"input": 3}, {"input": 4, "mode": "x"}]}
+    )
+    assert bad.status_code == 422
+    assert detail(bad)[0]["loc"] == ["body", "tasks", 1, "mode"]
+    assert daemon.api("POST", f"/v1/batches/{batch_id}/commit").json() == {"queued": 2}
+    assert [t["rollout_id"] for t in daemon.api("GET", "/v1/tasks").json()["tasks"]] == good
+
+
+def test_a_discarded_batch_queues_nothing(daemon: Daemon) -> None:
+    batch_id = new_batch(daemon)
+    stage(daemon, batch_id, 1, 2, 3)
+    response = daemon.api("DELETE", f"/v1/batches/{batch_id}")
+    assert (response.status_code, response.json()) == (200, {"discarded": 3})
+    assert daemon.api("POST", f"/v1/batches/{batch_id}/commit").status_code == 404
+    assert daemon.status()["tasks"]["queued"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"), [("POST", "/tasks"), ("POST", "/commit"), ("DELETE", "")], ids=["stage", "commit", "discard"]
+)
+def test_an_unknown_or_finished_batch_is_a_404(daemon: Daemon, method: str, suffix: str) -> None:
+    finished = new_batch(daemon)
+    daemon.api("POST", f"/v1/batches/{finished}/commit")
+    for batch_id in ("batch-nope", finished):
+        response = daemon.api(method, f"/v1/batches/{batch_id}{suffix}", json={"tasks": [{"input": 1}]})
+        assert (response.status_code, response.json()) == (404, {"detail": f"No batch with id '{batch_id}'."})
+    assert queued_count(daemon) == 0
+
+
+def test_a_batch_not_committed_before_a_restart_is_gone(daemon: Daemon) -> None:
+    batch_id = new_batch(daemon)
+    stage(daemon, batch_id, *range(50))
+    daemon.kill()
+    daemon.start()
+    assert daemon.api("POST", f"/v1/batches/{batch_id}/commit").status_code == 404
+    assert daemon.api("GET", "/v1/tasks").json()["tasks"] == []
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+def test_api_keys_are_hidden_from_people_unless_revealed(daemon: Daemon) -> None:
+    bundle = {"main": LLM, "proxy": PROXY, "keyless": {**LLM, "api_key": None}, "prompt": PROMPT}
+    published = daemon.publish(bundle)
+    resources_id = published["resources_id"]
+    hidden = {"main": "***", "proxy": "***", "keyless": None}
+    shown = {"main": "sk-secret", "proxy": "sk-proxy", "keyless": None}
+
+    def keys(update: dict[str, Any]) -> dict[str, Any]:
+        ResourcesUpdate.model_validate(update)
+        return {name: r["api_key"] for name, r in update["resources"].items() if "api_key" in r}
+
+    assert keys(published) == hidden
+    assert keys(daemon.api("GET", f"/v1/resources/{resources_id}").json()) == hidden
+    assert keys(daemon.api("GET", "/v1/resources/latest").json()) == hidden
+    assert keys(daemon.api("GET", "/v1/resources").json()["resources"][0]) == hidden
+    assert keys(daemon.api("GET", f"/v1/resources/{resources_id}", params={"reveal": "true"}).json()) == shown
+    assert keys(daemon.api("GET", "/v1/resources", params={"reveal": "true"}).json()["resources"][0]) == shown
+    assert keys(daemon.get("/resources/latest").json()) == shown  # workers need the real key
+    assert keys(daemon.get(f"/resources/{resources_id}").json()) == shown
+
+
+def test_resources_are_listed_in_publish_order_and_a_named_id_gets_versions(daemon: Daemon) -> None:
+    first = daemon.publish({"prompt": PROMPT})
+    named = daemon.publish({"prompt": PROMPT}, resources_id="prod")
+    assert (named["resources_id"], named["version"]) == ("prod", 1)
+    again = daemon.publish({"prompt": {**PROMPT, "template": "v2 {q}"}}, resources_id="prod")
+    assert again["version"] == 2 and again["create_time"] == named["create_time"]
+
+    listing = daemon.api("GET", "/v1/resources").json()
+    schemas.ResourcesList.model_validate(listing)
+    assert [r["resources_id"] for r in listing["resources"]] == [first["resources_id"], "prod"]
+    assert listing["latest_id"] == "prod"
+    assert daemon.api("GET", "/v1/resources/latest").json() == again
+    assert daemon.api("GET", "/v1/resources/prod").json()["resources"]["prompt"]["template"] == "v2 {q}"
+    assert daemon.get("/resources/latest").json()["version"] == 2
+
+
+def test_no_resources_at_all_is_an_empty_list_and_a_404_for_latest(daemon: Daemon) -> None:
+    assert daemon.api("GET", "/v1/resources").json() == {"resources": [], "latest_id": None}
+    latest = daemon.api("GET", "/v1/resources/latest")
+    assert (latest.status_code, latest.json()) == (404, {"detail": "No resources have been published yet."})
+    unknown = daemon.api("GET", "/v1/resources/res-nope")
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "No resources with id 'res-nope'."})
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"resources": {"good": PROMPT, "x": {"resource_type": "tool"}}},
+            "Resource 'x' has unknown resource_type 'tool'; expected one of: llm, proxy_llm, prompt_template.",
+        ),
+        (
+            {"resources": {"x": {"endpoint": "e"}}},
+            "Resource 'x' has no resource_type; expected one of: llm, proxy_llm, prompt_template.",
+        ),
+        ({"resources": {"x": {"resource_type": "llm", "model": "m"}}}, "Resource field 'x.endpoint': Field required."),
+        ({"resources": {"p": PROMPT}, "resources_id": "latest"}, "'latest' is reserved and cannot be used as a resources id."),
+        (
+            {"resources": {"p": PROMPT}, "resources_id": "a/b"},
+            "A resources id must be at most 200 characters and contain no '/'.",
+        ),
+    ],
+    ids=["unknown type", "no type", "missing field", "reserved id", "slash in id"],
+)
+def test_a_bad_bundle_is_a_422_in_one_sentence_and_publishes_nothing(
+    daemon: Daemon, body: dict[str, Any], message: str
+) -> None:
+    response = daemon.api("POST", "/v1/resources", json=body)
+    assert (response.status_code, response.json()) == (422, {"detail": message})
+    assert daemon.api("GET", "/v1/resources").json()["resources"] == []
+    assert daemon.get("/resources/latest").status_code == 404
+
+
+@pytest.mark.parametrize("body", [{"resources": {}}, {"resources": {"p": PROMPT}, "extra": 1}, {}])
+def test_a_publish_body_of_the_wrong_shape_is_a_422(daemon: Daemon, body: dict[str, Any]) -> None:
+    response = daemon.api("POST", "/v1/resources", json=body)
+    assert response.status_code == 422
+    schemas.ValidationErrors.model_validate(response.json())
+
+
+def test_a_bad_reveal_is_a_422(daemon: Daemon) -> None:
+    response = daemon.api("GET", "/v1/resources", params={"reveal": "please"})
+    assert (response.status_code, detail(response)) == (
+        422,
+        "Query parameter 'reveal' must be true or false, not 'please'.",
+    )
+
+
+# --- rollouts ------------------------------------------------------------------------------
+
+
+def test_rollouts_are_listed_from_a_sequence_number_with_the_last_one(daemon: Daemon) -> None:
+    assert daemon.api("GET", "/v1/rollouts").json() == {"rollouts": [], "last_seq": 0}
+    ids = complete(daemon, 0.1, 0.2, 0.3)
+    daemon.report("elsewhere", final_reward=9.0, novel=[1])
+    listing = daemon.api("GET", "/v1/rollouts").json()
+    schemas.RolloutList.model_validate(listing)
+    rollouts = listing["rollouts"]
+    assert [r["rollout_id"] for r in rollouts] == [*ids, "elsewhere"]
+    assert [r["seq"] for r in rollouts] == [1, 2, 3, 4] and listing["last_seq"] == 4
+    assert [r["attempt"] for r in rollouts] == [1, 1, 1, None]
+    assert [r["unsolicited"] for r in rollouts] == [False, False, False, True]
+    assert rollouts[3]["novel"] == [1]
+    page = daemon.api("GET", "/v1/rollouts", params={"since": 1, "limit": 2}).json()
+    assert [r["seq"] for r in page["rollouts"]] == [2, 3] and page["last_seq"] == 4
+    assert daemon.api("GET", "/v1/rollouts", params={"since": 4}).json() == {"rollouts": [], "last_seq": 4}
+
+
+def test_a_rollout_is_shown_by_its_id(daemon: Daemon) -> None:
+    [rollout_id] = complete(daemon, 0.75)
+    response = daemon.api("GET", f"/v1/rollouts/{rollout_id}")
+    assert response.status_code == 200
+    record = schemas.RolloutRecord.model_validate(response.json())
+    assert (record.rollout_id, record.final_reward, record.seq, record.attempt) == (rollout_id, 0.75, 1, 1)
+    missing = daemon.api("GET", "/v1/rollouts/rollout-nope")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "No rollout with id 'rollout-nope'."})
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"since": "-1"}, "Query parameter 'since' must be between 0 and 4611686018427387904."),
+        ({"since": "now"}, "Query parameter 'since' must be a whole number, not 'now'."),
+        ({"limit": "0"}, "Query parameter 'limit' must be between 1 and 10000."),
+    ],
+)
+def test_a_bad_rollout_listing_is_a_422(daemon: Daemon, params: dict[str, str], message: str) -> None:
+    response = daemon.api("GET", "/v1/rollouts", params=params)
+    assert (response.status_code, detail(response)) == (422, message)
+
+
+# --- the stream ----------------------------------------------------------------------------
+
+
+class Stream:
+    """Reads `GET /v1/rollouts/stream` on a thread, so a test can act while it is open."""
+
+    def __init__(self, daemon: Daemon, params: dict[str, Any] | None = None, last_event_id: str | None = None):
+        self.events: list[ServerSentEvent] = []
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+        self.status_code = 0
+        self._arrived = threading.Condition()
+        headers = {"Authorization": f"Bearer {daemon.token}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        self._client = httpx.Client(base_url=daemon.url, headers=headers, timeout=httpx.Timeout(30, read=60))
+        self._thread = threading.Thread(target=self._read, args=(params or {},), daemon=True)
+        self._thread.start()
+
+    def _read(self, params: dict[str, Any]) -> None:
+        try:
+            with connect_sse(self._client, "GET", "/v1/rollouts/stream", params=params) as source:
+                self.status_code = source.response.status_code
+                for event in source.iter_sse():
+                    with self._arrived:
+                        self.events.append(event)
+                        self._arrived.notify_all()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+            with self._arrived:
+                self._arrived.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 15) -> list[ServerSentEvent]:
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self.events) >= count or self.ended.is_set(), timeout)
+        assert len(self.events) >= count, (self.events, self.error)
+        return self.events[:count]
+
+    def close(self) -> None:
+        """Leave a stream that is still open to end with its daemon (a read cannot be interrupted)."""
+        if self.ended.is_set():
+            self._client.close()
+
+
+@pytest.fixture
+def open_stream(daemon: Daemon) -> Iterator[Callable[..., Stream]]:
+    streams: list[Stream] = []
+
+    def open_(params: dict[str, Any] | None = None, last_event_id: str | None = None) -> Stream:
+        streams.append(Stream(daemon, params, last_event_id))
+        return streams[-1]
+
+    yield open_
+    for stream in streams:
+        stream.close()
+
+
+def seqs(events: list[ServerSentEvent]) -> list[int]:
+    return [int(event.id) for event in events]
+
+
+def test_the_stream_replays_stored_rollouts_then_follows_new_ones(
+    daemon: Daemon, open_stream: Callable[..., Stream]
+) -> None:
+    ids = complete(daemon, 0.1, 0.2)
+    stream = open_stream()
+    replayed = stream.wait_for(2)
+    assert [event.event for event in replayed] == ["rollout", "rollout"]
+    assert seqs(replayed) == [1, 2]
+    records = [schemas.RolloutRecord.model_validate(event.json()) for event in replayed]
+    assert [(r.rollout_id, r.final_reward, r.seq) for r in records] == [(ids[0], 0.1, 1), (ids[1], 0.2, 2)]
+
+    [live] = complete(daemon, 0.3)
+    event = stream.wait_for(3)[2]
+    assert (event.id, event.json()["rollout_id"], event.json()["final_reward"]) == ("3", live, 0.3)
+    daemon.report(live, final_reward=1.0)  # a duplicate: counted, not streamed
+    daemon.report("elsewhere")
+    assert stream.wait_for(4)[3].json() == {**stream.events[3].json(), "rollout_id": "elsewhere", "seq": 4}
+    assert len(stream.events) == 4
+
+
+def test_the_stream_resumes_after_since(daemon: Daemon, open_stream: Callable[..., Stream]) -> None:
+    complete(daemon, 0.1, 0.2, 0.3)
+    stream = open_stream({"since": 2})
+    assert seqs(stream.wait_for(1)) == [3]
+    complete(daemon, 0.4)
+    assert seqs(stream.wait_for(2)) == [3, 4]
+
+
+def test_last_event_id_wins_over_since(daemon: Daemon, open_stream: Callable[..., Stream]) -> None:
+    complete(daemon, 0.1, 0.2, 0.3)
+    stream = open_stream({"since": 0}, last_event_id="1")
+    assert seqs(stream.wait_for(2)) == [2, 3]
+    now = open_stream({"since": "now"}, last_event_id="2")
+    assert seqs(now.wait_for(1)) == [3]
+
+
+def test_since_now_skips_what_is_stored(daemon: Daemon, open_stream: Callable[..., Stream]) -> None:
+    complete(daemon, 0.1, 0.2)
+    stream = open_stream({"since": "now"})
+    time.sleep(0.5)  # let the stream start before the next rollout is stored
+    assert stream.events == []
+    complete(daemon, 0.3)
+    [event] = stream.wait_for(1)
+    assert (event.id, event.json()["final_reward"]) == ("3", 0.3)
+
+
+def test_many_stored_rollouts_are_replayed_in_order(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--memory")  # the same stream; no disk sync per rollout, so quicker to fill
+    with httpx.Client(base_url=daemon.url) as worker:
+        for index in range(450):  # more than two pages of the store
+            worker.post("/rollout", json={"rollout_id": f"r{index}", "final_reward": index}).raise_for_status()
+    stream = Stream(daemon, {"since": 10})
+    try:
+        events = stream.wait_for(440)
+    finally:
+        stream.close()
+    assert seqs(events) == list(range(11, 451))
+    assert events[-1].json()["rollout_id"] == "r449"
+
+
+@pytest.mark.parametrize(
+    ("params", "last_event_id", "message"),
+    [
+        ({"since": "later"}, None, "Query parameter 'since' must be a whole number or 'now', not 'later'."),
+        ({"since": "-3"}, None, "Query parameter 'since' must be a whole number or 'now', not '-3'."),
+        ({}, "abc", "The Last-Event-ID header must be a whole number, not 'abc'."),
+    ],
+)
+def test_a_bad_stream_position_is_a_422(
+    daemon: Daemon, params: dict[str, str], last_event_id: str | None, message: str
+) -> None:
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    response = daemon.api("GET", "/v1/rollouts/stream", params=params, headers=headers)
+    assert (response.status_code, detail(response)) == (422, message)
+
+
+def test_an_open_stream_ends_when_the_daemon_stops_and_does_not_hold_it_up(
+    daemon: Daemon, open_stream: Callable[..., Stream]
+) -> None:
+    complete(daemon, 0.1)
+    stream = open_stream()
+    stream.wait_for(1)
+    started = time.monotonic()
+    assert daemon.terminate(timeout=20) == 0
+    assert time.monotonic() - started < 5
+    assert stream.ended.wait(10)
+
+
+# --- the daemon ----------------------------------------------------------------------------
+
+
+def test_status_tells_everything_at_a_glance(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--task-timeout", "30", "--max-attempts", "3")
+    resources = daemon.publish({"prompt": PROMPT})
+    complete(daemon, 0.5, 0.6)
+    daemon.queue("waiting")
+    daemon.report("elsewhere")
+    [done] = daemon.api("GET", "/v1/tasks", params={"status": "completed", "limit": 1}).json()["tasks"]
+    daemon.report(done["rollout_id"])  # a duplicate
+
+    status = daemon.status()
+    schemas.Status.model_validate(status)
+    assert daemon.proc is not None
+    assert (status["pid"], status["address"], status["state_dir"]) == (
+        daemon.proc.pid, daemon.url, str(daemon.state_dir),
+    )  # fmt: skip
+    assert (status["store"], status["task_timeout"], status["max_attempts"]) == ("sqlite", 30.0, 3)
+    assert status["tasks"] == {"queued": 1, "claimed": 0, "completed": 2, "failed": 0, "cancelled": 0}
+    assert (status["rollouts"], status["unsolicited"], status["duplicates"]) == (3, 1, 1)
+    assert (status["resources"], status["latest_resources_id"], status["last_seq"]) == (
+        1, resources["resources_id"], 3,
+    )  # fmt: skip
+    assert status["version"] and 0 <= status["uptime"] < 120
+    assert abs(status["started_time"] + status["uptime"] - time.time()) < 5
+    # 2 claims and 3 kept rollouts within the first seconds: the rate is over the time since start
+    assert 0 < status["rates"]["claims_per_second"] <= 2
+    assert 0 < status["rates"]["rollouts_per_second"] <= 3
+    assert status["rates"]["rollouts_per_second"] > status["rates"]["claims_per_second"]
+
+
+def test_status_names_the_memory_store(make_daemon: Callable[..., Daemon]) -> None:
+    status = make_daemon("--memory").status()
+    assert (status["store"], status["max_attempts"], status["task_timeout"]) == ("memory", None, 300.0)
+
+
+def test_shutdown_stops_the_daemon_gracefully_with_status_0(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue("kept")
+    assert daemon.claim() is not None
+    assert (daemon.state_dir / "agl.pid").read_text().strip() == str(daemon.proc.pid)  # type: ignore[union-attr]
+    answers: list[dict[str, Any]] = []
+    poll = threading.Thread(target=lambda: answers.append(daemon.get("/task", params={"wait": 60}).json()))
+    poll.start()
+    time.sleep(0.3)  # the long poll is waiting
+    started = time.monotonic()
+    response = daemon.api("POST", "/v1/shutdown")
+    assert (response.status_code, response.json()) == (202, {"status": "stopping"})
+    assert daemon.wait(20) == 0
+    assert time.monotonic() - started < 5
+    poll.join(5)
+    assert answers == [{"is_available": False, "task": None}]
+    assert not (daemon.state_dir / "agl.pid").exists()
+    assert not (daemon.state_dir / "address").exists()
+    daemon.start()
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "claimed"
+
+
+# --- the pidfile ---------------------------------------------------------------------------
+
+
+def serve(state_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env_without_agl(),
+        check=False,
+    )
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    result = serve(daemon.state_dir)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"agl: agl is already running (pid {daemon.proc.pid})."
+    assert (daemon.state_dir / "agl.pid").read_text().strip() == str(daemon.proc.pid)
+    assert daemon.get("/ready").status_code == 200
+
+
+def test_a_pidfile_left_by_a_crash_is_taken_over(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    first = make_daemon(state_dir=tmp_path / "state")
+    assert first.proc is not None
+    dead_pid = first.proc.pid
+    first.kill()
+    assert (tmp_path / "state" / "agl.pid").read_text().strip() == str(dead_pid)
+    first.start()
+    assert first.proc.pid != dead_pid
+    assert (tmp_path / "state" / "agl.pid").read_text().strip() == str(first.proc.pid)
+
+
+def test_a_pidfile_naming_a_live_process_that_is_not_agl_is_taken_over(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (state / "agl.pid").write_text(f"{other.pid}\n")
+        daemon = make_daemon(state_dir=state)
+        assert (state / "agl.pid").read_text().strip() == str(daemon.proc.pid)  # type: ignore[union-attr]
+    finally:
+        other.kill()
+        other.wait()
+
+
+# --- the description and the token ---------------------------------------------------------
+
+EXPECTED_OPERATIONS = {
+    ("post", "/v1/tasks"), ("get", "/v1/tasks"), ("get", "/v1/tasks/{rollout_id}"),
+    ("post", "/v1/tasks/{rollout_id}/cancel"), ("post", "/v1/batches"),
+    ("post", "/v1/batches/{batch_id}/tasks"), ("post", "/v1/batches/{batch_id}/commit"),
+    ("delete", "/v1/batches/{batch_id}"), ("post", "/v1/resources"), ("get", "/v1/resources"),
+    ("get", "/v1/resources/{resources_id}"), ("get", "/v1/rollouts"), ("get", "/v1/rollouts/stream"),
+    ("get", "/v1/rollouts/{rollout_id}"), ("get", "/v1/status"), ("post", "/v1/shutdown"),
+    ("get", "/v1/openapi.json"),
+}  # fmt: skip
+
+
+def test_the_openapi_document_describes_every_route_with_generated_schemas(daemon: Daemon) -> None:
+    response = daemon.api("GET", "/v1/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"] == "3.1.0"
+    operations = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert operations == EXPECTED_OPERATIONS
+    components = document["components"]["schemas"]
+    for name in ("TaskSpec", "TaskRecord", "RolloutRecord", "ResourcesUpdate", "Status", "ErrorMessage"):
+        assert name in components
+    assert components["TaskSpec"] == schemas.TaskSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert set(components["TaskRecord"]["properties"]) >= {"rollout_id", "status", "deadline", "duplicates"}
+    queue = document["paths"]["/v1/tasks"]["post"]
+    assert queue["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/QueueRequest"}
+    assert set(queue["responses"]) == {"201", "422"}
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref":
+                    yield value
+                else:
+                    yield from refs(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from refs(item)
+
+    for ref in refs(document):
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in components, ref
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(EXPECTED_OPERATIONS))
+def test_every_management_route_needs_the_token(daemon: Daemon, method: str, path: str) -> None:
+    concrete = path.format(rollout_id="r", batch_id="b", resources_id="latest")
+    response = httpx.request(method, daemon.url + concrete, timeout=10)
+    assert (response.status_code, response.json()) == (401, {"detail": "A bearer token is required."})
+
+
+def test_the_daemon_stops_on_sigterm_with_status_0(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signal.SIGTERM)
+    assert daemon.wait(20) == 0
+    assert not (daemon.state_dir / "agl.pid").exists()
