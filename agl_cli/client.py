@@ -274,8 +274,8 @@ class AglClient:
         nothing is missed, nothing comes twice. `relocate` gives the address again before
         each reconnect, for a daemon that may come back on another port; `on_disconnect` and
         `on_reconnect` are told when an outage starts and when it ends (with the sequence
-        number it resumes after). An unreachable daemon at
-        the start, or a refusal (401, 4xx) at any time, is raised.
+        number it resumes after). An unreachable daemon at the start, or a refusal (401,
+        4xx) at any time, is raised.
         """
         last = self.last_seq() if since == "now" else since
         connected_once = False

@@ -135,9 +135,9 @@ def test_agentlightning_commands_are_handed_on_and_python_m_agl_cli_stays_agl(co
 
 
 def test_the_embedded_server_suite_passes_beside_agentlightning(compat_python: Path) -> None:
-    """tests/agentlightning/ needs agentlightning importable, so it runs in that environment."""
+    """tests/beside_agentlightning/ needs agentlightning importable, so it runs in that environment."""
     result = subprocess.run(
-        [str(compat_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/agentlightning"],
+        [str(compat_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/beside_agentlightning"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -39,7 +39,11 @@ def test_systemd_analyze_verify_finds_nothing_to_complain_about(tmp_path: Path) 
     unit = tmp_path / "agl.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/agl", agl))
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert str(unit) not in result.stderr and "agl.service" not in result.stderr, result.stderr

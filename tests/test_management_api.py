@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from daemon import Daemon, env_without_agl
@@ -19,6 +20,8 @@ from httpx_sse import ServerSentEvent, connect_sse
 
 from agl_cli.models import ResourcesUpdate
 from agl_cli.server import schemas
+from agl_cli.server.app import create_app
+from agl_cli.store import MemoryStore
 
 LLM = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen", "api_key": "sk-secret"}
 PROXY = {**LLM, "resource_type": "proxy_llm", "api_key": "sk-proxy"}
@@ -49,7 +52,9 @@ def complete(daemon: Daemon, *rewards: float) -> list[str]:
 
 def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) -> None:
     response = daemon.api(
-        "POST", "/v1/tasks", json={"tasks": [{"input": {"q": 1}, "mode": "train", "metadata": {"k": "v"}}, {}]}
+        "POST",
+        "/v1/tasks",
+        json={"tasks": [{"input": {"q": 1}, "mode": "train", "metadata": {"k": "v"}}, {}]},
     )
     assert response.status_code == 201
     ids = response.json()["rollout_ids"]
@@ -69,7 +74,12 @@ def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) 
     )  # fmt: skip
     assert first.deadline is not None and first.last_claim_time is not None
     assert abs(first.deadline - first.last_claim_time - 300) < 1
-    assert (second.status.value, second.input, second.deadline, second.num_claims) == ("queued", None, None, 0)
+    assert (second.status.value, second.input, second.deadline, second.num_claims) == (
+        "queued",
+        None,
+        None,
+        0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -84,11 +94,18 @@ def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) 
         ({"task": [{"input": 1}]}, "missing"),
         ([{"input": 1}], "model_type"),
     ],
-    ids=["unknown field", "bad mode", "blank resources_id", "list metadata", "none", "10,001", "no tasks", "array"],
+    ids=[
+        "unknown field",
+        "bad mode",
+        "blank resources_id",
+        "list metadata",
+        "none",
+        "10,001",
+        "no tasks",
+        "array",
+    ],
 )
-def test_a_bad_batch_of_tasks_is_a_422_and_queues_nothing(
-    daemon: Daemon, body: Any, error_type: str
-) -> None:
+def test_a_bad_batch_of_tasks_is_a_422_and_queues_nothing(daemon: Daemon, body: Any, error_type: str) -> None:
     response = daemon.api("POST", "/v1/tasks", json=body)
     assert response.status_code == 422
     assert error_type in [issue["type"] for issue in detail(response)]
@@ -97,7 +114,9 @@ def test_a_bad_batch_of_tasks_is_a_422_and_queues_nothing(
 
 
 def test_a_body_that_is_not_json_is_a_422(daemon: Daemon) -> None:
-    response = daemon.api("POST", "/v1/tasks", content=b'{"tasks": [', headers={"content-type": "application/json"})
+    response = daemon.api(
+        "POST", "/v1/tasks", content=b'{"tasks": [', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert detail(response)[0]["type"] == "json_invalid"
 
@@ -171,7 +190,10 @@ def test_a_cancelled_task_is_never_handed_out(daemon: Daemon) -> None:
     assert task is not None and task["rollout_id"] == kept
     assert daemon.claim() is None
     again = daemon.api("POST", f"/v1/tasks/{cancelled}/cancel")
-    assert (again.status_code, detail(again)) == (409, f"Task '{cancelled}' is cancelled and cannot be cancelled.")
+    assert (again.status_code, detail(again)) == (
+        409,
+        f"Task '{cancelled}' is cancelled and cannot be cancelled.",
+    )
 
 
 def test_a_claimed_task_can_be_cancelled_but_a_completed_one_cannot(daemon: Daemon) -> None:
@@ -180,7 +202,10 @@ def test_a_claimed_task_can_be_cancelled_but_a_completed_one_cannot(daemon: Daem
     assert daemon.api("POST", f"/v1/tasks/{claimed}/cancel").json()["status"] == "cancelled"
     [done] = complete(daemon, 0.5)
     response = daemon.api("POST", f"/v1/tasks/{done}/cancel")
-    assert (response.status_code, detail(response)) == (409, f"Task '{done}' is completed and cannot be cancelled.")
+    assert (response.status_code, detail(response)) == (
+        409,
+        f"Task '{done}' is completed and cannot be cancelled.",
+    )
     assert daemon.api("GET", f"/v1/tasks/{done}").json()["status"] == "completed"
     unknown = daemon.api("POST", "/v1/tasks/rollout-nope/cancel")
     assert (unknown.status_code, detail(unknown)) == (404, "No task with id 'rollout-nope'.")
@@ -252,7 +277,9 @@ def test_a_discarded_batch_queues_nothing(daemon: Daemon) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "suffix"), [("POST", "/tasks"), ("POST", "/commit"), ("DELETE", "")], ids=["stage", "commit", "discard"]
+    ("method", "suffix"),
+    [("POST", "/tasks"), ("POST", "/commit"), ("DELETE", "")],
+    ids=["stage", "commit", "discard"],
 )
 def test_an_unknown_or_finished_batch_is_a_404(daemon: Daemon, method: str, suffix: str) -> None:
     finished = new_batch(daemon)
@@ -331,8 +358,14 @@ def test_no_resources_at_all_is_an_empty_list_and_a_404_for_latest(daemon: Daemo
             {"resources": {"x": {"endpoint": "e"}}},
             "Resource 'x' has no resource_type; expected one of: llm, proxy_llm, prompt_template.",
         ),
-        ({"resources": {"x": {"resource_type": "llm", "model": "m"}}}, "Resource field 'x.endpoint': Field required."),
-        ({"resources": {"p": PROMPT}, "resources_id": "latest"}, "'latest' is reserved and cannot be used as a resources id."),
+        (
+            {"resources": {"x": {"resource_type": "llm", "model": "m"}}},
+            "Resource field 'x.endpoint': Field required.",
+        ),
+        (
+            {"resources": {"p": PROMPT}, "resources_id": "latest"},
+            "'latest' is reserved and cannot be used as a resources id.",
+        ),
         (
             {"resources": {"p": PROMPT}, "resources_id": "a/b"},
             "A resources id must be at most 200 characters and contain no '/'.",
@@ -413,7 +446,9 @@ def test_a_bad_rollout_listing_is_a_422(daemon: Daemon, params: dict[str, str], 
 class Stream:
     """Reads `GET /v1/rollouts/stream` on a thread, so a test can act while it is open."""
 
-    def __init__(self, daemon: Daemon, params: dict[str, Any] | None = None, last_event_id: str | None = None):
+    def __init__(
+        self, daemon: Daemon, params: dict[str, Any] | None = None, last_event_id: str | None = None
+    ):
         self.events: list[ServerSentEvent] = []
         self.ended = threading.Event()
         self.error: BaseException | None = None
@@ -520,7 +555,9 @@ def test_many_stored_rollouts_are_replayed_in_order(make_daemon: Callable[..., D
     daemon = make_daemon("--memory")  # the same stream; no disk sync per rollout, so quicker to fill
     with httpx.Client(base_url=daemon.url) as worker:
         for index in range(450):  # more than two pages of the store
-            worker.post("/rollout", json={"rollout_id": f"r{index}", "final_reward": index}).raise_for_status()
+            worker.post(
+                "/rollout", json={"rollout_id": f"r{index}", "final_reward": index}
+            ).raise_for_status()
     stream = Stream(daemon, {"since": 10})
     try:
         events = stream.wait_for(440)
@@ -688,10 +725,14 @@ def test_the_openapi_document_describes_every_route_with_generated_schemas(daemo
     components = document["components"]["schemas"]
     for name in ("TaskSpec", "TaskRecord", "RolloutRecord", "ResourcesUpdate", "Status", "ErrorMessage"):
         assert name in components
-    assert components["TaskSpec"] == schemas.TaskSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert components["TaskSpec"] == schemas.TaskSpec.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
     assert set(components["TaskRecord"]["properties"]) >= {"rollout_id", "status", "deadline", "duplicates"}
     queue = document["paths"]["/v1/tasks"]["post"]
-    assert queue["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/QueueRequest"}
+    assert queue["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/QueueRequest"
+    }
     assert set(queue["responses"]) == {"201", "422"}
 
     def refs(node: Any) -> Iterator[str]:
@@ -721,3 +762,49 @@ def test_the_daemon_stops_on_sigterm_with_status_0(daemon: Daemon) -> None:
     os.kill(daemon.proc.pid, signal.SIGTERM)
     assert daemon.wait(20) == 0
     assert not (daemon.state_dir / "agl.pid").exists()
+
+
+ODD_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/v1/tasks", {"json": {"tasks": [{"input": 2**64 + 1, "metadata": {"deep": [[[[[]]]]]}}]}}),
+    ("POST", "/v1/tasks", {"content": b"[" * 5000, "headers": {"content-type": "application/json"}}),
+    ("POST", "/v1/tasks", {"content": b'{"tasks": [{"input": "\\ud800"}]}'}),
+    ("POST", "/v1/tasks", {"content": b"\xff\xfe"}),
+    ("POST", "/v1/tasks", {"json": {"tasks": "many"}}),
+    ("GET", "/v1/tasks", {"params": {"offset": str(2**62), "limit": "10000"}}),
+    ("GET", "/v1/tasks", {"params": {"limit": "1e3"}}),
+    ("GET", "/v1/tasks", {"params": {"status": ""}}),
+    ("GET", "/v1/tasks/%00", {}),
+    ("POST", "/v1/tasks/%20/cancel", {}),
+    ("POST", "/v1/batches/%2e%2e/tasks", {"json": {"tasks": [{}]}}),
+    ("POST", "/v1/resources", {"json": {"resources": {"x": 5}}}),
+    ("POST", "/v1/resources", {"json": {"resources": {"x": {"resource_type": None}}}}),
+    ("POST", "/v1/resources", {"json": {"resources": {"x": PROMPT}, "resources_id": ""}}),
+    ("POST", "/v1/resources", {"json": {"resources": {"x": PROMPT}, "resources_id": 7}}),
+    ("GET", "/v1/resources/%20", {}),
+    ("GET", "/v1/rollouts", {"params": {"since": str(2**70)}}),
+    ("GET", "/v1/rollouts/stream", {"params": {"since": "9" * 40}}),
+    ("GET", "/v1/rollouts/stream", {"headers": {"Last-Event-ID": "-1"}}),
+    ("PUT", "/v1/tasks", {}),
+    ("GET", "/v1/nothing-here", {}),
+]
+
+
+def test_odd_requests_get_a_4xx_and_never_a_500(daemon: Daemon) -> None:
+    for method, path, kwargs in ODD_REQUESTS:
+        response = daemon.api(method, path, **kwargs)
+        assert response.status_code < 500, (method, path, response.status_code, response.text)
+        assert response.status_code < 300 or "detail" in response.json()
+    assert daemon.status()["tasks"]["queued"] == 1  # only the first, which is valid
+
+
+def test_an_embedded_server_cannot_be_stopped_over_http() -> None:
+    async def shutdown() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(MemoryStore()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://agl") as client:
+            return await client.post("/v1/shutdown")
+
+    response = anyio.run(shutdown)
+    assert (response.status_code, response.json()) == (
+        501,
+        {"detail": "This server runs inside another program; stop it from there."},
+    )

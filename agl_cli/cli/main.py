@@ -1,103 +1,40 @@
-"""The `agl` Typer application: global options and the command table.
+"""The `agl` entry point.
 
-Command modules import only typer, rich and agl's own light modules at the top; the
-HTTP client, pydantic and, for `serve`, the server are imported when a command runs, so
-`agl --help` and `agl status` start fast.
+`agl --version` is answered here, before Typer and the command modules are imported,
+so that it costs little more than starting Python; everything else goes to the Typer
+application in `agl_cli.cli.app`, imported on demand.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import typer
+import sys
+from typing import TYPE_CHECKING, Any
 
 from agl_cli import __version__
-from agl_cli.cli import queue as queue_module
-from agl_cli.cli import resources, rollouts, tasks
-from agl_cli.cli import serve as serve_module
-from agl_cli.cli import status as status_module
-from agl_cli.cli import stop as stop_module
-from agl_cli.cli.context import Globals
-from agl_cli.cli.errors import EXIT_CODES_HELP, CLIError, report
-from agl_cli.cli.forward import AGENTLIGHTNING_COMMANDS, forward
 
-app = typer.Typer(
-    name="agl",
-    help=f"A durable, fast daemon for the Agent Lightning task protocol.\n\n{EXIT_CODES_HELP}",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"agl {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    ctx: typer.Context,
-    url: str | None = typer.Option(
-        None,
-        "--url",
-        envvar="AGL_URL",
-        help="The daemon's address (default: STATE_DIR/address, else http://127.0.0.1:8000).",
-        show_default=False,
-    ),
-    token: str | None = typer.Option(
-        None,
-        "--token",
-        envvar="AGL_TOKEN",
-        help="The management API's token (default: STATE_DIR/token).",
-        show_default=False,
-    ),
-    state_dir: Path | None = typer.Option(
-        None,
-        "--state-dir",
-        envvar="AGL_STATE_DIR",
-        help="The daemon's state directory (default: $XDG_STATE_HOME/agl, else ~/.local/state/agl).",
-        show_default=False,
-    ),
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """A durable, fast daemon for the Agent Lightning task protocol."""
-    ctx.obj = Globals(url=url or None, token=token or None, state_dir=state_dir)
-
-
-DAEMON = "Daemon"
-WORK = "Work"
-app.command("serve", rich_help_panel=DAEMON)(serve_module.serve)
-app.command("stop", rich_help_panel=DAEMON)(stop_module.stop)
-app.command("status", rich_help_panel=DAEMON)(status_module.status)
-app.command("queue", rich_help_panel=WORK)(queue_module.queue)
-app.add_typer(tasks.app, name="tasks", rich_help_panel=WORK)
-app.add_typer(resources.app, name="resources", rich_help_panel=WORK)
-app.add_typer(rollouts.app, name="rollouts", rich_help_panel=WORK)
-
-
-def _add_forwarder(name: str, summary: str) -> None:
-    def command(ctx: typer.Context) -> None:
-        raise typer.Exit(forward(name, list(ctx.args)))
-
-    command.__doc__ = f"{summary} Needs agentlightning; arguments are passed on as given."
-    app.command(
-        name,
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        add_help_option=False,
-        rich_help_panel="agentlightning",
-    )(command)
-
-
-for _name, _summary in AGENTLIGHTNING_COMMANDS.items():
-    _add_forwarder(_name, _summary)
+if TYPE_CHECKING:
+    from agl_cli.cli.app import app
 
 
 def main() -> None:
+    """Run `agl` on `sys.argv`; a `CLIError` ends as one line on stderr and its exit code."""
+    if sys.argv[1:] == ["--version"]:
+        sys.stdout.write(f"agl {__version__}\n")
+        return
+    from agl_cli.cli.app import app
+    from agl_cli.cli.errors import CLIError, report
+
     try:
         app()
     except CLIError as exc:
         report(exc)
+
+
+def __getattr__(name: str) -> Any:
+    """`agl_cli.cli.main.app` still names the application, imported on first use."""
+    if name == "app":
+        from agl_cli.cli.app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -52,6 +51,8 @@ def write_line(text: str) -> None:
 
 
 def json_text(value: Any) -> str:
+    import orjson  # here rather than at the top: `agl --help` writes no JSON
+
     return orjson.dumps(value).decode()
 
 
@@ -126,6 +127,8 @@ def table(*columns: str) -> Table:
 
 def show_record(record: Mapping[str, Any], title: str | None = None) -> None:
     """A record as `field  value` lines; nested values as indented JSON."""
+    import orjson
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
 import typer
 
 from agl_cli.cli import output
@@ -25,6 +24,8 @@ app = typer.Typer(
 
 def read_bundle(name: str) -> dict[str, Any]:
     """The file's JSON object of name -> resource, or one line saying what is wrong with it."""
+    import orjson  # here rather than at the top: `agl --help` reads no JSON
+
     label = "<stdin>" if name == "-" else name
     try:
         data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()

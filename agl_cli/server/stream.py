@@ -26,7 +26,7 @@ SINCE_NOW = Literal["now"]
 LAST_EVENT_ID = "Last-Event-ID"
 PAGE = 200
 PING_SECONDS = 15
-IDLE_WAKEUP = 300.0  # a wake-up with nothing new costs one index probe; it bounds nothing
+IDLE_WAKEUP = 300.0  # the broker wakes the stream; this only re-reads now and then, as a safety net
 
 
 async def stream_rollouts(request: Request) -> Response:

@@ -19,6 +19,7 @@ from agentlightning.types import RolloutLegacy, Triplet
 from agl_cli import AgentLightningServer
 
 REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "compat" / "workers" / "fit_v0_run.py"
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -180,8 +181,17 @@ def test_the_migration_example_runs_with_real_fit_v0_workers() -> None:
         match = re.search(r"serving at (\S+)", example.stdout.readline())
         assert match, "the example did not print its endpoint"
         worker = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "compat" / "workers" / "fit_v0_run.py"), match.group(1)]
-            + ["--max-tasks", "4", "--workers", "2", "--poll-interval", "0.1"],
+            [
+                sys.executable,
+                str(WORKER),
+                match.group(1),
+                "--max-tasks",
+                "4",
+                "--workers",
+                "2",
+                "--poll-interval",
+                "0.1",
+            ],
             capture_output=True,
             text=True,
             timeout=90,
