@@ -86,6 +86,7 @@ class AgentLightningServer:
         self.endpoint = f"http://{self.host}:{self.port}"
         app = create_app(self.store, ServerOptions(token=self._token, address=self.endpoint))
         self._broker = app.state.broker
+        app.state.request_shutdown = self._request_exit  # `POST /v1/shutdown` stops it too
         self._server = _EmbeddedServer(
             uvicorn.Config(app, log_level=self._log_level, access_log=False, lifespan="on")
         )
@@ -111,11 +112,16 @@ class AgentLightningServer:
         """Stop gracefully: long polls are answered, in-flight requests finish, the store closes."""
         if self._server is None or self._serving is None:
             return
-        self._server.should_exit = True
-        self.broker.begin_shutdown()
+        self._request_exit()
         with contextlib.suppress(asyncio.CancelledError):
             await self._serving
         self._server = self._serving = self._broker = None
+
+    def _request_exit(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._broker is not None:
+            self._broker.begin_shutdown()
 
     async def run_forever(self) -> None:
         """Serve until `stop()` is called (from another task) or the task is cancelled."""

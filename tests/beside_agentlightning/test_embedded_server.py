@@ -203,3 +203,14 @@ def test_the_migration_example_runs_with_real_fit_v0_workers() -> None:
         example.kill()
     assert example.returncode == 0, output
     assert "8 rollouts, mean reward 0.350" in output
+
+
+async def test_run_forever_ends_when_the_management_api_asks_it_to_stop() -> None:
+    server = AgentLightningServer(port=0, token="secret")
+    await server.start()
+    serving = asyncio.create_task(server.run_forever())
+    async with httpx.AsyncClient(base_url=server.endpoint) as http:
+        refused = await http.post("/v1/shutdown")
+        accepted = await http.post("/v1/shutdown", headers={"Authorization": "Bearer secret"})
+    assert (refused.status_code, accepted.status_code) == (401, 202)
+    await asyncio.wait_for(serving, 10)
