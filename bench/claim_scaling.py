@@ -15,15 +15,15 @@ What it measures
     expired claims through an index / a heap, so it should stay flat.
 
 How levels are reached
-    agl: by claiming through `GET /task` over HTTP (`--fill-concurrency` clients), so the
-    claim rate while filling is reported too. 0.3.0: its server has no HTTP route for
-    queueing, so a small inline script queues the tasks in-process; it also reaches each
-    level in-process (its store's `get_next_task`, the same call `GET /task` makes, minus
-    the scan being measured), because claiming 100,000 tasks over HTTP would take minutes
-    of the very slowdown being measured. 0.3.0 logs every request through uvicorn's access
-    log at its hard-wired log level "info"; the bench turns that logger off (agl runs with
-    `--log-level warning`, which has no access log), so both servers are compared without
-    logging costs.
+    agl: by claiming through `GET /task` over HTTP (`--fill-concurrency` connections of the
+    minimal HTTP/1.1 client described below), so the claim rate while filling is reported
+    too. 0.3.0: its server has no HTTP route for queueing, so a small inline script queues
+    the tasks in-process; it also reaches each level in-process (its store's
+    `get_next_task`, the same call `GET /task` makes, minus the scan being measured),
+    because claiming 100,000 tasks over HTTP would take minutes of the very slowdown being
+    measured. 0.3.0 logs every request through uvicorn's access log at its hard-wired log
+    level "info"; the bench turns that logger off (agl runs with `--log-level warning`,
+    which has no access log), so both servers are compared without logging costs.
 
     A measurement stops early after `--max-seconds` (flagged "capped" in the output).
     Each level starts with `--concurrency` untimed warm-up claims. Tasks are queued up
@@ -32,10 +32,14 @@ How levels are reached
     Client and servers share the machine: the client is one asyncio process (httpx), each
     server its own process. The "srv CPU us/req" column (server CPU time per request, from
     /proc) shows the server's cost independently of the client; "cli CPU" near 100% means
-    the client, not the server, limited the throughput.
+    the client, not the server, limited the throughput. httpx (the default `--client`)
+    costs more CPU per request than agl does, so on 2 cores it caps every server near
+    1,000 req/s and flattens the differences; `--client raw` times the same requests with a
+    minimal keep-alive HTTP/1.1 client so that the servers set the pace.
 
 How to run (from the repository root; needs agl_cli installed, and httpx)
     python bench/claim_scaling.py --legacy-python /path/to/venv-with-agentlightning/bin/python
+    python bench/claim_scaling.py --client raw --legacy-python ...   # server-bound figures
     python bench/claim_scaling.py --quick                      # smoke run, agl only
     python bench/claim_scaling.py --stores memory --levels 0,5000 --requests 1000 --json -
 """
@@ -57,6 +61,7 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,21 +105,84 @@ class ClaimRun:
     first_error: str | None = None
 
 
+Fetch = Callable[[], Awaitable[tuple[int, bytes]]]
+"""One `GET /task` on one client connection: (status, body)."""
+
+
+class RawConnection:
+    """A keep-alive HTTP/1.1 connection that only sends `GET /task`: a client costing almost nothing.
+
+    httpx spends several times the server's CPU time per request, so on a small machine it,
+    not the server, sets the pace; this client leaves the CPU to the server.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = httpx.URL(url)
+        self.request = f"GET /task HTTP/1.1\r\nHost: {self.url.host}:{self.url.port}\r\n\r\n".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get_task(self) -> tuple[int, bytes]:
+        try:
+            if self.reader is None or self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.url.host, self.url.port)
+            self.writer.write(self.request)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            if match is None:
+                raise ValueError(f"an answer without Content-Length: {head[:200]!r}")
+            return int(head.split(b" ", 2)[1]), await self.reader.readexactly(int(match.group(1)))
+        except BaseException:
+            await self.close()  # the connection's state is unknown: start afresh next time
+            raise
+
+    async def close(self) -> None:
+        writer, self.reader, self.writer = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def connections(url: str, client: str, concurrency: int) -> AsyncIterator[list[Fetch]]:
+    """`concurrency` ways to claim, each on its own connection, opened before this yields."""
+    if client == "httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as pool:
+            # Open the pool without claiming anything (404 on both servers).
+            await asyncio.gather(*(pool.get("/resources/latest") for _ in range(concurrency)))
+
+            async def fetch() -> tuple[int, bytes]:
+                response = await pool.get("/task")
+                return response.status_code, response.content
+
+            yield [fetch] * concurrency
+    else:
+        raws = [RawConnection(url) for _ in range(concurrency)]
+        try:
+            for raw in raws:
+                raw.reader, raw.writer = await asyncio.open_connection(raw.url.host, raw.url.port)
+            yield [raw.get_task for raw in raws]
+        finally:
+            for raw in raws:
+                await raw.close()
+
+
 async def claim_many(
-    client: httpx.AsyncClient,
+    fetchers: list[Fetch],
     count: int,
-    concurrency: int,
     seen: set[str],
     max_seconds: float | None = None,
     keep_latencies: bool = False,
 ) -> ClaimRun:
-    """Issue `count` claims from `concurrency` workers; every answer must hand out a new task."""
+    """Issue `count` claims, one worker per fetcher; every answer must hand out a new task."""
     run = ClaimRun(latencies=[] if keep_latencies else None)
     issued = 0
     start = time.perf_counter()
     deadline = start + max_seconds if max_seconds else None
 
-    async def worker() -> None:
+    async def worker(fetch: Fetch) -> None:
         nonlocal issued
         while issued < count:
             if deadline is not None and time.perf_counter() >= deadline:
@@ -124,11 +192,11 @@ async def claim_many(
             sent = time.perf_counter()
             problem: str | None = None
             try:
-                response = await client.get("/task")
-                if response.status_code != 200:
-                    problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                status, content = await fetch()
+                if status != 200:
+                    problem = f"HTTP {status}: {content[:200]!r}"
                 else:
-                    body = response.json()
+                    body = json.loads(content)
                     if not body.get("is_available"):
                         problem = "is_available is false (queue ran dry?)"
                     else:
@@ -136,7 +204,14 @@ async def claim_many(
                         if rollout_id in seen:
                             problem = f"task {rollout_id} handed out twice"
                         seen.add(rollout_id)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            except (
+                httpx.HTTPError,
+                OSError,
+                asyncio.IncompleteReadError,
+                ValueError,
+                KeyError,
+                TypeError,
+            ) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if run.latencies is not None:
                 run.latencies.append(time.perf_counter() - sent)
@@ -146,14 +221,9 @@ async def claim_many(
                 run.errors += 1
                 run.first_error = run.first_error or problem
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(fetch) for fetch in fetchers))
     run.seconds = time.perf_counter() - start
     return run
-
-
-async def warm_up(client: httpx.AsyncClient, concurrency: int) -> None:
-    """Open the connection pool without claiming anything (404 on both servers)."""
-    await asyncio.gather(*(client.get("/resources/latest") for _ in range(concurrency)))
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -205,33 +275,40 @@ class Server(ABC):
         """Start the server with `tasks` tasks queued."""
 
     @abstractmethod
-    async def fill(self, client: httpx.AsyncClient, count: int, seen: set[str]) -> tuple[float | None, str]:
+    async def fill(self, count: int, seen: set[str]) -> tuple[float | None, str]:
         """Claim `count` more tasks without reporting them; return (claims/s, how)."""
 
     async def stop(self) -> None:
         proc = self.proc
         if proc is None:
             return
-        if proc.returncode is None:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        for stop_signal in (signal.SIGINT, signal.SIGKILL):
+            if proc.returncode is not None:
+                break
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                proc.send_signal(stop_signal)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while proc.returncode is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        # The exit status is in; let asyncio close the pipes (bounded, in case one stays open).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait(), 2)
         _children.pop(proc.pid, None)
         self.proc = None
 
-    async def _spawn(self, *argv: str, stderr_path: Path, env: dict[str, str] | None = None) -> None:
+    async def _spawn(
+        self, *argv: str, stderr_path: Path, env: dict[str, str] | None = None, control: bool = False
+    ) -> None:
+        """Start `argv` with its output in `stderr_path`; a `control`led one talks on stdin/stdout."""
         self.stderr_path = stderr_path
-        with stderr_path.open("wb") as stderr:
+        with stderr_path.open("wb") as output:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
+                stdin=asyncio.subprocess.PIPE if control else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if control else output,
+                stderr=output,
                 env=env,
                 start_new_session=True,  # a terminal's Ctrl-C reaches only us; we stop it
             )
@@ -282,8 +359,9 @@ class AglServer(Server):
             await asyncio.sleep(0.05)
         raise RuntimeError(f"agl serve did not start within {STARTUP_TIMEOUT:.0f}s")
 
-    async def fill(self, client: httpx.AsyncClient, count: int, seen: set[str]) -> tuple[float | None, str]:
-        run = await claim_many(client, count, self.fill_concurrency, seen)
+    async def fill(self, count: int, seen: set[str]) -> tuple[float | None, str]:
+        async with connections(self.url, "raw", self.fill_concurrency) as fetchers:
+            run = await claim_many(fetchers, count, seen)
         if run.errors:
             raise RuntimeError(f"{run.errors} claims failed while filling; first: {run.first_error}")
         return run.ok / run.seconds, "HTTP"
@@ -333,15 +411,16 @@ class LegacyServer(Server):
 
     async def start(self, tasks: int) -> None:
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
+        stderr_path = self.workdir / "legacy.stderr"
         await self._spawn(
-            self.python, "-c", LEGACY_SCRIPT, str(tasks), stderr_path=self.workdir / "legacy.stderr", env=env
+            self.python, "-c", LEGACY_SCRIPT, str(tasks), stderr_path=stderr_path, env=env, control=True
         )
         words = await self._read_line(STARTUP_TIMEOUT)
         if words[0] != "READY":
             raise RuntimeError(f"unexpected line from the 0.3.0 server: {' '.join(words)}")
         self.url = f"http://127.0.0.1:{words[1]}"
 
-    async def fill(self, client: httpx.AsyncClient, count: int, seen: set[str]) -> tuple[float | None, str]:
+    async def fill(self, count: int, seen: set[str]) -> tuple[float | None, str]:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write(f"claim {count}\n".encode())
         await self.proc.stdin.drain()
@@ -387,6 +466,47 @@ def legacy_available(python: str) -> str | None:
 # the bench --------------------------------------------------------------------------------
 
 
+async def measure(server: Server, level: int, seen: set[str], args: argparse.Namespace) -> tuple[Result, int]:
+    """Time `args.requests` claims at the current level, on fresh connections.
+
+    Returns the result and how many tasks were claimed in all (the warm-up included).
+    """
+    assert server.proc is not None
+    async with connections(server.url, args.client, args.concurrency) as fetchers:
+        warm = await claim_many(fetchers, args.concurrency, seen)
+        if warm.errors:
+            raise RuntimeError(f"warm-up claims failed; first: {warm.first_error}")
+        cpu_before = process_cpu_seconds(server.proc.pid)
+        client_cpu_before = time.process_time()
+        run = await claim_many(fetchers, args.requests, seen, args.max_seconds, keep_latencies=True)
+        client_cpu = time.process_time() - client_cpu_before
+        cpu_after = process_cpu_seconds(server.proc.pid)
+    done = run.ok + run.errors
+    if run.errors:
+        log(f"[{server.name}] {run.errors} errors at level {level:,}; first: {run.first_error}")
+    latencies = sorted(run.latencies or [0.0])
+    server_cpu = None
+    if cpu_before is not None and cpu_after is not None and done:
+        server_cpu = (cpu_after - cpu_before) / done * 1e6
+    result = Result(
+        server=server.name,
+        level=level,
+        requests=done,
+        errors=run.errors,
+        seconds=run.seconds,
+        requests_per_second=run.ok / run.seconds,
+        ratio_vs_level_0=None,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        server_cpu_us_per_request=server_cpu,
+        client_cpu_share=client_cpu / run.seconds,
+        capped=run.capped,
+        fill_claims_per_second=None,
+        fill_note="-",
+    )
+    return result, warm.ok + run.ok
+
+
 async def bench_server(server: Server, levels: list[int], args: argparse.Namespace) -> list[Result]:
     tasks = max(levels) + (args.requests + args.concurrency) * len(levels)
     log(f"[{server.name}] starting, queueing {tasks:,} tasks ...")
@@ -394,69 +514,30 @@ async def bench_server(server: Server, levels: list[int], args: argparse.Namespa
     results: list[Result] = []
     try:
         await server.start(tasks)
-        assert server.proc is not None
-        pid = server.proc.pid
         log(f"[{server.name}] ready at {server.url} after {time.perf_counter() - started:.1f}s")
-        limits = httpx.Limits(
-            max_connections=max(args.concurrency, args.fill_concurrency), max_keepalive_connections=64
-        )
-        seen: set[str] = set()
+        seen: set[str] = set()  # rollout ids handed out over HTTP, to catch a task handed out twice
         claimed = 0
-        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=600) as client:
-            for level in levels:
-                fill_rate: float | None = None
-                how = "-"
-                if level > claimed:
-                    fill_start = time.perf_counter()
-                    fill_rate, how = await server.fill(client, level - claimed, seen)
-                    log(
-                        f"[{server.name}] filled {claimed:,} -> {level:,} claimed ({how}) in "
-                        f"{time.perf_counter() - fill_start:.1f}s"
-                        + (f", {fill_rate:,.0f} claims/s" if fill_rate else "")
-                    )
-                    claimed = level
-                await warm_up(client, args.concurrency)
-                warm = await claim_many(client, args.concurrency, args.concurrency, seen)
-                claimed += warm.ok
-                if warm.errors:
-                    raise RuntimeError(f"warm-up claims failed; first: {warm.first_error}")
-                cpu_before = process_cpu_seconds(pid)
-                client_cpu_before = time.process_time()
-                run = await claim_many(
-                    client, args.requests, args.concurrency, seen, args.max_seconds, keep_latencies=True
-                )
-                client_cpu = time.process_time() - client_cpu_before
-                cpu_after = process_cpu_seconds(pid)
-                claimed += run.ok
-                done = run.ok + run.errors
-                if run.errors:
-                    log(f"[{server.name}] {run.errors} errors at level {level:,}; first: {run.first_error}")
-                latencies = sorted(run.latencies or [0.0])
-                result = Result(
-                    server=server.name,
-                    level=level,
-                    requests=done,
-                    errors=run.errors,
-                    seconds=run.seconds,
-                    requests_per_second=run.ok / run.seconds,
-                    ratio_vs_level_0=None,
-                    p50_ms=statistics.median(latencies) * 1000,
-                    p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-                    server_cpu_us_per_request=(
-                        (cpu_after - cpu_before) / done * 1e6
-                        if cpu_before is not None and cpu_after is not None and done
-                        else None
-                    ),
-                    client_cpu_share=client_cpu / run.seconds,
-                    capped=run.capped,
-                    fill_claims_per_second=fill_rate,
-                    fill_note=how,
-                )
-                results.append(result)
+        for level in levels:
+            fill_rate: float | None = None
+            how = "-"
+            if level > claimed:
+                fill_start = time.perf_counter()
+                fill_rate, how = await server.fill(level - claimed, seen)
                 log(
-                    f"[{server.name}] level {level:,}: {result.requests_per_second:,.0f} req/s"
-                    f" over {done:,} requests" + (" (capped by --max-seconds)" if run.capped else "")
+                    f"[{server.name}] filled {claimed:,} -> {level:,} claimed ({how}) in "
+                    f"{time.perf_counter() - fill_start:.1f}s"
+                    + (f", {fill_rate:,.0f} claims/s" if fill_rate else "")
                 )
+                claimed = level
+            result, measured = await measure(server, level, seen, args)
+            claimed += measured
+            result.fill_claims_per_second, result.fill_note = fill_rate, how
+            results.append(result)
+            log(
+                f"[{server.name}] level {level:,}: {result.requests_per_second:,.0f} req/s"
+                f" over {result.requests:,} requests"
+                + (" (capped by --max-seconds)" if result.capped else "")
+            )
     except Exception:
         tail = server.stderr_tail()
         log(f"[{server.name}] failed; the end of its stderr:\n{tail}" if tail else f"[{server.name}] failed")
@@ -476,7 +557,7 @@ def print_table(results: list[Result], args: argparse.Namespace, notes: list[str
     )
     print(
         f"GET /task throughput vs claimed-but-unreported tasks "
-        f"(concurrency {args.concurrency}, up to {args.requests:,} requests per level, {os.cpu_count()} CPUs)"
+        f"({args.client} client, concurrency {args.concurrency}, up to {args.requests:,} requests per level, {os.cpu_count()} CPUs)"
     )
     print(header)
     print("-" * len(header))
@@ -499,7 +580,10 @@ def print_table(results: list[Result], args: argparse.Namespace, notes: list[str
         "claimed: claimed-but-unreported tasks before the level's untimed warm-up of "
         f"{args.concurrency} claims; the timed requests then run from claimed + {args.concurrency} upwards."
     )
-    print("fill claims/s: claim rate over HTTP while filling up to this level (0.3.0 fills in-process).")
+    print(
+        "fill claims/s: GET /task rate while filling up to this level, with a plain keep-alive HTTP/1.1 "
+        "client (0.3.0 fills in-process)."
+    )
     print("srv CPU us/req: CPU time of the server process per timed request, from /proc.")
     print("cli CPU: share of one core the bench client used while timing (near 100%: client-bound).")
     if any(r.capped for r in results):
@@ -532,7 +616,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="measured GET /task requests per level")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients while measuring")
     parser.add_argument(
-        "--fill-concurrency", type=int, default=64, help="concurrent clients while filling (agl)"
+        "--client",
+        choices=("httpx", "raw"),
+        default="httpx",
+        help="client that times GET /task: httpx, or a minimal HTTP/1.1 one that leaves the CPU to the server",
+    )
+    parser.add_argument(
+        "--fill-concurrency", type=int, default=16, help="concurrent connections while filling (agl)"
     )
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop a measurement after this long")
     parser.add_argument(

@@ -96,4 +96,3 @@ def _add_forwarder(name: str, summary: str) -> None:
 
 for _name, _summary in AGENTLIGHTNING_COMMANDS.items():
     _add_forwarder(_name, _summary)
-

@@ -10,7 +10,6 @@ named that is not this machine.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +83,8 @@ def read_token(state_dir: Path) -> str | None:
 
 
 def is_local(url: str) -> bool:
+    import ipaddress  # only when a token file might be sent
+
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True

@@ -15,6 +15,8 @@ from agl_cli import __version__
 if TYPE_CHECKING:
     from agl_cli.cli.app import app
 
+__all__ = ["app", "main"]
+
 
 def main() -> None:
     """Run `agl` on `sys.argv`; a `CLIError` ends as one line on stderr and its exit code."""
@@ -37,4 +39,3 @@ def __getattr__(name: str) -> Any:
 
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

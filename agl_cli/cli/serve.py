@@ -30,6 +30,9 @@ def serve(
         None, min=1, help="Claims per task before it is marked failed (default: unlimited)."
     ),
     log_level: str = typer.Option("info", help=f"One of: {', '.join(LOG_LEVELS)}."),
+    log_json: bool = typer.Option(
+        False, "--log-json", help="Log one JSON object per line on stderr (for journald, Loki, ...)."
+    ),
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Serve the management API without a token (loopback only)."
     ),
@@ -53,6 +56,7 @@ def serve(
         arguments = ["--host", host, "--port", str(port), "--task-timeout", repr(task_timeout)]
         arguments += ["--log-level", log_level.lower(), "--max-body-size", str(max_body_size)]
         arguments += ["--memory"] if memory else []
+        arguments += ["--log-json"] if log_json else []
         arguments += ["--no-auth"] if no_auth else []
         arguments += ["--max-attempts", str(max_attempts)] if max_attempts is not None else []
         start_detached(state_dir or paths.default_state_dir(), arguments)
@@ -67,6 +71,7 @@ def serve(
         task_timeout=task_timeout,
         max_attempts=max_attempts,
         log_level=log_level.lower(),
+        log_json=log_json,
         auth=not no_auth,
         max_body_bytes=max_body_size,
     )

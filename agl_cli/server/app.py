@@ -18,6 +18,7 @@ from agl_cli.server import legacy, management
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker
 from agl_cli.server.limits import BodySizeLimit
+from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
 from agl_cli.server.requests import BadRequest
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.store import Store
@@ -49,14 +50,18 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
             await broker.stop()
             store.close()
 
+    routes = [
+        *legacy.routes,
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *management.routes,
+    ]
+    metrics = Metrics(broker, routes)
     app = Starlette(
-        routes=[
-            *legacy.routes,
-            Route("/health", health, methods=["GET"]),
-            Route("/ready", ready, methods=["GET"]),
-            *management.routes,
-        ],
+        routes=routes,
         middleware=[
+            Middleware(RequestLatency, metrics=metrics),
             Middleware(BodySizeLimit, max_bytes=options.max_body_bytes),
             Middleware(BearerAuth, token=options.token),
         ],
@@ -64,6 +69,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.broker = broker
+    app.state.metrics = metrics
     app.state.options = options
     app.state.ready = False
     # What `POST /v1/shutdown` calls to stop the server gracefully; whoever runs the

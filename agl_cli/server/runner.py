@@ -16,7 +16,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 import uvicorn
 
 from agl_cli import __version__, paths
-from agl_cli.server import pidfile
+from agl_cli.server import logs, pidfile
 from agl_cli.server.app import DEFAULT_MAX_BODY_BYTES, ServerOptions, create_app
 from agl_cli.server.broker import Broker
 from agl_cli.store import MemoryStore, SQLiteStore, Store, StoreError
@@ -48,6 +47,7 @@ class DaemonConfig:
     task_timeout: float = 300.0
     max_attempts: int | None = None
     log_level: str = "info"
+    log_json: bool = False
     auth: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
@@ -187,18 +187,26 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
     server = _Server(
         uvicorn.Config(
             app,
+            log_config=logs.log_config(config.log_level, config.log_json),
             log_level=config.log_level,
             access_log=config.log_level == "debug",
             timeout_graceful_shutdown=30,
             lifespan="on",
         )
     )
+    logs.capture_warnings(config.log_json)
     server.broker = app.state.broker
     app.state.request_shutdown = server.request_exit
     address_file = state_dir / paths.ADDRESS_NAME
     address_file.write_text(address + "\n")
     where = "in memory" if config.memory else str(state_dir / paths.DATABASE_NAME)
-    print(f"agl {__version__} listening on {address} (store: {where})", file=sys.stderr, flush=True)
+    logs.announce(
+        f"agl {__version__} listening on {address} (store: {where})",
+        config.log_json,
+        version=__version__,
+        address=address,
+        store=where,
+    )
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:

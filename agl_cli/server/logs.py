@@ -1,0 +1,95 @@
+"""The daemon's logging: uvicorn's human lines, or one JSON object per line (`--log-json`).
+
+Both are a `logging.config.dictConfig` dictionary handed to uvicorn as its `log_config`,
+so that uvicorn applies it instead of its own and agl's loggers and uvicorn's (error and
+access) go through the same handlers. JSON lines are for journald, Loki and the like:
+every line on stderr parses, and fields a record carries (`extra=...`, the parts of an
+access line) are fields of the object rather than text in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from uvicorn.config import LOGGING_CONFIG
+
+# What every LogRecord has; anything else on a record came from `extra=` and is logged.
+_STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn's coloured copy of the message
+}
+# uvicorn's access records carry these as their arguments, in this order.
+_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+
+
+class JsonFormatter(logging.Formatter):
+    """A record as one JSON object: time, level, logger, message, then its extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            body.update(zip(_ACCESS_FIELDS, record.args, strict=False))
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRIBUTES and key not in body:
+                body[key] = value
+        if record.exc_info:
+            body["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            body["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(body, default=repr).decode()
+
+
+def log_config(level: str, json_lines: bool) -> dict[str, Any]:
+    """The logging configuration for uvicorn's `log_config`, agl's loggers included."""
+    level = level.upper()
+    if not json_lines:
+        # uvicorn's own configuration as it is; agl's loggers print the way uvicorn's do.
+        config = copy.deepcopy(LOGGING_CONFIG)
+        config["loggers"]["agl"] = {"handlers": ["default"], "level": level, "propagate": False}
+        return config
+    to_stderr = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stderr": to_stderr},
+        "loggers": {
+            "agl": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"handlers": ["stderr"], "level": level, "propagate": False},
+        },
+        # Libraries' records and Python warnings (see `capture_warnings`) end up here.
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
+    }
+
+
+def capture_warnings(json_lines: bool) -> None:
+    """In JSON mode, Python warnings become log records, so no plain line slips into stderr."""
+    if json_lines:
+        logging.captureWarnings(True)
+
+
+def announce(message: str, json_lines: bool, **fields: Any) -> None:
+    """Print a line that must appear whatever the log level (the address at start-up)."""
+    if not json_lines:
+        print(message, file=sys.stderr, flush=True)
+        return
+    record = logging.makeLogRecord(
+        {"name": "agl", "levelno": logging.INFO, "levelname": "INFO", "msg": message, **fields}
+    )
+    print(JsonFormatter().format(record), file=sys.stderr, flush=True)

@@ -1,0 +1,167 @@
+"""Prometheus metrics at `GET /metrics`, kept off the hot paths.
+
+Everything the store and the broker already know (tasks per status, claims, rollouts)
+is read when Prometheus scrapes, by a collector, so claiming and reporting pay nothing
+for it. Only request latency is observed per request, by a pure ASGI middleware that
+labels it with the route's template (`/resources/{resources_id}`), never the raw path,
+so that the number of series stays bounded. Each app has its own registry: several apps
+in one process (tests, the embedded server) never see each other's metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agl_cli import __version__
+from agl_cli.models import TaskStatus
+from agl_cli.server.broker import Broker
+from agl_cli.store import ReportOutcome
+
+UNMATCHED = "<unmatched>"
+# Any other method a client makes up is counted as "other", so it cannot add series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Local requests take well under a millisecond; long polls and streams take up to minutes.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class StoreCollector(Collector):
+    """Tasks per status and the broker's counts, computed when Prometheus scrapes."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self.broker.store.counts()
+        tasks = GaugeMetricFamily("agl_tasks", "Tasks in the store, by status.", labels=["status"])
+        for status in TaskStatus:
+            tasks.add_metric([status.value], counts.tasks.get(status, 0))
+        yield tasks
+        stats = self.broker.stats
+        reports = stats.reports
+        yield from (
+            CounterMetricFamily(name, help_text, value=value, created=stats.started)
+            for name, help_text, value in (
+                ("agl_claims", "Tasks handed out to workers.", stats.claims),
+                ("agl_reclaims", "Tasks handed out again after a claim timed out.", stats.reclaims),
+                (
+                    "agl_rollouts_stored",
+                    "Rollouts stored (the first result for a task, and unsolicited ones).",
+                    reports[ReportOutcome.STORED] + reports[ReportOutcome.UNSOLICITED],
+                ),
+                (
+                    "agl_rollouts_duplicate",
+                    "Rollouts for a task that already had one: answered, counted, not stored.",
+                    reports[ReportOutcome.DUPLICATE],
+                ),
+                (
+                    "agl_rollouts_unsolicited",
+                    "Rollouts for an id agl never issued: stored, marked unsolicited.",
+                    reports[ReportOutcome.UNSOLICITED],
+                ),
+            )
+        )
+        info = GaugeMetricFamily("agl_info", "agl's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+class Metrics:
+    """One app's registry: the store collector, process metrics and the latency histogram."""
+
+    def __init__(self, broker: Broker, routes: Sequence[BaseRoute]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(StoreCollector(broker))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.latency = Histogram(
+            "agl_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response, by route template.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.routes = tuple(routes)
+        # Looked up by endpoint, because `scope["route"]` only exists in newer Starlette.
+        self.templates: dict[Callable[..., Any], str] = {
+            route.endpoint: route.path for route in routes if isinstance(route, Route)
+        }
+        self._observers: dict[tuple[str, str, int], Callable[[float], None]] = {}
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        method = scope["method"]
+        key = (self.template_of(scope), method if method in METHODS else "other", status)
+        observe = self._observers.get(key)
+        if observe is None:
+            observe = self._observers[key] = self.latency.labels(key[0], key[1], str(status)).observe
+        observe(seconds)
+
+    def template_of(self, scope: Scope) -> str:
+        """The route template that served the request, found without matching again if possible."""
+        route = scope.get("route")
+        if isinstance(route, Route):
+            return route.path
+        endpoint = scope.get("endpoint")
+        if endpoint is not None:
+            template = self.templates.get(endpoint)
+            if template is not None:
+                return template
+        # Not routed: refused before routing (401, 413) or no such path (404).
+        for candidate in self.routes:
+            if isinstance(candidate, Route) and candidate.matches(scope)[0] is not Match.NONE:
+                return candidate.path
+        return UNMATCHED
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The registry as text, in the format the scraper asked for (OpenMetrics or classic)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class RequestLatency:
+    """Observes every HTTP request's latency; outermost, so refusals (401, 413) count too."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # if the app raises before it answers
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            self.metrics.observe(scope, status, time.perf_counter() - started)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """`GET /metrics`: open, like `/health`, so that a scraper needs no token."""
+    metrics: Metrics = request.app.state.metrics
+    body, content_type = metrics.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type)

@@ -1,0 +1,125 @@
+"""The man pages: one per command, complete, and rendered by groff and man without a warning.
+
+groff and man-db are Debian packages, not Python ones: `.ci/run` installs them where they
+are missing, and without them the rendering tests skip, saying so. (That they are current
+is `test_completions.test_regenerating_completions_and_man_pages_changes_nothing`.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import typer.main
+
+from agl_cli.cli.app import app
+from agl_cli.cli.errors import ExitCode
+
+ROOT = Path(__file__).resolve().parent.parent
+MAN = ROOT / "man"
+PAGES = sorted(MAN.glob("*.1"))
+
+
+def cli_commands() -> dict[str, tuple[Any, Any]]:
+    """Every command of the real CLI by its page name (`agl-rollouts-watch`), with its context."""
+    root = typer.main.get_command(app)
+    found: dict[str, tuple[Any, Any]] = {}
+
+    def visit(command: Any, ctx: Any, page: str) -> None:
+        found[page] = (command, ctx)
+        for name in getattr(command, "commands", {}):
+            sub = command.get_command(ctx, name)
+            visit(sub, typer.Context(sub, info_name=name, parent=ctx), f"{page}-{name}")
+
+    visit(root, typer.Context(root, info_name="agl"), "agl")
+    return found
+
+
+def sections(page: Path) -> list[str]:
+    return re.findall(r"^\.SH (.+)$", page.read_text(), flags=re.MULTILINE)
+
+
+def roff(text: str) -> str:
+    return text.replace("-", "\\-")
+
+
+def test_every_command_and_subcommand_has_a_page() -> None:
+    assert {page.stem for page in PAGES} == set(cli_commands())
+    for name in ("agl", "agl-serve", "agl-queue", "agl-resources-push", "agl-rollouts-watch"):
+        assert (MAN / f"{name}.1").exists()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_a_page_has_the_usual_sections_and_every_option_of_its_command(page: Path) -> None:
+    command, ctx = cli_commands()[page.stem]
+    text = page.read_text()
+    expected = ["NAME", "SYNOPSIS", "DESCRIPTION", "EXIT STATUS", "SEE ALSO"]
+    assert [name for name in sections(page) if name in expected] == expected
+    options = [param for param in command.get_params(ctx) if param.param_type_name == "option"]
+    if options:
+        assert "OPTIONS" in sections(page)
+    for option in options:
+        for name in [*option.opts, *option.secondary_opts]:
+            assert f"\\fB{roff(name)}\\fR" in text, name
+        if option.envvar:
+            assert f"Environment: {option.envvar}." in text
+    for code in ExitCode:
+        assert f".B {int(code)}\n" in text
+    assert f"{roff(page.stem)} \\- " in text  # NAME, as whatis/apropos read it
+
+
+def test_pages_show_defaults_and_choices_and_carry_no_date() -> None:
+    serve = (MAN / "agl-serve.1").read_text()
+    assert "\\fB\\-\\-port\\fR \\fIPORT\\fR\nPort to listen on" in serve
+    assert "Default: 8000." in serve and "Range: 0 to 65535." in serve
+    assert "\\fB\\-\\-mode\\fR \\fItrain|val|test\\fR" in (MAN / "agl-queue.1").read_text()
+    top = (MAN / "agl.1").read_text()
+    assert ".SH ENVIRONMENT" in top and "AGL_URL" in top and "AGL_TOKEN" in top
+    for page in PAGES:
+        assert re.search(r'^\.TH \S+ 1 "" "agl \d', page.read_text(), flags=re.MULTILINE), page.name
+
+
+groff = shutil.which("groff")
+needs_groff = pytest.mark.skipif(
+    groff is None, reason="groff is not installed (.ci/run installs groff-base and man-db with apt-get)"
+)
+
+
+@needs_groff
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_groff_renders_the_page_without_a_warning(page: Path) -> None:
+    assert groff is not None
+    result = subprocess.run(
+        [groff, "-man", "-Tutf8", "-ww", "-z", str(page)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.skipif(shutil.which("man") is None or groff is None, reason="man-db's man is not installed")
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_man_shows_the_page_without_a_warning(page: Path) -> None:
+    env = {**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"}
+    result = subprocess.run(
+        ["man", "--warnings", "-l", str(page)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    shown = re.sub(".\b", "", result.stdout)  # no overstrike: bold N\bN is N
+    assert "NAME" in shown and "EXIT STATUS" in shown
+
+
+def test_ci_installs_groff_then_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = next(line.strip() for line in readme.splitlines() if "python -m pytest" in line)
+    steps = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    steps = [line for line in steps if line and not line.startswith("#")]
+    assert steps[-1] == command
+    groff_step = next(i for i, line in enumerate(steps) if "groff" in line)
+    assert groff_step < len(steps) - 1
+    assert steps[groff_step].startswith("command -v groff >/dev/null ||")
+    assert steps[groff_step].endswith("|| true")  # never the reason CI fails

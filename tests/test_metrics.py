@@ -1,0 +1,126 @@
+"""`GET /metrics` against a real `agl serve`: Prometheus text that tells the truth."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from daemon import Daemon
+from prometheus_client.parser import text_string_to_metric_families
+
+from agl_cli.server.app import create_app
+from agl_cli.store import MemoryStore
+
+Labels = frozenset[tuple[str, str]]
+LATENCY = "agl_http_request_duration_seconds"
+
+
+def scrape(daemon: Daemon) -> dict[str, dict[Labels, float]]:
+    """Every sample of `/metrics`, by sample name, then by its labels."""
+    response = daemon.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: dict[str, dict[Labels, float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+    return samples
+
+
+def value(samples: dict[str, dict[Labels, float]], name: str, **labels: str) -> float:
+    return samples[name][frozenset(labels.items())]
+
+
+def task_gauges(daemon: Daemon) -> dict[str, float]:
+    return {dict(labels)["status"]: number for labels, number in scrape(daemon)["agl_tasks"].items()}
+
+
+def latency_count(samples: dict[str, dict[Labels, float]], route: str, method: str, status: str) -> float:
+    return samples[f"{LATENCY}_count"].get(
+        frozenset({("route", route), ("method", method), ("status", status)}), 0
+    )
+
+
+def test_metrics_need_no_token_and_parse_as_prometheus_text(daemon: Daemon) -> None:
+    assert daemon.get("/v1/status").status_code == 401  # the token is required elsewhere
+    samples = scrape(daemon)
+    for name in (
+        "agl_claims_total",
+        "agl_reclaims_total",
+        "agl_rollouts_stored_total",
+        "agl_rollouts_duplicate_total",
+        "agl_rollouts_unsolicited_total",
+    ):
+        assert value(samples, name) == 0, name
+    assert "process_resident_memory_bytes" in samples or "python_info" in samples
+
+
+def test_queue_depth_per_status_follows_the_tasks(daemon: Daemon) -> None:
+    assert task_gauges(daemon) == dict.fromkeys(("queued", "claimed", "completed", "failed", "cancelled"), 0)
+    ids = daemon.queue("a", "b", "c", "d")
+    assert task_gauges(daemon)["queued"] == 4
+    first, second = daemon.claim(), daemon.claim()
+    assert first is not None and second is not None
+    daemon.report(first["rollout_id"], final_reward=1.0)
+    assert daemon.api("POST", f"/v1/tasks/{ids[3]}/cancel").status_code == 200
+    assert task_gauges(daemon) == {"queued": 1, "claimed": 1, "completed": 1, "failed": 0, "cancelled": 1}
+
+
+def test_claims_reclaims_and_rollout_outcomes_are_counted(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--task-timeout", "0.3")
+    [rollout_id] = daemon.queue("x")
+    assert daemon.claim() is not None
+    again = daemon.get("/task", params={"wait": 10}).json()["task"]  # once the first claim timed out
+    assert (again["rollout_id"], again["num_claims"]) == (rollout_id, 2)
+    daemon.report(rollout_id, final_reward=1.0)
+    daemon.report(rollout_id, final_reward=2.0)  # a duplicate: answered, counted, not stored
+    daemon.report("never-issued", final_reward=0.0)
+    samples = scrape(daemon)
+    assert value(samples, "agl_claims_total") == 2
+    assert value(samples, "agl_reclaims_total") == 1
+    assert value(samples, "agl_rollouts_stored_total") == 2  # the first result, and the unsolicited one
+    assert value(samples, "agl_rollouts_duplicate_total") == 1
+    assert value(samples, "agl_rollouts_unsolicited_total") == 1
+    assert task_gauges(daemon)["completed"] == 1
+
+
+def test_a_task_out_of_attempts_shows_as_failed(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--task-timeout", "0.2", "--max-attempts", "1")
+    daemon.queue("x")
+    assert daemon.claim() is not None
+    deadline = time.monotonic() + 10
+    while task_gauges(daemon)["failed"] != 1:  # the sweeper fails it within a second or so
+        assert time.monotonic() < deadline, "the task was never marked failed"
+        time.sleep(0.1)
+    assert task_gauges(daemon)["claimed"] == 0
+
+
+def test_latency_is_labelled_by_route_template_and_counts_every_request(daemon: Daemon) -> None:
+    assert daemon.get("/resources/some-bundle").status_code == 404
+    assert daemon.get("/resources/another-bundle").status_code == 404
+    before = scrape(daemon)
+    assert latency_count(before, "/resources/{resources_id}", "GET", "404") == 2
+    routes = {dict(labels)["route"] for labels in before[f"{LATENCY}_count"]}
+    assert not any("bundle" in route for route in routes), routes
+    for _ in range(5):
+        daemon.get("/task")
+    after = scrape(daemon)
+    assert latency_count(after, "/task", "GET", "200") == latency_count(before, "/task", "GET", "200") + 5
+    buckets = after[f"{LATENCY}_bucket"]
+    inf = frozenset({("route", "/task"), ("method", "GET"), ("status", "200"), ("le", "+Inf")})
+    assert buckets[inf] == latency_count(after, "/task", "GET", "200")
+
+
+def test_refused_and_unknown_requests_do_not_add_a_series_per_path(daemon: Daemon) -> None:
+    assert daemon.get("/v1/tasks/abc").status_code == 401
+    for path in ("/no/such/path", "/another/one"):
+        daemon.get(path)
+    samples = scrape(daemon)
+    assert latency_count(samples, "/v1/tasks/{rollout_id}", "GET", "401") == 1
+    routes = {dict(labels)["route"] for labels in samples[f"{LATENCY}_count"]}
+    assert not routes & {"/no/such/path", "/another/one", "/v1/tasks/abc"}
+
+
+def test_each_app_has_its_own_registry() -> None:
+    first, second = create_app(MemoryStore()), create_app(MemoryStore())
+    assert first.state.metrics.registry is not second.state.metrics.registry
