@@ -6,22 +6,13 @@ expect, so that a payload produced by either side validates on the other.
 
 from __future__ import annotations
 
-import enum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agl_cli.task_status import TaskStatus as TaskStatus  # re-exported: part of the models
+
 Mode = Literal["train", "val", "test"]
-
-
-class TaskStatus(str, enum.Enum):
-    """Where a task is in its life: queued → claimed → completed, or failed / cancelled."""
-
-    QUEUED = "queued"
-    CLAIMED = "claimed"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 class Task(BaseModel):
@@ -88,20 +79,19 @@ class Rollout(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class LLM(BaseModel):
+class _LLMEndpoint(BaseModel):
+    endpoint: str
+    model: str
+    api_key: str | None = None
+    sampling_parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class LLM(_LLMEndpoint):
     resource_type: Literal["llm"] = "llm"
-    endpoint: str
-    model: str
-    api_key: str | None = None
-    sampling_parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class ProxyLLM(BaseModel):
+class ProxyLLM(_LLMEndpoint):
     resource_type: Literal["proxy_llm"] = "proxy_llm"
-    endpoint: str
-    model: str
-    api_key: str | None = None
-    sampling_parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class PromptTemplate(BaseModel):

@@ -83,15 +83,9 @@ def read_token(state_dir: Path) -> str | None:
 
 
 def is_local(url: str) -> bool:
-    import ipaddress  # only when a token file might be sent
+    from agl_cli.net import is_loopback  # only when a token file might be sent
 
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 def resolve(options: Globals) -> Target:

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import enum
-
 import typer
 
 from agl_cli.cli import output
 from agl_cli.cli.context import connect
+from agl_cli.task_status import TaskStatus
 
 app = typer.Typer(help="Tasks: list them, show one, cancel one.", no_args_is_help=True, add_completion=False)
-
-
-class StatusChoice(str, enum.Enum):
-    queued = "queued"
-    claimed = "claimed"
-    completed = "completed"
-    failed = "failed"
-    cancelled = "cancelled"
 
 
 @app.command("list")
 def list_tasks(
     ctx: typer.Context,
-    status: StatusChoice | None = typer.Option(None, "--status", help="Only tasks in this state."),
+    status: TaskStatus | None = typer.Option(None, "--status", help="Only tasks in this state."),
     limit: int = typer.Option(100, "--limit", min=1, max=10_000, metavar="N", help="At most N tasks."),
     offset: int = typer.Option(0, "--offset", min=0, metavar="M", help="Skip the first M."),
     json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array."),

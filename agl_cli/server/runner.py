@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import secrets
@@ -26,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from agl_cli import __version__, paths
+from agl_cli.net import is_loopback
 from agl_cli.server import logs, pidfile
 from agl_cli.server.app import DEFAULT_MAX_BODY_BYTES, ServerOptions, create_app
 from agl_cli.server.broker import Broker
@@ -50,15 +50,6 @@ class DaemonConfig:
     log_json: bool = False
     auth: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def prepare_state_dir(path: Path) -> Path:
