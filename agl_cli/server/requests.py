@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -47,31 +47,35 @@ async def read_model(request: Request, model: type[M]) -> M:
 
 
 def float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(error(422, f"Query parameter '{name}' must be a number, not '{raw}'.")) from None
-    if not low <= value <= high:  # also refuses NaN
-        raise BadRequest(error(422, f"Query parameter '{name}' must be between {low:g} and {high:g}."))
-    return value
+    return _number_param(request, name, default, low, high, float, "a number")
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    return _number_param(request, name, default, low, high, int, "a whole number")
+
+
+N = TypeVar("N", int, float)
+
+
+def _number_param(
+    request: Request, name: str, default: N, low: N, high: N, parse: Callable[[str], N], kind: str
+) -> N:
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
+        raise BadRequest(error(422, f"Query parameter '{name}' must be {kind}, not '{raw}'.")) from None
+    if not low <= value <= high:  # also refuses NaN
         raise BadRequest(
-            error(422, f"Query parameter '{name}' must be a whole number, not '{raw}'.")
-        ) from None
-    if not low <= value <= high:
-        raise BadRequest(error(422, f"Query parameter '{name}' must be between {low} and {high}."))
+            error(422, f"Query parameter '{name}' must be between {_show(low)} and {_show(high)}.")
+        )
     return value
+
+
+def _show(number: float) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
 
 
 _TRUE = ("true", "1", "yes")
