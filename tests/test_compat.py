@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,16 @@ def compat_env() -> dict[str, str]:
 
 def run_json(python: Path, *args: str, timeout: float = 180) -> dict[str, Any]:
     """Run a worker script there and return the JSON object it prints last."""
-    result = subprocess.run(
-        [str(python), *args], capture_output=True, text=True, timeout=timeout, env=compat_env(), check=False
-    )
+    with tempfile.TemporaryDirectory() as workdir:  # agentlightning's tracer writes files to the cwd
+        result = subprocess.run(
+            [str(python), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=compat_env(),
+            cwd=workdir,
+            check=False,
+        )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return parsed

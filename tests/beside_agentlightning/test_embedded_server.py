@@ -169,7 +169,7 @@ async def test_many_concurrent_workers_lose_nothing_and_duplicate_nothing() -> N
         await server.stop()
 
 
-def test_the_migration_example_runs_with_real_fit_v0_workers() -> None:
+def test_the_migration_example_runs_with_real_fit_v0_workers(tmp_path: Path) -> None:
     example = subprocess.Popen(
         [sys.executable, str(REPO / "examples" / "embedded_server.py"), "--port", "0", "--tasks", "8"],
         stdout=subprocess.PIPE,
@@ -195,6 +195,7 @@ def test_the_migration_example_runs_with_real_fit_v0_workers() -> None:
             capture_output=True,
             text=True,
             timeout=90,
+            cwd=tmp_path,  # agentlightning's tracer writes files to the cwd
             check=False,
         )
         assert worker.returncode == 0, worker.stderr[-3000:]
