@@ -7,11 +7,12 @@ each record as it happens.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from rich.console import Console
@@ -143,3 +144,26 @@ def show_record(record: Mapping[str, Any], title: str | None = None) -> None:
     if title:
         out().print(Text(title, style="bold cyan"))
     out().print(grid)
+
+
+@contextlib.contextmanager
+def progress_bar(show: bool, label: str, total: int, bytes_: bool = False) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr, on a terminal only; yields `update(completed)`."""
+    if not show:
+        yield lambda _: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    count = DownloadColumn() if bytes_ else MofNCompleteColumn()
+    columns = (TextColumn(label), BarColumn(), count, TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err(), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda completed: progress.update(task, completed=completed)

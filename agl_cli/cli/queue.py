@@ -142,7 +142,7 @@ def _check(task_files: list[TaskFile], show_progress: bool) -> Checked:
     from agl_cli.cli.taskfile import check_files
 
     total = sum(f.size for f in task_files)
-    with _bar(show_progress, "Checking", total, bytes_=True) as update:
+    with output.progress_bar(show_progress, "Checking", total, bytes_=True) as update:
         return check_files(task_files, update)
 
 
@@ -163,7 +163,7 @@ def _upload(
         return
     batch_id = client.create_batch()
     try:
-        with _bar(show_progress, "Queuing", checked.tasks) as update:
+        with output.progress_bar(show_progress, "Queuing", checked.tasks) as update:
             done = 0
             for chunk in pieces:
                 staged = _send(lambda body: client.stage(batch_id, body)["rollout_ids"], chunk)
@@ -243,29 +243,6 @@ def _report_dry_run(count: int, json_output: bool) -> None:
         output.print_json_line({"tasks": count, "queued": 0})
     else:
         output.write_line(f"{count} tasks are valid; nothing was queued (--dry-run).")
-
-
-@contextlib.contextmanager
-def _bar(show: bool, label: str, total: int, bytes_: bool = False) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr, on a terminal only; yields `update(completed)`."""
-    if not show:
-        yield lambda _: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    count = DownloadColumn() if bytes_ else MofNCompleteColumn()
-    columns = (TextColumn(label), BarColumn(), count, TaskProgressColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=output.err(), transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda completed: progress.update(task, completed=completed)
 
 
 @contextlib.contextmanager

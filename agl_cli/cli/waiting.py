@@ -11,7 +11,6 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +61,7 @@ def wait_for_rollouts(
     pending = dict.fromkeys(expected)  # ordered: the oldest tasks are checked first
     deadline = None if timeout is None else time.monotonic() + timeout
     next_check = time.monotonic() + ENDED_CHECK_INTERVAL
-    with _progress(show_progress, len(expected)) as advance:
+    with output.progress_bar(show_progress, "Waiting for rollouts", len(expected)) as update:
         while pending:
             wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if wait <= 0:
@@ -72,7 +71,8 @@ def wait_for_rollouts(
                 item = events.get(timeout=wait)
             except queue.Empty:
                 if time.monotonic() >= next_check:
-                    advance(_check_ended(client, pending, outcome))
+                    _check_ended(client, pending, outcome)
+                    update(len(expected) - len(pending))
                     next_check = time.monotonic() + ENDED_CHECK_INTERVAL
                 continue
             if isinstance(item, Exception):
@@ -81,41 +81,19 @@ def wait_for_rollouts(
             if rollout_id in pending:
                 del pending[rollout_id]
                 outcome.arrived[rollout_id] = item
-                advance(1)
+                update(len(expected) - len(pending))
                 next_check = time.monotonic() + ENDED_CHECK_INTERVAL
     return outcome
 
 
-def _check_ended(client: AglClient, pending: dict[str, None], outcome: Outcome) -> int:
+def _check_ended(client: AglClient, pending: dict[str, None], outcome: Outcome) -> None:
     """Drop the oldest pending tasks that failed or were cancelled: no rollout will come."""
-    ended = 0
     for rollout_id in list(pending)[:ENDED_CHECK_BATCH]:
         with contextlib.suppress(AglClientError):
             status = client.get_task(rollout_id)["status"]
             if status in ("failed", "cancelled"):
                 outcome.ended[rollout_id] = status
                 del pending[rollout_id]
-                ended += 1
-    return ended
-
-
-@contextlib.contextmanager
-def _progress(show: bool, total: int) -> Iterator[Callable[[int], None]]:
-    if not show:
-        yield lambda _: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("Waiting for rollouts"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=output.err(),
-        transient=True,
-    ) as progress:
-        task = progress.add_task("wait", total=total)
-        yield lambda n: progress.advance(task, n)
 
 
 def report(
