@@ -19,7 +19,7 @@ import uvicorn
 
 from agl_cli.models import Mode, Rollout
 from agl_cli.server.app import ServerOptions, create_app
-from agl_cli.server.broker import Broker
+from agl_cli.server.broker import Broker, wait_for
 from agl_cli.server.runner import bind
 from agl_cli.store import MemoryStore, SQLiteStore, Store, TaskSpec
 
@@ -140,30 +140,31 @@ class AgentLightningServer:
     ) -> str:
         """Queue one task and return its rollout id."""
         spec = TaskSpec(input=sample, mode=mode, resources_id=resources_id, metadata=metadata or {})
-        return self.broker.queue_tasks([spec])[0]
+        return (await self.broker.queue_tasks([spec]))[0]
 
     async def update_resources(self, resources: Mapping[str, Any]) -> str:
         """Publish a bundle (dicts or pydantic models, agentlightning's own included) as the latest."""
-        return self.broker.publish(resources).resources_id
+        return (await self.broker.publish(resources)).resources_id
 
     # completed rollouts ------------------------------------------------------------------
 
     async def get_completed_rollout(self, rollout_id: str) -> Rollout | None:
         """Return the rollout for `rollout_id` and consume it, or None if there is none (yet)."""
-        return self.broker.store.consume_rollout(rollout_id)
+        return await self.broker.consume_rollout(rollout_id)
 
     async def poll_completed_rollout(self, rollout_id: str, timeout: float | None = None) -> Rollout | None:
         """Wait for the rollout of `rollout_id` (forever if `timeout` is None); consume it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            changed = self.broker.watch_rollouts()
             rollout = await self.get_completed_rollout(rollout_id)
             if rollout is not None:
                 return rollout
             remaining = 3600.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0 or self.broker.closing:
                 return None
-            await self.broker.wait_for_rollouts(remaining)
+            await wait_for(changed, remaining)
 
     async def retrieve_completed_rollouts(self) -> list[Rollout]:
         """Return every rollout not yet consumed, oldest first, and consume them."""
-        return self.broker.store.consume_all()
+        return await self.broker.consume_all()

@@ -47,8 +47,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
             yield
         finally:
             app.state.ready = False
-            await broker.stop()
-            store.close()
+            await broker.stop()  # closes the store
 
     routes = [
         *legacy.routes,

@@ -1,8 +1,9 @@
-"""The store plus the wake-ups that long polls and rollout watchers wait on.
+"""The one door into the store, with the wake-ups that long polls and watchers wait on.
 
-Every route and the embedded Python API go through one `Broker`, so a task queued by
-any of them wakes a worker that is long-polling, and a rollout stored by a worker wakes
-whoever waits for it.
+Every route, the stream, the metrics and the embedded Python API go through one
+`Broker`: writes to the writer thread (group commit), reads to the reader threads, and
+the broker knows what changed, so a task queued by any of them wakes a worker that is
+long-polling, and a rollout stored by a worker wakes whoever waits for it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from agl_cli.models import ResourcesUpdate, Rollout, Task
+from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.server.rates import RateWindow
-from agl_cli.store import ReportOutcome, Store, TaskSpec
+from agl_cli.server.writer import GroupSizes, threads_for
+from agl_cli.store import ReportOutcome, Store, StoreCounts, StoredRollout, TaskRecord, TaskSpec
 
 log = logging.getLogger("agl.broker")
 
@@ -27,23 +29,28 @@ SWEEP_INTERVAL = 1.0
 
 
 class Signal:
-    """A broadcast wake-up: every waiter present at `notify()` returns from `wait()`."""
+    """A broadcast wake-up: `notify()` sets the event that `watch()` handed out, and every
+    waiter on it returns. Watch before reading what you wait on, so that a change made
+    between the read and the wait is not missed."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+
+    def watch(self) -> asyncio.Event:
+        return self._event
 
     def notify(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds; True if notified."""
-        event = self._event
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+
+async def wait_for(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for `event`; True if it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 @dataclass
@@ -58,20 +65,51 @@ class Stats:
     rollout_rate: RateWindow = field(default_factory=RateWindow)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What `agl status` shows of the store, read together."""
+
+    counts: StoreCounts
+    last_seq: int
+    latest_resources_id: str | None
+
+
 class Broker:
     """The one way into the store for the server's routes and the embedded API."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self._store = store
+        self._threads = threads_for(store)
         self.stats = Stats()
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
+        self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
+
+    # what the store was opened with ------------------------------------------------------
+
+    @property
+    def store_kind(self) -> str:
+        return self._store.kind
+
+    @property
+    def task_timeout(self) -> float:
+        return self._store.task_timeout
+
+    @property
+    def max_attempts(self) -> int | None:
+        return self._store.max_claims
+
+    @property
+    def group_sizes(self) -> GroupSizes:
+        return self._threads.sizes
 
     # life --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._threads.start()
+        self._latest = await self._threads.read(self._store.latest_resources)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="agl-sweeper")
 
     def begin_shutdown(self) -> None:
@@ -81,43 +119,39 @@ class Broker:
         self._rollouts_changed.notify()
 
     async def stop(self) -> None:
+        """Stop sweeping, answer the waiters, finish the writes taken, close the store."""
         if self._sweeper:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
         self.begin_shutdown()
+        await self._threads.close()
 
     async def _sweep_forever(self) -> None:
         """Move expired claims on even when no worker asks, so states stay truthful."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
-                if self.store.expire_claims():
+                if await self._threads.write(self._store.expire_claims):
                     self._tasks_changed.notify()
             except Exception:  # keep sweeping; the error is logged, the next sweep retries
                 log.exception("expiring claims failed")
 
     # tasks -------------------------------------------------------------------------------
 
-    def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
-        ids = self.store.queue_tasks(specs)
+    async def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
+        ids = await self._threads.write(lambda: self._store.queue_tasks(specs))
         if ids:
             self._tasks_changed.notify()
         return ids
-
-    def commit_batch(self, batch_id: str) -> int:
-        """Queue a staged batch at once, and wake the workers waiting for tasks."""
-        queued = self.store.commit_batch(batch_id)
-        if queued:
-            self._tasks_changed.notify()
-        return queued
 
     async def claim(self, wait: float = 0.0) -> Task | None:
         """Hand out the next task, waiting up to `wait` seconds for one to appear."""
         deadline = time.monotonic() + wait
         while True:
-            task = self.store.claim_next()
+            changed = self._tasks_changed.watch()
+            task, next_expiry = await self._threads.write(self._claim_or_next_deadline)
             if task is not None:
                 self.stats.claims += 1
                 self.stats.claim_rate.add()
@@ -127,29 +161,108 @@ class Broker:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.closing:
                 return None
-            next_expiry = self.store.next_deadline()
             if next_expiry is not None:
-                remaining = min(remaining, max(next_expiry - self.store.clock(), 0.0) + 0.001)
-            await self._tasks_changed.wait(remaining)
+                remaining = min(remaining, max(next_expiry - self._store.clock(), 0.0) + 0.001)
+            await wait_for(changed, remaining)
+
+    def _claim_or_next_deadline(self) -> tuple[Task | None, float | None]:
+        task = self._store.claim_next()
+        return task, None if task is not None else self._store.next_deadline()
+
+    async def cancel(self, rollout_id: str) -> TaskRecord:
+        return await self._threads.write(lambda: self._store.cancel_task(rollout_id))
+
+    async def get_task(self, rollout_id: str) -> TaskRecord | None:
+        return await self._threads.read(lambda: self._store.get_task(rollout_id))
+
+    async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int) -> list[TaskRecord]:
+        return await self._threads.read(lambda: self._store.list_tasks(status, limit, offset))
+
+    # batches -----------------------------------------------------------------------------
+
+    async def create_batch(self) -> str:
+        return await self._threads.write(self._store.create_batch)
+
+    async def stage_tasks(self, batch_id: str, specs: Sequence[TaskSpec]) -> tuple[list[str], int]:
+        """Stage tasks in a batch; their future ids, and how many the batch holds now."""
+
+        def stage() -> tuple[list[str], int]:
+            return self._store.stage_tasks(batch_id, specs), self._store.batch_size(batch_id)
+
+        return await self._threads.write(stage)
+
+    async def commit_batch(self, batch_id: str) -> int:
+        """Queue a staged batch at once, and wake the workers waiting for tasks."""
+        queued = await self._threads.write(lambda: self._store.commit_batch(batch_id))
+        if queued:
+            self._tasks_changed.notify()
+        return queued
+
+    async def discard_batch(self, batch_id: str) -> int:
+        return await self._threads.write(lambda: self._store.discard_batch(batch_id))
 
     # rollouts ----------------------------------------------------------------------------
 
-    def report(self, rollout: Rollout) -> ReportOutcome:
-        outcome = self.store.record_rollout(rollout)
+    async def report(self, rollout: Rollout) -> ReportOutcome:
+        outcome = await self._threads.write(lambda: self._store.record_rollout(rollout))
         self.stats.reports[outcome] += 1
         if outcome is not ReportOutcome.DUPLICATE:
             self.stats.rollout_rate.add()
             self._rollouts_changed.notify()
         return outcome
 
-    async def wait_for_rollouts(self, timeout: float) -> bool:
-        """Wait until a rollout is stored or `timeout` passes; True if one was."""
-        return await self._rollouts_changed.wait(timeout)
+    def watch_rollouts(self) -> asyncio.Event:
+        """The event set when the next rollout is stored (see `Signal`)."""
+        return self._rollouts_changed.watch()
+
+    async def rollouts_after(self, seq: int, limit: int) -> list[StoredRollout]:
+        return await self._threads.read(lambda: self._store.rollouts_after(seq, limit))
+
+    async def get_rollout(self, rollout_id: str) -> StoredRollout | None:
+        return await self._threads.read(lambda: self._store.get_rollout(rollout_id))
+
+    async def last_seq(self) -> int:
+        return await self._threads.read(self._store.last_seq)
+
+    async def consume_rollout(self, rollout_id: str) -> Rollout | None:
+        return await self._threads.write(lambda: self._store.consume_rollout(rollout_id))
+
+    async def consume_all(self) -> list[Rollout]:
+        return await self._threads.write(self._store.consume_all)
 
     # resources ---------------------------------------------------------------------------
 
-    def publish(self, resources: Mapping[str, Any], resources_id: str | None = None) -> ResourcesUpdate:
-        return self.store.publish_resources(resources, resources_id)
+    async def publish(self, resources: Mapping[str, Any], resources_id: str | None = None) -> ResourcesUpdate:
+        update = await self._threads.write(lambda: self._store.publish_resources(resources, resources_id))
+        self._latest = update
+        return update
+
+    def latest_resources(self) -> ResourcesUpdate | None:
+        """The latest bundle, known without asking the store: every publish comes through here."""
+        return self._latest
+
+    async def get_resources(self, resources_id: str) -> ResourcesUpdate | None:
+        latest = self._latest
+        if latest is not None and latest.resources_id == resources_id:
+            return latest
+        return await self._threads.read(lambda: self._store.get_resources(resources_id))
+
+    async def list_resources(self) -> list[ResourcesUpdate]:
+        return await self._threads.read(self._store.list_resources)
+
+    # the whole -----------------------------------------------------------------------------
+
+    async def counts(self) -> StoreCounts:
+        return await self._threads.read(self._store.counts)
+
+    async def snapshot(self) -> Snapshot:
+        def read() -> Snapshot:
+            return Snapshot(self._store.counts(), self._store.last_seq(), self._latest_id())
+
+        return await self._threads.read(read)
+
+    def _latest_id(self) -> str | None:
+        return self._latest.resources_id if self._latest else None
 
 
 def broker_of(request: Request) -> Broker:

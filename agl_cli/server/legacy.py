@@ -24,7 +24,7 @@ async def next_task(request: Request) -> Response:
 
 
 async def latest_resources(request: Request) -> Response:
-    update = broker_of(request).store.latest_resources()
+    update = broker_of(request).latest_resources()
     if update is None:
         return error(404, "No resources have been set on the server.")
     return ORJSONResponse(update.model_dump(mode="json"))
@@ -32,7 +32,7 @@ async def latest_resources(request: Request) -> Response:
 
 async def resources_by_id(request: Request) -> Response:
     resources_id = request.path_params["resources_id"]
-    update = broker_of(request).store.get_resources(resources_id)
+    update = await broker_of(request).get_resources(resources_id)
     if update is None:
         return error(404, f"Resource ID '{resources_id}' not found.")
     return ORJSONResponse(update.model_dump(mode="json"))
@@ -40,7 +40,7 @@ async def resources_by_id(request: Request) -> Response:
 
 async def post_rollout(request: Request) -> Response:
     rollout = await read_model(request, Rollout)
-    broker_of(request).report(rollout)
+    await broker_of(request).report(rollout)
     return ORJSONResponse(
         {"status": "ok", "message": f"Rollout {rollout.rollout_id} received and stored.", "data": None}
     )

@@ -44,7 +44,7 @@ STATUSES = tuple(status.value for status in TaskStatus)
 async def queue_tasks(request: Request) -> Response:
     """Queue tasks in one transaction: all of them, in order, or none."""
     batch = await read_model(request, schemas.QueueRequest)
-    ids = broker_of(request).queue_tasks(batch.tasks)
+    ids = await broker_of(request).queue_tasks(batch.tasks)
     return ORJSONResponse({"rollout_ids": ids}, status_code=201)
 
 
@@ -53,14 +53,14 @@ async def list_tasks(request: Request) -> Response:
     status = choice_param(request, "status", STATUSES)
     limit = int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
     offset = int_param(request, "offset", 0, 0, MAX_SEQ)
-    records = broker_of(request).store.list_tasks(TaskStatus(status) if status else None, limit, offset)
+    records = await broker_of(request).list_tasks(TaskStatus(status) if status else None, limit, offset)
     return ORJSONResponse({"tasks": [task_json(record) for record in records]})
 
 
 async def show_task(request: Request) -> Response:
     """One task and where it is in its life cycle."""
     rollout_id = request.path_params["rollout_id"]
-    record = broker_of(request).store.get_task(rollout_id)
+    record = await broker_of(request).get_task(rollout_id)
     if record is None:
         return error(404, str(UnknownTaskError(rollout_id)))
     return ORJSONResponse(task_json(record))
@@ -69,7 +69,7 @@ async def show_task(request: Request) -> Response:
 async def cancel_task(request: Request) -> Response:
     """Take a queued or claimed task out of play; a rollout that still comes is kept."""
     try:
-        record = broker_of(request).store.cancel_task(request.path_params["rollout_id"])
+        record = await broker_of(request).cancel(request.path_params["rollout_id"])
     except UnknownTaskError as exc:
         return error(404, str(exc))
     except InvalidTransitionError as exc:
@@ -92,17 +92,15 @@ def task_json(record: TaskRecord) -> dict[str, Any]:
 
 async def create_batch(request: Request) -> Response:
     """Open a batch: tasks staged into it are queued together when it is committed."""
-    return ORJSONResponse({"batch_id": broker_of(request).store.create_batch()}, status_code=201)
+    return ORJSONResponse({"batch_id": await broker_of(request).create_batch()}, status_code=201)
 
 
 async def stage_tasks(request: Request) -> Response:
     """Add tasks to a batch; they stay invisible until the batch is committed."""
     batch_id = request.path_params["batch_id"]
     body = await read_model(request, schemas.QueueRequest)
-    store = broker_of(request).store
     try:
-        ids = store.stage_tasks(batch_id, body.tasks)
-        staged = store.batch_size(batch_id)
+        ids, staged = await broker_of(request).stage_tasks(batch_id, body.tasks)
     except UnknownBatchError as exc:
         return error(404, str(exc))
     return ORJSONResponse({"rollout_ids": ids, "staged": staged})
@@ -111,7 +109,7 @@ async def stage_tasks(request: Request) -> Response:
 async def commit_batch(request: Request) -> Response:
     """Queue every staged task of a batch in one transaction, in staging order."""
     try:
-        queued = broker_of(request).commit_batch(request.path_params["batch_id"])
+        queued = await broker_of(request).commit_batch(request.path_params["batch_id"])
     except UnknownBatchError as exc:
         return error(404, str(exc))
     return ORJSONResponse({"queued": queued})
@@ -120,7 +118,7 @@ async def commit_batch(request: Request) -> Response:
 async def discard_batch(request: Request) -> Response:
     """Drop a batch and everything staged in it; nothing is queued."""
     try:
-        discarded = broker_of(request).store.discard_batch(request.path_params["batch_id"])
+        discarded = await broker_of(request).discard_batch(request.path_params["batch_id"])
     except UnknownBatchError as exc:
         return error(404, str(exc))
     return ORJSONResponse({"discarded": discarded})
@@ -134,7 +132,7 @@ async def publish_resources(request: Request) -> Response:
     body = await read_model(request, schemas.PublishBody)
     reveal = bool_param(request, "reveal")
     try:
-        update = broker_of(request).publish(body.resources, body.resources_id)
+        update = await broker_of(request).publish(body.resources, body.resources_id)
     except StoreError as exc:
         return error(422, str(exc))
     return ORJSONResponse(resources_json(update, reveal), status_code=201)
@@ -143,9 +141,9 @@ async def publish_resources(request: Request) -> Response:
 async def list_resources(request: Request) -> Response:
     """Every published bundle, oldest publish first, and which one is the latest."""
     reveal = bool_param(request, "reveal")
-    store = broker_of(request).store
-    updates = store.list_resources()
-    latest = store.latest_resources()
+    broker = broker_of(request)
+    updates = await broker.list_resources()
+    latest = broker.latest_resources()
     return ORJSONResponse(
         {
             "resources": [resources_json(update, reveal) for update in updates],
@@ -158,13 +156,13 @@ async def show_resources(request: Request) -> Response:
     """One bundle by id, or the latest one."""
     reveal = bool_param(request, "reveal")
     resources_id = request.path_params["resources_id"]
-    store = broker_of(request).store
+    broker = broker_of(request)
     if resources_id == "latest":
-        update = store.latest_resources()
+        update = broker.latest_resources()
         if update is None:
             return error(404, "No resources have been published yet.")
     else:
-        update = store.get_resources(resources_id)
+        update = await broker.get_resources(resources_id)
         if update is None:
             return error(404, f"No resources with id '{resources_id}'.")
     return ORJSONResponse(resources_json(update, reveal))
@@ -187,15 +185,16 @@ async def list_rollouts(request: Request) -> Response:
     """Kept rollouts with a sequence number above `since`, oldest first."""
     since = int_param(request, "since", 0, 0, MAX_SEQ)
     limit = int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
-    store = broker_of(request).store
-    rollouts = store.rollouts_after(since, limit)
-    return ORJSONResponse({"rollouts": [rollout_json(r) for r in rollouts], "last_seq": store.last_seq()})
+    broker = broker_of(request)
+    rollouts = await broker.rollouts_after(since, limit)
+    last_seq = await broker.last_seq()
+    return ORJSONResponse({"rollouts": [rollout_json(r) for r in rollouts], "last_seq": last_seq})
 
 
 async def show_rollout(request: Request) -> Response:
     """One kept rollout by its id."""
     rollout_id = request.path_params["rollout_id"]
-    stored = broker_of(request).store.get_rollout(rollout_id)
+    stored = await broker_of(request).get_rollout(rollout_id)
     if stored is None:
         return error(404, f"No rollout with id '{rollout_id}'.")
     return ORJSONResponse(rollout_json(stored))
@@ -207,10 +206,9 @@ async def show_rollout(request: Request) -> Response:
 async def status(request: Request) -> Response:
     """Version, address, counts per task status, and claim and rollout rates."""
     broker = broker_of(request)
-    store = broker.store
     options = request.app.state.options
-    counts = store.counts()
-    latest = store.latest_resources()
+    snapshot = await broker.snapshot()
+    counts = snapshot.counts
     now = time.time()
     body = schemas.Status(
         version=__version__,
@@ -219,16 +217,16 @@ async def status(request: Request) -> Response:
         uptime=now - broker.stats.started,
         address=options.address,
         state_dir=options.state_dir,
-        store=store.kind,
-        task_timeout=store.task_timeout,
-        max_attempts=store.max_claims,
+        store=broker.store_kind,
+        task_timeout=broker.task_timeout,
+        max_attempts=broker.max_attempts,
         tasks={status.value: number for status, number in counts.tasks.items()},
         rollouts=counts.rollouts,
         unsolicited=counts.unsolicited,
         duplicates=counts.duplicates,
         resources=counts.resources,
-        last_seq=store.last_seq(),
-        latest_resources_id=latest.resources_id if latest else None,
+        last_seq=snapshot.last_seq,
+        latest_resources_id=snapshot.latest_resources_id,
         rates=schemas.Rates(
             claims_per_second=broker.stats.claim_rate.per_second(),
             rollouts_per_second=broker.stats.rollout_rate.per_second(),

@@ -1,8 +1,8 @@
 """Prometheus metrics at `GET /metrics`, kept off the hot paths.
 
-Everything the store and the broker already know (tasks per status, claims, rollouts)
-is read when Prometheus scrapes, by a collector, so claiming and reporting pay nothing
-for it. Only request latency is observed per request, by a pure ASGI middleware that
+Everything the store and the broker already know (tasks per status, claims, rollouts,
+the sizes of group commits) is read when Prometheus scrapes, by a collector, so claiming
+and reporting pay nothing for it. Only request latency is observed per request, by a pure ASGI middleware that
 labels it with the route's template (`/resources/{resources_id}`), never the raw path,
 so that the number of series stays bounded. Each app has its own registry: several apps
 in one process (tests, the embedded server) never see each other's metrics.
@@ -17,7 +17,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -29,7 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agl_cli import __version__
 from agl_cli.models import TaskStatus
 from agl_cli.server.broker import Broker
-from agl_cli.store import ReportOutcome
+from agl_cli.server.writer import GroupSizes
+from agl_cli.store import ReportOutcome, StoreCounts
 
 UNMATCHED = "<unmatched>"
 # Any other method a client makes up is counted as "other", so it cannot add series.
@@ -41,13 +47,17 @@ LATENCY_BUCKETS = (
 
 
 class StoreCollector(Collector):
-    """Tasks per status and the broker's counts, computed when Prometheus scrapes."""
+    """Tasks per status and the broker's counts, computed when Prometheus scrapes.
+
+    The store's counts are read off the event loop by the endpoint, just before it
+    renders the registry (`counts`); the rest the broker keeps in memory."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        self.counts = StoreCounts()
 
     def collect(self) -> Iterable[Metric]:
-        counts = self.broker.store.counts()
+        counts = self.counts
         tasks = GaugeMetricFamily("agl_tasks", "Tasks in the store, by status.", labels=["status"])
         for status in TaskStatus:
             tasks.add_metric([status.value], counts.tasks.get(status, 0))
@@ -76,9 +86,24 @@ class StoreCollector(Collector):
                 ),
             )
         )
+        yield self._group_sizes()
         info = GaugeMetricFamily("agl_info", "agl's version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+
+    def _group_sizes(self) -> Metric:
+        sizes = self.broker.group_sizes
+        buckets, cumulative = [], 0
+        for index, count in enumerate(sizes.buckets[:-1]):
+            cumulative += count
+            buckets.append((str(GroupSizes.bound(index)), cumulative))
+        buckets.append(("+Inf", sizes.groups))
+        return HistogramMetricFamily(
+            "agl_commit_group_size",
+            "Writes that shared one commit (group commit).",
+            buckets=buckets,
+            sum_value=sizes.writes,
+        )
 
 
 class Metrics:
@@ -86,7 +111,9 @@ class Metrics:
 
     def __init__(self, broker: Broker, routes: Sequence[BaseRoute]) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StoreCollector(broker))
+        self.broker = broker
+        self.store_collector = StoreCollector(broker)
+        self.registry.register(self.store_collector)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -128,8 +155,9 @@ class Metrics:
                 return candidate.path
         return UNMATCHED
 
-    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+    async def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry as text, in the format the scraper asked for (OpenMetrics or classic)."""
+        self.store_collector.counts = await self.broker.counts()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
@@ -163,5 +191,5 @@ class RequestLatency:
 async def metrics_endpoint(request: Request) -> Response:
     """`GET /metrics`: open, like `/health`, so that a scraper needs no token."""
     metrics: Metrics = request.app.state.metrics
-    body, content_type = metrics.exposition(request.headers.get("accept"))
+    body, content_type = await metrics.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type)

@@ -17,7 +17,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agl_cli.server.broker import Broker, broker_of
+from agl_cli.server.broker import Broker, broker_of, wait_for
 from agl_cli.server.requests import BadRequest
 from agl_cli.server.responses import error
 from agl_cli.store import StoredRollout
@@ -33,11 +33,11 @@ async def stream_rollouts(request: Request) -> Response:
     """Every kept rollout after the reader's position, oldest first, then live ones as they
     arrive; `Last-Event-ID` wins over `since`, and `since=now` skips what is already stored."""
     broker = broker_of(request)
-    after = _start(request, broker)
+    after = await _start(request, broker)
     return EventSourceResponse(_events(broker, after), ping=PING_SECONDS)
 
 
-def _start(request: Request, broker: Broker) -> int:
+async def _start(request: Request, broker: Broker) -> int:
     last_event_id = request.headers.get(LAST_EVENT_ID, "").strip()
     if last_event_id:
         if not _is_seq(last_event_id):
@@ -49,7 +49,7 @@ def _start(request: Request, broker: Broker) -> int:
     if since is None:
         return 0
     if since == "now":
-        return broker.store.last_seq()
+        return await broker.last_seq()
     if not _is_seq(since):
         raise BadRequest(
             error(422, f"Query parameter 'since' must be a whole number or 'now', not '{since}'.")
@@ -63,16 +63,16 @@ def _is_seq(value: str) -> bool:
 
 async def _events(broker: Broker, after: int) -> AsyncIterator[ServerSentEvent]:
     while not broker.closing:
-        page = broker.store.rollouts_after(after, PAGE)
+        changed = broker.watch_rollouts()
+        page = await broker.rollouts_after(after, PAGE)
         for stored in page:
             yield ServerSentEvent(
                 data=orjson.dumps(rollout_json(stored)).decode(), id=str(stored.seq), event="rollout"
             )
             after = stored.seq
         if not page:
-            # Nothing can be stored between the read above and this wait: both run without
-            # yielding to the event loop, and the wait takes its wake-up before it sleeps.
-            await broker.wait_for_rollouts(IDLE_WAKEUP)
+            # `changed` was taken before the read, so a rollout stored since is not missed.
+            await wait_for(changed, IDLE_WAKEUP)
 
 
 def rollout_json(stored: StoredRollout) -> dict[str, Any]:

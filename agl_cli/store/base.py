@@ -7,11 +7,13 @@ implementation only records the outcome in its own data structures.
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -178,12 +180,15 @@ def check_resources_id(resources_id: str) -> None:
 class Store(abc.ABC):
     """Durable (or not) home of tasks, resources and rollouts.
 
-    Methods are synchronous and cheap: every one touches a bounded number of rows, so the
-    server can call them from its event loop. `max_claims` bounds attempts per task.
-    The one exception is `commit_batch`, which queues a whole staged batch at once.
+    Methods are synchronous and touch a bounded number of rows (except `commit_batch`,
+    which queues a whole staged batch at once). A `blocking` store may wait on the disk,
+    so the server calls it from threads, never from its event loop: its writes from one
+    writer thread, grouped by `transaction()` into one commit, its reads from others.
+    `max_claims` bounds attempts per task.
     """
 
     kind: ClassVar[str] = "custom"  # how `agl status` names the store
+    blocking: ClassVar[bool] = False
 
     def __init__(
         self, *, task_timeout: float = 300.0, max_claims: int | None = None, clock: Clock = time.time
@@ -195,6 +200,14 @@ class Store(abc.ABC):
         self.task_timeout = task_timeout
         self.max_claims = max_claims
         self.clock = clock
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Make every write inside one commit (and one sync, if any write needs one).
+
+        A failing write inside is undone alone; the others still commit. Stores that have
+        nothing to sync need nothing here.
+        """
+        return contextlib.nullcontext()
 
     # tasks
     @abc.abstractmethod

@@ -2,16 +2,23 @@
 
 PRAGMA choices and why:
 - `journal_mode=WAL`: readers never block the writer, and a commit is one append.
-- `synchronous=FULL` for writes that a caller is told succeeded with data it cannot
-  recreate (queued tasks, rollouts, resources, cancels): the commit is on disk before the
-  answer goes out, so it survives even a power cut. A claim commits with
-  `synchronous=NORMAL`: it survives a crash of the daemon, and losing it to a power
-  cut only means the task is handed out once more, which at-least-once allows.
+- `synchronous=NORMAL`, and for writes that a caller is told succeeded with data it
+  cannot recreate (queued tasks, rollouts, resources, cancels) an fsync of the WAL after
+  the commit and before the answer: what `synchronous=FULL` does at every commit, but
+  done once for a whole group of writes (below), so they survive even a power cut. A
+  group of claims only is not synced: it survives a crash of the daemon, and losing it
+  to a power cut only means a task is handed out once more, which at-least-once allows.
 - `journal_size_limit`: a commit of a large batch grows the WAL by its size; the limit
   truncates it again after the next checkpoint instead of keeping the space forever.
+- Reads run on connections of their own (one per reading thread), so they never wait
+  for a commit and a commit never waits for them.
 - `application_id` marks the file as agl's, so `agl serve` refuses a database it did
   not make instead of writing into it; `user_version` numbers the schema, and
   `MIGRATIONS` brings an older file up to date when it is opened.
+
+`transaction()` groups several writes into one commit (the server's group commit): each
+write inside it runs in a savepoint, so one that fails is undone alone, and the WAL is
+synced once after the commit if any write in the group needs it.
 
 Batches are staged in their own table and queued by one `INSERT INTO tasks SELECT ...
 FROM staging`, so a million staged tasks become visible in one transaction, or not at
@@ -26,6 +33,9 @@ index and sorts every queued task on each claim.
 
 from __future__ import annotations
 
+import collections
+import functools
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -132,12 +142,6 @@ CREATE INDEX rollouts_unsolicited ON rollouts(seq) WHERE unsolicited = 1;
 """,
 }
 
-_TASK_COLUMNS = (
-    "rollout_id, status, deadline, input, mode, resources_id, metadata, "
-    "create_time, last_claim_time, num_claims, completed_time, duplicates"
-)
-_ROLLOUT_COLUMNS = "seq, body, received_time, attempt, unsolicited, consumed"
-
 
 class NotAglDatabaseError(StoreError):
     pass
@@ -147,7 +151,7 @@ def open_connection(path: Path) -> sqlite3.Connection:
     """Open (creating if new) an agl database, refusing files that are not agl's."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = _connect(path)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"Cannot open the database {path}: {exc}.") from None
     try:
@@ -161,6 +165,22 @@ def open_connection(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = _named_row
+    return conn
+
+
+def _named_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Any:
+    """A row read by column name (`row.status`) that is still a tuple."""
+    return _row_type(tuple(column[0] for column in cursor.description))._make(values)
+
+
+@functools.lru_cache(maxsize=128)
+def _row_type(names: tuple[str, ...]) -> Any:
+    return collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:
@@ -185,41 +205,96 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
 
 
 class SQLiteStore(Store):
-    """All of agl's state in one SQLite file; one connection, one writer at a time."""
+    """All of agl's state in one SQLite file: one write connection, a read connection per
+    reading thread."""
 
     kind = "sqlite"
+    blocking = True
 
     def __init__(self, path: str | Path, **options: Any) -> None:
         super().__init__(**options)
         self.path = Path(path)
         self._conn = open_connection(self.path)
-        self._lock = threading.RLock()
-        self._synchronous = "FULL"
-        row = self._conn.execute("SELECT max(queue_pos) FROM tasks").fetchone()
-        self._queue_pos = row[0] or 0
+        self._lock = threading.RLock()  # the write connection is used by one thread at a time
+        self._group: _Group | None = None  # the open `transaction()`, if any
+        self._readers = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._conn.execute("PRAGMA synchronous=NORMAL")  # durable writes sync the WAL themselves
+        self._wal = f"{self.path}-wal"
+        row = self._conn.execute("SELECT max(queue_pos) AS last FROM tasks").fetchone()
+        self._queue_pos: int = row.last or 0
         with self._write(durable=False) as conn:  # batches never outlive the daemon
             conn.execute("DELETE FROM staging")
             conn.execute("DELETE FROM batches")
 
+    # transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One commit for every write made inside; synced if any of them needs it."""
+        with self._lock:
+            if self._group is not None:
+                raise RuntimeError("transactions do not nest")
+            self._conn.execute("BEGIN IMMEDIATE")
+            group = self._group = _Group(threading.get_ident())
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._group = None
+            if group.durable:
+                self._sync_wal()
+
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction; `durable` commits are synced to disk before they return."""
+        """One write: a savepoint inside an open `transaction()`, else a transaction of its
+        own. `durable` writes are on disk before the transaction that holds them returns."""
         with self._lock:
-            wanted = "FULL" if durable else "NORMAL"
-            if wanted != self._synchronous:
-                self._conn.execute(f"PRAGMA synchronous={wanted}")
-                self._synchronous = wanted
-            self._conn.execute("BEGIN IMMEDIATE")
+            group = self._group
+            if group is None:
+                with self.transaction():
+                    assert self._group is not None
+                    self._group.durable = durable
+                    yield self._conn
+                return
+            group.durable = group.durable or durable
+            self._conn.execute("SAVEPOINT write")
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK TO write")
+                self._conn.execute("RELEASE write")
                 raise
-            self._conn.execute("COMMIT")
+            self._conn.execute("RELEASE write")
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL: the commit just written to it is then on disk."""
+        fd = os.open(self._wal, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
+        """Run a query on this thread's read connection; inside a transaction, on the write
+        connection, so that the transaction sees its own writes."""
+        group = self._group
+        if group is not None and group.owner == threading.get_ident():
             return self._conn.execute(sql, params).fetchall()
+        return self._reader().execute(sql, params).fetchall()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._readers.conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=1")
+            with self._lock:
+                self._read_conns.append(conn)
+        return conn
 
     # tasks -------------------------------------------------------------------------------
 
@@ -244,7 +319,7 @@ class SQLiteStore(Store):
                     for index, (rollout_id, spec) in enumerate(zip(ids, specs, strict=True))
                 ),
             )
-        self._queue_pos = first + len(ids) - 1
+            self._queue_pos = first + len(ids) - 1
         return ids
 
     # batches -----------------------------------------------------------------------------
@@ -294,19 +369,19 @@ class SQLiteStore(Store):
             )
             self._drop_batch(conn, key)
             self._queue_pos += staged
-        return int(staged)
+        return staged
 
     def discard_batch(self, batch_id: str) -> int:
         with self._write(durable=False) as conn:
             key, staged = self._batch(conn, batch_id)
             self._drop_batch(conn, key)
-        return int(staged)
+        return staged
 
     def _batch(self, conn: sqlite3.Connection, batch_id: str) -> tuple[int, int]:
         row = conn.execute("SELECT id, staged FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
         if row is None:
             raise UnknownBatchError(batch_id)
-        return row[0], row[1]
+        return int(row.id), int(row.staged)
 
     def _drop_batch(self, conn: sqlite3.Connection, key: int) -> None:
         others = conn.execute("SELECT 1 FROM batches WHERE id != ? LIMIT 1", (key,)).fetchone()
@@ -331,12 +406,9 @@ class SQLiteStore(Store):
             conn.execute(
                 "UPDATE tasks SET status = 'claimed', queue_pos = NULL, num_claims = num_claims + 1,"
                 " last_claim_time = ?, deadline = ? WHERE rollout_id = ?",
-                (now, now + self.task_timeout, row[0]),
+                (now, now + self.task_timeout, row.rollout_id),
             )
-        task = _task_from_row(row)
-        task.num_claims = (task.num_claims or 0) + 1
-        task.last_claim_time = now
-        return task
+        return _task_from_row(row, num_claims=row.num_claims + 1, last_claim_time=now)
 
     def expire_claims(self) -> int:
         with self._write(durable=False) as conn:
@@ -349,21 +421,23 @@ class SQLiteStore(Store):
             " ORDER BY deadline LIMIT ?",
             (self.clock(), EXPIRE_BATCH),
         ).fetchall()
-        for rollout_id, num_claims in rows:
-            status = status_after_timeout(num_claims, self.max_claims)
+        for row in rows:
+            status = status_after_timeout(row.num_claims, self.max_claims)
             position = None
             if status is TaskStatus.QUEUED:
                 self._queue_pos += 1
                 position = self._queue_pos
             conn.execute(
                 "UPDATE tasks SET status = ?, queue_pos = ?, deadline = NULL WHERE rollout_id = ?",
-                (status.value, position, rollout_id),
+                (status.value, position, row.rollout_id),
             )
         return len(rows)
 
     def next_deadline(self) -> float | None:
-        row = self._read("SELECT min(deadline) FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'")
-        return row[0][0] if row else None
+        rows = self._read(
+            "SELECT min(deadline) AS deadline FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'"
+        )
+        return rows[0].deadline if rows else None
 
     def get_task(self, rollout_id: str) -> TaskRecord | None:
         rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,))
@@ -386,7 +460,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 raise UnknownTaskError(rollout_id)
-            check_cancellable(rollout_id, TaskStatus(row[1]))
+            check_cancellable(rollout_id, TaskStatus(row.status))
             conn.execute(
                 "UPDATE tasks SET status = 'cancelled', queue_pos = NULL, deadline = NULL WHERE rollout_id = ?",
                 (rollout_id,),
@@ -398,22 +472,21 @@ class SQLiteStore(Store):
 
     def record_rollout(self, rollout: Rollout) -> ReportOutcome:
         body = rollout.model_dump_json()
+        rollout_id = rollout.rollout_id
         with self._write() as conn:
             row = conn.execute(
-                "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout.rollout_id,)
+                "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout_id,)
             ).fetchone()
-            outcome = outcome_of_report(TaskStatus(row[0]) if row else None)
+            outcome = outcome_of_report(TaskStatus(row.status) if row else None)
             if (
                 outcome is ReportOutcome.UNSOLICITED
-                and conn.execute(
-                    "SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout.rollout_id,)
-                ).fetchone()
+                and conn.execute("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
             ):
                 outcome = ReportOutcome.DUPLICATE
             if outcome is ReportOutcome.DUPLICATE:
                 conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
                 conn.execute(
-                    "UPDATE tasks SET duplicates = duplicates + 1 WHERE rollout_id = ?", (rollout.rollout_id,)
+                    "UPDATE tasks SET duplicates = duplicates + 1 WHERE rollout_id = ?", (rollout_id,)
                 )
                 return outcome
             now = self.clock()
@@ -421,12 +494,12 @@ class SQLiteStore(Store):
                 conn.execute(
                     "UPDATE tasks SET status = 'completed', queue_pos = NULL, deadline = NULL,"
                     " completed_time = ? WHERE rollout_id = ?",
-                    (now, rollout.rollout_id),
+                    (now, rollout_id),
                 )
             conn.execute(
                 "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (rollout.rollout_id, now, row[1] if row else None, int(row is None), body),
+                (rollout_id, now, row.num_claims if row else None, int(row is None), body),
             )
         return outcome
 
@@ -447,17 +520,17 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE rollouts SET consumed = 1 WHERE seq = ?", (row[0],))
-        return Rollout.model_validate_json(row[1])
+            conn.execute("UPDATE rollouts SET consumed = 1 WHERE seq = ?", (row.seq,))
+        return Rollout.model_validate_json(row.body)
 
     def consume_all(self) -> list[Rollout]:
         with self._write() as conn:
-            rows = conn.execute("SELECT seq, body FROM rollouts WHERE consumed = 0 ORDER BY seq").fetchall()
+            rows = conn.execute("SELECT body FROM rollouts WHERE consumed = 0 ORDER BY seq").fetchall()
             conn.execute("UPDATE rollouts SET consumed = 1 WHERE consumed = 0")
-        return [Rollout.model_validate_json(body) for _, body in rows]
+        return [Rollout.model_validate_json(row.body) for row in rows]
 
     def last_seq(self) -> int:
-        return int(self._read("SELECT coalesce(max(seq), 0) FROM rollouts")[0][0])
+        return int(self._read("SELECT coalesce(max(seq), 0) AS seq FROM rollouts")[0].seq)
 
     # resources ---------------------------------------------------------------------------
 
@@ -478,9 +551,9 @@ class SQLiteStore(Store):
             )
             update = ResourcesUpdate(
                 resources_id=resources_id or new_resources_id(),
-                create_time=previous[0] if previous else now,
+                create_time=previous.create_time if previous else now,
                 update_time=now,
-                version=previous[1] + 1 if previous else 1,
+                version=previous.version + 1 if previous else 1,
                 resources=checked,
             )
             conn.execute(
@@ -498,76 +571,100 @@ class SQLiteStore(Store):
 
     def get_resources(self, resources_id: str) -> ResourcesUpdate | None:
         rows = self._read(
-            "SELECT resources_id, create_time, update_time, version, body FROM resources WHERE resources_id = ?",
-            (resources_id,),
+            f"SELECT {_RESOURCES_COLUMNS} FROM resources WHERE resources_id = ?", (resources_id,)
         )
         return _resources_from_row(rows[0]) if rows else None
 
     def latest_resources(self) -> ResourcesUpdate | None:
-        rows = self._read(
-            "SELECT resources_id, create_time, update_time, version, body FROM resources"
-            " ORDER BY publish_seq DESC LIMIT 1"
-        )
+        rows = self._read(f"SELECT {_RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT 1")
         return _resources_from_row(rows[0]) if rows else None
 
     def list_resources(self) -> list[ResourcesUpdate]:
-        rows = self._read(
-            "SELECT resources_id, create_time, update_time, version, body FROM resources ORDER BY publish_seq"
-        )
+        rows = self._read(f"SELECT {_RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq")
         return [_resources_from_row(row) for row in rows]
 
     def counts(self) -> StoreCounts:
         counts = StoreCounts()
-        for status, number in self._read("SELECT status, count(*) FROM tasks GROUP BY status"):
-            counts.tasks[TaskStatus(status)] = number
-        counts.rollouts = self._read("SELECT count(*) FROM rollouts")[0][0]
-        counts.unsolicited = self._read(
-            "SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1"
-        )[0][0]
-        counts.duplicates = self._read("SELECT value FROM counters WHERE name = 'duplicates'")[0][0]
-        counts.resources = self._read("SELECT count(*) FROM resources")[0][0]
+        for row in self._read("SELECT status, count(*) AS number FROM tasks GROUP BY status"):
+            counts.tasks[TaskStatus(row.status)] = row.number
+        [row] = self._read(
+            "SELECT (SELECT count(*) FROM rollouts) AS rollouts,"
+            " (SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1)"
+            " AS unsolicited,"
+            " (SELECT value FROM counters WHERE name = 'duplicates') AS duplicates,"
+            " (SELECT count(*) FROM resources) AS resources"
+        )
+        counts.rollouts = row.rollouts
+        counts.unsolicited = row.unsolicited
+        counts.duplicates = row.duplicates
+        counts.resources = row.resources
         return counts
 
     def close(self) -> None:
         with self._lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
             self._conn.execute("PRAGMA optimize")
             self._conn.close()
 
 
-def _task_from_row(row: Sequence[Any]) -> Task:
-    return Task(
-        rollout_id=row[0],
-        input=orjson.loads(row[3]),
-        mode=row[4],
-        resources_id=row[5],
-        metadata=orjson.loads(row[6]),
-        create_time=row[7],
-        last_claim_time=row[8],
-        num_claims=row[9],
+class _Group:
+    """The open transaction: the thread that holds it, and whether its commit must be synced."""
+
+    __slots__ = ("durable", "owner")
+
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
+        self.durable = False
+
+
+_TASK_COLUMNS = (
+    "rollout_id, status, deadline, input, mode, resources_id, metadata, "
+    "create_time, last_claim_time, num_claims, completed_time, duplicates"
+)
+_ROLLOUT_COLUMNS = "seq, body, received_time, attempt, unsolicited, consumed"
+_RESOURCES_COLUMNS = "resources_id, create_time, update_time, version, body"
+
+
+def _task_from_row(row: Any, **changes: Any) -> Task:
+    """The wire task of a row; `changes` override columns (a claim's new count and time)."""
+    fields = {
+        "rollout_id": row.rollout_id,
+        "input": orjson.loads(row.input),
+        "mode": row.mode,
+        "resources_id": row.resources_id,
+        "metadata": orjson.loads(row.metadata),
+        "create_time": row.create_time,
+        "last_claim_time": row.last_claim_time,
+        "num_claims": row.num_claims,
+        **changes,
+    }
+    return Task.model_construct(**fields)  # the row was valid when it was written
+
+
+def _record_from_row(row: Any) -> TaskRecord:
+    return TaskRecord(
+        _task_from_row(row), TaskStatus(row.status), row.deadline, row.completed_time, row.duplicates
     )
 
 
-def _record_from_row(row: Sequence[Any]) -> TaskRecord:
-    return TaskRecord(_task_from_row(row), TaskStatus(row[1]), row[2], row[10], row[11])
-
-
-def _stored_from_row(row: Sequence[Any]) -> StoredRollout:
+def _stored_from_row(row: Any) -> StoredRollout:
     return StoredRollout(
-        seq=row[0],
-        rollout=Rollout.model_validate_json(row[1]),
-        received_time=row[2],
-        attempt=row[3],
-        unsolicited=bool(row[4]),
-        consumed=bool(row[5]),
+        seq=row.seq,
+        rollout=Rollout.model_validate_json(row.body),
+        received_time=row.received_time,
+        attempt=row.attempt,
+        unsolicited=bool(row.unsolicited),
+        consumed=bool(row.consumed),
     )
 
 
-def _resources_from_row(row: Sequence[Any]) -> ResourcesUpdate:
-    body = orjson.loads(row[4])
+def _resources_from_row(row: Any) -> ResourcesUpdate:
     return ResourcesUpdate(
-        resources_id=row[0],
-        create_time=row[1],
-        update_time=row[2],
-        version=row[3],
-        resources=body["resources"],
+        resources_id=row.resources_id,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        version=row.version,
+        resources=orjson.loads(row.body)["resources"],
     )
