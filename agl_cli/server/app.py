@@ -1,4 +1,5 @@
-"""The Starlette application: worker routes, health, and the management API."""
+"""The Starlette application: worker routes (served in front of it), health, and the
+management API."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agl_cli import __version__
-from agl_cli.server import legacy, management
+from agl_cli.server import management
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker
+from agl_cli.server.legacy import WorkerRoutes
 from agl_cli.server.limits import BodySizeLimit
 from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
 from agl_cli.server.requests import BadRequest
@@ -50,7 +52,6 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
             await broker.stop()  # closes the store
 
     routes = [
-        *legacy.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -60,6 +61,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(WorkerRoutes, broker=broker, metrics=metrics, max_body_bytes=options.max_body_bytes),
             Middleware(RequestLatency, metrics=metrics),
             Middleware(BodySizeLimit, max_bytes=options.max_body_bytes),
             Middleware(BearerAuth, token=options.token),

@@ -1,54 +1,156 @@
-"""The four worker routes of the Agent Lightning legacy protocol, wire-compatible with 0.3.0."""
+"""The four worker routes of the Agent Lightning legacy protocol, wire-compatible with 0.3.0.
+
+Every worker claims and reports through them, so they are the hot path of a run and are
+served by `WorkerRoutes`, a plain ASGI middleware in front of the Starlette app: no
+routing table, no middleware stack, no `Request` object, only what the protocol needs.
+It keeps what the stack would give them: the body size limit (413), 405 for another
+method, and a latency observation under the route's template. Every other path goes on
+to the app.
+"""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from starlette.datastructures import QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.models import Rollout
-from agl_cli.server.broker import broker_of
-from agl_cli.server.requests import float_param, read_model
+from agl_cli.server.broker import Broker
+from agl_cli.server.limits import declared_too_large, too_large
+from agl_cli.server.metrics import Metrics
+from agl_cli.server.requests import BadRequest, number_param, parse_model
 from agl_cli.server.responses import ORJSONResponse, error
 
 MAX_WAIT_SECONDS = 600.0
+NO_TASK = orjson.dumps({"is_available": False, "task": None})
+NO_RESOURCES = "No resources have been set on the server."
+RESOURCES_PREFIX = "/resources/"
+
+# (status, JSON body) of an answer
+Answer = tuple[int, bytes]
+Handler = Callable[["WorkerRoutes", Scope, Receive], Awaitable[Answer]]
 
 
-async def next_task(request: Request) -> Response:
-    """`GET /task[?wait=S]`: the next task, or `is_available: false` (after waiting up to S)."""
-    wait = float_param(request, "wait", 0.0, 0.0, MAX_WAIT_SECONDS)
-    task = await broker_of(request).claim(wait)
-    if task is None:
-        return ORJSONResponse({"is_available": False, "task": None})
-    return ORJSONResponse({"is_available": True, "task": task.model_dump(mode="json")})
+class _Disconnected(Exception):
+    """The client went away while sending its body: there is no one to answer."""
 
 
-async def latest_resources(request: Request) -> Response:
-    update = broker_of(request).latest_resources()
-    if update is None:
-        return error(404, "No resources have been set on the server.")
-    return ORJSONResponse(update.model_dump(mode="json"))
+class WorkerRoutes:
+    """Answers `GET /task`, `POST /rollout` and `GET /resources/{latest,<id>}` itself."""
+
+    def __init__(self, app: ASGIApp, broker: Broker, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.broker = broker
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _route_of(scope) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        template, method, handler = route
+        started = time.perf_counter()
+        status = 500  # if the handler raises, the app around answers 500
+        try:
+            if scope["method"] != method:
+                status = await _send_response(_method_not_allowed(method), scope, receive, send)
+                return
+            try:
+                status, body = await handler(self, scope, receive)
+            except BadRequest as exc:
+                status = await _send_response(exc.response, scope, receive, send)
+                return
+            except _Disconnected:
+                status = 499  # nginx's name for it; nothing is sent
+                return
+            await _send_json(send, status, body)
+        finally:
+            self.metrics.observe_route(template, scope["method"], status, time.perf_counter() - started)
+
+    # the routes --------------------------------------------------------------------------
+
+    async def next_task(self, scope: Scope, receive: Receive) -> Answer:
+        """`GET /task[?wait=S]`: the next task, or `is_available: false` (after waiting up to S)."""
+        wait = 0.0
+        if scope["query_string"]:
+            wait = number_param(QueryParams(scope["query_string"]), "wait", 0.0, 0.0, MAX_WAIT_SECONDS, float)
+        task = await self.broker.claim(wait)
+        if task is None:
+            return 200, NO_TASK
+        return 200, orjson.dumps({"is_available": True, "task": task.model_dump(mode="json")})
+
+    async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
+        rollout = parse_model(await self._read_body(scope, receive), Rollout)
+        await self.broker.report(rollout)
+        message = f"Rollout {rollout.rollout_id} received and stored."
+        return 200, orjson.dumps({"status": "ok", "message": message, "data": None})
+
+    async def latest_resources(self, scope: Scope, receive: Receive) -> Answer:
+        update = self.broker.latest_resources()
+        if update is None:
+            raise BadRequest(error(404, NO_RESOURCES))
+        return 200, orjson.dumps(update.model_dump(mode="json"))
+
+    async def resources_by_id(self, scope: Scope, receive: Receive) -> Answer:
+        resources_id = scope["path"][len(RESOURCES_PREFIX) :]
+        update = await self.broker.get_resources(resources_id)
+        if update is None:
+            raise BadRequest(error(404, f"Resource ID '{resources_id}' not found."))
+        return 200, orjson.dumps(update.model_dump(mode="json"))
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        if declared_too_large(scope, self.max_body_bytes):
+            raise BadRequest(too_large(self.max_body_bytes))
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BadRequest(too_large(self.max_body_bytes))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
 
-async def resources_by_id(request: Request) -> Response:
-    resources_id = request.path_params["resources_id"]
-    update = await broker_of(request).get_resources(resources_id)
-    if update is None:
-        return error(404, f"Resource ID '{resources_id}' not found.")
-    return ORJSONResponse(update.model_dump(mode="json"))
+_ROUTES: dict[str, tuple[str, str, Handler]] = {
+    "/task": ("/task", "GET", WorkerRoutes.next_task),
+    "/rollout": ("/rollout", "POST", WorkerRoutes.post_rollout),
+    "/resources/latest": ("/resources/latest", "GET", WorkerRoutes.latest_resources),
+}
+_BY_ID = ("/resources/{resources_id}", "GET", WorkerRoutes.resources_by_id)
 
 
-async def post_rollout(request: Request) -> Response:
-    rollout = await read_model(request, Rollout)
-    await broker_of(request).report(rollout)
-    return ORJSONResponse(
-        {"status": "ok", "message": f"Rollout {rollout.rollout_id} received and stored.", "data": None}
+def _route_of(scope: Scope) -> tuple[str, str, Handler] | None:
+    path: str = scope["path"]
+    route = _ROUTES.get(path)
+    if route is None and path.startswith(RESOURCES_PREFIX) and "/" not in path[len(RESOURCES_PREFIX) :]:
+        return _BY_ID if len(path) > len(RESOURCES_PREFIX) else None
+    return route
+
+
+def _method_not_allowed(allowed: str) -> ORJSONResponse:
+    return ORJSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allowed})
+
+
+async def _send_response(response: ORJSONResponse, scope: Scope, receive: Receive, send: Send) -> int:
+    await response(scope, receive, send)
+    return response.status_code
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")],
+        }
     )
-
-
-routes = [
-    Route("/task", next_task, methods=["GET"]),
-    Route("/resources/latest", latest_resources, methods=["GET"]),
-    Route("/resources/{resources_id}", resources_by_id, methods=["GET"]),
-    Route("/rollout", post_rollout, methods=["POST"]),
-]
+    await send({"type": "http.response.body", "body": body})

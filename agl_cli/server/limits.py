@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agl_cli.server.responses import error
+from agl_cli.server.responses import ORJSONResponse, error
 
 
 class _TooLarge(Exception):
@@ -20,8 +20,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared_too_large(scope, self.max_bytes):
             await self._refuse(scope, receive, send)
             return
 
@@ -49,5 +48,16 @@ class BodySizeLimit:
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error(413, f"The request body is larger than the limit of {self.max_bytes} bytes.")
-        await response(scope, receive, send)
+        await too_large(self.max_bytes)(scope, receive, send)
+
+
+def too_large(max_bytes: int) -> ORJSONResponse:
+    return error(413, f"The request body is larger than the limit of {max_bytes} bytes.")
+
+
+def declared_too_large(scope: Scope, max_bytes: int) -> bool:
+    """The request says (in `Content-Length`) that its body is over the limit."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) > max_bytes
+    return False

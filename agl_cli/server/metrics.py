@@ -132,8 +132,10 @@ class Metrics:
         self._observers: dict[tuple[str, str, int], Callable[[float], None]] = {}
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
-        method = scope["method"]
-        key = (self.template_of(scope), method if method in METHODS else "other", status)
+        self.observe_route(self.template_of(scope), scope["method"], status, seconds)
+
+    def observe_route(self, template: str, method: str, status: int, seconds: float) -> None:
+        key = (template, method if method in METHODS else "other", status)
         observe = self._observers.get(key)
         if observe is None:
             observe = self._observers[key] = self.latency.labels(key[0], key[1], str(status)).observe

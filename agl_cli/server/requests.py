@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -29,7 +29,15 @@ class BadRequest(Exception):
 
 
 async def read_json(request: Request) -> Any:
-    body = await request.body()
+    return parse_json(await request.body())
+
+
+async def read_model(request: Request, model: type[M]) -> M:
+    return parse_model(await request.body(), model)
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON, or the 422 that FastAPI would give for it."""
     if not body.strip():
         raise BadRequest(missing_body_error())
     try:
@@ -38,8 +46,9 @@ async def read_json(request: Request) -> Any:
         raise BadRequest(json_decode_error(exc.msg, exc.pos)) from None
 
 
-async def read_model(request: Request, model: type[M]) -> M:
-    payload = await read_json(request)
+def parse_model(body: bytes, model: type[M]) -> M:
+    """A request body checked against `model`, or the 422 that lists what is wrong."""
+    payload = parse_json(body)
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -47,20 +56,23 @@ async def read_model(request: Request, model: type[M]) -> M:
 
 
 def float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
-    return _number_param(request, name, default, low, high, float, "a number")
+    return number_param(request.query_params, name, default, low, high, float)
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    return _number_param(request, name, default, low, high, int, "a whole number")
+    return number_param(request.query_params, name, default, low, high, int)
 
 
 N = TypeVar("N", int, float)
+_KINDS: dict[Callable[[str], Any], str] = {float: "a number", int: "a whole number"}
 
 
-def _number_param(
-    request: Request, name: str, default: N, low: N, high: N, parse: Callable[[str], N], kind: str
+def number_param(
+    params: Mapping[str, str], name: str, default: N, low: N, high: N, parse: Callable[[str], N]
 ) -> N:
-    raw = request.query_params.get(name)
+    """Query parameter `name` as a number between `low` and `high`, else a 422 that says so."""
+    kind = _KINDS[parse]
+    raw = params.get(name)
     if raw is None:
         return default
     try:

@@ -15,8 +15,9 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -139,6 +140,22 @@ class _Server(uvicorn.Server):
             self.broker.begin_shutdown()
 
 
+def _run_on_fastest_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (uvicorn[standard] brings it), as `uvicorn.run`
+    would: it answers a request in about half the time of asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:  # pragma: no cover - Python 3.10 has no Runner
+        uvloop.install()
+        asyncio.run(main)
+
+
 def run(config: DaemonConfig) -> None:
     """Serve until SIGINT/SIGTERM or `POST /v1/shutdown`; in-flight requests finish, then
     the store closes. The pidfile marks the state directory as taken meanwhile."""
@@ -199,7 +216,7 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
         store=where,
     )
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        _run_on_fastest_loop(server.serve(sockets=[sock]))
     finally:
         sock.close()
         address_file.unlink(missing_ok=True)

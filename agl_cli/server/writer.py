@@ -1,9 +1,10 @@
 """Group commit: one thread writes to the store, and concurrent writes share each commit.
 
 A request that writes hands its write to the writer thread and awaits the result. The
-writer takes every write that is waiting, runs them in one transaction (each in a
-savepoint of its own, so one that fails is undone alone), commits and syncs once, and
-only then are their requests answered. Under load, one fsync serves a whole group of
+writer takes every write that is waiting, runs them in one transaction, commits and
+syncs once, and only then are their requests answered. Should one of them fail, the
+whole transaction is undone and the group is run again with each write in a savepoint
+of its own, so that only the failing one fails. Under load, one fsync serves a whole group of
 reports, and claims are ordered with every other write by the one thread that makes
 them. Reads run on a small pool of threads with connections of their own, so nothing
 that can wait on the disk runs on the event loop.
@@ -131,22 +132,38 @@ class GroupCommitThreads(StoreThreads):
                 return
 
     def _commit(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
-            with self.store.transaction():
-                for call, future in group:
-                    try:
-                        outcomes.append((future, True, call()))
-                    except Exception as exc:  # undone by its savepoint; the others go on
-                        outcomes.append((future, False, exc))
-        except Exception as exc:  # the commit itself failed: nothing of the group is kept
-            outcomes = [(future, False, exc) for _, future in group]
+            outcomes = self._commit_all(group)
+        except Exception:  # some write failed: undo all, then commit the others without it
+            outcomes = self._commit_each(group)
         self.sizes.add(len(group))
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_settle, outcomes)
 
+    def _commit_all(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[_Outcome]:
+        """The fast way: no savepoints, so any failure undoes the whole group."""
+        with self.store.transaction(isolate_writes=False):
+            return [(future, True, call()) for call, future in group]
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    def _commit_each(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[_Outcome]:
+        """Each write in a savepoint of its own: a failing one is undone alone."""
+        outcomes: list[_Outcome] = []
+        try:
+            with self.store.transaction(isolate_writes=True):
+                for call, future in group:
+                    try:
+                        outcomes.append((future, True, call()))
+                    except Exception as exc:
+                        outcomes.append((future, False, exc))
+        except Exception as exc:  # the commit itself failed: nothing of the group is kept
+            outcomes = [(future, False, exc) for _, future in group]
+        return outcomes
+
+
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
     """Answer the group's writers on the event loop (a writer that gave up is skipped)."""
     for future, ok, value in outcomes:
         if future.done():

@@ -201,11 +201,12 @@ class Store(abc.ABC):
         self.max_claims = max_claims
         self.clock = clock
 
-    def transaction(self) -> AbstractContextManager[None]:
+    def transaction(self, isolate_writes: bool = True) -> AbstractContextManager[None]:
         """Make every write inside one commit (and one sync, if any write needs one).
 
-        A failing write inside is undone alone; the others still commit. Stores that have
-        nothing to sync need nothing here.
+        With `isolate_writes`, a failing write inside is undone alone and the others still
+        commit; without, it leaves the transaction half-done, and the exception must end it
+        (everything inside is undone). Stores that have nothing to sync need nothing here.
         """
         return contextlib.nullcontext()
 

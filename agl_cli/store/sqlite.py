@@ -33,15 +33,13 @@ index and sorts every queued task on each claim.
 
 from __future__ import annotations
 
-import collections
-import functools
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -168,19 +166,7 @@ def open_connection(path: Path) -> sqlite3.Connection:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.row_factory = _named_row
-    return conn
-
-
-def _named_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Any:
-    """A row read by column name (`row.status`) that is still a tuple."""
-    return _row_type(tuple(column[0] for column in cursor.description))._make(values)
-
-
-@functools.lru_cache(maxsize=128)
-def _row_type(names: tuple[str, ...]) -> Any:
-    return collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:
@@ -221,8 +207,9 @@ class SQLiteStore(Store):
         self._read_conns: list[sqlite3.Connection] = []
         self._conn.execute("PRAGMA synchronous=NORMAL")  # durable writes sync the WAL themselves
         self._wal = f"{self.path}-wal"
-        row = self._conn.execute("SELECT max(queue_pos) AS last FROM tasks").fetchone()
-        self._queue_pos: int = row.last or 0
+        [last_pos] = self._conn.execute("SELECT max(queue_pos) FROM tasks").fetchone()
+        self._queue_pos: int = last_pos or 0
+        self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
         with self._write(durable=False) as conn:  # batches never outlive the daemon
             conn.execute("DELETE FROM staging")
             conn.execute("DELETE FROM batches")
@@ -230,19 +217,25 @@ class SQLiteStore(Store):
     # transactions ------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One commit for every write made inside; synced if any of them needs it."""
+    def transaction(self, isolate_writes: bool = True) -> Iterator[None]:
+        """One commit for every write made inside; synced if any of them needs it.
+
+        With `isolate_writes`, each write runs in a savepoint, so one that fails is undone
+        alone. Without, a failing write leaves the transaction half-done: the caller must
+        let the exception end it (everything is rolled back) and may then try again.
+        """
         with self._lock:
             if self._group is not None:
                 raise RuntimeError("transactions do not nest")
             self._conn.execute("BEGIN IMMEDIATE")
-            group = self._group = _Group(threading.get_ident())
+            group = self._group = _Group(threading.get_ident(), isolate_writes)
             try:
                 yield
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                self._earliest_deadline = 0.0  # what the rolled-back writes learnt is void
                 raise
             finally:
                 self._group = None
@@ -262,6 +255,9 @@ class SQLiteStore(Store):
                     yield self._conn
                 return
             group.durable = group.durable or durable
+            if not group.isolate_writes:
+                yield self._conn
+                return
             self._conn.execute("SAVEPOINT write")
             try:
                 yield self._conn
@@ -381,7 +377,8 @@ class SQLiteStore(Store):
         row = conn.execute("SELECT id, staged FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
         if row is None:
             raise UnknownBatchError(batch_id)
-        return int(row.id), int(row.staged)
+        key, staged = row
+        return int(key), int(staged)
 
     def _drop_batch(self, conn: sqlite3.Connection, key: int) -> None:
         others = conn.execute("SELECT 1 FROM batches WHERE id != ? LIMIT 1", (key,)).fetchone()
@@ -396,52 +393,68 @@ class SQLiteStore(Store):
     def claim_next(self) -> Task | None:
         with self._write(durable=False) as conn:
             self._expire(conn)
-            row = conn.execute(
+            values = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
                 " ORDER BY queue_pos LIMIT 1"
             ).fetchone()
-            if row is None:
+            if values is None:
                 return None
+            row = _TaskRow._make(values)
             now = self.clock()
+            deadline = now + self.task_timeout
             conn.execute(
                 "UPDATE tasks SET status = 'claimed', queue_pos = NULL, num_claims = num_claims + 1,"
                 " last_claim_time = ?, deadline = ? WHERE rollout_id = ?",
-                (now, now + self.task_timeout, row.rollout_id),
+                (now, deadline, row.rollout_id),
             )
-        return _task_from_row(row, num_claims=row.num_claims + 1, last_claim_time=now)
+            self._earliest_deadline = min(self._earliest_deadline, deadline)
+        return _task_from_row(row._replace(num_claims=row.num_claims + 1, last_claim_time=now))
 
     def expire_claims(self) -> int:
         with self._write(durable=False) as conn:
             return self._expire(conn)
 
     def _expire(self, conn: sqlite3.Connection) -> int:
-        rows = conn.execute(
+        """Put back (or fail) up to `EXPIRE_BATCH` claims whose deadline has passed.
+
+        The earliest deadline is remembered, so that a claim costs no look for expired
+        ones until that time; it is a lower bound (a reported task's deadline may linger
+        there), so at worst one look finds nothing and learns the true earliest one.
+        """
+        now = self.clock()
+        if self._earliest_deadline and now < self._earliest_deadline:
+            return 0
+        expired = conn.execute(
             "SELECT rollout_id, num_claims FROM tasks INDEXED BY tasks_deadline"
             " WHERE status = 'claimed' AND deadline <= ?"
             " ORDER BY deadline LIMIT ?",
-            (self.clock(), EXPIRE_BATCH),
+            (now, EXPIRE_BATCH),
         ).fetchall()
-        for row in rows:
-            status = status_after_timeout(row.num_claims, self.max_claims)
+        for rollout_id, num_claims in expired:
+            status = status_after_timeout(num_claims, self.max_claims)
             position = None
             if status is TaskStatus.QUEUED:
                 self._queue_pos += 1
                 position = self._queue_pos
             conn.execute(
                 "UPDATE tasks SET status = ?, queue_pos = ?, deadline = NULL WHERE rollout_id = ?",
-                (status.value, position, row.rollout_id),
+                (status.value, position, rollout_id),
             )
-        return len(rows)
+        [earliest] = conn.execute(
+            "SELECT min(deadline) FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'"
+        ).fetchone()
+        self._earliest_deadline = earliest or float("inf")
+        return len(expired)
 
     def next_deadline(self) -> float | None:
-        rows = self._read(
-            "SELECT min(deadline) AS deadline FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'"
+        [(deadline,)] = self._read(
+            "SELECT min(deadline) FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'"
         )
-        return rows[0].deadline if rows else None
+        return deadline  # type: ignore[no-any-return]
 
     def get_task(self, rollout_id: str) -> TaskRecord | None:
         rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,))
-        return _record_from_row(rows[0]) if rows else None
+        return _record_from_row(_TaskRow._make(rows[0])) if rows else None
 
     def list_tasks(
         self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
@@ -451,15 +464,16 @@ class SQLiteStore(Store):
         if status is not None:
             sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = ? ORDER BY id LIMIT ? OFFSET ?"
             params = [status.value, *params]
-        return [_record_from_row(row) for row in self._read(sql, params)]
+        return [_record_from_row(_TaskRow._make(values)) for values in self._read(sql, params)]
 
     def cancel_task(self, rollout_id: str) -> TaskRecord:
         with self._write() as conn:
-            row = conn.execute(
+            values = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,)
             ).fetchone()
-            if row is None:
+            if values is None:
                 raise UnknownTaskError(rollout_id)
+            row = _TaskRow._make(values)
             check_cancellable(rollout_id, TaskStatus(row.status))
             conn.execute(
                 "UPDATE tasks SET status = 'cancelled', queue_pos = NULL, deadline = NULL WHERE rollout_id = ?",
@@ -474,10 +488,11 @@ class SQLiteStore(Store):
         body = rollout.model_dump_json()
         rollout_id = rollout.rollout_id
         with self._write() as conn:
-            row = conn.execute(
+            task = conn.execute(
                 "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout_id,)
             ).fetchone()
-            outcome = outcome_of_report(TaskStatus(row.status) if row else None)
+            status, attempt = task if task else (None, None)
+            outcome = outcome_of_report(TaskStatus(status) if status else None)
             if (
                 outcome is ReportOutcome.UNSOLICITED
                 and conn.execute("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
@@ -490,7 +505,7 @@ class SQLiteStore(Store):
                 )
                 return outcome
             now = self.clock()
-            if row:
+            if task:
                 conn.execute(
                     "UPDATE tasks SET status = 'completed', queue_pos = NULL, deadline = NULL,"
                     " completed_time = ? WHERE rollout_id = ?",
@@ -499,7 +514,7 @@ class SQLiteStore(Store):
             conn.execute(
                 "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (rollout_id, now, row.num_claims if row else None, int(row is None), body),
+                (rollout_id, now, attempt, int(task is None), body),
             )
         return outcome
 
@@ -507,30 +522,32 @@ class SQLiteStore(Store):
         rows = self._read(
             f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
         )
-        return [_stored_from_row(row) for row in rows]
+        return [_stored_from_row(_RolloutRow._make(values)) for values in rows]
 
     def get_rollout(self, rollout_id: str) -> StoredRollout | None:
         rows = self._read(f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?", (rollout_id,))
-        return _stored_from_row(rows[0]) if rows else None
+        return _stored_from_row(_RolloutRow._make(rows[0])) if rows else None
 
     def consume_rollout(self, rollout_id: str) -> Rollout | None:
         with self._write() as conn:
-            row = conn.execute(
+            found = conn.execute(
                 "SELECT seq, body FROM rollouts WHERE rollout_id = ? AND consumed = 0", (rollout_id,)
             ).fetchone()
-            if row is None:
+            if found is None:
                 return None
-            conn.execute("UPDATE rollouts SET consumed = 1 WHERE seq = ?", (row.seq,))
-        return Rollout.model_validate_json(row.body)
+            seq, body = found
+            conn.execute("UPDATE rollouts SET consumed = 1 WHERE seq = ?", (seq,))
+        return Rollout.model_validate_json(body)
 
     def consume_all(self) -> list[Rollout]:
         with self._write() as conn:
             rows = conn.execute("SELECT body FROM rollouts WHERE consumed = 0 ORDER BY seq").fetchall()
             conn.execute("UPDATE rollouts SET consumed = 1 WHERE consumed = 0")
-        return [Rollout.model_validate_json(row.body) for row in rows]
+        return [Rollout.model_validate_json(body) for (body,) in rows]
 
     def last_seq(self) -> int:
-        return int(self._read("SELECT coalesce(max(seq), 0) AS seq FROM rollouts")[0].seq)
+        [(seq,)] = self._read("SELECT coalesce(max(seq), 0) FROM rollouts")
+        return int(seq)
 
     # resources ---------------------------------------------------------------------------
 
@@ -542,7 +559,7 @@ class SQLiteStore(Store):
             check_resources_id(resources_id)
         now = self.clock()
         with self._write() as conn:
-            previous = (
+            previous = (  # (create_time, version)
                 conn.execute(
                     "SELECT create_time, version FROM resources WHERE resources_id = ?", (resources_id,)
                 ).fetchone()
@@ -551,9 +568,9 @@ class SQLiteStore(Store):
             )
             update = ResourcesUpdate(
                 resources_id=resources_id or new_resources_id(),
-                create_time=previous.create_time if previous else now,
+                create_time=previous[0] if previous else now,
                 update_time=now,
-                version=previous.version + 1 if previous else 1,
+                version=previous[1] + 1 if previous else 1,
                 resources=checked,
             )
             conn.execute(
@@ -573,31 +590,26 @@ class SQLiteStore(Store):
         rows = self._read(
             f"SELECT {_RESOURCES_COLUMNS} FROM resources WHERE resources_id = ?", (resources_id,)
         )
-        return _resources_from_row(rows[0]) if rows else None
+        return _resources_from_row(_ResourcesRow._make(rows[0])) if rows else None
 
     def latest_resources(self) -> ResourcesUpdate | None:
         rows = self._read(f"SELECT {_RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT 1")
-        return _resources_from_row(rows[0]) if rows else None
+        return _resources_from_row(_ResourcesRow._make(rows[0])) if rows else None
 
     def list_resources(self) -> list[ResourcesUpdate]:
         rows = self._read(f"SELECT {_RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq")
-        return [_resources_from_row(row) for row in rows]
+        return [_resources_from_row(_ResourcesRow._make(values)) for values in rows]
 
     def counts(self) -> StoreCounts:
         counts = StoreCounts()
-        for row in self._read("SELECT status, count(*) AS number FROM tasks GROUP BY status"):
-            counts.tasks[TaskStatus(row.status)] = row.number
-        [row] = self._read(
-            "SELECT (SELECT count(*) FROM rollouts) AS rollouts,"
-            " (SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1)"
-            " AS unsolicited,"
-            " (SELECT value FROM counters WHERE name = 'duplicates') AS duplicates,"
-            " (SELECT count(*) FROM resources) AS resources"
+        for status, number in self._read("SELECT status, count(*) FROM tasks GROUP BY status"):
+            counts.tasks[TaskStatus(status)] = number
+        [(counts.rollouts, counts.unsolicited, counts.duplicates, counts.resources)] = self._read(
+            "SELECT (SELECT count(*) FROM rollouts),"
+            " (SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1),"
+            " (SELECT value FROM counters WHERE name = 'duplicates'),"
+            " (SELECT count(*) FROM resources)"
         )
-        counts.rollouts = row.rollouts
-        counts.unsolicited = row.unsolicited
-        counts.duplicates = row.duplicates
-        counts.resources = row.resources
         return counts
 
     def close(self) -> None:
@@ -610,46 +622,77 @@ class SQLiteStore(Store):
 
 
 class _Group:
-    """The open transaction: the thread that holds it, and whether its commit must be synced."""
+    """The open transaction: the thread that holds it, whether each write runs in a
+    savepoint, and whether its commit must be synced."""
 
-    __slots__ = ("durable", "owner")
+    __slots__ = ("durable", "isolate_writes", "owner")
 
-    def __init__(self, owner: int) -> None:
+    def __init__(self, owner: int, isolate_writes: bool) -> None:
         self.owner = owner
+        self.isolate_writes = isolate_writes
         self.durable = False
 
 
-_TASK_COLUMNS = (
-    "rollout_id, status, deadline, input, mode, resources_id, metadata, "
-    "create_time, last_claim_time, num_claims, completed_time, duplicates"
-)
-_ROLLOUT_COLUMNS = "seq, body, received_time, attempt, unsolicited, consumed"
-_RESOURCES_COLUMNS = "resources_id, create_time, update_time, version, body"
+# Rows as read by the queries that select `_X_COLUMNS`, which are made from these fields.
 
 
-def _task_from_row(row: Any, **changes: Any) -> Task:
-    """The wire task of a row; `changes` override columns (a claim's new count and time)."""
-    fields = {
-        "rollout_id": row.rollout_id,
-        "input": orjson.loads(row.input),
-        "mode": row.mode,
-        "resources_id": row.resources_id,
-        "metadata": orjson.loads(row.metadata),
-        "create_time": row.create_time,
-        "last_claim_time": row.last_claim_time,
-        "num_claims": row.num_claims,
-        **changes,
-    }
-    return Task.model_construct(**fields)  # the row was valid when it was written
+class _TaskRow(NamedTuple):
+    rollout_id: str
+    status: str
+    deadline: float | None
+    input: str
+    mode: str | None
+    resources_id: str | None
+    metadata: str
+    create_time: float
+    last_claim_time: float | None
+    num_claims: int
+    completed_time: float | None
+    duplicates: int
 
 
-def _record_from_row(row: Any) -> TaskRecord:
+class _RolloutRow(NamedTuple):
+    seq: int
+    body: str
+    received_time: float
+    attempt: int | None
+    unsolicited: int
+    consumed: int
+
+
+class _ResourcesRow(NamedTuple):
+    resources_id: str
+    create_time: float
+    update_time: float
+    version: int
+    body: str
+
+
+_TASK_COLUMNS = ", ".join(_TaskRow._fields)
+_ROLLOUT_COLUMNS = ", ".join(_RolloutRow._fields)
+_RESOURCES_COLUMNS = ", ".join(_ResourcesRow._fields)
+
+
+def _task_from_row(row: _TaskRow) -> Task:
+    return Task.model_construct(  # the row was valid when it was written
+        rollout_id=row.rollout_id,
+        input=orjson.loads(row.input),
+        mode=row.mode,
+        resources_id=row.resources_id,
+        metadata=orjson.loads(row.metadata),
+        create_time=row.create_time,
+        last_claim_time=row.last_claim_time,
+        num_claims=row.num_claims,
+    )
+
+
+def _record_from_row(row: _TaskRow) -> TaskRecord:
     return TaskRecord(
         _task_from_row(row), TaskStatus(row.status), row.deadline, row.completed_time, row.duplicates
     )
 
 
-def _stored_from_row(row: Any) -> StoredRollout:
+def _stored_from_row(row: _RolloutRow) -> StoredRollout:
     return StoredRollout(
         seq=row.seq,
         rollout=Rollout.model_validate_json(row.body),
@@ -660,7 +703,7 @@ def _stored_from_row(row: Any) -> StoredRollout:
     )
 
 
-def _resources_from_row(row: Any) -> ResourcesUpdate:
+def _resources_from_row(row: _ResourcesRow) -> ResourcesUpdate:
     return ResourcesUpdate(
         resources_id=row.resources_id,
         create_time=row.create_time,
