@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
-from agl_cli.models import Rollout, TaskStatus
+from agl_cli.models import Rollout, Task, TaskStatus
 from agl_cli.store import (
     InvalidTransitionError,
     MemoryStore,
@@ -21,6 +22,7 @@ from agl_cli.store import (
     UnknownBatchError,
     UnknownTaskError,
 )
+from agl_cli.store.sqlite import SCHEMA_VERSION
 
 
 class FakeClock:
@@ -97,6 +99,18 @@ def test_a_claim_counts_itself_and_records_its_time(store: Store, clock: FakeClo
     assert task.create_time == clock.now - 5
     record = store.get_task(rollout_id)
     assert record is not None and record.status is TaskStatus.CLAIMED
+
+
+def test_a_claim_is_sent_exactly_as_the_task_model_dumps_it(store: Store, clock: FakeClock) -> None:
+    value = {"text": "naïve ☃", "numbers": [1, 2.5, -3e-7, 10**18], "nested": {"ok": True, "none": None}}
+    [rollout_id] = store.queue_tasks([TaskSpec(input=value, mode="val", metadata={"k": [1.0]})])
+    claim = store.claim()
+    assert claim is not None
+    task = Task.model_validate_json(claim.wire)
+    assert claim.wire == orjson.dumps(task.model_dump(mode="json"))
+    assert (task.rollout_id, task.input, task.mode, task.metadata) == (rollout_id, value, "val", {"k": [1.0]})
+    assert (claim.rollout_id, claim.num_claims, task.num_claims) == (rollout_id, 1, 1)
+    assert task.last_claim_time == clock.now
 
 
 def test_resources_id_is_never_filled_in(store: Store) -> None:
@@ -441,5 +455,82 @@ def test_a_sqlite_store_of_schema_1_is_brought_up_to_date(tmp_path: Path, clock:
     batch_id = upgraded.create_batch()
     stage(upgraded, batch_id, "new")
     assert upgraded.commit_batch(batch_id) == 1
-    assert upgraded._read("PRAGMA user_version") == [(2,)]
+    assert upgraded._read("PRAGMA user_version") == [(SCHEMA_VERSION,)]
     upgraded.close()
+
+
+@pytest.fixture
+def small_drain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Committed batches move into place two tasks per step, so a test sees them halfway."""
+    monkeypatch.setattr("agl_cli.store.sqlite.DRAIN_CHUNK", 2)
+    monkeypatch.setattr("agl_cli.store.sqlite.CLAIM_DRAIN", 1)
+
+
+@pytest.mark.usefixtures("small_drain_steps")
+def test_a_committed_batch_is_all_there_while_it_moves_into_place(store: Store, clock: FakeClock) -> None:
+    [before] = queue(store, "before")
+    batch_id = store.create_batch()
+    staged = stage(store, batch_id, *range(7))
+    clock.advance(5)
+    store.commit_batch(batch_id)
+    [after] = queue(store, "after")
+    expected = [before, *staged, after]
+    for _ in range(3):  # partway through moving the batch, and once it is done
+        assert [r.rollout_id for r in store.list_tasks()] == expected
+        assert [r.rollout_id for r in store.list_tasks(TaskStatus.QUEUED, limit=3, offset=2)] == expected[2:5]
+        assert store.counts().tasks[TaskStatus.QUEUED] == 9
+        record = store.get_task(staged[6])
+        assert record is not None and (record.status, record.task.create_time) == (
+            TaskStatus.QUEUED,
+            clock.now,
+        )
+        store.drain_step()
+    while store.drain_step():
+        pass
+    claimed = [store.claim_next() for _ in expected]
+    assert [task.rollout_id for task in claimed if task] == expected
+
+
+@pytest.mark.usefixtures("small_drain_steps")
+def test_claims_take_a_committed_batch_in_order_before_it_has_moved(store: Store) -> None:
+    batch_id = store.create_batch()
+    staged = stage(store, batch_id, *range(5))
+    store.commit_batch(batch_id)
+    [after] = queue(store, "after")
+    claimed = [store.claim_next() for _ in range(6)]
+    assert [task.rollout_id for task in claimed if task] == [*staged, after]
+    assert store.counts().tasks[TaskStatus.CLAIMED] == 6 and not store.drain_step()
+
+
+@pytest.mark.usefixtures("small_drain_steps")
+def test_a_task_of_a_batch_still_moving_can_be_cancelled_or_completed(store: Store) -> None:
+    batch_id = store.create_batch()
+    staged = stage(store, batch_id, *range(6))
+    store.commit_batch(batch_id)
+    assert store.cancel_task(staged[4]).status is TaskStatus.CANCELLED
+    assert store.record_rollout(Rollout(rollout_id=staged[5], final_reward=1.0)) is ReportOutcome.STORED
+    while store.drain_step():
+        pass
+    statuses = [r.status for r in store.list_tasks()]
+    assert statuses == [TaskStatus.QUEUED] * 4 + [TaskStatus.CANCELLED, TaskStatus.COMPLETED]
+    assert len([store.claim_next() for _ in range(4)]) == 4 and store.claim_next() is None
+
+
+@pytest.mark.usefixtures("small_drain_steps")
+def test_a_committed_batch_survives_reopening_before_it_has_moved(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock)
+    batch_id = store.create_batch()
+    staged = stage(store, batch_id, *range(5))
+    store.commit_batch(batch_id)
+    store.drain_step()
+    store.close()
+
+    reopened = SQLiteStore(path, clock=clock)
+    [after] = queue(reopened, "after")
+    assert [r.rollout_id for r in reopened.list_tasks()] == [*staged, after]
+    while reopened.drain_step():
+        pass
+    claimed = [reopened.claim_next() for _ in range(6)]
+    assert [task.rollout_id for task in claimed if task] == [*staged, after]
+    reopened.close()

@@ -18,10 +18,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
+from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.rates import RateWindow
 from agl_cli.server.writer import GroupSizes, threads_for
-from agl_cli.store import ReportOutcome, Store, StoreCounts, StoredRollout, TaskRecord, TaskSpec
+from agl_cli.store import Claim, ReportOutcome, Store, StoreCounts, StoredRollout, TaskRecord, TaskSpec
 
 log = logging.getLogger("agl.broker")
 
@@ -84,6 +84,7 @@ class Broker:
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
 
@@ -111,6 +112,7 @@ class Broker:
         self._threads.start()
         self._latest = await self._threads.read(self._store.latest_resources)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="agl-sweeper")
+        self._drain()  # what a batch committed before a restart left to do
 
     def begin_shutdown(self) -> None:
         """Answer every long poll now, so that shutdown does not wait out their timeouts."""
@@ -120,11 +122,12 @@ class Broker:
 
     async def stop(self) -> None:
         """Stop sweeping, answer the waiters, finish the writes taken, close the store."""
-        if self._sweeper:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self._drainer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self._drainer = None
         self.begin_shutdown()
         await self._threads.close()
 
@@ -146,18 +149,18 @@ class Broker:
             self._tasks_changed.notify()
         return ids
 
-    async def claim(self, wait: float = 0.0) -> Task | None:
+    async def claim(self, wait: float = 0.0) -> Claim | None:
         """Hand out the next task, waiting up to `wait` seconds for one to appear."""
         deadline = time.monotonic() + wait
         while True:
             changed = self._tasks_changed.watch()
-            task, next_expiry = await self._threads.write(self._claim_or_next_deadline)
-            if task is not None:
+            claim, next_expiry = await self._threads.write(self._claim_or_next_deadline)
+            if claim is not None:
                 self.stats.claims += 1
                 self.stats.claim_rate.add()
-                if (task.num_claims or 0) > 1:
+                if claim.num_claims > 1:
                     self.stats.reclaims += 1
-                return task
+                return claim
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.closing:
                 return None
@@ -165,9 +168,9 @@ class Broker:
                 remaining = min(remaining, max(next_expiry - self._store.clock(), 0.0) + 0.001)
             await wait_for(changed, remaining)
 
-    def _claim_or_next_deadline(self) -> tuple[Task | None, float | None]:
-        task = self._store.claim_next()
-        return task, None if task is not None else self._store.next_deadline()
+    def _claim_or_next_deadline(self) -> tuple[Claim | None, float | None]:
+        claim = self._store.claim()
+        return claim, None if claim is not None else self._store.next_deadline()
 
     async def cancel(self, rollout_id: str) -> TaskRecord:
         return await self._threads.write(lambda: self._store.cancel_task(rollout_id))
@@ -196,7 +199,20 @@ class Broker:
         queued = await self._threads.write(lambda: self._store.commit_batch(batch_id))
         if queued:
             self._tasks_changed.notify()
+            self._drain()
         return queued
+
+    def _drain(self) -> None:
+        """Let the store finish committed batches a step at a time, between other writes."""
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain_steps(), name="agl-drainer")
+
+    async def _drain_steps(self) -> None:
+        try:
+            while await self._threads.write(self._store.drain_step):
+                pass
+        except Exception:  # the tasks are queued all the same; the next commit or start retries
+            log.exception("moving a committed batch into place failed")
 
     async def discard_batch(self, batch_id: str) -> int:
         return await self._threads.write(lambda: self._store.discard_batch(batch_id))

@@ -78,10 +78,10 @@ class WorkerRoutes:
         wait = 0.0
         if scope["query_string"]:
             wait = number_param(QueryParams(scope["query_string"]), "wait", 0.0, 0.0, MAX_WAIT_SECONDS, float)
-        task = await self.broker.claim(wait)
-        if task is None:
+        claim = await self.broker.claim(wait)
+        if claim is None:
             return 200, NO_TASK
-        return 200, orjson.dumps({"is_available": True, "task": task.model_dump(mode="json")})
+        return 200, b'{"is_available":true,"task":' + claim.wire + b"}"
 
     async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
         rollout = parse_model(await self._read_body(scope, receive), Rollout)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -78,22 +78,31 @@ class StoreThreads:
 
 
 _STOP = object()
+_Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 
 class GroupCommitThreads(StoreThreads):
-    """One writer thread that commits every waiting write together, and reader threads."""
+    """A writer thread that commits every waiting write together, a syncer thread that
+    makes each commit durable while the writer goes on with the next group, and reader
+    threads."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self._pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._committed: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="agl-read")
-        self._writer: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._writer = threading.Thread(target=self._write_forever, name="agl-writer", daemon=True)
-        self._writer.start()
+        self._threads = [
+            threading.Thread(target=self._write_forever, name="agl-writer", daemon=True),
+            threading.Thread(target=self._sync_forever, name="agl-syncer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def write(self, call: Callable[[], T]) -> T:
         assert self._loop is not None, "start() first"
@@ -106,61 +115,81 @@ class GroupCommitThreads(StoreThreads):
         return await self._loop.run_in_executor(self._readers, call)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._pending.put(_STOP)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
+        if self._threads:
+            self._pending.put(_STOP)  # the writer passes it on to the syncer
+            for thread in self._threads:
+                await asyncio.to_thread(thread.join)
+            self._threads = []
         self._readers.shutdown(wait=False)
         await asyncio.to_thread(self.store.close)
 
+    # the writer --------------------------------------------------------------------------
+
     def _write_forever(self) -> None:
-        while True:
-            first = self._pending.get()
-            group = []
-            stop = first is _STOP
-            if not stop:
-                group.append(first)
-            while not self._pending.empty():  # everything that queued up while we committed
-                job = self._pending.get_nowait()
-                if job is _STOP:
-                    stop = True
-                else:
-                    group.append(job)
+        for group, stop in _batches(self._pending):
             if group:
-                self._commit(group)
+                self._committed.put(self._commit(group))
             if stop:
+                self._committed.put(_STOP)
                 return
 
-    def _commit(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> None:
-        try:
-            outcomes = self._commit_all(group)
-        except Exception:  # some write failed: undo all, then commit the others without it
-            outcomes = self._commit_each(group)
+    def _commit(self, group: list[_Job]) -> tuple[list[_Outcome], bool]:
+        """Commit the group; its outcomes, and whether they wait for a sync to be durable."""
         self.sizes.add(len(group))
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle, outcomes)
+        try:
+            return self._commit_all(group)
+        except Exception:  # some write failed: undo all, then commit the others without it
+            return self._commit_each(group)
 
-    def _commit_all(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[_Outcome]:
+    def _commit_all(self, group: list[_Job]) -> tuple[list[_Outcome], bool]:
         """The fast way: no savepoints, so any failure undoes the whole group."""
-        with self.store.transaction(isolate_writes=False):
-            return [(future, True, call()) for call, future in group]
+        with self.store.transaction(isolate_writes=False, sync=False) as commit:
+            outcomes = [(future, True, call()) for call, future in group]
+        return outcomes, commit.needs_sync
 
-    def _commit_each(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[_Outcome]:
+    def _commit_each(self, group: list[_Job]) -> tuple[list[_Outcome], bool]:
         """Each write in a savepoint of its own: a failing one is undone alone."""
         outcomes: list[_Outcome] = []
         try:
-            with self.store.transaction(isolate_writes=True):
+            with self.store.transaction(isolate_writes=True, sync=False) as commit:
                 for call, future in group:
                     try:
                         outcomes.append((future, True, call()))
                     except Exception as exc:
                         outcomes.append((future, False, exc))
         except Exception as exc:  # the commit itself failed: nothing of the group is kept
-            outcomes = [(future, False, exc) for _, future in group]
-        return outcomes
+            return [(future, False, exc) for _, future in group], False
+        return outcomes, commit.needs_sync
+
+    # the syncer --------------------------------------------------------------------------
+
+    def _sync_forever(self) -> None:
+        """Answer committed groups in order, after one sync for all that need it."""
+        for committed, stop in _batches(self._committed):
+            outcomes = [outcome for group, _ in committed for outcome in group]
+            if any(needs_sync for _, needs_sync in committed):
+                try:
+                    self.store.sync()
+                except Exception as exc:  # not known to be on disk: not a success
+                    outcomes = [(future, False, exc) for future, _, _ in outcomes]
+            if outcomes:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(_settle, outcomes)
+            if stop:
+                return
 
 
-_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+def _batches(source: queue.SimpleQueue[Any]) -> Iterator[tuple[list[Any], bool]]:
+    """Everything waiting in `source` at once (blocking for the first), and whether the
+    stop marker was among it."""
+    while True:
+        items = [source.get()]
+        while not source.empty():
+            items.append(source.get_nowait())
+        stop = _STOP in items
+        yield [item for item in items if item is not _STOP], stop
+        if stop:
+            return
 
 
 def _settle(outcomes: list[_Outcome]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agl_cli.store.base import (
+    Claim,
     InvalidTransitionError,
     ReportOutcome,
     Store,
@@ -19,6 +20,7 @@ from agl_cli.store.memory import MemoryStore
 from agl_cli.store.sqlite import NotAglDatabaseError, SQLiteStore
 
 __all__ = [
+    "Claim",
     "InvalidTransitionError",
     "MemoryStore",
     "NotAglDatabaseError",

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agl_cli.models import NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
@@ -84,6 +85,22 @@ class StoredRollout:
     attempt: int | None
     unsolicited: bool
     consumed: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task just handed out, as `GET /task` sends it to the worker."""
+
+    rollout_id: str
+    num_claims: int
+    wire: bytes  # the task as JSON
+
+
+@dataclass
+class Commit:
+    """What a transaction left to do: whether its writes still need `Store.sync()`."""
+
+    needs_sync: bool = False
 
 
 @dataclass
@@ -201,14 +218,20 @@ class Store(abc.ABC):
         self.max_claims = max_claims
         self.clock = clock
 
-    def transaction(self, isolate_writes: bool = True) -> AbstractContextManager[None]:
+    def transaction(self, isolate_writes: bool = True, sync: bool = True) -> AbstractContextManager[Commit]:
         """Make every write inside one commit (and one sync, if any write needs one).
 
         With `isolate_writes`, a failing write inside is undone alone and the others still
         commit; without, it leaves the transaction half-done, and the exception must end it
-        (everything inside is undone). Stores that have nothing to sync need nothing here.
+        (everything inside is undone). Without `sync`, the commit is not synced: the
+        `Commit` says whether `sync()` must still run before its writes are durable (the
+        writer syncs one group while it commits the next). Stores that have nothing to sync
+        need nothing here.
         """
-        return contextlib.nullcontext()
+        return contextlib.nullcontext(Commit())
+
+    def sync(self) -> None:  # noqa: B027 - nothing to do for stores that keep nothing on disk
+        """Make every write committed so far durable."""
 
     # tasks
     @abc.abstractmethod
@@ -239,9 +262,26 @@ class Store(abc.ABC):
     def discard_batch(self, batch_id: str) -> int:
         """Drop the batch and what it staged; return how many tasks were dropped."""
 
+    def drain_step(self) -> bool:
+        """Do a bounded part of the work a commit left to do; True if some is left.
+
+        A store may commit a batch by marking it, and move its tasks into place later,
+        a step at a time between other writes (the server calls this until it says no).
+        Its tasks are queued from the commit on, whatever is left to do.
+        """
+        return False
+
     @abc.abstractmethod
     def claim_next(self) -> Task | None:
         """Return the oldest queued task, now claimed, after putting back expired claims."""
+
+    def claim(self) -> Claim | None:
+        """`claim_next`, with the task as the JSON a worker receives (a store that keeps
+        tasks as JSON makes it without building a `Task` only to dump it again)."""
+        task = self.claim_next()
+        if task is None:
+            return None
+        return Claim(task.rollout_id, task.num_claims or 0, orjson.dumps(task.model_dump(mode="json")))
 
     @abc.abstractmethod
     def expire_claims(self) -> int:

@@ -20,9 +20,15 @@ PRAGMA choices and why:
 write inside it runs in a savepoint, so one that fails is undone alone, and the WAL is
 synced once after the commit if any write in the group needs it.
 
-Batches are staged in their own table and queued by one `INSERT INTO tasks SELECT ...
-FROM staging`, so a million staged tasks become visible in one transaction, or not at
-all. Staging writes are not synced: a batch does not survive a restart anyway.
+Batches are staged in their own table. Committing one is a single small transaction that
+marks it committed and reserves its places in the queue (`base_pos + pos`), so a million
+staged tasks become queued at once, or not at all, without holding up other writes.
+They are then moved into `tasks` a chunk at a time (`drain_step`), between other writes;
+until a task is moved, every read sees it where it will be (claims move the head of the
+queue first, lookups by id look in `staging` too, counts and listings add the rest).
+Staging writes are not synced: an uncommitted batch does not survive a restart anyway,
+and the commit's sync covers what was staged before it. A task's `id` is its first place
+in the queue, so that listings keep queue order with a batch's tasks in the middle.
 
 Every statement on the request path is an index probe: the queue is read through a
 partial index of queued tasks, and expired claims through a partial index of claim
@@ -45,6 +51,8 @@ import orjson
 
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.store.base import (
+    Claim,
+    Commit,
     ReportOutcome,
     Store,
     StoreCounts,
@@ -65,8 +73,10 @@ from agl_cli.store.base import (
 )
 
 APPLICATION_ID = 0x41474C31  # "AGL1"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EXPIRE_BATCH = 500
+DRAIN_CHUNK = 5_000  # staged tasks moved into place per step: ~20 ms of writing
+CLAIM_DRAIN = 64  # moved at once when a claim reaches a batch's tasks before the steps do
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 SCHEMA = """
@@ -138,6 +148,10 @@ CREATE TABLE staging (
 ) WITHOUT ROWID;
 CREATE INDEX rollouts_unsolicited ON rollouts(seq) WHERE unsolicited = 1;
 """,
+    3: """
+ALTER TABLE batches ADD COLUMN committed_time REAL;
+ALTER TABLE batches ADD COLUMN base_pos INTEGER;
+""",
 }
 
 
@@ -207,17 +221,30 @@ class SQLiteStore(Store):
         self._read_conns: list[sqlite3.Connection] = []
         self._conn.execute("PRAGMA synchronous=NORMAL")  # durable writes sync the WAL themselves
         self._wal = f"{self.path}-wal"
-        [last_pos] = self._conn.execute("SELECT max(queue_pos) FROM tasks").fetchone()
-        self._queue_pos: int = last_pos or 0
         self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
-        with self._write(durable=False) as conn:  # batches never outlive the daemon
-            conn.execute("DELETE FROM staging")
-            conn.execute("DELETE FROM batches")
+        self._draining: list[_Drain] = []  # committed batches not yet moved into `tasks`, oldest first
+        with self._write(durable=False) as conn:  # uncommitted batches never outlive the daemon
+            if conn.execute("SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1").fetchone():
+                conn.execute(
+                    "DELETE FROM staging WHERE batch IN (SELECT id FROM batches WHERE committed_time IS NULL)"
+                )
+            else:  # without a WHERE, SQLite drops the table's pages at once instead of row by row
+                conn.execute("DELETE FROM staging")
+            conn.execute("DELETE FROM batches WHERE committed_time IS NULL")
+            for key, base, committed_time in conn.execute(
+                "SELECT id, base_pos, committed_time FROM batches ORDER BY base_pos"
+            ).fetchall():
+                self._draining.append(_Drain(key, base, committed_time))
+            [last] = conn.execute(
+                "SELECT max((SELECT coalesce(max(id), 0) FROM tasks), (SELECT coalesce(max(queue_pos), 0) FROM tasks),"
+                " (SELECT coalesce(max(base_pos + staged), 0) FROM batches))"
+            ).fetchone()
+        self._queue_pos: int = last  # the last place in the queue handed out (and the last id)
 
     # transactions ------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, isolate_writes: bool = True) -> Iterator[None]:
+    def transaction(self, isolate_writes: bool = True, sync: bool = True) -> Iterator[Commit]:
         """One commit for every write made inside; synced if any of them needs it.
 
         With `isolate_writes`, each write runs in a savepoint, so one that fails is undone
@@ -229,8 +256,9 @@ class SQLiteStore(Store):
                 raise RuntimeError("transactions do not nest")
             self._conn.execute("BEGIN IMMEDIATE")
             group = self._group = _Group(threading.get_ident(), isolate_writes)
+            commit = Commit()
             try:
-                yield
+                yield commit
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -239,8 +267,9 @@ class SQLiteStore(Store):
                 raise
             finally:
                 self._group = None
-            if group.durable:
-                self._sync_wal()
+            if group.durable and sync:
+                self.sync()
+            commit.needs_sync = group.durable and not sync
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -267,8 +296,9 @@ class SQLiteStore(Store):
                 raise
             self._conn.execute("RELEASE write")
 
-    def _sync_wal(self) -> None:
-        """fsync the WAL: the commit just written to it is then on disk."""
+    def sync(self) -> None:
+        """fsync the WAL: every commit written to it so far is then on disk. Safe to run on
+        another thread while the next transaction writes (it only flushes more)."""
         fd = os.open(self._wal, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -300,12 +330,12 @@ class SQLiteStore(Store):
         with self._write() as conn:
             first = self._queue_pos + 1
             conn.executemany(
-                "INSERT INTO tasks (rollout_id, status, queue_pos, input, mode, resources_id, metadata,"
-                " create_time) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata,"
+                " create_time) VALUES (?1, ?2, 'queued', ?1, ?3, ?4, ?5, ?6, ?7)",
                 (
                     (
-                        rollout_id,
                         first + index,
+                        rollout_id,
                         orjson.dumps(spec.input).decode(),
                         spec.mode,
                         spec.resources_id,
@@ -357,15 +387,70 @@ class SQLiteStore(Store):
     def commit_batch(self, batch_id: str) -> int:
         with self._write() as conn:
             key, staged = self._batch(conn, batch_id)
+            if not staged:
+                self._drop_batch(conn, key)
+                return 0
+            drain = _Drain(key, self._queue_pos, self.clock())
             conn.execute(
-                "INSERT INTO tasks (rollout_id, status, queue_pos, input, mode, resources_id, metadata,"
-                " create_time) SELECT rollout_id, 'queued', ? + pos, input, mode, resources_id, metadata, ?"
-                " FROM staging WHERE batch = ? ORDER BY pos",
-                (self._queue_pos, self.clock(), key),
+                "UPDATE batches SET committed_time = ?, base_pos = ? WHERE id = ?",
+                (drain.committed_time, drain.base_pos, key),
             )
-            self._drop_batch(conn, key)
             self._queue_pos += staged
+            self._draining.append(drain)
         return staged
+
+    def drain_step(self) -> bool:
+        with self._write(durable=False) as conn:
+            if self._draining:
+                self._move_staged(conn, self._draining[0], DRAIN_CHUNK)
+        return bool(self._draining)
+
+    def _move_staged(self, conn: sqlite3.Connection, drain: _Drain, count: int) -> None:
+        """Move the next `count` staged tasks of a committed batch into their places."""
+        last = conn.execute(
+            "SELECT pos FROM staging WHERE batch = ? ORDER BY pos LIMIT 1 OFFSET ?", (drain.key, count - 1)
+        ).fetchone()
+        upto = last[0] if last else MAX_POS
+        conn.execute(
+            "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time)"
+            " SELECT ?1 + pos, rollout_id, 'queued', ?1 + pos, input, mode, resources_id, metadata, ?2"
+            " FROM staging WHERE batch = ?3 AND pos <= ?4 ORDER BY pos",
+            (drain.base_pos, drain.committed_time, drain.key, upto),
+        )
+        conn.execute("DELETE FROM staging WHERE batch = ? AND pos <= ?", (drain.key, upto))
+        if last is None:
+            conn.execute("DELETE FROM batches WHERE id = ?", (drain.key,))
+            self._draining.remove(drain)
+
+    def _move_staged_task(self, conn: sqlite3.Connection, rollout_id: str) -> None:
+        """Move one committed task into place ahead of its batch, if it is still staged.
+
+        Only needed by a write that names a task fresh from a large batch; without an
+        index on staged ids (which would make staging four times slower) it reads
+        through the staged tasks."""
+        if not self._draining:
+            return
+        found = conn.execute("SELECT batch, pos FROM staging WHERE rollout_id = ?", (rollout_id,)).fetchone()
+        drain = next((d for d in self._draining if found and d.key == found[0]), None)
+        if found is None or drain is None:
+            return
+        conn.execute(
+            "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time)"
+            " SELECT ?1 + pos, rollout_id, 'queued', ?1 + pos, input, mode, resources_id, metadata, ?2"
+            " FROM staging WHERE batch = ?3 AND pos = ?4",
+            (drain.base_pos, drain.committed_time, drain.key, found[1]),
+        )
+        conn.execute("DELETE FROM staging WHERE batch = ? AND pos = ?", found)
+
+    def _move_head_of_queue(self, conn: sqlite3.Connection) -> None:
+        """Before a claim: if the next place in the queue belongs to a staged task, move it."""
+        drain = self._draining[0]
+        [first] = conn.execute("SELECT min(pos) FROM staging WHERE batch = ?", (drain.key,)).fetchone()
+        [head] = conn.execute(
+            "SELECT min(queue_pos) FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
+        ).fetchone()
+        if first is None or head is None or drain.base_pos + first < head:
+            self._move_staged(conn, drain, CLAIM_DRAIN)
 
     def discard_batch(self, batch_id: str) -> int:
         with self._write(durable=False) as conn:
@@ -374,7 +459,9 @@ class SQLiteStore(Store):
         return staged
 
     def _batch(self, conn: sqlite3.Connection, batch_id: str) -> tuple[int, int]:
-        row = conn.execute("SELECT id, staged FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+        row = conn.execute(
+            "SELECT id, staged FROM batches WHERE batch_id = ? AND committed_time IS NULL", (batch_id,)
+        ).fetchone()
         if row is None:
             raise UnknownBatchError(batch_id)
         key, staged = row
@@ -391,8 +478,14 @@ class SQLiteStore(Store):
     # claims ------------------------------------------------------------------------------
 
     def claim_next(self) -> Task | None:
+        claim = self.claim()
+        return None if claim is None else Task.model_validate_json(claim.wire)
+
+    def claim(self) -> Claim | None:
         with self._write(durable=False) as conn:
             self._expire(conn)
+            if self._draining:
+                self._move_head_of_queue(conn)
             values = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
                 " ORDER BY queue_pos LIMIT 1"
@@ -408,7 +501,8 @@ class SQLiteStore(Store):
                 (now, deadline, row.rollout_id),
             )
             self._earliest_deadline = min(self._earliest_deadline, deadline)
-        return _task_from_row(row._replace(num_claims=row.num_claims + 1, last_claim_time=now))
+        claimed = row._replace(num_claims=row.num_claims + 1, last_claim_time=now)
+        return Claim(row.rollout_id, claimed.num_claims, _wire_task(claimed))
 
     def expire_claims(self) -> int:
         with self._write(durable=False) as conn:
@@ -454,20 +548,30 @@ class SQLiteStore(Store):
 
     def get_task(self, rollout_id: str) -> TaskRecord | None:
         rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,))
+        if not rows:
+            rows = self._read(
+                f"SELECT {_TASK_COLUMNS} FROM ({_STAGED_TASKS}) WHERE rollout_id = ?", (rollout_id,)
+            )
         return _record_from_row(_TaskRow._make(rows[0])) if rows else None
 
     def list_tasks(
         self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
     ) -> list[TaskRecord]:
-        params: list[object] = [limit, offset]
-        sql = f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id LIMIT ? OFFSET ?"
-        if status is not None:
-            sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = ? ORDER BY id LIMIT ? OFFSET ?"
-            params = [status.value, *params]
-        return [_record_from_row(_TaskRow._make(values)) for values in self._read(sql, params)]
+        where, params = ("", []) if status is None else (" WHERE status = ?", [status.value])
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks{where} ORDER BY id LIMIT ? OFFSET ?"
+        if status in (None, TaskStatus.QUEUED) and self._read(
+            "SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1"
+        ):
+            sql = (
+                f"SELECT {_TASK_COLUMNS} FROM (SELECT id, {_TASK_COLUMNS} FROM tasks{where}"
+                f" UNION ALL {_STAGED_TASKS}) ORDER BY id LIMIT ? OFFSET ?"
+            )
+        rows = self._read(sql, [*params, limit, offset])
+        return [_record_from_row(_TaskRow._make(values)) for values in rows]
 
     def cancel_task(self, rollout_id: str) -> TaskRecord:
         with self._write() as conn:
+            self._move_staged_task(conn, rollout_id)
             values = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,)
             ).fetchone()
@@ -491,6 +595,11 @@ class SQLiteStore(Store):
             task = conn.execute(
                 "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout_id,)
             ).fetchone()
+            if task is None and self._draining:
+                self._move_staged_task(conn, rollout_id)
+                task = conn.execute(
+                    "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout_id,)
+                ).fetchone()
             status, attempt = task if task else (None, None)
             outcome = outcome_of_report(TaskStatus(status) if status else None)
             if (
@@ -604,6 +713,8 @@ class SQLiteStore(Store):
         counts = StoreCounts()
         for status, number in self._read("SELECT status, count(*) FROM tasks GROUP BY status"):
             counts.tasks[TaskStatus(status)] = number
+        [(staged,)] = self._read(f"SELECT count(*) FROM ({_STAGED_TASKS})")
+        counts.tasks[TaskStatus.QUEUED] += staged
         [(counts.rollouts, counts.unsolicited, counts.duplicates, counts.resources)] = self._read(
             "SELECT (SELECT count(*) FROM rollouts),"
             " (SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1),"
@@ -619,6 +730,14 @@ class SQLiteStore(Store):
             self._read_conns.clear()
             self._conn.execute("PRAGMA optimize")
             self._conn.close()
+
+
+class _Drain(NamedTuple):
+    """A committed batch being moved into `tasks`: its tasks' places start after `base_pos`."""
+
+    key: int
+    base_pos: int
+    committed_time: float
 
 
 class _Group:
@@ -669,6 +788,14 @@ class _ResourcesRow(NamedTuple):
 
 
 _TASK_COLUMNS = ", ".join(_TaskRow._fields)
+# Tasks of committed batches still in `staging`, as rows of `tasks` will hold them (with `id`).
+_STAGED_TASKS = (
+    "SELECT b.base_pos + s.pos AS id, s.rollout_id AS rollout_id, 'queued' AS status, NULL AS deadline,"
+    " s.input AS input, s.mode AS mode, s.resources_id AS resources_id, s.metadata AS metadata,"
+    " b.committed_time AS create_time, NULL AS last_claim_time, 0 AS num_claims, NULL AS completed_time,"
+    " 0 AS duplicates FROM staging s JOIN batches b ON b.id = s.batch WHERE b.committed_time IS NOT NULL"
+)
+MAX_POS = 2**62
 _ROLLOUT_COLUMNS = ", ".join(_RolloutRow._fields)
 _RESOURCES_COLUMNS = ", ".join(_ResourcesRow._fields)
 
@@ -683,6 +810,23 @@ def _task_from_row(row: _TaskRow) -> Task:
         create_time=row.create_time,
         last_claim_time=row.last_claim_time,
         num_claims=row.num_claims,
+    )
+
+
+def _wire_task(row: _TaskRow) -> bytes:
+    """The task as `Task` dumps it, with input and metadata spliced in as they are stored
+    (`tests/test_store.py` holds the two shapes together)."""
+    return orjson.dumps(
+        {
+            "rollout_id": row.rollout_id,
+            "input": orjson.Fragment(row.input),
+            "mode": row.mode,
+            "resources_id": row.resources_id,
+            "create_time": row.create_time,
+            "last_claim_time": row.last_claim_time,
+            "num_claims": row.num_claims,
+            "metadata": orjson.Fragment(row.metadata),
+        }
     )
 
 
