@@ -175,6 +175,24 @@ def test_a_rollout_completes_its_task(store: Store) -> None:
     assert (stored.rollout.final_reward, stored.attempt, stored.unsolicited) == (0.5, 1, False)
 
 
+def test_a_rollout_reported_with_its_json_reads_back_as_the_same_rollout(store: Store) -> None:
+    [rollout_id] = queue(store, 1)
+    store.claim_next()
+    body = orjson.dumps(
+        {
+            "rollout_id": rollout_id,
+            "final_reward": 1,
+            "triplets": [{"prompt": [1], "response": "r"}],
+            "extra": [None],
+        }
+    )
+    rollout = Rollout.model_validate_json(body)
+    assert store.record_rollout(rollout, body) is ReportOutcome.STORED
+    [stored] = store.rollouts_after(0)
+    assert stored.rollout == rollout and stored.rollout.final_reward == 1.0
+    assert stored.rollout.model_extra == {"extra": [None]}
+
+
 def test_a_late_rollout_for_a_requeued_task_takes_it_out_of_the_queue(store: Store, clock: FakeClock) -> None:
     [rollout_id] = queue(store, 1)
     store.claim_next()

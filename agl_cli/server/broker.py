@@ -219,8 +219,9 @@ class Broker:
 
     # rollouts ----------------------------------------------------------------------------
 
-    async def report(self, rollout: Rollout) -> ReportOutcome:
-        outcome = await self._threads.write(lambda: self._store.record_rollout(rollout))
+    async def report(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
+        """Store a worker's rollout (`body`: the JSON it was validated from, if at hand)."""
+        outcome = await self._threads.write(lambda: self._store.record_rollout(rollout, body))
         self.stats.reports[outcome] += 1
         if outcome is not ReportOutcome.DUPLICATE:
             self.stats.rollout_rate.add()

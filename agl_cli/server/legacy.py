@@ -84,8 +84,9 @@ class WorkerRoutes:
         return 200, b'{"is_available":true,"task":' + claim.wire + b"}"
 
     async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
-        rollout = parse_model(await self._read_body(scope, receive), Rollout)
-        await self.broker.report(rollout)
+        body = await self._read_body(scope, receive)
+        rollout = parse_model(body, Rollout)
+        await self.broker.report(rollout, body)
         message = f"Rollout {rollout.rollout_id} received and stored."
         return 200, orjson.dumps({"status": "ok", "message": message, "data": None})
 

@@ -304,8 +304,12 @@ class Store(abc.ABC):
 
     # rollouts
     @abc.abstractmethod
-    def record_rollout(self, rollout: Rollout) -> ReportOutcome:
-        """Keep the first result for a task; count, but do not keep, any later one."""
+    def record_rollout(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
+        """Keep the first result for a task; count, but do not keep, any later one.
+
+        `body` is the JSON the rollout was validated from, if the caller has it: a store
+        that keeps JSON keeps it as it is instead of dumping the model again.
+        """
 
     @abc.abstractmethod
     def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:

@@ -196,7 +196,7 @@ class MemoryStore(Store):
 
     # rollouts ----------------------------------------------------------------------------
 
-    def record_rollout(self, rollout: Rollout) -> ReportOutcome:
+    def record_rollout(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
         with self._lock:
             entry = self._tasks.get(rollout.rollout_id)
             outcome = outcome_of_report(entry.status if entry else None)

@@ -75,7 +75,7 @@ from agl_cli.store.base import (
 APPLICATION_ID = 0x41474C31  # "AGL1"
 SCHEMA_VERSION = 3
 EXPIRE_BATCH = 500
-DRAIN_CHUNK = 5_000  # staged tasks moved into place per step: ~20 ms of writing
+DRAIN_CHUNK = 2_000  # staged tasks moved into place per step: ~10 ms of writing
 CLAIM_DRAIN = 64  # moved at once when a claim reaches a batch's tasks before the steps do
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -588,8 +588,8 @@ class SQLiteStore(Store):
 
     # rollouts ----------------------------------------------------------------------------
 
-    def record_rollout(self, rollout: Rollout) -> ReportOutcome:
-        body = rollout.model_dump_json()
+    def record_rollout(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
+        text = rollout.model_dump_json() if body is None else body.decode()
         rollout_id = rollout.rollout_id
         with self._write() as conn:
             task = conn.execute(
@@ -623,7 +623,7 @@ class SQLiteStore(Store):
             conn.execute(
                 "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (rollout_id, now, attempt, int(task is None), body),
+                (rollout_id, now, attempt, int(task is None), text),
             )
         return outcome
 
