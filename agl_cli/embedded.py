@@ -62,7 +62,7 @@ class AgentLightningServer:
             store = MemoryStore(task_timeout=task_timeout_seconds, max_claims=max_attempts)
         elif isinstance(store, (str, Path)):
             store = SQLiteStore(store, task_timeout=task_timeout_seconds, max_claims=max_attempts)
-        self.store = store
+        self._store = store
         self._token = token
         self._log_level = log_level
         self._server: _EmbeddedServer | None = None
@@ -84,7 +84,7 @@ class AgentLightningServer:
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self.endpoint = f"http://{self.host}:{self.port}"
-        app = create_app(self.store, ServerOptions(token=self._token, address=self.endpoint))
+        app = create_app(self._store, ServerOptions(token=self._token, address=self.endpoint))
         self._broker = app.state.broker
         app.state.request_shutdown = self._request_exit  # `POST /v1/shutdown` stops it too
         self._server = _EmbeddedServer(

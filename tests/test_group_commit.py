@@ -1,0 +1,155 @@
+"""Group commit: concurrent writes share one transaction and one sync, and none of them is
+answered before its commit is on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from daemon import Daemon
+
+from agl_cli.server.writer import GroupCommitThreads
+from agl_cli.store import SQLiteStore, TaskSpec, UnknownTaskError
+
+WAIT = 10.0  # seconds any single step may take before the test gives up
+
+
+class GatedStore(SQLiteStore):
+    """A SQLite store whose syncs can be held back, to see who waits for them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.syncing = threading.Event()
+        self.may_sync = threading.Event()
+        self.may_sync.set()
+
+    def sync(self) -> None:
+        self.syncing.set()
+        assert self.may_sync.wait(WAIT)
+        super().sync()
+
+
+@pytest.fixture
+async def threads(tmp_path: Path) -> AsyncIterator[GroupCommitThreads]:
+    threads = GroupCommitThreads(GatedStore(tmp_path / "agl.db"))
+    threads.start()
+    yield threads
+    threads.store.sync = lambda: None  # type: ignore[method-assign]
+    await threads.close()
+
+
+async def held_write(threads: GroupCommitThreads) -> tuple[asyncio.Future[None], threading.Event]:
+    """A write that keeps the writer busy until the returned event is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    future = asyncio.ensure_future(threads.write(hold))
+    assert await asyncio.to_thread(started.wait, WAIT), "the writer never took the first write"
+    return future, release
+
+
+def queue(store: Any, value: object) -> Callable[[], list[str]]:
+    return lambda: store.queue_tasks([TaskSpec(input=value)])
+
+
+async def test_writes_that_wait_together_share_one_commit(threads: GroupCommitThreads) -> None:
+    first, release = await held_write(threads)
+    waiting = [asyncio.ensure_future(threads.write(queue(threads.store, n))) for n in range(9)]
+    await asyncio.sleep(0)  # one turn of the loop: every write is in the writer's queue
+    release.set()
+    await first
+    ids = [ids for [ids] in await asyncio.gather(*waiting)]
+    assert (threads.sizes.groups, threads.sizes.writes, threads.sizes.largest) == (2, 10, 9)
+    store = threads.store
+    assert [record.task.input for record in store.list_tasks()] == list(range(9))
+    assert [record.rollout_id for record in store.list_tasks()] == ids
+
+
+async def test_a_failing_write_fails_alone_and_the_rest_of_its_group_commits(
+    threads: GroupCommitThreads,
+) -> None:
+    store = threads.store
+    first, release = await held_write(threads)
+    before = asyncio.ensure_future(threads.write(queue(store, "before")))
+    failing = asyncio.ensure_future(threads.write(lambda: store.cancel_task("rollout-unknown")))
+    after = asyncio.ensure_future(threads.write(queue(store, "after")))
+    await asyncio.sleep(0)
+    release.set()
+    await first
+    with pytest.raises(UnknownTaskError):
+        await failing
+    assert [len(await before), len(await after)] == [1, 1]
+    assert threads.sizes.largest == 3
+    assert [record.task.input for record in store.list_tasks()] == ["before", "after"]
+
+
+async def test_no_write_is_answered_before_its_commit_is_synced(threads: GroupCommitThreads) -> None:
+    store = threads.store
+    assert isinstance(store, GatedStore)
+    store.may_sync.clear()
+    write = asyncio.ensure_future(threads.write(queue(store, "durable")))
+    assert await asyncio.to_thread(store.syncing.wait, WAIT)
+    await asyncio.sleep(0.05)  # not waiting for anything: a window for a wrong early answer
+    assert not write.done()
+    store.may_sync.set()
+    assert len(await asyncio.wait_for(write, WAIT)) == 1
+
+
+async def test_writes_and_reads_run_off_the_event_loop(threads: GroupCommitThreads) -> None:
+    loop_thread = threading.get_ident()
+    writer = await threads.write(threading.get_ident)
+    reader = await threads.read(threading.get_ident)
+    assert loop_thread not in (writer, reader)
+
+
+# --- against the daemon ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(16) as executor:
+        yield executor
+
+
+def test_every_rollout_answered_under_concurrent_load_survives_kill_9(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    ids = daemon.queue(*range(4000))
+    acked: list[str] = []
+    enough = threading.Event()
+
+    def worker() -> None:
+        with httpx.Client(base_url=daemon.url, timeout=10) as client:
+            while True:
+                try:
+                    task = client.get("/task").json()["task"]
+                    if task is None:
+                        return
+                    body = {"rollout_id": task["rollout_id"], "final_reward": 1.0}
+                    if client.post("/rollout", json=body).status_code == 200:
+                        acked.append(task["rollout_id"])
+                except httpx.TransportError:
+                    return  # the daemon is gone
+                if len(acked) >= 300:
+                    enough.set()
+
+    workers = [pool.submit(worker) for _ in range(16)]
+    assert enough.wait(60), "the workers never got going"
+    daemon.kill()
+    for future in workers:
+        future.result(timeout=30)
+    daemon.start()
+
+    stored = {rollout["rollout_id"] for rollout in daemon.rollouts()}
+    assert set(acked) <= stored
+    assert stored <= set(ids)
