@@ -28,11 +28,18 @@ class GatedStore(SQLiteStore):
         self.syncing = threading.Event()
         self.may_sync = threading.Event()
         self.may_sync.set()
+        self.drained = threading.Event()
 
     def sync(self) -> None:
         self.syncing.set()
         assert self.may_sync.wait(WAIT)
         super().sync()
+
+    def drain_step(self) -> bool:
+        more = super().drain_step()
+        if not more:
+            self.drained.set()
+        return more
 
 
 @pytest.fixture
@@ -102,6 +109,21 @@ async def test_no_write_is_answered_before_its_commit_is_synced(threads: GroupCo
     assert not write.done()
     store.may_sync.set()
     assert len(await asyncio.wait_for(write, WAIT)) == 1
+
+
+async def test_the_writer_moves_a_committed_batch_into_place_when_it_has_nothing_else_to_do(
+    threads: GroupCommitThreads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agl_cli.store.sqlite.DRAIN_CHUNK", 7)
+    store = threads.store
+    assert isinstance(store, GatedStore)
+    batch_id = await threads.write(store.create_batch)
+    staged = await threads.write(lambda: store.stage_tasks(batch_id, [TaskSpec(input=n) for n in range(50)]))
+    store.drained.clear()
+    assert await threads.write(lambda: store.commit_batch(batch_id)) == 50
+    assert await asyncio.to_thread(store.drained.wait, WAIT)
+    assert store._read("SELECT count(*) FROM staging") == [(0,)]
+    assert [record.rollout_id for record in store.list_tasks(limit=100)] == staged
 
 
 async def test_writes_and_reads_run_off_the_event_loop(threads: GroupCommitThreads) -> None:

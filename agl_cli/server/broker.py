@@ -84,7 +84,6 @@ class Broker:
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
-        self._drainer: asyncio.Task[None] | None = None
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
 
@@ -112,7 +111,6 @@ class Broker:
         self._threads.start()
         self._latest = await self._threads.read(self._store.latest_resources)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="agl-sweeper")
-        self._drain()  # what a batch committed before a restart left to do
 
     def begin_shutdown(self) -> None:
         """Answer every long poll now, so that shutdown does not wait out their timeouts."""
@@ -122,12 +120,11 @@ class Broker:
 
     async def stop(self) -> None:
         """Stop sweeping, answer the waiters, finish the writes taken, close the store."""
-        for task in (self._sweeper, self._drainer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._sweeper = self._drainer = None
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         self.begin_shutdown()
         await self._threads.close()
 
@@ -199,20 +196,7 @@ class Broker:
         queued = await self._threads.write(lambda: self._store.commit_batch(batch_id))
         if queued:
             self._tasks_changed.notify()
-            self._drain()
         return queued
-
-    def _drain(self) -> None:
-        """Let the store finish committed batches a step at a time, between other writes."""
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain_steps(), name="agl-drainer")
-
-    async def _drain_steps(self) -> None:
-        try:
-            while await self._threads.write(self._store.drain_step):
-                pass
-        except Exception:  # the tasks are queued all the same; the next commit or start retries
-            log.exception("moving a committed batch into place failed")
 
     async def discard_batch(self, batch_id: str) -> int:
         return await self._threads.write(lambda: self._store.discard_batch(batch_id))

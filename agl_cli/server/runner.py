@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import secrets
@@ -140,6 +141,18 @@ class _Server(uvicorn.Server):
             self.broker.begin_shutdown()
 
 
+def _freeze_what_lives_forever() -> None:
+    """Keep the modules, the app and the store out of every garbage collection from now on.
+
+    A full collection walks every object the process holds; with the libraries agl runs
+    on, that is a pause of 20-50 ms, often enough under load to set the p99 latency.
+    Frozen, those objects are never walked again, and a full collection only looks at
+    what was made since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _run_on_fastest_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop where it is installed (uvicorn[standard] brings it), as `uvicorn.run`
     would: it answers a request in about half the time of asyncio's own loop."""
@@ -215,6 +228,7 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
         address=address,
         store=where,
     )
+    _freeze_what_lives_forever()
     try:
         _run_on_fastest_loop(server.serve(sockets=[sock]))
     finally:

@@ -15,6 +15,7 @@ A store that never waits on a disk (the memory store) is called inline instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -24,9 +25,12 @@ from typing import Any, TypeVar
 
 from agl_cli.store import Store
 
+log = logging.getLogger("agl.writer")
+
 T = TypeVar("T")
 
 READ_THREADS = 2
+CHECKPOINT_EVERY = 32  # commits between two checkpoints of the write-ahead log
 # Groups are counted by size in power-of-two buckets: 1, 2, 3-4, 5-8, ... (see `GroupSizes`).
 SIZE_BUCKETS = 16
 
@@ -84,8 +88,8 @@ _Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 class GroupCommitThreads(StoreThreads):
     """A writer thread that commits every waiting write together, a syncer thread that
-    makes each commit durable while the writer goes on with the next group, and reader
-    threads."""
+    makes each commit durable while the writer goes on with the next group, a thread that
+    checkpoints the store's log now and then, and reader threads."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
@@ -94,12 +98,16 @@ class GroupCommitThreads(StoreThreads):
         self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="agl-read")
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._commits = 0
+        self._checkpoint_due = threading.Event()
+        self._stopping = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._threads = [
             threading.Thread(target=self._write_forever, name="agl-writer", daemon=True),
             threading.Thread(target=self._sync_forever, name="agl-syncer", daemon=True),
+            threading.Thread(target=self._checkpoint_forever, name="agl-checkpointer", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -117,6 +125,8 @@ class GroupCommitThreads(StoreThreads):
     async def close(self) -> None:
         if self._threads:
             self._pending.put(_STOP)  # the writer passes it on to the syncer
+            self._stopping = True
+            self._checkpoint_due.set()
             for thread in self._threads:
                 await asyncio.to_thread(thread.join)
             self._threads = []
@@ -126,12 +136,24 @@ class GroupCommitThreads(StoreThreads):
     # the writer --------------------------------------------------------------------------
 
     def _write_forever(self) -> None:
-        for group, stop in _batches(self._pending):
+        for group, stop in _batches(self._pending, self._idle):
             if group:
                 self._committed.put(self._commit(group))
+                self._commits += 1
+                if self._commits % CHECKPOINT_EVERY == 0:
+                    self._checkpoint_due.set()
             if stop:
                 self._committed.put(_STOP)
                 return
+
+    def _idle(self) -> bool:
+        """Nothing to write: do a step of what the store left for later (a committed batch
+        to move into place); True if there is more. Never ahead of a waiting write."""
+        try:
+            return self.store.drain_step()
+        except Exception:  # the batch's tasks are queued all the same; the next idle moment retries
+            log.exception("moving a committed batch into place failed")
+            return False
 
     def _commit(self, group: list[_Job]) -> tuple[list[_Outcome], bool]:
         """Commit the group; its outcomes, and whether they wait for a sync to be durable."""
@@ -178,11 +200,31 @@ class GroupCommitThreads(StoreThreads):
             if stop:
                 return
 
+    # the checkpointer ---------------------------------------------------------------------
 
-def _batches(source: queue.SimpleQueue[Any]) -> Iterator[tuple[list[Any], bool]]:
-    """Everything waiting in `source` at once (blocking for the first), and whether the
-    stop marker was among it."""
+    def _checkpoint_forever(self) -> None:
+        """Copy the log into the database beside the writer, so that the checkpoint a commit
+        runs itself now and then has little left to do."""
+        while True:
+            self._checkpoint_due.wait()
+            self._checkpoint_due.clear()
+            if self._stopping:
+                return
+            try:
+                self.store.checkpoint()
+            except Exception:  # the log only grows a little longer; the next one retries
+                log.exception("checkpointing the write-ahead log failed")
+
+
+def _batches(
+    source: queue.SimpleQueue[Any], idle: Callable[[], bool] = lambda: False
+) -> Iterator[tuple[list[Any], bool]]:
+    """Everything waiting in `source` at once, and whether the stop marker was among it.
+    While `source` is empty, `idle()` runs for as long as it says it has more to do; then
+    the wait for the first item blocks."""
     while True:
+        while source.empty() and idle():
+            pass
         items = [source.get()]
         while not source.empty():
             items.append(source.get_nowait())

@@ -233,6 +233,10 @@ class Store(abc.ABC):
     def sync(self) -> None:  # noqa: B027 - nothing to do for stores that keep nothing on disk
         """Make every write committed so far durable."""
 
+    def checkpoint(self) -> None:  # noqa: B027 - nothing to do without a log
+        """Copy what the write-ahead log holds into the database, so the log can start over.
+        Safe to run beside reads and writes; it waits for neither."""
+
     # tasks
     @abc.abstractmethod
     def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
@@ -266,7 +270,7 @@ class Store(abc.ABC):
         """Do a bounded part of the work a commit left to do; True if some is left.
 
         A store may commit a batch by marking it, and move its tasks into place later,
-        a step at a time between other writes (the server calls this until it says no).
+        a step at a time (the server's writer calls this when it has nothing else to do).
         Its tasks are queued from the commit on, whatever is left to do.
         """
         return False

@@ -1,0 +1,68 @@
+"""`bench/side_by_side.py --quick` runs end to end and reports every figure as a number.
+
+A smoke test of the benchmark itself: it never asserts a timing (the bench only prints
+figures), only that the run succeeds and its JSON has everything the table promises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FIGURES = {
+    "small_cycle_agl_vs_ceiling",
+    "small_cycle_agl_vs_legacy",
+    "realistic_cycle_agl_vs_legacy",
+    "small_cycle_p99_agl_vs_ceiling",
+    "claims_after_threshold_vs_start",
+    "longpoll_pickup_p50_ms",
+    "longpoll_pickup_p99_ms",
+    "claim_p99_during_commit_ms",
+    "queue_seconds",
+    "queue_daemon_peak_rss_mb",
+}
+
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("wrk") is None, reason="wrk is not installed (bench/setup.sh installs it)"
+    ),
+    pytest.mark.timeout(90),  # the smoke run takes about 30 s; it starts 8 servers one after another
+]
+
+
+def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "side_by_side.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "side_by_side.py"), "--quick", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=85,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    data = json.loads(out.read_text())
+
+    figures = {figure["key"]: figure for figure in data["figures"]}
+    assert set(figures) == FIGURES
+    for key, figure in figures.items():
+        if figure["requires_legacy"] and not data["legacy_ran"]:
+            # 0.3.0 runs from the compat venv; --quick leaves it out (and says so) when it is not built
+            assert figure["value"] is None, key
+            assert "skipped" in data["legacy"] or "failed" in data["legacy"]
+            continue
+        assert isinstance(figure["value"], (int, float)) and math.isfinite(figure["value"]), figure
+        assert figure["met"] in (True, False), figure
+        assert ("missed" if not figure["met"] else "met") in result.stdout
+
+    for scenario in ("small", "realistic"):
+        servers = {row["server"] for row in data["cycles"][scenario]}
+        assert {"agl (durable)", "agl (memory)", "ceiling"} <= servers
