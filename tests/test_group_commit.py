@@ -14,6 +14,7 @@ import httpx
 import pytest
 from daemon import Daemon
 
+from agl_cli.models import TaskStatus
 from agl_cli.server.writer import GroupCommitThreads
 from agl_cli.store import SQLiteStore, TaskSpec, UnknownTaskError
 
@@ -124,6 +125,26 @@ async def test_the_writer_moves_a_committed_batch_into_place_when_it_has_nothing
     assert await asyncio.to_thread(store.drained.wait, WAIT)
     assert store._read("SELECT count(*) FROM staging") == [(0,)]
     assert [record.rollout_id for record in store.list_tasks(limit=100)] == staged
+
+
+async def test_reads_see_a_batch_whole_while_the_writer_moves_it_into_place(
+    threads: GroupCommitThreads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agl_cli.store.sqlite.DRAIN_CHUNK", 1)
+    store = threads.store
+    assert isinstance(store, GatedStore)
+    batch_id = await threads.write(store.create_batch)
+    staged = await threads.write(lambda: store.stage_tasks(batch_id, [TaskSpec(input=n) for n in range(500)]))
+    store.drained.clear()
+    await threads.write(lambda: store.commit_batch(batch_id))
+    reads = 0
+    while not store.drained.is_set() or not reads:
+        counts, last = await asyncio.gather(
+            threads.read(store.counts), threads.read(lambda: store.get_task(staged[-1]))
+        )
+        assert counts.tasks[TaskStatus.QUEUED] == 500
+        assert last is not None and last.status is TaskStatus.QUEUED
+        reads += 1
 
 
 async def test_writes_and_reads_run_off_the_event_loop(threads: GroupCommitThreads) -> None:

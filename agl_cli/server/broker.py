@@ -258,7 +258,8 @@ class Broker:
 
     async def snapshot(self) -> Snapshot:
         def read() -> Snapshot:
-            return Snapshot(self._store.counts(), self._store.last_seq(), self._latest_id())
+            with self._store.snapshot():
+                return Snapshot(self._store.counts(), self._store.last_seq(), self._latest_id())
 
         return await self._threads.read(read)
 

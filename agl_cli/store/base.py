@@ -230,6 +230,11 @@ class Store(abc.ABC):
         """
         return contextlib.nullcontext(Commit())
 
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Make every read inside see the store as of one moment, even while the writer
+        goes on: a read of several parts (counts, a lookup in two places) stays whole."""
+        return contextlib.nullcontext()
+
     def sync(self) -> None:  # noqa: B027 - nothing to do for stores that keep nothing on disk
         """Make every write committed so far durable."""
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,6 +62,11 @@ class MemoryStore(Store):
         self._latest: str | None = None
         self._duplicates = 0
         self._batches: dict[str, list[_Entry]] = {}
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        with self._lock:
+            yield
 
     # tasks -------------------------------------------------------------------------------
 

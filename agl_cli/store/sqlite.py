@@ -314,6 +314,24 @@ class SQLiteStore(Store):
         # PASSIVE: copies what no reader still needs, without waiting for readers or writers.
         self._reader().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction on this thread's read connection: in WAL mode, every read
+        inside sees the same commit, whatever the writer does meanwhile."""
+        group = self._group
+        if group is not None and group.owner == threading.get_ident():
+            yield  # the write transaction this thread holds is consistent already
+            return
+        conn = self._reader()
+        if conn.in_transaction:
+            yield  # a snapshot already
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run a query on this thread's read connection; inside a transaction, on the write
         connection, so that the transaction sees its own writes."""
@@ -556,11 +574,12 @@ class SQLiteStore(Store):
         return deadline  # type: ignore[no-any-return]
 
     def get_task(self, rollout_id: str) -> TaskRecord | None:
-        rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,))
-        if not rows:
-            rows = self._read(
-                f"SELECT {_TASK_COLUMNS} FROM ({_STAGED_TASKS}) WHERE rollout_id = ?", (rollout_id,)
-            )
+        with self.snapshot():  # a task moved out of `staging` meanwhile is found in `tasks`
+            rows = self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,))
+            if not rows:
+                rows = self._read(
+                    f"SELECT {_TASK_COLUMNS} FROM ({_STAGED_TASKS}) WHERE rollout_id = ?", (rollout_id,)
+                )
         return _record_from_row(_TaskRow._make(rows[0])) if rows else None
 
     def list_tasks(
@@ -568,14 +587,15 @@ class SQLiteStore(Store):
     ) -> list[TaskRecord]:
         where, params = ("", []) if status is None else (" WHERE status = ?", [status.value])
         sql = f"SELECT {_TASK_COLUMNS} FROM tasks{where} ORDER BY id LIMIT ? OFFSET ?"
-        if status in (None, TaskStatus.QUEUED) and self._read(
-            "SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1"
-        ):
-            sql = (
-                f"SELECT {_TASK_COLUMNS} FROM (SELECT id, {_TASK_COLUMNS} FROM tasks{where}"
-                f" UNION ALL {_STAGED_TASKS}) ORDER BY id LIMIT ? OFFSET ?"
-            )
-        rows = self._read(sql, [*params, limit, offset])
+        with self.snapshot():
+            if status in (None, TaskStatus.QUEUED) and self._read(
+                "SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1"
+            ):
+                sql = (
+                    f"SELECT {_TASK_COLUMNS} FROM (SELECT id, {_TASK_COLUMNS} FROM tasks{where}"
+                    f" UNION ALL {_STAGED_TASKS}) ORDER BY id LIMIT ? OFFSET ?"
+                )
+            rows = self._read(sql, [*params, limit, offset])
         return [_record_from_row(_TaskRow._make(values)) for values in rows]
 
     def cancel_task(self, rollout_id: str) -> TaskRecord:
@@ -719,6 +739,10 @@ class SQLiteStore(Store):
         return [_resources_from_row(_ResourcesRow._make(values)) for values in rows]
 
     def counts(self) -> StoreCounts:
+        with self.snapshot():
+            return self._counts()
+
+    def _counts(self) -> StoreCounts:
         counts = StoreCounts()
         for status, number in self._read("SELECT status, count(*) FROM tasks GROUP BY status"):
             counts.tasks[TaskStatus(status)] = number
