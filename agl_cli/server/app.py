@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.server import management
@@ -34,6 +35,20 @@ class ServerOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     address: str | None = None
     state_dir: str | None = None
+
+
+class AglApp(Starlette):
+    """Starlette, with the worker routes answered before its middleware stack: they are
+    the hot path, and need none of it (see `legacy.WorkerRoutes`)."""
+
+    worker_routes: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.worker_routes(scope, receive, send)
+
+    async def serve_rest(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Everything but the worker routes: Starlette as usual."""
+        await super().__call__(scope, receive, send)
 
 
 def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
@@ -58,10 +73,9 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         *management.routes,
     ]
     metrics = Metrics(broker, routes)
-    app = Starlette(
+    app = AglApp(
         routes=routes,
         middleware=[
-            Middleware(WorkerRoutes, broker=broker, metrics=metrics, max_body_bytes=options.max_body_bytes),
             Middleware(RequestLatency, metrics=metrics),
             Middleware(BodySizeLimit, max_bytes=options.max_body_bytes),
             Middleware(BearerAuth, token=options.token),
@@ -69,6 +83,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         exception_handlers={BadRequest: _bad_request, HTTPException: _http_exception},
         lifespan=lifespan,
     )
+    app.worker_routes = WorkerRoutes(app.serve_rest, broker, metrics, options.max_body_bytes)
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.options = options

@@ -141,10 +141,11 @@ class Broker:
     # tasks -------------------------------------------------------------------------------
 
     async def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
-        ids = await self._threads.write(lambda: self._store.queue_tasks(specs))
-        if ids:
-            self._tasks_changed.notify()
-        return ids
+        queued = self._threads.submit(lambda: self._store.queue_tasks(specs))
+        # Waiting workers may claim right away: their claims are taken after this write,
+        # so they see its tasks, and are answered only once its commit is synced.
+        self._tasks_changed.notify()
+        return await queued
 
     async def claim(self, wait: float = 0.0) -> Claim | None:
         """Hand out the next task, waiting up to `wait` seconds for one to appear."""

@@ -1,11 +1,11 @@
 """The four worker routes of the Agent Lightning legacy protocol, wire-compatible with 0.3.0.
 
 Every worker claims and reports through them, so they are the hot path of a run and are
-served by `WorkerRoutes`, a plain ASGI middleware in front of the Starlette app: no
-routing table, no middleware stack, no `Request` object, only what the protocol needs.
-It keeps what the stack would give them: the body size limit (413), 405 for another
-method, and a latency observation under the route's template. Every other path goes on
-to the app.
+served by `WorkerRoutes`, plain ASGI in front of the Starlette app: no routing table,
+no middleware stack, no `Request` object, only what the protocol needs. It keeps what
+the stack would give them: the body size limit (413), 405 for another method, a 500 for
+an unexpected error, and a latency observation under the route's template. Every other
+path goes on to the app.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.datastructures import QueryParams
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.models import Rollout
@@ -67,6 +68,9 @@ class WorkerRoutes:
             except _Disconnected:
                 status = 499  # nginx's name for it; nothing is sent
                 return
+            except Exception:  # answered as Starlette would, then raised for uvicorn to log
+                await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+                raise
             await _send_json(send, status, body)
         finally:
             self.metrics.observe_route(template, scope["method"], status, time.perf_counter() - started)

@@ -69,9 +69,17 @@ class StoreThreads:
         """Begin taking calls (the event loop is running)."""
 
     async def write(self, call: Callable[[], T]) -> T:
-        result = call()
+        return await self.submit(call)
+
+    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Take a write now (writes are made in the order they are taken); its result later."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(call())
+        except Exception as exc:
+            future.set_exception(exc)
         self.sizes.add(1)
-        return result
+        return future
 
     async def read(self, call: Callable[[], T]) -> T:
         return call()
@@ -112,11 +120,11 @@ class GroupCommitThreads(StoreThreads):
         for thread in self._threads:
             thread.start()
 
-    async def write(self, call: Callable[[], T]) -> T:
+    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
         assert self._loop is not None, "start() first"
         future: asyncio.Future[T] = self._loop.create_future()
         self._pending.put((call, future))
-        return await future
+        return future
 
     async def read(self, call: Callable[[], T]) -> T:
         assert self._loop is not None, "start() first"
