@@ -141,7 +141,7 @@ class Broker:
     # tasks -------------------------------------------------------------------------------
 
     async def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
-        queued = self._threads.submit(lambda: self._store.queue_tasks(specs))
+        queued = self._threads.write(lambda: self._store.queue_tasks(specs))
         # Waiting workers may claim right away: their claims are taken after this write,
         # so they see its tasks, and are answered only once its commit is synced.
         self._tasks_changed.notify()

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,25 +68,27 @@ class StoreThreads:
     def start(self) -> None:
         """Begin taking calls (the event loop is running)."""
 
-    async def write(self, call: Callable[[], T]) -> T:
-        return await self.submit(call)
-
-    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
-        """Take a write now (writes are made in the order they are taken); its result later."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        try:
-            future.set_result(call())
-        except Exception as exc:
-            future.set_exception(exc)
+    def write(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Take a write now (writes are made in the order they are taken); await its result."""
         self.sizes.add(1)
-        return future
+        return _called(call)
 
-    async def read(self, call: Callable[[], T]) -> T:
-        return call()
+    def read(self, call: Callable[[], T]) -> Awaitable[T]:
+        return _called(call)
 
     async def close(self) -> None:
         """Finish every write taken, then close the store."""
         self.store.close()
+
+
+def _called(call: Callable[[], T]) -> asyncio.Future[T]:
+    """The outcome of `call()`, made now, as a future."""
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    try:
+        future.set_result(call())
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
 
 
 _STOP = object()
@@ -120,15 +122,15 @@ class GroupCommitThreads(StoreThreads):
         for thread in self._threads:
             thread.start()
 
-    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
+    def write(self, call: Callable[[], T]) -> asyncio.Future[T]:
         assert self._loop is not None, "start() first"
         future: asyncio.Future[T] = self._loop.create_future()
         self._pending.put((call, future))
         return future
 
-    async def read(self, call: Callable[[], T]) -> T:
+    def read(self, call: Callable[[], T]) -> Awaitable[T]:
         assert self._loop is not None, "start() first"
-        return await self._loop.run_in_executor(self._readers, call)
+        return self._loop.run_in_executor(self._readers, call)
 
     async def close(self) -> None:
         if self._threads:
