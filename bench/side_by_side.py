@@ -77,6 +77,7 @@ from types import FrameType
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -109,7 +110,8 @@ class Plan:
     before it (at least `commit_settle`, at most `commit_max_settle` seconds), so that the
     window also covers any work the daemon goes on doing for the batch in the background.
     `commit_ordinary_tasks` are queued beforehand so that claims find tasks until the batch
-    is in: agl hands out up to ~25,000 a second here.
+    is in, and run out soon after, so that the window also has claims of the batch's own
+    tasks: agl hands out up to ~25,000 a second here.
     """
 
     duration: int
@@ -162,11 +164,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
             flat_base_seconds=5.0,
             pickups=200,
             batch_tasks=1_000_000,
-            commit_ordinary_tasks=150_000,
+            commit_ordinary_tasks=60_000,
             queue_tasks=1_000_000,
             max_wrk_seconds=600,
             commit_lead=2.0,
-            commit_settle=2.0,
+            commit_settle=6.0,
             commit_max_settle=120.0,
         )
     if args.duration is not None:
@@ -227,9 +229,10 @@ class AglServer(Server):
         self.workdir = workdir
         self.client: httpx.Client | None = None
         self.queued = 0
+        self.state_dir = Path()
 
     def start(self, tasks: int = 0) -> None:
-        state_dir = Path(tempfile.mkdtemp(prefix="agl-", dir=self.workdir))
+        state_dir = self.state_dir = Path(tempfile.mkdtemp(prefix="agl-", dir=self.workdir))
         argv = [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--state-dir", str(state_dir)]
         argv += ["--task-timeout", str(TASK_TIMEOUT), "--log-level", "warning"]
         if self.memory:
@@ -416,6 +419,51 @@ class CycleFigures:
     ran_dry: int  # claims answered "no task available"
     server_cpu: float | None
     wrk_cpu: float
+    commits: CommitGroups | None = None  # agl (durable): how its writes shared commits
+
+
+@dataclass
+class CommitGroups:
+    """From agl's `agl_commit_group_size` histogram, over one run."""
+
+    commits: int
+    writes: int
+    share_over_4: float  # of commits, those that carried more than 4 writes
+    wal_mb: float  # the write-ahead log's size at the end of the run
+
+    @property
+    def mean(self) -> float:
+        return self.writes / self.commits if self.commits else 0.0
+
+
+def commit_groups(server: Server) -> tuple[float, float, float] | None:
+    """(commits, writes, commits of up to 4 writes) so far, or None for a server without them."""
+    if not isinstance(server, AglServer) or server.memory:
+        return None
+    assert server.client is not None
+    text = server.client.get("/metrics").text
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "agl_commit_group_size":
+            for sample in family.samples:
+                le = sample.labels.get("le")
+                values[sample.name if le is None else f"le={float(le):g}"] = sample.value
+    return values["agl_commit_group_size_count"], values["agl_commit_group_size_sum"], values["le=4"]
+
+
+def commit_groups_between(
+    before: tuple[float, float, float] | None, after: tuple[float, float, float] | None, wal_mb: float
+) -> CommitGroups | None:
+    if before is None or after is None:
+        return None
+    commits, writes, small = (int(b - a) for a, b in zip(before, after, strict=True))
+    return CommitGroups(commits, writes, 1 - small / commits if commits else 0.0, wal_mb)
+
+
+def wal_mb(server: Server) -> float:
+    """The size of agl's write-ahead log now (0 for other servers)."""
+    wal = server.state_dir / "agl.db-wal" if isinstance(server, AglServer) else None
+    return wal.stat().st_size / 1e6 if wal is not None and wal.exists() else 0.0
 
 
 def cycle_run(server: Server, body: Path | None, seconds: int, plan: Plan, workdir: Path) -> WrkRun:
@@ -447,8 +495,12 @@ def bench_cycles(
             with running(server):
                 for scenario, body in bodies.items():
                     server.queue(tasks_for_run(server, body, plan, workdir))
+                    groups_before = commit_groups(server)
                     run = cycle_run(server, body, plan.duration, plan, workdir)
                     figures = cycle_figures(server.name, run)
+                    figures.commits = commit_groups_between(
+                        groups_before, commit_groups(server), wal_mb(server)
+                    )
                     report_bytes[scenario] = int(run.result["report_body_bytes"])
                     results[scenario].append(figures)
                     log(
@@ -1149,6 +1201,14 @@ def print_report(results: Results, figures: list[Figure], ran: set[str]) -> None
                 f"{row.p50_ms:>8.2f} {row.p99_ms:>8.2f} {row.max_ms:>8.1f} {problems:>7} {row.ran_dry:>5} "
                 f"{share(row.server_cpu):>7} {share(row.wrk_cpu):>7}"
             )
+        for row in rows:
+            if row.commits is not None:
+                print(
+                    f"  {row.server}: {row.commits.writes:,} writes in {row.commits.commits:,} commits, "
+                    f"{row.commits.mean:.1f} writes per commit on average; "
+                    f"{row.commits.share_over_4:.0%} of commits carried more than 4; "
+                    f"write-ahead log {row.commits.wal_mb:.1f} MB at the end"
+                )
     if results.flat:
         flat = results.flat
         print()

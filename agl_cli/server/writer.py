@@ -31,6 +31,9 @@ T = TypeVar("T")
 
 READ_THREADS = 2
 CHECKPOINT_EVERY = 32  # commits between two checkpoints of the write-ahead log
+# The writer counts as idle (and moves committed batches into place) after this long
+# without a write: under load it never is, so that work never holds up a claim.
+IDLE_AFTER = 0.005
 # Groups are counted by size in power-of-two buckets: 1, 2, 3-4, 5-8, ... (see `GroupSizes`).
 SIZE_BUCKETS = 16
 
@@ -157,8 +160,8 @@ class GroupCommitThreads(StoreThreads):
                 return
 
     def _idle(self) -> bool:
-        """Nothing to write: do a step of what the store left for later (a committed batch
-        to move into place); True if there is more. Never ahead of a waiting write."""
+        """Nothing to write for a while: do a step of what the store left for later (a
+        committed batch to move into place); True if there is more."""
         try:
             return self.store.drain_step()
         except Exception:  # the batch's tasks are queued all the same; the next idle moment retries
@@ -226,16 +229,25 @@ class GroupCommitThreads(StoreThreads):
                 log.exception("checkpointing the write-ahead log failed")
 
 
+def _next(source: queue.SimpleQueue[Any], idle: Callable[[], bool] | None) -> Any:
+    if idle is not None:
+        while True:
+            try:
+                return source.get(timeout=IDLE_AFTER)
+            except queue.Empty:
+                if not idle():
+                    break
+    return source.get()
+
+
 def _batches(
-    source: queue.SimpleQueue[Any], idle: Callable[[], bool] = lambda: False
+    source: queue.SimpleQueue[Any], idle: Callable[[], bool] | None = None
 ) -> Iterator[tuple[list[Any], bool]]:
     """Everything waiting in `source` at once, and whether the stop marker was among it.
-    While `source` is empty, `idle()` runs for as long as it says it has more to do; then
-    the wait for the first item blocks."""
+    Whenever nothing has come for `IDLE_AFTER` seconds, `idle()` does a step of its work,
+    until it says there is no more."""
     while True:
-        while source.empty() and idle():
-            pass
-        items = [source.get()]
+        items = [_next(source, idle)]
         while not source.empty():
             items.append(source.get_nowait())
         stop = _STOP in items
