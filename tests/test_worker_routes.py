@@ -123,6 +123,26 @@ def test_a_body_over_the_limit_is_a_413(make_daemon: Callable[..., Daemon]) -> N
     assert daemon.rollouts() == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("HEAD", "/task", "GET"),
+        ("POST", "/task", "GET"),
+        ("GET", "/rollout", "POST"),
+        ("PUT", "/resources/x", "GET"),
+    ],
+)
+def test_another_method_on_a_worker_route_is_a_405_that_claims_nothing(
+    daemon: Daemon, method: str, path: str, allowed: str
+) -> None:
+    daemon.queue("kept")
+    response = httpx.request(method, daemon.url + path, timeout=10)
+    assert (response.status_code, response.headers["allow"]) == (405, allowed)
+    if method != "HEAD":
+        assert response.json() == {"detail": "Method Not Allowed"}
+    assert daemon.status()["tasks"]["queued"] == 1
+
+
 def test_a_long_poll_returns_as_soon_as_a_task_is_queued(daemon: Daemon) -> None:
     timer = threading.Timer(0.5, daemon.queue, args=("late",))
     started = time.monotonic()
