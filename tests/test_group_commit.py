@@ -112,16 +112,24 @@ async def test_no_write_is_answered_before_its_commit_is_synced(threads: GroupCo
     assert len(await asyncio.wait_for(write, WAIT)) == 1
 
 
+async def commit_a_batch(threads: GroupCommitThreads, size: int) -> tuple[GatedStore, list[str]]:
+    """Stage `size` tasks and commit them through the writer; the store and their ids."""
+    store = threads.store
+    assert isinstance(store, GatedStore)
+    batch_id = await threads.write(store.create_batch)
+    staged = await threads.write(
+        lambda: store.stage_tasks(batch_id, [TaskSpec(input=n) for n in range(size)])
+    )
+    store.drained.clear()  # set again once the writer has moved the whole batch
+    assert await threads.write(lambda: store.commit_batch(batch_id)) == size
+    return store, staged
+
+
 async def test_the_writer_moves_a_committed_batch_into_place_when_it_has_nothing_else_to_do(
     threads: GroupCommitThreads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("agl_cli.store.sqlite.DRAIN_CHUNK", 7)
-    store = threads.store
-    assert isinstance(store, GatedStore)
-    batch_id = await threads.write(store.create_batch)
-    staged = await threads.write(lambda: store.stage_tasks(batch_id, [TaskSpec(input=n) for n in range(50)]))
-    store.drained.clear()
-    assert await threads.write(lambda: store.commit_batch(batch_id)) == 50
+    store, staged = await commit_a_batch(threads, 50)
     assert await asyncio.to_thread(store.drained.wait, WAIT)
     assert store._read("SELECT count(*) FROM staging") == [(0,)]
     assert [record.rollout_id for record in store.list_tasks(limit=100)] == staged
@@ -131,12 +139,7 @@ async def test_reads_see_a_batch_whole_while_the_writer_moves_it_into_place(
     threads: GroupCommitThreads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("agl_cli.store.sqlite.DRAIN_CHUNK", 1)
-    store = threads.store
-    assert isinstance(store, GatedStore)
-    batch_id = await threads.write(store.create_batch)
-    staged = await threads.write(lambda: store.stage_tasks(batch_id, [TaskSpec(input=n) for n in range(500)]))
-    store.drained.clear()
-    await threads.write(lambda: store.commit_batch(batch_id))
+    store, staged = await commit_a_batch(threads, 500)
     reads = 0
     while not store.drained.is_set() or not reads:
         counts, last = await asyncio.gather(
