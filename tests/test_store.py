@@ -552,3 +552,22 @@ def test_a_committed_batch_survives_reopening_before_it_has_moved(tmp_path: Path
     claimed = [reopened.claim_next() for _ in range(6)]
     assert [task.rollout_id for task in claimed if task] == [*staged, after]
     reopened.close()
+
+
+def test_a_batch_commit_that_is_rolled_back_leaves_the_batch_as_it_was(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = SQLiteStore(tmp_path / "agl.db", clock=clock)
+    batch_id = store.create_batch()
+    staged = stage(store, batch_id, *range(5))
+    with pytest.raises(UnknownTaskError), store.transaction(isolate_writes=False):
+        store.commit_batch(batch_id)
+        store.cancel_task("rollout-unknown")  # fails, and with it the whole transaction
+    assert store.counts().tasks[TaskStatus.QUEUED] == 0
+    clock.advance(5)
+    assert store.commit_batch(batch_id) == 5
+    [after] = queue(store, "after")
+    claimed = [store.claim_next() for _ in range(6)]
+    assert [task.rollout_id for task in claimed if task] == [*staged, after]
+    assert {task.create_time for task in claimed[:5] if task} == {clock.now}
+    store.close()

@@ -226,6 +226,7 @@ class SQLiteStore(Store):
         self._read_conns: list[sqlite3.Connection] = []
         self._conn.execute("PRAGMA synchronous=NORMAL")  # durable writes sync the WAL themselves
         self._wal = f"{self.path}-wal"
+        # What the writer keeps in memory beside the database; `_relearn` after a rollback.
         self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
         self._draining: list[_Drain] = []  # committed batches not yet moved into `tasks`, oldest first
         with self._write(durable=False) as conn:  # uncommitted batches never outlive the daemon
@@ -236,10 +237,7 @@ class SQLiteStore(Store):
             else:  # without a WHERE, SQLite drops the table's pages at once instead of row by row
                 conn.execute("DELETE FROM staging")
             conn.execute("DELETE FROM batches WHERE committed_time IS NULL")
-            for key, base, committed_time in conn.execute(
-                "SELECT id, base_pos, committed_time FROM batches ORDER BY base_pos"
-            ).fetchall():
-                self._draining.append(_Drain(key, base, committed_time))
+            self._relearn()
             [last] = conn.execute(
                 "SELECT max((SELECT coalesce(max(id), 0) FROM tasks), (SELECT coalesce(max(queue_pos), 0) FROM tasks),"
                 " (SELECT coalesce(max(base_pos + staged), 0) FROM batches))"
@@ -268,7 +266,7 @@ class SQLiteStore(Store):
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                self._earliest_deadline = 0.0  # what the rolled-back writes learnt is void
+                self._relearn()
                 raise
             finally:
                 self._group = None
@@ -298,8 +296,21 @@ class SQLiteStore(Store):
             except BaseException:
                 self._conn.execute("ROLLBACK TO write")
                 self._conn.execute("RELEASE write")
+                self._relearn()
                 raise
             self._conn.execute("RELEASE write")
+
+    def _relearn(self) -> None:
+        """Forget what undone writes taught the writer: read the batches still to move
+        again, and look for the earliest claim deadline at the next claim. (The last queue
+        place handed out only grows; places an undone write took are simply left unused.)"""
+        self._earliest_deadline = 0.0
+        self._draining = [
+            _Drain(*row)
+            for row in self._conn.execute(
+                "SELECT id, base_pos, committed_time FROM batches WHERE committed_time IS NOT NULL ORDER BY base_pos"
+            ).fetchall()
+        ]
 
     def sync(self) -> None:
         """fsync the WAL: every commit written to it so far is then on disk. Safe to run on
