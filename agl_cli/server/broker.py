@@ -35,13 +35,17 @@ class Signal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._watched = False  # nobody holds the current event: a notify has nothing to do
 
     def watch(self) -> asyncio.Event:
+        self._watched = True
         return self._event
 
     def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+        if self._watched:
+            self._event.set()
+            self._event = asyncio.Event()
+            self._watched = False
 
 
 async def wait_for(event: asyncio.Event, timeout: float) -> bool:

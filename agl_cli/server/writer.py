@@ -1,13 +1,14 @@
 """Group commit: one thread writes to the store, and concurrent writes share each commit.
 
 A request that writes hands its write to the writer thread and awaits the result. The
-writer takes every write that is waiting, runs them in one transaction, commits and
-syncs once, and only then are their requests answered. Should one of them fail, the
-whole transaction is undone and the group is run again with each write in a savepoint
-of its own, so that only the failing one fails. Under load, one fsync serves a whole group of
-reports, and claims are ordered with every other write by the one thread that makes
-them. Reads run on a small pool of threads with connections of their own, so nothing
-that can wait on the disk runs on the event loop.
+writer takes every write that is waiting and runs them in one transaction; a syncer
+thread makes that commit durable (one fsync) while the writer goes on with the next
+group, and only then are the group's requests answered, in order. Should one write
+fail, the whole transaction is undone and the group is run again with each write in a
+savepoint of its own, so that only the failing one fails. Claims go through the same
+writer, so their order with every other write is exact. Reads run on a small pool of
+threads with connections of their own, so nothing that can wait on the disk runs on the
+event loop. `docs/performance.md` tells what this buys.
 
 A store that never waits on a disk (the memory store) is called inline instead.
 """
