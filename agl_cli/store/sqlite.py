@@ -218,7 +218,7 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str | Path, **options: Any) -> None:
         super().__init__(**options)
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # connections opened later must find the same file
         self._conn = open_connection(self.path)
         self._lock = threading.RLock()  # the write connection is used by one thread at a time
         self._group: _Group | None = None  # the open `transaction()`, if any
@@ -315,7 +315,10 @@ class SQLiteStore(Store):
     def sync(self) -> None:
         """fsync the WAL: every commit written to it so far is then on disk. Safe to run on
         another thread while the next transaction writes (it only flushes more)."""
-        fd = os.open(self._wal, os.O_RDONLY)
+        try:
+            fd = os.open(self._wal, os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and removed: it is all in the synced database
+            return
         try:
             os.fsync(fd)
         finally:
