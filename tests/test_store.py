@@ -571,3 +571,16 @@ def test_a_batch_commit_that_is_rolled_back_leaves_the_batch_as_it_was(
     assert [task.rollout_id for task in claimed if task] == [*staged, after]
     assert {task.create_time for task in claimed[:5] if task} == {clock.now}
     store.close()
+
+
+@pytest.mark.usefixtures("small_drain_steps")
+def test_batches_committed_one_after_another_are_handed_out_in_commit_order(store: Store) -> None:
+    first, second = store.create_batch(), store.create_batch()
+    seconds = stage(store, second, "2a", "2b", "2c")
+    firsts = stage(store, first, "1a", "1b")
+    store.commit_batch(first)
+    store.commit_batch(second)
+    [after] = queue(store, "after")
+    claimed = [store.claim_next() for _ in range(6)]
+    assert [task.rollout_id for task in claimed if task] == [*firsts, *seconds, after]
+    assert store.claim_next() is None

@@ -484,14 +484,20 @@ class SQLiteStore(Store):
         conn.execute("DELETE FROM staging WHERE batch = ? AND pos = ?", found)
 
     def _move_head_of_queue(self, conn: sqlite3.Connection) -> None:
-        """Before a claim: if the next place in the queue belongs to a staged task, move it."""
-        drain = self._draining[0]
-        [first] = conn.execute("SELECT min(pos) FROM staging WHERE batch = ?", (drain.key,)).fetchone()
-        [head] = conn.execute(
-            "SELECT min(queue_pos) FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
-        ).fetchone()
-        if first is None or head is None or drain.base_pos + first < head:
-            self._move_staged(conn, drain, CLAIM_DRAIN)
+        """Before a claim: if the next place in the queue belongs to a staged task, move it
+        (and some after it). A batch with nothing left in `staging` is done with."""
+        while self._draining:
+            drain = self._draining[0]
+            [first] = conn.execute("SELECT min(pos) FROM staging WHERE batch = ?", (drain.key,)).fetchone()
+            if first is None:
+                self._move_staged(conn, drain, CLAIM_DRAIN)  # ends the batch
+                continue
+            [head] = conn.execute(
+                "SELECT min(queue_pos) FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
+            ).fetchone()
+            if head is None or drain.base_pos + first < head:
+                self._move_staged(conn, drain, CLAIM_DRAIN)
+            return
 
     def discard_batch(self, batch_id: str) -> int:
         with self._write(durable=False) as conn:
