@@ -197,11 +197,11 @@ def check_resources_id(resources_id: str) -> None:
 class Store(abc.ABC):
     """Durable (or not) home of tasks, resources and rollouts.
 
-    Methods are synchronous and touch a bounded number of rows (except `commit_batch`,
-    which queues a whole staged batch at once). A `blocking` store may wait on the disk,
-    so the server calls it from threads, never from its event loop: its writes from one
-    writer thread, grouped by `transaction()` into one commit, its reads from others.
-    `max_claims` bounds attempts per task.
+    Methods are synchronous and touch a bounded number of rows (a store may queue a whole
+    staged batch in `commit_batch`, or mark it and move it later in `drain_step`). A
+    `blocking` store may wait on the disk, so the server calls it from threads, never from
+    its event loop: its writes from one writer thread, grouped by `transaction()` into one
+    commit, its reads from others. `max_claims` bounds attempts per task.
     """
 
     kind: ClassVar[str] = "custom"  # how `agl status` names the store
