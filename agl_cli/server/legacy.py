@@ -55,7 +55,7 @@ class WorkerRoutes:
             return
         template, method, handler = route
         started = time.perf_counter()
-        status = 500  # if the handler raises, the app around answers 500
+        status = 500  # what an unexpected error is answered with (below)
         try:
             if scope["method"] != method:
                 status = await _send_response(_method_not_allowed(method), scope, receive, send)
