@@ -133,8 +133,8 @@ class LatencyCollector(Collector):
             "Time from a request's arrival to the end of its response, by route template.",
             labels=["route", "method", "status"],
         )
+        bounds = [*(_bound(bound) for bound in LATENCY_BUCKETS), "+Inf"]
         for (route, method, status), series in list(self._series.items()):
-            bounds = [*(_bound(bound) for bound in LATENCY_BUCKETS), "+Inf"]
             family.add_metric(
                 [route, method, str(status)],
                 list(zip(bounds, itertools.accumulate(series[:-1]), strict=True)),

@@ -21,15 +21,15 @@ PRAGMA choices and why:
   not make instead of writing into it; `user_version` numbers the schema, and
   `MIGRATIONS` brings an older file up to date when it is opened.
 
-`transaction()` groups several writes into one commit (the server's group commit): each
-write inside it runs in a savepoint, so one that fails is undone alone, and the WAL is
-synced once after the commit if any write in the group needs it.
+`transaction()` groups several writes into one commit (the server's group commit), each
+in a savepoint or, on the server's fast path, none (then a failure undoes them all), and
+the WAL is synced once after the commit if any write in the group needs it.
 
 Batches are staged in their own table. Committing one is a single small transaction that
 marks it committed and reserves its places in the queue (`base_pos + pos`), so a million
 staged tasks become queued at once, or not at all, without holding up other writes.
-They are then moved into `tasks` a chunk at a time (`drain_step`), between other writes;
-until a task is moved, every read sees it where it will be (claims move the head of the
+They are then moved into `tasks` a chunk at a time (`drain_step`, which the server runs
+when it has had no write for a moment); until a task is moved, every read sees it where it will be (claims move the head of the
 queue first, lookups by id look in `staging` too, counts and listings add the rest).
 Staging writes are not synced: an uncommitted batch does not survive a restart anyway,
 and the commit's sync covers what was staged before it. A task's `id` is its first place
@@ -194,7 +194,7 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
     if has_tables and app_id != APPLICATION_ID:
         raise NotAglDatabaseError(f"{path} is not an agl database; refusing to use it.")
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable writes sync the WAL themselves
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     if not has_tables:
@@ -224,7 +224,6 @@ class SQLiteStore(Store):
         self._group: _Group | None = None  # the open `transaction()`, if any
         self._readers = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # durable writes sync the WAL themselves
         self._wal = f"{self.path}-wal"
         # What the writer keeps in memory beside the database; `_relearn` after a rollback.
         self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
@@ -451,37 +450,44 @@ class SQLiteStore(Store):
         last = conn.execute(
             "SELECT pos FROM staging WHERE batch = ? ORDER BY pos LIMIT 1 OFFSET ?", (drain.key, count - 1)
         ).fetchone()
-        upto = last[0] if last else MAX_POS
-        conn.execute(
-            "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time)"
-            " SELECT ?1 + pos, rollout_id, 'queued', ?1 + pos, input, mode, resources_id, metadata, ?2"
-            " FROM staging WHERE batch = ?3 AND pos <= ?4 ORDER BY pos",
-            (drain.base_pos, drain.committed_time, drain.key, upto),
-        )
-        conn.execute("DELETE FROM staging WHERE batch = ? AND pos <= ?", (drain.key, upto))
+        self._move_positions(conn, drain, 0, last[0] if last else MAX_POS)
         if last is None:
             conn.execute("DELETE FROM batches WHERE id = ?", (drain.key,))
             self._draining.remove(drain)
 
-    def _move_staged_task(self, conn: sqlite3.Connection, rollout_id: str) -> None:
-        """Move one committed task into place ahead of its batch, if it is still staged.
+    def _move_staged_task(self, conn: sqlite3.Connection, rollout_id: str) -> bool:
+        """Move one committed task into place ahead of its batch, if it is still staged;
+        True if it was.
 
         Only needed by a write that names a task fresh from a large batch; without an
         index on staged ids (which would make staging four times slower) it reads
         through the staged tasks."""
-        if not self._draining:
-            return
         found = conn.execute("SELECT batch, pos FROM staging WHERE rollout_id = ?", (rollout_id,)).fetchone()
-        drain = next((d for d in self._draining if found and d.key == found[0]), None)
-        if found is None or drain is None:
-            return
+        for drain in self._draining:
+            if found is not None and drain.key == found[0]:
+                self._move_positions(conn, drain, found[1], found[1])
+                return True
+        return False
+
+    def _move_positions(self, conn: sqlite3.Connection, drain: _Drain, low: int, high: int) -> None:
+        """Move a committed batch's staged tasks from `low` to `high` (in staging order)
+        into `tasks`, each at the place the commit reserved for it."""
         conn.execute(
             "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time)"
             " SELECT ?1 + pos, rollout_id, 'queued', ?1 + pos, input, mode, resources_id, metadata, ?2"
-            " FROM staging WHERE batch = ?3 AND pos = ?4",
-            (drain.base_pos, drain.committed_time, drain.key, found[1]),
+            " FROM staging WHERE batch = ?3 AND pos BETWEEN ?4 AND ?5 ORDER BY pos",
+            (drain.base_pos, drain.committed_time, drain.key, low, high),
         )
-        conn.execute("DELETE FROM staging WHERE batch = ? AND pos = ?", found)
+        conn.execute("DELETE FROM staging WHERE batch = ? AND pos BETWEEN ? AND ?", (drain.key, low, high))
+
+    def _task_row(self, conn: sqlite3.Connection, columns: str, rollout_id: str) -> Any:
+        """`columns` of a task by id, moved out of `staging` first if a committed batch
+        still holds it there; None for an unknown id."""
+        sql = f"SELECT {columns} FROM tasks WHERE rollout_id = ?"
+        found = conn.execute(sql, (rollout_id,)).fetchone()
+        if found is None and self._draining and self._move_staged_task(conn, rollout_id):
+            found = conn.execute(sql, (rollout_id,)).fetchone()
+        return found
 
     def _move_head_of_queue(self, conn: sqlite3.Connection) -> None:
         """Before a claim: if the next place in the queue belongs to a staged task, move it
@@ -581,10 +587,7 @@ class SQLiteStore(Store):
                 "UPDATE tasks SET status = ?, queue_pos = ?, deadline = NULL WHERE rollout_id = ?",
                 (status.value, position, rollout_id),
             )
-        [earliest] = conn.execute(
-            "SELECT min(deadline) FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'"
-        ).fetchone()
-        self._earliest_deadline = earliest or float("inf")
+        self._earliest_deadline = self.next_deadline() or float("inf")
         return len(expired)
 
     def next_deadline(self) -> float | None:
@@ -620,10 +623,7 @@ class SQLiteStore(Store):
 
     def cancel_task(self, rollout_id: str) -> TaskRecord:
         with self._write() as conn:
-            self._move_staged_task(conn, rollout_id)
-            values = conn.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,)
-            ).fetchone()
+            values = self._task_row(conn, _TASK_COLUMNS, rollout_id)
             if values is None:
                 raise UnknownTaskError(rollout_id)
             row = _TaskRow._make(values)
@@ -641,14 +641,7 @@ class SQLiteStore(Store):
         text = rollout.model_dump_json() if body is None else body.decode()
         rollout_id = rollout.rollout_id
         with self._write() as conn:
-            task = conn.execute(
-                "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout_id,)
-            ).fetchone()
-            if task is None and self._draining:
-                self._move_staged_task(conn, rollout_id)
-                task = conn.execute(
-                    "SELECT status, num_claims FROM tasks WHERE rollout_id = ?", (rollout_id,)
-                ).fetchone()
+            task = self._task_row(conn, "status, num_claims", rollout_id)
             status, attempt = task if task else (None, None)
             outcome = outcome_of_report(TaskStatus(status) if status else None)
             if (
