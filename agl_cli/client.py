@@ -23,7 +23,8 @@ STREAM_READ_TIMEOUT = 45.0
 # The largest sequence number the daemon accepts in `since`: asks for nothing, learns last_seq.
 _BEYOND_ANY_SEQ = 2**62
 
-Status = Literal["queued", "claimed", "completed", "failed", "cancelled"]
+TaskStatus = Literal["queued", "claimed", "completed", "failed", "cancelled"]
+Mode = Literal["train", "val", "test"]
 
 
 # --- shapes of the API (docs/api.md) ------------------------------------------------------
@@ -32,13 +33,13 @@ Status = Literal["queued", "claimed", "completed", "failed", "cancelled"]
 class TaskRecord(TypedDict):
     rollout_id: str
     input: Any
-    mode: str | None
+    mode: Mode | None
     resources_id: str | None
     create_time: float
     last_claim_time: float | None
-    num_claims: int | None
+    num_claims: int
     metadata: dict[str, Any]
-    status: Status
+    status: TaskStatus
     deadline: float | None
     completed_time: float | None
     duplicates: int
@@ -60,7 +61,7 @@ class RolloutRecord(TypedDict, total=False):
     unsolicited: bool
 
 
-class RolloutPage(TypedDict):
+class RolloutList(TypedDict):
     rollouts: list[RolloutRecord]
     last_seq: int
 
@@ -78,7 +79,7 @@ class ResourcesList(TypedDict):
     latest_id: str | None
 
 
-class StagedTasks(TypedDict):
+class Staged(TypedDict):
     rollout_ids: list[str]
     staged: int
 
@@ -88,13 +89,13 @@ class Rates(TypedDict):
     rollouts_per_second: float
 
 
-class DaemonStatus(TypedDict, total=False):
+class Status(TypedDict, total=False):
     version: str
     pid: int
     started_time: float
     uptime: float
-    address: str
-    state_dir: str
+    address: str | None
+    state_dir: str | None
     store: str
     task_timeout: float
     max_attempts: int | None
@@ -199,9 +200,9 @@ class AglClient:
         """Open a batch: tasks staged in it stay invisible until `commit_batch`."""
         return cast(str, self._call("POST", "/v1/batches")["batch_id"])
 
-    def stage(self, batch_id: str, tasks: TaskList) -> StagedTasks:
+    def stage(self, batch_id: str, tasks: TaskList) -> Staged:
         return cast(
-            StagedTasks,
+            Staged,
             self._call("POST", f"/v1/batches/{_segment(batch_id)}/tasks", content=_tasks_body(tasks)),
         )
 
@@ -214,7 +215,9 @@ class AglClient:
     def discard_batch(self, batch_id: str) -> int:
         return cast(int, self._call("DELETE", f"/v1/batches/{_segment(batch_id)}")["discarded"])
 
-    def list_tasks(self, status: Status | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+    def list_tasks(
+        self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[TaskRecord]:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status is not None:
             params["status"] = status
@@ -248,8 +251,8 @@ class AglClient:
 
     # rollouts ---------------------------------------------------------------------------
 
-    def list_rollouts(self, since: int = 0, limit: int = 100) -> RolloutPage:
-        return cast(RolloutPage, self._call("GET", "/v1/rollouts", params={"since": since, "limit": limit}))
+    def list_rollouts(self, since: int = 0, limit: int = 100) -> RolloutList:
+        return cast(RolloutList, self._call("GET", "/v1/rollouts", params={"since": since, "limit": limit}))
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord:
         return cast(RolloutRecord, self._call("GET", f"/v1/rollouts/{_segment(rollout_id)}"))
@@ -338,8 +341,8 @@ class AglClient:
 
     # the daemon -------------------------------------------------------------------------
 
-    def status(self) -> DaemonStatus:
-        return cast(DaemonStatus, self._call("GET", "/v1/status"))
+    def status(self) -> Status:
+        return cast(Status, self._call("GET", "/v1/status"))
 
     def shutdown(self) -> None:
         """Ask the daemon to stop gracefully, as SIGTERM would; returns before it has."""

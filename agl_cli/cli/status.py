@@ -15,7 +15,7 @@ from agl_cli.cli.context import connect
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from agl_cli.client import DaemonStatus
+    from agl_cli.client import Status
 
 TASK_STATES = ("queued", "claimed", "completed", "failed", "cancelled")
 
@@ -53,7 +53,7 @@ def status(
                 live.update(view, refresh=True)
 
 
-def render(current: DaemonStatus) -> Table:
+def render(current: Status) -> Table:
     """The status as a two-column table."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")

@@ -54,6 +54,8 @@ class PublishBody(_Body):
 class TaskRecord(Task):
     """A task with its place in the life cycle."""
 
+    create_time: float
+    num_claims: int = Field(description="Times it was handed out (0 while queued for the first time).")
     status: TaskStatus
     deadline: float | None = Field(description="When the current claim runs out (epoch s), if claimed.")
     completed_time: float | None = Field(description="When its first rollout arrived (epoch s).")
