@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import socket
 import sqlite3
 import stat
@@ -11,8 +13,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+import typer
 from daemon import Daemon, env_without_agl
+from typer.core import TyperCommand, TyperGroup
+
+from agl_cli.cli.app import app as cli_app
+from agl_cli.daemon_config import DEFAULTS, DaemonConfig
 
 
 def agl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -125,3 +133,61 @@ def test_version_and_help_work() -> None:
     help_text = agl("--help").stdout
     for command in ("serve", "vllm", "store", "prometheus", "agentops"):
         assert command in help_text
+
+
+def _serve_command() -> TyperCommand:
+    group = typer.main.get_command(cli_app)
+    assert isinstance(group, TyperGroup)
+    command = group.commands["serve"]
+    assert isinstance(command, TyperCommand)
+    return command
+
+
+def test_every_serve_option_is_a_daemon_setting_with_the_same_default() -> None:
+    options = {param.name: param.default for param in _serve_command().params if param.name != "detach"}
+    assert options == {field.name: field.default for field in dataclasses.fields(DaemonConfig)}
+
+
+def test_every_setting_survives_the_trip_through_detach(tmp_path: Path) -> None:
+    unusual = {
+        "host": "127.0.0.2",
+        "port": 9,
+        "state_dir": tmp_path,
+        "memory": True,
+        "task_timeout": 0.1,
+        "max_attempts": 3,
+        "log_level": "debug",
+        "log_json": True,
+        "no_auth": True,
+        "max_body_size": 1234,
+    }  # a new setting fails this test until it has a value here
+    config = DaemonConfig(**unusual)
+    assert [name for name, value in unusual.items() if getattr(DEFAULTS, name) == value] == []
+    parsed = _serve_command().make_context("serve", config.argv()).params
+    assert DaemonConfig.from_options(parsed) == config
+
+
+def test_a_detached_daemon_runs_with_the_options_it_was_given(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    started = agl_in(state, "serve", "--detach", "--port", "0", "--memory", "--task-timeout", "7.5",
+                     "--max-attempts", "2", "--max-body-size", "5000", "--no-auth")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        url = json.loads(agl_in(state, "status", "--json").stdout)["address"]
+        status = httpx.get(f"{url}/v1/status").json()  # --no-auth: no token needed
+        assert (status["store"], status["task_timeout"], status["max_attempts"]) == ("memory", 7.5, 2)
+        too_large = httpx.post(f"{url}/rollout", content=b"x" * 5001)
+        assert too_large.status_code == 413
+    finally:
+        assert agl_in(state, "stop").returncode == 0
+
+
+def agl_in(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agl_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env_without_agl() | {"AGL_STATE_DIR": str(state_dir)},
+        check=False,
+    )

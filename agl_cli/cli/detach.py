@@ -7,6 +7,7 @@ daemon said, so that a script can go on to `agl queue` at once.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -19,12 +20,14 @@ import typer
 from agl_cli import paths
 from agl_cli.cli import output
 from agl_cli.cli.errors import fail
+from agl_cli.daemon_config import DaemonConfig
 
 READY_LINE = re.compile(r"listening on (http://\S+)")
 START_TIMEOUT = 30.0
 
 
-def start_detached(state_dir: Path, serve_arguments: list[str], timeout: float = START_TIMEOUT) -> None:
+def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None:
+    state_dir = config.state_dir or paths.default_state_dir()
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_path = state_dir / paths.LOGFILE_NAME
@@ -33,7 +36,8 @@ def start_detached(state_dir: Path, serve_arguments: list[str], timeout: float =
         fail(f"The state directory {state_dir} is not writable ({exc.strerror or exc}).")
     with log:
         start = log.tell()
-        command = [sys.executable, "-m", "agl_cli", "serve", "--state-dir", str(state_dir), *serve_arguments]
+        config = dataclasses.replace(config, state_dir=state_dir)
+        command = [sys.executable, "-m", "agl_cli", "serve", *config.argv()]
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

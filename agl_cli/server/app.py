@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli import __version__
+from agl_cli.daemon_config import DEFAULTS
 from agl_cli.server import management
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker
@@ -26,13 +27,11 @@ from agl_cli.server.requests import BadRequest
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.store import Store
 
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class ServerOptions:
     token: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int = DEFAULTS.max_body_size
     address: str | None = None
     state_dir: str | None = None
 

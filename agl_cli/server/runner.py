@@ -19,7 +19,6 @@ import socket
 import sys
 import threading
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,9 +26,10 @@ from typing import Any
 import uvicorn
 
 from agl_cli import __version__, paths
+from agl_cli.daemon_config import DaemonConfig
 from agl_cli.net import is_loopback
 from agl_cli.server import logs, pidfile
-from agl_cli.server.app import DEFAULT_MAX_BODY_BYTES, ServerOptions, create_app
+from agl_cli.server.app import ServerOptions, create_app
 from agl_cli.server.broker import Broker
 from agl_cli.store import MemoryStore, SQLiteStore, Store, StoreError
 
@@ -38,20 +38,6 @@ log = logging.getLogger("agl")
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why in one sentence."""
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    state_dir: Path | None = None
-    memory: bool = False
-    task_timeout: float = 300.0
-    max_attempts: int | None = None
-    log_level: str = "info"
-    log_json: bool = False
-    auth: bool = True
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def prepare_state_dir(path: Path) -> Path:
@@ -172,7 +158,7 @@ def _run_on_fastest_loop(main: Coroutine[Any, Any, None]) -> None:
 def run(config: DaemonConfig) -> None:
     """Serve until SIGINT/SIGTERM or `POST /v1/shutdown`; in-flight requests finish, then
     the store closes. The pidfile marks the state directory as taken meanwhile."""
-    if not config.auth and not is_loopback(config.host):
+    if config.no_auth and not is_loopback(config.host):
         raise StartupError(f"Refusing to listen on {config.host} without a token: remove --no-auth.")
     state_dir = prepare_state_dir(config.state_dir or paths.default_state_dir())
     pid_path = state_dir / paths.PIDFILE_NAME
@@ -189,7 +175,7 @@ def run(config: DaemonConfig) -> None:
 
 
 def _serve(config: DaemonConfig, state_dir: Path) -> None:
-    token = load_or_create_token(state_dir) if config.auth else None
+    token = load_or_create_token(state_dir) if not config.no_auth else None
     store = open_store(config, state_dir)
     try:
         sock = bind(config.host, config.port)
@@ -202,7 +188,7 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
     app = create_app(
         store,
         ServerOptions(
-            token=token, max_body_bytes=config.max_body_bytes, address=address, state_dir=str(state_dir)
+            token=token, max_body_bytes=config.max_body_size, address=address, state_dir=str(state_dir)
         ),
     )
     server = _Server(

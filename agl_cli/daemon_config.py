@@ -1,0 +1,51 @@
+"""What `agl serve` can be told, written once.
+
+The command's options carry these field names and defaults (tests/test_serve_command.py
+holds them together), the command builds the configuration from its parsed options by
+name, and `--detach` hands the background daemon `argv()`, the options that give the
+same configuration back. A new option is a new field here and a new parameter there.
+Light on purpose: the CLI imports it at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    state_dir: Path | None = None  # None: paths.default_state_dir()
+    memory: bool = False
+    task_timeout: float = 300.0
+    max_attempts: int | None = None  # None: unlimited
+    log_level: str = "info"
+    log_json: bool = False
+    no_auth: bool = False
+    max_body_size: int = 32 * 1024 * 1024
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> DaemonConfig:
+        """The configuration from a command's parsed options, taken by field name."""
+        return cls(**{field.name: options[field.name] for field in fields(cls)})
+
+    def argv(self) -> list[str]:
+        """Command-line options of `agl serve` that give back exactly this configuration."""
+        arguments: list[str] = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            flag = "--" + field.name.replace("_", "-")
+            if isinstance(value, bool):
+                arguments += [flag] if value else []
+            elif value is not None:
+                arguments += [flag, repr(value) if isinstance(value, float) else str(value)]
+        return arguments
+
+
+DEFAULTS = DaemonConfig()
