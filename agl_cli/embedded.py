@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -68,6 +69,11 @@ class AgentLightningServer:
         self._server: _EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self._broker: Broker | None = None
+        # As in 0.3.0, for programs that serve on a thread of their own and hand coroutines
+        # over with `run_coroutine_threadsafe` (its VERL trainer in "v0" mode): the loop it
+        # serves on, and an event set while it serves.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.startup_event = threading.Event()
 
     @property
     def broker(self) -> Broker:
@@ -99,6 +105,8 @@ class AgentLightningServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"The server did not start within {STARTUP_TIMEOUT:g} s.")
             await asyncio.sleep(0.005)
+        self.loop = asyncio.get_running_loop()
+        self.startup_event.set()
         log.info("agl serving at %s", self.endpoint)
 
     async def _serve(self, sock: Any) -> None:
@@ -107,6 +115,8 @@ class AgentLightningServer:
             await self._server.serve(sockets=[sock])
         finally:
             sock.close()
+            self.startup_event.clear()
+            self.loop = None
 
     async def stop(self) -> None:
         """Stop gracefully: long polls are answered, in-flight requests finish, the store closes."""

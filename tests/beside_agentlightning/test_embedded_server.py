@@ -7,8 +7,10 @@ import asyncio
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from agl_cli import AgentLightningServer
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests" / "compat" / "workers" / "fit_v0_run.py"
 pytestmark = pytest.mark.timeout(120)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -215,3 +218,36 @@ async def test_run_forever_ends_when_the_management_api_asks_it_to_stop() -> Non
         accepted = await http.post("/v1/shutdown", headers={"Authorization": "Bearer secret"})
     assert (refused.status_code, accepted.status_code) == (401, 202)
     await asyncio.wait_for(serving, 10)
+
+
+def test_a_server_on_its_own_thread_is_driven_as_the_verl_v0_trainer_drives_it() -> None:
+    """0.3.0's VERL trainer ("v0" mode): `asyncio.run(server.run_forever())` on a thread,
+    `startup_event` to know it serves, coroutines handed to `server.loop` from outside."""
+    server = AgentLightningServer(port=0, task_timeout_seconds=30)
+    assert server.loop is None and not server.startup_event.is_set()
+    thread = threading.Thread(target=lambda: asyncio.run(server.run_forever()), daemon=True)
+    thread.start()
+    assert server.startup_event.wait(timeout=20)
+
+    def on_server_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+        assert server.loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, server.loop).result(timeout=10)
+
+    resources_id = on_server_loop(server.update_resources({"llm": LLM(endpoint="http://x", model="m")}))
+    ids = [
+        on_server_loop(server.queue_task({"k": k}, mode="train", resources_id=resources_id)) for k in range(3)
+    ]
+    client = client_for(server)
+    for _ in ids:
+        task = client.poll_next_task()
+        assert task is not None and task.resources_id == resources_id
+        client.post_rollout(rollout_for(task.rollout_id, float(task.input["k"])))
+    rollouts = on_server_loop(server.retrieve_completed_rollouts())
+    assert sorted((r.rollout_id, r.final_reward) for r in rollouts) == sorted(
+        zip(ids, [0.0, 1.0, 2.0], strict=True)
+    )
+
+    on_server_loop(server.stop())
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert server.loop is None and not server.startup_event.is_set()
