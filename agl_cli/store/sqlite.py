@@ -184,7 +184,14 @@ def open_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def open_memory_connection() -> sqlite3.Connection:
+    """An agl database that lives in memory, gone with its connection."""
+    conn = _connect(":memory:")
+    _prepare(conn, Path(":memory:"))
+    return conn
+
+
+def _connect(path: Path | str) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
@@ -219,7 +226,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str | Path, **options: Any) -> None:
         super().__init__(**options)
         self.path = Path(path).absolute()  # connections opened later must find the same file
-        self._conn = open_connection(self.path)
+        self._conn = self._open()
         self._lock = threading.RLock()  # the write connection is used by one thread at a time
         self._group: _Group | None = None  # the open `transaction()`, if any
         self._readers = threading.local()
@@ -242,6 +249,10 @@ class SQLiteStore(Store):
                 " (SELECT coalesce(max(base_pos + staged), 0) FROM batches))"
             ).fetchone()
         self._queue_pos: int = last  # the last place in the queue handed out (and the last id)
+
+    def _open(self) -> sqlite3.Connection:
+        """The write connection."""
+        return open_connection(self.path)
 
     # transactions ------------------------------------------------------------------------
 
