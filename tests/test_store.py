@@ -21,8 +21,8 @@ from agl_cli.store import (
     TaskSpec,
     UnknownBatchError,
     UnknownTaskError,
+    schema,
 )
-from agl_cli.store.sqlite import SCHEMA_VERSION
 
 
 class FakeClock:
@@ -458,22 +458,48 @@ def test_a_sqlite_store_drops_uncommitted_batches_when_reopened(tmp_path: Path, 
 
 
 def test_a_sqlite_store_of_schema_1_is_brought_up_to_date(tmp_path: Path, clock: FakeClock) -> None:
+    """A file from the first agl keeps its tasks, rollouts and resources, and a task it
+    had handed out gets its attempt."""
     path = tmp_path / "agl.db"
-    store = SQLiteStore(path, clock=clock)
-    [rollout_id] = queue(store, "kept")
-    store.close()
     old = sqlite3.connect(path)
     old.executescript(
-        "DROP TABLE staging; DROP TABLE batches; DROP INDEX rollouts_unsolicited; PRAGMA user_version=1;"
+        f"{schema.SCHEMA}\nPRAGMA application_id={schema.APPLICATION_ID}; PRAGMA user_version=1;"
     )
+    task = (
+        "INSERT INTO tasks (id, rollout_id, status, queue_pos, deadline, input, mode, resources_id, metadata,"
+    )
+    task += " create_time, last_claim_time, num_claims, completed_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    old.executemany(
+        task,
+        [
+            (1, "rollout-q", "queued", 1, None, "1", "train", None, "{}", 10.0, None, 0, None),
+            (2, "rollout-c", "claimed", None, 900.0, "2", None, None, '{"m": 1}', 11.0, 12.0, 1, None),
+            (3, "rollout-d", "completed", None, None, "3", None, "res-1", "{}", 13.0, 14.0, 2, 15.0),
+        ],
+    )
+    old.execute(
+        "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body) VALUES (?, ?, ?, ?, ?)",
+        ("rollout-d", 15.0, 2, 0, '{"rollout_id": "rollout-d", "final_reward": 1.0}'),
+    )
+    old.commit()
     old.close()
 
     upgraded = SQLiteStore(path, clock=clock)
-    assert [r.rollout_id for r in upgraded.list_tasks()] == [rollout_id]
+    assert upgraded._read("PRAGMA user_version") == [(schema.SCHEMA_VERSION,)]
+    assert [(r.rollout_id, r.status) for r in upgraded.list_tasks()] == [
+        ("rollout-q", TaskStatus.QUEUED), ("rollout-c", TaskStatus.CLAIMED), ("rollout-d", TaskStatus.COMPLETED),
+    ]  # fmt: skip
+    assert upgraded._read("SELECT rollout_id, phase FROM tasks ORDER BY id") == [
+        ("rollout-q", "queuing"), ("rollout-c", "preparing"), ("rollout-d", "succeeded"),
+    ]  # fmt: skip
+    assert upgraded._read("SELECT rollout_id, sequence_id, start_time, status FROM attempts ORDER BY 1") == [
+        ("rollout-c", 1, 12.0, "preparing"), ("rollout-d", 2, 14.0, "succeeded"),
+    ]  # fmt: skip
+    stored = upgraded.get_rollout("rollout-d")
+    assert stored is not None and stored.rollout.final_reward == 1.0
     batch_id = upgraded.create_batch()
     stage(upgraded, batch_id, "new")
     assert upgraded.commit_batch(batch_id) == 1
-    assert upgraded._read("PRAGMA user_version") == [(SCHEMA_VERSION,)]
     upgraded.close()
 
 

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
-from agl_cli.server import management
+from agl_cli.server import management, otlp, store_api
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker
 from agl_cli.server.legacy import WorkerRoutes
@@ -70,6 +70,8 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *management.routes,
+        *store_api.routes,
+        *otlp.routes,
     ]
     metrics = Metrics(broker, routes)
     app = AglApp(

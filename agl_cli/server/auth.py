@@ -8,7 +8,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.server.responses import error
 
-OPEN_PREFIXES = ("/task", "/resources", "/rollout", "/health", "/ready", "/metrics")
+# The legacy worker routes, probes, and what agentlightning 0.3.0's store clients and
+# OpenTelemetry exporters send to (they send no credentials).
+OPEN_PREFIXES = (
+    "/task", "/resources", "/rollout", "/health", "/ready", "/metrics",
+    "/v1/agl", "/v1/traces", "/v1/metrics", "/v1/logs", "/v1/development",
+)  # fmt: skip
 
 
 class BearerAuth:

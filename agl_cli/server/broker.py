@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -22,10 +22,23 @@ from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.rates import RateWindow
 from agl_cli.server.writer import GroupSizes, threads_for
 from agl_cli.store import Claim, ReportOutcome, Store, StoreCounts, StoredRollout, TaskRecord, TaskSpec
+from agl_cli.store.base import SpansAdded, new_store_resources_id
+from agl_cli.store_models import (
+    AttemptQuery,
+    EnqueueRequest,
+    ResourcesQuery,
+    RolloutQuery,
+    Span,
+    SpanQuery,
+    StartRolloutBody,
+    WorkerQuery,
+)
 
 log = logging.getLogger("agl.broker")
 
 SWEEP_INTERVAL = 1.0
+WAIT_SLICE = 60.0  # a wait without a limit still looks again this often
+T = TypeVar("T")
 
 
 class Signal:
@@ -139,6 +152,7 @@ class Broker:
             try:
                 if await self._threads.write(self._store.expire_claims):
                     self._tasks_changed.notify()
+                    self._rollouts_changed.notify()  # an attempt that ran out may have failed its rollout
             except Exception:  # keep sweeping; the error is logged, the next sweep retries
                 log.exception("expiring claims failed")
 
@@ -255,6 +269,102 @@ class Broker:
 
     async def list_resources(self) -> list[ResourcesUpdate]:
         return await self._threads.read(self._store.list_resources)
+
+    # the store API (agentlightning 0.3.0's LightningStore) ----------------------------------
+
+    async def enqueue_rollouts(self, requests: Sequence[EnqueueRequest]) -> list[dict[str, object]]:
+        queued = self._threads.write(lambda: self._store.enqueue_rollouts(requests))
+        self._tasks_changed.notify()  # as for `queue_tasks`
+        return await queued
+
+    async def start_rollout(self, request: StartRolloutBody) -> dict[str, object]:
+        return await self._threads.write(lambda: self._store.start_rollout(request))
+
+    async def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[dict[str, object]]:
+        handed = await self._threads.write(lambda: self._store.dequeue_rollouts(limit, worker_id))
+        for _ in handed:
+            self.stats.claims += 1
+            self.stats.claim_rate.add()
+        return handed
+
+    async def start_attempt(self, rollout_id: str, worker_id: str | None) -> dict[str, object]:
+        return await self._threads.write(lambda: self._store.start_attempt(rollout_id, worker_id))
+
+    async def update_rollout(self, rollout_id: str, changes: Mapping[str, Any]) -> dict[str, object]:
+        return await self._changed(
+            self._threads.write(lambda: self._store.update_rollout(rollout_id, changes))
+        )
+
+    async def update_attempt(
+        self, rollout_id: str, attempt_id: str, changes: Mapping[str, Any]
+    ) -> dict[str, object]:
+        write = self._threads.write(lambda: self._store.update_attempt(rollout_id, attempt_id, changes))
+        return await self._changed(write)
+
+    async def _changed(self, write: Awaitable[T]) -> T:
+        """A write that may have requeued or finished a rollout: wake whoever waits on either."""
+        result = await write
+        self._tasks_changed.notify()
+        self._rollouts_changed.notify()
+        return result
+
+    async def get_rollout_shape(self, rollout_id: str) -> dict[str, object] | None:
+        return await self._threads.read(lambda: self._store.get_rollout_shape(rollout_id))
+
+    async def wait_for_rollouts(
+        self, rollout_ids: Sequence[str], timeout: float | None
+    ) -> list[dict[str, object]]:
+        """The finished ones among `rollout_ids`, once every known one has finished or
+        `timeout` seconds have passed (None: no limit). Woken by each change, not polled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            changed = self._rollouts_changed.watch()
+            finished, unfinished = await self._threads.read(
+                lambda: self._store.finished_rollouts(rollout_ids)
+            )
+            remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if not unfinished or remaining <= 0 or self.closing:
+                return finished
+            await wait_for(changed, min(remaining, WAIT_SLICE))
+
+    async def query_rollouts(self, query: RolloutQuery) -> dict[str, object]:
+        return await self._threads.read(lambda: self._store.query_rollouts(query))
+
+    async def query_attempts(self, rollout_id: str, query: AttemptQuery) -> dict[str, object]:
+        return await self._threads.read(lambda: self._store.query_attempts(rollout_id, query))
+
+    async def latest_attempt(self, rollout_id: str) -> dict[str, object] | None:
+        return await self._threads.read(lambda: self._store.latest_attempt(rollout_id))
+
+    async def add_spans(self, spans: Sequence[Span], from_otlp: bool = False) -> SpansAdded:
+        return await self._threads.write(lambda: self._store.add_spans(spans, from_otlp))
+
+    async def next_span_sequence_ids(self, rollout_ids: Sequence[str]) -> list[int]:
+        return await self._threads.write(lambda: self._store.next_span_sequence_ids(rollout_ids))
+
+    async def query_spans(self, query: SpanQuery) -> dict[str, object]:
+        return await self._threads.read(lambda: self._store.query_spans(query))
+
+    async def heartbeat_worker(self, worker_id: str, stats: Mapping[str, Any] | None) -> dict[str, object]:
+        return await self._threads.write(lambda: self._store.heartbeat_worker(worker_id, stats))
+
+    async def get_worker(self, worker_id: str) -> dict[str, object] | None:
+        return await self._threads.read(lambda: self._store.get_worker(worker_id))
+
+    async def query_workers(self, query: WorkerQuery) -> dict[str, object]:
+        return await self._threads.read(lambda: self._store.query_workers(query))
+
+    async def query_resources(self, query: ResourcesQuery) -> dict[str, object]:
+        return await self._threads.read(lambda: self._store.query_resources(query))
+
+    async def publish_store_resources(
+        self, resources: Mapping[str, Any], resources_id: str | None
+    ) -> ResourcesUpdate:
+        """Publish as the store API does: a new bundle gets an `rs-` id."""
+        return await self.publish(resources, resources_id or new_store_resources_id())
+
+    async def statistics(self) -> dict[str, object]:
+        return await self._threads.read(self._store.statistics)
 
     # the whole -----------------------------------------------------------------------------
 

@@ -12,12 +12,15 @@ from agl_cli.store.base import (
     StoreError,
     TaskRecord,
     TaskSpec,
+    UnknownAttemptError,
     UnknownBatchError,
     UnknownResourcesError,
+    UnknownRolloutError,
     UnknownTaskError,
 )
 from agl_cli.store.memory import MemoryStore
-from agl_cli.store.sqlite import NotAglDatabaseError, SQLiteStore
+from agl_cli.store.schema import NotAglDatabaseError
+from agl_cli.store.sqlite import SQLiteStore
 
 __all__ = [
     "Claim",
@@ -32,7 +35,9 @@ __all__ = [
     "StoredRollout",
     "TaskRecord",
     "TaskSpec",
+    "UnknownAttemptError",
     "UnknownBatchError",
     "UnknownResourcesError",
+    "UnknownRolloutError",
     "UnknownTaskError",
 ]

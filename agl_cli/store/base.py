@@ -22,6 +22,16 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agl_cli.models import NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.models import TaskSpec as TaskSpec  # lives with the wire types; re-exported here
+from agl_cli.store_models import (
+    AttemptQuery,
+    EnqueueRequest,
+    ResourcesQuery,
+    RolloutQuery,
+    Span,
+    SpanQuery,
+    StartRolloutBody,
+    WorkerQuery,
+)
 
 Clock = Callable[[], float]
 
@@ -34,6 +44,24 @@ class UnknownTaskError(StoreError):
     def __init__(self, rollout_id: str) -> None:
         super().__init__(f"No task with id '{rollout_id}'.")
         self.rollout_id = rollout_id
+
+
+class UnknownRolloutError(UnknownTaskError):
+    """A store-API call named a rollout agl does not have."""
+
+    def __init__(self, rollout_id: str) -> None:
+        StoreError.__init__(self, f"No rollout with id '{rollout_id}'.")
+        self.rollout_id = rollout_id
+
+
+class UnknownAttemptError(StoreError):
+    def __init__(self, rollout_id: str, attempt_id: str | None) -> None:
+        if attempt_id is None:
+            super().__init__(f"Rollout '{rollout_id}' has no attempts yet.")
+        else:
+            super().__init__(f"Rollout '{rollout_id}' has no attempt '{attempt_id}'.")
+        self.rollout_id = rollout_id
+        self.attempt_id = attempt_id
 
 
 class UnknownResourcesError(StoreError):
@@ -94,6 +122,16 @@ class Claim:
     rollout_id: str
     num_claims: int
     wire: bytes  # the task as JSON
+
+
+@dataclass
+class SpansAdded:
+    """What became of spans sent to the store: each kept one, or None where it was kept
+    before; and how many were refused (an unknown rollout or attempt), with why."""
+
+    spans: list[Any] = field(default_factory=list)
+    rejected: int = 0
+    reason: str | None = None
 
 
 @dataclass
@@ -158,6 +196,19 @@ def new_rollout_ids(count: int) -> list[str]:
         ids.append(f"rollout-{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
     ids.sort()
     return ids
+
+
+def new_store_rollout_id() -> str:
+    """A rollout id as 0.3.0's store API makes them: `ro-` and 12 hex digits."""
+    return f"ro-{os.urandom(6).hex()}"
+
+
+def new_attempt_id() -> str:
+    return f"at-{os.urandom(4).hex()}"
+
+
+def new_store_resources_id() -> str:
+    return f"rs-{os.urandom(6).hex()}"
 
 
 def new_resources_id() -> str:
@@ -352,6 +403,72 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_resources(self) -> list[ResourcesUpdate]: ...
+
+    # the store API (agentlightning 0.3.0's LightningStore): the same tasks seen as
+    # rollouts, each claim an attempt; shapes are JSON-ready dicts of `agl_cli.store_models`
+    @abc.abstractmethod
+    def enqueue_rollouts(self, requests: Sequence[EnqueueRequest]) -> list[dict[str, object]]:
+        """Queue all of them or none; they are tasks like any other."""
+
+    @abc.abstractmethod
+    def start_rollout(self, request: StartRolloutBody) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[dict[str, object]]:
+        """Claim up to `limit` tasks for a worker, each as a new attempt."""
+
+    @abc.abstractmethod
+    def start_attempt(self, rollout_id: str, worker_id: str | None) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def update_rollout(self, rollout_id: str, changes: Mapping[str, Any]) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def update_attempt(
+        self, rollout_id: str, attempt_id: str, changes: Mapping[str, Any]
+    ) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def get_rollout_shape(self, rollout_id: str) -> dict[str, object] | None: ...
+
+    @abc.abstractmethod
+    def finished_rollouts(self, rollout_ids: Sequence[str]) -> tuple[list[dict[str, object]], int]:
+        """The finished ones (in the order asked), and how many known ones are not."""
+
+    @abc.abstractmethod
+    def query_rollouts(self, query: RolloutQuery) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def query_attempts(self, rollout_id: str, query: AttemptQuery) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def latest_attempt(self, rollout_id: str) -> dict[str, object] | None: ...
+
+    @abc.abstractmethod
+    def next_span_sequence_ids(self, rollout_ids: Sequence[str]) -> list[int]: ...
+
+    @abc.abstractmethod
+    def add_spans(self, spans: Sequence[Span], from_otlp: bool = False) -> SpansAdded: ...
+
+    @abc.abstractmethod
+    def query_spans(self, query: SpanQuery) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def heartbeat_worker(
+        self, worker_id: str, stats: Mapping[str, Any] | None = None
+    ) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def get_worker(self, worker_id: str) -> dict[str, object] | None: ...
+
+    @abc.abstractmethod
+    def query_workers(self, query: WorkerQuery) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def query_resources(self, query: ResourcesQuery) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def statistics(self) -> dict[str, object]: ...
 
     # the rest
     @abc.abstractmethod

@@ -13,7 +13,8 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-from agl_cli.store.sqlite import SQLiteStore, open_memory_connection
+from agl_cli.store.schema import open_memory_connection
+from agl_cli.store.sqlite import SQLiteStore
 
 
 class MemoryStore(SQLiteStore):

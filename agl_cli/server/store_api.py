@@ -1,0 +1,347 @@
+"""The store API under `/v1/agl`: what agentlightning 0.3.0's `LightningStoreClient`, its
+runners and its algorithms speak to `LightningStoreServer` (docs/store-api.md).
+
+Shapes, status codes and error bodies are 0.3.0's: bodies and queries that do not
+validate get FastAPI's 422 list, a bad page or sort its 400 sentence, a lookup of
+something unknown `null` or an empty page. Where 0.3.0 answers an unknown rollout or
+attempt in an update with a 500 (which its client retries for 8 s before it raises),
+agl answers 404 at once. These routes are open, as 0.3.0's are: its client sends no
+credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agl_cli.models import NamedResources, ResourcesUpdate
+from agl_cli.server.broker import broker_of
+from agl_cli.server.requests import BadRequest, parse_json
+from agl_cli.server.responses import error, validation_error
+from agl_cli.store import StoreError, UnknownAttemptError, UnknownRolloutError
+from agl_cli.store_models import (
+    Attempt,
+    AttemptChanges,
+    AttemptQuery,
+    DequeueBody,
+    EnqueueBody,
+    NextSequenceBody,
+    PageQuery,
+    ResourcesQuery,
+    Rollout,
+    RolloutChanges,
+    RolloutQuery,
+    Span,
+    SpanQuery,
+    StartAttemptBody,
+    StartRolloutBody,
+    WaitBody,
+    Worker,
+    WorkerChanges,
+    WorkerQuery,
+)
+
+PREFIX = "/v1/agl"
+M = TypeVar("M", bound=BaseModel)
+
+
+class _JSON(Response):
+    """A JSON answer from shapes that may hold `orjson.Fragment`s of stored JSON."""
+
+    media_type = "application/json"
+
+    def __init__(self, content: Any, status_code: int = 200) -> None:
+        super().__init__(orjson.dumps(content), status_code=status_code)
+
+
+# --- reading requests -------------------------------------------------------------------------
+
+
+async def _body(request: Request, model: type[M], optional: bool = False) -> tuple[M, set[str]]:
+    """The body as `model`, and the fields it named (an update changes only those). An
+    optional body may be absent or `null`."""
+    raw = await request.body()
+    if optional and (not raw.strip() or raw.strip() == b"null"):
+        return model(), set()
+    payload = parse_json(raw)
+    try:
+        parsed = model.model_validate(payload)
+    except ValidationError as exc:
+        raise BadRequest(validation_error(exc)) from None
+    return parsed, set(parsed.model_fields_set)
+
+
+def _query(request: Request, model: type[M]) -> M:
+    """Query parameters as `model`: a list field takes every value given for its name."""
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        given = request.query_params.getlist(name)
+        if not given:
+            continue
+        is_list = "list" in str(field.annotation)
+        values[name] = given if is_list else given[-1]
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise BadRequest(validation_error(exc, prefix="query")) from None
+
+
+def _check_page(query: PageQuery, target: type[BaseModel]) -> None:
+    """0.3.0's checks of a page and its sort, with its sentences."""
+    if query.sort_by is not None and query.sort_by not in target.model_fields:
+        allowed = ", ".join(target.model_fields)
+        raise BadRequest(error(400, f"Invalid sort_by: {query.sort_by}, allowed fields are: {allowed}"))
+    if query.limit == 0 or query.limit < -1:
+        raise BadRequest(error(400, "Limit must be greater than 0 or -1 for no limit"))
+    if query.offset < 0:
+        raise BadRequest(error(400, "Offset must be greater than or equal to 0"))
+
+
+def _changes(parsed: BaseModel, named: set[str], not_null: tuple[str, ...]) -> dict[str, Any]:
+    """The fields an update named, refusing null where 0.3.0 does."""
+    changes = {name: getattr(parsed, name) for name in named}
+    for name in not_null:
+        if name in changes and changes[name] is None:
+            raise BadRequest(error(400, f"{name} is invalid; it cannot be a null value."))
+    return {
+        name: value.model_dump() if isinstance(value, BaseModel) else value for name, value in changes.items()
+    }
+
+
+def _not_found(exc: StoreError) -> Response:
+    return error(404, str(exc))
+
+
+# --- rollouts and the queue --------------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    return _JSON({"status": "ok"})
+
+
+async def enqueue(request: Request) -> Response:
+    body, _ = await _body(request, EnqueueBody)
+    return _JSON(await broker_of(request).enqueue_rollouts(body.rollouts), status_code=201)
+
+
+async def dequeue(request: Request) -> Response:
+    body, _ = await _body(request, DequeueBody, optional=True)
+    if body.limit <= 0:
+        return _JSON([])
+    return _JSON(await broker_of(request).dequeue_rollouts(body.limit, body.worker_id))
+
+
+async def start_rollout(request: Request) -> Response:
+    body, _ = await _body(request, StartRolloutBody)
+    return _JSON(await broker_of(request).start_rollout(body), status_code=201)
+
+
+async def query_rollouts(request: Request) -> Response:
+    query = _query(request, RolloutQuery)
+    _check_page(query, Rollout)
+    return _JSON(await broker_of(request).query_rollouts(query))
+
+
+async def search_rollouts(request: Request) -> Response:
+    query, _ = await _body(request, RolloutQuery)
+    _check_page(query, Rollout)
+    return _JSON(await broker_of(request).query_rollouts(query))
+
+
+async def get_rollout(request: Request) -> Response:
+    """A rollout with its latest attempt; `null` for an unknown id (0.3.0 fails with a 500)."""
+    return _JSON(await broker_of(request).get_rollout_shape(request.path_params["rollout_id"]))
+
+
+async def update_rollout(request: Request) -> Response:
+    body, named = await _body(request, RolloutChanges)
+    changes = _changes(body, named, not_null=("status", "config"))
+    try:
+        return _JSON(await broker_of(request).update_rollout(request.path_params["rollout_id"], changes))
+    except UnknownRolloutError as exc:
+        return _not_found(exc)
+
+
+async def start_attempt(request: Request) -> Response:
+    body, _ = await _body(request, StartAttemptBody, optional=True)
+    try:
+        shape = await broker_of(request).start_attempt(request.path_params["rollout_id"], body.worker_id)
+    except UnknownRolloutError as exc:
+        return _not_found(exc)
+    return _JSON(shape, status_code=201)
+
+
+async def query_attempts(request: Request) -> Response:
+    return await _attempts(request, _query(request, AttemptQuery))
+
+
+async def search_attempts(request: Request) -> Response:
+    query, _ = await _body(request, AttemptQuery)
+    return await _attempts(request, query)
+
+
+async def _attempts(request: Request, query: AttemptQuery) -> Response:
+    _check_page(query, Attempt)
+    return _JSON(await broker_of(request).query_attempts(request.path_params["rollout_id"], query))
+
+
+async def latest_attempt(request: Request) -> Response:
+    return _JSON(await broker_of(request).latest_attempt(request.path_params["rollout_id"]))
+
+
+async def update_attempt(request: Request) -> Response:
+    body, named = await _body(request, AttemptChanges)
+    changes = _changes(body, named, not_null=("status", "worker_id", "last_heartbeat_time", "metadata"))
+    params = request.path_params
+    try:
+        return _JSON(
+            await broker_of(request).update_attempt(params["rollout_id"], params["attempt_id"], changes)
+        )
+    except (UnknownRolloutError, UnknownAttemptError) as exc:
+        return _not_found(exc)
+
+
+async def wait_for_rollouts(request: Request) -> Response:
+    """The finished rollouts among those named, once all are finished or the time is up."""
+    body, _ = await _body(request, WaitBody)
+    return _JSON(await broker_of(request).wait_for_rollouts(body.rollout_ids, body.timeout))
+
+
+# --- workers, resources, spans, the whole ------------------------------------------------------
+
+
+async def query_workers(request: Request) -> Response:
+    query = _query(request, WorkerQuery)
+    _check_page(query, Worker)
+    return _JSON(await broker_of(request).query_workers(query))
+
+
+async def search_workers(request: Request) -> Response:
+    query, _ = await _body(request, WorkerQuery)
+    _check_page(query, Worker)
+    return _JSON(await broker_of(request).query_workers(query))
+
+
+async def get_worker(request: Request) -> Response:
+    return _JSON(await broker_of(request).get_worker(request.path_params["worker_id"]))
+
+
+async def update_worker(request: Request) -> Response:
+    """A worker's heartbeat, with what it says about itself."""
+    body, named = await _body(request, WorkerChanges, optional=True)
+    changes = _changes(body, named, not_null=("heartbeat_stats",))
+    stats: Mapping[str, Any] | None = changes.get("heartbeat_stats")
+    return _JSON(await broker_of(request).heartbeat_worker(request.path_params["worker_id"], stats))
+
+
+async def statistics(request: Request) -> Response:
+    return _JSON(await broker_of(request).statistics())
+
+
+async def query_resources(request: Request) -> Response:
+    query = _query(request, ResourcesQuery)
+    _check_page(query, ResourcesUpdate)
+    return _JSON(await broker_of(request).query_resources(query))
+
+
+async def add_resources(request: Request) -> Response:
+    return await _publish(request, None, status_code=201)
+
+
+async def update_resources(request: Request) -> Response:
+    """A new version of the bundle of that id (the first, if there is none yet)."""
+    return await _publish(request, request.path_params["resources_id"], status_code=200)
+
+
+async def _publish(request: Request, resources_id: str | None, status_code: int) -> Response:
+    payload = parse_json(await request.body())
+    try:
+        resources = _RESOURCES.validate_python(payload)
+    except ValidationError as exc:
+        return validation_error(exc)
+    try:
+        update = await broker_of(request).publish_store_resources(resources, resources_id)
+    except StoreError as exc:  # an id agl cannot serve back (`latest`, too long)
+        return error(400, str(exc))
+    return _JSON(update.model_dump(mode="json"), status_code=status_code)
+
+
+_RESOURCES: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
+
+
+async def latest_resources(request: Request) -> Response:
+    update = broker_of(request).latest_resources()
+    return _JSON(None if update is None else update.model_dump(mode="json"))
+
+
+async def get_resources(request: Request) -> Response:
+    update = await broker_of(request).get_resources(request.path_params["resources_id"])
+    return _JSON(None if update is None else update.model_dump(mode="json"))
+
+
+async def add_span(request: Request) -> Response:
+    """Keep a span; `null` if one with its rollout, attempt and span id is kept already."""
+    span, _ = await _body(request, Span)
+    try:
+        added = await broker_of(request).add_spans([span])
+    except (UnknownRolloutError, UnknownAttemptError) as exc:
+        return _not_found(exc)
+    kept = added.spans[0]
+    return _JSON(None if kept is None else orjson.Fragment(kept.model_dump_json()), status_code=201)
+
+
+async def query_spans(request: Request) -> Response:
+    query = _query(request, SpanQuery)
+    _check_page(query, Span)
+    return _JSON(await broker_of(request).query_spans(query))
+
+
+async def search_spans(request: Request) -> Response:
+    query, _ = await _body(request, SpanQuery)
+    _check_page(query, Span)
+    return _JSON(await broker_of(request).query_spans(query))
+
+
+async def next_span_sequence_id(request: Request) -> Response:
+    body, _ = await _body(request, NextSequenceBody)
+    [number] = await broker_of(request).next_span_sequence_ids([body.rollout_id])
+    return _JSON({"sequence_id": number})
+
+
+# Order matters where a path could be taken for an id: `search` and `latest` first.
+routes = [
+    Route(f"{PREFIX}/health", health, methods=["GET"]),
+    Route(f"{PREFIX}/statistics", statistics, methods=["GET"]),
+    Route(f"{PREFIX}/queues/rollouts/enqueue", enqueue, methods=["POST"]),
+    Route(f"{PREFIX}/queues/rollouts/dequeue", dequeue, methods=["POST"]),
+    Route(f"{PREFIX}/rollouts", start_rollout, methods=["POST"]),
+    Route(f"{PREFIX}/rollouts", query_rollouts, methods=["GET"]),
+    Route(f"{PREFIX}/rollouts/search", search_rollouts, methods=["POST"]),
+    Route(f"{PREFIX}/rollouts/{{rollout_id}}", get_rollout, methods=["GET"]),
+    Route(f"{PREFIX}/rollouts/{{rollout_id}}", update_rollout, methods=["POST"]),
+    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts", start_attempt, methods=["POST"]),
+    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts", query_attempts, methods=["GET"]),
+    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts/search", search_attempts, methods=["POST"]),
+    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts/latest", latest_attempt, methods=["GET"]),
+    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts/{{attempt_id}}", update_attempt, methods=["POST"]),
+    Route(f"{PREFIX}/workers", query_workers, methods=["GET"]),
+    Route(f"{PREFIX}/workers/search", search_workers, methods=["POST"]),
+    Route(f"{PREFIX}/workers/{{worker_id}}", get_worker, methods=["GET"]),
+    Route(f"{PREFIX}/workers/{{worker_id}}", update_worker, methods=["POST"]),
+    Route(f"{PREFIX}/resources", query_resources, methods=["GET"]),
+    Route(f"{PREFIX}/resources", add_resources, methods=["POST"]),
+    Route(f"{PREFIX}/resources/latest", latest_resources, methods=["GET"]),
+    Route(f"{PREFIX}/resources/{{resources_id}}", get_resources, methods=["GET"]),
+    Route(f"{PREFIX}/resources/{{resources_id}}", update_resources, methods=["POST"]),
+    Route(f"{PREFIX}/spans", add_span, methods=["POST"]),
+    Route(f"{PREFIX}/spans", query_spans, methods=["GET"]),
+    Route(f"{PREFIX}/spans/search", search_spans, methods=["POST"]),
+    Route(f"{PREFIX}/spans/next", next_span_sequence_id, methods=["POST"]),
+    Route(f"{PREFIX}/waits/rollouts", wait_for_rollouts, methods=["POST"]),
+]

@@ -1,0 +1,212 @@
+"""Rows as the store's queries read them, and what they become: the named tuples name
+the columns each query selects (`X_COLUMNS` is made from their fields), and the functions
+turn a row into the wire shape of the legacy protocol or of the store API."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import orjson
+
+from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
+from agl_cli.store.base import StoredRollout, TaskRecord
+
+
+class TaskRow(NamedTuple):
+    rollout_id: str
+    status: str
+    deadline: float | None
+    input: str
+    mode: str | None
+    resources_id: str | None
+    metadata: str
+    create_time: float
+    last_claim_time: float | None
+    num_claims: int
+    completed_time: float | None
+    duplicates: int
+    phase: str  # the store API's RolloutStatus; `status` is derived from it
+    config: str | None  # RolloutConfig JSON; None: the daemon's legacy policy
+    end_time: float | None
+
+
+class RolloutRow(NamedTuple):
+    seq: int
+    body: str
+    received_time: float
+    attempt: int | None
+    unsolicited: int
+    consumed: int
+
+
+class ResourcesRow(NamedTuple):
+    resources_id: str
+    create_time: float
+    update_time: float
+    version: int
+    body: str
+
+
+TASK_COLUMNS = ", ".join(TaskRow._fields)
+# Tasks of committed batches still in `staging`, as rows of `tasks` will hold them (with `id`).
+STAGED_TASKS = (
+    "SELECT b.base_pos + s.pos AS id, s.rollout_id AS rollout_id, 'queued' AS status, NULL AS deadline,"
+    " s.input AS input, s.mode AS mode, s.resources_id AS resources_id, s.metadata AS metadata,"
+    " b.committed_time AS create_time, NULL AS last_claim_time, 0 AS num_claims, NULL AS completed_time,"
+    " 0 AS duplicates, 'queuing' AS phase, NULL AS config, NULL AS end_time"
+    " FROM staging s JOIN batches b ON b.id = s.batch WHERE b.committed_time IS NOT NULL"
+)
+MAX_POS = 2**62
+ROLLOUT_COLUMNS = ", ".join(RolloutRow._fields)
+RESOURCES_COLUMNS = ", ".join(ResourcesRow._fields)
+
+
+class AttemptRow(NamedTuple):
+    rollout_id: str
+    attempt_id: str
+    sequence_id: int
+    start_time: float
+    end_time: float | None
+    status: str
+    worker_id: str | None
+    last_heartbeat_time: float | None
+    metadata: str | None
+
+
+class WorkerRow(NamedTuple):
+    worker_id: str
+    status: str
+    heartbeat_stats: str | None
+    last_heartbeat_time: float | None
+    last_dequeue_time: float | None
+    last_busy_time: float | None
+    last_idle_time: float | None
+    current_rollout_id: str | None
+    current_attempt_id: str | None
+
+
+ATTEMPT_COLUMNS = ", ".join(AttemptRow._fields)
+WORKER_COLUMNS = ", ".join(WorkerRow._fields)
+
+# What a store-API query may sort by (the model's fields), as the SQL that reads each.
+ROLLOUT_SORT_COLUMNS = {
+    "rollout_id": "t.rollout_id",
+    "input": "t.input",
+    "start_time": "t.create_time",
+    "end_time": "t.end_time",
+    "mode": "t.mode",
+    "resources_id": "t.resources_id",
+    "status": "t.phase",
+    "config": "t.config",
+    "metadata": "t.metadata",
+}
+ATTEMPT_SORT_COLUMNS = {name: name for name in AttemptRow._fields}
+WORKER_SORT_COLUMNS = {name: name for name in WorkerRow._fields}
+RESOURCES_SORT_COLUMNS = {name: name for name in ResourcesRow._fields if name != "body"} | {
+    "resources": "body"
+}
+_SPAN_COLUMNS = ("rollout_id", "attempt_id", "sequence_id", "trace_id", "span_id", "parent_id", "name")
+SPAN_SORT_COLUMNS = {name: name for name in (*_SPAN_COLUMNS, "start_time", "end_time")} | {
+    name: f"json_extract(body, '$.{name}')"
+    for name in ("status", "attributes", "events", "links", "context", "parent", "resource")
+}
+# Where a span keeps its primary reward (0.3.0's `emit_reward`).
+REWARD_PATH = '$.attributes."agentlightning.reward.0.value"'
+
+
+def task_from_row(row: TaskRow) -> Task:
+    return Task.model_construct(  # the row was valid when it was written
+        rollout_id=row.rollout_id,
+        input=orjson.loads(row.input),
+        mode=row.mode,
+        resources_id=row.resources_id,
+        metadata=orjson.loads(row.metadata) or {},
+        create_time=row.create_time,
+        last_claim_time=row.last_claim_time,
+        num_claims=row.num_claims,
+    )
+
+
+def wire_task(row: TaskRow) -> bytes:
+    """The task as `Task` dumps it, with input and metadata spliced in as they are stored
+    (`tests/test_store.py` holds the two shapes together)."""
+    return orjson.dumps(
+        {
+            "rollout_id": row.rollout_id,
+            "input": orjson.Fragment(row.input),
+            "mode": row.mode,
+            "resources_id": row.resources_id,
+            "create_time": row.create_time,
+            "last_claim_time": row.last_claim_time,
+            "num_claims": row.num_claims,
+            "metadata": orjson.Fragment(row.metadata if row.metadata != "null" else "{}"),
+        }
+    )
+
+
+def record_from_row(row: TaskRow) -> TaskRecord:
+    return TaskRecord(
+        task_from_row(row), TaskStatus(row.status), row.deadline, row.completed_time, row.duplicates
+    )
+
+
+def stored_from_row(row: RolloutRow) -> StoredRollout:
+    return StoredRollout(
+        seq=row.seq,
+        rollout=Rollout.model_validate_json(row.body),
+        received_time=row.received_time,
+        attempt=row.attempt,
+        unsolicited=bool(row.unsolicited),
+        consumed=bool(row.consumed),
+    )
+
+
+def resources_from_row(row: ResourcesRow) -> ResourcesUpdate:
+    return ResourcesUpdate(
+        resources_id=row.resources_id,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        version=row.version,
+        resources=orjson.loads(row.body)["resources"],
+    )
+
+
+def _fragment(text: str | None) -> orjson.Fragment | None:
+    return None if text is None else orjson.Fragment(text)
+
+
+def rollout_shape(row: TaskRow, legacy_config: str) -> dict[str, object]:
+    """The task as a store-API `Rollout`; `legacy_config` stands in for a missing config."""
+    return {
+        "rollout_id": row.rollout_id,
+        "input": orjson.Fragment(row.input),
+        "start_time": row.create_time,
+        "end_time": row.end_time,
+        "mode": row.mode,
+        "resources_id": row.resources_id,
+        "status": row.phase,
+        "config": orjson.Fragment(row.config or legacy_config),
+        "metadata": orjson.Fragment(row.metadata),
+    }
+
+
+def attempt_shape(row: AttemptRow) -> dict[str, object]:
+    shape: dict[str, object] = row._asdict()
+    shape["metadata"] = _fragment(row.metadata)
+    return shape
+
+
+def worker_shape(row: WorkerRow) -> dict[str, object]:
+    shape: dict[str, object] = row._asdict()
+    shape["heartbeat_stats"] = _fragment(row.heartbeat_stats)
+    return shape
+
+
+def resources_shape(row: ResourcesRow) -> dict[str, object]:
+    return {
+        "resources_id": row.resources_id,
+        "create_time": row.create_time,
+        "update_time": row.update_time,
+        "version": row.version,
+        "resources": orjson.loads(row.body)["resources"],
+    }

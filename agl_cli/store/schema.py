@@ -1,0 +1,212 @@
+"""The database file: its schema, the migrations that bring an older file up to date,
+and the PRAGMAs every connection runs with (their reasons are in `sqlite.py`'s docstring).
+
+`application_id` marks a file as agl's, so `agl serve` refuses a database it did not make
+instead of writing into it; `user_version` numbers the schema, and `MIGRATIONS[v]` takes a
+file from version v - 1 to v when it is opened (each in one transaction).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from agl_cli.store.base import StoreError
+
+APPLICATION_ID = 0x41474C31  # "AGL1"
+SCHEMA_VERSION = 4
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+SCHEMA = """
+CREATE TABLE tasks (
+    id              INTEGER PRIMARY KEY,
+    rollout_id      TEXT NOT NULL UNIQUE,
+    status          TEXT NOT NULL,
+    queue_pos       INTEGER,
+    deadline        REAL,
+    input           TEXT NOT NULL,
+    mode            TEXT,
+    resources_id    TEXT,
+    metadata        TEXT NOT NULL,
+    create_time     REAL NOT NULL,
+    last_claim_time REAL,
+    num_claims      INTEGER NOT NULL DEFAULT 0,
+    completed_time  REAL,
+    duplicates      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX tasks_queue ON tasks(queue_pos) WHERE status = 'queued';
+CREATE INDEX tasks_deadline ON tasks(deadline) WHERE status = 'claimed';
+CREATE INDEX tasks_status ON tasks(status, id);
+
+CREATE TABLE rollouts (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id    TEXT NOT NULL UNIQUE,
+    received_time REAL NOT NULL,
+    attempt       INTEGER,
+    unsolicited   INTEGER NOT NULL,
+    consumed      INTEGER NOT NULL DEFAULT 0,
+    body          TEXT NOT NULL
+);
+CREATE INDEX rollouts_unconsumed ON rollouts(seq) WHERE consumed = 0;
+
+CREATE TABLE resources (
+    resources_id TEXT PRIMARY KEY,
+    publish_seq  INTEGER NOT NULL UNIQUE,
+    create_time  REAL NOT NULL,
+    update_time  REAL NOT NULL,
+    version      INTEGER NOT NULL,
+    body         TEXT NOT NULL
+);
+
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO counters VALUES ('duplicates', 0);
+"""
+
+# MIGRATIONS[v] takes a database from schema v - 1 to v; a new file starts at 1.
+MIGRATIONS = {
+    2: """
+CREATE TABLE batches (
+    id           INTEGER PRIMARY KEY,
+    batch_id     TEXT NOT NULL UNIQUE,
+    created_time REAL NOT NULL,
+    staged       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE staging (
+    batch        INTEGER NOT NULL,
+    pos          INTEGER NOT NULL,
+    rollout_id   TEXT NOT NULL,
+    input        TEXT NOT NULL,
+    mode         TEXT,
+    resources_id TEXT,
+    metadata     TEXT NOT NULL,
+    PRIMARY KEY (batch, pos)
+) WITHOUT ROWID;
+CREATE INDEX rollouts_unsolicited ON rollouts(seq) WHERE unsolicited = 1;
+""",
+    3: """
+ALTER TABLE batches ADD COLUMN committed_time REAL;
+ALTER TABLE batches ADD COLUMN base_pos INTEGER;
+""",
+    # The store API: a task's fine-grained status (`phase`, see store/lifecycle.py), its
+    # RolloutConfig (NULL: the daemon's legacy policy) and end; every claim an attempt
+    # (a task claimed before this version gets its latest one); spans; workers.
+    4: """
+ALTER TABLE tasks ADD COLUMN phase TEXT NOT NULL DEFAULT 'queuing';
+ALTER TABLE tasks ADD COLUMN config TEXT;
+ALTER TABLE tasks ADD COLUMN end_time REAL;
+UPDATE tasks SET
+    phase = CASE status
+        WHEN 'queued' THEN 'requeuing' WHEN 'claimed' THEN 'preparing' WHEN 'completed' THEN 'succeeded'
+        ELSE status END,
+    end_time = completed_time
+WHERE status != 'queued' OR num_claims > 0;
+CREATE TABLE attempts (
+    rollout_id          TEXT NOT NULL,
+    sequence_id         INTEGER NOT NULL,
+    attempt_id          TEXT NOT NULL,
+    start_time          REAL NOT NULL,
+    end_time            REAL,
+    status              TEXT NOT NULL,
+    worker_id           TEXT,
+    last_heartbeat_time REAL,
+    metadata            TEXT,
+    PRIMARY KEY (rollout_id, sequence_id)
+) WITHOUT ROWID;
+INSERT INTO attempts (rollout_id, sequence_id, attempt_id, start_time, end_time, status)
+    SELECT rollout_id, num_claims, 'at-' || lower(hex(randomblob(4))), coalesce(last_claim_time, create_time),
+        completed_time,
+        CASE status WHEN 'claimed' THEN 'preparing' WHEN 'completed' THEN 'succeeded'
+            WHEN 'cancelled' THEN 'preparing' ELSE 'timeout' END
+    FROM tasks WHERE num_claims > 0;
+CREATE TABLE spans (
+    id          INTEGER PRIMARY KEY,
+    rollout_id  TEXT NOT NULL,
+    attempt_id  TEXT NOT NULL,
+    span_id     TEXT NOT NULL,
+    sequence_id INTEGER NOT NULL,
+    trace_id    TEXT NOT NULL,
+    parent_id   TEXT,
+    name        TEXT NOT NULL,
+    start_time  REAL,
+    end_time    REAL,
+    body        TEXT NOT NULL,
+    UNIQUE (rollout_id, attempt_id, span_id)
+);
+CREATE INDEX spans_order ON spans(rollout_id, sequence_id);
+CREATE TABLE span_sequences (
+    rollout_id TEXT PRIMARY KEY,
+    last       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE workers (
+    id                  INTEGER PRIMARY KEY,
+    worker_id           TEXT NOT NULL UNIQUE,
+    status              TEXT NOT NULL DEFAULT 'unknown',
+    heartbeat_stats     TEXT,
+    last_heartbeat_time REAL,
+    last_dequeue_time   REAL,
+    last_busy_time      REAL,
+    last_idle_time      REAL,
+    current_rollout_id  TEXT,
+    current_attempt_id  TEXT
+);
+""",
+}
+
+
+class NotAglDatabaseError(StoreError):
+    pass
+
+
+def open_connection(path: Path) -> sqlite3.Connection:
+    """Open (creating if new) an agl database, refusing files that are not agl's."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"Cannot open the database {path}: {exc}.") from None
+    try:
+        _prepare(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise NotAglDatabaseError(f"{path} is not an agl database ({exc}).") from None
+        raise StoreError(f"Cannot use the database {path}: {exc}.") from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+def open_memory_connection() -> sqlite3.Connection:
+    """An agl database that lives in memory, gone with its connection."""
+    conn = connect(":memory:")
+    _prepare(conn, Path(":memory:"))
+    return conn
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    has_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+    if has_tables and app_id != APPLICATION_ID:
+        raise NotAglDatabaseError(f"{path} is not an agl database; refusing to use it.")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable writes sync the WAL themselves
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+    if not has_tables:
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{SCHEMA}\n"
+            f"PRAGMA application_id={APPLICATION_ID};\nPRAGMA user_version=1;\nCOMMIT;"
+        )
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer agl (schema {version}); upgrade agl to use it.")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[target]}\nPRAGMA user_version={target};\nCOMMIT;")

@@ -1,0 +1,250 @@
+"""Wire types of the Agent Lightning store API (agentlightning 0.3.0's `LightningStoreServer`).
+
+Field names, order, defaults and optionality are what 0.3.0's `LightningStoreClient`
+sends and expects, so that a body produced by either side validates on the other. The
+rollout and attempt life cycle these name is decided in `agl_cli.store.lifecycle`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agl_cli.models import Mode
+
+RolloutStatus = Literal["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"]
+AttemptStatus = Literal["preparing", "running", "failed", "succeeded", "unresponsive", "timeout"]
+WorkerStatus = Literal["idle", "busy", "unknown"]
+SortOrder = Literal["asc", "desc"]
+FilterLogic = Literal["and", "or"]
+
+ROLLOUT_STATUSES: tuple[RolloutStatus, ...] = RolloutStatus.__args__  # type: ignore[attr-defined]
+ATTEMPT_STATUSES: tuple[AttemptStatus, ...] = AttemptStatus.__args__  # type: ignore[attr-defined]
+
+
+class RolloutConfig(BaseModel):
+    """How long an attempt may take, and which failures are tried again."""
+
+    timeout_seconds: float | None = None
+    unresponsive_seconds: float | None = None
+    max_attempts: int = Field(default=1, ge=1)
+    retry_condition: list[AttemptStatus] = Field(default_factory=list)
+
+
+class Rollout(BaseModel):
+    rollout_id: str
+    input: Any
+    start_time: float
+    end_time: float | None = None
+    mode: Mode | None = None
+    resources_id: str | None = None
+    status: RolloutStatus = "queuing"
+    config: RolloutConfig = Field(default_factory=RolloutConfig)
+    metadata: dict[str, Any] | None = None
+
+
+class Attempt(BaseModel):
+    rollout_id: str
+    attempt_id: str
+    sequence_id: int
+    start_time: float
+    end_time: float | None = None
+    status: AttemptStatus = "preparing"
+    worker_id: str | None = None
+    last_heartbeat_time: float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AttemptedRollout(Rollout):
+    attempt: Attempt
+
+
+class Worker(BaseModel):
+    worker_id: str
+    status: WorkerStatus = "unknown"
+    heartbeat_stats: dict[str, Any] | None = None
+    last_heartbeat_time: float | None = None
+    last_dequeue_time: float | None = None
+    last_busy_time: float | None = None
+    last_idle_time: float | None = None
+    current_rollout_id: str | None = None
+    current_attempt_id: str | None = None
+
+
+# --- spans (OpenTelemetry, as 0.3.0 models them) -------------------------------------------
+
+AttributeValue = Union[str, bool, int, float, Sequence[str], Sequence[bool], Sequence[int], Sequence[float]]  # noqa: UP007
+Attributes = dict[str, AttributeValue]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenTelemetry may add fields; keep them
+
+
+class SpanContext(_Open):
+    trace_id: str
+    span_id: str
+    is_remote: bool
+    trace_state: dict[str, str]
+
+
+class TraceStatus(_Open):
+    status_code: Literal["UNSET", "OK", "ERROR"]
+    description: str | None = None
+
+
+class Event(_Open):
+    name: str
+    attributes: Attributes
+    timestamp: float | None = None
+
+
+class Link(_Open):
+    context: SpanContext
+    attributes: Attributes | None = None
+
+
+class OtelResource(BaseModel):
+    attributes: Attributes
+    schema_url: str
+
+
+class Span(_Open):
+    rollout_id: str
+    attempt_id: str
+    sequence_id: int
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    status: TraceStatus
+    attributes: Attributes
+    events: list[Event]
+    links: list[Link]
+    start_time: float | None
+    end_time: float | None
+    context: SpanContext | None
+    parent: SpanContext | None
+    resource: OtelResource
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """One page of a query: `total` counts every match, not only this page's."""
+
+    items: list[Item]
+    limit: int
+    offset: int
+    total: int
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+class EnqueueRequest(BaseModel):
+    input: Any
+    mode: Mode | None = None
+    resources_id: str | None = None
+    config: RolloutConfig | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class EnqueueBody(BaseModel):
+    rollouts: list[EnqueueRequest]
+
+
+class DequeueBody(BaseModel):
+    limit: int = 1
+    worker_id: str | None = None
+
+
+class StartRolloutBody(EnqueueRequest):
+    worker_id: str | None = None
+
+
+class StartAttemptBody(BaseModel):
+    worker_id: str | None = None
+
+
+class PageQuery(BaseModel):
+    limit: int = -1
+    offset: int = 0
+    sort_by: str | None = None
+    sort_order: SortOrder = "asc"
+
+
+class RolloutQuery(PageQuery):
+    status_in: list[RolloutStatus] | None = None
+    rollout_id_in: list[str] | None = None
+    rollout_id_contains: str | None = None
+    filter_logic: FilterLogic = "and"
+
+
+class AttemptQuery(PageQuery):
+    sort_by: str | None = "sequence_id"
+
+
+class ResourcesQuery(PageQuery):
+    resources_id: str | None = None
+    resources_id_contains: str | None = None
+
+
+class WorkerQuery(PageQuery):
+    status_in: list[WorkerStatus] | None = None
+    worker_id_contains: str | None = None
+    filter_logic: FilterLogic = "and"
+
+
+class SpanQuery(PageQuery):
+    rollout_id: str
+    attempt_id: str | None = None
+    trace_id: str | None = None
+    trace_id_contains: str | None = None
+    span_id: str | None = None
+    span_id_contains: str | None = None
+    parent_id: str | None = None
+    parent_id_contains: str | None = None
+    name: str | None = None
+    name_contains: str | None = None
+    filter_logic: FilterLogic = "and"
+    sort_by: str | None = "sequence_id"
+
+
+class RolloutChanges(BaseModel):
+    """`POST /rollouts/{id}`: only the fields present change (`status` and `config` may not be null)."""
+
+    input: Any = None
+    mode: Mode | None = None
+    resources_id: str | None = None
+    status: RolloutStatus | None = None
+    config: RolloutConfig | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AttemptChanges(BaseModel):
+    """`POST /rollouts/{id}/attempts/{attempt_id}`: only the fields present change, none null."""
+
+    status: AttemptStatus | None = None
+    worker_id: str | None = None
+    last_heartbeat_time: float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class WorkerChanges(BaseModel):
+    heartbeat_stats: dict[str, Any] | None = None
+
+
+class NextSequenceBody(BaseModel):
+    rollout_id: str
+    attempt_id: str
+
+
+class WaitBody(BaseModel):
+    rollout_ids: list[str]
+    timeout: float | None = None
