@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_STATE_DIR = REPO_ROOT / ".agl-test"
@@ -128,3 +130,29 @@ def _exclusive_lock(path: Path) -> Iterator[int]:
             yield handle.fileno()
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def compat_env() -> dict[str, str]:
+    """The environment a compat-venv program runs with: none of the test's agl settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGL_", "PYTEST_"))}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no price-list download at import
+    return env
+
+
+def run_json(
+    python: Path, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run a worker script there and return the JSON object it prints last."""
+    with tempfile.TemporaryDirectory() as workdir:  # agentlightning's tracer writes files to the cwd
+        result = subprocess.run(
+            [str(python), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=compat_env() | (env or {}),
+            cwd=workdir,
+            check=False,
+        )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return parsed

@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from compat_env import ensure_compat_python
 from daemon import Daemon
 
 
@@ -32,3 +33,9 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     """A daemon on a fresh SQLite state directory."""
     return make_daemon()
+
+
+@pytest.fixture(scope="session")
+def compat_python() -> Path:
+    """The python of the environment with the real agentlightning 0.3.0 (built once)."""
+    return ensure_compat_python()

@@ -5,50 +5,18 @@ The environment is built once (about a minute) and reused; see tests/compat_env.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from compat_env import REPO_ROOT, WORKERS_DIR, ensure_compat_python
+from compat_env import REPO_ROOT, WORKERS_DIR, compat_env, run_json
 from daemon import Daemon
 
 pytestmark = pytest.mark.timeout(900)
 
 LLM = {"resource_type": "llm", "endpoint": "http://127.0.0.1:9/v1", "model": "tiny", "api_key": "sk-secret"}
 PROMPT = {"resource_type": "prompt_template", "template": "What is {x}?", "engine": "f-string"}
-
-
-@pytest.fixture(scope="session")
-def compat_python() -> Path:
-    return ensure_compat_python()
-
-
-def compat_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGL_", "PYTEST_"))}
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no price-list download at import
-    return env
-
-
-def run_json(python: Path, *args: str, timeout: float = 180) -> dict[str, Any]:
-    """Run a worker script there and return the JSON object it prints last."""
-    with tempfile.TemporaryDirectory() as workdir:  # agentlightning's tracer writes files to the cwd
-        result = subprocess.run(
-            [str(python), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=compat_env(),
-            cwd=workdir,
-            check=False,
-        )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return parsed
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])

@@ -1,0 +1,113 @@
+"""A real agentlightning 0.3.0 `Trainer` with `store=LightningStoreClient(agl)`: the one line
+a 0.3.0 user changes. Its runners dequeue, trace and report through the store API; agl
+keeps all of it durably, and a `kill -9` of the daemon in the middle loses nothing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from compat_env import WORKERS_DIR, compat_env, run_json
+from daemon import Daemon
+
+pytestmark = pytest.mark.timeout(600)
+TRAINER = WORKERS_DIR / "store_trainer_run.py"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def trainer_env(daemon: Daemon, **extra: str) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{daemon.url}/v1/traces",  # see the worker's docstring
+        "AGL_SERVER_PORT": str(free_port()),  # where the Trainer's own relay listens
+        **extra,
+    }
+
+
+def spans_in_agl(daemon: Daemon, rollout_id: str) -> list[dict[str, Any]]:
+    page = daemon.post("/v1/agl/spans/search", json={"rollout_id": rollout_id, "attempt_id": "latest"}).json()
+    spans: list[dict[str, Any]] = page["items"]
+    return spans
+
+
+def test_a_trainer_with_agl_as_its_store_runs_every_rollout_with_its_reward_and_spans(
+    compat_python: Path, daemon: Daemon
+) -> None:
+    samples = 6
+    summary = run_json(
+        compat_python, str(TRAINER), daemon.url, "--samples", str(samples), "--runners", "2",
+        env=trainer_env(daemon),
+    )  # fmt: skip
+
+    ids = summary["ids"]
+    assert len(ids) == samples and set(summary["rollouts"]) == set(ids)
+    for seen in summary["rollouts"].values():  # as the algorithm read them back from agl
+        assert seen["status"] == "succeeded"
+        assert seen["span_names"] == ["agentlightning.annotation", "work"]
+        assert seen["rewards"] == [seen["input"]["x"] / 10]
+    # agl's own view: the same rollouts as completed tasks and as results in the sequence.
+    status = daemon.status()
+    assert (status["tasks"]["completed"], status["rollouts"], status["duplicates"]) == (samples, samples, 0)
+    results = {r["rollout_id"]: r for r in daemon.rollouts()}
+    assert {rid: results[rid]["final_reward"] for rid in ids} == {
+        rid: summary["rollouts"][rid]["input"]["x"] / 10 for rid in ids
+    }
+    assert {span["name"] for span in spans_in_agl(daemon, ids[0])} == {"agentlightning.annotation", "work"}
+
+
+def test_a_trainer_survives_a_kill_9_of_agl_and_nothing_is_lost_or_doubled(
+    compat_python: Path, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    port = free_port()
+    state = tmp_path / "state"
+    daemon = make_daemon("--port", str(port), state_dir=state)
+    samples = 8
+    env = compat_env() | trainer_env(daemon, AGENT_SECONDS="0.4", ROLLOUT_PATIENCE="4", ALGORITHM_POLL="1")
+    command = [str(compat_python), str(TRAINER), daemon.url, "--samples", str(samples), "--runners", "2"]
+    with tempfile.TemporaryDirectory() as workdir:
+        trainer = subprocess.Popen(
+            [*command, "--direct"], env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            wait_until(lambda: daemon.status()["tasks"]["completed"] >= 2, "two rollouts to complete")
+            daemon.kill()
+            daemon.start()  # the same port and state directory: a supervisor's restart
+            output, errors = trainer.communicate(timeout=240)
+        finally:
+            trainer.kill()
+    text = output.decode(errors="replace")
+    assert trainer.returncode == 0, text[-3000:] + errors.decode(errors="replace")[-3000:]
+    summary = json.loads(text.strip().splitlines()[-1])
+
+    ids = summary["ids"]
+    assert all(seen["status"] == "succeeded" for seen in summary["rollouts"].values())
+    status = daemon.status()
+    assert (status["tasks"]["completed"], status["rollouts"], status["duplicates"]) == (samples, samples, 0)
+    results = daemon.rollouts()
+    assert sorted(r["rollout_id"] for r in results) == sorted(ids)  # each once
+    assert all(r["final_reward"] is not None for r in results)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_the_store_api_is_open_like_the_worker_routes_and_the_management_api_is_not(daemon: Daemon) -> None:
+    assert daemon.get("/v1/agl/health").json() == {"status": "ok"}
+    assert httpx.post(f"{daemon.url}/v1/agl/queues/rollouts/dequeue").status_code == 200
+    assert httpx.get(f"{daemon.url}/v1/tasks").status_code == 401
