@@ -7,6 +7,8 @@ import pytest
 from compat_env import ensure_compat_python
 from daemon import Daemon
 
+from agl_cli.store import MemoryStore, SQLiteStore, Store
+
 
 @pytest.fixture(autouse=True)
 def _no_user_agl_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,3 +41,49 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
 def compat_python() -> Path:
     """The python of the environment with the real agentlightning 0.3.0 (built once)."""
     return ensure_compat_python()
+
+
+# --- stores, for the tests that hold both to the same rules -----------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+StoreFactory = Callable[..., Store]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[StoreFactory]:
+    opened: list[Store] = []
+
+    def make(**options: object) -> Store:
+        options = {"task_timeout": 10.0, "clock": clock, **options}
+        store: Store
+        if request.param == "memory":
+            store = MemoryStore(**options)
+        else:
+            store = SQLiteStore(tmp_path / f"agl{len(opened)}.db", **options)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    return make_store()

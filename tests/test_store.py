@@ -1,19 +1,19 @@
-"""The task life cycle, as both stores must implement it (one suite, two stores)."""
+"""The task life cycle, as both stores must implement it (one suite, two stores: the
+`store` and `make_store` fixtures of conftest.py)."""
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from conftest import FakeClock, StoreFactory
 
 from agl_cli.models import Rollout, Task, TaskStatus
 from agl_cli.store import (
     InvalidTransitionError,
-    MemoryStore,
     ReportOutcome,
     SQLiteStore,
     Store,
@@ -23,49 +23,6 @@ from agl_cli.store import (
     UnknownTaskError,
     schema,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-StoreFactory = Callable[..., Store]
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[StoreFactory]:
-    opened: list[Store] = []
-
-    def make(**options: object) -> Store:
-        options = {"task_timeout": 10.0, "clock": clock, **options}
-        store: Store
-        if request.param == "memory":
-            store = MemoryStore(**options)
-        else:
-            store = SQLiteStore(tmp_path / f"agl{len(opened)}.db", **options)
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: StoreFactory) -> Store:
-    return make_store()
 
 
 def queue(store: Store, *inputs: object) -> list[str]:

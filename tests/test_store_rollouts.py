@@ -1,0 +1,303 @@
+"""Rollouts, attempts, spans and workers (the store API's view), on both stores with a fake
+clock: one queue for both doors, every claim an attempt, the life cycle of
+store/lifecycle.py, and results that are never lost or doubled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeClock, StoreFactory
+
+from agl_cli.models import Rollout, TaskStatus
+from agl_cli.store import SQLiteStore, Store, TaskSpec, UnknownAttemptError, UnknownRolloutError
+from agl_cli.store.lifecycle import UNLIMITED_ATTEMPTS
+from agl_cli.store_models import (
+    AttemptQuery,
+    EnqueueRequest,
+    RolloutConfig,
+    RolloutQuery,
+    Span,
+    SpanQuery,
+    StartRolloutBody,
+    WorkerQuery,
+)
+
+RETRY = RolloutConfig(timeout_seconds=5, max_attempts=2, retry_condition=["timeout", "failed"])
+
+
+def enqueue(store: Store, *inputs: Any, config: RolloutConfig | None = None) -> list[str]:
+    shapes = store.enqueue_rollouts([EnqueueRequest(input=value, config=config) for value in inputs])
+    return [str(shape["rollout_id"]) for shape in shapes]
+
+
+def rollout(store: Store, rollout_id: str) -> dict[str, Any]:
+    shape = store.get_rollout_shape(rollout_id)
+    assert shape is not None
+    return _plain(shape)
+
+
+def _plain(value: Any) -> Any:
+    """A shape with its stored JSON read back (shapes hold `orjson.Fragment`s)."""
+    import orjson
+
+    return orjson.loads(orjson.dumps(value))
+
+
+def span(rollout_id: str, attempt_id: str, span_id: str, sequence_id: int = 1, **attributes: Any) -> Span:
+    return Span.model_validate(
+        {
+            "rollout_id": rollout_id, "attempt_id": attempt_id, "sequence_id": sequence_id,
+            "trace_id": "0" * 32, "span_id": span_id, "parent_id": None, "name": "step",
+            "status": {"status_code": "OK"}, "attributes": attributes, "events": [], "links": [],
+            "start_time": 1.0, "end_time": 2.0, "context": None, "parent": None,
+            "resource": {"attributes": {}, "schema_url": ""},
+        }
+    )  # fmt: skip
+
+
+def test_a_legacy_claim_is_an_attempt_under_the_daemons_policy(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(max_claims=3)
+    [rollout_id] = store.queue_tasks([TaskSpec(input="legacy")])
+    assert rollout(store, rollout_id)["status"] == "queuing"
+    store.claim()
+    shape = rollout(store, rollout_id)
+    assert shape["status"] == "preparing"
+    assert shape["attempt"] | {"attempt_id": "-"} == {
+        "rollout_id": rollout_id, "attempt_id": "-", "sequence_id": 1, "start_time": clock.now, "end_time": None,
+        "status": "preparing", "worker_id": None, "last_heartbeat_time": None, "metadata": None,
+    }  # fmt: skip
+    assert shape["config"] == {
+        "timeout_seconds": 10.0, "unresponsive_seconds": None, "max_attempts": 3,
+        "retry_condition": ["timeout", "unresponsive"],
+    }  # fmt: skip
+
+
+def test_unlimited_legacy_attempts_read_as_the_largest_number(store: Store) -> None:
+    [rollout_id] = store.queue_tasks([TaskSpec(input=1)])
+    assert rollout(store, rollout_id)["config"]["max_attempts"] == UNLIMITED_ATTEMPTS
+
+
+def test_a_legacy_report_ends_the_attempt_and_the_rollout(store: Store, clock: FakeClock) -> None:
+    [rollout_id] = store.queue_tasks([TaskSpec(input=1)])
+    store.dequeue_rollouts(1, "w-1")
+    clock.advance(2)
+    store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=0.5))
+    shape = rollout(store, rollout_id)
+    assert (shape["status"], shape["end_time"]) == ("succeeded", clock.now)
+    assert (shape["attempt"]["status"], shape["attempt"]["end_time"]) == ("succeeded", clock.now)
+    assert _plain(store.get_worker("w-1"))["status"] == "idle"
+    finished, unfinished = store.finished_rollouts([rollout_id])
+    assert [r["rollout_id"] for r in finished] == [rollout_id] and unfinished == 0
+
+
+def test_a_store_api_rollout_is_handed_to_a_legacy_worker_and_reported_once(store: Store) -> None:
+    [rollout_id] = enqueue(store, {"x": 1})
+    claim = store.claim()
+    assert claim is not None and claim.rollout_id == rollout_id
+    task = _plain_wire(claim.wire)
+    assert (task["input"], task["num_claims"], task["metadata"]) == ({"x": 1}, 1, {})
+    store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=1.0))
+    store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=2.0))  # a late second result
+    assert [(r.rollout.rollout_id, r.rollout.final_reward) for r in store.rollouts_after(0)] == [
+        (rollout_id, 1.0)
+    ]
+    assert store.counts().duplicates == 1
+
+
+def _plain_wire(wire: bytes) -> dict[str, Any]:
+    import orjson
+
+    parsed: dict[str, Any] = orjson.loads(wire)
+    return parsed
+
+
+def test_a_success_through_the_store_api_joins_the_results_with_its_reward_once(store: Store) -> None:
+    [rollout_id] = store.queue_tasks([TaskSpec(input=1, mode="train")])
+    [handed] = store.dequeue_rollouts(1, "w-1")
+    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    store.add_spans([span(rollout_id, attempt_id, "a1", 1, **{"agentlightning.reward.0.value": 0.75})])
+    store.update_attempt(rollout_id, attempt_id, {"status": "succeeded"})
+    store.update_attempt(rollout_id, "latest", {"status": "running"})  # revived, as 0.3.0 allows ...
+    store.update_attempt(rollout_id, "latest", {"status": "succeeded"})  # ... and done again
+    [result] = store.rollouts_after(0)
+    assert (result.rollout.rollout_id, result.rollout.final_reward, result.attempt) == (rollout_id, 0.75, 1)
+    assert result.rollout.task is not None and result.rollout.task.mode == "train"
+    record = store.get_task(rollout_id)
+    assert record is not None and record.status is TaskStatus.COMPLETED
+
+
+def test_a_failed_attempt_is_retried_while_the_config_allows(store: Store) -> None:
+    [rollout_id] = enqueue(store, "x", config=RETRY)
+    store.dequeue_rollouts(1, None)
+    store.update_attempt(rollout_id, "latest", {"status": "failed"})
+    assert rollout(store, rollout_id)["status"] == "requeuing"
+    assert store.counts().tasks[TaskStatus.QUEUED] == 1
+    [again] = store.dequeue_rollouts(1, None)
+    assert _plain(again)["attempt"]["sequence_id"] == 2
+    store.update_attempt(rollout_id, "latest", {"status": "failed"})
+    assert rollout(store, rollout_id)["status"] == "failed"
+    assert store.dequeue_rollouts(1, None) == []
+
+
+def test_an_attempt_that_runs_too_long_times_out_promptly(store: Store, clock: FakeClock) -> None:
+    [rollout_id] = enqueue(store, "x", config=RETRY)
+    store.dequeue_rollouts(1, "w-1")
+    assert store.next_deadline() == clock.now + 5
+    clock.advance(5)
+    assert store.expire_claims() == 1
+    shape = rollout(store, rollout_id)
+    assert (shape["status"], shape["attempt"]["status"], shape["attempt"]["end_time"]) == (
+        "requeuing",
+        "timeout",
+        None,
+    )
+    assert _plain(store.get_worker("w-1"))["status"] == "unknown"
+    store.dequeue_rollouts(1, "w-1")
+    clock.advance(5)
+    store.expire_claims()
+    assert rollout(store, rollout_id)["status"] == "failed"
+
+
+def test_a_quiet_attempt_is_unresponsive_and_each_span_pushes_that_back(
+    store: Store, clock: FakeClock
+) -> None:
+    [rollout_id] = enqueue(store, "x", config=RolloutConfig(unresponsive_seconds=5))
+    [handed] = store.dequeue_rollouts(1, None)
+    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    clock.advance(4)
+    store.add_spans([span(rollout_id, attempt_id, "s1")])
+    shape = rollout(store, rollout_id)
+    assert (shape["status"], shape["attempt"]["status"], shape["attempt"]["last_heartbeat_time"]) == (
+        "running", "running", clock.now,
+    )  # fmt: skip
+    clock.advance(4)
+    assert store.expire_claims() == 0  # 8 s since the start, 4 since the span
+    clock.advance(1)
+    assert store.expire_claims() == 1
+    shape = rollout(store, rollout_id)
+    assert (shape["status"], shape["attempt"]["status"]) == ("failed", "unresponsive")  # no retry configured
+
+
+def test_a_legacy_task_taken_through_the_store_api_keeps_the_claim_timeout(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(max_claims=2)
+    [rollout_id] = store.queue_tasks([TaskSpec(input=1)])
+    store.dequeue_rollouts(1, "w-1")
+    clock.advance(10)
+    store.expire_claims()
+    record = store.get_task(rollout_id)
+    assert record is not None and (record.status, record.task.num_claims) == (TaskStatus.QUEUED, 1)
+    claim = store.claim()  # the second attempt, by a legacy worker
+    assert claim is not None and claim.num_claims == 2
+    clock.advance(10)
+    store.expire_claims()
+    record = store.get_task(rollout_id)
+    assert record is not None and record.status is TaskStatus.FAILED
+    assert rollout(store, rollout_id)["status"] == "failed"
+
+
+def test_a_rollout_set_queuing_by_hand_goes_to_the_back_and_a_cancelled_one_is_not_handed_out(
+    store: Store,
+) -> None:
+    first, second = enqueue(store, "first", "second")
+    store.update_rollout(first, {"status": "cancelled"})
+    [handed] = store.dequeue_rollouts(1, None)
+    assert _plain(handed)["rollout_id"] == second
+    store.update_rollout(first, {"status": "requeuing", "metadata": {"why": "again"}})
+    [handed] = store.dequeue_rollouts(1, None)
+    assert (_plain(handed)["rollout_id"], _plain(handed)["metadata"]) == (first, {"why": "again"})
+
+
+def test_a_rollout_started_directly_is_outside_the_queue(store: Store) -> None:
+    shape = _plain(store.start_rollout(StartRolloutBody(input="now", worker_id="w-1")))
+    assert (shape["status"], shape["attempt"]["sequence_id"], shape["attempt"]["worker_id"]) == (
+        "preparing",
+        1,
+        "w-1",
+    )
+    assert store.dequeue_rollouts(1, None) == []
+    assert _plain(store.get_worker("w-1"))["current_rollout_id"] == shape["rollout_id"]
+
+
+def test_unknown_rollouts_and_attempts_are_refused(store: Store) -> None:
+    [rollout_id] = enqueue(store, "x")
+    with pytest.raises(UnknownRolloutError):
+        store.update_rollout("ro-nope", {"status": "failed"})
+    with pytest.raises(UnknownAttemptError):
+        store.update_attempt(rollout_id, "latest", {"status": "failed"})  # no attempt yet
+    store.dequeue_rollouts(1, None)
+    with pytest.raises(UnknownAttemptError):
+        store.update_attempt(rollout_id, "at-nope", {"status": "failed"})
+    with pytest.raises(UnknownRolloutError):
+        store.add_spans([span("ro-nope", "at-nope", "s")])
+    assert store.get_rollout_shape("ro-nope") is None
+
+
+def test_spans_are_kept_once_and_numbered_per_rollout(store: Store) -> None:
+    [rollout_id] = enqueue(store, "x")
+    [handed] = store.dequeue_rollouts(1, None)
+    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    assert store.next_span_sequence_ids([rollout_id, rollout_id]) == [1, 2]
+    added = store.add_spans([span(rollout_id, attempt_id, "a", 7), span(rollout_id, attempt_id, "a", 8)])
+    assert [s is not None for s in added.spans] == [True, False]
+    assert store.next_span_sequence_ids([rollout_id]) == [9]  # raised to the highest number sent
+    unnumbered = span(rollout_id, attempt_id, "b", -1)
+    lost = span("ro-nope", attempt_id, "c", -1)
+    added = store.add_spans([unnumbered, lost], from_otlp=True)
+    assert (added.spans[0].sequence_id, added.spans[1], added.rejected) == (10, None, 1)
+    page = _plain(store.query_spans(SpanQuery(rollout_id=rollout_id, attempt_id="latest")))
+    assert ([s["span_id"] for s in page["items"]], page["total"]) == (["a", "b"], 2)
+
+
+def test_queries_filter_sort_and_page_with_the_total_of_all_matches(store: Store, clock: FakeClock) -> None:
+    ids = enqueue(store, "a", "b", "c", "d")
+    store.dequeue_rollouts(1, "w-1")
+    store.update_attempt(ids[0], "latest", {"status": "succeeded"})
+    page = _plain(store.query_rollouts(RolloutQuery(status_in=["queuing"], limit=2, offset=1)))
+    assert ([r["rollout_id"] for r in page["items"]], page["total"]) == (ids[2:4], 3)
+    ended_first = _plain(store.query_rollouts(RolloutQuery(sort_by="end_time")))
+    assert ended_first["items"][0]["rollout_id"] == ids[0]  # a missing time sorts last
+    assert "attempt" in ended_first["items"][0] and "attempt" not in ended_first["items"][1]
+    either = _plain(
+        store.query_rollouts(RolloutQuery(rollout_id_in=[ids[1]], status_in=["succeeded"], filter_logic="or"))
+    )
+    assert sorted(r["rollout_id"] for r in either["items"]) == sorted([ids[0], ids[1]])
+    assert _plain(store.query_attempts(ids[0], AttemptQuery()))["total"] == 1
+    assert _plain(store.query_workers(WorkerQuery(status_in=["idle"])))["total"] == 1
+
+
+def test_a_committed_batch_is_seen_and_changed_through_the_store_api_before_it_is_moved(store: Store) -> None:
+    batch = store.create_batch()
+    [first, second] = store.stage_tasks(batch, [TaskSpec(input=1), TaskSpec(input=2)])
+    store.commit_batch(batch)
+    assert rollout(store, second)["status"] == "queuing"
+    assert _plain(store.query_rollouts(RolloutQuery()))["total"] == 2
+    store.update_rollout(second, {"status": "cancelled"})
+    assert [r["rollout_id"] for r in map(_plain, store.dequeue_rollouts(5, None))] == [first]
+
+
+def test_everything_of_a_run_survives_reopening(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock)
+    [rollout_id] = enqueue(store, "kept", config=RETRY)
+    [handed] = store.dequeue_rollouts(1, "w-1")
+    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    store.add_spans([span(rollout_id, attempt_id, "s")])
+    store.heartbeat_worker("w-1", {"cpu": 1})
+    store.close()
+
+    reopened = SQLiteStore(path, clock=clock)
+    shape = rollout(reopened, rollout_id)
+    assert (shape["status"], shape["config"]["max_attempts"], shape["attempt"]["attempt_id"]) == (
+        "running", 2, attempt_id,
+    )  # fmt: skip
+    assert _plain(reopened.query_spans(SpanQuery(rollout_id=rollout_id)))["total"] == 1
+    assert _plain(reopened.get_worker("w-1"))["heartbeat_stats"] == {"cpu": 1}
+    clock.advance(5)
+    assert reopened.expire_claims() == 1  # its deadline survived too
+    reopened.close()
