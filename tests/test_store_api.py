@@ -1,0 +1,239 @@
+"""The store API and OTLP export over HTTP, on the real daemon: what agl answers where
+0.3.0's shapes leave a choice (tests/beside_agentlightning/ compares the rest with 0.3.0
+itself), its refusals, and its durability: what was answered survives `kill -9`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from daemon import Daemon
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+AGL = "/v1/agl"
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+
+
+def enqueue(daemon: Daemon, *inputs: Any, **fields: Any) -> list[dict[str, Any]]:
+    response = daemon.post(
+        f"{AGL}/queues/rollouts/enqueue", json={"rollouts": [{"input": i, **fields} for i in inputs]}
+    )
+    assert response.status_code == 201, response.text
+    rollouts: list[dict[str, Any]] = response.json()
+    return rollouts
+
+
+def dequeue(daemon: Daemon, worker_id: str = "w-1") -> dict[str, Any]:
+    [handed] = daemon.post(f"{AGL}/queues/rollouts/dequeue", json={"worker_id": worker_id}).json()
+    return dict(handed)
+
+
+def attribute(key: str, value: str | int) -> KeyValue:
+    any_value = AnyValue(string_value=value) if isinstance(value, str) else AnyValue(int_value=value)
+    return KeyValue(key=key, value=any_value)
+
+
+def export(*spans: Span, resource: dict[str, str] | None = None) -> bytes:
+    request = ExportTraceServiceRequest()
+    group = ResourceSpans(scope_spans=[ScopeSpans(spans=list(spans))])
+    group.resource.attributes.extend(attribute(k, v) for k, v in (resource or {}).items())
+    request.resource_spans.append(group)
+    return bytes(request.SerializeToString())
+
+
+def proto_span(name: str, span_id: bytes, **attributes: str | int) -> Span:
+    return Span(
+        trace_id=bytes(range(16)), span_id=span_id, name=name, start_time_unix_nano=1_700_000_000_000_000_000,
+        end_time_unix_nano=1_700_000_001_000_000_000, attributes=[attribute(k, v) for k, v in attributes.items()],
+    )  # fmt: skip
+
+
+def spans_of(daemon: Daemon, rollout_id: str) -> list[dict[str, Any]]:
+    page = daemon.get(f"{AGL}/spans", params={"rollout_id": rollout_id}).json()
+    spans: list[dict[str, Any]] = page["items"]
+    return spans
+
+
+def test_otlp_spans_are_kept_with_their_ids_from_the_resource_or_the_span(daemon: Daemon) -> None:
+    enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    ids = {
+        "agentlightning.rollout_id": handed["rollout_id"],
+        "agentlightning.attempt_id": handed["attempt"]["attempt_id"],
+    }
+    first = proto_span("llm", b"\x01" * 8, tokens=12)
+    second = proto_span("tool", b"\x02" * 8, **ids, **{"agentlightning.span_sequence_id": 40})
+    response = daemon.post("/v1/traces", content=gzip.compress(export(first, second, resource=ids)),
+                           headers={**PROTOBUF, "Content-Encoding": "gzip"})  # fmt: skip
+    assert (response.status_code, response.headers["content-type"]) == (200, "application/x-protobuf")
+    assert not ExportTraceServiceResponse.FromString(response.content).HasField("partial_success")
+    kept = spans_of(daemon, handed["rollout_id"])
+    assert [(s["name"], s["sequence_id"], s["span_id"]) for s in kept] == [
+        ("llm", 1, "01" * 8),
+        ("tool", 40, "02" * 8),
+    ]
+    assert kept[0]["attributes"] == {"tokens": 12}
+    assert (kept[0]["start_time"], kept[0]["trace_id"]) == (1_700_000_000.0, bytes(range(16)).hex())
+    assert daemon.get(f"{AGL}/rollouts/{handed['rollout_id']}").json()["status"] == "running"
+
+
+def test_otlp_spans_that_cannot_be_placed_are_rejected_and_the_others_kept(daemon: Daemon) -> None:
+    enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    good = proto_span("kept", b"\x03" * 8, **{
+        "agentlightning.rollout_id": handed["rollout_id"], "agentlightning.attempt_id": handed["attempt"]["attempt_id"],
+    })  # fmt: skip
+    nameless = proto_span("nowhere", b"\x04" * 8)
+    stranger = proto_span("stranger", b"\x05" * 8, **{
+        "agentlightning.rollout_id": "ro-000000000000", "agentlightning.attempt_id": "at-00000000",
+    })  # fmt: skip
+    response = daemon.post("/v1/traces", content=export(good, nameless, stranger), headers=PROTOBUF)
+    assert response.status_code == 200
+    partial = ExportTraceServiceResponse.FromString(response.content).partial_success
+    assert partial.rejected_spans == 2 and partial.error_message
+    assert [s["name"] for s in spans_of(daemon, handed["rollout_id"])] == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"Content-Type": "application/json"}, b"{}", 400),
+        (PROTOBUF, b"\xff\xff not protobuf", 400),
+        ({**PROTOBUF, "Content-Encoding": "gzip"}, b"not gzip", 400),
+        (PROTOBUF, b"", 200),  # an empty export
+    ],
+)
+def test_an_otlp_export_that_cannot_be_read_is_a_400(
+    daemon: Daemon, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    assert daemon.post("/v1/traces", content=body, headers=headers).status_code == status
+
+
+@pytest.mark.parametrize("path", ["/v1/metrics", "/v1/logs"])
+def test_otlp_metrics_and_logs_are_not_kept(daemon: Daemon, path: str) -> None:
+    assert daemon.post(path, content=b"", headers=PROTOBUF).status_code == 501
+
+
+def test_an_unknown_rollout_or_attempt_is_a_404_at_once_where_0_3_0_fails_with_a_500(daemon: Daemon) -> None:
+    [queued] = enqueue(daemon, "x")
+    refusals = [
+        daemon.post(f"{AGL}/rollouts/ro-000000000000", json={"status": "failed"}),
+        daemon.post(f"{AGL}/rollouts/{queued['rollout_id']}/attempts/latest", json={"status": "failed"}),
+        daemon.post(f"{AGL}/rollouts/ro-000000000000/attempts", json={}),
+    ]
+    assert [(r.status_code, set(r.json())) for r in refusals] == [(404, {"detail"})] * 3
+    assert daemon.get(f"{AGL}/rollouts/ro-000000000000").json() is None
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"limit": "0"}, "Limit must be greater than 0 or -1 for no limit"),
+        ({"offset": "-1"}, "Offset must be greater than or equal to 0"),
+        (
+            {"sort_by": "attempt"},
+            "Invalid sort_by: attempt, allowed fields are: rollout_id, input, start_time,",
+        ),
+    ],
+)
+def test_a_bad_page_or_sort_is_a_400_in_0_3_0s_words(
+    daemon: Daemon, params: dict[str, str], message: str
+) -> None:
+    response = daemon.get(f"{AGL}/rollouts", params=params)
+    assert response.status_code == 400 and response.json()["detail"].startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        (f"{AGL}/queues/rollouts/enqueue", {"rollouts": [{"mode": "train"}]}, ["body", "rollouts", 0, "input"]),
+        (f"{AGL}/queues/rollouts/enqueue", {"rollouts": [{"input": 1, "config": {"max_attempts": 0}}]},
+         ["body", "rollouts", 0, "config", "max_attempts"]),
+        (f"{AGL}/resources", {"x": {"resource_type": "bogus"}}, ["body", "x"]),
+        (f"{AGL}/waits/rollouts", {"timeout": 1}, ["body", "rollout_ids"]),
+    ],
+)  # fmt: skip
+def test_a_body_that_does_not_validate_is_fastapis_422_and_changes_nothing(
+    daemon: Daemon, path: str, body: Any, loc: list[Any]
+) -> None:
+    response = daemon.post(path, json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == loc
+    assert daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 0
+
+
+def test_a_null_where_0_3_0_refuses_one_is_a_400(daemon: Daemon) -> None:
+    [queued] = enqueue(daemon, "x")
+    response = daemon.post(f"{AGL}/rollouts/{queued['rollout_id']}", json={"status": None})
+    assert response.json() == {"detail": "status is invalid; it cannot be a null value."}
+    assert response.status_code == 400
+
+
+def test_a_wait_returns_as_soon_as_the_last_rollout_finishes(daemon: Daemon) -> None:
+    [queued] = enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    rollout_id = queued["rollout_id"]
+    attempt = f"{AGL}/rollouts/{rollout_id}/attempts/{handed['attempt']['attempt_id']}"
+    wait = {"rollout_ids": [rollout_id], "timeout": 20}
+    with (
+        httpx.Client(base_url=daemon.url, timeout=30) as client,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        waiting = pool.submit(client.post, f"{AGL}/waits/rollouts", json=wait)
+        assert daemon.post(attempt, json={"status": "succeeded"}).status_code == 200
+        [finished] = waiting.result(timeout=10).json()
+    assert (finished["rollout_id"], finished["status"]) == (rollout_id, "succeeded")
+
+
+def test_everything_the_store_api_answered_survives_kill_9(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    resources = daemon.post(
+        f"{AGL}/resources/main",
+        json={"p": {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}},
+    ).json()
+    queued = enqueue(daemon, *range(5), config={"max_attempts": 3, "retry_condition": ["failed"]})
+    handed = [dequeue(daemon) for _ in range(3)]
+    for index, rollout in enumerate(handed):
+        ids = {"rollout_id": rollout["rollout_id"], "attempt_id": rollout["attempt"]["attempt_id"]}
+        span = {
+            **ids, "sequence_id": 1, "trace_id": "0" * 32, "span_id": f"{index:016x}", "parent_id": None,
+            "name": "step", "status": {"status_code": "OK"}, "attributes": {"i": index}, "events": [],
+            "links": [], "start_time": 1.0, "end_time": 2.0, "context": None, "parent": None,
+            "resource": {"attributes": {}, "schema_url": ""},
+        }  # fmt: skip
+        assert daemon.post(f"{AGL}/spans", json=span).status_code == 201
+    outcome = {handed[0]["rollout_id"]: "succeeded", handed[1]["rollout_id"]: "failed"}
+    for rollout_id, status in outcome.items():
+        assert (
+            daemon.post(f"{AGL}/rollouts/{rollout_id}/attempts/latest", json={"status": status}).status_code
+            == 200
+        )
+    before = daemon.post(f"{AGL}/rollouts/search", json={}).json()
+
+    daemon.kill()
+    daemon.start()
+
+    assert daemon.post(f"{AGL}/rollouts/search", json={}).json() == before
+    assert [r["status"] for r in before["items"]] == [
+        "succeeded",
+        "requeuing",
+        "running",
+        "queuing",
+        "queuing",
+    ]
+    assert daemon.get(f"{AGL}/resources/latest").json() == resources
+    assert [len(spans_of(daemon, r["rollout_id"])) for r in handed] == [1, 1, 1]
+    assert daemon.get(f"{AGL}/statistics").json()["total_workers"] == 1
+    assert len(queued) == 5
