@@ -257,6 +257,12 @@ class AglClient:
     def get_rollout(self, rollout_id: str) -> RolloutRecord:
         return cast(RolloutRecord, self._call("GET", f"/v1/rollouts/{_segment(rollout_id)}"))
 
+    def spans(self, rollout_id: str) -> list[dict[str, Any]]:
+        """The spans of a rollout, every attempt's, in sequence order (through the store API)."""
+        body = orjson.dumps({"rollout_id": rollout_id})
+        page = self._call("POST", "/v1/agl/spans/search", content=body)
+        return cast(list[dict[str, Any]], page["items"])
+
     def last_seq(self) -> int:
         """The sequence number of the newest stored rollout (0 when there is none)."""
         return self.list_rollouts(since=_BEYOND_ANY_SEQ, limit=1)["last_seq"]

@@ -132,7 +132,7 @@ complete -c agl -n "__agl_at 'resources show'" -a 'latest'
 
 complete -c agl -n "__agl_at 'rollouts'" -a 'watch' -d 'Print rollouts as they complete, one per line, until Ctrl-C or --count'
 complete -c agl -n "__agl_at 'rollouts'" -a 'list' -d 'List stored rollouts, oldest first'
-complete -c agl -n "__agl_at 'rollouts'" -a 'show' -d 'Show one rollout, all of it'
+complete -c agl -n "__agl_at 'rollouts'" -a 'show' -d 'Show one rollout, all of it, and the spans its attempts sent (under `spans` i...'
 complete -c agl -n "__agl_at 'rollouts'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'rollouts watch'" -l since -x -a 'all now' -d 'Start after this sequence number; all = from the first'

@@ -32,7 +32,7 @@ _agl_subcommands() {
     'rollouts') _agl_items=(
         'watch:Print rollouts as they complete, one per line, until Ctrl-C or --count'
         'list:List stored rollouts, oldest first'
-        'show:Show one rollout, all of it'
+        'show:Show one rollout, all of it, and the spans its attempts sent (under `spans` i...'
       ) ;;
     *) _agl_items=() ;;
   esac

@@ -72,6 +72,30 @@ def test_show_gives_the_whole_rollout_and_an_unknown_id_is_one_line(daemon: Daem
     )
 
 
+def test_show_lists_the_spans_a_store_api_rollout_sent_and_the_list_its_mode(daemon: Daemon) -> None:
+    [queued] = daemon.post(
+        "/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 1, "mode": "val"}]}
+    ).json()
+    [handed] = daemon.post("/v1/agl/queues/rollouts/dequeue", json={}).json()
+    ids = {"rollout_id": handed["rollout_id"], "attempt_id": handed["attempt"]["attempt_id"]}
+    for number, name in enumerate(["plan", "act"], start=1):
+        span = {
+            **ids, "sequence_id": number, "trace_id": "0" * 32, "span_id": f"{number:016x}", "parent_id": None,
+            "name": name, "status": {"status_code": "OK"}, "attributes": {}, "events": [], "links": [],
+            "start_time": 1.0, "end_time": 1.25, "context": None, "parent": None,
+            "resource": {"attributes": {}, "schema_url": ""},
+        }  # fmt: skip
+        assert daemon.post("/v1/agl/spans", json=span).status_code == 201
+    daemon.post(f"/v1/agl/rollouts/{queued['rollout_id']}/attempts/latest", json={"status": "succeeded"})
+
+    shown = json.loads(agl("rollouts", "show", queued["rollout_id"], "--json", daemon=daemon).stdout)
+    assert [(s["sequence_id"], s["name"]) for s in shown["spans"]] == [(1, "plan"), (2, "act")]
+    human = agl("rollouts", "show", queued["rollout_id"], daemon=daemon).stdout
+    assert "plan" in human and "act" in human and "250.0 ms" in human
+    listed = agl("rollouts", "list", daemon=daemon).stdout
+    assert queued["rollout_id"] in listed and " val " in listed
+
+
 def test_watch_since_all_prints_json_lines_and_stops_after_count(daemon: Daemon) -> None:
     ids = daemon.queue(1, 2, 3)
     for rollout_id in ids:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.table import Table
 from rich.text import Text
 
 from agl_cli.cli import output
@@ -111,13 +112,32 @@ def show(
     rollout_id: str = typer.Argument(..., metavar="ID", help="A rollout id.", show_default=False),
     json_output: bool = typer.Option(False, "--json", help="Machine output: the rollout as JSON."),
 ) -> None:
-    """Show one rollout, all of it."""
+    """Show one rollout, all of it, and the spans its attempts sent (under `spans` in JSON)."""
     with connect(ctx) as client:
-        record = client.get_rollout(rollout_id)
+        record = dict(client.get_rollout(rollout_id))
+        spans = client.spans(rollout_id)
     if json_output:
-        output.print_json(record)
-    else:
-        output.show_record(record)
+        output.print_json({**record, "spans": spans})
+        return
+    output.show_record(record)
+    if spans:
+        output.out().print(spans_table(spans))
+
+
+def spans_table(spans: list[dict[str, Any]]) -> Table:
+    """One line per span: its place, its attempt, what it was, how long it took."""
+    grid = output.table("seq", "attempt", "name", "status", "duration", "span")
+    for span in spans:
+        start, end = span.get("start_time"), span.get("end_time")
+        took = (
+            f"{(end - start) * 1000:.1f} ms" if isinstance(start, float) and isinstance(end, float) else "-"
+        )
+        status = (span.get("status") or {}).get("status_code", "-")
+        grid.add_row(
+            str(span.get("sequence_id")), str(span.get("attempt_id")), str(span.get("name")), status, took,
+            str(span.get("span_id")),
+        )  # fmt: skip
+    return grid
 
 
 def mode_of(record: Mapping[str, Any]) -> str | None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -291,19 +291,24 @@ class Broker:
         return await self._threads.write(lambda: self._store.start_attempt(rollout_id, worker_id))
 
     async def update_rollout(self, rollout_id: str, changes: Mapping[str, Any]) -> dict[str, object]:
-        return await self._changed(
-            self._threads.write(lambda: self._store.update_rollout(rollout_id, changes))
-        )
+        return await self._changed(lambda: self._store.update_rollout(rollout_id, changes))
 
     async def update_attempt(
         self, rollout_id: str, attempt_id: str, changes: Mapping[str, Any]
     ) -> dict[str, object]:
-        write = self._threads.write(lambda: self._store.update_attempt(rollout_id, attempt_id, changes))
-        return await self._changed(write)
+        return await self._changed(lambda: self._store.update_attempt(rollout_id, attempt_id, changes))
 
-    async def _changed(self, write: Awaitable[T]) -> T:
-        """A write that may have requeued or finished a rollout: wake whoever waits on either."""
-        result = await write
+    async def _changed(self, change: Callable[[], T]) -> T:
+        """A write that may have requeued or finished a rollout (and stored its result):
+        wake whoever waits on either, and count the result."""
+
+        def write() -> tuple[T, int]:
+            before = self._store.last_seq()
+            return change(), self._store.last_seq() - before
+
+        result, results = await self._threads.write(write)
+        if results:
+            self.stats.rollout_rate.add(results)
         self._tasks_changed.notify()
         self._rollouts_changed.notify()
         return result
