@@ -34,6 +34,7 @@ from agl_cli.server.broker import Broker
 from agl_cli.store import MemoryStore, SQLiteStore, Store, StoreError
 
 log = logging.getLogger("agl")
+SWITCH_INTERVAL = 0.001
 
 
 class StartupError(Exception):
@@ -139,6 +140,14 @@ def _freeze_what_lives_forever() -> None:
     gc.freeze()
 
 
+def _hand_the_gil_back_sooner() -> None:
+    """The writer thread gives up the GIL at every SQLite statement, and under load the
+    event loop then keeps it until Python's switch interval (5 ms) makes it let go: with
+    a few statements per write, most of a commit's time was that wait. At 1 ms the small
+    claim + report cycle runs 10-15 % faster (bench/side_by_side.py); lower gains nothing."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
+
+
 def _run_on_fastest_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop where it is installed (uvicorn[standard] brings it), as `uvicorn.run`
     would: it answers a request in about half the time of asyncio's own loop."""
@@ -215,6 +224,7 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
         store=where,
     )
     _freeze_what_lives_forever()
+    _hand_the_gil_back_sooner()
     try:
         _run_on_fastest_loop(server.serve(sockets=[sock]))
     finally:

@@ -620,9 +620,9 @@ class SQLiteStore(Store):
         text = rollout.model_dump_json() if body is None else body.decode()
         rollout_id = rollout.rollout_id
         with self._write() as conn:
-            values = self._task_row(conn, TASK_COLUMNS, rollout_id)
-            row = TaskRow._make(values) if values else None
-            outcome = outcome_of_report(TaskStatus(row.status) if row else None)
+            found = self._task_row(conn, "status, num_claims", rollout_id)
+            status, attempt = found if found else (None, None)
+            outcome = outcome_of_report(TaskStatus(status) if status else None)
             if (
                 outcome is ReportOutcome.UNSOLICITED
                 and conn.execute("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
@@ -635,19 +635,32 @@ class SQLiteStore(Store):
                 )
                 return outcome
             now = self.clock()
-            if row is not None:
-                # The latest attempt (whoever made it) succeeded, and with it the task.
-                attempt = self._attempt(conn, rollout_id, row.num_claims)
-                if attempt is not None:
-                    self._write_attempt(conn, attempt._replace(status="succeeded", end_time=now))
-                    self._sync_worker(conn, attempt._replace(status="succeeded"), now)
-                self._set_phase(conn, row, "succeeded", now, record=False)
+            if found:
+                self._report_success(conn, rollout_id, found[1], now)
             conn.execute(
                 "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (rollout_id, now, row.num_claims if row else None, int(row is None), text),
+                (rollout_id, now, attempt, int(not found), text),
             )
         return outcome
+
+    def _report_success(self, conn: sqlite3.Connection, rollout_id: str, sequence_id: int, now: float) -> None:
+        """A worker's report: the latest attempt (whoever made it) succeeded, and with it the
+        task. `_set_phase` and `_change_attempt` in three statements, for the hot path."""
+        ended = conn.execute(
+            "UPDATE attempts SET status = 'succeeded', end_time = ? WHERE rollout_id = ? AND sequence_id = ?"
+            " RETURNING worker_id",
+            (now, rollout_id, sequence_id),
+        ).fetchone()
+        if ended is not None and ended[0]:
+            attempt = self._attempt(conn, rollout_id, sequence_id)
+            assert attempt is not None
+            self._sync_worker(conn, attempt, now)
+        conn.execute(
+            "UPDATE tasks SET status = ?, phase = 'succeeded', queue_pos = NULL, deadline = NULL,"
+            " completed_time = ?2, end_time = ?2 WHERE rollout_id = ?3",
+            (TASK_STATUS["succeeded"].value, now, rollout_id),
+        )
 
     def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:
         rows = self._read(
