@@ -8,7 +8,7 @@ rollout and attempt life cycle these name is decided in `agl_cli.store.lifecycle
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Generic, Literal, TypeVar, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,9 +19,6 @@ AttemptStatus = Literal["preparing", "running", "failed", "succeeded", "unrespon
 WorkerStatus = Literal["idle", "busy", "unknown"]
 SortOrder = Literal["asc", "desc"]
 FilterLogic = Literal["and", "or"]
-
-ROLLOUT_STATUSES: tuple[RolloutStatus, ...] = RolloutStatus.__args__  # type: ignore[attr-defined]
-ATTEMPT_STATUSES: tuple[AttemptStatus, ...] = AttemptStatus.__args__  # type: ignore[attr-defined]
 
 
 class RolloutConfig(BaseModel):
@@ -128,20 +125,6 @@ class Span(_Open):
     context: SpanContext | None
     parent: SpanContext | None
     resource: OtelResource
-
-
-# --- pages ------------------------------------------------------------------------------------
-
-Item = TypeVar("Item")
-
-
-class Page(BaseModel, Generic[Item]):
-    """One page of a query: `total` counts every match, not only this page's."""
-
-    items: list[Item]
-    limit: int
-    offset: int
-    total: int
 
 
 # --- request bodies -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ credentials.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -82,14 +83,17 @@ def _query(request: Request, model: type[M]) -> M:
     values: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         given = request.query_params.getlist(name)
-        if not given:
-            continue
-        is_list = "list" in str(field.annotation)
-        values[name] = given if is_list else given[-1]
+        if given:
+            values[name] = given if _is_list(field.annotation) else given[-1]
     try:
         return model.model_validate(values)
     except ValidationError as exc:
         raise BadRequest(validation_error(exc, prefix="query")) from None
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether a field holds a list (`list[X]`, or `list[X] | None`)."""
+    return typing.get_origin(annotation) is list or any(_is_list(arg) for arg in typing.get_args(annotation))
 
 
 def _check_page(query: PageQuery, target: type[BaseModel]) -> None:

@@ -153,13 +153,6 @@ class StoreCounts:
 # --- the life cycle, decided once -------------------------------------------------------
 
 
-def status_after_timeout(num_claims: int, max_claims: int | None) -> TaskStatus:
-    """A claim ran out: hand the task out again, unless it has used all its attempts."""
-    if max_claims is not None and num_claims >= max_claims:
-        return TaskStatus.FAILED
-    return TaskStatus.QUEUED
-
-
 def outcome_of_report(status: TaskStatus | None) -> ReportOutcome:
     """The first result for a task wins, whatever state the task was in when it came."""
     if status is None:

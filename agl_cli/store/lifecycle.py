@@ -26,7 +26,6 @@ TASK_STATUS: dict[RolloutStatus, TaskStatus] = {
     "cancelled": TaskStatus.CANCELLED,
 }
 FINISHED: frozenset[RolloutStatus] = frozenset({"succeeded", "failed", "cancelled"})
-QUEUING: frozenset[RolloutStatus] = frozenset({"queuing", "requeuing"})
 ATTEMPT_ENDED: frozenset[AttemptStatus] = frozenset({"succeeded", "failed"})  # these set `end_time`
 ATTEMPT_ACTIVE: frozenset[AttemptStatus] = frozenset({"preparing", "running"})
 # A span (or any sign of life) wakes an attempt from these, and its rollout from those.

@@ -644,7 +644,9 @@ class SQLiteStore(Store):
             )
         return outcome
 
-    def _report_success(self, conn: sqlite3.Connection, rollout_id: str, sequence_id: int, now: float) -> None:
+    def _report_success(
+        self, conn: sqlite3.Connection, rollout_id: str, sequence_id: int, now: float
+    ) -> None:
         """A worker's report: the latest attempt (whoever made it) succeeded, and with it the
         task. `_set_phase` and `_change_attempt` in three statements, for the hot path."""
         ended = conn.execute(
