@@ -170,7 +170,8 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM batches WHERE committed_time IS NULL")
             self._relearn()
             [last] = conn.execute(
-                "SELECT max((SELECT coalesce(max(id), 0) FROM tasks), (SELECT coalesce(max(queue_pos), 0) FROM tasks),"
+                "SELECT max((SELECT coalesce(max(id), 0) FROM tasks),"
+                " (SELECT coalesce(max(queue_pos), 0) FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'),"
                 " (SELECT coalesce(max(base_pos + staged), 0) FROM batches))"
             ).fetchone()
         self._queue_pos: int = last  # the last place in the queue handed out (and the last id)
