@@ -463,8 +463,8 @@ def test_a_sqlite_store_of_schema_1_is_brought_up_to_date(tmp_path: Path, clock:
 @pytest.fixture
 def small_drain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Committed batches move into place two tasks per step, so a test sees them halfway."""
-    monkeypatch.setattr("agl_cli.store.sqlite.DRAIN_CHUNK", 2)
-    monkeypatch.setattr("agl_cli.store.sqlite.CLAIM_DRAIN", 1)
+    monkeypatch.setattr("agl_cli.store.tasks.DRAIN_CHUNK", 2)
+    monkeypatch.setattr("agl_cli.store.tasks.CLAIM_DRAIN", 1)
 
 
 @pytest.mark.usefixtures("small_drain_steps")

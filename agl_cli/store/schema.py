@@ -1,5 +1,5 @@
 """The database file: its schema, the migrations that bring an older file up to date,
-and the PRAGMAs every connection runs with (their reasons are in `sqlite.py`'s docstring).
+and the PRAGMAs every connection runs with (their reasons are in `database.py`'s docstring).
 
 `application_id` marks a file as agl's, so `agl serve` refuses a database it did not make
 instead of writing into it; `user_version` numbers the schema, and `MIGRATIONS[v]` takes a

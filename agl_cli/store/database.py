@@ -1,0 +1,190 @@
+"""One SQLite file and its connections: a write connection used by one thread at a time, a
+read connection per reading thread, and `transaction()`, the group commit's door.
+
+PRAGMA choices and why:
+- `journal_mode=WAL`: readers never block the writer, and a commit is one append.
+- `synchronous=NORMAL`, and for writes that a caller is told succeeded with data it
+  cannot recreate (queued tasks, rollouts, resources, cancels) an fsync of the WAL after
+  the commit and before the answer: what `synchronous=FULL` does at every commit, but
+  done once for a whole group of writes (below), so they survive even a power cut. A
+  group of claims only is not synced: it survives a crash of the daemon, and losing it
+  to a power cut only means a task is handed out once more, which at-least-once allows.
+- `wal_autocheckpoint` stays at its default (1,000 pages), so the log starts over once
+  it is copied; but the server also runs `checkpoint()` on a thread of its own, which
+  copies pages into the database while the writer goes on, so the checkpoint a commit
+  runs when it crosses the threshold only has the last few pages to copy and does not
+  hold up that commit and every write grouped with it.
+- `journal_size_limit`: a commit of a large batch grows the WAL by its size; the limit
+  truncates it again after the next checkpoint instead of keeping the space forever.
+- Reads run on connections of their own (one per reading thread), so they never wait
+  for a commit and a commit never waits for them.
+- `application_id` marks the file as agl's, so `agl serve` refuses a database it did
+  not make instead of writing into it; `user_version` numbers the schema, and
+  `MIGRATIONS` brings an older file up to date when it is opened.
+
+`transaction()` groups several writes into one commit (the server's group commit), each
+in a savepoint or, on the server's fast path, none (then a failure undoes them all), and
+the WAL is synced once after the commit if any write in the group needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agl_cli.store.base import Commit, Store
+from agl_cli.store.schema import connect, open_connection
+
+
+class Database(Store):
+    """One SQLite file: its write connection, a read connection per reading thread, and
+    the transactions that group writes."""
+
+    def __init__(self, path: str | Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.path = Path(path).absolute()  # connections opened later must find the same file
+        self._conn = self._open()
+        self._lock = threading.RLock()  # the write connection is used by one thread at a time
+        self._group: _Group | None = None  # the open `transaction()`, if any
+        self._readers = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._wal = f"{self.path}-wal"
+
+    def _open(self) -> sqlite3.Connection:
+        """The write connection."""
+        return open_connection(self.path)
+
+    # transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, isolate_writes: bool = True, sync: bool = True) -> Iterator[Commit]:
+        """One commit for every write made inside; synced if any of them needs it.
+
+        With `isolate_writes`, each write runs in a savepoint, so one that fails is undone
+        alone. Without, a failing write leaves the transaction half-done: the caller must
+        let the exception end it (everything is rolled back) and may then try again.
+        """
+        with self._lock:
+            if self._group is not None:
+                raise RuntimeError("transactions do not nest")
+            self._conn.execute("BEGIN IMMEDIATE")
+            group = self._group = _Group(threading.get_ident(), isolate_writes)
+            commit = Commit()
+            try:
+                yield commit
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                self._relearn()
+                raise
+            finally:
+                self._group = None
+            if group.durable and sync:
+                self.sync()
+            commit.needs_sync = group.durable and not sync
+
+    @contextmanager
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write: a savepoint inside an open `transaction()`, else a transaction of its
+        own. `durable` writes are on disk before the transaction that holds them returns."""
+        with self._lock:
+            group = self._group
+            if group is None:
+                with self.transaction():
+                    assert self._group is not None
+                    self._group.durable = durable
+                    yield self._conn
+                return
+            group.durable = group.durable or durable
+            if not group.isolate_writes:
+                yield self._conn
+                return
+            self._conn.execute("SAVEPOINT write")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK TO write")
+                self._conn.execute("RELEASE write")
+                self._relearn()
+                raise
+            self._conn.execute("RELEASE write")
+
+    def _relearn(self) -> None:
+        """Forget what undone writes taught whoever keeps state beside the database."""
+
+    def sync(self) -> None:
+        """fsync the WAL: every commit written to it so far is then on disk. Safe to run on
+        another thread while the next transaction writes (it only flushes more)."""
+        try:
+            fd = os.open(self._wal, os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and removed: it is all in the synced database
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def checkpoint(self) -> None:
+        # PASSIVE: copies what no reader still needs, without waiting for readers or writers.
+        self._reader().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction on this thread's read connection: in WAL mode, every read
+        inside sees the same commit, whatever the writer does meanwhile."""
+        group = self._group
+        if group is not None and group.owner == threading.get_ident():
+            yield  # the write transaction this thread holds is consistent already
+            return
+        conn = self._reader()
+        if conn.in_transaction:
+            yield  # a snapshot already
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a query on this thread's read connection; inside a transaction, on the write
+        connection, so that the transaction sees its own writes."""
+        group = self._group
+        if group is not None and group.owner == threading.get_ident():
+            return self._conn.execute(sql, params).fetchall()
+        return self._reader().execute(sql, params).fetchall()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._readers.conn = connect(self.path)
+            conn.execute("PRAGMA query_only=1")
+            with self._lock:
+                self._read_conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+            self._conn.execute("PRAGMA optimize")
+            self._conn.close()
+
+
+class _Group:
+    """The open transaction: the thread that holds it, whether each write runs in a
+    savepoint, and whether its commit must be synced."""
+
+    __slots__ = ("durable", "isolate_writes", "owner")
+
+    def __init__(self, owner: int, isolate_writes: bool) -> None:
+        self.owner = owner
+        self.isolate_writes = isolate_writes
+        self.durable = False

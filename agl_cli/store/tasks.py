@@ -1,0 +1,786 @@
+"""The queue of tasks on SQLite, and the life cycle of every claim as an attempt (the rules
+are in `lifecycle.py`; this records them): queueing, batches, claims, time-outs, legacy
+reports, resources.
+
+Batches are staged in their own table. Committing one is a single small transaction that
+marks it committed and reserves its places in the queue (`base_pos + pos`), so a million
+staged tasks become queued at once, or not at all, without holding up other writes.
+They are then moved into `tasks` a chunk at a time (`drain_step`, which the server runs
+when it has had no write for a moment); until a task is moved, every read sees it where
+it will be (claims move the head of the queue first, lookups by id look in `staging` too,
+counts and listings add the rest).
+Staging writes are not synced: an uncommitted batch does not survive a restart anyway,
+and the commit's sync covers what was staged before it. A task's `id` is its first place
+in the queue, so that listings keep queue order with a batch's tasks in the middle.
+
+Every statement on the request path is an index probe: the queue is read through a
+partial index of queued tasks, and expired claims through a partial index of claim
+deadlines, so the cost of a claim does not grow with the work in flight. Those queries
+name their index (`INDEXED BY`): without statistics SQLite's planner prefers the status
+index and sorts every queued task on each claim.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
+from agl_cli.store.base import (
+    Claim,
+    ReportOutcome,
+    StoreCounts,
+    StoredRollout,
+    TaskRecord,
+    TaskSpec,
+    UnknownBatchError,
+    UnknownTaskError,
+    check_cancellable,
+    check_resources_id,
+    new_attempt_id,
+    new_batch_id,
+    new_resources_id,
+    new_rollout_ids,
+    outcome_of_report,
+    validate_resources,
+)
+from agl_cli.store.database import Database
+from agl_cli.store.lifecycle import (
+    ATTEMPT_ACTIVE,
+    ATTEMPT_ENDED,
+    FINISHED,
+    ROLLOUT_WOKEN_BY_HEARTBEAT,
+    TASK_STATUS,
+    WOKEN_BY_HEARTBEAT,
+    attempt_deadline,
+    legacy_config,
+    rollout_status_after,
+    verdict,
+    worker_status_after,
+)
+from agl_cli.store.rows import (
+    ATTEMPT_COLUMNS,
+    MAX_POS,
+    RESOURCES_COLUMNS,
+    REWARD_PATH,
+    ROLLOUT_COLUMNS,
+    STAGED_TASKS,
+    TASK_COLUMNS,
+    AttemptRow,
+    ResourcesRow,
+    RolloutRow,
+    TaskRow,
+    record_from_row,
+    resources_from_row,
+    stored_from_row,
+    wire_task,
+)
+from agl_cli.store_models import (
+    RolloutConfig,
+    RolloutStatus,
+)
+
+EXPIRE_BATCH = 500
+DRAIN_CHUNK = 1_000  # staged tasks moved into place per step: ~5 ms of writing
+CLAIM_DRAIN = 64  # moved at once when a claim reaches a batch's tasks before the steps do
+
+
+class TaskStore(Database):
+    """The queue, its batches and claims, and the life cycle of each attempt."""
+
+    def __init__(self, path: str | Path, **options: Any) -> None:
+        super().__init__(path, **options)
+        # What the writer keeps in memory beside the database; `_relearn` after a rollback.
+        self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
+        self._draining: list[_Drain] = []  # committed batches not yet moved into `tasks`, oldest first
+        with self._write(durable=False) as conn:  # uncommitted batches never outlive the daemon
+            if conn.execute("SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1").fetchone():
+                conn.execute(
+                    "DELETE FROM staging WHERE batch IN (SELECT id FROM batches WHERE committed_time IS NULL)"
+                )
+            else:  # without a WHERE, SQLite drops the table's pages at once instead of row by row
+                conn.execute("DELETE FROM staging")
+            conn.execute("DELETE FROM batches WHERE committed_time IS NULL")
+            self._relearn()
+            [last] = conn.execute(
+                "SELECT max((SELECT coalesce(max(id), 0) FROM tasks),"
+                " (SELECT coalesce(max(queue_pos), 0) FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'),"
+                " (SELECT coalesce(max(base_pos + staged), 0) FROM batches))"
+            ).fetchone()
+        self._queue_pos: int = last  # the last place in the queue handed out (and the last id)
+        self._opened = self.clock()
+        self._legacy_config = legacy_config(self.task_timeout, self.max_claims)
+        self._legacy_config_json = self._legacy_config.model_dump_json()
+
+    def _relearn(self) -> None:
+        """Forget what undone writes taught the writer: read the batches still to move
+        again, and look for the earliest claim deadline at the next claim. (The last queue
+        place handed out only grows; places an undone write took are simply left unused.)"""
+        self._earliest_deadline = 0.0
+        self._draining = [
+            _Drain(*row)
+            for row in self._conn.execute(
+                "SELECT id, base_pos, committed_time FROM batches WHERE committed_time IS NOT NULL ORDER BY base_pos"
+            ).fetchall()
+        ]
+
+    # tasks -------------------------------------------------------------------------------
+
+    def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
+        now = self.clock()
+        ids = new_rollout_ids(len(specs))
+        with self._write() as conn:
+            first = self._queue_pos + 1
+            conn.executemany(
+                "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata,"
+                " create_time) VALUES (?1, ?2, 'queued', ?1, ?3, ?4, ?5, ?6, ?7)",
+                (
+                    (
+                        first + index,
+                        rollout_id,
+                        orjson.dumps(spec.input).decode(),
+                        spec.mode,
+                        spec.resources_id,
+                        orjson.dumps(spec.metadata).decode(),
+                        now,
+                    )
+                    for index, (rollout_id, spec) in enumerate(zip(ids, specs, strict=True))
+                ),
+            )
+            self._queue_pos = first + len(ids) - 1
+        return ids
+
+    # batches -----------------------------------------------------------------------------
+
+    def create_batch(self) -> str:
+        batch_id = new_batch_id()
+        with self._write(durable=False) as conn:
+            conn.execute(
+                "INSERT INTO batches (batch_id, created_time) VALUES (?, ?)", (batch_id, self.clock())
+            )
+        return batch_id
+
+    def stage_tasks(self, batch_id: str, specs: Sequence[TaskSpec]) -> list[str]:
+        ids = new_rollout_ids(len(specs))
+        rows = [
+            (
+                rollout_id,
+                orjson.dumps(spec.input).decode(),
+                spec.mode,
+                spec.resources_id,
+                orjson.dumps(spec.metadata).decode(),
+            )
+            for rollout_id, spec in zip(ids, specs, strict=True)
+        ]
+        with self._write(durable=False) as conn:
+            key, staged = self._batch(conn, batch_id)
+            conn.executemany(
+                "INSERT INTO staging (batch, pos, rollout_id, input, mode, resources_id, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((key, staged + index + 1, *row) for index, row in enumerate(rows)),
+            )
+            conn.execute("UPDATE batches SET staged = staged + ? WHERE id = ?", (len(rows), key))
+        return ids
+
+    def batch_size(self, batch_id: str) -> int:
+        with self._lock:
+            return self._batch(self._conn, batch_id)[1]
+
+    def commit_batch(self, batch_id: str) -> int:
+        with self._write() as conn:
+            key, staged = self._batch(conn, batch_id)
+            if not staged:
+                self._drop_batch(conn, key)
+                return 0
+            drain = _Drain(key, self._queue_pos, self.clock())
+            conn.execute(
+                "UPDATE batches SET committed_time = ?, base_pos = ? WHERE id = ?",
+                (drain.committed_time, drain.base_pos, key),
+            )
+            self._queue_pos += staged
+            self._draining.append(drain)
+        return staged
+
+    def drain_step(self) -> bool:
+        if self._draining:
+            with self._write(durable=False) as conn:
+                self._move_staged(conn, self._draining[0], DRAIN_CHUNK)
+        return bool(self._draining)
+
+    def _move_staged(self, conn: sqlite3.Connection, drain: _Drain, count: int) -> None:
+        """Move the next `count` staged tasks of a committed batch into their places."""
+        last = conn.execute(
+            "SELECT pos FROM staging WHERE batch = ? ORDER BY pos LIMIT 1 OFFSET ?", (drain.key, count - 1)
+        ).fetchone()
+        self._move_positions(conn, drain, 0, last[0] if last else MAX_POS)
+        if last is None:
+            conn.execute("DELETE FROM batches WHERE id = ?", (drain.key,))
+            self._draining.remove(drain)
+
+    def _move_staged_task(self, conn: sqlite3.Connection, rollout_id: str) -> bool:
+        """Move one committed task into place ahead of its batch, if it is still staged;
+        True if it was.
+
+        Only needed by a write that names a task fresh from a large batch; without an
+        index on staged ids (which would make staging four times slower) it reads
+        through the staged tasks."""
+        found = conn.execute("SELECT batch, pos FROM staging WHERE rollout_id = ?", (rollout_id,)).fetchone()
+        for drain in self._draining:
+            if found is not None and drain.key == found[0]:
+                self._move_positions(conn, drain, found[1], found[1])
+                return True
+        return False
+
+    def _move_positions(self, conn: sqlite3.Connection, drain: _Drain, low: int, high: int) -> None:
+        """Move a committed batch's staged tasks from `low` to `high` (in staging order)
+        into `tasks`, each at the place the commit reserved for it."""
+        conn.execute(
+            "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time)"
+            " SELECT ?1 + pos, rollout_id, 'queued', ?1 + pos, input, mode, resources_id, metadata, ?2"
+            " FROM staging WHERE batch = ?3 AND pos BETWEEN ?4 AND ?5 ORDER BY pos",
+            (drain.base_pos, drain.committed_time, drain.key, low, high),
+        )
+        conn.execute("DELETE FROM staging WHERE batch = ? AND pos BETWEEN ? AND ?", (drain.key, low, high))
+
+    def _task_row(self, conn: sqlite3.Connection, columns: str, rollout_id: str) -> Any:
+        """`columns` of a task by id, moved out of `staging` first if a committed batch
+        still holds it there; None for an unknown id."""
+        sql = f"SELECT {columns} FROM tasks WHERE rollout_id = ?"
+        found = conn.execute(sql, (rollout_id,)).fetchone()
+        if found is None and self._draining and self._move_staged_task(conn, rollout_id):
+            found = conn.execute(sql, (rollout_id,)).fetchone()
+        return found
+
+    def _move_head_of_queue(self, conn: sqlite3.Connection) -> None:
+        """Before a claim: if the next place in the queue belongs to a staged task, move it
+        (and some after it). A batch with nothing left in `staging` is done with."""
+        while self._draining:
+            drain = self._draining[0]
+            [first] = conn.execute("SELECT min(pos) FROM staging WHERE batch = ?", (drain.key,)).fetchone()
+            if first is None:
+                self._move_staged(conn, drain, CLAIM_DRAIN)  # ends the batch
+                continue
+            [head] = conn.execute(
+                "SELECT min(queue_pos) FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
+            ).fetchone()
+            if head is None or drain.base_pos + first < head:
+                self._move_staged(conn, drain, CLAIM_DRAIN)
+            return
+
+    def discard_batch(self, batch_id: str) -> int:
+        with self._write(durable=False) as conn:
+            key, staged = self._batch(conn, batch_id)
+            self._drop_batch(conn, key)
+        return staged
+
+    def _batch(self, conn: sqlite3.Connection, batch_id: str) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT id, staged FROM batches WHERE batch_id = ? AND committed_time IS NULL", (batch_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownBatchError(batch_id)
+        key, staged = row
+        return int(key), int(staged)
+
+    def _drop_batch(self, conn: sqlite3.Connection, key: int) -> None:
+        others = conn.execute("SELECT 1 FROM batches WHERE id != ? LIMIT 1", (key,)).fetchone()
+        if others:
+            conn.execute("DELETE FROM staging WHERE batch = ?", (key,))
+        else:  # without a WHERE, SQLite drops the table's pages at once instead of row by row
+            conn.execute("DELETE FROM staging")
+        conn.execute("DELETE FROM batches WHERE id = ?", (key,))
+
+    # claims: the queue's head handed out, through either door, as a new attempt -----------
+
+    def claim_next(self) -> Task | None:
+        claim = self.claim()
+        return None if claim is None else Task.model_validate_json(claim.wire)
+
+    def claim(self) -> Claim | None:
+        with self._write(durable=False) as conn:
+            claimed = self._claim_head(conn, None)
+        if claimed is None:
+            return None
+        row, _ = claimed
+        return Claim(row.rollout_id, row.num_claims, wire_task(row))
+
+    def _claim_head(
+        self, conn: sqlite3.Connection, worker_id: str | None
+    ) -> tuple[TaskRow, AttemptRow] | None:
+        """Put back expired claims, then hand out the head of the queue; the task as it
+        is now and its new attempt, or None if the queue is empty."""
+        self._expire(conn)
+        if self._draining:
+            self._move_head_of_queue(conn)
+        values = conn.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
+            " ORDER BY queue_pos LIMIT 1"
+        ).fetchone()
+        if values is None:
+            return None
+        return self._start_attempt(conn, TaskRow._make(values), worker_id, self.clock())
+
+    def _start_attempt(
+        self, conn: sqlite3.Connection, row: TaskRow, worker_id: str | None, now: float
+    ) -> tuple[TaskRow, AttemptRow]:
+        """A new attempt at the task: it leaves the queue, preparing, claimed until the
+        attempt's deadline (a legacy task's: the claim timeout)."""
+        attempt = AttemptRow(
+            row.rollout_id,
+            new_attempt_id(),
+            row.num_claims + 1,
+            now,
+            None,
+            "preparing",
+            worker_id,
+            None,
+            None,
+        )
+        deadline = (
+            now + self.task_timeout
+            if row.config is None
+            else attempt_deadline(self._config(row.config), now, None)
+        )
+        conn.execute(
+            "UPDATE tasks SET status = 'claimed', phase = 'preparing', queue_pos = NULL, num_claims = ?,"
+            " last_claim_time = ?, deadline = ? WHERE rollout_id = ?",
+            (attempt.sequence_id, now, deadline, row.rollout_id),
+        )
+        conn.execute(
+            "INSERT INTO attempts (rollout_id, sequence_id, attempt_id, start_time, status, worker_id)"
+            " VALUES (?, ?, ?, ?, 'preparing', ?)",
+            (row.rollout_id, attempt.sequence_id, attempt.attempt_id, now, worker_id),
+        )
+        if deadline is not None:
+            self._earliest_deadline = min(self._earliest_deadline, deadline)
+        claimed = row._replace(
+            status="claimed",
+            phase="preparing",
+            num_claims=attempt.sequence_id,
+            last_claim_time=now,
+            deadline=deadline,
+        )
+        return claimed, attempt
+
+    def expire_claims(self) -> int:
+        with self._write(durable=False) as conn:
+            return self._expire(conn)
+
+    def _expire(self, conn: sqlite3.Connection) -> int:
+        """End up to `EXPIRE_BATCH` attempts whose deadline has passed (timed out, or
+        unresponsive), which puts their tasks back in the queue or fails them.
+
+        The earliest deadline is remembered, so that a claim costs no look for expired
+        ones until that time; it is a lower bound (a reported task's deadline may linger
+        there), so at worst one look finds nothing and learns the true earliest one.
+        """
+        now = self.clock()
+        if self._earliest_deadline and now < self._earliest_deadline:
+            return 0
+        expired = conn.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_deadline"
+            " WHERE status = 'claimed' AND deadline <= ? ORDER BY deadline LIMIT ?",
+            (now, EXPIRE_BATCH),
+        ).fetchall()
+        for values in expired:
+            row = TaskRow._make(values)
+            attempt = self._attempt(conn, row.rollout_id, row.num_claims)
+            config = self._config(row.config)
+            if attempt is None:  # a claim without an attempt: only what a damaged file holds
+                self._set_phase(conn, row, rollout_status_after("timeout", row.num_claims, config), now)
+                continue
+            self._change_attempt(
+                conn, row, attempt, {"status": verdict(config, attempt.start_time, now)}, now
+            )
+        self._earliest_deadline = self.next_deadline() or float("inf")
+        return len(expired)
+
+    def next_deadline(self) -> float | None:
+        [(deadline,)] = self._read(
+            "SELECT min(deadline) FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'"
+        )
+        return deadline  # type: ignore[no-any-return]
+
+    def get_task(self, rollout_id: str) -> TaskRecord | None:
+        with self.snapshot():  # a task moved out of `staging` meanwhile is found in `tasks`
+            rows = self._read(f"SELECT {TASK_COLUMNS} FROM tasks WHERE rollout_id = ?", (rollout_id,))
+            if not rows:
+                rows = self._read(
+                    f"SELECT {TASK_COLUMNS} FROM ({STAGED_TASKS}) WHERE rollout_id = ?", (rollout_id,)
+                )
+        return record_from_row(TaskRow._make(rows[0])) if rows else None
+
+    def list_tasks(
+        self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[TaskRecord]:
+        where, params = ("", []) if status is None else (" WHERE status = ?", [status.value])
+        sql = f"SELECT {TASK_COLUMNS} FROM tasks{where} ORDER BY id LIMIT ? OFFSET ?"
+        with self.snapshot():
+            if status in (None, TaskStatus.QUEUED) and self._read(
+                "SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1"
+            ):
+                sql = (
+                    f"SELECT {TASK_COLUMNS} FROM (SELECT id, {TASK_COLUMNS} FROM tasks{where}"
+                    f" UNION ALL {STAGED_TASKS}) ORDER BY id LIMIT ? OFFSET ?"
+                )
+            rows = self._read(sql, [*params, limit, offset])
+        return [record_from_row(TaskRow._make(values)) for values in rows]
+
+    def cancel_task(self, rollout_id: str) -> TaskRecord:
+        with self._write() as conn:
+            values = self._task_row(conn, TASK_COLUMNS, rollout_id)
+            if values is None:
+                raise UnknownTaskError(rollout_id)
+            row = TaskRow._make(values)
+            check_cancellable(rollout_id, TaskStatus(row.status))
+            self._set_phase(conn, row, "cancelled", self.clock())
+        record = record_from_row(row)
+        return TaskRecord(record.task, TaskStatus.CANCELLED, None, None, record.duplicates)
+
+    # rollouts ----------------------------------------------------------------------------
+
+    def record_rollout(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
+        text = rollout.model_dump_json() if body is None else body.decode()
+        rollout_id = rollout.rollout_id
+        with self._write() as conn:
+            found = self._task_row(conn, "status, num_claims", rollout_id)
+            status, attempt = found if found else (None, None)
+            outcome = outcome_of_report(TaskStatus(status) if status else None)
+            if (
+                outcome is ReportOutcome.UNSOLICITED
+                and conn.execute("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
+            ):
+                outcome = ReportOutcome.DUPLICATE
+            if outcome is ReportOutcome.DUPLICATE:
+                conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
+                conn.execute(
+                    "UPDATE tasks SET duplicates = duplicates + 1 WHERE rollout_id = ?", (rollout_id,)
+                )
+                return outcome
+            now = self.clock()
+            if found:
+                self._report_success(conn, rollout_id, found[1], now)
+            conn.execute(
+                "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (rollout_id, now, attempt, int(not found), text),
+            )
+        return outcome
+
+    def _report_success(
+        self, conn: sqlite3.Connection, rollout_id: str, sequence_id: int, now: float
+    ) -> None:
+        """A worker's report: the latest attempt (whoever made it) succeeded, and with it the
+        task. `_set_phase` and `_change_attempt` in three statements, for the hot path."""
+        ended = conn.execute(
+            "UPDATE attempts SET status = 'succeeded', end_time = ? WHERE rollout_id = ? AND sequence_id = ?"
+            " RETURNING worker_id",
+            (now, rollout_id, sequence_id),
+        ).fetchone()
+        if ended is not None and ended[0]:
+            attempt = self._attempt(conn, rollout_id, sequence_id)
+            assert attempt is not None
+            self._sync_worker(conn, attempt, now)
+        conn.execute(
+            "UPDATE tasks SET status = ?, phase = 'succeeded', queue_pos = NULL, deadline = NULL,"
+            " completed_time = ?2, end_time = ?2 WHERE rollout_id = ?3",
+            (TASK_STATUS["succeeded"].value, now, rollout_id),
+        )
+
+    def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:
+        rows = self._read(
+            f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        return [stored_from_row(RolloutRow._make(values)) for values in rows]
+
+    def get_rollout(self, rollout_id: str) -> StoredRollout | None:
+        rows = self._read(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?", (rollout_id,))
+        return stored_from_row(RolloutRow._make(rows[0])) if rows else None
+
+    def consume_rollout(self, rollout_id: str) -> Rollout | None:
+        with self._write() as conn:
+            found = conn.execute(
+                "SELECT seq, body FROM rollouts WHERE rollout_id = ? AND consumed = 0", (rollout_id,)
+            ).fetchone()
+            if found is None:
+                return None
+            seq, body = found
+            conn.execute("UPDATE rollouts SET consumed = 1 WHERE seq = ?", (seq,))
+        return Rollout.model_validate_json(body)
+
+    def consume_all(self) -> list[Rollout]:
+        with self._write() as conn:
+            rows = conn.execute("SELECT body FROM rollouts WHERE consumed = 0 ORDER BY seq").fetchall()
+            conn.execute("UPDATE rollouts SET consumed = 1 WHERE consumed = 0")
+        return [Rollout.model_validate_json(body) for (body,) in rows]
+
+    def last_seq(self) -> int:
+        [(seq,)] = self._read("SELECT coalesce(max(seq), 0) FROM rollouts")
+        return int(seq)
+
+    # resources ---------------------------------------------------------------------------
+
+    def publish_resources(
+        self, resources: Mapping[str, Any], resources_id: str | None = None
+    ) -> ResourcesUpdate:
+        checked = validate_resources(resources)
+        if resources_id is not None:
+            check_resources_id(resources_id)
+        now = self.clock()
+        with self._write() as conn:
+            previous = (  # (create_time, version)
+                conn.execute(
+                    "SELECT create_time, version FROM resources WHERE resources_id = ?", (resources_id,)
+                ).fetchone()
+                if resources_id
+                else None
+            )
+            update = ResourcesUpdate(
+                resources_id=resources_id or new_resources_id(),
+                create_time=previous[0] if previous else now,
+                update_time=now,
+                version=previous[1] + 1 if previous else 1,
+                resources=checked,
+            )
+            conn.execute(
+                "INSERT INTO resources (resources_id, publish_seq, create_time, update_time, version, body)"
+                " VALUES (?1, (SELECT coalesce(max(publish_seq), 0) + 1 FROM resources), ?2, ?3, ?4, ?5)"
+                " ON CONFLICT (resources_id) DO UPDATE SET publish_seq = excluded.publish_seq,"
+                " update_time = ?3, version = ?4, body = ?5",
+                (
+                    update.resources_id,
+                    update.create_time,
+                    update.update_time,
+                    update.version,
+                    update.model_dump_json(include={"resources"}),
+                ),
+            )
+        return update
+
+    def get_resources(self, resources_id: str) -> ResourcesUpdate | None:
+        rows = self._read(
+            f"SELECT {RESOURCES_COLUMNS} FROM resources WHERE resources_id = ?", (resources_id,)
+        )
+        return resources_from_row(ResourcesRow._make(rows[0])) if rows else None
+
+    def latest_resources(self) -> ResourcesUpdate | None:
+        rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT 1")
+        return resources_from_row(ResourcesRow._make(rows[0])) if rows else None
+
+    def list_resources(self) -> list[ResourcesUpdate]:
+        rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq")
+        return [resources_from_row(ResourcesRow._make(values)) for values in rows]
+
+    def counts(self) -> StoreCounts:
+        with self.snapshot():
+            return self._counts()
+
+    def _counts(self) -> StoreCounts:
+        counts = StoreCounts()
+        for status, number in self._read("SELECT status, count(*) FROM tasks GROUP BY status"):
+            counts.tasks[TaskStatus(status)] = number
+        [(staged,)] = self._read(f"SELECT count(*) FROM ({STAGED_TASKS})")
+        counts.tasks[TaskStatus.QUEUED] += staged
+        [(counts.rollouts, counts.unsolicited, counts.duplicates, counts.resources)] = self._read(
+            "SELECT (SELECT count(*) FROM rollouts),"
+            " (SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1),"
+            " (SELECT value FROM counters WHERE name = 'duplicates'),"
+            " (SELECT count(*) FROM resources)"
+        )
+        return counts
+
+    # the life cycle of a rollout and its attempts (the rules: store/lifecycle.py) -----------
+
+    def _config(self, text: str | None) -> RolloutConfig:
+        return self._legacy_config if text is None else RolloutConfig.model_validate_json(text)
+
+    def _attempt(self, conn: sqlite3.Connection, rollout_id: str, sequence_id: int) -> AttemptRow | None:
+        values = conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND sequence_id = ?",
+            (rollout_id, sequence_id),
+        ).fetchone()
+        return AttemptRow._make(values) if values else None
+
+    def _write_attempt(self, conn: sqlite3.Connection, attempt: AttemptRow) -> None:
+        conn.execute(
+            "UPDATE attempts SET end_time = ?, status = ?, worker_id = ?, last_heartbeat_time = ?, metadata = ?"
+            " WHERE rollout_id = ? AND sequence_id = ?",
+            (
+                attempt.end_time,
+                attempt.status,
+                attempt.worker_id,
+                attempt.last_heartbeat_time,
+                attempt.metadata,
+                attempt.rollout_id,
+                attempt.sequence_id,
+            ),
+        )
+
+    def _deadline(self, row: TaskRow, attempt: AttemptRow | None) -> float | None:
+        """When the claim of a task whose latest attempt this is runs out, if ever."""
+        if attempt is None or attempt.status not in ATTEMPT_ACTIVE:
+            return None
+        return attempt_deadline(self._config(row.config), attempt.start_time, attempt.last_heartbeat_time)
+
+    def _set_phase(
+        self,
+        conn: sqlite3.Connection,
+        row: TaskRow,
+        phase: RolloutStatus,
+        now: float,
+        attempt: AttemptRow | None = None,
+        record: bool = True,
+    ) -> TaskRow:
+        """Move a task to `phase` with all that follows: its coarse status, its place at the
+        end of the queue (kept if it is queued already), its claim deadline, its end; and
+        on success, its result in the sequence of rollouts (unless the caller stores one)."""
+        status = TASK_STATUS[phase]
+        position = self._next_pos() if status is TaskStatus.QUEUED and row.status != "queued" else None
+        deadline = self._deadline(row, attempt) if status is TaskStatus.CLAIMED else None
+        end_time = now if phase in FINISHED else row.end_time
+        completed_time = row.completed_time or (now if phase == "succeeded" else None)
+        conn.execute(
+            "UPDATE tasks SET phase = ?1, status = ?2, queue_pos = CASE WHEN ?2 = 'queued' THEN coalesce(queue_pos, ?3)"
+            " END, deadline = ?4, end_time = ?5, completed_time = ?6 WHERE rollout_id = ?7",
+            (phase, status.value, position, deadline, end_time, completed_time, row.rollout_id),
+        )
+        if deadline is not None:
+            self._earliest_deadline = min(self._earliest_deadline, deadline)
+        changed = row._replace(
+            phase=phase,
+            status=status.value,
+            deadline=deadline,
+            end_time=end_time,
+            completed_time=completed_time,
+        )
+        if phase == "succeeded" and record:
+            self._record_result(conn, changed, now)
+        return changed
+
+    def _record_result(self, conn: sqlite3.Connection, row: TaskRow, now: float) -> None:
+        """A rollout that succeeded through the store API joins the sequence of results, as a
+        legacy worker's report would (once: a second success is not a second result)."""
+        attempt = self._attempt(conn, row.rollout_id, row.num_claims)
+        reward = None
+        if attempt is not None:
+            found = conn.execute(
+                "SELECT reward FROM (SELECT id, sequence_id, json_extract(body, ?) AS reward FROM spans"
+                " WHERE rollout_id = ? AND attempt_id = ?) WHERE reward IS NOT NULL"
+                " ORDER BY sequence_id DESC, id DESC LIMIT 1",
+                (REWARD_PATH, row.rollout_id, attempt.attempt_id),
+            ).fetchone()
+            reward = found[0] if found else None
+        body = orjson.dumps(
+            {
+                "rollout_id": row.rollout_id,
+                "task": orjson.Fragment(wire_task(row)),
+                "final_reward": reward,
+                "triplets": None,
+                "trace": None,
+                "logs": None,
+                "metadata": orjson.Fragment(row.metadata if row.metadata != "null" else "{}"),
+            }
+        ).decode()
+        conn.execute(
+            "INSERT OR IGNORE INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
+            " VALUES (?, ?, ?, 0, ?)",
+            (row.rollout_id, now, row.num_claims, body),
+        )
+
+    def _change_attempt(
+        self,
+        conn: sqlite3.Connection,
+        row: TaskRow,
+        attempt: AttemptRow,
+        changes: Mapping[str, Any],
+        now: float,
+    ) -> AttemptRow:
+        """Apply `changes` to an attempt; the latest attempt's status decides its rollout's,
+        and the worker running it follows."""
+        if "worker_id" in changes:
+            attempt = attempt._replace(worker_id=changes["worker_id"])
+        if "status" in changes:
+            attempt = attempt._replace(status=changes["status"])
+            if changes["status"] in ATTEMPT_ENDED:
+                attempt = attempt._replace(end_time=now)
+        if "last_heartbeat_time" in changes:
+            attempt = attempt._replace(last_heartbeat_time=changes["last_heartbeat_time"])
+        if "metadata" in changes:
+            attempt = attempt._replace(metadata=orjson.dumps(changes["metadata"]).decode())
+        self._write_attempt(conn, attempt)
+        if attempt.sequence_id == row.num_claims:
+            self._follow_latest_attempt(conn, row, attempt, now)
+        if changes.get("worker_id") or ("status" in changes and attempt.worker_id):
+            self._sync_worker(conn, attempt, now)
+        return attempt
+
+    def _follow_latest_attempt(
+        self, conn: sqlite3.Connection, row: TaskRow, attempt: AttemptRow, now: float
+    ) -> None:
+        phase = rollout_status_after(attempt.status, attempt.sequence_id, self._config(row.config))  # type: ignore[arg-type]
+        if phase != row.phase:
+            self._set_phase(conn, row, phase, now, attempt)
+        elif row.status == "claimed":
+            deadline = self._deadline(row, attempt)
+            if deadline != row.deadline:
+                conn.execute("UPDATE tasks SET deadline = ? WHERE rollout_id = ?", (deadline, row.rollout_id))
+                if deadline is not None:
+                    self._earliest_deadline = min(self._earliest_deadline, deadline)
+
+    def _heartbeat(self, conn: sqlite3.Connection, row: TaskRow, attempt: AttemptRow, now: float) -> None:
+        """A sign of life from an attempt (a span arrived): it is running, and so is its
+        rollout if it was still preparing (or waiting to be retried) for it."""
+        status = "running" if attempt.status in WOKEN_BY_HEARTBEAT else attempt.status
+        attempt = attempt._replace(last_heartbeat_time=now, status=status)
+        self._write_attempt(conn, attempt)
+        if attempt.sequence_id != row.num_claims:
+            return
+        if row.phase in ROLLOUT_WOKEN_BY_HEARTBEAT:
+            self._set_phase(conn, row, "running", now, attempt)
+        elif row.status == "claimed":
+            self._follow_latest_attempt(conn, row, attempt, now)
+
+    def _sync_worker(
+        self, conn: sqlite3.Connection, attempt: AttemptRow, now: float, dequeued: bool = False
+    ) -> None:
+        """The worker of an attempt is busy with it while it is active, idle once it ended,
+        and unknown once it timed out or went quiet. (An attempt without a worker: nothing.)"""
+        if not attempt.worker_id:
+            return
+        status = worker_status_after(attempt.status)  # type: ignore[arg-type]
+        busy = status == "busy"
+        conn.execute(
+            "INSERT INTO workers (worker_id) VALUES (?) ON CONFLICT (worker_id) DO NOTHING",
+            (attempt.worker_id,),
+        )
+        conn.execute(
+            "UPDATE workers SET status = ?, current_rollout_id = ?, current_attempt_id = ?,"
+            " last_busy_time = CASE WHEN ?4 THEN ?5 ELSE last_busy_time END,"
+            " last_idle_time = CASE WHEN ?4 THEN last_idle_time ELSE ?5 END,"
+            " last_dequeue_time = CASE WHEN ?6 THEN ?5 ELSE last_dequeue_time END WHERE worker_id = ?7",
+            (
+                status,
+                attempt.rollout_id if busy else None,
+                attempt.attempt_id if busy else None,
+                busy,
+                now,
+                dequeued,
+                attempt.worker_id,
+            ),
+        )
+
+    def _next_pos(self) -> int:
+        self._queue_pos += 1
+        return self._queue_pos
+
+
+class _Drain(NamedTuple):
+    """A committed batch being moved into `tasks`: its tasks' places start after `base_pos`."""
+
+    key: int
+    base_pos: int
+    committed_time: float
