@@ -12,7 +12,7 @@ credentials.
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -122,6 +122,29 @@ def _not_found(exc: StoreError) -> Response:
     return error(404, str(exc))
 
 
+Query = TypeVar("Query", bound=PageQuery)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _paged(
+    model: type[Query], target: type[BaseModel], fetch: Callable[[Request, Query], Awaitable[object]]
+) -> tuple[Handler, Handler]:
+    """A query's two routes, as 0.3.0 has them: `GET` with query parameters, and `POST
+    .../search` with the same fields in a JSON body; both check the page and the sort."""
+
+    async def by_parameters(request: Request) -> Response:
+        query = _query(request, model)
+        _check_page(query, target)
+        return _JSON(await fetch(request, query))
+
+    async def by_body(request: Request) -> Response:
+        query, _ = await _body(request, model)
+        _check_page(query, target)
+        return _JSON(await fetch(request, query))
+
+    return by_parameters, by_body
+
+
 # --- rollouts and the queue --------------------------------------------------------------------
 
 
@@ -146,16 +169,9 @@ async def start_rollout(request: Request) -> Response:
     return _JSON(await broker_of(request).start_rollout(body), status_code=201)
 
 
-async def query_rollouts(request: Request) -> Response:
-    query = _query(request, RolloutQuery)
-    _check_page(query, Rollout)
-    return _JSON(await broker_of(request).query_rollouts(query))
-
-
-async def search_rollouts(request: Request) -> Response:
-    query, _ = await _body(request, RolloutQuery)
-    _check_page(query, Rollout)
-    return _JSON(await broker_of(request).query_rollouts(query))
+query_rollouts, search_rollouts = _paged(
+    RolloutQuery, Rollout, lambda request, query: broker_of(request).query_rollouts(query)
+)
 
 
 async def get_rollout(request: Request) -> Response:
@@ -181,18 +197,11 @@ async def start_attempt(request: Request) -> Response:
     return _JSON(shape, status_code=201)
 
 
-async def query_attempts(request: Request) -> Response:
-    return await _attempts(request, _query(request, AttemptQuery))
-
-
-async def search_attempts(request: Request) -> Response:
-    query, _ = await _body(request, AttemptQuery)
-    return await _attempts(request, query)
-
-
-async def _attempts(request: Request, query: AttemptQuery) -> Response:
-    _check_page(query, Attempt)
-    return _JSON(await broker_of(request).query_attempts(request.path_params["rollout_id"], query))
+query_attempts, search_attempts = _paged(
+    AttemptQuery,
+    Attempt,
+    lambda request, query: broker_of(request).query_attempts(request.path_params["rollout_id"], query),
+)
 
 
 async def latest_attempt(request: Request) -> Response:
@@ -220,16 +229,9 @@ async def wait_for_rollouts(request: Request) -> Response:
 # --- workers, resources, spans, the whole ------------------------------------------------------
 
 
-async def query_workers(request: Request) -> Response:
-    query = _query(request, WorkerQuery)
-    _check_page(query, Worker)
-    return _JSON(await broker_of(request).query_workers(query))
-
-
-async def search_workers(request: Request) -> Response:
-    query, _ = await _body(request, WorkerQuery)
-    _check_page(query, Worker)
-    return _JSON(await broker_of(request).query_workers(query))
+query_workers, search_workers = _paged(
+    WorkerQuery, Worker, lambda request, query: broker_of(request).query_workers(query)
+)
 
 
 async def get_worker(request: Request) -> Response:
@@ -248,10 +250,9 @@ async def statistics(request: Request) -> Response:
     return _JSON(await broker_of(request).statistics())
 
 
-async def query_resources(request: Request) -> Response:
-    query = _query(request, ResourcesQuery)
-    _check_page(query, ResourcesUpdate)
-    return _JSON(await broker_of(request).query_resources(query))
+query_resources, _ = _paged(
+    ResourcesQuery, ResourcesUpdate, lambda request, query: broker_of(request).query_resources(query)
+)
 
 
 async def add_resources(request: Request) -> Response:
@@ -300,16 +301,9 @@ async def add_span(request: Request) -> Response:
     return _JSON(None if kept is None else orjson.Fragment(kept.model_dump_json()), status_code=201)
 
 
-async def query_spans(request: Request) -> Response:
-    query = _query(request, SpanQuery)
-    _check_page(query, Span)
-    return _JSON(await broker_of(request).query_spans(query))
-
-
-async def search_spans(request: Request) -> Response:
-    query, _ = await _body(request, SpanQuery)
-    _check_page(query, Span)
-    return _JSON(await broker_of(request).query_spans(query))
+query_spans, search_spans = _paged(
+    SpanQuery, Span, lambda request, query: broker_of(request).query_spans(query)
+)
 
 
 async def next_span_sequence_id(request: Request) -> Response:
