@@ -1,4 +1,5 @@
-"""`bench/side_by_side.py --quick` runs end to end and reports every figure as a number.
+"""`bench/side_by_side.py --quick` and `bench/store_api.py --quick` run end to end and
+report every figure as a number.
 
 A smoke test of the benchmark itself: it never asserts a timing (the bench only prints
 figures), only that the run succeeds and its JSON has everything the table promises.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -66,3 +68,30 @@ def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None
     for scenario in ("small", "realistic"):
         servers = {row["server"] for row in data["cycles"][scenario]}
         assert {"agl (durable)", "agl (memory)", "ceiling"} <= servers
+
+
+@pytest.mark.timeout(180)  # about 35 s, most of it 0.3.0 starting and the bodies being made
+def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
+    tmp_path: Path, compat_python: Path
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "store_api.py"),
+            "--quick",
+            "--legacy-python",
+            str(compat_python),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=85,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    ratios = re.findall(
+        r"^  (\w+) +agl \(durable\) / 0\.3\.0 in memory +([\d.]+) +(met|missed)$", result.stdout, re.M
+    )
+    assert [scenario for scenario, _, _ in ratios] == ["cycle", "enqueue", "spans", "otlp"]
+    assert all(math.isfinite(float(ratio)) for _, ratio, _ in ratios)
+    assert "start to first answer" in result.stdout
