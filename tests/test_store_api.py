@@ -237,3 +237,11 @@ def test_everything_the_store_api_answered_survives_kill_9(
     assert [len(spans_of(daemon, r["rollout_id"])) for r in handed] == [1, 1, 1]
     assert daemon.get(f"{AGL}/statistics").json()["total_workers"] == 1
     assert len(queued) == 5
+
+
+def test_a_dequeue_hands_out_at_most_a_thousand_rollouts_at_once(daemon: Daemon) -> None:
+    enqueue(daemon, *range(1_001))
+    first = daemon.post(f"{AGL}/queues/rollouts/dequeue", json={"limit": 5_000}).json()
+    rest = daemon.post(f"{AGL}/queues/rollouts/dequeue", json={"limit": 5_000}).json()
+    assert (len(first), len(rest)) == (1_000, 1)
+    assert [r["input"] for r in first + rest] == list(range(1_001))

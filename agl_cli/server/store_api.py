@@ -24,7 +24,7 @@ from starlette.routing import Route
 from agl_cli.models import NamedResources, ResourcesUpdate
 from agl_cli.server.broker import broker_of
 from agl_cli.server.requests import BadRequest, parse_json
-from agl_cli.server.responses import error, validation_error
+from agl_cli.server.responses import ORJSONResponse, error, validation_error
 from agl_cli.store import StoreError, UnknownAttemptError, UnknownRolloutError
 from agl_cli.store_models import (
     Attempt,
@@ -49,16 +49,8 @@ from agl_cli.store_models import (
 )
 
 PREFIX = "/v1/agl"
+MAX_DEQUEUE = 1_000  # "up to `limit`": a runner asking for a million gets them a thousand at a time
 M = TypeVar("M", bound=BaseModel)
-
-
-class _JSON(Response):
-    """A JSON answer from shapes that may hold `orjson.Fragment`s of stored JSON."""
-
-    media_type = "application/json"
-
-    def __init__(self, content: Any, status_code: int = 200) -> None:
-        super().__init__(orjson.dumps(content), status_code=status_code)
 
 
 # --- reading requests -------------------------------------------------------------------------
@@ -135,12 +127,12 @@ def _paged(
     async def by_parameters(request: Request) -> Response:
         query = _query(request, model)
         _check_page(query, target)
-        return _JSON(await fetch(request, query))
+        return ORJSONResponse(await fetch(request, query))
 
     async def by_body(request: Request) -> Response:
         query, _ = await _body(request, model)
         _check_page(query, target)
-        return _JSON(await fetch(request, query))
+        return ORJSONResponse(await fetch(request, query))
 
     return by_parameters, by_body
 
@@ -149,24 +141,27 @@ def _paged(
 
 
 async def health(request: Request) -> Response:
-    return _JSON({"status": "ok"})
+    return ORJSONResponse({"status": "ok"})
 
 
 async def enqueue(request: Request) -> Response:
     body, _ = await _body(request, EnqueueBody)
-    return _JSON(await broker_of(request).enqueue_rollouts(body.rollouts), status_code=201)
+    return ORJSONResponse(await broker_of(request).enqueue_rollouts(body.rollouts), status_code=201)
 
 
 async def dequeue(request: Request) -> Response:
+    """Up to `limit` rollouts, each with its new attempt (at most `MAX_DEQUEUE` at once)."""
     body, _ = await _body(request, DequeueBody, optional=True)
     if body.limit <= 0:
-        return _JSON([])
-    return _JSON(await broker_of(request).dequeue_rollouts(body.limit, body.worker_id))
+        return ORJSONResponse([])
+    return ORJSONResponse(
+        await broker_of(request).dequeue_rollouts(min(body.limit, MAX_DEQUEUE), body.worker_id)
+    )
 
 
 async def start_rollout(request: Request) -> Response:
     body, _ = await _body(request, StartRolloutBody)
-    return _JSON(await broker_of(request).start_rollout(body), status_code=201)
+    return ORJSONResponse(await broker_of(request).start_rollout(body), status_code=201)
 
 
 query_rollouts, search_rollouts = _paged(
@@ -176,14 +171,16 @@ query_rollouts, search_rollouts = _paged(
 
 async def get_rollout(request: Request) -> Response:
     """A rollout with its latest attempt; `null` for an unknown id (0.3.0 fails with a 500)."""
-    return _JSON(await broker_of(request).get_rollout_shape(request.path_params["rollout_id"]))
+    return ORJSONResponse(await broker_of(request).get_rollout_shape(request.path_params["rollout_id"]))
 
 
 async def update_rollout(request: Request) -> Response:
     body, named = await _body(request, RolloutChanges)
     changes = _changes(body, named, not_null=("status", "config"))
     try:
-        return _JSON(await broker_of(request).update_rollout(request.path_params["rollout_id"], changes))
+        return ORJSONResponse(
+            await broker_of(request).update_rollout(request.path_params["rollout_id"], changes)
+        )
     except UnknownRolloutError as exc:
         return _not_found(exc)
 
@@ -194,7 +191,7 @@ async def start_attempt(request: Request) -> Response:
         shape = await broker_of(request).start_attempt(request.path_params["rollout_id"], body.worker_id)
     except UnknownRolloutError as exc:
         return _not_found(exc)
-    return _JSON(shape, status_code=201)
+    return ORJSONResponse(shape, status_code=201)
 
 
 query_attempts, search_attempts = _paged(
@@ -205,7 +202,7 @@ query_attempts, search_attempts = _paged(
 
 
 async def latest_attempt(request: Request) -> Response:
-    return _JSON(await broker_of(request).latest_attempt(request.path_params["rollout_id"]))
+    return ORJSONResponse(await broker_of(request).latest_attempt(request.path_params["rollout_id"]))
 
 
 async def update_attempt(request: Request) -> Response:
@@ -213,7 +210,7 @@ async def update_attempt(request: Request) -> Response:
     changes = _changes(body, named, not_null=("status", "worker_id", "last_heartbeat_time", "metadata"))
     params = request.path_params
     try:
-        return _JSON(
+        return ORJSONResponse(
             await broker_of(request).update_attempt(params["rollout_id"], params["attempt_id"], changes)
         )
     except (UnknownRolloutError, UnknownAttemptError) as exc:
@@ -223,7 +220,7 @@ async def update_attempt(request: Request) -> Response:
 async def wait_for_rollouts(request: Request) -> Response:
     """The finished rollouts among those named, once all are finished or the time is up."""
     body, _ = await _body(request, WaitBody)
-    return _JSON(await broker_of(request).wait_for_rollouts(body.rollout_ids, body.timeout))
+    return ORJSONResponse(await broker_of(request).wait_for_rollouts(body.rollout_ids, body.timeout))
 
 
 # --- workers, resources, spans, the whole ------------------------------------------------------
@@ -235,7 +232,7 @@ query_workers, search_workers = _paged(
 
 
 async def get_worker(request: Request) -> Response:
-    return _JSON(await broker_of(request).get_worker(request.path_params["worker_id"]))
+    return ORJSONResponse(await broker_of(request).get_worker(request.path_params["worker_id"]))
 
 
 async def update_worker(request: Request) -> Response:
@@ -243,11 +240,11 @@ async def update_worker(request: Request) -> Response:
     body, named = await _body(request, WorkerChanges, optional=True)
     changes = _changes(body, named, not_null=("heartbeat_stats",))
     stats: Mapping[str, Any] | None = changes.get("heartbeat_stats")
-    return _JSON(await broker_of(request).heartbeat_worker(request.path_params["worker_id"], stats))
+    return ORJSONResponse(await broker_of(request).heartbeat_worker(request.path_params["worker_id"], stats))
 
 
 async def statistics(request: Request) -> Response:
-    return _JSON(await broker_of(request).statistics())
+    return ORJSONResponse(await broker_of(request).statistics())
 
 
 query_resources, _ = _paged(
@@ -274,7 +271,7 @@ async def _publish(request: Request, resources_id: str | None, status_code: int)
         update = await broker_of(request).publish_store_resources(resources, resources_id)
     except StoreError as exc:  # an id agl cannot serve back (`latest`, too long)
         return error(400, str(exc))
-    return _JSON(update.model_dump(mode="json"), status_code=status_code)
+    return ORJSONResponse(update.model_dump(mode="json"), status_code=status_code)
 
 
 _RESOURCES: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
@@ -282,12 +279,12 @@ _RESOURCES: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 
 async def latest_resources(request: Request) -> Response:
     update = broker_of(request).latest_resources()
-    return _JSON(None if update is None else update.model_dump(mode="json"))
+    return ORJSONResponse(None if update is None else update.model_dump(mode="json"))
 
 
 async def get_resources(request: Request) -> Response:
     update = await broker_of(request).get_resources(request.path_params["resources_id"])
-    return _JSON(None if update is None else update.model_dump(mode="json"))
+    return ORJSONResponse(None if update is None else update.model_dump(mode="json"))
 
 
 async def add_span(request: Request) -> Response:
@@ -298,7 +295,7 @@ async def add_span(request: Request) -> Response:
     except (UnknownRolloutError, UnknownAttemptError) as exc:
         return _not_found(exc)
     kept = added.spans[0]
-    return _JSON(None if kept is None else orjson.Fragment(kept.model_dump_json()), status_code=201)
+    return ORJSONResponse(None if kept is None else orjson.Fragment(kept.model_dump_json()), status_code=201)
 
 
 query_spans, search_spans = _paged(
@@ -309,7 +306,7 @@ query_spans, search_spans = _paged(
 async def next_span_sequence_id(request: Request) -> Response:
     body, _ = await _body(request, NextSequenceBody)
     [number] = await broker_of(request).next_span_sequence_ids([body.rollout_id])
-    return _JSON({"sequence_id": number})
+    return ORJSONResponse({"sequence_id": number})
 
 
 # Order matters where a path could be taken for an id: `search` and `latest` first.
