@@ -37,7 +37,7 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: Any = None
+    input: Any  # required, though it may be null: a task without one is a mistake
     mode: Mode | None = None
     resources_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)

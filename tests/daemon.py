@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -19,9 +20,10 @@ READY_LINE = re.compile(r"listening on (http://\S+)")
 class Daemon:
     """One daemon on one state directory; `kill()` then `start()` is a crash and a restart."""
 
-    def __init__(self, state_dir: Path, *args: str) -> None:
+    def __init__(self, state_dir: Path, *args: str, open_files: int | None = None) -> None:
         self.state_dir = state_dir
         self.args = list(args)
+        self.open_files = open_files  # a soft limit on open files to start it with
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.starts = 0
@@ -45,7 +47,7 @@ class Daemon:
         ]
         command += ["--log-level", "warning", *self.args]
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = READY_LINE.search(self.log_path.read_text())
@@ -57,6 +59,11 @@ class Daemon:
                 raise RuntimeError(f"agl serve exited early: {self.log_path.read_text()}")
             time.sleep(0.02)
         raise RuntimeError(f"agl serve did not start: {self.log_path.read_text()}")
+
+    def _limits(self) -> None:
+        if self.open_files is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:

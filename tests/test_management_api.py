@@ -54,7 +54,7 @@ def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) 
     response = daemon.api(
         "POST",
         "/v1/tasks",
-        json={"tasks": [{"input": {"q": 1}, "mode": "train", "metadata": {"k": "v"}}, {}]},
+        json={"tasks": [{"input": {"q": 1}, "mode": "train", "metadata": {"k": "v"}}, {"input": None}]},
     )
     assert response.status_code == 201
     ids = response.json()["rollout_ids"]
@@ -87,6 +87,7 @@ def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) 
     [
         ({"tasks": [{"input": 1}, {"input": 2, "colour": "red"}]}, "extra_forbidden"),
         ({"tasks": [{"input": 1}, {"input": 2, "mode": "training"}]}, "literal_error"),
+        ({"tasks": [{"input": 1}, {"mode": "train"}]}, "missing"),
         ({"tasks": [{"input": 1, "resources_id": "  "}]}, "value_error"),
         ({"tasks": [{"input": 1, "metadata": [1]}]}, "dict_type"),
         ({"tasks": []}, "too_short"),
@@ -97,6 +98,7 @@ def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) 
     ids=[
         "unknown field",
         "bad mode",
+        "no input",
         "blank resources_id",
         "list metadata",
         "none",
@@ -370,8 +372,24 @@ def test_no_resources_at_all_is_an_empty_list_and_a_404_for_latest(daemon: Daemo
             {"resources": {"p": PROMPT}, "resources_id": "a/b"},
             "A resources id must be at most 200 characters and contain no '/'.",
         ),
+        (
+            {"resources": {"p": PROMPT}, "resources_id": "v1\nv2"},
+            "A resources id must not contain control characters (a newline, NUL, a tab).",
+        ),
+        (
+            {"resources": {"p": PROMPT}, "resources_id": "v1\u0000"},
+            "A resources id must not contain control characters (a newline, NUL, a tab).",
+        ),
     ],
-    ids=["unknown type", "no type", "missing field", "reserved id", "slash in id"],
+    ids=[
+        "unknown type",
+        "no type",
+        "missing field",
+        "reserved id",
+        "slash in id",
+        "newline in id",
+        "NUL in id",
+    ],
 )
 def test_a_bad_bundle_is_a_422_in_one_sentence_and_publishes_nothing(
     daemon: Daemon, body: dict[str, Any], message: str

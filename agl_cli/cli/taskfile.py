@@ -285,11 +285,9 @@ _KINDS = {"[": "an array", '"': "a string", "t": "a boolean", "f": "a boolean", 
 def problem_with(raw: bytes) -> str | None:
     """Why this task cannot be queued, in a few words; None if it can."""
     try:
-        spec = TaskSpec.model_validate_json(raw)
+        TaskSpec.model_validate_json(raw)
     except ValidationError as exc:
         return _describe(exc, raw)
-    if "input" not in spec.model_fields_set:
-        return f"a task needs an 'input' field (a task has {TASK_FIELDS})."
     return None
 
 
@@ -302,6 +300,8 @@ def _describe(exc: ValidationError, raw: bytes) -> str:
     if kind == "model_type" and not loc:
         what = _KINDS.get(raw[:1].decode(errors="replace"), "a number")
         return f"a task must be a JSON object, not {what}."
+    if kind == "missing" and loc == ("input",):
+        return f"a task needs an 'input' field (a task has {TASK_FIELDS})."
     if kind == "extra_forbidden":
         return f"unknown field '{loc[0]}' (a task has {TASK_FIELDS})."
     if loc == ("mode",):

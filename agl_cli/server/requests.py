@@ -36,14 +36,36 @@ async def read_model(request: Request, model: type[M]) -> M:
     return parse_model(await request.body(), model)
 
 
+MAX_DEPTH = 200
+"""How deeply a body may nest. Whatever agl keeps is written again inside answers a few
+levels deeper, and orjson writes at most 255 levels: a body it could read but never
+answer with must be refused now, not fail every later read of it."""
+_HEADROOM = 255 - MAX_DEPTH
+
+
 def parse_json(body: bytes) -> Any:
     """A request body as JSON, or the 422 that FastAPI would give for it."""
     if not body.strip():
         raise BadRequest(missing_body_error())
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(json_decode_error(exc.msg, exc.pos)) from None
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(parsed):
+        raise BadRequest(json_decode_error(f"nested more than {MAX_DEPTH} levels deep", 0))
+    return parsed
+
+
+def _too_deep(parsed: Any) -> bool:
+    """Whether `parsed` nests more than `MAX_DEPTH` levels, found at orjson's speed: it
+    refuses to write more than 255 levels, so wrapped in the rest it must fail."""
+    for _ in range(_HEADROOM):
+        parsed = [parsed]
+    try:
+        orjson.dumps(parsed)
+    except orjson.JSONEncodeError:
+        return True
+    return False
 
 
 def parse_model(body: bytes, model: type[M]) -> M:

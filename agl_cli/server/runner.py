@@ -13,6 +13,7 @@ import errno
 import gc
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -35,6 +36,7 @@ from agl_cli.store import MemoryStore, SQLiteStore, Store, StoreError
 
 log = logging.getLogger("agl")
 SWITCH_INTERVAL = 0.001
+MAX_OPEN_FILES = 1 << 20
 
 
 class StartupError(Exception):
@@ -140,6 +142,18 @@ def _freeze_what_lives_forever() -> None:
     gc.freeze()
 
 
+def _open_as_many_files_as_allowed() -> None:
+    """Every connection is an open file. Under systemd's default soft limit (1,024) a
+    thousand idle connections left no descriptor to accept a worker's, and the accept loop
+    logged an error for every try: a daemon may raise its soft limit to the hard one, so it
+    does (up to a million)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _hand_the_gil_back_sooner() -> None:
     """The writer thread gives up the GIL at every SQLite statement, and under load the
     event loop then keeps it until Python's switch interval (5 ms) makes it let go: with
@@ -184,6 +198,7 @@ def run(config: DaemonConfig) -> None:
 
 
 def _serve(config: DaemonConfig, state_dir: Path) -> None:
+    _open_as_many_files_as_allowed()
     token = load_or_create_token(state_dir) if not config.no_auth else None
     store = open_store(config, state_dir)
     try:

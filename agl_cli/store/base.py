@@ -233,6 +233,8 @@ def check_resources_id(resources_id: str) -> None:
         raise StoreError("'latest' is reserved and cannot be used as a resources id.")
     if "/" in resources_id or len(resources_id) > 200:
         raise StoreError("A resources id must be at most 200 characters and contain no '/'.")
+    if any(character < " " or character == "\x7f" for character in resources_id):
+        raise StoreError("A resources id must not contain control characters (a newline, NUL, a tab).")
 
 
 # --- the interface ------------------------------------------------------------------------
