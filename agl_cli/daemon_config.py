@@ -29,6 +29,7 @@ class DaemonConfig:
     log_json: bool = False
     no_auth: bool = False
     max_body_size: int = 32 * 1024 * 1024
+    max_db_size: int | None = None  # None: as large as the disk allows
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> DaemonConfig:

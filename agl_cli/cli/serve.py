@@ -46,6 +46,12 @@ def serve(
     max_body_size: int = typer.Option(
         DEFAULTS.max_body_size, min=1, help="Largest request body in bytes (413 beyond)."
     ),
+    max_db_size: int | None = typer.Option(
+        DEFAULTS.max_db_size,
+        min=1,
+        help="Largest the database may grow, in bytes; beyond it writes are refused (507) and reads go on.",
+        show_default=False,
+    ),
     detach: bool = typer.Option(
         False,
         "--detach",

@@ -24,8 +24,8 @@ from agl_cli.server.legacy import WorkerRoutes
 from agl_cli.server.limits import BodySizeLimit
 from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
 from agl_cli.server.requests import BadRequest
-from agl_cli.server.responses import ORJSONResponse, error
-from agl_cli.store import Store
+from agl_cli.server.responses import ORJSONResponse, error, storage_failure
+from agl_cli.store import StorageError, Store
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,11 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
             Middleware(BodySizeLimit, max_bytes=options.max_body_bytes),
             Middleware(BearerAuth, token=options.token),
         ],
-        exception_handlers={BadRequest: _bad_request, HTTPException: _http_exception},
+        exception_handlers={
+            BadRequest: _bad_request,
+            HTTPException: _http_exception,
+            StorageError: _storage_failure,
+        },
         lifespan=lifespan,
     )
     app.worker_routes = WorkerRoutes(app.serve_rest, broker, metrics, options.max_body_bytes)
@@ -110,6 +114,10 @@ async def ready(request: Request) -> Response:
 async def _bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadRequest)
     return exc.response
+
+
+async def _storage_failure(request: Request, exc: Exception) -> Response:
+    return storage_failure(exc)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -23,7 +23,8 @@ from agl_cli.server.broker import Broker
 from agl_cli.server.limits import declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
 from agl_cli.server.requests import BadRequest, number_param, parse_model
-from agl_cli.server.responses import ORJSONResponse, error
+from agl_cli.server.responses import ORJSONResponse, error, storage_failure
+from agl_cli.store import StorageError
 
 MAX_WAIT_SECONDS = 600.0
 NO_TASK = orjson.dumps({"is_available": False, "task": None})
@@ -64,6 +65,9 @@ class WorkerRoutes:
                 status, body = await handler(self, scope, receive)
             except BadRequest as exc:
                 status = await _send_response(exc.response, scope, receive, send)
+                return
+            except StorageError as exc:  # the disk said no: the answer says so, and the daemon goes on
+                status = await _send_response(storage_failure(exc), scope, receive, send)
                 return
             except _Disconnected:
                 status = 499  # nginx's name for it; nothing is sent

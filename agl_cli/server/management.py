@@ -27,6 +27,7 @@ from agl_cli.server.schemas import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from agl_cli.server.stream import LAST_EVENT_ID, SINCE_NOW, rollout_json, stream_rollouts
 from agl_cli.store import (
     InvalidTransitionError,
+    StorageError,
     StoreError,
     TaskRecord,
     UnknownBatchError,
@@ -133,6 +134,8 @@ async def publish_resources(request: Request) -> Response:
     reveal = bool_param(request, "reveal")
     try:
         update = await broker_of(request).publish(body.resources, body.resources_id)
+    except StorageError:
+        raise  # the disk's failure, not the request's: answered by the app (507/503)
     except StoreError as exc:
         return error(422, str(exc))
     return ORJSONResponse(resources_json(update, reveal), status_code=201)

@@ -8,6 +8,8 @@ import orjson
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
+from agl_cli.store import StorageFullError
+
 
 class ORJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
@@ -50,3 +52,13 @@ def _jsonable(value: Any) -> Any:
     except TypeError:
         return repr(value)
     return value
+
+
+def storage_failure(exc: Exception) -> ORJSONResponse:
+    """A write the store could not make: 507 when there is no room, else 503 (the daemon
+    goes on serving reads; the write may be tried again once the disk is fixed)."""
+    full = isinstance(exc, StorageFullError)
+    response = error(507 if full else 503, str(exc))
+    if not full:
+        response.headers["Retry-After"] = "5"
+    return response

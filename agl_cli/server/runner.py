@@ -72,7 +72,11 @@ def load_or_create_token(state_dir: Path) -> str:
 
 
 def open_store(config: DaemonConfig, state_dir: Path) -> Store:
-    options: dict[str, Any] = {"task_timeout": config.task_timeout, "max_claims": config.max_attempts}
+    options: dict[str, Any] = {
+        "task_timeout": config.task_timeout,
+        "max_claims": config.max_attempts,
+        "max_size": config.max_db_size,
+    }
     if config.memory:
         return MemoryStore(**options)
     try:

@@ -76,6 +76,15 @@ class UnknownBatchError(StoreError):
         self.batch_id = batch_id
 
 
+class StorageError(StoreError):
+    """The database could not be written (an I/O error, a read-only file): the write that
+    met it was undone, nothing of it kept."""
+
+
+class StorageFullError(StorageError):
+    """No room for the write: the disk is full, or the store reached `--max-db-size`."""
+
+
 class InvalidTransitionError(StoreError):
     """The task is in a state that does not allow the requested change."""
 

@@ -29,6 +29,7 @@ the WAL is synced once after the commit if any write in the group needs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -37,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agl_cli.store.base import Commit, Store
+from agl_cli.store.base import Commit, StorageError, StorageFullError, Store
 from agl_cli.store.schema import connect, open_connection
 
 
@@ -45,10 +46,13 @@ class Database(Store):
     """One SQLite file: its write connection, a read connection per reading thread, and
     the transactions that group writes."""
 
-    def __init__(self, path: str | Path, **options: Any) -> None:
+    def __init__(self, path: str | Path, *, max_size: int | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.path = Path(path).absolute()  # connections opened later must find the same file
         self._conn = self._open()
+        if max_size is not None:  # writes that would grow the file beyond it fail as a full disk does
+            [(page_size,)] = self._conn.execute("PRAGMA page_size").fetchall()
+            self._conn.execute(f"PRAGMA max_page_count = {max(1, max_size // page_size)}")
         self._lock = threading.RLock()  # the write connection is used by one thread at a time
         self._group: _Group | None = None  # the open `transaction()`, if any
         self._readers = threading.local()
@@ -77,12 +81,15 @@ class Database(Store):
             commit = Commit()
             try:
                 yield commit
+                if not self._conn.in_transaction:  # SQLite undid all of it after an error (a full disk)
+                    raise group.lost or StorageError("The store undid a transaction; nothing was written.")
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # the rollback of a failed commit may fail too
+                        self._conn.execute("ROLLBACK")
                 self._relearn()
-                raise
+                raise storage_error(exc) from exc
             finally:
                 self._group = None
             if group.durable and sync:
@@ -108,11 +115,15 @@ class Database(Store):
             self._conn.execute("SAVEPOINT write")
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK TO write")
-                self._conn.execute("RELEASE write")
+            except BaseException as exc:
+                failure = storage_error(exc)
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK TO write")
+                    self._conn.execute("RELEASE write")
+                else:  # SQLite rolled back the whole transaction: the other writes are gone too
+                    group.lost = failure
                 self._relearn()
-                raise
+                raise failure from exc
             self._conn.execute("RELEASE write")
 
     def _relearn(self) -> None:
@@ -127,6 +138,8 @@ class Database(Store):
             return
         try:
             os.fsync(fd)
+        except OSError as exc:
+            raise StorageError(f"The store could not be synced to disk ({exc.strerror or exc}).") from exc
         finally:
             os.close(fd)
 
@@ -178,13 +191,33 @@ class Database(Store):
             self._conn.close()
 
 
+def storage_error(exc: BaseException) -> BaseException:
+    """What a failed write is to agl's callers: SQLite's complaints about the file itself
+    (full, unwritable, damaged) as a `StorageError`; anything else as it is."""
+    if not isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) or isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError
+    ):
+        return exc
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL" or "database or disk is full" in str(exc):
+        return StorageFullError(
+            "The store is full (no space left on its disk, or its --max-db-size reached); nothing was written."
+        )
+    if name.startswith(
+        ("SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CANTOPEN")
+    ) or ("disk I/O error" in str(exc) or "readonly database" in str(exc) or "malformed" in str(exc)):
+        return StorageError(f"The store could not be written ({exc}); nothing was written.")
+    return exc
+
+
 class _Group:
     """The open transaction: the thread that holds it, whether each write runs in a
     savepoint, and whether its commit must be synced."""
 
-    __slots__ = ("durable", "isolate_writes", "owner")
+    __slots__ = ("durable", "isolate_writes", "lost", "owner")
 
     def __init__(self, owner: int, isolate_writes: bool) -> None:
         self.owner = owner
         self.isolate_writes = isolate_writes
         self.durable = False
+        self.lost: BaseException | None = None  # why SQLite undid the whole transaction, if it did

@@ -93,7 +93,7 @@ class TaskStore(Database):
     """The queue, its batches and claims, and the life cycle of each attempt."""
 
     def __init__(self, path: str | Path, **options: Any) -> None:
-        super().__init__(path, **options)
+        super().__init__(path, **options)  # `max_size`: see Database
         # What the writer keeps in memory beside the database; `_relearn` after a rollback.
         self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
         self._draining: list[_Drain] = []  # committed batches not yet moved into `tasks`, oldest first
