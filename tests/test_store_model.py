@@ -1,0 +1,293 @@
+"""Random runs of the store against a small model of its rules (hypothesis stateful testing).
+
+Each run queues, stages and commits batches, claims through both doors, lets time pass
+beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
+through the store API, cancels, consumes and reopens the store, on every store; after each
+step the store must agree with the model: task states, attempts, the sequence of results,
+counts. The clock is fake: nothing sleeps. `HYPOTHESIS_PROFILE=long` runs many more.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import FakeClock
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from agl_cli.models import Rollout, TaskStatus
+from agl_cli.store import (
+    InvalidTransitionError,
+    MemoryStore,
+    ReportOutcome,
+    SQLiteStore,
+    Store,
+    TaskSpec,
+    UnknownAttemptError,
+    UnknownTaskError,
+)
+
+TIMEOUT = 10.0
+MAX_CLAIMS = 2
+settings.register_profile("suite", max_examples=150, stateful_step_count=30, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+settings.register_profile("long", max_examples=2_000, stateful_step_count=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+
+
+@dataclass
+class Task:
+    status: TaskStatus = TaskStatus.QUEUED
+    claims: int = 0
+    deadline: float | None = None
+
+
+@dataclass
+class Model:
+    """What the store should hold, by the rules of docs/api.md and docs/store-api.md."""
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+    queue: list[str] = field(default_factory=list)  # claim order
+    results: list[str] = field(default_factory=list)  # arrival order
+    consumed: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    batches: dict[str, list[str]] = field(default_factory=dict)  # open batches: their staged ids
+
+    def expire(self, now: float) -> None:
+        """Claims whose deadline has passed go to the back of the queue (earliest first), or
+        fail after the last allowed claim."""
+        expired = sorted(
+            (t.deadline, rid) for rid, t in self.tasks.items() if t.deadline is not None and t.deadline <= now
+        )
+        for _, rollout_id in expired:
+            task = self.tasks[rollout_id]
+            task.deadline = None
+            if task.claims >= MAX_CLAIMS:
+                task.status = TaskStatus.FAILED
+            else:
+                task.status = TaskStatus.QUEUED
+                self.queue.append(rollout_id)
+
+    def claim(self, now: float) -> str | None:
+        self.expire(now)
+        if not self.queue:
+            return None
+        rollout_id = self.queue.pop(0)
+        task = self.tasks[rollout_id]
+        task.status, task.claims, task.deadline = TaskStatus.CLAIMED, task.claims + 1, now + TIMEOUT
+        return rollout_id
+
+    def end(self, rollout_id: str, status: TaskStatus) -> None:
+        task = self.tasks[rollout_id]
+        task.status, task.deadline = status, None
+        if rollout_id in self.queue:
+            self.queue.remove(rollout_id)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    kind = "sqlite"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.directory = tempfile.TemporaryDirectory()
+        self.store = self.open()
+        self.model = Model()
+
+    def open(self) -> Store:
+        options = {"task_timeout": TIMEOUT, "max_claims": MAX_CLAIMS, "clock": self.clock}
+        if self.kind == "memory":
+            return MemoryStore(**options)
+        return SQLiteStore(Path(self.directory.name) / "agl.db", **options)
+
+    def teardown(self) -> None:
+        self.store.close()
+        self.directory.cleanup()
+
+    # queueing --------------------------------------------------------------------------------
+
+    @rule(count=st.integers(1, 3))
+    def queue(self, count: int) -> None:
+        ids = self.store.queue_tasks([TaskSpec(input=i) for i in range(count)])
+        for rollout_id in ids:
+            self.model.tasks[rollout_id] = Task()
+        self.model.queue += ids
+
+    @rule()
+    def open_batch(self) -> None:
+        self.model.batches[self.store.create_batch()] = []
+
+    @precondition(lambda self: self.model.batches)
+    @rule(data=st.data(), count=st.integers(1, 3))
+    def stage(self, data: st.DataObject, count: int) -> None:
+        batch_id = data.draw(st.sampled_from(sorted(self.model.batches)))
+        self.model.batches[batch_id] += self.store.stage_tasks(
+            batch_id, [TaskSpec(input=i) for i in range(count)]
+        )
+
+    @precondition(lambda self: self.model.batches)
+    @rule(data=st.data(), commit=st.booleans())
+    def end_batch(self, data: st.DataObject, commit: bool) -> None:
+        batch_id = data.draw(st.sampled_from(sorted(self.model.batches)))
+        staged = self.model.batches.pop(batch_id)
+        if not commit:
+            assert self.store.discard_batch(batch_id) == len(staged)
+            return
+        assert self.store.commit_batch(batch_id) == len(staged)
+        for rollout_id in staged:
+            self.model.tasks[rollout_id] = Task()
+        self.model.queue += staged
+
+    @rule()
+    def move_a_committed_batch_along(self) -> None:
+        self.store.drain_step()  # what the server's writer does when it is idle
+
+    # claims, through either door, and time --------------------------------------------------
+
+    @rule(door=st.sampled_from(["legacy", "store api"]))
+    def claim(self, door: str) -> None:
+        self.clock.advance(0.001)  # distinct deadlines: expiry order is then the model's
+        expected = self.model.claim(self.clock.now)
+        if door == "legacy":
+            claim = self.store.claim()
+            got = None if claim is None else claim.rollout_id
+        else:
+            handed = self.store.dequeue_rollouts(1, "w-1")
+            got = str(handed[0]["rollout_id"]) if handed else None
+        assert got == expected
+        if got is not None:
+            record = self.store.get_task(got)
+            assert record is not None and record.task.num_claims == self.model.tasks[got].claims
+
+    @rule(seconds=st.sampled_from([1.0, 4.0, TIMEOUT, TIMEOUT + 3]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def expire(self) -> None:
+        self.store.expire_claims()
+        self.model.expire(self.clock.now)
+
+    # results ---------------------------------------------------------------------------------
+
+    @rule(data=st.data(), stranger=st.booleans())
+    def report(self, data: st.DataObject, stranger: bool) -> None:
+        known = sorted(self.model.tasks)
+        if stranger or not known:
+            rollout_id = data.draw(st.sampled_from(["stranger-1", "stranger-2"]))
+        else:
+            rollout_id = data.draw(st.sampled_from(known))
+        outcome = self.store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=1.0))
+        task = self.model.tasks.get(rollout_id)
+        if (task is not None and task.status is TaskStatus.COMPLETED) or (
+            task is None and rollout_id in self.model.results
+        ):
+            expected = ReportOutcome.DUPLICATE
+            self.model.duplicates += 1
+        else:
+            expected = ReportOutcome.UNSOLICITED if task is None else ReportOutcome.STORED
+            self.model.results.append(rollout_id)
+            if task is not None:
+                self.model.end(rollout_id, TaskStatus.COMPLETED)
+        assert outcome is expected
+
+    @precondition(lambda self: any(t.status is TaskStatus.CLAIMED for t in self.model.tasks.values()))
+    @rule(data=st.data(), status=st.sampled_from(["succeeded", "failed"]))
+    def end_attempt(self, data: st.DataObject, status: str) -> None:
+        """The store API's end of an attempt; a legacy task's config retries only time-outs."""
+        claimed = sorted(rid for rid, t in self.model.tasks.items() if t.status is TaskStatus.CLAIMED)
+        rollout_id = data.draw(st.sampled_from(claimed))
+        self.store.update_attempt(rollout_id, "latest", {"status": status})
+        if status == "succeeded":
+            self.model.results.append(rollout_id)
+            self.model.end(rollout_id, TaskStatus.COMPLETED)
+        else:
+            self.model.end(rollout_id, TaskStatus.FAILED)
+
+    @precondition(lambda self: any(t.claims == 0 for t in self.model.tasks.values()))
+    @rule(data=st.data())
+    def end_an_attempt_never_made(self, data: st.DataObject) -> None:
+        rollout_id = data.draw(
+            st.sampled_from(sorted(r for r, t in self.model.tasks.items() if t.claims == 0))
+        )
+        with pytest.raises(UnknownAttemptError):
+            self.store.update_attempt(rollout_id, "latest", {"status": "succeeded"})
+
+    @precondition(lambda self: self.model.tasks)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        rollout_id = data.draw(st.sampled_from(sorted(self.model.tasks)))
+        task = self.model.tasks[rollout_id]
+        if task.status in (TaskStatus.QUEUED, TaskStatus.CLAIMED):
+            self.store.cancel_task(rollout_id)
+            self.model.end(rollout_id, TaskStatus.CANCELLED)
+        else:
+            with pytest.raises(InvalidTransitionError):
+                self.store.cancel_task(rollout_id)
+
+    @rule()
+    def cancel_a_stranger(self) -> None:
+        with pytest.raises(UnknownTaskError):
+            self.store.cancel_task("stranger-3")
+
+    @precondition(lambda self: self.model.results)
+    @rule(data=st.data(), everything=st.booleans())
+    def consume(self, data: st.DataObject, everything: bool) -> None:
+        if everything:
+            taken = [r.rollout_id for r in self.store.consume_all()]
+            assert taken == [rid for rid in self.model.results if rid not in self.model.consumed]
+            self.model.consumed |= set(taken)
+            return
+        rollout_id = data.draw(st.sampled_from(self.model.results))
+        got = self.store.consume_rollout(rollout_id)
+        assert (got is not None) == (rollout_id not in self.model.consumed)
+        self.model.consumed.add(rollout_id)
+
+    @rule()
+    def reopen(self) -> None:
+        """Close and open the store again (the daemon restarting); a batch not committed
+        does not outlive it. The memory store has nothing to reopen."""
+        if self.kind == "memory":
+            return
+        self.store.close()
+        self.store = self.open()
+        self.model.batches.clear()
+
+    # what must hold after every step --------------------------------------------------------------
+
+    @invariant()
+    def counts_agree(self) -> None:
+        counts = self.store.counts()
+        expected = dict.fromkeys(TaskStatus, 0)
+        for task in self.model.tasks.values():
+            expected[task.status] += 1
+        assert counts.tasks == expected
+        assert counts.rollouts == len(self.model.results)
+        assert counts.duplicates == self.model.duplicates
+
+    @invariant()
+    def results_come_in_order_once_each(self) -> None:
+        stored = self.store.rollouts_after(0, limit=10_000)
+        assert [r.rollout.rollout_id for r in stored] == self.model.results
+        assert [r.seq for r in stored] == sorted({r.seq for r in stored})
+        assert self.store.last_seq() == (stored[-1].seq if stored else 0)
+
+    @invariant()
+    def every_claim_is_an_attempt(self) -> None:
+        for rollout_id, task in self.model.tasks.items():
+            latest = self.store.latest_attempt(rollout_id)
+            assert (latest["sequence_id"] if latest else 0) == task.claims  # type: ignore[index]
+
+
+class MemoryStoreMachine(StoreMachine):
+    kind = "memory"
+
+
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+TestTheSQLiteStoreFollowsTheModel = StoreMachine.TestCase
+TestTheMemoryStoreFollowsTheModel = MemoryStoreMachine.TestCase
