@@ -30,6 +30,7 @@ class DaemonConfig:
     no_auth: bool = False
     max_body_size: int = 32 * 1024 * 1024
     max_db_size: int | None = None  # None: as large as the disk allows
+    max_requests: int = 1024  # in flight at once; beyond, 503 with Retry-After
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> DaemonConfig:

@@ -161,6 +161,7 @@ def test_every_setting_survives_the_trip_through_detach(tmp_path: Path) -> None:
         "no_auth": True,
         "max_body_size": 1234,
         "max_db_size": 10_000_000,
+        "max_requests": 64,
     }  # a new setting fails this test until it has a value here
     config = DaemonConfig(**unusual)
     assert [name for name, value in unusual.items() if getattr(DEFAULTS, name) == value] == []

@@ -52,6 +52,11 @@ def serve(
         help="Largest the database may grow, in bytes; beyond it writes are refused (507) and reads go on.",
         show_default=False,
     ),
+    max_requests: int = typer.Option(
+        DEFAULTS.max_requests,
+        min=1,
+        help="Requests served at once (long polls included); beyond it, 503 with Retry-After.",
+    ),
     detach: bool = typer.Option(
         False,
         "--detach",

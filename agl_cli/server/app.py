@@ -19,7 +19,7 @@ from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
 from agl_cli.server import management, otlp, store_api
 from agl_cli.server.auth import BearerAuth
-from agl_cli.server.broker import Broker
+from agl_cli.server.broker import Broker, Stats
 from agl_cli.server.legacy import WorkerRoutes
 from agl_cli.server.limits import BodySizeLimit
 from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
@@ -32,18 +32,38 @@ from agl_cli.store import StorageError, Store
 class ServerOptions:
     token: str | None = None
     max_body_bytes: int = DEFAULTS.max_body_size
+    max_requests: int = DEFAULTS.max_requests
     address: str | None = None
     state_dir: str | None = None
 
 
 class AglApp(Starlette):
     """Starlette, with the worker routes answered before its middleware stack: they are
-    the hot path, and need none of it (see `legacy.WorkerRoutes`)."""
+    the hot path, and need none of it (see `legacy.WorkerRoutes`).
+
+    At most `max_requests` are served at once: beyond, a request is answered 503 with
+    `Retry-After` at once, so that overload makes the daemon answer slower, never run out
+    of memory or drop what it accepted. Probes (`/health`, `/ready`, `/metrics`) always pass.
+    """
 
     worker_routes: ASGIApp
+    stats: Stats
+    max_requests: int
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.worker_routes(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in PROBES:
+            await self.worker_routes(scope, receive, send)
+            return
+        stats = self.stats
+        if stats.in_flight >= self.max_requests:
+            stats.turned_away += 1
+            await busy(self.max_requests)(scope, receive, send)
+            return
+        stats.in_flight += 1
+        try:
+            await self.worker_routes(scope, receive, send)
+        finally:
+            stats.in_flight -= 1
 
     async def serve_rest(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Everything but the worker routes: Starlette as usual."""
@@ -89,6 +109,8 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.worker_routes = WorkerRoutes(app.serve_rest, broker, metrics, options.max_body_bytes)
+    app.stats = broker.stats
+    app.max_requests = options.max_requests
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.options = options
@@ -97,6 +119,17 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
     # server sets it (the daemon does), and without it the route answers 501.
     app.state.request_shutdown = None
     return app
+
+
+PROBES = frozenset({"/health", "/ready", "/metrics"})
+
+
+def busy(limit: int) -> ORJSONResponse:
+    response = error(
+        503, f"agl is serving as many requests as it takes at once ({limit}); try again shortly."
+    )
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def health(request: Request) -> Response:

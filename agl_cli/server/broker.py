@@ -80,6 +80,8 @@ class Stats:
     reports: dict[ReportOutcome, int] = field(default_factory=lambda: dict.fromkeys(ReportOutcome, 0))
     claim_rate: RateWindow = field(default_factory=RateWindow)
     rollout_rate: RateWindow = field(default_factory=RateWindow)
+    in_flight: int = 0  # requests being served now
+    turned_away: int = 0  # answered 503 because `in_flight` was at the limit
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,13 @@ class StoreCollector(Collector):
                 ),
             )
         )
+        yield GaugeMetricFamily("agl_requests_in_flight", "Requests being served now.", value=stats.in_flight)
+        yield CounterMetricFamily(
+            "agl_requests_turned_away",
+            "Requests answered 503 because as many as --max-requests were being served.",
+            value=stats.turned_away,
+            created=stats.started,
+        )
         yield self._group_sizes()
         info = GaugeMetricFamily("agl_info", "agl's version.", labels=["version"])
         info.add_metric([__version__], 1)

@@ -216,7 +216,11 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
     app = create_app(
         store,
         ServerOptions(
-            token=token, max_body_bytes=config.max_body_size, address=address, state_dir=str(state_dir)
+            token=token,
+            max_body_bytes=config.max_body_size,
+            max_requests=config.max_requests,
+            address=address,
+            state_dir=str(state_dir),
         ),
     )
     server = _Server(
