@@ -1,5 +1,8 @@
 """Random runs of the store against a small model of its rules (hypothesis stateful testing).
 
+Choices among ids go by their place (insertion order), never by the ids themselves:
+they are random, and a run must draw the same way when hypothesis replays it.
+
 Each run queues, stages and commits batches, claims through both doors, lets time pass
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
 through the store API, cancels, consumes and reopens the store, on every store; after each
@@ -125,7 +128,7 @@ class StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.batches)
     @rule(data=st.data(), count=st.integers(1, 3))
     def stage(self, data: st.DataObject, count: int) -> None:
-        batch_id = data.draw(st.sampled_from(sorted(self.model.batches)))
+        batch_id = data.draw(st.sampled_from(list(self.model.batches)))
         self.model.batches[batch_id] += self.store.stage_tasks(
             batch_id, [TaskSpec(input=i) for i in range(count)]
         )
@@ -133,7 +136,7 @@ class StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.batches)
     @rule(data=st.data(), commit=st.booleans())
     def end_batch(self, data: st.DataObject, commit: bool) -> None:
-        batch_id = data.draw(st.sampled_from(sorted(self.model.batches)))
+        batch_id = data.draw(st.sampled_from(list(self.model.batches)))
         staged = self.model.batches.pop(batch_id)
         if not commit:
             assert self.store.discard_batch(batch_id) == len(staged)
@@ -177,7 +180,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), stranger=st.booleans())
     def report(self, data: st.DataObject, stranger: bool) -> None:
-        known = sorted(self.model.tasks)
+        known = list(self.model.tasks)
         if stranger or not known:
             rollout_id = data.draw(st.sampled_from(["stranger-1", "stranger-2"]))
         else:
@@ -200,7 +203,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), status=st.sampled_from(["succeeded", "failed"]))
     def end_attempt(self, data: st.DataObject, status: str) -> None:
         """The store API's end of an attempt; a legacy task's config retries only time-outs."""
-        claimed = sorted(rid for rid, t in self.model.tasks.items() if t.status is TaskStatus.CLAIMED)
+        claimed = [rid for rid, t in self.model.tasks.items() if t.status is TaskStatus.CLAIMED]
         rollout_id = data.draw(st.sampled_from(claimed))
         self.store.update_attempt(rollout_id, "latest", {"status": status})
         if status == "succeeded":
@@ -212,16 +215,14 @@ class StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(t.claims == 0 for t in self.model.tasks.values()))
     @rule(data=st.data())
     def end_an_attempt_never_made(self, data: st.DataObject) -> None:
-        rollout_id = data.draw(
-            st.sampled_from(sorted(r for r, t in self.model.tasks.items() if t.claims == 0))
-        )
+        rollout_id = data.draw(st.sampled_from([r for r, t in self.model.tasks.items() if t.claims == 0]))
         with pytest.raises(UnknownAttemptError):
             self.store.update_attempt(rollout_id, "latest", {"status": "succeeded"})
 
     @precondition(lambda self: self.model.tasks)
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        rollout_id = data.draw(st.sampled_from(sorted(self.model.tasks)))
+        rollout_id = data.draw(st.sampled_from(list(self.model.tasks)))
         task = self.model.tasks[rollout_id]
         if task.status in (TaskStatus.QUEUED, TaskStatus.CLAIMED):
             self.store.cancel_task(rollout_id)
