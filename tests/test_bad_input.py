@@ -4,6 +4,8 @@ nothing: one door after another (docs/reliability.md lists the cases)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -76,3 +78,172 @@ def test_json_nested_as_deeply_as_allowed_is_kept_and_answered_with(daemon: Daem
     assert (claimed["rollout_id"], claimed["input"]) == (rollout_id, deep)
     daemon.report(rollout_id, metadata={"x": deep})
     assert daemon.rollouts()[0]["metadata"] == {"x": deep}
+
+
+# --- the catalogue (docs/reliability.md): one row per kind of bad input, at every door ---------
+
+JSON_TYPE = {"Content-Type": "application/json"}
+PROMPT = {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}
+BEYOND_LIMIT = 33 * 1024 * 1024  # the default --max-body-size is 32 MiB
+
+
+def raw(text: bytes) -> dict[str, Any]:
+    return {"content": text, "headers": JSON_TYPE}
+
+
+def published(resources_id: str) -> dict[str, Any]:
+    return {"json": {"resources": {"p": PROMPT}, "resources_id": resources_id}}
+
+
+@dataclass(frozen=True)
+class Row:
+    """A bad request; what it must be answered: the status, and the `detail` sentence, or
+    the type of the first problem in FastAPI's list, or the start of a protobuf body."""
+
+    name: str
+    method: str
+    path: str
+    request: dict[str, Any]
+    status: int
+    answer: str | bytes | None = None
+    token: bool | None = True  # None: no Authorization header at all
+
+
+CATALOGUE = [
+    Row("rollout: not JSON", "POST", "/rollout", raw(b"hello"), 422, "json_invalid"),
+    Row("rollout: truncated JSON", "POST", "/rollout", raw(b'{"rollout_id": "r'), 422, "json_invalid"),
+    Row("rollout: empty body", "POST", "/rollout", raw(b""), 422, "missing"),
+    Row("rollout: rollout_id a number", "POST", "/rollout", {"json": {"rollout_id": 5}}, 422, "string_type"),
+    Row("rollout: no rollout_id", "POST", "/rollout", {"json": {"final_reward": 1}}, 422, "missing"),
+    Row("rollout: reward NaN", "POST", "/rollout", raw(b'{"rollout_id": "r", "final_reward": NaN}'), 422, "json_invalid"),
+    Row("rollout: reward Infinity", "POST", "/rollout", raw(b'{"rollout_id": "r", "final_reward": Infinity}'), 422,
+        "json_invalid"),
+    Row("rollout: reward 1e999", "POST", "/rollout", raw(b'{"rollout_id": "r", "final_reward": 1e999}'), 422,
+        "json_invalid"),
+    Row("rollout: reward a string", "POST", "/rollout", {"json": {"rollout_id": "r", "final_reward": "high"}}, 422,
+        "float_parsing"),
+    Row("rollout: triplets not a list", "POST", "/rollout", {"json": {"rollout_id": "r", "triplets": {"a": 1}}}, 422,
+        "list_type"),
+    Row("rollout: over the body limit", "POST", "/rollout", raw(b"x" * BEYOND_LIMIT), 413,
+        "The request body is larger than the limit of 33554432 bytes."),
+    Row("rollout: 10,000 levels deep", "POST", "/rollout",
+        raw(b'{"rollout_id": "r", "metadata": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"), 422, "json_invalid"),
+    Row("task: wait not a number", "GET", "/task", {"params": {"wait": "soon"}}, 422,
+        "Query parameter 'wait' must be a number, not 'soon'."),
+    Row("task: wait negative", "GET", "/task", {"params": {"wait": "-1"}}, 422,
+        "Query parameter 'wait' must be between 0 and 600."),
+    Row("task: wait out of range", "GET", "/task", {"params": {"wait": "1e9"}}, 422,
+        "Query parameter 'wait' must be between 0 and 600."),
+    Row("task: HEAD (it would claim)", "HEAD", "/task", {}, 405),
+    Row("task: an unknown query parameter", "GET", "/task", {"params": {"colour": "red"}}, 200),
+    Row("worker resources: '..' and '/' in the id", "GET", "/resources/..%2F..", {}, 404, "Not Found"),
+    Row("worker resources: NUL in the id", "GET", "/resources/a%00b", {}, 404, "Resource ID 'a\x00b' not found."),
+    Row("worker resources: a 10 KB id", "GET", "/resources/" + "a" * 10_240, {}, 404, f"Resource ID '{'a' * 10_240}' not found."),
+    Row("api: no token", "POST", "/v1/tasks", {"json": {"tasks": [{"input": 1}]}}, 401, "A bearer token is required.",
+        token=None),
+    Row("api: a wrong token", "POST", "/v1/tasks", {"json": {"tasks": [{"input": 1}]}}, 401,
+        "The bearer token is not valid.", token=False),
+    Row("api: a malformed Authorization header", "POST", "/v1/tasks",
+        {"json": {"tasks": [{"input": 1}]}, "headers": {"Authorization": "Token x y"}}, 401,
+        "The bearer token is not valid.", token=None),
+    Row("api: whether an id exists, without a token", "GET", "/v1/tasks/rollout-nope", {}, 401,
+        "A bearer token is required.", token=None),
+    Row("tasks: no input", "POST", "/v1/tasks", {"json": {"tasks": [{"mode": "train"}]}}, 422, "missing"),
+    Row("tasks: an unknown mode", "POST", "/v1/tasks", {"json": {"tasks": [{"input": 1, "mode": "eval"}]}}, 422,
+        "literal_error"),
+    Row("tasks: an unknown field", "POST", "/v1/tasks", {"json": {"tasks": [{"input": 1, "prio": 9}]}}, 422,
+        "extra_forbidden"),
+    Row("tasks: a 50 MB string", "POST", "/v1/tasks",
+        raw(b'{"tasks": [{"input": "' + b"x" * (50 * 1024 * 1024) + b'"}]}'), 413,
+        "The request body is larger than the limit of 33554432 bytes."),
+    Row("tasks: limit 0", "GET", "/v1/tasks", {"params": {"limit": "0"}}, 422,
+        "Query parameter 'limit' must be between 1 and 10000."),
+    Row("tasks: a negative offset", "GET", "/v1/tasks", {"params": {"offset": "-1"}}, 422,
+        "Query parameter 'offset' must be between 0 and 4611686018427387904."),
+    Row("tasks: an unknown status", "GET", "/v1/tasks", {"params": {"status": "lost"}}, 422,
+        "Query parameter 'status' must be one of: queued, claimed, completed, failed, cancelled; not 'lost'."),
+    Row("tasks: an unknown id", "GET", "/v1/tasks/rollout-nope", {}, 404, "No task with id 'rollout-nope'."),
+    Row("rollouts: a negative since", "GET", "/v1/rollouts", {"params": {"since": "-5"}}, 422,
+        "Query parameter 'since' must be between 0 and 4611686018427387904."),
+    Row("resources: an unknown resource type", "POST", "/v1/resources",
+        {"json": {"resources": {"x": {"resource_type": "tool"}}}}, 422,
+        "Resource 'x' has unknown resource_type 'tool'; expected one of: llm, proxy_llm, prompt_template."),
+    Row("resources: '/' in the id", "POST", "/v1/resources", published("a/b"), 422,
+        "A resources id must be at most 200 characters and contain no '/'."),
+    Row("resources: NUL in the id", "POST", "/v1/resources", published("a\x00b"), 422,
+        "A resources id must not contain control characters (a newline, NUL, a tab)."),
+    Row("resources: a newline in the id", "POST", "/v1/resources", published("a\nb"), 422,
+        "A resources id must not contain control characters (a newline, NUL, a tab)."),
+    Row("resources: a 10 KB id", "POST", "/v1/resources", published("a" * 10_240), 422,
+        "A resources id must be at most 200 characters and contain no '/'."),
+    Row("resources: the id '..'", "POST", "/v1/resources", published(".."), 422,
+        "'..' cannot be a resources id: no URL can name it."),
+    Row("resources: reveal not a boolean", "GET", "/v1/resources", {"params": {"reveal": "please"}}, 422,
+        "Query parameter 'reveal' must be true or false, not 'please'."),
+    Row("store: enqueue, not JSON", "POST", "/v1/agl/queues/rollouts/enqueue", raw(b"{"), 422, "json_invalid"),
+    Row("store: enqueue without input", "POST", "/v1/agl/queues/rollouts/enqueue",
+        {"json": {"rollouts": [{"mode": "train"}]}}, 422, "missing"),
+    Row("store: max_attempts 0", "POST", "/v1/agl/queues/rollouts/enqueue",
+        {"json": {"rollouts": [{"input": 1, "config": {"max_attempts": 0}}]}}, 422, "greater_than_equal"),
+    Row("store: a dequeue limit that is not a number", "POST", "/v1/agl/queues/rollouts/dequeue",
+        {"json": {"limit": "all"}}, 422, "int_parsing"),
+    Row("store: limit 0", "GET", "/v1/agl/rollouts", {"params": {"limit": "0"}}, 400,
+        "Limit must be greater than 0 or -1 for no limit"),
+    Row("store: sort by an unknown field", "GET", "/v1/agl/rollouts", {"params": {"sort_by": "speed"}}, 400,
+        "Invalid sort_by: speed, allowed fields are: rollout_id, input, start_time, end_time, mode, resources_id,"
+        " status, config, metadata"),
+    Row("store: a null status", "POST", "/v1/agl/rollouts/ro-000000000000", {"json": {"status": None}}, 400,
+        "status is invalid; it cannot be a null value."),
+    Row("store: an unknown rollout", "POST", "/v1/agl/rollouts/ro-000000000000", {"json": {"status": "failed"}}, 404,
+        "No rollout with id 'ro-000000000000'."),
+    Row("store: a span attribute that is an object", "POST", "/v1/agl/spans", {"json": {
+        "rollout_id": "ro-x", "attempt_id": "at-x", "sequence_id": 1, "trace_id": "0", "span_id": "1",
+        "parent_id": None, "name": "n", "status": {"status_code": "OK"}, "attributes": {"a": {"b": 1}}, "events": [],
+        "links": [], "start_time": None, "end_time": None, "context": None, "parent": None,
+        "resource": {"attributes": {}, "schema_url": ""}}}, 422, "string_type"),
+    Row("store: resources of an unknown type", "POST", "/v1/agl/resources", {"json": {"x": {"resource_type": "tool"}}},
+        422, "union_tag_invalid"),
+    Row("store: the resources id 'latest'", "POST", "/v1/agl/resources/latest", {"json": {}}, 400,
+        "'latest' is reserved and cannot be used as a resources id."),
+    Row("otlp: JSON instead of protobuf", "POST", "/v1/traces", raw(b"{}"), 400,
+        b"\x08\x03\x12NUnsupported Content-Type 'application/json', expected 'application/x-protobuf'"),
+    Row("otlp: not protobuf", "POST", "/v1/traces", {"content": b"\xff\x00garbage",
+        "headers": {"Content-Type": "application/x-protobuf"}}, 400, b"\x08\x03\x12"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    daemon = Daemon(tmp_path_factory.mktemp("catalogue") / "state").start()
+    yield daemon
+    daemon.close()
+
+
+def state_of(daemon: Daemon) -> tuple[Any, ...]:
+    status = daemon.status()
+    statistics = daemon.get("/v1/agl/statistics").json()
+    counted = ("total_rollouts", "total_attempts", "total_spans", "total_resources", "total_workers")
+    return (status["tasks"], status["rollouts"], status["resources"], status["duplicates"],
+            status["unsolicited"], status["last_seq"], *(statistics[key] for key in counted))  # fmt: skip
+
+
+@pytest.mark.parametrize("row", CATALOGUE, ids=[row.name for row in CATALOGUE])
+def test_each_bad_input_is_refused_with_its_reason_and_changes_nothing(shared: Daemon, row: Row) -> None:
+    before = state_of(shared)
+    request = dict(row.request)
+    headers = dict(request.pop("headers", {}))
+    if row.token is not None:
+        headers["Authorization"] = f"Bearer {shared.token if row.token else 'not-the-token'}"
+    response = httpx.request(row.method, shared.url + row.path, headers=headers, timeout=60, **request)
+    assert response.status_code == row.status
+    if isinstance(row.answer, bytes):
+        assert response.content.startswith(row.answer)
+    elif row.answer is not None:
+        detail = response.json()["detail"]
+        assert (detail if isinstance(detail, str) else detail[0]["type"]) == row.answer
+    assert state_of(shared) == before
+
+
+def test_the_catalogue_has_the_forty_rows_the_docs_promise() -> None:
+    assert len(CATALOGUE) >= 40
+    assert len({row.name for row in CATALOGUE}) == len(CATALOGUE)

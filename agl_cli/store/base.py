@@ -240,6 +240,8 @@ def check_resources_id(resources_id: str) -> None:
         raise StoreError("A resources id must be non-empty and have no surrounding spaces.")
     if resources_id == "latest":
         raise StoreError("'latest' is reserved and cannot be used as a resources id.")
+    if resources_id in (".", ".."):
+        raise StoreError(f"'{resources_id}' cannot be a resources id: no URL can name it.")
     if "/" in resources_id or len(resources_id) > 200:
         raise StoreError("A resources id must be at most 200 characters and contain no '/'.")
     if any(character < " " or character == "\x7f" for character in resources_id):
