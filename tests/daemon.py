@@ -34,7 +34,7 @@ class Daemon:
 
     def start(self, timeout: float = 20.0) -> Daemon:
         self.starts += 1
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as agl makes it
         command = [
             sys.executable,
             "-m",

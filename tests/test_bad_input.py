@@ -4,7 +4,7 @@ nothing: one door after another (docs/reliability.md lists the cases)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,3 +253,25 @@ def test_the_catalogue_has_the_forty_rows_the_docs_promise() -> None:
 def test_docs_reliability_lists_every_row_of_the_catalogue() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
     assert [row.name for row in CATALOGUE if f"| {row.name} |" not in doc] == []
+
+
+def test_an_api_key_never_reaches_the_log_an_error_or_the_metrics(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--log-level", "debug")
+    secret = "sk-never-to-be-seen-0123456789"
+    llm = {"resource_type": "llm", "endpoint": "http://x/v1", "model": "m", "api_key": secret}
+    daemon.publish({"llm": llm})
+    assert daemon.post("/v1/agl/resources", json={"llm": llm}).status_code == 201
+    errors = [
+        daemon.post("/v1/agl/resources", json={"llm": {**llm, "model": 5}}),  # FastAPI's 422 echoes the input
+        daemon.post(
+            "/v1/agl/queues/rollouts/enqueue",
+            json={"rollouts": [{"input": 1, "config": {"max_attempts": llm}}]},
+        ),
+        daemon.api("POST", "/v1/resources", json={"resources": {"llm": {**llm, "endpoint": None}}}),
+        daemon.post("/rollout", json={"rollout_id": 1, "metadata": {"llm": llm}}),
+    ]
+    assert all(response.status_code == 422 for response in errors)
+    seen = [r.text for r in errors] + [daemon.get("/metrics").text, daemon.api("GET", "/v1/resources").text]
+    daemon.terminate()
+    seen.append(daemon.log_path.read_text())
+    assert [text for text in seen if secret in text] == []

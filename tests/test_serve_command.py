@@ -99,6 +99,23 @@ def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], fragment:
     assert "Traceback" not in result.stderr
 
 
+def test_a_state_directory_and_token_others_could_read_are_made_private_and_said_so(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    (state / "token").write_text("a-token\n")
+    (state / "token").chmod(0o644)
+    daemon = make_daemon(state_dir=state)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "token").stat().st_mode) == 0o600
+    log = daemon.log_path.read_text()
+    assert f"agl: The state directory {state} could be read by others (mode 755); it is now 700." in log
+    assert f"agl: The token file {state / 'token'} could be read by others (mode 644); it is now 600." in log
+    assert daemon.token == "a-token"
+
+
 def test_the_token_is_created_once_and_readable_by_its_owner_only(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon()
     token_file = daemon.state_dir / "token"

@@ -22,7 +22,7 @@ from agl_cli.server import schemas
 from agl_cli.server.broker import broker_of
 from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param, build_document, routes_of
 from agl_cli.server.requests import bool_param, choice_param, int_param, read_model
-from agl_cli.server.responses import ORJSONResponse, error
+from agl_cli.server.responses import REDACTED, ORJSONResponse, error
 from agl_cli.server.schemas import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from agl_cli.server.stream import LAST_EVENT_ID, SINCE_NOW, rollout_json, stream_rollouts
 from agl_cli.store import (
@@ -35,7 +35,6 @@ from agl_cli.store import (
 )
 
 MAX_SEQ = 2**62
-REDACTED = "***"
 SECRET_BEARING_TYPES = ("llm", "proxy_llm")
 STATUSES = tuple(status.value for status in TaskStatus)
 

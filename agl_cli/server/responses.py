@@ -24,7 +24,12 @@ def error(status_code: int, detail: str) -> ORJSONResponse:
 def validation_error(exc: ValidationError, prefix: str = "body") -> ORJSONResponse:
     """A 422 listing every problem as `{type, loc, msg, input}`, like 0.3.0's FastAPI."""
     details = [
-        {"type": e["type"], "loc": [prefix, *e["loc"]], "msg": e["msg"], "input": _jsonable(e.get("input"))}
+        {
+            "type": e["type"],
+            "loc": [prefix, *e["loc"]],
+            "msg": e["msg"],
+            "input": _jsonable(_redacted(e.get("input"))),
+        }
         for e in exc.errors(include_url=False)
     ]
     return ORJSONResponse({"detail": details}, status_code=422)
@@ -44,6 +49,19 @@ def json_decode_error(message: str, position: int) -> ORJSONResponse:
 def missing_body_error() -> ORJSONResponse:
     detail = {"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}
     return ORJSONResponse({"detail": [detail]}, status_code=422)
+
+
+SECRET_KEYS = frozenset({"api_key"})
+REDACTED = "***"
+
+
+def _redacted(value: Any) -> Any:
+    """An echoed input with its secrets hidden: an error is no place for an API key."""
+    if isinstance(value, dict):
+        return {k: REDACTED if k in SECRET_KEYS and v is not None else _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

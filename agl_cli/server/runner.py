@@ -17,6 +17,7 @@ import resource
 import secrets
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Coroutine, Iterator
@@ -25,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from agl_cli import __version__, paths
 from agl_cli.daemon_config import DaemonConfig
@@ -36,6 +38,7 @@ from agl_cli.store import MemoryStore, SQLiteStore, Store, StoreError
 
 log = logging.getLogger("agl")
 SWITCH_INTERVAL = 0.001
+IDLE_CONNECTION_SECONDS = 5  # uvicorn's default: a connection quiet this long is closed
 MAX_OPEN_FILES = 1 << 20
 
 
@@ -52,6 +55,16 @@ def prepare_state_dir(path: Path) -> Path:
     except OSError as exc:
         raise StartupError(f"The state directory {path} is not writable ({exc.strerror or exc}).") from None
     return path
+
+
+def keep_private(path: Path, mode: int, what: str) -> str | None:
+    """The token and the data are the owner's alone: a looser mode found is tightened, and
+    the sentence that says so returned, for the log (a user who loosened it learns why)."""
+    found = stat.S_IMODE(path.stat().st_mode)
+    if not found & 0o077:
+        return None
+    os.chmod(path, mode)
+    return f"The {what} {path} could be read by others (mode {found:o}); it is now {mode:o}."
 
 
 def load_or_create_token(state_dir: Path) -> str:
@@ -102,6 +115,18 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, which closes a connection that sends nothing for
+    `timeout_keep_alive` seconds after a response, and also one that sends nothing at all
+    after it opens (uvicorn waits for those forever: enough of them exhaust the daemon)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
 
 class _Server(uvicorn.Server):
@@ -203,13 +228,21 @@ def run(config: DaemonConfig) -> None:
 
 def _serve(config: DaemonConfig, state_dir: Path) -> None:
     _open_as_many_files_as_allowed()
-    token = load_or_create_token(state_dir) if not config.no_auth else None
     store = open_store(config, state_dir)
     try:
         sock = bind(config.host, config.port)
     except StartupError:
         store.close()
         raise
+    token = load_or_create_token(state_dir) if not config.no_auth else None
+    tightened = [
+        keep_private(path, mode, what)
+        for path, mode, what in (
+            (state_dir, 0o700, "state directory"),
+            (state_dir / paths.TOKEN_NAME, 0o600, "token file"),
+        )
+        if path.exists()
+    ]
     port = sock.getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
     address = f"http://{host}:{port}"
@@ -230,6 +263,8 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
             log_level=config.log_level,
             access_log=config.log_level == "debug",
             timeout_graceful_shutdown=30,
+            timeout_keep_alive=IDLE_CONNECTION_SECONDS,
+            http=_Protocol,
             lifespan="on",
         )
     )
@@ -246,6 +281,8 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
         address=address,
         store=where,
     )
+    for note in filter(None, tightened):
+        logs.announce(f"agl: {note}", config.log_json)
     _freeze_what_lives_forever()
     _hand_the_gil_back_sooner()
     try:
