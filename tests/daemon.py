@@ -6,9 +6,11 @@ import os
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,18 @@ class Daemon:
 def env_without_agl() -> dict[str, str]:
     """The environment minus agl's own variables, so tests never see the user's daemon."""
     return {k: v for k, v in os.environ.items() if not k.startswith("AGL_")}
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for a daemon that must come back on the same one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Look at `condition` until it holds (it has no signal to wait on), failing at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sqlite3
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cli_runner import agl
-from daemon import Daemon
+from daemon import Daemon, free_port, wait_until
 
 KILLS = int(os.environ.get("CRASH_LOOP_KILLS", "5"))
 TASKS = int(os.environ.get("CRASH_LOOP_TASKS", "400"))
@@ -61,19 +59,6 @@ class Workers:
     def count(self) -> int:
         with self.lock:
             return len(self.acked)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_kill_9_again_and_again_loses_nothing_answered_and_doubles_nothing(

@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-import time
 from collections.abc import Callable
 
 import httpx
-from daemon import Daemon
+from daemon import Daemon, wait_until
 
 
 def in_flight(daemon: Daemon) -> int:
     match = re.search(r"^agl_requests_in_flight (\S+)$", daemon.get("/metrics").text, re.M)
     assert match, "agl_requests_in_flight is not exported"
     return int(float(match.group(1)))
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepted_ones_are_answered(

@@ -5,10 +5,8 @@ keeps all of it durably, and a `kill -9` of the daemon in the middle loses nothi
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,16 +14,10 @@ from typing import Any
 import httpx
 import pytest
 from compat_env import WORKERS_DIR, compat_env, run_json
-from daemon import Daemon
+from daemon import Daemon, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 TRAINER = WORKERS_DIR / "store_trainer_run.py"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def trainer_env(daemon: Daemon, **extra: str) -> dict[str, str]:
@@ -98,13 +90,6 @@ def test_a_trainer_survives_a_kill_9_of_agl_and_nothing_is_lost_or_doubled(
     results = daemon.rollouts()
     assert sorted(r["rollout_id"] for r in results) == sorted(ids)  # each once
     assert all(r["final_reward"] is not None for r in results)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_the_store_api_is_open_like_the_worker_routes_and_the_management_api_is_not(daemon: Daemon) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
 from agentlightning.store.memory import InMemoryLightningStore
-from daemon import Daemon
+from daemon import Daemon, free_port
 from pydantic import BaseModel
 
 ID = re.compile(r"^(ro|at|rs)-[0-9a-f]{6,}$")
@@ -121,12 +120,6 @@ class _Recorder:
     def __getattr__(self, name: str) -> Any:
         self._called.add(name)
         return getattr(self._client, name)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
