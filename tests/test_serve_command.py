@@ -21,6 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from agl_cli.cli.app import app as cli_app
 from agl_cli.daemon_config import DEFAULTS, DaemonConfig
+from agl_cli.store import SQLiteStore
 
 
 def agl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -70,6 +71,19 @@ def test_a_database_that_is_not_agls_is_refused_and_left_alone(tmp_path: Path) -
     check = sqlite3.connect(state / "agl.db")
     assert [row[0] for row in check.execute("SELECT name FROM sqlite_master")] == ["invoices"]
     check.close()
+
+
+def test_a_database_locked_by_another_process_is_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    SQLiteStore(state / "agl.db").close()  # agl's own, then held by someone else
+    holder = sqlite3.connect(state / "agl.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = agl("serve", "--port", "0", "--state-dir", str(state))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_one_line_error(result, "The store's database is locked by another program")
 
 
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:

@@ -76,7 +76,10 @@ class Database(Store):
         with self._lock:
             if self._group is not None:
                 raise RuntimeError("transactions do not nest")
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise storage_error(exc) from exc
             group = self._group = _Group(threading.get_ident(), isolate_writes)
             commit = Commit()
             try:
@@ -193,7 +196,8 @@ class Database(Store):
 
 def storage_error(exc: BaseException) -> BaseException:
     """What a failed write is to agl's callers: SQLite's complaints about the file itself
-    (full, unwritable, damaged) as a `StorageError`; anything else as it is."""
+    (full, locked by another program, unwritable, damaged) as a `StorageError`; anything
+    else as it is."""
     if not isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) or isinstance(
         exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError
     ):
@@ -203,6 +207,8 @@ def storage_error(exc: BaseException) -> BaseException:
         return StorageFullError(
             "The store is full (no space left on its disk, or its --max-db-size reached); nothing was written."
         )
+    if name.startswith("SQLITE_BUSY") or "database is locked" in str(exc):
+        return StorageError("The store's database is locked by another program; nothing was written.")
     if name.startswith(
         ("SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CANTOPEN")
     ) or ("disk I/O error" in str(exc) or "readonly database" in str(exc) or "malformed" in str(exc)):

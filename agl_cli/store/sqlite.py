@@ -20,9 +20,7 @@ from agl_cli.store.base import (
     UnknownRolloutError,
     new_store_rollout_id,
 )
-from agl_cli.store.lifecycle import (
-    FINISHED,
-)
+from agl_cli.store.lifecycle import FINISHED
 from agl_cli.store.paging import Where, order_by, page
 from agl_cli.store.rows import (
     ATTEMPT_COLUMNS,
