@@ -136,6 +136,13 @@ class Daemon:
         rollouts: list[dict[str, Any]] = response.json()["rollouts"]
         return rollouts
 
+    def requests_in_flight(self) -> int:
+        """How many requests the daemon is serving now (long polls and streams included),
+        from its metrics: the signal that a request has reached it and is waiting."""
+        match = re.search(r"^agl_requests_in_flight (\S+)$", self.get("/metrics").text, re.M)
+        assert match, "agl_requests_in_flight is not exported"
+        return int(float(match.group(1)))
+
     def status(self) -> dict[str, Any]:
         response = self.api("GET", "/v1/status")
         response.raise_for_status()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from daemon import Daemon
+from daemon import Daemon, wait_until
 
 
 def test_queued_tasks_rollouts_and_resources_survive_kill_9(
@@ -75,8 +75,7 @@ def test_rollouts_answered_while_under_load_all_survive_kill_9(
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for thread in threads:
         thread.start()
-    while len(acknowledged) < 100:
-        time.sleep(0.005)
+    wait_until(lambda: len(acknowledged) >= 100, "100 reports answered", timeout=60)
     daemon.kill()
     for thread in threads:
         thread.join()
@@ -94,7 +93,7 @@ def test_sigterm_answers_a_waiting_long_poll_and_exits_cleanly(daemon: Daemon) -
     answers: list[httpx.Response] = []
     poller = threading.Thread(target=lambda: answers.append(daemon.get("/task", params={"wait": 60})))
     poller.start()
-    time.sleep(0.5)
+    wait_until(lambda: daemon.requests_in_flight() == 1, "the long poll to wait")
     started = time.monotonic()
     assert daemon.terminate() == 0
     poller.join(10)

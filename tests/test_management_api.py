@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from daemon import Daemon, env_without_agl
+from daemon import Daemon, env_without_agl, wait_until
 from httpx_sse import ServerSentEvent, connect_sse
 
 from agl_cli.models import ResourcesUpdate
@@ -468,6 +468,7 @@ class Stream:
         self, daemon: Daemon, params: dict[str, Any] | None = None, last_event_id: str | None = None
     ):
         self.events: list[ServerSentEvent] = []
+        self.started = threading.Event()  # the answer's head came: the daemon knows where it starts
         self.ended = threading.Event()
         self.error: BaseException | None = None
         self.status_code = 0
@@ -483,6 +484,7 @@ class Stream:
         try:
             with connect_sse(self._client, "GET", "/v1/rollouts/stream", params=params) as source:
                 self.status_code = source.response.status_code
+                self.started.set()
                 for event in source.iter_sse():
                     with self._arrived:
                         self.events.append(event)
@@ -562,7 +564,7 @@ def test_last_event_id_wins_over_since(daemon: Daemon, open_stream: Callable[...
 def test_since_now_skips_what_is_stored(daemon: Daemon, open_stream: Callable[..., Stream]) -> None:
     complete(daemon, 0.1, 0.2)
     stream = open_stream({"since": "now"})
-    time.sleep(0.5)  # let the stream start before the next rollout is stored
+    assert stream.started.wait(15), stream.error
     assert stream.events == []
     complete(daemon, 0.3)
     [event] = stream.wait_for(1)
@@ -657,7 +659,7 @@ def test_shutdown_stops_the_daemon_gracefully_with_status_0(daemon: Daemon) -> N
     answers: list[dict[str, Any]] = []
     poll = threading.Thread(target=lambda: answers.append(daemon.get("/task", params={"wait": 60}).json()))
     poll.start()
-    time.sleep(0.3)  # the long poll is waiting
+    wait_until(lambda: daemon.requests_in_flight() == 1, "the long poll to wait")
     started = time.monotonic()
     response = daemon.api("POST", "/v1/shutdown")
     assert (response.status_code, response.json()) == (202, {"status": "stopping"})

@@ -11,12 +11,6 @@ import httpx
 from daemon import Daemon, wait_until
 
 
-def in_flight(daemon: Daemon) -> int:
-    match = re.search(r"^agl_requests_in_flight (\S+)$", daemon.get("/metrics").text, re.M)
-    assert match, "agl_requests_in_flight is not exported"
-    return int(float(match.group(1)))
-
-
 def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepted_ones_are_answered(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -25,13 +19,13 @@ def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepte
         polls = [
             pool.submit(httpx.get, f"{daemon.url}/task", params={"wait": 3}, timeout=30) for _ in range(2)
         ]
-        wait_until(lambda: in_flight(daemon) == 2, "both long polls to be waiting")
+        wait_until(lambda: daemon.requests_in_flight() == 2, "both long polls to be waiting")
         refused = httpx.get(f"{daemon.url}/task", timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert refused.json()["detail"].startswith("agl is serving as many requests as it takes at once (2)")
         assert daemon.get("/health").status_code == 200  # probes always pass
         answers = [poll.result(timeout=30) for poll in polls]
     assert [a.json() for a in answers] == [{"is_available": False, "task": None}] * 2
-    wait_until(lambda: in_flight(daemon) == 0, "the long polls to end")
+    wait_until(lambda: daemon.requests_in_flight() == 0, "the long polls to end")
     assert httpx.get(f"{daemon.url}/task", timeout=10).status_code == 200
     assert re.search(r"^agl_requests_turned_away_total 1\.0$", daemon.get("/metrics").text, re.M)
