@@ -590,9 +590,22 @@ def test_many_stored_rollouts_are_replayed_in_order(make_daemon: Callable[..., D
 @pytest.mark.parametrize(
     ("params", "last_event_id", "message"),
     [
-        ({"since": "later"}, None, "Query parameter 'since' must be a whole number or 'now', not 'later'."),
-        ({"since": "-3"}, None, "Query parameter 'since' must be a whole number or 'now', not '-3'."),
-        ({}, "abc", "The Last-Event-ID header must be a whole number, not 'abc'."),
+        (
+            {"since": "later"},
+            None,
+            f"Query parameter 'since' must be a whole number up to {2**62} or 'now', not 'later'.",
+        ),
+        (
+            {"since": "-3"},
+            None,
+            f"Query parameter 'since' must be a whole number up to {2**62} or 'now', not '-3'.",
+        ),
+        (
+            {"since": str(2**62 + 1)},
+            None,
+            f"Query parameter 'since' must be a whole number up to {2**62} or 'now', not '{2**62 + 1}'.",
+        ),
+        ({}, "abc", f"The Last-Event-ID header must be a whole number up to {2**62}, not 'abc'."),
     ],
 )
 def test_a_bad_stream_position_is_a_422(
@@ -828,3 +841,11 @@ def test_an_embedded_server_cannot_be_stopped_over_http() -> None:
         501,
         {"detail": "This server runs inside another program; stop it from there."},
     )
+
+
+def test_the_document_states_the_largest_sequence_number_the_routes_accept(daemon: Daemon) -> None:
+    paths = daemon.api("GET", "/v1/openapi.json").json()["paths"]
+    since = {p["name"]: p["schema"] for p in paths["/v1/rollouts"]["get"]["parameters"]}["since"]
+    assert since["maximum"] == 2**62
+    assert daemon.api("GET", "/v1/rollouts", params={"since": str(2**62)}).status_code == 200
+    assert daemon.api("GET", "/v1/rollouts", params={"since": str(2**62 + 1)}).status_code == 422

@@ -24,7 +24,7 @@ from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param, build_document
 from agl_cli.server.requests import bool_param, choice_param, int_param, read_model
 from agl_cli.server.responses import REDACTED, ORJSONResponse, error
 from agl_cli.server.schemas import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from agl_cli.server.stream import LAST_EVENT_ID, SINCE_NOW, rollout_json, stream_rollouts
+from agl_cli.server.stream import LAST_EVENT_ID, MAX_SEQ, SINCE_NOW, rollout_json, stream_rollouts
 from agl_cli.store import (
     InvalidTransitionError,
     StorageError,
@@ -34,7 +34,6 @@ from agl_cli.store import (
     UnknownTaskError,
 )
 
-MAX_SEQ = 2**62
 SECRET_BEARING_TYPES = ("llm", "proxy_llm")
 STATUSES = tuple(status.value for status in TaskStatus)
 
@@ -258,7 +257,7 @@ def _document() -> dict[str, Any]:
 # --- the route table -----------------------------------------------------------------------
 
 _Limit = Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)]
-_Count = Annotated[int, Field(ge=0)]
+_Count = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 _LIMIT = Param("limit", _Limit, f"How many at most (default {DEFAULT_LIST_LIMIT}).")
 _REVEAL = Param("reveal", bool, "Show API keys instead of `***`.")
 _GONE = {404: None}

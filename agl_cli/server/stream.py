@@ -24,6 +24,7 @@ from agl_cli.store import StoredRollout
 
 SINCE_NOW = Literal["now"]
 LAST_EVENT_ID = "Last-Event-ID"
+MAX_SEQ = 2**62  # the largest sequence number a reader may name (SQLite integers reach 2**63)
 PAGE = 200
 PING_SECONDS = 15
 IDLE_WAKEUP = 300.0  # the broker wakes the stream; this only re-reads now and then, as a safety net
@@ -42,7 +43,10 @@ async def _start(request: Request, broker: Broker) -> int:
     if last_event_id:
         if not _is_seq(last_event_id):
             raise BadRequest(
-                error(422, f"The {LAST_EVENT_ID} header must be a whole number, not '{last_event_id}'.")
+                error(
+                    422,
+                    f"The {LAST_EVENT_ID} header must be a whole number up to {MAX_SEQ}, not '{last_event_id}'.",
+                )
             )
         return int(last_event_id)
     since = request.query_params.get("since")
@@ -52,13 +56,16 @@ async def _start(request: Request, broker: Broker) -> int:
         return await broker.last_seq()
     if not _is_seq(since):
         raise BadRequest(
-            error(422, f"Query parameter 'since' must be a whole number or 'now', not '{since}'.")
+            error(
+                422,
+                f"Query parameter 'since' must be a whole number up to {MAX_SEQ} or 'now', not '{since}'.",
+            )
         )
     return int(since)
 
 
 def _is_seq(value: str) -> bool:
-    return value.isascii() and value.isdigit() and len(value) < 19
+    return value.isascii() and value.isdigit() and len(value) < 20 and int(value) <= MAX_SEQ
 
 
 async def _events(broker: Broker, after: int) -> AsyncIterator[ServerSentEvent]:
