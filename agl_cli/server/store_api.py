@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from agl_cli.models import NamedResources, ResourcesUpdate
 from agl_cli.server.broker import broker_of
-from agl_cli.server.requests import BadRequest, parse_json
+from agl_cli.server.requests import BadRequest, parse_json, parse_model
 from agl_cli.server.responses import ORJSONResponse, error, validation_error
 from agl_cli.store import StorageError, StoreError, UnknownAttemptError, UnknownRolloutError
 from agl_cli.store_models import (
@@ -62,11 +62,7 @@ async def _body(request: Request, model: type[M], optional: bool = False) -> tup
     raw = await request.body()
     if optional and (not raw.strip() or raw.strip() == b"null"):
         return model(), set()
-    payload = parse_json(raw)
-    try:
-        parsed = model.model_validate(payload)
-    except ValidationError as exc:
-        raise BadRequest(validation_error(exc)) from None
+    parsed = parse_model(raw, model)
     return parsed, set(parsed.model_fields_set)
 
 

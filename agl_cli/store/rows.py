@@ -139,9 +139,15 @@ def wire_task(row: TaskRow) -> bytes:
             "create_time": row.create_time,
             "last_claim_time": row.last_claim_time,
             "num_claims": row.num_claims,
-            "metadata": orjson.Fragment(row.metadata if row.metadata != "null" else "{}"),
+            "metadata": legacy_metadata(row),
         }
     )
+
+
+def legacy_metadata(row: TaskRow) -> orjson.Fragment:
+    """The task's metadata as the legacy protocol requires it, an object: the store API
+    may have set it to null."""
+    return orjson.Fragment(row.metadata if row.metadata != "null" else "{}")
 
 
 def record_from_row(row: TaskRow) -> TaskRecord:

@@ -74,6 +74,7 @@ from agl_cli.store.rows import (
     ResourcesRow,
     RolloutRow,
     TaskRow,
+    legacy_metadata,
     record_from_row,
     resources_from_row,
     stored_from_row,
@@ -682,7 +683,7 @@ class TaskStore(Database):
                 "triplets": None,
                 "trace": None,
                 "logs": None,
-                "metadata": orjson.Fragment(row.metadata if row.metadata != "null" else "{}"),
+                "metadata": legacy_metadata(row),
             }
         ).decode()
         conn.execute(
