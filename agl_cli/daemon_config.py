@@ -31,6 +31,7 @@ class DaemonConfig:
     max_body_size: int = 32 * 1024 * 1024
     max_db_size: int | None = None  # None: as large as the disk allows
     max_requests: int = 1024  # in flight at once; beyond, 503 with Retry-After
+    request_timeout: float = 60.0  # seconds from a request's first byte to its last; 408 beyond
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> DaemonConfig:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import pytest
 from daemon import Daemon
 
 DAEMON_OPEN_FILES = 256
@@ -60,3 +62,32 @@ def test_idle_connections_and_a_slowly_sent_body_do_not_hold_up_a_worker(daemon:
         )
         answer = httpx.get(f"{daemon.url}/task", timeout=10).json()
     assert answer["task"]["rollout_id"] == rollout_id
+
+
+SLOW_REQUESTS = {
+    "a worker's report": b"POST /rollout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    "a queue request": b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n{",
+    "a store API enqueue": b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{",
+    "headers that never end": b"GET /task HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+}
+
+
+@pytest.mark.parametrize("start", SLOW_REQUESTS.values(), ids=SLOW_REQUESTS.keys())
+def test_a_request_not_sent_in_full_within_the_time_limit_gets_408_and_changes_nothing(
+    make_daemon: Callable[..., Daemon], start: bytes
+) -> None:
+    daemon = make_daemon("--request-timeout", "1")
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as slow:  # 30 s: the deadline
+        slow.sendall(start.replace(b"{token}", daemon.token.encode()))
+        answer = b""
+        while chunk := slow.recv(4096):  # the daemon answers, then closes
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {
+        "detail": "The request did not arrive in full within 1 s (agl serve --request-timeout)."
+    }
+    assert daemon.api("GET", "/v1/status").json()["tasks"]["queued"] == 0
+    assert daemon.get("/health").status_code == 200
+    assert "Traceback" not in daemon.log_path.read_text()

@@ -57,6 +57,11 @@ def serve(
         min=1,
         help="Requests served at once (long polls included); beyond it, 503 with Retry-After.",
     ),
+    request_timeout: float = typer.Option(
+        DEFAULTS.request_timeout,
+        min=0.001,
+        help="Seconds a client may take to send a whole request, from its first byte; 408 beyond.",
+    ),
     detach: bool = typer.Option(
         False,
         "--detach",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -105,6 +105,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
             BadRequest: _bad_request,
             HTTPException: _http_exception,
             StorageError: _storage_failure,
+            ClientDisconnect: _client_gone,
         },
         lifespan=lifespan,
     )
@@ -151,6 +152,12 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
 
 async def _storage_failure(request: Request, exc: Exception) -> Response:
     return storage_failure(exc)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left (or was cut off, see `runner._Protocol`) while sending its body:
+    nothing was done, and the answer goes nowhere."""
+    return Response(status_code=499)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
