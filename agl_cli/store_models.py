@@ -8,7 +8,7 @@ rollout and attempt life cycle these name is decided in `agl_cli.store.lifecycle
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,9 @@ AttemptStatus = Literal["preparing", "running", "failed", "succeeded", "unrespon
 WorkerStatus = Literal["idle", "busy", "unknown"]
 SortOrder = Literal["asc", "desc"]
 FilterLogic = Literal["and", "or"]
+# What an SQLite integer holds: a larger number in a body is refused, not stored and then lost.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Item = TypeVar("Item")
 
 
 class RolloutConfig(BaseModel):
@@ -26,7 +29,7 @@ class RolloutConfig(BaseModel):
 
     timeout_seconds: float | None = None
     unresponsive_seconds: float | None = None
-    max_attempts: int = Field(default=1, ge=1)
+    max_attempts: int = Field(default=1, ge=1, le=2**63 - 1)
     retry_condition: list[AttemptStatus] = Field(default_factory=list)
 
 
@@ -111,7 +114,7 @@ class OtelResource(BaseModel):
 class Span(_Open):
     rollout_id: str
     attempt_id: str
-    sequence_id: int
+    sequence_id: Int64
     trace_id: str
     span_id: str
     parent_id: str | None
@@ -143,7 +146,7 @@ class EnqueueBody(BaseModel):
 
 
 class DequeueBody(BaseModel):
-    limit: int = 1
+    limit: Int64 = 1
     worker_id: str | None = None
 
 
@@ -156,8 +159,8 @@ class StartAttemptBody(BaseModel):
 
 
 class PageQuery(BaseModel):
-    limit: int = -1
-    offset: int = 0
+    limit: Int64 = -1
+    offset: Int64 = 0
     sort_by: str | None = None
     sort_order: SortOrder = "asc"
 
@@ -231,3 +234,33 @@ class NextSequenceBody(BaseModel):
 class WaitBody(BaseModel):
     rollout_ids: list[str]
     timeout: float | None = None
+
+
+# --- answers (those that are not one of the records above) --------------------------------------
+
+
+class Page(BaseModel, Generic[Item]):
+    """A page of a query: `limit` and `offset` as asked, `total` of all that match."""
+
+    items: list[Item]
+    limit: int
+    offset: int
+    total: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class SequenceId(BaseModel):
+    sequence_id: int
+
+
+class Statistics(BaseModel):
+    name: str
+    total_rollouts: int
+    total_attempts: int
+    total_spans: int
+    total_resources: int
+    total_workers: int
+    uptime: float

@@ -3,9 +3,14 @@ serving reads, keeps nothing half-written, and takes writes again once there is 
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import ANY
 
+import httpx
+import pytest
 from daemon import Daemon
 
 LIMIT = 400_000  # bytes of database: a few hundred large tasks
@@ -43,3 +48,64 @@ def test_a_full_store_refuses_writes_with_a_507_serves_reads_and_recovers(
     roomy = make_daemon(state_dir=state)
     assert roomy.api("POST", "/v1/tasks", json={"tasks": [{"input": BIG}]}).status_code == 201
     assert roomy.status()["tasks"]["queued"] == accepted + 1
+
+
+FAILING_WRITES = Path(__file__).parent / "faults" / "failing_writes.c"
+PROMPT = {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}
+WRITE_FAILED = "The store could not be written (disk I/O error); nothing was written."
+
+
+@pytest.fixture(scope="session")
+def failing_writes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The preload library that makes the database's writes fail on demand, built here."""
+    library = tmp_path_factory.mktemp("faults") / "failing_writes.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", library, FAILING_WRITES, "-ldl"], check=True)
+    return library
+
+
+def test_a_disk_that_fails_writes_gets_a_503_keeps_nothing_half_written_and_recovers(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trigger = tmp_path / "the disk fails"
+    state = tmp_path / "state"
+    with monkeypatch.context() as env:  # for the daemon only
+        env.setenv("LD_PRELOAD", str(failing_writes))
+        env.setenv("AGL_FAIL_WRITES", str(trigger))
+        daemon = make_daemon(state_dir=state)
+    [claimed] = daemon.queue("claimed before")
+    assert daemon.get("/task").json()["task"]["rollout_id"] == claimed
+    before = daemon.status()
+
+    def writes() -> list[httpx.Response]:
+        return [
+            daemon.api("POST", "/v1/tasks", json={"tasks": [{"input": "queued"}]}),
+            daemon.api("POST", "/v1/resources", json={"resources": {"p": PROMPT}}),
+            daemon.post("/rollout", json={"rollout_id": claimed, "final_reward": 1.0}),
+            daemon.post("/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": "enqueued"}]}),
+        ]
+
+    trigger.touch()
+    refused = writes()
+    assert [(r.status_code, r.json(), r.headers.get("Retry-After")) for r in refused] == [
+        (503, {"detail": WRITE_FAILED}, "5")
+    ] * 4
+    assert daemon.status() == {**before, "uptime": ANY, "rates": ANY}  # reads go on; nothing half-written
+    assert "Traceback" not in daemon.log_path.read_text()
+
+    trigger.unlink()  # the disk recovers: the same writes are taken
+    assert [r.status_code for r in writes()] == [201, 201, 200, 201]
+    after = daemon.status()
+    assert (after["tasks"]["queued"], after["rollouts"], after["resources"]) == (2, 1, 1)
+
+    daemon.kill()  # and what was answered with success is what is on disk
+    again = make_daemon(state_dir=state)
+    assert again.status() == {
+        **after,
+        "pid": ANY,
+        "started_time": ANY,
+        "uptime": ANY,
+        "rates": ANY,
+        "address": ANY,
+    }
+    with sqlite3.connect(state / "agl.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
+import shutil
 import socket
 import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -57,6 +60,50 @@ def test_an_unwritable_state_dir_is_one_line(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     result = agl("serve", "--port", "0", "--state-dir", str(blocker / "state"))
     assert_one_line_error(result, "is not writable")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another user can reach (pytest's own are private to this one)."""
+    path = Path(tempfile.mkdtemp(prefix="agl-shared-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def agl_as_another_user(*args: str) -> subprocess.CompletedProcess[str]:
+    """`agl` run by a user who owns nothing here: as root (for whom no directory is
+    read-only), as `nobody`; otherwise as this user."""
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "agl_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env_without_agl(),
+        check=False,
+    )
+
+
+def test_a_read_only_state_dir_is_one_line_and_left_alone(shared_dir: Path) -> None:
+    state = shared_dir / "state"
+    state.mkdir(mode=0o555 if os.geteuid() != 0 else 0o755)  # not writable by whoever runs agl
+    result = agl_as_another_user("serve", "--port", "0", "--state-dir", str(state))
+    assert_one_line_error(result, f"The state directory {state} is not writable (Permission denied)")
+    assert list(state.iterdir()) == []
+
+
+def test_a_read_only_database_is_one_line_and_left_alone(shared_dir: Path) -> None:
+    state = shared_dir / "state"
+    SQLiteStore(state / "agl.db").close()
+    state.chmod(0o777)  # the directory is writable, the database file is not
+    (state / "agl.db").chmod(0o444)
+    before = (state / "agl.db").read_bytes()
+    result = agl_as_another_user("serve", "--port", "0", "--state-dir", str(state))
+    assert_one_line_error(
+        result, "agl.db: The store could not be written (attempt to write a readonly database)."
+    )
+    assert (state / "agl.db").read_bytes() == before
 
 
 def test_a_database_that_is_not_agls_is_refused_and_left_alone(tmp_path: Path) -> None:

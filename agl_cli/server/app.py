@@ -3,9 +3,11 @@ management API."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,12 +19,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
-from agl_cli.server import management, otlp, store_api
+from agl_cli.server import legacy, management, otlp, store_api
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker, Stats
 from agl_cli.server.legacy import WorkerRoutes
 from agl_cli.server.limits import BodySizeLimit
 from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
+from agl_cli.server.openapi import build_document
 from agl_cli.server.requests import BadRequest
 from agl_cli.server.responses import ORJSONResponse, error, storage_failure
 from agl_cli.store import StorageError, Store
@@ -89,6 +92,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", worker_document, methods=["GET"]),
         *management.routes,
         *store_api.routes,
         *otlp.routes,
@@ -143,6 +147,21 @@ async def ready(request: Request) -> Response:
     if not request.app.state.ready:
         return error(503, "agl is not ready.")
     return ORJSONResponse({"status": "ready", "version": __version__})
+
+
+async def worker_document(request: Request) -> Response:
+    """The OpenAPI document of what workers speak: the legacy routes and the store API."""
+    return ORJSONResponse(worker_openapi())
+
+
+@functools.cache
+def worker_openapi() -> dict[str, Any]:
+    return build_document(
+        [*legacy.ENDPOINTS, *store_api.ENDPOINTS],
+        title="agl worker protocols",
+        version=__version__,
+        bearer=False,
+    )
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:

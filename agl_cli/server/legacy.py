@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import orjson
+from pydantic import Field
 from starlette.datastructures import QueryParams
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agl_cli.models import Rollout
+from agl_cli.models import GenericResponse, ResourcesUpdate, Rollout, TaskIfAny
 from agl_cli.server.broker import Broker
 from agl_cli.server.limits import declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
+from agl_cli.server.openapi import Endpoint, Param
 from agl_cli.server.requests import BadRequest, number_param, parse_model
 from agl_cli.server.responses import ORJSONResponse, error, storage_failure
 from agl_cli.store import StorageError
 
 MAX_WAIT_SECONDS = 600.0
+_Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)]
 NO_TASK = orjson.dumps({"is_available": False, "task": None})
 NO_RESOURCES = "No resources have been set on the server."
 RESOURCES_PREFIX = "/resources/"
@@ -129,12 +133,32 @@ class WorkerRoutes:
                 return b"".join(chunks)
 
 
+ENDPOINTS = [
+    Endpoint(
+        "GET", "/task", WorkerRoutes.next_task, "Claim the next task", {200: TaskIfAny, 422: None},
+        params=(Param("wait", _Wait, "Seconds to wait for a task when none is queued (a long poll)."),),
+    ),
+    Endpoint(
+        "POST", "/rollout", WorkerRoutes.post_rollout, "Report a rollout",
+        {200: GenericResponse, 413: None, 422: None}, body=Rollout,
+    ),
+    Endpoint(
+        "GET", "/resources/latest", WorkerRoutes.latest_resources, "The latest resources",
+        {200: ResourcesUpdate, 404: None},
+    ),
+    Endpoint(
+        "GET", "/resources/{resources_id}", WorkerRoutes.resources_by_id, "Resources by id",
+        {200: ResourcesUpdate, 404: None},
+    ),
+]  # fmt: skip
 _ROUTES: dict[str, tuple[str, str, Handler]] = {
-    "/task": ("/task", "GET", WorkerRoutes.next_task),
-    "/rollout": ("/rollout", "POST", WorkerRoutes.post_rollout),
-    "/resources/latest": ("/resources/latest", "GET", WorkerRoutes.latest_resources),
+    endpoint.path: (endpoint.path, endpoint.method, endpoint.handler)
+    for endpoint in ENDPOINTS
+    if "{" not in endpoint.path
 }
-_BY_ID = ("/resources/{resources_id}", "GET", WorkerRoutes.resources_by_id)
+[_BY_ID] = [
+    (endpoint.path, endpoint.method, endpoint.handler) for endpoint in ENDPOINTS if "{" in endpoint.path
+]
 
 
 def _route_of(scope: Scope) -> tuple[str, str, Handler] | None:

@@ -246,11 +246,11 @@ async def shutdown(request: Request) -> Response:
 
 async def openapi_document(request: Request) -> Response:
     """This API described as OpenAPI 3.1, generated from the models it validates with."""
-    return ORJSONResponse(_document())
+    return ORJSONResponse(management_openapi())
 
 
 @functools.cache
-def _document() -> dict[str, Any]:
+def management_openapi() -> dict[str, Any]:
     return build_document(ENDPOINTS, title="agl management API", version=__version__)
 
 

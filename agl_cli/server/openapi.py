@@ -1,8 +1,9 @@
-"""The OpenAPI 3.1 document of the management API, generated from its route table.
+"""OpenAPI 3.1 documents generated from route tables: the management API's, and the one of
+the protocols workers speak (the legacy routes and the store API).
 
 Each route is declared once as an `Endpoint`: the Starlette route is made from it, and
-so is its entry in the document, with request and response schemas taken from the
-pydantic models in `schemas` (pydantic writes the JSON Schema; nothing here is written
+so is its entry in the document, with request and response schemas taken from the types
+it validates and answers with (pydantic writes the JSON Schema; nothing here is written
 by hand but the route summaries).
 """
 
@@ -14,8 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, TypeAdapter
-from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,6 +27,7 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 EVENT_STREAM = "text/event-stream"
 
 Handler = Callable[[Request], Awaitable[Response]]
+Described = Any  # a type pydantic can describe: a model, `list[Model]`, `Model | None`, ...
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,20 @@ class Param:
     schema: Any
     description: str
     location: Literal["query", "header"] = "query"
+    required: bool = False
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One route of the management API and everything its description needs."""
+    """One route and everything its description needs; a response described as `None`
+    has no body worth a schema (an error's is `ErrorMessage`)."""
 
     method: str
     path: str
-    handler: Handler
+    handler: Callable[..., Awaitable[Any]]
     summary: str
-    responses: Mapping[int, type[BaseModel] | None]
-    body: type[BaseModel] | None = None
+    responses: Mapping[int, Described]
+    body: Described = None
     params: Sequence[Param] = field(default_factory=tuple)
     media_type: str = "application/json"
 
@@ -59,9 +63,12 @@ def routes_of(endpoints: Iterable[Endpoint]) -> list[Route]:
     return [endpoint.route() for endpoint in endpoints]
 
 
-def build_document(endpoints: Sequence[Endpoint], *, title: str, version: str) -> dict[str, Any]:
-    """The OpenAPI document for `endpoints`, with every model under `components.schemas`."""
-    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+def build_document(
+    endpoints: Sequence[Endpoint], *, title: str, version: str, bearer: bool = True
+) -> dict[str, Any]:
+    """The OpenAPI document for `endpoints`, with every model under `components.schemas`;
+    `bearer`: every route asks for the token."""
+    wanted: list[tuple[Described, JsonSchemaMode]] = [
         (ErrorMessage, "serialization"),
         (ValidationErrors, "serialization"),
     ]
@@ -69,22 +76,24 @@ def build_document(endpoints: Sequence[Endpoint], *, title: str, version: str) -
         if endpoint.body is not None:
             wanted.append((endpoint.body, "validation"))
         wanted += [(model, "serialization") for model in endpoint.responses.values() if model is not None]
-    refs, definitions = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF_TEMPLATE)
-    components: dict[str, Any] = {
-        "schemas": definitions.get("$defs", {}),
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-    }
+    described, definitions = TypeAdapter.json_schemas(
+        [(key, key[1], TypeAdapter(key[0])) for key in dict.fromkeys(wanted)], ref_template=REF_TEMPLATE
+    )
+    refs = {key: schema for (key, _), schema in described.items()}
+    components: dict[str, Any] = {"schemas": definitions.get("$defs", {})}
+    if bearer:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
 
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
         operation: dict[str, Any] = {
             "operationId": endpoint.handler.__name__,
             "summary": endpoint.summary,
-            "security": [{"bearer": []}],
+            "security": [{"bearer": []}] if bearer else [],
             "parameters": _parameters(endpoint),
             "responses": {
                 str(code): _response(code, model, endpoint.media_type, refs)
-                for code, model in sorted(endpoint.responses.items())
+                for code, model in sorted({**endpoint.responses, **({401: None} if bearer else {})}.items())
             },
         }
         if endpoint.handler.__doc__:
@@ -112,14 +121,20 @@ def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
         schema = TypeAdapter(param.schema).json_schema(ref_template=REF_TEMPLATE)
         schema.pop("title", None)
         described.append(
-            {"name": param.name, "in": param.location, "description": param.description, "schema": schema}
+            {
+                "name": param.name,
+                "in": param.location,
+                "description": param.description,
+                "required": param.required,
+                "schema": schema,
+            }
         )
     return described
 
 
 def _response(
     code: int,
-    model: type[BaseModel] | None,
+    model: Described,
     media_type: str,
     refs: Mapping[tuple[Any, JsonSchemaMode], Any],
 ) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from agl_cli.net import is_loopback
 from agl_cli.server import logs, pidfile
 from agl_cli.server.app import ServerOptions, create_app
 from agl_cli.server.broker import Broker
-from agl_cli.store import MemoryStore, SQLiteStore, Store, StoreError
+from agl_cli.store import MemoryStore, SQLiteStore, StorageError, Store, StoreError
 
 log = logging.getLogger("agl")
 SWITCH_INTERVAL = 0.001
@@ -93,8 +93,11 @@ def open_store(config: DaemonConfig, state_dir: Path) -> Store:
     }
     if config.memory:
         return MemoryStore(**options)
+    database = state_dir / paths.DATABASE_NAME
     try:
-        return SQLiteStore(state_dir / paths.DATABASE_NAME, **options)
+        return SQLiteStore(database, **options)
+    except StorageError as exc:  # a file agl may not write: read-only, locked, on a failing disk
+        raise StartupError(f"{database}: {str(exc).removesuffix('; nothing was written.')}.") from None
     except StoreError as exc:
         raise StartupError(str(exc)) from None
 

@@ -19,29 +19,34 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from agl_cli.models import NamedResources, ResourcesUpdate
 from agl_cli.server.broker import broker_of
+from agl_cli.server.openapi import Endpoint, Param, routes_of
 from agl_cli.server.requests import BadRequest, parse_json, parse_model
 from agl_cli.server.responses import ORJSONResponse, error, validation_error
 from agl_cli.store import StorageError, StoreError, UnknownAttemptError, UnknownRolloutError
 from agl_cli.store_models import (
     Attempt,
     AttemptChanges,
+    AttemptedRollout,
     AttemptQuery,
     DequeueBody,
     EnqueueBody,
+    Health,
     NextSequenceBody,
+    Page,
     PageQuery,
     ResourcesQuery,
     Rollout,
     RolloutChanges,
     RolloutQuery,
+    SequenceId,
     Span,
     SpanQuery,
     StartAttemptBody,
     StartRolloutBody,
+    Statistics,
     WaitBody,
     Worker,
     WorkerChanges,
@@ -307,34 +312,129 @@ async def next_span_sequence_id(request: Request) -> Response:
     return ORJSONResponse({"sequence_id": number})
 
 
+# --- the route table ---------------------------------------------------------------------------
+
+
+def _query_params(model: type[PageQuery]) -> tuple[Param, ...]:
+    """A query model's fields as the query parameters of its `GET` route."""
+    return tuple(
+        Param(
+            name,
+            field.annotation,
+            f"As `{name}` in the body of `POST .../search`.",
+            required=field.is_required(),
+        )
+        for name, field in model.model_fields.items()
+    )
+
+
+_REFUSED = {400: None, 422: None}
+_UNKNOWN = {404: None, 422: None}
+
 # Order matters where a path could be taken for an id: `search` and `latest` first.
-routes = [
-    Route(f"{PREFIX}/health", health, methods=["GET"]),
-    Route(f"{PREFIX}/statistics", statistics, methods=["GET"]),
-    Route(f"{PREFIX}/queues/rollouts/enqueue", enqueue, methods=["POST"]),
-    Route(f"{PREFIX}/queues/rollouts/dequeue", dequeue, methods=["POST"]),
-    Route(f"{PREFIX}/rollouts", start_rollout, methods=["POST"]),
-    Route(f"{PREFIX}/rollouts", query_rollouts, methods=["GET"]),
-    Route(f"{PREFIX}/rollouts/search", search_rollouts, methods=["POST"]),
-    Route(f"{PREFIX}/rollouts/{{rollout_id}}", get_rollout, methods=["GET"]),
-    Route(f"{PREFIX}/rollouts/{{rollout_id}}", update_rollout, methods=["POST"]),
-    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts", start_attempt, methods=["POST"]),
-    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts", query_attempts, methods=["GET"]),
-    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts/search", search_attempts, methods=["POST"]),
-    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts/latest", latest_attempt, methods=["GET"]),
-    Route(f"{PREFIX}/rollouts/{{rollout_id}}/attempts/{{attempt_id}}", update_attempt, methods=["POST"]),
-    Route(f"{PREFIX}/workers", query_workers, methods=["GET"]),
-    Route(f"{PREFIX}/workers/search", search_workers, methods=["POST"]),
-    Route(f"{PREFIX}/workers/{{worker_id}}", get_worker, methods=["GET"]),
-    Route(f"{PREFIX}/workers/{{worker_id}}", update_worker, methods=["POST"]),
-    Route(f"{PREFIX}/resources", query_resources, methods=["GET"]),
-    Route(f"{PREFIX}/resources", add_resources, methods=["POST"]),
-    Route(f"{PREFIX}/resources/latest", latest_resources, methods=["GET"]),
-    Route(f"{PREFIX}/resources/{{resources_id}}", get_resources, methods=["GET"]),
-    Route(f"{PREFIX}/resources/{{resources_id}}", update_resources, methods=["POST"]),
-    Route(f"{PREFIX}/spans", add_span, methods=["POST"]),
-    Route(f"{PREFIX}/spans", query_spans, methods=["GET"]),
-    Route(f"{PREFIX}/spans/search", search_spans, methods=["POST"]),
-    Route(f"{PREFIX}/spans/next", next_span_sequence_id, methods=["POST"]),
-    Route(f"{PREFIX}/waits/rollouts", wait_for_rollouts, methods=["POST"]),
-]
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", f"{PREFIX}/health", health, "The store answers", {200: Health}),
+    Endpoint("GET", f"{PREFIX}/statistics", statistics, "Counts of everything kept", {200: Statistics}),
+    Endpoint(
+        "POST", f"{PREFIX}/queues/rollouts/enqueue", enqueue, "Queue rollouts",
+        {201: list[Rollout], 422: None}, body=EnqueueBody,
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/queues/rollouts/dequeue", dequeue, "Take queued rollouts",
+        {200: list[AttemptedRollout], 422: None}, body=DequeueBody,
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/rollouts", start_rollout, "Start a rollout at once",
+        {201: AttemptedRollout, 422: None}, body=StartRolloutBody,
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/rollouts", query_rollouts, "Query rollouts",
+        {200: Page[AttemptedRollout | Rollout], **_REFUSED}, params=_query_params(RolloutQuery),
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/rollouts/search", search_rollouts, "Query rollouts",
+        {200: Page[AttemptedRollout | Rollout], **_REFUSED}, body=RolloutQuery,
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/rollouts/{{rollout_id}}", get_rollout, "A rollout",
+        {200: AttemptedRollout | Rollout | None},
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/rollouts/{{rollout_id}}", update_rollout, "Change a rollout",
+        {200: AttemptedRollout | Rollout, 400: None, **_UNKNOWN}, body=RolloutChanges,
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/rollouts/{{rollout_id}}/attempts", start_attempt, "Start an attempt",
+        {201: AttemptedRollout, **_UNKNOWN}, body=StartAttemptBody,
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/rollouts/{{rollout_id}}/attempts", query_attempts, "Query a rollout's attempts",
+        {200: Page[Attempt], **_REFUSED}, params=_query_params(AttemptQuery),
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/rollouts/{{rollout_id}}/attempts/search", search_attempts,
+        "Query a rollout's attempts", {200: Page[Attempt], **_REFUSED}, body=AttemptQuery,
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/rollouts/{{rollout_id}}/attempts/latest", latest_attempt,
+        "A rollout's latest attempt", {200: Attempt | None},
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/rollouts/{{rollout_id}}/attempts/{{attempt_id}}", update_attempt,
+        "Change an attempt", {200: Attempt, 400: None, **_UNKNOWN}, body=AttemptChanges,
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/workers", query_workers, "Query workers",
+        {200: Page[Worker], **_REFUSED}, params=_query_params(WorkerQuery),
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/workers/search", search_workers, "Query workers",
+        {200: Page[Worker], **_REFUSED}, body=WorkerQuery,
+    ),
+    Endpoint("GET", f"{PREFIX}/workers/{{worker_id}}", get_worker, "A worker", {200: Worker | None}),
+    Endpoint(
+        "POST", f"{PREFIX}/workers/{{worker_id}}", update_worker, "A worker's heartbeat",
+        {200: Worker, 400: None, 422: None}, body=WorkerChanges,
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/resources", query_resources, "Query resources",
+        {200: Page[ResourcesUpdate], **_REFUSED}, params=_query_params(ResourcesQuery),
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/resources", add_resources, "Publish resources under a new id",
+        {201: ResourcesUpdate, **_REFUSED}, body=NamedResources,
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/resources/latest", latest_resources, "The latest resources",
+        {200: ResourcesUpdate | None},
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/resources/{{resources_id}}", get_resources, "Resources by id",
+        {200: ResourcesUpdate | None},
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/resources/{{resources_id}}", update_resources, "Publish resources under an id",
+        {200: ResourcesUpdate, **_REFUSED}, body=NamedResources,
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/spans", add_span, "Keep a span", {201: Span | None, **_UNKNOWN}, body=Span
+    ),
+    Endpoint(
+        "GET", f"{PREFIX}/spans", query_spans, "Query spans",
+        {200: Page[Span], **_REFUSED}, params=_query_params(SpanQuery),
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/spans/search", search_spans, "Query spans",
+        {200: Page[Span], **_REFUSED}, body=SpanQuery,
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/spans/next", next_span_sequence_id, "The next sequence id of a rollout's spans",
+        {200: SequenceId, 422: None}, body=NextSequenceBody,
+    ),
+    Endpoint(
+        "POST", f"{PREFIX}/waits/rollouts", wait_for_rollouts, "Wait for rollouts to finish",
+        {200: list[AttemptedRollout | Rollout], 422: None}, body=WaitBody,
+    ),
+]  # fmt: skip
+
+routes = routes_of(ENDPOINTS)

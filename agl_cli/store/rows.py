@@ -156,10 +156,17 @@ def record_from_row(row: TaskRow) -> TaskRecord:
     )
 
 
+def rollout_from_body(body: str) -> Rollout:
+    """A kept report, read back with the parser that accepted it (orjson: an integer too
+    large for 64 bits became a float then, and must not come back as one that cannot be
+    written again)."""
+    return Rollout.model_validate(orjson.loads(body))
+
+
 def stored_from_row(row: RolloutRow) -> StoredRollout:
     return StoredRollout(
         seq=row.seq,
-        rollout=Rollout.model_validate_json(row.body),
+        rollout=rollout_from_body(row.body),
         received_time=row.received_time,
         attempt=row.attempt,
         unsolicited=bool(row.unsolicited),

@@ -77,6 +77,7 @@ from agl_cli.store.rows import (
     legacy_metadata,
     record_from_row,
     resources_from_row,
+    rollout_from_body,
     stored_from_row,
     wire_task,
 )
@@ -511,13 +512,13 @@ class TaskStore(Database):
                 return None
             seq, body = found
             conn.execute("UPDATE rollouts SET consumed = 1 WHERE seq = ?", (seq,))
-        return Rollout.model_validate_json(body)
+        return rollout_from_body(body)
 
     def consume_all(self) -> list[Rollout]:
         with self._write() as conn:
             rows = conn.execute("SELECT body FROM rollouts WHERE consumed = 0 ORDER BY seq").fetchall()
             conn.execute("UPDATE rollouts SET consumed = 1 WHERE consumed = 0")
-        return [Rollout.model_validate_json(body) for (body,) in rows]
+        return [rollout_from_body(body) for (body,) in rows]
 
     def last_seq(self) -> int:
         [(seq,)] = self._read("SELECT coalesce(max(seq), 0) FROM rollouts")

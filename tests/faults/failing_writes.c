@@ -1,0 +1,39 @@
+/* Preloaded into a real `agl serve` (LD_PRELOAD) by tests/test_faults.py: while the file
+ * named by AGL_FAIL_WRITES exists, every write to or sync of the SQLite database or its
+ * journal fails with EIO, as a dying disk's would. Everything else passes through. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+static int failing(int fd) {
+    const char *trigger = getenv("AGL_FAIL_WRITES");
+    if (trigger == NULL || access(trigger, F_OK) != 0) return 0;
+    char link[64], target[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n < 0) return 0;
+    target[n] = '\0';
+    if (strstr(target, "agl.db") == NULL) return 0;
+    errno = EIO;
+    return 1;
+}
+
+#define REAL(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
+
+ssize_t write(int fd, const void *buf, size_t count) {
+    return failing(fd) ? -1 : REAL(write)(fd, buf, count);
+}
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
+    return failing(fd) ? -1 : REAL(pwrite)(fd, buf, count, offset);
+}
+ssize_t pwrite64(int fd, const void *buf, size_t count, off64_t offset) {
+    return failing(fd) ? -1 : REAL(pwrite64)(fd, buf, count, offset);
+}
+int fsync(int fd) { return failing(fd) ? -1 : REAL(fsync)(fd); }
+int fdatasync(int fd) { return failing(fd) ? -1 : REAL(fdatasync)(fd); }
