@@ -18,9 +18,11 @@ from typing import Any
 
 import uvicorn
 
+from agl_cli.daemon_config import DEFAULTS
 from agl_cli.models import Mode, Rollout
 from agl_cli.server.app import ServerOptions, create_app
 from agl_cli.server.broker import Broker, wait_for
+from agl_cli.server.protocol import IDLE_CONNECTION_SECONDS, protocol_with
 from agl_cli.server.runner import bind
 from agl_cli.store import MemoryStore, SQLiteStore, Store, TaskSpec
 
@@ -94,7 +96,14 @@ class AgentLightningServer:
         self._broker = app.state.broker
         app.state.request_shutdown = self._request_exit  # `POST /v1/shutdown` stops it too
         self._server = _EmbeddedServer(
-            uvicorn.Config(app, log_level=self._log_level, access_log=False, lifespan="on")
+            uvicorn.Config(
+                app,
+                log_level=self._log_level,
+                access_log=False,
+                lifespan="on",
+                timeout_keep_alive=IDLE_CONNECTION_SECONDS,
+                http=protocol_with(DEFAULTS.request_timeout),
+            )
         )
         self._serving = asyncio.create_task(self._serve(sock), name="agl-embedded-server")
         deadline = time.monotonic() + STARTUP_TIMEOUT

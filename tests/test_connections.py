@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
 import socket
@@ -12,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 from daemon import Daemon
+
+from agl_cli import AgentLightningServer
 
 DAEMON_OPEN_FILES = 256
 
@@ -91,3 +94,14 @@ def test_a_request_not_sent_in_full_within_the_time_limit_gets_408_and_changes_n
     assert daemon.api("GET", "/v1/status").json()["tasks"]["queued"] == 0
     assert daemon.get("/health").status_code == 200
     assert "Traceback" not in daemon.log_path.read_text()
+
+
+async def test_the_embedded_server_closes_a_connection_that_sends_nothing_too() -> None:
+    server = AgentLightningServer(port=0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        assert await asyncio.wait_for(reader.read(1), timeout=30) == b""  # closed after 5 s
+        writer.close()
+    finally:
+        await server.stop()

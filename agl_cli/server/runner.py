@@ -25,9 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from agl_cli import __version__, paths
 from agl_cli.daemon_config import DaemonConfig
@@ -35,11 +33,11 @@ from agl_cli.net import is_loopback
 from agl_cli.server import logs, pidfile
 from agl_cli.server.app import ServerOptions, create_app
 from agl_cli.server.broker import Broker
+from agl_cli.server.protocol import IDLE_CONNECTION_SECONDS, protocol_with
 from agl_cli.store import MemoryStore, SQLiteStore, StorageError, Store, StoreError
 
 log = logging.getLogger("agl")
 SWITCH_INTERVAL = 0.001
-IDLE_CONNECTION_SECONDS = 5  # uvicorn's default: a connection quiet this long is closed
 MAX_OPEN_FILES = 1 << 20
 
 
@@ -119,62 +117,6 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
-
-
-class _Protocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, with two limits it lacks (without them, enough slow or
-    silent clients exhaust the daemon):
-
-    - a connection that sends nothing at all after it opens is closed after
-      `timeout_keep_alive` seconds, as uvicorn closes one quiet after a response;
-    - a request must arrive in full, headers and body, within `request_timeout` seconds
-      of its first byte, or it is answered 408 and the connection closed.
-    """
-
-    request_timeout: float = DaemonConfig.request_timeout
-    _request_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
-
-    def data_received(self, data: bytes) -> None:
-        if self._request_timer is None:
-            self._request_timer = self.loop.call_later(self.request_timeout, self._request_too_slow)
-        super().data_received(data)
-
-    def on_message_complete(self) -> None:
-        self._stop_request_timer()
-        super().on_message_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_request_timer()
-        super().connection_lost(exc)
-
-    def _stop_request_timer(self) -> None:
-        if self._request_timer is not None:
-            self._request_timer.cancel()
-            self._request_timer = None
-
-    def _request_too_slow(self) -> None:
-        self._request_timer = None
-        if self.transport.is_closing() or (self.cycle is not None and self.cycle.response_started):
-            return  # answered already (a 413 before the body, say): the response ends it
-        body = orjson.dumps(
-            {
-                "detail": f"The request did not arrive in full within {self.request_timeout:g} s "
-                "(agl serve --request-timeout)."
-            }
-        )
-        head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
-        self.transport.write(head.encode() + body)
-        self.transport.close()  # the handler waiting for the rest of the body hears a disconnect
-
-
-def _protocol_for(config: DaemonConfig) -> type[_Protocol]:
-    return type("Protocol", (_Protocol,), {"request_timeout": config.request_timeout})
 
 
 class _Server(uvicorn.Server):
@@ -312,7 +254,7 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
             access_log=config.log_level == "debug",
             timeout_graceful_shutdown=30,
             timeout_keep_alive=IDLE_CONNECTION_SECONDS,
-            http=_protocol_for(config),
+            http=protocol_with(config.request_timeout),
             lifespan="on",
         )
     )
