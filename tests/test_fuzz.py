@@ -30,6 +30,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 NOT_FUZZED = {
     "POST /v1/shutdown": "stops the daemon (tests/test_cli_daemon.py)",
     "GET /v1/rollouts/stream": "never ends (tests/test_cli_rollouts.py follows it)",
+    "GET /v1/dashboard/stream": "never ends (the dashboard's tests follow it)",
 }
 LONGEST_WAIT = 0.2  # seconds: a long poll may wait as long as it is asked to; the fuzz does not
 CHECKS = [
