@@ -5,7 +5,7 @@
 # The subcommands of command $1 ("" is agl itself, "rollouts" is agl rollouts).
 _agl_subcommands() {
     case $1 in
-        '') _agl_words='serve stop status queue vllm store prometheus agentops tasks resources rollouts' ;;
+        '') _agl_words='serve stop status dashboard queue vllm store prometheus agentops tasks resources rollouts' ;;
         'tasks') _agl_words='list show cancel' ;;
         'resources') _agl_words='push list show' ;;
         'rollouts') _agl_words='watch list show' ;;
@@ -20,6 +20,7 @@ _agl_options() {
         'serve') _agl_words='--host --port --state-dir --memory --task-timeout --max-attempts --log-level --log-json --no-auth --max-body-size --max-db-size --max-requests --request-timeout --detach -d --help' ;;
         'stop') _agl_words='--timeout --help' ;;
         'status') _agl_words='--watch -w --json --help' ;;
+        'dashboard') _agl_words='--print --no-browser --help' ;;
         'queue') _agl_words='--mode --resources-id --latest --metadata --wait --timeout --json --dry-run --help' ;;
         'tasks') _agl_words='--help' ;;
         'tasks list') _agl_words='--status --limit --offset --json --help' ;;

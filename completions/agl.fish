@@ -8,7 +8,7 @@ end
 
 # Whether $argv[1] ("rollouts watch") is a command of agl.
 function __agl_is_command
-    contains -- $argv[1] 'serve' 'stop' 'status' 'queue' 'vllm' 'store' 'prometheus' 'agentops' 'tasks' 'tasks list' 'tasks show' 'tasks cancel' 'resources' 'resources push' 'resources list' 'resources show' 'rollouts' 'rollouts watch' 'rollouts list' 'rollouts show'
+    contains -- $argv[1] 'serve' 'stop' 'status' 'dashboard' 'queue' 'vllm' 'store' 'prometheus' 'agentops' 'tasks' 'tasks list' 'tasks show' 'tasks cancel' 'resources' 'resources push' 'resources list' 'resources show' 'rollouts' 'rollouts watch' 'rollouts list' 'rollouts show'
 end
 
 # The command the words before the cursor are in: "", "rollouts", "rollouts watch".
@@ -42,6 +42,7 @@ complete -c agl -f
 complete -c agl -n "__agl_at ''" -a 'serve' -d 'Run the daemon in the foreground until SIGINT or SIGTERM (or in the backgroun...'
 complete -c agl -n "__agl_at ''" -a 'stop' -d 'Stop the daemon gracefully: in-flight requests finish, then it exits'
 complete -c agl -n "__agl_at ''" -a 'status' -d 'Show the daemon\'s version, uptime, address, task counts, rates and latest res...'
+complete -c agl -n "__agl_at ''" -a 'dashboard' -d 'Open the live dashboard in your browser, with the token'
 complete -c agl -n "__agl_at ''" -a 'queue' -d 'Queue tasks from files: all of them, or none if any is bad'
 complete -c agl -n "__agl_at ''" -a 'vllm' -d 'Run agentlightning\'s vLLM wrapper'
 complete -c agl -n "__agl_at ''" -a 'store' -d 'Run agentlightning\'s LightningStore server'
@@ -78,6 +79,9 @@ complete -c agl -n "__agl_at 'stop'" -l help -d 'Show this message and exit'
 complete -c agl -n "__agl_at 'status'" -l watch -s w -d 'Refresh every second until Ctrl-C'
 complete -c agl -n "__agl_at 'status'" -l json -d 'Machine output: JSON (JSON Lines with --watch)'
 complete -c agl -n "__agl_at 'status'" -l help -d 'Show this message and exit'
+
+complete -c agl -n "__agl_at 'dashboard'" -l print -l no-browser -d 'Print the address (with the token) instead of opening it'
+complete -c agl -n "__agl_at 'dashboard'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'queue'" -l mode -x -a 'train val test' -d 'Mode of tasks that do not give one'
 complete -c agl -n "__agl_at 'queue'" -l resources-id -x -d 'Resources of tasks that do not name any'

@@ -10,6 +10,7 @@ _agl_subcommands() {
         'serve:Run the daemon in the foreground until SIGINT or SIGTERM (or in the backgroun...'
         'stop:Stop the daemon gracefully: in-flight requests finish, then it exits'
         'status:Show the daemon'\''s version, uptime, address, task counts, rates and latest res...'
+        'dashboard:Open the live dashboard in your browser, with the token'
         'queue:Queue tasks from files: all of them, or none if any is bad'
         'vllm:Run agentlightning'\''s vLLM wrapper'
         'store:Run agentlightning'\''s LightningStore server'
@@ -74,6 +75,11 @@ _agl_options() {
         '--watch:Refresh every second until Ctrl-C'
         '-w:Refresh every second until Ctrl-C'
         '--json:Machine output: JSON (JSON Lines with --watch)'
+        '--help:Show this message and exit'
+      ) ;;
+    'dashboard') _agl_items=(
+        '--print:Print the address (with the token) instead of opening it'
+        '--no-browser:Print the address (with the token) instead of opening it'
         '--help:Show this message and exit'
       ) ;;
     'queue') _agl_items=(

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
-from agl_cli.server import legacy, management, otlp, store_api
+from agl_cli.server import legacy, management, otlp, page, store_api
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker, Stats
 from agl_cli.server.legacy import WorkerRoutes
@@ -94,6 +94,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", worker_document, methods=["GET"]),
         *management.routes,
+        *page.routes,
         *store_api.routes,
         *otlp.routes,
     ]

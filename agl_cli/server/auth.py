@@ -1,4 +1,5 @@
-"""Bearer-token check for the management API; the worker routes stay open."""
+"""Bearer-token check for the management API; the worker routes and the dashboard's page
+(which holds no data) stay open."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agl_cli.server.page import OPEN_PATHS
 from agl_cli.server.responses import error
 
 # The legacy worker routes, probes, the workers' OpenAPI document, and what agentlightning 0.3.0's store clients and
@@ -38,4 +40,7 @@ class BearerAuth:
 
 
 def _is_open(path: str) -> bool:
-    return any(path == prefix or path.startswith(prefix + "/") for prefix in OPEN_PREFIXES)
+    """Below an open prefix, or exactly the dashboard's page or one of its assets."""
+    return path in OPEN_PATHS or any(
+        path == prefix or path.startswith(prefix + "/") for prefix in OPEN_PREFIXES
+    )

@@ -21,7 +21,19 @@ from starlette.requests import Request
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.rates import RateWindow
 from agl_cli.server.writer import GroupSizes, threads_for
-from agl_cli.store import Claim, ReportOutcome, Store, StoreCounts, StoredRollout, TaskRecord, TaskSpec
+from agl_cli.store import (
+    Claim,
+    ReportOutcome,
+    RewardSeries,
+    RolloutDetail,
+    RolloutSummary,
+    Store,
+    StoreCounts,
+    StoredRollout,
+    TaskHistory,
+    TaskRecord,
+    TaskSpec,
+)
 from agl_cli.store.base import SpansAdded, new_store_resources_id
 from agl_cli.store_models import (
     AttemptQuery,
@@ -381,9 +393,44 @@ class Broker:
     async def snapshot(self) -> Snapshot:
         def read() -> Snapshot:
             with self._store.snapshot():
-                return Snapshot(self._store.counts(), self._store.last_seq(), self._latest_id())
+                return self._snapshot()
 
         return await self._threads.read(read)
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(self._store.counts(), self._store.last_seq(), self._latest_id())
+
+    # what people look at (the dashboard) ----------------------------------------------------
+
+    async def overview(self, max_points: int) -> tuple[Snapshot, RewardSeries]:
+        """The counts and the rewards of the whole run, read together."""
+
+        def read() -> tuple[Snapshot, RewardSeries]:
+            with self._store.snapshot():
+                return self._snapshot(), self._store.reward_series(max_points)
+
+        return await self._threads.read(read)
+
+    async def rollout_summaries(self, after: int, limit: int) -> list[RolloutSummary]:
+        return await self._threads.read(lambda: self._store.rollout_summaries(after, limit))
+
+    async def recent_rollouts(self, before: int | None, limit: int) -> tuple[list[RolloutSummary], int]:
+        """A page of rollouts newest first, and the last sequence number as of that page."""
+
+        def read() -> tuple[list[RolloutSummary], int]:
+            with self._store.snapshot():
+                return self._store.recent_rollouts(before, limit), self._store.last_seq()
+
+        return await self._threads.read(read)
+
+    async def troubled_tasks(self, limit: int, offset: int) -> list[TaskHistory]:
+        return await self._threads.read(lambda: self._store.troubled_tasks(limit, offset))
+
+    async def recent_resources(self, limit: int, offset: int) -> tuple[list[ResourcesUpdate], int]:
+        return await self._threads.read(lambda: self._store.recent_resources(limit, offset))
+
+    async def rollout_detail(self, rollout_id: str, max_spans: int) -> RolloutDetail | None:
+        return await self._threads.read(lambda: self._store.rollout_detail(rollout_id, max_spans))
 
     def _latest_id(self) -> str | None:
         return self._latest.resources_id if self._latest else None

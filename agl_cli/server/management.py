@@ -7,8 +7,6 @@ both the Starlette routes and the OpenAPI document are made.
 from __future__ import annotations
 
 import functools
-import os
-import time
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -18,23 +16,22 @@ from starlette.responses import Response
 
 from agl_cli import __version__
 from agl_cli.models import ResourcesUpdate, TaskStatus
-from agl_cli.server import schemas
+from agl_cli.server import dashboard, schemas
 from agl_cli.server.broker import broker_of
 from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param, build_document, routes_of
 from agl_cli.server.requests import bool_param, choice_param, int_param, read_model
-from agl_cli.server.responses import REDACTED, ORJSONResponse, error
+from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.schemas import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from agl_cli.server.shapes import resources_json, status_json, task_json
 from agl_cli.server.stream import LAST_EVENT_ID, MAX_SEQ, SINCE_NOW, rollout_json, stream_rollouts
 from agl_cli.store import (
     InvalidTransitionError,
     StorageError,
     StoreError,
-    TaskRecord,
     UnknownBatchError,
     UnknownTaskError,
 )
 
-SECRET_BEARING_TYPES = ("llm", "proxy_llm")
 STATUSES = tuple(status.value for status in TaskStatus)
 
 # --- tasks ---------------------------------------------------------------------------------
@@ -74,16 +71,6 @@ async def cancel_task(request: Request) -> Response:
     except InvalidTransitionError as exc:
         return error(409, str(exc))
     return ORJSONResponse(task_json(record))
-
-
-def task_json(record: TaskRecord) -> dict[str, Any]:
-    return {
-        **record.task.model_dump(mode="json"),
-        "status": record.status.value,
-        "deadline": record.deadline,
-        "completed_time": record.completed_time,
-        "duplicates": record.duplicates,
-    }
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -169,16 +156,6 @@ async def show_resources(request: Request) -> Response:
     return ORJSONResponse(resources_json(update, reveal))
 
 
-def resources_json(update: ResourcesUpdate, reveal: bool) -> dict[str, Any]:
-    """A bundle for people: API keys hidden unless asked for (workers always get them)."""
-    body = update.model_dump(mode="json")
-    if not reveal:
-        for resource in body["resources"].values():
-            if resource["resource_type"] in SECRET_BEARING_TYPES and resource.get("api_key") is not None:
-                resource["api_key"] = REDACTED
-    return body
-
-
 # --- rollouts ------------------------------------------------------------------------------
 
 
@@ -206,34 +183,8 @@ async def show_rollout(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     """Version, address, counts per task status, and claim and rollout rates."""
-    broker = broker_of(request)
-    options = request.app.state.options
-    snapshot = await broker.snapshot()
-    counts = snapshot.counts
-    now = time.time()
-    body = schemas.Status(
-        version=__version__,
-        pid=os.getpid(),
-        started_time=broker.stats.started,
-        uptime=now - broker.stats.started,
-        address=options.address,
-        state_dir=options.state_dir,
-        store=broker.store_kind,
-        task_timeout=broker.task_timeout,
-        max_attempts=broker.max_attempts,
-        tasks={status.value: number for status, number in counts.tasks.items()},
-        rollouts=counts.rollouts,
-        unsolicited=counts.unsolicited,
-        duplicates=counts.duplicates,
-        resources=counts.resources,
-        last_seq=snapshot.last_seq,
-        latest_resources_id=snapshot.latest_resources_id,
-        rates=schemas.Rates(
-            claims_per_second=broker.stats.claim_rate.per_second(),
-            rollouts_per_second=broker.stats.rollout_rate.per_second(),
-        ),
-    )
-    return ORJSONResponse(body.model_dump(mode="json"))
+    snapshot = await broker_of(request).snapshot()
+    return ORJSONResponse(status_json(request, snapshot))
 
 
 async def shutdown(request: Request) -> Response:
@@ -327,6 +278,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/v1/status", status, "The daemon's status", {200: schemas.Status}),
     Endpoint("POST", "/v1/shutdown", shutdown, "Stop the daemon", {202: schemas.Stopping, 501: None}),
     Endpoint("GET", "/v1/openapi.json", openapi_document, "This document", {200: None}),
+    *dashboard.ENDPOINTS,
 ]  # fmt: skip
 
 routes = routes_of(ENDPOINTS)

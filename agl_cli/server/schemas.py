@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from agl_cli.models import NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.store import TaskSpec
+from agl_cli.store_models import Attempt, Worker
 
 MAX_TASKS_PER_REQUEST = 10_000
 MAX_LIST_LIMIT = 10_000
@@ -131,6 +132,132 @@ class Status(BaseModel):
     last_seq: int
     latest_resources_id: str | None
     rates: Rates = Field(description="Over the last 60 seconds.")
+
+
+# --- the dashboard ------------------------------------------------------------------------
+
+
+class RewardLine(BaseModel):
+    """One mode's rewards over time, a point per bucket that received rollouts (columns)."""
+
+    mode: str | None = Field(description="null for rollouts of tasks without a mode.")
+    times: list[float] = Field(description="Each bucket's start (epoch s).")
+    means: list[float | None] = Field(description="The mean reward in each bucket (null: no rewards).")
+    rollouts: list[int] = Field(description="Rollouts received in each bucket.")
+
+
+class RewardChart(BaseModel):
+    width: int = Field(description="Seconds each bucket spans: the run fits in a few hundred of them.")
+    lines: list[RewardLine]
+
+
+class DashboardSummary(BaseModel):
+    """What the dashboard shows at the top, read from counters: as cheap at a million tasks as at ten."""
+
+    time: float = Field(description="The daemon's clock (epoch s), to show ages without the browser's.")
+    status: Status
+    rewards: RewardChart
+
+
+class RolloutLine(BaseModel):
+    """A kept rollout in one line."""
+
+    seq: int
+    rollout_id: str
+    mode: str | None = Field(description="The mode it ran in: the rollout's task's, or its own task's.")
+    reward: float | None
+    attempt: int | None
+    unsolicited: bool
+    received_time: float
+    duration: float | None = Field(
+        description="From the start of the attempt that sent it to its arrival (s)."
+    )
+
+
+class RolloutLines(BaseModel):
+    rollouts: list[RolloutLine]
+    last_seq: int = Field(description="The highest sequence number stored.")
+
+
+class DashboardEvent(RootModel[DashboardSummary | RolloutLines]):
+    """The data of an event of the dashboard's stream: a `summary` event carries a
+    DashboardSummary, a `rollouts` event RolloutLines."""
+
+
+class TripletLine(BaseModel):
+    """A triplet without its bulk: token counts where the prompt or response has token ids."""
+
+    reward: float | None
+    prompt_tokens: int | None
+    response_tokens: int | None
+    prompt: str = Field(description="The start of the prompt, as text.")
+    response: str = Field(description="The start of the response, as text.")
+
+
+class SpanLine(BaseModel):
+    """A span of a rollout's trace: enough to draw a waterfall."""
+
+    name: str
+    span_id: str | None
+    parent_id: str | None
+    attempt_id: str | None
+    start_time: float | None
+    end_time: float | None
+    status: str | None
+
+
+class TaskHistory(BaseModel):
+    """A task and every attempt at it, oldest first."""
+
+    task: TaskRecord
+    attempts: list[Attempt]
+
+
+class RolloutResult(BaseModel):
+    """What a worker reported, its bulk summarised (the whole is at `/v1/rollouts/{id}`)."""
+
+    seq: int
+    received_time: float
+    attempt: int | None
+    unsolicited: bool
+    final_reward: float | None
+    metadata: dict[str, Any]
+    triplets: list[TripletLine]
+    triplets_total: int
+    logs: list[str] = Field(description="The last lines of its logs.")
+    logs_total: int
+
+
+class RolloutDetail(BaseModel):
+    """All there is about one rollout id: its task and attempts, its result, its spans."""
+
+    rollout_id: str
+    mode: str | None
+    input: Any = None
+    task: TaskHistory | None = Field(description="null for an unsolicited rollout.")
+    result: RolloutResult | None = Field(description="null until a result has arrived.")
+    spans: list[SpanLine] = Field(description="The spans its attempts sent, else its legacy trace's.")
+    spans_total: int
+
+
+class FailureList(BaseModel):
+    """Tasks that failed or needed more than one attempt, latest claim first."""
+
+    tasks: list[TaskHistory]
+    has_more: bool
+
+
+class WorkerList(BaseModel):
+    """The workers the store API has heard of, latest heartbeat first."""
+
+    workers: list[Worker]
+    total: int
+
+
+class ResourcesPage(BaseModel):
+    resources: list[ResourcesUpdate]
+    total: int
+    latest_id: str | None
 
 
 class Stopping(BaseModel):

@@ -34,11 +34,12 @@ async def stream_rollouts(request: Request) -> Response:
     """Every kept rollout after the reader's position, oldest first, then live ones as they
     arrive; `Last-Event-ID` wins over `since`, and `since=now` skips what is already stored."""
     broker = broker_of(request)
-    after = await _start(request, broker)
+    after = await start_position(request, broker)
     return EventSourceResponse(_events(broker, after), ping=PING_SECONDS)
 
 
-async def _start(request: Request, broker: Broker) -> int:
+async def start_position(request: Request, broker: Broker) -> int:
+    """Where a stream starts: after `Last-Event-ID`, else after `since` (`now`: the last)."""
     last_event_id = request.headers.get(LAST_EVENT_ID, "").strip()
     if last_event_id:
         if not _is_seq(last_event_id):
@@ -83,9 +84,10 @@ async def _events(broker: Broker, after: int) -> AsyncIterator[ServerSentEvent]:
 
 
 def rollout_json(stored: StoredRollout) -> dict[str, Any]:
-    """A kept rollout with its own fields first, then agl's bookkeeping."""
+    """A kept rollout with its own fields first (what its worker left out of `task` taken
+    from agl's task), then agl's bookkeeping."""
     return {
-        **stored.rollout.model_dump(mode="json"),
+        **stored.completed().model_dump(mode="json"),
         "seq": stored.seq,
         "received_time": stored.received_time,
         "attempt": stored.attempt,

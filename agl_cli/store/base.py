@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -114,7 +114,8 @@ class TaskRecord:
 
 @dataclass(frozen=True)
 class StoredRollout:
-    """A kept rollout with its place in the arrival order."""
+    """A kept rollout with its place in the arrival order, and agl's task for it (None
+    for an unsolicited one). `rollout` is kept as the worker sent it."""
 
     seq: int
     rollout: Rollout
@@ -122,6 +123,22 @@ class StoredRollout:
     attempt: int | None
     unsolicited: bool
     consumed: bool = False
+    task: Task | None = None
+
+    def completed(self) -> Rollout:
+        """The rollout with what its worker left out taken from its task (the whole task,
+        or its `mode` and `input`), so that every reader sees the mode it ran in: legacy
+        workers usually send no task at all."""
+        task = self.task
+        if task is None:
+            return self.rollout
+        sent = self.rollout.task
+        if sent is None:
+            return self.rollout.model_copy(update={"task": task})
+        missing = {name: getattr(task, name) for name in ("mode", "input") if getattr(sent, name) is None}
+        if not missing:
+            return self.rollout
+        return self.rollout.model_copy(update={"task": sent.model_copy(update=missing)})
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,69 @@ class Commit:
     """What a transaction left to do: whether its writes still need `Store.sync()`."""
 
     needs_sync: bool = False
+
+
+class RolloutSummary(NamedTuple):
+    """A kept rollout in one line, without its body: what a list of many shows."""
+
+    seq: int
+    rollout_id: str
+    mode: str | None
+    reward: float | None
+    attempt: int | None
+    unsolicited: bool
+    received_time: float
+    started_time: float | None  # when the attempt that sent it began (None: unsolicited)
+
+
+class RewardPoint(NamedTuple):
+    """The rollouts of one mode that arrived in one bucket of time, and their rewards."""
+
+    mode: str | None
+    time: float  # the bucket's start, epoch s
+    rollouts: int
+    rewarded: int  # how many of them had a reward
+    mean: float | None
+
+
+@dataclass(frozen=True)
+class RewardSeries:
+    """Rewards over the whole run, in at most a few hundred buckets `width` seconds wide."""
+
+    width: int
+    points: list[RewardPoint]
+
+
+class SpanSummary(NamedTuple):
+    """A span without its attributes: enough to draw a waterfall."""
+
+    attempt_id: str | None
+    sequence_id: int | None
+    span_id: str | None
+    parent_id: str | None
+    name: str
+    start_time: float | None
+    end_time: float | None
+    status: str | None
+
+
+@dataclass(frozen=True)
+class TaskHistory:
+    """A task and every attempt at it, oldest first (store-API `Attempt` shapes)."""
+
+    record: TaskRecord
+    attempts: list[dict[str, object]]
+
+
+@dataclass(frozen=True)
+class RolloutDetail:
+    """Everything kept about one rollout id: its task and attempts, its result if one
+    came, and the first of the spans its attempts sent."""
+
+    history: TaskHistory | None
+    stored: StoredRollout | None
+    spans: list[SpanSummary]
+    spans_total: int
 
 
 @dataclass
@@ -476,9 +556,36 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> dict[str, object]: ...
 
+    # what people look at: pages newest first, and aggregates kept as rows change, so
+    # that each read costs the same with a million tasks as with ten
+    @abc.abstractmethod
+    def rollout_summaries(self, after: int, limit: int) -> list[RolloutSummary]:
+        """Kept rollouts with a sequence number above `after`, oldest first, in one line each."""
+
+    @abc.abstractmethod
+    def recent_rollouts(self, before: int | None, limit: int) -> list[RolloutSummary]:
+        """Kept rollouts with a sequence number below `before` (None: any), newest first."""
+
+    @abc.abstractmethod
+    def reward_series(self, max_points: int) -> RewardSeries:
+        """Rewards per mode over the whole run, in at most `max_points` buckets per mode."""
+
+    @abc.abstractmethod
+    def troubled_tasks(self, limit: int, offset: int) -> list[TaskHistory]:
+        """Tasks that failed or were handed out more than once, latest claim first."""
+
+    @abc.abstractmethod
+    def recent_resources(self, limit: int, offset: int) -> tuple[list[ResourcesUpdate], int]:
+        """Bundles, latest publish first, and how many there are."""
+
+    @abc.abstractmethod
+    def rollout_detail(self, rollout_id: str, max_spans: int) -> RolloutDetail | None:
+        """All there is about a rollout id, or None if agl knows nothing of it."""
+
     # the rest
     @abc.abstractmethod
-    def counts(self) -> StoreCounts: ...
+    def counts(self) -> StoreCounts:
+        """Tasks per status and the other totals, read from counters, not counted."""
 
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
         """Release what the store holds open."""

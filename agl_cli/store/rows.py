@@ -4,7 +4,8 @@ turn a row into the wire shape of the legacy protocol or of the store API."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -56,6 +57,8 @@ STAGED_TASKS = (
     " 0 AS duplicates, 'queuing' AS phase, NULL AS config, NULL AS end_time"
     " FROM staging s JOIN batches b ON b.id = s.batch WHERE b.committed_time IS NOT NULL"
 )
+# How many tasks of committed batches are still in `staging`, without counting them.
+STAGED_COUNT = "SELECT coalesce(sum(staged - moved), 0) FROM batches WHERE committed_time IS NOT NULL"
 MAX_POS = 2**62
 ROLLOUT_COLUMNS = ", ".join(RolloutRow._fields)
 RESOURCES_COLUMNS = ", ".join(ResourcesRow._fields)
@@ -87,6 +90,24 @@ class WorkerRow(NamedTuple):
 
 ATTEMPT_COLUMNS = ", ".join(AttemptRow._fields)
 WORKER_COLUMNS = ", ".join(WorkerRow._fields)
+
+
+def prefixed(alias: str, row: type[tuple[Any, ...]]) -> str:
+    """The columns of a row type, each named through a table alias."""
+    return ", ".join(f"{alias}.{name}" for name in row._fields)  # type: ignore[attr-defined]
+
+
+# A kept rollout and its task (NULLs for an unsolicited one): what `stored_from_row` reads.
+ROLLOUT_WITH_TASK = (
+    f"SELECT {prefixed('r', RolloutRow)}, {prefixed('t', TaskRow)}"
+    " FROM rollouts r LEFT JOIN tasks t ON t.rollout_id = r.rollout_id"
+)
+_ROLLOUT_WIDTH = len(RolloutRow._fields)
+# A kept rollout in one line (`RolloutSummary`), with the start of the attempt that sent it.
+ROLLOUT_SUMMARIES = (
+    "SELECT r.seq, r.rollout_id, r.mode, r.reward, r.attempt, r.unsolicited, r.received_time, a.start_time"
+    " FROM rollouts r LEFT JOIN attempts a ON a.rollout_id = r.rollout_id AND a.sequence_id = r.attempt"
+)
 
 # What a store-API query may sort by (the model's fields), as the SQL that reads each.
 ROLLOUT_SORT_COLUMNS = {
@@ -163,7 +184,10 @@ def rollout_from_body(body: str) -> Rollout:
     return Rollout.model_validate(orjson.loads(body))
 
 
-def stored_from_row(row: RolloutRow) -> StoredRollout:
+def stored_from_row(values: Sequence[Any]) -> StoredRollout:
+    """A row of `ROLLOUT_WITH_TASK`: the rollout, then its task's columns (NULL if none)."""
+    row = RolloutRow._make(values[:_ROLLOUT_WIDTH])
+    task = values[_ROLLOUT_WIDTH:]
     return StoredRollout(
         seq=row.seq,
         rollout=rollout_from_body(row.body),
@@ -171,6 +195,7 @@ def stored_from_row(row: RolloutRow) -> StoredRollout:
         attempt=row.attempt,
         unsolicited=bool(row.unsolicited),
         consumed=bool(row.consumed),
+        task=task_from_row(TaskRow._make(task)) if task[0] is not None else None,
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from agl_cli.store.base import StoreError
 
 APPLICATION_ID = 0x41474C31  # "AGL1"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 SCHEMA = """
@@ -64,6 +64,29 @@ CREATE TABLE counters (
 );
 INSERT INTO counters VALUES ('duplicates', 0);
 """
+
+REWARD_WIDTHS = (1, 60, 3600)  # the seconds a bucket of `rewards` spans, finest first
+# Tasks worth a look: failed, or handed out more than once (an attempt timed out or failed).
+TROUBLED = "status = 'failed' OR num_claims > 1"
+
+
+def _backfill(width: int) -> str:
+    """The rewards of the rollouts already kept, summed into buckets `width` seconds wide."""
+    return (
+        f"INSERT INTO rewards SELECT {width}, CAST(received_time / {width} AS INTEGER), coalesce(mode, ''),"
+        " count(*), count(reward), coalesce(sum(reward), 0) FROM rollouts GROUP BY 2, 3;\n"
+    )
+
+
+def _add_reward(width: int, row: str, sign: int) -> str:
+    """A trigger's statement adding (or taking away) one rollout to its bucket."""
+    return (
+        f"    INSERT INTO rewards VALUES ({width}, CAST({row}.received_time / {width} AS INTEGER),"
+        f" coalesce({row}.mode, ''), {sign}, {sign} * ({row}.reward IS NOT NULL), {sign} * coalesce({row}.reward, 0))"
+        " ON CONFLICT DO UPDATE SET rollouts = rollouts + excluded.rollouts,"
+        " rewarded = rewarded + excluded.rewarded, total = total + excluded.total;\n"
+    )
+
 
 # MIGRATIONS[v] takes a database from schema v - 1 to v; a new file starts at 1.
 MIGRATIONS = {
@@ -152,6 +175,56 @@ CREATE TABLE workers (
     current_rollout_id  TEXT,
     current_attempt_id  TEXT
 );
+""",
+    # What people look at, kept as rows change so that no read counts a million rows:
+    # tasks per status (triggers), the tasks of a committed batch moved so far, rollouts
+    # (a counter), and each rollout's mode and reward, summed per mode and second, minute
+    # and hour of arrival (`rewards`: the dashboard's chart). Tasks that failed or needed
+    # more than one attempt have an index of their own, most recent claim last.
+    5: f"""
+CREATE TABLE task_counts (
+    status TEXT PRIMARY KEY,
+    tasks  INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO task_counts (status, tasks)
+    SELECT value, (SELECT count(*) FROM tasks WHERE tasks.status = value)
+    FROM json_each('["queued", "claimed", "completed", "failed", "cancelled"]');
+CREATE TRIGGER tasks_counted AFTER INSERT ON tasks BEGIN
+    UPDATE task_counts SET tasks = tasks + 1 WHERE status = NEW.status;
+END;
+CREATE TRIGGER tasks_recounted AFTER UPDATE OF status ON tasks WHEN OLD.status != NEW.status BEGIN
+    UPDATE task_counts SET tasks = tasks - 1 WHERE status = OLD.status;
+    UPDATE task_counts SET tasks = tasks + 1 WHERE status = NEW.status;
+END;
+CREATE TRIGGER tasks_uncounted AFTER DELETE ON tasks BEGIN
+    UPDATE task_counts SET tasks = tasks - 1 WHERE status = OLD.status;
+END;
+ALTER TABLE batches ADD COLUMN moved INTEGER NOT NULL DEFAULT 0;
+UPDATE batches SET moved = staged - (SELECT count(*) FROM staging WHERE staging.batch = batches.id)
+WHERE committed_time IS NOT NULL;
+CREATE INDEX tasks_troubled ON tasks(last_claim_time) WHERE {TROUBLED};
+
+ALTER TABLE rollouts ADD COLUMN mode TEXT;
+ALTER TABLE rollouts ADD COLUMN reward REAL;
+UPDATE rollouts SET reward = json_extract(body, '$.final_reward'), mode = coalesce(
+    json_extract(body, '$.task.mode'), (SELECT mode FROM tasks WHERE tasks.rollout_id = rollouts.rollout_id));
+INSERT INTO counters VALUES ('rollouts', (SELECT count(*) FROM rollouts));
+CREATE TABLE rewards (
+    width    INTEGER NOT NULL,
+    bucket   INTEGER NOT NULL,
+    mode     TEXT NOT NULL,
+    rollouts INTEGER NOT NULL,
+    rewarded INTEGER NOT NULL,
+    total    REAL NOT NULL,
+    PRIMARY KEY (width, bucket, mode)
+) WITHOUT ROWID;
+{"".join(_backfill(width) for width in REWARD_WIDTHS)}
+CREATE TRIGGER rollouts_counted AFTER INSERT ON rollouts BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'rollouts';
+{"".join(_add_reward(width, "NEW", 1) for width in REWARD_WIDTHS)}END;
+CREATE TRIGGER rollouts_uncounted AFTER DELETE ON rollouts BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'rollouts';
+{"".join(_add_reward(width, "OLD", -1) for width in REWARD_WIDTHS)}END;
 """,
 }
 

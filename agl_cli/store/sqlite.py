@@ -1,9 +1,10 @@
 """The default store: one SQLite file, so that a `kill -9` loses nothing answered.
 
-It is made in three layers, a module each: `database.py` (the file, its connections and
-transactions), `tasks.py` (the queue and the life cycle of claims and attempts) and this
-one, the store API's view of the same tables (rollouts, attempts, spans, workers) and the
-store as a whole.
+It is made in four layers, a module each: `database.py` (the file, its connections and
+transactions), `tasks.py` (the queue and the life cycle of claims and attempts),
+`views.py` (what the dashboard reads: pages and aggregates) and this one, the store
+API's view of the same tables (rollouts, attempts, spans, workers) and the store as a
+whole.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ from agl_cli.store.rows import (
     TaskRow,
     WorkerRow,
     attempt_shape,
+    prefixed,
     resources_shape,
     rollout_shape,
     worker_shape,
 )
-from agl_cli.store.tasks import TaskStore
+from agl_cli.store.views import Views
 from agl_cli.store_models import (
     AttemptQuery,
     EnqueueRequest,
@@ -57,7 +59,7 @@ from agl_cli.store_models import (
 )
 
 
-class SQLiteStore(TaskStore):
+class SQLiteStore(Views):
     """All of agl's state in one SQLite file."""
 
     kind = "sqlite"
@@ -291,7 +293,7 @@ class SQLiteStore(TaskStore):
                 source = f"(SELECT id, {TASK_COLUMNS} FROM tasks UNION ALL {STAGED_TASKS})"
             [(total,)] = self._read(f"SELECT count(*) FROM {source} t{clause}", params)
             found = self._read(
-                f"SELECT {_prefixed('t', TaskRow)}, {_prefixed('a', AttemptRow)} FROM {source} t"
+                f"SELECT {prefixed('t', TaskRow)}, {prefixed('a', AttemptRow)} FROM {source} t"
                 " LEFT JOIN attempts a ON a.rollout_id = t.rollout_id AND a.sequence_id = t.num_claims"
                 f"{clause}{order}{limit}",
                 [*params, *limit_params],
@@ -507,8 +509,3 @@ class SQLiteStore(TaskStore):
             "total_workers": workers,
             "uptime": self.clock() - self._opened,
         }
-
-
-def _prefixed(alias: str, row: type[tuple[Any, ...]]) -> str:
-    """The columns of a row type, each named through a table alias."""
-    return ", ".join(f"{alias}.{name}" for name in row._fields)  # type: ignore[attr-defined]

@@ -67,12 +67,12 @@ from agl_cli.store.rows import (
     MAX_POS,
     RESOURCES_COLUMNS,
     REWARD_PATH,
-    ROLLOUT_COLUMNS,
+    ROLLOUT_WITH_TASK,
+    STAGED_COUNT,
     STAGED_TASKS,
     TASK_COLUMNS,
     AttemptRow,
     ResourcesRow,
-    RolloutRow,
     TaskRow,
     legacy_metadata,
     record_from_row,
@@ -240,12 +240,13 @@ class TaskStore(Database):
     def _move_positions(self, conn: sqlite3.Connection, drain: _Drain, low: int, high: int) -> None:
         """Move a committed batch's staged tasks from `low` to `high` (in staging order)
         into `tasks`, each at the place the commit reserved for it."""
-        conn.execute(
+        moved = conn.execute(
             "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time)"
             " SELECT ?1 + pos, rollout_id, 'queued', ?1 + pos, input, mode, resources_id, metadata, ?2"
             " FROM staging WHERE batch = ?3 AND pos BETWEEN ?4 AND ?5 ORDER BY pos",
             (drain.base_pos, drain.committed_time, drain.key, low, high),
-        )
+        ).rowcount
+        conn.execute("UPDATE batches SET moved = moved + ? WHERE id = ?", (moved, drain.key))
         conn.execute("DELETE FROM staging WHERE batch = ? AND pos BETWEEN ? AND ?", (drain.key, low, high))
 
     def _task_row(self, conn: sqlite3.Connection, columns: str, rollout_id: str) -> Any:
@@ -449,8 +450,8 @@ class TaskStore(Database):
         text = rollout.model_dump_json() if body is None else body.decode()
         rollout_id = rollout.rollout_id
         with self._write() as conn:
-            found = self._task_row(conn, "status, num_claims", rollout_id)
-            status, attempt = found if found else (None, None)
+            found = self._task_row(conn, "status, num_claims, mode", rollout_id)
+            status, attempt, task_mode = found if found else (None, None, None)
             outcome = outcome_of_report(TaskStatus(status) if status else None)
             if (
                 outcome is ReportOutcome.UNSOLICITED
@@ -466,10 +467,19 @@ class TaskStore(Database):
             now = self.clock()
             if found:
                 self._report_success(conn, rollout_id, found[1], now)
+            sent_mode = rollout.task.mode if rollout.task is not None else None
             conn.execute(
-                "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (rollout_id, now, attempt, int(not found), text),
+                "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body, mode, reward)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rollout_id,
+                    now,
+                    attempt,
+                    int(not found),
+                    text,
+                    sent_mode or task_mode,
+                    rollout.final_reward,
+                ),
             )
         return outcome
 
@@ -494,14 +504,12 @@ class TaskStore(Database):
         )
 
     def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:
-        rows = self._read(
-            f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
-        )
-        return [stored_from_row(RolloutRow._make(values)) for values in rows]
+        rows = self._read(f"{ROLLOUT_WITH_TASK} WHERE r.seq > ? ORDER BY r.seq LIMIT ?", (seq, limit))
+        return [stored_from_row(values) for values in rows]
 
     def get_rollout(self, rollout_id: str) -> StoredRollout | None:
-        rows = self._read(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?", (rollout_id,))
-        return stored_from_row(RolloutRow._make(rows[0])) if rows else None
+        rows = self._read(f"{ROLLOUT_WITH_TASK} WHERE r.rollout_id = ?", (rollout_id,))
+        return stored_from_row(rows[0]) if rows else None
 
     def consume_rollout(self, rollout_id: str) -> Rollout | None:
         with self._write() as conn:
@@ -582,17 +590,18 @@ class TaskStore(Database):
             return self._counts()
 
     def _counts(self) -> StoreCounts:
+        """Read from what the schema's triggers keep (`task_counts`, `counters`), and from
+        the batches still being moved into `tasks` (their tasks are queued already)."""
         counts = StoreCounts()
-        for status, number in self._read("SELECT status, count(*) FROM tasks GROUP BY status"):
+        for status, number in self._read("SELECT status, tasks FROM task_counts"):
             counts.tasks[TaskStatus(status)] = number
-        [(staged,)] = self._read(f"SELECT count(*) FROM ({STAGED_TASKS})")
-        counts.tasks[TaskStatus.QUEUED] += staged
-        [(counts.rollouts, counts.unsolicited, counts.duplicates, counts.resources)] = self._read(
-            "SELECT (SELECT count(*) FROM rollouts),"
+        [(staged, counts.rollouts, counts.unsolicited, counts.duplicates, counts.resources)] = self._read(
+            f"SELECT ({STAGED_COUNT}), (SELECT value FROM counters WHERE name = 'rollouts'),"
             " (SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1),"
             " (SELECT value FROM counters WHERE name = 'duplicates'),"
             " (SELECT count(*) FROM resources)"
         )
+        counts.tasks[TaskStatus.QUEUED] += staged
         return counts
 
     # the life cycle of a rollout and its attempts (the rules: store/lifecycle.py) -----------
@@ -688,9 +697,9 @@ class TaskStore(Database):
             }
         ).decode()
         conn.execute(
-            "INSERT OR IGNORE INTO rollouts (rollout_id, received_time, attempt, unsolicited, body)"
-            " VALUES (?, ?, ?, 0, ?)",
-            (row.rollout_id, now, row.num_claims, body),
+            "INSERT OR IGNORE INTO rollouts (rollout_id, received_time, attempt, unsolicited, body, mode, reward)"
+            " VALUES (?, ?, ?, 0, ?, ?, ?)",
+            (row.rollout_id, now, row.num_claims, body, row.mode, reward),
         )
 
     def _change_attempt(

@@ -1,0 +1,750 @@
+// The agl dashboard. No framework and no build step: the page asks the daemon for a
+// summary and pages of data (all aggregated on the server), then follows its event
+// stream and redraws only what changed.
+//
+// The token: `agl dashboard` opens this page as `/#token=...`. A fragment never leaves
+// the browser (not to the server, not in a Referer); the page moves it into this tab's
+// session storage, takes it out of the address bar, and sends it as a bearer header.
+// EventSource cannot send headers, so the stream is read with fetch() and the small
+// parser below.
+"use strict";
+
+const TOKEN_KEY = "agl-token";
+const PAGE = 25;
+const PANEL_SECONDS = 5;
+const AVERAGE_OF = 10; // buckets in the chart's moving average
+const MODES = ["train", "val", "test"];
+const STATES = ["queued", "claimed", "completed", "failed", "cancelled"];
+
+const state = {
+  token: null,
+  lastSeq: 0, // the newest rollout the page has seen
+  olderThan: null, // the rollouts table shows a page before this seq; null: the newest, live
+  unseen: 0, // rollouts arrived while an older page is shown
+  failuresOffset: 0,
+  clockSkew: 0, // the daemon's clock minus the browser's, in seconds
+  summary: null,
+  stream: null, // the AbortController of the open stream
+  panelsTimer: null,
+};
+
+const $ = (id) => document.getElementById(id);
+const numbers = new Intl.NumberFormat();
+
+class Refused extends Error {}
+
+// --- talking to the daemon -------------------------------------------------------------------
+
+function headers() {
+  return state.token ? { Authorization: `Bearer ${state.token}` } : {};
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: headers(), cache: "no-store" });
+  if (response.status === 401) {
+    throw new Refused((await response.json()).detail);
+  }
+  if (!response.ok) {
+    let reason = response.statusText;
+    try {
+      reason = (await response.json()).detail;
+    } catch (_) {
+      // not JSON: keep the status text
+    }
+    throw new Error(`${path}: ${response.status} ${reason}`);
+  }
+  return response.json();
+}
+
+// Server-sent events from a fetch() body: `onEvent(name, data, id)` for each event.
+async function readEvents(response, onEvent) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let event = { name: "message", data: [], id: null };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    const lines = buffer.split(/\r\n|\r|\n/);
+    buffer = lines.pop();
+    for (const line of lines) {
+      if (line === "") {
+        if (event.data.length) onEvent(event.name, event.data.join("\n"), event.id);
+        event = { name: "message", data: [], id: null };
+        continue;
+      }
+      if (line.startsWith(":")) continue; // a comment: the daemon's keep-alive
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let text = colon < 0 ? "" : line.slice(colon + 1);
+      if (text.startsWith(" ")) text = text.slice(1);
+      if (field === "event") event.name = text;
+      else if (field === "data") event.data.push(text);
+      else if (field === "id") event.id = text;
+    }
+  }
+}
+
+async function follow() {
+  let delay = 1;
+  for (;;) {
+    const controller = new AbortController();
+    state.stream = controller;
+    try {
+      const response = await fetch(`/v1/dashboard/stream?since=${state.lastSeq}`, {
+        headers: headers(),
+        signal: controller.signal,
+        cache: "no-store",
+      });
+      if (response.status === 401) throw new Refused((await response.json()).detail);
+      if (!response.ok) throw new Error(`the stream answered ${response.status}`);
+      setConnection("Live", "live");
+      delay = 1;
+      await readEvents(response, (name, data) => {
+        if (name === "rollouts") addRollouts(JSON.parse(data));
+        else if (name === "summary") showSummary(JSON.parse(data));
+      });
+      setConnection("The daemon closed the stream; reconnecting…", "down");
+    } catch (error) {
+      if (error instanceof Refused) return refuse(error.message);
+      if (controller.signal.aborted) return;
+      setConnection(`Disconnected; retrying in ${delay} s…`, "down");
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay * 1000));
+    delay = Math.min(delay * 2, 10);
+  }
+}
+
+function setConnection(text, kind) {
+  const element = $("connection");
+  element.textContent = text;
+  element.className = `connection ${kind || ""}`;
+}
+
+function showProblem(error) {
+  const element = $("problem");
+  element.textContent = error ? `The dashboard could not read from the daemon: ${error.message}` : "";
+  element.hidden = !error;
+}
+
+// --- the token ---------------------------------------------------------------------------------
+
+function takeToken() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.has("token")) {
+    sessionStorage.setItem(TOKEN_KEY, fragment.get("token"));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  state.token = sessionStorage.getItem(TOKEN_KEY);
+}
+
+function refuse(reason) {
+  if (state.stream) state.stream.abort();
+  clearInterval(state.panelsTimer);
+  sessionStorage.removeItem(TOKEN_KEY);
+  const given = Boolean(state.token);
+  state.token = null;
+  $("board").hidden = true;
+  $("login").hidden = false;
+  $("daemon").textContent = "";
+  setConnection("Not signed in", "down");
+  $("login-reason").textContent = given
+    ? `The daemon refused this token (${reason}) Nothing is shown without the right one.`
+    : "This daemon needs its token to show anything.";
+  $("token").focus();
+}
+
+// --- the summary: counts, rates, chart -----------------------------------------------------------
+
+function showSummary(summary) {
+  const previous = state.summary;
+  state.summary = summary;
+  state.clockSkew = summary.time - Date.now() / 1000;
+  const status = summary.status;
+  $("daemon").textContent =
+    `agl ${status.version} · ${status.store} store · ${status.address || "embedded"} · up ${duration(status.uptime)}`;
+  const total = STATES.reduce((sum, name) => sum + (status.tasks[name] || 0), 0);
+  const progress = $("progress");
+  if (!progress.children.length) {
+    for (const name of STATES) {
+      const bar = document.createElement("span");
+      bar.className = name;
+      progress.append(bar);
+    }
+  }
+  STATES.forEach((name, index) => {
+    const count = status.tasks[name] || 0;
+    $(`count-${name}`).textContent = numbers.format(count);
+    progress.children[index].style.width = total ? `${(100 * count) / total}%` : "0";
+  });
+  $("rate-claims").textContent = status.rates.claims_per_second.toFixed(1);
+  $("rate-rollouts").textContent = status.rates.rollouts_per_second.toFixed(1);
+  $("count-rollouts").textContent = numbers.format(status.rollouts);
+  $("count-duplicates").textContent = numbers.format(status.duplicates);
+  drawChart(summary.rewards);
+  if (
+    previous &&
+    (previous.status.tasks.failed !== status.tasks.failed ||
+      previous.status.resources !== status.resources ||
+      previous.status.latest_resources_id !== status.latest_resources_id)
+  ) {
+    refreshPanels();
+  }
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+const CHART = { width: 640, height: 260, left: 48, right: 12, top: 12, bottom: 28 };
+const chart = { svg: null, grid: null, xAxis: null, lines: new Map() };
+
+function svg(name, attributes = {}, parent = null) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  if (parent) parent.append(element);
+  return element;
+}
+
+function modeName(mode) {
+  return mode || "none";
+}
+
+function modeClass(mode) {
+  return `mode-${MODES.includes(mode) ? mode : "none"}`;
+}
+
+// The chart is built once; each summary only moves its paths and rewrites its tick labels.
+function drawChart(rewards) {
+  if (!chart.svg) {
+    chart.svg = svg("svg", {
+      viewBox: `0 0 ${CHART.width} ${CHART.height}`,
+      role: "img",
+      "aria-labelledby": "chart-title chart-note",
+    });
+    chart.grid = svg("g", { class: "axis" }, chart.svg);
+    chart.xAxis = svg("g", { class: "axis" }, chart.svg);
+    chart.plot = svg("g", {}, chart.svg);
+    chart.empty = svg(
+      "text",
+      { x: CHART.width / 2, y: CHART.height / 2, "text-anchor": "middle", class: "empty-chart" },
+      chart.svg,
+    );
+    $("chart").append(chart.svg);
+  }
+  const lines = rewards.lines.map((line) => ({ ...line, average: movingAverage(line) }));
+  const values = lines.flatMap((line) => line.means.concat(line.average)).filter((v) => v !== null);
+  chart.empty.textContent = values.length ? "" : "No rewards yet: the chart starts with the first rewarded rollout.";
+  const times = lines.flatMap((line) => line.times);
+  const x0 = Math.min(...times);
+  const x1 = Math.max(...times) + rewards.width;
+  let [y0, y1] = values.length ? [Math.min(0, ...values), Math.max(1, ...values)] : [0, 1];
+  if (y1 - y0 < 1e-9) y1 = y0 + 1;
+  const plotWidth = CHART.width - CHART.left - CHART.right;
+  const plotHeight = CHART.height - CHART.top - CHART.bottom;
+  const x = (t) => CHART.left + (times.length ? ((t - x0) / (x1 - x0 || 1)) * plotWidth : 0);
+  const y = (v) => CHART.top + (1 - (v - y0) / (y1 - y0)) * plotHeight;
+
+  chart.grid.replaceChildren();
+  for (const tick of ticks(y0, y1, 5)) {
+    svg("line", { x1: CHART.left, x2: CHART.width - CHART.right, y1: y(tick), y2: y(tick), class: "grid-line" }, chart.grid);
+    svg("text", { x: CHART.left - 6, y: y(tick) + 4, "text-anchor": "end" }, chart.grid).textContent = round(tick);
+  }
+  chart.xAxis.replaceChildren();
+  if (times.length) {
+    for (let i = 0; i <= 4; i++) {
+      const t = x0 + ((x1 - x0) * i) / 4;
+      const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+      svg("text", { x: x(t), y: CHART.height - 8, "text-anchor": anchor }, chart.xAxis).textContent = clock(t);
+    }
+  }
+
+  const seen = new Set();
+  const legend = [];
+  for (const line of lines) {
+    const key = modeName(line.mode);
+    seen.add(key);
+    let drawn = chart.lines.get(key);
+    if (!drawn) {
+      const group = svg("g", { class: modeClass(line.mode), "data-mode": key }, chart.plot);
+      drawn = {
+        group,
+        means: svg("path", { class: `means line-${key}` }, group),
+        average: svg("path", { class: `average average-${key}` }, group),
+      };
+      chart.lines.set(key, drawn);
+    }
+    const middle = (t) => x(t + rewards.width / 2);
+    drawn.means.setAttribute("d", path(line.times, line.means, middle, y));
+    drawn.average.setAttribute("d", path(line.times, line.average, middle, y));
+    const latest = line.average.filter((v) => v !== null).pop();
+    const count = line.rollouts.reduce((a, b) => a + b, 0);
+    legend.push({ key, mode: line.mode, latest, count });
+  }
+  for (const [key, drawn] of chart.lines) {
+    if (!seen.has(key)) {
+      drawn.group.remove();
+      chart.lines.delete(key);
+    }
+  }
+  showLegend(legend, rewards.width);
+}
+
+function movingAverage(line) {
+  // Each point: the mean of the last AVERAGE_OF buckets' means, weighted by their rollouts.
+  const out = [];
+  for (let i = 0; i < line.means.length; i++) {
+    let sum = 0;
+    let weight = 0;
+    for (let j = Math.max(0, i - AVERAGE_OF + 1); j <= i; j++) {
+      if (line.means[j] !== null) {
+        sum += line.means[j] * line.rollouts[j];
+        weight += line.rollouts[j];
+      }
+    }
+    out.push(weight ? sum / weight : null);
+  }
+  return out;
+}
+
+function path(times, values, x, y) {
+  let d = "";
+  let pen = "M";
+  values.forEach((value, i) => {
+    if (value === null) {
+      pen = "M";
+      return;
+    }
+    d += `${pen}${x(times[i]).toFixed(1)},${y(value).toFixed(1)}`;
+    pen = "L";
+  });
+  // A single point still shows: a dot-sized stroke.
+  return /^M[^L]*$/.test(d) ? d + "h0.01" : d;
+}
+
+function showLegend(items, width) {
+  const legend = $("legend");
+  legend.replaceChildren(
+    ...items.map((item) => {
+      const entry = document.createElement("li");
+      entry.className = modeClass(item.mode);
+      entry.dataset.mode = item.key;
+      const average = item.latest === undefined ? "no reward yet" : `moving average ${round(item.latest)}`;
+      entry.textContent = `${item.key}: ${average} (${numbers.format(item.count)} rollouts)`;
+      return entry;
+    }),
+  );
+  $("chart-note").textContent = items.length
+    ? `Mean reward per ${duration(width)} of arrival (thin line) and its moving average over ${AVERAGE_OF} of them (thick line), one line per mode.`
+    : "";
+}
+
+function ticks(low, high, count) {
+  const step = niceStep((high - low) / count);
+  const out = [];
+  for (let t = Math.ceil(low / step) * step; t <= high + step / 1e6; t += step) out.push(t);
+  return out;
+}
+
+function niceStep(raw) {
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const scaled = raw / power;
+  return (scaled <= 1 ? 1 : scaled <= 2 ? 2 : scaled <= 5 ? 5 : 10) * power;
+}
+
+// --- rollouts ------------------------------------------------------------------------------------
+
+async function loadRollouts() {
+  const before = state.olderThan === null ? "" : `&before=${state.olderThan}`;
+  const page = await api(`/v1/dashboard/rollouts?limit=${PAGE}${before}`);
+  if (state.olderThan === null) state.lastSeq = Math.max(state.lastSeq, page.last_seq);
+  const body = $("rollouts").tBodies[0];
+  body.replaceChildren(...page.rollouts.map((line) => rolloutRow(line, false)));
+  $("rollouts-empty").hidden = page.rollouts.length > 0;
+  $("rollouts-newest").disabled = state.olderThan === null;
+  $("rollouts-older").disabled = page.rollouts.length < PAGE;
+  state.oldestShown = page.rollouts.length ? page.rollouts[page.rollouts.length - 1].seq : null;
+  return page;
+}
+
+function addRollouts(event) {
+  state.lastSeq = Math.max(state.lastSeq, event.last_seq);
+  if (state.olderThan !== null) {
+    state.unseen += event.rollouts.length;
+    $("rollouts-newest").textContent = `Newest (${numbers.format(state.unseen)} new)`;
+    return;
+  }
+  const body = $("rollouts").tBodies[0];
+  const fresh = event.rollouts.slice(-PAGE).reverse();
+  body.prepend(...fresh.map((line) => rolloutRow(line, true)));
+  while (body.rows.length > PAGE) body.deleteRow(-1);
+  $("rollouts-empty").hidden = body.rows.length > 0;
+  $("rollouts-older").disabled = body.rows.length < PAGE;
+  state.oldestShown = body.rows.length ? Number(body.rows[body.rows.length - 1].dataset.seq) : null;
+}
+
+function rolloutRow(line, fresh) {
+  const row = document.createElement("tr");
+  row.dataset.seq = line.seq;
+  row.dataset.rolloutId = line.rollout_id;
+  if (fresh) row.className = "new";
+  cell(row, String(line.seq));
+  cell(row, "").append(detailButton(line.rollout_id));
+  cell(row, modeName(line.mode));
+  cell(row, line.reward === null ? "–" : round(line.reward), "number reward");
+  cell(row, line.unsolicited ? "unsolicited" : line.attempt === null ? "–" : String(line.attempt), "number");
+  cell(row, line.duration === null ? "–" : duration(line.duration), "number");
+  cell(row, clock(line.received_time));
+  return row;
+}
+
+function cell(row, text, className) {
+  const element = row.insertCell();
+  element.textContent = text;
+  if (className) element.className = className;
+  return element;
+}
+
+function detailButton(rolloutId) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link";
+  button.textContent = shortId(rolloutId);
+  button.title = rolloutId;
+  button.setAttribute("aria-label", `Show rollout ${rolloutId}`);
+  button.addEventListener("click", () => showDetail(rolloutId));
+  return button;
+}
+
+// --- the panels that change slowly: failures, workers, resources --------------------------------
+
+async function refreshPanels() {
+  if (document.hidden || state.token === null) return;
+  try {
+    const [failures, workers, resources] = await Promise.all([
+      api(`/v1/dashboard/failures?limit=${PAGE}&offset=${state.failuresOffset}`),
+      api(`/v1/dashboard/workers?limit=${PAGE}`),
+      api(`/v1/dashboard/resources?limit=10`),
+    ]);
+    showFailures(failures);
+    showWorkers(workers);
+    showResources(resources);
+    showProblem(null);
+  } catch (error) {
+    if (error instanceof Refused) refuse(error.message);
+    else showProblem(error);
+  }
+}
+
+function showFailures(page) {
+  const body = $("failures").tBodies[0];
+  body.replaceChildren(
+    ...page.tasks.map(({ task, attempts }) => {
+      const row = document.createElement("tr");
+      row.dataset.rolloutId = task.rollout_id;
+      cell(row, "").append(detailButton(task.rollout_id));
+      statusCell(row, task.status);
+      cell(row, modeName(task.mode));
+      cell(row, "").append(attemptList(attempts));
+      cell(row, task.last_claim_time ? ago(task.last_claim_time) : "–");
+      return row;
+    }),
+  );
+  $("failures-empty").hidden = page.tasks.length > 0 || state.failuresOffset > 0;
+  $("failures-newer").disabled = state.failuresOffset === 0;
+  $("failures-older").disabled = !page.has_more;
+}
+
+function attemptList(attempts) {
+  const list = document.createElement("ul");
+  list.className = "history";
+  for (const attempt of attempts) {
+    const item = document.createElement("li");
+    const label = document.createElement("span");
+    label.className = `status ${attempt.status}`;
+    label.textContent = attempt.status;
+    const worker = attempt.worker_id ? ` on ${attempt.worker_id}` : "";
+    item.append(`#${attempt.sequence_id} `, label, worker);
+    item.title = `${attempt.attempt_id}, started ${clock(attempt.start_time)}`;
+    list.append(item);
+  }
+  return list;
+}
+
+function statusCell(row, status) {
+  const element = cell(row, status);
+  element.className = `status ${status}`;
+  return element;
+}
+
+function showWorkers(page) {
+  const body = $("workers").tBodies[0];
+  body.replaceChildren(
+    ...page.workers.map((worker) => {
+      const row = document.createElement("tr");
+      cell(row, worker.worker_id);
+      statusCell(row, worker.status);
+      cell(row, worker.last_heartbeat_time ? ago(worker.last_heartbeat_time) : "never");
+      const current = cell(row, worker.current_rollout_id ? "" : "–");
+      if (worker.current_rollout_id) current.append(detailButton(worker.current_rollout_id));
+      return row;
+    }),
+  );
+  $("workers-empty").hidden = page.workers.length > 0;
+}
+
+function showResources(page) {
+  const body = $("resources").tBodies[0];
+  body.replaceChildren(
+    ...page.resources.map((bundle) => {
+      const row = document.createElement("tr");
+      const name = bundle.resources_id + (bundle.resources_id === page.latest_id ? " (latest)" : "");
+      cell(row, name);
+      cell(row, String(bundle.version), "number");
+      cell(row, clock(bundle.update_time, true));
+      const contents = Object.entries(bundle.resources).map(([key, resource]) => {
+        const what = resource.model ? `${resource.resource_type} ${resource.model}` : resource.resource_type;
+        return `${key}: ${what}`;
+      });
+      cell(row, contents.join(", "));
+      return row;
+    }),
+  );
+  $("resources-empty").hidden = page.resources.length > 0;
+}
+
+// --- one rollout ---------------------------------------------------------------------------------
+
+async function showDetail(rolloutId) {
+  const dialog = $("detail");
+  const body = $("detail-body");
+  $("detail-title").textContent = rolloutId;
+  body.replaceChildren(paragraph("Loading…"));
+  if (!dialog.open) dialog.showModal();
+  try {
+    renderDetail(body, await api(`/v1/dashboard/rollouts/${encodeURIComponent(rolloutId)}`));
+  } catch (error) {
+    if (error instanceof Refused) {
+      dialog.close();
+      refuse(error.message);
+    } else {
+      body.replaceChildren(paragraph(error.message));
+    }
+  }
+}
+
+function renderDetail(body, detail) {
+  const parts = [];
+  const result = detail.result;
+  const task = detail.task ? detail.task.task : null;
+  const facts = [
+    ["Status", task ? task.status : "unsolicited"],
+    ["Mode", modeName(detail.mode)],
+    ["Reward", result && result.final_reward !== null ? round(result.final_reward) : "–"],
+    ["Attempts", task ? String(task.num_claims) : "–"],
+    ["Queued", task ? clock(task.create_time, true) : "–"],
+    ["Received", result ? clock(result.received_time, true) : "not yet"],
+  ];
+  parts.push(definitionList(facts));
+  parts.push(heading("Input"), pre(JSON.stringify(detail.input, null, 2)));
+  if (detail.task && detail.task.attempts.length) {
+    parts.push(
+      heading("Attempts"),
+      table(
+        ["#", "Attempt", "Status", "Worker", "Started", "Took"],
+        detail.task.attempts.map((a) => [
+          String(a.sequence_id),
+          a.attempt_id,
+          a.status,
+          a.worker_id || "–",
+          clock(a.start_time),
+          a.end_time ? duration(a.end_time - a.start_time) : "–",
+        ]),
+      ),
+    );
+  }
+  if (result) {
+    parts.push(heading(`Triplets (${numbers.format(result.triplets_total)})`));
+    parts.push(
+      result.triplets.length
+        ? table(
+            ["#", "Prompt tokens", "Response tokens", "Reward", "Prompt", "Response"],
+            result.triplets.map((t, i) => [
+              String(i + 1),
+              t.prompt_tokens === null ? "–" : numbers.format(t.prompt_tokens),
+              t.response_tokens === null ? "–" : numbers.format(t.response_tokens),
+              t.reward === null ? "–" : round(t.reward),
+              t.prompt,
+              t.response,
+            ]),
+            "triplets",
+          )
+        : paragraph("None were reported."),
+    );
+  }
+  parts.push(heading(`Spans (${numbers.format(detail.spans_total)})`));
+  parts.push(detail.spans.length ? waterfall(detail.spans) : paragraph("No spans or trace."));
+  if (result) {
+    parts.push(heading(`Logs (${numbers.format(result.logs_total)} lines)`));
+    parts.push(result.logs.length ? pre(result.logs.join("\n")) : paragraph("No logs."));
+    parts.push(heading("Metadata"), pre(JSON.stringify(result.metadata, null, 2)));
+  }
+  body.replaceChildren(...parts);
+}
+
+function waterfall(spans) {
+  const starts = spans.map((s) => s.start_time).filter((t) => t !== null);
+  const ends = spans.map((s) => s.end_time ?? s.start_time).filter((t) => t !== null);
+  const t0 = Math.min(...starts);
+  const total = Math.max(...ends) - t0 || 1;
+  const rows = spans.map((span) => {
+    const start = span.start_time;
+    const took = start !== null && span.end_time !== null ? span.end_time - start : null;
+    const bar = document.createElement("div");
+    bar.className = "waterfall-bar";
+    bar.setAttribute("aria-hidden", "true");
+    if (start !== null) {
+      const piece = document.createElement("span");
+      piece.style.left = `${(100 * (start - t0)) / total}%`;
+      piece.style.width = `${(100 * (took || 0)) / total}%`;
+      if (span.status === "ERROR") piece.className = "error";
+      bar.append(piece);
+    }
+    return [span.name, start === null ? "–" : `+${duration(start - t0)}`, took === null ? "–" : duration(took), span.status || "–", bar];
+  });
+  return table(["Span", "Start", "Took", "Status", "Timeline"], rows, "waterfall");
+}
+
+function table(headers, rows, className = "") {
+  const element = document.createElement("table");
+  element.className = `grid ${className}`;
+  const head = element.createTHead().insertRow();
+  for (const text of headers) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = text;
+    head.append(th);
+  }
+  const body = element.createTBody();
+  for (const values of rows) {
+    const row = body.insertRow();
+    for (const value of values) {
+      const td = row.insertCell();
+      if (value instanceof Node) td.append(value);
+      else td.textContent = value;
+    }
+  }
+  return element;
+}
+
+function definitionList(pairs) {
+  const list = document.createElement("dl");
+  list.className = "facts";
+  for (const [term, value] of pairs) {
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    list.append(dt, dd);
+  }
+  return list;
+}
+
+function heading(text) {
+  const element = document.createElement("h3");
+  element.textContent = text;
+  return element;
+}
+
+function pre(text) {
+  const element = document.createElement("pre");
+  element.textContent = text;
+  return element;
+}
+
+function paragraph(text) {
+  const element = document.createElement("p");
+  element.textContent = text;
+  return element;
+}
+
+// --- formatting ----------------------------------------------------------------------------------
+
+function round(value) {
+  return Number.isInteger(value) ? String(value) : value.toFixed(3);
+}
+
+function duration(seconds) {
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min`;
+  return `${Math.floor(seconds / 86400)} d ${Math.round((seconds % 86400) / 3600)} h`;
+}
+
+function clock(epoch, withDate = false) {
+  const moment = new Date(epoch * 1000);
+  return withDate ? moment.toLocaleString() : moment.toLocaleTimeString();
+}
+
+function ago(epoch) {
+  const seconds = Math.max(0, Date.now() / 1000 + state.clockSkew - epoch);
+  return `${duration(seconds)} ago`;
+}
+
+function shortId(id) {
+  return id.length > 22 ? `${id.slice(0, 17)}…${id.slice(-4)}` : id;
+}
+
+// --- start ---------------------------------------------------------------------------------------
+
+async function open() {
+  $("login").hidden = true;
+  setConnection("Connecting…");
+  try {
+    showSummary(await api("/v1/dashboard"));
+    $("board").hidden = false;
+    await loadRollouts();
+    await refreshPanels();
+  } catch (error) {
+    if (error instanceof Refused) return refuse(error.message);
+    showProblem(error);
+    setConnection("The daemon did not answer", "down");
+    return;
+  }
+  clearInterval(state.panelsTimer);
+  state.panelsTimer = setInterval(refreshPanels, PANEL_SECONDS * 1000);
+  follow();
+}
+
+function wire() {
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.token = $("token").value.trim();
+    $("token").value = "";
+    sessionStorage.setItem(TOKEN_KEY, state.token);
+    open();
+  });
+  $("rollouts-older").addEventListener("click", () => {
+    if (state.oldestShown === null) return;
+    state.olderThan = state.oldestShown;
+    loadRollouts().catch(showProblem);
+  });
+  $("rollouts-newest").addEventListener("click", () => {
+    state.olderThan = null;
+    state.unseen = 0;
+    $("rollouts-newest").textContent = "Newest";
+    loadRollouts().catch(showProblem);
+  });
+  $("failures-older").addEventListener("click", () => {
+    state.failuresOffset += PAGE;
+    refreshPanels();
+  });
+  $("failures-newer").addEventListener("click", () => {
+    state.failuresOffset = Math.max(0, state.failuresOffset - PAGE);
+    refreshPanels();
+  });
+  $("detail-close").addEventListener("click", () => $("detail").close());
+  document.addEventListener("visibilitychange", refreshPanels);
+}
+
+takeToken();
+wire();
+open();

@@ -1,0 +1,142 @@
+"""What people look at (the dashboard): pages newest first and aggregates, each a bounded
+read whatever the size of the store.
+
+Every query here walks an index for one page, or reads what the schema's triggers keep
+(`task_counts`, `counters`, `rewards`); none counts or sorts a table that grows with the
+run. `tests/test_dashboard_api.py` holds each to that with `EXPLAIN QUERY PLAN`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from agl_cli.models import ResourcesUpdate
+from agl_cli.store.base import (
+    RewardPoint,
+    RewardSeries,
+    RolloutDetail,
+    RolloutSummary,
+    SpanSummary,
+    TaskHistory,
+)
+from agl_cli.store.rows import (
+    ATTEMPT_COLUMNS,
+    RESOURCES_COLUMNS,
+    ROLLOUT_SUMMARIES,
+    TASK_COLUMNS,
+    AttemptRow,
+    ResourcesRow,
+    TaskRow,
+    attempt_shape,
+    record_from_row,
+    resources_from_row,
+)
+from agl_cli.store.schema import REWARD_WIDTHS, TROUBLED
+from agl_cli.store.tasks import TaskStore
+
+# The widths a chart's buckets may have, in seconds: each a multiple of a width the
+# `rewards` table keeps, so that a chart of any run reads at most a few thousand rows.
+CHART_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
+
+QUERIES = {
+    "troubled": f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_troubled WHERE ({TROUBLED})"
+    " ORDER BY last_claim_time DESC LIMIT ? OFFSET ?",
+    "summaries_after": f"{ROLLOUT_SUMMARIES} WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
+    "summaries_before": f"{ROLLOUT_SUMMARIES} WHERE r.seq < ? ORDER BY r.seq DESC LIMIT ?",
+    "run_span": "SELECT (SELECT received_time FROM rollouts WHERE seq = (SELECT min(seq) FROM rollouts)),"
+    " (SELECT received_time FROM rollouts WHERE seq = (SELECT max(seq) FROM rollouts))",
+    "rewards": "SELECT mode, bucket / ?, sum(rollouts), sum(rewarded), sum(total) FROM rewards"
+    " WHERE width = ? AND bucket >= ? GROUP BY 1, 2 ORDER BY 1, 2",
+    "resources": f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT ? OFFSET ?",
+    "spans": "SELECT attempt_id, sequence_id, span_id, parent_id, name, start_time, end_time,"
+    " json_extract(body, '$.status.status_code') FROM spans WHERE rollout_id = ?"
+    " ORDER BY sequence_id, id LIMIT ?",
+    "span_count": "SELECT count(*) FROM spans WHERE rollout_id = ?",
+}
+"""The statements of this module by name, so that a test can ask SQLite how it runs each."""
+
+
+class Views(TaskStore):
+    """The dashboard's reads, on the tables `TaskStore` keeps."""
+
+    def rollout_summaries(self, after: int, limit: int) -> list[RolloutSummary]:
+        return [_summary(values) for values in self._read(QUERIES["summaries_after"], (after, limit))]
+
+    def recent_rollouts(self, before: int | None, limit: int) -> list[RolloutSummary]:
+        bound = before if before is not None else 2**63 - 1
+        return [_summary(values) for values in self._read(QUERIES["summaries_before"], (bound, limit))]
+
+    def reward_series(self, max_points: int) -> RewardSeries:
+        """Buckets as wide as needed for the run to fit in `max_points`, summed from the
+        widest kept width that divides them."""
+        with self.snapshot():
+            [(first, last)] = self._read(QUERIES["run_span"])
+            if first is None:
+                return RewardSeries(CHART_WIDTHS[0], [])
+            span = max(last - first, 0.0)
+            width = next((w for w in CHART_WIDTHS if span / w < max_points), CHART_WIDTHS[-1])
+            kept = max(k for k in REWARD_WIDTHS if width % k == 0)
+            factor = width // kept
+            start = int(first // width) * factor
+            rows = self._read(QUERIES["rewards"], (factor, kept, start))
+        points = [
+            RewardPoint(
+                mode or None,
+                float(bucket * width),
+                rollouts,
+                rewarded,
+                total / rewarded if rewarded else None,
+            )
+            for mode, bucket, rollouts, rewarded, total in rows
+            if rollouts > 0
+        ]
+        return RewardSeries(width, points)
+
+    def troubled_tasks(self, limit: int, offset: int) -> list[TaskHistory]:
+        with self.snapshot():
+            rows = [TaskRow._make(values) for values in self._read(QUERIES["troubled"], (limit, offset))]
+            attempts = self._attempts_of([row.rollout_id for row in rows])
+        return [TaskHistory(record_from_row(row), attempts.get(row.rollout_id, [])) for row in rows]
+
+    def _attempts_of(self, rollout_ids: Sequence[str]) -> dict[str, list[dict[str, object]]]:
+        """Every attempt at each of the tasks, oldest first (one probe of the key each)."""
+        found: dict[str, list[dict[str, object]]] = {}
+        if not rollout_ids:
+            return found
+        marks = ", ".join("?" * len(rollout_ids))
+        for values in self._read(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id IN ({marks}) ORDER BY rollout_id, sequence_id",
+            list(rollout_ids),
+        ):
+            attempt = AttemptRow._make(values)
+            found.setdefault(attempt.rollout_id, []).append(attempt_shape(attempt))
+        return found
+
+    def recent_resources(self, limit: int, offset: int) -> tuple[list[ResourcesUpdate], int]:
+        with self.snapshot():
+            rows = self._read(QUERIES["resources"], (limit, offset))
+            [(total,)] = self._read("SELECT count(*) FROM resources")
+        return [resources_from_row(ResourcesRow._make(values)) for values in rows], int(total)
+
+    def rollout_detail(self, rollout_id: str, max_spans: int) -> RolloutDetail | None:
+        with self.snapshot():
+            record = self.get_task(rollout_id)
+            history = None
+            if record is not None:
+                history = TaskHistory(record, self._attempts_of([rollout_id]).get(rollout_id, []))
+            stored = self.get_rollout(rollout_id)
+            if history is None and stored is None:
+                return None
+            spans = [SpanSummary(*values) for values in self._read(QUERIES["spans"], (rollout_id, max_spans))]
+            [(spans_total,)] = (
+                self._read(QUERIES["span_count"], (rollout_id,))
+                if len(spans) == max_spans
+                else [(len(spans),)]
+            )
+        return RolloutDetail(history, stored, spans, int(spans_total))
+
+
+def _summary(values: Sequence[Any]) -> RolloutSummary:
+    summary = RolloutSummary._make(values)
+    return summary._replace(unsolicited=bool(summary.unsolicited))
