@@ -8,8 +8,10 @@ The suite runs `FUZZ_EXAMPLES` (default 10) requests per route and mode; a longe
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ import schemathesis
 from daemon import Daemon
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
 from schemathesis import GenerationMode, checks
 from schemathesis.core.failures import FailureGroup
 from schemathesis.openapi.checks import UndefinedStatusCode
@@ -112,6 +115,49 @@ def test_no_request_gets_a_server_error_or_an_undocumented_answer(
         )
 
     fuzz()
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_sequences_that_use_what_earlier_answers_returned_get_no_server_error(
+    document: str, tmp_path: Path
+) -> None:
+    """Stateful: schemathesis links answers to later requests by the names in the document
+    (an enqueued rollout's id to its attempts, a span's attempt to the next span, ...).
+    Each sequence gets a daemon of its own, so that a sequence replayed meets the same
+    answers (hypothesis requires it)."""
+    workflow = schemathesis.openapi.from_dict(DOCUMENTS[document]).as_state_machine()
+    sequences = itertools.count()
+
+    class Workflow(workflow):  # type: ignore[misc,valid-type]
+        def setup(self) -> None:
+            self.daemon = Daemon(tmp_path / f"state{next(sequences)}", "--memory").start()
+            self.headers = (
+                {"Authorization": f"Bearer {self.daemon.token}"} if document == "management" else {}
+            )
+
+        def teardown(self) -> None:
+            self.daemon.close()
+
+        def before_call(self, case: Any) -> None:
+            _shorten_waits(case)
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": self.daemon.url, "headers": self.headers, "timeout": 30}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS, headers=self.headers)
+
+    run_state_machine_as_test(
+        Workflow,
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=10,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
 
 
 def _shorten_waits(case: Any) -> None:
