@@ -61,6 +61,17 @@ def test_list_gives_rollouts_oldest_first_after_a_sequence_number(daemon: Daemon
     assert table.returncode == 0 and all(rollout_id in table.stdout for rollout_id in ids)
 
 
+def test_list_shows_the_mode_of_the_task_when_the_worker_sent_no_task(daemon: Daemon) -> None:
+    ids = daemon.queue(1, mode="val") + daemon.queue(2)
+    for rollout_id in ids:
+        post_rollout(daemon, rollout_id)  # a legacy worker's report: no task in the body
+    table = agl("rollouts", "list", daemon=daemon).stdout
+    modes = {line.split()[1]: line.split()[2] for line in table.splitlines() if "rollout-" in line}
+    assert [modes[rollout_id] for rollout_id in ids] == ["val", "-"]
+    listed = json.loads(agl("rollouts", "list", "--json", daemon=daemon).stdout)
+    assert [(r["task"]["mode"], r["task"]["input"]) for r in listed] == [("val", 1), (None, 2)]
+
+
 def test_show_gives_the_whole_rollout_and_an_unknown_id_is_one_line(daemon: Daemon) -> None:
     (rollout_id,) = daemon.queue(1)
     post_rollout(daemon, rollout_id, reward=0.25)

@@ -178,7 +178,7 @@ CREATE TABLE workers (
 """,
     # What people look at, kept as rows change so that no read counts a million rows:
     # tasks per status (triggers), the tasks of a committed batch moved so far, rollouts
-    # (a counter), and each rollout's mode and reward, summed per mode and second, minute
+    # and unsolicited ones (counters), and each rollout's mode and reward, summed per mode and second, minute
     # and hour of arrival (`rewards`: the dashboard's chart). Tasks that failed or needed
     # more than one attempt have an index of their own, most recent claim last.
     5: f"""
@@ -208,7 +208,8 @@ ALTER TABLE rollouts ADD COLUMN mode TEXT;
 ALTER TABLE rollouts ADD COLUMN reward REAL;
 UPDATE rollouts SET reward = json_extract(body, '$.final_reward'), mode = coalesce(
     json_extract(body, '$.task.mode'), (SELECT mode FROM tasks WHERE tasks.rollout_id = rollouts.rollout_id));
-INSERT INTO counters VALUES ('rollouts', (SELECT count(*) FROM rollouts));
+INSERT INTO counters VALUES ('rollouts', (SELECT count(*) FROM rollouts)),
+    ('unsolicited', (SELECT count(*) FROM rollouts WHERE unsolicited = 1));
 CREATE TABLE rewards (
     width    INTEGER NOT NULL,
     bucket   INTEGER NOT NULL,
@@ -222,6 +223,12 @@ CREATE TABLE rewards (
 CREATE TRIGGER rollouts_counted AFTER INSERT ON rollouts BEGIN
     UPDATE counters SET value = value + 1 WHERE name = 'rollouts';
 {"".join(_add_reward(width, "NEW", 1) for width in REWARD_WIDTHS)}END;
+CREATE TRIGGER unsolicited_counted AFTER INSERT ON rollouts WHEN NEW.unsolicited = 1 BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'unsolicited';
+END;
+CREATE TRIGGER unsolicited_uncounted AFTER DELETE ON rollouts WHEN OLD.unsolicited = 1 BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'unsolicited';
+END;
 CREATE TRIGGER rollouts_uncounted AFTER DELETE ON rollouts BEGIN
     UPDATE counters SET value = value - 1 WHERE name = 'rollouts';
 {"".join(_add_reward(width, "OLD", -1) for width in REWARD_WIDTHS)}END;

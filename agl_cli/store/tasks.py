@@ -597,7 +597,7 @@ class TaskStore(Database):
             counts.tasks[TaskStatus(status)] = number
         [(staged, counts.rollouts, counts.unsolicited, counts.duplicates, counts.resources)] = self._read(
             f"SELECT ({STAGED_COUNT}), (SELECT value FROM counters WHERE name = 'rollouts'),"
-            " (SELECT count(*) FROM rollouts INDEXED BY rollouts_unsolicited WHERE unsolicited = 1),"
+            " (SELECT value FROM counters WHERE name = 'unsolicited'),"
             " (SELECT value FROM counters WHERE name = 'duplicates'),"
             " (SELECT count(*) FROM resources)"
         )

@@ -3,7 +3,8 @@ read whatever the size of the store.
 
 Every query here walks an index for one page, or reads what the schema's triggers keep
 (`task_counts`, `counters`, `rewards`); none counts or sorts a table that grows with the
-run. `tests/test_dashboard_api.py` holds each to that with `EXPLAIN QUERY PLAN`.
+run. `tests/test_dashboard_api.py` holds each query they run to that with `EXPLAIN QUERY
+PLAN`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from agl_cli.store.tasks import TaskStore
 # `rewards` table keeps, so that a chart of any run reads at most a few thousand rows.
 CHART_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
 
-QUERIES = {
+_QUERIES = {
     "troubled": f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_troubled WHERE ({TROUBLED})"
     " ORDER BY last_claim_time DESC LIMIT ? OFFSET ?",
     "summaries_after": f"{ROLLOUT_SUMMARIES} WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
@@ -54,24 +55,23 @@ QUERIES = {
     " ORDER BY sequence_id, id LIMIT ?",
     "span_count": "SELECT count(*) FROM spans WHERE rollout_id = ?",
 }
-"""The statements of this module by name, so that a test can ask SQLite how it runs each."""
 
 
 class Views(TaskStore):
     """The dashboard's reads, on the tables `TaskStore` keeps."""
 
     def rollout_summaries(self, after: int, limit: int) -> list[RolloutSummary]:
-        return [_summary(values) for values in self._read(QUERIES["summaries_after"], (after, limit))]
+        return [_summary(values) for values in self._read(_QUERIES["summaries_after"], (after, limit))]
 
     def recent_rollouts(self, before: int | None, limit: int) -> list[RolloutSummary]:
         bound = before if before is not None else 2**63 - 1
-        return [_summary(values) for values in self._read(QUERIES["summaries_before"], (bound, limit))]
+        return [_summary(values) for values in self._read(_QUERIES["summaries_before"], (bound, limit))]
 
     def reward_series(self, max_points: int) -> RewardSeries:
         """Buckets as wide as needed for the run to fit in `max_points`, summed from the
         widest kept width that divides them."""
         with self.snapshot():
-            [(first, last)] = self._read(QUERIES["run_span"])
+            [(first, last)] = self._read(_QUERIES["run_span"])
             if first is None:
                 return RewardSeries(CHART_WIDTHS[0], [])
             span = max(last - first, 0.0)
@@ -79,7 +79,7 @@ class Views(TaskStore):
             kept = max(k for k in REWARD_WIDTHS if width % k == 0)
             factor = width // kept
             start = int(first // width) * factor
-            rows = self._read(QUERIES["rewards"], (factor, kept, start))
+            rows = self._read(_QUERIES["rewards"], (factor, kept, start))
         points = [
             RewardPoint(
                 mode or None,
@@ -95,7 +95,7 @@ class Views(TaskStore):
 
     def troubled_tasks(self, limit: int, offset: int) -> list[TaskHistory]:
         with self.snapshot():
-            rows = [TaskRow._make(values) for values in self._read(QUERIES["troubled"], (limit, offset))]
+            rows = [TaskRow._make(values) for values in self._read(_QUERIES["troubled"], (limit, offset))]
             attempts = self._attempts_of([row.rollout_id for row in rows])
         return [TaskHistory(record_from_row(row), attempts.get(row.rollout_id, [])) for row in rows]
 
@@ -115,7 +115,7 @@ class Views(TaskStore):
 
     def recent_resources(self, limit: int, offset: int) -> tuple[list[ResourcesUpdate], int]:
         with self.snapshot():
-            rows = self._read(QUERIES["resources"], (limit, offset))
+            rows = self._read(_QUERIES["resources"], (limit, offset))
             [(total,)] = self._read("SELECT count(*) FROM resources")
         return [resources_from_row(ResourcesRow._make(values)) for values in rows], int(total)
 
@@ -128,9 +128,11 @@ class Views(TaskStore):
             stored = self.get_rollout(rollout_id)
             if history is None and stored is None:
                 return None
-            spans = [SpanSummary(*values) for values in self._read(QUERIES["spans"], (rollout_id, max_spans))]
+            spans = [
+                SpanSummary(*values) for values in self._read(_QUERIES["spans"], (rollout_id, max_spans))
+            ]
             [(spans_total,)] = (
-                self._read(QUERIES["span_count"], (rollout_id,))
+                self._read(_QUERIES["span_count"], (rollout_id,))
                 if len(spans) == max_spans
                 else [(len(spans),)]
             )

@@ -272,7 +272,7 @@ function drawChart(rewards) {
       chart.lines.set(key, drawn);
     }
     const middle = (t) => x(t + rewards.width / 2);
-    drawn.means.setAttribute("d", path(line.times, line.means, middle, y));
+    drawn.means.setAttribute("d", dots(line.times, line.means, middle, y));
     drawn.average.setAttribute("d", path(line.times, line.average, middle, y));
     const latest = line.average.filter((v) => v !== null).pop();
     const count = line.rollouts.reduce((a, b) => a + b, 0);
@@ -319,6 +319,13 @@ function path(times, values, x, y) {
   return /^M[^L]*$/.test(d) ? d + "h0.01" : d;
 }
 
+// One dot per bucket: a zero-length stroke that the round line cap draws as a dot.
+function dots(times, values, x, y) {
+  return values
+    .map((value, i) => (value === null ? "" : `M${x(times[i]).toFixed(1)},${y(value).toFixed(1)}h0.01`))
+    .join("");
+}
+
 function showLegend(items, width) {
   const legend = $("legend");
   legend.replaceChildren(
@@ -332,7 +339,7 @@ function showLegend(items, width) {
     }),
   );
   $("chart-note").textContent = items.length
-    ? `Mean reward per ${duration(width)} of arrival (thin line) and its moving average over ${AVERAGE_OF} of them (thick line), one line per mode.`
+    ? `Mean reward per ${duration(width)} of arrival (dots) and its moving average over ${AVERAGE_OF} of them (line), one line per mode.`
     : "";
 }
 

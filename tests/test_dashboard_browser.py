@@ -1,0 +1,238 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+One daemon and one browser serve every test here; each test opens its own page and
+looks only at what it did itself (or at counts it reads from the daemon first), so the
+tests stay independent. Screenshots of the page, light and dark, are saved in
+`.agl-test/artifacts/` (the README's picture is one of them).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from daemon import Daemon, wait_until
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("Chromium is not installed (scripts/install-test-tools installs it)", allow_module_level=True)
+
+# Headless, and nothing that would reach for Google's servers (there is no network here).
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parent.parent / ".agl-test" / "artifacts"
+WAIT_MS = 10_000
+
+expect = playwright.expect
+Page = playwright.Page
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    started = Daemon(tmp_path_factory.mktemp("dashboard") / "state").start()
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Console:
+    """What the page said on its console, and the errors it raised."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+
+@pytest.fixture
+def open_page(browser: Any, daemon: Daemon) -> Iterator[Any]:
+    """Open the dashboard as `agl dashboard` does; after the test, the console must be clean."""
+    opened: list[tuple[Any, Console, bool]] = []
+
+    def open_(token: str | None = None, color_scheme: str = "light", clean: bool = True) -> Any:
+        context = browser.new_context(color_scheme=color_scheme, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        console = Console(page)
+        opened.append((context, console, clean))
+        page.goto(f"{daemon.url}/#token={daemon.token if token is None else token}")
+        return page
+
+    yield open_
+    for context, console, clean in opened:
+        context.close()
+        assert not clean or console.errors == []
+
+
+def complete(daemon: Daemon, mode: str, rewards: list[float], **extra: Any) -> list[str]:
+    """Queue one task per reward in `mode`, and report each as a legacy worker does (no
+    task in the body). No test leaves a task queued, so the claims take these ones."""
+    ids = daemon.queue(*range(len(rewards)), mode=mode)
+    for rollout_id, reward in zip(ids, rewards, strict=True):
+        task = daemon.claim()
+        assert task is not None and task["rollout_id"] == rollout_id
+        daemon.report(rollout_id, final_reward=reward, **extra)
+    return ids
+
+
+def counted(daemon: Daemon, status: str) -> str:
+    return f"{daemon.status()['tasks'][status]:,}"
+
+
+def test_the_page_loads_signed_in_with_no_console_errors_and_takes_the_token_out_of_the_address(
+    daemon: Daemon, open_page: Any
+) -> None:
+    [waiting] = daemon.queue("waiting", mode="train")
+    try:
+        page = open_page()
+        expect(page.locator("#count-queued")).to_have_text(counted(daemon, "queued"), timeout=WAIT_MS)
+        expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
+        assert "token" not in page.url
+        assert page.evaluate("sessionStorage.getItem('agl-token')") == daemon.token
+    finally:
+        daemon.api("POST", f"/v1/tasks/{waiting}/cancel").raise_for_status()
+
+
+def test_counts_rollouts_and_the_chart_follow_the_run_without_a_reload(
+    daemon: Daemon, open_page: Any
+) -> None:
+    page = open_page()
+    expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
+    page.evaluate("window.sameDocument = true")
+    ids = complete(daemon, "train", [0.1, 0.3]) + complete(daemon, "val", [0.9])
+    expect(page.locator("#count-completed")).to_have_text(counted(daemon, "completed"), timeout=WAIT_MS)
+    rows = page.locator("#rollouts tbody tr")
+    expect(rows.first).to_have_attribute("data-rollout-id", ids[-1], timeout=WAIT_MS)
+    newest = rows.first.locator("td")
+    expect(newest.nth(2)).to_have_text("val")  # the task's mode: the worker sent none
+    expect(newest.nth(3)).to_have_text("0.900")
+    expect(page.locator("#chart path.average-train")).to_have_attribute("d", _drawn(), timeout=WAIT_MS)
+    expect(page.locator("#chart path.average-val")).to_have_attribute("d", _drawn())
+    expect(page.locator("#legend [data-mode=val]")).to_contain_text("rollouts")
+
+    more = complete(daemon, "train", [0.5])
+    expect(rows.first).to_have_attribute("data-rollout-id", more[0], timeout=WAIT_MS)
+    expect(page.locator("#count-completed")).to_have_text(counted(daemon, "completed"), timeout=WAIT_MS)
+    assert page.evaluate("window.sameDocument") is True
+
+
+def _drawn() -> re.Pattern[str]:
+    """A path's `d` once the chart has drawn at least one point."""
+    return re.compile(r"^M[\d.]+,[\d.]+")
+
+
+def test_a_rollout_opens_in_detail_with_its_triplets_trace_logs_and_attempts(
+    daemon: Daemon, open_page: Any
+) -> None:
+    triplets = [
+        {"prompt": {"token_ids": [1, 2, 3]}, "response": {"token_ids": [4, 5]}, "reward": 0.25},
+        {"prompt": {"token_ids": [6]}, "response": {"token_ids": [7, 8, 9, 10]}, "reward": 0.75},
+    ]
+    trace = [
+        {"name": "agent.run", "context": {"span_id": "0xa"}, "parent_id": None,
+         "start_time": "2024-05-01T12:00:00.000000Z", "end_time": "2024-05-01T12:00:02.000000Z",
+         "status": {"status_code": "OK"}},
+        {"name": "openai.chat", "context": {"span_id": "0xb"}, "parent_id": "0xa",
+         "start_time": "2024-05-01T12:00:00.500000Z", "end_time": "2024-05-01T12:00:01.500000Z",
+         "status": {"status_code": "OK"}},
+    ]  # fmt: skip
+    [rollout_id] = complete(daemon, "test", [0.5], triplets=triplets, trace=trace, logs=["step 1", "done"])
+    page = open_page()
+    button = page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] button")
+    button.focus()
+    page.keyboard.press("Enter")
+    dialog = page.locator("#detail")
+    expect(dialog).to_be_visible(timeout=WAIT_MS)
+    expect(dialog.locator("h3", has_text="Triplets (2)")).to_be_visible(timeout=WAIT_MS)
+    triplet_rows = dialog.locator("table.triplets tbody tr")
+    expect(triplet_rows).to_have_count(2)
+    expect(triplet_rows.nth(1).locator("td").nth(1)).to_have_text("1")  # prompt tokens
+    expect(triplet_rows.nth(1).locator("td").nth(2)).to_have_text("4")  # response tokens
+    spans = dialog.locator("table.waterfall tbody tr")
+    expect(spans).to_have_count(2)
+    expect(spans.nth(1).locator("td").nth(0)).to_have_text("openai.chat")
+    expect(spans.nth(1).locator("td").nth(2)).to_have_text("1.0 s")
+    expect(dialog.locator("pre", has_text="step 1")).to_be_visible()
+    expect(dialog.locator("dl.facts")).to_contain_text("test")
+    page.screenshot(path=str(_artifact("dashboard-detail.png")))
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+
+def test_a_failed_task_shows_with_its_attempts(make_daemon: Any, browser: Any) -> None:
+    """With a claim timeout and an attempt limit, a task nobody reports fails; the page
+    lists it with each timed-out attempt."""
+    short = make_daemon("--task-timeout", "0.2", "--max-attempts", "2")
+    [rollout_id] = short.queue("lost", mode="train")
+    for _ in range(2):  # the task comes back once its claim times out
+        wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    page.goto(f"{short.url}/#token={short.token}")
+    row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
+    expect(row.locator("td").nth(1)).to_have_text("failed", timeout=WAIT_MS)
+    expect(row.locator(".history li")).to_have_count(2)
+    expect(row.locator(".history")).to_contain_text("#1 timeout")
+    context.close()
+    assert console.errors == []
+
+
+def test_a_wrong_token_is_refused_in_one_clear_message_and_shows_no_data(
+    daemon: Daemon, open_page: Any
+) -> None:
+    complete(daemon, "train", [0.4])
+    page = open_page(token="not-the-token", clean=False)
+    expect(page.locator("#login-reason")).to_contain_text("refused this token", timeout=WAIT_MS)
+    expect(page.locator("#board")).to_be_hidden()
+    assert page.locator("#rollouts tbody tr").count() == 0
+    assert page.locator("#count-completed").inner_text() == "\u2013"  # the dash shown before any count
+    assert page.evaluate("sessionStorage.getItem('agl-token')") is None
+
+    page.fill("#token", daemon.token)  # the form signs in with the right one
+    page.press("#token", "Enter")
+    expect(page.locator("#count-completed")).to_have_text(counted(daemon, "completed"), timeout=WAIT_MS)
+
+
+def test_screenshots_light_and_dark(daemon: Daemon, open_page: Any) -> None:
+    """The pictures to look at (and the README's): a run with three modes, a published
+    bundle, a worker of the store API and a cancelled task."""
+    rewards = [round(0.2 + 0.6 * i / 15 + (0.08 if i % 3 else -0.05), 3) for i in range(16)]
+    complete(daemon, "train", rewards)
+    complete(daemon, "val", [r - 0.1 for r in rewards[::2]])
+    llm = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen2.5-7b", "api_key": "sk-x"}
+    daemon.publish({"main_llm": llm})
+    httpx.post(
+        daemon.url + "/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 1, "mode": "train"}]}
+    )
+    httpx.post(daemon.url + "/v1/agl/queues/rollouts/dequeue", json={"worker_id": "runner-0"})
+    httpx.post(daemon.url + "/v1/agl/workers/runner-0", json={"heartbeat_stats": {"gpu": 0}})
+    [cancelled] = daemon.queue("never mind")
+    daemon.api("POST", f"/v1/tasks/{cancelled}/cancel").raise_for_status()
+    for scheme in ("light", "dark"):
+        page = open_page(color_scheme=scheme)
+        expect(page.locator("#count-cancelled")).to_have_text(counted(daemon, "cancelled"), timeout=WAIT_MS)
+        expect(page.locator("#workers tbody tr")).to_have_count(1, timeout=WAIT_MS)
+        expect(page.locator("#resources tbody td").first).to_contain_text("(latest)")
+        expect(page.locator("#chart path.average-train")).to_have_attribute("d", _drawn(), timeout=WAIT_MS)
+        page.screenshot(path=str(_artifact(f"dashboard-{scheme}.png")), full_page=True)
+
+
+def _artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name

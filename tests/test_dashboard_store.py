@@ -1,0 +1,126 @@
+"""What the dashboard reads from the store: counts kept by triggers that agree with a real
+count through every change, rewards summed per mode and bucket, pages newest first."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from conftest import FakeClock, StoreFactory
+
+from agl_cli.models import Rollout, Task, TaskSpec, TaskStatus
+from agl_cli.store import SQLiteStore, Store
+from agl_cli.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+
+
+def counted(store: Store) -> dict[TaskStatus, int]:
+    """Tasks per status, counted row by row (what the counters must agree with)."""
+    found = dict.fromkeys(TaskStatus, 0)
+    for record in store.list_tasks(limit=100_000):
+        found[record.status] += 1
+    return found
+
+
+def report(store: Store, reward: float | None, mode: str | None = None) -> str:
+    claimed = store.claim_next()
+    assert claimed is not None
+    task = Task(rollout_id=claimed.rollout_id, mode=mode) if mode else None
+    store.record_rollout(Rollout(rollout_id=claimed.rollout_id, final_reward=reward, task=task))
+    return claimed.rollout_id
+
+
+def test_the_counts_agree_with_the_tasks_through_every_change(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(max_claims=1)
+    ids = store.queue_tasks([TaskSpec(input=i) for i in range(6)])
+    report(store, 1.0)
+    store.claim_next()
+    clock.advance(11)
+    store.expire_claims()  # one attempt allowed: it fails
+    store.cancel_task(ids[5])
+    batch = store.create_batch()
+    store.stage_tasks(batch, [TaskSpec(input=i) for i in range(2500)])
+    store.commit_batch(batch)
+    store.drain_step()  # part of the batch moved, the rest still staged: both are queued
+    store.record_rollout(Rollout(rollout_id="rollout-never-issued"))
+    counts = store.counts()
+    assert counts.tasks == counted(store)
+    assert counts.tasks[TaskStatus.QUEUED] == 3 + 2500
+    assert (counts.rollouts, counts.unsolicited) == (2, 1)
+    while store.drain_step():
+        pass
+    assert store.counts().tasks == counted(store)
+
+
+def test_rewards_are_summed_per_mode_and_bucket_and_the_buckets_widen_with_the_run(
+    store: Store, clock: FakeClock
+) -> None:
+    store.queue_tasks([TaskSpec(input=i, mode="train") for i in range(3)] + [TaskSpec(input=9)])
+    report(store, 0.2)
+    report(store, 0.4)
+    clock.advance(2)
+    report(store, None)  # no reward: counted as a rollout, not in the mean
+    report(store, 1.0, mode="val")  # the worker's own task says val: it wins
+    series = store.reward_series(240)
+    assert series.width == 1
+    points = [(p.mode, p.time - series.points[0].time, p.rollouts, p.rewarded, p.mean) for p in series.points]
+    assert sorted(points, key=str) == sorted(
+        [("train", 0.0, 2, 2, 0.30000000000000004), ("train", 2.0, 1, 0, None), ("val", 2.0, 1, 1, 1.0)],
+        key=str,
+    )
+    clock.advance(3 * 3600)  # a run of three hours fits in 240 buckets of a minute
+    store.queue_tasks([TaskSpec(input=0, mode="train")])
+    report(store, 0.6)
+    wide = store.reward_series(240)
+    assert wide.width == 60 and len(wide.points) == 3
+    assert all(point.time % 60 == 0 for point in wide.points)
+
+
+def test_recent_rollouts_page_back_from_the_newest(store: Store) -> None:
+    store.queue_tasks([TaskSpec(input=i, mode="test") for i in range(5)])
+    ids = [report(store, i / 10) for i in range(5)]
+    newest = store.recent_rollouts(None, 2)
+    assert [line.rollout_id for line in newest] == ids[::-1][:2]
+    assert [line.rollout_id for line in store.recent_rollouts(newest[-1].seq, 10)] == ids[::-1][2:]
+    assert [line.mode for line in store.rollout_summaries(0, 10)] == ["test"] * 5
+    stored = store.get_rollout(ids[0])
+    assert stored is not None and stored.rollout.task is None  # kept as the worker sent it
+    assert stored.completed().task is not None and stored.completed().task.mode == "test"
+
+
+def test_a_schema_4_database_gets_its_counts_and_rewards_from_what_it_holds(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "agl.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        SCHEMA + "".join(MIGRATIONS[version] for version in range(2, 5)) + "PRAGMA user_version=4;"
+    )
+    old.execute("PRAGMA application_id=0x41474C31")
+    old.executemany(
+        "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, metadata, create_time, num_claims, phase)"
+        " VALUES (?, ?, ?, ?, '1', ?, '{}', 1.0, ?, ?)",
+        [
+            (1, "rollout-a", "completed", None, "train", 1, "succeeded"),
+            (2, "rollout-b", "queued", 2, "val", 0, "queuing"),
+            (3, "rollout-c", "failed", None, None, 2, "failed"),
+        ],
+    )
+    old.executemany(
+        "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body) VALUES (?, ?, ?, ?, ?)",
+        [
+            ("rollout-a", 100.5, 1, 0, '{"rollout_id": "rollout-a", "final_reward": 0.5}'),
+            ("rollout-x", 101.0, None, 1, '{"rollout_id": "rollout-x", "task": {"rollout_id": "rollout-x", "mode": "val"}}'),
+        ],
+    )  # fmt: skip
+    old.close()
+    upgraded = SQLiteStore(path, clock=clock)
+    assert upgraded._read("PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    counts = upgraded.counts()
+    assert counts.tasks == counted(upgraded)
+    assert (counts.rollouts, counts.unsolicited) == (2, 1)
+    points = {(p.mode, p.rollouts, p.mean) for p in upgraded.reward_series(240).points}
+    assert points == {("train", 1, 0.5), ("val", 1, None)}
+    assert [t.record.rollout_id for t in upgraded.troubled_tasks(10, 0)] == ["rollout-c"]
+    upgraded.close()
