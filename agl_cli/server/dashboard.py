@@ -28,8 +28,8 @@ from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param
 from agl_cli.server.requests import int_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
-from agl_cli.server.stream import LAST_EVENT_ID, MAX_SEQ, PING_SECONDS, SINCE_NOW, start_position
-from agl_cli.store import RewardSeries, RolloutSummary, SpanSummary, StoredRollout, TaskHistory
+from agl_cli.server.stream import MAX_SEQ, PING_SECONDS, Seq, position_params, start_position
+from agl_cli.store import RewardSeries, RolloutSummary, StoredRollout, TaskHistory
 from agl_cli.store_models import WorkerQuery
 
 MAX_POINTS = 240  # buckets per mode in the reward chart
@@ -171,7 +171,7 @@ async def rollout_detail(request: Request) -> Response:
     detail = await broker_of(request).rollout_detail(rollout_id, MAX_SPANS)
     if detail is None:
         return error(404, f"No rollout or task with id '{rollout_id}'.")
-    spans = [span_json(span) for span in detail.spans]
+    spans = [span._asdict() for span in detail.spans]
     spans_total = detail.spans_total
     if not spans and detail.stored is not None and detail.stored.rollout.trace:
         trace = detail.stored.rollout.trace
@@ -238,18 +238,6 @@ def preview(value: Any) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
-def span_json(span: SpanSummary) -> dict[str, Any]:
-    return {
-        "name": span.name,
-        "span_id": span.span_id,
-        "parent_id": span.parent_id,
-        "attempt_id": span.attempt_id,
-        "start_time": span.start_time,
-        "end_time": span.end_time,
-        "status": span.status,
-    }
-
-
 def trace_span_json(span: Any) -> dict[str, Any] | None:
     """A span of a legacy rollout's `trace` (OpenTelemetry's JSON of a span), if it is one."""
     if not isinstance(span, Mapping):
@@ -304,25 +292,21 @@ def epoch_seconds(value: Any) -> float | None:
 # --- the route table --------------------------------------------------------------------------
 
 _Page = Annotated[int, Field(ge=1, le=MAX_PAGE)]
-_Count = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 _LIMIT = Param("limit", _Page, f"How many at most (default {DEFAULT_PAGE}).")
-_OFFSET = Param("offset", _Count, "How many to skip.")
+_OFFSET = Param("offset", Seq, "How many to skip.")
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/v1/dashboard", summary, "The dashboard's summary", {200: schemas.DashboardSummary}),
     Endpoint(
         "GET", "/v1/dashboard/stream", stream_dashboard, "Follow the run: rollouts and the summary",
         {200: schemas.DashboardEvent, 422: None},
-        params=(
-            Param("since", _Count | SINCE_NOW, "Send rollouts after this sequence number, or after the last one."),
-            Param(LAST_EVENT_ID, _Count, "Resume after this sequence number; wins over `since`.", "header"),
-        ),
+        params=position_params("Send rollouts after this sequence number, or after the last one."),
         media_type=EVENT_STREAM,
     ),
     Endpoint(
         "GET", "/v1/dashboard/rollouts", recent_rollouts, "Recent rollouts, newest first",
         {200: schemas.RolloutLines, 422: None},
-        params=(Param("before", _Count, "Only rollouts with a smaller sequence number."), _LIMIT),
+        params=(Param("before", Seq, "Only rollouts with a smaller sequence number."), _LIMIT),
     ),
     Endpoint(
         "GET", "/v1/dashboard/rollouts/{rollout_id}", rollout_detail, "One rollout in detail",

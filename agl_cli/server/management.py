@@ -23,7 +23,7 @@ from agl_cli.server.requests import bool_param, choice_param, int_param, read_mo
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.schemas import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from agl_cli.server.shapes import resources_json, status_json, task_json
-from agl_cli.server.stream import LAST_EVENT_ID, MAX_SEQ, SINCE_NOW, rollout_json, stream_rollouts
+from agl_cli.server.stream import MAX_SEQ, position_params, rollout_json, stream_rollouts
 from agl_cli.store import (
     InvalidTransitionError,
     StorageError,
@@ -265,10 +265,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(  # before /v1/rollouts/{rollout_id}, which would take "stream" for an id
         "GET", "/v1/rollouts/stream", stream_rollouts, "Follow rollouts as they arrive",
         {200: schemas.RolloutRecord, **_INVALID},
-        params=(
-            Param("since", _Count | SINCE_NOW, "Start after this sequence number, or after the last one."),
-            Param(LAST_EVENT_ID, _Count, "Resume after this sequence number; wins over `since`.", "header"),
-        ),
+        params=position_params("Start after this sequence number, or after the last one."),
         media_type=EVENT_STREAM,
     ),
     Endpoint(

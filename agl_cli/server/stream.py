@@ -10,14 +10,16 @@ wakes the stream and it ends, so an open stream never holds up a graceful stop.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
+from pydantic import Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
 from agl_cli.server.broker import Broker, broker_of, wait_for
+from agl_cli.server.openapi import Param
 from agl_cli.server.requests import BadRequest
 from agl_cli.server.responses import error
 from agl_cli.store import StoredRollout
@@ -25,6 +27,7 @@ from agl_cli.store import StoredRollout
 SINCE_NOW = Literal["now"]
 LAST_EVENT_ID = "Last-Event-ID"
 MAX_SEQ = 2**62  # the largest sequence number a reader may name (SQLite integers reach 2**63)
+Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 PAGE = 200
 PING_SECONDS = 15
 IDLE_WAKEUP = 300.0  # the broker wakes the stream; this only re-reads now and then, as a safety net
@@ -63,6 +66,14 @@ async def start_position(request: Request, broker: Broker) -> int:
             )
         )
     return int(since)
+
+
+def position_params(since: str) -> tuple[Param, Param]:
+    """How a stream's route describes where it starts (what `start_position` reads)."""
+    return (
+        Param("since", Seq | SINCE_NOW, since),
+        Param(LAST_EVENT_ID, Seq, "Resume after this sequence number; wins over `since`.", "header"),
+    )
 
 
 def _is_seq(value: str) -> bool:

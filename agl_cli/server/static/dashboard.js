@@ -654,23 +654,15 @@ function definitionList(pairs) {
   return list;
 }
 
-function heading(text) {
-  const element = document.createElement("h3");
+function textElement(tag, text) {
+  const element = document.createElement(tag);
   element.textContent = text;
   return element;
 }
 
-function pre(text) {
-  const element = document.createElement("pre");
-  element.textContent = text;
-  return element;
-}
-
-function paragraph(text) {
-  const element = document.createElement("p");
-  element.textContent = text;
-  return element;
-}
+const heading = (text) => textElement("h3", text);
+const pre = (text) => textElement("pre", text);
+const paragraph = (text) => textElement("p", text);
 
 // --- formatting ----------------------------------------------------------------------------------
 
