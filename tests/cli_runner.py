@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -38,9 +39,16 @@ def agl(
 
 
 def popen_agl(*args: str, daemon: Daemon) -> subprocess.Popen[str]:
+    """`agl` in the background, taking Ctrl-C (SIGINT) as from a terminal, even where the
+    suite itself runs in the background, which starts everything with SIGINT ignored."""
     command = [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args]
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_agl()
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_without_agl(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
