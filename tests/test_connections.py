@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import resource
 import socket
 from collections.abc import Callable, Iterator
@@ -105,3 +106,19 @@ async def test_the_embedded_server_closes_a_connection_that_sends_nothing_too() 
         writer.close()
     finally:
         await server.stop()
+
+
+def test_a_pipelined_request_not_sent_in_full_gets_408_after_the_answer_before_it(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon("--request-timeout", "1")
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as client:  # 30 s: the deadline
+        client.sendall(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /rollout HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"408"]

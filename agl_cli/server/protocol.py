@@ -35,10 +35,10 @@ class Protocol(HttpToolsProtocol):
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
 
-    def data_received(self, data: bytes) -> None:
-        if self._request_timer is None:
-            self._request_timer = self.loop.call_later(self.request_timeout, self._request_too_slow)
-        super().data_received(data)
+    def on_message_begin(self) -> None:  # the request's first byte (pipelined ones too)
+        super().on_message_begin()
+        self._stop_request_timer()
+        self._request_timer = self.loop.call_later(self.request_timeout, self._request_too_slow)
 
     def on_message_complete(self) -> None:
         self._stop_request_timer()
