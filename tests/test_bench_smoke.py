@@ -1,5 +1,5 @@
-"""`bench/side_by_side.py --quick` and `bench/store_api.py --quick` run end to end and
-report every figure as a number.
+"""`bench/side_by_side.py --quick`, `bench/store_api.py --quick` and a small
+`bench/dashboard.py` run end to end and report every figure as a number.
 
 A smoke test of the benchmark itself: it never asserts a timing (the bench only prints
 figures), only that the run succeeds and its JSON has everything the table promises.
@@ -32,14 +32,13 @@ FIGURES = {
     "queue_daemon_peak_rss_mb",
 }
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("wrk") is None, reason="wrk is not installed (bench/setup.sh installs it)"
-    ),
-    pytest.mark.timeout(90),  # the smoke run takes about 30 s; it starts 8 servers one after another
-]
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (bench/setup.sh installs it)"
+)
 
 
+@needs_wrk
+@pytest.mark.timeout(90)  # the smoke run takes about 30 s; it starts 8 servers one after another
 def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "side_by_side.json"
     result = subprocess.run(
@@ -70,6 +69,7 @@ def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None
         assert {"agl (durable)", "agl (memory)", "ceiling"} <= servers
 
 
+@needs_wrk
 @pytest.mark.timeout(180)  # about 35 s, most of it 0.3.0 starting and the bodies being made
 def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
     tmp_path: Path, compat_python: Path
@@ -95,3 +95,21 @@ def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
     assert [scenario for scenario, _, _ in ratios] == ["cycle", "enqueue", "spans", "otlp"]
     assert all(math.isfinite(float(ratio)) for _, ratio, _ in ratios)
     assert "start to first answer" in result.stdout
+
+
+def test_a_small_dashboard_run_times_every_read(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "dashboard.py"), "--tasks", "2000", "--rollouts", "200",
+         "--repeat", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    timings = re.findall(r"^(.+?) +median +([\d.]+) ms +worst +([\d.]+) ms$", result.stdout, re.M)
+    assert [label.split(" (")[0].split(",")[0] for label, _, _ in timings] == [
+        "summary", "recent rollouts", "failed and retried tasks", "one rollout in detail", "status",
+    ]  # fmt: skip
+    assert "counting them row by row" in result.stdout
