@@ -93,6 +93,14 @@ def test_every_route_but_the_endless_ones_is_fuzzed() -> None:
     assert {"GET /task", "POST /rollout", "POST /v1/agl/spans", "POST /v1/tasks"} <= labels
 
 
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_operation_has_an_id_of_its_own(document: str) -> None:
+    """Client generators make methods of them: two alike would make one method vanish."""
+    ids = [op["operationId"] for item in DOCUMENTS[document]["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    assert "query_rollouts" in ids or "list_tasks" in ids
+
+
 @pytest.mark.parametrize(("document", "operation", "mode"), OPERATIONS)
 def test_no_request_gets_a_server_error_or_an_undocumented_answer(
     fuzzed: Daemon, document: str, operation: APIOperation, mode: GenerationMode

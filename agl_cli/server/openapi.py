@@ -84,6 +84,11 @@ def build_document(
     if bearer:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
 
+    names = [endpoint.handler.__name__ for endpoint in endpoints]
+    if len(set(names)) != len(names):  # OpenAPI requires them unique; clients make methods of them
+        raise ValueError(
+            f"Two routes share an operationId: {sorted({n for n in names if names.count(n) > 1})}"
+        )
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
         operation: dict[str, Any] = {

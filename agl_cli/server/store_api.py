@@ -120,10 +120,14 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _paged(
-    model: type[Query], target: type[BaseModel], fetch: Callable[[Request, Query], Awaitable[object]]
+    name: str,
+    model: type[Query],
+    target: type[BaseModel],
+    fetch: Callable[[Request, Query], Awaitable[object]],
 ) -> tuple[Handler, Handler]:
     """A query's two routes, as 0.3.0 has them: `GET` with query parameters, and `POST
-    .../search` with the same fields in a JSON body; both check the page and the sort."""
+    .../search` with the same fields in a JSON body; both check the page and the sort.
+    `name` names them (`query_<name>`, `search_<name>`) in the OpenAPI document."""
 
     async def by_parameters(request: Request) -> Response:
         query = _query(request, model)
@@ -135,6 +139,7 @@ def _paged(
         _check_page(query, target)
         return ORJSONResponse(await fetch(request, query))
 
+    by_parameters.__name__, by_body.__name__ = f"query_{name}", f"search_{name}"
     return by_parameters, by_body
 
 
@@ -165,8 +170,8 @@ async def start_rollout(request: Request) -> Response:
     return ORJSONResponse(await broker_of(request).start_rollout(body), status_code=201)
 
 
-query_rollouts, search_rollouts = _paged(
-    RolloutQuery, Rollout, lambda request, query: broker_of(request).query_rollouts(query)
+rollout_queries = _paged(
+    "rollouts", RolloutQuery, Rollout, lambda request, query: broker_of(request).query_rollouts(query)
 )
 
 
@@ -195,7 +200,8 @@ async def start_attempt(request: Request) -> Response:
     return ORJSONResponse(shape, status_code=201)
 
 
-query_attempts, search_attempts = _paged(
+attempt_queries = _paged(
+    "attempts",
     AttemptQuery,
     Attempt,
     lambda request, query: broker_of(request).query_attempts(request.path_params["rollout_id"], query),
@@ -227,8 +233,8 @@ async def wait_for_rollouts(request: Request) -> Response:
 # --- workers, resources, spans, the whole ------------------------------------------------------
 
 
-query_workers, search_workers = _paged(
-    WorkerQuery, Worker, lambda request, query: broker_of(request).query_workers(query)
+worker_queries = _paged(
+    "workers", WorkerQuery, Worker, lambda request, query: broker_of(request).query_workers(query)
 )
 
 
@@ -248,8 +254,11 @@ async def statistics(request: Request) -> Response:
     return ORJSONResponse(await broker_of(request).statistics())
 
 
-query_resources, _ = _paged(
-    ResourcesQuery, ResourcesUpdate, lambda request, query: broker_of(request).query_resources(query)
+resources_queries = _paged(
+    "resources",
+    ResourcesQuery,
+    ResourcesUpdate,
+    lambda request, query: broker_of(request).query_resources(query),
 )
 
 
@@ -280,7 +289,7 @@ async def _publish(request: Request, resources_id: str | None, status_code: int)
 _RESOURCES: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 
 
-async def latest_resources(request: Request) -> Response:
+async def get_latest_resources(request: Request) -> Response:
     update = broker_of(request).latest_resources()
     return ORJSONResponse(None if update is None else update.model_dump(mode="json"))
 
@@ -301,9 +310,7 @@ async def add_span(request: Request) -> Response:
     return ORJSONResponse(None if kept is None else orjson.Fragment(kept.model_dump_json()), status_code=201)
 
 
-query_spans, search_spans = _paged(
-    SpanQuery, Span, lambda request, query: broker_of(request).query_spans(query)
-)
+span_queries = _paged("spans", SpanQuery, Span, lambda request, query: broker_of(request).query_spans(query))
 
 
 async def next_span_sequence_id(request: Request) -> Response:
@@ -331,6 +338,20 @@ def _query_params(model: type[PageQuery]) -> tuple[Param, ...]:
 _REFUSED = {400: None, 422: None}
 _UNKNOWN = {404: None, 422: None}
 
+
+def _query_routes(
+    path: str, summary: str, handlers: tuple[Handler, Handler], model: type[PageQuery], items: Any
+) -> list[Endpoint]:
+    """A query's `GET` (its fields as query parameters) and its `POST .../search` (the
+    same fields as a body), both answering a page of `items`."""
+    by_parameters, by_body = handlers
+    answers = {200: Page[items], **_REFUSED}
+    return [
+        Endpoint("GET", path, by_parameters, summary, answers, params=_query_params(model)),
+        Endpoint("POST", f"{path}/search", by_body, summary, answers, body=model),
+    ]
+
+
 # Order matters where a path could be taken for an id: `search` and `latest` first.
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", f"{PREFIX}/health", health, "The store answers", {200: Health}),
@@ -347,13 +368,8 @@ ENDPOINTS: list[Endpoint] = [
         "POST", f"{PREFIX}/rollouts", start_rollout, "Start a rollout at once",
         {201: AttemptedRollout, 422: None}, body=StartRolloutBody,
     ),
-    Endpoint(
-        "GET", f"{PREFIX}/rollouts", query_rollouts, "Query rollouts",
-        {200: Page[AttemptedRollout | Rollout], **_REFUSED}, params=_query_params(RolloutQuery),
-    ),
-    Endpoint(
-        "POST", f"{PREFIX}/rollouts/search", search_rollouts, "Query rollouts",
-        {200: Page[AttemptedRollout | Rollout], **_REFUSED}, body=RolloutQuery,
+    *_query_routes(
+        f"{PREFIX}/rollouts", "Query rollouts", rollout_queries, RolloutQuery, AttemptedRollout | Rollout
     ),
     Endpoint(
         "GET", f"{PREFIX}/rollouts/{{rollout_id}}", get_rollout, "A rollout",
@@ -367,13 +383,9 @@ ENDPOINTS: list[Endpoint] = [
         "POST", f"{PREFIX}/rollouts/{{rollout_id}}/attempts", start_attempt, "Start an attempt",
         {201: AttemptedRollout, **_UNKNOWN}, body=StartAttemptBody,
     ),
-    Endpoint(
-        "GET", f"{PREFIX}/rollouts/{{rollout_id}}/attempts", query_attempts, "Query a rollout's attempts",
-        {200: Page[Attempt], **_REFUSED}, params=_query_params(AttemptQuery),
-    ),
-    Endpoint(
-        "POST", f"{PREFIX}/rollouts/{{rollout_id}}/attempts/search", search_attempts,
-        "Query a rollout's attempts", {200: Page[Attempt], **_REFUSED}, body=AttemptQuery,
+    *_query_routes(
+        f"{PREFIX}/rollouts/{{rollout_id}}/attempts", "Query a rollout's attempts", attempt_queries,
+        AttemptQuery, Attempt,
     ),
     Endpoint(
         "GET", f"{PREFIX}/rollouts/{{rollout_id}}/attempts/latest", latest_attempt,
@@ -383,29 +395,21 @@ ENDPOINTS: list[Endpoint] = [
         "POST", f"{PREFIX}/rollouts/{{rollout_id}}/attempts/{{attempt_id}}", update_attempt,
         "Change an attempt", {200: Attempt, 400: None, **_UNKNOWN}, body=AttemptChanges,
     ),
-    Endpoint(
-        "GET", f"{PREFIX}/workers", query_workers, "Query workers",
-        {200: Page[Worker], **_REFUSED}, params=_query_params(WorkerQuery),
-    ),
-    Endpoint(
-        "POST", f"{PREFIX}/workers/search", search_workers, "Query workers",
-        {200: Page[Worker], **_REFUSED}, body=WorkerQuery,
-    ),
+    *_query_routes(f"{PREFIX}/workers", "Query workers", worker_queries, WorkerQuery, Worker),
     Endpoint("GET", f"{PREFIX}/workers/{{worker_id}}", get_worker, "A worker", {200: Worker | None}),
     Endpoint(
         "POST", f"{PREFIX}/workers/{{worker_id}}", update_worker, "A worker's heartbeat",
         {200: Worker, 400: None, 422: None}, body=WorkerChanges,
     ),
-    Endpoint(
-        "GET", f"{PREFIX}/resources", query_resources, "Query resources",
-        {200: Page[ResourcesUpdate], **_REFUSED}, params=_query_params(ResourcesQuery),
-    ),
+    *_query_routes(
+        f"{PREFIX}/resources", "Query resources", resources_queries, ResourcesQuery, ResourcesUpdate
+    )[:1],  # 0.3.0 has no `POST /resources/search`
     Endpoint(
         "POST", f"{PREFIX}/resources", add_resources, "Publish resources under a new id",
         {201: ResourcesUpdate, **_REFUSED}, body=NamedResources,
     ),
     Endpoint(
-        "GET", f"{PREFIX}/resources/latest", latest_resources, "The latest resources",
+        "GET", f"{PREFIX}/resources/latest", get_latest_resources, "The latest resources",
         {200: ResourcesUpdate | None},
     ),
     Endpoint(
@@ -419,14 +423,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "POST", f"{PREFIX}/spans", add_span, "Keep a span", {201: Span | None, **_UNKNOWN}, body=Span
     ),
-    Endpoint(
-        "GET", f"{PREFIX}/spans", query_spans, "Query spans",
-        {200: Page[Span], **_REFUSED}, params=_query_params(SpanQuery),
-    ),
-    Endpoint(
-        "POST", f"{PREFIX}/spans/search", search_spans, "Query spans",
-        {200: Page[Span], **_REFUSED}, body=SpanQuery,
-    ),
+    *_query_routes(f"{PREFIX}/spans", "Query spans", span_queries, SpanQuery, Span),
     Endpoint(
         "POST", f"{PREFIX}/spans/next", next_span_sequence_id, "The next sequence id of a rollout's spans",
         {200: SequenceId, 422: None}, body=NextSequenceBody,
