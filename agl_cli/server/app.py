@@ -175,8 +175,8 @@ async def _storage_failure(request: Request, exc: Exception) -> Response:
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
-    """The client left (or was cut off, see `runner._Protocol`) while sending its body:
-    nothing was done, and the answer goes nowhere."""
+    """The client left (or was cut off for taking too long, see `protocol.Protocol`)
+    while sending its body: nothing was done, and the answer goes nowhere."""
     return Response(status_code=499)
 
 

@@ -10,8 +10,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agl_cli.server.page import OPEN_PATHS
 from agl_cli.server.responses import error
 
-# The legacy worker routes, probes, the workers' OpenAPI document, and what agentlightning 0.3.0's store clients and
-# OpenTelemetry exporters send to (they send no credentials).
+# The legacy worker routes, probes, the workers' OpenAPI document, and what
+# agentlightning 0.3.0's store clients and OpenTelemetry exporters send to (they send no
+# credentials).
 OPEN_PREFIXES = (
     "/task", "/resources", "/rollout", "/health", "/ready", "/metrics", "/openapi.json",
     "/v1/agl", "/v1/traces", "/v1/metrics", "/v1/logs", "/v1/development",

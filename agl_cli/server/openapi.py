@@ -17,8 +17,6 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
 from agl_cli.server.schemas import ErrorMessage, ValidationErrors
@@ -26,7 +24,6 @@ from agl_cli.server.schemas import ErrorMessage, ValidationErrors
 REF_TEMPLATE = "#/components/schemas/{model}"
 EVENT_STREAM = "text/event-stream"
 
-Handler = Callable[[Request], Awaitable[Response]]
 Described = Any  # a type pydantic can describe: a model, `list[Model]`, `Model | None`, ...
 
 
