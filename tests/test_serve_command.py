@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -27,9 +27,10 @@ from agl_cli.daemon_config import DEFAULTS, DaemonConfig
 from agl_cli.store import SQLiteStore
 
 
-def agl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def agl(*args: str, timeout: float = 30, run_as: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`agl` with `args`; `run_as` is a command to run it through (another user's, say)."""
     return subprocess.run(
-        [sys.executable, "-m", "agl_cli", *args],
+        [*run_as, sys.executable, "-m", "agl_cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -74,15 +75,8 @@ def shared_dir() -> Iterator[Path]:
 def agl_as_another_user(*args: str) -> subprocess.CompletedProcess[str]:
     """`agl` run by a user who owns nothing here: as root (for whom no directory is
     read-only), as `nobody`; otherwise as this user."""
-    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "agl_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env_without_agl(),
-        check=False,
-    )
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    return agl(*args, run_as=nobody if os.geteuid() == 0 else ())
 
 
 def test_a_read_only_state_dir_is_one_line_and_left_alone(shared_dir: Path) -> None:
