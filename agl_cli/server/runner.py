@@ -95,7 +95,7 @@ def open_store(config: DaemonConfig, state_dir: Path) -> Store:
     try:
         return SQLiteStore(database, **options)
     except StorageError as exc:  # a file agl may not write: read-only, locked, on a failing disk
-        raise StartupError(f"{database}: {str(exc).removesuffix('; nothing was written.')}.") from None
+        raise StartupError(f"{database}: {exc.reason}.") from None
     except StoreError as exc:
         raise StartupError(str(exc)) from None
 

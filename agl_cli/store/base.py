@@ -78,7 +78,12 @@ class UnknownBatchError(StoreError):
 
 class StorageError(StoreError):
     """The database could not be written (an I/O error, a read-only file): the write that
-    met it was undone, nothing of it kept."""
+    met it was undone, nothing of it kept (`undone`, which the message says). `reason` is
+    the sentence without that, for where there was no write to undo (at start-up)."""
+
+    def __init__(self, reason: str, undone: bool = True) -> None:
+        super().__init__(f"{reason}; nothing was written." if undone else f"{reason}.")
+        self.reason = reason
 
 
 class StorageFullError(StorageError):

@@ -85,7 +85,7 @@ class Database(Store):
             try:
                 yield commit
                 if not self._conn.in_transaction:  # SQLite undid all of it after an error (a full disk)
-                    raise group.lost or StorageError("The store undid a transaction; nothing was written.")
+                    raise group.lost or StorageError("The store undid a transaction")
                 self._conn.execute("COMMIT")
             except BaseException as exc:
                 if self._conn.in_transaction:
@@ -142,7 +142,9 @@ class Database(Store):
         try:
             os.fsync(fd)
         except OSError as exc:
-            raise StorageError(f"The store could not be synced to disk ({exc.strerror or exc}).") from exc
+            raise StorageError(
+                f"The store could not be synced to disk ({exc.strerror or exc})", undone=False
+            ) from exc
         finally:
             os.close(fd)
 
@@ -204,15 +206,13 @@ def storage_error(exc: BaseException) -> BaseException:
         return exc
     name = getattr(exc, "sqlite_errorname", "")
     if name == "SQLITE_FULL" or "database or disk is full" in str(exc):
-        return StorageFullError(
-            "The store is full (no space left on its disk, or its --max-db-size reached); nothing was written."
-        )
+        return StorageFullError("The store is full (no space left on its disk, or its --max-db-size reached)")
     if name.startswith("SQLITE_BUSY") or "database is locked" in str(exc):
-        return StorageError("The store's database is locked by another program; nothing was written.")
+        return StorageError("The store's database is locked by another program")
     if name.startswith(
         ("SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CANTOPEN")
     ) or ("disk I/O error" in str(exc) or "readonly database" in str(exc) or "malformed" in str(exc)):
-        return StorageError(f"The store could not be written ({exc}); nothing was written.")
+        return StorageError(f"The store could not be written ({exc})")
     return exc
 
 
