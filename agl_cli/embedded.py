@@ -22,7 +22,7 @@ from agl_cli.daemon_config import DEFAULTS
 from agl_cli.models import Mode, Rollout
 from agl_cli.server.app import ServerOptions, create_app
 from agl_cli.server.broker import Broker, wait_for
-from agl_cli.server.protocol import IDLE_CONNECTION_SECONDS, protocol_with
+from agl_cli.server.protocol import uvicorn_options
 from agl_cli.server.runner import bind
 from agl_cli.store import MemoryStore, SQLiteStore, Store, TaskSpec
 
@@ -100,9 +100,7 @@ class AgentLightningServer:
                 app,
                 log_level=self._log_level,
                 access_log=False,
-                lifespan="on",
-                timeout_keep_alive=IDLE_CONNECTION_SECONDS,
-                http=protocol_with(DEFAULTS.request_timeout),
+                **uvicorn_options(DEFAULTS.request_timeout),
             )
         )
         self._serving = asyncio.create_task(self._serve(sock), name="agl-embedded-server")

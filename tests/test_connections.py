@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import resource
@@ -16,6 +17,7 @@ import pytest
 from daemon import Daemon
 
 from agl_cli import AgentLightningServer
+from agl_cli.server.protocol import CoalescedWrites
 
 DAEMON_OPEN_FILES = 256
 
@@ -122,3 +124,85 @@ def test_a_pipelined_request_not_sent_in_full_gets_408_after_the_answer_before_i
         while chunk := client.recv(4096):
             answer += chunk
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"408"]
+
+
+class RecordingTransport:
+    """A connection's transport: what it was asked to send, send by send, and how much it
+    says it still holds back (unsent)."""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self.sends: list[bytes | str] = []
+        self.closing = False
+        self.sock = sock
+        self.held_back = 0
+
+    def write(self, data: bytes) -> None:
+        self.sends.append(data)
+
+    def close(self) -> None:
+        self.closing = True
+        self.sends.append("closed")
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.held_back
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else f"the socket's {name}"
+
+
+async def test_a_response_written_in_parts_goes_out_in_one_send_and_before_a_close() -> None:
+    loop = asyncio.get_running_loop()
+    socket_ = RecordingTransport()
+    transport = CoalescedWrites(socket_, loop)  # type: ignore[arg-type]
+    head = bytearray(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(head)  # type: ignore[arg-type]
+    head[:4] = b"XXXX"  # a buffer changed after the write is sent as it was written
+    transport.write(b"{}")
+    assert socket_.sends == []
+    await asyncio.sleep(0)  # one turn of the loop
+    assert socket_.sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    transport.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+    transport.close()
+    assert socket_.sends[1:] == [b"HTTP/1.1 408 Request Timeout\r\n\r\n", "closed"]
+    await asyncio.sleep(0)
+    assert len(socket_.sends) == 3, "nothing is sent twice, nor after the close"
+    assert transport.get_extra_info("peername") == "the socket's peername"
+
+
+def received(sock: socket.socket) -> bytes:
+    """Everything the other end has sent so far."""
+    sock.setblocking(False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_response_is_sent_on_the_socket_itself_unless_the_transport_holds_some_back() -> None:
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        transport = RecordingTransport(ours)
+        coalesced = CoalescedWrites(transport, loop)  # type: ignore[arg-type]
+        coalesced.write(b"head,")
+        coalesced.write(b"body")
+        await asyncio.sleep(0)
+        assert (received(theirs), transport.sends) == (b"head,body", [])
+
+        transport.held_back = 5  # what follows must queue behind it, in the transport
+        coalesced.write(b"later")
+        await asyncio.sleep(0)
+        assert (received(theirs), transport.sends) == (b"", [b"later"])
+
+        transport.held_back = 0
+        big = bytes(range(256)) * 40_000  # more than a socket's buffer takes at once
+        coalesced.write(big)
+        await asyncio.sleep(0)
+        taken = received(theirs)
+        assert 0 < len(taken) < len(big)
+        assert taken + transport.sends[-1] == big  # type: ignore[operator]

@@ -112,6 +112,28 @@ async def test_no_write_is_answered_before_its_commit_is_synced(threads: GroupCo
     assert len(await asyncio.wait_for(write, WAIT)) == 1
 
 
+async def test_a_claim_is_answered_once_committed_while_its_group_waits_for_the_sync(
+    threads: GroupCommitThreads,
+) -> None:
+    store = threads.store
+    assert isinstance(store, GatedStore)
+    [queued] = await threads.write(queue(store, "to claim"))
+    store.may_sync.clear()
+    first, release = await held_write(threads)
+    durable = asyncio.ensure_future(threads.write(queue(store, "durable")))
+    claim = asyncio.ensure_future(threads.write(store.claim))
+    await asyncio.sleep(0)  # one turn of the loop: both writes are in the writer's queue
+    release.set()
+    claimed = await asyncio.wait_for(claim, WAIT)
+    assert claimed is not None and claimed.rollout_id == queued
+    assert threads.sizes.largest == 2, "the claim and the durable write shared one commit"
+    assert await asyncio.to_thread(store.syncing.wait, WAIT)
+    assert not durable.done()
+    store.may_sync.set()
+    assert len(await asyncio.wait_for(durable, WAIT)) == 1
+    await first
+
+
 async def commit_a_batch(threads: GroupCommitThreads, size: int) -> tuple[GatedStore, list[str]]:
     """Stage `size` tasks and commit them through the writer; the store and their ids."""
     store = threads.store

@@ -1,4 +1,5 @@
-"""The HTTP protocol agl serves with: uvicorn's, with the limits slow clients need.
+"""The HTTP protocol agl serves with: uvicorn's, with one send per response and the
+limits slow clients need.
 
 Without them, enough clients that open a connection and send nothing, or send a request
 a byte at a time, hold the daemon's connections and files for as long as they like.
@@ -7,6 +8,8 @@ a byte at a time, hold the daemon's connections and files for as long as they li
 from __future__ import annotations
 
 import asyncio
+import os
+from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -17,8 +20,8 @@ IDLE_CONNECTION_SECONDS = 5  # uvicorn's default: a connection quiet this long i
 
 
 class Protocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, with two limits it lacks (without them, enough slow or
-    silent clients exhaust the daemon):
+    """uvicorn's HTTP protocol, writing each response in one send, with two limits it
+    lacks (without them, enough slow or silent clients exhaust the daemon):
 
     - a connection that sends nothing at all after it opens is closed after
       `timeout_keep_alive` seconds, as uvicorn closes one quiet after a response;
@@ -30,7 +33,7 @@ class Protocol(HttpToolsProtocol):
     _request_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
@@ -68,6 +71,67 @@ class Protocol(HttpToolsProtocol):
         self.transport.close()  # the handler waiting for the rest of the body hears a disconnect
 
 
+class CoalescedWrites:
+    """A transport whose writes made in one turn of the loop go out in one send, made
+    with the GIL released.
+
+    uvicorn writes a response's head and its body apart, and uvloop holds the GIL
+    through each send: on a small answer that is most of the event loop's time, in which
+    the writer thread cannot run. So the parts are joined, and while the transport has
+    nothing of its own left to send (its buffer empty, so no order to keep) the socket
+    is written directly; what the socket does not take goes through the transport."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+        sock = transport.get_extra_info("socket")
+        self._fd: int | None = None if sock is None else sock.fileno()
+
+    def write(self, data: bytes) -> None:
+        data = data if type(data) is bytes else bytes(data)  # a buffer may change before the send
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if not pending or self._transport.is_closing():
+            return
+        data = b"".join(pending)
+        if self._fd is not None and not self._transport.get_write_buffer_size():
+            try:
+                sent = os.write(self._fd, data)
+            except OSError:  # full (the transport waits for room), or broken (it closes)
+                sent = 0
+            data = data[sent:]
+            if not data:
+                return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def protocol_with(request_timeout: float) -> type[Protocol]:
     """The protocol class uvicorn is given (it makes one per connection, taking no options)."""
     return type("Protocol", (Protocol,), {"request_timeout": request_timeout})
+
+
+def uvicorn_options(request_timeout: float) -> dict[str, Any]:
+    """What every uvicorn server of agl's is configured with (the daemon, the embedded one).
+
+    No proxy headers: agl reads no client address, and the middleware that rewrites it
+    from `X-Forwarded-For` would cost every request a call."""
+    return {
+        "http": protocol_with(request_timeout),
+        "timeout_keep_alive": IDLE_CONNECTION_SECONDS,
+        "proxy_headers": False,
+        "lifespan": "on",
+    }

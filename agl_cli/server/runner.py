@@ -33,7 +33,7 @@ from agl_cli.net import is_loopback
 from agl_cli.server import logs, pidfile
 from agl_cli.server.app import ServerOptions, create_app
 from agl_cli.server.broker import Broker
-from agl_cli.server.protocol import IDLE_CONNECTION_SECONDS, protocol_with
+from agl_cli.server.protocol import uvicorn_options
 from agl_cli.store import MemoryStore, SQLiteStore, StorageError, Store, StoreError
 
 log = logging.getLogger("agl")
@@ -104,8 +104,8 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # uvicorn writes a response's head and body separately; without TCP_NODELAY (which
-    # accepted connections inherit) the body waits ~40 ms for the client's delayed ACK.
+    # A streamed response goes out in several sends; without TCP_NODELAY (which accepted
+    # connections inherit) each after the first waits ~40 ms for the client's delayed ACK.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
@@ -253,9 +253,7 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
             log_level=config.log_level,
             access_log=config.log_level == "debug",
             timeout_graceful_shutdown=30,
-            timeout_keep_alive=IDLE_CONNECTION_SECONDS,
-            http=protocol_with(config.request_timeout),
-            lifespan="on",
+            **uvicorn_options(config.request_timeout),
         )
     )
     logs.capture_warnings(config.log_json)

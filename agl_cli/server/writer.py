@@ -3,7 +3,9 @@
 A request that writes hands its write to the writer thread and awaits the result. The
 writer takes every write that is waiting and runs them in one transaction; a syncer
 thread makes that commit durable (one fsync) while the writer goes on with the next
-group, and only then are the group's requests answered, in order. Should one write
+group, and only then are the group's durable writes answered, in order. Writes that
+need no sync (claims: a claim lost to a power cut is handed out again) are answered as
+soon as their group is committed. Should one write
 fail, the whole transaction is undone and the group is run again with each write in a
 savepoint of its own, so that only the failing one fails. Claims go through the same
 writer, so their order with every other write is exact. Reads run on a small pool of
@@ -152,7 +154,10 @@ class GroupCommitThreads(StoreThreads):
     def _write_forever(self) -> None:
         for group, stop in _batches(self._pending, self._idle):
             if group:
-                self._committed.put(self._commit(group))
+                answer_now, after_sync = self._commit(group)
+                self._answer(answer_now)
+                if after_sync:
+                    self._committed.put(after_sync)
                 self._commits += 1
                 if self._commits % CHECKPOINT_EVERY == 0:
                     self._checkpoint_due.set()
@@ -169,48 +174,63 @@ class GroupCommitThreads(StoreThreads):
             log.exception("moving a committed batch into place failed")
             return False
 
-    def _commit(self, group: list[_Job]) -> tuple[list[_Outcome], bool]:
-        """Commit the group; its outcomes, and whether they wait for a sync to be durable."""
+    def _commit(self, group: list[_Job]) -> tuple[list[_Outcome], list[_Outcome]]:
+        """Commit the group. Its outcomes in two lists: those that may be answered now
+        (claims, failures), and those to answer once a sync has made them durable."""
         self.sizes.add(len(group))
         try:
             return self._commit_all(group)
         except Exception:  # some write failed: undo all, then commit the others without it
             return self._commit_each(group)
 
-    def _commit_all(self, group: list[_Job]) -> tuple[list[_Outcome], bool]:
+    def _commit_all(self, group: list[_Job]) -> tuple[list[_Outcome], list[_Outcome]]:
         """The fast way: no savepoints, so any failure undoes the whole group."""
+        answer_now: list[_Outcome] = []
+        after_sync: list[_Outcome] = []
         with self.store.transaction(isolate_writes=False, sync=False) as commit:
-            outcomes = [(future, True, call()) for call, future in group]
-        return outcomes, commit.needs_sync
+            for call, future in group:
+                durable = commit.durable_writes
+                value = call()
+                (after_sync if commit.durable_writes > durable else answer_now).append((future, True, value))
+        return answer_now, after_sync
 
-    def _commit_each(self, group: list[_Job]) -> tuple[list[_Outcome], bool]:
+    def _commit_each(self, group: list[_Job]) -> tuple[list[_Outcome], list[_Outcome]]:
         """Each write in a savepoint of its own: a failing one is undone alone."""
-        outcomes: list[_Outcome] = []
+        answer_now: list[_Outcome] = []
+        after_sync: list[_Outcome] = []
         try:
             with self.store.transaction(isolate_writes=True, sync=False) as commit:
                 for call, future in group:
+                    durable = commit.durable_writes
                     try:
-                        outcomes.append((future, True, call()))
+                        value = call()
                     except Exception as exc:
-                        outcomes.append((future, False, exc))
+                        answer_now.append((future, False, exc))
+                        continue
+                    (after_sync if commit.durable_writes > durable else answer_now).append(
+                        (future, True, value)
+                    )
         except Exception as exc:  # the commit itself failed: nothing of the group is kept
-            return [(future, False, exc) for _, future in group], False
-        return outcomes, commit.needs_sync
+            return [(future, False, exc) for _, future in group], []
+        return answer_now, after_sync
+
+    def _answer(self, outcomes: list[_Outcome]) -> None:
+        if outcomes:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_settle, outcomes)
 
     # the syncer --------------------------------------------------------------------------
 
     def _sync_forever(self) -> None:
-        """Answer committed groups in order, after one sync for all that need it."""
+        """Answer the durable writes of committed groups, in order, after one sync for all."""
         for committed, stop in _batches(self._committed):
-            outcomes = [outcome for group, _ in committed for outcome in group]
-            if any(needs_sync for _, needs_sync in committed):
+            outcomes = [outcome for group in committed for outcome in group]
+            if outcomes:
                 try:
                     self.store.sync()
                 except Exception as exc:  # not known to be on disk: not a success
                     outcomes = [(future, False, exc) for future, _, _ in outcomes]
-            if outcomes:
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(_settle, outcomes)
+                self._answer(outcomes)
             if stop:
                 return
 

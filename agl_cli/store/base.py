@@ -167,9 +167,14 @@ class SpansAdded:
 
 @dataclass
 class Commit:
-    """What a transaction left to do: whether its writes still need `Store.sync()`."""
+    """What a transaction left to do: whether its writes still need `Store.sync()`.
+
+    `durable_writes` counts, as they are made, the writes inside that must be on disk
+    before they are answered: the writer answers the others (claims) as soon as the
+    commit is made, without waiting for the sync."""
 
     needs_sync: bool = False
+    durable_writes: int = 0
 
 
 class RolloutSummary(NamedTuple):

@@ -80,8 +80,8 @@ class Database(Store):
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise storage_error(exc) from exc
-            group = self._group = _Group(threading.get_ident(), isolate_writes)
             commit = Commit()
+            group = self._group = _Group(threading.get_ident(), isolate_writes, commit)
             try:
                 yield commit
                 if not self._conn.in_transaction:  # SQLite undid all of it after an error (a full disk)
@@ -95,9 +95,10 @@ class Database(Store):
                 raise storage_error(exc) from exc
             finally:
                 self._group = None
-            if group.durable and sync:
+            durable = commit.durable_writes > 0
+            if durable and sync:
                 self.sync()
-            commit.needs_sync = group.durable and not sync
+            commit.needs_sync = durable and not sync
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -106,12 +107,11 @@ class Database(Store):
         with self._lock:
             group = self._group
             if group is None:
-                with self.transaction():
-                    assert self._group is not None
-                    self._group.durable = durable
+                with self.transaction() as commit:
+                    commit.durable_writes += durable
                     yield self._conn
                 return
-            group.durable = group.durable or durable
+            group.commit.durable_writes += durable
             if not group.isolate_writes:
                 yield self._conn
                 return
@@ -218,12 +218,12 @@ def storage_error(exc: BaseException) -> BaseException:
 
 class _Group:
     """The open transaction: the thread that holds it, whether each write runs in a
-    savepoint, and whether its commit must be synced."""
+    savepoint, and its `Commit` (which counts the writes that must be synced)."""
 
-    __slots__ = ("durable", "isolate_writes", "lost", "owner")
+    __slots__ = ("commit", "isolate_writes", "lost", "owner")
 
-    def __init__(self, owner: int, isolate_writes: bool) -> None:
+    def __init__(self, owner: int, isolate_writes: bool, commit: Commit) -> None:
         self.owner = owner
         self.isolate_writes = isolate_writes
-        self.durable = False
+        self.commit = commit
         self.lost: BaseException | None = None  # why SQLite undid the whole transaction, if it did
