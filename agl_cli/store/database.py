@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class Database(Store):
             [(page_size,)] = self._conn.execute("PRAGMA page_size").fetchall()
             self._conn.execute(f"PRAGMA max_page_count = {max(1, max_size // page_size)}")
         self._lock = threading.RLock()  # the write connection is used by one thread at a time
+        self._bare_write = contextlib.nullcontext(self._conn)
         self._group: _Group | None = None  # the open `transaction()`, if any
         self._readers = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
@@ -100,10 +101,17 @@ class Database(Store):
                 self.sync()
             commit.needs_sync = durable and not sync
 
-    @contextmanager
-    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         """One write: a savepoint inside an open `transaction()`, else a transaction of its
         own. `durable` writes are on disk before the transaction that holds them returns."""
+        group = self._group
+        if group is not None and not group.isolate_writes and group.owner == threading.get_ident():
+            group.commit.durable_writes += durable  # the writer's group: the hot path, kept bare
+            return self._bare_write
+        return self._write_alone_or_isolated(durable)
+
+    @contextmanager
+    def _write_alone_or_isolated(self, durable: bool) -> Iterator[sqlite3.Connection]:
         with self._lock:
             group = self._group
             if group is None:
