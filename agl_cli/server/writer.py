@@ -5,12 +5,12 @@ writer takes every write that is waiting and runs them in one transaction; a syn
 thread makes that commit durable (one fsync) while the writer goes on with the next
 group, and only then are the group's durable writes answered, in order. Writes that
 need no sync (claims: a claim lost to a power cut is handed out again) are answered as
-soon as their group is committed. Should one write
-fail, the whole transaction is undone and the group is run again with each write in a
-savepoint of its own, so that only the failing one fails. Claims go through the same
-writer, so their order with every other write is exact. Reads run on a small pool of
-threads with connections of their own, so nothing that can wait on the disk runs on the
-event loop. `docs/performance.md` tells what this buys.
+soon as their group is committed. Should one write fail, the whole transaction is
+undone and the group is run again with each write in a savepoint of its own, so that
+only the failing one fails. Claims go through the same writer, so their order with
+every other write is exact. Reads run on a small pool of threads with connections of
+their own, so nothing that can wait on the disk runs on the event loop.
+`docs/performance.md` tells what this buys.
 
 A store that never waits on a disk (the memory store) is called inline instead.
 """

@@ -167,13 +167,10 @@ class SpansAdded:
 
 @dataclass
 class Commit:
-    """What a transaction left to do: whether its writes still need `Store.sync()`.
+    """What a transaction holds: how many writes inside must be on disk before they are
+    answered, counted as they are made. Without any, the commit needs no `Store.sync()`;
+    and the writer answers the others (claims) as soon as the commit is made."""
 
-    `durable_writes` counts, as they are made, the writes inside that must be on disk
-    before they are answered: the writer answers the others (claims) as soon as the
-    commit is made, without waiting for the sync."""
-
-    needs_sync: bool = False
     durable_writes: int = 0
 
 
@@ -371,7 +368,7 @@ class Store(abc.ABC):
         With `isolate_writes`, a failing write inside is undone alone and the others still
         commit; without, it leaves the transaction half-done, and the exception must end it
         (everything inside is undone). Without `sync`, the commit is not synced: the
-        `Commit` says whether `sync()` must still run before its writes are durable (the
+        `Commit` tells which writes need `sync()` to run before they are durable (the
         writer syncs one group while it commits the next). Stores that have nothing to sync
         need nothing here.
         """

@@ -96,10 +96,8 @@ class Database(Store):
                 raise storage_error(exc) from exc
             finally:
                 self._group = None
-            durable = commit.durable_writes > 0
-            if durable and sync:
+            if commit.durable_writes and sync:
                 self.sync()
-            commit.needs_sync = durable and not sync
 
     def _write(self, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         """One write: a savepoint inside an open `transaction()`, else a transaction of its
