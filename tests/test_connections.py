@@ -155,20 +155,20 @@ class RecordingTransport:
 
 async def test_a_response_written_in_parts_goes_out_in_one_send_and_before_a_close() -> None:
     loop = asyncio.get_running_loop()
-    socket_ = RecordingTransport()
-    transport = CoalescedWrites(socket_, loop)  # type: ignore[arg-type]
+    underlying = RecordingTransport()
+    transport = CoalescedWrites(underlying, loop)  # type: ignore[arg-type]
     head = bytearray(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
     transport.write(head)  # type: ignore[arg-type]
     head[:4] = b"XXXX"  # a buffer changed after the write is sent as it was written
     transport.write(b"{}")
-    assert socket_.sends == []
+    assert underlying.sends == []
     await asyncio.sleep(0)  # one turn of the loop
-    assert socket_.sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    assert underlying.sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
     transport.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
     transport.close()
-    assert socket_.sends[1:] == [b"HTTP/1.1 408 Request Timeout\r\n\r\n", "closed"]
+    assert underlying.sends[1:] == [b"HTTP/1.1 408 Request Timeout\r\n\r\n", "closed"]
     await asyncio.sleep(0)
-    assert len(socket_.sends) == 3, "nothing is sent twice, nor after the close"
+    assert len(underlying.sends) == 3, "nothing is sent twice, nor after the close"
     assert transport.get_extra_info("peername") == "the socket's peername"
 
 
