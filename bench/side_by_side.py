@@ -84,6 +84,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 from _servers import LISTENING, Child, kill_children, task_spec  # noqa: E402
 from claim_scaling import process_cpu_seconds  # noqa: E402
+from queue_million import TARGET_RSS_MB, TARGET_SECONDS  # noqa: E402
 
 SCENARIOS = ("small", "realistic", "flat", "longpoll", "commit", "queue")
 AGL_DURABLE, AGL_MEMORY, CEILING, LEGACY = "agl (durable)", "agl (memory)", "ceiling", "0.3.0 legacy"
@@ -116,6 +117,7 @@ class Plan:
 
     duration: int
     warmup: int
+    rounds: int
     connections: int
     flat_claims: int
     flat_after: int
@@ -137,6 +139,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan = Plan(
             duration=1,
             warmup=0,
+            rounds=1,
             connections=args.connections,
             flat_claims=3_000,
             flat_after=3_000,
@@ -156,6 +159,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan = Plan(
             duration=10,
             warmup=2,
+            rounds=3,
             connections=args.connections,
             flat_claims=100_000,
             flat_after=50_000,
@@ -175,6 +179,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.duration = args.duration
     if args.warmup is not None:
         plan.warmup = args.warmup
+    if args.rounds is not None:
+        plan.rounds = args.rounds
     return plan
 
 
@@ -407,6 +413,7 @@ class Wrk:
 @dataclass
 class CycleFigures:
     server: str
+    round: int  # 1, 2, ...; 0: the median of every round's figures
     cycles_per_second: float
     requests_per_second: float
     p50_ms: float
@@ -486,32 +493,93 @@ def bench_cycles(
     workdir: Path,
     report_bytes: dict[str, int],
 ) -> dict[str, list[CycleFigures]]:
-    """Each server in turn: start it, run every cycle scenario (warm-up first), stop it.
+    """Each server in turn: start it, run every cycle scenario (warm-up first), stop it;
+    `plan.rounds` times, the order turned by one each round, so that the machine's drift
+    over the run falls on every server alike (`median_cycles` sums the rounds up).
 
     `report_bytes` gets the size of each scenario's report body, as wrk sent it."""
     results: dict[str, list[CycleFigures]] = {scenario: [] for scenario in bodies}
-    for server in servers:
-        try:
-            with running(server):
-                for scenario, body in bodies.items():
-                    server.queue(tasks_for_run(server, body, plan, workdir))
-                    groups_before = commit_groups(server)
-                    run = cycle_run(server, body, plan.duration, plan, workdir)
-                    figures = cycle_figures(server.name, run)
-                    figures.commits = commit_groups_between(
-                        groups_before, commit_groups(server), wal_mb(server)
-                    )
-                    report_bytes[scenario] = int(run.result["report_body_bytes"])
-                    results[scenario].append(figures)
-                    log(
-                        f"[{server.name}] {scenario}: {figures.cycles_per_second:,.0f} cycles/s, "
-                        f"p99 {figures.p99_ms:.2f} ms"
-                    )
-        except RuntimeError as exc:
-            if not isinstance(server, LegacyServer):
-                raise
-            log(f"[{server.name}] failed, left out: {exc}")
+    failed: set[str] = set()
+    for number in range(1, plan.rounds + 1):
+        turn = (number - 1) % len(servers)
+        for server in servers[turn:] + servers[:turn]:
+            if server.name not in failed and not run_cycles(
+                server, number, bodies, plan, workdir, report_bytes, results
+            ):
+                failed.add(server.name)
     return results
+
+
+def run_cycles(
+    server: Server,
+    number: int,
+    bodies: dict[str, Path | None],
+    plan: Plan,
+    workdir: Path,
+    report_bytes: dict[str, int],
+    results: dict[str, list[CycleFigures]],
+) -> bool:
+    """One round of every cycle scenario on `server`; False if 0.3.0 failed to run (it is
+    then left out of the rest; a failure of anything else ends the bench)."""
+    try:
+        with running(server):
+            for scenario, body in bodies.items():
+                server.queue(tasks_for_run(server, body, plan, workdir))
+                groups_before = commit_groups(server)
+                run = cycle_run(server, body, plan.duration, plan, workdir)
+                figures = cycle_figures(server.name, number, run)
+                figures.commits = commit_groups_between(groups_before, commit_groups(server), wal_mb(server))
+                report_bytes[scenario] = int(run.result["report_body_bytes"])
+                results[scenario].append(figures)
+                log(
+                    f"[{server.name}] round {number}, {scenario}: "
+                    f"{figures.cycles_per_second:,.0f} cycles/s, p99 {figures.p99_ms:.2f} ms"
+                )
+    except RuntimeError as exc:
+        if not isinstance(server, LegacyServer):
+            raise
+        log(f"[{server.name}] failed, left out: {exc}")
+        return False
+    return True
+
+
+def median_cycles(rounds: list[CycleFigures]) -> CycleFigures:
+    """One server's rounds of one scenario summed up: the median of each rate and latency,
+    the totals of each count, and the commit groups of every round together."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def mid(values: list[float]) -> float:
+        return statistics.median(values)
+
+    cpus = [r.server_cpu for r in rounds if r.server_cpu is not None]
+    groups = [r.commits for r in rounds if r.commits is not None]
+    commits = None
+    if groups:
+        total_commits, total_writes = sum(g.commits for g in groups), sum(g.writes for g in groups)
+        commits = CommitGroups(
+            commits=total_commits,
+            writes=total_writes,
+            share_over_4=sum(g.share_over_4 * g.commits for g in groups) / max(total_commits, 1),
+            wal_mb=groups[-1].wal_mb,
+        )
+    return CycleFigures(
+        server=rounds[0].server,
+        round=0,
+        cycles_per_second=mid([r.cycles_per_second for r in rounds]),
+        requests_per_second=mid([r.requests_per_second for r in rounds]),
+        p50_ms=mid([r.p50_ms for r in rounds]),
+        p99_ms=mid([r.p99_ms for r in rounds]),
+        max_ms=max(r.max_ms for r in rounds),
+        cycles=sum(r.cycles for r in rounds),
+        requests=sum(r.requests for r in rounds),
+        non2xx=sum(r.non2xx for r in rounds),
+        socket_errors=sum(r.socket_errors for r in rounds),
+        ran_dry=sum(r.ran_dry for r in rounds),
+        server_cpu=mid(cpus) if cpus else None,
+        wrk_cpu=mid([r.wrk_cpu for r in rounds]),
+        commits=commits,
+    )
 
 
 def tasks_for_run(server: Server, body: Path | None, plan: Plan, workdir: Path) -> int:
@@ -529,10 +597,11 @@ def tasks_for_run(server: Server, body: Path | None, plan: Plan, workdir: Path) 
     return max(10_000 * plan.duration, math.ceil(2 * warm_rate * plan.duration))
 
 
-def cycle_figures(name: str, run: WrkRun) -> CycleFigures:
+def cycle_figures(name: str, number: int, run: WrkRun) -> CycleFigures:
     result, seconds = run.result, run.result["duration_us"] / 1e6
     return CycleFigures(
         server=name,
+        round=number,
         cycles_per_second=result["cycles"] / seconds,
         requests_per_second=result["requests"] / seconds,
         p50_ms=run.latency_ms["p50"],
@@ -1069,7 +1138,12 @@ class Results:
     legacy: str = ""
 
     def cycle(self, scenario: str, server: str) -> CycleFigures | None:
-        return next((c for c in self.cycles.get(scenario, []) if c.server == server), None)
+        """The server's figures in the scenario: the median of its rounds."""
+        rounds = [c for c in self.cycles.get(scenario, []) if c.server == server]
+        return median_cycles(rounds) if rounds else None
+
+    def servers(self, scenario: str) -> list[str]:
+        return list(dict.fromkeys(c.server for c in self.cycles.get(scenario, [])))
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -1154,7 +1228,7 @@ def figures_of(results: Results) -> list[Figure]:
             "queue_seconds",
             f"agl queue of {plan.queue_tasks:,} tasks from JSON Lines: wall time",
             float(results.queue["queue_seconds"]) if results.queue else None,
-            15,
+            TARGET_SECONDS,
             False,
             " s",
         ),
@@ -1162,7 +1236,7 @@ def figures_of(results: Results) -> list[Figure]:
             "queue_daemon_peak_rss_mb",
             "the same: daemon peak RSS",
             float(results.queue["daemon_peak_rss_mb"]) if results.queue else None,
-            100,
+            TARGET_RSS_MB,
             False,
             " MB",
         ),
@@ -1181,7 +1255,10 @@ def print_report(results: Results, figures: list[Figure], ran: set[str]) -> None
         f"agl side by side on {machine['cpus']} CPUs ({machine['system']}, Python {machine['python']}); "
         f"{machine['wrk']}, -t1, {plan.connections} connections"
     )
-    print(f"each cycle run: {plan.duration} s after a {plan.warmup} s warm-up; servers run one at a time")
+    print(
+        f"each cycle run: {plan.duration} s after a {plan.warmup} s warm-up; servers run one at a time, "
+        f"in {plan.rounds} round{'s' if plan.rounds > 1 else ''} (the order turned by one each round)"
+    )
     titles = {
         "small": f"Claim + report cycle, small report ({results.report_bytes.get('small', 0):,} B)",
         "realistic": f"Claim + report cycle, realistic report ({results.report_bytes.get('realistic', 0):,} B)",
@@ -1190,24 +1267,31 @@ def print_report(results: Results, figures: list[Figure], ran: set[str]) -> None
         print()
         print(titles[scenario])
         header = (
-            f"  {'server':<15} {'cycles/s':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+            f"  {'server':<15} {'round':>6} {'cycles/s':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
             f"{'non-2xx':>7} {'dry':>5} {'srv CPU':>7} {'wrk CPU':>7}"
         )
         print(header)
-        for row in rows:
+        shown = sorted(rows, key=lambda row: (row.server, row.round))
+        if plan.rounds > 1:
+            medians = [results.cycle(scenario, name) for name in results.servers(scenario)]
+            shown = [row for row in medians if row is not None] + shown
+        for row in shown:
             problems = row.non2xx + row.socket_errors
+            number = "median" if row.round == 0 else str(row.round)
             print(
-                f"  {row.server:<15} {row.cycles_per_second:>9,.0f} {row.requests_per_second:>9,.0f} "
+                f"  {row.server:<15} {number:>6} {row.cycles_per_second:>9,.0f} {row.requests_per_second:>9,.0f} "
                 f"{row.p50_ms:>8.2f} {row.p99_ms:>8.2f} {row.max_ms:>8.1f} {problems:>7} {row.ran_dry:>5} "
                 f"{share(row.server_cpu):>7} {share(row.wrk_cpu):>7}"
             )
-        for row in rows:
-            if row.commits is not None:
+        for name in results.servers(scenario):
+            summed = results.cycle(scenario, name)
+            groups = summed.commits if summed else None
+            if groups is not None:
                 print(
-                    f"  {row.server}: {row.commits.writes:,} writes in {row.commits.commits:,} commits, "
-                    f"{row.commits.mean:.1f} writes per commit on average; "
-                    f"{row.commits.share_over_4:.0%} of commits carried more than 4; "
-                    f"write-ahead log {row.commits.wal_mb:.1f} MB at the end"
+                    f"  {name}: {groups.writes:,} writes in {groups.commits:,} commits, "
+                    f"{groups.mean:.1f} writes per commit on average; "
+                    f"{groups.share_over_4:.0%} of commits carried more than 4; "
+                    f"write-ahead log {groups.wal_mb:.1f} MB at the end"
                 )
     if results.flat:
         flat = results.flat
@@ -1400,6 +1484,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, small counts")
     parser.add_argument("--duration", type=int, help="seconds per measured wrk cycle run (default 10)")
     parser.add_argument("--warmup", type=int, help="seconds of untimed warm-up before each (default 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="times each server runs the cycle scenarios; figures are medians (default 3)",
+    )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument(
         "--only",
@@ -1418,6 +1507,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; pick from {', '.join(SCENARIOS)}")
     if args.duration is not None and args.duration < 1:
         parser.error("--duration must be at least 1 (wrk counts whole seconds)")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.warmup is not None and args.warmup < 0:
         parser.error("--warmup must not be negative")
     if args.connections < 1:
@@ -1444,6 +1535,13 @@ def to_json(results: Results, figures: list[Figure]) -> dict[str, Any]:
             for f in figures
         ],
         "cycles": {scenario: [asdict(c) for c in rows] for scenario, rows in results.cycles.items()},
+        "cycle_medians": {
+            scenario: [
+                asdict(median_cycles([c for c in rows if c.server == name]))
+                for name in results.servers(scenario)
+            ]
+            for scenario, rows in results.cycles.items()
+        },
         "report_bytes": results.report_bytes,
         "flat": asdict(results.flat) if results.flat else None,
         "longpoll": asdict(results.longpoll) if results.longpoll else None,

@@ -32,21 +32,31 @@ FIGURES = {
     "queue_daemon_peak_rss_mb",
 }
 
+SERVERS = {"agl (durable)", "agl (memory)", "ceiling"}
+
 needs_wrk = pytest.mark.skipif(
     shutil.which("wrk") is None, reason="wrk is not installed (bench/setup.sh installs it)"
 )
 
 
 @needs_wrk
-@pytest.mark.timeout(90)  # the smoke run takes about 30 s; it starts 8 servers one after another
+@pytest.mark.timeout(150)  # the smoke run takes about 45 s; it starts 11 servers one after another
 def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "side_by_side.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "side_by_side.py"), "--quick", "--json", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "side_by_side.py"),
+            "--quick",
+            "--rounds",
+            "2",
+            "--json",
+            str(out),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=85,
+        timeout=145,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -65,8 +75,16 @@ def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None
         assert ("missed" if not figure["met"] else "met") in result.stdout
 
     for scenario in ("small", "realistic"):
-        servers = {row["server"] for row in data["cycles"][scenario]}
-        assert {"agl (durable)", "agl (memory)", "ceiling"} <= servers
+        rounds = {(row["server"], row["round"]) for row in data["cycles"][scenario]}
+        assert {(server, n) for server in SERVERS for n in (1, 2)} <= rounds
+        medians = {row["server"]: row for row in data["cycle_medians"][scenario]}
+        assert set(medians) >= SERVERS
+        for server in SERVERS:
+            rates = sorted(
+                row["cycles_per_second"] for row in data["cycles"][scenario] if row["server"] == server
+            )
+            assert medians[server]["round"] == 0
+            assert medians[server]["cycles_per_second"] == pytest.approx(sum(rates) / 2)
 
 
 @needs_wrk
