@@ -4,6 +4,7 @@ answered before its commit is on disk."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +16,8 @@ import pytest
 from daemon import Daemon
 
 from agl_cli.models import TaskStatus
-from agl_cli.server.writer import GroupCommitThreads
-from agl_cli.store import SQLiteStore, TaskSpec, UnknownTaskError
+from agl_cli.server.writer import CHECKPOINT_EVERY, GroupCommitThreads
+from agl_cli.store import SQLiteStore, StorageError, TaskSpec, UnknownTaskError
 
 WAIT = 10.0  # seconds any single step may take before the test gives up
 
@@ -171,6 +172,36 @@ async def test_reads_see_a_batch_whole_while_the_writer_moves_it_into_place(
         assert counts.tasks[TaskStatus.QUEUED] == 500
         assert last is not None and last.status is TaskStatus.QUEUED
         reads += 1
+
+
+class RefusedCheckpoints(SQLiteStore):
+    """A SQLite store on a disk that refuses every checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.tried = threading.Event()
+
+    def checkpoint(self) -> None:
+        self.tried.set()
+        raise StorageError("The store could not be written (disk I/O error)")
+
+
+async def test_a_checkpoint_the_disk_refuses_is_one_line_in_the_log_and_writes_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RefusedCheckpoints(tmp_path / "agl.db")
+    threads = GroupCommitThreads(store)
+    threads.start()
+    for n in range(CHECKPOINT_EVERY):
+        await threads.write(queue(store, n))
+    assert await asyncio.to_thread(store.tried.wait, WAIT)
+    assert len(await threads.write(queue(store, "after"))) == 1
+    await threads.close()  # the checkpointer has logged by the time it is joined
+    [record] = [r for r in caplog.records if r.name == "agl.writer"]
+    assert (record.levelno, record.exc_info) == (logging.WARNING, None)
+    assert record.getMessage() == (
+        "checkpointing the write-ahead log failed: The store could not be written (disk I/O error)"
+    )
 
 
 async def test_writes_and_reads_run_off_the_event_loop(threads: GroupCommitThreads) -> None:

@@ -26,14 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agl_cli.store import Store
+from agl_cli.store import StorageError, Store
 
 log = logging.getLogger("agl.writer")
 
 T = TypeVar("T")
 
 READ_THREADS = 2
-CHECKPOINT_EVERY = 32  # commits between two checkpoints of the write-ahead log
+# Commits between two checkpoints of the write-ahead log by the checkpointer thread: often
+# enough that the commit which crosses SQLite's own threshold (1,000 pages) finds little
+# left to copy, even when each commit carries a dozen 42 KB rollouts (~140 pages); else
+# that commit copies the log itself and holds up its group (docs/performance.md).
+CHECKPOINT_EVERY = 4
 # The writer counts as idle (and moves committed batches into place) after this long
 # without a write: under load it never is, so that work never holds up a claim.
 IDLE_AFTER = 0.005
@@ -168,11 +172,14 @@ class GroupCommitThreads(StoreThreads):
     def _idle(self) -> bool:
         """Nothing to write for a while: do a step of what the store left for later (a
         committed batch to move into place); True if there is more."""
+        # Should it fail, the batch's tasks are queued all the same; the next idle moment retries.
         try:
             return self.store.drain_step()
-        except Exception:  # the batch's tasks are queued all the same; the next idle moment retries
+        except StorageError as exc:  # the disk said no: worth a line, not a traceback
+            log.warning("moving a committed batch into place failed: %s", exc.reason)
+        except Exception:
             log.exception("moving a committed batch into place failed")
-            return False
+        return False
 
     def _commit(self, group: list[_Job]) -> tuple[list[_Outcome], list[_Outcome]]:
         """Commit the group. Its outcomes in two lists: those that may be answered now
@@ -246,7 +253,9 @@ class GroupCommitThreads(StoreThreads):
                 return
             try:
                 self.store.checkpoint()
-            except Exception:  # the log only grows a little longer; the next one retries
+            except StorageError as exc:  # the disk said no: the log grows a little; the next one retries
+                log.warning("checkpointing the write-ahead log failed: %s", exc.reason)
+            except Exception:
                 log.exception("checkpointing the write-ahead log failed")
 
 

@@ -156,7 +156,10 @@ class Database(Store):
 
     def checkpoint(self) -> None:
         # PASSIVE: copies what no reader still needs, without waiting for readers or writers.
-        self._reader().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        try:
+            self._reader().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from exc
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
