@@ -124,3 +124,20 @@ def test_refused_and_unknown_requests_do_not_add_a_series_per_path(daemon: Daemo
 def test_each_app_has_its_own_registry() -> None:
     first, second = create_app(MemoryStore()), create_app(MemoryStore())
     assert first.state.metrics.registry is not second.state.metrics.registry
+
+
+def young_collections(daemon: Daemon) -> float:
+    return value(scrape(daemon), "python_gc_collections_total", generation="0")
+
+
+def test_large_rollouts_set_off_no_garbage_collections(daemon: Daemon) -> None:
+    """Each body parses into some 2,000 lists and dicts, freed once it is answered:
+    Python's default would collect a few times per report, walking all of them."""
+    ids = daemon.queue(*range(20))
+    before = young_collections(daemon)
+    for _ in ids:
+        task = daemon.get("/task").json()["task"]
+        metadata = {"steps": [{"step": n, "tokens": [n, n + 1]} for n in range(1_000)]}
+        report = {"rollout_id": task["rollout_id"], "final_reward": 1.0, "metadata": metadata}
+        assert daemon.post("/rollout", json=report).status_code == 200
+    assert young_collections(daemon) - before <= 1
