@@ -71,7 +71,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -547,11 +547,8 @@ def median_cycles(rounds: list[CycleFigures]) -> CycleFigures:
     """One server's rounds of one scenario summed up: the median of each rate and latency,
     the totals of each count, and the commit groups of every round together."""
     if len(rounds) == 1:
-        return rounds[0]
-
-    def mid(values: list[float]) -> float:
-        return statistics.median(values)
-
+        return replace(rounds[0], round=0)
+    mid = statistics.median
     cpus = [r.server_cpu for r in rounds if r.server_cpu is not None]
     groups = [r.commits for r in rounds if r.commits is not None]
     commits = None

@@ -40,7 +40,7 @@ needs_wrk = pytest.mark.skipif(
 
 
 @needs_wrk
-@pytest.mark.timeout(150)  # the smoke run takes about 45 s; it starts 11 servers one after another
+@pytest.mark.timeout(150)  # the smoke run takes about 45 s; it starts a dozen servers one after another
 def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "side_by_side.json"
     result = subprocess.run(
