@@ -1136,11 +1136,13 @@ class Results:
 
     def cycle(self, scenario: str, server: str) -> CycleFigures | None:
         """The server's figures in the scenario: the median of its rounds."""
-        rounds = [c for c in self.cycles.get(scenario, []) if c.server == server]
-        return median_cycles(rounds) if rounds else None
+        return next((c for c in self.medians(scenario) if c.server == server), None)
 
-    def servers(self, scenario: str) -> list[str]:
-        return list(dict.fromkeys(c.server for c in self.cycles.get(scenario, [])))
+    def medians(self, scenario: str) -> list[CycleFigures]:
+        """Every server's figures in the scenario, the median of its rounds, in the order
+        the servers first ran."""
+        names = dict.fromkeys(c.server for c in self.cycles.get(scenario, []))
+        return [median_cycles([c for c in self.cycles[scenario] if c.server == name]) for name in names]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -1269,9 +1271,9 @@ def print_report(results: Results, figures: list[Figure], ran: set[str]) -> None
         )
         print(header)
         shown = sorted(rows, key=lambda row: (row.server, row.round))
+        medians = results.medians(scenario)
         if plan.rounds > 1:
-            medians = [results.cycle(scenario, name) for name in results.servers(scenario)]
-            shown = [row for row in medians if row is not None] + shown
+            shown = medians + shown
         for row in shown:
             problems = row.non2xx + row.socket_errors
             number = "median" if row.round == 0 else str(row.round)
@@ -1280,12 +1282,11 @@ def print_report(results: Results, figures: list[Figure], ran: set[str]) -> None
                 f"{row.p50_ms:>8.2f} {row.p99_ms:>8.2f} {row.max_ms:>8.1f} {problems:>7} {row.ran_dry:>5} "
                 f"{share(row.server_cpu):>7} {share(row.wrk_cpu):>7}"
             )
-        for name in results.servers(scenario):
-            summed = results.cycle(scenario, name)
-            groups = summed.commits if summed else None
+        for summed in medians:
+            groups = summed.commits
             if groups is not None:
                 print(
-                    f"  {name}: {groups.writes:,} writes in {groups.commits:,} commits, "
+                    f"  {summed.server}: {groups.writes:,} writes in {groups.commits:,} commits, "
                     f"{groups.mean:.1f} writes per commit on average; "
                     f"{groups.share_over_4:.0%} of commits carried more than 4; "
                     f"write-ahead log {groups.wal_mb:.1f} MB at the end"
@@ -1533,11 +1534,7 @@ def to_json(results: Results, figures: list[Figure]) -> dict[str, Any]:
         ],
         "cycles": {scenario: [asdict(c) for c in rows] for scenario, rows in results.cycles.items()},
         "cycle_medians": {
-            scenario: [
-                asdict(median_cycles([c for c in rows if c.server == name]))
-                for name in results.servers(scenario)
-            ]
-            for scenario, rows in results.cycles.items()
+            scenario: [asdict(c) for c in results.medians(scenario)] for scenario in results.cycles
         },
         "report_bytes": results.report_bytes,
         "flat": asdict(results.flat) if results.flat else None,

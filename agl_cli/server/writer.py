@@ -23,6 +23,7 @@ import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -171,54 +172,44 @@ class GroupCommitThreads(StoreThreads):
 
     def _idle(self) -> bool:
         """Nothing to write for a while: do a step of what the store left for later (a
-        committed batch to move into place); True if there is more."""
-        # Should it fail, the batch's tasks are queued all the same; the next idle moment retries.
-        try:
+        committed batch to move into place); True if there is more. Should it fail, the
+        batch's tasks are queued all the same; the next idle moment retries."""
+        with _failure_logged("moving a committed batch into place"):
             return self.store.drain_step()
-        except StorageError as exc:  # the disk said no: worth a line, not a traceback
-            log.warning("moving a committed batch into place failed: %s", exc.reason)
-        except Exception:
-            log.exception("moving a committed batch into place failed")
         return False
 
     def _commit(self, group: list[_Job]) -> tuple[list[_Outcome], list[_Outcome]]:
         """Commit the group. Its outcomes in two lists: those that may be answered now
-        (claims, failures), and those to answer once a sync has made them durable."""
+        (claims, failures), and those to answer once a sync has made them durable.
+
+        First the fast way, without savepoints; should a write fail, that undoes the
+        whole group, which then runs again with each write in a savepoint of its own, so
+        that only the failing one fails."""
         self.sizes.add(len(group))
         try:
-            return self._commit_all(group)
-        except Exception:  # some write failed: undo all, then commit the others without it
-            return self._commit_each(group)
+            return self._run(group, isolate_writes=False)
+        except Exception:  # some write failed, and all of them were undone
+            try:
+                return self._run(group, isolate_writes=True)
+            except Exception as exc:  # the commit itself failed: nothing of the group is kept
+                return [(future, False, exc) for _, future in group], []
 
-    def _commit_all(self, group: list[_Job]) -> tuple[list[_Outcome], list[_Outcome]]:
-        """The fast way: no savepoints, so any failure undoes the whole group."""
+    def _run(self, group: list[_Job], isolate_writes: bool) -> tuple[list[_Outcome], list[_Outcome]]:
+        """The group in one transaction; a write that fails fails alone if `isolate_writes`,
+        else it ends the transaction (everything is undone) and is raised."""
         answer_now: list[_Outcome] = []
         after_sync: list[_Outcome] = []
-        with self.store.transaction(isolate_writes=False, sync=False) as commit:
+        with self.store.transaction(isolate_writes=isolate_writes, sync=False) as commit:
             for call, future in group:
                 durable = commit.durable_writes
-                value = call()
+                try:
+                    value = call()
+                except Exception as exc:
+                    if not isolate_writes:
+                        raise
+                    answer_now.append((future, False, exc))
+                    continue
                 (after_sync if commit.durable_writes > durable else answer_now).append((future, True, value))
-        return answer_now, after_sync
-
-    def _commit_each(self, group: list[_Job]) -> tuple[list[_Outcome], list[_Outcome]]:
-        """Each write in a savepoint of its own: a failing one is undone alone."""
-        answer_now: list[_Outcome] = []
-        after_sync: list[_Outcome] = []
-        try:
-            with self.store.transaction(isolate_writes=True, sync=False) as commit:
-                for call, future in group:
-                    durable = commit.durable_writes
-                    try:
-                        value = call()
-                    except Exception as exc:
-                        answer_now.append((future, False, exc))
-                        continue
-                    (after_sync if commit.durable_writes > durable else answer_now).append(
-                        (future, True, value)
-                    )
-        except Exception as exc:  # the commit itself failed: nothing of the group is kept
-            return [(future, False, exc) for _, future in group], []
         return answer_now, after_sync
 
     def _answer(self, outcomes: list[_Outcome]) -> None:
@@ -251,12 +242,20 @@ class GroupCommitThreads(StoreThreads):
             self._checkpoint_due.clear()
             if self._stopping:
                 return
-            try:
+            with _failure_logged("checkpointing the write-ahead log"):  # the next one retries
                 self.store.checkpoint()
-            except StorageError as exc:  # the disk said no: the log grows a little; the next one retries
-                log.warning("checkpointing the write-ahead log failed: %s", exc.reason)
-            except Exception:
-                log.exception("checkpointing the write-ahead log failed")
+
+
+@contextmanager
+def _failure_logged(what: str) -> Iterator[None]:
+    """Log a failure of background work and go on: a disk that said no is worth a line,
+    anything else its traceback."""
+    try:
+        yield
+    except StorageError as exc:
+        log.warning("%s failed: %s", what, exc.reason)
+    except Exception:
+        log.exception("%s failed", what)
 
 
 def _next(source: queue.SimpleQueue[Any], idle: Callable[[], bool] | None) -> Any:
