@@ -431,40 +431,71 @@ class CycleFigures:
 
 @dataclass
 class CommitGroups:
-    """From agl's `agl_commit_group_size` histogram, over one run."""
+    """From agl's `agl_commit_group_size`, `agl_commit_seconds` and `agl_sync_seconds`
+    histograms, over one run."""
 
     commits: int
     writes: int
     share_over_4: float  # of commits, those that carried more than 4 writes
     wal_mb: float  # the write-ahead log's size at the end of the run
+    commit_seconds: float = 0.0  # all the commits' transactions together
+    syncs: int = 0
+    sync_seconds: float = 0.0
 
     @property
     def mean(self) -> float:
         return self.writes / self.commits if self.commits else 0.0
 
+    @property
+    def mean_commit_ms(self) -> float:
+        return 1000 * self.commit_seconds / self.commits if self.commits else 0.0
 
-def commit_groups(server: Server) -> tuple[float, float, float] | None:
-    """(commits, writes, commits of up to 4 writes) so far, or None for a server without them."""
+    @property
+    def mean_sync_ms(self) -> float:
+        return 1000 * self.sync_seconds / self.syncs if self.syncs else 0.0
+
+
+COMMIT_SAMPLES = (
+    "agl_commit_group_size_count",
+    "agl_commit_group_size_sum",
+    "agl_commit_group_size_bucket le=4",
+    "agl_commit_seconds_sum",
+    "agl_sync_seconds_count",
+    "agl_sync_seconds_sum",
+)
+
+
+def commit_groups(server: Server) -> list[float] | None:
+    """The `COMMIT_SAMPLES` so far, or None for a server without them."""
     if not isinstance(server, AglServer) or server.memory:
         return None
     assert server.client is not None
     text = server.client.get("/metrics").text
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name == "agl_commit_group_size":
-            for sample in family.samples:
-                le = sample.labels.get("le")
-                values[sample.name if le is None else f"le={float(le):g}"] = sample.value
-    return values["agl_commit_group_size_count"], values["agl_commit_group_size_sum"], values["le=4"]
+        for sample in family.samples:
+            le = sample.labels.get("le")
+            values[sample.name if le is None else f"{sample.name} le={float(le):g}"] = sample.value
+    return [values[name] for name in COMMIT_SAMPLES]
 
 
 def commit_groups_between(
-    before: tuple[float, float, float] | None, after: tuple[float, float, float] | None, wal_mb: float
+    before: list[float] | None, after: list[float] | None, wal_mb: float
 ) -> CommitGroups | None:
     if before is None or after is None:
         return None
-    commits, writes, small = (int(b - a) for a, b in zip(before, after, strict=True))
-    return CommitGroups(commits, writes, 1 - small / commits if commits else 0.0, wal_mb)
+    commits, writes, small, commit_seconds, syncs, sync_seconds = (
+        b - a for a, b in zip(before, after, strict=True)
+    )
+    return CommitGroups(
+        int(commits),
+        int(writes),
+        1 - small / commits if commits else 0.0,
+        wal_mb,
+        commit_seconds,
+        int(syncs),
+        sync_seconds,
+    )
 
 
 def wal_mb(server: Server) -> float:
@@ -559,6 +590,9 @@ def median_cycles(rounds: list[CycleFigures]) -> CycleFigures:
             writes=total_writes,
             share_over_4=sum(g.share_over_4 * g.commits for g in groups) / max(total_commits, 1),
             wal_mb=groups[-1].wal_mb,
+            commit_seconds=sum(g.commit_seconds for g in groups),
+            syncs=sum(g.syncs for g in groups),
+            sync_seconds=sum(g.sync_seconds for g in groups),
         )
     return CycleFigures(
         server=rounds[0].server,
@@ -1289,6 +1323,8 @@ def print_report(results: Results, figures: list[Figure], ran: set[str]) -> None
                     f"  {summed.server}: {groups.writes:,} writes in {groups.commits:,} commits, "
                     f"{groups.mean:.1f} writes per commit on average; "
                     f"{groups.share_over_4:.0%} of commits carried more than 4; "
+                    f"a commit took {groups.mean_commit_ms:.2f} ms on average, "
+                    f"a sync {groups.mean_sync_ms:.2f} ms ({groups.syncs:,} syncs); "
                     f"write-ahead log {groups.wal_mb:.1f} MB at the end"
                 )
     if results.flat:

@@ -85,6 +85,9 @@ def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None
             )
             assert medians[server]["round"] == 0
             assert medians[server]["cycles_per_second"] == pytest.approx(sum(rates) / 2)
+        commits = medians["agl (durable)"]["commits"]  # its group commits, timed, over both rounds
+        assert commits["writes"] >= commits["commits"] >= commits["syncs"] > 0
+        assert commits["commit_seconds"] > 0 and commits["sync_seconds"] > 0
 
 
 @needs_wrk

@@ -77,7 +77,11 @@ async def test_writes_that_wait_together_share_one_commit(threads: GroupCommitTh
     release.set()
     await first
     ids = [ids for [ids] in await asyncio.gather(*waiting)]
-    assert (threads.sizes.groups, threads.sizes.writes, threads.sizes.largest) == (2, 10, 9)
+    assert (
+        threads.stats.group_sizes.count,
+        threads.stats.group_sizes.total,
+        threads.stats.group_sizes.largest,
+    ) == (2, 10, 9)
     store = threads.store
     assert [record.task.input for record in store.list_tasks()] == list(range(9))
     assert [record.rollout_id for record in store.list_tasks()] == ids
@@ -97,7 +101,7 @@ async def test_a_failing_write_fails_alone_and_the_rest_of_its_group_commits(
     with pytest.raises(UnknownTaskError):
         await failing
     assert [len(await before), len(await after)] == [1, 1]
-    assert threads.sizes.largest == 3
+    assert threads.stats.group_sizes.largest == 3
     assert [record.task.input for record in store.list_tasks()] == ["before", "after"]
 
 
@@ -128,7 +132,7 @@ async def test_a_claim_is_answered_once_committed_while_its_group_waits_for_the_
     release.set()
     claimed = await asyncio.wait_for(claim, WAIT)
     assert claimed is not None and claimed.rollout_id == queued
-    assert threads.sizes.largest == 2, "the claim and the durable write shared one commit"
+    assert threads.stats.group_sizes.largest == 2, "the claim and the durable write shared one commit"
     assert await asyncio.to_thread(store.syncing.wait, WAIT)
     assert not durable.done()
     store.may_sync.set()

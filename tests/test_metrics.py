@@ -84,6 +84,30 @@ def test_claims_reclaims_and_rollout_outcomes_are_counted(make_daemon: Callable[
     assert task_gauges(daemon)["completed"] == 1
 
 
+def test_commits_and_the_syncs_that_made_writes_durable_are_timed(make_daemon: Callable[..., Daemon]) -> None:
+    timed = ("agl_commit_seconds", "agl_sync_seconds")
+    for daemon, on_disk in (make_daemon(), True), (make_daemon("--memory"), False):
+        before = scrape(daemon)
+        daemon.queue("a")  # a durable write: synced before it is answered
+        claimed = daemon.claim()  # a write that needs no sync
+        assert claimed is not None
+        daemon.report(claimed["rollout_id"], final_reward=1.0)  # durable again
+        after = scrape(daemon)
+        grew = {
+            f"{name}_{part}": value(after, f"{name}_{part}") - value(before, f"{name}_{part}")
+            for name in timed
+            for part in ("count", "sum")
+        }
+        for name in timed:
+            assert value(after, f"{name}_bucket", le="+Inf") == value(after, f"{name}_count")
+        if on_disk:
+            assert grew["agl_commit_seconds_count"] >= 3  # the sweeper may commit too
+            assert grew["agl_sync_seconds_count"] == 2
+            assert grew["agl_commit_seconds_sum"] > 0 and grew["agl_sync_seconds_sum"] > 0
+        else:  # the memory store writes in place: nothing to commit, nothing to sync
+            assert set(grew.values()) == {0}
+
+
 def test_a_task_out_of_attempts_shows_as_failed(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon("--task-timeout", "0.2", "--max-attempts", "1")
     daemon.queue("x")

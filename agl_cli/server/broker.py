@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.rates import RateWindow
-from agl_cli.server.writer import GroupSizes, threads_for
+from agl_cli.server.writer import CommitStats, threads_for
 from agl_cli.store import (
     Claim,
     ReportOutcome,
@@ -133,8 +133,8 @@ class Broker:
         return self._store.max_claims
 
     @property
-    def group_sizes(self) -> GroupSizes:
-        return self._threads.sizes
+    def commit_stats(self) -> CommitStats:
+        return self._threads.stats
 
     # life --------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agl_cli import __version__
 from agl_cli.models import TaskStatus
 from agl_cli.server.broker import Broker
-from agl_cli.server.writer import GroupSizes
+from agl_cli.server.writer import Tally
 from agl_cli.store import ReportOutcome, StoreCounts
 
 UNMATCHED = "<unmatched>"
@@ -95,24 +95,30 @@ class StoreCollector(Collector):
             value=stats.turned_away,
             created=stats.started,
         )
-        yield self._group_sizes()
+        commits = self.broker.commit_stats
+        yield _histogram(
+            "agl_commit_group_size", "Writes that shared one commit (group commit).", commits.group_sizes
+        )
+        yield _histogram(
+            "agl_commit_seconds",
+            "How long the transaction of one group of writes took.",
+            commits.commit_seconds,
+        )
+        yield _histogram(
+            "agl_sync_seconds", "How long making a commit durable (one fsync) took.", commits.sync_seconds
+        )
         info = GaugeMetricFamily("agl_info", "agl's version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
 
-    def _group_sizes(self) -> Metric:
-        sizes = self.broker.group_sizes
-        buckets, cumulative = [], 0
-        for index, count in enumerate(sizes.buckets[:-1]):
-            cumulative += count
-            buckets.append((str(GroupSizes.bound(index)), cumulative))
-        buckets.append(("+Inf", sizes.groups))
-        return HistogramMetricFamily(
-            "agl_commit_group_size",
-            "Writes that shared one commit (group commit).",
-            buckets=buckets,
-            sum_value=sizes.writes,
-        )
+
+def _histogram(name: str, help_text: str, tally: Tally) -> Metric:
+    buckets, cumulative = [], 0
+    for bound, count in zip(tally.bounds, tally.buckets, strict=False):
+        cumulative += count
+        buckets.append((f"{bound:g}", cumulative))
+    buckets.append(("+Inf", tally.count))
+    return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=tally.total)
 
 
 class LatencyCollector(Collector):

@@ -18,9 +18,11 @@ A store that never waits on a disk (the memory store) is called inline instead.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -42,46 +44,59 @@ CHECKPOINT_EVERY = 4
 # The writer counts as idle (and moves committed batches into place) after this long
 # without a write: under load it never is, so that work never holds up a claim.
 IDLE_AFTER = 0.005
-# Groups are counted by size in power-of-two buckets: 1, 2, 3-4, 5-8, ... (see `GroupSizes`).
-SIZE_BUCKETS = 16
+# Groups are counted by size in power-of-two buckets: 1, 2, 3-4, 5-8, ... (up to 16,384).
+GROUP_SIZES = tuple(1 << bucket for bucket in range(15))
+# How long a group's transaction, or a sync, took: a local disk syncs in a fraction of a
+# millisecond, a network one may take tens.
+DURATIONS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 
 
 @dataclass
-class GroupSizes:
-    """How many writes each commit carried, for the metrics and the performance docs."""
+class Tally:
+    """Observations counted per bucket, read as a Prometheus histogram when scraped: the
+    thread that adds to it never takes a lock for that."""
 
-    groups: int = 0
-    writes: int = 0
-    largest: int = 0
-    buckets: list[int] = field(default_factory=lambda: [0] * SIZE_BUCKETS)
+    bounds: tuple[float, ...]
+    count: int = 0
+    total: float = 0
+    largest: float = 0
+    buckets: list[int] = field(init=False)  # one per bound, then one for anything larger
 
-    def add(self, size: int) -> None:
-        self.groups += 1
-        self.writes += size
-        self.largest = max(self.largest, size)
-        self.buckets[min((size - 1).bit_length(), SIZE_BUCKETS - 1)] += 1
+    def __post_init__(self) -> None:
+        self.buckets = [0] * (len(self.bounds) + 1)
 
-    @staticmethod
-    def bound(bucket: int) -> int:
-        """The largest group size counted in `bucket`."""
-        return 1 << bucket
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.largest = max(self.largest, value)
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+
+
+@dataclass
+class CommitStats:
+    """How writes shared commits, and what commits and syncs took: for the metrics and
+    the performance docs."""
+
+    group_sizes: Tally = field(default_factory=lambda: Tally(GROUP_SIZES))
+    commit_seconds: Tally = field(default_factory=lambda: Tally(DURATIONS))
+    sync_seconds: Tally = field(default_factory=lambda: Tally(DURATIONS))
 
 
 class StoreThreads:
     """Runs the store's calls where they belong: here, inline on the event loop."""
 
-    sizes: GroupSizes
-
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.sizes = GroupSizes()
+        self.stats = CommitStats()
 
     def start(self) -> None:
         """Begin taking calls (the event loop is running)."""
 
     def write(self, call: Callable[[], T]) -> asyncio.Future[T]:
         """Take a write now (writes are made in the order they are taken); await its result."""
-        self.sizes.add(1)
+        self.stats.group_sizes.add(1)
         return _called(call)
 
     def read(self, call: Callable[[], T]) -> Awaitable[T]:
@@ -185,7 +200,8 @@ class GroupCommitThreads(StoreThreads):
         First the fast way, without savepoints; should a write fail, that undoes the
         whole group, which then runs again with each write in a savepoint of its own, so
         that only the failing one fails."""
-        self.sizes.add(len(group))
+        self.stats.group_sizes.add(len(group))
+        started = time.perf_counter()
         try:
             return self._run(group, isolate_writes=False)
         except Exception:  # some write failed, and all of them were undone
@@ -193,6 +209,8 @@ class GroupCommitThreads(StoreThreads):
                 return self._run(group, isolate_writes=True)
             except Exception as exc:  # the commit itself failed: nothing of the group is kept
                 return [(future, False, exc) for _, future in group], []
+        finally:
+            self.stats.commit_seconds.add(time.perf_counter() - started)
 
     def _run(self, group: list[_Job], isolate_writes: bool) -> tuple[list[_Outcome], list[_Outcome]]:
         """The group in one transaction; a write that fails fails alone if `isolate_writes`,
@@ -224,8 +242,10 @@ class GroupCommitThreads(StoreThreads):
         for committed, stop in _batches(self._committed):
             outcomes = [outcome for group in committed for outcome in group]
             if outcomes:
+                started = time.perf_counter()
                 try:
                     self.store.sync()
+                    self.stats.sync_seconds.add(time.perf_counter() - started)
                 except Exception as exc:  # not known to be on disk: not a success
                     outcomes = [(future, False, exc) for future, _, _ in outcomes]
                 self._answer(outcomes)
