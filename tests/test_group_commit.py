@@ -16,7 +16,7 @@ import pytest
 from daemon import Daemon
 
 from agl_cli.models import TaskStatus
-from agl_cli.server.writer import CHECKPOINT_EVERY, GroupCommitThreads
+from agl_cli.server.writer import CHECKPOINT_EVERY, Batched, GroupCommitThreads
 from agl_cli.store import SQLiteStore, StorageError, TaskSpec, UnknownTaskError
 
 WAIT = 10.0  # seconds any single step may take before the test gives up
@@ -103,6 +103,51 @@ async def test_a_failing_write_fails_alone_and_the_rest_of_its_group_commits(
     assert [len(await before), len(await after)] == [1, 1]
     assert threads.stats.group_sizes.largest == 3
     assert [record.task.input for record in store.list_tasks()] == ["before", "after"]
+
+
+async def test_writes_of_a_batched_kind_are_made_together_unless_a_write_of_their_group_fails_then_alone(
+    threads: GroupCommitThreads,
+) -> None:
+    store = threads.store
+    made: list[list[str]] = []
+
+    def many(values: list[str]) -> list[str]:
+        made.append(values)
+        if "bad" in values:
+            raise ValueError("bad")
+        return store.queue_tasks([TaskSpec(input=value) for value in values])
+
+    kind = Batched(many, lambda value: many([value])[0])
+    answered = []
+    for failing in False, True:
+        first, release = await held_write(threads)
+        writes = [asyncio.ensure_future(threads.write_batched(kind, f"{failing}-{n}")) for n in range(3)]
+        if failing:
+            refused = asyncio.ensure_future(threads.write(lambda: store.cancel_task("rollout-unknown")))
+        await asyncio.sleep(0)  # one turn of the loop: every write is in the writer's queue
+        release.set()
+        await first
+        answered += await asyncio.gather(*writes)
+    with pytest.raises(UnknownTaskError):
+        await refused
+    first, release = await held_write(threads)
+    writes = [asyncio.ensure_future(threads.write_batched(kind, value)) for value in ("ok-0", "bad", "ok-1")]
+    await asyncio.sleep(0)
+    release.set()
+    await first
+    with pytest.raises(ValueError):
+        await writes[1]
+    answered += [await writes[0], await writes[2]]
+    # together; then, once a write failed and undid their group, each on its own in the retry
+    assert made == [
+        ["False-0", "False-1", "False-2"], ["True-0"], ["True-1"], ["True-2"],
+        ["ok-0", "bad", "ok-1"], ["ok-0"], ["bad"], ["ok-1"],
+    ]  # fmt: skip
+    tasks = store.list_tasks()
+    assert [record.task.input for record in tasks] == [
+        "False-0", "False-1", "False-2", "True-0", "True-1", "True-2", "ok-0", "ok-1"
+    ]  # fmt: skip
+    assert answered == [record.rollout_id for record in tasks]  # each write got its own result
 
 
 async def test_no_write_is_answered_before_its_commit_is_synced(threads: GroupCommitThreads) -> None:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.rates import RateWindow
-from agl_cli.server.writer import CommitStats, threads_for
+from agl_cli.server.writer import Batched, CommitStats, threads_for
 from agl_cli.store import (
     Claim,
     ReportOutcome,
@@ -117,6 +117,11 @@ class Broker:
         self._sweeper: asyncio.Task[None] | None = None
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
+        # The writer makes a group's claims, and its reports, each in a few statements.
+        self._claims = Batched(self._claims_or_next_deadline, lambda _: self._claim_or_next_deadline())
+        self._reports: Batched[tuple[Rollout, bytes | None], ReportOutcome] = Batched(
+            store.record_rollouts, lambda report: store.record_rollout(*report)
+        )
 
     # what the store was opened with ------------------------------------------------------
 
@@ -184,7 +189,7 @@ class Broker:
         deadline = time.monotonic() + wait
         while True:
             changed = self._tasks_changed.watch()
-            claim, next_expiry = await self._threads.write(self._claim_or_next_deadline)
+            claim, next_expiry = await self._threads.write_batched(self._claims, None)
             if claim is not None:
                 self.stats.claims += 1
                 self.stats.claim_rate.add()
@@ -201,6 +206,16 @@ class Broker:
     def _claim_or_next_deadline(self) -> tuple[Claim | None, float | None]:
         claim = self._store.claim()
         return claim, None if claim is not None else self._store.next_deadline()
+
+    def _claims_or_next_deadline(self, waiting: list[None]) -> list[tuple[Claim | None, float | None]]:
+        """A claim for each of a group's claimers, or, once the queue runs dry, when a
+        claim may next expire (for the rest to wait until)."""
+        claims: list[tuple[Claim | None, float | None]] = [
+            (claim, None) for claim in self._store.claim_many(len(waiting))
+        ]
+        if len(claims) < len(waiting):
+            claims += [(None, self._store.next_deadline())] * (len(waiting) - len(claims))
+        return claims
 
     async def cancel(self, rollout_id: str) -> TaskRecord:
         return await self._threads.write(lambda: self._store.cancel_task(rollout_id))
@@ -238,7 +253,7 @@ class Broker:
 
     async def report(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
         """Store a worker's rollout (`body`: the JSON it was validated from, if at hand)."""
-        outcome = await self._threads.write(lambda: self._store.record_rollout(rollout, body))
+        outcome = await self._threads.write_batched(self._reports, (rollout, body))
         self.stats.reports[outcome] += 1
         if outcome is not ReportOutcome.DUPLICATE:
             self.stats.rollout_rate.add()

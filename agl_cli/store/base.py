@@ -436,6 +436,14 @@ class Store(abc.ABC):
             return None
         return Claim(task.rollout_id, task.num_claims or 0, orjson.dumps(task.model_dump(mode="json")))
 
+    def claim_many(self, count: int) -> list[Claim]:
+        """Up to `count` claims at once, fewer if the queue runs dry: the claims of one
+        group commit. A store may make them together, cheaper than one by one."""
+        claims: list[Claim] = []
+        while len(claims) < count and (claim := self.claim()) is not None:
+            claims.append(claim)
+        return claims
+
     @abc.abstractmethod
     def expire_claims(self) -> int:
         """Requeue (or fail) claims whose deadline has passed; return how many changed."""
@@ -463,6 +471,11 @@ class Store(abc.ABC):
         `body` is the JSON the rollout was validated from, if the caller has it: a store
         that keeps JSON keeps it as it is instead of dumping the model again.
         """
+
+    def record_rollouts(self, reports: Sequence[tuple[Rollout, bytes | None]]) -> list[ReportOutcome]:
+        """`record_rollout` of each report, in order: the reports of one group commit. A
+        store may make them together, cheaper than one by one."""
+        return [self.record_rollout(rollout, body) for rollout, body in reports]
 
     @abc.abstractmethod
     def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:

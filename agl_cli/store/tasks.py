@@ -88,6 +88,7 @@ from agl_cli.store_models import (
 
 EXPIRE_BATCH = 500
 DRAIN_CHUNK = 1_000  # staged tasks moved into place per step: ~5 ms of writing
+INSERT_ROWS = 500  # rows of one multi-row INSERT: 7 values each, well within SQLite's 32,766
 CLAIM_DRAIN = 64  # moved at once when a claim reaches a batch's tasks before the steps do
 
 
@@ -311,6 +312,43 @@ class TaskStore(Database):
         row, _ = claimed
         return Claim(row.rollout_id, row.num_claims, wire_task(row))
 
+    def claim_many(self, count: int) -> list[Claim]:
+        """The head of the queue claimed in two statements, not three per claim: one
+        `UPDATE ... RETURNING` of the tasks, one `INSERT` of their attempts (the writer
+        makes a group's claims so, see docs/performance.md). In no particular order.
+        While a committed batch is being moved into place, one by one as `claim` does."""
+        if self._draining:
+            return super().claim_many(count)
+        with self._write(durable=False) as conn:
+            self._expire(conn)
+            now = self.clock()
+            claimed = conn.execute(
+                "UPDATE tasks SET status = 'claimed', phase = 'preparing', queue_pos = NULL,"
+                " num_claims = num_claims + 1, last_claim_time = ?1, deadline = ?2 WHERE rollout_id IN"
+                " (SELECT rollout_id FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
+                f" ORDER BY queue_pos LIMIT ?3) RETURNING {TASK_COLUMNS}",
+                (now, now + self.task_timeout, count),
+            ).fetchall()
+            claims, attempts = [], []
+            for values in claimed:
+                row = TaskRow._make(values)
+                if row.config is not None:  # a store-API rollout: its config sets the deadline
+                    row = row._replace(deadline=attempt_deadline(self._config(row.config), now, None))
+                    conn.execute(
+                        "UPDATE tasks SET deadline = ? WHERE rollout_id = ?", (row.deadline, row.rollout_id)
+                    )
+                if row.deadline is not None:
+                    self._earliest_deadline = min(self._earliest_deadline, row.deadline)
+                attempts.append((row.rollout_id, row.num_claims, new_attempt_id()))
+                claims.append(Claim(row.rollout_id, row.num_claims, wire_task(row)))
+            if attempts:
+                conn.execute(
+                    "INSERT INTO attempts (rollout_id, sequence_id, attempt_id, start_time, status)"
+                    " SELECT value ->> 0, value ->> 1, value ->> 2, ?, 'preparing' FROM json_each(?)",
+                    (now, orjson.dumps(attempts).decode()),
+                )
+        return claims
+
     def _claim_head(
         self, conn: sqlite3.Connection, worker_id: str | None
     ) -> tuple[TaskRow, AttemptRow] | None:
@@ -482,6 +520,66 @@ class TaskStore(Database):
                 ),
             )
         return outcome
+
+    def record_rollouts(self, reports: Sequence[tuple[Rollout, bytes | None]]) -> list[ReportOutcome]:
+        """The first report for each claimed task (nearly every report) in four statements
+        for them all, not four each; any other report after them, as `record_rollout`
+        makes it (a second report for a task in the same group is then its duplicate)."""
+        outcomes: list[ReportOutcome | None] = [None] * len(reports)
+        with self._write() as conn:
+            claimed: dict[str, tuple[int, str | None]] = {
+                rollout_id: (num_claims, mode)
+                for rollout_id, num_claims, mode in conn.execute(
+                    "SELECT rollout_id, num_claims, mode FROM tasks WHERE status = 'claimed'"
+                    " AND rollout_id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps([rollout.rollout_id for rollout, _ in reports]).decode(),),
+                )
+            }
+            first: dict[str, int] = {}
+            for index, (rollout, _) in enumerate(reports):
+                if rollout.rollout_id in claimed:
+                    first.setdefault(rollout.rollout_id, index)
+            if first:
+                now = self.clock()
+                attempts = [(rollout_id, claimed[rollout_id][0]) for rollout_id in first]
+                ended = conn.execute(
+                    "UPDATE attempts SET status = 'succeeded', end_time = ? FROM (SELECT value ->> 0 AS"
+                    " rollout_id, value ->> 1 AS sequence_id FROM json_each(?)) AS ended WHERE"
+                    " attempts.rollout_id = ended.rollout_id AND attempts.sequence_id = ended.sequence_id"
+                    " RETURNING attempts.rollout_id, attempts.sequence_id, attempts.worker_id",
+                    (now, orjson.dumps(attempts).decode()),
+                ).fetchall()
+                for rollout_id, sequence_id, worker_id in ended:
+                    if worker_id:  # an attempt of a store-API runner: the worker is idle now
+                        attempt = self._attempt(conn, rollout_id, sequence_id)
+                        assert attempt is not None
+                        self._sync_worker(conn, attempt, now)
+                conn.execute(
+                    "UPDATE tasks SET status = ?, phase = 'succeeded', queue_pos = NULL, deadline = NULL,"
+                    " completed_time = ?2, end_time = ?2 WHERE rollout_id IN (SELECT value FROM json_each(?3))",
+                    (TASK_STATUS["succeeded"].value, now, orjson.dumps(list(first)).decode()),
+                )
+                rows = []
+                for rollout_id, index in first.items():
+                    rollout, body = reports[index]
+                    sequence_id, task_mode = claimed[rollout_id]
+                    sent_mode = rollout.task.mode if rollout.task is not None else None
+                    text = rollout.model_dump_json() if body is None else body.decode()
+                    rows.append(
+                        (rollout_id, now, sequence_id, 0, text, sent_mode or task_mode, rollout.final_reward)
+                    )
+                    outcomes[index] = ReportOutcome.STORED
+                for start in range(0, len(rows), INSERT_ROWS):
+                    chunk = rows[start : start + INSERT_ROWS]
+                    conn.execute(
+                        "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body, mode, reward)"
+                        f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(chunk))}",
+                        [value for row in chunk for value in row],
+                    )
+        return [
+            self.record_rollout(*reports[index]) if outcome is None else outcome
+            for index, outcome in enumerate(outcomes)
+        ]
 
     def _report_success(
         self, conn: sqlite3.Connection, rollout_id: str, sequence_id: int, now: float
