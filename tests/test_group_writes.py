@@ -3,6 +3,7 @@ both stores with a fake clock) leave the store as the same writes made one by on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -146,3 +147,39 @@ def test_reports_made_together_have_the_outcomes_of_reports_one_by_one(make_stor
     assert sorted(r.rollout.final_reward or 0 for r in together.rollouts_after(0)) == sorted(
         r.rollout.final_reward or 0 for r in one.rollouts_after(0)
     )
+
+
+def vm_steps(store: Store, work: Callable[[], None]) -> int:
+    """How much SQLite work `work` made: a count every 100 of its virtual machine's
+    instructions (not time, so the same on any machine)."""
+    count = 0
+
+    def step() -> int:
+        nonlocal count
+        count += 1
+        return 0  # go on
+
+    store._conn.set_progress_handler(step, 100)  # type: ignore[attr-defined]
+    try:
+        work()
+    finally:
+        store._conn.set_progress_handler(None, 100)  # type: ignore[attr-defined]
+    return count
+
+
+def test_a_groups_claims_and_reports_cost_the_same_however_many_tasks_are_claimed(
+    make_store: StoreFactory,
+) -> None:
+    steps = []
+    for claimed in 10, 3_000:
+        store = make_store()
+        store.queue_tasks([TaskSpec(input=n) for n in range(claimed + 4)])
+        handed = store.claim_many(claimed + 2)
+        group = [(Rollout(rollout_id=claim.rollout_id, final_reward=1.0), None) for claim in handed[-2:]]
+
+        def report_and_claim(store: Store = store, group: list[tuple[Rollout, bytes | None]] = group) -> None:
+            assert store.record_rollouts(group) == [ReportOutcome.STORED] * 2
+            assert len(store.claim_many(2)) == 2
+
+        steps.append(vm_steps(store, report_and_claim))
+    assert steps[1] <= 2 * steps[0], steps

@@ -9,10 +9,10 @@ soon as their group is committed. Claims and reports, nearly every write under l
 made a kind at a time (`Batched`): a group's claims in two statements, its reports in
 four, instead of a few statements each. Should one write fail, the whole transaction is
 undone and the group is run again with each write in a savepoint of its own, so that
-only the failing one fails. Claims go through the same writer, so they fall in line with
-every other write: after every group before theirs, before every group after it. Reads run on a small pool of threads with connections of
-their own, so nothing that can wait on the disk runs on the event loop.
-`docs/performance.md` tells what this buys.
+only the failing one fails. Claims go through the same writer, so they fall in line
+with every other write: after every group before theirs, before every group after it.
+Reads run on a small pool of threads with connections of their own, so nothing that
+can wait on the disk runs on the event loop. `docs/performance.md` tells what this buys.
 
 A store that never waits on a disk (the memory store) is called inline instead.
 """

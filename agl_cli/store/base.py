@@ -473,8 +473,9 @@ class Store(abc.ABC):
         """
 
     def record_rollouts(self, reports: Sequence[tuple[Rollout, bytes | None]]) -> list[ReportOutcome]:
-        """`record_rollout` of each report, in order: the reports of one group commit. A
-        store may make them together, cheaper than one by one."""
+        """The outcome of `record_rollout` for each report, in order: the reports of one
+        group commit. A store may make them together, cheaper than one by one (and keep
+        them in another order of arrival: they came in together)."""
         return [self.record_rollout(rollout, body) for rollout, body in reports]
 
     @abc.abstractmethod

@@ -530,7 +530,7 @@ class TaskStore(Database):
             claimed: dict[str, tuple[int, str | None]] = {
                 rollout_id: (num_claims, mode)
                 for rollout_id, num_claims, mode in conn.execute(
-                    "SELECT rollout_id, num_claims, mode FROM tasks WHERE status = 'claimed'"
+                    "SELECT rollout_id, num_claims, mode FROM tasks WHERE +status = 'claimed'"
                     " AND rollout_id IN (SELECT value FROM json_each(?))",
                     (orjson.dumps([rollout.rollout_id for rollout, _ in reports]).decode(),),
                 )
