@@ -229,10 +229,13 @@ class Server:
 
 
 class AglServer(Server):
-    def __init__(self, memory: bool, workdir: Path) -> None:
+    """`agl serve`: the one installed here, or the one in the source tree `source`."""
+
+    def __init__(self, memory: bool, workdir: Path, source: Path | None = None, name: str = "") -> None:
         self.memory = memory
-        self.name = AGL_MEMORY if memory else AGL_DURABLE
+        self.name = name or (AGL_MEMORY if memory else AGL_DURABLE)
         self.workdir = workdir
+        self.source = source
         self.client: httpx.Client | None = None
         self.queued = 0
         self.state_dir = Path()
@@ -244,7 +247,9 @@ class AglServer(Server):
         if self.memory:
             argv.append("--memory")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGL_")}
-        self.child = Child(argv, state_dir.with_suffix(".log"), env=env)
+        if self.source is not None:  # run from the tree, its `agl_cli` comes first on the path
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
+        self.child = Child(argv, state_dir.with_suffix(".log"), env=env, cwd=self.source)
         self.url = self.child.wait_for(LISTENING, STARTUP_TIMEOUT, self.name).group(1)
         token = (state_dir / "token").read_text().strip()
         self.client = httpx.Client(

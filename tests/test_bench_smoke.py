@@ -1,5 +1,6 @@
-"""`bench/side_by_side.py --quick`, `bench/store_api.py --quick` and a small
-`bench/dashboard.py` run end to end and report every figure as a number.
+"""`bench/side_by_side.py --quick`, `bench/store_api.py --quick`, a small
+`bench/dashboard.py` run and a short `bench/paired.py` run end to end and report every
+figure as a number.
 
 A smoke test of the benchmark itself: it never asserts a timing (the bench only prints
 figures), only that the run succeeds and its JSON has everything the table promises.
@@ -39,25 +40,24 @@ needs_wrk = pytest.mark.skipif(
 )
 
 
+def bench(script: str, *args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `bench/<script>` with this Python; its output, whatever its exit."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @needs_wrk
 @pytest.mark.timeout(150)  # the smoke run takes about 45 s; it starts a dozen servers one after another
 def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "side_by_side.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "side_by_side.py"),
-            "--quick",
-            "--rounds",
-            "2",
-            "--json",
-            str(out),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=145,
-        check=False,
+    result = bench(
+        "side_by_side.py", "--quick", "--rounds", "2", "--json", str(out), cwd=tmp_path, timeout=145
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     data = json.loads(out.read_text())
@@ -95,20 +95,7 @@ def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None
 def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
     tmp_path: Path, compat_python: Path
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "store_api.py"),
-            "--quick",
-            "--legacy-python",
-            str(compat_python),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=85,
-        check=False,
-    )
+    result = bench("store_api.py", "--quick", "--legacy-python", str(compat_python), cwd=tmp_path, timeout=85)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     ratios = re.findall(
         r"^  (\w+) +agl \(durable\) / 0\.3\.0 in memory +([\d.]+) +(met|missed)$", result.stdout, re.M
@@ -119,18 +106,36 @@ def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
 
 
 def test_a_small_dashboard_run_times_every_read(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "dashboard.py"), "--tasks", "2000", "--rollouts", "200",
-         "--repeat", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )  # fmt: skip
+    result = bench(
+        "dashboard.py", "--tasks", "2000", "--rollouts", "200", "--repeat", "2", cwd=ROOT, timeout=120
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     timings = re.findall(r"^(.+?) +median +([\d.]+) ms +worst +([\d.]+) ms$", result.stdout, re.M)
     assert [label.split(" (")[0].split(",")[0] for label, _, _ in timings] == [
         "summary", "recent rollouts", "failed and retried tasks", "one rollout in detail", "status",
     ]  # fmt: skip
     assert "counting them row by row" in result.stdout
+
+
+@needs_wrk
+@pytest.mark.timeout(120)  # about 15 s: two daemons, a 1 s warm-up each, two 1 s runs each
+def test_a_paired_run_prints_a_ratio_for_every_run(tmp_path: Path) -> None:
+    result = bench(
+        "paired.py", str(ROOT), str(ROOT), "--runs", "2", "--seconds", "1", cwd=tmp_path, timeout=100
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    found = re.search(r"candidate / base, run by run: (.+)", result.stdout)
+    assert found is not None, result.stdout
+    ratios = [float(value) for value in found.group(1).split()]
+    assert len(ratios) == 2 and all(math.isfinite(value) and value > 0 for value in ratios)
+    assert re.search(r"base +median +[\d,]+ cycles/s; [\d.]+ writes a commit", result.stdout)
+
+
+def test_a_paired_run_refuses_a_directory_that_is_not_agl(tmp_path: Path) -> None:
+    result = bench("paired.py", str(tmp_path), str(ROOT), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("is not a source tree of agl (it has no agl_cli/__main__.py)")
+    )
