@@ -28,6 +28,7 @@ from side_by_side import (
     commit_groups_between,
     cycle_figures,
     cycle_run,
+    log,
     make_plan,
     running,
     write_report_template,
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=5, help="length of each run (default 5)")
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args(argv)
+    if args.runs < 1 or args.seconds < 1:
+        parser.error("--runs and --seconds must be at least 1")
     for tree in args.base, args.candidate:
         if not (tree / "agl_cli" / "__main__.py").is_file():
             parser.error(f"{tree} is not a source tree of agl (it has no agl_cli/__main__.py)")
@@ -53,6 +56,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        compare(args)
+    except RuntimeError as exc:  # a daemon that would not start or answer; its log was shown
+        log(f"paired: {exc}")
+        return 1
+    return 0
+
+
+def compare(args: argparse.Namespace) -> None:
     plan = make_plan(
         argparse.Namespace(
             quick=False, connections=args.connections, duration=args.seconds, warmup=1, rounds=args.runs
@@ -103,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<9} median {statistics.median(rates[name]):>9,.0f} cycles/s{shown}")
         print(f"  candidate / base, run by run: {' '.join(f'{r:.3f}' for r in ratios)}")
         print(f"  median of the ratios: {statistics.median(ratios):.3f}")
-    return 0
 
 
 if __name__ == "__main__":
