@@ -117,7 +117,7 @@ async def test_writes_of_a_batched_kind_are_made_together_unless_a_write_of_thei
             raise ValueError("bad")
         return store.queue_tasks([TaskSpec(input=value) for value in values])
 
-    kind = Batched(many, lambda value: many([value])[0])
+    kind = Batched(many)
     answered = []
     for failing in False, True:
         first, release = await held_write(threads)

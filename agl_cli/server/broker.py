@@ -118,10 +118,8 @@ class Broker:
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
         # The writer makes a group's claims, and its reports, each in a few statements.
-        self._claims = Batched(self._claims_or_next_deadline, lambda _: self._claim_or_next_deadline())
-        self._reports: Batched[tuple[Rollout, bytes | None], ReportOutcome] = Batched(
-            store.record_rollouts, lambda report: store.record_rollout(*report)
-        )
+        self._claims = Batched(self._claims_or_next_deadline)
+        self._reports: Batched[tuple[Rollout, bytes | None], ReportOutcome] = Batched(store.record_rollouts)
 
     # what the store was opened with ------------------------------------------------------
 
@@ -202,10 +200,6 @@ class Broker:
             if next_expiry is not None:
                 remaining = min(remaining, max(next_expiry - self._store.clock(), 0.0) + 0.001)
             await wait_for(changed, remaining)
-
-    def _claim_or_next_deadline(self) -> tuple[Claim | None, float | None]:
-        claim = self._store.claim()
-        return claim, None if claim is not None else self._store.next_deadline()
 
     def _claims_or_next_deadline(self, waiting: list[None]) -> list[tuple[Claim | None, float | None]]:
         """A claim for each of a group's claimers, or, once the queue runs dry, when a

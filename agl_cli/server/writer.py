@@ -91,11 +91,14 @@ class CommitStats:
 class Batched(Generic[Item, T]):
     """A kind of write that the writer makes for all of a group's writes of the kind at
     once (a group's claims, its reports): `many` takes their items in order and returns
-    one result for each. `one` makes a single item: for a store called inline, and for the
-    retry in which each write has a savepoint of its own."""
+    one result for each. A single item (for a store called inline, and for the retry in
+    which each write has a savepoint of its own) is `many` of a list of one."""
 
     many: Callable[[list[Item]], list[T]]
-    one: Callable[[Item], T]
+
+    def one(self, item: Item) -> T:
+        [result] = self.many([item])
+        return result
 
 
 @dataclass(frozen=True, slots=True)
