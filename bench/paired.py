@@ -24,6 +24,8 @@ from pathlib import Path
 from side_by_side import (
     CYCLE_RATE_CAP,
     AglServer,
+    CommitGroups,
+    combined,
     commit_groups,
     commit_groups_between,
     cycle_figures,
@@ -84,19 +86,18 @@ def compare(args: argparse.Namespace) -> None:
             server.queue(CYCLE_RATE_CAP * plan.warmup)
             cycle_run(server, body, plan.warmup, plan, workdir)
         rates: dict[str, list[float]] = {BASE: [], CANDIDATE: []}
-        commits: dict[str, list[float]] = {BASE: [], CANDIDATE: []}  # summed over the runs
+        commits: dict[str, list[CommitGroups]] = {BASE: [], CANDIDATE: []}
         for number in range(1, args.runs + 1):
             order = (BASE, CANDIDATE) if number % 2 else (CANDIDATE, BASE)
             for name in order:
                 server = servers[name]
                 server.queue(CYCLE_RATE_CAP * plan.duration)
-                before = commit_groups(server) or []
+                before = commit_groups(server)
                 run = cycle_figures(name, number, cycle_run(server, body, plan.duration, plan, workdir))
                 rates[name].append(run.cycles_per_second)
-                during = [b - a for a, b in zip(before, commit_groups(server) or [], strict=True)]
-                commits[name] = [
-                    a + b for a, b in zip(commits[name] or [0.0] * len(during), during, strict=True)
-                ]
+                during = commit_groups_between(before, commit_groups(server), 0.0)
+                if during is not None:
+                    commits[name].append(during)
             print(
                 f"run {number}: base {rates[BASE][-1]:,.0f}, candidate {rates[CANDIDATE][-1]:,.0f} cycles/s"
             )
@@ -105,7 +106,7 @@ def compare(args: argparse.Namespace) -> None:
             f"\n{args.scenario} cycle, {args.runs} runs of {args.seconds} s each, {args.connections} connections"
         )
         for name in servers:
-            groups = commit_groups_between([0.0] * len(commits[name]), commits[name], 0.0)
+            groups = combined(commits[name]) if commits[name] else None
             shown = (
                 ""
                 if groups is None

@@ -503,6 +503,20 @@ def commit_groups_between(
     )
 
 
+def combined(groups: list[CommitGroups]) -> CommitGroups:
+    """The commit groups of several runs together (the write-ahead log as after the last)."""
+    total_commits = sum(g.commits for g in groups)
+    return CommitGroups(
+        commits=total_commits,
+        writes=sum(g.writes for g in groups),
+        share_over_4=sum(g.share_over_4 * g.commits for g in groups) / max(total_commits, 1),
+        wal_mb=groups[-1].wal_mb,
+        commit_seconds=sum(g.commit_seconds for g in groups),
+        syncs=sum(g.syncs for g in groups),
+        sync_seconds=sum(g.sync_seconds for g in groups),
+    )
+
+
 def wal_mb(server: Server) -> float:
     """The size of agl's write-ahead log now (0 for other servers)."""
     wal = server.state_dir / "agl.db-wal" if isinstance(server, AglServer) else None
@@ -587,18 +601,7 @@ def median_cycles(rounds: list[CycleFigures]) -> CycleFigures:
     mid = statistics.median
     cpus = [r.server_cpu for r in rounds if r.server_cpu is not None]
     groups = [r.commits for r in rounds if r.commits is not None]
-    commits = None
-    if groups:
-        total_commits, total_writes = sum(g.commits for g in groups), sum(g.writes for g in groups)
-        commits = CommitGroups(
-            commits=total_commits,
-            writes=total_writes,
-            share_over_4=sum(g.share_over_4 * g.commits for g in groups) / max(total_commits, 1),
-            wal_mb=groups[-1].wal_mb,
-            commit_seconds=sum(g.commit_seconds for g in groups),
-            syncs=sum(g.syncs for g in groups),
-            sync_seconds=sum(g.sync_seconds for g in groups),
-        )
+    commits = combined(groups) if groups else None
     return CycleFigures(
         server=rounds[0].server,
         round=0,
