@@ -15,17 +15,18 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
 from agl_cli.server import legacy, management, otlp, page, store_api
 from agl_cli.server.auth import BearerAuth
-from agl_cli.server.broker import Broker, Stats
+from agl_cli.server.broker import Broker
 from agl_cli.server.legacy import WorkerRoutes
-from agl_cli.server.limits import BodySizeLimit
+from agl_cli.server.limits import BodySizeLimit, InFlightLimit
 from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
 from agl_cli.server.openapi import build_document
+from agl_cli.server.protocol import DirectRoute, Headers
 from agl_cli.server.requests import BadRequest
 from agl_cli.server.responses import ORJSONResponse, error, storage_failure
 from agl_cli.store import StorageError, Store
@@ -42,31 +43,30 @@ class ServerOptions:
 
 class AglApp(Starlette):
     """Starlette, with the worker routes answered before its middleware stack: they are
-    the hot path, and need none of it (see `legacy.WorkerRoutes`).
+    the hot path, and need none of it (see `legacy.WorkerRoutes`). Probes (`/health`,
+    `/ready`, `/metrics`) pass the limit on requests in flight; every other request is
+    counted in it."""
 
-    At most `max_requests` are served at once: beyond, a request is answered 503 with
-    `Retry-After` at once, so that overload makes the daemon answer slower, never run out
-    of memory or drop what it accepted. Probes (`/health`, `/ready`, `/metrics`) always pass.
-    """
-
-    worker_routes: ASGIApp
-    stats: Stats
-    max_requests: int
+    worker_routes: WorkerRoutes
+    limit: InFlightLimit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PROBES:
             await self.worker_routes(scope, receive, send)
             return
-        stats = self.stats
-        if stats.in_flight >= self.max_requests:
-            stats.turned_away += 1
-            await busy(self.max_requests)(scope, receive, send)
+        refusal = self.limit.enter()
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
-        stats.in_flight += 1
         try:
             await self.worker_routes(scope, receive, send)
         finally:
-            stats.in_flight -= 1
+            self.limit.leave()
+
+    def direct(self, method: bytes, url: bytes, headers: Headers) -> DirectRoute | None:
+        """What the HTTP protocol asks of the app it serves: how to answer a request
+        directly, if it can be (see `protocol.Protocol`)."""
+        return self.worker_routes.direct(method, url, headers)
 
     async def serve_rest(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Everything but the worker routes: Starlette as usual."""
@@ -114,9 +114,8 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
-    app.worker_routes = WorkerRoutes(app.serve_rest, broker, metrics, options.max_body_bytes)
-    app.stats = broker.stats
-    app.max_requests = options.max_requests
+    app.limit = InFlightLimit(broker.stats, options.max_requests)
+    app.worker_routes = WorkerRoutes(app.serve_rest, broker, metrics, options.max_body_bytes, app.limit)
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.options = options
@@ -128,14 +127,6 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
 
 
 PROBES = frozenset({"/health", "/ready", "/metrics"})
-
-
-def busy(limit: int) -> ORJSONResponse:
-    response = error(
-        503, f"agl is serving as many requests as it takes at once ({limit}); try again shortly."
-    )
-    response.headers["Retry-After"] = "1"
-    return response
 
 
 async def health(request: Request) -> Response:

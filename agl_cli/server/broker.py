@@ -187,19 +187,28 @@ class Broker:
         deadline = time.monotonic() + wait
         while True:
             changed = self._tasks_changed.watch()
-            claim, next_expiry = await self._threads.write_batched(self._claims, None)
+            claim, next_expiry = await self.claim_soon()
             if claim is not None:
-                self.stats.claims += 1
-                self.stats.claim_rate.add()
-                if claim.num_claims > 1:
-                    self.stats.reclaims += 1
-                return claim
+                return self.claimed(claim)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.closing:
                 return None
             if next_expiry is not None:
                 remaining = min(remaining, max(next_expiry - self._store.clock(), 0.0) + 0.001)
             await wait_for(changed, remaining)
+
+    def claim_soon(self) -> asyncio.Future[tuple[Claim | None, float | None]]:
+        """A claim of the next task, without waiting for one: the claim (None if the
+        queue was empty) and when a claim may next expire. Pass a claim to `claimed`."""
+        return self._threads.write_batched(self._claims, None)
+
+    def claimed(self, claim: Claim) -> Claim:
+        """Count a claim that `claim_soon` made."""
+        self.stats.claims += 1
+        self.stats.claim_rate.add()
+        if claim.num_claims > 1:
+            self.stats.reclaims += 1
+        return claim
 
     def _claims_or_next_deadline(self, waiting: list[None]) -> list[tuple[Claim | None, float | None]]:
         """A claim for each of a group's claimers, or, once the queue runs dry, when a
@@ -247,7 +256,14 @@ class Broker:
 
     async def report(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
         """Store a worker's rollout (`body`: the JSON it was validated from, if at hand)."""
-        outcome = await self._threads.write_batched(self._reports, (rollout, body))
+        return self.reported(await self.report_soon(rollout, body))
+
+    def report_soon(self, rollout: Rollout, body: bytes | None = None) -> asyncio.Future[ReportOutcome]:
+        """`report`, in two halves: the write, whose outcome goes to `reported`."""
+        return self._threads.write_batched(self._reports, (rollout, body))
+
+    def reported(self, outcome: ReportOutcome) -> ReportOutcome:
+        """Count a report's outcome and wake whoever waits for rollouts."""
         self.stats.reports[outcome] += 1
         if outcome is not ReportOutcome.DUPLICATE:
             self.stats.rollout_rate.add()

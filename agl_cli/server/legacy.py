@@ -1,33 +1,45 @@
 """The four worker routes of the Agent Lightning legacy protocol, wire-compatible with 0.3.0.
 
-Every worker claims and reports through them, so they are the hot path of a run and are
-served by `WorkerRoutes`, plain ASGI in front of the Starlette app: no routing table,
-no middleware stack, no `Request` object, only what the protocol needs. It keeps what
-the stack would give them: the body size limit (413), 405 for another method, a 500 for
-an unexpected error, and a latency observation under the route's template. Every other
-path goes on to the app.
+Every worker claims and reports through them, so they are the hot path of a run, and
+are served by `WorkerRoutes` in front of the Starlette app, two ways:
+
+- directly: the requests workers send all the time, `GET /task` and `POST /rollout`
+  with a body of declared length, are handed over by the HTTP protocol
+  (`protocol.Protocol`) once they have arrived, and answered when the store's future is
+  done: no ASGI task, scope or messages (a third of the cycle's time went there);
+- as plain ASGI, everything else on these paths (a long poll, a chunked body, the
+  resources): no routing table, no middleware stack, no `Request` object.
+
+Either way they keep what the stack would give them: the body size limit (413), the
+limit on requests in flight (503), 405 for another method, a 500 for an unexpected
+error, and a latency observation under the route's template; and both answer with the
+same bytes. Every other path goes on to the app.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import orjson
 from pydantic import Field
 from starlette.datastructures import QueryParams
-from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.models import GenericResponse, ResourcesUpdate, Rollout, TaskIfAny
 from agl_cli.server.broker import Broker
-from agl_cli.server.limits import declared_too_large, too_large
+from agl_cli.server.limits import InFlightLimit, declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
 from agl_cli.server.openapi import Endpoint, Param
+from agl_cli.server.protocol import Answer, DirectRoute, Headers, Respond
 from agl_cli.server.requests import BadRequest, number_param, parse_model
 from agl_cli.server.responses import ORJSONResponse, error, storage_failure
-from agl_cli.store import StorageError
+from agl_cli.store import Claim, ReportOutcome, StorageError
+
+log = logging.getLogger("uvicorn.error")  # where uvicorn logs an app's exceptions
 
 MAX_WAIT_SECONDS = 600.0
 _Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)]
@@ -35,9 +47,10 @@ NO_TASK = orjson.dumps({"is_available": False, "task": None})
 NO_RESOURCES = "No resources have been set on the server."
 RESOURCES_PREFIX = "/resources/"
 
-# (status, JSON body) of an answer
-Answer = tuple[int, bytes]
+JSON_HEADERS: Headers = ((b"content-type", b"application/json"),)
+INTERNAL_ERROR: Answer = (500, b"Internal Server Error", ((b"content-type", b"text/plain; charset=utf-8"),))
 Handler = Callable[["WorkerRoutes", Scope, Receive], Awaitable[Answer]]
+T = TypeVar("T")
 
 
 class _Disconnected(Exception):
@@ -47,11 +60,84 @@ class _Disconnected(Exception):
 class WorkerRoutes:
     """Answers `GET /task`, `POST /rollout` and `GET /resources/{latest,<id>}` itself."""
 
-    def __init__(self, app: ASGIApp, broker: Broker, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, broker: Broker, metrics: Metrics, max_body_bytes: int, limit: InFlightLimit
+    ) -> None:
         self.app = app
         self.broker = broker
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.limit = limit
+
+    # directly ----------------------------------------------------------------------------
+
+    def direct(self, method: bytes, url: bytes, headers: Headers) -> DirectRoute | None:
+        """How to answer this request directly, once its body is in: for `GET /task`
+        without a body, and `POST /rollout` with one of declared length within the limit.
+        None for anything else, which goes the ASGI way."""
+        length = _declared_length(headers)
+        if url == b"/task":
+            return self._claim if method == b"GET" and length == 0 else None
+        if url == b"/rollout" and method == b"POST" and length is not None and length <= self.max_body_bytes:
+            return self._report
+        return None
+
+    def _claim(self, body: bytes, respond: Respond) -> None:
+        self._serve("/task", "GET", respond, lambda: (self.broker.claim_soon(), self._claim_answer))
+
+    def _claim_answer(self, result: tuple[Claim | None, float | None]) -> Answer:
+        claim, _ = result
+        return claim_answer(None if claim is None else self.broker.claimed(claim))
+
+    def _report(self, body: bytes, respond: Respond) -> None:
+        def start() -> tuple[asyncio.Future[ReportOutcome], Callable[[ReportOutcome], Answer]]:
+            rollout = parse_model(body, Rollout)
+            return self.broker.report_soon(rollout, body), lambda outcome: self._report_answer(
+                rollout, outcome
+            )
+
+        self._serve("/rollout", "POST", respond, start)
+
+    def _report_answer(self, rollout: Rollout, outcome: ReportOutcome) -> Answer:
+        self.broker.reported(outcome)
+        return report_answer(rollout)
+
+    def _serve(
+        self,
+        template: str,
+        method: str,
+        respond: Respond,
+        start: Callable[[], tuple[asyncio.Future[T], Callable[[T], Answer]]],
+    ) -> None:
+        """Start the request's work (`start` gives its future, and what makes the answer of
+        its result) and answer when it is done, or at once if it cannot start."""
+        started = time.perf_counter()
+        refusal = self.limit.enter()
+        if refusal is not None:
+            self._answer(template, method, respond, started, answer_of(refusal))
+            return
+        try:
+            future, finish = start()
+        except Exception as exc:
+            self.limit.leave()
+            self._answer(template, method, respond, started, _failure(exc))
+            return
+
+        def done(future: asyncio.Future[T]) -> None:
+            self.limit.leave()
+            try:
+                answer = finish(future.result())
+            except Exception as exc:
+                answer = _failure(exc)
+            self._answer(template, method, respond, started, answer)
+
+        future.add_done_callback(done)
+
+    def _answer(self, template: str, method: str, respond: Respond, started: float, answer: Answer) -> None:
+        respond(answer)
+        self.metrics.observe_route(template, method, answer[0], time.perf_counter() - started)
+
+    # the ASGI way ------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _route_of(scope) if scope["type"] == "http" else None
@@ -63,23 +149,20 @@ class WorkerRoutes:
         status = 500  # what an unexpected error is answered with (below)
         try:
             if scope["method"] != method:
-                status = await _send_response(_method_not_allowed(method), scope, receive, send)
-                return
-            try:
-                status, body = await handler(self, scope, receive)
-            except BadRequest as exc:
-                status = await _send_response(exc.response, scope, receive, send)
-                return
-            except StorageError as exc:  # the disk said no: the answer says so, and the daemon goes on
-                status = await _send_response(storage_failure(exc), scope, receive, send)
-                return
-            except _Disconnected:
-                status = 499  # nginx's name for it; nothing is sent
-                return
-            except Exception:  # answered as Starlette would, then raised for uvicorn to log
-                await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
-                raise
-            await _send_json(send, status, body)
+                answer = answer_of(_method_not_allowed(method))
+            else:
+                try:
+                    answer = await handler(self, scope, receive)
+                except _Disconnected:
+                    status = 499  # nginx's name for it; nothing is sent
+                    return
+                except (BadRequest, StorageError) as exc:
+                    answer = _failure(exc)
+                except Exception:  # answered as Starlette would, then raised for uvicorn to log
+                    await send_answer(send, INTERNAL_ERROR)
+                    raise
+            status = answer[0]
+            await send_answer(send, answer)
         finally:
             self.metrics.observe_route(template, scope["method"], status, time.perf_counter() - started)
 
@@ -90,30 +173,26 @@ class WorkerRoutes:
         wait = 0.0
         if scope["query_string"]:
             wait = number_param(QueryParams(scope["query_string"]), "wait", 0.0, 0.0, MAX_WAIT_SECONDS, float)
-        claim = await self.broker.claim(wait)
-        if claim is None:
-            return 200, NO_TASK
-        return 200, b'{"is_available":true,"task":' + claim.wire + b"}"
+        return claim_answer(await self.broker.claim(wait))
 
     async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
         body = await self._read_body(scope, receive)
         rollout = parse_model(body, Rollout)
         await self.broker.report(rollout, body)
-        message = f"Rollout {rollout.rollout_id} received and stored."
-        return 200, orjson.dumps({"status": "ok", "message": message, "data": None})
+        return report_answer(rollout)
 
     async def latest_resources(self, scope: Scope, receive: Receive) -> Answer:
         update = self.broker.latest_resources()
         if update is None:
             raise BadRequest(error(404, NO_RESOURCES))
-        return 200, orjson.dumps(update.model_dump(mode="json"))
+        return 200, orjson.dumps(update.model_dump(mode="json")), JSON_HEADERS
 
     async def resources_by_id(self, scope: Scope, receive: Receive) -> Answer:
         resources_id = scope["path"][len(RESOURCES_PREFIX) :]
         update = await self.broker.get_resources(resources_id)
         if update is None:
             raise BadRequest(error(404, f"Resource ID '{resources_id}' not found."))
-        return 200, orjson.dumps(update.model_dump(mode="json"))
+        return 200, orjson.dumps(update.model_dump(mode="json")), JSON_HEADERS
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         if declared_too_large(scope, self.max_body_bytes):
@@ -173,17 +252,54 @@ def _method_not_allowed(allowed: str) -> ORJSONResponse:
     return ORJSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allowed})
 
 
-async def _send_response(response: ORJSONResponse, scope: Scope, receive: Receive, send: Send) -> int:
-    await response(scope, receive, send)
-    return response.status_code
+def _declared_length(headers: Headers) -> int | None:
+    """The body's length as its headers give it (0 without one), or None if they do
+    not: a chunked body, or a length that is not a number."""
+    length = 0
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return None
+    return length
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
+def claim_answer(claim: Claim | None) -> Answer:
+    if claim is None:
+        return 200, NO_TASK, JSON_HEADERS
+    return 200, b'{"is_available":true,"task":' + claim.wire + b"}", JSON_HEADERS
+
+
+def report_answer(rollout: Rollout) -> Answer:
+    message = f"Rollout {rollout.rollout_id} received and stored."
+    return 200, orjson.dumps({"status": "ok", "message": message, "data": None}), JSON_HEADERS
+
+
+def answer_of(response: ORJSONResponse) -> Answer:
+    headers = [header for header in response.raw_headers if header[0] != b"content-length"]
+    return response.status_code, bytes(response.body), headers
+
+
+def _failure(exc: Exception) -> Answer:
+    """The answer to a request that failed: the 4xx it was refused with, the 503 or 507
+    of a store that said no, or else a 500 (logged, as uvicorn logs an app's exception)."""
+    if isinstance(exc, BadRequest):
+        return answer_of(exc.response)
+    if isinstance(exc, StorageError):  # the disk said no: the answer says so, and the daemon goes on
+        return answer_of(storage_failure(exc))
+    log.error("Exception in ASGI application", exc_info=exc)
+    return INTERNAL_ERROR
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    status, body, headers = answer
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")],
+            "headers": [(b"content-length", str(len(body)).encode()), *headers],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -1,10 +1,39 @@
-"""A request-body size limit, enforced while the body streams in (413 beyond it)."""
+"""The limits on what a request may take: the size of its body, enforced while it
+streams in (413 beyond), and the number of requests served at once (503 beyond)."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agl_cli.server.broker import Stats
 from agl_cli.server.responses import ORJSONResponse, error
+
+
+class InFlightLimit:
+    """At most `limit` requests are served at once: beyond, a request is answered 503
+    with `Retry-After` at once, so that overload makes the daemon answer slower, never
+    run out of memory or drop what it accepted. Counted in `stats` (status, metrics)."""
+
+    def __init__(self, stats: Stats, limit: int) -> None:
+        self.stats = stats
+        self.limit = limit
+
+    def enter(self) -> ORJSONResponse | None:
+        """Take a request in (None), or the answer that turns it away; one taken in must
+        `leave` once answered."""
+        stats = self.stats
+        if stats.in_flight >= self.limit:
+            stats.turned_away += 1
+            response = error(
+                503, f"agl is serving as many requests as it takes at once ({self.limit}); try again shortly."
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        stats.in_flight += 1
+        return None
+
+    def leave(self) -> None:
+        self.stats.in_flight -= 1
 
 
 class _TooLarge(Exception):

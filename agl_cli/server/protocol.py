@@ -9,41 +9,82 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from agl_cli.daemon_config import DEFAULTS
+
+Headers = Sequence[tuple[bytes, bytes]]
+# An answer: its status, its body, and its headers but for `content-length`, which goes
+# first, whoever writes it.
+Answer = tuple[int, bytes, Headers]
+Respond = Callable[[Answer], None]
+# What answers a request directly: given its body, and what writes the answer.
+DirectRoute = Callable[[bytes, Respond], None]
 
 IDLE_CONNECTION_SECONDS = 5  # uvicorn's default: a connection quiet this long is closed
 
 
 class Protocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, writing each response in one send, with two limits it
-    lacks (without them, enough slow or silent clients exhaust the daemon):
+    """uvicorn's HTTP protocol, writing each response in one send, answering the worker
+    routes' everyday requests directly, and with two limits it lacks (without them,
+    enough slow or silent clients exhaust the daemon):
 
     - a connection that sends nothing at all after it opens is closed after
       `timeout_keep_alive` seconds, as uvicorn closes one quiet after a response;
     - a request must arrive in full, headers and body, within `request_timeout` seconds
       of its first byte, or it is answered 408 and the connection closed.
+
+    A request the app can answer directly (it says so in `direct`, see
+    `legacy.WorkerRoutes`) is handed to it once it has arrived, instead of starting an
+    ASGI task for it; uvicorn goes on parsing, and pipelining after it, as for any
+    other. Only a plain HTTP/1.1 request is: an upgrade, `Expect: 100-continue`, another
+    request still being answered on the connection, or the access log (which only
+    uvicorn writes) send it the usual way.
     """
 
     request_timeout: float = DEFAULTS.request_timeout
     _request_timer: asyncio.TimerHandle | None = None
+    _request_begun = False  # a request's first byte has come, and not yet its last
+    _direct: Callable[[bytes, bytes, Headers], DirectRoute | None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
+        self.writes = CoalescedWrites(transport, self.loop)
+        super().connection_made(self.writes)  # type: ignore[arg-type]
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
+        if not self.access_log and self.limit_concurrency is None:
+            self._direct = getattr(self.app, "direct", None)
+
+    def on_headers_complete(self) -> None:
+        if (
+            self._direct is not None
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.expect_100_continue
+            and self.parser.get_http_version() == "1.1"
+            and not self.parser.should_upgrade()
+        ):
+            route = self._direct(self.parser.get_method(), self.url, self.headers)
+            if route is not None:
+                self.cycle = DirectCycle(self, route, self.parser.should_keep_alive())  # type: ignore[assignment]
+                return
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._request_begun and self._request_timer is None:
+            self._request_timer = self.loop.call_later(self.request_timeout, self._request_too_slow)
 
     def on_message_begin(self) -> None:  # the request's first byte (pipelined ones too)
         super().on_message_begin()
-        self._stop_request_timer()
-        self._request_timer = self.loop.call_later(self.request_timeout, self._request_too_slow)
+        self._request_begun = True
 
     def on_message_complete(self) -> None:
+        self._request_begun = False
         self._stop_request_timer()
         super().on_message_complete()
 
@@ -71,6 +112,54 @@ class Protocol(HttpToolsProtocol):
         self.transport.close()  # the handler waiting for the rest of the body hears a disconnect
 
 
+class DirectCycle:
+    """A request answered directly: it stands in for uvicorn's request-response cycle on
+    the connection, with what uvicorn's parser callbacks and shutdown use of one, and
+    hands the request to its route once the body is in."""
+
+    def __init__(self, protocol: Protocol, route: DirectRoute, keep_alive: bool) -> None:
+        self.protocol = protocol
+        self.route = route
+        self.keep_alive = keep_alive  # shutdown turns it off: the answer then closes
+        self.body = bytearray()
+        self.more_body = True
+        self.message_event = self  # told of each part of the body, its end, a disconnect
+        self.response_started = self.response_complete = False
+        self.disconnected = False
+
+    def set(self) -> None:
+        """More of the request came, all of it, or the client left."""
+        if self.disconnected or self.response_started:
+            return
+        if self.more_body:  # uvicorn pauses reading past 64 KB; a route's body is capped
+            self.protocol.flow.resume_reading()
+            return
+        self.response_started = True  # taken: whatever happens next, the route answers
+        self.route(bytes(self.body), self.respond)
+
+    def respond(self, answer: Answer) -> None:
+        """Write the answer as uvicorn would: the same status line and headers."""
+        self.response_complete = True
+        protocol = self.protocol
+        writes = protocol.writes
+        if self.disconnected or writes.is_closing():
+            return
+        status, body, headers = answer
+        content = [STATUS_LINE[status]]
+        for name, value in protocol.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        content += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+        for name, value in headers:
+            content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        writes.write_whole(b"".join(content))
+        if not self.keep_alive:
+            writes.close()
+        protocol.on_response_complete()
+
+
 class CoalescedWrites:
     """A transport whose writes made in one turn of the loop go out in one send, made
     with the GIL released.
@@ -96,11 +185,21 @@ class CoalescedWrites:
         else:
             self._pending.append(data)
 
+    def write_whole(self, data: bytes) -> None:
+        """Write what is already one whole response: at once, unless parts are pending."""
+        if self._pending is None:
+            if not self._transport.is_closing():
+                self._send(data)
+        else:
+            self._pending.append(data)
+
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
         if not pending or self._transport.is_closing():
             return
-        data = b"".join(pending)
+        self._send(b"".join(pending))
+
+    def _send(self, data: bytes) -> None:
         if self._fd is not None and not self._transport.get_write_buffer_size():
             try:
                 sent = os.write(self._fd, data)
@@ -114,6 +213,9 @@ class CoalescedWrites:
     def close(self) -> None:
         self._flush()
         self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
