@@ -6,6 +6,8 @@ meanwhile. Everything else on those routes goes the ASGI way."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -199,3 +201,57 @@ def test_a_worker_route_a_busy_daemon_turns_away_is_counted_as_such(
     for route in ("/task", "/rollout"):
         pattern = rf'^agl_http_request_duration_seconds_count{{.*route="{route}".*status="503".*}} 1\.0$'
         assert re.search(pattern, metrics, re.M), route
+
+
+async def test_an_unexpected_error_is_a_logged_500_and_the_request_leaves_the_count(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    server = AgentLightningServer(port=0)
+    await server.start()
+    uvicorn_errors = logging.getLogger("uvicorn.error")  # which uvicorn keeps from the root logger
+    uvicorn_errors.addHandler(caplog.handler)
+    try:
+        monkeypatch.setattr(server.broker, "claim_soon", broken)
+        failed = server.broker.stats.claims
+        failing_later: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failing_later.set_exception(RuntimeError("a bug, later"))
+        monkeypatch.setattr(server.broker, "report_soon", lambda *args: failing_later)
+
+        def exchange() -> list[tuple[int, list[tuple[str, str]], bytes]]:
+            with connect(server.endpoint) as sock:
+                sock.sendall(request("GET /task HTTP/1.1") + report())
+                answers = Answers(sock)
+                return [answers.next() for _ in range(2)]
+
+        answers = await asyncio.to_thread(exchange)
+        assert (server.broker.stats.in_flight, server.broker.stats.claims) == (0, failed)
+    finally:
+        uvicorn_errors.removeHandler(caplog.handler)
+        await server.stop()
+    assert [(status, body) for status, _, body in answers] == [(500, b"Internal Server Error")] * 2
+    logged = [r.exc_info for r in caplog.records if r.getMessage() == "Exception in ASGI application"]
+    assert [str(exc_info[1]) for exc_info in logged if exc_info] == ["a bug", "a bug, later"]
+
+
+async def test_an_answered_request_is_freed_at_once_not_left_to_the_garbage_collector() -> None:
+    gc.disable()  # what is left for it stays countable
+    server = AgentLightningServer(port=0)
+    await server.start()
+    try:
+
+        def exchange() -> None:
+            with connect(server.endpoint) as sock:
+                answers = Answers(sock)
+                for _ in range(20):
+                    sock.sendall(request("GET /task HTTP/1.1") + report())
+                    answers.next(), answers.next()
+
+        await asyncio.to_thread(exchange)
+        alive = [o for o in gc.get_objects() if isinstance(o, DirectCycle)]
+        assert len(alive) <= 1, "only the connection's last request may still be held"
+    finally:
+        gc.enable()
+        await server.stop()

@@ -19,6 +19,7 @@ same bytes. Every other path goes on to the app.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,10 @@ _Wait = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)]
 NO_TASK = orjson.dumps({"is_available": False, "task": None})
 NO_RESOURCES = "No resources have been set on the server."
 RESOURCES_PREFIX = "/resources/"
+CLAIM_PATH = "/task"
+REPORT_PATH = "/rollout"
+_CLAIM_URL = CLAIM_PATH.encode()
+_REPORT_URL = REPORT_PATH.encode()
 
 JSON_HEADERS: Headers = ((b"content-type", b"application/json"),)
 INTERNAL_ERROR: Answer = (500, b"Internal Server Error", ((b"content-type", b"text/plain; charset=utf-8"),))
@@ -76,14 +81,14 @@ class WorkerRoutes:
         without a body, and `POST /rollout` with one of declared length within the limit.
         None for anything else, which goes the ASGI way."""
         length = _declared_length(headers)
-        if url == b"/task":
+        if url == _CLAIM_URL:
             return self._claim if method == b"GET" and length == 0 else None
-        if url == b"/rollout" and method == b"POST" and length is not None and length <= self.max_body_bytes:
+        if url == _REPORT_URL and method == b"POST" and length is not None and length <= self.max_body_bytes:
             return self._report
         return None
 
     def _claim(self, body: bytes, respond: Respond) -> None:
-        self._serve("/task", "GET", respond, lambda: (self.broker.claim_soon(), self._claim_answer))
+        self._serve(CLAIM_PATH, "GET", respond, lambda: (self.broker.claim_soon(), self._claim_answer))
 
     def _claim_answer(self, result: tuple[Claim | None, float | None]) -> Answer:
         claim, _ = result
@@ -92,11 +97,9 @@ class WorkerRoutes:
     def _report(self, body: bytes, respond: Respond) -> None:
         def start() -> tuple[asyncio.Future[ReportOutcome], Callable[[ReportOutcome], Answer]]:
             rollout = parse_model(body, Rollout)
-            return self.broker.report_soon(rollout, body), lambda outcome: self._report_answer(
-                rollout, outcome
-            )
+            return self.broker.report_soon(rollout, body), functools.partial(self._report_answer, rollout)
 
-        self._serve("/rollout", "POST", respond, start)
+        self._serve(REPORT_PATH, "POST", respond, start)
 
     def _report_answer(self, rollout: Rollout, outcome: ReportOutcome) -> Answer:
         self.broker.reported(outcome)
@@ -214,11 +217,11 @@ class WorkerRoutes:
 
 ENDPOINTS = [
     Endpoint(
-        "GET", "/task", WorkerRoutes.next_task, "Claim the next task", {200: TaskIfAny, 422: None},
+        "GET", CLAIM_PATH, WorkerRoutes.next_task, "Claim the next task", {200: TaskIfAny, 422: None},
         params=(Param("wait", _Wait, "Seconds to wait for a task when none is queued (a long poll)."),),
     ),
     Endpoint(
-        "POST", "/rollout", WorkerRoutes.post_rollout, "Report a rollout",
+        "POST", REPORT_PATH, WorkerRoutes.post_rollout, "Report a rollout",
         {200: GenericResponse, 413: None, 422: None}, body=Rollout,
     ),
     Endpoint(

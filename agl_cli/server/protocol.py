@@ -123,9 +123,15 @@ class DirectCycle:
         self.keep_alive = keep_alive  # shutdown turns it off: the answer then closes
         self.body = bytearray()
         self.more_body = True
-        self.message_event = self  # told of each part of the body, its end, a disconnect
         self.response_started = self.response_complete = False
         self.disconnected = False
+
+    @property
+    def message_event(self) -> DirectCycle:
+        """What uvicorn tells of each part of the body, its end, and a disconnect: the
+        cycle itself (`set`). Not kept in an attribute, which would make each cycle a
+        reference cycle, left to the garbage collector instead of freed once answered."""
+        return self
 
     def set(self) -> None:
         """More of the request came, all of it, or the client left."""
