@@ -324,8 +324,8 @@ class TaskStore(Database):
             now = self.clock()
             claimed = conn.execute(
                 "UPDATE tasks SET status = 'claimed', phase = 'preparing', queue_pos = NULL,"
-                " num_claims = num_claims + 1, last_claim_time = ?1, deadline = ?2 WHERE rollout_id IN"
-                " (SELECT rollout_id FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
+                " num_claims = num_claims + 1, last_claim_time = ?1, deadline = ?2 WHERE id IN"
+                " (SELECT id FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
                 f" ORDER BY queue_pos LIMIT ?3) RETURNING {TASK_COLUMNS}",
                 (now, now + self.task_timeout, count),
             ).fetchall()
