@@ -6,7 +6,7 @@ are served by `WorkerRoutes` in front of the Starlette app, two ways:
 - directly: the requests workers send all the time, `GET /task` and `POST /rollout`
   with a body of declared length, are handed over by the HTTP protocol
   (`protocol.Protocol`) once they have arrived, and answered when the store's future is
-  done: no ASGI task, scope or messages (a third of the cycle's time went there);
+  done: no ASGI task, scope or messages (a third of the event loop's time went there);
 - as plain ASGI, everything else on these paths (a long poll, a chunked body, the
   resources): no routing table, no middleware stack, no `Request` object.
 
