@@ -88,22 +88,22 @@ class WorkerRoutes:
         return None
 
     def _claim(self, body: bytes, respond: Respond) -> None:
-        self._serve(CLAIM_PATH, "GET", respond, lambda: (self.broker.claim_soon(), self._claim_answer))
+        self._serve(CLAIM_PATH, "GET", respond, lambda: (self.broker.claim_soon(), self._claimed))
 
-    def _claim_answer(self, result: tuple[Claim | None, float | None]) -> Answer:
+    def _claimed(self, result: tuple[Claim | None, float | None]) -> Answer:
         claim, _ = result
-        return claim_answer(None if claim is None else self.broker.claimed(claim))
+        return _claim_answer(None if claim is None else self.broker.claimed(claim))
 
     def _report(self, body: bytes, respond: Respond) -> None:
         def start() -> tuple[asyncio.Future[ReportOutcome], Callable[[ReportOutcome], Answer]]:
             rollout = parse_model(body, Rollout)
-            return self.broker.report_soon(rollout, body), functools.partial(self._report_answer, rollout)
+            return self.broker.report_soon(rollout, body), functools.partial(self._reported, rollout)
 
         self._serve(REPORT_PATH, "POST", respond, start)
 
-    def _report_answer(self, rollout: Rollout, outcome: ReportOutcome) -> Answer:
+    def _reported(self, rollout: Rollout, outcome: ReportOutcome) -> Answer:
         self.broker.reported(outcome)
-        return report_answer(rollout)
+        return _report_answer(rollout)
 
     def _serve(
         self,
@@ -117,7 +117,7 @@ class WorkerRoutes:
         started = time.perf_counter()
         refusal = self.limit.enter()
         if refusal is not None:
-            self._answer(template, method, respond, started, answer_of(refusal))
+            self._answer(template, method, respond, started, _answer_of(refusal))
             return
         try:
             future, finish = start()
@@ -152,7 +152,7 @@ class WorkerRoutes:
         status = 500  # what an unexpected error is answered with (below)
         try:
             if scope["method"] != method:
-                answer = answer_of(_method_not_allowed(method))
+                answer = _answer_of(_method_not_allowed(method))
             else:
                 try:
                     answer = await handler(self, scope, receive)
@@ -162,10 +162,10 @@ class WorkerRoutes:
                 except (BadRequest, StorageError) as exc:
                     answer = _failure(exc)
                 except Exception:  # answered as Starlette would, then raised for uvicorn to log
-                    await send_answer(send, INTERNAL_ERROR)
+                    await _send_answer(send, INTERNAL_ERROR)
                     raise
             status = answer[0]
-            await send_answer(send, answer)
+            await _send_answer(send, answer)
         finally:
             self.metrics.observe_route(template, scope["method"], status, time.perf_counter() - started)
 
@@ -176,13 +176,13 @@ class WorkerRoutes:
         wait = 0.0
         if scope["query_string"]:
             wait = number_param(QueryParams(scope["query_string"]), "wait", 0.0, 0.0, MAX_WAIT_SECONDS, float)
-        return claim_answer(await self.broker.claim(wait))
+        return _claim_answer(await self.broker.claim(wait))
 
     async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
         body = await self._read_body(scope, receive)
         rollout = parse_model(body, Rollout)
         await self.broker.report(rollout, body)
-        return report_answer(rollout)
+        return _report_answer(rollout)
 
     async def latest_resources(self, scope: Scope, receive: Receive) -> Answer:
         update = self.broker.latest_resources()
@@ -269,18 +269,18 @@ def _declared_length(headers: Headers) -> int | None:
     return length
 
 
-def claim_answer(claim: Claim | None) -> Answer:
+def _claim_answer(claim: Claim | None) -> Answer:
     if claim is None:
         return 200, NO_TASK, JSON_HEADERS
     return 200, b'{"is_available":true,"task":' + claim.wire + b"}", JSON_HEADERS
 
 
-def report_answer(rollout: Rollout) -> Answer:
+def _report_answer(rollout: Rollout) -> Answer:
     message = f"Rollout {rollout.rollout_id} received and stored."
     return 200, orjson.dumps({"status": "ok", "message": message, "data": None}), JSON_HEADERS
 
 
-def answer_of(response: ORJSONResponse) -> Answer:
+def _answer_of(response: ORJSONResponse) -> Answer:
     headers = [header for header in response.raw_headers if header[0] != b"content-length"]
     return response.status_code, bytes(response.body), headers
 
@@ -289,14 +289,14 @@ def _failure(exc: Exception) -> Answer:
     """The answer to a request that failed: the 4xx it was refused with, the 503 or 507
     of a store that said no, or else a 500 (logged, as uvicorn logs an app's exception)."""
     if isinstance(exc, BadRequest):
-        return answer_of(exc.response)
+        return _answer_of(exc.response)
     if isinstance(exc, StorageError):  # the disk said no: the answer says so, and the daemon goes on
-        return answer_of(storage_failure(exc))
+        return _answer_of(storage_failure(exc))
     log.error("Exception in ASGI application", exc_info=exc)
     return INTERNAL_ERROR
 
 
-async def send_answer(send: Send, answer: Answer) -> None:
+async def _send_answer(send: Send, answer: Answer) -> None:
     status, body, headers = answer
     await send(
         {
