@@ -333,7 +333,7 @@ class TaskStore(Database):
             for values in claimed:
                 row = TaskRow._make(values)
                 if row.config is not None:  # a store-API rollout: its config sets the deadline
-                    row = row._replace(deadline=attempt_deadline(self._config(row.config), now, None))
+                    row = row._replace(deadline=self._attempt_deadline(row, now))
                     conn.execute(
                         "UPDATE tasks SET deadline = ? WHERE rollout_id = ?", (row.deadline, row.rollout_id)
                     )
@@ -381,11 +381,7 @@ class TaskStore(Database):
             None,
             None,
         )
-        deadline = (
-            now + self.task_timeout
-            if row.config is None
-            else attempt_deadline(self._config(row.config), now, None)
-        )
+        deadline = self._attempt_deadline(row, now)
         conn.execute(
             "UPDATE tasks SET status = 'claimed', phase = 'preparing', queue_pos = NULL, num_claims = ?,"
             " last_claim_time = ?, deadline = ? WHERE rollout_id = ?",
@@ -406,6 +402,13 @@ class TaskStore(Database):
             deadline=deadline,
         )
         return claimed, attempt
+
+    def _attempt_deadline(self, row: TaskRow, now: float) -> float | None:
+        """When an attempt started now at the task runs out: a legacy task's after the
+        claim timeout, a store-API rollout's as its config says (maybe never)."""
+        if row.config is None:
+            return now + self.task_timeout
+        return attempt_deadline(self._config(row.config), now, None)
 
     def expire_claims(self) -> int:
         with self._write(durable=False) as conn:
@@ -485,7 +488,6 @@ class TaskStore(Database):
     # rollouts ----------------------------------------------------------------------------
 
     def record_rollout(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
-        text = rollout.model_dump_json() if body is None else body.decode()
         rollout_id = rollout.rollout_id
         with self._write() as conn:
             found = self._task_row(conn, "status, num_claims, mode", rollout_id)
@@ -505,20 +507,7 @@ class TaskStore(Database):
             now = self.clock()
             if found:
                 self._report_successes(conn, [(rollout_id, found[1])], now)
-            sent_mode = rollout.task.mode if rollout.task is not None else None
-            conn.execute(
-                "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body, mode, reward)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rollout_id,
-                    now,
-                    attempt,
-                    int(not found),
-                    text,
-                    sent_mode or task_mode,
-                    rollout.final_reward,
-                ),
-            )
+            _insert_rollouts(conn, [_rollout_row(rollout, body, now, attempt, not found, task_mode)])
         return outcome
 
     def record_rollouts(self, reports: Sequence[tuple[Rollout, bytes | None]]) -> list[ReportOutcome]:
@@ -546,21 +535,10 @@ class TaskStore(Database):
                 )
                 rows = []
                 for rollout_id, index in first.items():
-                    rollout, body = reports[index]
                     sequence_id, task_mode = claimed[rollout_id]
-                    sent_mode = rollout.task.mode if rollout.task is not None else None
-                    text = rollout.model_dump_json() if body is None else body.decode()
-                    rows.append(
-                        (rollout_id, now, sequence_id, 0, text, sent_mode or task_mode, rollout.final_reward)
-                    )
+                    rows.append(_rollout_row(*reports[index], now, sequence_id, False, task_mode))
                     outcomes[index] = ReportOutcome.STORED
-                for start in range(0, len(rows), INSERT_ROWS):
-                    chunk = rows[start : start + INSERT_ROWS]
-                    conn.execute(
-                        "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body, mode, reward)"
-                        f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(chunk))}",
-                        [value for row in chunk for value in row],
-                    )
+                _insert_rollouts(conn, rows)
         return [
             self.record_rollout(*reports[index]) if outcome is None else outcome
             for index, outcome in enumerate(outcomes)
@@ -883,3 +861,40 @@ class _Drain(NamedTuple):
     key: int
     base_pos: int
     committed_time: float
+
+
+RolloutRow = tuple[str, float, int | None, int, str, str | None, float | None]
+
+
+def _rollout_row(
+    rollout: Rollout,
+    body: bytes | None,
+    now: float,
+    attempt: int | None,
+    unsolicited: bool,
+    task_mode: str | None,
+) -> RolloutRow:
+    """A report as a row of `rollouts`: kept as the JSON it came in (`body`) if at hand,
+    with the mode it says, else its task's."""
+    sent_mode = rollout.task.mode if rollout.task is not None else None
+    text = rollout.model_dump_json() if body is None else body.decode()
+    return (
+        rollout.rollout_id,
+        now,
+        attempt,
+        int(unsolicited),
+        text,
+        sent_mode or task_mode,
+        rollout.final_reward,
+    )
+
+
+def _insert_rollouts(conn: sqlite3.Connection, rows: Sequence[RolloutRow]) -> None:
+    """Rows of `rollouts` in one `INSERT` per `INSERT_ROWS` of them."""
+    for start in range(0, len(rows), INSERT_ROWS):
+        chunk = rows[start : start + INSERT_ROWS]
+        conn.execute(
+            "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body, mode, reward)"
+            f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(chunk))}",
+            [value for row in chunk for value in row],
+        )
