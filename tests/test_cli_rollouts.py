@@ -72,14 +72,18 @@ def test_list_shows_the_mode_of_the_task_when_the_worker_sent_no_task(daemon: Da
     assert [(r["task"]["mode"], r["task"]["input"]) for r in listed] == [("val", 1), (None, 2)]
 
 
-def test_show_gives_the_whole_rollout_and_an_unknown_id_is_one_line(daemon: Daemon) -> None:
-    (rollout_id,) = daemon.queue(1)
+def test_show_gives_the_whole_rollout_and_an_unknown_or_unfinished_one_is_one_line(daemon: Daemon) -> None:
+    rollout_id, unfinished = daemon.queue(1, 2)
     post_rollout(daemon, rollout_id, reward=0.25)
     shown = json.loads(agl("rollouts", "show", rollout_id, "--json", daemon=daemon).stdout)
     assert (shown["rollout_id"], shown["final_reward"]) == (rollout_id, 0.25)
     assert agl("rollouts", "show", rollout_id, daemon=daemon).returncode == 0
     assert_one_line_error(
         agl("rollouts", "show", "rollout-nope", daemon=daemon), "No rollout with id 'rollout-nope'."
+    )
+    assert_one_line_error(
+        agl("rollouts", "show", unfinished, daemon=daemon),
+        f"Rollout '{unfinished}' has no result yet: its task is queued.",
     )
 
 

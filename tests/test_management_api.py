@@ -445,6 +445,25 @@ def test_a_rollout_is_shown_by_its_id(daemon: Daemon) -> None:
     assert (missing.status_code, missing.json()) == (404, {"detail": "No rollout with id 'rollout-nope'."})
 
 
+def test_a_task_without_a_result_is_a_404_that_says_where_the_task_is(daemon: Daemon) -> None:
+    [failed] = daemon.post("/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 0}]}).json()
+    assert daemon.post("/v1/agl/queues/rollouts/dequeue", json={}).json()
+    daemon.post(f"/v1/agl/rollouts/{failed['rollout_id']}/attempts/latest", json={"status": "failed"})
+    claimed, queued, cancelled = daemon.queue(1, 2, 3)
+    assert daemon.claim() is not None
+    assert daemon.api("POST", f"/v1/tasks/{cancelled}/cancel").status_code == 200
+    answers = {
+        rollout_id: daemon.api("GET", f"/v1/rollouts/{rollout_id}")
+        for rollout_id in (failed["rollout_id"], claimed, queued, cancelled)
+    }
+    assert {rollout_id: (r.status_code, detail(r)) for rollout_id, r in answers.items()} == {
+        failed["rollout_id"]: (404, f"Rollout '{failed['rollout_id']}' has no result: its task failed."),
+        claimed: (404, f"Rollout '{claimed}' has no result yet: its task is claimed."),
+        queued: (404, f"Rollout '{queued}' has no result yet: its task is queued."),
+        cancelled: (404, f"Rollout '{cancelled}' has no result: its task was cancelled."),
+    }
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

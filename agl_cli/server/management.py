@@ -28,6 +28,7 @@ from agl_cli.store import (
     InvalidTransitionError,
     StorageError,
     StoreError,
+    TaskRecord,
     UnknownBatchError,
     UnknownTaskError,
 )
@@ -170,12 +171,29 @@ async def list_rollouts(request: Request) -> Response:
 
 
 async def show_rollout(request: Request) -> Response:
-    """One kept rollout by its id."""
+    """One kept rollout by its id; for a task without one, where that task is."""
     rollout_id = request.path_params["rollout_id"]
-    stored = await broker_of(request).get_rollout(rollout_id)
+    broker = broker_of(request)
+    # The task first, then its rollout: a task that finishes between the two reads is
+    # shown with its result, never as unfinished.
+    record = await broker.get_task(rollout_id)
+    stored = await broker.get_rollout(rollout_id)
     if stored is None:
-        return error(404, f"No rollout with id '{rollout_id}'.")
+        return error(404, _no_result(rollout_id, record))
     return ORJSONResponse(rollout_json(stored))
+
+
+_WHY_NO_RESULT = {
+    TaskStatus.QUEUED: "has no result yet: its task is queued",
+    TaskStatus.CLAIMED: "has no result yet: its task is claimed",
+    TaskStatus.FAILED: "has no result: its task failed",
+    TaskStatus.CANCELLED: "has no result: its task was cancelled",
+}
+
+
+def _no_result(rollout_id: str, record: TaskRecord | None) -> str:
+    why = None if record is None else _WHY_NO_RESULT.get(record.status)
+    return f"No rollout with id '{rollout_id}'." if why is None else f"Rollout '{rollout_id}' {why}."
 
 
 # --- the daemon ----------------------------------------------------------------------------
