@@ -42,7 +42,7 @@ complete -c agl -f
 complete -c agl -n "__agl_at ''" -a 'serve' -d 'Run the daemon in the foreground until SIGINT or SIGTERM (or in the backgroun...'
 complete -c agl -n "__agl_at ''" -a 'stop' -d 'Stop the daemon gracefully: in-flight requests finish, then it exits'
 complete -c agl -n "__agl_at ''" -a 'status' -d 'Show the daemon\'s version, uptime, address, task counts, rates and latest res...'
-complete -c agl -n "__agl_at ''" -a 'dashboard' -d 'Open the live dashboard in your browser, with the token'
+complete -c agl -n "__agl_at ''" -a 'dashboard' -d 'Open the live dashboard in your browser, signed in'
 complete -c agl -n "__agl_at ''" -a 'queue' -d 'Queue tasks from files: all of them, or none if any is bad'
 complete -c agl -n "__agl_at ''" -a 'vllm' -d 'Run agentlightning\'s vLLM wrapper'
 complete -c agl -n "__agl_at ''" -a 'store' -d 'Run agentlightning\'s LightningStore server'

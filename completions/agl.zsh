@@ -10,7 +10,7 @@ _agl_subcommands() {
         'serve:Run the daemon in the foreground until SIGINT or SIGTERM (or in the backgroun...'
         'stop:Stop the daemon gracefully: in-flight requests finish, then it exits'
         'status:Show the daemon'\''s version, uptime, address, task counts, rates and latest res...'
-        'dashboard:Open the live dashboard in your browser, with the token'
+        'dashboard:Open the live dashboard in your browser, signed in'
         'queue:Queue tasks from files: all of them, or none if any is bad'
         'vllm:Run agentlightning'\''s vLLM wrapper'
         'store:Run agentlightning'\''s LightningStore server'

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 from cli_runner import agl, assert_one_line_error
 from daemon import Daemon
 
+from agl_cli.server.sign_in import SIGN_IN_PATH
+
 NO_DISPLAY = {"DISPLAY": "", "WAYLAND_DISPLAY": "", "BROWSER": ""}
 
 
@@ -20,12 +22,18 @@ def fake_browser(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return {**NO_DISPLAY, "BROWSER": str(script)}, opened
 
 
-def test_the_browser_opens_the_page_with_the_token_in_its_fragment(daemon: Daemon, tmp_path: Path) -> None:
+def test_the_browser_opens_the_page_with_a_code_good_once_for_the_token_never_the_token(
+    daemon: Daemon, tmp_path: Path
+) -> None:
     env, opened = fake_browser(tmp_path)
     result = agl("dashboard", daemon=daemon, env=env)
     assert result.returncode == 0, result.stderr
-    assert opened.read_text() == f"{daemon.url}/#token={daemon.token}"
+    address = opened.read_text()
+    assert address.startswith(f"{daemon.url}/#code=") and daemon.token not in address
     assert result.stdout == ""
+    code = address.split("#code=", 1)[1]
+    traded = [daemon.post(SIGN_IN_PATH, json={"code": code}) for _ in range(2)]
+    assert [(r.status_code, r.json().get("token")) for r in traded] == [(200, daemon.token), (401, None)]
 
 
 def test_without_a_browser_the_address_is_printed_with_how_to_forward_the_port(daemon: Daemon) -> None:

@@ -15,6 +15,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 from agl_cli.models import Rollout, TaskSpec
 from agl_cli.server import schemas
 from agl_cli.server.page import CONTENT_SECURITY_POLICY
+from agl_cli.server.sign_in import CODE_SECONDS, MAX_UNSPENT, REFUSED, SIGN_IN_PATH, SignInCodes
 from agl_cli.store import MemoryStore
 
 LLM = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen", "api_key": "sk-secret"}
@@ -228,6 +229,32 @@ def test_nothing_else_is_open_and_data_needs_the_right_token(daemon: Daemon, pat
     assert daemon.get(path).status_code == 401
     wrong = daemon.get(path, headers={"Authorization": "Bearer wrong"})
     assert (wrong.status_code, wrong.json()) == (401, {"detail": "The bearer token is not valid."})
+
+
+def test_a_sign_in_code_is_issued_with_the_token_and_traded_for_it_once(daemon: Daemon) -> None:
+    assert daemon.post("/v1/dashboard/sign-in-codes").status_code == 401
+    issued = daemon.api("POST", "/v1/dashboard/sign-in-codes")
+    assert issued.status_code == 201
+    code = schemas.SignInCode.model_validate(issued.json())
+    assert code.expires_in == CODE_SECONDS and len(code.code) >= 32
+    traded = daemon.post(SIGN_IN_PATH, json={"code": code.code})  # no token: the page has none yet
+    assert (traded.status_code, traded.json()) == (200, {"token": daemon.token})
+    again = daemon.post(SIGN_IN_PATH, json={"code": code.code})
+    assert (again.status_code, again.json()) == (401, {"detail": REFUSED})
+    assert daemon.post(SIGN_IN_PATH, json={"code": "made-up"}).status_code == 401
+    assert daemon.post(SIGN_IN_PATH, json={}).status_code == 422
+
+
+def test_a_sign_in_code_expires_and_only_the_latest_few_are_kept() -> None:
+    now = [0.0]
+    codes = SignInCodes(lifetime=60.0, clock=lambda: now[0])
+    used, late = codes.issue(), codes.issue()
+    now[0] = 59.9
+    assert codes.redeem(used) and not codes.redeem(used)
+    now[0] = 60.0
+    assert not codes.redeem(late)
+    issued = [codes.issue() for _ in range(MAX_UNSPENT + 1)]
+    assert not codes.redeem(issued[0]) and all(codes.redeem(code) for code in issued[1:])
 
 
 # --- bounded reads ------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import httpx
 import pytest
 from daemon import Daemon, wait_until
 
+from agl_cli.server.sign_in import REFUSED
+
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -65,12 +67,13 @@ def open_page(browser: Any, daemon: Daemon) -> Iterator[Any]:
     """Open the dashboard as `agl dashboard` does; after the test, the console must be clean."""
     opened: list[tuple[Any, Console, bool]] = []
 
-    def open_(token: str | None = None, color_scheme: str = "light", clean: bool = True) -> Any:
+    def open_(fragment: str | None = None, color_scheme: str = "light", clean: bool = True) -> Any:
+        """`fragment`: what follows the `#`; by default, a fresh sign-in code."""
         context = browser.new_context(color_scheme=color_scheme, viewport={"width": 1280, "height": 900})
         page = context.new_page()
         console = Console(page)
         opened.append((context, console, clean))
-        page.goto(f"{daemon.url}/#token={daemon.token if token is None else token}")
+        page.goto(f"{daemon.url}/#{fragment or 'code=' + sign_in_code(daemon)}")
         return page
 
     yield open_
@@ -90,11 +93,19 @@ def complete(daemon: Daemon, mode: str, rewards: list[float], **extra: Any) -> l
     return ids
 
 
+def sign_in_code(daemon: Daemon) -> str:
+    """A one-time code, as `agl dashboard` asks for one to hand the browser."""
+    issued = daemon.api("POST", "/v1/dashboard/sign-in-codes")
+    issued.raise_for_status()
+    code: str = issued.json()["code"]
+    return code
+
+
 def counted(daemon: Daemon, status: str) -> str:
     return f"{daemon.status()['tasks'][status]:,}"
 
 
-def test_the_page_loads_signed_in_with_no_console_errors_and_takes_the_token_out_of_the_address(
+def test_the_page_signs_in_with_its_code_with_no_console_errors_and_takes_it_out_of_the_address(
     daemon: Daemon, open_page: Any
 ) -> None:
     [waiting] = daemon.queue("waiting", mode="train")
@@ -102,10 +113,23 @@ def test_the_page_loads_signed_in_with_no_console_errors_and_takes_the_token_out
         page = open_page()
         expect(page.locator("#count-queued")).to_have_text(counted(daemon, "queued"), timeout=WAIT_MS)
         expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
-        assert "token" not in page.url
+        assert page.url == f"{daemon.url}/"
         assert page.evaluate("sessionStorage.getItem('agl-token')") == daemon.token
     finally:
         daemon.api("POST", f"/v1/tasks/{waiting}/cancel").raise_for_status()
+
+
+def test_a_used_sign_in_code_is_refused_in_one_clear_message_and_shows_no_data(
+    daemon: Daemon, open_page: Any
+) -> None:
+    code = sign_in_code(daemon)
+    first = open_page(f"code={code}")
+    expect(first.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
+    again = open_page(f"code={code}", clean=False)  # the daemon's 401 is on the console
+    expect(again.locator("#login-reason")).to_have_text(REFUSED, timeout=WAIT_MS)
+    expect(again.locator("#board")).to_be_hidden()
+    assert again.url == f"{daemon.url}/"
+    assert again.evaluate("sessionStorage.getItem('agl-token')") is None
 
 
 def test_counts_rollouts_and_the_chart_follow_the_run_without_a_reload(
@@ -197,7 +221,7 @@ def test_a_wrong_token_is_refused_in_one_clear_message_and_shows_no_data(
     daemon: Daemon, open_page: Any
 ) -> None:
     complete(daemon, "train", [0.4])
-    page = open_page(token="not-the-token", clean=False)
+    page = open_page("token=not-the-token", clean=False)
     expect(page.locator("#login-reason")).to_contain_text("refused this token", timeout=WAIT_MS)
     expect(page.locator("#board")).to_be_hidden()
     assert page.locator("#rollouts tbody tr").count() == 0

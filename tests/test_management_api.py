@@ -766,6 +766,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/openapi.json"), ("get", "/v1/dashboard"), ("get", "/v1/dashboard/stream"),
     ("get", "/v1/dashboard/rollouts"), ("get", "/v1/dashboard/rollouts/{rollout_id}"),
     ("get", "/v1/dashboard/failures"), ("get", "/v1/dashboard/workers"), ("get", "/v1/dashboard/resources"),
+    ("post", "/v1/dashboard/sign-in-codes"),
 }  # fmt: skip
 
 

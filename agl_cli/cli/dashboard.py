@@ -1,7 +1,10 @@
 """`agl dashboard`: open the daemon's live dashboard in a browser, signed in.
 
-The token goes in the address's fragment (`/#token=...`): a browser never sends a
-fragment to any server, and the page moves it out of the address bar at once.
+The browser is handed a one-time sign-in code (`/#code=...`), never the token: a
+browser's command line can be read by every user of the machine. A printed address
+carries the token itself (`/#token=...`), since it may be opened elsewhere much later.
+Either rides in the address's fragment, which a browser never sends to any server, and
+the page moves it out of the address bar at once.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import typer
 
@@ -23,19 +26,20 @@ def dashboard(
         False, "--print", "--no-browser", help="Print the address (with the token) instead of opening it."
     ),
 ) -> None:
-    """Open the live dashboard in your browser, with the token.
+    """Open the live dashboard in your browser, signed in.
 
     Where no browser can be opened (over SSH, say), it prints the address instead, and
     how to forward the port to your own machine.
     """
     target = target_of(ctx)
+    browse = not print_only and has_browser()
     with connect(ctx) as client:
         client.status()  # the daemon answers and takes the token, or one line says why not
-    url = dashboard_url(target.url, target.token)
-    if not print_only and open_browser(url):
+        code = client.sign_in_code() if browse and target.token is not None else None
+    if browse and open_browser(dashboard_url(target.url, code=code)):
         output.note(f"Opened the dashboard of {target.url} in your browser.")
         return
-    output.write_line(url)
+    output.write_line(dashboard_url(target.url, token=target.token))
     if not print_only:
         output.note("No browser could be opened here: open the address above in yours.")
     if is_local(target.url):
@@ -46,24 +50,26 @@ def dashboard(
         )
 
 
-def dashboard_url(base: str, token: str | None) -> str:
-    """The page's address; the token rides in the fragment, which never leaves the browser."""
-    return f"{base}/" if token is None else f"{base}/#token={quote(token, safe='')}"
+def dashboard_url(base: str, *, token: str | None = None, code: str | None = None) -> str:
+    """The page's address, with the token or a sign-in code in its fragment."""
+    fragment = urlencode({name: value for name, value in (("token", token), ("code", code)) if value})
+    return f"{base}/#{fragment}" if fragment else f"{base}/"
 
 
-def open_browser(url: str) -> bool:
-    """Open `url` in a graphical browser if this session has one; False if not.
-
-    On Linux and the BSDs that means a display (or a `BROWSER` the user chose): without
-    one, Python would start a text browser in this terminal, which cannot run the page.
-    """
-    import webbrowser
-
+def has_browser() -> bool:
+    """Whether this session can show a graphical browser. On Linux and the BSDs that means
+    a display (or a `BROWSER` the user chose): without one, Python would start a text
+    browser in this terminal, which cannot run the page."""
     graphical = bool(
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("BROWSER")
     )
-    if not graphical and sys.platform not in ("darwin", "win32"):
-        return False
+    return graphical or sys.platform in ("darwin", "win32")
+
+
+def open_browser(url: str) -> bool:
+    """Open `url` in the browser; False if none could be started."""
+    import webbrowser
+
     try:
         return webbrowser.open(url)
     except webbrowser.Error:

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
-from agl_cli.server import legacy, management, otlp, page, store_api
+from agl_cli.server import legacy, management, otlp, page, sign_in, store_api
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker
 from agl_cli.server.legacy import WorkerRoutes
@@ -95,6 +95,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         Route("/openapi.json", worker_document, methods=["GET"]),
         *management.routes,
         *page.routes,
+        *sign_in.routes,
         *store_api.routes,
         *otlp.routes,
     ]
@@ -119,6 +120,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.options = options
+    app.state.sign_in_codes = sign_in.SignInCodes()
     app.state.ready = False
     # What `POST /v1/shutdown` calls to stop the server gracefully; whoever runs the
     # server sets it (the daemon does), and without it the route answers 501.

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from agl_cli import __version__
 from agl_cli.models import ResourcesUpdate, TaskStatus
-from agl_cli.server import dashboard, schemas
+from agl_cli.server import dashboard, schemas, sign_in
 from agl_cli.server.broker import broker_of
 from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param, build_document, routes_of
 from agl_cli.server.requests import bool_param, choice_param, int_param, read_model
@@ -294,6 +294,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/v1/shutdown", shutdown, "Stop the daemon", {202: schemas.Stopping, 501: None}),
     Endpoint("GET", "/v1/openapi.json", openapi_document, "This document", {200: None}),
     *dashboard.ENDPOINTS,
+    *sign_in.ENDPOINTS,
 ]  # fmt: skip
 
 routes = routes_of(ENDPOINTS)

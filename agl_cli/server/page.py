@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agl_cli.server.responses import error
+from agl_cli.server.sign_in import SIGN_IN_PATH
 
 ASSET_PREFIX = "/dashboard/"
 PAGE = "index.html"
@@ -28,8 +29,9 @@ ASSETS = {
     "dashboard.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }
-# The exact paths served without the token: the page and its assets, nothing below them.
-OPEN_PATHS = frozenset({"/", *(ASSET_PREFIX + name for name in ASSETS if name != PAGE)})
+# The exact paths served without the token: the page, its assets (nothing below them),
+# and where the page trades a sign-in code for the token.
+OPEN_PATHS = frozenset({"/", SIGN_IN_PATH, *(ASSET_PREFIX + name for name in ASSETS if name != PAGE)})
 
 CONTENT_SECURITY_POLICY = "; ".join(
     (

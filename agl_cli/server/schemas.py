@@ -49,6 +49,12 @@ class PublishBody(_Body):
     resources_id: str | None = None
 
 
+class SignInRequest(_Body):
+    """A sign-in code, traded once for the token (`POST /dashboard/sign-in`)."""
+
+    code: str = Field(max_length=100)
+
+
 # --- responses ----------------------------------------------------------------------------
 
 
@@ -258,6 +264,11 @@ class ResourcesPage(BaseModel):
     resources: list[ResourcesUpdate]
     total: int
     latest_id: str | None
+
+
+class SignInCode(BaseModel):
+    code: str = Field(description="Traded once for the token at POST /dashboard/sign-in.")
+    expires_in: float = Field(description="Seconds the code stays good for.")
 
 
 class Stopping(BaseModel):

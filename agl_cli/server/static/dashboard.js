@@ -2,14 +2,17 @@
 // summary and pages of data (all aggregated on the server), then follows its event
 // stream and redraws only what changed.
 //
-// The token: `agl dashboard` opens this page as `/#token=...`. A fragment never leaves
-// the browser (not to the server, not in a Referer); the page moves it into this tab's
-// session storage, takes it out of the address bar, and sends it as a bearer header.
+// The token: `agl dashboard` opens this page as `/#code=...`, with a one-time sign-in
+// code that the page trades for the token (the token itself would be on the browser's
+// command line); a printed address is `/#token=...`. A fragment never leaves the browser
+// (not to the server, not in a Referer); the page takes it out of the address bar, keeps
+// the token in this tab's session storage, and sends it as a bearer header.
 // EventSource cannot send headers, so the stream is read with fetch() and the small
 // parser below.
 "use strict";
 
 const TOKEN_KEY = "agl-token";
+const SIGN_IN = "/dashboard/sign-in";
 const PAGE = 25;
 const PANEL_SECONDS = 5;
 const AVERAGE_OF = 10; // buckets in the chart's moving average
@@ -129,28 +132,50 @@ function showProblem(error) {
 
 // --- the token ---------------------------------------------------------------------------------
 
-function takeToken() {
+async function takeToken() {
   const fragment = new URLSearchParams(location.hash.slice(1));
-  if (fragment.has("token")) {
-    sessionStorage.setItem(TOKEN_KEY, fragment.get("token"));
+  if (fragment.has("token") || fragment.has("code")) {
     history.replaceState(null, "", location.pathname + location.search);
+  }
+  if (fragment.has("token")) sessionStorage.setItem(TOKEN_KEY, fragment.get("token"));
+  if (fragment.has("code")) {
+    const token = await redeem(fragment.get("code"));
+    if (token !== null) sessionStorage.setItem(TOKEN_KEY, token);
   }
   state.token = sessionStorage.getItem(TOKEN_KEY);
 }
 
+// The token for a sign-in code; a code is good once, for a minute.
+async function redeem(code) {
+  const response = await fetch(SIGN_IN, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ code }),
+    cache: "no-store",
+  });
+  const body = await response.json();
+  if (!response.ok) throw new Refused(body.detail);
+  return body.token;
+}
+
 function refuse(reason) {
+  showLogin(
+    state.token
+      ? `The daemon refused this token (${reason}) Nothing is shown without the right one.`
+      : "This daemon needs its token to show anything.",
+  );
+}
+
+function showLogin(reason) {
   if (state.stream) state.stream.abort();
   clearInterval(state.panelsTimer);
   sessionStorage.removeItem(TOKEN_KEY);
-  const given = Boolean(state.token);
   state.token = null;
   $("board").hidden = true;
   $("login").hidden = false;
   $("daemon").textContent = "";
   setConnection("Not signed in", "down");
-  $("login-reason").textContent = given
-    ? `The daemon refused this token (${reason}) Nothing is shown without the right one.`
-    : "This daemon needs its token to show anything.";
+  $("login-reason").textContent = reason;
   $("token").focus();
 }
 
@@ -744,6 +769,7 @@ function wire() {
   document.addEventListener("visibilitychange", refreshPanels);
 }
 
-takeToken();
 wire();
-open();
+takeToken().then(open, (error) =>
+  showLogin(error instanceof Refused ? error.message : `The dashboard could not sign in (${error.message}).`),
+);
