@@ -38,6 +38,7 @@ class SignInCodes:
 
     def issue(self) -> str:
         now = self._clock()
+        # Forget the oldest while it has expired, or while there is no room for one more.
         while self._deadlines and (
             next(iter(self._deadlines.values())) <= now or len(self._deadlines) >= MAX_UNSPENT
         ):
