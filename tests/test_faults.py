@@ -1,5 +1,6 @@
 """When the disk says no: a full store refuses writes with a 507 that says so, keeps
-serving reads, keeps nothing half-written, and takes writes again once there is room."""
+serving reads, keeps nothing half-written, and takes writes again once there is room; a
+failing disk's writes are a 503; a failed sync stops the daemon, to be restarted."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from unittest.mock import ANY
 import httpx
 import pytest
 from daemon import Daemon
+
+from agl_cli.server.writer import SINCE_THE_LAST_GOOD_SYNC
 
 LIMIT = 400_000  # bytes of database: a few hundred large tasks
 BIG = "x" * 20_000
@@ -54,6 +57,7 @@ def test_a_full_store_refuses_writes_with_a_507_serves_reads_and_recovers(
 FAILING_WRITES = Path(__file__).parent / "faults" / "failing_writes.c"
 PROMPT = {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}
 WRITE_FAILED = "The store could not be written (disk I/O error); nothing was written."
+LOST = f"The store could not be synced to disk (Input/output error): {SINCE_THE_LAST_GOOD_SYNC}."
 
 
 @pytest.fixture(scope="session")
@@ -110,5 +114,37 @@ def test_a_disk_that_fails_writes_gets_a_503_keeps_nothing_half_written_and_reco
         "rates": ANY,
         "address": ANY,
     }
+    with sqlite3.connect(state / "agl.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_failed_sync_is_a_503_and_the_daemon_stops_so_that_no_later_write_is_answered_with_success(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed fsync the kernel forgets the error, and a later sync that succeeds
+    says nothing of the pages the failed one lost: no success can be promised again
+    until a restart has recovered what is on disk."""
+    trigger = tmp_path / "syncs fail"
+    state = tmp_path / "state"
+    with monkeypatch.context() as env:  # for the daemon only
+        env.setenv("LD_PRELOAD", str(failing_writes))
+        env.setenv("AGL_FAIL_SYNCS", str(trigger))
+        daemon = make_daemon(state_dir=state)
+    [kept] = daemon.queue("synced")
+
+    trigger.touch()
+    failed = daemon.api("POST", "/v1/tasks", json={"tasks": [{"input": "not known to be synced"}]})
+    assert (failed.status_code, failed.json(), failed.headers.get("Retry-After")) == (
+        503,
+        {"detail": LOST},
+        "5",
+    )
+    trigger.unlink()  # syncs succeed again, which proves nothing about the one that failed
+    assert daemon.wait() == 1  # it stopped by itself, to be restarted
+    log = daemon.log_path.read_text()
+    assert f"agl: {LOST}" in log and "Traceback" not in log
+
+    again = make_daemon(state_dir=state)  # the restart recovers what is on disk
+    assert again.api("GET", f"/v1/tasks/{kept}").status_code == 200
     with sqlite3.connect(state / "agl.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -15,8 +15,9 @@ import httpx
 import pytest
 from daemon import Daemon
 
+from agl_cli import AgentLightningServer
 from agl_cli.models import TaskStatus
-from agl_cli.server.writer import CHECKPOINT_EVERY, Batched, GroupCommitThreads
+from agl_cli.server.writer import CHECKPOINT_EVERY, SINCE_THE_LAST_GOOD_SYNC, Batched, GroupCommitThreads
 from agl_cli.store import SQLiteStore, StorageError, TaskSpec, UnknownTaskError
 
 WAIT = 10.0  # seconds any single step may take before the test gives up
@@ -251,6 +252,65 @@ async def test_a_checkpoint_the_disk_refuses_is_one_line_in_the_log_and_writes_g
     assert record.getMessage() == (
         "checkpointing the write-ahead log failed: The store could not be written (disk I/O error)"
     )
+
+
+class OneFailedSync(SQLiteStore):
+    """A SQLite store whose next sync, once asked, fails as a dying disk's would; the
+    syncs after it succeed, as they do once the kernel has forgotten the error."""
+
+    fail_next = False
+
+    def sync(self) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise StorageError("The store could not be synced to disk (Input/output error)", undone=False)
+        super().sync()
+
+
+async def test_after_a_failed_sync_no_write_is_answered_with_success_again_and_it_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = OneFailedSync(tmp_path / "agl.db")
+    threads = GroupCommitThreads(store)
+    told: list[StorageError] = []
+    threads.on_lost = told.append
+    threads.start()
+    [kept] = await threads.write(queue(store, "synced"))
+    store.fail_next = True
+    with pytest.raises(StorageError) as failed:
+        await asyncio.wait_for(threads.write(queue(store, "unsynced")), WAIT)
+    assert failed.value is threads.lost
+    for later in (queue(store, "after"), store.claim):  # the next sync would succeed: too late
+        with pytest.raises(StorageError) as refused:
+            await asyncio.wait_for(threads.write(later), WAIT)
+        assert refused.value is threads.lost
+    assert threads.lost is not None and told == [threads.lost]
+    assert str(threads.lost) == (
+        f"The store could not be synced to disk (Input/output error): {SINCE_THE_LAST_GOOD_SYNC}."
+    )
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [str(threads.lost)]
+    await threads.close()
+    reopened = SQLiteStore(tmp_path / "agl.db")
+    assert reopened.get_task(kept) is not None  # what was answered with success is there
+    reopened.close()
+
+
+async def test_the_embedded_server_after_a_failed_sync_refuses_writes_and_is_not_ready(
+    tmp_path: Path,
+) -> None:
+    store = OneFailedSync(tmp_path / "agl.db")
+    server = AgentLightningServer(port=0, store=store)
+    await server.start()
+    try:
+        await server.queue_task("synced")
+        store.fail_next = True
+        with pytest.raises(StorageError) as lost:
+            await server.queue_task("not known to be synced")
+        async with httpx.AsyncClient(base_url=server.endpoint) as client:
+            answers = [await client.get("/ready"), await client.get("/task")]
+        assert [(r.status_code, r.json()["detail"]) for r in answers] == [(503, str(lost.value))] * 2
+    finally:
+        await server.stop()
 
 
 async def test_writes_and_reads_run_off_the_event_loop(threads: GroupCommitThreads) -> None:

@@ -79,11 +79,11 @@ def serve(
 
         start_detached(config)
         return
-    from agl_cli.server.runner import StartupError, run
+    from agl_cli.server.runner import StartupError, StoppedError, run
 
     try:
         run(config)
-    except StartupError as exc:
+    except (StartupError, StoppedError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         pass

@@ -137,7 +137,10 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: the store is open and the app is not shutting down."""
+    """Readiness: the store is open and takes writes, and the app is not shutting down."""
+    lost = request.app.state.broker.lost
+    if lost is not None:
+        return error(503, str(lost))
     if not request.app.state.ready:
         return error(503, "agl is not ready.")
     return ORJSONResponse({"status": "ready", "version": __version__})

@@ -20,13 +20,14 @@ from starlette.requests import Request
 
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.rates import RateWindow
-from agl_cli.server.writer import Batched, CommitStats, threads_for
+from agl_cli.server.writer import Batched, CommitStats, failure_logged, threads_for
 from agl_cli.store import (
     Claim,
     ReportOutcome,
     RewardSeries,
     RolloutDetail,
     RolloutSummary,
+    StorageError,
     Store,
     StoreCounts,
     StoredRollout,
@@ -139,6 +140,15 @@ class Broker:
     def commit_stats(self) -> CommitStats:
         return self._threads.stats
 
+    @property
+    def lost(self) -> StorageError | None:
+        """Why no write can be made any more (a sync failed), or None."""
+        return self._threads.lost
+
+    def on_lost(self, callback: Callable[[StorageError], None]) -> None:
+        """Have `callback` called on the event loop, once, if a sync fails."""
+        self._threads.on_lost = callback
+
     # life --------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -166,12 +176,12 @@ class Broker:
         """Move expired claims on even when no worker asks, so states stay truthful."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            try:
+            if self.lost is not None:
+                continue  # no write can be made (the writer has said why)
+            with failure_logged("expiring claims"):  # keep sweeping: the next sweep retries
                 if await self._threads.write(self._store.expire_claims):
                     self._tasks_changed.notify()
                     self._rollouts_changed.notify()  # an attempt that ran out may have failed its rollout
-            except Exception:  # keep sweeping; the error is logged, the next sweep retries
-                log.exception("expiring claims failed")
 
     # tasks -------------------------------------------------------------------------------
 

@@ -46,6 +46,10 @@ class StartupError(Exception):
     """The daemon cannot start; the message says why in one sentence."""
 
 
+class StoppedError(Exception):
+    """The daemon had to stop (its store can take no more writes); the message says why."""
+
+
 def prepare_state_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -125,6 +129,7 @@ class _Server(uvicorn.Server):
     after a graceful stop instead of re-raising the signal that asked for it."""
 
     broker: Broker | None = None
+    lost: StorageError | None = None  # why it stopped on its own, if it did
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -148,6 +153,11 @@ class _Server(uvicorn.Server):
         self.should_exit = True
         if self.broker is not None:
             self.broker.begin_shutdown()
+
+    def stop_for(self, lost: StorageError) -> None:
+        """Stop as on SIGTERM, then exit with `lost` as the reason: no write can be made."""
+        self.lost = lost
+        self.request_exit()
 
 
 def _collect_garbage_rarely() -> None:
@@ -266,6 +276,7 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
     )
     logs.capture_warnings(config.log_json)
     server.broker = app.state.broker
+    server.broker.on_lost(server.stop_for)
     app.state.request_shutdown = server.request_exit
     address_file = state_dir / paths.ADDRESS_NAME
     address_file.write_text(address + "\n")
@@ -286,3 +297,5 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
     finally:
         sock.close()
         address_file.unlink(missing_ok=True)
+    if server.lost is not None:
+        raise StoppedError(str(server.lost))

@@ -14,6 +14,12 @@ with every other write: after every group before theirs, before every group afte
 Reads run on a small pool of threads with connections of their own, so nothing that
 can wait on the disk runs on the event loop. `docs/performance.md` tells what this buys.
 
+A sync that fails ends all writing: the commits since the last good sync may not be on
+disk, and a later sync that succeeds could not tell (after a failed fsync the kernel
+forgets the error), so answering any write with success again could be a lie. Every
+write from then on is refused, and whoever runs the daemon is told (`on_lost`) so that
+it can stop; a restart recovers what is on disk.
+
 A store that never waits on a disk (the memory store) is called inline instead.
 """
 
@@ -39,6 +45,8 @@ T = TypeVar("T")
 Item = TypeVar("Item")
 
 READ_THREADS = 2
+# Said, after why a sync failed, to every write from then on (see the docstring above).
+SINCE_THE_LAST_GOOD_SYNC = "a write since the last good sync may not survive a restart, and agl takes no more writes until it is restarted"
 # Commits between two checkpoints of the write-ahead log by the checkpointer thread: often
 # enough that the commit which crosses SQLite's own threshold (1,000 pages) finds little
 # left to copy, even when each commit carries a dozen 42 KB rollouts (~140 pages); else
@@ -118,6 +126,10 @@ class StoreThreads:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.stats = CommitStats()
+        # Set for good once a sync fails: the answer to every write from then on.
+        self.lost: StorageError | None = None
+        # Called on the event loop, once, when a sync fails; the daemon stops.
+        self.on_lost: Callable[[StorageError], None] = lambda error: None
 
     def start(self) -> None:
         """Begin taking calls (the event loop is running)."""
@@ -205,7 +217,9 @@ class GroupCommitThreads(StoreThreads):
 
     def _write_forever(self) -> None:
         for group, stop in _batches(self._pending, self._idle):
-            if group:
+            if group and self.lost is not None:
+                self._answer([(future, False, self.lost) for _, future in group])
+            elif group:
                 answer_now, after_sync = self._commit(group)
                 self._answer(answer_now)
                 if after_sync:
@@ -221,7 +235,9 @@ class GroupCommitThreads(StoreThreads):
         """Nothing to write for a while: do a step of what the store left for later (a
         committed batch to move into place); True if there is more. Should it fail, the
         batch's tasks are queued all the same; the next idle moment retries."""
-        with _failure_logged("moving a committed batch into place"):
+        if self.lost is not None:
+            return False
+        with failure_logged("moving a committed batch into place"):
             return self.store.drain_step()
         return False
 
@@ -287,16 +303,26 @@ class GroupCommitThreads(StoreThreads):
         """Answer the durable writes of committed groups, in order, after one sync for all."""
         for committed, stop in _batches(self._committed):
             outcomes = [outcome for group in committed for outcome in group]
-            if outcomes:
+            if outcomes and self.lost is None:
                 started = time.perf_counter()
                 try:
                     self.store.sync()
                     self.stats.sync_seconds.add(time.perf_counter() - started)
-                except Exception as exc:  # not known to be on disk: not a success
-                    outcomes = [(future, False, exc) for future, _, _ in outcomes]
-                self._answer(outcomes)
+                except Exception as exc:  # not known to be on disk: not a success, nor anything after
+                    self._lose(exc)
+            if outcomes and self.lost is not None:
+                outcomes = [(future, False, self.lost) for future, _, _ in outcomes]
+            self._answer(outcomes)
             if stop:
                 return
+
+    def _lose(self, exc: Exception) -> None:
+        """A sync failed: refuse every write from now on, say so once, and tell `on_lost`."""
+        reason = exc.reason if isinstance(exc, StorageError) else str(exc)
+        self.lost = StorageError(f"{reason}: {SINCE_THE_LAST_GOOD_SYNC}", undone=False)
+        log.error("%s", self.lost)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.on_lost, self.lost)
 
     # the checkpointer ---------------------------------------------------------------------
 
@@ -308,12 +334,12 @@ class GroupCommitThreads(StoreThreads):
             self._checkpoint_due.clear()
             if self._stopping:
                 return
-            with _failure_logged("checkpointing the write-ahead log"):  # the next one retries
+            with failure_logged("checkpointing the write-ahead log"):  # the next one retries
                 self.store.checkpoint()
 
 
 @contextmanager
-def _failure_logged(what: str) -> Iterator[None]:
+def failure_logged(what: str) -> Iterator[None]:
     """Log a failure of background work and go on: a disk that said no is worth a line,
     anything else its traceback."""
     try:

@@ -1,6 +1,8 @@
 /* Preloaded into a real `agl serve` (LD_PRELOAD) by tests/test_faults.py: while the file
  * named by AGL_FAIL_WRITES exists, every write to or sync of the SQLite database or its
- * journal fails with EIO, as a dying disk's would. Everything else passes through. */
+ * journal fails with EIO, as a dying disk's would; while the one named by AGL_FAIL_SYNCS
+ * exists, only the syncs do (the writes land in the page cache). Everything else passes
+ * through. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -11,8 +13,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-static int failing(int fd) {
-    const char *trigger = getenv("AGL_FAIL_WRITES");
+static int failing_while(const char *variable, int fd) {
+    const char *trigger = getenv(variable);
     if (trigger == NULL || access(trigger, F_OK) != 0) return 0;
     char link[64], target[PATH_MAX];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
@@ -23,6 +25,9 @@ static int failing(int fd) {
     errno = EIO;
     return 1;
 }
+
+static int failing(int fd) { return failing_while("AGL_FAIL_WRITES", fd); }
+static int failing_sync(int fd) { return failing(fd) || failing_while("AGL_FAIL_SYNCS", fd); }
 
 #define REAL(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
 
@@ -35,5 +40,5 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
 ssize_t pwrite64(int fd, const void *buf, size_t count, off64_t offset) {
     return failing(fd) ? -1 : REAL(pwrite64)(fd, buf, count, offset);
 }
-int fsync(int fd) { return failing(fd) ? -1 : REAL(fsync)(fd); }
-int fdatasync(int fd) { return failing(fd) ? -1 : REAL(fdatasync)(fd); }
+int fsync(int fd) { return failing_sync(fd) ? -1 : REAL(fsync)(fd); }
+int fdatasync(int fd) { return failing_sync(fd) ? -1 : REAL(fdatasync)(fd); }
