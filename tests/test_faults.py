@@ -70,15 +70,28 @@ def failing_writes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return library
 
 
+def faulty_daemon(
+    make_daemon: Callable[..., Daemon],
+    library: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    state: Path,
+    **triggers: Path,
+) -> Daemon:
+    """A daemon with the preload library, its database failing while each trigger file
+    (named by the library's variable) exists."""
+    with monkeypatch.context() as env:  # for the daemon only
+        env.setenv("LD_PRELOAD", str(library))
+        for variable, trigger in triggers.items():
+            env.setenv(variable, str(trigger))
+        return make_daemon(state_dir=state)
+
+
 def test_a_disk_that_fails_writes_gets_a_503_keeps_nothing_half_written_and_recovers(
     make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trigger = tmp_path / "the disk fails"
     state = tmp_path / "state"
-    with monkeypatch.context() as env:  # for the daemon only
-        env.setenv("LD_PRELOAD", str(failing_writes))
-        env.setenv("AGL_FAIL_WRITES", str(trigger))
-        daemon = make_daemon(state_dir=state)
+    daemon = faulty_daemon(make_daemon, failing_writes, monkeypatch, state, AGL_FAIL_WRITES=trigger)
     [claimed] = daemon.queue("claimed before")
     assert daemon.get("/task").json()["task"]["rollout_id"] == claimed
     before = daemon.status()
@@ -126,10 +139,7 @@ def test_a_failed_sync_is_a_503_and_the_daemon_stops_so_that_no_later_write_is_a
     until a restart has recovered what is on disk."""
     trigger = tmp_path / "syncs fail"
     state = tmp_path / "state"
-    with monkeypatch.context() as env:  # for the daemon only
-        env.setenv("LD_PRELOAD", str(failing_writes))
-        env.setenv("AGL_FAIL_SYNCS", str(trigger))
-        daemon = make_daemon(state_dir=state)
+    daemon = faulty_daemon(make_daemon, failing_writes, monkeypatch, state, AGL_FAIL_SYNCS=trigger)
     [kept] = daemon.queue("synced")
 
     trigger.touch()
