@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,8 +45,6 @@ from agl_cli.store_models import (
     StartRolloutBody,
     WorkerQuery,
 )
-
-log = logging.getLogger("agl.broker")
 
 SWEEP_INTERVAL = 1.0
 WAIT_SLICE = 60.0  # a wait without a limit still looks again this often
