@@ -272,8 +272,8 @@ async def test_after_a_failed_sync_no_write_is_answered_with_success_again_and_i
 ) -> None:
     store = OneFailedSync(tmp_path / "agl.db")
     threads = GroupCommitThreads(store)
-    told: list[StorageError] = []
-    threads.on_lost = told.append
+    told: list[StorageError | None] = []  # what `lost` said each time `on_lost` was called
+    threads.on_lost = lambda: told.append(threads.lost)
     threads.start()
     [kept] = await threads.write(queue(store, "synced"))
     store.fail_next = True

@@ -142,8 +142,8 @@ class Broker:
         """Why no write can be made any more (a sync failed), or None."""
         return self._threads.lost
 
-    def on_lost(self, callback: Callable[[StorageError], None]) -> None:
-        """Have `callback` called on the event loop, once, if a sync fails."""
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Have `callback` called on the event loop, once, if a sync fails (`lost` says why)."""
         self._threads.on_lost = callback
 
     # life --------------------------------------------------------------------------------

@@ -129,7 +129,6 @@ class _Server(uvicorn.Server):
     after a graceful stop instead of re-raising the signal that asked for it."""
 
     broker: Broker | None = None
-    lost: StorageError | None = None  # why it stopped on its own, if it did
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -153,11 +152,6 @@ class _Server(uvicorn.Server):
         self.should_exit = True
         if self.broker is not None:
             self.broker.begin_shutdown()
-
-    def stop_for(self, lost: StorageError) -> None:
-        """Stop as on SIGTERM, then exit with `lost` as the reason: no write can be made."""
-        self.lost = lost
-        self.request_exit()
 
 
 def _collect_garbage_rarely() -> None:
@@ -275,8 +269,9 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
         )
     )
     logs.capture_warnings(config.log_json)
-    server.broker = app.state.broker
-    server.broker.on_lost(server.stop_for)
+    broker: Broker = app.state.broker
+    server.broker = broker
+    broker.on_lost(server.request_exit)  # no write can be made: stop, and say why (below)
     app.state.request_shutdown = server.request_exit
     address_file = state_dir / paths.ADDRESS_NAME
     address_file.write_text(address + "\n")
@@ -297,5 +292,5 @@ def _serve(config: DaemonConfig, state_dir: Path) -> None:
     finally:
         sock.close()
         address_file.unlink(missing_ok=True)
-    if server.lost is not None:
-        raise StoppedError(str(server.lost))
+    if broker.lost is not None:
+        raise StoppedError(str(broker.lost))

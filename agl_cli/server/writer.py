@@ -128,8 +128,8 @@ class StoreThreads:
         self.stats = CommitStats()
         # Set for good once a sync fails: the answer to every write from then on.
         self.lost: StorageError | None = None
-        # Called on the event loop, once, when a sync fails; the daemon stops.
-        self.on_lost: Callable[[StorageError], None] = lambda error: None
+        # Called on the event loop, once, when a sync fails (`lost` says why); the daemon stops.
+        self.on_lost: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         """Begin taking calls (the event loop is running)."""
@@ -322,7 +322,7 @@ class GroupCommitThreads(StoreThreads):
         self.lost = StorageError(f"{reason}: {SINCE_THE_LAST_GOOD_SYNC}", undone=False)
         log.error("%s", self.lost)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.on_lost, self.lost)
+        self._loop.call_soon_threadsafe(self.on_lost)
 
     # the checkpointer ---------------------------------------------------------------------
 
