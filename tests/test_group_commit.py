@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -362,3 +363,48 @@ def test_every_rollout_answered_under_concurrent_load_survives_kill_9(
     stored = {rollout["rollout_id"] for rollout in daemon.rollouts()}
     assert set(acked) <= stored
     assert stored <= set(ids)
+
+
+PAGE = 4096  # SQLite's page: every commit adds at least one to the write-ahead log
+
+
+def commits_made(daemon: Daemon) -> int:
+    match = re.search(r"^agl_commit_seconds_count (\S+)$", daemon.get("/metrics").text, re.M)
+    assert match, "agl_commit_seconds is not exported"
+    return int(float(match.group(1)))
+
+
+def test_the_write_ahead_log_starts_over_as_workers_report_while_a_watcher_follows(
+    daemon: Daemon, pool: ThreadPoolExecutor
+) -> None:
+    """The log is copied into the database and begun again as a run goes on, so it stays
+    small however long the run is, also while a stream of the rollouts is open."""
+    log = daemon.state_dir / "agl.db-wal"
+    following = threading.Event()
+
+    def watch() -> int:
+        seen = 0
+        headers = {"Authorization": f"Bearer {daemon.token}"}
+        with httpx.stream("GET", daemon.url + "/v1/rollouts/stream", headers=headers, timeout=60) as stream:
+            following.set()
+            for line in stream.iter_lines():
+                seen += line.startswith("id:")
+                if seen == 3_000:
+                    return seen
+        return seen
+
+    watched = pool.submit(watch)
+    assert following.wait(WAIT)
+    largest = 0
+    with httpx.Client(base_url=daemon.url, timeout=WAIT) as worker:
+        for _ in range(6):
+            daemon.queue(*range(500))
+            for _task in range(500):
+                task = worker.get("/task").json()["task"]
+                report = {"rollout_id": task["rollout_id"], "metadata": {"notes": "x" * 2_000}}
+                assert worker.post("/rollout", json=report).status_code == 200
+            largest = max(largest, log.stat().st_size)
+    assert watched.result(timeout=60) == 3_000
+    written = commits_made(daemon) * PAGE
+    assert written > 16 * 1024 * 1024, "too short a run to tell"
+    assert largest < written / 4, (largest, written)
