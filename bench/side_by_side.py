@@ -112,7 +112,7 @@ class Plan:
     window also covers any work the daemon goes on doing for the batch in the background.
     `commit_ordinary_tasks` are queued beforehand so that claims find tasks until the batch
     is in, and run out soon after, so that the window also has claims of the batch's own
-    tasks: agl hands out up to ~25,000 a second here.
+    tasks: agl hands out 20,000-35,000 a second here.
     """
 
     duration: int
@@ -168,7 +168,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             flat_base_seconds=5.0,
             pickups=200,
             batch_tasks=1_000_000,
-            commit_ordinary_tasks=60_000,
+            commit_ordinary_tasks=90_000,
             queue_tasks=1_000_000,
             max_wrk_seconds=600,
             commit_lead=2.0,
