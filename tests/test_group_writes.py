@@ -1,4 +1,4 @@
-"""A group commit's claims and reports made together (`claim_many`, `record_rollouts`, on
+"""A group commit's claims and reports made together (`claim_many`, `record_reports`, on
 both stores with a fake clock) leave the store as the same writes made one by one."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import orjson
 from conftest import FakeClock, StoreFactory
 
 from agl_cli.models import Rollout
-from agl_cli.store import Claim, ReportOutcome, Store, TaskSpec
+from agl_cli.store import Claim, Report, ReportOutcome, Store, TaskSpec
 from agl_cli.store_models import EnqueueRequest, RolloutConfig
 
 TIMEOUT = RolloutConfig(timeout_seconds=5)
@@ -105,15 +105,15 @@ def test_claims_made_together_take_a_committed_batch_still_moving_in_order(store
     assert [claim.rollout_id for claim in store.claim_many(3)] == ids[:3]
 
 
-def reports(ids: list[str]) -> list[tuple[Rollout, bytes | None]]:
+def reports(ids: list[str]) -> list[Report]:
     """A group of reports: first results for two claimed tasks, a second one for the
     first of them, one for a task completed before, one for a task still queued, one for
     an id never issued; some with the JSON they were read from, some without."""
     unknown = "ro-never-issued"
-    group: list[tuple[Rollout, bytes | None]] = []
+    group: list[Report] = []
     for n, rollout_id in enumerate([ids[1], ids[2], ids[1], ids[3], ids[0], unknown]):
         body = orjson.dumps({"rollout_id": rollout_id, "final_reward": n / 10, "metadata": {"n": n}})
-        group.append((Rollout.model_validate_json(body), body if n % 2 == 0 else None))
+        group.append(Report.of(Rollout.model_validate_json(body), body if n % 2 == 0 else None))
     return group
 
 
@@ -126,17 +126,17 @@ def test_reports_made_together_have_the_outcomes_of_reports_one_by_one(make_stor
             assert store.claim() is not None
         [handed] = store.dequeue_rollouts(1, "runner-1")  # the store-API rollout, for a runner
         assert handed["rollout_id"] == ids[6]
-        assert store.record_rollout(*reports(ids)[3]) is ReportOutcome.STORED  # task 3, before the group
+        assert store.record_report(reports(ids)[3]) is ReportOutcome.STORED  # task 3, before the group
         group = reports(ids)
         group.append(group.pop(3))  # ... and again in the group
         group.insert(
-            0, (Rollout(rollout_id=ids[6], final_reward=1.0), None)
+            0, Report.of(Rollout(rollout_id=ids[6], final_reward=1.0))
         )  # the runner's, sent the old way
         clock.now += 1
         if store is one:
-            outcomes.append([store.record_rollout(rollout, body) for rollout, body in group])
+            outcomes.append([store.record_report(report) for report in group])
         else:
-            outcomes.append(store.record_rollouts(group))
+            outcomes.append(store.record_reports(group))
     stored, duplicate = ReportOutcome.STORED, ReportOutcome.DUPLICATE
     assert outcomes[0] == [stored, stored, stored, duplicate, stored, ReportOutcome.UNSOLICITED, duplicate]
     assert outcomes[1] == outcomes[0]
@@ -175,10 +175,10 @@ def test_a_groups_claims_and_reports_cost_the_same_however_many_tasks_are_claime
         store = make_store()
         store.queue_tasks([TaskSpec(input=n) for n in range(claimed + 4)])
         handed = store.claim_many(claimed + 2)
-        group = [(Rollout(rollout_id=claim.rollout_id, final_reward=1.0), None) for claim in handed[-2:]]
+        group = [Report.of(Rollout(rollout_id=claim.rollout_id, final_reward=1.0)) for claim in handed[-2:]]
 
-        def report_and_claim(store: Store = store, group: list[tuple[Rollout, bytes | None]] = group) -> None:
-            assert store.record_rollouts(group) == [ReportOutcome.STORED] * 2
+        def report_and_claim(store: Store = store, group: list[Report] = group) -> None:
+            assert store.record_reports(group) == [ReportOutcome.STORED] * 2
             assert len(store.claim_many(2)) == 2
 
         steps.append(vm_steps(store, report_and_claim))

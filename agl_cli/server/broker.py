@@ -22,6 +22,7 @@ from agl_cli.server.rates import RateWindow
 from agl_cli.server.writer import Batched, CommitStats, failure_logged, threads_for
 from agl_cli.store import (
     Claim,
+    Report,
     ReportOutcome,
     RewardSeries,
     RolloutDetail,
@@ -117,7 +118,7 @@ class Broker:
         self.closing = False
         # The writer makes a group's claims, and its reports, each in a few statements.
         self._claims = Batched(self._claims_or_next_deadline)
-        self._reports: Batched[tuple[Rollout, bytes | None], ReportOutcome] = Batched(store.record_rollouts)
+        self._reports: Batched[Report, ReportOutcome] = Batched(store.record_reports)
 
     # what the store was opened with ------------------------------------------------------
 
@@ -261,13 +262,13 @@ class Broker:
 
     # rollouts ----------------------------------------------------------------------------
 
-    async def report(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
-        """Store a worker's rollout (`body`: the JSON it was validated from, if at hand)."""
-        return self.reported(await self.report_soon(rollout, body))
+    async def report(self, report: Report) -> ReportOutcome:
+        """Store a worker's report."""
+        return self.reported(await self.report_soon(report))
 
-    def report_soon(self, rollout: Rollout, body: bytes | None = None) -> asyncio.Future[ReportOutcome]:
+    def report_soon(self, report: Report) -> asyncio.Future[ReportOutcome]:
         """`report`, in two halves: the write, whose outcome goes to `reported`."""
-        return self._threads.write_batched(self._reports, (rollout, body))
+        return self._threads.write_batched(self._reports, report)
 
     def reported(self, outcome: ReportOutcome) -> ReportOutcome:
         """Count a report's outcome and wake whoever waits for rollouts."""

@@ -36,9 +36,10 @@ from agl_cli.server.limits import InFlightLimit, declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
 from agl_cli.server.openapi import Endpoint, Param
 from agl_cli.server.protocol import Answer, DirectRoute, Headers, Respond
-from agl_cli.server.requests import BadRequest, number_param, parse_model
+from agl_cli.server.reports import read_report
+from agl_cli.server.requests import BadRequest, number_param
 from agl_cli.server.responses import ORJSONResponse, error, storage_failure
-from agl_cli.store import Claim, ReportOutcome, StorageError
+from agl_cli.store import Claim, Report, ReportOutcome, StorageError
 
 log = logging.getLogger("uvicorn.error")  # where uvicorn logs an app's exceptions
 
@@ -96,14 +97,14 @@ class WorkerRoutes:
 
     def _report(self, body: bytes, respond: Respond) -> None:
         def start() -> tuple[asyncio.Future[ReportOutcome], Callable[[ReportOutcome], Answer]]:
-            rollout = parse_model(body, Rollout)
-            return self.broker.report_soon(rollout, body), functools.partial(self._reported, rollout)
+            report = read_report(body)
+            return self.broker.report_soon(report), functools.partial(self._reported, report)
 
         self._serve(REPORT_PATH, "POST", respond, start)
 
-    def _reported(self, rollout: Rollout, outcome: ReportOutcome) -> Answer:
+    def _reported(self, report: Report, outcome: ReportOutcome) -> Answer:
         self.broker.reported(outcome)
-        return _report_answer(rollout)
+        return _report_answer(report)
 
     def _serve(
         self,
@@ -180,9 +181,9 @@ class WorkerRoutes:
 
     async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
         body = await self._read_body(scope, receive)
-        rollout = parse_model(body, Rollout)
-        await self.broker.report(rollout, body)
-        return _report_answer(rollout)
+        report = read_report(body)
+        await self.broker.report(report)
+        return _report_answer(report)
 
     async def latest_resources(self, scope: Scope, receive: Receive) -> Answer:
         update = self.broker.latest_resources()
@@ -275,8 +276,8 @@ def _claim_answer(claim: Claim | None) -> Answer:
     return 200, b'{"is_available":true,"task":' + claim.wire + b"}", JSON_HEADERS
 
 
-def _report_answer(rollout: Rollout) -> Answer:
-    message = f"Rollout {rollout.rollout_id} received and stored."
+def _report_answer(report: Report) -> Answer:
+    message = f"Rollout {report.rollout_id} received and stored."
     return 200, orjson.dumps({"status": "ok", "message": message, "data": None}), JSON_HEADERS
 
 

@@ -53,12 +53,12 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(json_decode_error(exc.msg, exc.pos)) from None
     # Nesting deeper than MAX_DEPTH takes more than twice as many bytes; a shorter body
     # needs no look (and counting brackets costs as much as the look itself).
-    if len(body) > 2 * MAX_DEPTH and _too_deep(parsed):
+    if len(body) > 2 * MAX_DEPTH and too_deep(parsed):
         raise BadRequest(json_decode_error(f"nested more than {MAX_DEPTH} levels deep", 0))
     return parsed
 
 
-def _too_deep(parsed: Any) -> bool:
+def too_deep(parsed: Any) -> bool:
     """Whether `parsed` nests more than `MAX_DEPTH` levels, found at orjson's speed: it
     refuses to write more than 255 levels, so wrapped in the rest it must fail."""
     for _ in range(_HEADROOM):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agl_cli.store.base import (
     Claim,
     InvalidTransitionError,
+    Report,
     ReportOutcome,
     RewardPoint,
     RewardSeries,
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidTransitionError",
     "MemoryStore",
     "NotAglDatabaseError",
+    "Report",
     "ReportOutcome",
     "RewardPoint",
     "RewardSeries",

@@ -102,6 +102,26 @@ class ReportOutcome(str, enum.Enum):
     UNSOLICITED = "unsolicited"  # an id agl never issued: stored, marked as such
 
 
+class Report(NamedTuple):
+    """A worker's report as a store takes it: the fields agl reads of it, and its JSON to
+    keep (as it came, or as the server's lean reader wrote back what it read)."""
+
+    rollout_id: str
+    mode: str | None  # the mode its task says it ran in, if it says
+    final_reward: float | None
+    body: str
+
+    @classmethod
+    def of(cls, rollout: Rollout, body: bytes | None = None) -> Report:
+        """`rollout`'s report, as `body` if that is the JSON it was validated from."""
+        return cls(
+            rollout.rollout_id,
+            rollout.task.mode if rollout.task is not None else None,
+            rollout.final_reward,
+            rollout.model_dump_json() if body is None else body.decode(),
+        )
+
+
 @dataclass(frozen=True)
 class TaskRecord:
     """A task as the management side sees it: the wire task plus its life-cycle state."""
@@ -465,18 +485,19 @@ class Store(abc.ABC):
 
     # rollouts
     @abc.abstractmethod
-    def record_rollout(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
-        """Keep the first result for a task; count, but do not keep, any later one.
+    def record_report(self, report: Report) -> ReportOutcome:
+        """Keep the first result for a task; count, but do not keep, any later one."""
 
-        `body` is the JSON the rollout was validated from, if the caller has it: a store
-        that keeps JSON keeps it as it is instead of dumping the model again.
-        """
-
-    def record_rollouts(self, reports: Sequence[tuple[Rollout, bytes | None]]) -> list[ReportOutcome]:
-        """The outcome of `record_rollout` for each report, in order: the reports of one
+    def record_reports(self, reports: Sequence[Report]) -> list[ReportOutcome]:
+        """The outcome of `record_report` for each report, in order: the reports of one
         group commit. A store may make them together, cheaper than one by one (and keep
         them in another order of arrival: they came in together)."""
-        return [self.record_rollout(rollout, body) for rollout, body in reports]
+        return [self.record_report(report) for report in reports]
+
+    def record_rollout(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
+        """`record_report` of a validated rollout; `body` is the JSON it was validated
+        from, if the caller has it, kept instead of the model dumped again."""
+        return self.record_report(Report.of(rollout, body))
 
     @abc.abstractmethod
     def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:

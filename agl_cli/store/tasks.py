@@ -32,6 +32,7 @@ import orjson
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.store.base import (
     Claim,
+    Report,
     ReportOutcome,
     StoreCounts,
     StoredRollout,
@@ -487,8 +488,8 @@ class TaskStore(Database):
 
     # rollouts ----------------------------------------------------------------------------
 
-    def record_rollout(self, rollout: Rollout, body: bytes | None = None) -> ReportOutcome:
-        rollout_id = rollout.rollout_id
+    def record_report(self, report: Report) -> ReportOutcome:
+        rollout_id = report.rollout_id
         with self._write() as conn:
             found = self._task_row(conn, "status, num_claims, mode", rollout_id)
             status, attempt, task_mode = found if found else (None, None, None)
@@ -507,12 +508,12 @@ class TaskStore(Database):
             now = self.clock()
             if found:
                 self._report_successes(conn, [(rollout_id, found[1])], now)
-            _insert_rollouts(conn, [_rollout_row(rollout, body, now, attempt, not found, task_mode)])
+            _insert_rollouts(conn, [_rollout_row(report, now, attempt, not found, task_mode)])
         return outcome
 
-    def record_rollouts(self, reports: Sequence[tuple[Rollout, bytes | None]]) -> list[ReportOutcome]:
+    def record_reports(self, reports: Sequence[Report]) -> list[ReportOutcome]:
         """The first report for each claimed task (nearly every report) in four statements
-        for them all, not four each; any other report after them, as `record_rollout`
+        for them all, not four each; any other report after them, as `record_report`
         makes it (a second report for a task in the same group is then its duplicate)."""
         outcomes: list[ReportOutcome | None] = [None] * len(reports)
         with self._write() as conn:
@@ -521,13 +522,13 @@ class TaskStore(Database):
                 for rollout_id, num_claims, mode in conn.execute(
                     "SELECT rollout_id, num_claims, mode FROM tasks WHERE +status = 'claimed'"
                     " AND rollout_id IN (SELECT value FROM json_each(?))",
-                    (orjson.dumps([rollout.rollout_id for rollout, _ in reports]).decode(),),
+                    (orjson.dumps([report.rollout_id for report in reports]).decode(),),
                 )
             }
             first: dict[str, int] = {}
-            for index, (rollout, _) in enumerate(reports):
-                if rollout.rollout_id in claimed:
-                    first.setdefault(rollout.rollout_id, index)
+            for index, report in enumerate(reports):
+                if report.rollout_id in claimed:
+                    first.setdefault(report.rollout_id, index)
             if first:
                 now = self.clock()
                 self._report_successes(
@@ -536,11 +537,11 @@ class TaskStore(Database):
                 rows = []
                 for rollout_id, index in first.items():
                     sequence_id, task_mode = claimed[rollout_id]
-                    rows.append(_rollout_row(*reports[index], now, sequence_id, False, task_mode))
+                    rows.append(_rollout_row(reports[index], now, sequence_id, False, task_mode))
                     outcomes[index] = ReportOutcome.STORED
                 _insert_rollouts(conn, rows)
         return [
-            self.record_rollout(*reports[index]) if outcome is None else outcome
+            self.record_report(reports[index]) if outcome is None else outcome
             for index, outcome in enumerate(outcomes)
         ]
 
@@ -867,25 +868,17 @@ RolloutRow = tuple[str, float, int | None, int, str, str | None, float | None]
 
 
 def _rollout_row(
-    rollout: Rollout,
-    body: bytes | None,
-    now: float,
-    attempt: int | None,
-    unsolicited: bool,
-    task_mode: str | None,
+    report: Report, now: float, attempt: int | None, unsolicited: bool, task_mode: str | None
 ) -> RolloutRow:
-    """A report as a row of `rollouts`: kept as the JSON it came in (`body`) if at hand,
-    with the mode it says, else its task's."""
-    sent_mode = rollout.task.mode if rollout.task is not None else None
-    text = rollout.model_dump_json() if body is None else body.decode()
+    """A report as a row of `rollouts`, with the mode it says, else its task's."""
     return (
-        rollout.rollout_id,
+        report.rollout_id,
         now,
         attempt,
         int(unsolicited),
-        text,
-        sent_mode or task_mode,
-        rollout.final_reward,
+        report.body,
+        report.mode or task_mode,
+        report.final_reward,
     )
 
 

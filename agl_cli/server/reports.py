@@ -1,0 +1,128 @@
+"""Reading a worker's report (`POST /rollout`) without building its token ids.
+
+agl reads three fields of a report and keeps the rest. Parsing all of it into Python
+objects, to validate it and free it again, was most of the event loop's work on a
+realistic report: a few thousand token ids are a few thousand Python integers. So
+msgspec first reads it against a mirror of `models.Rollout` in which each triplet's
+`prompt` and `response`, where the token ids are, are only scanned, not built.
+
+msgspec's scan checks their JSON as strictly as orjson reads it but for three things,
+checked here after it: UTF-8, numbers out of a float's range, and nesting. Whatever this
+cannot vouch for (any of those, a field the mirror does not know, a value pydantic would
+coerce) goes to pydantic, which gives the 422 a bad report has always had.
+
+A report read this way is kept as msgspec writes back what it read: the scanned parts as
+they came, the rest as the values read. A key given twice keeps its last value, as in
+every reader of agl's; the earlier one, which no check here saw, is not kept, so nothing
+kept is ever unreadable (it is the one case where this way accepts a report pydantic's
+would refuse: for a value it would not have kept either). Both ways read every other
+report alike (tests/test_reports.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from agl_cli.models import Mode, Rollout
+from agl_cli.server.requests import MAX_DEPTH, parse_model, too_deep
+from agl_cli.store import Report
+
+
+class _Task(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    rollout_id: str
+    input: Any = None
+    mode: Mode | None = None
+    resources_id: str | None = None
+    create_time: float | None = None
+    last_claim_time: float | None = None
+    num_claims: int | None = None
+    metadata: dict[str, Any] = {}
+
+
+class _Triplet(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    prompt: msgspec.Raw
+    response: msgspec.Raw
+    reward: float | None = None
+    metadata: dict[str, Any] = {}
+
+
+class _Rollout(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    rollout_id: str
+    task: _Task | None = None
+    final_reward: float | None = None
+    triplets: list[_Triplet] | None = None
+    trace: list[dict[str, Any]] | None = None
+    logs: list[str] | None = None
+    metadata: dict[str, Any] = {}
+
+
+# Bytes from which a report is read the lean way: pydantic's way is quicker for less.
+LEAN_FROM = 1024
+_DECODER = msgspec.json.Decoder(_Rollout)
+_ENCODER = msgspec.json.Encoder()
+# A scanned part's digits as 0, exponents as e and brackets as [, for the checks below.
+_NUMBERS = bytes.maketrans(b"0123456789E{", b"0000000000e[")
+_DIGIT = ord("0")
+# A number with more integer digits than this may be past a float's range (orjson refuses it).
+_LONG_NUMBER = b"0" * 309
+# Where a triplet's prompt and response begin: the report, its triplets, the triplet.
+_SCANNED_LEVEL = 3
+
+
+def read_report(body: bytes) -> Report:
+    """The report in `body`, or `BadRequest` with the 422 that says what is wrong."""
+    report = read_lean(body) if len(body) >= LEAN_FROM else None
+    return report if report is not None else Report.of(parse_model(body, Rollout), body)
+
+
+def read_lean(body: bytes) -> Report | None:
+    """The report, read by msgspec, if pydantic would surely read the same; else None."""
+    try:
+        rollout = _DECODER.decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # the last, in a string it reads
+        return None
+    triplets = rollout.triplets or []
+    if not all(_plain(bytes(part)) for triplet in triplets for part in (triplet.prompt, triplet.response)):
+        return None
+    task = rollout.task
+    built = {  # what msgspec built, as deep as in the report, for the nesting and the numbers
+        "task": None if task is None else [task.input, task.metadata, task.num_claims],
+        "triplets": [{"metadata": triplet.metadata} for triplet in triplets],
+        "trace": rollout.trace,
+        "metadata": rollout.metadata,
+    }
+    if too_deep(built):  # also when an integer needs more than 64 bits, which orjson may refuse
+        return None
+    try:
+        kept = _ENCODER.encode(rollout).decode()  # also the scanned parts' UTF-8
+    except UnicodeDecodeError:
+        return None
+    return Report(rollout.rollout_id, None if task is None else task.mode, rollout.final_reward, kept)
+
+
+def _plain(part: bytes) -> bool:
+    """Whether a scanned part surely has no number out of a float's range (no exponent,
+    no 309 digits in a row) and nests no deeper than allowed where it is (it cannot nest
+    deeper than it has brackets)."""
+    if part[:1] == b'"':
+        return True  # a string: no number, no nesting
+    numbers = part.translate(_NUMBERS)
+    return (
+        not _exponent_in(numbers)
+        and _LONG_NUMBER not in numbers
+        # levels as MAX_DEPTH counts them: those above the part, its own, the innermost value
+        and _SCANNED_LEVEL + numbers.count(b"[") + 1 <= MAX_DEPTH
+    )
+
+
+def _exponent_in(numbers: bytes) -> bool:
+    """Whether an e follows a digit. Each e is found on its own (token ids have none):
+    a search for the pair would stop at every digit."""
+    at = numbers.find(b"e", 1)
+    while at != -1:
+        if numbers[at - 1] == _DIGIT:
+            return True
+        at = numbers.find(b"e", at + 1)
+    return False
