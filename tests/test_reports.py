@@ -9,13 +9,15 @@ import json
 import random
 from typing import Any
 
+import msgspec
 import pytest
 from daemon import Daemon
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from agl_cli.models import Rollout
-from agl_cli.server.reports import LEAN_FROM, read_lean, read_report
+from agl_cli.server.reports import LEAN_FROM, MIRRORS, read_lean, read_report
 from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model
 from agl_cli.store import Report
 from agl_cli.store.rows import rollout_from_body
@@ -77,6 +79,30 @@ def worker_report(rollout_id: str = "rollout-1", seed: int = 3) -> dict[str, Any
 
 def as_body(report: Any) -> bytes:
     return json.dumps(report).encode()
+
+
+REQUIRED = "required"
+
+
+def mirrored_fields(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """Each field of a struct of the lean way, with its default (or REQUIRED)."""
+    fields = {}
+    for field in msgspec.structs.fields(struct):
+        if field.default is not msgspec.NODEFAULT:
+            fields[field.name] = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            fields[field.name] = field.default_factory()
+        else:
+            fields[field.name] = REQUIRED
+    return fields
+
+
+@pytest.mark.parametrize("model", MIRRORS, ids=lambda model: model.__name__)
+def test_the_lean_way_knows_every_field_of_the_wire_models_and_its_default(model: type[BaseModel]) -> None:
+    assert mirrored_fields(MIRRORS[model]) == {
+        name: REQUIRED if field.is_required() else field.get_default(call_default_factory=True)
+        for name, field in model.model_fields.items()
+    }
 
 
 def test_a_workers_everyday_report_is_read_the_lean_way_as_pydantic_reads_it() -> None:

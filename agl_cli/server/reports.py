@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from agl_cli.models import Mode, Rollout
+from agl_cli.models import Mode, Rollout, Task, Triplet
 from agl_cli.server.requests import MAX_DEPTH, parse_model, too_deep
 from agl_cli.store import Report
 
@@ -58,6 +58,8 @@ class _Rollout(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     metadata: dict[str, Any] = {}
 
 
+# The wire models the structs above mirror, field for field (tests/test_reports.py).
+MIRRORS: dict[type[Any], type[msgspec.Struct]] = {Task: _Task, Triplet: _Triplet, Rollout: _Rollout}
 # Bytes from which a report is read the lean way: pydantic's way is quicker for less.
 LEAN_FROM = 1024
 _DECODER = msgspec.json.Decoder(_Rollout)
