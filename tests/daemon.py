@@ -136,12 +136,16 @@ class Daemon:
         rollouts: list[dict[str, Any]] = response.json()["rollouts"]
         return rollouts
 
+    def metric(self, name: str) -> float:
+        """The value of one sample of the daemon's metrics (a name without labels)."""
+        match = re.search(rf"^{re.escape(name)} (\S+)$", self.get("/metrics").text, re.M)
+        assert match, f"{name} is not exported"
+        return float(match.group(1))
+
     def requests_in_flight(self) -> int:
         """How many requests the daemon is serving now (long polls and streams included),
         from its metrics: the signal that a request has reached it and is waiting."""
-        match = re.search(r"^agl_requests_in_flight (\S+)$", self.get("/metrics").text, re.M)
-        assert match, "agl_requests_in_flight is not exported"
-        return int(float(match.group(1)))
+        return int(self.metric("agl_requests_in_flight"))
 
     def status(self) -> dict[str, Any]:
         response = self.api("GET", "/v1/status")

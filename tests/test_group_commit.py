@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -368,12 +367,6 @@ def test_every_rollout_answered_under_concurrent_load_survives_kill_9(
 PAGE = 4096  # SQLite's page: every commit adds at least one to the write-ahead log
 
 
-def commits_made(daemon: Daemon) -> int:
-    match = re.search(r"^agl_commit_seconds_count (\S+)$", daemon.get("/metrics").text, re.M)
-    assert match, "agl_commit_seconds is not exported"
-    return int(float(match.group(1)))
-
-
 def test_the_write_ahead_log_starts_over_as_workers_report_while_a_watcher_follows(
     daemon: Daemon, pool: ThreadPoolExecutor
 ) -> None:
@@ -405,6 +398,6 @@ def test_the_write_ahead_log_starts_over_as_workers_report_while_a_watcher_follo
                 assert worker.post("/rollout", json=report).status_code == 200
             largest = max(largest, log.stat().st_size)
     assert watched.result(timeout=60) == 3_000
-    written = commits_made(daemon) * PAGE
+    written = int(daemon.metric("agl_commit_seconds_count")) * PAGE
     assert written > 16 * 1024 * 1024, "too short a run to tell"
     assert largest < written / 4, (largest, written)
