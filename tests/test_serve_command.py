@@ -25,6 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 from agl_cli.cli.app import app as cli_app
 from agl_cli.daemon_config import DEFAULTS, DaemonConfig
 from agl_cli.store import SQLiteStore
+from agl_cli.store.schema import SCHEMA_VERSION
 
 
 def agl(*args: str, timeout: float = 30, run_as: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
@@ -125,6 +126,20 @@ def test_a_database_locked_by_another_process_is_one_line(tmp_path: Path) -> Non
         holder.execute("ROLLBACK")
         holder.close()
     assert_one_line_error(result, "The store's database is locked by another program")
+
+
+def test_a_database_from_a_newer_agl_is_refused_and_left_alone(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    SQLiteStore(state / "agl.db").close()
+    newer = sqlite3.connect(state / "agl.db")
+    newer.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    newer.close()
+    before = (state / "agl.db").read_bytes()
+    result = agl("serve", "--port", "0", "--state-dir", str(state))
+    assert_one_line_error(
+        result, f"was written by a newer agl (schema {SCHEMA_VERSION + 1}); upgrade agl to use it."
+    )
+    assert (state / "agl.db").read_bytes() == before
 
 
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from agl_cli.store import (
     UnknownTaskError,
     schema,
 )
+from agl_cli.store_models import AttemptQuery
 
 
 def queue(store: Store, *inputs: object) -> list[str]:
@@ -457,6 +458,45 @@ def test_a_sqlite_store_of_schema_1_is_brought_up_to_date(tmp_path: Path, clock:
     batch_id = upgraded.create_batch()
     stage(upgraded, batch_id, "new")
     assert upgraded.commit_batch(batch_id) == 1
+    upgraded.close()
+
+
+def test_a_schema_5_store_keeps_every_attempt_once_they_are_kept_in_task_order(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Schema 6 keys attempts by their task's id: each attempt of a file from before is
+    still found by its rollout id, and a new one joins them."""
+    path = tmp_path / "agl.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        schema.SCHEMA + "".join(schema.MIGRATIONS[version] for version in range(2, 6))
+        + f"PRAGMA application_id={schema.APPLICATION_ID}; PRAGMA user_version=5;"
+    )  # fmt: skip
+    old.executemany(
+        "INSERT INTO tasks (id, rollout_id, status, input, metadata, create_time, num_claims, phase)"
+        " VALUES (?, ?, ?, '1', '{}', 1.0, ?, ?)",
+        [(7, "rollout-b", "claimed", 2, "preparing"), (3, "rollout-a", "completed", 1, "succeeded")],
+    )
+    old.executemany(
+        "INSERT INTO attempts (rollout_id, sequence_id, attempt_id, start_time, end_time, status)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            ("rollout-b", 1, "at-b1", 2.0, None, "timeout"),
+            ("rollout-a", 1, "at-a1", 3.0, 4.0, "succeeded"),
+            ("rollout-b", 2, "at-b2", 5.0, None, "preparing"),
+        ],
+    )
+    old.close()
+
+    upgraded = SQLiteStore(path, clock=clock)
+    assert upgraded._read("SELECT task, rollout_id, sequence_id, attempt_id FROM attempts") == [
+        (3, "rollout-a", 1, "at-a1"), (7, "rollout-b", 1, "at-b1"), (7, "rollout-b", 2, "at-b2"),
+    ]  # fmt: skip
+    assert upgraded.latest_attempt("rollout-b") == upgraded.get_rollout_shape("rollout-b")["attempt"]
+    upgraded.start_attempt("rollout-b", "w-1")
+    page = upgraded.query_attempts("rollout-b", AttemptQuery())
+    assert [a["attempt_id"] for a in page["items"]][:2] == ["at-b1", "at-b2"]
+    assert [a["sequence_id"] for a in page["items"]] == [1, 2, 3]
     upgraded.close()
 
 

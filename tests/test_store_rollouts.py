@@ -11,7 +11,7 @@ import pytest
 from conftest import FakeClock, StoreFactory
 
 from agl_cli.models import Rollout, TaskStatus
-from agl_cli.store import SQLiteStore, Store, TaskSpec, UnknownAttemptError, UnknownRolloutError
+from agl_cli.store import Report, SQLiteStore, Store, TaskSpec, UnknownAttemptError, UnknownRolloutError
 from agl_cli.store.lifecycle import UNLIMITED_ATTEMPTS
 from agl_cli.store_models import (
     AttemptQuery,
@@ -301,3 +301,46 @@ def test_everything_of_a_run_survives_reopening(tmp_path: Path, clock: FakeClock
     clock.advance(5)
     assert reopened.expire_claims() == 1  # its deadline survived too
     reopened.close()
+
+
+def test_every_statement_on_attempts_finds_them_through_their_tasks_key(
+    store: Store, clock: FakeClock
+) -> None:
+    """Attempts are kept in the order of their tasks (schema 6), so that a group's claims add
+    theirs to a page or two: a statement that looked them up by rollout id alone would read
+    the whole table. Every path that touches them, by `EXPLAIN QUERY PLAN`."""
+    ran: list[str] = []
+    conns = {id(conn): conn for conn in (store._conn, store._reader())}
+    for conn in conns.values():
+        conn.set_trace_callback(ran.append)
+    [legacy, api, dequeued] = store.queue_tasks([TaskSpec(input=1)]) + enqueue(store, 2, 3, config=RETRY)
+    with store.transaction(isolate_writes=False):
+        store.claim_many(2)
+    with store.transaction(isolate_writes=False):
+        store.record_reports([Report.of(Rollout(rollout_id=legacy, final_reward=1.0))])
+    store.update_attempt(api, "latest", {"status": "failed"})
+    [handed] = store.dequeue_rollouts(1, "w-1")
+    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    store.add_spans([span(dequeued, attempt_id, "s1")])
+    store.update_attempt(dequeued, attempt_id, {"status": "running"})
+    store.start_attempt(api, "w-2")
+    clock.advance(5)
+    store.expire_claims()
+    store.start_rollout(StartRolloutBody(input="now", worker_id="w-3"))
+    store.record_report(Report.of(Rollout(rollout_id=api, final_reward=0.5)))
+    store.query_attempts(api, AttemptQuery())
+    store.latest_attempt(api)
+    store.get_rollout_shape(api)
+    store.query_rollouts(RolloutQuery())
+    store.troubled_tasks(10, 0)
+    store.rollout_detail(api, 10)
+    store.rollout_summaries(0, 10)
+    for conn in conns.values():
+        conn.set_trace_callback(None)
+
+    touching = sorted({sql for sql in ran if "attempts" in sql})
+    assert len(touching) >= 12, touching
+    for sql in touching:
+        plan = [step for *_, step in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        whole = [step for step in plan if step.startswith("SCAN") and step.split()[1] in ("attempts", "a")]
+        assert whole == [], (sql, plan)

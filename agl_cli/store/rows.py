@@ -89,6 +89,9 @@ class WorkerRow(NamedTuple):
 
 
 ATTEMPT_COLUMNS = ", ".join(AttemptRow._fields)
+# `attempts` is keyed by (task, sequence_id), `task` being the task's `tasks.id` (schema 6):
+# a rollout id (the parameter) finds its attempts through this.
+TASK_ID = "(SELECT id FROM tasks WHERE rollout_id = ?)"
 WORKER_COLUMNS = ", ".join(WorkerRow._fields)
 
 
@@ -106,7 +109,8 @@ _ROLLOUT_WIDTH = len(RolloutRow._fields)
 # A kept rollout in one line (`RolloutSummary`), with the start of the attempt that sent it.
 ROLLOUT_SUMMARIES = (
     "SELECT r.seq, r.rollout_id, r.mode, r.reward, r.attempt, r.unsolicited, r.received_time, a.start_time"
-    " FROM rollouts r LEFT JOIN attempts a ON a.rollout_id = r.rollout_id AND a.sequence_id = r.attempt"
+    " FROM rollouts r LEFT JOIN tasks t ON t.rollout_id = r.rollout_id"
+    " LEFT JOIN attempts a ON a.task = t.id AND a.sequence_id = r.attempt"
 )
 
 # What a store-API query may sort by (the model's fields), as the SQL that reads each.

@@ -14,7 +14,7 @@ from pathlib import Path
 from agl_cli.store.base import StoreError
 
 APPLICATION_ID = 0x41474C31  # "AGL1"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 SCHEMA = """
@@ -232,6 +232,31 @@ END;
 CREATE TRIGGER rollouts_uncounted AFTER DELETE ON rollouts BEGIN
     UPDATE counters SET value = value - 1 WHERE name = 'rollouts';
 {"".join(_add_reward(width, "OLD", -1) for width in REWARD_WIDTHS)}END;
+""",
+    # Attempts kept in the order of their tasks (`tasks.id`), not of their random rollout
+    # ids: a group of claims adds its attempts to a page or two, and their reports end them
+    # there, where keyed by rollout id each landed on a page of its own. A rollout id finds
+    # its attempts through its task (`rows.TASK_ID`).
+    6: """
+CREATE TABLE attempts_by_task (
+    task                INTEGER NOT NULL,
+    sequence_id         INTEGER NOT NULL,
+    rollout_id          TEXT NOT NULL,
+    attempt_id          TEXT NOT NULL,
+    start_time          REAL NOT NULL,
+    end_time            REAL,
+    status              TEXT NOT NULL,
+    worker_id           TEXT,
+    last_heartbeat_time REAL,
+    metadata            TEXT,
+    PRIMARY KEY (task, sequence_id)
+) WITHOUT ROWID;
+INSERT INTO attempts_by_task
+    SELECT t.id, a.sequence_id, a.rollout_id, a.attempt_id, a.start_time, a.end_time, a.status, a.worker_id,
+        a.last_heartbeat_time, a.metadata
+    FROM attempts a JOIN tasks t ON t.rollout_id = a.rollout_id;
+DROP TABLE attempts;
+ALTER TABLE attempts_by_task RENAME TO attempts;
 """,
 }
 

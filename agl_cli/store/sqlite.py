@@ -32,6 +32,7 @@ from agl_cli.store.rows import (
     SPAN_SORT_COLUMNS,
     STAGED_TASKS,
     TASK_COLUMNS,
+    TASK_ID,
     WORKER_COLUMNS,
     WORKER_SORT_COLUMNS,
     AttemptRow,
@@ -231,7 +232,7 @@ class SQLiteStore(Views):
 
     def _attempt_by_id(self, conn: sqlite3.Connection, row: TaskRow, attempt_id: str) -> AttemptRow:
         values = conn.execute(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND attempt_id = ?",
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task = {TASK_ID} AND attempt_id = ?",
             (row.rollout_id, attempt_id),
         ).fetchone()
         if values is None:
@@ -256,7 +257,7 @@ class SQLiteStore(Views):
                 return None
             row = TaskRow._make(rows[0])
             found = self._read(
-                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND sequence_id = ?",
+                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task = {TASK_ID} AND sequence_id = ?",
                 (rollout_id, row.num_claims),
             )
         return self._attempted_shape(row, AttemptRow._make(found[0]) if found else None)
@@ -294,7 +295,7 @@ class SQLiteStore(Views):
             [(total,)] = self._read(f"SELECT count(*) FROM {source} t{clause}", params)
             found = self._read(
                 f"SELECT {prefixed('t', TaskRow)}, {prefixed('a', AttemptRow)} FROM {source} t"
-                " LEFT JOIN attempts a ON a.rollout_id = t.rollout_id AND a.sequence_id = t.num_claims"
+                " LEFT JOIN attempts a ON a.task = t.id AND a.sequence_id = t.num_claims"
                 f"{clause}{order}{limit}",
                 [*params, *limit_params],
             )
@@ -309,7 +310,7 @@ class SQLiteStore(Views):
         return {"items": items, "limit": query.limit, "offset": query.offset, "total": total}
 
     def query_attempts(self, rollout_id: str, query: AttemptQuery) -> dict[str, object]:
-        where = Where().require("rollout_id = ?", rollout_id)
+        where = Where().require(f"task = {TASK_ID}", rollout_id)
         return self._page(
             "attempts", ATTEMPT_COLUMNS, where, query, ATTEMPT_SORT_COLUMNS, "sequence_id",
             lambda values: attempt_shape(AttemptRow._make(values)),
@@ -317,7 +318,7 @@ class SQLiteStore(Views):
 
     def latest_attempt(self, rollout_id: str) -> dict[str, object] | None:
         found = self._read(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? ORDER BY sequence_id DESC LIMIT 1",
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task = {TASK_ID} ORDER BY sequence_id DESC LIMIT 1",
             (rollout_id,),
         )
         return attempt_shape(AttemptRow._make(found[0])) if found else None

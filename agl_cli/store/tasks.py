@@ -72,6 +72,7 @@ from agl_cli.store.rows import (
     STAGED_COUNT,
     STAGED_TASKS,
     TASK_COLUMNS,
+    TASK_ID,
     AttemptRow,
     ResourcesRow,
     TaskRow,
@@ -327,25 +328,23 @@ class TaskStore(Database):
                 "UPDATE tasks SET status = 'claimed', phase = 'preparing', queue_pos = NULL,"
                 " num_claims = num_claims + 1, last_claim_time = ?1, deadline = ?2 WHERE id IN"
                 " (SELECT id FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
-                f" ORDER BY queue_pos LIMIT ?3) RETURNING {TASK_COLUMNS}",
+                f" ORDER BY queue_pos LIMIT ?3) RETURNING id, {TASK_COLUMNS}",
                 (now, now + self.task_timeout, count),
             ).fetchall()
             claims, attempts = [], []
-            for values in claimed:
+            for task, *values in claimed:
                 row = TaskRow._make(values)
                 if row.config is not None:  # a store-API rollout: its config sets the deadline
                     row = row._replace(deadline=self._attempt_deadline(row, now))
-                    conn.execute(
-                        "UPDATE tasks SET deadline = ? WHERE rollout_id = ?", (row.deadline, row.rollout_id)
-                    )
+                    conn.execute("UPDATE tasks SET deadline = ? WHERE id = ?", (row.deadline, task))
                 if row.deadline is not None:
                     self._earliest_deadline = min(self._earliest_deadline, row.deadline)
-                attempts.append((row.rollout_id, row.num_claims, new_attempt_id()))
+                attempts.append((task, row.rollout_id, row.num_claims, new_attempt_id()))
                 claims.append(Claim(row.rollout_id, row.num_claims, wire_task(row)))
             if attempts:
                 conn.execute(
-                    "INSERT INTO attempts (rollout_id, sequence_id, attempt_id, start_time, status)"
-                    " SELECT value ->> 0, value ->> 1, value ->> 2, ?, 'preparing' FROM json_each(?)",
+                    "INSERT INTO attempts (task, rollout_id, sequence_id, attempt_id, start_time, status)"
+                    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?, 'preparing' FROM json_each(?)",
                     (now, orjson.dumps(attempts).decode()),
                 )
         return claims
@@ -389,9 +388,9 @@ class TaskStore(Database):
             (attempt.sequence_id, now, deadline, row.rollout_id),
         )
         conn.execute(
-            "INSERT INTO attempts (rollout_id, sequence_id, attempt_id, start_time, status, worker_id)"
-            " VALUES (?, ?, ?, ?, 'preparing', ?)",
-            (row.rollout_id, attempt.sequence_id, attempt.attempt_id, now, worker_id),
+            "INSERT INTO attempts (task, rollout_id, sequence_id, attempt_id, start_time, status, worker_id)"
+            " SELECT id, rollout_id, ?, ?, ?, 'preparing', ? FROM tasks WHERE rollout_id = ?",
+            (attempt.sequence_id, attempt.attempt_id, now, worker_id, row.rollout_id),
         )
         if deadline is not None:
             self._earliest_deadline = min(self._earliest_deadline, deadline)
@@ -491,8 +490,8 @@ class TaskStore(Database):
     def record_report(self, report: Report) -> ReportOutcome:
         rollout_id = report.rollout_id
         with self._write() as conn:
-            found = self._task_row(conn, "status, num_claims, mode", rollout_id)
-            status, attempt, task_mode = found if found else (None, None, None)
+            found = self._task_row(conn, "status, num_claims, mode, id", rollout_id)
+            status, attempt, task_mode = found[:3] if found else (None, None, None)
             outcome = outcome_of_report(TaskStatus(status) if status else None)
             if (
                 outcome is ReportOutcome.UNSOLICITED
@@ -507,7 +506,7 @@ class TaskStore(Database):
                 return outcome
             now = self.clock()
             if found:
-                self._report_successes(conn, [(rollout_id, found[1])], now)
+                self._report_successes(conn, [(found[3], found[1])], now)
             _insert_rollouts(conn, [_rollout_row(report, now, attempt, not found, task_mode)])
         return outcome
 
@@ -517,10 +516,10 @@ class TaskStore(Database):
         makes it (a second report for a task in the same group is then its duplicate)."""
         outcomes: list[ReportOutcome | None] = [None] * len(reports)
         with self._write() as conn:
-            claimed: dict[str, tuple[int, str | None]] = {
-                rollout_id: (num_claims, mode)
-                for rollout_id, num_claims, mode in conn.execute(
-                    "SELECT rollout_id, num_claims, mode FROM tasks WHERE +status = 'claimed'"
+            claimed: dict[str, tuple[int, int, str | None]] = {
+                rollout_id: (task, num_claims, mode)
+                for task, rollout_id, num_claims, mode in conn.execute(
+                    "SELECT id, rollout_id, num_claims, mode FROM tasks WHERE +status = 'claimed'"
                     " AND rollout_id IN (SELECT value FROM json_each(?))",
                     (orjson.dumps([report.rollout_id for report in reports]).decode(),),
                 )
@@ -531,12 +530,10 @@ class TaskStore(Database):
                     first.setdefault(report.rollout_id, index)
             if first:
                 now = self.clock()
-                self._report_successes(
-                    conn, [(rollout_id, claimed[rollout_id][0]) for rollout_id in first], now
-                )
+                self._report_successes(conn, [claimed[rollout_id][:2] for rollout_id in first], now)
                 rows = []
                 for rollout_id, index in first.items():
-                    sequence_id, task_mode = claimed[rollout_id]
+                    _, sequence_id, task_mode = claimed[rollout_id]
                     rows.append(_rollout_row(reports[index], now, sequence_id, False, task_mode))
                     outcomes[index] = ReportOutcome.STORED
                 _insert_rollouts(conn, rows)
@@ -546,15 +543,15 @@ class TaskStore(Database):
         ]
 
     def _report_successes(
-        self, conn: sqlite3.Connection, attempts: list[tuple[str, int]], now: float
+        self, conn: sqlite3.Connection, attempts: list[tuple[int, int]], now: float
     ) -> None:
-        """Workers' reports: the latest attempt at each task, (rollout id, sequence id),
+        """Workers' reports: the latest attempt at each task, (task id, sequence id),
         succeeded (whoever made it), and with it the task. `_set_phase` and
         `_change_attempt` in two statements for any number of tasks, for the hot path."""
         pairs = orjson.dumps(attempts).decode()
         ended = conn.execute(
-            "UPDATE attempts SET status = 'succeeded', end_time = ? FROM (SELECT value ->> 0 AS rollout_id,"
-            " value ->> 1 AS sequence_id FROM json_each(?)) AS ended WHERE attempts.rollout_id = ended.rollout_id"
+            "UPDATE attempts SET status = 'succeeded', end_time = ? FROM (SELECT value ->> 0 AS task,"
+            " value ->> 1 AS sequence_id FROM json_each(?)) AS ended WHERE attempts.task = ended.task"
             " AND attempts.sequence_id = ended.sequence_id"
             " RETURNING attempts.rollout_id, attempts.sequence_id, attempts.worker_id",
             (now, pairs),
@@ -566,7 +563,7 @@ class TaskStore(Database):
                 self._sync_worker(conn, attempt, now)
         conn.execute(
             "UPDATE tasks SET status = ?, phase = 'succeeded', queue_pos = NULL, deadline = NULL,"
-            " completed_time = ?2, end_time = ?2 WHERE rollout_id IN (SELECT value ->> 0 FROM json_each(?3))",
+            " completed_time = ?2, end_time = ?2 WHERE id IN (SELECT value ->> 0 FROM json_each(?3))",
             (TASK_STATUS["succeeded"].value, now, pairs),
         )
 
@@ -678,7 +675,7 @@ class TaskStore(Database):
 
     def _attempt(self, conn: sqlite3.Connection, rollout_id: str, sequence_id: int) -> AttemptRow | None:
         values = conn.execute(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? AND sequence_id = ?",
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task = {TASK_ID} AND sequence_id = ?",
             (rollout_id, sequence_id),
         ).fetchone()
         return AttemptRow._make(values) if values else None
@@ -686,7 +683,7 @@ class TaskStore(Database):
     def _write_attempt(self, conn: sqlite3.Connection, attempt: AttemptRow) -> None:
         conn.execute(
             "UPDATE attempts SET end_time = ?, status = ?, worker_id = ?, last_heartbeat_time = ?, metadata = ?"
-            " WHERE rollout_id = ? AND sequence_id = ?",
+            f" WHERE task = {TASK_ID} AND sequence_id = ?",
             (
                 attempt.end_time,
                 attempt.status,

@@ -106,7 +106,8 @@ class Views(TaskStore):
             return found
         marks = ", ".join("?" * len(rollout_ids))
         for values in self._read(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id IN ({marks}) ORDER BY rollout_id, sequence_id",
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task IN (SELECT id FROM tasks WHERE rollout_id IN ({marks}))"
+            " ORDER BY rollout_id, sequence_id",
             list(rollout_ids),
         ):
             attempt = AttemptRow._make(values)
