@@ -1,6 +1,6 @@
 """`bench/side_by_side.py --quick`, `bench/store_api.py --quick`, a small
-`bench/dashboard.py` run and a short `bench/paired.py` run end to end and report every
-figure as a number.
+`bench/dashboard.py` run, a short `bench/paired.py` run and a small
+`bench/commit_pages.py` run end to end and report every figure as a number.
 
 A smoke test of the benchmark itself: it never asserts a timing (the bench only prints
 figures), only that the run succeeds and its JSON has everything the table promises.
@@ -139,3 +139,15 @@ def test_a_paired_run_refuses_a_directory_that_is_not_agl(tmp_path: Path) -> Non
         .splitlines()[-1]
         .endswith("is not a source tree of agl (it has no agl_cli/__main__.py)")
     )
+
+
+def test_a_small_commit_pages_run_counts_the_pages_of_every_group(tmp_path: Path) -> None:
+    result = bench("commit_pages.py", "--sizes", "0,400", "--groups", "10", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    sizes = re.findall(
+        r"^after ([\d,]+) cycles: ([\d.]+) pages a group, (\d+) µs a group", result.stdout, re.M
+    )
+    assert [size for size, _, _ in sizes] == ["0", "400"]
+    assert all(float(pages) > 0 for _, pages, _ in sizes)
+    tables = set(re.findall(r"^  (\S+) +[\d.]+$", result.stdout, re.M))
+    assert {"attempts", "tasks", "rollouts"} <= tables
