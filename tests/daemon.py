@@ -35,6 +35,22 @@ class Daemon:
         return self.state_dir.parent / f"{self.state_dir.name}-daemon-{self.starts}.log"
 
     def start(self, timeout: float = 20.0) -> Daemon:
+        self.spawn()
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = READY_LINE.search(self.log_path.read_text())
+            if match:
+                self.url = match.group(1)
+                self._wait_ready(deadline)
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agl serve exited early: {self.log_path.read_text()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"agl serve did not start: {self.log_path.read_text()}")
+
+    def spawn(self) -> None:
+        """Start the process, without waiting for it to listen."""
         self.starts += 1
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as agl makes it
         command = [
@@ -50,17 +66,6 @@ class Daemon:
         command += ["--log-level", "warning", *self.args]
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = READY_LINE.search(self.log_path.read_text())
-            if match:
-                self.url = match.group(1)
-                self._wait_ready(deadline)
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agl serve exited early: {self.log_path.read_text()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"agl serve did not start: {self.log_path.read_text()}")
 
     def _limits(self) -> None:
         if self.open_files is not None:
