@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pytest
 from compat_env import ensure_compat_python
 from daemon import Daemon
 
-from agl_cli.store import MemoryStore, SQLiteStore, Store
+from agl_cli.store import MemoryStore, SQLiteStore, Store, schema
 
 # tests/beside_agentlightning/ imports agentlightning 0.3.0: tests/test_compat.py runs it in
 # the environment that has it; here it is not collected at all (rather than skipped).
@@ -92,3 +94,28 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock)
 @pytest.fixture
 def store(make_store: StoreFactory) -> Store:
     return make_store()
+
+
+def schema_5_file(path: Path, tasks: int) -> list[str]:
+    """A database as agl of schema 5 left it: `tasks` completed tasks, one attempt each
+    (kept by rollout id, which orders them at random); their ids."""
+    ids = [f"rollout-{uuid.uuid4()}" for _ in range(tasks)]
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        schema.SCHEMA + "".join(schema.MIGRATIONS[version] for version in range(2, 6))
+        + f"PRAGMA application_id={schema.APPLICATION_ID}; PRAGMA user_version=5;"
+    )  # fmt: skip
+    old.execute("BEGIN")
+    old.executemany(
+        "INSERT INTO tasks (id, rollout_id, status, input, metadata, create_time, num_claims, phase)"
+        " VALUES (?, ?, 'completed', '1', '{}', 1.0, 1, 'succeeded')",
+        enumerate(ids, start=1),
+    )
+    old.executemany(
+        "INSERT INTO attempts (rollout_id, sequence_id, attempt_id, start_time, end_time, status)"
+        " VALUES (?, 1, 'at-' || ?, 2.0, 3.0, 'succeeded')",
+        ((rollout_id, index) for index, rollout_id in enumerate(ids)),
+    )
+    old.execute("COMMIT")
+    old.close()
+    return ids

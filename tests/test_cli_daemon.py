@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 from cli_runner import agl, assert_one_line_error, popen_agl
+from conftest import schema_5_file
 from daemon import Daemon, env_without_agl
 
 from agl_cli.cli.context import Globals, resolve
+from agl_cli.cli.detach import start_detached
+from agl_cli.daemon_config import DaemonConfig
+from agl_cli.store.schema import SCHEMA_VERSION
 
 DEAD_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
@@ -126,6 +130,32 @@ def test_serve_detach_returns_once_ready_and_stop_ends_it(tmp_path: Path) -> Non
         assert stopped.stdout.strip() == f"Stopped agl (pid {pid})."
         assert not _running(pid)
         assert not (state / "agl.pid").exists()
+    finally:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_detach_waits_past_its_timeout_while_an_older_file_is_brought_up_to_date(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon says before it upgrades the file, which it does before it listens; the
+    detached start says so too and waits for it, however long the timeout."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    schema_5_file(state / "agl.db", 300_000)  # a few seconds of upgrade: longer than the timeout below
+    start_detached(DaemonConfig(state_dir=state, port=0), timeout=1.0)
+    printed = capsys.readouterr().out.splitlines()
+    assert (
+        printed[0]
+        == f"agl is bringing {state / 'agl.db'} from schema 5 up to {SCHEMA_VERSION} first; waiting for it."
+    )
+    match = re.match(r"agl is running in the background at http://\S+ \(pid (\d+)\)", printed[1])
+    assert match, printed
+    pid = int(match.group(1))
+    try:
+        log = (state / "agl.log").read_text()
+        assert f"agl: bringing {state / 'agl.db'} from schema 5 up to {SCHEMA_VERSION}" in log
+        assert agl("stop", state_dir=state).returncode == 0
     finally:
         if _running(pid):
             os.kill(pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from conftest import schema_5_file
 from daemon import Daemon, wait_until
 
 from agl_cli.store import schema
@@ -106,31 +107,6 @@ def test_sigterm_answers_a_waiting_long_poll_and_exits_cleanly(daemon: Daemon) -
     database.close()
 
 
-def schema_5_file(path: Path, tasks: int) -> list[str]:
-    """A database as agl of schema 5 left it: `tasks` completed tasks, one attempt each
-    (kept by rollout id); their ids."""
-    ids = [f"rollout-{index:08d}-{(index * 7919) % 100_000:05d}" for index in range(tasks)]
-    old = sqlite3.connect(path, isolation_level=None)
-    old.executescript(
-        schema.SCHEMA + "".join(schema.MIGRATIONS[version] for version in range(2, 6))
-        + f"PRAGMA application_id={schema.APPLICATION_ID}; PRAGMA user_version=5;"
-    )  # fmt: skip
-    old.execute("BEGIN")
-    old.executemany(
-        "INSERT INTO tasks (id, rollout_id, status, input, metadata, create_time, num_claims, phase)"
-        " VALUES (?, ?, 'completed', '1', '{}', 1.0, 1, 'succeeded')",
-        enumerate(ids, start=1),
-    )
-    old.executemany(
-        "INSERT INTO attempts (rollout_id, sequence_id, attempt_id, start_time, end_time, status)"
-        " VALUES (?, 1, 'at-' || ?, 2.0, 3.0, 'succeeded')",
-        ((rollout_id, index) for index, rollout_id in enumerate(ids)),
-    )
-    old.execute("COMMIT")
-    old.close()
-    return ids
-
-
 def version_and_attempts(path: Path) -> tuple[int, int]:
     check = sqlite3.connect(path)
     try:
@@ -146,7 +122,7 @@ def test_a_crash_while_an_older_file_is_brought_up_to_date_loses_nothing(tmp_pat
     as it was, and the next start brings it up to date with every attempt."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    ids = schema_5_file(state / "agl.db", 300_000)
+    ids = schema_5_file(state / "agl.db", 150_000)
     wal = state / "agl.db-wal"
     daemon = Daemon(state)
     try:
@@ -155,10 +131,10 @@ def test_a_crash_while_an_older_file_is_brought_up_to_date_loses_nothing(tmp_pat
             lambda: wal.exists() and wal.stat().st_size > 4_000_000, "the upgrade to write its log", 60
         )
         daemon.kill()
-        assert version_and_attempts(state / "agl.db") == (5, 300_000)  # killed before it committed
+        assert version_and_attempts(state / "agl.db") == (5, 150_000)  # killed before it committed
 
         daemon.start(timeout=60)
-        assert version_and_attempts(state / "agl.db") == (schema.SCHEMA_VERSION, 300_000)
+        assert version_and_attempts(state / "agl.db") == (schema.SCHEMA_VERSION, 150_000)
         latest = daemon.api("GET", f"/v1/agl/rollouts/{ids[123_456]}/attempts/latest").json()
         assert (latest["attempt_id"], latest["status"]) == ("at-123456", "succeeded")
     finally:

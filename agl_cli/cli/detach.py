@@ -23,6 +23,9 @@ from agl_cli.cli.errors import fail
 from agl_cli.daemon_config import DaemonConfig
 
 READY_LINE = re.compile(r"listening on (http://\S+)")
+# Said before the daemon brings an older database up to date, which it does before it
+# listens: however long that takes, the wait for it is not a failure to start.
+UPGRADE_LINE = re.compile(r"agl: bringing (\S+) from schema (\d+) up to (\d+)")
 START_TIMEOUT = 30.0
 
 
@@ -58,13 +61,24 @@ def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None
 def _wait_until_listening(
     process: subprocess.Popen[bytes], log_path: Path, start: int, deadline: float
 ) -> str:
+    """The daemon's address once it listens. Should it first bring an older database up
+    to date, say so, and wait for that as long as the daemon is alive."""
+    upgrading = False
     while True:
-        match = READY_LINE.search(_log_since(log_path, start))
+        logged = _log_since(log_path, start)
+        match = READY_LINE.search(logged)
         if match:
             return match.group(1)
+        upgrade = None if upgrading else UPGRADE_LINE.search(logged)
+        if upgrade:
+            database, old, new = upgrade.groups()
+            output.write_line(
+                f"agl is bringing {database} from schema {old} up to {new} first; waiting for it."
+            )
+            upgrading = True
         if process.poll() is not None:
             _fail_with_log(log_path, start, "The daemon exited while starting")
-        if time.monotonic() > deadline:
+        if not upgrading and time.monotonic() > deadline:
             _fail_with_log(log_path, start, "The daemon did not start listening in time")
         time.sleep(0.05)
 

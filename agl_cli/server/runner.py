@@ -34,7 +34,7 @@ from agl_cli.server import logs, pidfile
 from agl_cli.server.app import ServerOptions, create_app
 from agl_cli.server.broker import Broker
 from agl_cli.server.protocol import uvicorn_options
-from agl_cli.store import MemoryStore, SQLiteStore, StorageError, Store, StoreError
+from agl_cli.store import MemoryStore, SQLiteStore, StorageError, Store, StoreError, schema
 
 log = logging.getLogger("agl")
 SWITCH_INTERVAL = 0.001
@@ -97,6 +97,13 @@ def open_store(config: DaemonConfig, state_dir: Path) -> Store:
     if config.memory:
         return MemoryStore(**options)
     database = state_dir / paths.DATABASE_NAME
+    version = schema.version_of(database)
+    if version is not None and version < schema.SCHEMA_VERSION:  # `agl serve --detach` waits for this
+        logs.announce(
+            f"agl: bringing {database} from schema {version} up to {schema.SCHEMA_VERSION}"
+            " (a few seconds for each million attempts it holds)",
+            config.log_json,
+        )
     try:
         return SQLiteStore(database, **options)
     except StorageError as exc:  # a file agl may not write: read-only, locked, on a failing disk

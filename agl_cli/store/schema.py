@@ -285,6 +285,25 @@ def open_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def version_of(path: Path) -> int | None:
+    """The schema version of agl's database at `path`, read without changing it; None if
+    there is no such file, or it is not agl's (opening it then says why)."""
+    if not path.is_file():
+        return None
+    try:
+        conn = connect(path)
+    except sqlite3.Error:
+        return None
+    try:
+        [(app_id,)] = conn.execute("PRAGMA application_id").fetchall()
+        [(version,)] = conn.execute("PRAGMA user_version").fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return int(version) if app_id == APPLICATION_ID else None
+
+
 def open_memory_connection() -> sqlite3.Connection:
     """An agl database that lives in memory, gone with its connection."""
     conn = connect(":memory:")
