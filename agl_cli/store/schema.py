@@ -286,8 +286,8 @@ def open_connection(path: Path) -> sqlite3.Connection:
 
 
 def version_of(path: Path) -> int | None:
-    """The schema version of agl's database at `path`, read without changing it; None if
-    there is no such file, or it is not agl's (opening it then says why)."""
+    """The schema version of agl's database at `path`, before it is opened for use; None
+    if there is no such file, or it is not agl's (opening it then says why)."""
     if not path.is_file():
         return None
     try:
