@@ -96,15 +96,22 @@ def store(make_store: StoreFactory) -> Store:
     return make_store()
 
 
+def database_of_schema(path: Path, version: int) -> sqlite3.Connection:
+    """A new agl database at `path` as an agl of schema `version` made it, open (in
+    autocommit) for the test to fill."""
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        schema.SCHEMA + "".join(schema.MIGRATIONS[step] for step in range(2, version + 1))
+        + f"PRAGMA application_id={schema.APPLICATION_ID}; PRAGMA user_version={version};"
+    )  # fmt: skip
+    return old
+
+
 def schema_5_file(path: Path, tasks: int) -> list[str]:
     """A database as agl of schema 5 left it: `tasks` completed tasks, one attempt each
     (kept by rollout id, which orders them at random); their ids."""
     ids = [f"rollout-{uuid.uuid4()}" for _ in range(tasks)]
-    old = sqlite3.connect(path, isolation_level=None)
-    old.executescript(
-        schema.SCHEMA + "".join(schema.MIGRATIONS[version] for version in range(2, 6))
-        + f"PRAGMA application_id={schema.APPLICATION_ID}; PRAGMA user_version=5;"
-    )  # fmt: skip
+    old = database_of_schema(path, 5)
     old.execute("BEGIN")
     old.executemany(
         "INSERT INTO tasks (id, rollout_id, status, input, metadata, create_time, num_claims, phase)"

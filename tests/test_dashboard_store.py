@@ -3,14 +3,13 @@ count through every change, rewards summed per mode and bucket, pages newest fir
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
-from conftest import FakeClock, StoreFactory
+from conftest import FakeClock, StoreFactory, database_of_schema
 
 from agl_cli.models import Rollout, Task, TaskSpec, TaskStatus
 from agl_cli.store import SQLiteStore, Store
-from agl_cli.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from agl_cli.store.schema import SCHEMA_VERSION
 
 
 def counted(store: Store) -> dict[TaskStatus, int]:
@@ -93,11 +92,7 @@ def test_a_schema_4_database_gets_its_counts_and_rewards_from_what_it_holds(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     path = tmp_path / "agl.db"
-    old = sqlite3.connect(path, isolation_level=None)
-    old.executescript(
-        SCHEMA + "".join(MIGRATIONS[version] for version in range(2, 5)) + "PRAGMA user_version=4;"
-    )
-    old.execute("PRAGMA application_id=0x41474C31")
+    old = database_of_schema(path, 4)
     old.executemany(
         "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, metadata, create_time, num_claims, phase)"
         " VALUES (?, ?, ?, ?, '1', ?, '{}', 1.0, ?, ?)",

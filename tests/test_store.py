@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
-from conftest import FakeClock, StoreFactory
+from conftest import FakeClock, StoreFactory, database_of_schema
 
 from agl_cli.models import Rollout, Task, TaskStatus
 from agl_cli.store import (
@@ -419,10 +418,7 @@ def test_a_sqlite_store_of_schema_1_is_brought_up_to_date(tmp_path: Path, clock:
     """A file from the first agl keeps its tasks, rollouts and resources, and a task it
     had handed out gets its attempt."""
     path = tmp_path / "agl.db"
-    old = sqlite3.connect(path)
-    old.executescript(
-        f"{schema.SCHEMA}\nPRAGMA application_id={schema.APPLICATION_ID}; PRAGMA user_version=1;"
-    )
+    old = database_of_schema(path, 1)
     task = (
         "INSERT INTO tasks (id, rollout_id, status, queue_pos, deadline, input, mode, resources_id, metadata,"
     )
@@ -467,11 +463,7 @@ def test_a_schema_5_store_keeps_every_attempt_once_they_are_kept_in_task_order(
     """Schema 6 keys attempts by their task's id: each attempt of a file from before is
     still found by its rollout id, and a new one joins them."""
     path = tmp_path / "agl.db"
-    old = sqlite3.connect(path, isolation_level=None)
-    old.executescript(
-        schema.SCHEMA + "".join(schema.MIGRATIONS[version] for version in range(2, 6))
-        + f"PRAGMA application_id={schema.APPLICATION_ID}; PRAGMA user_version=5;"
-    )  # fmt: skip
+    old = database_of_schema(path, 5)
     old.executemany(
         "INSERT INTO tasks (id, rollout_id, status, input, metadata, create_time, num_claims, phase)"
         " VALUES (?, ?, ?, '1', '{}', 1.0, ?, ?)",
