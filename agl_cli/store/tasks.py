@@ -491,7 +491,7 @@ class TaskStore(Database):
         rollout_id = report.rollout_id
         with self._write() as conn:
             found = self._task_row(conn, "status, num_claims, mode, id", rollout_id)
-            status, attempt, task_mode = found[:3] if found else (None, None, None)
+            status, attempt, task_mode, task = found if found else (None, None, None, None)
             outcome = outcome_of_report(TaskStatus(status) if status else None)
             if (
                 outcome is ReportOutcome.UNSOLICITED
@@ -505,8 +505,8 @@ class TaskStore(Database):
                 )
                 return outcome
             now = self.clock()
-            if found:
-                self._report_successes(conn, [(found[3], found[1])], now)
+            if task is not None and attempt is not None:  # both are, for a known task
+                self._report_successes(conn, [(task, attempt)], now)
             _insert_rollouts(conn, [_rollout_row(report, now, attempt, not found, task_mode)])
         return outcome
 
