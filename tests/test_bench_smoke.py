@@ -89,6 +89,11 @@ def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None
         assert commits["writes"] >= commits["commits"] >= commits["syncs"] > 0
         assert commits["commit_seconds"] > 0 and commits["sync_seconds"] > 0
 
+    flat_ratios = sorted(row["ratio"] for row in data["flat_rounds"])
+    assert len(flat_ratios) == 2  # one flat run per round, each on a fresh store
+    assert data["flat"]["ratio"] == flat_ratios[0]  # the lower middle of two stands for them
+    assert figures["claims_after_threshold_vs_start"]["value"] == pytest.approx(flat_ratios[0], abs=1e-4)
+
 
 @needs_wrk
 @pytest.mark.timeout(180)  # about 35 s, most of it 0.3.0 starting and the bodies being made
