@@ -18,7 +18,7 @@ from daemon import Daemon
 from agl_cli import AgentLightningServer
 from agl_cli.models import TaskStatus
 from agl_cli.server.writer import CHECKPOINT_EVERY, SINCE_THE_LAST_GOOD_SYNC, Batched, GroupCommitThreads
-from agl_cli.store import SQLiteStore, StorageError, TaskSpec, UnknownTaskError
+from agl_cli.store import MemoryStore, SQLiteStore, StorageError, TaskSpec, UnknownTaskError
 
 WAIT = 10.0  # seconds any single step may take before the test gives up
 
@@ -318,6 +318,75 @@ async def test_writes_and_reads_run_off_the_event_loop(threads: GroupCommitThrea
     writer = await threads.write(threading.get_ident)
     reader = await threads.read(threading.get_ident)
     assert loop_thread not in (writer, reader)
+
+
+@pytest.fixture
+async def memory_threads() -> AsyncIterator[GroupCommitThreads]:
+    threads = GroupCommitThreads(MemoryStore())
+    threads.start()
+    yield threads
+    await threads.close()
+
+
+async def test_the_memory_store_is_called_by_the_writer_alone_reads_included(
+    memory_threads: GroupCommitThreads,
+) -> None:
+    threads = memory_threads
+    names = await asyncio.gather(
+        threads.write(lambda: threading.current_thread().name),
+        threads.read(lambda: threading.current_thread().name),
+    )
+    assert names == ["agl-writer", "agl-writer"]
+    running = {thread.name for thread in threading.enumerate()}
+    assert "agl-writer" in running and not running & {"agl-syncer", "agl-checkpointer"}
+
+
+async def test_a_memory_store_read_waits_for_the_group_being_written_and_sees_it_whole(
+    memory_threads: GroupCommitThreads,
+) -> None:
+    threads, store = memory_threads, memory_threads.store
+    started, release = threading.Event(), threading.Event()
+
+    def queue_two_then_hold() -> None:
+        store.queue_tasks([TaskSpec(input="first")])
+        started.set()
+        assert release.wait(WAIT)
+        store.queue_tasks([TaskSpec(input="second")])
+
+    group = asyncio.ensure_future(threads.write(queue_two_then_hold))
+    assert await asyncio.to_thread(started.wait, WAIT)
+    read = asyncio.ensure_future(threads.read(lambda: [r.task.input for r in store.list_tasks()]))
+    await asyncio.sleep(0.05)  # not waiting for anything: a window for a read of half a group
+    assert not read.done()
+    release.set()
+    await group
+    assert await asyncio.wait_for(read, WAIT) == ["first", "second"]
+
+
+async def test_a_memory_store_read_that_fails_fails_alone_and_its_group_commits_once(
+    memory_threads: GroupCommitThreads,
+) -> None:
+    threads, store = memory_threads, memory_threads.store
+    first, release = await held_write(threads)
+    write = asyncio.ensure_future(threads.write(queue(store, "kept")))
+    failing = asyncio.ensure_future(threads.read(lambda: store.cancel_task("rollout-unknown")))
+    await asyncio.sleep(0)  # one turn of the loop: both are in the writer's queue
+    release.set()
+    await first
+    with pytest.raises(UnknownTaskError):
+        await failing
+    assert len(await write) == 1
+    sizes = threads.stats.group_sizes
+    assert (sizes.count, sizes.total) == (2, 2), "the read is in no group's count, and nothing ran twice"
+    assert [record.task.input for record in store.list_tasks()] == ["kept"]
+
+
+async def test_a_memory_store_write_is_answered_at_its_commit_with_nothing_to_sync(
+    memory_threads: GroupCommitThreads,
+) -> None:
+    threads = memory_threads
+    assert len(await asyncio.wait_for(threads.write(queue(threads.store, "durable")), WAIT)) == 1
+    assert threads.stats.commit_seconds.count == 1 and threads.stats.sync_seconds.count == 0
 
 
 # --- against the daemon ---------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The one door into the store, with the wake-ups that long polls and watchers wait on.
 
 Every route, the stream, the metrics and the embedded Python API go through one
-`Broker`: writes to the writer thread (group commit), reads to the reader threads, and
-the broker knows what changed, so a task queued by any of them wakes a worker that is
-long-polling, and a rollout stored by a worker wakes whoever waits for it.
+`Broker`: writes to the writer thread (group commit), reads to the reader threads (the
+memory store's to the writer as well), and the broker knows what changed, so a task
+queued by any of them wakes a worker that is long-polling, and a rollout stored by a
+worker wakes whoever waits for it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.requests import Request
 
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.rates import RateWindow
-from agl_cli.server.writer import Batched, CommitStats, failure_logged, threads_for
+from agl_cli.server.writer import Batched, CommitStats, GroupCommitThreads, failure_logged
 from agl_cli.store import (
     Claim,
     Report,
@@ -109,7 +110,7 @@ class Broker:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._threads = threads_for(store)
+        self._threads = GroupCommitThreads(store)
         self.stats = Stats()
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()

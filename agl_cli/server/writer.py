@@ -20,7 +20,8 @@ forgets the error), so answering any write with success again could be a lie. Ev
 write from then on is refused, and whoever runs the daemon is told (`on_lost`) so that
 it can stop; a restart recovers what is on disk.
 
-A store that never waits on a disk (the memory store) is called inline instead.
+A store that never waits on a disk (the memory store) has only the writer, which makes
+its reads too (`GroupCommitThreads`).
 """
 
 from __future__ import annotations
@@ -120,8 +121,31 @@ class _Item(Generic[Item, T]):
         return self.kind.one(self.item)
 
 
-class StoreThreads:
-    """Runs the store's calls where they belong: here, inline on the event loop."""
+@dataclass(frozen=True, slots=True)
+class _Read(Generic[T]):
+    """A read of a store whose reads go through the writer (see `GroupCommitThreads.read`)."""
+
+    call: Callable[[], T]
+
+    def __call__(self) -> T:
+        return self.call()
+
+
+_STOP = object()
+_Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+
+class GroupCommitThreads:
+    """A writer thread that commits every waiting write together, a syncer thread that
+    makes each commit durable while the writer goes on with the next group, a thread that
+    checkpoints the store's log now and then, and reader threads.
+
+    A store that never waits on a disk (not `blocking`: the memory store) has one
+    connection for everything and nothing to sync or checkpoint: only the writer runs,
+    a group's writes are answered at its commit, and reads go to the writer too, each
+    made between two groups. It still gains from the writer: SQLite works beside the
+    event loop, and a group's claims and reports are made a kind at a time."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -130,52 +154,11 @@ class StoreThreads:
         self.lost: StorageError | None = None
         # Called on the event loop, once, when a sync fails (`lost` says why); the daemon stops.
         self.on_lost: Callable[[], None] = lambda: None
-
-    def start(self) -> None:
-        """Begin taking calls (the event loop is running)."""
-
-    def write(self, call: Callable[[], T]) -> asyncio.Future[T]:
-        """Take a write now (writes are made in the order they are taken); await its result."""
-        self.stats.group_sizes.add(1)
-        return _called(call)
-
-    def write_batched(self, kind: Batched[Item, T], item: Item) -> asyncio.Future[T]:
-        """Take a write of a kind that is made a group at a time; await its result."""
-        return self.write(_Item(kind, item))
-
-    def read(self, call: Callable[[], T]) -> Awaitable[T]:
-        return _called(call)
-
-    async def close(self) -> None:
-        """Finish every write taken, then close the store."""
-        self.store.close()
-
-
-def _called(call: Callable[[], T]) -> asyncio.Future[T]:
-    """The outcome of `call()`, made now, as a future."""
-    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-    try:
-        future.set_result(call())
-    except Exception as exc:
-        future.set_exception(exc)
-    return future
-
-
-_STOP = object()
-_Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
-_Outcome = tuple["asyncio.Future[Any]", bool, Any]
-
-
-class GroupCommitThreads(StoreThreads):
-    """A writer thread that commits every waiting write together, a syncer thread that
-    makes each commit durable while the writer goes on with the next group, a thread that
-    checkpoints the store's log now and then, and reader threads."""
-
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
         self._pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._committed: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="agl-read")
+        self._readers = (
+            ThreadPoolExecutor(READ_THREADS, thread_name_prefix="agl-read") if store.blocking else None
+        )
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commits = 0
@@ -183,26 +166,34 @@ class GroupCommitThreads(StoreThreads):
         self._stopping = False
 
     def start(self) -> None:
+        """Begin taking calls (the event loop is running)."""
         self._loop = asyncio.get_running_loop()
-        self._threads = [
-            threading.Thread(target=self._write_forever, name="agl-writer", daemon=True),
-            threading.Thread(target=self._sync_forever, name="agl-syncer", daemon=True),
-            threading.Thread(target=self._checkpoint_forever, name="agl-checkpointer", daemon=True),
-        ]
+        work = {"agl-writer": self._write_forever}
+        if self.store.blocking:
+            work |= {"agl-syncer": self._sync_forever, "agl-checkpointer": self._checkpoint_forever}
+        self._threads = [threading.Thread(target=run, name=name, daemon=True) for name, run in work.items()]
         for thread in self._threads:
             thread.start()
 
     def write(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Take a write now (writes are made in the order they are taken); await its result."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[T] = self._loop.create_future()
         self._pending.put((call, future))
         return future
 
+    def write_batched(self, kind: Batched[Item, T], item: Item) -> asyncio.Future[T]:
+        """Take a write of a kind that is made a group at a time; await its result."""
+        return self.write(_Item(kind, item))
+
     def read(self, call: Callable[[], T]) -> Awaitable[T]:
         assert self._loop is not None, "start() first"
+        if self._readers is None:  # one connection: the writer's, between two groups
+            return self.write(_Read(call))
         return self._loop.run_in_executor(self._readers, call)
 
     async def close(self) -> None:
+        """Finish every write taken, then close the store."""
         if self._threads:
             self._pending.put(_STOP)  # the writer passes it on to the syncer
             self._stopping = True
@@ -210,17 +201,22 @@ class GroupCommitThreads(StoreThreads):
             for thread in self._threads:
                 await asyncio.to_thread(thread.join)
             self._threads = []
-        self._readers.shutdown(wait=False)
+        if self._readers is not None:
+            self._readers.shutdown(wait=False)
         await asyncio.to_thread(self.store.close)
 
     # the writer --------------------------------------------------------------------------
 
     def _write_forever(self) -> None:
         for group, stop in _batches(self._pending, self._idle):
+            if group and self._readers is None:
+                group = self._read(group)
             if group and self.lost is not None:
                 self._answer([(future, False, self.lost) for _, future in group])
             elif group:
                 answer_now, after_sync = self._commit(group)
+                if not self.store.blocking:  # nothing to sync
+                    answer_now, after_sync = answer_now + after_sync, []
                 self._answer(answer_now)
                 if after_sync:
                     self._committed.put(after_sync)
@@ -230,6 +226,21 @@ class GroupCommitThreads(StoreThreads):
             if stop:
                 self._committed.put(_STOP)
                 return
+
+    def _read(self, group: list[_Job]) -> list[_Job]:
+        """Make and answer the group's reads, before its writes; return the writes. Nothing
+        of the group has been answered, so this is an order they might have come in."""
+        reads = [(call, future) for call, future in group if type(call) is _Read]
+        if not reads:
+            return group
+        outcomes: list[_Outcome] = []
+        for call, future in reads:
+            try:
+                outcomes.append((future, True, call()))
+            except Exception as exc:
+                outcomes.append((future, False, exc))
+        self._answer(outcomes)
+        return [(call, future) for call, future in group if type(call) is not _Read]
 
     def _idle(self) -> bool:
         """Nothing to write for a while: do a step of what the store left for later (a
@@ -386,7 +397,3 @@ def _settle(outcomes: list[_Outcome]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
-
-
-def threads_for(store: Store) -> StoreThreads:
-    return GroupCommitThreads(store) if store.blocking else StoreThreads(store)

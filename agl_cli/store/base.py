@@ -362,10 +362,12 @@ class Store(abc.ABC):
     """Durable (or not) home of tasks, resources and rollouts.
 
     Methods are synchronous and touch a bounded number of rows (a store may queue a whole
-    staged batch in `commit_batch`, or mark it and move it later in `drain_step`). A
-    `blocking` store may wait on the disk, so the server calls it from threads, never from
-    its event loop: its writes from one writer thread, grouped by `transaction()` into one
-    commit, its reads from others. `max_claims` bounds attempts per task.
+    staged batch in `commit_batch`, or mark it and move it later in `drain_step`). The
+    server calls a store from threads, never from its event loop: its writes from one
+    writer thread, grouped by `transaction()` into one commit. A `blocking` store may wait
+    on the disk: its reads come from threads of their own, and each commit is synced
+    before its writes are answered. Any other store's reads come from the writer thread
+    too. `max_claims` bounds attempts per task.
     """
 
     kind: ClassVar[str] = "custom"  # how `agl status` names the store

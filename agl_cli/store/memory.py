@@ -1,9 +1,9 @@
 """The in-memory store, for tests and throwaway runs: the SQLite store on a database that
 lives in memory, so both behave alike by construction and nothing is kept.
 
-Nothing here waits on a disk, so the server calls it inline on its event loop (not
-`blocking`): one connection serves reads and writes, there is nothing to sync or
-checkpoint, and a read sees the store as of one moment because no write can run beside it.
+Nothing here waits on a disk (it is not `blocking`): one connection serves reads and
+writes, all made by the server's writer thread, each read between two groups of writes,
+so a read sees the store as of one moment; there is nothing to sync or checkpoint.
 """
 
 from __future__ import annotations
