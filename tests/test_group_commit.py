@@ -340,9 +340,8 @@ async def test_the_memory_store_is_called_by_the_writer_alone_reads_included() -
         )
     finally:
         await threads.close()
-    assert {name for name in started if name.startswith("agl-")} == {
-        "agl-writer"
-    }  # no syncer, no checkpointer
+    # the writer and nothing else of agl's: no syncer, no checkpointer
+    assert {name for name in started if name.startswith("agl-")} == {"agl-writer"}
     assert names == ["agl-writer", "agl-writer"]
 
 
@@ -372,13 +371,17 @@ async def test_a_memory_store_read_that_fails_fails_alone_and_its_group_commits_
     memory_threads: GroupCommitThreads,
 ) -> None:
     threads, store = memory_threads, memory_threads.store
+
+    def failing_read() -> None:
+        raise LookupError("nothing there")
+
     first, release = await held_write(threads)
     write = asyncio.ensure_future(threads.write(queue(store, "kept")))
-    failing = asyncio.ensure_future(threads.read(lambda: store.cancel_task("rollout-unknown")))
+    failing = asyncio.ensure_future(threads.read(failing_read))
     await asyncio.sleep(0)  # one turn of the loop: both are in the writer's queue
     release.set()
     await first
-    with pytest.raises(UnknownTaskError):
+    with pytest.raises(LookupError):
         await failing
     assert len(await write) == 1
     sizes = threads.stats.group_sizes
