@@ -208,14 +208,15 @@ class GroupCommitThreads:
     # the writer --------------------------------------------------------------------------
 
     def _write_forever(self) -> None:
+        on_disk = self.store.blocking  # else: reads come here too, and nothing is synced
         for group, stop in _batches(self._pending, self._idle):
-            if group and self._readers is None:
+            if group and not on_disk:
                 group = self._read(group)
             if group and self.lost is not None:
                 self._answer([(future, False, self.lost) for _, future in group])
             elif group:
                 answer_now, after_sync = self._commit(group)
-                if not self.store.blocking:  # nothing to sync
+                if not on_disk:
                     answer_now, after_sync = answer_now + after_sync, []
                 self._answer(answer_now)
                 if after_sync:
