@@ -230,7 +230,9 @@ def measure(server: StoreServer, scenario: str, seconds: int, warmup: int, workd
     if warmup:
         run_wrk(server.url + path, script, warmup, args, workdir / f"wrk-{scenario}-warmup.log")
     result = run_wrk(server.url + path, script, seconds, args, workdir / f"wrk-{scenario}.log")
-    errors = int(result["non2xx"]) + int(result["socket_errors"]) + int(result.get("unexpected", 0))
+    errors = (
+        int(result["non2xx"]) + int(sum(result["socket_errors"].values())) + int(result.get("unexpected", 0))
+    )
     latency = result["latency_us"]
     return Figure(
         scenario, server.name, result["count"] / (result["duration_us"] / 1e6), latency["p50"] / 1000,

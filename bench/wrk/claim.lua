@@ -12,9 +12,12 @@
 --                  <claims>` (noticed at the first claim after it, so quiet seconds are
 --                  skipped), for a bench that watches the run as it goes
 --
--- done() prints one line, `AGL_WRK_RESULT {...}`: counts, the latency distribution
--- (microseconds), `marks` as [claims, seconds] pairs and `per_second` as [epoch second,
--- claims] pairs.
+-- done() prints `AGL_WRK_RESULT {...}` (result.lua) with the counts, `marks` as [claims,
+-- seconds] pairs and `per_second` as [epoch second, claims] pairs.
+
+package.path = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "?.lua;" .. package.path
+local result = require("result")  -- done()'s line (result.lua)
+setup = result.setup
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -83,14 +86,8 @@ function response(status, headers, body)
    end
 end
 
-local threads = {}
-
-function setup(thread)
-   threads[#threads + 1] = thread
-end
-
-function done(summary, latency, requests)
-   local thread = threads[1]
+function done(summary, latency)
+   local thread = result.threads[1]
    local start = thread:get("started")
    local every = thread:get("mark_every")
    local parts = {}
@@ -108,16 +105,6 @@ function done(summary, latency, requests)
    for _, second in ipairs(seconds) do
       parts[#parts + 1] = string.format("[%.0f,%.0f]", second, counts[second])
    end
-   local e = summary.errors
-   io.write(string.format(
-      'AGL_WRK_RESULT {"duration_us":%.0f,"requests":%.0f,"bytes":%.0f,' ..
-      '"claims":%.0f,"empty":%.0f,"unexpected":%.0f,"non2xx":%.0f,' ..
-      '"socket_errors":{"connect":%.0f,"read":%.0f,"write":%.0f,"timeout":%.0f},"status_errors":%.0f,' ..
-      '"latency_us":{"p50":%.0f,"p90":%.0f,"p99":%.0f,"max":%.0f,"mean":%.1f},' ..
-      '"marks":[%s],"per_second":[%s]}\n',
-      summary.duration, summary.requests, summary.bytes,
-      thread:get("claims"), thread:get("empty"), thread:get("unexpected"), thread:get("non2xx"),
-      e.connect, e.read, e.write, e.timeout, e.status,
-      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
-      marks_json, table.concat(parts, ",")))
+   local extra = string.format('"marks":[%s],"per_second":[%s]', marks_json, table.concat(parts, ","))
+   result.write(summary, latency, { "claims", "empty", "unexpected", "non2xx" }, extra)
 end

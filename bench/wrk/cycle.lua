@@ -9,8 +9,12 @@
 -- Argument (after `--`): a file holding the report's JSON body, in which @ROLLOUT_ID@ stands
 -- for the rollout id. Without it a small body is sent.
 --
--- done() prints one line, `AGL_WRK_RESULT {...}`, with the counts and the latency
--- distribution (microseconds) over every request, claims and reports alike.
+-- done() prints `AGL_WRK_RESULT {...}` (result.lua) with the counts, and the size of a report
+-- body as report_body_bytes; its latencies are over every request, claims and reports alike.
+
+package.path = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "?.lua;" .. package.path
+local result = require("result")  -- done()'s line (result.lua)
+setup = result.setup
 
 local PLACEHOLDER = "@ROLLOUT_ID@"
 local body_head = '{"rollout_id":"'
@@ -67,27 +71,7 @@ function response(status, headers, body)
    end
 end
 
-local threads = {}
-
-function setup(thread)
-   threads[#threads + 1] = thread
-end
-
-function done(summary, latency, requests)
-   local total = { claims = 0, empty = 0, cycles = 0, unexpected = 0, non2xx = 0 }
-   for _, thread in ipairs(threads) do
-      for name in pairs(total) do
-         total[name] = total[name] + thread:get(name)
-      end
-   end
-   local e = summary.errors
-   io.write(string.format(
-      'AGL_WRK_RESULT {"duration_us":%.0f,"requests":%.0f,"bytes":%.0f,"report_body_bytes":%.0f,' ..
-      '"claims":%.0f,"empty":%.0f,"cycles":%.0f,"unexpected":%.0f,"non2xx":%.0f,' ..
-      '"socket_errors":{"connect":%.0f,"read":%.0f,"write":%.0f,"timeout":%.0f},"status_errors":%.0f,' ..
-      '"latency_us":{"p50":%.0f,"p90":%.0f,"p99":%.0f,"max":%.0f,"mean":%.1f}}\n',
-      summary.duration, summary.requests, summary.bytes, threads[1]:get("body_bytes"),
-      total.claims, total.empty, total.cycles, total.unexpected, total.non2xx,
-      e.connect, e.read, e.write, e.timeout, e.status,
-      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+function done(summary, latency)
+   local body_bytes = string.format('"report_body_bytes":%.0f', result.threads[1]:get("body_bytes"))
+   result.write(summary, latency, { "claims", "empty", "cycles", "unexpected", "non2xx" }, body_bytes)
 end

@@ -6,8 +6,11 @@
 -- `POST /v1/agl/queues/rollouts/dequeue`; response() collects what dequeue hands out. A
 -- cycle is an update answered with 200. The rollouts are enqueued before the run.
 --
--- done() prints `AGL_WRK_RESULT {...}`: counts and the latency distribution (microseconds)
--- over every request.
+-- done() prints `AGL_WRK_RESULT {...}` (result.lua) with the counts.
+
+package.path = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "?.lua;" .. package.path
+local result = require("result")  -- done()'s line (result.lua)
+setup = result.setup
 
 local dequeue_body = '{"limit":1,"worker_id":"bench"}'
 local update_body = '{"status":"succeeded"}'
@@ -49,21 +52,6 @@ function response(status, _, body)
    end
 end
 
-local threads = {}
-
-function setup(thread)
-   threads[#threads + 1] = thread
-end
-
-function done(summary, latency, requests)
-   local t = threads[1]
-   local e = summary.errors
-   io.write(string.format(
-      'AGL_WRK_RESULT {"duration_us":%.0f,"requests":%.0f,"count":%.0f,"dequeues":%.0f,"empty":%.0f,' ..
-      '"unexpected":%.0f,"non2xx":%.0f,"socket_errors":%.0f,' ..
-      '"latency_us":{"p50":%.0f,"p99":%.0f,"max":%.0f}}\n',
-      summary.duration, summary.requests, t:get("count"), t:get("dequeues"), t:get("empty"),
-      t:get("unexpected"), t:get("non2xx"),
-      e.connect + e.read + e.write + e.timeout,
-      latency:percentile(50), latency:percentile(99), latency.max))
+function done(summary, latency)
+   result.write(summary, latency, { "count", "dequeues", "empty", "unexpected", "non2xx" })
 end

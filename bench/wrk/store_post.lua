@@ -5,8 +5,11 @@
 -- another, each preceded by its length as 8 decimal digits; bodies differ where the
 -- server keeps each one (span ids), so that no write is refused as a duplicate.
 --
--- done() prints `AGL_WRK_RESULT {...}` with the count of 2xx answers and the latency
--- distribution (microseconds).
+-- done() prints `AGL_WRK_RESULT {...}` (result.lua) with the count of 2xx answers.
+
+package.path = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "?.lua;" .. package.path
+local result = require("result")  -- done()'s line (result.lua)
+setup = result.setup
 
 local bodies = {}
 local next_body = 1
@@ -40,18 +43,6 @@ function response(status)
    end
 end
 
-local threads = {}
-
-function setup(thread)
-   threads[#threads + 1] = thread
-end
-
-function done(summary, latency, requests)
-   local t = threads[1]
-   local e = summary.errors
-   io.write(string.format(
-      'AGL_WRK_RESULT {"duration_us":%.0f,"requests":%.0f,"count":%.0f,"non2xx":%.0f,"socket_errors":%.0f,' ..
-      '"latency_us":{"p50":%.0f,"p99":%.0f,"max":%.0f}}\n',
-      summary.duration, summary.requests, t:get("count"), t:get("non2xx"), e.connect + e.read + e.write + e.timeout,
-      latency:percentile(50), latency:percentile(99), latency.max))
+function done(summary, latency)
+   result.write(summary, latency, { "count", "non2xx" })
 end
