@@ -195,7 +195,7 @@ class GroupCommitThreads:
     async def close(self) -> None:
         """Finish every write taken, then close the store."""
         if self._threads:
-            self._pending.put(_STOP)  # the writer passes it on to the syncer
+            self._pending.put(_STOP)  # the writer passes it on to the syncer, if there is one
             self._stopping = True
             self._checkpoint_due.set()
             for thread in self._threads:
@@ -225,7 +225,8 @@ class GroupCommitThreads:
                 if self._commits % CHECKPOINT_EVERY == 0:
                     self._checkpoint_due.set()
             if stop:
-                self._committed.put(_STOP)
+                if on_disk:
+                    self._committed.put(_STOP)  # the syncer's turn to stop
                 return
 
     def _read(self, group: list[_Job]) -> list[_Job]:
