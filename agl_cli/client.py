@@ -99,6 +99,7 @@ class Status(TypedDict, total=False):
     store: str
     task_timeout: float
     max_attempts: int | None
+    rollout_retention: float | None
     tasks: dict[str, int]
     rollouts: int
     unsolicited: int

@@ -25,6 +25,7 @@ class DaemonConfig:
     memory: bool = False
     task_timeout: float = 300.0
     max_attempts: int | None = None  # None: unlimited
+    rollout_retention: float | None = None  # seconds a result is kept; None: for good
     log_level: str = "info"
     log_json: bool = False
     no_auth: bool = False

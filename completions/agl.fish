@@ -3,7 +3,7 @@
 
 # Whether option $argv[2] of command $argv[1] ("" is agl itself) takes a value.
 function __agl_takes_value
-    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'stop:--timeout' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
+    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'stop:--timeout' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
 end
 
 # Whether $argv[1] ("rollouts watch") is a command of agl.
@@ -63,6 +63,7 @@ complete -c agl -n "__agl_at 'serve'" -l state-dir -x -a '(__fish_complete_direc
 complete -c agl -n "__agl_at 'serve'" -l memory -d 'Keep state in memory only (lost at exit)'
 complete -c agl -n "__agl_at 'serve'" -l task-timeout -x -d 'Seconds a worker may hold a task before it is handed out again'
 complete -c agl -n "__agl_at 'serve'" -l max-attempts -x -d 'Claims per task before it is marked failed (default: unlimited)'
+complete -c agl -n "__agl_at 'serve'" -l rollout-retention -x -d 'Seconds a completed rollout is kept after it arrives; older ones are deleted,...'
 complete -c agl -n "__agl_at 'serve'" -l log-level -x -d 'One of: critical, error, warning, info, debug'
 complete -c agl -n "__agl_at 'serve'" -l log-json -d 'Log one JSON object per line on stderr (for journald, Loki, ...)'
 complete -c agl -n "__agl_at 'serve'" -l no-auth -d 'Serve the management API without a token (loopback only)'

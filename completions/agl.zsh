@@ -56,6 +56,7 @@ _agl_options() {
         '--memory:Keep state in memory only (lost at exit)'
         '--task-timeout:Seconds a worker may hold a task before it is handed out again'
         '--max-attempts:Claims per task before it is marked failed (default: unlimited)'
+        '--rollout-retention:Seconds a completed rollout is kept after it arrives; older ones are deleted,...'
         '--log-level:One of: critical, error, warning, info, debug'
         '--log-json:Log one JSON object per line on stderr (for journald, Loki, ...)'
         '--no-auth:Serve the management API without a token (loopback only)'
@@ -155,7 +156,7 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
   case $1:$2 in
-    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
+    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
     ':--state-dir'|'serve:--state-dir') REPLY='@directory' ;;
     'queue:--mode') REPLY='train val test' ;;
     'tasks list:--status') REPLY='queued claimed completed failed cancelled' ;;

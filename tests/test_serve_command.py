@@ -160,6 +160,7 @@ def test_listening_beyond_loopback_without_a_token_is_refused(tmp_path: Path) ->
         (["--log-level", "loud"], "Unknown log level 'loud'"),
         (["--task-timeout", "0"], "--task-timeout"),
         (["--max-attempts", "0"], "--max-attempts"),
+        (["--rollout-retention", "0"], "--rollout-retention"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], fragment: str) -> None:

@@ -35,10 +35,10 @@ def enqueue(store: Store, *inputs: Any, config: RolloutConfig | None = None) -> 
 def rollout(store: Store, rollout_id: str) -> dict[str, Any]:
     shape = store.get_rollout_shape(rollout_id)
     assert shape is not None
-    return _plain(shape)
+    return plain(shape)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A shape with its stored JSON read back (shapes hold `orjson.Fragment`s)."""
     import orjson
 
@@ -89,7 +89,7 @@ def test_a_legacy_report_ends_the_attempt_and_the_rollout(store: Store, clock: F
     shape = rollout(store, rollout_id)
     assert (shape["status"], shape["end_time"]) == ("succeeded", clock.now)
     assert (shape["attempt"]["status"], shape["attempt"]["end_time"]) == ("succeeded", clock.now)
-    assert _plain(store.get_worker("w-1"))["status"] == "idle"
+    assert plain(store.get_worker("w-1"))["status"] == "idle"
     finished, unfinished = store.finished_rollouts([rollout_id])
     assert [r["rollout_id"] for r in finished] == [rollout_id] and unfinished == 0
 
@@ -118,7 +118,7 @@ def _plain_wire(wire: bytes) -> dict[str, Any]:
 def test_a_success_through_the_store_api_joins_the_results_with_its_reward_once(store: Store) -> None:
     [rollout_id] = store.queue_tasks([TaskSpec(input=1, mode="train")])
     [handed] = store.dequeue_rollouts(1, "w-1")
-    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    attempt_id = str(plain(handed)["attempt"]["attempt_id"])
     store.add_spans([span(rollout_id, attempt_id, "a1", 1, **{"agentlightning.reward.0.value": 0.75})])
     store.update_attempt(rollout_id, attempt_id, {"status": "succeeded"})
     store.update_attempt(rollout_id, "latest", {"status": "running"})  # revived, as 0.3.0 allows ...
@@ -137,7 +137,7 @@ def test_a_failed_attempt_is_retried_while_the_config_allows(store: Store) -> No
     assert rollout(store, rollout_id)["status"] == "requeuing"
     assert store.counts().tasks[TaskStatus.QUEUED] == 1
     [again] = store.dequeue_rollouts(1, None)
-    assert _plain(again)["attempt"]["sequence_id"] == 2
+    assert plain(again)["attempt"]["sequence_id"] == 2
     store.update_attempt(rollout_id, "latest", {"status": "failed"})
     assert rollout(store, rollout_id)["status"] == "failed"
     assert store.dequeue_rollouts(1, None) == []
@@ -155,7 +155,7 @@ def test_an_attempt_that_runs_too_long_times_out_promptly(store: Store, clock: F
         "timeout",
         None,
     )
-    assert _plain(store.get_worker("w-1"))["status"] == "unknown"
+    assert plain(store.get_worker("w-1"))["status"] == "unknown"
     store.dequeue_rollouts(1, "w-1")
     clock.advance(5)
     store.expire_claims()
@@ -167,7 +167,7 @@ def test_a_quiet_attempt_is_unresponsive_and_each_span_pushes_that_back(
 ) -> None:
     [rollout_id] = enqueue(store, "x", config=RolloutConfig(unresponsive_seconds=5))
     [handed] = store.dequeue_rollouts(1, None)
-    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    attempt_id = str(plain(handed)["attempt"]["attempt_id"])
     clock.advance(4)
     store.add_spans([span(rollout_id, attempt_id, "s1")])
     shape = rollout(store, rollout_id)
@@ -207,21 +207,21 @@ def test_a_rollout_set_queuing_by_hand_goes_to_the_back_and_a_cancelled_one_is_n
     first, second = enqueue(store, "first", "second")
     store.update_rollout(first, {"status": "cancelled"})
     [handed] = store.dequeue_rollouts(1, None)
-    assert _plain(handed)["rollout_id"] == second
+    assert plain(handed)["rollout_id"] == second
     store.update_rollout(first, {"status": "requeuing", "metadata": {"why": "again"}})
     [handed] = store.dequeue_rollouts(1, None)
-    assert (_plain(handed)["rollout_id"], _plain(handed)["metadata"]) == (first, {"why": "again"})
+    assert (plain(handed)["rollout_id"], plain(handed)["metadata"]) == (first, {"why": "again"})
 
 
 def test_a_rollout_started_directly_is_outside_the_queue(store: Store) -> None:
-    shape = _plain(store.start_rollout(StartRolloutBody(input="now", worker_id="w-1")))
+    shape = plain(store.start_rollout(StartRolloutBody(input="now", worker_id="w-1")))
     assert (shape["status"], shape["attempt"]["sequence_id"], shape["attempt"]["worker_id"]) == (
         "preparing",
         1,
         "w-1",
     )
     assert store.dequeue_rollouts(1, None) == []
-    assert _plain(store.get_worker("w-1"))["current_rollout_id"] == shape["rollout_id"]
+    assert plain(store.get_worker("w-1"))["current_rollout_id"] == shape["rollout_id"]
 
 
 def test_unknown_rollouts_and_attempts_are_refused(store: Store) -> None:
@@ -241,7 +241,7 @@ def test_unknown_rollouts_and_attempts_are_refused(store: Store) -> None:
 def test_spans_are_kept_once_and_numbered_per_rollout(store: Store) -> None:
     [rollout_id] = enqueue(store, "x")
     [handed] = store.dequeue_rollouts(1, None)
-    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    attempt_id = str(plain(handed)["attempt"]["attempt_id"])
     assert store.next_span_sequence_ids([rollout_id, rollout_id]) == [1, 2]
     added = store.add_spans([span(rollout_id, attempt_id, "a", 7), span(rollout_id, attempt_id, "a", 8)])
     assert [s is not None for s in added.spans] == [True, False]
@@ -250,7 +250,7 @@ def test_spans_are_kept_once_and_numbered_per_rollout(store: Store) -> None:
     lost = span("ro-nope", attempt_id, "c", -1)
     added = store.add_spans([unnumbered, lost], from_otlp=True)
     assert (added.spans[0].sequence_id, added.spans[1], added.rejected) == (10, None, 1)
-    page = _plain(store.query_spans(SpanQuery(rollout_id=rollout_id, attempt_id="latest")))
+    page = plain(store.query_spans(SpanQuery(rollout_id=rollout_id, attempt_id="latest")))
     assert ([s["span_id"] for s in page["items"]], page["total"]) == (["a", "b"], 2)
 
 
@@ -258,17 +258,17 @@ def test_queries_filter_sort_and_page_with_the_total_of_all_matches(store: Store
     ids = enqueue(store, "a", "b", "c", "d")
     store.dequeue_rollouts(1, "w-1")
     store.update_attempt(ids[0], "latest", {"status": "succeeded"})
-    page = _plain(store.query_rollouts(RolloutQuery(status_in=["queuing"], limit=2, offset=1)))
+    page = plain(store.query_rollouts(RolloutQuery(status_in=["queuing"], limit=2, offset=1)))
     assert ([r["rollout_id"] for r in page["items"]], page["total"]) == (ids[2:4], 3)
-    ended_first = _plain(store.query_rollouts(RolloutQuery(sort_by="end_time")))
+    ended_first = plain(store.query_rollouts(RolloutQuery(sort_by="end_time")))
     assert ended_first["items"][0]["rollout_id"] == ids[0]  # a missing time sorts last
     assert "attempt" in ended_first["items"][0] and "attempt" not in ended_first["items"][1]
-    either = _plain(
+    either = plain(
         store.query_rollouts(RolloutQuery(rollout_id_in=[ids[1]], status_in=["succeeded"], filter_logic="or"))
     )
     assert sorted(r["rollout_id"] for r in either["items"]) == sorted([ids[0], ids[1]])
-    assert _plain(store.query_attempts(ids[0], AttemptQuery()))["total"] == 1
-    assert _plain(store.query_workers(WorkerQuery(status_in=["idle"])))["total"] == 1
+    assert plain(store.query_attempts(ids[0], AttemptQuery()))["total"] == 1
+    assert plain(store.query_workers(WorkerQuery(status_in=["idle"])))["total"] == 1
 
 
 def test_a_committed_batch_is_seen_and_changed_through_the_store_api_before_it_is_moved(store: Store) -> None:
@@ -276,9 +276,9 @@ def test_a_committed_batch_is_seen_and_changed_through_the_store_api_before_it_i
     [first, second] = store.stage_tasks(batch, [TaskSpec(input=1), TaskSpec(input=2)])
     store.commit_batch(batch)
     assert rollout(store, second)["status"] == "queuing"
-    assert _plain(store.query_rollouts(RolloutQuery()))["total"] == 2
+    assert plain(store.query_rollouts(RolloutQuery()))["total"] == 2
     store.update_rollout(second, {"status": "cancelled"})
-    assert [r["rollout_id"] for r in map(_plain, store.dequeue_rollouts(5, None))] == [first]
+    assert [r["rollout_id"] for r in map(plain, store.dequeue_rollouts(5, None))] == [first]
 
 
 def test_everything_of_a_run_survives_reopening(tmp_path: Path, clock: FakeClock) -> None:
@@ -286,7 +286,7 @@ def test_everything_of_a_run_survives_reopening(tmp_path: Path, clock: FakeClock
     store = SQLiteStore(path, clock=clock)
     [rollout_id] = enqueue(store, "kept", config=RETRY)
     [handed] = store.dequeue_rollouts(1, "w-1")
-    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    attempt_id = str(plain(handed)["attempt"]["attempt_id"])
     store.add_spans([span(rollout_id, attempt_id, "s")])
     store.heartbeat_worker("w-1", {"cpu": 1})
     store.close()
@@ -296,8 +296,8 @@ def test_everything_of_a_run_survives_reopening(tmp_path: Path, clock: FakeClock
     assert (shape["status"], shape["config"]["max_attempts"], shape["attempt"]["attempt_id"]) == (
         "running", 2, attempt_id,
     )  # fmt: skip
-    assert _plain(reopened.query_spans(SpanQuery(rollout_id=rollout_id)))["total"] == 1
-    assert _plain(reopened.get_worker("w-1"))["heartbeat_stats"] == {"cpu": 1}
+    assert plain(reopened.query_spans(SpanQuery(rollout_id=rollout_id)))["total"] == 1
+    assert plain(reopened.get_worker("w-1"))["heartbeat_stats"] == {"cpu": 1}
     clock.advance(5)
     assert reopened.expire_claims() == 1  # its deadline survived too
     reopened.close()
@@ -320,7 +320,7 @@ def test_every_statement_on_attempts_finds_them_through_their_tasks_key(
         store.record_reports([Report.of(Rollout(rollout_id=legacy, final_reward=1.0))])
     store.update_attempt(api, "latest", {"status": "failed"})
     [handed] = store.dequeue_rollouts(1, "w-1")
-    attempt_id = str(_plain(handed)["attempt"]["attempt_id"])
+    attempt_id = str(plain(handed)["attempt"]["attempt_id"])
     store.add_spans([span(dequeued, attempt_id, "s1")])
     store.update_attempt(dequeued, attempt_id, {"status": "running"})
     store.start_attempt(api, "w-2")

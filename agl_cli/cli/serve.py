@@ -34,6 +34,13 @@ def serve(
     max_attempts: int | None = typer.Option(
         DEFAULTS.max_attempts, min=1, help="Claims per task before it is marked failed (default: unlimited)."
     ),
+    rollout_retention: float | None = typer.Option(
+        DEFAULTS.rollout_retention,
+        min=0.001,
+        help="Seconds a completed rollout is kept after it arrives; older ones are deleted,"
+        " with their spans (default: kept for good).",
+        show_default=False,
+    ),
     log_level: str = typer.Option(DEFAULTS.log_level, help=f"One of: {', '.join(LOG_LEVELS)}."),
     log_json: bool = typer.Option(
         DEFAULTS.log_json,

@@ -92,6 +92,9 @@ def render(current: Status) -> Table:
         limits.append(f"task timeout {current['task_timeout']:g} s")
     if "max_attempts" in current:
         limits.append(f"max attempts {current['max_attempts'] or 'unlimited'}")
+    if "rollout_retention" in current:
+        retention = current["rollout_retention"]
+        limits.append(f"rollouts kept {'for good' if retention is None else f'{retention:g} s'}")
     if limits:
         grid.add_row("limits", ", ".join(limits))
     return grid

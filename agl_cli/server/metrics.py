@@ -86,6 +86,11 @@ class StoreCollector(Collector):
                     "Rollouts for an id agl never issued: stored, marked unsolicited.",
                     reports[ReportOutcome.UNSOLICITED],
                 ),
+                (
+                    "agl_rollouts_pruned",
+                    "Rollouts deleted once older than --rollout-retention.",
+                    stats.pruned,
+                ),
             )
         )
         yield GaugeMetricFamily("agl_requests_in_flight", "Requests being served now.", value=stats.in_flight)

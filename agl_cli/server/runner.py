@@ -92,6 +92,7 @@ def open_store(config: DaemonConfig, state_dir: Path) -> Store:
     options: dict[str, Any] = {
         "task_timeout": config.task_timeout,
         "max_claims": config.max_attempts,
+        "rollout_retention": config.rollout_retention,
         "max_size": config.max_db_size,
     }
     if config.memory:

@@ -110,7 +110,7 @@ class ResourcesList(BaseModel):
 
 class RolloutList(BaseModel):
     rollouts: list[RolloutRecord]
-    last_seq: int = Field(description="The highest sequence number stored.")
+    last_seq: int = Field(description="The highest sequence number given out.")
 
 
 class Rates(BaseModel):
@@ -130,6 +130,7 @@ class Status(BaseModel):
     store: str = Field(description="`sqlite` or `memory`.")
     task_timeout: float
     max_attempts: int | None
+    rollout_retention: float | None = Field(description="Seconds a result is kept; null: for good.")
     tasks: dict[str, int] = Field(description="Tasks per status.")
     rollouts: int
     unsolicited: int
@@ -182,7 +183,7 @@ class RolloutLine(BaseModel):
 
 class RolloutLines(BaseModel):
     rollouts: list[RolloutLine]
-    last_seq: int = Field(description="The highest sequence number stored.")
+    last_seq: int = Field(description="The highest sequence number given out.")
 
 
 class DashboardEvent(RootModel[DashboardSummary | RolloutLines]):

@@ -55,6 +55,7 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
         store=broker.store_kind,
         task_timeout=broker.task_timeout,
         max_attempts=broker.max_attempts,
+        rollout_retention=broker.rollout_retention,
         tasks={status.value: number for status, number in counts.tasks.items()},
         rollouts=counts.rollouts,
         unsolicited=counts.unsolicited,

@@ -367,21 +367,30 @@ class Store(abc.ABC):
     writer thread, grouped by `transaction()` into one commit. A `blocking` store may wait
     on the disk: its reads come from threads of their own, and each commit is synced
     before its writes are answered. Any other store's reads come from the writer thread
-    too. `max_claims` bounds attempts per task.
+    too. `max_claims` bounds attempts per task; `rollout_retention` is how many seconds a
+    result is kept after it arrives (None: for good).
     """
 
     kind: ClassVar[str] = "custom"  # how `agl status` names the store
     blocking: ClassVar[bool] = False
 
     def __init__(
-        self, *, task_timeout: float = 300.0, max_claims: int | None = None, clock: Clock = time.time
+        self,
+        *,
+        task_timeout: float = 300.0,
+        max_claims: int | None = None,
+        rollout_retention: float | None = None,
+        clock: Clock = time.time,
     ):
         if task_timeout <= 0:
             raise ValueError("task_timeout must be positive")
         if max_claims is not None and max_claims < 1:
             raise ValueError("max_claims must be at least 1")
+        if rollout_retention is not None and rollout_retention <= 0:
+            raise ValueError("rollout_retention must be positive")
         self.task_timeout = task_timeout
         self.max_claims = max_claims
+        self.rollout_retention = rollout_retention
         self.clock = clock
 
     def transaction(self, isolate_writes: bool = True, sync: bool = True) -> AbstractContextManager[Commit]:
@@ -517,6 +526,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def last_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    def prune_rollouts(self, limit: int) -> int:
+        """Delete up to `limit` of the oldest results older than `rollout_retention`, and
+        the spans of their rollouts; how many went. Their tasks stay, so a late report for
+        one is still known for a duplicate. Sequence numbers are never given out again."""
 
     # resources
     @abc.abstractmethod

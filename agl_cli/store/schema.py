@@ -14,7 +14,7 @@ from pathlib import Path
 from agl_cli.store.base import StoreError
 
 APPLICATION_ID = 0x41474C31  # "AGL1"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 SCHEMA = """
@@ -257,6 +257,14 @@ INSERT INTO attempts_by_task
     FROM attempts a JOIN tasks t ON t.rollout_id = a.rollout_id;
 DROP TABLE attempts;
 ALTER TABLE attempts_by_task RENAME TO attempts;
+""",
+    # Rollouts past the retention setting are deleted: the dashboard's chart of rewards
+    # keeps them (a run's curve from its start), the count of rollouts kept does not.
+    7: """
+DROP TRIGGER rollouts_uncounted;
+CREATE TRIGGER rollouts_uncounted AFTER DELETE ON rollouts BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'rollouts';
+END;
 """,
 }
 

@@ -22,6 +22,7 @@ index and sorts every queued task on each claim.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -593,8 +594,30 @@ class TaskStore(Database):
         return [rollout_from_body(body) for (body,) in rows]
 
     def last_seq(self) -> int:
-        [(seq,)] = self._read("SELECT coalesce(max(seq), 0) FROM rollouts")
+        # The largest ever given out (AUTOINCREMENT's record), kept when its rollout is not.
+        [(seq,)] = self._read("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'rollouts'), 0)")
         return int(seq)
+
+    def prune_rollouts(self, limit: int) -> int:
+        """Results go oldest first, by sequence number, until the first one still young
+        enough (not synced: a prune a crash undoes is made again)."""
+        if self.rollout_retention is None:
+            return 0
+        cutoff = self.clock() - self.rollout_retention
+        with self._write(durable=False) as conn:
+            oldest = conn.execute(
+                "SELECT seq, received_time FROM rollouts ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+            old = list(itertools.takewhile(lambda row: row[1] < cutoff, oldest))
+            if old:
+                pruned = {"first": old[0][0], "last": old[-1][0]}
+                conn.execute(
+                    "DELETE FROM spans WHERE rollout_id IN"
+                    " (SELECT rollout_id FROM rollouts WHERE seq BETWEEN :first AND :last)",
+                    pruned,
+                )
+                conn.execute("DELETE FROM rollouts WHERE seq BETWEEN :first AND :last", pruned)
+        return len(old)
 
     # resources ---------------------------------------------------------------------------
 

@@ -45,8 +45,8 @@ _QUERIES = {
     " ORDER BY last_claim_time DESC LIMIT ? OFFSET ?",
     "summaries_after": f"{ROLLOUT_SUMMARIES} WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
     "summaries_before": f"{ROLLOUT_SUMMARIES} WHERE r.seq < ? ORDER BY r.seq DESC LIMIT ?",
-    "run_span": "SELECT (SELECT received_time FROM rollouts WHERE seq = (SELECT min(seq) FROM rollouts)),"
-    " (SELECT received_time FROM rollouts WHERE seq = (SELECT max(seq) FROM rollouts))",
+    # From the rewards, which keep the rollouts the retention setting has deleted.
+    "run_span": "SELECT min(bucket), max(bucket) + 1 FROM rewards WHERE width = 1",
     "rewards": "SELECT mode, bucket / ?, sum(rollouts), sum(rewarded), sum(total) FROM rewards"
     " WHERE width = ? AND bucket >= ? GROUP BY 1, 2 ORDER BY 1, 2",
     "resources": f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT ? OFFSET ?",

@@ -1,0 +1,124 @@
+"""`--rollout-retention`: results older than the setting are deleted, oldest first, with the
+spans of their rollouts; their tasks stay, so nothing comes back as a new result, and the
+reward chart and the sequence numbers keep what was deleted. Without the setting nothing
+is ever deleted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cli_runner import agl
+from conftest import FakeClock, StoreFactory
+from daemon import Daemon, wait_until
+from test_store_rollouts import enqueue, plain, span
+
+from agl_cli.models import Rollout, TaskStatus
+from agl_cli.store import ReportOutcome, Store, TaskSpec
+from agl_cli.store_models import SpanQuery
+
+
+def reported(store: Store, reward: float) -> str:
+    """A task queued, claimed and reported with `reward`."""
+    [rollout_id] = store.queue_tasks([TaskSpec(input=reward, mode="train")])
+    assert store.claim() is not None
+    assert store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=reward)) is ReportOutcome.STORED
+    return rollout_id
+
+
+def kept(store: Store) -> list[str]:
+    return [stored.rollout.rollout_id for stored in store.rollouts_after(0, 1000)]
+
+
+def span_ids(store: Store, rollout_id: str) -> list[str]:
+    return [item["span_id"] for item in plain(store.query_spans(SpanQuery(rollout_id=rollout_id)))["items"]]
+
+
+def test_without_a_setting_no_result_is_ever_deleted(store: Store, clock: FakeClock) -> None:
+    rollout_id = reported(store, 1.0)
+    clock.advance(10 * 365 * 86400)
+    assert store.prune_rollouts(100) == 0
+    assert kept(store) == [rollout_id]
+
+
+def test_results_older_than_the_setting_go_oldest_first(make_store: StoreFactory, clock: FakeClock) -> None:
+    store = make_store(rollout_retention=60)
+    first = reported(store, 0.1)
+    clock.advance(10)
+    second = reported(store, 0.2)
+    clock.advance(10)
+    third = reported(store, 0.3)
+    last_seq = store.last_seq()
+    clock.advance(45)  # the first two are 65 and 55 s old: only the first is past 60
+    assert store.prune_rollouts(100) == 1
+    assert kept(store) == [second, third]
+    clock.advance(20)  # now both are
+    assert store.prune_rollouts(1) == 1  # at most as many as asked, oldest first
+    assert kept(store) == [second, third][1:]
+    assert store.prune_rollouts(100) == 1
+    assert (kept(store), store.prune_rollouts(100)) == ([], 0)
+    assert store.get_rollout(first) is None and store.consume_rollout(first) is None
+    assert store.last_seq() == last_seq  # what was given out is never given out again
+    fourth = reported(store, 0.4)
+    [stored] = store.rollouts_after(0)
+    assert (stored.rollout.rollout_id, stored.seq) == (fourth, last_seq + 1)
+    counts = store.counts()
+    assert (counts.rollouts, counts.tasks[TaskStatus.COMPLETED]) == (1, 4)
+
+
+def test_a_deleted_results_task_stays_and_a_late_report_is_still_a_duplicate(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(rollout_retention=1)
+    rollout_id = reported(store, 1.0)
+    clock.advance(2)
+    assert store.prune_rollouts(100) == 1
+    record = store.get_task(rollout_id)
+    assert record is not None and record.status is TaskStatus.COMPLETED
+    again = store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=5.0))
+    assert again is ReportOutcome.DUPLICATE
+    assert kept(store) == [] and store.counts().duplicates == 1
+
+
+def test_the_spans_of_a_deleted_result_go_with_it(make_store: StoreFactory, clock: FakeClock) -> None:
+    store = make_store(rollout_retention=60)
+    old, young = enqueue(store, "old", "young")
+    attempts = {}
+    for shape in store.dequeue_rollouts(2, "worker-1"):
+        attempt = shape["attempt"]
+        assert isinstance(attempt, dict)
+        attempts[shape["rollout_id"]] = str(attempt["attempt_id"])
+    store.add_spans([span(old, attempts[old], "s-old"), span(young, attempts[young], "s-young")])
+    store.update_rollout(old, {"status": "succeeded"})
+    clock.advance(61)
+    store.update_rollout(young, {"status": "succeeded"})
+    assert store.prune_rollouts(100) == 1
+    assert kept(store) == [young]
+    assert (span_ids(store, old), span_ids(store, young)) == ([], ["s-young"])
+
+
+def test_the_reward_chart_keeps_the_deleted_results(make_store: StoreFactory, clock: FakeClock) -> None:
+    store = make_store(rollout_retention=60)
+    reported(store, 0.2)
+    clock.advance(100)
+    reported(store, 0.6)
+    before = store.reward_series(240)
+    assert store.prune_rollouts(100) == 1
+    after = store.reward_series(240)
+    assert after == before
+    assert [(point.rollouts, point.mean) for point in after.points] == [(1, 0.2), (1, 0.6)]
+
+
+def test_the_daemon_deletes_results_as_they_come_of_age(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--rollout-retention", "0.2")
+    [rollout_id] = daemon.queue("x")
+    assert daemon.claim() is not None
+    daemon.report(rollout_id, final_reward=1.0)
+    wait_until(lambda: daemon.metric("agl_rollouts_pruned_total") == 1, "the result to be deleted", 30)
+    assert daemon.rollouts() == []
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "completed"
+    daemon.report(rollout_id, final_reward=2.0)  # a late repeat: answered, not a new result
+    status = daemon.status()
+    assert (status["rollouts"], status["duplicates"], status["last_seq"]) == (0, 1, 1)
+    assert status["rollout_retention"] == 0.2
+    shown = agl("status", daemon=daemon)
+    assert "rollouts kept 0.2 s" in shown.stdout
