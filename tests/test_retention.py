@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cli_runner import agl
+from cli_runner import agl, assert_one_line_error
 from conftest import FakeClock, StoreFactory
 from daemon import Daemon, wait_until
 from test_store_rollouts import enqueue, plain, span
@@ -115,6 +115,8 @@ def test_the_daemon_deletes_results_as_they_come_of_age(make_daemon: Callable[..
     daemon.report(rollout_id, final_reward=1.0)
     wait_until(lambda: daemon.metric("agl_rollouts_pruned_total") == 1, "the result to be deleted", 30)
     assert daemon.rollouts() == []
+    shown = agl("rollouts", "show", rollout_id, daemon=daemon)
+    assert_one_line_error(shown, f"Rollout '{rollout_id}' has no result any more: it was deleted once older")
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "completed"
     daemon.report(rollout_id, final_reward=2.0)  # a late repeat: answered, not a new result
     status = daemon.status()

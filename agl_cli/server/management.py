@@ -186,6 +186,8 @@ async def show_rollout(request: Request) -> Response:
 _WHY_NO_RESULT = {
     TaskStatus.QUEUED: "has no result yet: its task is queued",
     TaskStatus.CLAIMED: "has no result yet: its task is claimed",
+    # a task completes in the transaction that stores its result: only retention takes it
+    TaskStatus.COMPLETED: "has no result any more: it was deleted once older than --rollout-retention",
     TaskStatus.FAILED: "has no result: its task failed",
     TaskStatus.CANCELLED: "has no result: its task was cancelled",
 }
