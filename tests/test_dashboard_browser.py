@@ -217,6 +217,27 @@ def test_a_failed_task_shows_with_its_attempts(make_daemon: Any, browser: Any) -
     assert console.errors == []
 
 
+def test_a_result_deleted_by_the_retention_setting_is_said_to_be_so(make_daemon: Any, browser: Any) -> None:
+    """A task that needed two attempts stays among the retried ones after its result is
+    deleted; its detail says the result is gone, not that it is yet to come."""
+    short = make_daemon("--task-timeout", "0.2", "--rollout-retention", "0.2")
+    [rollout_id] = short.queue("retried", mode="train")
+    for _ in range(2):  # the task comes back once its claim times out
+        wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
+    short.report(rollout_id, final_reward=1.0)
+    wait_until(lambda: short.metric("agl_rollouts_pruned_total") == 1, "the result to be deleted", 30)
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    page.goto(f"{short.url}/#token={short.token}")
+    page.locator(f"#failures tr[data-rollout-id='{rollout_id}'] button").click(timeout=WAIT_MS)
+    facts = page.locator("#detail dl.facts")
+    expect(facts).to_contain_text("completed", timeout=WAIT_MS)
+    expect(facts).to_contain_text("deleted since (retention)")
+    context.close()
+    assert console.errors == []
+
+
 def test_a_wrong_token_is_refused_in_one_clear_message_and_shows_no_data(
     daemon: Daemon, open_page: Any
 ) -> None:

@@ -572,7 +572,14 @@ function renderDetail(body, detail) {
     ["Reward", result && result.final_reward !== null ? round(result.final_reward) : "–"],
     ["Attempts", task ? String(task.num_claims) : "–"],
     ["Queued", task ? clock(task.create_time, true) : "–"],
-    ["Received", result ? clock(result.received_time, true) : "not yet"],
+    [
+      "Received",
+      result
+        ? clock(result.received_time, true)
+        : task && task.status === "completed"
+          ? "deleted since (retention)" // a task completes with its result: only retention takes it
+          : "not yet",
+    ],
   ];
   parts.push(definitionList(facts));
   parts.push(heading("Input"), pre(JSON.stringify(detail.input, null, 2)));
