@@ -16,6 +16,10 @@ PRAGMA choices and why:
   hold up that commit and every write grouped with it.
 - `journal_size_limit`: a commit of a large batch grows the WAL by its size; the limit
   truncates it again after the next checkpoint instead of keeping the space forever.
+- `secure_delete=FAST`: what is deleted is wiped where that costs no extra write, and a
+  freed page is left as it is until it is used again. Some builds of SQLite (Debian's)
+  wipe every freed page, which made deleting 100 rollouts of 48 KB take 23 ms instead of
+  2, the zeroed pages going through the log and its sync.
 - Reads run on connections of their own (one per reading thread), so they never wait
   for a commit and a commit never waits for them.
 - `application_id` marks the file as agl's, so `agl serve` refuses a database it did
