@@ -3,12 +3,13 @@ count through every change, rewards summed per mode and bucket, pages newest fir
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import FakeClock, StoreFactory, database_of_schema
 
 from agl_cli.models import Rollout, Task, TaskSpec, TaskStatus
-from agl_cli.store import SQLiteStore, Store
+from agl_cli.store import MemoryStore, SQLiteStore, Store
 from agl_cli.store.schema import SCHEMA_VERSION
 
 
@@ -119,3 +120,41 @@ def test_a_schema_4_database_gets_its_counts_and_rewards_from_what_it_holds(
     assert points == {("train", 1, 0.5), ("val", 1, None)}
     assert [t.record.rollout_id for t in upgraded.troubled_tasks(10, 0)] == ["rollout-c"]
     upgraded.close()
+
+
+def steps_of(store: Store, read: Callable[[], object]) -> int:
+    """How many hundreds of SQLite's virtual machine steps `read` takes (the memory store
+    reads on its one connection)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn = store._conn  # type: ignore[attr-defined]
+    conn.set_progress_handler(count, 100)
+    try:
+        read()
+    finally:
+        conn.set_progress_handler(None, 100)
+    return steps
+
+
+def test_the_chart_of_a_dense_run_reads_no_more_than_that_of_a_sparse_one(clock: FakeClock) -> None:
+    """A rollout every second or one every 100 s over the same hours: the chart's buckets
+    are as wide either way, and finding where the run starts and ends reads the ends of
+    the rewards' index, not every second of the run."""
+    costs = []
+    for every, rollouts in ((1, 20_000), (100, 200)):
+        store = MemoryStore(clock=clock)
+        store.queue_tasks([TaskSpec(input=i, mode="train") for i in range(rollouts)])
+        for claim in store.claim_many(rollouts):
+            store.record_rollout(Rollout(rollout_id=claim.rollout_id, final_reward=0.5))
+            clock.advance(every)
+        series = store.reward_series(240)
+        assert series.width == 120 and sum(point.rollouts for point in series.points) == rollouts
+        costs.append(steps_of(store, lambda store=store: store.reward_series(240)))  # type: ignore[misc]
+        store.close()
+    dense, sparse = costs
+    assert dense <= 2 * sparse + 5, costs

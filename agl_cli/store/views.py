@@ -45,8 +45,10 @@ _QUERIES = {
     " ORDER BY last_claim_time DESC LIMIT ? OFFSET ?",
     "summaries_after": f"{ROLLOUT_SUMMARIES} WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
     "summaries_before": f"{ROLLOUT_SUMMARIES} WHERE r.seq < ? ORDER BY r.seq DESC LIMIT ?",
-    # From the rewards, which keep the rollouts the retention setting has deleted.
-    "run_span": "SELECT min(bucket), max(bucket) + 1 FROM rewards WHERE width = 1",
+    # From the rewards, which keep the rollouts the retention setting has deleted; two
+    # subqueries, as SQLite reads one end of the index for a lone min() or max() only.
+    "run_span": "SELECT (SELECT min(bucket) FROM rewards WHERE width = 1),"
+    " (SELECT max(bucket) FROM rewards WHERE width = 1) + 1",
     "rewards": "SELECT mode, bucket / ?, sum(rollouts), sum(rewarded), sum(total) FROM rewards"
     " WHERE width = ? AND bucket >= ? GROUP BY 1, 2 ORDER BY 1, 2",
     "resources": f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT ? OFFSET ?",
