@@ -5,9 +5,9 @@ they are random, and a run must draw the same way when hypothesis replays it.
 
 Each run queues, stages and commits batches, claims through both doors, lets time pass
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
-through the store API, cancels, consumes and reopens the store, on every store; after each
-step the store must agree with the model: task states, attempts, the sequence of results,
-counts. The clock is fake: nothing sleeps. `HYPOTHESIS_PROFILE=long` runs many more.
+through the store API, cancels, consumes, deletes results past the retention setting and
+reopens the store, on every store; after each step the store must agree with the model:
+task states, attempts, the sequence of results, counts. The clock is fake: nothing sleeps. `HYPOTHESIS_PROFILE=long` runs many more.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from agl_cli.store import (
 
 TIMEOUT = 10.0
 MAX_CLAIMS = 2
+RETENTION = 20.0
 settings.register_profile("suite", max_examples=150, stateful_step_count=30, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 settings.register_profile("long", max_examples=2_000, stateful_step_count=60, deadline=None,
@@ -56,7 +57,9 @@ class Model:
 
     tasks: dict[str, Task] = field(default_factory=dict)
     queue: list[str] = field(default_factory=list)  # claim order
-    results: list[str] = field(default_factory=list)  # arrival order
+    results: list[str] = field(default_factory=list)  # arrival order, those still kept
+    arrived: list[float] = field(default_factory=list)  # when each of `results` did
+    given: int = 0  # sequence numbers given out
     consumed: set[str] = field(default_factory=set)
     duplicates: int = 0
     batches: dict[str, list[str]] = field(default_factory=dict)  # open batches: their staged ids
@@ -85,6 +88,19 @@ class Model:
         task.status, task.claims, task.deadline = TaskStatus.CLAIMED, task.claims + 1, now + TIMEOUT
         return rollout_id
 
+    def result(self, rollout_id: str, now: float) -> None:
+        self.results.append(rollout_id)
+        self.arrived.append(now)
+        self.given += 1
+
+    def prune(self, now: float, limit: int) -> int:
+        """Results older than the retention go, oldest first, up to `limit` of them."""
+        old = sum(1 for arrived in self.arrived[:limit] if arrived < now - RETENTION)
+        for rollout_id in self.results[:old]:
+            self.consumed.discard(rollout_id)  # one reported again is a new result
+        del self.results[:old], self.arrived[:old]
+        return old
+
     def end(self, rollout_id: str, status: TaskStatus) -> None:
         task = self.tasks[rollout_id]
         task.status, task.deadline = status, None
@@ -103,7 +119,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.model = Model()
 
     def open(self) -> Store:
-        options = {"task_timeout": TIMEOUT, "max_claims": MAX_CLAIMS, "clock": self.clock}
+        options = {
+            "task_timeout": TIMEOUT, "max_claims": MAX_CLAIMS, "rollout_retention": RETENTION, "clock": self.clock,
+        }  # fmt: skip
         if self.kind == "memory":
             return MemoryStore(**options)
         return SQLiteStore(Path(self.directory.name) / "agl.db", **options)
@@ -194,7 +212,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.model.duplicates += 1
         else:
             expected = ReportOutcome.UNSOLICITED if task is None else ReportOutcome.STORED
-            self.model.results.append(rollout_id)
+            self.model.result(rollout_id, self.clock.now)
             if task is not None:
                 self.model.end(rollout_id, TaskStatus.COMPLETED)
         assert outcome is expected
@@ -207,7 +225,7 @@ class StoreMachine(RuleBasedStateMachine):
         rollout_id = data.draw(st.sampled_from(claimed))
         self.store.update_attempt(rollout_id, "latest", {"status": status})
         if status == "succeeded":
-            self.model.results.append(rollout_id)
+            self.model.result(rollout_id, self.clock.now)
             self.model.end(rollout_id, TaskStatus.COMPLETED)
         else:
             self.model.end(rollout_id, TaskStatus.FAILED)
@@ -249,6 +267,10 @@ class StoreMachine(RuleBasedStateMachine):
         assert (got is not None) == (rollout_id not in self.model.consumed)
         self.model.consumed.add(rollout_id)
 
+    @rule(limit=st.integers(1, 3))
+    def prune(self, limit: int) -> None:
+        assert self.store.prune_rollouts(limit) == self.model.prune(self.clock.now, limit)
+
     @rule()
     def reopen(self) -> None:
         """Close and open the store again (the daemon restarting); a batch not committed
@@ -276,7 +298,7 @@ class StoreMachine(RuleBasedStateMachine):
         stored = self.store.rollouts_after(0, limit=10_000)
         assert [r.rollout.rollout_id for r in stored] == self.model.results
         assert [r.seq for r in stored] == sorted({r.seq for r in stored})
-        assert self.store.last_seq() == (stored[-1].seq if stored else 0)
+        assert self.store.last_seq() == self.model.given  # deleted results' numbers included
 
     @invariant()
     def every_claim_is_an_attempt(self) -> None:
