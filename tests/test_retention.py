@@ -124,3 +124,22 @@ def test_the_daemon_deletes_results_as_they_come_of_age(make_daemon: Callable[..
     assert status["rollout_retention"] == 0.2
     shown = agl("status", daemon=daemon)
     assert "rollouts kept 0.2 s" in shown.stdout
+
+
+def test_a_store_full_of_old_results_takes_reports_again_once_they_are_deleted(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon("--max-db-size", "400000", "--rollout-retention", "3")
+    ids = daemon.queue(*range(100))
+    for rollout_id in ids:  # far more than fits
+        assert daemon.claim() is not None
+        refused = daemon.post("/rollout", json={"rollout_id": rollout_id, "metadata": {"big": "x" * 20_000}})
+        if refused.status_code != 200:
+            break
+    assert refused.status_code == 507
+    stored = daemon.status()["last_seq"]
+    wait_until(
+        lambda: daemon.metric("agl_rollouts_pruned_total") == stored, "the old results to be deleted", 60
+    )
+    daemon.report(rollout_id, metadata={"big": "x" * 20_000})  # the one refused: room for it now
+    assert [rollout["rollout_id"] for rollout in daemon.rollouts()] == [rollout_id]
