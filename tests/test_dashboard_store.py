@@ -4,6 +4,7 @@ count through every change, rewards summed per mode and bucket, pages newest fir
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from conftest import FakeClock, StoreFactory, database_of_schema
@@ -154,7 +155,7 @@ def test_the_chart_of_a_dense_run_reads_no_more_than_that_of_a_sparse_one(clock:
             clock.advance(every)
         series = store.reward_series(240)
         assert series.width == 120 and sum(point.rollouts for point in series.points) == rollouts
-        costs.append(steps_of(store, lambda store=store: store.reward_series(240)))  # type: ignore[misc]
+        costs.append(steps_of(store, partial(store.reward_series, 240)))
         store.close()
     dense, sparse = costs
     assert dense <= 2 * sparse + 5, costs

@@ -7,7 +7,8 @@ Each run queues, stages and commits batches, claims through both doors, lets tim
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
 through the store API, cancels, consumes, deletes results past the retention setting and
 reopens the store, on every store; after each step the store must agree with the model:
-task states, attempts, the sequence of results, counts. The clock is fake: nothing sleeps. `HYPOTHESIS_PROFILE=long` runs many more.
+task states, attempts, the sequence of results, counts. The clock is fake: nothing
+sleeps. `HYPOTHESIS_PROFILE=long` runs many more.
 """
 
 from __future__ import annotations
