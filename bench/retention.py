@@ -72,12 +72,12 @@ def main() -> None:
         print(
             f"filled {args.rollouts:,} rollouts of about {args.kb} KB in {time.perf_counter() - started:.1f} s"
         )
-        time.sleep(1.0)  # every rollout older than the retention from the start
         daemon = Child(
             [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--state-dir", str(state),
              "--rollout-retention", "1", "--log-level", "warning"],
             Path(scratch) / "agl.log",
         )  # fmt: skip
+        # Its first sweep comes a second after it starts: every rollout is past the retention.
         url = daemon.wait_for(LISTENING, 60, "agl serve").group(1).replace("0.0.0.0", HOST)
         latencies: list[float] = []
         with httpx.Client(base_url=url, timeout=30) as client:
