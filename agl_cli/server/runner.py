@@ -100,9 +100,10 @@ def open_store(config: DaemonConfig, state_dir: Path) -> Store:
     database = state_dir / paths.DATABASE_NAME
     version = schema.version_of(database)
     if version is not None and version < schema.SCHEMA_VERSION:  # `agl serve --detach` waits for this
+        costs = [cost for step, cost in schema.MIGRATION_COSTS.items() if version < step]
         logs.announce(
             f"agl: bringing {database} from schema {version} up to {schema.SCHEMA_VERSION}"
-            " (a few seconds for each million attempts it holds)",
+            + (f" ({'; '.join(costs)})" if costs else ""),
             config.log_json,
         )
     try:

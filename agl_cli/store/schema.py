@@ -88,6 +88,9 @@ def _add_reward(width: int, row: str, sign: int) -> str:
     )
 
 
+# What a migration's time grows with, where it grows with the file (said before an upgrade).
+MIGRATION_COSTS = {6: "a few seconds for each million attempts it holds"}
+
 # MIGRATIONS[v] takes a database from schema v - 1 to v; a new file starts at 1.
 MIGRATIONS = {
     2: """
