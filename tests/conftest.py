@@ -126,3 +126,22 @@ def schema_5_file(path: Path, tasks: int) -> list[str]:
     old.execute("COMMIT")
     old.close()
     return ids
+
+
+def vm_steps(store: Store, work: Callable[[], object]) -> int:
+    """How much SQLite work `work` made on the store's write connection (the memory store's
+    only one): a count every 100 of its virtual machine's instructions (not time, so the
+    same on any machine)."""
+    count = 0
+
+    def step() -> int:
+        nonlocal count
+        count += 1
+        return 0  # go on
+
+    store._conn.set_progress_handler(step, 100)  # type: ignore[attr-defined]
+    try:
+        work()
+    finally:
+        store._conn.set_progress_handler(None, 100)  # type: ignore[attr-defined]
+    return count

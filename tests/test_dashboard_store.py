@@ -3,11 +3,10 @@ count through every change, rewards summed per mode and bucket, pages newest fir
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from conftest import FakeClock, StoreFactory, database_of_schema
+from conftest import FakeClock, StoreFactory, database_of_schema, vm_steps
 
 from agl_cli.models import Rollout, Task, TaskSpec, TaskStatus
 from agl_cli.store import MemoryStore, SQLiteStore, Store
@@ -123,25 +122,6 @@ def test_a_schema_4_database_gets_its_counts_and_rewards_from_what_it_holds(
     upgraded.close()
 
 
-def steps_of(store: Store, read: Callable[[], object]) -> int:
-    """How many hundreds of SQLite's virtual machine steps `read` takes (the memory store
-    reads on its one connection)."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    conn = store._conn  # type: ignore[attr-defined]
-    conn.set_progress_handler(count, 100)
-    try:
-        read()
-    finally:
-        conn.set_progress_handler(None, 100)
-    return steps
-
-
 def test_the_chart_of_a_dense_run_reads_no_more_than_that_of_a_sparse_one(clock: FakeClock) -> None:
     """A rollout every second or one every 100 s over the same hours: the chart's buckets
     are as wide either way, and finding where the run starts and ends reads the ends of
@@ -155,7 +135,7 @@ def test_the_chart_of_a_dense_run_reads_no_more_than_that_of_a_sparse_one(clock:
             clock.advance(every)
         series = store.reward_series(240)
         assert series.width == 120 and sum(point.rollouts for point in series.points) == rollouts
-        costs.append(steps_of(store, partial(store.reward_series, 240)))
+        costs.append(vm_steps(store, partial(store.reward_series, 240)))
         store.close()
     dense, sparse = costs
     assert dense <= 2 * sparse + 5, costs

@@ -3,11 +3,10 @@ both stores with a fake clock) leave the store as the same writes made one by on
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
-from conftest import FakeClock, StoreFactory
+from conftest import FakeClock, StoreFactory, vm_steps
 
 from agl_cli.models import Rollout
 from agl_cli.store import Claim, Report, ReportOutcome, Store, TaskSpec
@@ -147,24 +146,6 @@ def test_reports_made_together_have_the_outcomes_of_reports_one_by_one(make_stor
     assert sorted(r.rollout.final_reward or 0 for r in together.rollouts_after(0)) == sorted(
         r.rollout.final_reward or 0 for r in one.rollouts_after(0)
     )
-
-
-def vm_steps(store: Store, work: Callable[[], None]) -> int:
-    """How much SQLite work `work` made: a count every 100 of its virtual machine's
-    instructions (not time, so the same on any machine)."""
-    count = 0
-
-    def step() -> int:
-        nonlocal count
-        count += 1
-        return 0  # go on
-
-    store._conn.set_progress_handler(step, 100)  # type: ignore[attr-defined]
-    try:
-        work()
-    finally:
-        store._conn.set_progress_handler(None, 100)  # type: ignore[attr-defined]
-    return count
 
 
 def test_a_groups_claims_and_reports_cost_the_same_however_many_tasks_are_claimed(
