@@ -14,13 +14,13 @@ the rate, and the claims' latency meanwhile. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import HOST, LISTENING, Child, task_spec
@@ -28,7 +28,6 @@ from _servers import HOST, LISTENING, Child, task_spec
 from agl_cli.store import Report, SQLiteStore, TaskSpec
 
 FILL_GROUP = 500
-PRUNED = re.compile(r"^agl_rollouts_pruned_total (\S+)$", re.M)
 
 
 def fill(path: Path, rollouts: int, kb: int) -> None:
@@ -58,6 +57,15 @@ def fill(path: Path, rollouts: int, kb: int) -> None:
         store.close()
 
 
+def pruned(client: httpx.Client) -> float:
+    """The daemon's `agl_rollouts_pruned_total`."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "agl_rollouts_pruned_total":
+                return sample.value
+    raise RuntimeError("the daemon exports no agl_rollouts_pruned_total")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rollouts", type=int, default=20_000)
@@ -82,7 +90,7 @@ def main() -> None:
         latencies: list[float] = []
         with httpx.Client(base_url=url, timeout=30) as client:
             began = time.perf_counter()
-            while float(PRUNED.search(client.get("/metrics").text).group(1)) < args.rollouts:  # type: ignore[union-attr]
+            while pruned(client) < args.rollouts:
                 assert time.perf_counter() - began < args.timeout, "the backlog was not deleted in time"
                 sent = time.perf_counter()
                 client.get("/task").raise_for_status()
