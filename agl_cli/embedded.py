@@ -43,7 +43,9 @@ class AgentLightningServer:
     """The legacy server's API over agl's broker and store.
 
     `store` chooses where state lives: `None` keeps it in memory (as 0.3.0 does), a path
-    opens (or creates) a durable SQLite database there, and a `Store` is used as given.
+    opens (or creates) a durable SQLite database there, and a `Store` is used as given
+    (with its own settings: the keywords below apply only to a store made here).
+    `rollout_retention` is `agl serve --rollout-retention`: seconds a result is kept.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class AgentLightningServer:
         *,
         store: Store | str | Path | None = None,
         max_attempts: int | None = None,
+        rollout_retention: float | None = None,
         token: str | None = None,
         log_level: str = "warning",
     ) -> None:
@@ -61,10 +64,15 @@ class AgentLightningServer:
         self.port = port
         self.endpoint = f"http://{host}:{port}"
         self._task_timeout_seconds = task_timeout_seconds
+        settings: dict[str, Any] = {
+            "task_timeout": task_timeout_seconds,
+            "max_claims": max_attempts,
+            "rollout_retention": rollout_retention,
+        }
         if store is None:
-            store = MemoryStore(task_timeout=task_timeout_seconds, max_claims=max_attempts)
+            store = MemoryStore(**settings)
         elif isinstance(store, (str, Path)):
-            store = SQLiteStore(store, task_timeout=task_timeout_seconds, max_claims=max_attempts)
+            store = SQLiteStore(store, **settings)
         self._store = store
         self._token = token
         self._log_level = log_level

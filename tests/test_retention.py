@@ -5,13 +5,19 @@ is ever deleted."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
+import pytest
 from cli_runner import agl, assert_one_line_error
 from conftest import FakeClock, StoreFactory
 from daemon import Daemon, wait_until
 from test_store_rollouts import enqueue, plain, span
 
+from agl_cli.embedded import AgentLightningServer
 from agl_cli.models import Rollout, TaskStatus
 from agl_cli.store import ReportOutcome, Store, TaskSpec
 from agl_cli.store_models import SpanQuery
@@ -143,3 +149,25 @@ def test_a_store_full_of_old_results_takes_reports_again_once_they_are_deleted(
     )
     daemon.report(rollout_id, metadata={"big": "x" * 20_000})  # the one refused: room for it now
     assert [rollout["rollout_id"] for rollout in daemon.rollouts()] == [rollout_id]
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["in memory", "on a file"])
+async def test_the_embedded_server_takes_the_setting_as_a_keyword(durable: bool, tmp_path: Path) -> None:
+    server = AgentLightningServer(
+        port=0, store=tmp_path / "run.db" if durable else None, rollout_retention=0.2
+    )
+    await server.start()
+    try:
+        rollout_id = await server.queue_task("x")
+        async with httpx.AsyncClient(base_url=server.endpoint) as http:
+            assert (await http.get("/task")).json()["is_available"]
+            report = {"rollout_id": rollout_id, "final_reward": 1.0}
+            assert (await http.post("/rollout", json=report)).status_code == 200
+        deadline = time.monotonic() + 30
+        while server.broker.stats.pruned == 0:  # the sweeper has no signal to wait on
+            assert time.monotonic() < deadline, "timed out waiting for the result to be deleted"
+            await asyncio.sleep(0.05)
+        assert await server.get_completed_rollout(rollout_id) is None
+        assert server.broker.rollout_retention == 0.2
+    finally:
+        await server.stop()
