@@ -156,8 +156,9 @@ async def test_no_write_is_answered_before_its_commit_is_synced(threads: GroupCo
     assert isinstance(store, GatedStore)
     store.may_sync.clear()
     write = asyncio.ensure_future(threads.write(queue(store, "durable")))
+    # Answers reach the loop in the order they were sent, and one sent before the sync
+    # began would have been sent before the sync's signal that brought us back here.
     assert await asyncio.to_thread(store.syncing.wait, WAIT)
-    await asyncio.sleep(0.05)  # not waiting for anything: a window for a wrong early answer
     assert not write.done()
     store.may_sync.set()
     assert len(await asyncio.wait_for(write, WAIT)) == 1
@@ -357,14 +358,16 @@ async def test_a_memory_store_read_waits_for_the_group_being_written_and_sees_it
         assert release.wait(WAIT)
         store.queue_tasks([TaskSpec(input="second")])
 
+    def read_tasks() -> tuple[str, list[Any]]:
+        return threading.current_thread().name, [record.task.input for record in store.list_tasks()]
+
     group = asyncio.ensure_future(threads.write(queue_two_then_hold))
     assert await asyncio.to_thread(started.wait, WAIT)
-    read = asyncio.ensure_future(threads.read(lambda: [r.task.input for r in store.list_tasks()]))
-    await asyncio.sleep(0.05)  # not waiting for anything: a window for a read of half a group
-    assert not read.done()
+    read = asyncio.ensure_future(threads.read(read_tasks))
     release.set()
     await group
-    assert await asyncio.wait_for(read, WAIT) == ["first", "second"]
+    # made by the thread that was busy with the group, so not before the group was whole
+    assert await asyncio.wait_for(read, WAIT) == ("agl-writer", ["first", "second"])
 
 
 async def test_a_memory_store_read_that_fails_fails_alone_and_its_group_commits_once(
