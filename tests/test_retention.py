@@ -1,17 +1,20 @@
 """`--rollout-retention`: results older than the setting are deleted, oldest first, with the
-spans of their rollouts; their tasks stay, so nothing comes back as a new result, and the
-reward chart and the sequence numbers keep what was deleted. Without the setting nothing
-is ever deleted."""
+spans of their rollouts, and so are the spans of rollouts that ended without a result that
+long ago; their tasks stay, so nothing comes back as a new result, and the reward chart and
+the sequence numbers keep what was deleted. Without the setting nothing is ever deleted."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import test_store_api as store_api
 from cli_runner import agl, assert_one_line_error
 from conftest import FakeClock, StoreFactory
 from daemon import Daemon, wait_until
@@ -19,8 +22,8 @@ from test_store_rollouts import enqueue, plain, span
 
 from agl_cli.embedded import AgentLightningServer
 from agl_cli.models import Rollout, TaskStatus
-from agl_cli.store import ReportOutcome, Store, TaskSpec
-from agl_cli.store_models import SpanQuery
+from agl_cli.store import ReportOutcome, SQLiteStore, Store, TaskSpec
+from agl_cli.store_models import AttemptQuery, SpanQuery
 
 
 def reported(store: Store, reward: float) -> str:
@@ -85,21 +88,90 @@ def test_a_deleted_results_task_stays_and_a_late_report_is_still_a_duplicate(
     assert kept(store) == [] and store.counts().duplicates == 1
 
 
+def running_with_a_span(store: Store, *inputs: str) -> list[str]:
+    """Store-API rollouts handed out, each with a span `s-<input>`."""
+    rollout_ids = enqueue(store, *inputs)
+    for shape, name in zip(store.dequeue_rollouts(len(inputs), "worker-1"), inputs, strict=True):
+        attempt_id = str(plain(shape)["attempt"]["attempt_id"])
+        store.add_spans([span(str(shape["rollout_id"]), attempt_id, f"s-{name}")])
+    return rollout_ids
+
+
 def test_the_spans_of_a_deleted_result_go_with_it(make_store: StoreFactory, clock: FakeClock) -> None:
     store = make_store(rollout_retention=60)
-    old, young = enqueue(store, "old", "young")
-    attempts = {}
-    for shape in store.dequeue_rollouts(2, "worker-1"):
-        attempt = shape["attempt"]
-        assert isinstance(attempt, dict)
-        attempts[shape["rollout_id"]] = str(attempt["attempt_id"])
-    store.add_spans([span(old, attempts[old], "s-old"), span(young, attempts[young], "s-young")])
+    old, young = running_with_a_span(store, "old", "young")
     store.update_rollout(old, {"status": "succeeded"})
     clock.advance(61)
     store.update_rollout(young, {"status": "succeeded"})
     assert store.prune_rollouts(100) == 1
     assert kept(store) == [young]
     assert (span_ids(store, old), span_ids(store, young)) == ([], ["s-young"])
+
+
+def test_the_spans_of_a_rollout_that_ended_without_a_result_go_once_it_ended_that_long_ago(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(rollout_retention=60)
+    failed, cancelled, young = running_with_a_span(store, "failed", "cancelled", "young")
+    store.update_rollout(failed, {"status": "failed"})
+    store.update_rollout(cancelled, {"status": "cancelled"})
+    clock.advance(30)
+    store.update_rollout(young, {"status": "failed"})
+    clock.advance(31)  # 61 s since the first two ended, 31 since the young one did
+    assert store.prune_ended(1) == 1  # at most as many as asked, earliest end first
+    assert store.prune_ended(100) == 1
+    assert [span_ids(store, rollout_id) for rollout_id in (failed, cancelled, young)] == [[], [], ["s-young"]]
+    assert [plain(store.get_rollout_shape(rollout_id))["status"] for rollout_id in (failed, cancelled)] == [
+        "failed", "cancelled"
+    ]  # fmt: skip
+    assert (
+        plain(store.query_attempts(failed, AttemptQuery()))["total"] == 1
+    )  # the rollout stays, attempts and all
+    clock.advance(30)
+    assert (store.prune_ended(100), span_ids(store, young), store.prune_ended(100)) == (1, [], 0)
+    assert store.prune_rollouts(100) == 0  # none of them had a result
+
+
+def test_a_rollout_revived_after_it_failed_keeps_its_spans_until_it_ends_again_that_long_ago(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(rollout_retention=60)
+    [rollout_id] = running_with_a_span(store, "revived")
+    store.update_rollout(rollout_id, {"status": "failed"})
+    store.update_attempt(rollout_id, "latest", {"status": "running"})  # revived, as 0.3.0 allows
+    clock.advance(61)
+    assert store.prune_ended(100) == 1  # seen to, and kept: it has not ended
+    assert span_ids(store, rollout_id) == ["s-revived"]
+    store.update_rollout(rollout_id, {"status": "failed"})
+    clock.advance(59)
+    assert (store.prune_ended(100), span_ids(store, rollout_id)) == (0, ["s-revived"])
+    clock.advance(2)
+    assert (store.prune_ended(100), span_ids(store, rollout_id)) == (1, [])
+
+
+def test_a_rollout_that_failed_before_the_upgrade_to_schema_8_loses_its_spans_in_time_too(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock)
+    [rollout_id] = running_with_a_span(store, "failed")
+    store.update_rollout(rollout_id, {"status": "failed"})
+    store.close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as older:  # as schema 7 had it
+        older.executescript(
+            "DROP TRIGGER ended_without_result_kept; DROP TABLE ended_without_result; PRAGMA user_version = 7;"
+        )
+    store = SQLiteStore(path, clock=clock, rollout_retention=60)
+    clock.advance(61)
+    assert (store.prune_ended(100), span_ids(store, rollout_id)) == (1, [])
+    store.close()
+
+
+def test_without_a_setting_no_span_is_ever_deleted(store: Store, clock: FakeClock) -> None:
+    [rollout_id] = running_with_a_span(store, "failed")
+    store.update_rollout(rollout_id, {"status": "failed"})
+    clock.advance(10 * 365 * 86400)
+    assert (store.prune_ended(100), span_ids(store, rollout_id)) == (0, ["s-failed"])
 
 
 def test_the_reward_chart_keeps_the_deleted_results(make_store: StoreFactory, clock: FakeClock) -> None:
@@ -130,6 +202,22 @@ def test_the_daemon_deletes_results_as_they_come_of_age(make_daemon: Callable[..
     assert status["rollout_retention"] == 0.2
     shown = agl("status", daemon=daemon)
     assert "rollouts kept 0.2 s" in shown.stdout
+
+
+def test_the_daemon_deletes_the_spans_of_a_failed_rollout_as_it_comes_of_age(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon("--rollout-retention", "0.2")
+    store_api.enqueue(daemon, "x")
+    handed = store_api.dequeue(daemon)
+    rollout_id, attempt_id = handed["rollout_id"], handed["attempt"]["attempt_id"]
+    added = daemon.post(
+        f"{store_api.AGL}/spans", json=span(rollout_id, attempt_id, "s-x").model_dump(mode="json")
+    )
+    assert added.status_code == 201, added.text
+    assert daemon.post(f"{store_api.AGL}/rollouts/{rollout_id}", json={"status": "failed"}).status_code == 200
+    wait_until(lambda: store_api.spans_of(daemon, rollout_id) == [], "the spans to be deleted", 30)
+    assert daemon.get(f"{store_api.AGL}/rollouts/{rollout_id}").json()["status"] == "failed"
 
 
 def test_a_store_full_of_old_results_takes_reports_again_once_they_are_deleted(

@@ -198,11 +198,16 @@ class Broker:
                     await self._prune()
 
     async def _prune(self) -> None:
+        """Results first, then the spans of rollouts that ended without one, a chunk to a
+        write, for as long as the sweep may take."""
         until = time.monotonic() + PRUNE_SECONDS_PER_SWEEP
         while time.monotonic() < until:
             pruned = await self._threads.write(lambda: self._store.prune_rollouts(PRUNE_CHUNK))
             self.stats.pruned += pruned
             if pruned < PRUNE_CHUNK:
+                break
+        while time.monotonic() < until:
+            if await self._threads.write(lambda: self._store.prune_ended(PRUNE_CHUNK)) < PRUNE_CHUNK:
                 return
 
     # tasks -------------------------------------------------------------------------------

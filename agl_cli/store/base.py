@@ -533,6 +533,12 @@ class Store(abc.ABC):
         the spans of their rollouts; how many went. Their tasks stay, so a late report for
         one is still known for a duplicate. Sequence numbers are never given out again."""
 
+    @abc.abstractmethod
+    def prune_ended(self, limit: int) -> int:
+        """Delete the spans of up to `limit` of the rollouts that ended without a result
+        (failed, cancelled) longer than `rollout_retention` ago, oldest end first; how many
+        such rollouts were seen to. The rollouts and their attempts stay."""
+
     # resources
     @abc.abstractmethod
     def publish_resources(

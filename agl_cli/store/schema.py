@@ -14,7 +14,7 @@ from pathlib import Path
 from agl_cli.store.base import StoreError
 
 APPLICATION_ID = 0x41474C31  # "AGL1"
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 SCHEMA = """
@@ -267,6 +267,24 @@ ALTER TABLE attempts_by_task RENAME TO attempts;
 DROP TRIGGER rollouts_uncounted;
 CREATE TRIGGER rollouts_uncounted AFTER DELETE ON rollouts BEGIN
     UPDATE counters SET value = value - 1 WHERE name = 'rollouts';
+END;
+""",
+    # Rollouts that ended without a result (failed, cancelled), by when they ended: the
+    # retention setting deletes their spans in that order, as it deletes results in theirs.
+    # A trigger lists them: a claim or a report pays only its test of the new status.
+    8: """
+CREATE TABLE ended_without_result (
+    end_time   REAL NOT NULL,
+    rollout_id TEXT NOT NULL,
+    PRIMARY KEY (end_time, rollout_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO ended_without_result
+    SELECT coalesce(end_time, completed_time, last_claim_time, create_time), rollout_id
+    FROM tasks WHERE status IN ('failed', 'cancelled');
+CREATE TRIGGER ended_without_result_kept AFTER UPDATE OF status ON tasks
+WHEN NEW.status IN ('failed', 'cancelled') AND OLD.status != NEW.status BEGIN
+    INSERT OR IGNORE INTO ended_without_result
+        VALUES (coalesce(NEW.end_time, NEW.completed_time, NEW.last_claim_time, NEW.create_time), NEW.rollout_id);
 END;
 """,
 }

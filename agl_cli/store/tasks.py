@@ -619,6 +619,33 @@ class TaskStore(Database):
                 conn.execute("DELETE FROM rollouts WHERE seq BETWEEN :first AND :last", pruned)
         return len(old)
 
+    def prune_ended(self, limit: int) -> int:
+        """Rollouts that ended without a result go by end time, as results go by sequence
+        number. One revived since it was listed (0.3.0 lets an attempt update do that)
+        keeps its spans: if it succeeds, they go with its result; if it ends so again, it
+        is listed again, with its new end."""
+        if self.rollout_retention is None:
+            return 0
+        cutoff = self.clock() - self.rollout_retention
+        with self._write(durable=False) as conn:
+            oldest = conn.execute(
+                "SELECT end_time, rollout_id FROM ended_without_result ORDER BY end_time, rollout_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            ended = list(itertools.takewhile(lambda row: row[0] < cutoff, oldest))
+            if ended:
+                conn.execute(
+                    # each task found by its id (CROSS JOIN: not by its status, among every failed one)
+                    "DELETE FROM spans WHERE rollout_id IN (SELECT tasks.rollout_id FROM json_each(?1)"
+                    " CROSS JOIN tasks ON tasks.rollout_id = json_each.value"
+                    " WHERE tasks.status IN ('failed', 'cancelled') AND tasks.end_time < ?2)",
+                    (orjson.dumps([rollout_id for _, rollout_id in ended]).decode(), cutoff),
+                )
+                conn.execute(
+                    "DELETE FROM ended_without_result WHERE (end_time, rollout_id) <= (?, ?)", ended[-1]
+                )
+        return len(ended)
+
     # resources ---------------------------------------------------------------------------
 
     def publish_resources(
