@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from cli_runner import agl, assert_one_line_error
 from daemon import Daemon
 
@@ -66,3 +71,50 @@ def test_no_daemon_or_a_wrong_token_is_one_line_and_its_exit_code(daemon: Daemon
         "the bearer token is not valid",
         code=4,
     )
+
+
+class OlderDaemon(BaseHTTPRequestHandler):
+    """A daemon of an agl from before sign-in codes, as it answers: its status, and 404s."""
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/status":
+            self.answer(200, {"version": "0.0.9"})
+        else:
+            self.do_POST()
+
+    def do_POST(self) -> None:
+        self.answer(404, {"detail": "Not Found"})
+
+    def answer(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def older_daemon() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OlderDaemon)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_daemon_started_before_an_upgrade_is_named_with_what_to_do(
+    older_daemon: str, tmp_path: Path
+) -> None:
+    env, opened = fake_browser(tmp_path)
+    result = agl("--url", older_daemon, "--token", "t", "dashboard", state_dir=tmp_path, env=env)
+    assert_one_line_error(
+        result, f"The daemon at {older_daemon} runs agl 0.0.9, which cannot sign a browser in: restart it"
+    )
+    assert not opened.exists()
+    printed = agl("--url", older_daemon, "--token", "t", "dashboard", "--print", state_dir=tmp_path, env=env)
+    assert (printed.returncode, printed.stdout.strip()) == (0, f"{older_daemon}/#token=t")

@@ -16,8 +16,10 @@ from urllib.parse import urlencode, urlsplit
 
 import typer
 
+from agl_cli import __version__
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, is_local, target_of
+from agl_cli.cli.errors import fail
 
 
 def dashboard(
@@ -31,11 +33,22 @@ def dashboard(
     Where no browser can be opened (over SSH, say), it prints the address instead, and
     how to forward the port to your own machine.
     """
+    from agl_cli.client import NotFound  # not at start-up: every command would pay for httpx
+
     target = target_of(ctx)
     browse = not print_only and has_browser()
     with connect(ctx) as client:
-        client.status()  # the daemon answers and takes the token, or one line says why not
-        code = client.sign_in_code() if browse and target.token is not None else None
+        status = client.status()  # the daemon answers and takes the token, or one line says why not
+        code = None
+        if browse and target.token is not None:
+            try:
+                code = client.sign_in_code()
+            except NotFound:  # a daemon started before an upgrade
+                fail(
+                    f"The daemon at {target.url} runs agl {status['version']}, which cannot"
+                    f" sign a browser in: restart it to run agl {__version__}, or open the address"
+                    " `agl dashboard --print` shows."
+                )
     if browse and open_browser(dashboard_url(target.url, code=code)):
         output.note(f"Opened the dashboard of {target.url} in your browser.")
         return
