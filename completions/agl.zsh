@@ -11,6 +11,7 @@ _agl_subcommands() {
         'stop:Stop the daemon gracefully: in-flight requests finish, then it exits'
         'status:Show the daemon'\''s version, uptime, address, task counts, rates and latest res...'
         'dashboard:Open the live dashboard in your browser, signed in'
+        'compact:Shrink the database file to what it holds; the daemon must be stopped'
         'queue:Queue tasks from files: all of them, or none if any is bad'
         'vllm:Run agentlightning'\''s vLLM wrapper'
         'store:Run agentlightning'\''s LightningStore server'
@@ -81,6 +82,10 @@ _agl_options() {
     'dashboard') _agl_items=(
         '--print:Print the address (with the token) instead of opening it'
         '--no-browser:Print the address (with the token) instead of opening it'
+        '--help:Show this message and exit'
+      ) ;;
+    'compact') _agl_items=(
+        '--state-dir:Where the database, token and pidfile live'
         '--help:Show this message and exit'
       ) ;;
     'queue') _agl_items=(
@@ -157,7 +162,7 @@ _agl_options() {
 _agl_option_value() {
   case $1:$2 in
     ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
-    ':--state-dir'|'serve:--state-dir') REPLY='@directory' ;;
+    ':--state-dir'|'serve:--state-dir'|'compact:--state-dir') REPLY='@directory' ;;
     'queue:--mode') REPLY='train val test' ;;
     'tasks list:--status') REPLY='queued claimed completed failed cancelled' ;;
     'rollouts watch:--since') REPLY='all now' ;;

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,11 +27,12 @@ from agl_cli.store import ReportOutcome, SQLiteStore, Store, TaskSpec
 from agl_cli.store_models import AttemptQuery, SpanQuery
 
 
-def reported(store: Store, reward: float) -> str:
-    """A task queued, claimed and reported with `reward`."""
+def reported(store: Store, reward: float, **fields: Any) -> str:
+    """A task queued, claimed and reported with `reward` (and any other `fields`)."""
     [rollout_id] = store.queue_tasks([TaskSpec(input=reward, mode="train")])
     assert store.claim() is not None
-    assert store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=reward)) is ReportOutcome.STORED
+    rollout = Rollout(rollout_id=rollout_id, final_reward=reward, **fields)
+    assert store.record_rollout(rollout) is ReportOutcome.STORED
     return rollout_id
 
 

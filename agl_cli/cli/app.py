@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from agl_cli import __version__
+from agl_cli.cli import compact as compact_module
 from agl_cli.cli import dashboard as dashboard_module
 from agl_cli.cli import queue as queue_module
 from agl_cli.cli import resources, rollouts, tasks
@@ -77,6 +78,7 @@ app.command("serve", rich_help_panel=DAEMON)(serve_module.serve)
 app.command("stop", rich_help_panel=DAEMON)(stop_module.stop)
 app.command("status", rich_help_panel=DAEMON)(status_module.status)
 app.command("dashboard", rich_help_panel=DAEMON)(dashboard_module.dashboard)
+app.command("compact", rich_help_panel=DAEMON)(compact_module.compact)
 app.command("queue", rich_help_panel=WORK)(queue_module.queue)
 app.add_typer(tasks.app, name="tasks", rich_help_panel=WORK)
 app.add_typer(resources.app, name="resources", rich_help_panel=WORK)

@@ -13,13 +13,14 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import typer
 
 from agl_cli import paths
 from agl_cli.cli.errors import CLIError, ExitCode
+from agl_cli.daemon_config import DEFAULTS
 
 if TYPE_CHECKING:
     from agl_cli.client import AglClient, AglClientError
@@ -135,3 +136,21 @@ def connect(ctx: typer.Context, timeout: float | None = None) -> Iterator[AglCli
 
 def relocator(ctx: typer.Context) -> Callable[[], str]:
     return target_of(ctx).relocate
+
+
+def state_dir_option() -> Any:
+    """The command's own --state-dir (serve's, compact's), beside the global one."""
+    return typer.Option(
+        DEFAULTS.state_dir,
+        envvar="AGL_STATE_DIR",
+        help="Where the database, token and pidfile live.",
+        show_default=False,
+    )
+
+
+def state_dir_of(ctx: typer.Context, own: Path | None) -> Path | None:
+    """The command's own --state-dir, else the global one, else AGL_STATE_DIR (else the default)."""
+    source = ctx.get_parameter_source("state_dir")
+    if own is not None and source is not None and source.name == "COMMANDLINE":
+        return own
+    return globals_of(ctx).state_dir or own

@@ -12,8 +12,8 @@ import datetime
 import functools
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -146,11 +146,16 @@ def show_record(record: Mapping[str, Any], title: str | None = None) -> None:
     out().print(grid)
 
 
+class Update(Protocol):
+    def __call__(self, completed: int, total: int | None = None) -> None: ...
+
+
 @contextlib.contextmanager
-def progress_bar(show: bool, label: str, total: int, bytes_: bool = False) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr, on a terminal only; yields `update(completed)`."""
+def progress_bar(show: bool, label: str, total: int, bytes_: bool = False) -> Iterator[Update]:
+    """A rich progress bar on stderr, on a terminal only; yields `update(completed)`, which
+    also takes a new total where it was not known at the start."""
     if not show:
-        yield lambda _: None
+        yield lambda completed, total=None: None
         return
     from rich.progress import (
         BarColumn,
@@ -166,4 +171,4 @@ def progress_bar(show: bool, label: str, total: int, bytes_: bool = False) -> It
     columns = (TextColumn(label), BarColumn(), count, TaskProgressColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err(), transient=True) as progress:
         task = progress.add_task(label, total=total)
-        yield lambda completed: progress.update(task, completed=completed)
+        yield lambda completed, total=None: progress.update(task, completed=completed, total=total)

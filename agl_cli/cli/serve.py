@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from agl_cli.cli.context import globals_of
+from agl_cli.cli.context import state_dir_of, state_dir_option
 from agl_cli.cli.errors import ExitCode, fail
 from agl_cli.daemon_config import DEFAULTS, LOG_LEVELS, DaemonConfig
 
@@ -17,12 +17,7 @@ def serve(
         DEFAULTS.host, help="Address to listen on; anything but loopback needs the token."
     ),
     port: int = typer.Option(DEFAULTS.port, min=0, max=65535, help="Port to listen on (0 picks a free one)."),
-    state_dir: Path | None = typer.Option(
-        DEFAULTS.state_dir,
-        envvar="AGL_STATE_DIR",
-        help="Where the database, token and pidfile live.",
-        show_default=False,
-    ),
+    state_dir: Path | None = state_dir_option(),
     memory: bool = typer.Option(
         DEFAULTS.memory, "--memory", help="Keep state in memory only (lost at exit)."
     ),
@@ -79,7 +74,7 @@ def serve(
     """Run the daemon in the foreground until SIGINT or SIGTERM (or in the background with --detach)."""
     if log_level.lower() not in LOG_LEVELS:
         fail(f"Unknown log level '{log_level}'; use one of: {', '.join(LOG_LEVELS)}.", ExitCode.USAGE)
-    options = ctx.params | {"state_dir": _state_dir(ctx, state_dir), "log_level": log_level.lower()}
+    options = ctx.params | {"state_dir": state_dir_of(ctx, state_dir), "log_level": log_level.lower()}
     config = DaemonConfig.from_options(options)
     if detach:
         from agl_cli.cli.detach import start_detached
@@ -94,11 +89,3 @@ def serve(
         fail(str(exc))
     except KeyboardInterrupt:
         pass
-
-
-def _state_dir(ctx: typer.Context, own: Path | None) -> Path | None:
-    """serve's own --state-dir, else the global one, else AGL_STATE_DIR (else the default)."""
-    source = ctx.get_parameter_source("state_dir")
-    if own is not None and source is not None and source.name == "COMMANDLINE":
-        return own
-    return globals_of(ctx).state_dir or own

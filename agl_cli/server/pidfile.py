@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -71,3 +72,13 @@ def release(path: Path) -> None:
     if read_pid(path) == os.getpid():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def held(path: Path) -> Iterator[None]:
+    """The state directory is this process's for the block: `acquire`, then `release`."""
+    acquire(path)
+    try:
+        yield
+    finally:
+        release(path)

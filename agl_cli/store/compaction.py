@@ -1,0 +1,107 @@
+"""Giving a database's free pages back to the file system (`agl compact`).
+
+SQLite reuses the pages that deletions free (results past the retention setting, a
+batch that was dropped), so a file stops growing once as much goes as comes, but it
+never shrinks by itself. Compacting writes a copy of what the file holds, page after
+page, next to it (`VACUUM INTO`: the temporary directory, which may be a small tmpfs,
+is not used), syncs it and puts it in the file's place. Nothing else may have the file
+open meanwhile: the caller makes sure no daemon runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agl_cli.store.base import StorageError, StoreError
+from agl_cli.store.schema import APPLICATION_ID, NotAglDatabaseError, connect
+
+SUFFIX = ".compacting"  # the copy being written, beside the file
+PROGRESS_EVERY = 100_000  # SQLite steps between two looks at how far the copy is
+
+
+@dataclass(frozen=True)
+class Compacted:
+    before: int  # bytes, the file and its write-ahead log
+    after: int
+
+
+def compact(path: Path, progress: Callable[[int, int], None] = lambda done, total: None) -> Compacted:
+    """Compact the agl database at `path` in place; `progress(bytes written, bytes to write)`
+    is called now and then. Whatever goes wrong, the file is left as it was."""
+    if not path.is_file():
+        raise StoreError(f"There is no database at {path}: nothing to compact.")
+    before = _size(path)
+    copy = path.with_name(path.name + SUFFIX)
+    copy.unlink(missing_ok=True)  # left by a compaction that was stopped
+    conn = connect(path)
+    try:
+        [(app_id,)] = conn.execute("PRAGMA application_id").fetchall()
+        if app_id != APPLICATION_ID:
+            raise NotAglDatabaseError(f"{path} is not an agl database; refusing to compact it.")
+        [(pages,)] = conn.execute("PRAGMA page_count").fetchall()
+        [(free,)] = conn.execute("PRAGMA freelist_count").fetchall()
+        [(page_size,)] = conn.execute("PRAGMA page_size").fetchall()
+        total = (pages - free) * page_size
+
+        def look() -> int:
+            with contextlib.suppress(FileNotFoundError):
+                progress(min(copy.stat().st_size, total), total)
+            return 0  # go on
+
+        conn.set_progress_handler(look, PROGRESS_EVERY)
+        conn.execute("VACUUM INTO ?", (str(copy),))
+        conn.set_progress_handler(None, 0)
+    except sqlite3.DatabaseError as exc:
+        copy.unlink(missing_ok=True)
+        if "full" in str(exc):
+            raise StorageError(
+                f"Not enough free space beside {path} for its compacted copy (up to {_mb(before)})."
+            ) from None
+        raise StorageError(f"Cannot compact {path}: {exc}.") from None
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    finally:
+        conn.close()  # the last connection: SQLite folds its write-ahead log into the file
+    _replace(path, copy)
+    progress(total, total)
+    return Compacted(before, _size(path))
+
+
+def _replace(path: Path, copy: Path) -> None:
+    """Put the synced copy in the file's place, once no log of the old file is left to
+    be read into the new one."""
+    log = path.with_name(path.name + "-wal")
+    if log.exists() and log.stat().st_size > 0:
+        copy.unlink(missing_ok=True)
+        raise StorageError(f"{path} is in use by another process (its log {log} is not empty).")
+    try:
+        with copy.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(copy, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        copy.unlink(missing_ok=True)
+        raise StorageError(
+            f"Cannot put the compacted copy in place of {path}: {exc.strerror or exc}."
+        ) from None
+    for leftover in (log, path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int:
+    log = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (log.stat().st_size if log.exists() else 0)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"

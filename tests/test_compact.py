@@ -1,0 +1,118 @@
+"""`agl compact`: the database file shrinks to what it holds, everything in it is kept, and
+it runs only while no daemon does."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cli_runner import agl, assert_one_line_error
+from conftest import FakeClock
+from daemon import Daemon, env_without_agl, wait_until
+from test_retention import reported
+
+from agl_cli.models import TaskStatus
+from agl_cli.store import SQLiteStore
+from agl_cli.store.compaction import SUFFIX, compact
+
+BIG = "x" * 100_000
+
+
+def popen_agl_in(state_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agl_cli", "--state-dir", str(state_dir), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env_without_agl(),
+    )
+
+
+def test_a_compacted_file_holds_all_it_held_in_the_space_it_needs(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock, rollout_retention=60)
+    for n in range(40):
+        reported(store, float(n), metadata={"big": BIG})
+    clock.advance(61)
+    kept = reported(store, 1.0)
+    assert store.prune_rollouts(100) == 40
+    store.close()
+    seen: list[tuple[int, int]] = []
+    compacted = compact(path, progress=lambda written, total: seen.append((written, total)))
+    assert compacted.before > 4_000_000 and compacted.after < 500_000
+    assert path.stat().st_size == compacted.after
+    assert seen[-1][0] == seen[-1][1] > 0
+    assert not path.with_name(path.name + SUFFIX).exists()
+    reopened = SQLiteStore(path, clock=clock, rollout_retention=60)
+    counts = reopened.counts()
+    assert (counts.rollouts, counts.tasks[TaskStatus.COMPLETED], reopened.last_seq()) == (1, 41, 41)
+    assert [stored.rollout.rollout_id for stored in reopened.rollouts_after(0)] == [kept]
+    reopened.close()
+
+
+def test_compact_waits_for_the_daemon_to_stop_then_shrinks_its_file(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon("--rollout-retention", "0.5")
+    ids = daemon.queue(*range(30))
+    for rollout_id in ids:
+        assert daemon.claim() is not None
+        daemon.report(rollout_id, metadata={"big": BIG})
+    wait_until(lambda: daemon.metric("agl_rollouts_pruned_total") == 30, "the results to be deleted", 30)
+    database = daemon.state_dir / "agl.db"
+    assert daemon.proc is not None
+    refused = agl("compact", daemon=daemon)
+    assert_one_line_error(
+        refused, f"agl is running (pid {daemon.proc.pid}) on {daemon.state_dir}: stop it first"
+    )
+    assert daemon.terminate() == 0
+    before = database.stat().st_size
+    result = agl("compact", daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Compacted {database}: ") and "given back" in result.stdout
+    assert database.stat().st_size < before / 4
+    assert not (daemon.state_dir / "agl.pid").exists()
+    daemon.start()  # and everything is as it was
+    status = daemon.status()
+    assert (status["tasks"]["completed"], status["rollouts"], status["last_seq"]) == (30, 0, 30)
+
+
+def test_nothing_to_compact_or_not_an_agl_database_is_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(
+        agl("compact", state_dir=tmp_path / "none"), f"There is no state directory {tmp_path / 'none'}"
+    )
+    assert_one_line_error(
+        agl("compact", state_dir=tmp_path),
+        f"There is no database at {tmp_path / 'agl.db'}: nothing to compact.",
+    )
+    (tmp_path / "agl.db").write_bytes(b"not a database at all" * 100)
+    assert_one_line_error(agl("compact", state_dir=tmp_path), f"Cannot compact {tmp_path / 'agl.db'}")
+    assert (tmp_path / "agl.db").read_bytes() == b"not a database at all" * 100
+
+
+def test_a_compaction_killed_midway_leaves_the_file_as_it_was(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "state" / "agl.db"
+    path.parent.mkdir(mode=0o700)
+    store = SQLiteStore(path, clock=clock)
+    ids = [reported(store, float(n), metadata={"big": BIG + str(n)}) for n in range(400)]  # 40 MB to copy
+    store.close()
+    copy = path.with_name(path.name + SUFFIX)
+    compacting = popen_agl_in(path.parent, "compact")
+    deadline = time.monotonic() + 30
+    while not copy.exists():  # looked at without a pause: the copy takes a fraction of a second
+        assert compacting.poll() is None and time.monotonic() < deadline, "the copy was never begun"
+    compacting.kill()
+    compacting.wait(10)
+    assert compacting.returncode == -signal.SIGKILL  # not done: killed while copying
+    daemon = make_daemon(state_dir=path.parent)  # takes over the pidfile it left; the copy is not read
+    kept = daemon.rollouts()
+    assert [rollout["rollout_id"] for rollout in kept] == ids
+    assert daemon.terminate() == 0
+    result = agl("compact", state_dir=path.parent)  # the next compaction starts afresh
+    assert result.returncode == 0, result.stderr
+    assert not copy.exists()
