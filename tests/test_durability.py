@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 from conftest import schema_5_file
-from daemon import Daemon, wait_until
+from daemon import Daemon, free_port, wait_until
 
 from agl_cli.store import schema
 
@@ -137,5 +138,28 @@ def test_a_crash_while_an_older_file_is_brought_up_to_date_loses_nothing(tmp_pat
         assert version_and_attempts(state / "agl.db") == (schema.SCHEMA_VERSION, 150_000)
         latest = daemon.api("GET", f"/v1/agl/rollouts/{ids[123_456]}/attempts/latest").json()
         assert (latest["attempt_id"], latest["status"]) == ("at-123456", "succeeded")
+    finally:
+        daemon.close()
+
+
+def test_a_client_that_comes_back_while_the_daemon_restarts_is_kept_waiting_not_refused(
+    tmp_path: Path,
+) -> None:
+    """The daemon listens before it loads its server and store: agentlightning 0.3.0's
+    store client gives a restarting server less than a second before it gives up. Here
+    the start is a long one, bringing an older file up to date."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    schema_5_file(state / "agl.db", 150_000)
+    port = free_port()
+    daemon = Daemon(state, "--port", str(port))
+    try:
+        daemon.spawn()
+        wait_until(lambda: "bringing" in daemon.log_path.read_text(), "the upgrade to begin", 60)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as early:
+            assert "listening on" not in daemon.log_path.read_text()  # taken while still upgrading
+            early.sendall(b"GET /health HTTP/1.1\r\nHost: agl\r\n\r\n")
+            early.settimeout(60)
+            assert early.recv(100).startswith(b"HTTP/1.1 200 ")  # answered once it serves
     finally:
         daemon.close()

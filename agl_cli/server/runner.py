@@ -3,43 +3,27 @@
 Everything a user can get wrong (a port in use, an unwritable state directory, a file
 that is not agl's database) is found here, before serving, and raised as `StartupError`
 with one sentence the CLI prints as it is.
+
+The port is listened on as soon as the state directory is known to be this daemon's,
+before the server and the store are loaded (`serving`): a client that comes back while
+the daemon restarts finds its connection taken and answered once the daemon serves,
+instead of refused. agentlightning 0.3.0's store client gives a restarting server less
+than a second before it gives up for good.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
-import gc
-import logging
 import os
-import resource
 import secrets
-import signal
 import socket
 import stat
-import sys
-import threading
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-import uvicorn
-
-from agl_cli import __version__, paths
+from agl_cli import paths
 from agl_cli.daemon_config import DaemonConfig
 from agl_cli.net import is_loopback
-from agl_cli.server import logs, pidfile
-from agl_cli.server.app import ServerOptions, create_app
-from agl_cli.server.broker import Broker
-from agl_cli.server.protocol import uvicorn_options
-from agl_cli.store import MemoryStore, SQLiteStore, StorageError, Store, StoreError, schema
-
-log = logging.getLogger("agl")
-SWITCH_INTERVAL = 0.001
-YOUNG_OBJECTS = 20_000  # see `_collect_garbage_rarely`
-MAX_OPEN_FILES = 1 << 20
+from agl_cli.server import pidfile
 
 
 class StartupError(Exception):
@@ -88,32 +72,6 @@ def load_or_create_token(state_dir: Path) -> str:
     return token
 
 
-def open_store(config: DaemonConfig, state_dir: Path) -> Store:
-    options: dict[str, Any] = {
-        "task_timeout": config.task_timeout,
-        "max_claims": config.max_attempts,
-        "rollout_retention": config.rollout_retention,
-        "max_size": config.max_db_size,
-    }
-    if config.memory:
-        return MemoryStore(**options)
-    database = state_dir / paths.DATABASE_NAME
-    version = schema.version_of(database)
-    if version is not None and version < schema.SCHEMA_VERSION:  # `agl serve --detach` waits for this
-        costs = [cost for step, cost in schema.MIGRATION_COSTS.items() if version < step]
-        logs.announce(
-            f"agl: bringing {database} from schema {version} up to {schema.SCHEMA_VERSION}"
-            + (f" ({'; '.join(costs)})" if costs else ""),
-            config.log_json,
-        )
-    try:
-        return SQLiteStore(database, **options)
-    except StorageError as exc:  # a file agl may not write: read-only, locked, on a failing disk
-        raise StartupError(f"{database}: {exc.reason}.") from None
-    except StoreError as exc:
-        raise StartupError(str(exc)) from None
-
-
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -133,91 +91,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, told to answer long polls at once when asked to stop, and to exit 0
-    after a graceful stop instead of re-raising the signal that asked for it."""
-
-    broker: Broker | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in originals.items():
-                signal.signal(sig, handler)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        if self.broker is not None:
-            self.broker.begin_shutdown()
-
-    def request_exit(self) -> None:
-        """Stop as on SIGTERM, for `POST /v1/shutdown`."""
-        self.should_exit = True
-        if self.broker is not None:
-            self.broker.begin_shutdown()
-
-
-def _collect_garbage_rarely() -> None:
-    """Keep the modules, the app and the store out of every garbage collection from now
-    on, and collect the young objects only once `YOUNG_OBJECTS` more are alive.
-
-    A full collection walks every object the process holds; with the libraries agl runs
-    on, that is a pause of 20-50 ms, often enough under load to set the p99 latency.
-    Frozen, those objects are never walked again, and a full collection only looks at
-    what was made since. Python collects the youngest objects whenever 700 more exist
-    than before: a 42 KB rollout parses into about a thousand lists and dicts, so with a
-    few dozen in flight there always are, and collections took 11 % of the event loop's
-    time (470 a second, each walking every request's body). Nearly all of those objects
-    are freed by their reference counts once answered; collections are for cycles.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_OBJECTS, older, oldest)
-
-
-def _open_as_many_files_as_allowed() -> None:
-    """Every connection is an open file. Under systemd's default soft limit (1,024) a
-    thousand idle connections left no descriptor to accept a worker's, and the accept loop
-    logged an error for every try: a daemon may raise its soft limit to the hard one, so it
-    does (up to a million)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-def _hand_the_gil_back_sooner() -> None:
-    """The writer thread gives up the GIL at every SQLite statement, and under load the
-    event loop then keeps it until Python's switch interval (5 ms) makes it let go: with
-    a few statements per write, most of a commit's time was that wait. At 1 ms the small
-    claim + report cycle runs 10-15 % faster (bench/side_by_side.py); lower gains nothing."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
-
-
-def _run_on_fastest_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop where it is installed (uvicorn[standard] brings it), as `uvicorn.run`
-    would: it answers a request in about half the time of asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main)
-    else:  # pragma: no cover - Python 3.10 has no Runner
-        uvloop.install()
-        asyncio.run(main)
-
-
 def run(config: DaemonConfig) -> None:
     """Serve until SIGINT/SIGTERM or `POST /v1/shutdown`; in-flight requests finish, then
     the store closes. The pidfile marks the state directory as taken meanwhile."""
@@ -232,74 +105,9 @@ def run(config: DaemonConfig) -> None:
     except OSError as exc:
         raise StartupError(f"Cannot write the pidfile {pid_path} ({exc.strerror or exc}).") from None
     try:
-        _serve(config, state_dir)
+        with bind(config.host, config.port) as sock:
+            from agl_cli.server.serving import serve
+
+            serve(config, state_dir, sock)
     finally:
         pidfile.release(pid_path)
-
-
-def _serve(config: DaemonConfig, state_dir: Path) -> None:
-    _open_as_many_files_as_allowed()
-    store = open_store(config, state_dir)
-    try:
-        sock = bind(config.host, config.port)
-    except StartupError:
-        store.close()
-        raise
-    token = load_or_create_token(state_dir) if not config.no_auth else None
-    tightened = [
-        keep_private(path, mode, what)
-        for path, mode, what in (
-            (state_dir, 0o700, "state directory"),
-            (state_dir / paths.TOKEN_NAME, 0o600, "token file"),
-        )
-        if path.exists()
-    ]
-    port = sock.getsockname()[1]
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    address = f"http://{host}:{port}"
-    app = create_app(
-        store,
-        ServerOptions(
-            token=token,
-            max_body_bytes=config.max_body_size,
-            max_requests=config.max_requests,
-            address=address,
-            state_dir=str(state_dir),
-        ),
-    )
-    server = _Server(
-        uvicorn.Config(
-            app,
-            log_config=logs.log_config(config.log_level, config.log_json),
-            log_level=config.log_level,
-            access_log=config.log_level == "debug",
-            timeout_graceful_shutdown=30,
-            **uvicorn_options(config.request_timeout),
-        )
-    )
-    logs.capture_warnings(config.log_json)
-    broker: Broker = app.state.broker
-    server.broker = broker
-    broker.on_lost(server.request_exit)  # no write can be made: stop, and say why (below)
-    app.state.request_shutdown = server.request_exit
-    address_file = state_dir / paths.ADDRESS_NAME
-    address_file.write_text(address + "\n")
-    where = "in memory" if config.memory else str(state_dir / paths.DATABASE_NAME)
-    logs.announce(
-        f"agl {__version__} listening on {address} (store: {where})",
-        config.log_json,
-        version=__version__,
-        address=address,
-        store=where,
-    )
-    for note in filter(None, tightened):
-        logs.announce(f"agl: {note}", config.log_json)
-    _collect_garbage_rarely()
-    _hand_the_gil_back_sooner()
-    try:
-        _run_on_fastest_loop(server.serve(sockets=[sock]))
-    finally:
-        sock.close()
-        address_file.unlink(missing_ok=True)
-    if broker.lost is not None:
-        raise StoppedError(str(broker.lost))
