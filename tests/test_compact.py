@@ -89,7 +89,9 @@ def test_nothing_to_compact_or_not_an_agl_database_is_one_line(tmp_path: Path) -
         f"There is no database at {tmp_path / 'agl.db'}: nothing to compact.",
     )
     (tmp_path / "agl.db").write_bytes(b"not a database at all" * 100)
-    assert_one_line_error(agl("compact", state_dir=tmp_path), f"Cannot compact {tmp_path / 'agl.db'}")
+    refused = agl("compact", state_dir=tmp_path)
+    assert_one_line_error(refused, "Cannot compact")
+    assert refused.stderr.strip() == f"agl: Cannot compact {tmp_path / 'agl.db'}: file is not a database."
     assert (tmp_path / "agl.db").read_bytes() == b"not a database at all" * 100
 
 

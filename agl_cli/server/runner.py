@@ -1,8 +1,8 @@
 """Run the daemon in the foreground: check everything that can fail, then serve.
 
 Everything a user can get wrong (a port in use, an unwritable state directory, a file
-that is not agl's database) is found here, before serving, and raised as `StartupError`
-with one sentence the CLI prints as it is.
+that is not agl's database) is found before serving, here and in `serving` (the store),
+and raised as `StartupError` with one sentence the CLI prints as it is.
 
 The port is listened on as soon as the state directory is known to be this daemon's,
 before the server and the store are loaded (`serving`): a client that comes back while

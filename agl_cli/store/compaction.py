@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agl_cli.store.base import StorageError, StoreError
+from agl_cli.store.base import StoreError
 from agl_cli.store.schema import APPLICATION_ID, NotAglDatabaseError, connect
 
 SUFFIX = ".compacting"  # the copy being written, beside the file
@@ -59,10 +59,10 @@ def compact(path: Path, progress: Callable[[int, int], None] = lambda done, tota
     except sqlite3.DatabaseError as exc:
         copy.unlink(missing_ok=True)
         if "full" in str(exc):
-            raise StorageError(
-                f"Not enough free space beside {path} for its compacted copy (up to {_mb(before)})."
+            raise StoreError(
+                f"Not enough free space beside {path} for its compacted copy (up to {before / 1e6:,.1f} MB)."
             ) from None
-        raise StorageError(f"Cannot compact {path}: {exc}.") from None
+        raise StoreError(f"Cannot compact {path}: {exc}.") from None
     except BaseException:
         copy.unlink(missing_ok=True)
         raise
@@ -79,7 +79,7 @@ def _replace(path: Path, copy: Path) -> None:
     log = path.with_name(path.name + "-wal")
     if log.exists() and log.stat().st_size > 0:
         copy.unlink(missing_ok=True)
-        raise StorageError(f"{path} is in use by another process (its log {log} is not empty).")
+        raise StoreError(f"{path} is in use by another process (its log {log} is not empty).")
     try:
         with copy.open("rb+") as handle:
             os.fsync(handle.fileno())
@@ -91,7 +91,7 @@ def _replace(path: Path, copy: Path) -> None:
             os.close(directory)
     except OSError as exc:
         copy.unlink(missing_ok=True)
-        raise StorageError(
+        raise StoreError(
             f"Cannot put the compacted copy in place of {path}: {exc.strerror or exc}."
         ) from None
     for leftover in (log, path.with_name(path.name + "-shm")):
@@ -101,7 +101,3 @@ def _replace(path: Path, copy: Path) -> None:
 def _size(path: Path) -> int:
     log = path.with_name(path.name + "-wal")
     return path.stat().st_size + (log.stat().st_size if log.exists() else 0)
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
