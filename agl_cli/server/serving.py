@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
 import resource
 import signal
 import socket
@@ -29,7 +28,6 @@ from agl_cli.server.protocol import uvicorn_options
 from agl_cli.server.runner import StartupError, StoppedError, keep_private, load_or_create_token
 from agl_cli.store import MemoryStore, SQLiteStore, StorageError, Store, StoreError, schema
 
-log = logging.getLogger("agl")
 SWITCH_INTERVAL = 0.001
 YOUNG_OBJECTS = 20_000  # see `_collect_garbage_rarely`
 MAX_OPEN_FILES = 1 << 20
