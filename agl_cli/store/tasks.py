@@ -605,10 +605,7 @@ class TaskStore(Database):
             return 0
         cutoff = self.clock() - self.rollout_retention
         with self._write(durable=False) as conn:
-            oldest = conn.execute(
-                "SELECT seq, received_time FROM rollouts ORDER BY seq LIMIT ?", (limit,)
-            ).fetchall()
-            old = list(itertools.takewhile(lambda row: row[1] < cutoff, oldest))
+            old = _oldest_before(conn, "SELECT seq, received_time FROM rollouts ORDER BY seq", limit, cutoff)
             if old:
                 pruned = {"first": old[0][0], "last": old[-1][0]}
                 conn.execute(
@@ -628,21 +625,24 @@ class TaskStore(Database):
             return 0
         cutoff = self.clock() - self.rollout_retention
         with self._write(durable=False) as conn:
-            oldest = conn.execute(
-                "SELECT end_time, rollout_id FROM ended_without_result ORDER BY end_time, rollout_id LIMIT ?",
-                (limit,),
-            ).fetchall()
-            ended = list(itertools.takewhile(lambda row: row[0] < cutoff, oldest))
+            ended = _oldest_before(
+                conn,
+                "SELECT rollout_id, end_time FROM ended_without_result ORDER BY end_time, rollout_id",
+                limit,
+                cutoff,
+            )
             if ended:
                 conn.execute(
                     # each task found by its id (CROSS JOIN: not by its status, among every failed one)
                     "DELETE FROM spans WHERE rollout_id IN (SELECT tasks.rollout_id FROM json_each(?1)"
                     " CROSS JOIN tasks ON tasks.rollout_id = json_each.value"
                     " WHERE tasks.status IN ('failed', 'cancelled') AND tasks.end_time < ?2)",
-                    (orjson.dumps([rollout_id for _, rollout_id in ended]).decode(), cutoff),
+                    (orjson.dumps([rollout_id for rollout_id, _ in ended]).decode(), cutoff),
                 )
+                last_id, last_end = ended[-1]
                 conn.execute(
-                    "DELETE FROM ended_without_result WHERE (end_time, rollout_id) <= (?, ?)", ended[-1]
+                    "DELETE FROM ended_without_result WHERE (end_time, rollout_id) <= (?, ?)",
+                    (last_end, last_id),
                 )
         return len(ended)
 
@@ -938,3 +938,10 @@ def _insert_rollouts(conn: sqlite3.Connection, rows: Sequence[RolloutRow]) -> No
             f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(chunk))}",
             [value for row in chunk for value in row],
         )
+
+
+def _oldest_before(conn: sqlite3.Connection, oldest_first: str, limit: int, cutoff: float) -> list[Any]:
+    """The first `limit` rows of `oldest_first`, whose last column is the time each is aged
+    from, up to the first one not older than `cutoff`: what the retention setting deletes."""
+    rows = conn.execute(f"{oldest_first} LIMIT ?", (limit,)).fetchall()
+    return list(itertools.takewhile(lambda row: row[-1] < cutoff, rows))
