@@ -49,10 +49,11 @@ from agl_cli.store_models import (
 )
 
 SWEEP_INTERVAL = 1.0
-# Results past the retention setting are deleted this many at a time (a write of about
-# 2 ms with 48 KB rollouts, so claims and reports between two are not held up for long),
-# for up to this long a sweep, so that expired claims are still looked for every 1.5 s
-# (`bench/retention.py`: 20,000 went in 2.7 s, claims meanwhile at a p99 of 5 ms).
+# Results past the retention setting (then the spans of rollouts that ended without one)
+# are deleted this many at a time (a write of about 2 ms with 48 KB rollouts, so claims
+# and reports between two are not held up for long), for up to this long a sweep, so
+# that expired claims are still looked for every 1.5 s (`bench/retention.py`: 20,000
+# went in 2.7 s, claims meanwhile at a p99 of 5 ms).
 PRUNE_CHUNK = 100
 PRUNE_SECONDS_PER_SWEEP = 0.5
 WAIT_SLICE = 60.0  # a wait without a limit still looks again this often

@@ -76,7 +76,7 @@ def compact(path: Path, progress: Callable[[int, int], None] = lambda done, tota
 def _replace(path: Path, copy: Path) -> None:
     """Put the synced copy in the file's place, once no log of the old file is left to
     be read into the new one."""
-    log = path.with_name(path.name + "-wal")
+    log = _log_of(path)
     if log.exists() and log.stat().st_size > 0:
         copy.unlink(missing_ok=True)
         raise StoreError(f"{path} is in use by another process (its log {log} is not empty).")
@@ -98,6 +98,10 @@ def _replace(path: Path, copy: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _log_of(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
 def _size(path: Path) -> int:
-    log = path.with_name(path.name + "-wal")
+    log = _log_of(path)
     return path.stat().st_size + (log.stat().st_size if log.exists() else 0)
