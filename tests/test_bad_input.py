@@ -92,6 +92,16 @@ def raw(text: bytes) -> dict[str, Any]:
     return {"content": text, "headers": JSON_TYPE}
 
 
+NOT_JSON = "The body must be JSON (Content-Type: application/json), not '{}'."
+CROSS_SITE = "agl does not serve requests a browser sends for another site (Sec-Fetch-Site: cross-site)."
+
+
+def cross_site(mode: str) -> dict[str, str]:
+    """The headers a browser adds to a request a page of another site makes (`mode`: a
+    script's `fetch`, an image's, or following a link)."""
+    return {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": mode}
+
+
 def published(resources_id: str) -> dict[str, Any]:
     return {"json": {"resources": {"p": PROMPT}, "resources_id": resources_id}}
 
@@ -206,6 +216,26 @@ CATALOGUE = [
         422, "union_tag_invalid"),
     Row("store: the resources id 'latest'", "POST", "/v1/agl/resources/latest", {"json": {}}, 400,
         "'latest' is reserved and cannot be used as a resources id."),
+    Row("a page: a report sent as text/plain", "POST", "/rollout",
+        {"content": b'{"rollout_id": "r", "final_reward": 1}', "headers": {"Content-Type": "text/plain"}}, 415,
+        NOT_JSON.format("text/plain")),
+    Row("a page: store-API resources sent as a form", "POST", "/v1/agl/resources",
+        {"content": b'{"llm": {"resource_type": "prompt_template", "template": "x"}}',
+         "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415,
+        NOT_JSON.format("application/x-www-form-urlencoded")),
+    Row("a page: tasks queued as text/plain", "POST", "/v1/tasks",
+        {"content": b'{"tasks": [{"input": 1}]}', "headers": {"Content-Type": "text/plain;charset=UTF-8"}}, 415,
+        NOT_JSON.format("text/plain;charset=UTF-8")),
+    Row("a page: a report with no type (a Blob)", "POST", "/rollout",
+        {"content": b'{"rollout_id": "r", "final_reward": 1}'}, 415,
+        "The body must be JSON (Content-Type: application/json); the request gives no type."),
+    Row("another site: a report", "POST", "/rollout",
+        {"json": {"rollout_id": "r", "final_reward": 1}, "headers": cross_site("cors")}, 403, CROSS_SITE),
+    Row("another site: a claim", "GET", "/task", {"headers": cross_site("no-cors")}, 403, CROSS_SITE),
+    Row("another site: a link to /task", "GET", "/task", {"headers": cross_site("navigate")}, 403, CROSS_SITE),
+    Row("another site: store-API resources", "POST", "/v1/agl/resources",
+        {"json": {"llm": {"resource_type": "prompt_template", "template": "x"}}, "headers": cross_site("cors")}, 403,
+        CROSS_SITE),
     Row("otlp: JSON instead of protobuf", "POST", "/v1/traces", raw(b"{}"), 400,
         b"\x08\x03\x12NUnsupported Content-Type 'application/json', expected 'application/x-protobuf'"),
     Row("otlp: not protobuf", "POST", "/v1/traces", {"content": b"\xff\x00garbage",

@@ -72,8 +72,10 @@ def test_idle_connections_and_a_slowly_sent_body_do_not_hold_up_a_worker(daemon:
 
 SLOW_REQUESTS = {
     "a worker's report": b"POST /rollout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
-    "a queue request": b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n{",
-    "a store API enqueue": b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{",
+    "a queue request": b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000\r\n\r\n{",
+    "a store API enqueue": b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000\r\n\r\n{",
     "headers that never end": b"GET /task HTTP/1.1\r\nHost: x\r\nX-Slow: ",
 }
 
@@ -118,7 +120,7 @@ def test_a_pipelined_request_not_sent_in_full_gets_408_after_the_answer_before_i
     with socket.create_connection((host, int(port)), timeout=30) as client:  # 30 s: the deadline
         client.sendall(
             b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"POST /rollout HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+            b"POST /rollout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
         )
         answer = b""
         while chunk := client.recv(4096):

@@ -9,28 +9,17 @@ tests stay independent. Screenshots of the page, light and dark, are saved in
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from chromium import launched, playwright
 from daemon import Daemon, wait_until
 
 from agl_cli.server.sign_in import REFUSED
 
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("Chromium is not installed (scripts/install-test-tools installs it)", allow_module_level=True)
-
-# Headless, and nothing that would reach for Google's servers (there is no network here).
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".agl-test" / "artifacts"
 WAIT_MS = 10_000
 
@@ -47,10 +36,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with playwright.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
+    with launched() as browser:
+        yield browser
 
 
 class Console:

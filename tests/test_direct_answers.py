@@ -29,12 +29,23 @@ def request(head: str, body: bytes = b"") -> bytes:
 
 
 def report(body: bytes = REPORT, *headers: str) -> bytes:
-    return request("\n".join(["POST /rollout HTTP/1.1", f"Content-Length: {len(body)}", *headers]), body)
+    return request(
+        "\n".join(
+            [
+                "POST /rollout HTTP/1.1",
+                "Content-Type: application/json",
+                f"Content-Length: {len(body)}",
+                *headers,
+            ]
+        ),
+        body,
+    )
 
 
 def chunked(body: bytes) -> bytes:
     return request(
-        "POST /rollout HTTP/1.1\nTransfer-Encoding: chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        "POST /rollout HTTP/1.1\nContent-Type: application/json\nTransfer-Encoding: chunked",
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body),
     )
 
 

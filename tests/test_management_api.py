@@ -788,7 +788,14 @@ def test_the_openapi_document_describes_every_route_with_generated_schemas(daemo
     assert queue["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/QueueRequest"
     }
-    assert set(queue["responses"]) == {"201", "401", "422"}  # 401: every route asks for the token
+    assert set(queue["responses"]) == {
+        "201",
+        "401",
+        "403",
+        "415",
+        "422",
+    }  # every route asks for the token (401),
+    # refuses what a browser sends for another site (403), and a body of another type (415)
 
     def refs(node: Any) -> Iterator[str]:
         if isinstance(node, dict):

@@ -22,6 +22,8 @@ from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model
 from agl_cli.store import Report
 from agl_cli.store.rows import rollout_from_body
 
+JSON_TYPE = {"Content-Type": "application/json"}  # what every worker's report is typed
+
 # A report as it is read: the fields agl reads, and the rollout read back from what is kept.
 Read = tuple[str, str | None, float | None, Rollout]
 
@@ -307,13 +309,13 @@ def test_a_workers_report_is_kept_and_read_back_as_it_was_sent(daemon: Daemon) -
     sent = worker_report(rollout_id)
     body = as_body(sent)
     assert len(body) >= LEAN_FROM  # read the lean way
-    assert daemon.post("/rollout", content=body).json()["status"] == "ok"
+    assert daemon.post("/rollout", content=body, headers=JSON_TYPE).json()["status"] == "ok"
     stored = daemon.api("GET", f"/v1/rollouts/{rollout_id}").json()
     assert {field: stored[field] for field in sent} == sent
 
 
 def test_a_report_repeating_a_key_keeps_its_last_value_only(daemon: Daemon) -> None:
     body = REPEATED["a prompt"]
-    assert daemon.post("/rollout", content=body).status_code == 200
+    assert daemon.post("/rollout", content=body, headers=JSON_TYPE).status_code == 200
     [stored] = daemon.rollouts()
     assert stored["triplets"][0]["prompt"] == worker_report()["triplets"][0]["prompt"]

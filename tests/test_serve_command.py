@@ -273,7 +273,9 @@ def test_a_detached_daemon_runs_with_the_options_it_was_given(tmp_path: Path) ->
         url = json.loads(agl_in(state, "status", "--json").stdout)["address"]
         status = httpx.get(f"{url}/v1/status").json()  # --no-auth: no token needed
         assert (status["store"], status["task_timeout"], status["max_attempts"]) == ("memory", 7.5, 2)
-        too_large = httpx.post(f"{url}/rollout", content=b"x" * 5001)
+        too_large = httpx.post(
+            f"{url}/rollout", content=b"x" * 5001, headers={"Content-Type": "application/json"}
+        )
         assert too_large.status_code == 413
     finally:
         assert agl_in(state, "stop").returncode == 0

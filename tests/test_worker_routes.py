@@ -11,6 +11,8 @@ import httpx
 import pytest
 from daemon import Daemon
 
+JSON_TYPE = {"Content-Type": "application/json"}  # what every worker's report is typed
+
 LLM = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen"}
 PROMPT = {"resource_type": "prompt_template", "template": "Solve {q}", "engine": "f-string"}
 
@@ -116,7 +118,7 @@ def test_a_body_over_the_limit_is_a_413(make_daemon: Callable[..., Daemon]) -> N
             yield b"y" * 500
         yield b'"]}'
 
-    streamed = httpx.post(daemon.url + "/rollout", content=chunks(), timeout=10)
+    streamed = httpx.post(daemon.url + "/rollout", content=chunks(), headers=JSON_TYPE, timeout=10)
     assert streamed.status_code == 413
     assert daemon.rollouts() == []
 

@@ -4,6 +4,7 @@ management API."""
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,13 +20,13 @@ from starlette.types import Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
-from agl_cli.server import legacy, management, otlp, page, sign_in, store_api
+from agl_cli.server import browsers, legacy, management, otlp, page, sign_in, store_api
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker
 from agl_cli.server.legacy import WorkerRoutes
 from agl_cli.server.limits import BodySizeLimit, InFlightLimit
 from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
-from agl_cli.server.openapi import build_document
+from agl_cli.server.openapi import build_document, routes_of
 from agl_cli.server.protocol import DirectRoute, Headers
 from agl_cli.server.requests import BadRequest
 from agl_cli.server.responses import ORJSONResponse, error, storage_failure
@@ -45,12 +46,20 @@ class AglApp(Starlette):
     """Starlette, with the worker routes answered before its middleware stack: they are
     the hot path, and need none of it (see `legacy.WorkerRoutes`). Probes (`/health`,
     `/ready`, `/metrics`) pass the limit on requests in flight; every other request is
-    counted in it."""
+    counted in it. What a web page may have sent is refused first (`browsers`)."""
 
     worker_routes: WorkerRoutes
     limit: InFlightLimit
+    metrics: Metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            started = time.perf_counter()
+            refused = browsers.refusal(scope["method"], scope["path"], scope["headers"], otlp.PATHS)
+            if refused is not None:
+                await refused(scope, receive, send)
+                self.metrics.observe(scope, refused.status_code, time.perf_counter() - started)
+                return
         if scope["type"] != "http" or scope["path"] in PROBES:
             await self.worker_routes(scope, receive, send)
             return
@@ -99,7 +108,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         *store_api.routes,
         *otlp.routes,
     ]
-    metrics = Metrics(broker, routes)
+    metrics = Metrics(broker, [*routes, *routes_of(legacy.ENDPOINTS)])  # the latter served in front
     app = AglApp(
         routes=routes,
         middleware=[
@@ -116,6 +125,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.limit = InFlightLimit(broker.stats, options.max_requests)
+    app.metrics = metrics
     app.worker_routes = WorkerRoutes(app.serve_rest, broker, metrics, options.max_body_bytes, app.limit)
     app.state.broker = broker
     app.state.metrics = metrics

@@ -81,7 +81,7 @@ class WorkerRoutes:
         """How to answer this request directly, once its body is in: for `GET /task`
         without a body, and `POST /rollout` with one of declared length within the limit.
         None for anything else, which goes the ASGI way."""
-        length = _declared_length(headers)
+        length = _plain_length(headers)
         if url == _CLAIM_URL:
             return self._claim if method == b"GET" and length == 0 else None
         if url == _REPORT_URL and method == b"POST" and length is not None and length <= self.max_body_bytes:
@@ -256,18 +256,28 @@ def _method_not_allowed(allowed: str) -> ORJSONResponse:
     return ORJSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allowed})
 
 
-def _declared_length(headers: Headers) -> int | None:
-    """The body's length as its headers give it (0 without one), or None if they do
-    not: a chunked body, or a length that is not a number."""
+_NOT_PLAIN = frozenset({b"transfer-encoding", b"sec-fetch-site"})
+
+
+def _plain_length(headers: Headers) -> int | None:
+    """The body's length as its headers give it (0 without one), or None where the
+    request is not plainly a worker's: a chunked body, a length that is not a number, a
+    body typed other than `application/json` to the letter (or not typed), or a
+    browser's request. Those go the ASGI way, which judges them (see `browsers`)."""
     length = 0
+    typed = False
     for name, value in headers:
         if name == b"content-length":
             if not value.isdigit():
                 return None
             length = int(value)
-        elif name == b"transfer-encoding":
+        elif name == b"content-type":
+            if value != b"application/json":
+                return None
+            typed = True
+        elif name in _NOT_PLAIN:
             return None
-    return length
+    return length if typed or length == 0 else None
 
 
 def _claim_answer(claim: Claim | None) -> Answer:

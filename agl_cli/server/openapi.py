@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 from starlette.routing import Route
 
+from agl_cli.server import browsers
 from agl_cli.server.schemas import ErrorMessage, ValidationErrors
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -95,7 +96,7 @@ def build_document(
             "parameters": _parameters(endpoint),
             "responses": {
                 str(code): _response(code, model, endpoint.media_type, refs)
-                for code, model in sorted({**endpoint.responses, **({401: None} if bearer else {})}.items())
+                for code, model in sorted({**endpoint.responses, **_refusals(endpoint, bearer)}.items())
             },
         }
         if endpoint.handler.__doc__:
@@ -112,6 +113,18 @@ def build_document(
         "paths": paths,
         "components": components,
     }
+
+
+def _refusals(endpoint: Endpoint, bearer: bool) -> dict[int, Described]:
+    """What any route may answer before its own code runs: 401 without the token (where
+    it is asked for), 403 to a browser sending for another site, and 415 to a body
+    declared as anything but JSON (`browsers`)."""
+    refusals: dict[int, Described] = {403: None}
+    if bearer:
+        refusals[401] = None
+    if endpoint.method not in browsers.BODILESS:
+        refusals[415] = None
+    return refusals
 
 
 def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:

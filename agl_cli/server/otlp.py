@@ -193,3 +193,4 @@ routes = [
     Route("/v1/logs", not_implemented, methods=["POST"]),
     Route("/v1/development/profiles", not_implemented, methods=["POST"]),
 ]
+PATHS = frozenset(route.path for route in routes)  # their bodies are protobuf, not JSON

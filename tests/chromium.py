@@ -1,0 +1,37 @@
+"""Debian's Chromium, headless, driven by Playwright: what the browser tests share.
+
+A test module imports this first: without Playwright (the test extra) or Chromium
+(scripts/install-test-tools), the whole module is skipped, saying which is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("Chromium is not installed (scripts/install-test-tools installs it)", allow_module_level=True)
+
+# Headless, and nothing that would reach for Google's servers (there is no network here).
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@contextlib.contextmanager
+def launched() -> Iterator[Any]:
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -1,0 +1,141 @@
+"""Web pages of other sites cannot drive the daemon through the user's browser, and the
+programs that speak to it are served as before (agl_cli/server/browsers.py).
+
+The refusals themselves, each with its sentence and the store unchanged, are rows of
+tests/test_bad_input.py; here, what they must not break, and a real page in Chromium.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from daemon import Daemon
+
+PROMPT = {"resource_type": "prompt_template", "template": "What is {x}?", "engine": "f-string"}
+
+
+def report(daemon: Daemon, rollout_id: str, headers: dict[str, str]) -> httpx.Response:
+    body = b'{"rollout_id": "%s", "final_reward": 0.5}' % rollout_id.encode()
+    return httpx.post(daemon.url + "/rollout", content=body, headers=headers, timeout=10)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "application/json"},  # aiohttp's and requests' `json=`
+        {"Content-Type": "application/json; charset=utf-8"},
+        {"Content-Type": "application/vnd.agl+json"},
+        {"Content-Type": "application/json", "Sec-Fetch-Site": "same-origin"},  # the dashboard's own page
+        {"Content-Type": "application/json", "Sec-Fetch-Site": "same-site"},  # another port of this host
+        {"Content-Type": "application/json", "Sec-Fetch-Site": "none"},  # typed in by the user
+    ],
+    ids=["json", "json-charset", "plus-json", "same-origin", "same-site", "user-initiated"],
+)
+def test_reports_that_programs_and_the_own_page_send_are_stored(
+    daemon: Daemon, headers: dict[str, str]
+) -> None:
+    [rollout_id] = daemon.queue({"x": 1})
+    assert daemon.claim() is not None
+    answer = report(daemon, rollout_id, headers)
+    assert answer.status_code == 200, answer.text
+    assert [r["rollout_id"] for r in daemon.rollouts()] == [rollout_id]
+
+
+def test_a_claim_another_site_sends_leaves_the_task_queued_for_a_worker(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue({"x": 1})
+    image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    assert httpx.get(daemon.url + "/task", headers=image).status_code == 403
+    assert (
+        httpx.get(daemon.url + "/task", params={"wait": "1"}, headers=image).status_code == 403
+    )  # a long poll
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
+    claimed = daemon.claim()
+    assert claimed is not None and claimed["rollout_id"] == rollout_id
+
+
+def test_a_link_from_another_site_opens_the_dashboard_page(daemon: Daemon) -> None:
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    page = httpx.get(daemon.url + "/", headers=link)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+def test_otlp_keeps_its_own_type_and_its_own_answer_to_another(daemon: Daemon) -> None:
+    """Protobuf is not JSON, yet OTLP's route takes it; what it refuses, it refuses itself."""
+    plain = httpx.post(daemon.url + "/v1/traces", content=b"x", headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 400 and plain.headers["content-type"] == "application/x-protobuf"
+
+
+class _AnotherSite(http.server.BaseHTTPRequestHandler):
+    page = b"<!doctype html><title>another site</title><a id='claim' href='{agl}/task'>a task</a>"
+
+    def do_GET(self) -> None:
+        body = self.page.replace(b"{agl}", self.server.agl_url.encode())  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def another_site(daemon: Daemon) -> Iterator[str]:
+    """A page served from `localhost`, which is another site than agl's `127.0.0.1`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnotherSite)
+    server.agl_url = daemon.url  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://localhost:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+# What the page's script sends as any page may, without asking agl first: bodies typed
+# `text/plain` by `fetch` itself, and an image whose address is `/task`.
+SEND_WHAT_A_PAGE_MAY = """async (agl) => {
+  const post = (path, body) => fetch(agl + path, {method: "POST", mode: "no-cors", body: JSON.stringify(body)});
+  await post("/rollout", {rollout_id: "from-a-page", final_reward: 1});
+  await post("/v1/agl/queues/rollouts/enqueue", {rollouts: [{input: "from a page"}]});
+  await post("/v1/agl/resources", {llm: {resource_type: "llm", endpoint: "http://evil.test/v1", model: "m"}});
+  await new Promise((done) => { const image = new Image(); image.onload = image.onerror = done; image.src = agl + "/task"; });
+}"""
+
+
+def refused_so_far(daemon: Daemon) -> float:
+    text = httpx.get(daemon.url + "/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("agl_http_request_duration_seconds_count{") and 'status="403"' in line
+    )
+
+
+def test_a_page_of_another_site_in_chromium_changes_nothing(daemon: Daemon, another_site: str) -> None:
+    from chromium import launched  # skips this test alone where there is no browser
+
+    [rollout_id] = daemon.queue({"x": 1})
+    before = daemon.status()
+    refused = refused_so_far(daemon)
+    with launched() as browser:
+        page = browser.new_page()
+        page.goto(another_site)
+        page.evaluate(SEND_WHAT_A_PAGE_MAY, daemon.url)
+        page.click("#claim")  # the user follows a link to agl's /task
+        page.wait_for_url(daemon.url + "/task")
+        assert "another site" in page.content()  # the sentence of the 403
+    assert refused_so_far(daemon) == refused + 5  # each arrived, and each was refused
+    after = daemon.status()
+    assert (after["tasks"], after["rollouts"], after["resources"]) == (
+        before["tasks"],
+        before["rollouts"],
+        before["resources"],
+    )
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
+    assert httpx.get(daemon.url + "/v1/agl/resources/latest").json() is None
