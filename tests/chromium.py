@@ -28,9 +28,9 @@ ARGS = [
 
 
 @contextlib.contextmanager
-def launched() -> Iterator[Any]:
+def launched(*extra_args: str) -> Iterator[Any]:
     with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *extra_args])
         try:
             yield browser
         finally:

@@ -93,6 +93,10 @@ def raw(text: bytes) -> dict[str, Any]:
 
 
 NOT_JSON = "The body must be JSON (Content-Type: application/json), not '{}'."
+REBOUND = (
+    "This agl daemon listens on loopback and answers only requests addressed to localhost, 127.0.0.1 or [::1],"
+    " not to 'evil.test'."
+)
 CROSS_SITE = "agl does not serve requests a browser sends for another site (Sec-Fetch-Site: cross-site)."
 
 
@@ -236,6 +240,12 @@ CATALOGUE = [
     Row("another site: store-API resources", "POST", "/v1/agl/resources",
         {"json": {"llm": {"resource_type": "prompt_template", "template": "x"}}, "headers": cross_site("cors")}, 403,
         CROSS_SITE),
+    Row("a rebound name: the latest resources, API key and all", "GET", "/resources/latest",
+        {"headers": {"Host": "evil.test"}}, 403, REBOUND),
+    Row("a rebound name: a claim", "GET", "/task", {"headers": {"Host": "evil.test:8000"}}, 403,
+        REBOUND.replace("evil.test", "evil.test:8000")),
+    Row("a rebound name: a report", "POST", "/rollout",
+        {"json": {"rollout_id": "r", "final_reward": 1}, "headers": {"Host": "evil.test"}}, 403, REBOUND),
     Row("otlp: JSON instead of protobuf", "POST", "/v1/traces", raw(b"{}"), 400,
         b"\x08\x03\x12NUnsupported Content-Type 'application/json', expected 'application/x-protobuf'"),
     Row("otlp: not protobuf", "POST", "/v1/traces", {"content": b"\xff\x00garbage",

@@ -64,19 +64,19 @@ def test_idle_connections_and_a_slowly_sent_body_do_not_hold_up_a_worker(daemon:
             held.enter_context(connection)
         slow = held.enter_context(socket.create_connection((host, int(port)), timeout=10))
         slow.sendall(
-            b"POST /rollout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+            b"POST /rollout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
         )
         answer = httpx.get(f"{daemon.url}/task", timeout=10).json()
     assert answer["task"]["rollout_id"] == rollout_id
 
 
 SLOW_REQUESTS = {
-    "a worker's report": b"POST /rollout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
-    "a queue request": b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+    "a worker's report": b"POST /rollout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    "a queue request": b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
     b"Content-Length: 1000\r\n\r\n{",
-    "a store API enqueue": b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    "a store API enqueue": b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     b"Content-Length: 1000\r\n\r\n{",
-    "headers that never end": b"GET /task HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    "headers that never end": b"GET /task HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
 }
 
 
@@ -119,8 +119,8 @@ def test_a_pipelined_request_not_sent_in_full_gets_408_after_the_answer_before_i
     host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as client:  # 30 s: the deadline
         client.sendall(
-            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"POST /rollout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"POST /rollout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
         )
         answer = b""
         while chunk := client.recv(4096):

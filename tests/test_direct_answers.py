@@ -25,7 +25,7 @@ REPORT = b'{"rollout_id":"rollout-same","final_reward":0.5}'
 def request(head: str, body: bytes = b"") -> bytes:
     """One raw request; `head` is its request line and any headers, one per line."""
     lines = [line.strip() for line in head.strip().splitlines()]
-    return ("\r\n".join([*lines, "Host: agl", "", ""])).encode() + body
+    return ("\r\n".join([*lines, "Host: localhost", "", ""])).encode() + body
 
 
 def report(body: bytes = REPORT, *headers: str) -> bytes:

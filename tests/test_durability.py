@@ -158,7 +158,7 @@ def test_a_client_that_comes_back_while_the_daemon_restarts_is_kept_waiting_not_
         wait_until(lambda: "bringing" in daemon.log_path.read_text(), "the upgrade to begin", 60)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as early:
             assert "listening on" not in daemon.log_path.read_text()  # taken while still upgrading
-            early.sendall(b"GET /health HTTP/1.1\r\nHost: agl\r\n\r\n")
+            early.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             early.settimeout(60)
             assert early.recv(100).startswith(b"HTTP/1.1 200 ")  # answered once it serves
     finally:

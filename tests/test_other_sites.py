@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from daemon import Daemon
 
-PROMPT = {"resource_type": "prompt_template", "template": "What is {x}?", "engine": "f-string"}
+from agl_cli.server.legacy import NO_RESOURCES
+
+LLM = {"resource_type": "llm", "endpoint": "http://127.0.0.1:9/v1", "model": "tiny"}
 
 
 def report(daemon: Daemon, rollout_id: str, headers: dict[str, str]) -> httpx.Response:
@@ -139,3 +141,64 @@ def test_a_page_of_another_site_in_chromium_changes_nothing(daemon: Daemon, anot
     )
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
     assert httpx.get(daemon.url + "/v1/agl/resources/latest").json() is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:{port}",
+        "localhost:{port}",
+        "LOCALHOST",
+        "127.0.0.2:{port}",
+        "[::1]:{port}",
+        "0.0.0.0:{port}",
+    ],
+)
+def test_a_daemon_on_loopback_serves_every_loopback_name_it_is_addressed_by(
+    daemon: Daemon, host: str
+) -> None:
+    port = daemon.url.rsplit(":", 1)[1]
+    answer = httpx.get(daemon.url + "/resources/latest", headers={"Host": host.format(port=port)})
+    assert (answer.status_code, answer.json()) == (404, {"detail": NO_RESOURCES})
+
+
+def test_a_daemon_beyond_loopback_serves_any_name(make_daemon: Callable[..., Daemon]) -> None:
+    """Its names are the network's: which of them reach it, agl cannot know."""
+    daemon = make_daemon("--host", "0.0.0.0")
+    answer = httpx.get(
+        daemon.url.replace("0.0.0.0", "127.0.0.1") + "/health", headers={"Host": "agl.example:8000"}
+    )
+    assert answer.status_code == 200
+
+
+# A page of a name its owner has made resolve to 127.0.0.1 (DNS rebinding) shares agl's
+# origin: it reads what it asks for. Chromium's resolver maps the name; the page itself is
+# handed to the browser by Playwright, as the name's first address would have served it.
+# Chromium's own Local Network Access checks now stop a page of a public address from
+# reaching loopback; Firefox and Safari have none, nor had Chromium before: turned off,
+# Chromium stands for them.
+REBINDING = ("--host-resolver-rules=MAP evil.test 127.0.0.1", "--disable-features=LocalNetworkAccessChecks")
+READ_WHAT_A_REBOUND_PAGE_MAY = """async () => {
+  const latest = await fetch("/resources/latest");
+  const claim = await fetch("/task");
+  return [latest.status, await latest.text(), claim.status];
+}"""
+
+
+def test_a_page_whose_name_is_rebound_to_loopback_reads_nothing_in_chromium(daemon: Daemon) -> None:
+    from chromium import launched  # skips this test alone where there is no browser
+
+    daemon.publish({"main_llm": {**LLM, "api_key": "sk-only-for-workers"}})
+    [rollout_id] = daemon.queue({"x": 1})
+    port = daemon.url.rsplit(":", 1)[1]
+    rebound = f"http://evil.test:{port}"
+    refused = refused_so_far(daemon)
+    with launched(*REBINDING) as browser:
+        page = browser.new_page()
+        page.route(rebound + "/", lambda route: route.fulfill(body="<!doctype html><title>rebound</title>"))
+        page.goto(rebound + "/")
+        latest_status, latest_body, claim_status = page.evaluate(READ_WHAT_A_REBOUND_PAGE_MAY)
+    assert (latest_status, claim_status) == (403, 403)
+    assert "sk-only-for-workers" not in latest_body and "evil.test" in latest_body
+    assert refused_so_far(daemon) == refused + 2
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
+from agl_cli.net import is_loopback
 from agl_cli.server import browsers, legacy, management, otlp, page, sign_in, store_api
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker
@@ -51,11 +53,12 @@ class AglApp(Starlette):
     worker_routes: WorkerRoutes
     limit: InFlightLimit
     metrics: Metrics
+    guard: browsers.PageGuard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             started = time.perf_counter()
-            refused = browsers.refusal(scope["method"], scope["path"], scope["headers"], otlp.PATHS)
+            refused = self.guard.refusal(scope["method"], scope["path"], scope["headers"])
             if refused is not None:
                 await refused(scope, receive, send)
                 self.metrics.observe(scope, refused.status_code, time.perf_counter() - started)
@@ -126,7 +129,12 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
     )
     app.limit = InFlightLimit(broker.stats, options.max_requests)
     app.metrics = metrics
-    app.worker_routes = WorkerRoutes(app.serve_rest, broker, metrics, options.max_body_bytes, app.limit)
+    app.guard = browsers.PageGuard(
+        otlp.PATHS, loopback=is_loopback(urlsplit(options.address or "").hostname or "")
+    )
+    app.worker_routes = WorkerRoutes(
+        app.serve_rest, broker, metrics, options.max_body_bytes, app.limit, app.guard.loopback
+    )
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.options = options

@@ -5,7 +5,7 @@ credentials). A web page cannot read their answers, but it can have the browser 
 them requests: a link or an image GETs `/task` and claims a task, and a script may POST
 a body it declares `text/plain` without asking the server first. Any page open on the
 machine could then report results, enqueue rollouts, or point the workers' LLM at a
-server of its own. agl's clients are programs, never pages, so two rules close that
+server of its own. agl's clients are programs, never pages, so three rules close that
 without touching them:
 
 - a request the browser marks as sent for another site (`Sec-Fetch-Site: cross-site`)
@@ -13,50 +13,82 @@ without touching them:
 - a body that is not declared as JSON is refused with 415, as 0.3.0's FastAPI refuses it
   (with a 422), but on the routes that take another type (OTLP's protobuf), which a page
   cannot send without asking first. A body with no type at all (a page's `fetch` of a
-  `Blob`) is refused too.
+  `Blob`) is refused too;
+- a daemon listening on loopback answers only requests addressed to a loopback name
+  (`localhost`, `127.0.0.1`, `[::1]`). A page whose own name it has made resolve to
+  127.0.0.1 (DNS rebinding) is of the daemon's origin in the browser's eyes, and could
+  read every answer, an LLM's API key included; its requests still name it (`Host`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
 
+from agl_cli.net import is_loopback
 from agl_cli.server.responses import ORJSONResponse, error
 
 DASHBOARD_PAGE = "/"
 BODILESS = frozenset({"GET", "HEAD"})  # no route of agl's reads a body of these
 
 
-def refusal(
-    method: str, path: str, headers: Iterable[tuple[bytes, bytes]], not_json: Collection[str]
-) -> ORJSONResponse | None:
-    """The answer to a request a web page may have made, or None to serve it; `not_json`:
-    the paths whose bodies are of another type, which their routes check."""
-    site = mode = content_type = None
-    has_body = False
-    for name, value in headers:
-        if name == b"sec-fetch-site":
-            site = value
-        elif name == b"sec-fetch-mode":
-            mode = value
-        elif name == b"content-type":
-            content_type = value
-        elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-            has_body = True
-    if site == b"cross-site" and not (method in BODILESS and path == DASHBOARD_PAGE and mode == b"navigate"):
-        return error(
-            403,
-            "agl does not serve requests a browser sends for another site (Sec-Fetch-Site: cross-site).",
-        )
-    if not has_body or method in BODILESS or path in not_json:
-        return None  # an empty body typed otherwise is nothing to read: aiohttp's `json=None`
-    if content_type is None:
-        return error(
-            415, "The body must be JSON (Content-Type: application/json); the request gives no type."
-        )
-    if not is_json(content_type):
-        declared = content_type.decode("latin-1")
-        return error(415, f"The body must be JSON (Content-Type: application/json), not '{declared}'.")
-    return None
+@dataclass(frozen=True)
+class PageGuard:
+    not_json: frozenset[str]  # the paths whose bodies are of another type, which their routes check
+    loopback: bool  # the daemon listens on a loopback address only
+
+    def refusal(
+        self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]
+    ) -> ORJSONResponse | None:
+        """The answer to a request a web page may have made, or None to serve it."""
+        site = mode = content_type = host = None
+        has_body = False
+        for name, value in headers:
+            if name == b"host":
+                host = value
+            elif name == b"sec-fetch-site":
+                site = value
+            elif name == b"sec-fetch-mode":
+                mode = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                has_body = True
+        if self.loopback and host is not None and not names_loopback(host):
+            return error(
+                403,
+                "This agl daemon listens on loopback and answers only requests addressed to"
+                f" localhost, 127.0.0.1 or [::1], not to '{host.decode('latin-1')}'.",
+            )
+        if site == b"cross-site" and not (
+            method in BODILESS and path == DASHBOARD_PAGE and mode == b"navigate"
+        ):
+            return error(
+                403,
+                "agl does not serve requests a browser sends for another site (Sec-Fetch-Site: cross-site).",
+            )
+        if not has_body or method in BODILESS or path in self.not_json:
+            return None  # an empty body typed otherwise is nothing to read: aiohttp's `json=None`
+        if content_type is None:
+            return error(
+                415, "The body must be JSON (Content-Type: application/json); the request gives no type."
+            )
+        if not is_json(content_type):
+            declared = content_type.decode("latin-1")
+            return error(415, f"The body must be JSON (Content-Type: application/json), not '{declared}'.")
+        return None
+
+
+@functools.lru_cache(maxsize=64)  # a daemon is named a few ways; a worker's request asks each time
+def names_loopback(host: bytes) -> bool:
+    """Whether a `Host` header names a loopback address, with or without a port (or the
+    unspecified one, which a client on this machine may dial to reach it)."""
+    name = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
+    return name in _UNSPECIFIED or is_loopback(name.decode("latin-1").lower())
+
+
+_UNSPECIFIED = frozenset({b"0.0.0.0", b"[::]"})
 
 
 def is_json(content_type: bytes) -> bool:

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.models import GenericResponse, ResourcesUpdate, Rollout, TaskIfAny
 from agl_cli.server.broker import Broker
+from agl_cli.server.browsers import names_loopback
 from agl_cli.server.limits import InFlightLimit, declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
 from agl_cli.server.openapi import Endpoint, Param
@@ -67,9 +68,18 @@ class WorkerRoutes:
     """Answers `GET /task`, `POST /rollout` and `GET /resources/{latest,<id>}` itself."""
 
     def __init__(
-        self, app: ASGIApp, broker: Broker, metrics: Metrics, max_body_bytes: int, limit: InFlightLimit
+        self,
+        app: ASGIApp,
+        broker: Broker,
+        metrics: Metrics,
+        max_body_bytes: int,
+        limit: InFlightLimit,
+        loopback: bool = False,
     ) -> None:
+        """`loopback`: the daemon listens on loopback only, and a request that names another
+        host is for the ASGI way to judge (see `browsers`)."""
         self.app = app
+        self.loopback = loopback
         self.broker = broker
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
@@ -81,7 +91,7 @@ class WorkerRoutes:
         """How to answer this request directly, once its body is in: for `GET /task`
         without a body, and `POST /rollout` with one of declared length within the limit.
         None for anything else, which goes the ASGI way."""
-        length = _plain_length(headers)
+        length = _plain_length(headers, self.loopback)
         if url == _CLAIM_URL:
             return self._claim if method == b"GET" and length == 0 else None
         if url == _REPORT_URL and method == b"POST" and length is not None and length <= self.max_body_bytes:
@@ -259,11 +269,12 @@ def _method_not_allowed(allowed: str) -> ORJSONResponse:
 _NOT_PLAIN = frozenset({b"transfer-encoding", b"sec-fetch-site"})
 
 
-def _plain_length(headers: Headers) -> int | None:
+def _plain_length(headers: Headers, loopback: bool) -> int | None:
     """The body's length as its headers give it (0 without one), or None where the
     request is not plainly a worker's: a chunked body, a length that is not a number, a
-    body typed other than `application/json` to the letter (or not typed), or a
-    browser's request. Those go the ASGI way, which judges them (see `browsers`)."""
+    body typed other than `application/json` to the letter (or not typed), a browser's
+    request, or one naming a host that is not loopback to a daemon on loopback. Those go
+    the ASGI way, which judges them (see `browsers`)."""
     length = 0
     typed = False
     for name, value in headers:
@@ -275,7 +286,7 @@ def _plain_length(headers: Headers) -> int | None:
             if value != b"application/json":
                 return None
             typed = True
-        elif name in _NOT_PLAIN:
+        elif name in _NOT_PLAIN or (name == b"host" and loopback and not names_loopback(value)):
             return None
     return length if typed or length == 0 else None
 
