@@ -117,8 +117,8 @@ def build_document(
 
 def _refusals(endpoint: Endpoint, bearer: bool) -> dict[int, Described]:
     """What any route may answer before its own code runs: 401 without the token (where
-    it is asked for), 403 to a browser sending for another site, and 415 to a body
-    declared as anything but JSON (`browsers`)."""
+    it is asked for), 403 to what a browser sends for another site or addresses to a
+    name not loopback's, and 415 to a body not typed as JSON (`browsers`)."""
     refusals: dict[int, Described] = {403: None}
     if bearer:
         refusals[401] = None
