@@ -52,9 +52,8 @@ def test_a_claim_another_site_sends_leaves_the_task_queued_for_a_worker(daemon: 
     [rollout_id] = daemon.queue({"x": 1})
     image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
     assert httpx.get(daemon.url + "/task", headers=image).status_code == 403
-    assert (
-        httpx.get(daemon.url + "/task", params={"wait": "1"}, headers=image).status_code == 403
-    )  # a long poll
+    long_poll = httpx.get(daemon.url + "/task", params={"wait": "1"}, headers=image)
+    assert long_poll.status_code == 403
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
     claimed = daemon.claim()
     assert claimed is not None and claimed["rollout_id"] == rollout_id
@@ -131,7 +130,7 @@ def test_a_page_of_another_site_in_chromium_changes_nothing(daemon: Daemon, anot
         page.evaluate(SEND_WHAT_A_PAGE_MAY, daemon.url)
         page.click("#claim")  # the user follows a link to agl's /task
         page.wait_for_url(daemon.url + "/task")
-        assert "another site" in page.content()  # the sentence of the 403
+        assert "(Sec-Fetch-Site: cross-site)" in page.content()  # the sentence of the 403
     assert refused_so_far(daemon) == refused + 5  # each arrived, and each was refused
     after = daemon.status()
     assert (after["tasks"], after["rollouts"], after["resources"]) == (
@@ -175,8 +174,8 @@ def test_a_daemon_beyond_loopback_serves_any_name(make_daemon: Callable[..., Dae
 # origin: it reads what it asks for. Chromium's resolver maps the name; the page itself is
 # handed to the browser by Playwright, as the name's first address would have served it.
 # Chromium's own Local Network Access checks now stop a page of a public address from
-# reaching loopback; Firefox and Safari have none, nor had Chromium before: turned off,
-# Chromium stands for them.
+# reaching loopback; a browser without such checks lets it through, as Chromium did
+# before them: with them turned off, Chromium stands for such a browser.
 REBINDING = ("--host-resolver-rules=MAP evil.test 127.0.0.1", "--disable-features=LocalNetworkAccessChecks")
 READ_WHAT_A_REBOUND_PAGE_MAY = """async () => {
   const latest = await fetch("/resources/latest");
