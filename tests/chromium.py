@@ -1,7 +1,8 @@
 """Debian's Chromium, headless, driven by Playwright: what the browser tests share.
 
-A test module imports this first: without Playwright (the test extra) or Chromium
-(scripts/install-test-tools), the whole module is skipped, saying which is missing.
+Without Playwright (the test extra) or Chromium (scripts/install-test-tools), importing
+this skips whatever imports it, saying which is missing: a whole module where it is
+imported at the top, one test where it is imported inside it.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ without touching them:
 
 - a request the browser marks as sent for another site (`Sec-Fetch-Site: cross-site`)
   is refused with 403, but for opening the dashboard from a link;
-- a body that is not declared as JSON is refused with 415, as 0.3.0's FastAPI refuses it
-  (with a 422), but on the routes that take another type (OTLP's protobuf), which a page
+- a body that is not declared as JSON is refused with 415, as 0.3.0's server refuses it
+  on a current FastAPI (with a 422), but on the routes that take another type (OTLP's protobuf), which a page
   cannot send without asking first. A body with no type at all (a page's `fetch` of a
   `Blob`) is refused too;
 - a daemon listening on loopback answers only requests addressed to a loopback name
