@@ -57,9 +57,9 @@ class AglApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            started = time.perf_counter()
             refused = self.guard.refusal(scope["method"], scope["path"], scope["headers"])
             if refused is not None:
+                started = time.perf_counter()
                 await refused(scope, receive, send)
                 self.metrics.observe(scope, refused.status_code, time.perf_counter() - started)
                 return
