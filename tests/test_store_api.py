@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon import Daemon
+from daemon import Daemon, wait_until
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -193,6 +193,21 @@ def test_a_wait_returns_as_soon_as_the_last_rollout_finishes(daemon: Daemon) -> 
         assert daemon.post(attempt, json={"status": "succeeded"}).status_code == 200
         [finished] = waiting.result(timeout=10).json()
     assert (finished["rollout_id"], finished["status"]) == (rollout_id, "succeeded")
+
+
+def test_a_wait_returns_as_soon_as_its_rollout_is_cancelled_by_a_person(daemon: Daemon) -> None:
+    [queued] = enqueue(daemon, "x")
+    rollout_id = queued["rollout_id"]
+    wait = {"rollout_ids": [rollout_id], "timeout": 60}
+    with (
+        httpx.Client(base_url=daemon.url, timeout=90) as client,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        waiting = pool.submit(client.post, f"{AGL}/waits/rollouts", json=wait)
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to begin")
+        assert daemon.api("POST", f"/v1/tasks/{rollout_id}/cancel").status_code == 200
+        [finished] = waiting.result(timeout=10).json()
+    assert (finished["rollout_id"], finished["status"]) == (rollout_id, "cancelled")
 
 
 def test_everything_the_store_api_answered_survives_kill_9(

@@ -259,7 +259,10 @@ class Broker:
         return claims
 
     async def cancel(self, rollout_id: str) -> TaskRecord:
-        return await self._threads.write(lambda: self._store.cancel_task(rollout_id))
+        """Cancel a task, and wake whoever waits for its rollout to finish."""
+        record = await self._threads.write(lambda: self._store.cancel_task(rollout_id))
+        self._rollouts_changed.notify()
+        return record
 
     async def get_task(self, rollout_id: str) -> TaskRecord | None:
         return await self._threads.read(lambda: self._store.get_task(rollout_id))
