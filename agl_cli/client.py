@@ -230,6 +230,15 @@ class AglClient:
     def cancel_task(self, rollout_id: str) -> TaskRecord:
         return cast(TaskRecord, self._call("POST", f"/v1/tasks/{_segment(rollout_id)}/cancel"))
 
+    def cancel_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        """Cancel them all, or none if any is unknown or has ended."""
+        body = orjson.dumps({"rollout_ids": list(rollout_ids)})
+        return cast(list[TaskRecord], self._call("POST", "/v1/tasks/cancel", content=body)["tasks"])
+
+    def cancel_queued(self, timeout: float = 600.0) -> int:
+        """Cancel every task queued now (claimed ones run on); a million takes a while."""
+        return cast(int, self._call("POST", "/v1/queue/cancel", timeout=timeout)["cancelled"])
+
     # resources --------------------------------------------------------------------------
 
     def push_resources(

@@ -11,9 +11,14 @@ What it measures
     with `--log-level warning`. After the queue the bench checks that the daemon reports
     exactly that many queued tasks.
 
+    With `--then-cancel`, it then cancels the whole queue (`agl tasks cancel --queued`)
+    while one worker claims and reports beside it, and prints how long the cancel took
+    and the worker's claim latency meanwhile (p50 and p99; no target).
+
 How to run (from the repository root; needs agl installed, and psutil)
     python bench/queue_million.py
     python bench/queue_million.py --tasks 200000 --json -
+    python bench/queue_million.py --then-cancel
 """
 
 from __future__ import annotations
@@ -98,7 +103,63 @@ def start_daemon(state_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], s
     raise SystemExit(f"agl serve did not start:\n{log.read_text()}")
 
 
-def run(tasks: int, workdir: Path) -> dict[str, Any]:
+class Worker(threading.Thread):
+    """Claims and reports, one after the other, until stopped; times each claim."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.claims: list[float] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(
+            base_url=self.url, headers={"Content-Type": "application/json"}, timeout=60
+        ) as client:
+            while not self.halt.is_set():
+                began = time.perf_counter()
+                task = client.get("/task").json()["task"]
+                self.claims.append(time.perf_counter() - began)
+                if task is not None:
+                    client.post("/rollout", json={"rollout_id": task["rollout_id"], "final_reward": 1.0})
+
+    def stop(self) -> list[float]:
+        self.halt.set()
+        self.join()
+        return sorted(self.claims)
+
+
+def cancel_beside_a_worker(state_dir: Path, url: str, env: dict[str, str]) -> dict[str, Any]:
+    """`agl tasks cancel --queued` while a worker claims and reports."""
+    worker = Worker(url)
+    worker.start()
+    command = [
+        sys.executable,
+        "-m",
+        "agl_cli",
+        "--state-dir",
+        str(state_dir),
+        "tasks",
+        "cancel",
+        "--queued",
+        "--json",
+    ]
+    began = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, env=env, check=False)
+    wall = time.perf_counter() - began
+    claims = worker.stop()
+    if result.returncode != 0:
+        raise SystemExit(f"agl tasks cancel failed ({result.returncode}): {result.stderr.decode()}")
+    return {
+        "cancelled": json.loads(result.stdout)["cancelled"],
+        "cancel_seconds": round(wall, 2),
+        "claims_meanwhile": len(claims),
+        "claim_p50_ms": round(claims[len(claims) // 2] * 1e3, 2),
+        "claim_p99_ms": round(claims[int(len(claims) * 0.99)] * 1e3, 2),
+    }
+
+
+def run(tasks: int, workdir: Path, then_cancel: bool = False) -> dict[str, Any]:
     file = workdir / "tasks.jsonl"
     began = time.perf_counter()
     write_tasks(file, tasks)
@@ -123,6 +184,7 @@ def run(tasks: int, workdir: Path) -> dict[str, Any]:
             url + "/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=60
         ).json()
         printed = sum(1 for _ in (workdir / "ids.txt").open("rb"))
+        cancel = cancel_beside_a_worker(state_dir, url, env) if then_cancel else {}
     finally:
         daemon.terminate()
         daemon.wait(60)
@@ -137,6 +199,7 @@ def run(tasks: int, workdir: Path) -> dict[str, Any]:
         "queued_reported_by_daemon": status["tasks"]["queued"],
         "ids_printed": printed,
         "within_targets": wall <= TARGET_SECONDS and peak / 1e6 <= TARGET_RSS_MB,
+        **cancel,
     }
 
 
@@ -145,10 +208,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--json", metavar="FILE", help="Also write the figures as JSON ('-' for stdout).")
     parser.add_argument("--keep", action="store_true", help="Keep the work directory (file, state, logs).")
+    parser.add_argument(
+        "--then-cancel", action="store_true", help="Then cancel the queue beside a worker, and time that."
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="agl-queue-bench-"))
     try:
-        figures = run(args.tasks, workdir)
+        figures = run(args.tasks, workdir, args.then_cancel)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -159,6 +225,12 @@ def main() -> None:
         f"target <= {TARGET_RSS_MB:g} MB\n"
         f"daemon reports {figures['queued_reported_by_daemon']:,} queued; {figures['ids_printed']:,} ids printed"
     )
+    if args.then_cancel:
+        print(
+            f"agl tasks cancel --queued: {figures['cancelled']:,} cancelled in {figures['cancel_seconds']} s; "
+            f"a worker's claims meanwhile ({figures['claims_meanwhile']:,}): "
+            f"p50 {figures['claim_p50_ms']} ms, p99 {figures['claim_p99_ms']} ms"
+        )
     if args.json:
         text = json.dumps(figures, indent=2)
         if args.json == "-":

@@ -26,7 +26,7 @@ _agl_options() {
         'tasks') _agl_words='--help' ;;
         'tasks list') _agl_words='--status --limit --offset --json --help' ;;
         'tasks show') _agl_words='--json --help' ;;
-        'tasks cancel') _agl_words='--json --help' ;;
+        'tasks cancel') _agl_words='--queued --json --help' ;;
         'resources') _agl_words='--help' ;;
         'resources push') _agl_words='--id --json --help' ;;
         'resources list') _agl_words='--json --help' ;;

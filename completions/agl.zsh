@@ -17,14 +17,14 @@ _agl_subcommands() {
         'store:Run agentlightning'\''s LightningStore server'
         'prometheus:Run agentlightning'\''s Prometheus metrics server'
         'agentops:Run agentlightning'\''s AgentOps server manager'
-        'tasks:Tasks: list them, show one, cancel one'
+        'tasks:Tasks: list them, show one, cancel them'
         'resources:Resource bundles: publish one, list them, show one'
         'rollouts:Completed rollouts: watch them arrive, list them, show one'
       ) ;;
     'tasks') _agl_items=(
         'list:List tasks in the order they were queued'
         'show:Show one task and where it is in its life'
-        'cancel:Cancel a queued or claimed task: it is not handed out again'
+        'cancel:Cancel queued or claimed tasks, all of them or none: they are not handed out...'
       ) ;;
     'resources') _agl_items=(
         'push:Publish a resource bundle; it becomes the latest'
@@ -114,7 +114,8 @@ _agl_options() {
         '--help:Show this message and exit'
       ) ;;
     'tasks cancel') _agl_items=(
-        '--json:Machine output: the cancelled task as JSON'
+        '--queued:Cancel every task queued now instead; claimed ones run on'
+        '--json:Machine output: each cancelled task as JSON, one per line; with --queued, {"c...'
         '--help:Show this message and exit'
       ) ;;
     'resources') _agl_items=(

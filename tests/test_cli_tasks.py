@@ -49,6 +49,48 @@ def test_cancel_takes_a_task_out_of_the_queue(daemon: Daemon) -> None:
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "cancelled"
 
 
+def test_cancel_takes_several_tasks_at_once_and_json_gives_each_on_a_line(daemon: Daemon) -> None:
+    first, second, kept = daemon.queue(1, 2, 3)
+    result = agl("tasks", "cancel", second, first, "--json", daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    cancelled = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(t["rollout_id"], t["status"]) for t in cancelled] == [
+        (second, "cancelled"),
+        (first, "cancelled"),
+    ]
+    claimed = daemon.claim()
+    assert claimed is not None and claimed["rollout_id"] == kept
+
+
+def test_cancelling_several_tasks_where_one_has_ended_cancels_none(daemon: Daemon) -> None:
+    done, queued = daemon.queue(1, 2)
+    daemon.claim()
+    post_rollout(daemon, done)
+    result = agl("tasks", "cancel", queued, done, daemon=daemon)
+    assert_one_line_error(result, f"Task '{done}' is completed and cannot be cancelled.")
+    assert daemon.api("GET", f"/v1/tasks/{queued}").json()["status"] == "queued"
+
+
+def test_cancel_queued_empties_the_queue_and_claimed_tasks_run_on(daemon: Daemon) -> None:
+    claimed, *_ = daemon.queue(*range(4))
+    daemon.claim()
+    result = agl("tasks", "cancel", "--queued", daemon=daemon)
+    assert (result.returncode, result.stdout.strip()) == (0, "Cancelled 3 queued tasks."), result.stderr
+    assert daemon.claim() is None
+    post_rollout(daemon, claimed)
+    assert daemon.api("GET", f"/v1/tasks/{claimed}").json()["status"] == "completed"
+    again = agl("tasks", "cancel", "--queued", "--json", daemon=daemon)
+    assert json.loads(again.stdout) == {"cancelled": 0}
+
+
+def test_cancel_takes_ids_or_queued_not_both_nor_neither(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue(1)
+    for args in ([], ["--queued", rollout_id]):
+        result = agl("tasks", "cancel", *args, daemon=daemon)
+        assert_one_line_error(result, "Name the tasks to cancel, or give --queued.", code=2)
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
+
+
 def test_cancelling_a_completed_task_is_refused_in_one_line(daemon: Daemon) -> None:
     (rollout_id,) = daemon.queue(1)
     daemon.claim()

@@ -52,6 +52,25 @@ def test_queued_tasks_rollouts_and_resources_survive_kill_9(
     assert reclaimed == {claimed[4]["rollout_id"]: 2, claimed[5]["rollout_id"]: 2}  # type: ignore[index]
 
 
+def test_cancels_survive_kill_9(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    by_id, *queued = daemon.queue(*range(600))  # the queue is cancelled 250 to a write
+    assert daemon.api("POST", "/v1/tasks/cancel", json={"rollout_ids": [by_id]}).status_code == 200
+    assert daemon.api("POST", "/v1/queue/cancel").json() == {"cancelled": len(queued)}
+
+    daemon.kill()
+    daemon.start()
+
+    assert daemon.status()["tasks"] == {
+        "queued": 0,
+        "claimed": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 600,
+    }
+    assert daemon.claim() is None
+
+
 def test_rollouts_answered_while_under_load_all_survive_kill_9(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:

@@ -198,6 +198,43 @@ def test_a_cancelled_task_is_never_handed_out(daemon: Daemon) -> None:
     )
 
 
+def test_tasks_are_cancelled_several_at_once_all_or_none(daemon: Daemon) -> None:
+    done, claimed, kept = daemon.queue("x", "y", "z")
+    daemon.claim(), daemon.claim()
+    daemon.report(done)
+    for ids, status, sentence in (
+        ([claimed, "rollout-nope"], 404, "No task with id 'rollout-nope'."),
+        ([claimed, done], 409, f"Task '{done}' is completed and cannot be cancelled."),
+    ):
+        refused = daemon.api("POST", "/v1/tasks/cancel", json={"rollout_ids": ids})
+        assert (refused.status_code, detail(refused)) == (status, sentence)
+        assert daemon.api("GET", f"/v1/tasks/{claimed}").json()["status"] == "claimed"
+    response = daemon.api("POST", "/v1/tasks/cancel", json={"rollout_ids": [kept, claimed]})
+    assert response.status_code == 200
+    records = schemas.TaskList.model_validate(response.json()).tasks
+    assert [(r.rollout_id, r.status) for r in records] == [(kept, "cancelled"), (claimed, "cancelled")]
+    assert daemon.claim() is None
+
+
+def test_cancelling_the_queue_leaves_claimed_tasks_to_finish(daemon: Daemon) -> None:
+    claimed, *_ = daemon.queue(*range(5))
+    daemon.claim()
+    response = daemon.api("POST", "/v1/queue/cancel")
+    assert response.status_code == 200
+    assert schemas.Cancelled.model_validate(response.json()).cancelled == 4
+    assert daemon.claim() is None
+    assert daemon.status()["tasks"] == {
+        "queued": 0,
+        "claimed": 1,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 4,
+    }
+    daemon.report(claimed, final_reward=1.0)
+    assert daemon.api("GET", f"/v1/tasks/{claimed}").json()["status"] == "completed"
+    assert daemon.api("POST", "/v1/queue/cancel").json() == {"cancelled": 0}
+
+
 def test_a_claimed_task_can_be_cancelled_but_a_completed_one_cannot(daemon: Daemon) -> None:
     [claimed] = daemon.queue("x")
     daemon.claim()
@@ -758,7 +795,8 @@ def test_a_pidfile_naming_a_live_process_that_is_not_agl_is_taken_over(
 
 EXPECTED_OPERATIONS = {
     ("post", "/v1/tasks"), ("get", "/v1/tasks"), ("get", "/v1/tasks/{rollout_id}"),
-    ("post", "/v1/tasks/{rollout_id}/cancel"), ("post", "/v1/batches"),
+    ("post", "/v1/tasks/{rollout_id}/cancel"), ("post", "/v1/tasks/cancel"), ("post", "/v1/queue/cancel"),
+    ("post", "/v1/batches"),
     ("post", "/v1/batches/{batch_id}/tasks"), ("post", "/v1/batches/{batch_id}/commit"),
     ("delete", "/v1/batches/{batch_id}"), ("post", "/v1/resources"), ("get", "/v1/resources"),
     ("get", "/v1/resources/{resources_id}"), ("get", "/v1/rollouts"), ("get", "/v1/rollouts/stream"),
@@ -837,6 +875,8 @@ ODD_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/tasks", {"params": {"status": ""}}),
     ("GET", "/v1/tasks/%00", {}),
     ("POST", "/v1/tasks/%20/cancel", {}),
+    ("POST", "/v1/tasks/cancel", {"json": {"rollout_ids": ["x"] * 10_001}}),
+    ("POST", "/v1/tasks/cancel", {"json": {"rollout_ids": [None]}}),
     ("POST", "/v1/batches/%2e%2e/tasks", {"json": {"tasks": [{}]}}),
     ("POST", "/v1/resources", {"json": {"resources": {"x": 5}}}),
     ("POST", "/v1/resources", {"json": {"resources": {"x": {"resource_type": None}}}}),

@@ -231,6 +231,61 @@ def test_cancel_takes_a_task_out_of_the_queue(store: Store) -> None:
         store.cancel_task("nope")
 
 
+def test_cancelling_several_tasks_is_all_or_nothing(store: Store) -> None:
+    queued, claimed, done = queue(store, 1, 2, 3)
+    store.claim_next(), store.claim_next(), store.claim_next()
+    store.record_rollout(Rollout(rollout_id=done))
+    with pytest.raises(UnknownTaskError, match="No task with id 'nope'"):
+        store.cancel_tasks([queued, "nope"])
+    with pytest.raises(InvalidTransitionError, match=f"'{done}' is completed"):
+        store.cancel_tasks([claimed, done])
+    assert store.counts().tasks[TaskStatus.CANCELLED] == 0
+    records = store.cancel_tasks([claimed, queued, claimed])
+    assert [(r.rollout_id, r.status) for r in records] == [
+        (claimed, TaskStatus.CANCELLED),
+        (queued, TaskStatus.CANCELLED),
+    ]
+    assert [r.status for r in store.list_tasks()] == [TaskStatus.CANCELLED] * 2 + [TaskStatus.COMPLETED]
+
+
+@pytest.mark.usefixtures("small_drain_steps")
+def test_cancelling_the_queue_takes_what_was_queued_and_leaves_the_rest(
+    store: Store, clock: FakeClock
+) -> None:
+    first, timed_out, second = queue(store, "first", "timed out", "second")
+    claimed = store.claim_next()
+    assert claimed is not None and claimed.rollout_id == first
+    store.claim_next()
+    batch_id = store.create_batch()
+    staged = stage(store, batch_id, *range(5))
+    store.commit_batch(batch_id)  # still in `staging`: moved into place two at a time
+    last_place = store.last_queue_place()
+    clock.advance(11)  # past the 10 s task timeout: both claims are handed back, after `last_place`
+    [after] = queue(store, "after")
+    assert store.expire_claims() == 2
+    cancelled = []
+    while count := store.cancel_queued(last_place, 2):
+        cancelled.append(count)
+    assert sum(cancelled) == 6 and max(cancelled) == 2  # at most `limit` a write
+    statuses = {r.rollout_id: r.status for r in store.list_tasks()}
+    assert [statuses[i] for i in (second, *staged)] == [TaskStatus.CANCELLED] * 6
+    assert [statuses[i] for i in (first, timed_out, after)] == [TaskStatus.QUEUED] * 3
+    assert store.counts().tasks[TaskStatus.CANCELLED] == 6 and not store.drain_step()
+
+
+def test_a_task_cancelled_with_the_queue_is_as_one_cancelled_by_id(store: Store, clock: FakeClock) -> None:
+    by_id, _ = queue(store, "same", "same")
+    clock.advance(1)
+    store.cancel_task(by_id)
+    assert store.cancel_queued(store.last_queue_place(), 10) == 1
+    assert isinstance(store, SQLiteStore)
+    names = [column for _, column, *_ in store._read("PRAGMA table_info(tasks)")]
+    rows = [dict(zip(names, row, strict=True)) for row in store._read("SELECT * FROM tasks ORDER BY id")]
+    for row in rows:
+        del row["id"], row["rollout_id"]
+    assert rows[0] == rows[1] and rows[0]["end_time"] == clock.now
+
+
 def test_list_tasks_filters_by_status_in_queue_order(store: Store) -> None:
     ids = queue(store, 1, 2, 3)
     store.claim_next()

@@ -195,9 +195,21 @@ def test_a_wait_returns_as_soon_as_the_last_rollout_finishes(daemon: Daemon) -> 
     assert (finished["rollout_id"], finished["status"]) == (rollout_id, "succeeded")
 
 
-def test_a_wait_returns_as_soon_as_its_rollout_is_cancelled_by_a_person(daemon: Daemon) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/tasks/{}/cancel", None),
+        ("/v1/tasks/cancel", {"rollout_ids": ["{}"]}),
+        ("/v1/queue/cancel", None),
+    ],
+)
+def test_a_wait_returns_as_soon_as_its_rollout_is_cancelled_by_a_person(
+    daemon: Daemon, path: str, body: dict[str, list[str]] | None
+) -> None:
     [queued] = enqueue(daemon, "x")
     rollout_id = queued["rollout_id"]
+    if body is not None:
+        body = {"rollout_ids": [rollout_id]}
     wait = {"rollout_ids": [rollout_id], "timeout": 60}
     with (
         httpx.Client(base_url=daemon.url, timeout=90) as client,
@@ -205,7 +217,7 @@ def test_a_wait_returns_as_soon_as_its_rollout_is_cancelled_by_a_person(daemon: 
     ):
         waiting = pool.submit(client.post, f"{AGL}/waits/rollouts", json=wait)
         wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to begin")
-        assert daemon.api("POST", f"/v1/tasks/{rollout_id}/cancel").status_code == 200
+        assert daemon.api("POST", path.format(rollout_id), json=body).status_code == 200
         [finished] = waiting.result(timeout=10).json()
     assert (finished["rollout_id"], finished["status"]) == (rollout_id, "cancelled")
 

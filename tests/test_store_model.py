@@ -5,10 +5,11 @@ they are random, and a run must draw the same way when hypothesis replays it.
 
 Each run queues, stages and commits batches, claims through both doors, lets time pass
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
-through the store API, cancels, consumes, deletes results past the retention setting and
-reopens the store, on every store; after each step the store must agree with the model:
-task states, attempts, the sequence of results, counts. The clock is fake: nothing
-sleeps. `HYPOTHESIS_PROFILE=long` runs many more.
+through the store API, cancels (several at once, and the whole queue a write at a time),
+consumes, deletes results past the retention setting and reopens the store, on every
+store; after each step the store must agree with the model: task states, attempts, the
+sequence of results, counts. The clock is fake: nothing sleeps.
+`HYPOTHESIS_PROFILE=long` runs many more.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Model:
     consumed: set[str] = field(default_factory=set)
     duplicates: int = 0
     batches: dict[str, list[str]] = field(default_factory=dict)  # open batches: their staged ids
+    # while the queue is being cancelled: the place it began at, and the tasks still to
+    # cancel (queued then, and not handed out since)
+    cancelling: tuple[int, set[str]] | None = None
 
     def expire(self, now: float) -> None:
         """Claims whose deadline has passed go to the back of the queue (earliest first), or
@@ -85,6 +89,8 @@ class Model:
         if not self.queue:
             return None
         rollout_id = self.queue.pop(0)
+        if self.cancelling is not None:
+            self.cancelling[1].discard(rollout_id)  # queued again later, after the place it began at
         task = self.tasks[rollout_id]
         task.status, task.claims, task.deadline = TaskStatus.CLAIMED, task.claims + 1, now + TIMEOUT
         return rollout_id
@@ -239,21 +245,36 @@ class StoreMachine(RuleBasedStateMachine):
             self.store.update_attempt(rollout_id, "latest", {"status": "succeeded"})
 
     @precondition(lambda self: self.model.tasks)
-    @rule(data=st.data())
-    def cancel(self, data: st.DataObject) -> None:
-        rollout_id = data.draw(st.sampled_from(list(self.model.tasks)))
-        task = self.model.tasks[rollout_id]
-        if task.status in (TaskStatus.QUEUED, TaskStatus.CLAIMED):
-            self.store.cancel_task(rollout_id)
-            self.model.end(rollout_id, TaskStatus.CANCELLED)
-        else:
-            with pytest.raises(InvalidTransitionError):
-                self.store.cancel_task(rollout_id)
+    @rule(data=st.data(), stranger=st.booleans())
+    def cancel(self, data: st.DataObject, stranger: bool) -> None:
+        """Cancel one to three tasks (some perhaps twice, or a stranger): all, or none."""
+        known = st.sampled_from(list(self.model.tasks))
+        ids = data.draw(st.lists(known, min_size=1, max_size=3))
+        if stranger:
+            ids.insert(data.draw(st.integers(0, len(ids))), "stranger-3")
+        first_bad = next((rid for rid in ids if rid not in self.model.tasks or self.model.tasks[rid].status not in (TaskStatus.QUEUED, TaskStatus.CLAIMED)), None)  # fmt: skip
+        if first_bad is None:
+            records = self.store.cancel_tasks(ids)
+            assert [r.rollout_id for r in records] == list(dict.fromkeys(ids))
+            for rollout_id in ids:
+                self.model.end(rollout_id, TaskStatus.CANCELLED)
+            return
+        error = UnknownTaskError if first_bad == "stranger-3" else InvalidTransitionError
+        with pytest.raises(error, match=first_bad):
+            self.store.cancel_tasks(ids)
 
-    @rule()
-    def cancel_a_stranger(self) -> None:
-        with pytest.raises(UnknownTaskError):
-            self.store.cancel_task("stranger-3")
+    @rule(limit=st.sampled_from([1, 2, 100]))
+    def cancel_the_queue_a_write_at_a_time(self, limit: int) -> None:
+        """A write of `POST /v1/queue/cancel`, which other steps may come between."""
+        if self.model.cancelling is None:
+            self.model.cancelling = (self.store.last_queue_place(), set(self.model.queue))
+        last_place, to_cancel = self.model.cancelling
+        expected = [rollout_id for rollout_id in self.model.queue if rollout_id in to_cancel][:limit]
+        assert self.store.cancel_queued(last_place, limit) == len(expected)
+        for rollout_id in expected:
+            self.model.end(rollout_id, TaskStatus.CANCELLED)
+        if not expected:
+            self.model.cancelling = None
 
     @precondition(lambda self: self.model.results)
     @rule(data=st.data(), everything=st.booleans())
@@ -281,6 +302,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.close()
         self.store = self.open()
         self.model.batches.clear()
+        self.model.cancelling = None  # the request that was cancelling the queue is gone
 
     # what must hold after every step --------------------------------------------------------------
 

@@ -6,9 +6,10 @@ import typer
 
 from agl_cli.cli import output
 from agl_cli.cli.context import connect
+from agl_cli.cli.errors import ExitCode, fail
 from agl_cli.task_status import TaskStatus
 
-app = typer.Typer(help="Tasks: list them, show one, cancel one.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Tasks: list them, show one, cancel them.", no_args_is_help=True, add_completion=False)
 
 
 @app.command("list")
@@ -56,13 +57,33 @@ def show(
 @app.command()
 def cancel(
     ctx: typer.Context,
-    rollout_id: str = typer.Argument(..., metavar="ID", help="The task's rollout id.", show_default=False),
-    json_output: bool = typer.Option(False, "--json", help="Machine output: the cancelled task as JSON."),
+    rollout_ids: list[str] = typer.Argument(
+        None, metavar="ID", help="The tasks' rollout ids.", show_default=False
+    ),
+    queued: bool = typer.Option(
+        False, "--queued", help="Cancel every task queued now instead; claimed ones run on."
+    ),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help='Machine output: each cancelled task as JSON, one per line; with --queued, {"cancelled": N}.',
+    ),
 ) -> None:
-    """Cancel a queued or claimed task: it is not handed out again."""
+    """Cancel queued or claimed tasks, all of them or none: they are not handed out again."""
+    if queued == bool(rollout_ids):
+        fail("Name the tasks to cancel, or give --queued.", ExitCode.USAGE)
     with connect(ctx) as client:
-        task = client.cancel_task(rollout_id)
-    if json_output:
-        output.print_json(task)
+        if queued:
+            count = client.cancel_queued()
+        else:
+            tasks = client.cancel_tasks(rollout_ids)
+    if queued:
+        if json_output:
+            output.print_json({"cancelled": count})
+        else:
+            output.write_line(f"Cancelled {count} queued task{'' if count == 1 else 's'}.")
+    elif json_output:
+        output.print_json_lines(tasks)
     else:
-        output.write_line(f"Cancelled {task['rollout_id']}.")
+        for task in tasks:
+            output.write_line(f"Cancelled {task['rollout_id']}.")

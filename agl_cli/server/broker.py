@@ -55,6 +55,7 @@ SWEEP_INTERVAL = 1.0
 # that expired claims are still looked for every 1.5 s (`bench/retention.py`: 20,000
 # went in 2.7 s, claims meanwhile at a p99 of 5 ms).
 PRUNE_CHUNK = 100
+CANCEL_CHUNK = 250  # queued tasks cancelled in one write (a claim beside it waits for one)
 PRUNE_SECONDS_PER_SWEEP = 0.5
 WAIT_SLICE = 60.0  # a wait without a limit still looks again this often
 T = TypeVar("T")
@@ -258,11 +259,21 @@ class Broker:
             claims += [(None, self._store.next_deadline())] * (len(waiting) - len(claims))
         return claims
 
-    async def cancel(self, rollout_id: str) -> TaskRecord:
-        """Cancel a task, and wake whoever waits for its rollout to finish."""
-        record = await self._threads.write(lambda: self._store.cancel_task(rollout_id))
+    async def cancel(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        """Cancel tasks (all or none), and wake whoever waits for their rollouts to finish."""
+        records = await self._threads.write(lambda: self._store.cancel_tasks(rollout_ids))
         self._rollouts_changed.notify()
-        return record
+        return records
+
+    async def cancel_queued(self) -> int:
+        """Cancel every task queued now, a chunk to a write, so that claims and reports are
+        made between two; a task queued or handed back meanwhile is left. How many were."""
+        last_place = await self._threads.write(self._store.last_queue_place)
+        cancelled = 0
+        while count := await self._threads.write(lambda: self._store.cancel_queued(last_place, CANCEL_CHUNK)):
+            cancelled += count
+            self._rollouts_changed.notify()
+        return cancelled
 
     async def get_task(self, rollout_id: str) -> TaskRecord | None:
         return await self._threads.read(lambda: self._store.get_task(rollout_id))

@@ -7,6 +7,7 @@ both the Starlette routes and the OpenAPI document are made.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -65,13 +66,32 @@ async def show_task(request: Request) -> Response:
 
 async def cancel_task(request: Request) -> Response:
     """Take a queued or claimed task out of play; a rollout that still comes is kept."""
+    return await _cancel(request, [request.path_params["rollout_id"]], lambda records: task_json(records[0]))
+
+
+async def cancel_tasks(request: Request) -> Response:
+    """`cancel_task` for several at once: all of them, or none."""
+    body = await read_model(request, schemas.CancelRequest)
+    return await _cancel(
+        request, body.rollout_ids, lambda records: {"tasks": [task_json(r) for r in records]}
+    )
+
+
+async def _cancel(
+    request: Request, rollout_ids: list[str], answer: Callable[[list[TaskRecord]], object]
+) -> Response:
     try:
-        record = await broker_of(request).cancel(request.path_params["rollout_id"])
+        records = await broker_of(request).cancel(rollout_ids)
     except UnknownTaskError as exc:
         return error(404, str(exc))
     except InvalidTransitionError as exc:
         return error(409, str(exc))
-    return ORJSONResponse(task_json(record))
+    return ORJSONResponse(answer(records))
+
+
+async def cancel_queued(request: Request) -> Response:
+    """Cancel every task queued when the request came; claimed ones run on."""
+    return ORJSONResponse({"cancelled": await broker_of(request).cancel_queued()})
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -251,6 +271,14 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "POST", "/v1/tasks/{rollout_id}/cancel", cancel_task, "Cancel a task",
         {200: schemas.TaskRecord, **_GONE, 409: None},
+    ),
+    Endpoint(
+        "POST", "/v1/tasks/cancel", cancel_tasks, "Cancel tasks (all or none)",
+        {200: schemas.TaskList, **_GONE, 409: None, **_INVALID}, body=schemas.CancelRequest,
+    ),
+    Endpoint(
+        "POST", "/v1/queue/cancel", cancel_queued, "Cancel every queued task",
+        {200: schemas.Cancelled},
     ),
     Endpoint("POST", "/v1/batches", create_batch, "Open a batch", {201: schemas.BatchCreated}),
     Endpoint(

@@ -34,6 +34,12 @@ class QueueRequest(_Body):
     tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)
 
 
+class CancelRequest(_Body):
+    """Tasks to cancel in one request: all of them, or none if any is unknown or has ended."""
+
+    rollout_ids: list[str] = Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)
+
+
 class PublishRequest(_Body):
     """A resource bundle to publish; naming an existing id publishes a new version of it."""
 
@@ -97,6 +103,10 @@ class Committed(BaseModel):
 
 class Discarded(BaseModel):
     discarded: int
+
+
+class Cancelled(BaseModel):
+    cancelled: int
 
 
 class TaskList(BaseModel):

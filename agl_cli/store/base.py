@@ -491,8 +491,25 @@ class Store(abc.ABC):
         self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
     ) -> list[TaskRecord]: ...
 
+    def cancel_task(self, rollout_id: str) -> TaskRecord:
+        [record] = self.cancel_tasks([rollout_id])
+        return record
+
     @abc.abstractmethod
-    def cancel_task(self, rollout_id: str) -> TaskRecord: ...
+    def cancel_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        """Cancel every one of them (each once, in the order given) or, if any is unknown
+        or has ended, none."""
+
+    @abc.abstractmethod
+    def last_queue_place(self) -> int:
+        """The last place in the queue given out so far: every task queued (or handed
+        back) from now on is queued after it."""
+
+    @abc.abstractmethod
+    def cancel_queued(self, last_place: int, limit: int) -> int:
+        """Cancel up to `limit` of the tasks queued at places up to `last_place`, from the
+        head of the queue (a committed batch's are moved into place first); how many were.
+        None left to cancel once it answers 0."""
 
     # rollouts
     @abc.abstractmethod

@@ -475,16 +475,35 @@ class TaskStore(Database):
             rows = self._read(sql, [*params, limit, offset])
         return [record_from_row(TaskRow._make(values)) for values in rows]
 
-    def cancel_task(self, rollout_id: str) -> TaskRecord:
+    def cancel_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        rows: list[TaskRow] = []
         with self._write() as conn:
-            values = self._task_row(conn, TASK_COLUMNS, rollout_id)
-            if values is None:
-                raise UnknownTaskError(rollout_id)
-            row = TaskRow._make(values)
-            check_cancellable(rollout_id, TaskStatus(row.status))
-            self._set_phase(conn, row, "cancelled", self.clock())
-        record = record_from_row(row)
-        return TaskRecord(record.task, TaskStatus.CANCELLED, None, None, record.duplicates)
+            now = self.clock()
+            for rollout_id in dict.fromkeys(rollout_ids):
+                values = self._task_row(conn, TASK_COLUMNS, rollout_id)
+                if values is None:
+                    raise UnknownTaskError(rollout_id)
+                row = TaskRow._make(values)
+                check_cancellable(rollout_id, TaskStatus(row.status))
+                rows.append(self._set_phase(conn, row, "cancelled", now))
+        return [record_from_row(row) for row in rows]
+
+    def last_queue_place(self) -> int:
+        return self._queue_pos
+
+    def cancel_queued(self, last_place: int, limit: int) -> int:
+        with self._write() as conn:
+            if self._draining and self._draining[0].base_pos < last_place:
+                self._move_staged(conn, self._draining[0], limit)
+            # `_set_phase(row, "cancelled")` for many queued tasks in one statement, four
+            # times as fast (a test holds the two to the same rows)
+            cancelled: int = conn.execute(
+                "UPDATE tasks SET phase = 'cancelled', status = 'cancelled', queue_pos = NULL, end_time = ?1"
+                " WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_queue"
+                " WHERE status = 'queued' AND queue_pos <= ?2 ORDER BY queue_pos LIMIT ?3)",
+                (self.clock(), last_place, limit),
+            ).rowcount
+        return cancelled
 
     # rollouts ----------------------------------------------------------------------------
 
