@@ -72,17 +72,17 @@ def cancel(
     """Cancel queued or claimed tasks, all of them or none: they are not handed out again."""
     if queued == bool(rollout_ids):
         fail("Name the tasks to cancel, or give --queued.", ExitCode.USAGE)
-    with connect(ctx) as client:
-        if queued:
-            count = client.cancel_queued()
-        else:
-            tasks = client.cancel_tasks(rollout_ids)
     if queued:
+        with connect(ctx) as client:
+            count = client.cancel_queued()
         if json_output:
             output.print_json({"cancelled": count})
         else:
             output.write_line(f"Cancelled {count} queued task{'' if count == 1 else 's'}.")
-    elif json_output:
+        return
+    with connect(ctx) as client:
+        tasks = client.cancel_tasks(rollout_ids)
+    if json_output:
         output.print_json_lines(tasks)
     else:
         for task in tasks:
