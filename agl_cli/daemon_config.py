@@ -33,11 +33,14 @@ class DaemonConfig:
     max_db_size: int | None = None  # None: as large as the disk allows
     max_requests: int = 1024  # in flight at once; beyond, 503 with Retry-After
     request_timeout: float = 60.0  # seconds from a request's first byte to its last; 408 beyond
+    allowed_host: tuple[str, ...] = ()  # names a loopback daemon answers besides loopback's (a proxy's)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> DaemonConfig:
         """The configuration from a command's parsed options, taken by field name."""
-        return cls(**{field.name: options[field.name] for field in fields(cls)})
+        values: dict[str, Any] = {field.name: options[field.name] for field in fields(cls)}
+        values["allowed_host"] = tuple(values["allowed_host"])  # the command hands over a list
+        return cls(**values)
 
     def argv(self) -> list[str]:
         """Command-line options of `agl serve` that give back exactly this configuration."""
@@ -47,6 +50,8 @@ class DaemonConfig:
             flag = "--" + field.name.replace("_", "-")
             if isinstance(value, bool):
                 arguments += [flag] if value else []
+            elif isinstance(value, tuple):
+                arguments += [part for item in value for part in (flag, item)]
             elif value is not None:
                 arguments += [flag, repr(value) if isinstance(value, float) else str(value)]
         return arguments

@@ -17,7 +17,7 @@ _agl_subcommands() {
 _agl_options() {
     case $1 in
         '') _agl_words='--url --token --state-dir --version --help' ;;
-        'serve') _agl_words='--host --port --state-dir --memory --task-timeout --max-attempts --rollout-retention --log-level --log-json --no-auth --max-body-size --max-db-size --max-requests --request-timeout --detach -d --help' ;;
+        'serve') _agl_words='--host --port --state-dir --memory --task-timeout --max-attempts --rollout-retention --log-level --log-json --no-auth --max-body-size --max-db-size --max-requests --request-timeout --allowed-host --detach -d --help' ;;
         'stop') _agl_words='--timeout --help' ;;
         'status') _agl_words='--watch -w --json --help' ;;
         'dashboard') _agl_words='--print --no-browser --help' ;;
@@ -43,7 +43,7 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
     case $1:$2 in
-        ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
+        ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
         ':--state-dir'|'serve:--state-dir'|'compact:--state-dir') _agl_value='@directory' ;;
         'queue:--mode') _agl_value='train val test' ;;
         'tasks list:--status') _agl_value='queued claimed completed failed cancelled' ;;

@@ -3,7 +3,7 @@
 
 # Whether option $argv[2] of command $argv[1] ("" is agl itself) takes a value.
 function __agl_takes_value
-    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'stop:--timeout' 'compact:--state-dir' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
+    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'serve:--allowed-host' 'stop:--timeout' 'compact:--state-dir' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
 end
 
 # Whether $argv[1] ("rollouts watch") is a command of agl.
@@ -72,6 +72,7 @@ complete -c agl -n "__agl_at 'serve'" -l max-body-size -x -d 'Largest request bo
 complete -c agl -n "__agl_at 'serve'" -l max-db-size -x -d 'Largest the database may grow, in bytes; beyond it writes are refused (507) a...'
 complete -c agl -n "__agl_at 'serve'" -l max-requests -x -d 'Requests served at once (long polls included); beyond it, 503 with Retry-After'
 complete -c agl -n "__agl_at 'serve'" -l request-timeout -x -d 'Seconds a client may take to send a whole request, from its first byte; 408 b...'
+complete -c agl -n "__agl_at 'serve'" -l allowed-host -x -d 'On loopback, also answer requests addressed to NAME (the public name a proxy...'
 complete -c agl -n "__agl_at 'serve'" -l detach -s d -d 'Start in the background, return once it is ready; its output goes to STATE_DI...'
 complete -c agl -n "__agl_at 'serve'" -l help -d 'Show this message and exit'
 

@@ -65,6 +65,7 @@ _agl_options() {
         '--max-db-size:Largest the database may grow, in bytes; beyond it writes are refused (507) a...'
         '--max-requests:Requests served at once (long polls included); beyond it, 503 with Retry-After'
         '--request-timeout:Seconds a client may take to send a whole request, from its first byte; 408 b...'
+        '--allowed-host:On loopback, also answer requests addressed to NAME (the public name a proxy...'
         '--detach:Start in the background, return once it is ready; its output goes to STATE_DI...'
         '-d:Start in the background, return once it is ready; its output goes to STATE_DI...'
         '--help:Show this message and exit'
@@ -162,7 +163,7 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
   case $1:$2 in
-    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
+    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
     ':--state-dir'|'serve:--state-dir'|'compact:--state-dir') REPLY='@directory' ;;
     'queue:--mode') REPLY='train val test' ;;
     'tasks list:--status') REPLY='queued claimed completed failed cancelled' ;;

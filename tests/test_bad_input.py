@@ -94,8 +94,8 @@ def raw(text: bytes) -> dict[str, Any]:
 
 NOT_JSON = "The body must be JSON (Content-Type: application/json), not '{}'."
 REBOUND = (
-    "This agl daemon listens on loopback and answers only requests addressed to localhost, 127.0.0.1 or [::1],"
-    " not to 'evil.test'."
+    "This agl daemon listens on loopback and answers only requests addressed to localhost, 127.0.0.1 or [::1]"
+    " (or a name given with --allowed-host), not to 'evil.test'."
 )
 CROSS_SITE = "agl does not serve requests a browser sends for another site (Sec-Fetch-Site: cross-site)."
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from daemon import Daemon
+from test_bad_input import REBOUND
 
 from agl_cli.server.legacy import NO_RESOURCES
 
@@ -168,6 +169,28 @@ def test_a_daemon_beyond_loopback_serves_any_name(make_daemon: Callable[..., Dae
         daemon.url.replace("0.0.0.0", "127.0.0.1") + "/health", headers={"Host": "agl.example:8000"}
     )
     assert answer.status_code == 200
+
+
+def test_a_daemon_on_loopback_serves_the_names_it_was_given_for_a_proxy(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A proxy on this machine that passes its public name on as `Host` (nginx with
+    `proxy_set_header Host $host`): workers' everyday requests go the ASGI way for it."""
+    daemon = make_daemon("--allowed-host", "agl.example.com", "--allowed-host", "[2001:db8::1]")
+    [rollout_id] = daemon.queue("x")
+    with httpx.Client(base_url=daemon.url, headers={"Content-Type": "application/json"}) as client:
+        for host in ("agl.example.com", "AGL.Example.com:443", "[2001:db8::1]:8443"):
+            assert client.get("/health", headers={"Host": host}).status_code == 200
+        proxied = {"Host": "agl.example.com"}
+        claimed = client.get("/task", headers=proxied).json()["task"]
+        assert claimed["rollout_id"] == rollout_id
+        report = client.post(
+            "/rollout", headers=proxied, json={"rollout_id": rollout_id, "final_reward": 1.0}
+        )
+        assert report.status_code == 200
+        refused = client.get("/task", headers={"Host": "evil.test"})
+    assert (refused.status_code, refused.json()["detail"]) == (403, REBOUND)
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "completed"
 
 
 # A page of a name its owner has made resolve to 127.0.0.1 (DNS rebinding) shares agl's

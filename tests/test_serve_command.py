@@ -162,6 +162,25 @@ def test_listening_beyond_loopback_without_a_token_is_refused(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (["--allowed-host", "agl.example.com", "--no-auth"],
+         "Refusing to serve a proxy's names without a token: remove --no-auth or --allowed-host."),
+        (["--allowed-host", "agl.example.com:443"],
+         "--allowed-host takes a host name as a Host header gives it, without a port, not 'agl.example.com:443'."),
+        (["--allowed-host", "https://agl.example.com"],
+         "--allowed-host takes a host name as a Host header gives it, without a port, not 'https://agl.example.com'."),
+    ],
+)  # fmt: skip
+def test_names_for_a_proxy_are_refused_without_a_token_or_with_a_port(
+    tmp_path: Path, args: list[str], sentence: str
+) -> None:
+    result = agl("serve", *args, "--port", "0", "--state-dir", str(tmp_path / "s"))
+    assert_one_line_error(result, sentence)
+    assert not (tmp_path / "s" / "agl.db").exists()
+
+
+@pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (["--log-level", "loud"], "Unknown log level 'loud'"),
@@ -257,7 +276,11 @@ def test_every_setting_survives_the_trip_through_detach(tmp_path: Path) -> None:
         "max_body_size": 1234,
         "max_db_size": 10_000_000,
         "max_requests": 64,
+        "rollout_retention": 60.0,
+        "request_timeout": 2.5,
+        "allowed_host": ("agl.example.com", "[2001:db8::1]"),
     }  # a new setting fails this test until it has a value here
+    assert set(unusual) == {field.name for field in dataclasses.fields(DaemonConfig)}
     config = DaemonConfig(**unusual)
     assert [name for name, value in unusual.items() if getattr(DEFAULTS, name) == value] == []
     parsed = _serve_command().make_context("serve", config.argv()).params

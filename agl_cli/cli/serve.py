@@ -64,6 +64,14 @@ def serve(
         min=0.001,
         help="Seconds a client may take to send a whole request, from its first byte; 408 beyond.",
     ),
+    allowed_host: list[str] = typer.Option(
+        DEFAULTS.allowed_host,
+        "--allowed-host",
+        metavar="NAME",
+        help="On loopback, also answer requests addressed to NAME (the public name a proxy on this"
+        " machine passes on as Host); repeatable.",
+        show_default=False,
+    ),
     detach: bool = typer.Option(
         False,
         "--detach",

@@ -42,6 +42,7 @@ class ServerOptions:
     max_requests: int = DEFAULTS.max_requests
     address: str | None = None
     state_dir: str | None = None
+    allowed_hosts: tuple[str, ...] = ()  # `agl serve --allowed-host`
 
 
 class AglApp(Starlette):
@@ -130,7 +131,9 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
     app.limit = InFlightLimit(broker.stats, options.max_requests)
     app.metrics = metrics
     app.guard = browsers.PageGuard(
-        otlp.PATHS, loopback=is_loopback(urlsplit(options.address or "").hostname or "")
+        otlp.PATHS,
+        loopback=is_loopback(urlsplit(options.address or "").hostname or ""),
+        allowed=frozenset(name.lower().encode() for name in options.allowed_hosts),
     )
     app.worker_routes = WorkerRoutes(
         app.serve_rest, broker, metrics, options.max_body_bytes, app.limit, app.guard.loopback

@@ -15,9 +15,10 @@ without touching them:
   cannot send without asking first. A body with no type at all (a page's `fetch` of a
   `Blob`) is refused too;
 - a daemon listening on loopback answers only requests addressed to a loopback name
-  (`localhost`, `127.0.0.1`, `[::1]`). A page whose own name it has made resolve to
-  127.0.0.1 (DNS rebinding) is of the daemon's origin in the browser's eyes, and could
-  read every answer, an LLM's API key included; its requests still name it (`Host`).
+  (`localhost`, `127.0.0.1`, `[::1]`), or to a name it was given (`--allowed-host`: a
+  proxy's). A page whose own name it has made resolve to 127.0.0.1 (DNS rebinding) is
+  of the daemon's origin in the browser's eyes, and could read every answer, an LLM's
+  API key included; its requests still name it (`Host`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ BODILESS = frozenset({"GET", "HEAD"})  # no route of agl's reads a body of these
 class PageGuard:
     not_json: frozenset[str]  # the paths whose bodies are of another type, which their routes check
     loopback: bool  # the daemon listens on a loopback address only
+    allowed: frozenset[bytes] = frozenset()  # other names it answers to then, lower case, no port
 
     def refusal(
         self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]
@@ -55,11 +57,12 @@ class PageGuard:
                 content_type = value
             elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
                 has_body = True
-        if self.loopback and host is not None and not names_loopback(host):
+        if self.loopback and host is not None and not names_loopback(host) and not self.names_allowed(host):
             return error(
                 403,
                 "This agl daemon listens on loopback and answers only requests addressed to"
-                f" localhost, 127.0.0.1 or [::1], not to '{host.decode('latin-1')}'.",
+                f" localhost, 127.0.0.1 or [::1] (or a name given with --allowed-host),"
+                f" not to '{host.decode('latin-1')}'.",
             )
         if site == b"cross-site" and not (
             method in BODILESS and path == DASHBOARD_PAGE and mode == b"navigate"
@@ -79,13 +82,21 @@ class PageGuard:
             return error(415, f"The body must be JSON (Content-Type: application/json), not '{declared}'.")
         return None
 
+    def names_allowed(self, host: bytes) -> bool:
+        return bool(self.allowed) and without_port(host).lower() in self.allowed
+
 
 @functools.lru_cache(maxsize=64)  # a daemon is named a few ways; a worker's request asks each time
 def names_loopback(host: bytes) -> bool:
     """Whether a `Host` header names a loopback address, with or without a port (or the
     unspecified one, which a client on this machine may dial to reach it)."""
-    name = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
+    name = without_port(host)
     return name in _UNSPECIFIED or is_loopback(name.decode("latin-1").lower())
+
+
+def without_port(host: bytes) -> bytes:
+    """The name of a `Host` header (`[::1]:8000` is `[::1]`)."""
+    return host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
 
 
 _UNSPECIFIED = frozenset({b"0.0.0.0", b"[::]"})

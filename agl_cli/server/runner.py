@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import socket
 import stat
@@ -24,6 +25,10 @@ from agl_cli import paths
 from agl_cli.daemon_config import DaemonConfig
 from agl_cli.net import is_loopback
 from agl_cli.server import pidfile
+
+# What `--allowed-host` takes: a name (ASCII; an IDN as its xn-- form) or an address, as a
+# Host header carries it, without the port.
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 class StartupError(Exception):
@@ -96,6 +101,15 @@ def run(config: DaemonConfig) -> None:
     the store closes. The pidfile marks the state directory as taken meanwhile."""
     if config.no_auth and not is_loopback(config.host):
         raise StartupError(f"Refusing to listen on {config.host} without a token: remove --no-auth.")
+    for name in config.allowed_host:
+        if not HOST_NAME.fullmatch(name):
+            raise StartupError(
+                f"--allowed-host takes a host name as a Host header gives it, without a port, not '{name}'."
+            )
+    if config.no_auth and config.allowed_host:
+        raise StartupError(
+            "Refusing to serve a proxy's names without a token: remove --no-auth or --allowed-host."
+        )
     state_dir = prepare_state_dir(config.state_dir or paths.default_state_dir())
     pid_path = state_dir / paths.PIDFILE_NAME
     try:

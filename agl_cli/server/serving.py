@@ -168,6 +168,7 @@ def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
             max_requests=config.max_requests,
             address=address,
             state_dir=str(state_dir),
+            allowed_hosts=config.allowed_host,
         ),
     )
     server = _Server(
