@@ -222,6 +222,28 @@ def test_a_wait_returns_as_soon_as_its_rollout_is_cancelled_by_a_person(
     assert (finished["rollout_id"], finished["status"]) == (rollout_id, "cancelled")
 
 
+def test_a_wait_returns_as_soon_as_a_claim_finds_its_rollout_timed_out(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A claim looks for expired claims before the sweep does: it must wake the waits too."""
+    daemon = make_daemon("--task-timeout", "1", "--max-attempts", "1")
+    [rollout_id] = daemon.queue("x")
+    assert daemon.claim() is not None
+    wait = {"rollout_ids": [rollout_id], "timeout": 60}
+    with (
+        httpx.Client(base_url=daemon.url, timeout=90) as client,
+        httpx.Client(base_url=daemon.url, timeout=90) as poller,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        waiting = pool.submit(client.post, f"{AGL}/waits/rollouts", json=wait)
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to begin")
+        # a long poll claims again the moment the claim runs out, a second before the sweep may
+        polling = pool.submit(poller.get, "/task", params={"wait": 5})
+        [finished] = waiting.result(timeout=10).json()
+        assert polling.result(timeout=10).json() == {"is_available": False, "task": None}
+    assert (finished["rollout_id"], finished["status"]) == (rollout_id, "failed")
+
+
 def test_everything_the_store_api_answered_survives_kill_9(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from starlette.requests import Request
 
@@ -105,6 +105,15 @@ class Stats:
     turned_away: int = 0  # answered 503 because `in_flight` was at the limit
 
 
+class ClaimMade(NamedTuple):
+    """What the writer made of a claim: the claim (None if the queue was empty), when a
+    claim may next run out (if it was), and whether it found claims run out meanwhile."""
+
+    claim: Claim | None
+    next_expiry: float | None
+    ran_out: bool
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What `agl status` shows of the store, read together."""
@@ -193,8 +202,7 @@ class Broker:
                 continue  # no write can be made (the writer has said why)
             with failure_logged("expiring claims"):  # keep sweeping: the next sweep retries
                 if await self._threads.write(self._store.expire_claims):
-                    self._tasks_changed.notify()
-                    self._rollouts_changed.notify()  # an attempt that ran out may have failed its rollout
+                    self._claims_ran_out()
             if self.rollout_retention is not None:
                 with failure_logged("deleting old rollouts"):
                     await self._prune()
@@ -226,38 +234,54 @@ class Broker:
         deadline = time.monotonic() + wait
         while True:
             changed = self._tasks_changed.watch()
-            claim, next_expiry = await self.claim_soon()
+            made = await self.claim_soon()
+            claim = self.claimed(made)
             if claim is not None:
-                return self.claimed(claim)
+                return claim
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.closing:
                 return None
-            if next_expiry is not None:
-                remaining = min(remaining, max(next_expiry - self._store.clock(), 0.0) + 0.001)
+            if made.next_expiry is not None:
+                remaining = min(remaining, max(made.next_expiry - self._store.clock(), 0.0) + 0.001)
             await wait_for(changed, remaining)
 
-    def claim_soon(self) -> asyncio.Future[tuple[Claim | None, float | None]]:
-        """A claim of the next task, without waiting for one: the claim (None if the
-        queue was empty) and when a claim may next expire. Pass a claim to `claimed`."""
+    def claim_soon(self) -> asyncio.Future[ClaimMade]:
+        """A claim of the next task, without waiting for one. Pass what it made to `claimed`."""
         return self._threads.write_batched(self._claims, None)
 
-    def claimed(self, claim: Claim) -> Claim:
-        """Count a claim that `claim_soon` made."""
+    def claimed(self, made: ClaimMade) -> Claim | None:
+        """Count a claim that `claim_soon` made (None if the queue was empty), and wake the
+        waits if it found claims run out."""
+        if made.ran_out:
+            self._claims_ran_out()
+        claim = made.claim
+        if claim is None:
+            return None
         self.stats.claims += 1
         self.stats.claim_rate.add()
         if claim.num_claims > 1:
             self.stats.reclaims += 1
         return claim
 
-    def _claims_or_next_deadline(self, waiting: list[None]) -> list[tuple[Claim | None, float | None]]:
+    def _claims_or_next_deadline(self, waiting: list[None]) -> list[ClaimMade]:
         """A claim for each of a group's claimers, or, once the queue runs dry, when a
         claim may next expire (for the rest to wait until)."""
-        claims: list[tuple[Claim | None, float | None]] = [
-            (claim, None) for claim in self._store.claim_many(len(waiting))
-        ]
-        if len(claims) < len(waiting):
-            claims += [(None, self._store.next_deadline())] * (len(waiting) - len(claims))
-        return claims
+        claims, ran_out = self._watching_expiry(lambda: self._store.claim_many(len(waiting)))
+        made = [ClaimMade(claim, None, ran_out) for claim in claims]
+        if len(made) < len(waiting):
+            made += [ClaimMade(None, self._store.next_deadline(), ran_out)] * (len(waiting) - len(made))
+        return made
+
+    def _watching_expiry(self, claim: Callable[[], T]) -> tuple[T, bool]:
+        """Make a claim (on the writer thread), and say whether it found claims run out:
+        the sweep will not find those any more, so its caller must wake the waits, once
+        the claim is committed."""
+        before = self._store.expirations
+        return claim(), self._store.expirations != before
+
+    def _claims_ran_out(self) -> None:
+        self._tasks_changed.notify()
+        self._rollouts_changed.notify()  # an attempt that ran out may have failed its rollout
 
     async def cancel(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Cancel tasks (all or none), and wake whoever waits for their rollouts to finish."""
@@ -372,7 +396,11 @@ class Broker:
         return await self._threads.write(lambda: self._store.start_rollout(request))
 
     async def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[dict[str, object]]:
-        handed = await self._threads.write(lambda: self._store.dequeue_rollouts(limit, worker_id))
+        handed, ran_out = await self._threads.write(
+            lambda: self._watching_expiry(lambda: self._store.dequeue_rollouts(limit, worker_id))
+        )
+        if ran_out:
+            self._claims_ran_out()
         for _ in handed:
             self.stats.claims += 1
             self.stats.claim_rate.add()

@@ -31,7 +31,7 @@ from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.models import GenericResponse, ResourcesUpdate, Rollout, TaskIfAny
-from agl_cli.server.broker import Broker
+from agl_cli.server.broker import Broker, ClaimMade
 from agl_cli.server.browsers import names_loopback
 from agl_cli.server.limits import InFlightLimit, declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
@@ -101,9 +101,8 @@ class WorkerRoutes:
     def _claim(self, body: bytes, respond: Respond) -> None:
         self._serve(CLAIM_PATH, "GET", respond, lambda: (self.broker.claim_soon(), self._claimed))
 
-    def _claimed(self, result: tuple[Claim | None, float | None]) -> Answer:
-        claim, _ = result
-        return _claim_answer(None if claim is None else self.broker.claimed(claim))
+    def _claimed(self, made: ClaimMade) -> Answer:
+        return _claim_answer(self.broker.claimed(made))
 
     def _report(self, body: bytes, respond: Respond) -> None:
         def start() -> tuple[asyncio.Future[ReportOutcome], Callable[[ReportOutcome], Answer]]:

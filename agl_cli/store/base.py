@@ -392,6 +392,9 @@ class Store(abc.ABC):
         self.max_claims = max_claims
         self.rollout_retention = rollout_retention
         self.clock = clock
+        # Claims found run out so far, by any write (a claim looks before the sweep does):
+        # a change says that tasks went back to the queue or rollouts ended.
+        self.expirations = 0
 
     def transaction(self, isolate_writes: bool = True, sync: bool = True) -> AbstractContextManager[Commit]:
         """Make every write inside one commit (and one sync, if any write needs one).

@@ -442,6 +442,7 @@ class TaskStore(Database):
                 conn, row, attempt, {"status": verdict(config, attempt.start_time, now)}, now
             )
         self._earliest_deadline = self.next_deadline() or float("inf")
+        self.expirations += len(expired)
         return len(expired)
 
     def next_deadline(self) -> float | None:
