@@ -200,7 +200,8 @@ def test_a_cancelled_task_is_never_handed_out(daemon: Daemon) -> None:
 
 def test_tasks_are_cancelled_several_at_once_all_or_none(daemon: Daemon) -> None:
     done, claimed, kept = daemon.queue("x", "y", "z")
-    daemon.claim(), daemon.claim()
+    for _ in range(2):
+        daemon.claim()
     daemon.report(done)
     for ids, status, sentence in (
         ([claimed, "rollout-nope"], 404, "No task with id 'rollout-nope'."),

@@ -233,7 +233,8 @@ def test_cancel_takes_a_task_out_of_the_queue(store: Store) -> None:
 
 def test_cancelling_several_tasks_is_all_or_nothing(store: Store) -> None:
     queued, claimed, done = queue(store, 1, 2, 3)
-    store.claim_next(), store.claim_next(), store.claim_next()
+    for _ in range(3):
+        store.claim_next()
     store.record_rollout(Rollout(rollout_id=done))
     with pytest.raises(UnknownTaskError, match="No task with id 'nope'"):
         store.cancel_tasks([queued, "nope"])

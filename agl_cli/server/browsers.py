@@ -61,7 +61,7 @@ class PageGuard:
             return error(
                 403,
                 "This agl daemon listens on loopback and answers only requests addressed to"
-                f" localhost, 127.0.0.1 or [::1] (or a name given with --allowed-host),"
+                " localhost, 127.0.0.1 or [::1] (or a name given with --allowed-host),"
                 f" not to '{host.decode('latin-1')}'.",
             )
         if site == b"cross-site" and not (
