@@ -62,7 +62,7 @@ class _Rollout(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 MIRRORS: dict[type[Any], type[msgspec.Struct]] = {Task: _Task, Triplet: _Triplet, Rollout: _Rollout}
 # Bytes from which a report is read the lean way: pydantic's way is quicker for less.
 LEAN_FROM = 1024
-_DECODER = msgspec.json.Decoder(_Rollout)
+_DECODER: msgspec.json.Decoder[_Rollout] = msgspec.json.Decoder(_Rollout)
 _ENCODER = msgspec.json.Encoder()
 # A scanned part's digits as 0, exponents as e and brackets as [, for the checks below.
 _NUMBERS = bytes.maketrans(b"0123456789E{", b"0000000000e[")

@@ -42,11 +42,20 @@ def legacy_config(task_timeout: float, max_claims: int | None) -> RolloutConfig:
     )
 
 
+# An attempt in these states gives its rollout the same one.
+_CARRIED: dict[AttemptStatus, RolloutStatus] = {
+    "preparing": "preparing",
+    "running": "running",
+    "succeeded": "succeeded",
+}
+
+
 def rollout_status_after(status: AttemptStatus, sequence_id: int, config: RolloutConfig) -> RolloutStatus:
     """What the latest attempt's status makes of its rollout: a failure is tried again
     while the config allows it, else the rollout has failed."""
-    if status in ("preparing", "running", "succeeded"):
-        return status
+    carried = _CARRIED.get(status)
+    if carried is not None:
+        return carried
     if status in config.retry_condition and sequence_id < config.max_attempts:
         return "requeuing"
     return "failed"
