@@ -111,8 +111,9 @@ SEND_WHAT_A_PAGE_MAY = """async (agl) => {
 
 
 def refused_so_far(daemon: Daemon) -> float:
-    """403s on agl's routes. Not on unknown paths: some Chromiums also ask the page's own
-    server, which the daemon is after rebinding, for its icon, outside the page."""
+    """403s on agl's routes. Not on unknown paths: driven by Playwright before 1.50,
+    Chromium also asks the page's own server (the daemon, after rebinding) for its icon,
+    outside the page."""
     text = httpx.get(daemon.url + "/metrics").text
     return sum(
         float(line.rsplit(" ", 1)[1])
