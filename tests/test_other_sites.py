@@ -180,7 +180,7 @@ def test_a_daemon_on_loopback_serves_the_names_it_was_given_for_a_proxy(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     """A proxy on this machine that passes its public name on as `Host` (nginx with
-    `proxy_set_header Host $host`): workers' everyday requests go the ASGI way for it."""
+    `proxy_set_header Host $host`)."""
     daemon = make_daemon("--allowed-host", "agl.example.com", "--allowed-host", "[2001:db8::1]")
     [rollout_id] = daemon.queue("x")
     with httpx.Client(base_url=daemon.url, headers={"Content-Type": "application/json"}) as client:

@@ -136,7 +136,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         allowed=frozenset(name.lower().encode() for name in options.allowed_hosts),
     )
     app.worker_routes = WorkerRoutes(
-        app.serve_rest, broker, metrics, options.max_body_bytes, app.limit, app.guard.loopback
+        app.serve_rest, broker, metrics, options.max_body_bytes, app.limit, app.guard.serves_host
     )
     app.state.broker = broker
     app.state.metrics = metrics

@@ -11,9 +11,9 @@ without touching them:
 - a request the browser marks as sent for another site (`Sec-Fetch-Site: cross-site`)
   is refused with 403, but for opening the dashboard from a link;
 - a body that is not declared as JSON is refused with 415, as 0.3.0's server refuses it
-  on a current FastAPI (with a 422), but on the routes that take another type (OTLP's protobuf), which a page
-  cannot send without asking first. A body with no type at all (a page's `fetch` of a
-  `Blob`) is refused too;
+  on a current FastAPI (with a 422), but on the routes that take another type (OTLP's
+  protobuf), which a page cannot send without asking first. A body with no type at all
+  (a page's `fetch` of a `Blob`) is refused too;
 - a daemon listening on loopback answers only requests addressed to a loopback name
   (`localhost`, `127.0.0.1`, `[::1]`), or to a name it was given (`--allowed-host`: a
   proxy's). A page whose own name it has made resolve to 127.0.0.1 (DNS rebinding) is
@@ -57,7 +57,7 @@ class PageGuard:
                 content_type = value
             elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
                 has_body = True
-        if self.loopback and host is not None and not names_loopback(host) and not self.names_allowed(host):
+        if host is not None and not self.serves_host(host):
             return error(
                 403,
                 "This agl daemon listens on loopback and answers only requests addressed to"
@@ -82,8 +82,14 @@ class PageGuard:
             return error(415, f"The body must be JSON (Content-Type: application/json), not '{declared}'.")
         return None
 
-    def names_allowed(self, host: bytes) -> bool:
-        return bool(self.allowed) and without_port(host).lower() in self.allowed
+    def serves_host(self, host: bytes) -> bool:
+        """Whether a request addressed to `host` (a `Host` header) is served: any name
+        beyond loopback; on loopback, a loopback name or one the daemon was given."""
+        return (
+            not self.loopback
+            or names_loopback(host)
+            or (bool(self.allowed) and without_port(host).lower() in self.allowed)
+        )
 
 
 @functools.lru_cache(maxsize=64)  # a daemon is named a few ways; a worker's request asks each time

@@ -32,7 +32,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.models import GenericResponse, ResourcesUpdate, Rollout, TaskIfAny
 from agl_cli.server.broker import Broker, ClaimMade
-from agl_cli.server.browsers import names_loopback
 from agl_cli.server.limits import InFlightLimit, declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
 from agl_cli.server.openapi import Endpoint, Param
@@ -74,12 +73,12 @@ class WorkerRoutes:
         metrics: Metrics,
         max_body_bytes: int,
         limit: InFlightLimit,
-        loopback: bool = False,
+        serves_host: Callable[[bytes], bool] = lambda host: True,
     ) -> None:
-        """`loopback`: the daemon listens on loopback only, and a request that names another
-        host is for the ASGI way to judge (see `browsers`)."""
+        """`serves_host`: whether a request addressed to a host is served (`browsers`); one
+        that is not is for the ASGI way to refuse."""
         self.app = app
-        self.loopback = loopback
+        self.serves_host = serves_host
         self.broker = broker
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
@@ -91,7 +90,7 @@ class WorkerRoutes:
         """How to answer this request directly, once its body is in: for `GET /task`
         without a body, and `POST /rollout` with one of declared length within the limit.
         None for anything else, which goes the ASGI way."""
-        length = _plain_length(headers, self.loopback)
+        length = _plain_length(headers, self.serves_host)
         if url == _CLAIM_URL:
             return self._claim if method == b"GET" and length == 0 else None
         if url == _REPORT_URL and method == b"POST" and length is not None and length <= self.max_body_bytes:
@@ -268,12 +267,12 @@ def _method_not_allowed(allowed: str) -> ORJSONResponse:
 _NOT_PLAIN = frozenset({b"transfer-encoding", b"sec-fetch-site"})
 
 
-def _plain_length(headers: Headers, loopback: bool) -> int | None:
+def _plain_length(headers: Headers, serves_host: Callable[[bytes], bool]) -> int | None:
     """The body's length as its headers give it (0 without one), or None where the
     request is not plainly a worker's: a chunked body, a length that is not a number, a
     body typed other than `application/json` to the letter (or not typed), a browser's
-    request, or one naming a host that is not loopback to a daemon on loopback. Those go
-    the ASGI way, which judges them (see `browsers`)."""
+    request, or one addressed to a host the daemon does not serve. Those go the ASGI
+    way, which judges them (see `browsers`)."""
     length = 0
     typed = False
     for name, value in headers:
@@ -285,7 +284,7 @@ def _plain_length(headers: Headers, loopback: bool) -> int | None:
             if value != b"application/json":
                 return None
             typed = True
-        elif name in _NOT_PLAIN or (name == b"host" and loopback and not names_loopback(value)):
+        elif name in _NOT_PLAIN or (name == b"host" and not serves_host(value)):
             return None
     return length if typed or length == 0 else None
 
