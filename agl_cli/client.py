@@ -239,6 +239,16 @@ class AglClient:
         """Cancel every task queued now (claimed ones run on); a million takes a while."""
         return cast(int, self._call("POST", "/v1/queue/cancel", timeout=timeout)["cancelled"])
 
+    def retry_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        """Queue failed or cancelled tasks again, or none if any is unknown or has not
+        ended so; each keeps its claims, so its attempt limit leaves it at least one more."""
+        body = orjson.dumps({"rollout_ids": list(rollout_ids)})
+        return cast(list[TaskRecord], self._call("POST", "/v1/tasks/retry", content=body)["tasks"])
+
+    def retry_failed(self, timeout: float = 600.0) -> int:
+        """Queue every failed task again, oldest first; how many were."""
+        return cast(int, self._call("POST", "/v1/tasks/retry-failed", timeout=timeout)["retried"])
+
     # resources --------------------------------------------------------------------------
 
     def push_resources(

@@ -6,7 +6,7 @@
 _agl_subcommands() {
     case $1 in
         '') _agl_words='serve stop status dashboard compact queue vllm store prometheus agentops tasks resources rollouts' ;;
-        'tasks') _agl_words='list show cancel' ;;
+        'tasks') _agl_words='list show cancel retry' ;;
         'resources') _agl_words='push list show' ;;
         'rollouts') _agl_words='watch list show' ;;
         *) _agl_words='' ;;
@@ -27,6 +27,7 @@ _agl_options() {
         'tasks list') _agl_words='--status --limit --offset --json --help' ;;
         'tasks show') _agl_words='--json --help' ;;
         'tasks cancel') _agl_words='--queued --json --help' ;;
+        'tasks retry') _agl_words='--failed --json --help' ;;
         'resources') _agl_words='--help' ;;
         'resources push') _agl_words='--id --json --help' ;;
         'resources list') _agl_words='--json --help' ;;
@@ -56,7 +57,7 @@ _agl_option_value() {
 _agl_argument_value() {
     case $1 in
         'queue'|'vllm'|'store'|'prometheus'|'agentops'|'resources push') _agl_value='@file' ;;
-        'tasks show'|'tasks cancel'|'rollouts show') _agl_value='@text' ;;
+        'tasks show'|'tasks cancel'|'tasks retry'|'rollouts show') _agl_value='@text' ;;
         'resources show') _agl_value='latest' ;;
         *) _agl_value='' ;;
     esac

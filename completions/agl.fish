@@ -8,7 +8,7 @@ end
 
 # Whether $argv[1] ("rollouts watch") is a command of agl.
 function __agl_is_command
-    contains -- $argv[1] 'serve' 'stop' 'status' 'dashboard' 'compact' 'queue' 'vllm' 'store' 'prometheus' 'agentops' 'tasks' 'tasks list' 'tasks show' 'tasks cancel' 'resources' 'resources push' 'resources list' 'resources show' 'rollouts' 'rollouts watch' 'rollouts list' 'rollouts show'
+    contains -- $argv[1] 'serve' 'stop' 'status' 'dashboard' 'compact' 'queue' 'vllm' 'store' 'prometheus' 'agentops' 'tasks' 'tasks list' 'tasks show' 'tasks cancel' 'tasks retry' 'resources' 'resources push' 'resources list' 'resources show' 'rollouts' 'rollouts watch' 'rollouts list' 'rollouts show'
 end
 
 # The command the words before the cursor are in: "", "rollouts", "rollouts watch".
@@ -49,7 +49,7 @@ complete -c agl -n "__agl_at ''" -a 'vllm' -d 'Run agentlightning\'s vLLM wrappe
 complete -c agl -n "__agl_at ''" -a 'store' -d 'Run agentlightning\'s LightningStore server'
 complete -c agl -n "__agl_at ''" -a 'prometheus' -d 'Run agentlightning\'s Prometheus metrics server'
 complete -c agl -n "__agl_at ''" -a 'agentops' -d 'Run agentlightning\'s AgentOps server manager'
-complete -c agl -n "__agl_at ''" -a 'tasks' -d 'Tasks: list them, show one, cancel them'
+complete -c agl -n "__agl_at ''" -a 'tasks' -d 'Tasks: list them, show one, cancel or retry them'
 complete -c agl -n "__agl_at ''" -a 'resources' -d 'Resource bundles: publish one, list them, show one'
 complete -c agl -n "__agl_at ''" -a 'rollouts' -d 'Completed rollouts: watch them arrive, list them, show one'
 complete -c agl -n "__agl_at ''" -l url -x -d 'The daemon\'s address (default: STATE_DIR/address, else http://127.0.0.1:8000)'
@@ -111,6 +111,7 @@ complete -c agl -n "__agl_at 'agentops'" -F
 complete -c agl -n "__agl_at 'tasks'" -a 'list' -d 'List tasks in the order they were queued'
 complete -c agl -n "__agl_at 'tasks'" -a 'show' -d 'Show one task and where it is in its life'
 complete -c agl -n "__agl_at 'tasks'" -a 'cancel' -d 'Cancel queued or claimed tasks, all of them or none: they are not handed out...'
+complete -c agl -n "__agl_at 'tasks'" -a 'retry' -d 'Queue failed or cancelled tasks again, at the back of the queue, all of them...'
 complete -c agl -n "__agl_at 'tasks'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'tasks list'" -l status -x -a 'queued claimed completed failed cancelled' -d 'Only tasks in this state'
@@ -125,6 +126,10 @@ complete -c agl -n "__agl_at 'tasks show'" -l help -d 'Show this message and exi
 complete -c agl -n "__agl_at 'tasks cancel'" -l queued -d 'Cancel every task queued now instead; claimed ones run on'
 complete -c agl -n "__agl_at 'tasks cancel'" -l json -d 'Machine output: each cancelled task as JSON, one per line; with --queued, {"c...'
 complete -c agl -n "__agl_at 'tasks cancel'" -l help -d 'Show this message and exit'
+
+complete -c agl -n "__agl_at 'tasks retry'" -l failed -d 'Retry every failed task instead'
+complete -c agl -n "__agl_at 'tasks retry'" -l json -d 'Machine output: each retried task as JSON, one per line; with --failed, {"ret...'
+complete -c agl -n "__agl_at 'tasks retry'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'resources'" -a 'push' -d 'Publish a resource bundle; it becomes the latest'
 complete -c agl -n "__agl_at 'resources'" -a 'list' -d 'List published bundles, oldest first; the latest is marked'

@@ -17,7 +17,7 @@ _agl_subcommands() {
         'store:Run agentlightning'\''s LightningStore server'
         'prometheus:Run agentlightning'\''s Prometheus metrics server'
         'agentops:Run agentlightning'\''s AgentOps server manager'
-        'tasks:Tasks: list them, show one, cancel them'
+        'tasks:Tasks: list them, show one, cancel or retry them'
         'resources:Resource bundles: publish one, list them, show one'
         'rollouts:Completed rollouts: watch them arrive, list them, show one'
       ) ;;
@@ -25,6 +25,7 @@ _agl_subcommands() {
         'list:List tasks in the order they were queued'
         'show:Show one task and where it is in its life'
         'cancel:Cancel queued or claimed tasks, all of them or none: they are not handed out...'
+        'retry:Queue failed or cancelled tasks again, at the back of the queue, all of them...'
       ) ;;
     'resources') _agl_items=(
         'push:Publish a resource bundle; it becomes the latest'
@@ -119,6 +120,11 @@ _agl_options() {
         '--json:Machine output: each cancelled task as JSON, one per line; with --queued, {"c...'
         '--help:Show this message and exit'
       ) ;;
+    'tasks retry') _agl_items=(
+        '--failed:Retry every failed task instead'
+        '--json:Machine output: each retried task as JSON, one per line; with --failed, {"ret...'
+        '--help:Show this message and exit'
+      ) ;;
     'resources') _agl_items=(
         '--help:Show this message and exit'
       ) ;;
@@ -176,7 +182,7 @@ _agl_option_value() {
 _agl_argument_value() {
   case $1 in
     'queue'|'vllm'|'store'|'prometheus'|'agentops'|'resources push') REPLY='@file' ;;
-    'tasks show'|'tasks cancel'|'rollouts show') REPLY='@text' ;;
+    'tasks show'|'tasks cancel'|'tasks retry'|'rollouts show') REPLY='@text' ;;
     'resources show') REPLY='latest' ;;
     *) REPLY='' ;;
   esac

@@ -1,4 +1,4 @@
-"""`agl tasks`: list, show and cancel tasks."""
+"""`agl tasks`: list, show, cancel and retry tasks."""
 
 from __future__ import annotations
 
@@ -106,3 +106,61 @@ def test_an_unknown_task_id_is_one_line(daemon: Daemon) -> None:
     assert_one_line_error(
         agl("tasks", "cancel", "rollout-nope", daemon=daemon), "No task with id 'rollout-nope'."
     )
+
+
+def fail_latest_attempt(daemon: Daemon, rollout_id: str) -> None:
+    """End a claimed task's attempt as failed, as a store-API runner does."""
+    daemon.post(
+        f"/v1/agl/rollouts/{rollout_id}/attempts/latest", json={"status": "failed"}
+    ).raise_for_status()
+
+
+def test_retry_queues_failed_and_cancelled_tasks_again_at_the_back(daemon: Daemon) -> None:
+    failed, cancelled, waiting = daemon.queue(1, 2, 3)
+    daemon.claim()
+    fail_latest_attempt(daemon, failed)
+    agl("tasks", "cancel", cancelled, daemon=daemon)
+    result = agl("tasks", "retry", failed, cancelled, daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"Retried {failed}.", f"Retried {cancelled}."]
+    claims = [daemon.claim() for _ in range(3)]
+    assert [(c["rollout_id"], c["num_claims"]) for c in claims if c] == [
+        (waiting, 1),
+        (failed, 2),
+        (cancelled, 1),
+    ]
+
+
+def test_retrying_several_tasks_where_one_has_not_ended_retries_none(daemon: Daemon) -> None:
+    cancelled, queued = daemon.queue(1, 2)
+    agl("tasks", "cancel", cancelled, daemon=daemon)
+    result = agl("tasks", "retry", cancelled, queued, "--json", daemon=daemon)
+    assert_one_line_error(
+        result, f"Task '{queued}' is queued and cannot be retried: only failed or cancelled tasks can."
+    )
+    assert daemon.api("GET", f"/v1/tasks/{cancelled}").json()["status"] == "cancelled"
+    unknown = agl("tasks", "retry", "rollout-nope", daemon=daemon)
+    assert_one_line_error(unknown, "No task with id 'rollout-nope'.")
+
+
+def test_retry_failed_queues_every_failed_task_and_leaves_cancelled_ones(daemon: Daemon) -> None:
+    first, second, cancelled = daemon.queue(1, 2, 3)
+    for rollout_id in (first, second):
+        daemon.claim()
+        fail_latest_attempt(daemon, rollout_id)
+    agl("tasks", "cancel", cancelled, daemon=daemon)
+    result = agl("tasks", "retry", "--failed", daemon=daemon)
+    assert (result.returncode, result.stdout.strip()) == (0, "Retried 2 failed tasks."), result.stderr
+    queued = json.loads(agl("tasks", "list", "--status", "queued", "--json", daemon=daemon).stdout)
+    assert [t["rollout_id"] for t in queued] == [first, second]
+    again = agl("tasks", "retry", "--failed", "--json", daemon=daemon)
+    assert json.loads(again.stdout) == {"retried": 0}
+
+
+def test_retry_takes_ids_or_failed_not_both_nor_neither(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue(1)
+    agl("tasks", "cancel", rollout_id, daemon=daemon)
+    for args in ([], ["--failed", rollout_id]):
+        result = agl("tasks", "retry", *args, daemon=daemon)
+        assert_one_line_error(result, "Name the tasks to retry, or give --failed.", code=2)
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "cancelled"

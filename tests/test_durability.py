@@ -71,6 +71,19 @@ def test_cancels_survive_kill_9(make_daemon: Callable[..., Daemon], tmp_path: Pa
     assert daemon.claim() is None
 
 
+def test_retries_survive_kill_9(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    ids = daemon.queue(*range(300))
+    assert daemon.api("POST", "/v1/queue/cancel").json() == {"cancelled": 300}
+    assert daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": ids}).status_code == 200
+
+    daemon.kill()
+    daemon.start()
+
+    assert daemon.status()["tasks"]["queued"] == 300
+    assert [daemon.claim()["rollout_id"] for _ in range(3)] == ids[:3]  # type: ignore[index]
+
+
 def test_rollouts_answered_while_under_load_all_survive_kill_9(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:

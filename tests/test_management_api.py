@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -234,6 +235,56 @@ def test_cancelling_the_queue_leaves_claimed_tasks_to_finish(daemon: Daemon) -> 
     daemon.report(claimed, final_reward=1.0)
     assert daemon.api("GET", f"/v1/tasks/{claimed}").json()["status"] == "completed"
     assert daemon.api("POST", "/v1/queue/cancel").json() == {"cancelled": 0}
+
+
+def fail_claims(daemon: Daemon, count: int) -> list[str]:
+    """Queue `count` tasks, claim them through the store API and fail every attempt."""
+    ids = daemon.queue(*range(count))
+    daemon.post("/v1/agl/queues/rollouts/dequeue", json={"limit": count}).raise_for_status()
+    with httpx.Client(base_url=daemon.url, timeout=30) as client:
+        for rollout_id in ids:
+            failed = client.post(f"/v1/agl/rollouts/{rollout_id}/attempts/latest", json={"status": "failed"})
+            failed.raise_for_status()
+    return ids
+
+
+def test_tasks_are_retried_several_at_once_all_or_none(daemon: Daemon) -> None:
+    [failed] = fail_claims(daemon, 1)
+    cancelled, queued = daemon.queue("x", "y")
+    daemon.api("POST", f"/v1/tasks/{cancelled}/cancel").raise_for_status()
+    for ids, status, sentence in (
+        ([failed, "rollout-nope"], 404, "No task with id 'rollout-nope'."),
+        ([failed, queued], 409, f"Task '{queued}' is queued and cannot be retried: only failed or cancelled tasks can."),
+    ):  # fmt: skip
+        refused = daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": ids})
+        assert (refused.status_code, detail(refused)) == (status, sentence)
+        assert daemon.api("GET", f"/v1/tasks/{failed}").json()["status"] == "failed"
+    response = daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": [cancelled, failed]})
+    assert response.status_code == 200
+    records = schemas.TaskList.model_validate(response.json()).tasks
+    assert [(r.rollout_id, r.status) for r in records] == [(cancelled, "queued"), (failed, "queued")]
+    assert [daemon.claim()["rollout_id"] for _ in range(3)] == [queued, cancelled, failed]  # type: ignore[index]
+
+
+def test_retrying_every_failed_task_takes_them_all_in_queue_order(daemon: Daemon) -> None:
+    ids = fail_claims(daemon, 150)  # more than one write's worth
+    response = daemon.api("POST", "/v1/tasks/retry-failed")
+    assert response.status_code == 200
+    assert schemas.Retried.model_validate(response.json()).retried == 150
+    assert daemon.status()["tasks"]["queued"] == 150
+    assert [daemon.claim()["rollout_id"] for _ in range(3)] == ids[:3]  # type: ignore[index]
+    assert daemon.api("POST", "/v1/tasks/retry-failed").json() == {"retried": 0}
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks/retry", "/v1/tasks/retry-failed"])
+def test_a_retry_wakes_a_waiting_worker(daemon: Daemon, path: str) -> None:
+    [rollout_id] = fail_claims(daemon, 1)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(daemon.get, "/task", params={"wait": 20})
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the worker to wait")
+        assert daemon.api("POST", path, json={"rollout_ids": [rollout_id]}).status_code == 200
+        task = polling.result(timeout=10).json()["task"]
+    assert (task["rollout_id"], task["num_claims"]) == (rollout_id, 2)
 
 
 def test_a_claimed_task_can_be_cancelled_but_a_completed_one_cannot(daemon: Daemon) -> None:
@@ -797,6 +848,7 @@ def test_a_pidfile_naming_a_live_process_that_is_not_agl_is_taken_over(
 EXPECTED_OPERATIONS = {
     ("post", "/v1/tasks"), ("get", "/v1/tasks"), ("get", "/v1/tasks/{rollout_id}"),
     ("post", "/v1/tasks/{rollout_id}/cancel"), ("post", "/v1/tasks/cancel"), ("post", "/v1/queue/cancel"),
+    ("post", "/v1/tasks/retry"), ("post", "/v1/tasks/retry-failed"),
     ("post", "/v1/batches"),
     ("post", "/v1/batches/{batch_id}/tasks"), ("post", "/v1/batches/{batch_id}/commit"),
     ("delete", "/v1/batches/{batch_id}"), ("post", "/v1/resources"), ("get", "/v1/resources"),

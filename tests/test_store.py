@@ -287,6 +287,86 @@ def test_a_task_cancelled_with_the_queue_is_as_one_cancelled_by_id(store: Store,
     assert rows[0] == rows[1] and rows[0]["end_time"] == clock.now
 
 
+def test_retrying_queues_failed_and_cancelled_tasks_again_at_the_back_all_or_none(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(max_claims=1)
+    failed, cancelled, queued, done = queue(store, "failed", "cancelled", "queued", "done")
+    store.claim_next()
+    clock.advance(11)  # past the timeout: its one claim ran out
+    store.cancel_task(cancelled)
+    assert store.claim_next().rollout_id == queued  # type: ignore[union-attr]
+    store.record_rollout(Rollout(rollout_id=queued))
+    assert store.claim_next().rollout_id == done  # type: ignore[union-attr]
+    [queued] = queue(store, "queued")
+    with pytest.raises(UnknownTaskError, match="No task with id 'nope'"):
+        store.retry_tasks([failed, "nope"])
+    with pytest.raises(InvalidTransitionError, match=f"'{queued}' is queued and cannot be retried"):
+        store.retry_tasks([cancelled, queued])
+    with pytest.raises(InvalidTransitionError, match=f"'{done}' is claimed and cannot be retried"):
+        store.retry_tasks([done])
+    assert store.counts().tasks[TaskStatus.QUEUED] == 1
+    records = store.retry_tasks([cancelled, failed, cancelled])
+    assert [(r.rollout_id, r.status) for r in records] == [
+        (cancelled, TaskStatus.QUEUED),
+        (failed, TaskStatus.QUEUED),
+    ]
+    claims = [store.claim_next() for _ in range(3)]
+    assert [(c.rollout_id, c.num_claims) for c in claims if c] == [(queued, 1), (cancelled, 1), (failed, 2)]
+
+
+def test_a_retried_task_keeps_its_claims_so_its_limit_leaves_it_at_least_one(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(max_claims=2)
+    [used_up] = queue(store, "used up")
+    for _ in range(2):
+        store.claim_next()
+        clock.advance(11)
+    [used_once] = queue(store, "used once")
+    store.claim_next()  # finds used_up's second claim ran out, and makes used_once's first
+    store.cancel_task(used_once)
+    store.retry_tasks([used_up, used_once])
+    for rollout_id, claims in ((used_up, 3), (used_once, 2)):
+        claim = store.claim_next()
+        assert claim is not None and (claim.rollout_id, claim.num_claims) == (rollout_id, claims)
+    clock.advance(11)
+    assert store.expire_claims() == 2
+    assert [r.status for r in store.list_tasks()] == [TaskStatus.FAILED] * 2
+
+
+def test_a_retried_rollout_waits_in_the_queue_as_the_store_api_tells_it(store: Store) -> None:
+    tried, untried = queue(store, "tried", "untried")
+    store.claim_next()
+    store.update_attempt(tried, "latest", {"status": "failed"})
+    store.cancel_task(untried)
+    store.retry_tasks([tried, untried])
+    statuses = [store.get_rollout_shape(rollout_id)["status"] for rollout_id in (tried, untried)]  # type: ignore[index]
+    assert statuses == ["requeuing", "queuing"]
+
+
+def test_retrying_every_failed_task_goes_a_write_at_a_time_in_queue_order(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(max_claims=1)
+    ids = queue(store, *range(6))
+    for _ in ids:
+        store.claim_next()
+    store.cancel_task(ids[2])
+    clock.advance(11)
+    assert store.expire_claims() == 5
+    counts, after = [], 0
+    while True:
+        count, after = store.retry_failed(after, 2)
+        if not count:
+            break
+        counts.append(count)
+    assert counts == [2, 2, 1]  # at most `limit` a write
+    claims = [store.claim_next() for _ in range(6)]
+    assert [c.rollout_id for c in claims if c] == [ids[i] for i in (0, 1, 3, 4, 5)]
+    assert store.get_task(ids[2]).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+
+
 def test_list_tasks_filters_by_status_in_queue_order(store: Store) -> None:
     ids = queue(store, 1, 2, 3)
     store.claim_next()

@@ -5,8 +5,9 @@ itself), its refusals, and its durability: what was answered survives `kill -9`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gzip
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,20 +180,33 @@ def test_a_null_where_0_3_0_refuses_one_is_a_400(daemon: Daemon) -> None:
     assert response.status_code == 400
 
 
-def test_a_wait_returns_as_soon_as_the_last_rollout_finishes(daemon: Daemon) -> None:
-    [queued] = enqueue(daemon, "x")
-    handed = dequeue(daemon)
-    rollout_id = queued["rollout_id"]
-    attempt = f"{AGL}/rollouts/{rollout_id}/attempts/{handed['attempt']['attempt_id']}"
-    wait = {"rollout_ids": [rollout_id], "timeout": 20}
+@contextlib.contextmanager
+def waiting_for(daemon: Daemon, rollout_id: str) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """A `POST /waits/rollouts` for one rollout, under way (the daemon holds it) when the
+    block begins; what it yields gives the wait's answer, which must come within 10 s."""
+    wait = {"rollout_ids": [rollout_id], "timeout": 60}
     with (
-        httpx.Client(base_url=daemon.url, timeout=30) as client,
+        httpx.Client(base_url=daemon.url, timeout=90) as client,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):
         waiting = pool.submit(client.post, f"{AGL}/waits/rollouts", json=wait)
-        assert daemon.post(attempt, json={"status": "succeeded"}).status_code == 200
-        [finished] = waiting.result(timeout=10).json()
-    assert (finished["rollout_id"], finished["status"]) == (rollout_id, "succeeded")
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to begin")
+        yield lambda: list(waiting.result(timeout=10).json())
+
+
+def end_attempt(daemon: Daemon, handed: dict[str, Any], status: str) -> None:
+    """End the attempt a dequeue handed out."""
+    path = f"{AGL}/rollouts/{handed['rollout_id']}/attempts/{handed['attempt']['attempt_id']}"
+    daemon.post(path, json={"status": status}).raise_for_status()
+
+
+def test_a_wait_returns_as_soon_as_the_last_rollout_finishes(daemon: Daemon) -> None:
+    [queued] = enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    with waiting_for(daemon, queued["rollout_id"]) as answer:
+        end_attempt(daemon, handed, "succeeded")
+        [finished] = answer()
+    assert (finished["rollout_id"], finished["status"]) == (queued["rollout_id"], "succeeded")
 
 
 @pytest.mark.parametrize(
@@ -205,16 +219,24 @@ def test_a_wait_returns_as_soon_as_its_rollout_is_cancelled_by_a_person(
     [queued] = enqueue(daemon, "x")
     rollout_id = queued["rollout_id"]
     body = {"rollout_ids": [rollout_id]} if in_the_body else None
-    wait = {"rollout_ids": [rollout_id], "timeout": 60}
-    with (
-        httpx.Client(base_url=daemon.url, timeout=90) as client,
-        concurrent.futures.ThreadPoolExecutor(1) as pool,
-    ):
-        waiting = pool.submit(client.post, f"{AGL}/waits/rollouts", json=wait)
-        wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to begin")
+    with waiting_for(daemon, rollout_id) as answer:
         assert daemon.api("POST", path.format(rollout_id), json=body).status_code == 200
-        [finished] = waiting.result(timeout=10).json()
+        [finished] = answer()
     assert (finished["rollout_id"], finished["status"]) == (rollout_id, "cancelled")
+
+
+def test_a_wait_for_a_retried_rollout_waits_for_its_new_end(daemon: Daemon) -> None:
+    [queued] = enqueue(daemon, "x")
+    rollout_id = queued["rollout_id"]
+    end_attempt(daemon, dequeue(daemon), "failed")
+    daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": [rollout_id]}).raise_for_status()
+    assert daemon.get(f"{AGL}/rollouts/{rollout_id}").json()["status"] == "requeuing"
+    with waiting_for(daemon, rollout_id) as answer:
+        handed = dequeue(daemon)
+        assert handed["attempt"]["sequence_id"] == 2
+        end_attempt(daemon, handed, "succeeded")
+        [finished] = answer()
+    assert (finished["rollout_id"], finished["status"]) == (rollout_id, "succeeded")
 
 
 def test_a_wait_returns_as_soon_as_a_claim_finds_its_rollout_timed_out(
@@ -224,17 +246,14 @@ def test_a_wait_returns_as_soon_as_a_claim_finds_its_rollout_timed_out(
     daemon = make_daemon("--task-timeout", "1", "--max-attempts", "1")
     [rollout_id] = daemon.queue("x")
     assert daemon.claim() is not None
-    wait = {"rollout_ids": [rollout_id], "timeout": 60}
     with (
-        httpx.Client(base_url=daemon.url, timeout=90) as client,
+        waiting_for(daemon, rollout_id) as answer,
         httpx.Client(base_url=daemon.url, timeout=90) as poller,
-        concurrent.futures.ThreadPoolExecutor(2) as pool,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):
-        waiting = pool.submit(client.post, f"{AGL}/waits/rollouts", json=wait)
-        wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to begin")
         # a long poll claims again the moment the claim runs out, a second before the sweep may
         polling = pool.submit(poller.get, "/task", params={"wait": 5})
-        [finished] = waiting.result(timeout=10).json()
+        [finished] = answer()
         assert polling.result(timeout=10).json() == {"is_available": False, "task": None}
     assert (finished["rollout_id"], finished["status"]) == (rollout_id, "failed")
 

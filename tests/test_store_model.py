@@ -6,7 +6,7 @@ they are random, and a run must draw the same way when hypothesis replays it.
 Each run queues, stages and commits batches, claims through both doors, lets time pass
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
 through the store API, cancels (several at once, and the whole queue a write at a time),
-consumes, deletes results past the retention setting and reopens the store, on every
+retries (several at once, and every failed task a write at a time), consumes, deletes results past the retention setting and reopens the store, on every
 store; after each step the store must agree with the model: task states, attempts, the
 sequence of results, counts. The clock is fake: nothing sleeps.
 `HYPOTHESIS_PROFILE=long` runs many more.
@@ -68,6 +68,9 @@ class Model:
     # while the queue is being cancelled: the place it began at, and the tasks still to
     # cancel (queued then, and not handed out since)
     cancelling: tuple[int, set[str]] | None = None
+    # while every failed task is being retried: where the store's last write stopped, as
+    # the store and as this model count (a place in `tasks`)
+    retrying: tuple[int, int] | None = None
 
     def expire(self, now: float) -> None:
         """Claims whose deadline has passed go to the back of the queue (earliest first), or
@@ -94,6 +97,13 @@ class Model:
         task = self.tasks[rollout_id]
         task.status, task.claims, task.deadline = TaskStatus.CLAIMED, task.claims + 1, now + TIMEOUT
         return rollout_id
+
+    def retry(self, rollout_id: str) -> None:
+        """Back to the end of the queue, with the claims it had."""
+        self.tasks[rollout_id].status = TaskStatus.QUEUED
+        self.queue.append(rollout_id)
+        if self.cancelling is not None:
+            self.cancelling[1].discard(rollout_id)  # queued again later, after the place it began at
 
     def result(self, rollout_id: str, now: float) -> None:
         self.results.append(rollout_id)
@@ -263,6 +273,39 @@ class StoreMachine(RuleBasedStateMachine):
         with pytest.raises(error, match=first_bad):
             self.store.cancel_tasks(ids)
 
+    @precondition(lambda self: self.model.tasks)
+    @rule(data=st.data(), stranger=st.booleans())
+    def retry(self, data: st.DataObject, stranger: bool) -> None:
+        """Retry one to three tasks (some perhaps twice, or a stranger): all, or none."""
+        known = st.sampled_from(list(self.model.tasks))
+        ids = data.draw(st.lists(known, min_size=1, max_size=3))
+        if stranger:
+            ids.insert(data.draw(st.integers(0, len(ids))), "stranger-3")
+        first_bad = next((rid for rid in ids if rid not in self.model.tasks or self.model.tasks[rid].status not in (TaskStatus.FAILED, TaskStatus.CANCELLED)), None)  # fmt: skip
+        if first_bad is None:
+            records = self.store.retry_tasks(ids)
+            assert [r.rollout_id for r in records] == list(dict.fromkeys(ids))
+            for rollout_id in dict.fromkeys(ids):
+                self.model.retry(rollout_id)
+            return
+        error = UnknownTaskError if first_bad == "stranger-3" else InvalidTransitionError
+        with pytest.raises(error, match=first_bad):
+            self.store.retry_tasks(ids)
+
+    @rule(limit=st.sampled_from([1, 2, 100]))
+    def retry_the_failed_a_write_at_a_time(self, limit: int) -> None:
+        """A write of `POST /v1/tasks/retry-failed`, which other steps may come between."""
+        after, place = self.model.retrying or (0, -1)
+        ids = list(self.model.tasks)
+        expected = [
+            i for i, rid in enumerate(ids) if i > place and self.model.tasks[rid].status is TaskStatus.FAILED
+        ][:limit]
+        count, last = self.store.retry_failed(after, limit)
+        assert count == len(expected)
+        for i in expected:
+            self.model.retry(ids[i])
+        self.model.retrying = (last, expected[-1]) if expected else None
+
     @rule(limit=st.sampled_from([1, 2, 100]))
     def cancel_the_queue_a_write_at_a_time(self, limit: int) -> None:
         """A write of `POST /v1/queue/cancel`, which other steps may come between."""
@@ -303,6 +346,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = self.open()
         self.model.batches.clear()
         self.model.cancelling = None  # the request that was cancelling the queue is gone
+        self.model.retrying = None  # as is one retrying the failed tasks
 
     # what must hold after every step --------------------------------------------------------------
 

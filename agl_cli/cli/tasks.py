@@ -1,6 +1,9 @@
-"""`agl tasks`: list, inspect and cancel queued tasks."""
+"""`agl tasks`: list, inspect, cancel and retry tasks."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import typer
 
@@ -9,7 +12,12 @@ from agl_cli.cli.context import connect
 from agl_cli.cli.errors import ExitCode, fail
 from agl_cli.task_status import TaskStatus
 
-app = typer.Typer(help="Tasks: list them, show one, cancel them.", no_args_is_help=True, add_completion=False)
+if TYPE_CHECKING:
+    from agl_cli.client import AglClient, TaskRecord
+
+app = typer.Typer(
+    help="Tasks: list them, show one, cancel or retry them.", no_args_is_help=True, add_completion=False
+)
 
 
 @app.command("list")
@@ -54,12 +62,54 @@ def show(
         output.show_record(task)
 
 
+class _Change(NamedTuple):
+    """What `agl tasks cancel` and `agl tasks retry` do, named tasks or every one of a kind."""
+
+    verb: str
+    done: str  # the verb as it reads once done: what is printed, and the key of the count
+    flag: str  # the option that takes every task of `kind`
+    kind: str
+    of_ids: Callable[[AglClient, list[str]], list[TaskRecord]]
+    of_every: Callable[[AglClient], int]
+
+
+def _change(
+    ctx: typer.Context, change: _Change, rollout_ids: list[str], every: bool, json_output: bool
+) -> None:
+    if every == bool(rollout_ids):
+        fail(f"Name the tasks to {change.verb}, or give {change.flag}.", ExitCode.USAGE)
+    if every:
+        with connect(ctx) as client:
+            count = change.of_every(client)
+        if json_output:
+            output.print_json({change.done.lower(): count})
+        else:
+            output.write_line(f"{change.done} {count} {change.kind} task{'' if count == 1 else 's'}.")
+        return
+    with connect(ctx) as client:
+        tasks = change.of_ids(client, rollout_ids)
+    if json_output:
+        output.print_json_lines(tasks)
+    else:
+        for task in tasks:
+            output.write_line(f"{change.done} {task['rollout_id']}.")
+
+
+_IDS_HELP = "The tasks' rollout ids."
+_CANCEL = _Change(
+    "cancel", "Cancelled", "--queued", "queued",
+    lambda client, ids: client.cancel_tasks(ids), lambda client: client.cancel_queued(),
+)  # fmt: skip
+_RETRY = _Change(
+    "retry", "Retried", "--failed", "failed",
+    lambda client, ids: client.retry_tasks(ids), lambda client: client.retry_failed(),
+)  # fmt: skip
+
+
 @app.command()
 def cancel(
     ctx: typer.Context,
-    rollout_ids: list[str] = typer.Argument(
-        None, metavar="ID", help="The tasks' rollout ids.", show_default=False
-    ),
+    rollout_ids: list[str] = typer.Argument(None, metavar="ID", help=_IDS_HELP, show_default=False),
     queued: bool = typer.Option(
         False, "--queued", help="Cancel every task queued now instead; claimed ones run on."
     ),
@@ -70,20 +120,20 @@ def cancel(
     ),
 ) -> None:
     """Cancel queued or claimed tasks, all of them or none: they are not handed out again."""
-    if queued == bool(rollout_ids):
-        fail("Name the tasks to cancel, or give --queued.", ExitCode.USAGE)
-    if queued:
-        with connect(ctx) as client:
-            count = client.cancel_queued()
-        if json_output:
-            output.print_json({"cancelled": count})
-        else:
-            output.write_line(f"Cancelled {count} queued task{'' if count == 1 else 's'}.")
-        return
-    with connect(ctx) as client:
-        tasks = client.cancel_tasks(rollout_ids)
-    if json_output:
-        output.print_json_lines(tasks)
-    else:
-        for task in tasks:
-            output.write_line(f"Cancelled {task['rollout_id']}.")
+    _change(ctx, _CANCEL, rollout_ids, queued, json_output)
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    rollout_ids: list[str] = typer.Argument(None, metavar="ID", help=_IDS_HELP, show_default=False),
+    failed: bool = typer.Option(False, "--failed", help="Retry every failed task instead."),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help='Machine output: each retried task as JSON, one per line; with --failed, {"retried": N}.',
+    ),
+) -> None:
+    """Queue failed or cancelled tasks again, at the back of the queue, all of them or
+    none. Each keeps its claims, so its attempt limit gives it what it had left, and at least one."""
+    _change(ctx, _RETRY, rollout_ids, failed, json_output)

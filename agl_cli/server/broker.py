@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from starlette.requests import Request
@@ -56,6 +57,7 @@ SWEEP_INTERVAL = 1.0
 # went in 2.7 s, claims meanwhile at a p99 of 5 ms).
 PRUNE_CHUNK = 100
 CANCEL_CHUNK = 250  # queued tasks cancelled in one write (a claim beside it waits for one)
+RETRY_CHUNK = 100  # failed tasks queued again in one write: an UPDATE each, so fewer than CANCEL_CHUNK
 PRUNE_SECONDS_PER_SWEEP = 0.5
 WAIT_SLICE = 60.0  # a wait without a limit still looks again this often
 T = TypeVar("T")
@@ -298,6 +300,23 @@ class Broker:
             cancelled += count
             self._rollouts_changed.notify()
         return cancelled
+
+    async def retry(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        """Queue failed or cancelled tasks again (all or none), for waiting workers to claim."""
+        retried = self._threads.write(lambda: self._store.retry_tasks(rollout_ids))
+        self._tasks_changed.notify()  # as for `queue_tasks`
+        return await retried
+
+    async def retry_failed(self) -> int:
+        """Queue every failed task again, a chunk to a write, oldest first; how many were.
+        One that fails again meanwhile is not retried twice: each write starts after the last."""
+        retried, after = 0, 0
+        while True:
+            count, after = await self._threads.write(partial(self._store.retry_failed, after, RETRY_CHUNK))
+            if not count:
+                return retried
+            retried += count
+            self._tasks_changed.notify()
 
     async def get_task(self, rollout_id: str) -> TaskRecord | None:
         return await self._threads.read(lambda: self._store.get_task(rollout_id))

@@ -7,7 +7,7 @@ both the Starlette routes and the OpenAPI document are made.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -66,22 +66,33 @@ async def show_task(request: Request) -> Response:
 
 async def cancel_task(request: Request) -> Response:
     """Take a queued or claimed task out of play; a rollout that still comes is kept."""
-    return await _cancel(request, [request.path_params["rollout_id"]], lambda records: task_json(records[0]))
+    rollout_ids = [request.path_params["rollout_id"]]
+    return await _change(broker_of(request).cancel, rollout_ids, lambda records: task_json(records[0]))
 
 
 async def cancel_tasks(request: Request) -> Response:
     """`cancel_task` for several at once: all of them, or none."""
-    body = await read_model(request, schemas.CancelRequest)
-    return await _cancel(
-        request, body.rollout_ids, lambda records: {"tasks": [task_json(r) for r in records]}
-    )
+    body = await read_model(request, schemas.TaskIds)
+    return await _change(broker_of(request).cancel, body.rollout_ids, _task_list)
 
 
-async def _cancel(
-    request: Request, rollout_ids: list[str], answer: Callable[[list[TaskRecord]], object]
+async def retry_tasks(request: Request) -> Response:
+    """Queue failed or cancelled tasks again, at the back of the queue: all of them, or none."""
+    body = await read_model(request, schemas.TaskIds)
+    return await _change(broker_of(request).retry, body.rollout_ids, _task_list)
+
+
+def _task_list(records: list[TaskRecord]) -> object:
+    return {"tasks": [task_json(record) for record in records]}
+
+
+async def _change(
+    change: Callable[[list[str]], Awaitable[list[TaskRecord]]],
+    rollout_ids: list[str],
+    answer: Callable[[list[TaskRecord]], object],
 ) -> Response:
     try:
-        records = await broker_of(request).cancel(rollout_ids)
+        records = await change(rollout_ids)
     except UnknownTaskError as exc:
         return error(404, str(exc))
     except InvalidTransitionError as exc:
@@ -92,6 +103,11 @@ async def _cancel(
 async def cancel_queued(request: Request) -> Response:
     """Cancel every task queued when the request came; claimed ones run on."""
     return ORJSONResponse({"cancelled": await broker_of(request).cancel_queued()})
+
+
+async def retry_failed(request: Request) -> Response:
+    """Queue every failed task again, oldest first."""
+    return ORJSONResponse({"retried": await broker_of(request).retry_failed()})
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -274,11 +290,19 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "POST", "/v1/tasks/cancel", cancel_tasks, "Cancel tasks (all or none)",
-        {200: schemas.TaskList, **_GONE, 409: None, **_INVALID}, body=schemas.CancelRequest,
+        {200: schemas.TaskList, **_GONE, 409: None, **_INVALID}, body=schemas.TaskIds,
     ),
     Endpoint(
         "POST", "/v1/queue/cancel", cancel_queued, "Cancel every queued task",
         {200: schemas.Cancelled},
+    ),
+    Endpoint(
+        "POST", "/v1/tasks/retry", retry_tasks, "Retry failed or cancelled tasks (all or none)",
+        {200: schemas.TaskList, **_GONE, 409: None, **_INVALID}, body=schemas.TaskIds,
+    ),
+    Endpoint(
+        "POST", "/v1/tasks/retry-failed", retry_failed, "Retry every failed task",
+        {200: schemas.Retried},
     ),
     Endpoint("POST", "/v1/batches", create_batch, "Open a batch", {201: schemas.BatchCreated}),
     Endpoint(

@@ -34,8 +34,8 @@ class QueueRequest(_Body):
     tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)
 
 
-class CancelRequest(_Body):
-    """Tasks to cancel in one request: all of them, or none if any is unknown or has ended."""
+class TaskIds(_Body):
+    """Tasks to cancel, or to retry, in one request: all of them, or none if any cannot be."""
 
     rollout_ids: list[str] = Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)
 
@@ -107,6 +107,10 @@ class Discarded(BaseModel):
 
 class Cancelled(BaseModel):
     cancelled: int
+
+
+class Retried(BaseModel):
+    retried: int
 
 
 class TaskList(BaseModel):

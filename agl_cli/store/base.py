@@ -279,11 +279,19 @@ def outcome_of_report(status: TaskStatus | None) -> ReportOutcome:
 
 
 CANCELLABLE = frozenset({TaskStatus.QUEUED, TaskStatus.CLAIMED})
+RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})  # ended without a result
 
 
 def check_cancellable(rollout_id: str, status: TaskStatus) -> None:
     if status not in CANCELLABLE:
         raise InvalidTransitionError(f"Task '{rollout_id}' is {status.value} and cannot be cancelled.")
+
+
+def check_retryable(rollout_id: str, status: TaskStatus) -> None:
+    if status not in RETRYABLE:
+        raise InvalidTransitionError(
+            f"Task '{rollout_id}' is {status.value} and cannot be retried: only failed or cancelled tasks can."
+        )
 
 
 def new_rollout_id() -> str:
@@ -502,6 +510,18 @@ class Store(abc.ABC):
     def cancel_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Cancel every one of them (each once, in the order given) or, if any is unknown
         or has ended, none."""
+
+    @abc.abstractmethod
+    def retry_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        """Queue every one of them again, at the end of the queue (each once, in the order
+        given), or, if any is unknown or did not end without a result, none. A task keeps
+        its claims and attempts: it gets what its attempt limit leaves, and at least one."""
+
+    @abc.abstractmethod
+    def retry_failed(self, after: int, limit: int) -> tuple[int, int]:
+        """`retry_tasks` for up to `limit` failed tasks, those after the task `after` (0:
+        from the first) in the order they were queued: how many were, and the last one's
+        place in that order (`after` once none are left)."""
 
     @abc.abstractmethod
     def last_queue_place(self) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,6 +43,7 @@ from agl_cli.store.base import (
     UnknownTaskError,
     check_cancellable,
     check_resources_id,
+    check_retryable,
     new_attempt_id,
     new_batch_id,
     new_resources_id,
@@ -477,6 +478,19 @@ class TaskStore(Database):
         return [record_from_row(TaskRow._make(values)) for values in rows]
 
     def cancel_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        return self._move_each(rollout_ids, check_cancellable, lambda row: "cancelled")
+
+    def retry_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        return self._move_each(rollout_ids, check_retryable, _queued_again)
+
+    def _move_each(
+        self,
+        rollout_ids: Sequence[str],
+        check: Callable[[str, TaskStatus], None],
+        phase_of: Callable[[TaskRow], RolloutStatus],
+    ) -> list[TaskRecord]:
+        """Move each task named (once) to the phase `phase_of` gives it, in one write
+        that `check` undoes if it refuses any of them."""
         rows: list[TaskRow] = []
         with self._write() as conn:
             now = self.clock()
@@ -485,9 +499,22 @@ class TaskStore(Database):
                 if values is None:
                     raise UnknownTaskError(rollout_id)
                 row = TaskRow._make(values)
-                check_cancellable(rollout_id, TaskStatus(row.status))
-                rows.append(self._set_phase(conn, row, "cancelled", now))
+                check(rollout_id, TaskStatus(row.status))
+                rows.append(self._set_phase(conn, row, phase_of(row), now))
         return [record_from_row(row) for row in rows]
+
+    def retry_failed(self, after: int, limit: int) -> tuple[int, int]:
+        with self._write() as conn:
+            now = self.clock()
+            failed = conn.execute(
+                f"SELECT id, {TASK_COLUMNS} FROM tasks INDEXED BY tasks_status"
+                " WHERE status = 'failed' AND id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            for _, *values in failed:
+                row = TaskRow._make(values)
+                self._set_phase(conn, row, _queued_again(row), now)
+        return len(failed), failed[-1][0] if failed else after
 
     def last_queue_place(self) -> int:
         return self._queue_pos
@@ -921,6 +948,11 @@ class TaskStore(Database):
     def _next_pos(self) -> int:
         self._queue_pos += 1
         return self._queue_pos
+
+
+def _queued_again(row: TaskRow) -> RolloutStatus:
+    """A retried task waits in the queue as one never tried, or as one tried before."""
+    return "requeuing" if row.num_claims else "queuing"
 
 
 class _Drain(NamedTuple):
