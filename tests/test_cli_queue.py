@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_runner import Worker, agl, assert_one_line_error, write
-from daemon import Daemon
+from cli_runner import Worker, agl, assert_one_line_error, popen_agl, post_rollout, write
+from daemon import Daemon, wait_until
 
 
 def tasks_of(daemon: Daemon) -> list[dict[str, object]]:
@@ -202,3 +202,23 @@ def test_wait_gives_up_at_the_timeout_with_exit_5(daemon: Daemon, tmp_path: Path
     assert result.returncode == 5, result.stderr
     assert "agl: 0 of 2 rollouts arrived before the timeout of 0.5 s." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_wait_counts_tasks_that_ended_without_a_rollout_and_exits_1(daemon: Daemon, tmp_path: Path) -> None:
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n{"input": 2}\n')
+    waiting = popen_agl("queue", file, "--wait", "--timeout", "60", daemon=daemon)
+    try:
+        wait_until(lambda: queued_count(daemon) == 2, "the tasks to be queued")
+        cancelled, reported = (t["rollout_id"] for t in daemon.api("GET", "/v1/tasks").json()["tasks"])
+        daemon.api("POST", f"/v1/tasks/{cancelled}/cancel").raise_for_status()
+        daemon.claim()
+        post_rollout(daemon, reported)
+        stdout, stderr = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 1, stderr
+    assert stdout.strip().endswith("1 of 2 rollouts; mean reward: no mode 0.500 (n=1).")
+    assert (
+        stderr.strip()
+        == "agl: 1 task ended without a rollout (1 cancelled); agl tasks retry queues it again."
+    )

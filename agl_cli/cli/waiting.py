@@ -126,7 +126,10 @@ def report(
         for status in outcome.ended.values():
             counts[status] = counts.get(status, 0) + 1
         what = " and ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        fail(f"{len(outcome.ended)} tasks ended without a rollout ({what}).")
+        tasks, them = ("task", "it") if len(outcome.ended) == 1 else ("tasks", "them")
+        fail(
+            f"{len(outcome.ended)} {tasks} ended without a rollout ({what}); agl tasks retry queues {them} again."
+        )
 
 
 def _summary(arrived: int, total: int, rewards: dict[str, list[float]]) -> str:
