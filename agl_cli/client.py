@@ -107,6 +107,7 @@ class Status(TypedDict, total=False):
     resources: int
     last_seq: int
     latest_resources_id: str | None
+    paused: bool
     rates: Rates
 
 
@@ -238,6 +239,14 @@ class AglClient:
     def cancel_queued(self, timeout: float = 600.0) -> int:
         """Cancel every task queued now (claimed ones run on); a million takes a while."""
         return cast(int, self._call("POST", "/v1/queue/cancel", timeout=timeout)["cancelled"])
+
+    def pause(self) -> bool:
+        """Pause the queue: workers get no tasks until `resume`. True (it is paused)."""
+        return cast(bool, self._call("POST", "/v1/queue/pause")["paused"])
+
+    def resume(self) -> bool:
+        """Resume the queue, and the workers waiting for tasks get them. False (not paused)."""
+        return cast(bool, self._call("POST", "/v1/queue/resume")["paused"])
 
     def retry_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Queue failed or cancelled tasks again, or none if any is unknown or has not

@@ -5,7 +5,7 @@
 # The subcommands of command $1 ("" is agl itself, "rollouts" is agl rollouts).
 _agl_subcommands() {
     case $1 in
-        '') _agl_words='serve stop status dashboard compact queue vllm store prometheus agentops tasks resources rollouts' ;;
+        '') _agl_words='serve stop status dashboard compact queue pause resume vllm store prometheus agentops tasks resources rollouts' ;;
         'tasks') _agl_words='list show cancel retry' ;;
         'resources') _agl_words='push list show' ;;
         'rollouts') _agl_words='watch list show' ;;
@@ -23,6 +23,8 @@ _agl_options() {
         'dashboard') _agl_words='--print --no-browser --help' ;;
         'compact') _agl_words='--state-dir --help' ;;
         'queue') _agl_words='--mode --resources-id --latest --metadata --wait --timeout --json --dry-run --help' ;;
+        'pause') _agl_words='--json --help' ;;
+        'resume') _agl_words='--json --help' ;;
         'tasks') _agl_words='--help' ;;
         'tasks list') _agl_words='--status --limit --offset --json --help' ;;
         'tasks show') _agl_words='--json --help' ;;

@@ -8,7 +8,7 @@ end
 
 # Whether $argv[1] ("rollouts watch") is a command of agl.
 function __agl_is_command
-    contains -- $argv[1] 'serve' 'stop' 'status' 'dashboard' 'compact' 'queue' 'vllm' 'store' 'prometheus' 'agentops' 'tasks' 'tasks list' 'tasks show' 'tasks cancel' 'tasks retry' 'resources' 'resources push' 'resources list' 'resources show' 'rollouts' 'rollouts watch' 'rollouts list' 'rollouts show'
+    contains -- $argv[1] 'serve' 'stop' 'status' 'dashboard' 'compact' 'queue' 'pause' 'resume' 'vllm' 'store' 'prometheus' 'agentops' 'tasks' 'tasks list' 'tasks show' 'tasks cancel' 'tasks retry' 'resources' 'resources push' 'resources list' 'resources show' 'rollouts' 'rollouts watch' 'rollouts list' 'rollouts show'
 end
 
 # The command the words before the cursor are in: "", "rollouts", "rollouts watch".
@@ -45,6 +45,8 @@ complete -c agl -n "__agl_at ''" -a 'status' -d 'Show the daemon\'s version, upt
 complete -c agl -n "__agl_at ''" -a 'dashboard' -d 'Open the live dashboard in your browser, signed in'
 complete -c agl -n "__agl_at ''" -a 'compact' -d 'Shrink the database file to what it holds; the daemon must be stopped'
 complete -c agl -n "__agl_at ''" -a 'queue' -d 'Queue tasks from files: all of them, or none if any is bad'
+complete -c agl -n "__agl_at ''" -a 'pause' -d 'Pause the queue: workers get no tasks until agl resume'
+complete -c agl -n "__agl_at ''" -a 'resume' -d 'Resume the queue: workers get tasks again, those waiting for one at once'
 complete -c agl -n "__agl_at ''" -a 'vllm' -d 'Run agentlightning\'s vLLM wrapper'
 complete -c agl -n "__agl_at ''" -a 'store' -d 'Run agentlightning\'s LightningStore server'
 complete -c agl -n "__agl_at ''" -a 'prometheus' -d 'Run agentlightning\'s Prometheus metrics server'
@@ -99,6 +101,12 @@ complete -c agl -n "__agl_at 'queue'" -l json -d 'One JSON object per task (its 
 complete -c agl -n "__agl_at 'queue'" -l dry-run -d 'Check the files and count the tasks; queue nothing'
 complete -c agl -n "__agl_at 'queue'" -l help -d 'Show this message and exit'
 complete -c agl -n "__agl_at 'queue'" -F
+
+complete -c agl -n "__agl_at 'pause'" -l json -d 'Machine output: {"paused": true} or {"paused": false}'
+complete -c agl -n "__agl_at 'pause'" -l help -d 'Show this message and exit'
+
+complete -c agl -n "__agl_at 'resume'" -l json -d 'Machine output: {"paused": true} or {"paused": false}'
+complete -c agl -n "__agl_at 'resume'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'vllm'" -F
 

@@ -13,6 +13,8 @@ _agl_subcommands() {
         'dashboard:Open the live dashboard in your browser, signed in'
         'compact:Shrink the database file to what it holds; the daemon must be stopped'
         'queue:Queue tasks from files: all of them, or none if any is bad'
+        'pause:Pause the queue: workers get no tasks until agl resume'
+        'resume:Resume the queue: workers get tasks again, those waiting for one at once'
         'vllm:Run agentlightning'\''s vLLM wrapper'
         'store:Run agentlightning'\''s LightningStore server'
         'prometheus:Run agentlightning'\''s Prometheus metrics server'
@@ -99,6 +101,14 @@ _agl_options() {
         '--timeout:With --wait: give up after S seconds (exit 5)'
         '--json:One JSON object per task (its rollout id and spec), or per rollout with --wait'
         '--dry-run:Check the files and count the tasks; queue nothing'
+        '--help:Show this message and exit'
+      ) ;;
+    'pause') _agl_items=(
+        '--json:Machine output: {"paused": true} or {"paused": false}'
+        '--help:Show this message and exit'
+      ) ;;
+    'resume') _agl_items=(
+        '--json:Machine output: {"paused": true} or {"paused": false}'
         '--help:Show this message and exit'
       ) ;;
     'tasks') _agl_items=(

@@ -1,4 +1,4 @@
-"""`agl tasks`: list, show, cancel and retry tasks."""
+"""`agl tasks`: list, show, cancel and retry tasks; `agl pause` and `agl resume`."""
 
 from __future__ import annotations
 
@@ -164,3 +164,19 @@ def test_retry_takes_ids_or_failed_not_both_nor_neither(daemon: Daemon) -> None:
         result = agl("tasks", "retry", *args, daemon=daemon)
         assert_one_line_error(result, "Name the tasks to retry, or give --failed.", code=2)
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "cancelled"
+
+
+def test_pause_and_resume_say_what_the_queue_does_and_status_shows_it(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue(1)
+    paused = agl("pause", daemon=daemon)
+    assert (paused.returncode, paused.stdout.strip()) == (
+        0, "The queue is paused: workers get no tasks until agl resume.",
+    ), paused.stderr  # fmt: skip
+    assert daemon.claim() is None
+    assert "paused: workers get no tasks until agl resume" in agl("status", daemon=daemon).stdout
+    assert json.loads(agl("pause", "--json", daemon=daemon).stdout) == {"paused": True}  # again: no change
+    resumed = agl("resume", daemon=daemon)
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, "The queue is running: workers get tasks.")
+    assert json.loads(agl("resume", "--json", daemon=daemon).stdout) == {"paused": False}
+    claimed = daemon.claim()
+    assert claimed is not None and claimed["rollout_id"] == rollout_id

@@ -147,6 +147,20 @@ def _drawn() -> re.Pattern[str]:
     return re.compile(r"^M[\d.]+,[\d.]+")
 
 
+def test_a_paused_queue_is_said_to_be_so_until_it_is_resumed(daemon: Daemon, open_page: Any) -> None:
+    page = open_page()
+    expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
+    paused = page.locator("#paused")
+    expect(paused).to_be_hidden()
+    daemon.api("POST", "/v1/queue/pause").raise_for_status()
+    try:
+        expect(paused).to_be_visible(timeout=WAIT_MS)
+        expect(paused).to_contain_text("workers get no tasks until agl resume")
+    finally:  # the other tests share this daemon
+        daemon.api("POST", "/v1/queue/resume").raise_for_status()
+    expect(paused).to_be_hidden(timeout=WAIT_MS)
+
+
 def test_a_rollout_opens_in_detail_with_its_triplets_trace_logs_and_attempts(
     daemon: Daemon, open_page: Any
 ) -> None:

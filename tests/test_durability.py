@@ -84,6 +84,17 @@ def test_retries_survive_kill_9(make_daemon: Callable[..., Daemon], tmp_path: Pa
     assert [daemon.claim()["rollout_id"] for _ in range(3)] == ids[:3]  # type: ignore[index]
 
 
+def test_a_pause_survives_kill_9(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    daemon.queue("waits")
+    assert daemon.api("POST", "/v1/queue/pause").json() == {"paused": True}
+
+    daemon.kill()
+    daemon.start()
+
+    assert daemon.status()["paused"] and daemon.claim() is None
+
+
 def test_rollouts_answered_while_under_load_all_survive_kill_9(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:

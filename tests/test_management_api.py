@@ -287,6 +287,30 @@ def test_a_retry_wakes_a_waiting_worker(daemon: Daemon, path: str) -> None:
     assert (task["rollout_id"], task["num_claims"]) == (rollout_id, 2)
 
 
+def test_a_paused_queue_hands_out_nothing_through_either_door_until_resumed(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue("waits")
+    response = daemon.api("POST", "/v1/queue/pause")
+    assert (response.status_code, schemas.QueueState.model_validate(response.json()).paused) == (200, True)
+    assert daemon.get("/task").json() == {"is_available": False, "task": None}
+    assert daemon.post("/v1/agl/queues/rollouts/dequeue", json={"limit": 5}).json() == []
+    assert (daemon.status()["paused"], daemon.metric("agl_queue_paused")) == (True, 1)
+    daemon.queue("queued meanwhile")  # queueing goes on
+    assert daemon.api("POST", "/v1/queue/resume").json() == {"paused": False}
+    assert (daemon.status()["paused"], daemon.metric("agl_queue_paused")) == (False, 0)
+    assert daemon.claim()["rollout_id"] == rollout_id  # type: ignore[index]
+
+
+def test_resuming_the_queue_wakes_a_waiting_worker(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue("waits")
+    daemon.api("POST", "/v1/queue/pause").raise_for_status()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(daemon.get, "/task", params={"wait": 20})
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the worker to wait")
+        daemon.api("POST", "/v1/queue/resume").raise_for_status()
+        task = polling.result(timeout=10).json()["task"]
+    assert task["rollout_id"] == rollout_id
+
+
 def test_a_claimed_task_can_be_cancelled_but_a_completed_one_cannot(daemon: Daemon) -> None:
     [claimed] = daemon.queue("x")
     daemon.claim()
@@ -848,7 +872,8 @@ def test_a_pidfile_naming_a_live_process_that_is_not_agl_is_taken_over(
 EXPECTED_OPERATIONS = {
     ("post", "/v1/tasks"), ("get", "/v1/tasks"), ("get", "/v1/tasks/{rollout_id}"),
     ("post", "/v1/tasks/{rollout_id}/cancel"), ("post", "/v1/tasks/cancel"), ("post", "/v1/queue/cancel"),
-    ("post", "/v1/tasks/retry"), ("post", "/v1/tasks/retry-failed"),
+    ("post", "/v1/tasks/retry"), ("post", "/v1/tasks/retry-failed"), ("post", "/v1/queue/pause"),
+    ("post", "/v1/queue/resume"),
     ("post", "/v1/batches"),
     ("post", "/v1/batches/{batch_id}/tasks"), ("post", "/v1/batches/{batch_id}/commit"),
     ("delete", "/v1/batches/{batch_id}"), ("post", "/v1/resources"), ("get", "/v1/resources"),

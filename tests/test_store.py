@@ -367,6 +367,43 @@ def test_retrying_every_failed_task_goes_a_write_at_a_time_in_queue_order(
     assert store.get_task(ids[2]).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
 
 
+def test_a_paused_queue_hands_out_nothing_while_claims_still_run_out(store: Store, clock: FakeClock) -> None:
+    first, second = queue(store, "first", "second")
+    store.claim_next()
+    store.set_paused(True)
+    assert store.paused
+    assert (store.claim(), store.claim_many(5), store.dequeue_rollouts(5, "w-1")) == (None, [], [])
+    clock.advance(11)  # past the timeout: the claim made before the pause runs out all the same
+    assert store.expire_claims() == 1
+    assert store.claim() is None
+    store.set_paused(False)
+    claims = store.claim_many(5)
+    assert sorted((c.rollout_id, c.num_claims) for c in claims) == sorted([(second, 1), (first, 2)])
+
+
+def test_a_paused_queue_stays_paused_across_reopening(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock)
+    queue(store, "waits")
+    store.set_paused(True)
+    store.close()
+    reopened = SQLiteStore(path, clock=clock)
+    assert reopened.paused and reopened.claim() is None
+    reopened.set_paused(False)
+    assert reopened.claim() is not None
+    reopened.close()
+
+
+def test_a_pause_that_is_rolled_back_leaves_the_queue_running(tmp_path: Path, clock: FakeClock) -> None:
+    store = SQLiteStore(tmp_path / "agl.db", clock=clock)
+    queue(store, "runs")
+    with pytest.raises(UnknownTaskError), store.transaction(isolate_writes=False):
+        store.set_paused(True)
+        store.cancel_task("rollout-unknown")  # fails, and with it the whole transaction
+    assert not store.paused and store.claim() is not None
+    store.close()
+
+
 def test_list_tasks_filters_by_status_in_queue_order(store: Store) -> None:
     ids = queue(store, 1, 2, 3)
     store.claim_next()

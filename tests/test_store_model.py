@@ -6,7 +6,8 @@ they are random, and a run must draw the same way when hypothesis replays it.
 Each run queues, stages and commits batches, claims through both doors, lets time pass
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
 through the store API, cancels (several at once, and the whole queue a write at a time),
-retries (several at once, and every failed task a write at a time), consumes, deletes results past the retention setting and reopens the store, on every
+retries (several at once, and every failed task a write at a time), pauses and resumes
+the queue, consumes, deletes results past the retention setting and reopens the store, on every
 store; after each step the store must agree with the model: task states, attempts, the
 sequence of results, counts. The clock is fake: nothing sleeps.
 `HYPOTHESIS_PROFILE=long` runs many more.
@@ -71,6 +72,7 @@ class Model:
     # while every failed task is being retried: where the store's last write stopped, as
     # the store and as this model count (a place in `tasks`)
     retrying: tuple[int, int] | None = None
+    paused: bool = False
 
     def expire(self, now: float) -> None:
         """Claims whose deadline has passed go to the back of the queue (earliest first), or
@@ -89,7 +91,7 @@ class Model:
 
     def claim(self, now: float) -> str | None:
         self.expire(now)
-        if not self.queue:
+        if self.paused or not self.queue:
             return None
         rollout_id = self.queue.pop(0)
         if self.cancelling is not None:
@@ -201,6 +203,11 @@ class StoreMachine(RuleBasedStateMachine):
         if got is not None:
             record = self.store.get_task(got)
             assert record is not None and record.task.num_claims == self.model.tasks[got].claims
+
+    @rule(paused=st.booleans())
+    def pause_or_resume(self, paused: bool) -> None:
+        self.store.set_paused(paused)
+        self.model.paused = paused
 
     @rule(seconds=st.sampled_from([1.0, 4.0, TIMEOUT, TIMEOUT + 3]))
     def time_passes(self, seconds: float) -> None:

@@ -153,7 +153,7 @@ def test_every_response_model_of_the_api_has_a_client_shape() -> None:
         # requests: the client sends plain dicts the server validates
         "QueueRequest", "TaskIds", "PublishRequest", "PublishBody", "SignInRequest", "_Body",
         # answers the client reduces to one value or raises as an error
-        "RolloutIds", "BatchCreated", "Committed", "Discarded", "Cancelled", "Retried", "TaskList", "Stopping", "SignInCode",
+        "RolloutIds", "BatchCreated", "Committed", "Discarded", "Cancelled", "Retried", "QueueState", "TaskList", "Stopping", "SignInCode",
         "ErrorMessage", "ValidationIssue", "ValidationErrors",
         # what the dashboard's page reads (tests/test_dashboard_api.py checks each answer)
         "RewardLine", "RewardChart", "DashboardSummary", "DashboardEvent", "RolloutLine", "RolloutLines",

@@ -16,8 +16,8 @@ import typer
 from agl_cli import __version__
 from agl_cli.cli import compact as compact_module
 from agl_cli.cli import dashboard as dashboard_module
+from agl_cli.cli import pausing, resources, rollouts, tasks
 from agl_cli.cli import queue as queue_module
-from agl_cli.cli import resources, rollouts, tasks
 from agl_cli.cli import serve as serve_module
 from agl_cli.cli import status as status_module
 from agl_cli.cli import stop as stop_module
@@ -81,6 +81,8 @@ app.command("dashboard", rich_help_panel=DAEMON)(dashboard_module.dashboard)
 app.command("compact", rich_help_panel=DAEMON)(compact_module.compact)
 app.command("queue", rich_help_panel=WORK)(queue_module.queue)
 app.add_typer(tasks.app, name="tasks", rich_help_panel=WORK)
+app.command("pause", rich_help_panel=WORK)(pausing.pause)
+app.command("resume", rich_help_panel=WORK)(pausing.resume)
 app.add_typer(resources.app, name="resources", rich_help_panel=WORK)
 app.add_typer(rollouts.app, name="rollouts", rich_help_panel=WORK)
 

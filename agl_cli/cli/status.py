@@ -66,6 +66,10 @@ def render(current: Status) -> Table:
     grid.add_row("daemon", header)
     grid.add_row("address", str(current.get("address", "-")))
     grid.add_row("state dir", f"{current.get('state_dir', '-')} ({current.get('store', '?')} store)")
+    if "paused" in current:
+        grid.add_row(
+            "queue", "paused: workers get no tasks until agl resume" if current["paused"] else "running"
+        )
     counts = current.get("tasks", {})
     grid.add_row(
         "tasks",

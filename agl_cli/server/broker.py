@@ -301,6 +301,16 @@ class Broker:
             self._rollouts_changed.notify()
         return cancelled
 
+    @property
+    def paused(self) -> bool:
+        return self._store.paused
+
+    async def set_paused(self, paused: bool) -> None:
+        """Pause the queue (claims get nothing), or resume it and wake the waiting workers."""
+        await self._threads.write(lambda: self._store.set_paused(paused))
+        if not paused:
+            self._tasks_changed.notify()
+
     async def retry(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Queue failed or cancelled tasks again (all or none), for waiting workers to claim."""
         retried = self._threads.write(lambda: self._store.retry_tasks(rollout_ids))

@@ -105,6 +105,22 @@ async def cancel_queued(request: Request) -> Response:
     return ORJSONResponse({"cancelled": await broker_of(request).cancel_queued()})
 
 
+async def pause_queue(request: Request) -> Response:
+    """Hand out no tasks until the queue is resumed; claims already made run on."""
+    return await _set_paused(request, True)
+
+
+async def resume_queue(request: Request) -> Response:
+    """Hand out tasks again."""
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: Request, paused: bool) -> Response:
+    broker = broker_of(request)
+    await broker.set_paused(paused)
+    return ORJSONResponse({"paused": broker.paused})
+
+
 async def retry_failed(request: Request) -> Response:
     """Queue every failed task again, oldest first."""
     return ORJSONResponse({"retried": await broker_of(request).retry_failed()})
@@ -295,6 +311,14 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "POST", "/v1/queue/cancel", cancel_queued, "Cancel every queued task",
         {200: schemas.Cancelled},
+    ),
+    Endpoint(
+        "POST", "/v1/queue/pause", pause_queue, "Pause the queue: hand out no tasks",
+        {200: schemas.QueueState},
+    ),
+    Endpoint(
+        "POST", "/v1/queue/resume", resume_queue, "Resume the queue",
+        {200: schemas.QueueState},
     ),
     Endpoint(
         "POST", "/v1/tasks/retry", retry_tasks, "Retry failed or cancelled tasks (all or none)",

@@ -93,6 +93,10 @@ class StoreCollector(Collector):
                 ),
             )
         )
+        yield GaugeMetricFamily(
+            "agl_queue_paused", "1 while the queue is paused (it hands out no tasks), else 0.",
+            value=int(self.broker.paused),
+        )  # fmt: skip
         yield GaugeMetricFamily("agl_requests_in_flight", "Requests being served now.", value=stats.in_flight)
         yield CounterMetricFamily(
             "agl_requests_turned_away",

@@ -113,6 +113,10 @@ class Retried(BaseModel):
     retried: int
 
 
+class QueueState(BaseModel):
+    paused: bool = Field(description="true: claims and dequeues get nothing until the queue is resumed.")
+
+
 class TaskList(BaseModel):
     tasks: list[TaskRecord]
 
@@ -152,6 +156,7 @@ class Status(BaseModel):
     resources: int
     last_seq: int
     latest_resources_id: str | None
+    paused: bool = Field(description="Whether the queue is paused (`POST /v1/queue/pause`).")
     rates: Rates = Field(description="Over the last 60 seconds.")
 
 

@@ -63,6 +63,7 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
         resources=counts.resources,
         last_seq=snapshot.last_seq,
         latest_resources_id=snapshot.latest_resources_id,
+        paused=broker.paused,
         rates=schemas.Rates(
             claims_per_second=broker.stats.claim_rate.per_second(),
             rollouts_per_second=broker.stats.rollout_rate.per_second(),

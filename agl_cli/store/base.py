@@ -511,6 +511,16 @@ class Store(abc.ABC):
         """Cancel every one of them (each once, in the order given) or, if any is unknown
         or has ended, none."""
 
+    @property
+    @abc.abstractmethod
+    def paused(self) -> bool:
+        """Whether the queue is paused: claims and dequeues get nothing (claims still run
+        out as usual), until it is resumed. It stays so across a restart."""
+
+    @abc.abstractmethod
+    def set_paused(self, paused: bool) -> None:
+        """Pause the queue, or resume it."""
+
     @abc.abstractmethod
     def retry_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Queue every one of them again, at the end of the queue (each once, in the order

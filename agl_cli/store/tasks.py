@@ -104,6 +104,7 @@ class TaskStore(Database):
         # What the writer keeps in memory beside the database; `_relearn` after a rollback.
         self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
         self._draining: list[_Drain] = []  # committed batches not yet moved into `tasks`, oldest first
+        self._paused = False  # the queue hands out nothing (`set_paused`)
         with self._write(durable=False) as conn:  # uncommitted batches never outlive the daemon
             if conn.execute("SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1").fetchone():
                 conn.execute(
@@ -134,6 +135,8 @@ class TaskStore(Database):
                 "SELECT id, base_pos, committed_time FROM batches WHERE committed_time IS NOT NULL ORDER BY base_pos"
             ).fetchall()
         ]
+        paused = self._conn.execute("SELECT value FROM counters WHERE name = 'paused'").fetchone()
+        self._paused = bool(paused and paused[0])
 
     # tasks -------------------------------------------------------------------------------
 
@@ -321,7 +324,7 @@ class TaskStore(Database):
         `UPDATE ... RETURNING` of the tasks, one `INSERT` of their attempts (the writer
         makes a group's claims so, see docs/performance.md). In no particular order.
         While a committed batch is being moved into place, one by one as `claim` does."""
-        if self._draining:
+        if self._draining or self._paused:
             return super().claim_many(count)
         with self._write(durable=False) as conn:
             self._expire(conn)
@@ -355,8 +358,10 @@ class TaskStore(Database):
         self, conn: sqlite3.Connection, worker_id: str | None
     ) -> tuple[TaskRow, AttemptRow] | None:
         """Put back expired claims, then hand out the head of the queue; the task as it
-        is now and its new attempt, or None if the queue is empty."""
+        is now and its new attempt, or None if the queue is empty or paused."""
         self._expire(conn)
+        if self._paused:
+            return None
         if self._draining:
             self._move_head_of_queue(conn)
         values = conn.execute(
@@ -515,6 +520,18 @@ class TaskStore(Database):
                 row = TaskRow._make(values)
                 self._set_phase(conn, row, _queued_again(row), now)
         return len(failed), failed[-1][0] if failed else after
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def set_paused(self, paused: bool) -> None:
+        with self._write() as conn:  # a flag beside the counters: no schema change for one bit
+            conn.execute(
+                "INSERT INTO counters VALUES ('paused', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (int(paused),),
+            )
+            self._paused = paused
 
     def last_queue_place(self) -> int:
         return self._queue_pos

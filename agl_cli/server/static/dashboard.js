@@ -188,6 +188,7 @@ function showSummary(summary) {
   const status = summary.status;
   $("daemon").textContent =
     `agl ${status.version} · ${status.store} store · ${status.address || "embedded"} · up ${duration(status.uptime)}`;
+  $("paused").hidden = !status.paused;
   const total = STATES.reduce((sum, name) => sum + (status.tasks[name] || 0), 0);
   const progress = $("progress");
   if (!progress.children.length) {
