@@ -211,11 +211,37 @@ def test_a_failed_task_shows_with_its_attempts(make_daemon: Any, browser: Any) -
     console = Console(page)
     page.goto(f"{short.url}/#token={short.token}")
     row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
-    expect(row.locator("td").nth(1)).to_have_text("failed", timeout=WAIT_MS)
+    expect(row.locator("td").nth(1)).to_contain_text("failed", timeout=WAIT_MS)
     expect(row.locator(".history li")).to_have_count(2)
     expect(row.locator(".history")).to_contain_text("#1 timeout")
     context.close()
     assert console.errors == []
+
+
+def test_a_failed_task_is_retried_from_the_page_which_says_why_if_it_cannot_be(
+    make_daemon: Any, browser: Any
+) -> None:
+    short = make_daemon("--task-timeout", "0.2", "--max-attempts", "1")
+    [rollout_id] = short.queue("lost")
+    wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    page.goto(f"{short.url}/#token={short.token}")
+    row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
+    retry = row.get_by_role("button", name=f"Retry {rollout_id}")
+    expect(retry).to_be_visible(timeout=WAIT_MS)
+    refusal = f"Task '{rollout_id}' is queued and cannot be retried: only failed or cancelled tasks can."
+    page.route("**/v1/tasks/retry", lambda route: route.fulfill(status=409, json={"detail": refusal}))
+    retry.click()  # as if someone had retried it first
+    expect(page.locator("#problem")).to_contain_text(refusal)
+    expect(page.locator("#problem")).to_contain_text("The dashboard could not retry")
+    page.unroute("**/v1/tasks/retry")
+    retry.click()
+    expect(page.locator("#problem")).to_be_hidden(timeout=WAIT_MS)
+    assert short.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
+    context.close()
+    assert [error for error in console.errors if "409" not in error] == []
 
 
 def test_a_result_deleted_by_the_retention_setting_is_said_to_be_so(make_daemon: Any, browser: Any) -> None:

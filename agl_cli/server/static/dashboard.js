@@ -42,8 +42,8 @@ function headers() {
   return state.token ? { Authorization: `Bearer ${state.token}` } : {};
 }
 
-async function api(path) {
-  const response = await fetch(path, { headers: headers(), cache: "no-store" });
+async function api(path, init = {}) {
+  const response = await fetch(path, { cache: "no-store", ...init, headers: { ...headers(), ...init.headers } });
   if (response.status === 401) {
     throw new Refused((await response.json()).detail);
   }
@@ -124,9 +124,9 @@ function setConnection(text, kind) {
   element.className = `connection ${kind || ""}`;
 }
 
-function showProblem(error) {
+function showProblem(error, what = "read from the daemon") {
   const element = $("problem");
-  element.textContent = error ? `The dashboard could not read from the daemon: ${error.message}` : "";
+  element.textContent = error ? `The dashboard could not ${what}: ${error.message}` : "";
   element.hidden = !error;
 }
 
@@ -473,7 +473,8 @@ function showFailures(page) {
       const row = document.createElement("tr");
       row.dataset.rolloutId = task.rollout_id;
       cell(row, "").append(detailButton(task.rollout_id));
-      statusCell(row, task.status);
+      const status = statusCell(row, task.status);
+      if (task.status === "failed" || task.status === "cancelled") status.append(" ", retryButton(task.rollout_id));
       cell(row, modeName(task.mode));
       cell(row, "").append(attemptList(attempts));
       cell(row, task.last_claim_time ? ago(task.last_claim_time) : "–");
@@ -483,6 +484,28 @@ function showFailures(page) {
   $("failures-empty").hidden = page.tasks.length > 0 || state.failuresOffset > 0;
   $("failures-newer").disabled = state.failuresOffset === 0;
   $("failures-older").disabled = !page.has_more;
+}
+
+// Queue the task again at the back of the queue, as `agl tasks retry` does.
+function retryButton(rolloutId) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "retry";
+  button.textContent = "Retry";
+  button.setAttribute("aria-label", `Retry ${rolloutId}`);
+  button.title = "Queue it again, at the back of the queue";
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    const body = JSON.stringify({ rollout_ids: [rolloutId] });
+    try {
+      await api("/v1/tasks/retry", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+      await refreshPanels();
+    } catch (error) {
+      await refreshPanels(); // someone may have retried it first: show the list as it is
+      showProblem(error, `retry ${shortId(rolloutId)}`);
+    }
+  });
+  return button;
 }
 
 function attemptList(attempts) {
