@@ -249,8 +249,8 @@ class AglClient:
         return cast(bool, self._call("POST", "/v1/queue/resume")["paused"])
 
     def retry_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
-        """Queue failed or cancelled tasks again, or none if any is unknown or has not
-        ended so; each keeps its claims, so its attempt limit leaves it at least one more."""
+        """Queue failed or cancelled tasks again, or none if any is unknown or in another
+        state; each keeps its claims, so its attempt limit leaves it at least one more."""
         body = orjson.dumps({"rollout_ids": list(rollout_ids)})
         return cast(list[TaskRecord], self._call("POST", "/v1/tasks/retry", content=body)["tasks"])
 

@@ -27,7 +27,7 @@ _agl_subcommands() {
         'list:List tasks in the order they were queued'
         'show:Show one task and where it is in its life'
         'cancel:Cancel queued or claimed tasks, all of them or none: they are not handed out...'
-        'retry:Queue failed or cancelled tasks again, at the back of the queue, all of them...'
+        'retry:Queue failed or cancelled tasks again at the back of the queue, all of them o...'
       ) ;;
     'resources') _agl_items=(
         'push:Publish a resource bundle; it becomes the latest'

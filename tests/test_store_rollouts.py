@@ -213,6 +213,15 @@ def test_a_rollout_set_queuing_by_hand_goes_to_the_back_and_a_cancelled_one_is_n
     assert (plain(handed)["rollout_id"], plain(handed)["metadata"]) == (first, {"why": "again"})
 
 
+def test_a_paused_queue_still_starts_what_is_named_directly(store: Store) -> None:
+    [queued] = enqueue(store, "waits")
+    store.set_paused(True)
+    assert store.dequeue_rollouts(1, "w-1") == []
+    started = plain(store.start_rollout(StartRolloutBody(input="now", worker_id="w-1")))
+    attempt = plain(store.start_attempt(queued, "w-2"))
+    assert (started["status"], attempt["attempt"]["sequence_id"]) == ("preparing", 1)
+
+
 def test_a_rollout_started_directly_is_outside_the_queue(store: Store) -> None:
     shape = plain(store.start_rollout(StartRolloutBody(input="now", worker_id="w-1")))
     assert (shape["status"], shape["attempt"]["sequence_id"], shape["attempt"]["worker_id"]) == (

@@ -134,6 +134,8 @@ def retry(
         help='Machine output: each retried task as JSON, one per line; with --failed, {"retried": N}.',
     ),
 ) -> None:
-    """Queue failed or cancelled tasks again, at the back of the queue, all of them or
-    none. Each keeps its claims, so its attempt limit gives it what it had left, and at least one."""
+    """Queue failed or cancelled tasks again at the back of the queue, all of them or none.
+
+    Each keeps its claims, so its attempt limit gives it what it had left, and at least one.
+    """
     _change(ctx, _RETRY, rollout_ids, failed, json_output)
