@@ -136,6 +136,22 @@ def test_serve_detach_returns_once_ready_and_stop_ends_it(tmp_path: Path) -> Non
             os.kill(pid, signal.SIGKILL)
 
 
+def test_serve_detach_passes_on_what_the_daemon_noted_as_it_started(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = agl("serve", "--detach", "--port", "0", state_dir=state)
+    assert (first.returncode, first.stderr) == (0, ""), first.stderr
+    agl("pause", state_dir=state)
+    agl("stop", state_dir=state)
+    again = agl("serve", "--detach", "--port", "0", state_dir=state)
+    try:
+        assert again.returncode == 0, again.stderr
+        assert again.stderr.splitlines() == [
+            "agl: the queue is paused, as it was left: workers get no tasks until agl resume."
+        ]
+    finally:
+        agl("stop", state_dir=state)
+
+
 def test_serve_detach_waits_past_its_timeout_while_an_older_file_is_brought_up_to_date(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

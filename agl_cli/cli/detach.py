@@ -2,7 +2,8 @@
 
 It is the same `python -m agl_cli serve` a person would run, with its output appended to
 STATE_DIR/agl.log. This returns once the daemon answers `/ready`, or fails with what the
-daemon said, so that a script can go on to `agl queue` at once.
+daemon said, so that a script can go on to `agl queue` at once; the notes the daemon
+gave as it started (a paused queue, permissions tightened) are passed on to stderr.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None
                 _fail_with_log(log_path, start, f"The daemon did not become ready within {timeout:g} s")
             time.sleep(0.05)
     output.write_line(f"agl is running in the background at {url} (pid {process.pid}); log: {log_path}")
+    for line in _log_since(log_path, start).splitlines():  # what it said at start, for who started it
+        if line.startswith("agl: ") and not UPGRADE_LINE.match(line):
+            typer.echo(line, err=True)
 
 
 def _wait_until_listening(

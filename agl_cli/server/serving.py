@@ -198,6 +198,11 @@ def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
     )
     for note in filter(None, tightened):
         logs.announce(f"agl: {note}", config.log_json)
+    if broker.paused:  # kept from before a restart: say so, or idle workers would be a riddle
+        logs.announce(
+            "agl: the queue is paused, as it was left: workers get no tasks until agl resume.",
+            config.log_json,
+        )
     _collect_garbage_rarely()
     _hand_the_gil_back_sooner()
     try:
