@@ -281,10 +281,16 @@ class StoreMachine(RuleBasedStateMachine):
             self.store.cancel_tasks(ids)
 
     @precondition(lambda self: self.model.tasks)
-    @rule(data=st.data(), stranger=st.booleans())
-    def retry(self, data: st.DataObject, stranger: bool) -> None:
-        """Retry one to three tasks (some perhaps twice, or a stranger): all, or none."""
-        known = st.sampled_from(list(self.model.tasks))
+    @rule(data=st.data(), stranger=st.booleans(), any_state=st.booleans())
+    def retry(self, data: st.DataObject, stranger: bool, any_state: bool) -> None:
+        """Retry one to three tasks (some perhaps twice, or a stranger): all, or none.
+        Half the time they are drawn among those that can be retried, if there are any."""
+        ended = [
+            rid
+            for rid, t in self.model.tasks.items()
+            if t.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+        ]
+        known = st.sampled_from(ended if ended and not any_state else list(self.model.tasks))
         ids = data.draw(st.lists(known, min_size=1, max_size=3))
         if stranger:
             ids.insert(data.draw(st.integers(0, len(ids))), "stranger-3")
