@@ -8,6 +8,7 @@ tests stay independent. Screenshots of the page, light and dark, are saved in
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,20 @@ class Console:
         self.errors: list[str] = []
         page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+
+@contextlib.contextmanager
+def signed_in(browser: Any, daemon: Daemon) -> Iterator[tuple[Any, Console]]:
+    """A page of `daemon`'s dashboard, signed in with its token, and what its console
+    says; closed after the block."""
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    page.goto(f"{daemon.url}/#token={daemon.token}")
+    try:
+        yield page, console
+    finally:
+        context.close()
 
 
 @pytest.fixture
@@ -206,15 +221,11 @@ def test_a_failed_task_shows_with_its_attempts(make_daemon: Any, browser: Any) -
     [rollout_id] = short.queue("lost", mode="train")
     for _ in range(2):  # the task comes back once its claim times out
         wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
-    context = browser.new_context()
-    page = context.new_page()
-    console = Console(page)
-    page.goto(f"{short.url}/#token={short.token}")
-    row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
-    expect(row.locator("td").nth(1)).to_contain_text("failed", timeout=WAIT_MS)
-    expect(row.locator(".history li")).to_have_count(2)
-    expect(row.locator(".history")).to_contain_text("#1 timeout")
-    context.close()
+    with signed_in(browser, short) as (page, console):
+        row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
+        expect(row.locator("td").nth(1)).to_contain_text("failed", timeout=WAIT_MS)
+        expect(row.locator(".history li")).to_have_count(2)
+        expect(row.locator(".history")).to_contain_text("#1 timeout")
     assert console.errors == []
 
 
@@ -224,23 +235,19 @@ def test_a_failed_task_is_retried_from_the_page_which_says_why_if_it_cannot_be(
     short = make_daemon("--task-timeout", "0.2", "--max-attempts", "1")
     [rollout_id] = short.queue("lost")
     wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
-    context = browser.new_context()
-    page = context.new_page()
-    console = Console(page)
-    page.goto(f"{short.url}/#token={short.token}")
-    row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
-    retry = row.get_by_role("button", name=f"Retry {rollout_id}")
-    expect(retry).to_be_visible(timeout=WAIT_MS)
-    refusal = f"Task '{rollout_id}' is queued and cannot be retried: only failed or cancelled tasks can."
-    page.route("**/v1/tasks/retry", lambda route: route.fulfill(status=409, json={"detail": refusal}))
-    retry.click()  # as if someone had retried it first
-    expect(page.locator("#problem")).to_contain_text(refusal)
-    expect(page.locator("#problem")).to_contain_text("The dashboard could not retry")
-    page.unroute("**/v1/tasks/retry")
-    retry.click()
-    expect(page.locator("#problem")).to_be_hidden(timeout=WAIT_MS)
-    assert short.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
-    context.close()
+    with signed_in(browser, short) as (page, console):
+        row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
+        retry = row.get_by_role("button", name=f"Retry {rollout_id}")
+        expect(retry).to_be_visible(timeout=WAIT_MS)
+        refusal = f"Task '{rollout_id}' is queued and cannot be retried: only failed or cancelled tasks can."
+        page.route("**/v1/tasks/retry", lambda route: route.fulfill(status=409, json={"detail": refusal}))
+        retry.click()  # as if someone had retried it first
+        expect(page.locator("#problem")).to_contain_text(refusal)
+        expect(page.locator("#problem")).to_contain_text("The dashboard could not retry")
+        page.unroute("**/v1/tasks/retry")
+        retry.click()
+        expect(page.locator("#problem")).to_be_hidden(timeout=WAIT_MS)
+        assert short.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
     assert [error for error in console.errors if "409" not in error] == []
 
 
@@ -253,15 +260,11 @@ def test_a_result_deleted_by_the_retention_setting_is_said_to_be_so(make_daemon:
         wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
     short.report(rollout_id, final_reward=1.0)
     wait_until(lambda: short.metric("agl_rollouts_pruned_total") == 1, "the result to be deleted", 30)
-    context = browser.new_context()
-    page = context.new_page()
-    console = Console(page)
-    page.goto(f"{short.url}/#token={short.token}")
-    page.locator(f"#failures tr[data-rollout-id='{rollout_id}'] button").click(timeout=WAIT_MS)
-    facts = page.locator("#detail dl.facts")
-    expect(facts).to_contain_text("completed", timeout=WAIT_MS)
-    expect(facts).to_contain_text("deleted since (retention)")
-    context.close()
+    with signed_in(browser, short) as (page, console):
+        page.locator(f"#failures tr[data-rollout-id='{rollout_id}'] button").click(timeout=WAIT_MS)
+        facts = page.locator("#detail dl.facts")
+        expect(facts).to_contain_text("completed", timeout=WAIT_MS)
+        expect(facts).to_contain_text("deleted since (retention)")
     assert console.errors == []
 
 
