@@ -171,9 +171,26 @@ def test_a_paused_queue_is_said_to_be_so_until_it_is_resumed(daemon: Daemon, ope
     try:
         expect(paused).to_be_visible(timeout=WAIT_MS)
         expect(paused).to_contain_text("workers get no tasks until agl resume")
+        expect(page.locator("#pause-toggle")).to_have_text("Resume the queue")
     finally:  # the other tests share this daemon
         daemon.api("POST", "/v1/queue/resume").raise_for_status()
     expect(paused).to_be_hidden(timeout=WAIT_MS)
+
+
+def test_the_page_pauses_and_resumes_the_queue(daemon: Daemon, open_page: Any) -> None:
+    page = open_page()
+    toggle = page.locator("#pause-toggle")
+    expect(toggle).to_have_text("Pause the queue", timeout=WAIT_MS)
+    try:
+        toggle.click()
+        expect(page.locator("#paused")).to_be_visible()
+        assert daemon.status()["paused"] is True
+        expect(toggle).to_have_text("Resume the queue")
+        toggle.click()
+        expect(page.locator("#paused")).to_be_hidden()
+        assert daemon.status()["paused"] is False
+    finally:  # the other tests share this daemon
+        daemon.api("POST", "/v1/queue/resume").raise_for_status()
 
 
 def test_a_rollout_opens_in_detail_with_its_triplets_trace_logs_and_attempts(

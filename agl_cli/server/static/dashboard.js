@@ -130,6 +130,12 @@ function showProblem(error, what = "read from the daemon") {
   element.hidden = !error;
 }
 
+// A failure of `what`: a refused token asks for another, anything else is said.
+function sayFailure(error, what) {
+  if (error instanceof Refused) refuse(error.message);
+  else showProblem(error, what);
+}
+
 // --- the token ---------------------------------------------------------------------------------
 
 async function takeToken() {
@@ -188,7 +194,7 @@ function showSummary(summary) {
   const status = summary.status;
   $("daemon").textContent =
     `agl ${status.version} · ${status.store} store · ${status.address || "embedded"} · up ${duration(status.uptime)}`;
-  $("paused").hidden = !status.paused;
+  showPaused(status.paused);
   const total = STATES.reduce((sum, name) => sum + (status.tasks[name] || 0), 0);
   const progress = $("progress");
   if (!progress.children.length) {
@@ -215,6 +221,29 @@ function showSummary(summary) {
       previous.status.latest_resources_id !== status.latest_resources_id)
   ) {
     refreshPanels();
+  }
+}
+
+function showPaused(paused) {
+  $("paused").hidden = !paused;
+  const toggle = $("pause-toggle");
+  toggle.hidden = false;
+  toggle.dataset.paused = String(paused);
+  toggle.textContent = paused ? "Resume the queue" : "Pause the queue";
+}
+
+// `agl pause` or `agl resume`, whichever the queue's state calls for.
+async function togglePause() {
+  const toggle = $("pause-toggle");
+  const action = toggle.dataset.paused === "true" ? "resume" : "pause";
+  toggle.disabled = true;
+  try {
+    showPaused((await api(`/v1/queue/${action}`, { method: "POST" })).paused);
+    showProblem(null);
+  } catch (error) {
+    sayFailure(error, `${action} the queue`);
+  } finally {
+    toggle.disabled = false;
   }
 }
 
@@ -461,8 +490,7 @@ async function refreshPanels() {
     showResources(resources);
     showProblem(null);
   } catch (error) {
-    if (error instanceof Refused) refuse(error.message);
-    else showProblem(error);
+    sayFailure(error);
   }
 }
 
@@ -502,7 +530,7 @@ function retryButton(rolloutId) {
       await refreshPanels();
     } catch (error) {
       await refreshPanels(); // someone may have retried it first: show the list as it is
-      showProblem(error, `retry ${shortId(rolloutId)}`);
+      sayFailure(error, `retry ${shortId(rolloutId)}`);
     }
   });
   return button;
@@ -797,6 +825,7 @@ function wire() {
     refreshPanels();
   });
   $("detail-close").addEventListener("click", () => $("detail").close());
+  $("pause-toggle").addEventListener("click", togglePause);
   document.addEventListener("visibilitychange", refreshPanels);
 }
 
