@@ -45,6 +45,23 @@ class TaskRecord(TypedDict):
     duplicates: int
 
 
+AttemptStatus = Literal["preparing", "running", "failed", "succeeded", "unresponsive", "timeout"]
+
+
+class Attempt(TypedDict):
+    """One claim of a task, by either door: the store API's `Attempt`."""
+
+    rollout_id: str
+    attempt_id: str
+    sequence_id: int
+    start_time: float
+    end_time: float | None
+    status: AttemptStatus
+    worker_id: str | None
+    last_heartbeat_time: float | None
+    metadata: dict[str, Any] | None
+
+
 class RolloutRecord(TypedDict, total=False):
     """A rollout as its worker sent it (unknown fields included) plus agl's bookkeeping."""
 
@@ -227,6 +244,15 @@ class AglClient:
 
     def get_task(self, rollout_id: str) -> TaskRecord:
         return cast(TaskRecord, self._call("GET", f"/v1/tasks/{_segment(rollout_id)}"))
+
+    def attempts(self, rollout_id: str, last: int = 20) -> tuple[list[Attempt], int]:
+        """A task's latest `last` attempts, oldest first, and how many it has had in all."""
+        page = self._call(
+            "GET",
+            f"/v1/agl/rollouts/{_segment(rollout_id)}/attempts",
+            params={"sort_by": "sequence_id", "sort_order": "desc", "limit": last},
+        )
+        return cast(list[Attempt], page["items"][::-1]), cast(int, page["total"])
 
     def cancel_task(self, rollout_id: str) -> TaskRecord:
         return cast(TaskRecord, self._call("POST", f"/v1/tasks/{_segment(rollout_id)}/cancel"))

@@ -117,7 +117,7 @@ complete -c agl -n "__agl_at 'prometheus'" -F
 complete -c agl -n "__agl_at 'agentops'" -F
 
 complete -c agl -n "__agl_at 'tasks'" -a 'list' -d 'List tasks in the order they were queued'
-complete -c agl -n "__agl_at 'tasks'" -a 'show' -d 'Show one task and where it is in its life'
+complete -c agl -n "__agl_at 'tasks'" -a 'show' -d 'Show one task and where it is in its life, with its latest attempts'
 complete -c agl -n "__agl_at 'tasks'" -a 'cancel' -d 'Cancel queued or claimed tasks, all of them or none: they are not handed out...'
 complete -c agl -n "__agl_at 'tasks'" -a 'retry' -d 'Queue failed or cancelled tasks again at the back of the queue, all of them o...'
 complete -c agl -n "__agl_at 'tasks'" -l help -d 'Show this message and exit'

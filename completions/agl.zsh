@@ -25,7 +25,7 @@ _agl_subcommands() {
       ) ;;
     'tasks') _agl_items=(
         'list:List tasks in the order they were queued'
-        'show:Show one task and where it is in its life'
+        'show:Show one task and where it is in its life, with its latest attempts'
         'cancel:Cancel queued or claimed tasks, all of them or none: they are not handed out...'
         'retry:Queue failed or cancelled tasks again at the back of the queue, all of them o...'
       ) ;;

@@ -7,6 +7,8 @@ import json
 from cli_runner import agl, assert_one_line_error, post_rollout
 from daemon import Daemon
 
+from agl_cli.cli.tasks import SHOWN_ATTEMPTS
+
 
 def test_list_shows_tasks_in_queue_order_and_filters_by_status(daemon: Daemon) -> None:
     first, second, third = daemon.queue("a", "b", "c")
@@ -38,6 +40,26 @@ def test_show_gives_the_task_and_its_state(daemon: Daemon) -> None:
     )
     human = agl("tasks", "show", rollout_id, daemon=daemon)
     assert human.returncode == 0 and "queued" in human.stdout
+
+
+def test_show_lists_the_latest_attempts_of_a_task(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue("again and again")
+    for _ in range(SHOWN_ATTEMPTS + 1):
+        assert daemon.claim() is not None
+        fail_latest_attempt(daemon, rollout_id)
+        daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": [rollout_id]}).raise_for_status()
+    daemon.claim()
+    shown = agl("tasks", "show", rollout_id, daemon=daemon)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    start = lines.index(f"attempts (the last {SHOWN_ATTEMPTS} of {SHOWN_ATTEMPTS + 2})")
+    rows = [line.split() for line in lines[start + 2 :]]
+    assert [(row[0], row[2]) for row in rows] == [
+        *((str(n), "failed") for n in range(3, SHOWN_ATTEMPTS + 2)),
+        (str(SHOWN_ATTEMPTS + 2), "preparing"),
+    ]
+    as_json = json.loads(agl("tasks", "show", rollout_id, "--json", daemon=daemon).stdout)
+    assert "attempts" not in as_json and as_json["num_claims"] == SHOWN_ATTEMPTS + 2
 
 
 def test_cancel_takes_a_task_out_of_the_queue(daemon: Daemon) -> None:

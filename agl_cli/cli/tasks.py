@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import typer
+from rich.text import Text
 
 from agl_cli.cli import output
 from agl_cli.cli.context import connect
@@ -13,7 +14,9 @@ from agl_cli.cli.errors import ExitCode, fail
 from agl_cli.task_status import TaskStatus
 
 if TYPE_CHECKING:
-    from agl_cli.client import AglClient, TaskRecord
+    from agl_cli.client import AglClient, Attempt, TaskRecord
+
+SHOWN_ATTEMPTS = 20  # `agl tasks show` lists a task's latest attempts, at most this many
 
 app = typer.Typer(
     help="Tasks: list them, show one, cancel or retry them.", no_args_is_help=True, add_completion=False
@@ -53,13 +56,33 @@ def show(
     rollout_id: str = typer.Argument(..., metavar="ID", help="The task's rollout id.", show_default=False),
     json_output: bool = typer.Option(False, "--json", help="Machine output: the task as JSON."),
 ) -> None:
-    """Show one task and where it is in its life."""
+    """Show one task and where it is in its life, with its latest attempts."""
     with connect(ctx) as client:
         task = client.get_task(rollout_id)
-    if json_output:
-        output.print_json(task)
-    else:
-        output.show_record(task)
+        if json_output:
+            output.print_json(task)
+            return
+        attempts, total = client.attempts(rollout_id, SHOWN_ATTEMPTS)
+    output.show_record(task)
+    if attempts:
+        _show_attempts(attempts, total)
+
+
+def _show_attempts(attempts: list[Attempt], total: int) -> None:
+    grid = output.table("#", "attempt", "status", "worker", "started", "took")
+    for attempt in attempts:
+        end = attempt["end_time"]
+        grid.add_row(
+            str(attempt["sequence_id"]),
+            attempt["attempt_id"],
+            attempt["status"],
+            attempt["worker_id"] or "-",
+            output.timestamp(attempt["start_time"]),
+            "-" if end is None else output.duration(end - attempt["start_time"]),
+        )
+    shown = "" if total == len(attempts) else f" (the last {len(attempts)} of {total})"
+    output.out().print(Text(f"\nattempts{shown}", style="bold"))
+    output.out().print(grid)
 
 
 class _Change(NamedTuple):
