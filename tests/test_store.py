@@ -291,20 +291,19 @@ def test_retrying_queues_failed_and_cancelled_tasks_again_at_the_back_all_or_non
     make_store: StoreFactory, clock: FakeClock
 ) -> None:
     store = make_store(max_claims=1)
-    failed, cancelled, queued, done = queue(store, "failed", "cancelled", "queued", "done")
+    failed, cancelled, completed, claimed = queue(store, "failed", "cancelled", "completed", "claimed")
     store.claim_next()
     clock.advance(11)  # past the timeout: its one claim ran out
     store.cancel_task(cancelled)
-    assert store.claim_next().rollout_id == queued  # type: ignore[union-attr]
-    store.record_rollout(Rollout(rollout_id=queued))
-    assert store.claim_next().rollout_id == done  # type: ignore[union-attr]
+    assert store.claim_next().rollout_id == completed  # type: ignore[union-attr]
+    store.record_rollout(Rollout(rollout_id=completed))
+    assert store.claim_next().rollout_id == claimed  # type: ignore[union-attr]
     [queued] = queue(store, "queued")
     with pytest.raises(UnknownTaskError, match="No task with id 'nope'"):
         store.retry_tasks([failed, "nope"])
-    with pytest.raises(InvalidTransitionError, match=f"'{queued}' is queued and cannot be retried"):
-        store.retry_tasks([cancelled, queued])
-    with pytest.raises(InvalidTransitionError, match=f"'{done}' is claimed and cannot be retried"):
-        store.retry_tasks([done])
+    for state, rollout_id in (("queued", queued), ("claimed", claimed), ("completed", completed)):
+        with pytest.raises(InvalidTransitionError, match=f"'{rollout_id}' is {state} and cannot be retried"):
+            store.retry_tasks([cancelled, rollout_id])
     assert store.counts().tasks[TaskStatus.QUEUED] == 1
     records = store.retry_tasks([cancelled, failed, cancelled])
     assert [(r.rollout_id, r.status) for r in records] == [

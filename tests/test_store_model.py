@@ -7,9 +7,9 @@ Each run queues, stages and commits batches, claims through both doors, lets tim
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
 through the store API, cancels (several at once, and the whole queue a write at a time),
 retries (several at once, and every failed task a write at a time), pauses and resumes
-the queue, consumes, deletes results past the retention setting and reopens the store, on every
-store; after each step the store must agree with the model: task states, attempts, the
-sequence of results, counts. The clock is fake: nothing sleeps.
+the queue, consumes, deletes results past the retention setting and reopens the store,
+on every store; after each step the store must agree with the model: task states,
+attempts, the sequence of results, counts. The clock is fake: nothing sleeps.
 `HYPOTHESIS_PROFILE=long` runs many more.
 """
 
