@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from agl_cli.store import (
     ReportOutcome,
     SQLiteStore,
     Store,
+    TaskRecord,
     TaskSpec,
     UnknownAttemptError,
     UnknownTaskError,
@@ -262,48 +264,49 @@ class StoreMachine(RuleBasedStateMachine):
             self.store.update_attempt(rollout_id, "latest", {"status": "succeeded"})
 
     @precondition(lambda self: self.model.tasks)
-    @rule(data=st.data(), stranger=st.booleans())
-    def cancel(self, data: st.DataObject, stranger: bool) -> None:
-        """Cancel one to three tasks (some perhaps twice, or a stranger): all, or none."""
-        known = st.sampled_from(list(self.model.tasks))
-        ids = data.draw(st.lists(known, min_size=1, max_size=3))
-        if stranger:
-            ids.insert(data.draw(st.integers(0, len(ids))), "stranger-3")
-        first_bad = next((rid for rid in ids if rid not in self.model.tasks or self.model.tasks[rid].status not in (TaskStatus.QUEUED, TaskStatus.CLAIMED)), None)  # fmt: skip
-        if first_bad is None:
-            records = self.store.cancel_tasks(ids)
-            assert [r.rollout_id for r in records] == list(dict.fromkeys(ids))
-            for rollout_id in ids:
-                self.model.end(rollout_id, TaskStatus.CANCELLED)
-            return
-        error = UnknownTaskError if first_bad == "stranger-3" else InvalidTransitionError
-        with pytest.raises(error, match=first_bad):
-            self.store.cancel_tasks(ids)
+    @rule(data=st.data(), stranger=st.booleans(), any_state=st.booleans())
+    def cancel(self, data: st.DataObject, stranger: bool, any_state: bool) -> None:
+        self._change_several(
+            data, stranger, any_state, (TaskStatus.QUEUED, TaskStatus.CLAIMED),
+            lambda ids: self.store.cancel_tasks(ids),
+            lambda rollout_id: self.model.end(rollout_id, TaskStatus.CANCELLED),
+        )  # fmt: skip
 
     @precondition(lambda self: self.model.tasks)
     @rule(data=st.data(), stranger=st.booleans(), any_state=st.booleans())
     def retry(self, data: st.DataObject, stranger: bool, any_state: bool) -> None:
-        """Retry one to three tasks (some perhaps twice, or a stranger): all, or none.
-        Half the time they are drawn among those that can be retried, if there are any."""
-        ended = [
-            rid
-            for rid, t in self.model.tasks.items()
-            if t.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
-        ]
-        known = st.sampled_from(ended if ended and not any_state else list(self.model.tasks))
+        self._change_several(
+            data, stranger, any_state, (TaskStatus.FAILED, TaskStatus.CANCELLED),
+            lambda ids: self.store.retry_tasks(ids), self.model.retry,
+        )  # fmt: skip
+
+    def _change_several(
+        self,
+        data: st.DataObject,
+        stranger: bool,
+        any_state: bool,
+        allowed: tuple[TaskStatus, ...],
+        change: Callable[[list[str]], list[TaskRecord]],
+        follow: Callable[[str], None],
+    ) -> None:
+        """Change one to three tasks (some perhaps twice, or a stranger) at once: all of
+        them, or none if one is unknown or not in an `allowed` state. Half the time they
+        are drawn among the tasks in an allowed state, if there are any."""
+        fit = [rollout_id for rollout_id, task in self.model.tasks.items() if task.status in allowed]
+        known = st.sampled_from(fit if fit and not any_state else list(self.model.tasks))
         ids = data.draw(st.lists(known, min_size=1, max_size=3))
         if stranger:
             ids.insert(data.draw(st.integers(0, len(ids))), "stranger-3")
-        first_bad = next((rid for rid in ids if rid not in self.model.tasks or self.model.tasks[rid].status not in (TaskStatus.FAILED, TaskStatus.CANCELLED)), None)  # fmt: skip
+        first_bad = next((rid for rid in ids if rid not in self.model.tasks or self.model.tasks[rid].status not in allowed), None)  # fmt: skip
         if first_bad is None:
-            records = self.store.retry_tasks(ids)
+            records = change(ids)
             assert [r.rollout_id for r in records] == list(dict.fromkeys(ids))
             for rollout_id in dict.fromkeys(ids):
-                self.model.retry(rollout_id)
+                follow(rollout_id)
             return
         error = UnknownTaskError if first_bad == "stranger-3" else InvalidTransitionError
         with pytest.raises(error, match=first_bad):
-            self.store.retry_tasks(ids)
+            change(ids)
 
     @rule(limit=st.sampled_from([1, 2, 100]))
     def retry_the_failed_a_write_at_a_time(self, limit: int) -> None:

@@ -285,6 +285,8 @@ _LIMIT = Param("limit", _Limit, f"How many at most (default {DEFAULT_LIST_LIMIT}
 _REVEAL = Param("reveal", bool, "Show API keys instead of `***`.")
 _GONE = {404: None}
 _INVALID = {422: None}
+# What a change of tasks named in the body answers: all of them, or the first it cannot make.
+_TASKS_CHANGED = {200: schemas.TaskList, **_GONE, 409: None, **_INVALID}
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint(
@@ -306,7 +308,7 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "POST", "/v1/tasks/cancel", cancel_tasks, "Cancel tasks (all or none)",
-        {200: schemas.TaskList, **_GONE, 409: None, **_INVALID}, body=schemas.TaskIds,
+        _TASKS_CHANGED, body=schemas.TaskIds,
     ),
     Endpoint(
         "POST", "/v1/queue/cancel", cancel_queued, "Cancel every queued task",
@@ -322,7 +324,7 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "POST", "/v1/tasks/retry", retry_tasks, "Retry failed or cancelled tasks (all or none)",
-        {200: schemas.TaskList, **_GONE, 409: None, **_INVALID}, body=schemas.TaskIds,
+        _TASKS_CHANGED, body=schemas.TaskIds,
     ),
     Endpoint(
         "POST", "/v1/tasks/retry-failed", retry_failed, "Retry every failed task",
