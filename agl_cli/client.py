@@ -259,8 +259,7 @@ class AglClient:
 
     def cancel_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Cancel them all, or none if any is unknown or has ended."""
-        body = orjson.dumps({"rollout_ids": list(rollout_ids)})
-        return cast(list[TaskRecord], self._call("POST", "/v1/tasks/cancel", content=body)["tasks"])
+        return self._change_tasks("/v1/tasks/cancel", rollout_ids)
 
     def cancel_queued(self, timeout: float = 600.0) -> int:
         """Cancel every task queued now (claimed ones run on); a million takes a while."""
@@ -277,8 +276,12 @@ class AglClient:
     def retry_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Queue failed or cancelled tasks again, or none if any is unknown or in another
         state; each keeps its claims, so its attempt limit leaves it at least one more."""
+        return self._change_tasks("/v1/tasks/retry", rollout_ids)
+
+    def _change_tasks(self, path: str, rollout_ids: Sequence[str]) -> list[TaskRecord]:
+        """A change of the tasks named, made by the route at `path`: the tasks as they are now."""
         body = orjson.dumps({"rollout_ids": list(rollout_ids)})
-        return cast(list[TaskRecord], self._call("POST", "/v1/tasks/retry", content=body)["tasks"])
+        return cast(list[TaskRecord], self._call("POST", path, content=body)["tasks"])
 
     def retry_failed(self, timeout: float = 600.0) -> int:
         """Queue every failed task again, oldest first; how many were."""
