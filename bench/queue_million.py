@@ -129,37 +129,64 @@ class Worker(threading.Thread):
         return sorted(self.claims)
 
 
-def cancel_beside_a_worker(state_dir: Path, url: str, env: dict[str, str]) -> dict[str, Any]:
-    """`agl tasks cancel --queued` while a worker claims and reports."""
+def beside_a_worker(url: str, command: list[str], env: dict[str, str]) -> tuple[float, bytes, list[float]]:
+    """Run an `agl` command while a worker claims and reports: its wall time, its output,
+    and the worker's claim latencies meanwhile, sorted."""
     worker = Worker(url)
     worker.start()
-    command = [
-        sys.executable,
-        "-m",
-        "agl_cli",
-        "--state-dir",
-        str(state_dir),
-        "tasks",
-        "cancel",
-        "--queued",
-        "--json",
-    ]
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, env=env, check=False)
     wall = time.perf_counter() - began
     claims = worker.stop()
     if result.returncode != 0:
-        raise SystemExit(f"agl tasks cancel failed ({result.returncode}): {result.stderr.decode()}")
+        raise SystemExit(f"{' '.join(command[3:])} failed ({result.returncode}): {result.stderr.decode()}")
+    return wall, result.stdout, claims
+
+
+def latencies(claims: list[float], prefix: str) -> dict[str, Any]:
     return {
-        "cancelled": json.loads(result.stdout)["cancelled"],
-        "cancel_seconds": round(wall, 2),
-        "claims_meanwhile": len(claims),
-        "claim_p50_ms": round(claims[len(claims) // 2] * 1e3, 2),
-        "claim_p99_ms": round(claims[int(len(claims) * 0.99)] * 1e3, 2),
+        f"{prefix}claims": len(claims),
+        f"{prefix}claim_p50_ms": round(claims[len(claims) // 2] * 1e3, 2),
+        f"{prefix}claim_p99_ms": round(claims[int(len(claims) * 0.99)] * 1e3, 2),
     }
 
 
-def run(tasks: int, workdir: Path, then_cancel: bool = False) -> dict[str, Any]:
+def agl_command(state_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "agl_cli", "--state-dir", str(state_dir), *args]
+
+
+def cancel_beside_a_worker(state_dir: Path, url: str, env: dict[str, str]) -> dict[str, Any]:
+    """`agl tasks cancel --queued` while a worker claims and reports."""
+    wall, out, claims = beside_a_worker(
+        url, agl_command(state_dir, "tasks", "cancel", "--queued", "--json"), env
+    )
+    return {
+        "cancelled": json.loads(out)["cancelled"],
+        "cancel_seconds": round(wall, 2),
+        **latencies(claims, "cancel_"),
+    }
+
+
+def backup_beside_a_worker(state_dir: Path, url: str, env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """`agl backup` while a worker claims and reports, then the worker alone for as long
+    (at least a second), to compare its claims with."""
+    copy = workdir / "backup.db"
+    wall, out, claims = beside_a_worker(url, agl_command(state_dir, "backup", str(copy), "--json"), env)
+    saved = json.loads(out)
+    alone = Worker(url)
+    alone.start()
+    time.sleep(max(wall, 1.0))
+    baseline = alone.stop()
+    return {
+        "backup_seconds": round(wall, 2),
+        "backup_mb": round(saved["bytes"] / 1e6, 1),
+        "backup_tasks": saved["tasks"],
+        **latencies(baseline, "alone_"),
+        **latencies(claims, "backup_"),
+    }
+
+
+def run(tasks: int, workdir: Path, then_cancel: bool = False, then_backup: bool = False) -> dict[str, Any]:
     file = workdir / "tasks.jsonl"
     began = time.perf_counter()
     write_tasks(file, tasks)
@@ -184,6 +211,7 @@ def run(tasks: int, workdir: Path, then_cancel: bool = False) -> dict[str, Any]:
             url + "/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=60
         ).json()
         printed = sum(1 for _ in (workdir / "ids.txt").open("rb"))
+        backup = backup_beside_a_worker(state_dir, url, env, workdir) if then_backup else {}
         cancel = cancel_beside_a_worker(state_dir, url, env) if then_cancel else {}
     finally:
         daemon.terminate()
@@ -199,6 +227,7 @@ def run(tasks: int, workdir: Path, then_cancel: bool = False) -> dict[str, Any]:
         "queued_reported_by_daemon": status["tasks"]["queued"],
         "ids_printed": printed,
         "within_targets": wall <= TARGET_SECONDS and peak / 1e6 <= TARGET_RSS_MB,
+        **backup,
         **cancel,
     }
 
@@ -209,12 +238,15 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="Also write the figures as JSON ('-' for stdout).")
     parser.add_argument("--keep", action="store_true", help="Keep the work directory (file, state, logs).")
     parser.add_argument(
+        "--then-backup", action="store_true", help="Then back the daemon up beside a worker, and time that."
+    )
+    parser.add_argument(
         "--then-cancel", action="store_true", help="Then cancel the queue beside a worker, and time that."
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="agl-queue-bench-"))
     try:
-        figures = run(args.tasks, workdir, args.then_cancel)
+        figures = run(args.tasks, workdir, args.then_cancel, args.then_backup)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -225,11 +257,19 @@ def main() -> None:
         f"target <= {TARGET_RSS_MB:g} MB\n"
         f"daemon reports {figures['queued_reported_by_daemon']:,} queued; {figures['ids_printed']:,} ids printed"
     )
+    if args.then_backup:
+        print(
+            f"agl backup: {figures['backup_mb']} MB ({figures['backup_tasks']:,} tasks) in"
+            f" {figures['backup_seconds']} s; a worker's claims meanwhile ({figures['backup_claims']:,}):"
+            f" p50 {figures['backup_claim_p50_ms']} ms, p99 {figures['backup_claim_p99_ms']} ms;"
+            f" alone for as long after it ({figures['alone_claims']:,}):"
+            f" p50 {figures['alone_claim_p50_ms']} ms, p99 {figures['alone_claim_p99_ms']} ms"
+        )
     if args.then_cancel:
         print(
             f"agl tasks cancel --queued: {figures['cancelled']:,} cancelled in {figures['cancel_seconds']} s; "
-            f"a worker's claims meanwhile ({figures['claims_meanwhile']:,}): "
-            f"p50 {figures['claim_p50_ms']} ms, p99 {figures['claim_p99_ms']} ms"
+            f"a worker's claims meanwhile ({figures['cancel_claims']:,}): "
+            f"p50 {figures['cancel_claim_p50_ms']} ms, p99 {figures['cancel_claim_p99_ms']} ms"
         )
     if args.json:
         text = json.dumps(figures, indent=2)

@@ -5,7 +5,7 @@
 # The subcommands of command $1 ("" is agl itself, "rollouts" is agl rollouts).
 _agl_subcommands() {
     case $1 in
-        '') _agl_words='serve stop status dashboard compact queue pause resume vllm store prometheus agentops tasks resources rollouts' ;;
+        '') _agl_words='serve stop status dashboard backup restore compact queue pause resume vllm store prometheus agentops tasks resources rollouts' ;;
         'tasks') _agl_words='list show cancel retry' ;;
         'resources') _agl_words='push list show' ;;
         'rollouts') _agl_words='watch list show' ;;
@@ -21,6 +21,8 @@ _agl_options() {
         'stop') _agl_words='--timeout --help' ;;
         'status') _agl_words='--watch -w --json --help' ;;
         'dashboard') _agl_words='--print --no-browser --help' ;;
+        'backup') _agl_words='--force --json --help' ;;
+        'restore') _agl_words='--state-dir --json --help' ;;
         'compact') _agl_words='--state-dir --help' ;;
         'queue') _agl_words='--mode --resources-id --latest --metadata --wait --timeout --json --dry-run --help' ;;
         'pause') _agl_words='--json --help' ;;
@@ -47,7 +49,7 @@ _agl_options() {
 _agl_option_value() {
     case $1:$2 in
         ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
-        ':--state-dir'|'serve:--state-dir'|'compact:--state-dir') _agl_value='@directory' ;;
+        ':--state-dir'|'serve:--state-dir'|'restore:--state-dir'|'compact:--state-dir') _agl_value='@directory' ;;
         'queue:--mode') _agl_value='train val test' ;;
         'tasks list:--status') _agl_value='queued claimed completed failed cancelled' ;;
         'rollouts watch:--since') _agl_value='all now' ;;
@@ -58,7 +60,7 @@ _agl_option_value() {
 # What the arguments of command $1 are, in the same terms.
 _agl_argument_value() {
     case $1 in
-        'queue'|'vllm'|'store'|'prometheus'|'agentops'|'resources push') _agl_value='@file' ;;
+        'backup'|'restore'|'queue'|'vllm'|'store'|'prometheus'|'agentops'|'resources push') _agl_value='@file' ;;
         'tasks show'|'tasks cancel'|'tasks retry'|'rollouts show') _agl_value='@text' ;;
         'resources show') _agl_value='latest' ;;
         *) _agl_value='' ;;

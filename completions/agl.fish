@@ -3,12 +3,12 @@
 
 # Whether option $argv[2] of command $argv[1] ("" is agl itself) takes a value.
 function __agl_takes_value
-    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'serve:--allowed-host' 'stop:--timeout' 'compact:--state-dir' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
+    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'serve:--allowed-host' 'stop:--timeout' 'restore:--state-dir' 'compact:--state-dir' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
 end
 
 # Whether $argv[1] ("rollouts watch") is a command of agl.
 function __agl_is_command
-    contains -- $argv[1] 'serve' 'stop' 'status' 'dashboard' 'compact' 'queue' 'pause' 'resume' 'vllm' 'store' 'prometheus' 'agentops' 'tasks' 'tasks list' 'tasks show' 'tasks cancel' 'tasks retry' 'resources' 'resources push' 'resources list' 'resources show' 'rollouts' 'rollouts watch' 'rollouts list' 'rollouts show'
+    contains -- $argv[1] 'serve' 'stop' 'status' 'dashboard' 'backup' 'restore' 'compact' 'queue' 'pause' 'resume' 'vllm' 'store' 'prometheus' 'agentops' 'tasks' 'tasks list' 'tasks show' 'tasks cancel' 'tasks retry' 'resources' 'resources push' 'resources list' 'resources show' 'rollouts' 'rollouts watch' 'rollouts list' 'rollouts show'
 end
 
 # The command the words before the cursor are in: "", "rollouts", "rollouts watch".
@@ -43,6 +43,8 @@ complete -c agl -n "__agl_at ''" -a 'serve' -d 'Run the daemon in the foreground
 complete -c agl -n "__agl_at ''" -a 'stop' -d 'Stop the daemon gracefully: in-flight requests finish, then it exits'
 complete -c agl -n "__agl_at ''" -a 'status' -d 'Show the daemon\'s version, uptime, address, task counts, rates and latest res...'
 complete -c agl -n "__agl_at ''" -a 'dashboard' -d 'Open the live dashboard in your browser, signed in'
+complete -c agl -n "__agl_at ''" -a 'backup' -d 'Save a copy of the daemon\'s whole store to FILE, while it serves'
+complete -c agl -n "__agl_at ''" -a 'restore' -d 'Put a copy agl backup saved in place of the database; the daemon must be stopped'
 complete -c agl -n "__agl_at ''" -a 'compact' -d 'Shrink the database file to what it holds; the daemon must be stopped'
 complete -c agl -n "__agl_at ''" -a 'queue' -d 'Queue tasks from files: all of them, or none if any is bad'
 complete -c agl -n "__agl_at ''" -a 'pause' -d 'Pause the queue: workers get no tasks until agl resume'
@@ -87,6 +89,16 @@ complete -c agl -n "__agl_at 'status'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'dashboard'" -l print -l no-browser -d 'Print the address (with the token) instead of opening it'
 complete -c agl -n "__agl_at 'dashboard'" -l help -d 'Show this message and exit'
+
+complete -c agl -n "__agl_at 'backup'" -l force -d 'Replace FILE if it exists'
+complete -c agl -n "__agl_at 'backup'" -l json -d 'Machine output: what the copy holds, as JSON'
+complete -c agl -n "__agl_at 'backup'" -l help -d 'Show this message and exit'
+complete -c agl -n "__agl_at 'backup'" -F
+
+complete -c agl -n "__agl_at 'restore'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live'
+complete -c agl -n "__agl_at 'restore'" -l json -d 'Machine output: what the copy holds, as JSON'
+complete -c agl -n "__agl_at 'restore'" -l help -d 'Show this message and exit'
+complete -c agl -n "__agl_at 'restore'" -F
 
 complete -c agl -n "__agl_at 'compact'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live'
 complete -c agl -n "__agl_at 'compact'" -l help -d 'Show this message and exit'

@@ -11,6 +11,8 @@ _agl_subcommands() {
         'stop:Stop the daemon gracefully: in-flight requests finish, then it exits'
         'status:Show the daemon'\''s version, uptime, address, task counts, rates and latest res...'
         'dashboard:Open the live dashboard in your browser, signed in'
+        'backup:Save a copy of the daemon'\''s whole store to FILE, while it serves'
+        'restore:Put a copy agl backup saved in place of the database; the daemon must be stopped'
         'compact:Shrink the database file to what it holds; the daemon must be stopped'
         'queue:Queue tasks from files: all of them, or none if any is bad'
         'pause:Pause the queue: workers get no tasks until agl resume'
@@ -86,6 +88,16 @@ _agl_options() {
     'dashboard') _agl_items=(
         '--print:Print the address (with the token) instead of opening it'
         '--no-browser:Print the address (with the token) instead of opening it'
+        '--help:Show this message and exit'
+      ) ;;
+    'backup') _agl_items=(
+        '--force:Replace FILE if it exists'
+        '--json:Machine output: what the copy holds, as JSON'
+        '--help:Show this message and exit'
+      ) ;;
+    'restore') _agl_items=(
+        '--state-dir:Where the database, token and pidfile live'
+        '--json:Machine output: what the copy holds, as JSON'
         '--help:Show this message and exit'
       ) ;;
     'compact') _agl_items=(
@@ -180,7 +192,7 @@ _agl_options() {
 _agl_option_value() {
   case $1:$2 in
     ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
-    ':--state-dir'|'serve:--state-dir'|'compact:--state-dir') REPLY='@directory' ;;
+    ':--state-dir'|'serve:--state-dir'|'restore:--state-dir'|'compact:--state-dir') REPLY='@directory' ;;
     'queue:--mode') REPLY='train val test' ;;
     'tasks list:--status') REPLY='queued claimed completed failed cancelled' ;;
     'rollouts watch:--since') REPLY='all now' ;;
@@ -191,7 +203,7 @@ _agl_option_value() {
 # What the arguments of command $1 are, in the same terms.
 _agl_argument_value() {
   case $1 in
-    'queue'|'vllm'|'store'|'prometheus'|'agentops'|'resources push') REPLY='@file' ;;
+    'backup'|'restore'|'queue'|'vllm'|'store'|'prometheus'|'agentops'|'resources push') REPLY='@file' ;;
     'tasks show'|'tasks cancel'|'tasks retry'|'rollouts show') REPLY='@text' ;;
     'resources show') REPLY='latest' ;;
     *) REPLY='' ;;

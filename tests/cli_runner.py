@@ -38,6 +38,19 @@ def agl(
     )
 
 
+def agl_into(out: Path, *args: str, daemon: Daemon) -> subprocess.CompletedProcess[bytes]:
+    """`agl ARGS` with its stdout going to the file `out`, as `agl ARGS > out` (binary output)."""
+    with out.open("wb") as stdout:
+        return subprocess.run(
+            [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            env=env_without_agl(),
+            check=False,
+        )
+
+
 def popen_agl(*args: str, daemon: Daemon) -> subprocess.Popen[str]:
     """`agl` in the background, taking Ctrl-C (SIGINT) as from a terminal, even where the
     suite itself runs in the background, which starts everything with SIGINT ignored."""

@@ -165,10 +165,15 @@ def test_a_small_retention_run_deletes_the_whole_backlog(tmp_path: Path) -> None
     assert re.search(r"^claims meanwhile: [\d,]+, p50 [\d.]+ ms, p99 [\d.]+ ms", result.stdout, re.M)
 
 
-def test_a_small_queue_run_then_cancels_the_queue_beside_a_worker(tmp_path: Path) -> None:
-    result = bench("queue_million.py", "--tasks", "2000", "--then-cancel", cwd=tmp_path, timeout=120)
+def test_a_small_queue_run_then_backs_up_and_cancels_the_queue_beside_a_worker(tmp_path: Path) -> None:
+    result = bench(
+        "queue_million.py", "--tasks", "2000", "--then-backup", "--then-cancel", cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "daemon reports 2,000 queued; 2,000 ids printed" in result.stdout
+    assert re.search(r"^agl backup: [\d.]+ MB \(2,000 tasks\) in [\d.]+ s; a worker's claims meanwhile"
+                     r" \([\d,]+\): p50 [\d.]+ ms, p99 [\d.]+ ms; alone for as long after it \([\d,]+\):"
+                     r" p50 [\d.]+ ms, p99 [\d.]+ ms$", result.stdout, re.M)  # fmt: skip
     cancelled = re.search(r"^agl tasks cancel --queued: ([\d,]+) cancelled in [\d.]+ s; a worker's claims meanwhile"
                           r" \([\d,]+\): p50 [\d.]+ ms, p99 [\d.]+ ms$", result.stdout, re.M)  # fmt: skip
     assert cancelled and 0 < int(cancelled.group(1).replace(",", "")) <= 2000

@@ -31,6 +31,16 @@ def popen_agl_in(state_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+def kill_while_it_writes(command: subprocess.Popen[bytes], copy: Path) -> None:
+    """`kill -9` the command as soon as it begins writing `copy`, before it is done."""
+    deadline = time.monotonic() + 30
+    while not copy.exists():  # looked at without a pause: the copy takes a fraction of a second
+        assert command.poll() is None and time.monotonic() < deadline, "the copy was never begun"
+    command.kill()
+    command.wait(10)
+    assert command.returncode == -signal.SIGKILL  # not done: killed while copying
+
+
 def test_a_compacted_file_holds_all_it_held_in_the_space_it_needs(tmp_path: Path, clock: FakeClock) -> None:
     path = tmp_path / "agl.db"
     store = SQLiteStore(path, clock=clock, rollout_retention=60)
@@ -104,13 +114,7 @@ def test_a_compaction_killed_midway_leaves_the_file_as_it_was(
     ids = [reported(store, float(n), metadata={"big": BIG + str(n)}) for n in range(400)]  # 40 MB to copy
     store.close()
     copy = path.with_name(path.name + SUFFIX)
-    compacting = popen_agl_in(path.parent, "compact")
-    deadline = time.monotonic() + 30
-    while not copy.exists():  # looked at without a pause: the copy takes a fraction of a second
-        assert compacting.poll() is None and time.monotonic() < deadline, "the copy was never begun"
-    compacting.kill()
-    compacting.wait(10)
-    assert compacting.returncode == -signal.SIGKILL  # not done: killed while copying
+    kill_while_it_writes(popen_agl_in(path.parent, "compact"), copy)
     daemon = make_daemon(state_dir=path.parent)  # takes over the pidfile it left; the copy is not read
     kept = daemon.rollouts()
     assert [rollout["rollout_id"] for rollout in kept] == ids

@@ -158,3 +158,35 @@ def test_a_failed_sync_is_a_503_and_the_daemon_stops_so_that_no_later_write_is_a
     assert again.api("GET", f"/v1/tasks/{kept}").status_code == 200
     with sqlite3.connect(state / "agl.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.parametrize(
+    ("fault", "answer"),
+    [
+        ("AGL_FAIL_WRITES", (503, "The database could not be copied (disk I/O error).")),
+        ("AGL_DISK_FULL", (507, "No room in {state} for a copy of the database.")),
+    ],
+)
+def test_a_backup_the_disk_cannot_take_is_refused_with_the_reason_and_leaves_nothing(
+    make_daemon: Callable[..., Daemon],
+    tmp_path: Path,
+    failing_writes: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    answer: tuple[int, str],
+) -> None:
+    trigger = tmp_path / "the disk fails"
+    state = tmp_path / "state"
+    daemon = faulty_daemon(make_daemon, failing_writes, monkeypatch, state, **{fault: trigger})
+    daemon.queue(*range(100))
+
+    trigger.touch()
+    failed = daemon.api("GET", "/v1/backup")
+
+    code, detail = answer
+    assert (failed.status_code, failed.json()) == (code, {"detail": detail.format(state=state)})
+    assert sorted(path.name for path in state.iterdir() if "backup" in path.name) == []
+    assert daemon.status()["tasks"]["queued"] == 100  # reads go on
+    trigger.unlink()
+    assert daemon.api("GET", "/v1/backup").status_code == 200
+    assert "Traceback" not in daemon.log_path.read_text()

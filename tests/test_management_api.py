@@ -878,7 +878,7 @@ EXPECTED_OPERATIONS = {
     ("post", "/v1/batches/{batch_id}/tasks"), ("post", "/v1/batches/{batch_id}/commit"),
     ("delete", "/v1/batches/{batch_id}"), ("post", "/v1/resources"), ("get", "/v1/resources"),
     ("get", "/v1/resources/{resources_id}"), ("get", "/v1/rollouts"), ("get", "/v1/rollouts/stream"),
-    ("get", "/v1/rollouts/{rollout_id}"), ("get", "/v1/status"), ("post", "/v1/shutdown"),
+    ("get", "/v1/rollouts/{rollout_id}"), ("get", "/v1/status"), ("post", "/v1/shutdown"), ("get", "/v1/backup"),
     ("get", "/v1/openapi.json"), ("get", "/v1/dashboard"), ("get", "/v1/dashboard/stream"),
     ("get", "/v1/dashboard/rollouts"), ("get", "/v1/dashboard/rollouts/{rollout_id}"),
     ("get", "/v1/dashboard/failures"), ("get", "/v1/dashboard/workers"), ("get", "/v1/dashboard/resources"),

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from agl_cli import __version__
+from agl_cli.cli import backup as backup_module
 from agl_cli.cli import compact as compact_module
 from agl_cli.cli import dashboard as dashboard_module
 from agl_cli.cli import pausing, resources, rollouts, tasks
@@ -78,6 +79,8 @@ app.command("serve", rich_help_panel=DAEMON)(serve_module.serve)
 app.command("stop", rich_help_panel=DAEMON)(stop_module.stop)
 app.command("status", rich_help_panel=DAEMON)(status_module.status)
 app.command("dashboard", rich_help_panel=DAEMON)(dashboard_module.dashboard)
+app.command("backup", rich_help_panel=DAEMON)(backup_module.backup)
+app.command("restore", rich_help_panel=DAEMON)(backup_module.restore)
 app.command("compact", rich_help_panel=DAEMON)(compact_module.compact)
 app.command("queue", rich_help_panel=WORK)(queue_module.queue)
 app.add_typer(tasks.app, name="tasks", rich_help_panel=WORK)

@@ -101,6 +101,11 @@ def duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+def count(number: int, noun: str) -> str:
+    """`1 task`, `2,500 tasks`."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
 def reward(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 

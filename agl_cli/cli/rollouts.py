@@ -166,7 +166,7 @@ def print_rollout(record: Mapping[str, Any], machine: bool, mode: str | None = N
         (f"{mode_of(record) or mode or '-':<5}", "cyan"),
         "  reward ",
         (output.reward(record.get("final_reward")), "green"),
-        f"  {triplets} triplet{'s' if triplets != 1 else ''}",
+        f"  {output.count(triplets, 'triplet')}",
         "  unsolicited" if record.get("unsolicited") else f"  attempt {_attempt(record)}",
     )
     output.out().print(line)

@@ -89,7 +89,7 @@ def render(current: Status) -> Table:
         )
     grid.add_row(
         "resources",
-        f"{_count(current.get('resources', 0), 'bundle')}, latest {current.get('latest_resources_id') or '-'}",
+        f"{output.count(current.get('resources', 0), 'bundle')}, latest {current.get('latest_resources_id') or '-'}",
     )
     limits = []
     if "task_timeout" in current:
@@ -102,7 +102,3 @@ def render(current: Status) -> Table:
     if limits:
         grid.add_row("limits", ", ".join(limits))
     return grid
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from starlette.requests import Request
 
@@ -533,6 +533,11 @@ class Broker:
 
     def _snapshot(self) -> Snapshot:
         return Snapshot(self._store.counts(), self._store.last_seq(), self._latest_id())
+
+    async def backup(self) -> BinaryIO:
+        """A copy of the store as of now (`Store.backup`): every write answered before
+        this was called is in it."""
+        return await self._threads.read(self._store.backup)
 
     # what people look at (the dashboard) ----------------------------------------------------
 

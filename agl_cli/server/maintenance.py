@@ -1,14 +1,17 @@
 """What is done to a daemon's state directory while no daemon runs on it: compacting its
-database (`agl compact`)."""
+database (`agl compact`), putting a backup in its place (`agl restore`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli import paths
 from agl_cli.server import pidfile
-from agl_cli.store import StoreError
+from agl_cli.store import StoreError, backups
 from agl_cli.store.compaction import Compacted, compact
 
 
@@ -17,19 +20,44 @@ class MaintenanceError(Exception):
 
 
 def compact_state_dir(state_dir: Path, progress: Callable[[int, int], None]) -> Compacted:
-    """Compact the database in `state_dir`, holding its pidfile meanwhile so that no daemon
-    starts; refused while one runs. Failures are `MaintenanceError`s."""
+    """Compact the database in `state_dir`; refused while a daemon runs on it."""
     if not state_dir.is_dir():
         raise MaintenanceError(f"There is no state directory {state_dir}: nothing to compact.")
     database = state_dir / paths.DATABASE_NAME
+    with _alone(state_dir, "compact", f"Cannot compact {database}"):
+        return compact(database, progress)
+
+
+@dataclass(frozen=True)
+class Restored:
+    contents: backups.Contents
+    replaced: Path | None  # where the database it replaced is kept
+
+
+def restore_state_dir(state_dir: Path, backup: Path) -> Restored:
+    """Put a copy of `backup` in place of the database in `state_dir` (made if need be),
+    keeping the one it replaces beside it; refused while a daemon runs on it."""
+    database = state_dir / paths.DATABASE_NAME
+    aside = database.with_name(f"{database.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
+    with _alone(state_dir, "restore", f"Cannot restore {backup}"):
+        had_one = database.exists()
+        contents = backups.restore(backup, database, aside)
+        return Restored(contents, aside if had_one else None)
+
+
+@contextmanager
+def _alone(state_dir: Path, verb: str, cannot: str) -> Iterator[None]:
+    """Hold the state directory's pidfile (made if need be), so that no daemon starts
+    meanwhile; refused while one runs. Failures become `MaintenanceError`s."""
     try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with pidfile.held(state_dir / paths.PIDFILE_NAME):
-            return compact(database, progress)
+            yield
     except pidfile.AlreadyRunningError as exc:
         raise MaintenanceError(
-            f"agl is running (pid {exc.pid}) on {state_dir}: stop it first (agl stop), then compact."
+            f"agl is running (pid {exc.pid}) on {state_dir}: stop it first (agl stop), then {verb}."
         ) from None
     except StoreError as exc:
         raise MaintenanceError(str(exc)) from None
     except OSError as exc:
-        raise MaintenanceError(f"Cannot compact {database}: {exc.strerror or exc}.") from None
+        raise MaintenanceError(f"{cannot}: {exc.strerror or exc}.") from None

@@ -6,20 +6,22 @@ both the Starlette routes and the OpenAPI document are made.
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, BinaryIO
 
 from pydantic import Field
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from agl_cli import __version__
 from agl_cli.models import ResourcesUpdate, TaskStatus
 from agl_cli.server import dashboard, schemas, sign_in
 from agl_cli.server.broker import broker_of
-from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param, build_document, routes_of
+from agl_cli.server.openapi import EVENT_STREAM, SQLITE, Endpoint, Param, build_document, routes_of
 from agl_cli.server.requests import bool_param, choice_param, int_param, read_model
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.schemas import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
@@ -35,6 +37,7 @@ from agl_cli.store import (
 )
 
 STATUSES = tuple(status.value for status in TaskStatus)
+BACKUP_CHUNK = 1 << 20  # bytes of a backup read and sent at a time
 
 # --- tasks ---------------------------------------------------------------------------------
 
@@ -267,6 +270,24 @@ async def shutdown(request: Request) -> Response:
     return ORJSONResponse({"status": "stopping"}, status_code=202, background=BackgroundTask(stop))
 
 
+async def backup(request: Request) -> Response:
+    """The whole store as one SQLite file, as of this request (every write answered before
+    it is in it): a daemon can be started on it. Workers are served meanwhile."""
+    copy = await broker_of(request).backup()
+    size = os.fstat(copy.fileno()).st_size
+    return StreamingResponse(
+        _read_out(copy),
+        media_type=SQLITE,
+        headers={"Content-Length": str(size), "Content-Disposition": 'attachment; filename="agl.db"'},
+    )
+
+
+async def _read_out(copy: BinaryIO) -> AsyncIterator[bytes]:
+    with copy:  # closed, and so gone, even if the client leaves half-way
+        while chunk := await asyncio.to_thread(copy.read, BACKUP_CHUNK):
+            yield chunk
+
+
 async def openapi_document(request: Request) -> Response:
     """This API described as OpenAPI 3.1, generated from the models it validates with."""
     return ORJSONResponse(management_openapi())
@@ -372,6 +393,10 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint("GET", "/v1/status", status, "The daemon's status", {200: schemas.Status}),
     Endpoint("POST", "/v1/shutdown", shutdown, "Stop the daemon", {202: schemas.Stopping, 501: None}),
+    Endpoint(
+        "GET", "/v1/backup", backup, "A copy of the whole store",
+        {200: None, 503: None, 507: None}, media_type=SQLITE,
+    ),
     Endpoint("GET", "/v1/openapi.json", openapi_document, "This document", {200: None}),
     *dashboard.ENDPOINTS,
     *sign_in.ENDPOINTS,

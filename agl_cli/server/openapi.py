@@ -23,7 +23,9 @@ from agl_cli.server import browsers
 from agl_cli.server.schemas import ErrorMessage, ValidationErrors
 
 REF_TEMPLATE = "#/components/schemas/{model}"
+JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
+SQLITE = "application/vnd.sqlite3"  # a database file, as `GET /v1/backup` sends it
 
 Described = Any  # a type pydantic can describe: a model, `list[Model]`, `Model | None`, ...
 
@@ -51,7 +53,7 @@ class Endpoint:
     responses: Mapping[int, Described]
     body: Described = None
     params: Sequence[Param] = field(default_factory=tuple)
-    media_type: str = "application/json"
+    media_type: str = JSON
 
     def route(self) -> Route:
         return Route(self.path, self.handler, methods=[self.method])
@@ -104,7 +106,7 @@ def build_document(
         if endpoint.body is not None:
             operation["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": refs[(endpoint.body, "validation")]}},
+                "content": {JSON: {"schema": refs[(endpoint.body, "validation")]}},
             }
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
@@ -156,7 +158,7 @@ def _response(
     description = http.HTTPStatus(code).phrase
     if code == 422:
         schemas = [refs[(ErrorMessage, "serialization")], refs[(ValidationErrors, "serialization")]]
-        return {"description": description, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
+        return {"description": description, "content": {JSON: {"schema": {"anyOf": schemas}}}}
     if code >= 400:
         model = model or ErrorMessage
     elif media_type == EVENT_STREAM and model is not None:
@@ -165,9 +167,14 @@ def _response(
             "x-event-data": refs[(model, "serialization")],
         }
         return {"description": description, "content": {EVENT_STREAM: stream}}
+    if model is None and media_type != JSON:
+        return {
+            "description": description,
+            "content": {media_type: {"schema": {"contentMediaType": media_type}}},
+        }
     if model is None:
         return {"description": description}
     return {
         "description": description,
-        "content": {"application/json": {"schema": refs[(model, "serialization")]}},
+        "content": {JSON: {"schema": refs[(model, "serialization")]}},
     }

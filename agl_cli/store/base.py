@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, BinaryIO, ClassVar, NamedTuple
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -427,6 +427,12 @@ class Store(abc.ABC):
     def checkpoint(self) -> None:  # noqa: B027 - nothing to do without a log
         """Copy what the write-ahead log holds into the database, so the log can start over.
         Safe to run beside reads and writes; it waits for neither."""
+
+    @abc.abstractmethod
+    def backup(self) -> BinaryIO:
+        """A copy of the whole store as of one commit, in agl's file format (a daemon can
+        be started on it), open for reading from its start; the file has no name left, so
+        it goes when it is closed. It is a read: a `blocking` store's writes go on meanwhile."""
 
     # tasks
     @abc.abstractmethod

@@ -34,16 +34,22 @@ the WAL is synced once after the commit if any write in the group needs it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from agl_cli.store.backups import RESTORING
 from agl_cli.store.base import Commit, StorageError, StorageFullError, Store
+from agl_cli.store.compaction import SUFFIX as COMPACTING
 from agl_cli.store.schema import connect, open_connection
+
+BACKUP_INFIX = ".backup-"  # a backup being made is `agl.db.backup-XXXXXXXX`, beside the database
 
 
 class Database(Store):
@@ -54,6 +60,7 @@ class Database(Store):
         super().__init__(**options)
         self.path = Path(path).absolute()  # connections opened later must find the same file
         self._conn = self._open()
+        self._delete_leftovers()
         if max_size is not None:  # writes that would grow the file beyond it fail as a full disk does
             [(page_size,)] = self._conn.execute("PRAGMA page_size").fetchall()
             self._conn.execute(f"PRAGMA max_page_count = {max(1, max_size // page_size)}")
@@ -164,6 +171,51 @@ class Database(Store):
             self._reader().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             raise storage_error(exc) from exc
+
+    def backup(self) -> BinaryIO:
+        """Copy every page in one step of SQLite's backup API: one read transaction, so
+        the copy is of one commit while the writer goes on (the log keeps what it writes
+        until the copy is done). The copy is written beside the database, not in a
+        temporary directory that may be a small tmpfs, without a journal or a sync: it is
+        a scratch file, read back and gone once it has been sent."""
+        directory, prefix = self._backup_place()
+        try:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=directory)
+            os.close(fd)  # an empty file is an empty database
+        except OSError as exc:
+            raise StorageError(
+                f"No copy of the database can be made in {directory} ({exc.strerror})", undone=False
+            ) from None
+        try:
+            target = sqlite3.connect(name)
+            try:
+                target.execute("PRAGMA journal_mode = OFF")
+                target.execute("PRAGMA synchronous = OFF")
+                self._reader().backup(target)
+                target.execute("PRAGMA journal_mode = DELETE")  # a file alone: no log beside it
+            finally:
+                target.close()
+            return open(name, "rb")
+        except sqlite3.Error as exc:
+            if isinstance(storage_error(exc), StorageFullError):
+                raise StorageFullError(
+                    f"No room in {directory} for a copy of the database", undone=False
+                ) from None
+            raise StorageError(f"The database could not be copied ({exc})", undone=False) from None
+        finally:
+            os.unlink(name)
+
+    def _backup_place(self) -> tuple[Path, str]:
+        """Where backups are made, and the start of their file names."""
+        return self.path.parent, f"{self.path.name}{BACKUP_INFIX}"
+
+    def _delete_leftovers(self) -> None:
+        """The copies that a daemon stopped in the middle of a backup, or a stopped `agl
+        compact` or `agl restore`, left beside the database: nothing reads them."""
+        directory, prefix = self._backup_place()
+        ours = (self.path.with_name(self.path.name + suffix) for suffix in (COMPACTING, RESTORING))
+        for leftover in (*directory.glob(f"{glob.escape(prefix)}*"), *ours):
+            leftover.unlink(missing_ok=True)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

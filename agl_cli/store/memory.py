@@ -3,14 +3,17 @@ lives in memory, so both behave alike by construction and nothing is kept.
 
 Nothing here waits on a disk (it is not `blocking`): one connection serves reads and
 writes, all made by the server's writer thread, each read between two groups of writes,
-so a read sees the store as of one moment; there is nothing to sync or checkpoint.
+so a read sees the store as of one moment; there is nothing to sync or checkpoint. A
+backup is such a read too (writes wait for it), made in the temporary directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from agl_cli.store.schema import open_memory_connection
@@ -35,6 +38,12 @@ class MemoryStore(SQLiteStore):
 
     def checkpoint(self) -> None:
         pass
+
+    def _backup_place(self) -> tuple[Path, str]:
+        return Path(tempfile.gettempdir()), "agl-memory.backup-"
+
+    def _delete_leftovers(self) -> None:
+        pass  # nothing beside it; and the temporary directory is shared: another daemon's may be under way
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

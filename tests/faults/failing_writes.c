@@ -1,8 +1,9 @@
 /* Preloaded into a real `agl serve` (LD_PRELOAD) by tests/test_faults.py: while the file
  * named by AGL_FAIL_WRITES exists, every write to or sync of the SQLite database or its
  * journal fails with EIO, as a dying disk's would; while the one named by AGL_FAIL_SYNCS
- * exists, only the syncs do (the writes land in the page cache). Everything else passes
- * through. */
+ * exists, only the syncs do (the writes land in the page cache); while the one named by
+ * AGL_DISK_FULL exists, the writes fail with ENOSPC, as on a full disk. Everything else
+ * passes through. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -13,7 +14,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-static int failing_while(const char *variable, int fd) {
+static int failing_while(const char *variable, int fd, int error) {
     const char *trigger = getenv(variable);
     if (trigger == NULL || access(trigger, F_OK) != 0) return 0;
     char link[64], target[PATH_MAX];
@@ -22,12 +23,16 @@ static int failing_while(const char *variable, int fd) {
     if (n < 0) return 0;
     target[n] = '\0';
     if (strstr(target, "agl.db") == NULL) return 0;
-    errno = EIO;
+    errno = error;
     return 1;
 }
 
-static int failing(int fd) { return failing_while("AGL_FAIL_WRITES", fd); }
-static int failing_sync(int fd) { return failing(fd) || failing_while("AGL_FAIL_SYNCS", fd); }
+static int failing(int fd) {
+    return failing_while("AGL_FAIL_WRITES", fd, EIO) || failing_while("AGL_DISK_FULL", fd, ENOSPC);
+}
+static int failing_sync(int fd) {
+    return failing_while("AGL_FAIL_WRITES", fd, EIO) || failing_while("AGL_FAIL_SYNCS", fd, EIO);
+}
 
 #define REAL(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
 

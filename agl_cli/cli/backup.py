@@ -1,0 +1,116 @@
+"""`agl backup` and `agl restore`: a copy of a run, made while the daemon serves, and put
+back in place while it is stopped."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from agl_cli import paths
+from agl_cli.cli import output
+from agl_cli.cli.context import connect, state_dir_of, state_dir_option, target_of
+from agl_cli.cli.errors import fail
+
+if TYPE_CHECKING:
+    from agl_cli.store.backups import Contents
+
+_JSON_HELP = "Machine output: what the copy holds, as JSON."
+
+
+def backup(
+    ctx: typer.Context,
+    file: str = typer.Argument(..., metavar="FILE", help="Where to save the copy; - for stdout."),
+    force: bool = typer.Option(False, "--force", help="Replace FILE if it exists."),
+    json_output: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """Save a copy of the daemon's whole store to FILE, while it serves.
+
+    Every task, result and resource bundle the daemon had answered for when the copy
+    began is in it. The copy is checked page by page before it takes FILE's name, and
+    agl restore puts it back.
+    """
+    from agl_cli.store import StoreError, backups
+
+    if file == "-":
+        _backup_to_stdout(ctx)
+        return
+    path = Path(file)
+    own = target_of(ctx).state_dir / paths.DATABASE_NAME
+    if path.absolute().resolve() == own.absolute().resolve():
+        fail(f"{path} is the daemon's own database: save the copy to another file.")
+    if path.is_dir():
+        fail(f"{path} is a directory: give the copy a file name.")
+    if path.exists() and not force:
+        fail(f"{path} exists: give --force to replace it.")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        handle = backups.open_private(partial)
+    except OSError as exc:
+        fail(f"Cannot write {path}: {exc.strerror or exc}.")
+    try:
+        show = output.stderr_is_terminal()
+        with (
+            handle,
+            connect(ctx) as client,
+            output.progress_bar(show, "Backing up", 1, bytes_=True) as update,
+        ):
+            client.backup(handle, progress=update)
+            os.fsync(handle.fileno())
+        try:
+            contents = backups.check(partial)
+        except StoreError as exc:
+            fail(f"The copy the daemon sent failed its check, so {path} was not written: {exc}")
+        os.replace(partial, path)
+    except OSError as exc:
+        fail(f"Cannot write {path}: {exc.strerror or exc}.")
+    finally:
+        partial.unlink(missing_ok=True)
+    _say(json_output, f"Saved a copy of the daemon's store to {path}", {"file": str(path)}, contents)
+
+
+def _backup_to_stdout(ctx: typer.Context) -> None:
+    if output.stdout_is_terminal():
+        fail("agl backup - writes a database file to stdout: send it to a file or a pipe.")
+    with connect(ctx) as client:
+        client.backup(sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
+def restore(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., metavar="FILE", help="A copy agl backup saved."),
+    state_dir: Path | None = state_dir_option(),
+    json_output: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """Put a copy agl backup saved in place of the database; the daemon must be stopped.
+
+    The copy is checked page by page first. The database it replaces is kept beside it,
+    as agl.db.before-restore-TIME.
+    """
+    from agl_cli.server.maintenance import MaintenanceError, restore_state_dir
+
+    directory = state_dir_of(ctx, state_dir) or paths.default_state_dir()
+    try:
+        restored = restore_state_dir(directory, file)
+    except MaintenanceError as exc:
+        fail(str(exc))
+    database = directory / paths.DATABASE_NAME
+    replaced = restored.replaced
+    kept = f"; the database it replaced is kept as {replaced}" if replaced else ""
+    facts = {"database": str(database), "replaced": str(replaced) if replaced else None}
+    _say(json_output, f"Restored {file} into {database}{kept}", facts, restored.contents)
+
+
+def _say(json_output: bool, done: str, facts: dict[str, Any], contents: Contents) -> None:
+    counts = {"tasks": contents.tasks, "rollouts": contents.rollouts, "resources": contents.resources}
+    if json_output:
+        output.print_json({**facts, **counts, "bytes": contents.size})
+        return
+    output.write_line(
+        f"{done}. It holds {output.count(contents.tasks, 'task')}, {output.count(contents.rollouts, 'rollout')}"
+        f" and {output.count(contents.resources, 'resource bundle')} ({contents.size / 1e6:,.1f} MB)."
+    )

@@ -1,0 +1,126 @@
+"""Backups as files: what one holds, checked page by page before it is trusted (`agl
+backup` checks what it saved), and putting one in a database's place (`agl restore`).
+
+A backup is a database file of its own, with no log beside it (the daemon makes it so).
+Putting one in place must not leave the old database's write-ahead log beside it: SQLite
+would read the old log's pages into the new file. So the log is first folded into the old
+file, which is then linked aside, and the copy takes its place in one rename.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from agl_cli.store.base import StoreError
+from agl_cli.store.schema import APPLICATION_ID, SCHEMA_VERSION, NotAglDatabaseError
+
+RESTORING = ".restoring"  # the copy being put in place, beside the database
+LOG_SUFFIXES = ("-wal", "-shm")  # what SQLite keeps beside a database in WAL mode
+COPY_CHUNK = 1 << 20
+# The tasks of committed batches not yet moved into `tasks` (queued all the same), in
+# files of the schema that added commits (3) or later.
+STAGED = (
+    "SELECT count(*) FROM staging JOIN batches ON batches.id = staging.batch WHERE committed_time IS NOT NULL"
+)
+COMMITTED_BATCHES = 3
+
+
+@dataclass(frozen=True)
+class Contents:
+    tasks: int
+    rollouts: int  # kept results
+    resources: int  # bundles
+    size: int  # bytes
+
+
+def check(path: Path) -> Contents:
+    """What the agl database at `path` holds, once SQLite has read every page of it and
+    found each whole; `StoreError` (one sentence) if it is damaged, not agl's, or from a
+    newer agl. The file is only read."""
+    if not path.is_file():
+        raise StoreError(f"There is no file {path}.")
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"Cannot open {path}: {exc}.") from None
+    try:
+        try:
+            [(app_id,)] = conn.execute("PRAGMA application_id").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise NotAglDatabaseError(f"{path} is not an agl database ({exc}).") from None
+        if app_id != APPLICATION_ID:
+            raise NotAglDatabaseError(f"{path} is not an agl database.")
+        [(version,)] = conn.execute("PRAGMA user_version").fetchall()
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} was written by a newer agl (schema {version}); upgrade agl to use it.")
+        found = [line for (text,) in conn.execute("PRAGMA quick_check") for line in text.splitlines()]
+        if found != ["ok"]:  # the first problem, not the headings ("*** in database main ***")
+            first = next(line for line in found if not line.startswith("***"))
+            raise StoreError(f"{path} is damaged ({first.rstrip('.')}).")
+        staged = STAGED if version >= COMMITTED_BATCHES else "SELECT 0"
+        [(tasks, rollouts, resources)] = conn.execute(
+            f"SELECT (SELECT count(*) FROM tasks) + ({staged}),"
+            " (SELECT count(*) FROM rollouts), (SELECT count(*) FROM resources)"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is damaged ({exc}).") from None
+    finally:
+        conn.close()
+    return Contents(tasks, rollouts, resources, path.stat().st_size)
+
+
+def restore(backup: Path, database: Path, aside: Path) -> Contents:
+    """Put a copy of `backup` in `database`'s place; the database it replaces, if any, is
+    kept at `aside`. Nothing may have the database open. Stopped at any point, it leaves
+    the old database whole at its place, or the new one."""
+    contents = check(backup)
+    copy = database.with_name(database.name + RESTORING)
+    try:
+        with backup.open("rb") as source, open_private(copy) as target:
+            shutil.copyfileobj(source, target, COPY_CHUNK)
+            os.fsync(target.fileno())
+        if database.exists():
+            _fold_log(database)
+            for suffix in LOG_SUFFIXES:  # left only if the old file could not be read
+                if Path(f"{database}{suffix}").exists():
+                    os.replace(f"{database}{suffix}", f"{aside}{suffix}")
+            aside.unlink(missing_ok=True)
+            os.link(database, aside)  # the old file keeps its place until the new one takes it
+        os.replace(copy, database)
+        _sync_directory(database.parent)
+    except OSError as exc:
+        copy.unlink(missing_ok=True)
+        raise StoreError(f"Cannot restore {backup} into {database}: {exc.strerror or exc}.") from None
+    return contents
+
+
+def _fold_log(database: Path) -> None:
+    """Copy what the database's write-ahead log holds into it: SQLite does that, and
+    deletes the log, when the last connection to it closes. A file too damaged to open
+    keeps its log (the caller moves both aside)."""
+    try:
+        conn = sqlite3.connect(database)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass
+
+
+def open_private(path: Path) -> io.FileIO:
+    """A new file for writing that only its owner may read (a database holds the run)."""
+    return io.FileIO(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+
+
+def _sync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
