@@ -11,14 +11,16 @@ What it measures
     with `--log-level warning`. After the queue the bench checks that the daemon reports
     exactly that many queued tasks.
 
-    With `--then-cancel`, it then cancels the whole queue (`agl tasks cancel --queued`)
-    while one worker claims and reports beside it, and prints how long the cancel took
-    and the worker's claim latency meanwhile (p50 and p99; no target).
+    With `--then-backup`, it then saves a copy (`agl backup`) while one worker claims
+    and reports beside it, and prints how long that took and the worker's claim latency
+    meanwhile (p50 and p99), and the same worker's alone for as long just after (no
+    target). With `--then-cancel`, it then cancels the whole queue (`agl tasks cancel
+    --queued`) beside such a worker, and prints the same.
 
 How to run (from the repository root; needs agl installed, and psutil)
     python bench/queue_million.py
     python bench/queue_million.py --tasks 200000 --json -
-    python bench/queue_million.py --then-cancel
+    python bench/queue_million.py --then-backup --then-cancel
 """
 
 from __future__ import annotations
