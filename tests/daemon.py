@@ -162,6 +162,12 @@ class Daemon:
         """Post a rollout as a worker does."""
         self.post("/rollout", json={"rollout_id": rollout_id, **fields}).raise_for_status()
 
+    def fail_attempt(self, rollout_id: str) -> None:
+        """End a claimed task's latest attempt as failed, as a store-API runner does."""
+        self.post(
+            f"/v1/agl/rollouts/{rollout_id}/attempts/latest", json={"status": "failed"}
+        ).raise_for_status()
+
     def claim(self) -> dict[str, Any] | None:
         body = self.get("/task").json()
         task: dict[str, Any] | None = body["task"]

@@ -136,13 +136,16 @@ def test_serve_detach_returns_once_ready_and_stop_ends_it(tmp_path: Path) -> Non
             os.kill(pid, signal.SIGKILL)
 
 
-def test_serve_detach_passes_on_what_the_daemon_noted_as_it_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("logging", [[], ["--log-json"]], ids=["plain log", "JSON log"])
+def test_serve_detach_passes_on_what_the_daemon_noted_as_it_started(
+    tmp_path: Path, logging: list[str]
+) -> None:
     state = tmp_path / "state"
-    first = agl("serve", "--detach", "--port", "0", state_dir=state)
+    first = agl("serve", "--detach", "--port", "0", *logging, state_dir=state)
     assert (first.returncode, first.stderr) == (0, ""), first.stderr
     agl("pause", state_dir=state)
     agl("stop", state_dir=state)
-    again = agl("serve", "--detach", "--port", "0", state_dir=state)
+    again = agl("serve", "--detach", "--port", "0", *logging, state_dir=state)
     try:
         assert again.returncode == 0, again.stderr
         assert again.stderr.splitlines() == [

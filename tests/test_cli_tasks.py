@@ -46,7 +46,7 @@ def test_show_lists_the_latest_attempts_of_a_task(daemon: Daemon) -> None:
     [rollout_id] = daemon.queue("again and again")
     for _ in range(SHOWN_ATTEMPTS + 1):
         assert daemon.claim() is not None
-        fail_latest_attempt(daemon, rollout_id)
+        daemon.fail_attempt(rollout_id)
         daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": [rollout_id]}).raise_for_status()
     daemon.claim()
     shown = agl("tasks", "show", rollout_id, daemon=daemon)
@@ -130,17 +130,10 @@ def test_an_unknown_task_id_is_one_line(daemon: Daemon) -> None:
     )
 
 
-def fail_latest_attempt(daemon: Daemon, rollout_id: str) -> None:
-    """End a claimed task's attempt as failed, as a store-API runner does."""
-    daemon.post(
-        f"/v1/agl/rollouts/{rollout_id}/attempts/latest", json={"status": "failed"}
-    ).raise_for_status()
-
-
 def test_retry_queues_failed_and_cancelled_tasks_again_at_the_back(daemon: Daemon) -> None:
     failed, cancelled, waiting = daemon.queue(1, 2, 3)
     daemon.claim()
-    fail_latest_attempt(daemon, failed)
+    daemon.fail_attempt(failed)
     agl("tasks", "cancel", cancelled, daemon=daemon)
     result = agl("tasks", "retry", failed, cancelled, daemon=daemon)
     assert result.returncode == 0, result.stderr
@@ -169,7 +162,7 @@ def test_retry_failed_queues_every_failed_task_and_leaves_cancelled_ones(daemon:
     first, second, cancelled = daemon.queue(1, 2, 3)
     for rollout_id in (first, second):
         daemon.claim()
-        fail_latest_attempt(daemon, rollout_id)
+        daemon.fail_attempt(rollout_id)
     agl("tasks", "cancel", cancelled, daemon=daemon)
     result = agl("tasks", "retry", "--failed", daemon=daemon)
     assert (result.returncode, result.stdout.strip()) == (0, "Retried 2 failed tasks."), result.stderr

@@ -241,10 +241,8 @@ def fail_claims(daemon: Daemon, count: int) -> list[str]:
     """Queue `count` tasks, claim them through the store API and fail every attempt."""
     ids = daemon.queue(*range(count))
     daemon.post("/v1/agl/queues/rollouts/dequeue", json={"limit": count}).raise_for_status()
-    with httpx.Client(base_url=daemon.url, timeout=30) as client:
-        for rollout_id in ids:
-            failed = client.post(f"/v1/agl/rollouts/{rollout_id}/attempts/latest", json={"status": "failed"})
-            failed.raise_for_status()
+    for rollout_id in ids:
+        daemon.fail_attempt(rollout_id)
     return ids
 
 

@@ -3,7 +3,8 @@
 It is the same `python -m agl_cli serve` a person would run, with its output appended to
 STATE_DIR/agl.log. This returns once the daemon answers `/ready`, or fails with what the
 daemon said, so that a script can go on to `agl queue` at once; the notes the daemon
-gave as it started (a paused queue, permissions tightened) are passed on to stderr.
+gave as it started (a paused queue, permissions tightened) are passed on to stderr, as
+plain lines whether it logs them so or as JSON (`--log-json`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,23 @@ def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None
             time.sleep(0.05)
     output.write_line(f"agl is running in the background at {url} (pid {process.pid}); log: {log_path}")
     for line in _log_since(log_path, start).splitlines():  # what it said at start, for who started it
-        if line.startswith("agl: ") and not UPGRADE_LINE.match(line):
-            typer.echo(line, err=True)
+        said = _message(line)
+        if said.startswith("agl: ") and not UPGRADE_LINE.match(said):
+            typer.echo(said, err=True)
+
+
+def _message(line: str) -> str:
+    """What a line of the log says: the line itself, or with `--log-json` its message."""
+    if not line.startswith("{"):
+        return line
+    import orjson
+
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    message = record.get("message") if isinstance(record, dict) else None
+    return message if isinstance(message, str) else line
 
 
 def _wait_until_listening(
