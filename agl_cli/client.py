@@ -106,6 +106,14 @@ class Rates(TypedDict):
     rollouts_per_second: float
 
 
+class DatabaseSpace(TypedDict):
+    bytes: int
+    free_bytes: int
+    log_bytes: int
+    max_bytes: int | None
+    disk_free_bytes: int | None
+
+
 class Status(TypedDict, total=False):
     version: str
     pid: int
@@ -125,6 +133,7 @@ class Status(TypedDict, total=False):
     last_seq: int
     latest_resources_id: str | None
     paused: bool
+    database: DatabaseSpace
     rates: Rates
 
 

@@ -41,7 +41,7 @@ complete -c agl -f
 
 complete -c agl -n "__agl_at ''" -a 'serve' -d 'Run the daemon in the foreground until SIGINT or SIGTERM (or in the backgroun...'
 complete -c agl -n "__agl_at ''" -a 'stop' -d 'Stop the daemon gracefully: in-flight requests finish, then it exits'
-complete -c agl -n "__agl_at ''" -a 'status' -d 'Show the daemon\'s version, uptime, address, task counts, rates and latest res...'
+complete -c agl -n "__agl_at ''" -a 'status' -d 'Show the daemon\'s version, uptime, address, task counts, rates, resources and...'
 complete -c agl -n "__agl_at ''" -a 'dashboard' -d 'Open the live dashboard in your browser, signed in'
 complete -c agl -n "__agl_at ''" -a 'backup' -d 'Save a copy of the daemon\'s whole store to FILE, while it serves'
 complete -c agl -n "__agl_at ''" -a 'restore' -d 'Put a copy agl backup saved in place of the database; the daemon must be stopped'

@@ -9,7 +9,7 @@ _agl_subcommands() {
     '') _agl_items=(
         'serve:Run the daemon in the foreground until SIGINT or SIGTERM (or in the backgroun...'
         'stop:Stop the daemon gracefully: in-flight requests finish, then it exits'
-        'status:Show the daemon'\''s version, uptime, address, task counts, rates and latest res...'
+        'status:Show the daemon'\''s version, uptime, address, task counts, rates, resources and...'
         'dashboard:Open the live dashboard in your browser, signed in'
         'backup:Save a copy of the daemon'\''s whole store to FILE, while it serves'
         'restore:Put a copy agl backup saved in place of the database; the daemon must be stopped'

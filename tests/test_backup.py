@@ -18,6 +18,7 @@ from cli_runner import agl, agl_into, assert_one_line_error
 from daemon import Daemon, free_port
 from test_compact import kill_while_it_writes, popen_agl_in
 
+from agl_cli.cli import output
 from agl_cli.models import TaskStatus
 from agl_cli.store import SQLiteStore, Store, TaskSpec, backups
 from agl_cli.store.backups import RESTORING
@@ -64,7 +65,7 @@ def test_a_backup_holds_every_answered_write_and_a_daemon_starts_on_it(
     assert saved.returncode == 0, saved.stderr
     assert saved.stdout == (
         f"Saved a copy of the daemon's store to {copy}. It holds 6 tasks, 2 rollouts and 1 resource"
-        f" bundle ({copy.stat().st_size / 1e6:,.1f} MB).\n"
+        f" bundle ({output.size(copy.stat().st_size)}).\n"
     )
     assert oct(copy.stat().st_mode & 0o777) == oct(0o600)  # a run is its owner's
     assert copy.read_bytes()[18:20] == b"\x01\x01"  # one file: SQLite's format without a log

@@ -3,6 +3,7 @@ it runs only while no daemon does."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from conftest import FakeClock
 from daemon import Daemon, env_without_agl, wait_until
 from test_retention import reported
 
+from agl_cli.cli import output
 from agl_cli.models import TaskStatus
 from agl_cli.store import SQLiteStore
 from agl_cli.store.compaction import SUFFIX, compact
@@ -122,3 +124,45 @@ def test_a_compaction_killed_midway_leaves_the_file_as_it_was(
     result = agl("compact", state_dir=path.parent)  # the next compaction starts afresh
     assert result.returncode == 0, result.stderr
     assert not copy.exists()
+
+
+def test_status_and_metrics_say_how_large_the_database_is_and_what_compact_would_give_back(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon("--rollout-retention", "0.5", "--max-db-size", "50000000")
+    empty = daemon.status()["database"]
+    for rollout_id in daemon.queue(*range(30)):
+        assert daemon.claim() is not None
+        daemon.report(rollout_id, metadata={"big": BIG})
+    wait_until(lambda: daemon.metric("agl_rollouts_pruned_total") == 30, "the results to be deleted", 30)
+
+    before = daemon.status()["database"]
+    scraped = {name: daemon.metric(f"agl_{name}") for name in ("database_bytes", "database_free_bytes")}
+    after = daemon.status()["database"]
+
+    assert before["bytes"] > empty["bytes"] + 1_000_000  # 30 results of 100 KB made it grow
+    assert before["free_bytes"] > 1_000_000  # and their pages are free inside once deleted
+    assert (before["max_bytes"], daemon.metric("agl_database_max_bytes")) == (50_000_000, 50_000_000)
+    # a database never shrinks by itself: the scrape's size is between the two reads around it
+    assert before["bytes"] <= scraped["database_bytes"] <= after["bytes"]
+    assert 0.9 < before["disk_free_bytes"] / shutil.disk_usage(daemon.state_dir).free < 1.1
+    shown = " ".join(agl("status", daemon=daemon).stdout.split())  # as one line, however it wraps
+    assert "free inside: agl compact gives it back), log " in shown and " free on disk" in shown
+    assert f"of at most 50.0 MB ({output.size(before['free_bytes'])} free inside" in shown
+
+    assert daemon.terminate() == 0
+    assert agl("compact", daemon=daemon).returncode == 0
+    compacted = daemon.start().status()["database"]
+    assert compacted["free_bytes"] == 0  # given back: the file is smaller by about as much
+    assert compacted["bytes"] < before["bytes"] - before["free_bytes"] * 0.9
+
+
+def test_a_memory_daemon_has_no_log_and_no_disk(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--memory")
+    daemon.queue(*range(10))
+    space = daemon.status()["database"]
+    assert space["bytes"] > 0 and (space["log_bytes"], space["disk_free_bytes"]) == (0, None)
+    assert daemon.metric("agl_database_bytes") == space["bytes"]
+    assert "agl_disk_free_bytes" not in daemon.get("/metrics").text
+    shown = " ".join(agl("status", daemon=daemon).stdout.split())
+    assert f"database {output.size(space['bytes'])}, in memory" in shown

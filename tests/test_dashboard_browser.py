@@ -19,6 +19,7 @@ import pytest
 from chromium import launched, playwright
 from daemon import Daemon, wait_until
 
+from agl_cli.cli import output
 from agl_cli.server.sign_in import REFUSED
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".agl-test" / "artifacts"
@@ -155,6 +156,9 @@ def test_counts_rollouts_and_the_chart_follow_the_run_without_a_reload(
     expect(rows.first).to_have_attribute("data-rollout-id", more[0], timeout=WAIT_MS)
     expect(page.locator("#count-completed")).to_have_text(counted(daemon, "completed"), timeout=WAIT_MS)
     assert page.evaluate("window.sameDocument") is True
+    size = output.size(daemon.status()["database"]["bytes"])  # the run is still: it stays so
+    expect(page.locator("#database-size")).to_have_text(size, timeout=WAIT_MS)
+    expect(page.locator("#database-size")).to_have_attribute("title", re.compile(r" free on disk"))
 
 
 def _drawn() -> re.Pattern[str]:

@@ -26,6 +26,7 @@ PAIRS: list[tuple[Any, type[BaseModel]]] = [
     (client.ResourcesList, schemas.ResourcesList),
     (client.Staged, schemas.Staged),
     (client.Rates, schemas.Rates),
+    (client.DatabaseSpace, schemas.DatabaseSpace),
     (client.Status, schemas.Status),
     (client.Attempt, store_models.Attempt),
 ]

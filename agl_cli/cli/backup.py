@@ -112,5 +112,5 @@ def _say(json_output: bool, done: str, facts: dict[str, Any], contents: Contents
         return
     output.write_line(
         f"{done}. It holds {output.count(contents.tasks, 'task')}, {output.count(contents.rollouts, 'rollout')}"
-        f" and {output.count(contents.resources, 'resource bundle')} ({contents.size / 1e6:,.1f} MB)."
+        f" and {output.count(contents.resources, 'resource bundle')} ({output.size(contents.size)})."
     )

@@ -101,6 +101,16 @@ def duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+def size(number: int) -> str:
+    """Bytes for people: `812 B`, `4.1 kB`, `181.2 MB`, `20.3 GB`."""
+    value = float(number)
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(value) < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:,.1f} TB"
+
+
 def count(number: int, noun: str) -> str:
     """`1 task`, `2,500 tasks`."""
     return f"{number:,} {noun}{'' if number == 1 else 's'}"

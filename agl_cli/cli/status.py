@@ -15,7 +15,7 @@ from agl_cli.cli.context import connect
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from agl_cli.client import Status
+    from agl_cli.client import DatabaseSpace, Status
 
 TASK_STATES = ("queued", "claimed", "completed", "failed", "cancelled")
 
@@ -25,7 +25,7 @@ def status(
     watch: bool = typer.Option(False, "--watch", "-w", help="Refresh every second until Ctrl-C."),
     json_output: bool = typer.Option(False, "--json", help="Machine output: JSON (JSON Lines with --watch)."),
 ) -> None:
-    """Show the daemon's version, uptime, address, task counts, rates and latest resources."""
+    """Show the daemon's version, uptime, address, task counts, rates, resources and database size."""
     with connect(ctx) as client:
         if not watch:
             current = client.status()
@@ -87,6 +87,8 @@ def render(current: Status) -> Table:
             f"{rates.get('claims_per_second', 0):.2f} claims/s, "
             f"{rates.get('rollouts_per_second', 0):.2f} rollouts/s (last 60 s)",
         )
+    if "database" in current:
+        grid.add_row("database", _space(current["database"], current.get("store")))
     grid.add_row(
         "resources",
         f"{output.count(current.get('resources', 0), 'bundle')}, latest {current.get('latest_resources_id') or '-'}",
@@ -102,3 +104,18 @@ def render(current: Status) -> Table:
     if limits:
         grid.add_row("limits", ", ".join(limits))
     return grid
+
+
+def _space(space: DatabaseSpace, store: str | None) -> str:
+    """`181.2 MB of at most 1.0 GB (12.0 MB free inside), log 4.1 MB, 20.3 GB free on disk`."""
+    text = output.size(space["bytes"])
+    if space["max_bytes"] is not None:
+        text += f" of at most {output.size(space['max_bytes'])}"
+    if store == "memory":
+        return f"{text}, in memory"
+    if space["free_bytes"]:
+        text += f" ({output.size(space['free_bytes'])} free inside: agl compact gives it back)"
+    text += f", log {output.size(space['log_bytes'])}"
+    if space["disk_free_bytes"] is not None:
+        text += f", {output.size(space['disk_free_bytes'])} free on disk"
+    return text

@@ -29,6 +29,7 @@ from agl_cli.store import (
     RewardSeries,
     RolloutDetail,
     RolloutSummary,
+    Space,
     StorageError,
     Store,
     StoreCounts,
@@ -123,6 +124,7 @@ class Snapshot:
     counts: StoreCounts
     last_seq: int
     latest_resources_id: str | None
+    space: Space
 
 
 class Broker:
@@ -532,7 +534,8 @@ class Broker:
         return await self._threads.read(read)
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(self._store.counts(), self._store.last_seq(), self._latest_id())
+        store = self._store
+        return Snapshot(store.counts(), store.last_seq(), self._latest_id(), store.space())
 
     async def backup(self) -> BinaryIO:
         """A copy of the store as of now (`Store.backup`): every write answered before

@@ -35,9 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.models import TaskStatus
-from agl_cli.server.broker import Broker
+from agl_cli.server.broker import Broker, Snapshot
 from agl_cli.server.writer import Tally
-from agl_cli.store import ReportOutcome, StoreCounts
+from agl_cli.store import ReportOutcome
 
 UNMATCHED = "<unmatched>"
 # Any other method a client makes up is counted as "other", so it cannot add series.
@@ -49,17 +49,20 @@ LATENCY_BUCKETS = (
 
 
 class StoreCollector(Collector):
-    """Tasks per status and the broker's counts, computed when Prometheus scrapes.
+    """Tasks per status, the database's size and the broker's counts, computed when
+    Prometheus scrapes.
 
-    The store's counts are read off the event loop by the endpoint, just before it
-    renders the registry (`counts`); the rest the broker keeps in memory."""
+    The store's counts and size are read off the event loop by the endpoint, just before
+    it renders the registry (`snapshot`); the rest the broker keeps in memory."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.counts = StoreCounts()
+        self.snapshot: Snapshot | None = None
 
     def collect(self) -> Iterable[Metric]:
-        counts = self.counts
+        if self.snapshot is None:  # a collect before any scrape (a registry's own check)
+            return
+        counts, space = self.snapshot.counts, self.snapshot.space
         tasks = GaugeMetricFamily("agl_tasks", "Tasks in the store, by status.", labels=["status"])
         for status in TaskStatus:
             tasks.add_metric([status.value], counts.tasks.get(status, 0))
@@ -116,6 +119,23 @@ class StoreCollector(Collector):
         yield _histogram(
             "agl_sync_seconds", "How long making a commit durable (one fsync) took.", commits.sync_seconds
         )
+        yield GaugeMetricFamily(
+            "agl_database_bytes", "The database: its pages, in use or free.", value=space.size
+        )
+        yield GaugeMetricFamily(
+            "agl_database_free_bytes",
+            "Of the database's pages, those deletions freed (agl compact gives them back).",
+            value=space.free,
+        )
+        yield GaugeMetricFamily(
+            "agl_database_log_bytes", "The write-ahead log beside the database.", value=space.log
+        )
+        if space.limit is not None:
+            yield GaugeMetricFamily("agl_database_max_bytes", "--max-db-size.", value=space.limit)
+        if space.disk_free is not None:
+            yield GaugeMetricFamily(
+                "agl_disk_free_bytes", "Free on the database's file system.", value=space.disk_free
+            )
         info = GaugeMetricFamily("agl_info", "agl's version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -212,7 +232,7 @@ class Metrics:
 
     async def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry as text, in the format the scraper asked for (OpenMetrics or classic)."""
-        self.store_collector.counts = await self.broker.counts()
+        self.store_collector.snapshot = await self.broker.snapshot()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 

@@ -136,6 +136,19 @@ class Rates(BaseModel):
     rollouts_per_second: float
 
 
+class DatabaseSpace(BaseModel):
+    """The room the store takes and has, in bytes."""
+
+    bytes: int = Field(description="The database: its pages, in use or free.")
+    free_bytes: int = Field(
+        description="Of those, the pages that deletions freed, used again before the file grows"
+        " (`agl compact` gives them back to the disk)."
+    )
+    log_bytes: int = Field(description="The write-ahead log beside the database.")
+    max_bytes: int | None = Field(description="`--max-db-size`; null: no limit.")
+    disk_free_bytes: int | None = Field(description="Free on the database's file system; null in memory.")
+
+
 class Status(BaseModel):
     """Everything about the daemon a user wants at a glance."""
 
@@ -157,6 +170,7 @@ class Status(BaseModel):
     last_seq: int
     latest_resources_id: str | None
     paused: bool = Field(description="Whether the queue is paused (`POST /v1/queue/pause`).")
+    database: DatabaseSpace
     rates: Rates = Field(description="Over the last 60 seconds.")
 
 

@@ -44,7 +44,7 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
     """The daemon at a glance: what it runs with, its counts (as of `snapshot`), its rates."""
     broker = broker_of(request)
     options = request.app.state.options
-    counts = snapshot.counts
+    counts, space = snapshot.counts, snapshot.space
     body = schemas.Status(
         version=__version__,
         pid=os.getpid(),
@@ -64,6 +64,13 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
         last_seq=snapshot.last_seq,
         latest_resources_id=snapshot.latest_resources_id,
         paused=broker.paused,
+        database=schemas.DatabaseSpace(
+            bytes=space.size,
+            free_bytes=space.free,
+            log_bytes=space.log,
+            max_bytes=space.limit,
+            disk_free_bytes=space.disk_free,
+        ),
         rates=schemas.Rates(
             claims_per_second=broker.stats.claim_rate.per_second(),
             rollouts_per_second=broker.stats.rollout_rate.per_second(),

@@ -266,6 +266,17 @@ class StoreCounts:
     resources: int = 0
 
 
+@dataclass(frozen=True)
+class Space:
+    """The room the store takes and has, in bytes."""
+
+    size: int  # the database: its pages, in use or free
+    free: int  # of those, the pages deletions freed: used again before the file grows
+    log: int  # the write-ahead log beside it
+    limit: int | None  # `--max-db-size`
+    disk_free: int | None  # on the database's file system; None in memory
+
+
 # --- the life cycle, decided once -------------------------------------------------------
 
 
@@ -427,6 +438,10 @@ class Store(abc.ABC):
     def checkpoint(self) -> None:  # noqa: B027 - nothing to do without a log
         """Copy what the write-ahead log holds into the database, so the log can start over.
         Safe to run beside reads and writes; it waits for neither."""
+
+    @abc.abstractmethod
+    def space(self) -> Space:
+        """How large the store is, and how much room it has left."""
 
     @abc.abstractmethod
     def backup(self) -> BinaryIO:

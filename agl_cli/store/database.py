@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from agl_cli.store.backups import RESTORING
-from agl_cli.store.base import Commit, StorageError, StorageFullError, Store
+from agl_cli.store.base import Commit, Space, StorageError, StorageFullError, Store
 from agl_cli.store.compaction import SUFFIX as COMPACTING
 from agl_cli.store.schema import connect, open_connection
 
@@ -61,6 +62,7 @@ class Database(Store):
         self.path = Path(path).absolute()  # connections opened later must find the same file
         self._conn = self._open()
         self._delete_leftovers()
+        self.max_size = max_size
         if max_size is not None:  # writes that would grow the file beyond it fail as a full disk does
             [(page_size,)] = self._conn.execute("PRAGMA page_size").fetchall()
             self._conn.execute(f"PRAGMA max_page_count = {max(1, max_size // page_size)}")
@@ -171,6 +173,26 @@ class Database(Store):
             self._reader().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             raise storage_error(exc) from exc
+
+    def space(self) -> Space:
+        [(pages, free, page_size)] = (
+            self._reader()
+            .execute(
+                "SELECT page_count, freelist_count, page_size FROM pragma_page_count, pragma_freelist_count,"
+                " pragma_page_size"
+            )
+            .fetchall()
+        )
+        return Space(pages * page_size, free * page_size, self._log_size(), self.max_size, self._disk_free())
+
+    def _log_size(self) -> int:
+        try:
+            return os.stat(self._wal).st_size
+        except FileNotFoundError:  # checkpointed and removed
+            return 0
+
+    def _disk_free(self) -> int | None:
+        return shutil.disk_usage(self.path.parent).free
 
     def backup(self) -> BinaryIO:
         """Copy every page in one step of SQLite's backup API: one read transaction, so

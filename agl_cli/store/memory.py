@@ -39,6 +39,12 @@ class MemoryStore(SQLiteStore):
     def checkpoint(self) -> None:
         pass
 
+    def _log_size(self) -> int:
+        return 0
+
+    def _disk_free(self) -> int | None:
+        return None
+
     def _backup_place(self) -> tuple[Path, str]:
         return Path(tempfile.gettempdir()), "agl-memory.backup-"
 

@@ -213,6 +213,7 @@ function showSummary(summary) {
   $("rate-rollouts").textContent = status.rates.rollouts_per_second.toFixed(1);
   $("count-rollouts").textContent = numbers.format(status.rollouts);
   $("count-duplicates").textContent = numbers.format(status.duplicates);
+  showSpace(status.database, status.store);
   drawChart(summary.rewards);
   if (
     previous &&
@@ -222,6 +223,21 @@ function showSummary(summary) {
   ) {
     refreshPanels();
   }
+}
+
+function showSpace(space, store) {
+  const shown = $("database-size");
+  shown.textContent = size(space.bytes);
+  const parts =
+    store === "memory"
+      ? ["in memory"]
+      : [
+          `${size(space.free_bytes)} of it free inside (agl compact gives it back)`,
+          `log ${size(space.log_bytes)}`,
+          `${size(space.disk_free_bytes)} free on disk`,
+        ];
+  if (space.max_bytes !== null) parts.push(`at most ${size(space.max_bytes)} (--max-db-size)`);
+  shown.title = parts.join("; ");
 }
 
 function showPaused(paused) {
@@ -752,6 +768,16 @@ const paragraph = (text) => textElement("p", text);
 
 function round(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(3);
+}
+
+// Bytes as `agl status` says them: 812 B, 4.1 kB, 181.2 MB, 20.3 GB.
+function size(bytes) {
+  let value = bytes;
+  for (const unit of ["B", "kB", "MB", "GB"]) {
+    if (Math.abs(value) < 1000) return unit === "B" ? `${value.toFixed(0)} B` : `${value.toFixed(1)} ${unit}`;
+    value /= 1000;
+  }
+  return `${numbers.format(Math.round(value * 10) / 10)} TB`;
 }
 
 function duration(seconds) {
