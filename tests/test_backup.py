@@ -64,7 +64,7 @@ def test_a_backup_holds_every_answered_write_and_a_daemon_starts_on_it(
 
     assert saved.returncode == 0, saved.stderr
     assert saved.stdout == (
-        f"Saved a copy of the daemon's store to {copy}. It holds 6 tasks, 2 rollouts and 1 resource"
+        f"Saved a copy of the daemon's store to {copy}: 6 tasks, 2 rollouts and 1 resource"
         f" bundle ({output.size(copy.stat().st_size)}).\n"
     )
     assert oct(copy.stat().st_mode & 0o777) == oct(0o600)  # a run is its owner's
@@ -73,7 +73,8 @@ def test_a_backup_holds_every_answered_write_and_a_daemon_starts_on_it(
     daemon.queue("after the copy")  # not in it
     restored = agl("restore", str(copy), state_dir=tmp_path / "elsewhere")
     assert restored.returncode == 0, restored.stderr
-    assert restored.stdout.startswith(f"Restored {copy} into {tmp_path / 'elsewhere' / 'agl.db'}. It holds 6")
+    assert restored.stdout.startswith(f"Restored {copy} into {tmp_path / 'elsewhere' / 'agl.db'}: 6 tasks")
+    assert "replaced" not in restored.stdout  # there was none
     assert seen(make_daemon(state_dir=tmp_path / "elsewhere")) == before
 
 
@@ -252,7 +253,10 @@ def test_restore_keeps_the_database_it_replaces_whole_even_after_a_crash(
 
     assert result.returncode == 0, result.stderr
     [aside] = state.glob("agl.db.before-restore-*")
-    assert f"the database it replaced is kept as {aside}. It holds 1 task, 0 rollouts" in result.stdout
+    assert result.stdout.startswith(
+        f"Restored {copy} into {state / 'agl.db'}: 1 task, 0 rollouts and 0 resource"
+    )
+    assert result.stdout.endswith(f"). The database it replaced is kept as {aside}.\n")
     assert sorted(path.name for path in state.iterdir() if path.name.startswith("agl.db")) == [
         "agl.db", aside.name,
     ]  # fmt: skip
@@ -287,6 +291,7 @@ def test_restore_refuses_while_the_daemon_runs_and_what_is_not_a_whole_agl_datab
         connection.execute("PRAGMA user_version = 99")
     refusals = {
         tmp_path / "missing.db": f"There is no file {tmp_path / 'missing.db'}.",
+        tmp_path: f"{tmp_path} is a directory, not a backup.",
         text: f"{text} is not an agl database (file is not a database).",
         damaged: f"{damaged} is damaged (",
         newer: f"{newer} was written by a newer agl (schema 99); upgrade agl to use it.",

@@ -69,7 +69,7 @@ def backup(
         fail(f"Cannot write {path}: {exc.strerror or exc}.")
     finally:
         partial.unlink(missing_ok=True)
-    _say(json_output, f"Saved a copy of the daemon's store to {path}", {"file": str(path)}, contents)
+    _say(json_output, f"Saved a copy of the daemon's store to {path}", {"file": str(path)}, contents, "")
 
 
 def _backup_to_stdout(ctx: typer.Context) -> None:
@@ -100,17 +100,18 @@ def restore(
         fail(str(exc))
     database = directory / paths.DATABASE_NAME
     replaced = restored.replaced
-    kept = f"; the database it replaced is kept as {replaced}" if replaced else ""
+    kept = f" The database it replaced is kept as {replaced}." if replaced else ""
     facts = {"database": str(database), "replaced": str(replaced) if replaced else None}
-    _say(json_output, f"Restored {file} into {database}{kept}", facts, restored.contents)
+    _say(json_output, f"Restored {file} into {database}", facts, restored.contents, kept)
 
 
-def _say(json_output: bool, done: str, facts: dict[str, Any], contents: Contents) -> None:
+def _say(json_output: bool, done: str, facts: dict[str, Any], contents: Contents, then: str) -> None:
+    """`done: N tasks, M rollouts and K resource bundles (size).` and `then`; or JSON."""
     counts = {"tasks": contents.tasks, "rollouts": contents.rollouts, "resources": contents.resources}
     if json_output:
         output.print_json({**facts, **counts, "bytes": contents.size})
         return
     output.write_line(
-        f"{done}. It holds {output.count(contents.tasks, 'task')}, {output.count(contents.rollouts, 'rollout')}"
-        f" and {output.count(contents.resources, 'resource bundle')} ({output.size(contents.size)})."
+        f"{done}: {output.count(contents.tasks, 'task')}, {output.count(contents.rollouts, 'rollout')}"
+        f" and {output.count(contents.resources, 'resource bundle')} ({output.size(contents.size)}).{then}"
     )

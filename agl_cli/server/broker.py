@@ -523,9 +523,6 @@ class Broker:
 
     # the whole -----------------------------------------------------------------------------
 
-    async def counts(self) -> StoreCounts:
-        return await self._threads.read(self._store.counts)
-
     async def snapshot(self) -> Snapshot:
         def read() -> Snapshot:
             with self._store.snapshot():

@@ -42,6 +42,8 @@ def check(path: Path) -> Contents:
     """What the agl database at `path` holds, once SQLite has read every page of it and
     found each whole; `StoreError` (one sentence) if it is damaged, not agl's, or from a
     newer agl. The file is only read."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a backup.")
     if not path.is_file():
         raise StoreError(f"There is no file {path}.")
     try:
