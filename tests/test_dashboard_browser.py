@@ -272,6 +272,43 @@ def test_a_failed_task_is_retried_from_the_page_which_says_why_if_it_cannot_be(
     assert [error for error in console.errors if "409" not in error] == []
 
 
+def test_a_task_handed_out_again_is_cancelled_from_the_page_once_you_say_yes(
+    make_daemon: Any, browser: Any
+) -> None:
+    short = make_daemon("--task-timeout", "0.2")
+    rollout_id, done = short.queue("slow", "done at last")
+    for _ in range(4):  # their first claims run out: each is handed out again
+        wait_until(lambda: short.claim() is not None, "a task to be handed out", 10)
+    short.report(done, final_reward=1.0)
+    with signed_in(browser, short) as (page, console):
+        completed = page.locator(f"#failures tr[data-rollout-id='{done}']")
+        expect(completed).to_contain_text("completed", timeout=WAIT_MS)
+        expect(completed.locator("button.task-action")).to_have_count(0)  # nothing to do with it
+        row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
+        cancel = row.get_by_role("button", name=f"Cancel {rollout_id}")
+        expect(cancel).to_be_visible(timeout=WAIT_MS)
+        asked: list[str] = []
+
+        def answer(dialog: Any, yes: bool) -> None:
+            asked.append(dialog.message)
+            if yes:
+                dialog.accept()
+            else:
+                dialog.dismiss()
+
+        page.once("dialog", lambda dialog: answer(dialog, yes=False))
+        cancel.click()
+        assert asked == [
+            f"Cancel {rollout_id}? It is not handed out again (a result that still comes is kept)."
+        ]
+        assert short.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] != "cancelled"
+        page.once("dialog", lambda dialog: answer(dialog, yes=True))
+        cancel.click()
+        expect(row.get_by_role("button", name=f"Retry {rollout_id}")).to_be_visible(timeout=WAIT_MS)
+        assert short.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "cancelled"
+    assert console.errors == []
+
+
 def test_a_result_deleted_by_the_retention_setting_is_said_to_be_so(make_daemon: Any, browser: Any) -> None:
     """A task that needed two attempts stays among the retried ones after its result is
     deleted; its detail says the result is gone, not that it is yet to come."""

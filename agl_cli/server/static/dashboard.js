@@ -518,7 +518,8 @@ function showFailures(page) {
       row.dataset.rolloutId = task.rollout_id;
       cell(row, "").append(detailButton(task.rollout_id));
       const status = statusCell(row, task.status);
-      if (task.status === "failed" || task.status === "cancelled") status.append(" ", retryButton(task.rollout_id));
+      const action = ACTIONS[task.status];
+      if (action) status.append(" ", taskButton(task.rollout_id, action));
       cell(row, modeName(task.mode));
       cell(row, "").append(attemptList(attempts));
       cell(row, task.last_claim_time ? ago(task.last_claim_time) : "–");
@@ -530,23 +531,36 @@ function showFailures(page) {
   $("failures-older").disabled = !page.has_more;
 }
 
-// Queue the task again at the back of the queue, as `agl tasks retry` does.
-function retryButton(rolloutId) {
+// What a task's button does, by its status: queue it again (it failed or was cancelled),
+// as `agl tasks retry` does, or take it out of play (it is queued or claimed), as
+// `agl tasks cancel` does, once asked for a yes. A completed task has none.
+const RETRY = { verb: "retry", label: "Retry", title: "Queue it again, at the back of the queue" };
+const CANCEL = {
+  verb: "cancel",
+  label: "Cancel",
+  title: "Take it out of play: it is not handed out again",
+  ask: (id) => `Cancel ${id}? It is not handed out again (a result that still comes is kept).`,
+};
+const ACTIONS = { failed: RETRY, cancelled: RETRY, queued: CANCEL, claimed: CANCEL };
+
+function taskButton(rolloutId, action) {
   const button = document.createElement("button");
   button.type = "button";
-  button.className = "retry";
-  button.textContent = "Retry";
-  button.setAttribute("aria-label", `Retry ${rolloutId}`);
-  button.title = "Queue it again, at the back of the queue";
+  button.className = "task-action";
+  button.textContent = action.label;
+  button.setAttribute("aria-label", `${action.label} ${rolloutId}`);
+  button.title = action.title;
   button.addEventListener("click", async () => {
+    if (action.ask && !confirm(action.ask(rolloutId))) return;
     button.disabled = true;
     const body = JSON.stringify({ rollout_ids: [rolloutId] });
     try {
-      await api("/v1/tasks/retry", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+      const headers = { "Content-Type": "application/json" };
+      await api(`/v1/tasks/${action.verb}`, { method: "POST", headers, body });
       await refreshPanels();
     } catch (error) {
-      await refreshPanels(); // someone may have retried it first: show the list as it is
-      sayFailure(error, `retry ${shortId(rolloutId)}`);
+      await refreshPanels(); // someone may have changed it first: show the list as it is
+      sayFailure(error, `${action.verb} ${shortId(rolloutId)}`);
     }
   });
   return button;
