@@ -157,6 +157,12 @@ def test_status_and_metrics_say_how_large_the_database_is_and_what_compact_would
     assert compacted["bytes"] < before["bytes"] - before["free_bytes"] * 0.9
 
 
+def test_status_mentions_no_free_space_inside_a_new_database(daemon: Daemon) -> None:
+    assert daemon.status()["database"]["free_bytes"] < 1_000_000
+    shown = " ".join(agl("status", daemon=daemon).stdout.split())
+    assert "free inside" not in shown and " free on disk" in shown
+
+
 def test_a_memory_daemon_has_no_log_and_no_disk(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon("--memory")
     daemon.queue(*range(10))

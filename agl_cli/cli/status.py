@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from agl_cli.client import DatabaseSpace, Status
 
 TASK_STATES = ("queued", "claimed", "completed", "failed", "cancelled")
+WORTH_COMPACTING = 1_000_000  # bytes that deletions freed inside the database, worth a mention
 
 
 def status(
@@ -113,7 +114,7 @@ def _space(space: DatabaseSpace, store: str | None) -> str:
         text += f" of at most {output.size(space['max_bytes'])}"
     if store == "memory":
         return f"{text}, in memory"
-    if space["free_bytes"]:
+    if space["free_bytes"] >= WORTH_COMPACTING:
         text += f" ({output.size(space['free_bytes'])} free inside: agl compact gives it back)"
     text += f", log {output.size(space['log_bytes'])}"
     if space["disk_free_bytes"] is not None:
