@@ -7,8 +7,8 @@ Each run queues, stages and commits batches, claims through both doors, lets tim
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
 through the store API, cancels (several at once, and the whole queue a write at a time),
 retries (several at once, and every failed task a write at a time), pauses and resumes
-the queue, consumes, deletes results past the retention setting and reopens the store,
-on every store; after each step the store must agree with the model: task states,
+the queue, consumes, deletes results past the retention setting, reopens the store, and
+backs it up and goes back to a backup, on every store; after each step the store must agree with the model: task states,
 attempts, the sequence of results, counts. The clock is fake: nothing sleeps.
 `HYPOTHESIS_PROFILE=long` runs many more.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from copy import deepcopy as copy_of
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from agl_cli.store import (
     TaskSpec,
     UnknownAttemptError,
     UnknownTaskError,
+    backups,
 )
 
 TIMEOUT = 10.0
@@ -136,8 +138,10 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.directory = tempfile.TemporaryDirectory()
+        self.database = Path(self.directory.name) / "agl.db"
         self.store = self.open()
         self.model = Model()
+        self.saved: tuple[Path, Model] | None = None  # the last backup, and the model as of it
 
     def open(self) -> Store:
         options = {
@@ -145,7 +149,7 @@ class StoreMachine(RuleBasedStateMachine):
         }  # fmt: skip
         if self.kind == "memory":
             return MemoryStore(**options)
-        return SQLiteStore(Path(self.directory.name) / "agl.db", **options)
+        return SQLiteStore(self.database, **options)
 
     def teardown(self) -> None:
         self.store.close()
@@ -360,9 +364,34 @@ class StoreMachine(RuleBasedStateMachine):
             return
         self.store.close()
         self.store = self.open()
+        self.forget_what_a_restart_forgets()
+
+    def forget_what_a_restart_forgets(self) -> None:
         self.model.batches.clear()
         self.model.cancelling = None  # the request that was cancelling the queue is gone
         self.model.retrying = None  # as is one retrying the failed tasks
+
+    @rule()
+    def back_up(self) -> None:
+        """A backup (`agl backup`): the store as of now, to go back to later."""
+        saved = Path(self.directory.name) / "backup.db"
+        with self.store.backup() as copy:
+            saved.write_bytes(copy.read())
+        self.saved = (saved, copy_of(self.model))
+
+    @precondition(lambda self: self.saved is not None)
+    @rule()
+    def restore(self) -> None:
+        """Go back to the last backup (`agl restore`, then a restart): the store is as it
+        was then, whatever came since. A memory store's backup carries on as a file."""
+        assert self.saved is not None
+        saved, model = self.saved
+        self.store.close()
+        backups.restore(saved, self.database, self.database.with_name("replaced.db"))
+        self.kind = "sqlite"
+        self.store = self.open()
+        self.model = copy_of(model)
+        self.forget_what_a_restart_forgets()
 
     # what must hold after every step --------------------------------------------------------------
 
