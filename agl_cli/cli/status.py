@@ -108,7 +108,8 @@ def render(current: Status) -> Table:
 
 
 def _space(space: DatabaseSpace, store: str | None) -> str:
-    """`181.2 MB of at most 1.0 GB (12.0 MB free inside), log 4.1 MB, 20.3 GB free on disk`."""
+    """`181.2 MB of at most 1.0 GB (12.0 MB free inside: agl compact gives it back), log
+    4.1 MB, 20.3 GB free on disk`; the free part from `WORTH_COMPACTING` on."""
     text = output.size(space["bytes"])
     if space["max_bytes"] is not None:
         text += f" of at most {output.size(space['max_bytes'])}"
