@@ -256,7 +256,9 @@ def test_restore_keeps_the_database_it_replaces_whole_even_after_a_crash(
     assert result.stdout.startswith(
         f"Restored {copy} into {state / 'agl.db'}: 1 task, 0 rollouts and 0 resource"
     )
-    assert result.stdout.endswith(f"). The database it replaced is kept as {aside}.\n")
+    assert result.stdout.endswith(
+        f"). The database it replaced is kept as {aside}. Start the daemon (agl serve) to use it.\n"
+    )
     assert sorted(path.name for path in state.iterdir() if path.name.startswith("agl.db")) == [
         "agl.db", aside.name,
     ]  # fmt: skip

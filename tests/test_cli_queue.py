@@ -113,6 +113,12 @@ def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Da
             "t.json:4: invalid JSON: the array is never closed",
         ),
         ("t.json", '[\n  {"input": 1},\n  7\n]\n', "t.json:3: a task must be a JSON object, not a number."),
+        (
+            "t.json",
+            '[\n  {"input": 1},\n  {"input":\n\n',
+            "t.json:3: invalid JSON: the file ends in the middle of this task.",
+        ),
+        ("t.json", '{"input":\n', "t.json:1: invalid JSON: the file ends in the middle of this task."),
         ("t.jsonl", "\n\n", "t.jsonl: there are no tasks in it."),
     ],
 )

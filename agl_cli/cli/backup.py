@@ -101,6 +101,7 @@ def restore(
     database = directory / paths.DATABASE_NAME
     replaced = restored.replaced
     kept = f" The database it replaced is kept as {replaced}." if replaced else ""
+    kept += " Start the daemon (agl serve) to use it."
     facts = {"database": str(database), "replaced": str(replaced) if replaced else None}
     _say(json_output, f"Restored {file} into {database}", facts, restored.contents, kept)
 

@@ -229,6 +229,10 @@ class _TextStream:
                 if self._maybe_cut_short(exc) and self.fill(size):
                     size *= 2
                     continue
+                if not self.buffer[exc.pos :].strip():  # at its line, not the file's last one
+                    raise self.error(
+                        "invalid JSON: the file ends in the middle of this task.", self.pos
+                    ) from None
                 raise self.error(
                     f"invalid JSON: {exc.msg} (column {self.column_of(exc.pos)}).", exc.pos
                 ) from None
