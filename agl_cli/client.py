@@ -321,6 +321,19 @@ class AglClient:
     def list_rollouts(self, since: int = 0, limit: int = 100) -> RolloutList:
         return cast(RolloutList, self._call("GET", "/v1/rollouts", params={"since": since, "limit": limit}))
 
+    def all_rollouts(self, since: int = 0, page: int = 1000) -> Iterator[RolloutRecord]:
+        """Every rollout stored after `since` as of this call, oldest first, read a page at
+        a time; those stored meanwhile are left for `watch_rollouts(since=...)`."""
+        first = self.list_rollouts(since, page)
+        last, rollouts = first["last_seq"], first["rollouts"]
+        while rollouts:
+            for record in rollouts:
+                if record["seq"] > last:
+                    return
+                yield record
+            since = rollouts[-1]["seq"]
+            rollouts = self.list_rollouts(since, page)["rollouts"] if since < last else []
+
     def get_rollout(self, rollout_id: str) -> RolloutRecord:
         return cast(RolloutRecord, self._call("GET", f"/v1/rollouts/{_segment(rollout_id)}"))
 

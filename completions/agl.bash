@@ -38,7 +38,7 @@ _agl_options() {
         'resources show') _agl_words='--reveal --json --help' ;;
         'rollouts') _agl_words='--help' ;;
         'rollouts watch') _agl_words='--since --count --json --help' ;;
-        'rollouts list') _agl_words='--since --limit --json --help' ;;
+        'rollouts list') _agl_words='--since --limit --all --json --help' ;;
         'rollouts show') _agl_words='--json --help' ;;
         *) _agl_words='' ;;
     esac

@@ -181,6 +181,7 @@ complete -c agl -n "__agl_at 'rollouts watch'" -l help -d 'Show this message and
 
 complete -c agl -n "__agl_at 'rollouts list'" -l since -x -d 'Only rollouts after this sequence number'
 complete -c agl -n "__agl_at 'rollouts list'" -l limit -x -d 'At most N rollouts'
+complete -c agl -n "__agl_at 'rollouts list'" -l all -d 'Every rollout stored (after --since), however many: with --json, an export'
 complete -c agl -n "__agl_at 'rollouts list'" -l json -d 'Machine output: a JSON array'
 complete -c agl -n "__agl_at 'rollouts list'" -l help -d 'Show this message and exit'
 

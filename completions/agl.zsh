@@ -176,6 +176,7 @@ _agl_options() {
     'rollouts list') _agl_items=(
         '--since:Only rollouts after this sequence number'
         '--limit:At most N rollouts'
+        '--all:Every rollout stored (after --since), however many: with --json, an export'
         '--json:Machine output: a JSON array'
         '--help:Show this message and exit'
       ) ;;

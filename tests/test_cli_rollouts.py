@@ -11,8 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 from cli_runner import agl, assert_one_line_error, popen_agl, post_rollout
 from daemon import Daemon
+
+from agl_cli.client import AglClient
 
 
 class Lines:
@@ -59,6 +62,31 @@ def test_list_gives_rollouts_oldest_first_after_a_sequence_number(daemon: Daemon
     assert [r["rollout_id"] for r in later] == ids[1:2]
     table = agl("rollouts", "list", daemon=daemon)
     assert table.returncode == 0 and all(rollout_id in table.stdout for rollout_id in ids)
+
+
+def test_list_all_exports_every_rollout_however_many_as_one_json_array(daemon: Daemon) -> None:
+    ids = daemon.queue(*range(250))
+    with httpx.Client(base_url=daemon.url, timeout=30) as client:
+        for rollout_id in ids:
+            client.post("/rollout", json={"rollout_id": rollout_id, "final_reward": 0.5}).raise_for_status()
+    exported = agl("rollouts", "list", "--all", "--json", daemon=daemon)
+    assert exported.returncode == 0, exported.stderr
+    assert [r["rollout_id"] for r in json.loads(exported.stdout)] == ids  # past the default limit of 100
+    rest = json.loads(agl("rollouts", "list", "--all", "--since", "200", "--json", daemon=daemon).stdout)
+    assert [r["seq"] for r in rest] == list(range(201, 251))
+    table = agl("rollouts", "list", "--all", daemon=daemon).stdout
+    assert ids[0] in table and ids[-1] in table
+
+    with AglClient(daemon.url, daemon.token) as api:  # a page at a time, up to what was there
+        pages = api.all_rollouts(since=0, page=100)
+        first = [next(pages)["rollout_id"] for _ in range(100)]
+        [later] = daemon.queue("reported while the export runs")
+        post_rollout(daemon, later)
+        assert first + [r["rollout_id"] for r in pages] == ids
+
+
+def test_list_all_of_nothing_is_an_empty_array(daemon: Daemon) -> None:
+    assert agl("rollouts", "list", "--all", "--json", daemon=daemon).stdout == "[]\n"
 
 
 def test_list_shows_the_mode_of_the_task_when_the_worker_sent_no_task(daemon: Daemon) -> None:

@@ -69,6 +69,17 @@ def print_json(value: Any) -> None:
         write_line(json_text(value))
 
 
+def print_json_array(values: Iterable[Any]) -> None:
+    """One JSON array, written an element at a time (compact): however long, it is never
+    held whole."""
+    separator = "["
+    for value in values:
+        sys.stdout.write(separator + json_text(value))
+        separator = ","
+    sys.stdout.write("[]\n" if separator == "[" else "]\n")
+    sys.stdout.flush()
+
+
 def print_json_lines(values: Iterable[Any]) -> None:
     for value in values:
         sys.stdout.write(json_text(value) + "\n")

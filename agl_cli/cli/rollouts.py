@@ -84,11 +84,20 @@ def list_rollouts(
         0, "--since", min=0, metavar="SEQ", help="Only rollouts after this sequence number."
     ),
     limit: int = typer.Option(100, "--limit", min=1, max=10_000, metavar="N", help="At most N rollouts."),
+    every: bool = typer.Option(
+        False, "--all", help="Every rollout stored (after --since), however many: with --json, an export."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array."),
 ) -> None:
     """List stored rollouts, oldest first."""
+    if every and json_output:
+        with connect(ctx) as client:  # streamed as it is read, a page at a time
+            output.print_json_array(client.all_rollouts(since))
+        return
     with connect(ctx) as client:
-        rollouts = client.list_rollouts(since, limit)["rollouts"]
+        rollouts = (
+            list(client.all_rollouts(since)) if every else client.list_rollouts(since, limit)["rollouts"]
+        )
     if json_output:
         output.print_json(rollouts)
         return
