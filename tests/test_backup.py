@@ -103,7 +103,7 @@ def test_copies_left_half_made_beside_the_database_are_deleted_when_the_store_op
     )
 
 
-def test_a_copy_is_of_one_moment_and_has_no_name_left(
+def test_a_copy_has_no_name_left_and_holds_what_was_there_when_it_was_made(
     tmp_path: Path, make_store: Callable[..., Store]
 ) -> None:
     store = make_store()
