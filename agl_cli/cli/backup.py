@@ -29,9 +29,7 @@ def backup(
 ) -> None:
     """Save a copy of the daemon's whole store to FILE, while it serves.
 
-    Every task, result and resource bundle the daemon had answered for when the copy
-    began is in it. The copy is checked page by page before it takes FILE's name, and
-    agl restore puts it back.
+    It holds everything the daemon had answered for when it began, checked page by page.
     """
     from agl_cli.store import StoreError, backups
 
@@ -88,8 +86,7 @@ def restore(
 ) -> None:
     """Put a copy agl backup saved in place of the database; the daemon must be stopped.
 
-    The copy is checked page by page first. The database it replaces is kept beside it,
-    as agl.db.before-restore-TIME.
+    The database it replaces is kept beside it, as agl.db.before-restore-TIME.
     """
     from agl_cli.server.maintenance import MaintenanceError, restore_state_dir
 
