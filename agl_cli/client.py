@@ -444,6 +444,13 @@ class AglClient:
             with self._http.stream(
                 "GET", "/v1/backup", timeout=httpx.Timeout(timeout, connect=5.0)
             ) as response:
+                if response.status_code == 404:
+                    raise NotFound(
+                        f"The daemon at {self.url} has no backup route (GET /v1/backup):"
+                        " is it an agl older than agl backup?",
+                        404,
+                        "Not Found",
+                    )
                 if response.status_code != 200:
                     response.read()
                     self._raise_for(response)

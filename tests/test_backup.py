@@ -179,6 +179,16 @@ def test_backup_replaces_no_file_unless_told_and_never_the_daemons_own_database(
     ]
 
 
+def test_backup_from_a_daemon_without_the_route_says_it_may_be_older(daemon: Daemon, tmp_path: Path) -> None:
+    elsewhere = f"{daemon.url}/old"  # a 404 for the route, as an agl before backups gives
+    result = agl("--url", elsewhere, "--token", daemon.token, "backup", str(tmp_path / "x.db"))
+    assert_one_line_error(
+        result,
+        f"The daemon at {elsewhere} has no backup route (GET /v1/backup): is it an agl older than agl backup?",
+    )
+    assert [path.name for path in tmp_path.iterdir() if "x.db" in path.name] == []  # nor a part of it
+
+
 def test_backup_with_no_daemon_says_so(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = agl("--url", url, "backup", str(tmp_path / "x.db"))
