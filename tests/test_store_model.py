@@ -8,8 +8,9 @@ beyond the claim timeout, reports (late, twice, for ids never issued), ends atte
 through the store API, cancels (several at once, and the whole queue a write at a time),
 retries (several at once, and every failed task a write at a time), pauses and resumes
 the queue, consumes, deletes results past the retention setting, reopens the store, and
-backs it up and goes back to a backup, on every store; after each step the store must agree with the model: task states,
-attempts, the sequence of results, counts. The clock is fake: nothing sleeps.
+backs it up and goes back to a backup, on every store; after each step the store must
+agree with the model: task states, attempts, the sequence of results, counts. The clock
+is fake: nothing sleeps.
 `HYPOTHESIS_PROFILE=long` runs many more.
 """
 
