@@ -20,6 +20,9 @@ from httpx_sse import connect_sse
 DEFAULT_TIMEOUT = 30.0
 # The daemon sends a comment every 15 s on an idle stream; three missed mean a dead link.
 STREAM_READ_TIMEOUT = 45.0
+# What the daemon answers for a path none of its routes takes (its own 404s are sentences):
+# an older daemon's answer to a newer client's call.
+NO_ROUTE = "Not Found"
 # The largest sequence number the daemon accepts in `since`: asks for nothing, learns last_seq.
 _BEYOND_ANY_SEQ = 2**62
 
@@ -444,13 +447,6 @@ class AglClient:
             with self._http.stream(
                 "GET", "/v1/backup", timeout=httpx.Timeout(timeout, connect=5.0)
             ) as response:
-                if response.status_code == 404:
-                    raise NotFound(
-                        f"The daemon at {self.url} has no backup route (GET /v1/backup):"
-                        " is it an agl older than agl backup?",
-                        404,
-                        "Not Found",
-                    )
                 if response.status_code != 200:
                     response.read()
                     self._raise_for(response)
@@ -527,6 +523,14 @@ class AglClient:
             raise AuthRefused(
                 f"The daemon at {self.url} refused the request: {_lower_first(detail)} "
                 "(give the token with --token or AGL_TOKEN).",
+                code,
+                detail,
+            )
+        if code == 404 and detail == NO_ROUTE:
+            request = response.request
+            raise NotFound(
+                f"The daemon at {self.url} has no route {request.method}"
+                f" {str(request.url).removeprefix(self.url)}: is it an agl older than this one?",
                 code,
                 detail,
             )

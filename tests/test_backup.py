@@ -184,7 +184,7 @@ def test_backup_from_a_daemon_without_the_route_says_it_may_be_older(daemon: Dae
     result = agl("--url", elsewhere, "--token", daemon.token, "backup", str(tmp_path / "x.db"))
     assert_one_line_error(
         result,
-        f"The daemon at {elsewhere} has no backup route (GET /v1/backup): is it an agl older than agl backup?",
+        f"The daemon at {elsewhere} has no route GET /v1/backup: is it an agl older than this one?",
     )
     assert [path.name for path in tmp_path.iterdir() if "x.db" in path.name] == []  # nor a part of it
 

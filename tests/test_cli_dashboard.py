@@ -118,3 +118,11 @@ def test_a_daemon_started_before_an_upgrade_is_named_with_what_to_do(
     assert not opened.exists()
     printed = agl("--url", older_daemon, "--token", "t", "dashboard", "--print", state_dir=tmp_path, env=env)
     assert (printed.returncode, printed.stdout.strip()) == (0, f"{older_daemon}/#token=t")
+
+
+def test_a_command_an_older_daemon_has_no_route_for_is_told_so(older_daemon: str, tmp_path: Path) -> None:
+    result = agl("--url", older_daemon, "--token", "t", "pause", state_dir=tmp_path)
+    assert_one_line_error(
+        result,
+        f"The daemon at {older_daemon} has no route POST /v1/queue/pause: is it an agl older than this one?",
+    )
