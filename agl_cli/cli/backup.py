@@ -32,6 +32,7 @@ def backup(
     It holds everything the daemon had answered for when it began, checked page by page.
     """
     from agl_cli.store import StoreError, backups
+    from agl_cli.store.files import open_private, sync_directory
 
     if file == "-":
         _backup_to_stdout(ctx)
@@ -46,7 +47,7 @@ def backup(
         fail(f"{path} exists: give --force to replace it.")
     partial = path.with_name(f".{path.name}.partial")
     try:
-        handle = backups.open_private(partial)
+        handle = open_private(partial)
     except OSError as exc:
         fail(f"Cannot write {path}: {exc.strerror or exc}.")
     try:
@@ -63,6 +64,7 @@ def backup(
         except StoreError as exc:
             fail(f"The copy the daemon sent failed its check, so {path} was not written: {exc}")
         os.replace(partial, path)
+        sync_directory(path.parent)
     except OSError as exc:
         fail(f"Cannot write {path}: {exc.strerror or exc}.")
     finally:

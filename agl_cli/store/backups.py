@@ -9,7 +9,6 @@ file, which is then linked aside, and the copy takes its place in one rename.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import sqlite3
@@ -17,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.base import StoreError
+from agl_cli.store.files import LOG_SUFFIXES, open_private, sync_directory
 from agl_cli.store.schema import APPLICATION_ID, SCHEMA_VERSION, NotAglDatabaseError
 
 RESTORING = ".restoring"  # the copy being put in place, beside the database
-LOG_SUFFIXES = ("-wal", "-shm")  # what SQLite keeps beside a database in WAL mode
 COPY_CHUNK = 1 << 20
 # The tasks of committed batches not yet moved into `tasks` (queued all the same), in
 # files of the schema that added commits (3) or later.
@@ -94,7 +93,7 @@ def restore(backup: Path, database: Path, aside: Path) -> Contents:
             aside.unlink(missing_ok=True)
             os.link(database, aside)  # the old file keeps its place until the new one takes it
         os.replace(copy, database)
-        _sync_directory(database.parent)
+        sync_directory(database.parent)
     except OSError as exc:
         copy.unlink(missing_ok=True)
         raise StoreError(f"Cannot restore {backup} into {database}: {exc.strerror or exc}.") from None
@@ -113,16 +112,3 @@ def _fold_log(database: Path) -> None:
             conn.close()
     except sqlite3.Error:
         pass
-
-
-def open_private(path: Path) -> io.FileIO:
-    """A new file for writing that only its owner may read (a database holds the run)."""
-    return io.FileIO(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
-
-
-def _sync_directory(path: Path) -> None:
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

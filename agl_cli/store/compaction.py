@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.base import StoreError
+from agl_cli.store.files import LOG_SUFFIXES, log_of, sync_directory
 from agl_cli.store.schema import APPLICATION_ID, NotAglDatabaseError, connect
 
 SUFFIX = ".compacting"  # the copy being written, beside the file
@@ -76,7 +77,7 @@ def compact(path: Path, progress: Callable[[int, int], None] = lambda done, tota
 def _replace(path: Path, copy: Path) -> None:
     """Put the synced copy in the file's place, once no log of the old file is left to
     be read into the new one."""
-    log = _log_of(path)
+    log = log_of(path)
     if log.exists() and log.stat().st_size > 0:
         copy.unlink(missing_ok=True)
         raise StoreError(f"{path} is in use by another process (its log {log} is not empty).")
@@ -84,24 +85,16 @@ def _replace(path: Path, copy: Path) -> None:
         with copy.open("rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(copy, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        sync_directory(path.parent)
     except OSError as exc:
         copy.unlink(missing_ok=True)
         raise StoreError(
             f"Cannot put the compacted copy in place of {path}: {exc.strerror or exc}."
         ) from None
-    for leftover in (log, path.with_name(path.name + "-shm")):
-        leftover.unlink(missing_ok=True)
-
-
-def _log_of(path: Path) -> Path:
-    return path.with_name(path.name + "-wal")
+    for suffix in LOG_SUFFIXES:
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _size(path: Path) -> int:
-    log = _log_of(path)
+    log = log_of(path)
     return path.stat().st_size + (log.stat().st_size if log.exists() else 0)

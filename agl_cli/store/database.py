@@ -48,6 +48,7 @@ from typing import Any, BinaryIO
 from agl_cli.store.backups import RESTORING
 from agl_cli.store.base import Commit, Space, StorageError, StorageFullError, Store
 from agl_cli.store.compaction import SUFFIX as COMPACTING
+from agl_cli.store.files import log_of
 from agl_cli.store.schema import connect, open_connection
 
 BACKUP_INFIX = ".backup-"  # a backup being made is `agl.db.backup-XXXXXXXX`, beside the database
@@ -71,7 +72,7 @@ class Database(Store):
         self._group: _Group | None = None  # the open `transaction()`, if any
         self._readers = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
-        self._wal = f"{self.path}-wal"
+        self._wal = log_of(self.path)
 
     def _open(self) -> sqlite3.Connection:
         """The write connection."""

@@ -1,0 +1,29 @@
+"""A database's files on disk: the two SQLite keeps beside it in WAL mode, and writing a
+file so that it, and its name, survive a power cut."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+LOG_SUFFIXES = ("-wal", "-shm")  # beside `agl.db`: its write-ahead log, and the log's index
+
+
+def log_of(database: Path) -> Path:
+    """The write-ahead log of `database`."""
+    return database.with_name(database.name + LOG_SUFFIXES[0])
+
+
+def open_private(path: Path) -> io.FileIO:
+    """A new file for writing that only its owner may read (a database holds the run)."""
+    return io.FileIO(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+
+
+def sync_directory(path: Path) -> None:
+    """Make the names in directory `path` durable (a file renamed into it, say)."""
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
