@@ -199,18 +199,27 @@ def test_a_cancelled_task_is_never_handed_out(daemon: Daemon) -> None:
     )
 
 
+def refused_whole(
+    daemon: Daemon, path: str, untouched: tuple[str, str], refusals: list[tuple[list[str], int, str]]
+) -> None:
+    """Each request of `refusals` (the ids, then the status and the sentence it gets) is
+    refused at `path` as a whole: the task `untouched` names keeps its status."""
+    rollout_id, status = untouched
+    for ids, code, sentence in refusals:
+        refused = daemon.api("POST", path, json={"rollout_ids": ids})
+        assert (refused.status_code, detail(refused)) == (code, sentence)
+        assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == status
+
+
 def test_tasks_are_cancelled_several_at_once_all_or_none(daemon: Daemon) -> None:
     done, claimed, kept = daemon.queue("x", "y", "z")
     for _ in range(2):
         daemon.claim()
     daemon.report(done)
-    for ids, status, sentence in (
+    refused_whole(daemon, "/v1/tasks/cancel", (claimed, "claimed"), [
         ([claimed, "rollout-nope"], 404, "No task with id 'rollout-nope'."),
         ([claimed, done], 409, f"Task '{done}' is completed and cannot be cancelled."),
-    ):
-        refused = daemon.api("POST", "/v1/tasks/cancel", json={"rollout_ids": ids})
-        assert (refused.status_code, detail(refused)) == (status, sentence)
-        assert daemon.api("GET", f"/v1/tasks/{claimed}").json()["status"] == "claimed"
+    ])  # fmt: skip
     response = daemon.api("POST", "/v1/tasks/cancel", json={"rollout_ids": [kept, claimed]})
     assert response.status_code == 200
     records = schemas.TaskList.model_validate(response.json()).tasks
@@ -250,13 +259,10 @@ def test_tasks_are_retried_several_at_once_all_or_none(daemon: Daemon) -> None:
     [failed] = fail_claims(daemon, 1)
     cancelled, queued = daemon.queue("x", "y")
     daemon.api("POST", f"/v1/tasks/{cancelled}/cancel").raise_for_status()
-    for ids, status, sentence in (
+    refused_whole(daemon, "/v1/tasks/retry", (failed, "failed"), [
         ([failed, "rollout-nope"], 404, "No task with id 'rollout-nope'."),
         ([failed, queued], 409, f"Task '{queued}' is queued and cannot be retried: only failed or cancelled tasks can."),
-    ):  # fmt: skip
-        refused = daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": ids})
-        assert (refused.status_code, detail(refused)) == (status, sentence)
-        assert daemon.api("GET", f"/v1/tasks/{failed}").json()["status"] == "failed"
+    ])  # fmt: skip
     response = daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": [cancelled, failed]})
     assert response.status_code == 200
     records = schemas.TaskList.model_validate(response.json()).tasks
