@@ -128,6 +128,7 @@ class Status(TypedDict, total=False):
     task_timeout: float
     max_attempts: int | None
     rollout_retention: float | None
+    forget_tasks: bool
     tasks: dict[str, int]
     rollouts: int
     unsolicited: int

@@ -26,6 +26,7 @@ class DaemonConfig:
     task_timeout: float = 300.0
     max_attempts: int | None = None  # None: unlimited
     rollout_retention: float | None = None  # seconds a result is kept; None: for good
+    forget_tasks: bool = False  # retention deletes the tasks whose results (or ends) it deletes
     log_level: str = "info"
     log_json: bool = False
     no_auth: bool = False

@@ -45,7 +45,8 @@ class AgentLightningServer:
     `store` chooses where state lives: `None` keeps it in memory (as 0.3.0 does), a path
     opens (or creates) a durable SQLite database there, and a `Store` is used as given
     (with its own settings: the keywords below apply only to a store made here).
-    `rollout_retention` is `agl serve --rollout-retention`: seconds a result is kept.
+    `rollout_retention` is `agl serve --rollout-retention`: seconds a result is kept;
+    `forget_tasks` is `--forget-tasks`: tasks go with what retention deletes.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class AgentLightningServer:
         store: Store | str | Path | None = None,
         max_attempts: int | None = None,
         rollout_retention: float | None = None,
+        forget_tasks: bool = False,
         token: str | None = None,
         log_level: str = "warning",
     ) -> None:
@@ -68,6 +70,7 @@ class AgentLightningServer:
             "task_timeout": task_timeout_seconds,
             "max_claims": max_attempts,
             "rollout_retention": rollout_retention,
+            "forget_tasks": forget_tasks,
         }
         if store is None:
             store = MemoryStore(**settings)

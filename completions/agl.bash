@@ -17,7 +17,7 @@ _agl_subcommands() {
 _agl_options() {
     case $1 in
         '') _agl_words='--url --token --state-dir --version --help' ;;
-        'serve') _agl_words='--host --port --state-dir --memory --task-timeout --max-attempts --rollout-retention --log-level --log-json --no-auth --max-body-size --max-db-size --max-requests --request-timeout --allowed-host --detach -d --help' ;;
+        'serve') _agl_words='--host --port --state-dir --memory --task-timeout --max-attempts --rollout-retention --forget-tasks --log-level --log-json --no-auth --max-body-size --max-db-size --max-requests --request-timeout --allowed-host --detach -d --help' ;;
         'stop') _agl_words='--timeout --help' ;;
         'status') _agl_words='--watch -w --json --help' ;;
         'dashboard') _agl_words='--print --no-browser --help' ;;

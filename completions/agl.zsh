@@ -63,6 +63,7 @@ _agl_options() {
         '--task-timeout:Seconds a worker may hold a task before it is handed out again'
         '--max-attempts:Claims per task before it is marked failed (default: unlimited)'
         '--rollout-retention:Seconds a completed rollout is kept after it arrives; older ones are deleted,...'
+        '--forget-tasks:With --rollout-retention, delete a task too (its attempts included) when its...'
         '--log-level:One of: critical, error, warning, info, debug'
         '--log-json:Log one JSON object per line on stderr (for journald, Loki, ...)'
         '--no-auth:Serve the management API without a token (loopback only)'

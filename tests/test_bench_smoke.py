@@ -158,10 +158,11 @@ def test_a_small_commit_pages_run_counts_the_pages_of_every_group(tmp_path: Path
     assert {"attempts", "tasks", "rollouts"} <= tables
 
 
-def test_a_small_retention_run_deletes_the_whole_backlog(tmp_path: Path) -> None:
-    result = bench("retention.py", "--rollouts", "300", cwd=tmp_path, timeout=120)
+def test_a_small_retention_run_deletes_the_whole_backlog_tasks_included(tmp_path: Path) -> None:
+    result = bench("retention.py", "--rollouts", "300", "--forget-tasks", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert re.search(r"^deleted 300 rollouts in [\d.]+ s \([\d,]+ a second\)$", result.stdout, re.M)
+    assert re.search(r"^completed tasks left: 0$", result.stdout, re.M)
     assert re.search(r"^claims meanwhile: [\d,]+, p50 [\d.]+ ms, p99 [\d.]+ ms", result.stdout, re.M)
 
 

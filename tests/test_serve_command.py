@@ -187,6 +187,7 @@ def test_names_for_a_proxy_are_refused_without_a_token_or_with_a_port(
         (["--task-timeout", "0"], "--task-timeout"),
         (["--max-attempts", "0"], "--max-attempts"),
         (["--rollout-retention", "0"], "--rollout-retention"),
+        (["--forget-tasks"], "--forget-tasks needs --rollout-retention"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
@@ -277,6 +278,7 @@ def test_every_setting_survives_the_trip_through_detach(tmp_path: Path) -> None:
         "max_db_size": 10_000_000,
         "max_requests": 64,
         "rollout_retention": 60.0,
+        "forget_tasks": True,
         "request_timeout": 2.5,
         "allowed_host": ("agl.example.com", "[2001:db8::1]"),
     }  # a new setting fails this test until it has a value here

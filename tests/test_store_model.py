@@ -7,7 +7,8 @@ Each run queues, stages and commits batches, claims through both doors, lets tim
 beyond the claim timeout, reports (late, twice, for ids never issued), ends attempts
 through the store API, cancels (several at once, and the whole queue a write at a time),
 retries (several at once, and every failed task a write at a time), pauses and resumes
-the queue, consumes, deletes results past the retention setting, reopens the store, and
+the queue, consumes, deletes results and the spans of ended rollouts past the retention
+setting (forgetting their tasks too, when the store is opened so), reopens the store, and
 backs it up and goes back to a backup, on every store; after each step the store must
 agree with the model: task states, attempts, the sequence of results, counts. The clock
 is fake: nothing sleeps.
@@ -27,7 +28,7 @@ import pytest
 from conftest import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from agl_cli.models import Rollout, TaskStatus
 from agl_cli.store import (
@@ -46,7 +47,7 @@ from agl_cli.store import (
 TIMEOUT = 10.0
 MAX_CLAIMS = 2
 RETENTION = 20.0
-settings.register_profile("suite", max_examples=150, stateful_step_count=30, deadline=None,
+settings.register_profile("suite", max_examples=150, stateful_step_count=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 settings.register_profile("long", max_examples=2_000, stateful_step_count=60, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
@@ -57,6 +58,8 @@ class Task:
     status: TaskStatus = TaskStatus.QUEUED
     claims: int = 0
     deadline: float | None = None
+    ended: float | None = None  # when it last failed or was cancelled
+    forgotten: bool = False  # deleted by retention (`forget_tasks`): kept here for its place
 
 
 @dataclass
@@ -78,6 +81,12 @@ class Model:
     # the store and as this model count (a place in `tasks`)
     retrying: tuple[int, int] | None = None
     paused: bool = False
+    # rollouts that failed or were cancelled, as (when, rollout id): what `prune_ended` walks
+    ended: set[tuple[float, str]] = field(default_factory=set)
+
+    def live(self, rollout_id: str) -> Task | None:
+        task = self.tasks.get(rollout_id)
+        return None if task is None or task.forgotten else task
 
     def expire(self, now: float) -> None:
         """Claims whose deadline has passed go to the back of the queue (earliest first), or
@@ -89,7 +98,7 @@ class Model:
             task = self.tasks[rollout_id]
             task.deadline = None
             if task.claims >= MAX_CLAIMS:
-                task.status = TaskStatus.FAILED
+                self.end(rollout_id, TaskStatus.FAILED, now)
             else:
                 task.status = TaskStatus.QUEUED
                 self.queue.append(rollout_id)
@@ -117,17 +126,37 @@ class Model:
         self.arrived.append(now)
         self.given += 1
 
-    def prune(self, now: float, limit: int) -> int:
-        """Results older than the retention go, oldest first, up to `limit` of them."""
+    def prune(self, now: float, limit: int, forget: bool) -> int:
+        """Results older than the retention go, oldest first, up to `limit` of them; with
+        `forget`, their completed tasks too."""
         old = sum(1 for arrived in self.arrived[:limit] if arrived < now - RETENTION)
         for rollout_id in self.results[:old]:
             self.consumed.discard(rollout_id)  # one reported again is a new result
+            task = self.live(rollout_id)
+            if forget and task is not None and task.status is TaskStatus.COMPLETED:
+                task.forgotten = True
         del self.results[:old], self.arrived[:old]
         return old
 
-    def end(self, rollout_id: str, status: TaskStatus) -> None:
+    def prune_ended(self, now: float, forget: bool) -> int:
+        """Rollouts that ended without a result longer ago than the retention are seen to;
+        with `forget`, the tasks among them that have not been retried since go."""
+        cutoff = now - RETENTION
+        seen = [listed for listed in self.ended if listed[0] < cutoff]
+        for _, rollout_id in seen:
+            task = self.live(rollout_id)
+            ended = task is not None and task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+            if forget and ended and task is not None and task.ended is not None and task.ended < cutoff:
+                task.forgotten = True
+        self.ended -= set(seen)
+        return len(seen)
+
+    def end(self, rollout_id: str, status: TaskStatus, now: float) -> None:
         task = self.tasks[rollout_id]
         task.status, task.deadline = status, None
+        if status is not TaskStatus.COMPLETED:
+            task.ended = now
+            self.ended.add((now, rollout_id))
         if rollout_id in self.queue:
             self.queue.remove(rollout_id)
 
@@ -140,13 +169,15 @@ class StoreMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.directory = tempfile.TemporaryDirectory()
         self.database = Path(self.directory.name) / "agl.db"
+        self.forget = False  # whether the store is opened with `forget_tasks`
         self.store = self.open()
         self.model = Model()
         self.saved: tuple[Path, Model] | None = None  # the last backup, and the model as of it
 
     def open(self) -> Store:
         options = {
-            "task_timeout": TIMEOUT, "max_claims": MAX_CLAIMS, "rollout_retention": RETENTION, "clock": self.clock,
+            "task_timeout": TIMEOUT, "max_claims": MAX_CLAIMS, "rollout_retention": RETENTION,
+            "forget_tasks": self.forget, "clock": self.clock,
         }  # fmt: skip
         if self.kind == "memory":
             return MemoryStore(**options)
@@ -155,6 +186,14 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.store.close()
         self.directory.cleanup()
+
+    @initialize(forget=st.booleans())
+    def forget_tasks_or_not(self, forget: bool) -> None:
+        """Half the runs forget what retention deletes (`agl serve --forget-tasks`)."""
+        if forget:
+            self.store.close()
+            self.forget = True
+            self.store = self.open()
 
     # queueing --------------------------------------------------------------------------------
 
@@ -216,9 +255,15 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.set_paused(paused)
         self.model.paused = paused
 
-    @rule(seconds=st.sampled_from([1.0, 4.0, TIMEOUT, TIMEOUT + 3]))
-    def time_passes(self, seconds: float) -> None:
+    @rule(seconds=st.sampled_from([1.0, 4.0, TIMEOUT, TIMEOUT + 3, RETENTION + 1]), limit=st.integers(1, 3))
+    def time_passes(self, seconds: float, limit: int) -> None:
+        """Time passes, and the daemon's sweep deletes what came of age: up to `limit`
+        results, then the spans of every rollout that ended without one (with their tasks,
+        if so opened). Those go all at once: several end at the same moment (a cancel of
+        several), and which of them a smaller limit takes first goes by their random ids."""
         self.clock.advance(seconds)
+        assert self.store.prune_rollouts(limit) == self.model.prune(self.clock.now, limit, self.forget)
+        assert self.store.prune_ended(100) == self.model.prune_ended(self.clock.now, self.forget)
 
     @rule()
     def expire(self) -> None:
@@ -235,7 +280,7 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             rollout_id = data.draw(st.sampled_from(known))
         outcome = self.store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=1.0))
-        task = self.model.tasks.get(rollout_id)
+        task = self.model.live(rollout_id)
         if (task is not None and task.status is TaskStatus.COMPLETED) or (
             task is None and rollout_id in self.model.results
         ):
@@ -245,7 +290,7 @@ class StoreMachine(RuleBasedStateMachine):
             expected = ReportOutcome.UNSOLICITED if task is None else ReportOutcome.STORED
             self.model.result(rollout_id, self.clock.now)
             if task is not None:
-                self.model.end(rollout_id, TaskStatus.COMPLETED)
+                self.model.end(rollout_id, TaskStatus.COMPLETED, self.clock.now)
         assert outcome is expected
 
     @precondition(lambda self: any(t.status is TaskStatus.CLAIMED for t in self.model.tasks.values()))
@@ -257,14 +302,15 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.update_attempt(rollout_id, "latest", {"status": status})
         if status == "succeeded":
             self.model.result(rollout_id, self.clock.now)
-            self.model.end(rollout_id, TaskStatus.COMPLETED)
+            self.model.end(rollout_id, TaskStatus.COMPLETED, self.clock.now)
         else:
-            self.model.end(rollout_id, TaskStatus.FAILED)
+            self.model.end(rollout_id, TaskStatus.FAILED, self.clock.now)
 
-    @precondition(lambda self: any(t.claims == 0 for t in self.model.tasks.values()))
+    @precondition(lambda self: any(t.claims == 0 and not t.forgotten for t in self.model.tasks.values()))
     @rule(data=st.data())
     def end_an_attempt_never_made(self, data: st.DataObject) -> None:
-        rollout_id = data.draw(st.sampled_from([r for r, t in self.model.tasks.items() if t.claims == 0]))
+        never = [r for r, t in self.model.tasks.items() if t.claims == 0 and not t.forgotten]
+        rollout_id = data.draw(st.sampled_from(never))
         with pytest.raises(UnknownAttemptError):
             self.store.update_attempt(rollout_id, "latest", {"status": "succeeded"})
 
@@ -274,7 +320,7 @@ class StoreMachine(RuleBasedStateMachine):
         self._change_several(
             data, stranger, any_state, (TaskStatus.QUEUED, TaskStatus.CLAIMED),
             lambda ids: self.store.cancel_tasks(ids),
-            lambda rollout_id: self.model.end(rollout_id, TaskStatus.CANCELLED),
+            lambda rollout_id: self.model.end(rollout_id, TaskStatus.CANCELLED, self.clock.now),
         )  # fmt: skip
 
     @precondition(lambda self: self.model.tasks)
@@ -297,19 +343,19 @@ class StoreMachine(RuleBasedStateMachine):
         """Change one to three tasks (some perhaps twice, or a stranger) at once: all of
         them, or none if one is unknown or not in an `allowed` state. Half the time they
         are drawn among the tasks in an allowed state, if there are any."""
-        fit = [rollout_id for rollout_id, task in self.model.tasks.items() if task.status in allowed]
+        fit = [rid for rid, task in self.model.tasks.items() if task.status in allowed and not task.forgotten]
         known = st.sampled_from(fit if fit and not any_state else list(self.model.tasks))
         ids = data.draw(st.lists(known, min_size=1, max_size=3))
         if stranger:
             ids.insert(data.draw(st.integers(0, len(ids))), "stranger-3")
-        first_bad = next((rid for rid in ids if rid not in self.model.tasks or self.model.tasks[rid].status not in allowed), None)  # fmt: skip
+        first_bad = next((rid for rid in ids if rid not in fit), None)
         if first_bad is None:
             records = change(ids)
             assert [r.rollout_id for r in records] == list(dict.fromkeys(ids))
             for rollout_id in dict.fromkeys(ids):
                 follow(rollout_id)
             return
-        error = UnknownTaskError if first_bad == "stranger-3" else InvalidTransitionError
+        error = InvalidTransitionError if self.model.live(first_bad) else UnknownTaskError
         with pytest.raises(error, match=first_bad):
             change(ids)
 
@@ -319,7 +365,11 @@ class StoreMachine(RuleBasedStateMachine):
         after, place = self.model.retrying or (0, -1)
         ids = list(self.model.tasks)
         expected = [
-            i for i, rid in enumerate(ids) if i > place and self.model.tasks[rid].status is TaskStatus.FAILED
+            i
+            for i, rid in enumerate(ids)
+            if i > place
+            and self.model.tasks[rid].status is TaskStatus.FAILED
+            and not self.model.tasks[rid].forgotten
         ][:limit]
         count, last = self.store.retry_failed(after, limit)
         assert count == len(expected)
@@ -336,7 +386,7 @@ class StoreMachine(RuleBasedStateMachine):
         expected = [rollout_id for rollout_id in self.model.queue if rollout_id in to_cancel][:limit]
         assert self.store.cancel_queued(last_place, limit) == len(expected)
         for rollout_id in expected:
-            self.model.end(rollout_id, TaskStatus.CANCELLED)
+            self.model.end(rollout_id, TaskStatus.CANCELLED, self.clock.now)
         if not expected:
             self.model.cancelling = None
 
@@ -353,17 +403,15 @@ class StoreMachine(RuleBasedStateMachine):
         assert (got is not None) == (rollout_id not in self.model.consumed)
         self.model.consumed.add(rollout_id)
 
-    @rule(limit=st.integers(1, 3))
-    def prune(self, limit: int) -> None:
-        assert self.store.prune_rollouts(limit) == self.model.prune(self.clock.now, limit)
-
-    @rule()
-    def reopen(self) -> None:
-        """Close and open the store again (the daemon restarting); a batch not committed
-        does not outlive it. The memory store has nothing to reopen."""
+    @rule(forget=st.booleans())
+    def reopen(self, forget: bool) -> None:
+        """Close and open the store again (the daemon restarting, perhaps told otherwise
+        whether to forget tasks); a batch not committed does not outlive it. The memory
+        store has nothing to reopen."""
         if self.kind == "memory":
             return
         self.store.close()
+        self.forget = forget
         self.store = self.open()
         self.forget_what_a_restart_forgets()
 
@@ -401,7 +449,7 @@ class StoreMachine(RuleBasedStateMachine):
         counts = self.store.counts()
         expected = dict.fromkeys(TaskStatus, 0)
         for task in self.model.tasks.values():
-            expected[task.status] += 1
+            expected[task.status] += not task.forgotten
         assert counts.tasks == expected
         assert counts.rollouts == len(self.model.results)
         assert counts.duplicates == self.model.duplicates
@@ -417,6 +465,9 @@ class StoreMachine(RuleBasedStateMachine):
     def every_claim_is_an_attempt(self) -> None:
         for rollout_id, task in self.model.tasks.items():
             latest = self.store.latest_attempt(rollout_id)
+            if task.forgotten:
+                assert latest is None and self.store.get_task(rollout_id) is None
+                continue
             assert (latest["sequence_id"] if latest else 0) == task.claims  # type: ignore[index]
 
 

@@ -36,6 +36,13 @@ def serve(
         " with their spans (default: kept for good).",
         show_default=False,
     ),
+    forget_tasks: bool = typer.Option(
+        DEFAULTS.forget_tasks,
+        "--forget-tasks",
+        help="With --rollout-retention, delete a task too (its attempts included) when its result is"
+        " deleted, or when it failed or was cancelled that long ago; a report for it then counts as"
+        " unsolicited.",
+    ),
     log_level: str = typer.Option(DEFAULTS.log_level, help=f"One of: {', '.join(LOG_LEVELS)}."),
     log_json: bool = typer.Option(
         DEFAULTS.log_json,
@@ -82,6 +89,11 @@ def serve(
     """Run the daemon in the foreground until SIGINT or SIGTERM (or in the background with --detach)."""
     if log_level.lower() not in LOG_LEVELS:
         fail(f"Unknown log level '{log_level}'; use one of: {', '.join(LOG_LEVELS)}.", ExitCode.USAGE)
+    if forget_tasks and rollout_retention is None:
+        fail(
+            "--forget-tasks needs --rollout-retention: tasks are forgotten as their results are deleted.",
+            ExitCode.USAGE,
+        )
     options = ctx.params | {"state_dir": state_dir_of(ctx, state_dir), "log_level": log_level.lower()}
     config = DaemonConfig.from_options(options)
     if detach:

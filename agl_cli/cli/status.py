@@ -101,7 +101,8 @@ def render(current: Status) -> Table:
         limits.append(f"max attempts {current['max_attempts'] or 'unlimited'}")
     if "rollout_retention" in current:
         retention = current["rollout_retention"]
-        limits.append(f"rollouts kept {'for good' if retention is None else f'{retention:g} s'}")
+        kept = "for good" if retention is None else f"{retention:g} s"
+        limits.append(f"rollouts kept {kept}{', with their tasks' if current.get('forget_tasks') else ''}")
     if limits:
         grid.add_row("limits", ", ".join(limits))
     return grid

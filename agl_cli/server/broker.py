@@ -162,6 +162,10 @@ class Broker:
         return self._store.rollout_retention
 
     @property
+    def forget_tasks(self) -> bool:
+        return self._store.forget_tasks
+
+    @property
     def commit_stats(self) -> CommitStats:
         return self._threads.stats
 

@@ -162,6 +162,9 @@ class Status(BaseModel):
     task_timeout: float
     max_attempts: int | None
     rollout_retention: float | None = Field(description="Seconds a result is kept; null: for good.")
+    forget_tasks: bool = Field(
+        description="Whether retention deletes tasks too (`agl serve --forget-tasks`)."
+    )
     tasks: dict[str, int] = Field(description="Tasks per status.")
     rollouts: int
     unsolicited: int

@@ -38,6 +38,7 @@ def open_store(config: DaemonConfig, state_dir: Path) -> Store:
         "task_timeout": config.task_timeout,
         "max_claims": config.max_attempts,
         "rollout_retention": config.rollout_retention,
+        "forget_tasks": config.forget_tasks,
         "max_size": config.max_db_size,
     }
     if config.memory:

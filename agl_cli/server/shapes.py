@@ -56,6 +56,7 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
         task_timeout=broker.task_timeout,
         max_attempts=broker.max_attempts,
         rollout_retention=broker.rollout_retention,
+        forget_tasks=broker.forget_tasks,
         tasks={status.value: number for status, number in counts.tasks.items()},
         rollouts=counts.rollouts,
         unsolicited=counts.unsolicited,

@@ -387,7 +387,9 @@ class Store(abc.ABC):
     on the disk: its reads come from threads of their own, and each commit is synced
     before its writes are answered. Any other store's reads come from the writer thread
     too. `max_claims` bounds attempts per task; `rollout_retention` is how many seconds a
-    result is kept after it arrives (None: for good).
+    result is kept after it arrives (None: for good). With `forget_tasks`, what retention
+    deletes takes its task along (see `prune_rollouts`, `prune_ended`), so that a store
+    that runs for weeks stops growing.
     """
 
     kind: ClassVar[str] = "custom"  # how `agl status` names the store
@@ -399,6 +401,7 @@ class Store(abc.ABC):
         task_timeout: float = 300.0,
         max_claims: int | None = None,
         rollout_retention: float | None = None,
+        forget_tasks: bool = False,
         clock: Clock = time.time,
     ):
         if task_timeout <= 0:
@@ -407,9 +410,12 @@ class Store(abc.ABC):
             raise ValueError("max_claims must be at least 1")
         if rollout_retention is not None and rollout_retention <= 0:
             raise ValueError("rollout_retention must be positive")
+        if forget_tasks and rollout_retention is None:
+            raise ValueError("forget_tasks needs a rollout_retention")
         self.task_timeout = task_timeout
         self.max_claims = max_claims
         self.rollout_retention = rollout_retention
+        self.forget_tasks = forget_tasks
         self.clock = clock
         # Claims found run out so far, by any write (a claim looks before the sweep does):
         # a change says that tasks went back to the queue or rollouts ended.
@@ -602,13 +608,16 @@ class Store(abc.ABC):
     def prune_rollouts(self, limit: int) -> int:
         """Delete up to `limit` of the oldest results older than `rollout_retention`, and
         the spans of their rollouts; how many went. Their tasks stay, so a late report for
-        one is still known for a duplicate. Sequence numbers are never given out again."""
+        one is still known for a duplicate, unless `forget_tasks`: then a completed task
+        goes with its result, attempts included, and a late report for it is a new,
+        unsolicited result. Sequence numbers and task places are never given out again."""
 
     @abc.abstractmethod
     def prune_ended(self, limit: int) -> int:
         """Delete the spans of up to `limit` of the rollouts that ended without a result
         (failed, cancelled) longer than `rollout_retention` ago, oldest end first; how many
-        such rollouts were seen to. The rollouts and their attempts stay."""
+        such rollouts were seen to. The rollouts and their attempts stay, unless
+        `forget_tasks`: then they go too."""
 
     # resources
     @abc.abstractmethod

@@ -94,6 +94,7 @@ EXPIRE_BATCH = 500
 DRAIN_CHUNK = 1_000  # staged tasks moved into place per step: ~5 ms of writing
 INSERT_ROWS = 500  # rows of one multi-row INSERT: 7 values each, well within SQLite's 32,766
 CLAIM_DRAIN = 64  # moved at once when a claim reaches a batch's tasks before the steps do
+LAST_FORGOTTEN = "last_forgotten_task"  # a row of `counters`: the largest id retention deleted
 
 
 class TaskStore(Database):
@@ -117,7 +118,8 @@ class TaskStore(Database):
             [last] = conn.execute(
                 "SELECT max((SELECT coalesce(max(id), 0) FROM tasks),"
                 " (SELECT coalesce(max(queue_pos), 0) FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'),"
-                " (SELECT coalesce(max(base_pos + staged), 0) FROM batches))"
+                " (SELECT coalesce(max(base_pos + staged), 0) FROM batches),"
+                f" (SELECT coalesce(max(value), 0) FROM counters WHERE name = '{LAST_FORGOTTEN}'))"
             ).fetchone()
         self._queue_pos: int = last  # the last place in the queue handed out (and the last id)
         self._opened = self.clock()
@@ -672,11 +674,19 @@ class TaskStore(Database):
             old = _oldest_before(conn, "SELECT seq, received_time FROM rollouts ORDER BY seq", limit, cutoff)
             if old:
                 pruned = {"first": old[0][0], "last": old[-1][0]}
-                conn.execute(
-                    "DELETE FROM spans WHERE rollout_id IN"
-                    " (SELECT rollout_id FROM rollouts WHERE seq BETWEEN :first AND :last)",
-                    pruned,
-                )
+                in_range = "SELECT rollout_id FROM rollouts WHERE seq BETWEEN :first AND :last"
+                conn.execute(f"DELETE FROM spans WHERE rollout_id IN ({in_range})", pruned)
+                if self.forget_tasks:
+                    _forget(
+                        conn,
+                        conn.execute(
+                            # each task found by its rollout id (CROSS JOIN: not among every completed one)
+                            "SELECT tasks.id, tasks.rollout_id FROM rollouts CROSS JOIN tasks"
+                            " ON tasks.rollout_id = rollouts.rollout_id"
+                            " WHERE rollouts.seq BETWEEN :first AND :last AND tasks.status = 'completed'",
+                            pruned,
+                        ).fetchall(),
+                    )
                 conn.execute("DELETE FROM rollouts WHERE seq BETWEEN :first AND :last", pruned)
         return len(old)
 
@@ -696,13 +706,19 @@ class TaskStore(Database):
                 cutoff,
             )
             if ended:
-                conn.execute(
+                still = conn.execute(
                     # each task found by its id (CROSS JOIN: not by its status, among every failed one)
-                    "DELETE FROM spans WHERE rollout_id IN (SELECT tasks.rollout_id FROM json_each(?1)"
+                    "SELECT tasks.id, tasks.rollout_id FROM json_each(?1)"
                     " CROSS JOIN tasks ON tasks.rollout_id = json_each.value"
-                    " WHERE tasks.status IN ('failed', 'cancelled') AND tasks.end_time < ?2)",
+                    " WHERE tasks.status IN ('failed', 'cancelled') AND tasks.end_time < ?2",
                     (orjson.dumps([rollout_id for rollout_id, _ in ended]).decode(), cutoff),
+                ).fetchall()
+                conn.execute(
+                    "DELETE FROM spans WHERE rollout_id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps([rollout_id for _, rollout_id in still]).decode(),),
                 )
+                if self.forget_tasks:
+                    _forget(conn, still)
                 last_id, last_end = ended[-1]
                 conn.execute(
                     "DELETE FROM ended_without_result WHERE (end_time, rollout_id) <= (?, ?)",
@@ -1007,6 +1023,25 @@ def _insert_rollouts(conn: sqlite3.Connection, rows: Sequence[RolloutRow]) -> No
             f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(chunk))}",
             [value for row in chunk for value in row],
         )
+
+
+def _forget(conn: sqlite3.Connection, tasks: Sequence[tuple[int, str]]) -> None:
+    """Delete these tasks (their ids and rollout ids) with their attempts and span
+    numbering; their spans and result are the caller's. The largest id is written down,
+    so that a restart does not hand out the place of a task forgotten last."""
+    if not tasks:
+        return
+    ids = orjson.dumps([task_id for task_id, _ in tasks]).decode()
+    conn.execute("DELETE FROM attempts WHERE task IN (SELECT value FROM json_each(?))", (ids,))
+    conn.execute(
+        "DELETE FROM span_sequences WHERE rollout_id IN (SELECT value FROM json_each(?))",
+        (orjson.dumps([rollout_id for _, rollout_id in tasks]).decode(),),
+    )
+    conn.execute("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))", (ids,))
+    conn.execute(
+        "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = max(value, ?2)",
+        (LAST_FORGOTTEN, max(task_id for task_id, _ in tasks)),
+    )
 
 
 def _oldest_before(conn: sqlite3.Connection, oldest_first: str, limit: int, cutoff: float) -> list[Any]:

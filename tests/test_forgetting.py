@@ -1,0 +1,242 @@
+"""`--forget-tasks`: with `--rollout-retention`, what retention deletes takes its task along
+(a completed task with its result, a failed or cancelled one with its spans), attempts and
+all, so that a store that runs for weeks stops growing. Tasks still in play, and young
+ones, stay; a report for a forgotten task is a new, unsolicited result; and the place of
+a forgotten task is never handed out again, even after a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cli_runner import agl, assert_one_line_error
+from conftest import FakeClock, StoreFactory
+from daemon import Daemon, wait_until
+from test_retention import kept, reported, running_with_a_span, span_ids
+from test_store_rollouts import enqueue, plain
+
+from agl_cli.embedded import AgentLightningServer
+from agl_cli.models import Rollout, TaskStatus
+from agl_cli.store import MemoryStore, Report, ReportOutcome, SQLiteStore, Store, TaskSpec, UnknownTaskError
+from agl_cli.store_models import AttemptQuery
+
+
+def forgotten(store: Store, rollout_id: str) -> bool:
+    """Whether nothing of the task is left: not the task, its attempts or its spans."""
+    return (
+        store.get_task(rollout_id) is None
+        and store.latest_attempt(rollout_id) is None
+        and plain(store.query_attempts(rollout_id, AttemptQuery()))["total"] == 0
+        and span_ids(store, rollout_id) == []
+    )
+
+
+def test_a_completed_task_goes_with_its_result(make_store: StoreFactory, clock: FakeClock) -> None:
+    store = make_store(rollout_retention=60, forget_tasks=True)
+    old = reported(store, 0.1)
+    clock.advance(30)
+    young = reported(store, 0.2)
+    clock.advance(31)
+    assert store.prune_rollouts(100) == 1
+    assert forgotten(store, old)
+    record = store.get_task(young)
+    assert record is not None and record.status is TaskStatus.COMPLETED
+    assert kept(store) == [young]
+    counts = store.counts()
+    assert (counts.tasks[TaskStatus.COMPLETED], counts.rollouts) == (1, 1)
+
+
+def test_a_report_for_a_forgotten_task_is_a_new_unsolicited_result(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(rollout_retention=60, forget_tasks=True)
+    rollout_id = reported(store, 1.0)
+    clock.advance(61)
+    assert store.prune_rollouts(100) == 1
+    late = store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=2.0))
+    assert late is ReportOutcome.UNSOLICITED
+    [stored] = store.rollouts_after(0)
+    assert (stored.rollout.rollout_id, stored.seq, stored.unsolicited) == (rollout_id, 2, True)
+    assert store.counts().duplicates == 0
+
+
+def test_a_failed_or_cancelled_task_goes_once_it_ended_that_long_ago(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(rollout_retention=60, forget_tasks=True)
+    failed, cancelled, young = running_with_a_span(store, "failed", "cancelled", "young")
+    store.update_rollout(failed, {"status": "failed"})
+    store.update_rollout(cancelled, {"status": "cancelled"})
+    clock.advance(30)
+    store.update_rollout(young, {"status": "failed"})
+    clock.advance(31)
+    assert store.prune_ended(100) == 2
+    assert forgotten(store, failed) and forgotten(store, cancelled)
+    assert span_ids(store, young) == ["s-young"]
+    with pytest.raises(UnknownTaskError, match=failed):
+        store.retry_tasks([failed])
+    assert store.counts().tasks[TaskStatus.FAILED] == 1
+    assert store.prune_rollouts(100) == 0  # none of them had a result
+
+
+def test_tasks_in_play_and_tasks_retried_since_they_ended_stay(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(rollout_retention=60, forget_tasks=True)
+    retried, cancelled, claimed = running_with_a_span(store, "retried", "cancelled", "claimed")
+    [queued] = enqueue(store, "queued")
+    store.update_rollout(retried, {"status": "failed"})
+    store.update_rollout(cancelled, {"status": "cancelled"})
+    store.retry_tasks([retried, cancelled])  # both back in the queue: listed as ended, no longer so
+    clock.advance(3600)
+    assert (store.prune_ended(100), store.prune_rollouts(100)) == (2, 0)
+    statuses = {
+        rollout_id: store.get_task(rollout_id) for rollout_id in (retried, cancelled, claimed, queued)
+    }
+    assert {rollout_id: record and record.status for rollout_id, record in statuses.items()} == {
+        retried: TaskStatus.QUEUED, cancelled: TaskStatus.QUEUED, claimed: TaskStatus.CLAIMED,
+        queued: TaskStatus.QUEUED,
+    }  # fmt: skip
+    assert [span_ids(store, rollout_id) for rollout_id in (retried, claimed)] == [
+        ["s-retried"],
+        ["s-claimed"],
+    ]
+
+
+def test_a_task_that_failed_again_after_a_retry_stays_until_its_last_end_is_that_long_ago(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(rollout_retention=60, forget_tasks=True)
+    [rollout_id] = running_with_a_span(store, "again")
+    store.update_rollout(rollout_id, {"status": "failed"})
+    clock.advance(40)
+    store.retry_tasks([rollout_id])
+    assert store.dequeue_rollouts(1, "worker-1")
+    store.update_rollout(rollout_id, {"status": "failed"})
+    clock.advance(21)  # 61 s since it first failed, 21 since it failed again
+    assert store.prune_ended(100) == 1
+    assert store.get_task(rollout_id) is not None and span_ids(store, rollout_id) == ["s-again"]
+    clock.advance(40)
+    assert store.prune_ended(100) == 1
+    assert forgotten(store, rollout_id)
+
+
+def test_once_every_task_is_forgotten_the_database_holds_no_row_of_them(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock, rollout_retention=60, forget_tasks=True)
+    succeeded, failed, cancelled = running_with_a_span(store, "succeeded", "failed", "cancelled")
+    store.update_rollout(succeeded, {"status": "succeeded"})
+    store.update_rollout(failed, {"status": "failed"})
+    store.update_rollout(cancelled, {"status": "cancelled"})
+    reported(store, 1.0)
+    clock.advance(61)
+    assert (store.prune_rollouts(100), store.prune_ended(100)) == (2, 2)
+    store.close()
+    tables = ("tasks", "attempts", "spans", "span_sequences", "rollouts", "ended_without_result")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as database:
+        rows = {table: database.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables}
+    assert rows == dict.fromkeys(tables, 0)
+
+
+def test_a_long_run_stops_growing_once_tasks_are_forgotten_as_fast_as_they_come(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Rounds of 500 tasks queued, claimed and reported, each round 30 s after the last
+    with a retention of 60 s: the file grows round after round while tasks are kept, and
+    stays as it is from the third round on when they are forgotten (freed pages are used
+    again)."""
+    sizes: dict[bool, list[int]] = {}
+    for forget in (False, True):
+        store = SQLiteStore(
+            tmp_path / f"forget-{forget}.db", clock=clock, rollout_retention=60, forget_tasks=forget
+        )
+        sizes[forget] = []
+        for _ in range(12):
+            store.queue_tasks([TaskSpec(input={"question": "x" * 200}) for _ in range(500)])
+            with store.transaction():
+                claims = store.claim_many(500)
+                store.record_reports(
+                    [Report.of(Rollout(rollout_id=c.rollout_id, final_reward=1.0)) for c in claims]
+                )
+            clock.advance(30)
+            while store.prune_rollouts(100) or store.prune_ended(100):
+                pass
+            sizes[forget].append(store.space().size)
+        store.close()
+    kept, forgotten = sizes[False], sizes[True]
+    assert all(later > earlier for earlier, later in itertools.pairwise(kept[2:])), kept
+    assert forgotten[-1] <= 1.05 * forgotten[2], forgotten
+
+
+def test_forgetting_finds_every_row_through_an_index(tmp_path: Path, clock: FakeClock) -> None:
+    """Only the walks of results and of ended rollouts, oldest first, read their lists in
+    order (a limit at a time); tasks, attempts and spans are found by their keys, never
+    among every task of a status, by `EXPLAIN QUERY PLAN`."""
+    store = SQLiteStore(tmp_path / "agl.db", clock=clock, rollout_retention=60, forget_tasks=True)
+    succeeded, failed = running_with_a_span(store, "succeeded", "failed")
+    store.update_rollout(succeeded, {"status": "succeeded"})
+    store.update_rollout(failed, {"status": "failed"})
+    clock.advance(61)
+    ran: list[str] = []
+    store._conn.set_trace_callback(ran.append)
+    assert (store.prune_rollouts(100), store.prune_ended(100)) == (1, 1)
+    store._conn.set_trace_callback(None)
+    walks = {"rollouts", "ended_without_result", "json_each"}
+    keys = {"tasks": ("(rowid=?)", "(rollout_id=?)"), "attempts": ("(task=?)",), "spans": ("(rollout_id=?)",),
+            "span_sequences": ("(rollout_id=?)",)}  # fmt: skip
+    statements = [sql for sql in ran if sql.startswith(("SELECT", "DELETE", "INSERT"))]
+    assert len(statements) >= 10, ran
+    for sql in statements:
+        for step in [step for *_, step in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}")]:
+            table = step.split()[1]
+            assert not step.startswith("SCAN") or table in walks, (sql, step)
+            assert table not in keys or any(key in step for key in keys[table]), (sql, step)
+    store.close()
+
+
+def test_the_place_of_a_forgotten_task_is_not_handed_out_again_after_a_restart(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock, rollout_retention=60, forget_tasks=True)
+    reported(store, 0.1)
+    newest = reported(store, 0.2)
+    place = store.last_queue_place()
+    clock.advance(61)
+    assert store.prune_rollouts(100) == 2
+    store.close()
+    store = SQLiteStore(path, clock=clock, rollout_retention=60, forget_tasks=True)
+    assert store.last_queue_place() == place
+    again = reported(store, 0.3)
+    assert again != newest and store.last_queue_place() == place + 1
+    store.close()
+
+
+def test_forgetting_tasks_needs_a_retention_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="forget_tasks needs a rollout_retention"):
+        MemoryStore(forget_tasks=True)
+    with pytest.raises(ValueError, match="forget_tasks needs a rollout_retention"):
+        AgentLightningServer(store=tmp_path / "run.db", forget_tasks=True)
+    assert not (tmp_path / "run.db").exists()
+
+
+def test_the_daemon_forgets_tasks_as_they_come_of_age(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon("--rollout-retention", "0.2", "--forget-tasks")
+    [completed, cancelled] = daemon.queue("done", "dropped")
+    assert daemon.claim() is not None
+    daemon.report(completed, final_reward=1.0)
+    cancel = daemon.api("POST", f"/v1/tasks/{cancelled}/cancel")
+    assert cancel.status_code == 200, cancel.text
+    wait_until(lambda: sum(daemon.status()["tasks"].values()) == 0, "both tasks to be forgotten", 30)
+    for rollout_id in (completed, cancelled):
+        assert daemon.api("GET", f"/v1/tasks/{rollout_id}").status_code == 404
+        assert_one_line_error(agl("tasks", "show", rollout_id, daemon=daemon), rollout_id)
+    status = daemon.status()
+    assert (status["forget_tasks"], status["rollouts"], status["last_seq"]) == (True, 0, 1)
+    assert "rollouts kept 0.2 s, with their tasks" in agl("status", daemon=daemon).stdout
