@@ -234,9 +234,18 @@ def test_the_daemon_forgets_tasks_as_they_come_of_age(make_daemon: Callable[...,
     cancel = daemon.api("POST", f"/v1/tasks/{cancelled}/cancel")
     assert cancel.status_code == 200, cancel.text
     wait_until(lambda: sum(daemon.status()["tasks"].values()) == 0, "both tasks to be forgotten", 30)
+    hint = "(this daemon forgets a task once it ended longer than --rollout-retention ago)."
     for rollout_id in (completed, cancelled):
         assert daemon.api("GET", f"/v1/tasks/{rollout_id}").status_code == 404
-        assert_one_line_error(agl("tasks", "show", rollout_id, daemon=daemon), rollout_id)
+        assert_one_line_error(
+            agl("tasks", "show", rollout_id, daemon=daemon), f"No task with id '{rollout_id}' {hint}"
+        )
+    assert_one_line_error(
+        agl("rollouts", "show", completed, daemon=daemon), f"No rollout with id '{completed}' {hint}"
+    )
+    assert_one_line_error(
+        agl("tasks", "retry", cancelled, daemon=daemon), f"No task with id '{cancelled}' {hint}"
+    )
     status = daemon.status()
     assert (status["forget_tasks"], status["rollouts"], status["last_seq"]) == (True, 0, 1)
     assert "rollouts kept 0.2 s, with their tasks" in agl("status", daemon=daemon).stdout

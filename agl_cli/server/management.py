@@ -63,26 +63,28 @@ async def show_task(request: Request) -> Response:
     rollout_id = request.path_params["rollout_id"]
     record = await broker_of(request).get_task(rollout_id)
     if record is None:
-        return error(404, str(UnknownTaskError(rollout_id)))
+        return _unknown(request, str(UnknownTaskError(rollout_id)))
     return ORJSONResponse(task_json(record))
 
 
 async def cancel_task(request: Request) -> Response:
     """Take a queued or claimed task out of play; a rollout that still comes is kept."""
     rollout_ids = [request.path_params["rollout_id"]]
-    return await _change(broker_of(request).cancel, rollout_ids, lambda records: task_json(records[0]))
+    return await _change(
+        request, broker_of(request).cancel, rollout_ids, lambda records: task_json(records[0])
+    )
 
 
 async def cancel_tasks(request: Request) -> Response:
     """`cancel_task` for several at once: all of them, or none."""
     body = await read_model(request, schemas.TaskIds)
-    return await _change(broker_of(request).cancel, body.rollout_ids, _task_list)
+    return await _change(request, broker_of(request).cancel, body.rollout_ids, _task_list)
 
 
 async def retry_tasks(request: Request) -> Response:
     """Queue failed or cancelled tasks again, at the back of the queue: all of them, or none."""
     body = await read_model(request, schemas.TaskIds)
-    return await _change(broker_of(request).retry, body.rollout_ids, _task_list)
+    return await _change(request, broker_of(request).retry, body.rollout_ids, _task_list)
 
 
 def _task_list(records: list[TaskRecord]) -> object:
@@ -90,6 +92,7 @@ def _task_list(records: list[TaskRecord]) -> object:
 
 
 async def _change(
+    request: Request,
     change: Callable[[list[str]], Awaitable[list[TaskRecord]]],
     rollout_ids: list[str],
     answer: Callable[[list[TaskRecord]], object],
@@ -97,10 +100,19 @@ async def _change(
     try:
         records = await change(rollout_ids)
     except UnknownTaskError as exc:
-        return error(404, str(exc))
+        return _unknown(request, str(exc))
     except InvalidTransitionError as exc:
         return error(409, str(exc))
     return ORJSONResponse(answer(records))
+
+
+def _unknown(request: Request, message: str) -> Response:
+    """404 for an id with no task, which on a daemon that forgets tasks may have had one."""
+    if broker_of(request).forget_tasks:
+        message = (
+            f"{message[:-1]} (this daemon forgets a task once it ended longer than --rollout-retention ago)."
+        )
+    return error(404, message)
 
 
 async def cancel_queued(request: Request) -> Response:
@@ -234,7 +246,9 @@ async def show_rollout(request: Request) -> Response:
     record = await broker.get_task(rollout_id)
     stored = await broker.get_rollout(rollout_id)
     if stored is None:
-        return error(404, _no_result(rollout_id, record))
+        if record is None:
+            return _unknown(request, f"No rollout with id '{rollout_id}'.")
+        return error(404, f"Rollout '{rollout_id}' {_WHY_NO_RESULT[record.status]}.")
     return ORJSONResponse(rollout_json(stored))
 
 
@@ -246,11 +260,6 @@ _WHY_NO_RESULT = {
     TaskStatus.FAILED: "has no result: its task failed",
     TaskStatus.CANCELLED: "has no result: its task was cancelled",
 }
-
-
-def _no_result(rollout_id: str, record: TaskRecord | None) -> str:
-    why = None if record is None else _WHY_NO_RESULT.get(record.status)
-    return f"No rollout with id '{rollout_id}'." if why is None else f"Rollout '{rollout_id}' {why}."
 
 
 # --- the daemon ----------------------------------------------------------------------------
