@@ -7,6 +7,7 @@ import json
 from cli_runner import agl, assert_one_line_error, post_rollout
 from daemon import Daemon
 
+from agl_cli.api_limits import MAX_PER_REQUEST
 from agl_cli.cli.tasks import SHOWN_ATTEMPTS
 
 
@@ -110,6 +111,18 @@ def test_cancel_takes_ids_or_queued_not_both_nor_neither(daemon: Daemon) -> None
     for args in ([], ["--queued", rollout_id]):
         result = agl("tasks", "cancel", *args, daemon=daemon)
         assert_one_line_error(result, "Name the tasks to cancel, or give --queued.", code=2)
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
+
+
+def test_more_tasks_than_one_request_takes_are_refused_before_any_is_changed(daemon: Daemon) -> None:
+    [rollout_id] = daemon.queue(1)
+    ids = [rollout_id, *(f"rollout-{n}" for n in range(MAX_PER_REQUEST))]
+    for command, done in (("cancel", "cancelled"), ("retry", "retried")):
+        result = agl("tasks", command, *ids, daemon=daemon)
+        sentence = (
+            f"Name at most 10,000 tasks at once (not 10,001): they are {done} all together or not at all."
+        )
+        assert_one_line_error(result, sentence, code=2)
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
 
 

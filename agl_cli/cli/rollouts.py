@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, target_of
 from agl_cli.cli.errors import ExitCode, fail
@@ -83,7 +84,9 @@ def list_rollouts(
     since: int = typer.Option(
         0, "--since", min=0, metavar="SEQ", help="Only rollouts after this sequence number."
     ),
-    limit: int = typer.Option(100, "--limit", min=1, max=10_000, metavar="N", help="At most N rollouts."),
+    limit: int = typer.Option(
+        DEFAULT_LIST_LIMIT, "--limit", min=1, max=MAX_LIST_LIMIT, metavar="N", help="At most N rollouts."
+    ),
     every: bool = typer.Option(
         False, "--all", help="Every rollout stored (after --since), however many: with --json, an export."
     ),

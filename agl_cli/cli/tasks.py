@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import typer
 from rich.text import Text
 
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PER_REQUEST
 from agl_cli.cli import output
 from agl_cli.cli.context import connect
 from agl_cli.cli.errors import ExitCode, fail
@@ -27,7 +28,9 @@ app = typer.Typer(
 def list_tasks(
     ctx: typer.Context,
     status: TaskStatus | None = typer.Option(None, "--status", help="Only tasks in this state."),
-    limit: int = typer.Option(100, "--limit", min=1, max=10_000, metavar="N", help="At most N tasks."),
+    limit: int = typer.Option(
+        DEFAULT_LIST_LIMIT, "--limit", min=1, max=MAX_LIST_LIMIT, metavar="N", help="At most N tasks."
+    ),
     offset: int = typer.Option(0, "--offset", min=0, metavar="M", help="Skip the first M."),
     json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array."),
 ) -> None:
@@ -101,6 +104,12 @@ def _change(
 ) -> None:
     if every == bool(rollout_ids):
         fail(f"Name the tasks to {change.verb}, or give {change.flag}.", ExitCode.USAGE)
+    if len(rollout_ids or ()) > MAX_PER_REQUEST:
+        fail(
+            f"Name at most {MAX_PER_REQUEST:,} tasks at once (not {len(rollout_ids):,}): they are"
+            f" {change.done.lower()} all together or not at all.",
+            ExitCode.USAGE,
+        )
     if every:
         with connect(ctx) as client:
             count = change.of_every(client)

@@ -12,13 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from agl_cli.api_limits import MAX_PER_REQUEST
 from agl_cli.models import NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.store import TaskSpec
 from agl_cli.store_models import Attempt, Worker
-
-MAX_TASKS_PER_REQUEST = 10_000
-MAX_LIST_LIMIT = 10_000
-DEFAULT_LIST_LIMIT = 100
 
 
 class _Body(BaseModel):
@@ -31,13 +28,13 @@ class _Body(BaseModel):
 class QueueRequest(_Body):
     """Tasks to queue (or stage) in one request; all of them or none."""
 
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_PER_REQUEST)
 
 
 class TaskIds(_Body):
     """Tasks to cancel, or to retry, in one request: all of them, or none if any cannot be."""
 
-    rollout_ids: list[str] = Field(min_length=1, max_length=MAX_TASKS_PER_REQUEST)
+    rollout_ids: list[str] = Field(min_length=1, max_length=MAX_PER_REQUEST)
 
 
 class PublishRequest(_Body):

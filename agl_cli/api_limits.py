@@ -1,0 +1,7 @@
+"""How much one request to the management API may carry or ask for: known to the server,
+which holds every request to it, and to the CLI, which keeps within it (and says so in
+one sentence when the user asks for more). Light on purpose: the CLI imports it."""
+
+MAX_PER_REQUEST = 10_000  # tasks queued, or rollout ids cancelled or retried, in one request
+MAX_LIST_LIMIT = 10_000  # tasks or rollouts in one page of a list
+DEFAULT_LIST_LIMIT = 100
