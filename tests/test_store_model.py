@@ -145,9 +145,8 @@ class Model:
         seen = [listed for listed in self.ended if listed[0] < cutoff]
         for _, rollout_id in seen:
             task = self.live(rollout_id)
-            ended = task is not None and task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
-            if forget and ended and task is not None and task.ended is not None and task.ended < cutoff:
-                task.forgotten = True
+            if forget and task and task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                task.forgotten = task.ended is not None and task.ended < cutoff  # not if it ended again since
         self.ended -= set(seen)
         return len(seen)
 
