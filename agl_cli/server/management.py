@@ -109,9 +109,8 @@ async def _change(
 def _unknown(request: Request, message: str) -> Response:
     """404 for an id with no task, which on a daemon that forgets tasks may have had one."""
     if broker_of(request).forget_tasks:
-        message = (
-            f"{message[:-1]} (this daemon forgets a task once it ended longer than --rollout-retention ago)."
-        )
+        forgets = "this daemon forgets a task once it ended longer than --rollout-retention ago"
+        message = f"{message.removesuffix('.')} ({forgets})."
     return error(404, message)
 
 
