@@ -1,6 +1,6 @@
 """How fast `--rollout-retention` deletes a backlog, and what claims wait meanwhile.
 
-    python bench/retention.py [--rollouts 20000] [--kb 48] [--forget-tasks]
+    python bench/retention.py [--rollouts 20000] [--kb 48] [--forget-tasks | --left-behind]
 
 A store in a temporary directory is filled first, in this process (no daemon): that many
 tasks queued, claimed and reported with rollouts of about `--kb` KB of token ids each,
@@ -9,7 +9,10 @@ it with `--rollout-retention 1`, so that the whole backlog is due at once, and o
 keep-alive client claims (`GET /task`) one task after another until the daemon's
 `agl_rollouts_pruned_total` says every rollout is gone. It prints how long that took,
 the rate, and the claims' latency meanwhile. With `--forget-tasks` the daemon deletes the
-completed tasks too, and it prints how many are left. Nothing is asserted.
+completed tasks too, and it prints how many are left. With `--left-behind` the results
+are deleted before the daemon starts, as a daemon without `--forget-tasks` would have,
+and it is the tasks left behind that the daemon (with `--forget-tasks`) deletes, found
+by its walk of every task id once it starts. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -58,6 +61,16 @@ def fill(path: Path, rollouts: int, kb: int) -> None:
         store.close()
 
 
+def delete_results(path: Path) -> None:
+    """What retention without --forget-tasks did before: every result gone, its task kept."""
+    store = SQLiteStore(path, rollout_retention=1e-6)
+    try:
+        while store.prune_rollouts(1_000):
+            pass
+    finally:
+        store.close()
+
+
 def metric(client: httpx.Client, name: str, **labels: str) -> float:
     """One sample of the daemon's metrics."""
     for family in text_string_to_metric_families(client.get("/metrics").text):
@@ -72,19 +85,27 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=20_000)
     parser.add_argument("--kb", type=int, default=48, help="the size of each rollout, about")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the deletion")
-    parser.add_argument("--forget-tasks", action="store_true", help="serve with --forget-tasks")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--forget-tasks", action="store_true", help="serve with --forget-tasks")
+    how.add_argument(
+        "--left-behind", action="store_true", help="delete the results first; serve with --forget-tasks"
+    )
     args = parser.parse_args()
+    forget = args.forget_tasks or args.left_behind
     with tempfile.TemporaryDirectory(prefix="agl-retention-") as scratch:
         state = Path(scratch) / "state"
         state.mkdir()
         started = time.perf_counter()
         fill(state / "agl.db", args.rollouts, args.kb)
+        if args.left_behind:
+            delete_results(state / "agl.db")
         print(
             f"filled {args.rollouts:,} rollouts of about {args.kb} KB in {time.perf_counter() - started:.1f} s"
+            + (", then deleted them, their tasks left behind" if args.left_behind else "")
         )
         daemon = Child(
             [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--state-dir", str(state),
-             "--rollout-retention", "1", "--log-level", "warning", *["--forget-tasks"] * args.forget_tasks],
+             "--rollout-retention", "1", "--log-level", "warning", *["--forget-tasks"] * forget],
             Path(scratch) / "agl.log",
         )  # fmt: skip
         # Its first sweep comes a second after it starts: every rollout is past the retention.
@@ -92,7 +113,11 @@ def main() -> None:
         latencies: list[float] = []
         with httpx.Client(base_url=url, timeout=30) as client:
             began = time.perf_counter()
-            while metric(client, "agl_rollouts_pruned_total") < args.rollouts:
+            while (
+                metric(client, "agl_tasks", status="completed") > 0
+                if args.left_behind
+                else metric(client, "agl_rollouts_pruned_total") < args.rollouts
+            ):
                 assert time.perf_counter() - began < args.timeout, "the backlog was not deleted in time"
                 sent = time.perf_counter()
                 client.get("/task").raise_for_status()
@@ -101,7 +126,8 @@ def main() -> None:
             completed = metric(client, "agl_tasks", status="completed")
         daemon.stop()
     latencies = sorted(latencies) or [0.0]  # a small backlog may go before the first claim
-    print(f"deleted {args.rollouts:,} rollouts in {took:.2f} s ({args.rollouts / took:,.0f} a second)")
+    what = "tasks left behind" if args.left_behind else "rollouts"
+    print(f"deleted {args.rollouts:,} {what} in {took:.2f} s ({args.rollouts / took:,.0f} a second)")
     print(f"completed tasks left: {completed:,.0f}")
     print(
         f"claims meanwhile: {len(latencies):,}, p50 {latencies[len(latencies) // 2] * 1000:.2f} ms,"

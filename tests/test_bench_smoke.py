@@ -166,6 +166,13 @@ def test_a_small_retention_run_deletes_the_whole_backlog_tasks_included(tmp_path
     assert re.search(r"^claims meanwhile: [\d,]+, p50 [\d.]+ ms, p99 [\d.]+ ms", result.stdout, re.M)
 
 
+def test_a_small_retention_run_finds_and_deletes_the_tasks_left_behind(tmp_path: Path) -> None:
+    result = bench("retention.py", "--rollouts", "300", "--left-behind", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert re.search(r"^deleted 300 tasks left behind in [\d.]+ s \([\d,]+ a second\)$", result.stdout, re.M)
+    assert re.search(r"^completed tasks left: 0$", result.stdout, re.M)
+
+
 def test_a_small_queue_run_then_backs_up_and_cancels_the_queue_beside_a_worker(tmp_path: Path) -> None:
     result = bench(
         "queue_million.py", "--tasks", "2000", "--then-backup", "--then-cancel", cwd=tmp_path, timeout=120

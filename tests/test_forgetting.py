@@ -176,8 +176,9 @@ def test_a_long_run_stops_growing_once_tasks_are_forgotten_as_fast_as_they_come(
 
 def test_forgetting_finds_every_row_through_an_index(tmp_path: Path, clock: FakeClock) -> None:
     """Only the walks of results and of ended rollouts, oldest first, read their lists in
-    order (a limit at a time); tasks, attempts and spans are found by their keys, never
-    among every task of a status, by `EXPLAIN QUERY PLAN`."""
+    order (a limit at a time); tasks, attempts and spans are found by their keys (the walk
+    for tasks left behind, by a span of ids), never among every task of a status, by
+    `EXPLAIN QUERY PLAN`."""
     store = SQLiteStore(tmp_path / "agl.db", clock=clock, rollout_retention=60, forget_tasks=True)
     succeeded, failed = running_with_a_span(store, "succeeded", "failed")
     store.update_rollout(succeeded, {"status": "succeeded"})
@@ -185,11 +186,20 @@ def test_forgetting_finds_every_row_through_an_index(tmp_path: Path, clock: Fake
     clock.advance(61)
     ran: list[str] = []
     store._conn.set_trace_callback(ran.append)
-    assert (store.prune_rollouts(100), store.prune_ended(100)) == (1, 1)
+    assert (store.prune_rollouts(100), store.prune_ended(100), store.forget_leftovers(0, 100)) == (1, 1, 0)
     store._conn.set_trace_callback(None)
     walks = {"rollouts", "ended_without_result", "json_each"}
-    keys = {"tasks": ("(rowid=?)", "(rollout_id=?)"), "attempts": ("(task=?)",), "spans": ("(rollout_id=?)",),
-            "span_sequences": ("(rollout_id=?)",)}  # fmt: skip
+    keys = {
+        "tasks": (
+            "(rowid=?)",
+            "(rollout_id=?)",
+            "(rowid>? AND rowid<?)",
+            "id>? AND id<?)",
+        ),  # or a span of ids
+        "attempts": ("(task=?)",),
+        "spans": ("(rollout_id=?)",),
+        "span_sequences": ("(rollout_id=?)",),
+    }
     statements = [sql for sql in ran if sql.startswith(("SELECT", "DELETE", "INSERT"))]
     assert len(statements) >= 10, ran
     for sql in statements:
@@ -216,6 +226,51 @@ def test_the_place_of_a_forgotten_task_is_not_handed_out_again_after_a_restart(
     reported(store, 0.3)
     assert store.last_queue_place() == place + 1
     store.close()
+
+
+def test_tasks_left_behind_before_forgetting_was_on_go_once_it_is(tmp_path: Path, clock: FakeClock) -> None:
+    """Retention without `forget_tasks` kept the tasks of what it deleted; a store opened
+    with it then forgets them as it walks its ids, a span of them at a time."""
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock, rollout_retention=60)
+    completed = reported(store, 0.1)
+    failed, cancelled = running_with_a_span(store, "failed", "cancelled")
+    store.update_rollout(failed, {"status": "failed"})
+    store.update_rollout(cancelled, {"status": "cancelled"})
+    clock.advance(61)
+    young = reported(store, 0.2)
+    [queued] = enqueue(store, "queued")
+    assert (store.prune_rollouts(100), store.prune_ended(100), store.forget_leftovers(0, 100)) == (1, 2, 0)
+    store.close()
+    store = SQLiteStore(path, clock=clock, rollout_retention=60, forget_tasks=True)
+    last = store.last_queue_place()
+    assert [store.forget_leftovers(after, 2) for after in range(0, last, 2)] == [2, 1, 0]
+    assert all(forgotten(store, rollout_id) for rollout_id in (completed, failed, cancelled))
+    assert [store.get_task(rollout_id) is not None for rollout_id in (young, queued)] == [True, True]
+    assert kept(store) == [young]
+    store.close()
+
+
+def test_a_restarted_daemon_that_now_forgets_forgets_what_retention_left_behind(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon("--rollout-retention", "0.2")
+    [completed, cancelled] = daemon.queue("done", "dropped")
+    assert daemon.claim() is not None
+    daemon.report(completed, final_reward=1.0)
+    assert daemon.api("POST", f"/v1/tasks/{cancelled}/cancel").status_code == 200
+    wait_until(lambda: daemon.metric("agl_rollouts_pruned_total") == 1, "the result to be deleted", 30)
+    assert daemon.status()["tasks"] == {
+        "queued": 0,
+        "claimed": 0,
+        "completed": 1,
+        "failed": 0,
+        "cancelled": 1,
+    }
+    assert daemon.terminate() == 0
+    daemon.args.append("--forget-tasks")
+    daemon.start()
+    wait_until(lambda: sum(daemon.status()["tasks"].values()) == 0, "both tasks to be forgotten", 30)
 
 
 def test_forgetting_tasks_needs_a_retention_setting(tmp_path: Path) -> None:

@@ -150,6 +150,27 @@ class Model:
         self.ended -= set(seen)
         return len(seen)
 
+    def forget_leftovers(self, now: float) -> int:
+        """The tasks retention left behind while the store did not forget: completed ones
+        whose result is gone, failed or cancelled ones that ended longer ago than it."""
+        cutoff = now - RETENTION
+        left = [
+            task
+            for rollout_id, task in self.tasks.items()
+            if not task.forgotten
+            and (
+                (task.status is TaskStatus.COMPLETED and rollout_id not in self.results)
+                or (
+                    task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+                    and task.ended is not None
+                    and task.ended < cutoff
+                )
+            )
+        ]
+        for task in left:
+            task.forgotten = True
+        return len(left)
+
     def end(self, rollout_id: str, status: TaskStatus, now: float) -> None:
         task = self.tasks[rollout_id]
         task.status, task.deadline = status, None
@@ -412,7 +433,23 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.close()
         self.forget = forget
         self.store = self.open()
+        self.walk_leftovers()
         self.forget_what_a_restart_forgets()
+
+    @precondition(lambda self: self.kind == "sqlite" and not self.forget)
+    @rule()
+    def start_forgetting(self) -> None:
+        """A restart with `--forget-tasks` after running without: what retention left
+        behind meanwhile goes too."""
+        self.reopen(forget=True)
+
+    def walk_leftovers(self) -> None:
+        """What a daemon that forgets tasks does once a start: it walks the ids given out,
+        two at a time here, forgetting what retention left behind before."""
+        if self.forget:
+            last = self.store.last_queue_place()
+            walked = sum(self.store.forget_leftovers(after, 2) for after in range(0, last, 2))
+            assert walked == self.model.forget_leftovers(self.clock.now)
 
     def forget_what_a_restart_forgets(self) -> None:
         self.model.batches.clear()
@@ -440,6 +477,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = self.open()
         self.model = copy_of(model)
         self.forget_what_a_restart_forgets()
+        self.walk_leftovers()
 
     # what must hold after every step --------------------------------------------------------------
 

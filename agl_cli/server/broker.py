@@ -60,6 +60,10 @@ PRUNE_CHUNK = 100
 CANCEL_CHUNK = 250  # queued tasks cancelled in one write (a claim beside it waits for one)
 RETRY_CHUNK = 100  # failed tasks queued again in one write: an UPDATE each, so fewer than CANCEL_CHUNK
 PRUNE_SECONDS_PER_SWEEP = 0.5
+# With --forget-tasks, the tasks retention left behind before (while the daemon did not
+# forget) are looked for once a start, among this many ids a write: at most as many
+# tasks forgotten in one write as the chunks above delete.
+LEFTOVER_SPAN = 100
 WAIT_SLICE = 60.0  # a wait without a limit still looks again this often
 T = TypeVar("T")
 
@@ -137,6 +141,7 @@ class Broker:
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
+        self._leftovers: tuple[int, int] | None = None  # the walk of `forget_leftovers`: next id, end
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
         # The writer makes a group's claims, and its reports, each in a few statements.
@@ -183,6 +188,8 @@ class Broker:
     async def start(self) -> None:
         self._threads.start()
         self._latest = await self._threads.read(self._store.latest_resources)
+        if self.forget_tasks:
+            self._leftovers = (0, await self._threads.write(self._store.last_queue_place))
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="agl-sweeper")
 
     def begin_shutdown(self) -> None:
@@ -216,17 +223,30 @@ class Broker:
                     await self._prune()
 
     async def _prune(self) -> None:
-        """Results first, then the spans of rollouts that ended without one, a chunk to a
-        write, for as long as the sweep may take."""
+        """Results first, then the spans of rollouts that ended without one, then the tasks
+        retention left behind before this start, a chunk to a write, for as long as the
+        sweep may take; each goes on while its last chunk was full."""
         until = time.monotonic() + PRUNE_SECONDS_PER_SWEEP
-        while time.monotonic() < until:
-            pruned = await self._threads.write(lambda: self._store.prune_rollouts(PRUNE_CHUNK))
-            self.stats.pruned += pruned
-            if pruned < PRUNE_CHUNK:
-                break
-        while time.monotonic() < until:
-            if await self._threads.write(lambda: self._store.prune_ended(PRUNE_CHUNK)) < PRUNE_CHUNK:
-                return
+        for step in (self._prune_results, self._prune_ended, self._forget_leftovers):
+            while time.monotonic() < until and await step():
+                pass
+
+    async def _prune_results(self) -> bool:
+        pruned = await self._threads.write(lambda: self._store.prune_rollouts(PRUNE_CHUNK))
+        self.stats.pruned += pruned
+        return pruned == PRUNE_CHUNK
+
+    async def _prune_ended(self) -> bool:
+        return await self._threads.write(lambda: self._store.prune_ended(PRUNE_CHUNK)) == PRUNE_CHUNK
+
+    async def _forget_leftovers(self) -> bool:
+        if self._leftovers is None:
+            return False
+        after, end = self._leftovers
+        await self._threads.write(lambda: self._store.forget_leftovers(after, LEFTOVER_SPAN))
+        after += LEFTOVER_SPAN
+        self._leftovers = (after, end) if after < end else None
+        return self._leftovers is not None
 
     # tasks -------------------------------------------------------------------------------
 

@@ -388,8 +388,9 @@ class Store(abc.ABC):
     before its writes are answered. Any other store's reads come from the writer thread
     too. `max_claims` bounds attempts per task; `rollout_retention` is how many seconds a
     result is kept after it arrives (None: for good). With `forget_tasks`, what retention
-    deletes takes its task along (see `prune_rollouts`, `prune_ended`), so that a store
-    that runs for weeks stops growing.
+    deletes takes its task along (see `prune_rollouts`, `prune_ended`, and
+    `forget_leftovers` for what it left behind before), so that a store that runs for
+    weeks stops growing.
     """
 
     kind: ClassVar[str] = "custom"  # how `agl status` names the store
@@ -618,6 +619,11 @@ class Store(abc.ABC):
         (failed, cancelled) longer than `rollout_retention` ago, oldest end first; how many
         such rollouts were seen to. The rollouts and their attempts stay, unless
         `forget_tasks`: then they go too."""
+
+    @abc.abstractmethod
+    def forget_leftovers(self, after: int, span: int) -> int:
+        """With `forget_tasks`, forget the tasks among ids `after + 1` to `after + span`
+        that retention left behind while the store was opened without it; how many."""
 
     # resources
     @abc.abstractmethod

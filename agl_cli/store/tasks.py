@@ -726,6 +726,30 @@ class TaskStore(Database):
                 )
         return len(ended)
 
+    def forget_leftovers(self, after: int, span: int) -> int:
+        """Forget the tasks with ids `after + 1` to `after + span` that retention would have
+        taken with it, had it forgotten tasks when it deleted their results or spans (the
+        store was opened without `forget_tasks` then): completed ones whose result is gone,
+        failed or cancelled ones that ended longer than `rollout_retention` ago. How many;
+        the caller walks on from `after + span`, up to the last place given out."""
+        if not self.forget_tasks or self.rollout_retention is None:
+            return 0
+        with self._write(durable=False) as conn:
+            leftovers = conn.execute(
+                "SELECT id, rollout_id FROM tasks WHERE id > :after AND id <= :after + :span AND ("
+                " status = 'completed' AND NOT EXISTS (SELECT 1 FROM rollouts WHERE rollouts.rollout_id = tasks.rollout_id)"
+                " OR status IN ('failed', 'cancelled')"
+                " AND coalesce(end_time, completed_time, last_claim_time, create_time) < :cutoff)",
+                {"after": after, "span": span, "cutoff": self.clock() - self.rollout_retention},
+            ).fetchall()
+            if leftovers:
+                conn.execute(
+                    "DELETE FROM spans WHERE rollout_id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps([rollout_id for _, rollout_id in leftovers]).decode(),),
+                )
+                _forget(conn, leftovers)
+        return len(leftovers)
+
     # resources ---------------------------------------------------------------------------
 
     def publish_resources(
