@@ -737,9 +737,10 @@ class TaskStore(Database):
         with self._write(durable=False) as conn:
             leftovers = conn.execute(
                 "SELECT id, rollout_id FROM tasks WHERE id > :after AND id <= :after + :span AND ("
-                " status = 'completed' AND NOT EXISTS (SELECT 1 FROM rollouts WHERE rollouts.rollout_id = tasks.rollout_id)"
-                " OR status IN ('failed', 'cancelled')"
-                " AND coalesce(end_time, completed_time, last_claim_time, create_time) < :cutoff)",
+                " (status = 'completed'"
+                " AND NOT EXISTS (SELECT 1 FROM rollouts WHERE rollouts.rollout_id = tasks.rollout_id))"
+                " OR (status IN ('failed', 'cancelled')"
+                " AND coalesce(end_time, completed_time, last_claim_time, create_time) < :cutoff))",
                 {"after": after, "span": span, "cutoff": self.clock() - self.rollout_retention},
             ).fetchall()
             if leftovers:
