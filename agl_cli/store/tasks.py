@@ -713,10 +713,7 @@ class TaskStore(Database):
                     " WHERE tasks.status IN ('failed', 'cancelled') AND tasks.end_time < ?2",
                     (orjson.dumps([rollout_id for rollout_id, _ in ended]).decode(), cutoff),
                 ).fetchall()
-                conn.execute(
-                    "DELETE FROM spans WHERE rollout_id IN (SELECT value FROM json_each(?))",
-                    (orjson.dumps([rollout_id for _, rollout_id in still]).decode(),),
-                )
+                _delete_spans(conn, still)
                 if self.forget_tasks:
                     _forget(conn, still)
                 last_id, last_end = ended[-1]
@@ -744,10 +741,7 @@ class TaskStore(Database):
                 {"after": after, "span": span, "cutoff": self.clock() - self.rollout_retention},
             ).fetchall()
             if leftovers:
-                conn.execute(
-                    "DELETE FROM spans WHERE rollout_id IN (SELECT value FROM json_each(?))",
-                    (orjson.dumps([rollout_id for _, rollout_id in leftovers]).decode(),),
-                )
+                _delete_spans(conn, leftovers)
                 _forget(conn, leftovers)
         return len(leftovers)
 
@@ -1048,6 +1042,14 @@ def _insert_rollouts(conn: sqlite3.Connection, rows: Sequence[RolloutRow]) -> No
             f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(chunk))}",
             [value for row in chunk for value in row],
         )
+
+
+def _delete_spans(conn: sqlite3.Connection, tasks: Sequence[tuple[int, str]]) -> None:
+    """Delete the spans of these tasks (their ids and rollout ids)."""
+    conn.execute(
+        "DELETE FROM spans WHERE rollout_id IN (SELECT value FROM json_each(?))",
+        (orjson.dumps([rollout_id for _, rollout_id in tasks]).decode(),),
+    )
 
 
 def _forget(conn: sqlite3.Connection, tasks: Sequence[tuple[int, str]]) -> None:
