@@ -130,6 +130,7 @@ class Status(TypedDict, total=False):
     rollout_retention: float | None
     forget_tasks: bool
     tasks: dict[str, int]
+    forgotten: int
     rollouts: int
     unsolicited: int
     duplicates: int

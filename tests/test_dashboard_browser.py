@@ -159,6 +159,19 @@ def test_counts_rollouts_and_the_chart_follow_the_run_without_a_reload(
     size = output.size(daemon.status()["database"]["bytes"])  # the run is still: it stays so
     expect(page.locator("#database-size")).to_have_text(size, timeout=WAIT_MS)
     expect(page.locator("#database-size")).to_have_attribute("title", re.compile(r" free on disk"))
+    expect(page.locator("#forgotten")).to_be_hidden()  # this daemon forgets no task
+
+
+def test_tasks_forgotten_with_their_results_are_counted_beside_the_rest(
+    make_daemon: Any, browser: Any
+) -> None:
+    short = make_daemon("--rollout-retention", "0.2", "--forget-tasks")
+    complete(short, "train", [0.5])
+    with signed_in(browser, short) as (page, console):
+        expect(page.locator("#count-forgotten")).to_have_text("1", timeout=WAIT_MS)
+        expect(page.locator("#forgotten")).to_be_visible()
+        expect(page.locator("#count-completed")).to_have_text("0")
+    assert console.errors == []
 
 
 def _drawn() -> re.Pattern[str]:

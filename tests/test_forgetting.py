@@ -228,6 +228,26 @@ def test_the_place_of_a_forgotten_task_is_not_handed_out_again_after_a_restart(
     store.close()
 
 
+def test_the_count_of_forgotten_tasks_is_kept_for_the_store_s_life(tmp_path: Path, clock: FakeClock) -> None:
+    """The counts per status go down as tasks are forgotten: how many went is counted
+    beside them, in the same writes, and survives a restart (without the setting too)."""
+    path = tmp_path / "agl.db"
+    store = SQLiteStore(path, clock=clock, rollout_retention=60, forget_tasks=True)
+    reported(store, 0.1)
+    [failed] = running_with_a_span(store, "failed")
+    store.update_rollout(failed, {"status": "failed"})
+    assert store.counts().forgotten == 0
+    clock.advance(61)
+    reported(store, 0.2)
+    assert (store.prune_rollouts(100), store.counts().forgotten) == (1, 1)
+    assert (store.prune_ended(100), store.counts().forgotten) == (1, 2)
+    store.close()
+    store = SQLiteStore(path, clock=clock, rollout_retention=60)
+    counts = store.counts()
+    assert (counts.forgotten, counts.tasks[TaskStatus.COMPLETED]) == (2, 1)
+    store.close()
+
+
 def test_tasks_left_behind_before_forgetting_was_on_go_once_it_is(tmp_path: Path, clock: FakeClock) -> None:
     """Retention without `forget_tasks` kept the tasks of what it deleted; a store opened
     with it then forgets them as it walks its ids, a span of them at a time."""
@@ -302,5 +322,13 @@ def test_the_daemon_forgets_tasks_as_they_come_of_age(make_daemon: Callable[...,
         agl("tasks", "retry", cancelled, daemon=daemon), f"No task with id '{cancelled}' {hint}"
     )
     status = daemon.status()
-    assert (status["forget_tasks"], status["rollouts"], status["last_seq"]) == (True, 0, 1)
-    assert "rollouts kept 0.2 s, with their tasks" in agl("status", daemon=daemon).stdout
+    assert (status["forget_tasks"], status["forgotten"], status["rollouts"], status["last_seq"]) == (
+        True,
+        2,
+        0,
+        1,
+    )
+    assert daemon.metric("agl_tasks_forgotten_total") == 2
+    shown = agl("status", daemon=daemon).stdout
+    assert "completed 0  failed 0  cancelled 0  (forgotten 2)" in shown
+    assert "rollouts kept 0.2 s, with their tasks" in shown

@@ -785,6 +785,7 @@ def test_status_tells_everything_at_a_glance(make_daemon: Callable[..., Daemon])
     assert (status["store"], status["task_timeout"], status["max_attempts"]) == ("sqlite", 30.0, 3)
     assert status["tasks"] == {"queued": 1, "claimed": 0, "completed": 2, "failed": 0, "cancelled": 0}
     assert (status["rollouts"], status["unsolicited"], status["duplicates"]) == (3, 1, 1)
+    assert (status["forget_tasks"], status["forgotten"]) == (False, 0)
     assert (status["resources"], status["latest_resources_id"], status["last_seq"]) == (
         1, resources["resources_id"], 3,
     )  # fmt: skip

@@ -490,6 +490,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert counts.tasks == expected
         assert counts.rollouts == len(self.model.results)
         assert counts.duplicates == self.model.duplicates
+        assert counts.forgotten == sum(task.forgotten for task in self.model.tasks.values())
 
     @invariant()
     def results_come_in_order_once_each(self) -> None:

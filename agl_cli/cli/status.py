@@ -72,10 +72,10 @@ def render(current: Status) -> Table:
             "queue", "paused: workers get no tasks until agl resume" if current["paused"] else "running"
         )
     counts = current.get("tasks", {})
-    grid.add_row(
-        "tasks",
-        Text("  ".join(f"{state} {counts.get(state, 0)}" for state in TASK_STATES)),
-    )
+    tasks = "  ".join(f"{state} {counts.get(state, 0)}" for state in TASK_STATES)
+    if current.get("forget_tasks") or current.get("forgotten"):  # why the counts went down
+        tasks += f"  (forgotten {current.get('forgotten', 0)})"
+    grid.add_row("tasks", Text(tasks))
     grid.add_row(
         "rollouts",
         f"{current.get('rollouts', 0)} stored (last seq {current.get('last_seq', 0)}), "

@@ -67,6 +67,11 @@ class StoreCollector(Collector):
         for status in TaskStatus:
             tasks.add_metric([status.value], counts.tasks.get(status, 0))
         yield tasks
+        yield CounterMetricFamily(
+            "agl_tasks_forgotten",
+            "Tasks deleted with their results (--forget-tasks), over the store's life.",
+            value=counts.forgotten,
+        )
         stats = self.broker.stats
         reports = stats.reports
         yield from (

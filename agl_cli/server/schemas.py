@@ -163,6 +163,9 @@ class Status(BaseModel):
         description="Whether retention deletes tasks too (`agl serve --forget-tasks`)."
     )
     tasks: dict[str, int] = Field(description="Tasks per status.")
+    forgotten: int = Field(
+        description="Tasks deleted with their results (`--forget-tasks`) over the store's life: not in `tasks`."
+    )
     rollouts: int
     unsolicited: int
     duplicates: int

@@ -58,6 +58,7 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
         rollout_retention=broker.rollout_retention,
         forget_tasks=broker.forget_tasks,
         tasks={status.value: number for status, number in counts.tasks.items()},
+        forgotten=counts.forgotten,
         rollouts=counts.rollouts,
         unsolicited=counts.unsolicited,
         duplicates=counts.duplicates,

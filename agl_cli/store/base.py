@@ -263,6 +263,7 @@ class StoreCounts:
     rollouts: int = 0
     unsolicited: int = 0
     duplicates: int = 0
+    forgotten: int = 0  # tasks `forget_tasks` deleted, over the store's life
     resources: int = 0
 
 

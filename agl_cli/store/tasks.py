@@ -95,6 +95,7 @@ DRAIN_CHUNK = 1_000  # staged tasks moved into place per step: ~5 ms of writing
 INSERT_ROWS = 500  # rows of one multi-row INSERT: 7 values each, well within SQLite's 32,766
 CLAIM_DRAIN = 64  # moved at once when a claim reaches a batch's tasks before the steps do
 LAST_FORGOTTEN = "last_forgotten_task"  # a row of `counters`: the largest id retention deleted
+FORGOTTEN = "forgotten_tasks"  # a row of `counters`: how many tasks retention deleted, ever
 
 
 class TaskStore(Database):
@@ -808,10 +809,20 @@ class TaskStore(Database):
         counts = StoreCounts()
         for status, number in self._read("SELECT status, tasks FROM task_counts"):
             counts.tasks[TaskStatus(status)] = number
-        [(staged, counts.rollouts, counts.unsolicited, counts.duplicates, counts.resources)] = self._read(
+        [
+            (
+                staged,
+                counts.rollouts,
+                counts.unsolicited,
+                counts.duplicates,
+                counts.forgotten,
+                counts.resources,
+            )
+        ] = self._read(
             f"SELECT ({STAGED_COUNT}), (SELECT value FROM counters WHERE name = 'rollouts'),"
             " (SELECT value FROM counters WHERE name = 'unsolicited'),"
             " (SELECT value FROM counters WHERE name = 'duplicates'),"
+            f" (SELECT coalesce(max(value), 0) FROM counters WHERE name = '{FORGOTTEN}'),"
             " (SELECT count(*) FROM resources)"
         )
         counts.tasks[TaskStatus.QUEUED] += staged
@@ -1068,6 +1079,10 @@ def _forget(conn: sqlite3.Connection, tasks: Sequence[tuple[int, str]]) -> None:
     conn.execute(
         "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = max(value, ?2)",
         (LAST_FORGOTTEN, max(task_id for task_id, _ in tasks)),
+    )
+    conn.execute(
+        "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + ?2",
+        (FORGOTTEN, len(tasks)),
     )
 
 

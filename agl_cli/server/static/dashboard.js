@@ -213,6 +213,9 @@ function showSummary(summary) {
   $("rate-rollouts").textContent = status.rates.rollouts_per_second.toFixed(1);
   $("count-rollouts").textContent = numbers.format(status.rollouts);
   $("count-duplicates").textContent = numbers.format(status.duplicates);
+  // with --forget-tasks the counts above go down as tasks are deleted: say how many went
+  $("forgotten").hidden = !status.forget_tasks && !status.forgotten;
+  $("count-forgotten").textContent = numbers.format(status.forgotten);
   showSpace(status.database, status.store);
   drawChart(summary.rewards);
   if (
