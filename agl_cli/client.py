@@ -1,7 +1,8 @@
 """A typed, synchronous client of agl's management API (docs/api.md).
 
-It imports httpx, httpx-sse and orjson only, never the server or the store, so the CLI
-starts fast and a script on another machine can drive a daemon with nothing else.
+It imports httpx, httpx-sse, orjson and the API's limits only, never the server or the
+store, so the CLI starts fast and a script on another machine can drive a daemon with
+nothing else.
 Every failure is one of the exception classes below, with a one-sentence message.
 """
 
@@ -16,6 +17,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 from httpx_sse import connect_sse
+
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT
 
 DEFAULT_TIMEOUT = 30.0
 # The daemon sends a comment every 15 s on an idle stream; three missed mean a dead link.
@@ -249,7 +252,7 @@ class AglClient:
         return cast(int, self._call("DELETE", f"/v1/batches/{_segment(batch_id)}")["discarded"])
 
     def list_tasks(
-        self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
+        self, status: TaskStatus | None = None, limit: int = DEFAULT_LIST_LIMIT, offset: int = 0
     ) -> list[TaskRecord]:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status is not None:
@@ -323,7 +326,7 @@ class AglClient:
 
     # rollouts ---------------------------------------------------------------------------
 
-    def list_rollouts(self, since: int = 0, limit: int = 100) -> RolloutList:
+    def list_rollouts(self, since: int = 0, limit: int = DEFAULT_LIST_LIMIT) -> RolloutList:
         return cast(RolloutList, self._call("GET", "/v1/rollouts", params={"since": since, "limit": limit}))
 
     def all_rollouts(self, since: int = 0, page: int = 1000) -> Iterator[RolloutRecord]:
