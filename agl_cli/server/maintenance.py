@@ -13,6 +13,7 @@ from agl_cli import paths
 from agl_cli.server import pidfile
 from agl_cli.store import StoreError, backups
 from agl_cli.store.compaction import Compacted, compact
+from agl_cli.store.files import beside
 
 
 class MaintenanceError(Exception):
@@ -38,7 +39,7 @@ def restore_state_dir(state_dir: Path, backup: Path) -> Restored:
     """Put a copy of `backup` in place of the database in `state_dir` (made if need be),
     keeping the one it replaces beside it; refused while a daemon runs on it."""
     database = state_dir / paths.DATABASE_NAME
-    aside = database.with_name(f"{database.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside = beside(database, f".before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
     with _alone(state_dir, "restore", f"Cannot restore {backup}"):
         had_one = database.exists()
         contents = backups.restore(backup, database, aside)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.base import StoreError
-from agl_cli.store.files import LOG_SUFFIXES, open_private, sync_directory
+from agl_cli.store.files import LOG_SUFFIXES, beside, open_private, sync_directory
 from agl_cli.store.schema import APPLICATION_ID, SCHEMA_VERSION, NotAglDatabaseError
 
 RESTORING = ".restoring"  # the copy being put in place, beside the database
@@ -80,7 +80,7 @@ def restore(backup: Path, database: Path, aside: Path) -> Contents:
     kept at `aside`. Nothing may have the database open. Stopped at any point, it leaves
     the old database whole at its place, or the new one."""
     contents = check(backup)
-    copy = database.with_name(database.name + RESTORING)
+    copy = beside(database, RESTORING)
     try:
         with backup.open("rb") as source, open_private(copy) as target:
             shutil.copyfileobj(source, target, COPY_CHUNK)
@@ -88,8 +88,8 @@ def restore(backup: Path, database: Path, aside: Path) -> Contents:
         if database.exists():
             _fold_log(database)
             for suffix in LOG_SUFFIXES:  # left only if the old file could not be read
-                if Path(f"{database}{suffix}").exists():
-                    os.replace(f"{database}{suffix}", f"{aside}{suffix}")
+                if beside(database, suffix).exists():
+                    os.replace(beside(database, suffix), beside(aside, suffix))
             aside.unlink(missing_ok=True)
             os.link(database, aside)  # the old file keeps its place until the new one takes it
         os.replace(copy, database)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.base import StoreError
-from agl_cli.store.files import LOG_SUFFIXES, log_of, sync_directory
+from agl_cli.store.files import LOG_SUFFIXES, beside, log_of, sync_directory
 from agl_cli.store.schema import APPLICATION_ID, NotAglDatabaseError, connect
 
 SUFFIX = ".compacting"  # the copy being written, beside the file
@@ -37,7 +37,7 @@ def compact(path: Path, progress: Callable[[int, int], None] = lambda done, tota
     if not path.is_file():
         raise StoreError(f"There is no database at {path}: nothing to compact.")
     before = _size(path)
-    copy = path.with_name(path.name + SUFFIX)
+    copy = beside(path, SUFFIX)
     copy.unlink(missing_ok=True)  # left by a compaction that was stopped
     conn = connect(path)
     try:
@@ -92,7 +92,7 @@ def _replace(path: Path, copy: Path) -> None:
             f"Cannot put the compacted copy in place of {path}: {exc.strerror or exc}."
         ) from None
     for suffix in LOG_SUFFIXES:
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
+        beside(path, suffix).unlink(missing_ok=True)
 
 
 def _size(path: Path) -> int:

@@ -10,9 +10,15 @@ from pathlib import Path
 LOG_SUFFIXES = ("-wal", "-shm")  # beside `agl.db`: its write-ahead log, and the log's index
 
 
+def beside(database: Path, suffix: str) -> Path:
+    """The file named as `database` with `suffix` after it, in its directory: where agl and
+    SQLite keep what goes with a database (`agl.db-wal`, `agl.db.compacting`)."""
+    return database.with_name(database.name + suffix)
+
+
 def log_of(database: Path) -> Path:
     """The write-ahead log of `database`."""
-    return database.with_name(database.name + LOG_SUFFIXES[0])
+    return beside(database, LOG_SUFFIXES[0])
 
 
 def open_private(path: Path) -> io.FileIO:
