@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -21,3 +22,14 @@ def default_state_dir() -> Path:
     if xdg:
         return Path(xdg).expanduser() / "agl"
     return Path.home() / ".local" / "state" / "agl"
+
+
+def unusable(state_dir: Path, exc: OSError) -> str:
+    """Why `state_dir` could not be made or written to, in one sentence: a file in the way
+    (which the system calls "File exists" or "Not a directory"), else what it said."""
+    for place in (state_dir, *state_dir.parents):
+        with contextlib.suppress(OSError):  # a place we may not look at is not the answer
+            if place.exists() and not place.is_dir():
+                found = "is" if place == state_dir else f"cannot be made: {place} is"
+                return f"The state directory {state_dir} {found} a file, not a directory."
+    return f"The state directory {state_dir} is not writable ({exc.strerror or exc})."

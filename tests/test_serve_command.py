@@ -57,11 +57,22 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result, f"Port {port} on 127.0.0.1 is already in use")
 
 
-def test_an_unwritable_state_dir_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command", [["serve", "--port", "0"], ["serve", "--detach", "--port", "0"], ["restore"]]
+)
+def test_a_file_in_the_way_of_the_state_dir_is_named_in_one_line(tmp_path: Path, command: list[str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = agl("serve", "--port", "0", "--state-dir", str(blocker / "state"))
-    assert_one_line_error(result, "is not writable")
+    if command == ["restore"]:
+        command = ["restore", str(tmp_path / "backup.db")]  # not read: the state dir comes first
+    result = agl("--state-dir", str(blocker), *command)
+    assert_one_line_error(result, f"The state directory {blocker} is a file, not a directory.")
+    result = agl("--state-dir", str(blocker / "state"), *command)
+    assert_one_line_error(
+        result,
+        f"The state directory {blocker / 'state'} cannot be made: {blocker} is a file, not a directory.",
+    )
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
 @pytest.fixture

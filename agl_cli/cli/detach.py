@@ -38,7 +38,7 @@ def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None
         log_path = state_dir / paths.LOGFILE_NAME
         log = log_path.open("ab")
     except OSError as exc:
-        fail(f"The state directory {state_dir} is not writable ({exc.strerror or exc}).")
+        fail(paths.unusable(state_dir, exc))
     with log:
         start = log.tell()
         config = dataclasses.replace(config, state_dir=state_dir)

@@ -52,6 +52,9 @@ def _alone(state_dir: Path, verb: str, cannot: str) -> Iterator[None]:
     meanwhile; refused while one runs. Failures become `MaintenanceError`s."""
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise MaintenanceError(paths.unusable(state_dir, exc)) from None
+    try:
         with pidfile.held(state_dir / paths.PIDFILE_NAME):
             yield
     except pidfile.AlreadyRunningError as exc:

@@ -46,7 +46,7 @@ def prepare_state_dir(path: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise StartupError(f"The state directory {path} is not writable ({exc.strerror or exc}).") from None
+        raise StartupError(paths.unusable(path, exc)) from None
     return path
 
 
