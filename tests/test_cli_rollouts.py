@@ -115,6 +115,23 @@ def test_show_gives_the_whole_rollout_and_an_unknown_or_unfinished_one_is_one_li
     )
 
 
+def test_any_rollout_id_a_worker_chose_is_shown_and_an_empty_one_is_unknown(daemon: Daemon) -> None:
+    """An unsolicited rollout keeps the id its worker sent, '/' and all: what the list
+    shows, show finds (the id is one segment of the URL, however it is spelled)."""
+    chosen = ["runs/7/a", "a b?c=d#e", "100%", "../status", "/lead", "trail/"]
+    for rollout_id in chosen:
+        post_rollout(daemon, rollout_id, reward=0.5)
+    for rollout_id in chosen:
+        shown = agl("rollouts", "show", rollout_id, "--json", daemon=daemon)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["rollout_id"] == rollout_id
+        assert_one_line_error(
+            agl("tasks", "show", rollout_id, daemon=daemon), f"No task with id '{rollout_id}'."
+        )
+    for command in (["rollouts", "show"], ["tasks", "show"], ["tasks", "cancel"]):
+        assert_one_line_error(agl(*command, "", daemon=daemon), "with id ''.")
+
+
 def test_show_lists_the_spans_a_store_api_rollout_sent_and_the_list_its_mode(daemon: Daemon) -> None:
     [queued] = daemon.post(
         "/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 1, "mode": "val"}]}

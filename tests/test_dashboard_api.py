@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -101,6 +102,12 @@ def test_a_task_without_a_result_has_a_detail_and_an_unknown_id_is_a_404(daemon:
         404,
         {"detail": "No rollout or task with id 'rollout-nope'."},
     )
+
+
+def test_an_unsolicited_rollout_whose_id_has_slashes_has_a_detail(daemon: Daemon) -> None:
+    daemon.report("runs/8/b", final_reward=0.5)
+    detail = get(daemon, f"/v1/dashboard/rollouts/{quote('runs/8/b', safe='')}", schemas.RolloutDetail)
+    assert (detail.rollout_id, detail.task, detail.result is not None) == ("runs/8/b", None, True)
 
 
 def test_failed_and_retried_tasks_are_listed_with_every_attempt(make_daemon: Callable[..., Daemon]) -> None:

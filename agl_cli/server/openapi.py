@@ -26,6 +26,9 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 SQLITE = "application/vnd.sqlite3"  # a database file, as `GET /v1/backup` sends it
+# A path's parameters, `{name}` or `{name:path}` (Starlette's: the rest of the path, '/'
+# included, for a rollout id a worker chose), documented as `{name}`.
+_PATH_PARAM = re.compile(r"{(\w+)(?::path)?}")
 
 Described = Any  # a type pydantic can describe: a model, `list[Model]`, `Model | None`, ...
 
@@ -108,7 +111,7 @@ def build_document(
                 "required": True,
                 "content": {JSON: {"schema": refs[(endpoint.body, "validation")]}},
             }
-        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+        paths.setdefault(_PATH_PARAM.sub(r"{\1}", endpoint.path), {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -132,7 +135,7 @@ def _refusals(endpoint: Endpoint, bearer: bool) -> dict[int, Described]:
 def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
     described = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in re.findall(r"{(\w+)}", endpoint.path)
+        for name in _PATH_PARAM.findall(endpoint.path)
     ]
     for param in endpoint.params:
         schema = TypeAdapter(param.schema).json_schema(ref_template=REF_TEMPLATE)
