@@ -17,7 +17,7 @@ from cli_runner import agl, assert_one_line_error, popen_agl
 from conftest import database_of_schema, schema_5_file
 from daemon import Daemon, env_without_agl
 
-from agl_cli.cli.context import Globals, resolve
+from agl_cli.cli.context import DEFAULT_URL, Globals, resolve
 from agl_cli.cli.detach import start_detached
 from agl_cli.daemon_config import DaemonConfig
 from agl_cli.store.schema import SCHEMA_VERSION
@@ -59,6 +59,22 @@ def test_url_and_agl_url_take_precedence_over_the_address_file(daemon: Daemon) -
     assert_one_line_error(agl("--url", DEAD_URL, "status", daemon=daemon), DEAD_URL, code=3)
     result = agl("status", daemon=daemon, env={"AGL_URL": DEAD_URL})
     assert_one_line_error(result, DEAD_URL, code=3)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://host", "http://", "http://127.0.0.1:99999", "http://[::1", "http://h:0"]
+)
+def test_a_url_that_cannot_be_a_daemon_s_address_is_a_usage_error(tmp_path: Path, url: str) -> None:
+    expected = (
+        f"--url (or AGL_URL) must be an http:// or https:// address such as {DEFAULT_URL}, not '{url}'."
+    )
+    assert_one_line_error(agl("--url", url, "status", state_dir=tmp_path), expected, code=2)
+    assert_one_line_error(agl("tasks", "list", state_dir=tmp_path, env={"AGL_URL": url}), expected, code=2)
+
+
+def test_a_url_without_a_scheme_or_with_a_trailing_slash_is_taken_as_meant(daemon: Daemon) -> None:
+    for url in (daemon.url.removeprefix("http://"), daemon.url + "/"):
+        assert agl("--url", url, "status", daemon=daemon).returncode == 0
 
 
 def test_a_wrong_token_is_exit_4(daemon: Daemon) -> None:

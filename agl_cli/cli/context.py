@@ -63,8 +63,24 @@ def globals_of(ctx: typer.Context) -> Globals:
 
 
 def normalise_url(url: str) -> str:
-    url = url.strip().rstrip("/")
-    return url if "://" in url else f"http://{url}"
+    url = url.strip()
+    return (url if "://" in url else f"http://{url}").rstrip("/")
+
+
+def given_url(url: str) -> str:
+    """`--url` (or `AGL_URL`) as the client takes it: `http://` added if no scheme is
+    given; a usage error, in one sentence, if it cannot be a daemon's address."""
+    try:
+        parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port out of range, an unclosed '[' of an IPv6 address
+        usable = False
+    if not usable:
+        raise CLIError(
+            f"--url (or AGL_URL) must be an http:// or https:// address such as {DEFAULT_URL}, not '{url}'.",
+            ExitCode.USAGE,
+        )
+    return normalise_url(url)
 
 
 def discovered_url(state_dir: Path) -> str | None:
@@ -92,7 +108,7 @@ def is_local(url: str) -> bool:
 def resolve(options: Globals) -> Target:
     state_dir = options.state_directory
     given = bool(options.url)
-    url = normalise_url(options.url) if options.url else discovered_url(state_dir) or DEFAULT_URL
+    url = given_url(options.url) if options.url else discovered_url(state_dir) or DEFAULT_URL
     token = options.token or None
     if token is None and (not given or is_local(url)):
         token = read_token(state_dir)
