@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# The longest duration an option takes: ten years. Longer (`inf`, say) is a mistake, or
+# what leaving the option out already means (a result kept for good).
+LONGEST_SECONDS = 10 * 365 * 24 * 3600.0
 
 
 @dataclass(frozen=True)

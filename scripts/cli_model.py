@@ -187,8 +187,8 @@ def _metavar_words(metavar: str | None) -> tuple[str, ...]:
 def _plain(value: Any) -> str:
     if isinstance(value, enum.Enum):
         value = value.value
-    if isinstance(value, float):
-        return f"{value:g}"
+    if isinstance(value, float):  # 0.001, 300, 315360000: never an exponent
+        return f"{value:.0f}" if value.is_integer() else f"{value:g}"
     return str(value)
 
 

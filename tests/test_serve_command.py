@@ -57,6 +57,11 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result, f"Port {port} on 127.0.0.1 is already in use")
 
 
+def test_an_empty_host_is_refused_rather_than_taken_for_every_address(tmp_path: Path) -> None:
+    result = agl("serve", "--port", "0", "--host", "", "--state-dir", str(tmp_path / "s"))
+    assert_one_line_error(result, "--host cannot be empty: give 0.0.0.0 (or ::) to listen on every address.")
+
+
 @pytest.mark.parametrize(
     "command", [["serve", "--port", "0"], ["serve", "--detach", "--port", "0"], ["restore"]]
 )
@@ -198,6 +203,10 @@ def test_names_for_a_proxy_are_refused_without_a_token_or_with_a_port(
         (["--task-timeout", "0"], "--task-timeout"),
         (["--max-attempts", "0"], "--max-attempts"),
         (["--rollout-retention", "0"], "--rollout-retention"),
+        (["--task-timeout", "inf"], "--task-timeout"),  # a claim that never runs out: null in status
+        (["--task-timeout", "nan"], "--task-timeout"),
+        (["--rollout-retention", "inf"], "--rollout-retention"),
+        (["--request-timeout", "1e10"], "--request-timeout"),
         (["--forget-tasks"], "--forget-tasks needs --rollout-retention"),
     ],
 )

@@ -8,7 +8,7 @@ import typer
 
 from agl_cli.cli.context import state_dir_of, state_dir_option
 from agl_cli.cli.errors import ExitCode, fail
-from agl_cli.daemon_config import DEFAULTS, LOG_LEVELS, DaemonConfig
+from agl_cli.daemon_config import DEFAULTS, LOG_LEVELS, LONGEST_SECONDS, DaemonConfig
 
 
 def serve(
@@ -24,6 +24,7 @@ def serve(
     task_timeout: float = typer.Option(
         DEFAULTS.task_timeout,
         min=0.001,
+        max=LONGEST_SECONDS,
         help="Seconds a worker may hold a task before it is handed out again.",
     ),
     max_attempts: int | None = typer.Option(
@@ -32,6 +33,7 @@ def serve(
     rollout_retention: float | None = typer.Option(
         DEFAULTS.rollout_retention,
         min=0.001,
+        max=LONGEST_SECONDS,
         help="Seconds a completed rollout is kept after it arrives; older ones are deleted,"
         " with their spans (default: kept for good).",
         show_default=False,
@@ -69,6 +71,7 @@ def serve(
     request_timeout: float = typer.Option(
         DEFAULTS.request_timeout,
         min=0.001,
+        max=LONGEST_SECONDS,
         help="Seconds a client may take to send a whole request, from its first byte; 408 beyond.",
     ),
     allowed_host: list[str] = typer.Option(

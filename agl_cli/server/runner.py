@@ -99,6 +99,8 @@ def bind(host: str, port: int) -> socket.socket:
 def run(config: DaemonConfig) -> None:
     """Serve until SIGINT/SIGTERM or `POST /v1/shutdown`; in-flight requests finish, then
     the store closes. The pidfile marks the state directory as taken meanwhile."""
+    if not config.host.strip():  # the system would take it for every address, and no URL can name it
+        raise StartupError("--host cannot be empty: give 0.0.0.0 (or ::) to listen on every address.")
     if config.no_auth and not is_loopback(config.host):
         raise StartupError(f"Refusing to listen on {config.host} without a token: remove --no-auth.")
     for name in config.allowed_host:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import math
 import os
 import time
 import uuid
@@ -406,12 +407,14 @@ class Store(abc.ABC):
         forget_tasks: bool = False,
         clock: Clock = time.time,
     ):
-        if task_timeout <= 0:
-            raise ValueError("task_timeout must be positive")
+        if not 0 < task_timeout < math.inf:  # not NaN either
+            raise ValueError("task_timeout must be a positive, finite number of seconds")
         if max_claims is not None and max_claims < 1:
             raise ValueError("max_claims must be at least 1")
-        if rollout_retention is not None and rollout_retention <= 0:
-            raise ValueError("rollout_retention must be positive")
+        if rollout_retention is not None and not 0 < rollout_retention < math.inf:
+            raise ValueError(
+                "rollout_retention must be a positive, finite number of seconds (None: for good)"
+            )
         if forget_tasks and rollout_retention is None:
             raise ValueError("forget_tasks needs a rollout_retention")
         self.task_timeout = task_timeout
