@@ -573,6 +573,9 @@ def _detail(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
         return detail, []
     if isinstance(detail, list) and detail and all(isinstance(item, dict) for item in detail):
         first = detail[0]
+        if first.get("type") == "json_invalid":  # its `loc` is a position in the body the client sent
+            reason = (first.get("ctx") or {}).get("error", "")
+            return f"The daemon could not read the request as JSON ({reason or 'invalid'})", detail
         where = ".".join(str(part) for part in first.get("loc", []) if part != "body")
         message = str(first.get("msg", "invalid"))
         return (f"{where}: {message}" if where else message), detail

@@ -120,6 +120,27 @@ def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Da
         ),
         ("t.json", '{"input":\n', "t.json:1: invalid JSON: the file ends in the middle of this task."),
         ("t.jsonl", "\n\n", "t.jsonl: there are no tasks in it."),
+        # what Python's reader takes and the daemon's does not; JSON Lines are read by pydantic,
+        # which takes them too: once the daemon refuses them, the task is found by its reader
+        ("t.jsonl", '{"input": 1}\n{"input": [1, NaN]}\n', "t.jsonl:2: invalid JSON: unexpected character"),
+        ("t.jsonl", '{"input": 1}\n{"input": 1e999}\n', "t.jsonl:2: invalid JSON: number is infinity"),
+        ("t.json", '[{"input": 1},\n -Infinity]', "t.json:2: invalid JSON: -Infinity is not a JSON value"),
+        ("t.json", '[{"input": 1},\n {"input": NaN}]', "t.json:2: invalid JSON: NaN is not a JSON value"),
+        (
+            "t.json",
+            '{"input": 1e999}\n',
+            "t.json:1: invalid JSON: the number 1e999 is beyond a float's range.",
+        ),
+        (
+            "t.json",
+            '{"input": ' + "[" * 5000 + "]" * 5000 + "}",
+            "t.json:1: invalid JSON: recursion limit exceeded.",
+        ),
+        (
+            "t.jsonl",
+            '{"input": ' + "[" * 5000 + "]" * 5000 + "}",
+            "t.jsonl:1: invalid JSON: recursion limit exceeded",
+        ),
     ],
 )
 def test_a_bad_file_is_reported_at_its_line_and_nothing_is_queued(
@@ -142,6 +163,13 @@ def test_dry_run_counts_the_tasks_and_queues_nothing_without_a_daemon(tmp_path: 
     result = agl("queue", "--dry-run", file, state_dir=tmp_path / "no-daemon")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("5 tasks are valid")
+    one = agl(
+        "queue",
+        "--dry-run",
+        write(tmp_path / "one.jsonl", '{"input": 1}\n'),
+        state_dir=tmp_path / "no-daemon",
+    )
+    assert one.stdout == "1 task is valid; nothing was queued (--dry-run).\n"
 
 
 def test_conflicting_options_are_usage_errors(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 from daemon import Daemon, env_without_agl, wait_until
 from httpx_sse import ServerSentEvent, connect_sse
 
+from agl_cli.client import AglClient, ResponseError
 from agl_cli.models import ResourcesUpdate
 from agl_cli.server import schemas
 from agl_cli.server.app import create_app
@@ -122,6 +123,15 @@ def test_a_body_that_is_not_json_is_a_422(daemon: Daemon) -> None:
     )
     assert response.status_code == 422
     assert detail(response)[0]["type"] == "json_invalid"
+
+
+def test_the_client_says_why_the_daemon_could_not_read_a_body(daemon: Daemon) -> None:
+    """Not where in the body it stopped (a number the user never saw), but its reason."""
+    with AglClient(daemon.url, daemon.token) as client, pytest.raises(ResponseError) as refused:
+        client.queue(b'[{"input": [1, NaN]}]')
+    assert str(refused.value) == (
+        "The daemon could not read the request as JSON (unexpected character, expected a JSON value)."
+    )
 
 
 def test_tasks_are_listed_by_status_and_in_pages(daemon: Daemon) -> None:

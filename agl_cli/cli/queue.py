@@ -99,10 +99,16 @@ def queue(
             )
             since = client.last_seq() if wait else 0
             sink = stack.enter_context(_Sink(json_output, keep_ids=wait))
+            from agl_cli.client import ResponseError
+
             try:
                 _upload(client, task_files, checked, defaults, sink, show_progress)
             except taskfile.TaskFileError as exc:
                 fail(str(exc))
+            except ResponseError as exc:
+                if exc.errors[:1] and exc.errors[0].get("type") == "json_invalid":
+                    fail(str(taskfile.unreadable(task_files) or exc))
+                raise
             except KeyboardInterrupt:
                 typer.echo("agl: Interrupted; nothing was queued.", err=True)
                 raise typer.Exit(130) from None
@@ -244,7 +250,8 @@ def _report_dry_run(count: int, json_output: bool) -> None:
     if json_output:
         output.print_json_line({"tasks": count, "queued": 0})
     else:
-        output.write_line(f"{count} tasks are valid; nothing was queued (--dry-run).")
+        valid = "1 task is valid" if count == 1 else f"{output.count(count, 'task')} are valid"
+        output.write_line(f"{valid}; nothing was queued (--dry-run).")
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 import sys
@@ -225,6 +226,10 @@ class _TextStream:
         while True:
             try:
                 _, end = decoder.raw_decode(self.buffer, self.pos)
+            except _NotJSON as exc:
+                raise self.error(f"invalid JSON: {exc}.", self.pos) from None
+            except RecursionError:  # far deeper than the daemon takes (pydantic stops at 255)
+                raise self.error("invalid JSON: recursion limit exceeded.", self.pos) from None
             except json.JSONDecodeError as exc:
                 if self._maybe_cut_short(exc) and self.fill(size):
                     size *= 2
@@ -245,11 +250,27 @@ class _TextStream:
             return line, raw
 
 
+class _NotJSON(ValueError):
+    """What Python's JSON reader takes and the daemon's does not: `NaN`, `Infinity` and
+    `-Infinity`, and numbers beyond a float's range (`1e999`, which it reads as infinity)."""
+
+
+def _not_json(name: str) -> Any:
+    raise _NotJSON(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise _NotJSON(f"the number {text} is beyond a float's range")
+    return number
+
+
 def _iter_values(
     name: str, handle: IO[bytes], progress: Callable[[int], None] | None
 ) -> Iterator[tuple[int, bytes]]:
     stream = _TextStream(name, handle, progress)
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
     if stream.peek() != "[":
         while stream.peek():
             yield stream.value(decoder)
@@ -292,6 +313,19 @@ def problem_with(raw: bytes) -> str | None:
         TaskSpec.model_validate_json(raw)
     except ValidationError as exc:
         return _describe(exc, raw)
+    return None
+
+
+def unreadable(files: list[TaskFile]) -> TaskFileError | None:
+    """The first task the daemon's JSON reader refuses though pydantic's took it (`NaN`,
+    `1e999`, in JSON Lines). Looked for only once the daemon has refused a request: reading
+    every task twice would slow down every queue for a mistake this rare."""
+    for task_file in files:
+        for line, raw in iter_tasks(task_file):
+            try:
+                orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                return TaskFileError(task_file.name, f"invalid JSON: {exc.msg}.", line)
     return None
 
 
