@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agl_cli import __version__
 from agl_cli.models import TaskStatus
 from agl_cli.server.broker import Broker, Snapshot
+from agl_cli.server.openapi import template
 from agl_cli.server.writer import Tally
 from agl_cli.store import ReportOutcome
 
@@ -210,7 +211,7 @@ class Metrics:
         self.routes = tuple(routes)
         # Looked up by endpoint, because `scope["route"]` only exists in newer Starlette.
         self.templates: dict[Callable[..., Any], str] = {
-            route.endpoint: route.path for route in routes if isinstance(route, Route)
+            route.endpoint: template(route.path) for route in routes if isinstance(route, Route)
         }
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
@@ -222,17 +223,13 @@ class Metrics:
     def template_of(self, scope: Scope) -> str:
         """The route template that served the request, found without matching again if possible."""
         route = scope.get("route")
-        if isinstance(route, Route):
-            return route.path
-        endpoint = scope.get("endpoint")
-        if endpoint is not None:
-            template = self.templates.get(endpoint)
-            if template is not None:
-                return template
+        endpoint = route.endpoint if isinstance(route, Route) else scope.get("endpoint")
+        if endpoint is not None and (found := self.templates.get(endpoint)) is not None:
+            return found
         # Not routed: refused before routing (401, 413) or no such path (404).
         for candidate in self.routes:
             if isinstance(candidate, Route) and candidate.matches(scope)[0] is not Match.NONE:
-                return candidate.path
+                return template(candidate.path)
         return UNMATCHED
 
     async def exposition(self, accept: str | None) -> tuple[bytes, str]:

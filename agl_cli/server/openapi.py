@@ -30,6 +30,12 @@ SQLITE = "application/vnd.sqlite3"  # a database file, as `GET /v1/backup` sends
 # included, for a rollout id a worker chose), documented as `{name}`.
 _PATH_PARAM = re.compile(r"{(\w+)(?::path)?}")
 
+
+def template(path: str) -> str:
+    """A route's path as documented, and as metrics label it: `/v1/tasks/{rollout_id}`."""
+    return _PATH_PARAM.sub(r"{\1}", path)
+
+
 Described = Any  # a type pydantic can describe: a model, `list[Model]`, `Model | None`, ...
 
 
@@ -111,7 +117,7 @@ def build_document(
                 "required": True,
                 "content": {JSON: {"schema": refs[(endpoint.body, "validation")]}},
             }
-        paths.setdefault(_PATH_PARAM.sub(r"{\1}", endpoint.path), {})[endpoint.method.lower()] = operation
+        paths.setdefault(template(endpoint.path), {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
