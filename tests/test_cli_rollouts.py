@@ -12,9 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from cli_runner import agl, assert_one_line_error, popen_agl, post_rollout
 from daemon import Daemon
 
+from agl_cli.cli.rollouts import print_rollout
 from agl_cli.client import AglClient
 
 
@@ -130,6 +132,34 @@ def test_any_rollout_id_a_worker_chose_is_shown_and_an_empty_one_is_unknown(daem
         )
     for command in (["rollouts", "show"], ["tasks", "show"], ["tasks", "cancel"]):
         assert_one_line_error(agl(*command, "", daemon=daemon), "with id ''.")
+
+
+def test_what_a_worker_put_in_an_id_is_shown_as_written_never_as_markup_or_terminal_codes(
+    daemon: Daemon,
+) -> None:
+    """Anyone who can reach the worker routes chooses an unsolicited rollout's id: rich
+    markup in it is shown as typed (a stray closing tag used to crash the list), and an
+    escape sequence is written out rather than sent to the terminal."""
+    markup, escape = "[/oops] [bold]loud", "clear\x1b[2J\x1b]0;title\x07"
+    for rollout_id in (markup, escape):
+        post_rollout(daemon, rollout_id)
+    seen = "clear\\x1b[2J\\x1b]0;title\\x07"  # as printed: backslash, x, 1, b
+    for command in (["rollouts", "list"], ["rollouts", "show", escape]):
+        result = agl(*command, daemon=daemon)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+        assert seen in result.stdout
+        assert command[1] == "show" or markup in result.stdout
+    [task_id] = daemon.queue("red \x1b[31mtext")
+    listed = agl("tasks", "list", daemon=daemon)
+    assert "red \\x1b[31mtext" in listed.stdout and "\x1b" not in listed.stdout
+    assert task_id in listed.stdout
+
+
+def test_a_watched_rollout_s_line_writes_out_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    print_rollout({"seq": 1, "rollout_id": "[/x] a\x1b[2Jb", "unsolicited": True}, machine=False)
+    line = capsys.readouterr().out
+    assert "[/x] a\\x1b[2Jb" in line and "\x1b" not in line
 
 
 def test_show_lists_the_spans_a_store_api_rollout_sent_and_the_list_its_mode(daemon: Daemon) -> None:

@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
 
@@ -138,12 +139,46 @@ def brief(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+# Control characters (C0, DEL, C1) as `\x1b`: a worker chooses an unsolicited rollout's id,
+# and an escape sequence in it must not clear or retitle the terminal that lists it.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def shown(text: str) -> str:
+    """`text` with its control characters written out, safe to print on a terminal."""
+    return text.translate(_CONTROLS)
+
+
+def plain(text: str) -> Text:
+    """Text from the daemon as a cell or a line: never read as rich markup (a '[/x]' in
+    an id would raise), with its control characters written out."""
+    return Text(shown(text))
+
+
+class _Table(Table):
+    """A rich table whose text cells are `plain`: what the daemon sends is shown as it is."""
+
+    def add_row(
+        self, *renderables: RenderableType | None, style: StyleType | None = None, end_section: bool = False
+    ) -> None:
+        cells = [plain(cell) if isinstance(cell, str) else cell for cell in renderables]
+        super().add_row(*cells, style=style, end_section=end_section)
+
+
+def grid(label_style: str = "bold") -> Table:
+    """Two columns, `label  value`, without lines; values are `plain` and fold."""
+    rows = _Table.grid(padding=(0, 2))
+    rows.add_column(style=label_style)
+    rows.add_column(overflow="fold")
+    return rows
+
+
 IDENTIFIERS = ("id", "rollout")
 
 
 def table(*columns: str) -> Table:
     """A plain table; ids are never wrapped, so they can be copied whole."""
-    grid = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
+    grid = _Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
     for column in columns:
         if column in IDENTIFIERS:
             grid.add_column(column, no_wrap=True, min_width=20)
@@ -156,9 +191,7 @@ def show_record(record: Mapping[str, Any], title: str | None = None) -> None:
     """A record as `field  value` lines; nested values as indented JSON."""
     import orjson
 
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column(overflow="fold")
+    rows = grid()
     for key, value in record.items():
         if key.endswith("_time") and isinstance(value, (int, float)):
             text = f"{timestamp(value)}  ({value})"
@@ -166,10 +199,10 @@ def show_record(record: Mapping[str, Any], title: str | None = None) -> None:
             text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
         else:
             text = json_text(value) if not isinstance(value, str) else value
-        grid.add_row(key, Text(text))
+        rows.add_row(key, text)
     if title:
         out().print(Text(title, style="bold cyan"))
-    out().print(grid)
+    out().print(rows)
 
 
 class Update(Protocol):

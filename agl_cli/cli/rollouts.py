@@ -173,7 +173,7 @@ def print_rollout(record: Mapping[str, Any], machine: bool, mode: str | None = N
     triplets = len(record.get("triplets") or [])
     line = Text.assemble(
         (f"#{record.get('seq', '?'):<6} ", "dim"),
-        (str(record.get("rollout_id", "")), "bold"),
+        (output.shown(str(record.get("rollout_id", ""))), "bold"),
         "  ",
         (f"{mode_of(record) or mode or '-':<5}", "cyan"),
         "  reward ",

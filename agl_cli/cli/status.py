@@ -56,9 +56,7 @@ def status(
 
 def render(current: Status) -> Table:
     """The status as a two-column table."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
+    grid = output.grid()
     header = f"agl {current.get('version', '?')}"
     if "pid" in current:
         header += f" (pid {current['pid']})"
