@@ -5,3 +5,4 @@ one sentence when the user asks for more). Light on purpose: the CLI imports it.
 MAX_PER_REQUEST = 10_000  # tasks queued, or rollout ids cancelled or retried, in one request
 MAX_LIST_LIMIT = 10_000  # tasks or rollouts in one page of a list
 DEFAULT_LIST_LIMIT = 100
+MAX_SEQ = 2**62  # the largest sequence number or offset a request may name (SQLite's integers reach 2**63)

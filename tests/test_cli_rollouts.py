@@ -248,5 +248,15 @@ def test_watch_of_a_daemon_that_is_not_running_is_exit_3() -> None:
 
 
 def test_a_bad_since_is_a_usage_error(daemon: Daemon) -> None:
-    result = agl("rollouts", "watch", "--since", "yesterday", daemon=daemon)
-    assert_one_line_error(result, "--since takes all, now or a sequence number", code=2)
+    for since in ("yesterday", "²", str(2**62 + 1)):  # not the header's name the daemon would give
+        result = agl("rollouts", "watch", "--since", since, daemon=daemon)
+        assert_one_line_error(
+            result, f"--since takes all, now or a sequence number up to {2**62}, not '{since}'.", code=2
+        )
+    for command in (["rollouts", "list", "--since"], ["tasks", "list", "--offset"]):
+        result = agl(*command, str(2**62 + 1), daemon=daemon)
+        assert (result.returncode, command[-1] in result.stderr, str(2**62) in result.stderr) == (
+            2,
+            True,
+            True,
+        )

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEQ
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, target_of
 from agl_cli.cli.errors import ExitCode, fail
@@ -31,9 +31,9 @@ JSON_HELP = "Machine output: JSON Lines (also what a pipe gets)."
 def parse_since(value: str) -> int | str:
     if value in ("all", "now"):
         return 0 if value == "all" else "now"
-    if value.isdigit():
+    if value.isascii() and value.isdigit() and int(value) <= MAX_SEQ:
         return int(value)
-    fail(f"--since takes all, now or a sequence number, not '{value}'.", ExitCode.USAGE)
+    fail(f"--since takes all, now or a sequence number up to {MAX_SEQ}, not '{value}'.", ExitCode.USAGE)
 
 
 @app.command()
@@ -82,7 +82,7 @@ def watch(
 def list_rollouts(
     ctx: typer.Context,
     since: int = typer.Option(
-        0, "--since", min=0, metavar="SEQ", help="Only rollouts after this sequence number."
+        0, "--since", min=0, max=MAX_SEQ, metavar="SEQ", help="Only rollouts after this sequence number."
     ),
     limit: int = typer.Option(
         DEFAULT_LIST_LIMIT, "--limit", min=1, max=MAX_LIST_LIMIT, metavar="N", help="At most N rollouts."

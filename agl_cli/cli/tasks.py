@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import typer
 from rich.text import Text
 
-from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PER_REQUEST
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PER_REQUEST, MAX_SEQ
 from agl_cli.cli import output
 from agl_cli.cli.context import connect
 from agl_cli.cli.errors import ExitCode, fail
@@ -31,7 +31,7 @@ def list_tasks(
     limit: int = typer.Option(
         DEFAULT_LIST_LIMIT, "--limit", min=1, max=MAX_LIST_LIMIT, metavar="N", help="At most N tasks."
     ),
-    offset: int = typer.Option(0, "--offset", min=0, metavar="M", help="Skip the first M."),
+    offset: int = typer.Option(0, "--offset", min=0, max=MAX_SEQ, metavar="M", help="Skip the first M."),
     json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array."),
 ) -> None:
     """List tasks in the order they were queued."""

@@ -22,13 +22,14 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agl_cli.api_limits import MAX_SEQ
 from agl_cli.server import schemas
 from agl_cli.server.broker import broker_of, wait_for
 from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param
 from agl_cli.server.requests import int_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
-from agl_cli.server.stream import MAX_SEQ, PING_SECONDS, Seq, position_params, start_position
+from agl_cli.server.stream import PING_SECONDS, Seq, position_params, start_position
 from agl_cli.store import RewardSeries, RolloutSummary, StoredRollout, TaskHistory
 from agl_cli.store_models import WorkerQuery
 

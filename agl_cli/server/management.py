@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from agl_cli import __version__
-from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEQ
 from agl_cli.models import ResourcesUpdate, TaskStatus
 from agl_cli.server import dashboard, schemas, sign_in
 from agl_cli.server.broker import broker_of
@@ -26,7 +26,7 @@ from agl_cli.server.openapi import EVENT_STREAM, SQLITE, Endpoint, Param, build_
 from agl_cli.server.requests import bool_param, choice_param, int_param, read_model
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
-from agl_cli.server.stream import MAX_SEQ, position_params, rollout_json, stream_rollouts
+from agl_cli.server.stream import position_params, rollout_json, stream_rollouts
 from agl_cli.store import (
     InvalidTransitionError,
     StorageError,

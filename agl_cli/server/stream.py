@@ -18,6 +18,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agl_cli.api_limits import MAX_SEQ
 from agl_cli.server.broker import Broker, broker_of, wait_for
 from agl_cli.server.openapi import Param
 from agl_cli.server.requests import BadRequest
@@ -26,7 +27,6 @@ from agl_cli.store import StoredRollout
 
 SINCE_NOW = Literal["now"]
 LAST_EVENT_ID = "Last-Event-ID"
-MAX_SEQ = 2**62  # the largest sequence number a reader may name (SQLite integers reach 2**63)
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 PAGE = 200
 PING_SECONDS = 15
