@@ -55,6 +55,17 @@ def test_every_command_and_subcommand_has_a_page() -> None:
         assert (MAN / f"{name}.1").exists()
 
 
+def test_each_paragraph_of_a_command_s_help_is_one_line_so_that_help_wraps_it_whole() -> None:
+    """`--help` keeps a docstring's line breaks: one inside a paragraph shows as a line cut short."""
+    broken = [
+        (page, paragraph)
+        for page, (command, _) in cli_commands().items()
+        for paragraph in (command.help or "").strip().split("\n\n")
+        if "\n" in paragraph.strip()
+    ]
+    assert broken == []
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
 def test_a_page_has_the_usual_sections_and_every_option_of_its_command(page: Path) -> None:
     command, ctx = cli_commands()[page.stem]

@@ -30,8 +30,7 @@ def dashboard(
 ) -> None:
     """Open the live dashboard in your browser, signed in.
 
-    Where no browser can be opened (over SSH, say), it prints the address instead, and
-    how to forward the port to your own machine.
+    Where no browser can be opened (over SSH, say), it prints the address instead, and how to forward the port to your own machine.
     """
     from agl_cli.client import NotFound  # not at start-up: every command would pay for httpx
 

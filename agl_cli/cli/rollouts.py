@@ -50,8 +50,7 @@ def watch(
 ) -> None:
     """Print rollouts as they complete, one per line, until Ctrl-C or --count.
 
-    Survives a daemon restart: it reconnects and resumes after the last rollout it
-    printed, so nothing is missed and nothing comes twice.
+    Survives a daemon restart: it reconnects and resumes after the last rollout it printed, so nothing is missed and nothing comes twice.
     """
     start = parse_since(since)
     machine = json_output or not output.stdout_is_terminal()
