@@ -293,14 +293,6 @@ def test_a_restarted_daemon_that_now_forgets_forgets_what_retention_left_behind(
     wait_until(lambda: sum(daemon.status()["tasks"].values()) == 0, "both tasks to be forgotten", 30)
 
 
-@pytest.mark.parametrize("seconds", [0.0, -1.0, float("inf"), float("nan")])
-def test_a_store_s_durations_are_positive_and_finite(seconds: float) -> None:
-    with pytest.raises(ValueError, match="task_timeout must be a positive, finite number of seconds"):
-        MemoryStore(task_timeout=seconds)
-    with pytest.raises(ValueError, match="rollout_retention must be a positive, finite number of seconds"):
-        MemoryStore(rollout_retention=seconds)
-
-
 def test_forgetting_tasks_needs_a_retention_setting(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="forget_tasks needs a rollout_retention"):
         MemoryStore(forget_tasks=True)
@@ -330,12 +322,8 @@ def test_the_daemon_forgets_tasks_as_they_come_of_age(make_daemon: Callable[...,
         agl("tasks", "retry", cancelled, daemon=daemon), f"No task with id '{cancelled}' {hint}"
     )
     status = daemon.status()
-    assert (status["forget_tasks"], status["forgotten"], status["rollouts"], status["last_seq"]) == (
-        True,
-        2,
-        0,
-        1,
-    )
+    assert (status["forget_tasks"], status["forgotten"]) == (True, 2)
+    assert (status["rollouts"], status["last_seq"]) == (0, 1)
     assert daemon.metric("agl_tasks_forgotten_total") == 2
     shown = agl("status", daemon=daemon).stdout
     assert "completed 0  failed 0  cancelled 0  (forgotten 2)" in shown

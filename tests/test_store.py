@@ -13,6 +13,7 @@ from conftest import FakeClock, StoreFactory, database_of_schema
 from agl_cli.models import Rollout, Task, TaskStatus
 from agl_cli.store import (
     InvalidTransitionError,
+    MemoryStore,
     ReportOutcome,
     SQLiteStore,
     Store,
@@ -27,6 +28,14 @@ from agl_cli.store_models import AttemptQuery
 
 def queue(store: Store, *inputs: object) -> list[str]:
     return store.queue_tasks([TaskSpec(input=value) for value in inputs])
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_store_s_durations_are_positive_and_finite(seconds: float) -> None:
+    with pytest.raises(ValueError, match="task_timeout must be a positive, finite number of seconds"):
+        MemoryStore(task_timeout=seconds)
+    with pytest.raises(ValueError, match="rollout_retention must be a positive, finite number of seconds"):
+        MemoryStore(rollout_retention=seconds)
 
 
 def test_tasks_are_handed_out_oldest_first(store: Store) -> None:
