@@ -248,6 +248,22 @@ def test_the_count_of_forgotten_tasks_is_kept_for_the_store_s_life(tmp_path: Pat
     store.close()
 
 
+def test_a_task_that_ended_twice_within_one_sweep_is_counted_once(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """Cancelled, retried and cancelled again, it is listed twice among the ended rollouts
+    that one sweep sees to (found by the model test)."""
+    store = make_store(rollout_retention=60, forget_tasks=True)
+    [rollout_id] = enqueue(store, "twice")
+    store.cancel_tasks([rollout_id])
+    clock.advance(1)  # listed by (end, id): a second end is a second listing
+    store.retry_tasks([rollout_id])
+    store.cancel_tasks([rollout_id])
+    clock.advance(61)
+    assert (store.prune_ended(100), store.counts().forgotten) == (2, 1)
+    assert forgotten(store, rollout_id)
+
+
 def test_tasks_left_behind_before_forgetting_was_on_go_once_it_is(tmp_path: Path, clock: FakeClock) -> None:
     """Retention without `forget_tasks` kept the tasks of what it deleted; a store opened
     with it then forgets them as it walks its ids, a span of them at a time."""

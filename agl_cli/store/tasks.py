@@ -1075,14 +1075,15 @@ def _forget(conn: sqlite3.Connection, tasks: Sequence[tuple[int, str]]) -> None:
         "DELETE FROM span_sequences WHERE rollout_id IN (SELECT value FROM json_each(?))",
         (orjson.dumps([rollout_id for _, rollout_id in tasks]).decode(),),
     )
-    conn.execute("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))", (ids,))
+    # the rows deleted, not `len(tasks)`: a task cancelled twice is listed twice by the sweep
+    deleted = conn.execute("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))", (ids,)).rowcount
     conn.execute(
         "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = max(value, ?2)",
         (LAST_FORGOTTEN, max(task_id for task_id, _ in tasks)),
     )
     conn.execute(
         "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + ?2",
-        (FORGOTTEN, len(tasks)),
+        (FORGOTTEN, deleted),
     )
 
 
