@@ -6,3 +6,9 @@ MAX_PER_REQUEST = 10_000  # tasks queued, or rollout ids cancelled or retried, i
 MAX_LIST_LIMIT = 10_000  # tasks or rollouts in one page of a list
 DEFAULT_LIST_LIMIT = 100
 MAX_SEQ = 2**62  # the largest sequence number or offset a request may name (SQLite's integers reach 2**63)
+
+
+def is_seq(text: str) -> bool:
+    """Whether `text` names a sequence number: ASCII digits up to `MAX_SEQ` (its length is
+    looked at first, so that no string of thousands of digits is ever converted)."""
+    return text.isascii() and text.isdigit() and len(text) < 20 and int(text) <= MAX_SEQ

@@ -248,7 +248,12 @@ def test_watch_of_a_daemon_that_is_not_running_is_exit_3() -> None:
 
 
 def test_a_bad_since_is_a_usage_error(daemon: Daemon) -> None:
-    for since in ("yesterday", "²", str(2**62 + 1)):  # not the header's name the daemon would give
+    for since in (
+        "yesterday",
+        "²",
+        str(2**62 + 1),
+        "9" * 5000,
+    ):  # the last: int() alone would raise  # not the header's name the daemon would give
         result = agl("rollouts", "watch", "--since", since, daemon=daemon)
         assert_one_line_error(
             result, f"--since takes all, now or a sequence number up to {2**62}, not '{since}'.", code=2

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEQ
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEQ, is_seq
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, target_of
 from agl_cli.cli.errors import ExitCode, fail
@@ -31,7 +31,7 @@ JSON_HELP = "Machine output: JSON Lines (also what a pipe gets)."
 def parse_since(value: str) -> int | str:
     if value in ("all", "now"):
         return 0 if value == "all" else "now"
-    if value.isascii() and value.isdigit() and int(value) <= MAX_SEQ:
+    if is_seq(value):
         return int(value)
     fail(f"--since takes all, now or a sequence number up to {MAX_SEQ}, not '{value}'.", ExitCode.USAGE)
 

@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agl_cli.api_limits import MAX_SEQ
+from agl_cli.api_limits import MAX_SEQ, is_seq
 from agl_cli.server.broker import Broker, broker_of, wait_for
 from agl_cli.server.openapi import Param
 from agl_cli.server.requests import BadRequest
@@ -45,7 +45,7 @@ async def start_position(request: Request, broker: Broker) -> int:
     """Where a stream starts: after `Last-Event-ID`, else after `since` (`now`: the last)."""
     last_event_id = request.headers.get(LAST_EVENT_ID, "").strip()
     if last_event_id:
-        if not _is_seq(last_event_id):
+        if not is_seq(last_event_id):
             raise BadRequest(
                 error(
                     422,
@@ -58,7 +58,7 @@ async def start_position(request: Request, broker: Broker) -> int:
         return 0
     if since == "now":
         return await broker.last_seq()
-    if not _is_seq(since):
+    if not is_seq(since):
         raise BadRequest(
             error(
                 422,
@@ -74,10 +74,6 @@ def position_params(since: str) -> tuple[Param, Param]:
         Param("since", Seq | SINCE_NOW, since),
         Param(LAST_EVENT_ID, Seq, "Resume after this sequence number; wins over `since`.", "header"),
     )
-
-
-def _is_seq(value: str) -> bool:
-    return value.isascii() and value.isdigit() and len(value) < 20 and int(value) <= MAX_SEQ
 
 
 async def _events(broker: Broker, after: int) -> AsyncIterator[ServerSentEvent]:
