@@ -70,8 +70,9 @@ def normalise_url(url: str) -> str:
 def given_url(url: str) -> str:
     """`--url` (or `AGL_URL`) as the client takes it: `http://` added if no scheme is
     given; a usage error, in one sentence, if it cannot be a daemon's address."""
+    normal = normalise_url(url)
     try:
-        parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+        parts = urlsplit(normal)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
     except ValueError:  # a port out of range, an unclosed '[' of an IPv6 address
         usable = False
@@ -80,7 +81,7 @@ def given_url(url: str) -> str:
             f"--url (or AGL_URL) must be an http:// or https:// address such as {DEFAULT_URL}, not '{url}'.",
             ExitCode.USAGE,
         )
-    return normalise_url(url)
+    return normal
 
 
 def discovered_url(state_dir: Path) -> str | None:
