@@ -250,8 +250,8 @@ def _report_dry_run(count: int, json_output: bool) -> None:
     if json_output:
         output.print_json_line({"tasks": count, "queued": 0})
     else:
-        valid = "1 task is valid" if count == 1 else f"{output.count(count, 'task')} are valid"
-        output.write_line(f"{valid}; nothing was queued (--dry-run).")
+        verb = "is" if count == 1 else "are"
+        output.write_line(f"{output.count(count, 'task')} {verb} valid; nothing was queued (--dry-run).")
 
 
 @contextlib.contextmanager
