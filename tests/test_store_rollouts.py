@@ -213,6 +213,24 @@ def test_a_rollout_set_queuing_by_hand_goes_to_the_back_and_a_cancelled_one_is_n
     assert (plain(handed)["rollout_id"], plain(handed)["metadata"]) == (first, {"why": "again"})
 
 
+def test_a_new_config_moves_the_claims_deadline_and_leaves_the_status_as_it_is(
+    store: Store, clock: FakeClock
+) -> None:
+    [timed] = enqueue(store, "timed")
+    store.dequeue_rollouts(1, "w-1")
+    assert store.next_deadline() is None  # the store API's default: no timeout
+    store.update_rollout(timed, {"config": RolloutConfig(timeout_seconds=5).model_dump()})
+    assert store.next_deadline() == clock.now + 5
+    store.update_attempt(timed, "latest", {"status": "succeeded"})
+    store.update_rollout(timed, {"status": "running"})  # by hand, over its attempt's success
+    store.update_rollout(timed, {"config": RETRY.model_dump()})
+    [bare] = enqueue(store, "no attempt")
+    store.update_rollout(bare, {"status": "running"})
+    store.update_rollout(bare, {"config": RETRY.model_dump()})
+    assert (rollout(store, timed)["status"], rollout(store, bare)["status"]) == ("running", "running")
+    assert rollout(store, bare)["config"] == RETRY.model_dump()
+
+
 def test_a_paused_queue_still_starts_what_is_named_directly(store: Store) -> None:
     [queued] = enqueue(store, "waits")
     store.set_paused(True)
@@ -278,6 +296,16 @@ def test_queries_filter_sort_and_page_with_the_total_of_all_matches(store: Store
     assert sorted(r["rollout_id"] for r in either["items"]) == sorted([ids[0], ids[1]])
     assert plain(store.query_attempts(ids[0], AttemptQuery()))["total"] == 1
     assert plain(store.query_workers(WorkerQuery(status_in=["idle"])))["total"] == 1
+
+
+def test_a_batch_is_listed_newest_first_with_its_last_rollout_first(store: Store, clock: FakeClock) -> None:
+    """Each rollout of a batch starts after the one before, also when the clock stands still
+    (as the fake one does), so newest-first is the batch's order reversed."""
+    ids = enqueue(store, "a", "b", "c")
+    newest = plain(store.query_rollouts(RolloutQuery(sort_by="start_time", sort_order="desc")))
+    assert [r["rollout_id"] for r in newest["items"]] == ids[::-1]
+    times = [r["start_time"] for r in newest["items"]]
+    assert times[0] > times[1] > times[2] == clock.now
 
 
 def test_a_committed_batch_is_seen_and_changed_through_the_store_api_before_it_is_moved(store: Store) -> None:

@@ -9,6 +9,7 @@ whole.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -69,21 +70,41 @@ class SQLiteStore(Views):
     # the store API: rollouts ---------------------------------------------------------------
 
     def enqueue_rollouts(self, requests: Sequence[EnqueueRequest]) -> list[dict[str, object]]:
-        now = self.clock()
         with self._write() as conn:
             latest = self._latest_resources_id(conn)
-            rows = [self._new_rollout_row(request, latest, now) for request in requests]
+            rows = [
+                self._new_rollout_row(request, latest, now)
+                for request, now in zip(requests, self._moments(len(requests)), strict=True)
+            ]
             first = self._queue_pos + 1
             conn.executemany(
                 "INSERT INTO tasks (id, rollout_id, status, phase, queue_pos, input, mode, resources_id, metadata,"
                 " create_time, config) VALUES (?1, ?2, 'queued', 'queuing', ?1, ?3, ?4, ?5, ?6, ?7, ?8)",
                 (
-                    (first + index, r.rollout_id, r.input, r.mode, r.resources_id, r.metadata, now, r.config)
+                    (
+                        first + index,
+                        r.rollout_id,
+                        r.input,
+                        r.mode,
+                        r.resources_id,
+                        r.metadata,
+                        r.create_time,
+                        r.config,
+                    )
                     for index, r in enumerate(rows)
                 ),
             )
             self._queue_pos = first + len(rows) - 1
         return [rollout_shape(row, self._legacy_config_json) for row in rows]
+
+    def _moments(self, count: int) -> list[float]:
+        """A start time for each rollout of a batch, each after the one before: 0.3.0 reads
+        the clock as it makes each one, so its newest-first lists show a batch last first."""
+        moments: list[float] = []
+        for _ in range(count):
+            now = self.clock()
+            moments.append(now if not moments or now > moments[-1] else math.nextafter(moments[-1], math.inf))
+        return moments
 
     def start_rollout(self, request: StartRolloutBody) -> dict[str, object]:
         """A rollout that starts at once, outside the queue, with its first attempt."""
@@ -174,7 +195,8 @@ class SQLiteStore(Views):
 
     def update_rollout(self, rollout_id: str, changes: Mapping[str, Any]) -> dict[str, object]:
         """Change the fields given; a new status takes the rollout there (a queuing one goes
-        to the end of the queue, a finished one ends), with nothing checked, as in 0.3.0."""
+        to the end of the queue, a finished one ends), with nothing checked, as in 0.3.0. A
+        new config moves a claim's deadline and nothing else."""
         now = self.clock()
         with self._write() as conn:
             row = self._rollout_row(conn, rollout_id)
@@ -197,7 +219,7 @@ class SQLiteStore(Views):
                 attempt = self._attempt(conn, rollout_id, row.num_claims)
                 row = self._set_phase(conn, row, changes["status"], now, attempt)
             elif "config" in changes and row.status == "claimed":
-                self._follow_latest_attempt(conn, row, self._latest_attempt_of(conn, row), now)
+                self._refresh_deadline(conn, row, self._attempt(conn, rollout_id, row.num_claims))
         return rollout_shape(row, self._legacy_config_json)
 
     def update_attempt(

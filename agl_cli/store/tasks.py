@@ -960,11 +960,15 @@ class TaskStore(Database):
         if phase != row.phase:
             self._set_phase(conn, row, phase, now, attempt)
         elif row.status == "claimed":
-            deadline = self._deadline(row, attempt)
-            if deadline != row.deadline:
-                conn.execute("UPDATE tasks SET deadline = ? WHERE rollout_id = ?", (deadline, row.rollout_id))
-                if deadline is not None:
-                    self._earliest_deadline = min(self._earliest_deadline, deadline)
+            self._refresh_deadline(conn, row, attempt)
+
+    def _refresh_deadline(self, conn: sqlite3.Connection, row: TaskRow, attempt: AttemptRow | None) -> None:
+        """A claimed task's deadline, again from its latest attempt (if any) and its config."""
+        deadline = self._deadline(row, attempt)
+        if deadline != row.deadline:
+            conn.execute("UPDATE tasks SET deadline = ? WHERE rollout_id = ?", (deadline, row.rollout_id))
+            if deadline is not None:
+                self._earliest_deadline = min(self._earliest_deadline, deadline)
 
     def _heartbeat(self, conn: sqlite3.Connection, row: TaskRow, attempt: AttemptRow, now: float) -> None:
         """A sign of life from an attempt (a span arrived): it is running, and so is its

@@ -222,6 +222,25 @@ async def test_a_rollout_is_changed_cancelled_and_requeued_by_hand(pair: Pair) -
     await pair.refused(lambda c: c.start_attempt("ro-000000000000"))
 
 
+async def test_a_status_set_by_hand_outlasts_a_new_config(pair: Pair) -> None:
+    ids: dict[str, tuple[str, str]] = {}
+
+    async def start_two(c: LightningStoreClient) -> Any:
+        done = await c.start_rollout(input="done")
+        bare = await c.enqueue_rollout(input="bare")
+        ids[c.server_address_root] = (done.rollout_id, bare.rollout_id)
+        return done, bare
+
+    await pair.same(start_two)
+    done = lambda c: ids[c.server_address_root][0]  # noqa: E731
+    bare = lambda c: ids[c.server_address_root][1]  # noqa: E731
+    await pair.same(lambda c: c.update_attempt(done(c), "latest", status="succeeded"))
+    for rollout in (done, bare):
+        await pair.same(lambda c, rollout=rollout: c.update_rollout(rollout(c), status="running"))
+        kept = await pair.same(lambda c, rollout=rollout: c.update_rollout(rollout(c), config=RETRY_TWICE))
+        assert kept["status"] == "running"
+
+
 async def test_an_attempt_that_runs_too_long_times_out_and_is_retried(pair: Pair) -> None:
     ids: dict[str, str] = {}
     config = RolloutConfig(timeout_seconds=0.3, max_attempts=2, retry_condition=["timeout"])
@@ -274,6 +293,12 @@ async def test_workers_heartbeat_with_their_stats(pair: Pair) -> None:
     await pair.same(lambda c: c.update_worker("w-10"))
     await pair.same(lambda c: c.query_workers(status_in=["idle", "unknown"], worker_id_contains="w-1"))
     await pair.same(lambda c: c.query_workers(sort_by="worker_id", sort_order="desc", filter_logic="or"))
+
+
+async def test_a_batch_is_listed_newest_first_with_its_last_rollout_first(pair: Pair) -> None:
+    await pair.same(lambda c: c.enqueue_many_rollouts([EnqueueRolloutRequest(input=n) for n in range(3)]))
+    newest = await pair.same(lambda c: c.query_rollouts(sort_by="start_time", sort_order="desc", limit=3))
+    assert [r["input"] for r in newest["items"]] == [2, 1, 0]
 
 
 async def test_queries_filter_sort_and_page_alike(pair: Pair) -> None:
