@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
 from agentlightning.store.memory import InMemoryLightningStore
+from agentlightning.types import Span, SpanContext, TraceStatus
+from agentlightning.types.tracer import OtelResource
 from daemon import Daemon, free_port
 from pydantic import BaseModel
 
@@ -30,6 +32,30 @@ CLIENT_METHODS = frozenset(
     for name in vars(LightningStoreClient)
     if not name.startswith("_") and name not in ("capabilities", "close", "otlp_traces_endpoint")
 )
+
+
+def span(
+    rollout_id: str, attempt_id: str, sequence_id: int, span_id: str, name: str, **attributes: Any
+) -> Span:
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    return Span(
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=sequence_id,
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_id=None,
+        name=name,
+        status=TraceStatus(status_code="OK"),
+        attributes=attributes,
+        events=[],
+        links=[],
+        start_time=1.0,
+        end_time=2.0,
+        context=SpanContext(trace_id=trace_id, span_id=span_id, is_remote=False, trace_state={}),
+        parent=None,
+        resource=OtelResource(attributes={}, schema_url=""),
+    )
 
 
 @dataclass

@@ -12,18 +12,9 @@ from typing import Any
 
 import pytest
 from agentlightning.store.client_server import LightningStoreClient
-from agentlightning.types import (
-    LLM,
-    EnqueueRolloutRequest,
-    PromptTemplate,
-    RolloutConfig,
-    Span,
-    SpanContext,
-    TraceStatus,
-)
-from agentlightning.types.tracer import OtelResource
+from agentlightning.types import LLM, EnqueueRolloutRequest, PromptTemplate, RolloutConfig
 from opentelemetry.sdk.trace import TracerProvider
-from store_pair import CLIENT_METHODS, Pair, start_agl, start_reference
+from store_pair import CLIENT_METHODS, Pair, span, start_agl, start_reference
 
 pytestmark = pytest.mark.timeout(120)
 PROMPT = PromptTemplate(template="Say {x}", engine="f-string")
@@ -35,30 +26,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     reference = start_reference()
     for daemon in start_agl(Path(tmp_path_factory.mktemp("agl")) / "state"):
         yield Pair(daemon.url, reference.url)
-
-
-def span(
-    rollout_id: str, attempt_id: str, sequence_id: int, span_id: str, name: str, **attributes: Any
-) -> Span:
-    trace_id = "0af7651916cd43dd8448eb211c80319c"
-    return Span(
-        rollout_id=rollout_id,
-        attempt_id=attempt_id,
-        sequence_id=sequence_id,
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_id=None,
-        name=name,
-        status=TraceStatus(status_code="OK"),
-        attributes=attributes,
-        events=[],
-        links=[],
-        start_time=1.0,
-        end_time=2.0,
-        context=SpanContext(trace_id=trace_id, span_id=span_id, is_remote=False, trace_state={}),
-        parent=None,
-        resource=OtelResource(attributes={}, schema_url=""),
-    )
 
 
 async def test_resources_are_added_updated_and_found(pair: Pair) -> None:
