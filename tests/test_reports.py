@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from agl_cli.models import Rollout
-from agl_cli.server.reports import LEAN_FROM, MIRRORS, read_lean, read_report
+from agl_cli.server.reports import LEAN_FROM, MIRRORS, read_lean, read_report, with_numbers_tamed
 from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model
 from agl_cli.store import Report
 from agl_cli.store.rows import rollout_from_body
@@ -33,11 +33,13 @@ def read_back(report: Report) -> Read:
 
 
 def pydantic_read(body: bytes) -> Read | bytes:
-    """What the report route read before the lean way, or the body of its 422."""
+    """What the report route reads without the lean way: pydantic's reading of the body, or
+    of the body with the numbers JSON cannot carry made null; or the body of its 422."""
     try:
         return read_back(Report.of(parse_model(body, Rollout), body))
     except BadRequest as refused:
-        return bytes(refused.response.body)
+        tamed = with_numbers_tamed(body)
+        return bytes(refused.response.body) if tamed is None else pydantic_read(tamed)
 
 
 def route_read(body: bytes) -> Read | bytes:
@@ -294,7 +296,7 @@ def test_a_value_a_repeated_key_overrides_is_not_kept(body: bytes) -> None:
 
 
 def test_a_repeated_key_whose_last_value_is_bad_is_refused() -> None:
-    body = with_first(b'"prompt": {"token_ids": [', b'"prompt": [1], "prompt": {"token_ids": [1e999, ')
+    body = with_first(b'"prompt": {"token_ids": [', b'"prompt": [1], "prompt": {"token_ids": ["\\ud800", ')
     assert read_lean(body) is None
     assert route_read(body) == pydantic_read(body)
     assert isinstance(pydantic_read(body), bytes)
@@ -319,3 +321,33 @@ def test_a_report_repeating_a_key_keeps_its_last_value_only(daemon: Daemon) -> N
     assert daemon.post("/rollout", content=body, headers=JSON_TYPE).status_code == 200
     [stored] = daemon.rollouts()
     assert stored["triplets"][0]["prompt"] == worker_report()["triplets"][0]["prompt"]
+
+
+# --- numbers JSON cannot carry: null, as JSON writers write them ------------------------------
+
+TAMED = {
+    "NaN": (b'{"r": NaN}', b'{"r":null}'),
+    "Infinity and -Infinity": (b"[Infinity, -Infinity, 1.5]", b"[null,null,1.5]"),
+    "numbers beyond a float's range": (b'{"r": 1e999, "s": [-2E400, 0.25]}', b'{"r":null,"s":[null,0.25]}'),
+}
+
+
+@pytest.mark.parametrize(("body", "tamed"), TAMED.values(), ids=TAMED.keys())
+def test_numbers_json_cannot_carry_are_made_null(body: bytes, tamed: bytes) -> None:
+    assert with_numbers_tamed(body) == tamed
+
+
+UNTAMED = {
+    "nothing to tame": b'{"r": 1.5, "s": "NaN"}',
+    "not JSON even so": b'{"r": NaN',
+    "a lone surrogate": b'["\\ud800", NaN]',
+    "an integer beyond 64 bits": b"[NaN, 1" + b"0" * 30 + b"]",
+    "a byte order mark": b"\xef\xbb\xbf[NaN]",
+    "nested too deeply to write": b"[" * 300 + b"NaN" + b"]" * 300,
+    "nested too deeply to read": b"[" * 100_000 + b"NaN" + b"]" * 100_000,
+}
+
+
+@pytest.mark.parametrize("body", UNTAMED.values(), ids=UNTAMED.keys())
+def test_a_body_is_tamed_only_if_such_numbers_are_all_that_is_wrong(body: bytes) -> None:
+    assert with_numbers_tamed(body) is None

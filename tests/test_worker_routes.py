@@ -77,14 +77,39 @@ def test_a_rollout_is_acknowledged_like_0_3_0(daemon: Daemon) -> None:
     assert daemon.status()["tasks"]["completed"] == 1
 
 
+def test_numbers_json_cannot_carry_are_kept_as_null_as_json_writers_write_them(daemon: Daemon) -> None:
+    """NaN and Infinity as Python writes them (a 0.3.0 worker's reward may be NaN; its
+    server kept it), and a number beyond a float's range: the report is kept, not lost."""
+    [rollout_id] = daemon.queue(1)
+    daemon.claim()
+    body = (
+        b'{"rollout_id": "%s", "final_reward": NaN, "triplets": [{"prompt": {"token_ids": [1]},'
+        b' "response": {"token_ids": [-Infinity]}, "reward": 1e999}], "metadata": {"kept": 1.5}}'
+        % rollout_id.encode()
+    )
+    response = daemon.post("/rollout", content=body, headers=JSON_TYPE)
+    assert response.status_code == 200
+    [stored] = daemon.rollouts()
+    assert (stored["final_reward"], stored["triplets"][0]["reward"], stored["metadata"]) == (
+        None,
+        None,
+        {"kept": 1.5},
+    )
+    assert stored["triplets"][0]["response"] == {"token_ids": [None]}
+    assert daemon.status()["tasks"]["completed"] == 1
+
+
 BAD_ROLLOUTS: list[tuple[str, bytes, str]] = [
     ("not JSON", b"{bad", "json_invalid"),
     ("empty body", b"", "missing"),
     ("a JSON array", b"[1, 2]", "model_type"),
     ("no rollout_id", b'{"final_reward": 1.0}', "missing"),
     ("a string reward", b'{"rollout_id": "r", "final_reward": "high"}', "float_parsing"),
-    ("a NaN reward", b'{"rollout_id": "r", "final_reward": NaN}', "json_invalid"),
-    ("an infinite reward", b'{"rollout_id": "r", "final_reward": Infinity}', "json_invalid"),
+    (
+        "a NaN reward beside a lone surrogate",
+        b'{"rollout_id": "r", "final_reward": NaN, "logs": ["\\ud800"]}',
+        "json_invalid",
+    ),
     ("a triplet without response", b'{"rollout_id": "r", "triplets": [{"prompt": 1}]}', "missing"),
     ("logs that are not strings", b'{"rollout_id": "r", "logs": [1]}', "string_type"),
 ]

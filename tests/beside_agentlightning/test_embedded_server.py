@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import subprocess
 import sys
@@ -79,6 +80,16 @@ async def test_a_sync_client_in_a_thread_works_against_the_embedded_server(
         await asyncio.to_thread(client.post_rollout, rollout_for(task.rollout_id, float(task.input)))
     rollouts = await server.retrieve_completed_rollouts()
     assert [(r.rollout_id, r.final_reward) for r in rollouts] == [(i, float(k)) for k, i in enumerate(ids)]
+
+
+async def test_a_nan_reward_from_a_worker_comes_back_as_no_reward(server: AgentLightningServer) -> None:
+    """The 0.3.0 client writes a NaN reward as `NaN`, which is not JSON; refused, the report
+    would be lost (the client drops it with a debug line). It is kept, as null."""
+    rollout_id = await server.queue_task("nan")
+    await client_for(server).post_rollout_async(rollout_for(rollout_id, math.nan))
+    rollout = await server.poll_completed_rollout(rollout_id, timeout=5)
+    assert rollout is not None and rollout.final_reward is None
+    assert rollout.triplets is not None and rollout.triplets[0].reward is None
 
 
 async def test_agentlightning_resource_objects_come_back_identical(server: AgentLightningServer) -> None:
