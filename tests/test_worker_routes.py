@@ -130,6 +130,19 @@ def test_a_bad_rollout_is_a_422_that_changes_nothing(
     assert daemon.status()["rollouts"] == 0
 
 
+@pytest.mark.parametrize("args", [(), ("--log-level", "debug")], ids=["direct", "the ASGI way"])
+def test_a_refused_report_is_logged_with_its_reason(
+    make_daemon: Callable[..., Daemon], args: tuple[str, ...]
+) -> None:
+    """The worker notes a refusal only at debug level, so the daemon says it: a result was lost."""
+    daemon = make_daemon(*args)
+    for body in (b'{"rollout_id": "r", "final_reward": "high"}', b'{"rollout_id": "r", tru'):
+        assert daemon.post("/rollout", content=body, headers=JSON_TYPE).status_code == 422
+    log = daemon.log_path.read_text()
+    assert "A worker's report was refused (422): body.final_reward: Input should be a valid number" in log
+    assert "A worker's report was refused (422): byte 20: JSON decode error (" in log
+
+
 def test_a_body_over_the_limit_is_a_413(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon("--max-body-size", "2000")
     big = {"rollout_id": "r", "logs": ["x" * 3000]}

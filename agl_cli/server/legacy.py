@@ -105,7 +105,7 @@ class WorkerRoutes:
 
     def _report(self, body: bytes, respond: Respond) -> None:
         def start() -> tuple[asyncio.Future[ReportOutcome], Callable[[ReportOutcome], Answer]]:
-            report = read_report(body)
+            report = _read_report(body)
             return self.broker.report_soon(report), functools.partial(self._reported, report)
 
         self._serve(REPORT_PATH, "POST", respond, start)
@@ -189,7 +189,7 @@ class WorkerRoutes:
 
     async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
         body = await self._read_body(scope, receive)
-        report = read_report(body)
+        report = _read_report(body)
         await self.broker.report(report)
         return _report_answer(report)
 
@@ -303,6 +303,29 @@ def _report_answer(report: Report) -> Answer:
 def _answer_of(response: ORJSONResponse) -> Answer:
     headers = [header for header in response.raw_headers if header[0] != b"content-length"]
     return response.status_code, bytes(response.body), headers
+
+
+def _read_report(body: bytes) -> Report:
+    """The report in `body`, or `BadRequest`; a refusal is logged, as a result lost: the
+    0.3.0 worker notes it only at debug level, and its task runs again once it times out."""
+    try:
+        return read_report(body)
+    except BadRequest as refused:
+        log.warning("A worker's report was refused (%s): %s", refused.response.status_code, _reason(refused))
+        raise
+
+
+def _reason(refused: BadRequest) -> str:
+    """The first problem of a refusal: for FastAPI's list, where (a field, or a byte of
+    JSON that cannot be read) and what."""
+    detail = orjson.loads(refused.response.body)["detail"]
+    if isinstance(detail, str):
+        return detail
+    first = detail[0]
+    unreadable = first["type"] == "json_invalid"
+    where = f"byte {first['loc'][-1]}" if unreadable else ".".join(map(str, first["loc"]))
+    why = f"{first['msg']} ({first['ctx']['error']})" if unreadable else first["msg"]
+    return f"{where}: {why}"
 
 
 def _failure(exc: Exception) -> Answer:
