@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from agl_cli.models import Rollout
-from agl_cli.server.reports import LEAN_FROM, MIRRORS, read_lean, read_report, with_numbers_tamed
-from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model
+from agl_cli.server.reports import LEAN_FROM, MIRRORS, read_lean, read_report
+from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model, with_numbers_tamed
 from agl_cli.store import Report
 from agl_cli.store.rows import rollout_from_body
 
@@ -38,7 +38,7 @@ def pydantic_read(body: bytes) -> Read | bytes:
     try:
         return read_back(Report.of(parse_model(body, Rollout), body))
     except BadRequest as refused:
-        tamed = with_numbers_tamed(body)
+        tamed = with_numbers_tamed(body, "null")
         return bytes(refused.response.body) if tamed is None else pydantic_read(tamed)
 
 
@@ -330,11 +330,18 @@ TAMED = {
     "Infinity and -Infinity": (b"[Infinity, -Infinity, 1.5]", b"[null,null,1.5]"),
     "numbers beyond a float's range": (b'{"r": 1e999, "s": [-2E400, 0.25]}', b'{"r":null,"s":[null,0.25]}'),
 }
+NAMES = {  # the same, with names, as OTLP's JSON writes them
+    b'{"r": NaN}': (b'"NaN"',),
+    b"[Infinity, -Infinity, 1.5]": (b'"Infinity"', b'"-Infinity"'),
+    b'{"r": 1e999, "s": [-2E400, 0.25]}': (b'"Infinity"', b'"-Infinity"'),
+}
 
 
 @pytest.mark.parametrize(("body", "tamed"), TAMED.values(), ids=TAMED.keys())
-def test_numbers_json_cannot_carry_are_made_null(body: bytes, tamed: bytes) -> None:
-    assert with_numbers_tamed(body) == tamed
+def test_numbers_json_cannot_carry_are_made_null_or_their_names(body: bytes, tamed: bytes) -> None:
+    assert with_numbers_tamed(body, "null") == tamed
+    names = tamed.replace(b"null", b"%s")
+    assert with_numbers_tamed(body, "names") == names % NAMES[body]
 
 
 UNTAMED = {
@@ -350,4 +357,4 @@ UNTAMED = {
 
 @pytest.mark.parametrize("body", UNTAMED.values(), ids=UNTAMED.keys())
 def test_a_body_is_tamed_only_if_such_numbers_are_all_that_is_wrong(body: bytes) -> None:
-    assert with_numbers_tamed(body) is None
+    assert with_numbers_tamed(body, "null") is None

@@ -7,6 +7,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import gzip
+import json
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 AGL = "/v1/agl"
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 def enqueue(daemon: Daemon, *inputs: Any, **fields: Any) -> list[dict[str, Any]]:
@@ -171,6 +174,32 @@ def test_a_body_that_does_not_validate_is_fastapis_422_and_changes_nothing(
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == loc
     assert daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 0
+
+
+def test_numbers_json_cannot_carry_are_kept_by_name_as_otlps_json_writes_them(daemon: Daemon) -> None:
+    """0.3.0's client writes a NaN (a reward span's value, a heartbeat's figure) as Python
+    does, `NaN`; 0.3.0's server read it and then failed to answer with it. A span's
+    attribute cannot be null; agentlightning reads a reward of "NaN" back as NaN."""
+    enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    span = json.dumps({
+        "rollout_id": handed["rollout_id"], "attempt_id": handed["attempt"]["attempt_id"], "sequence_id": 1,
+        "trace_id": "0" * 32, "span_id": "0" * 16, "parent_id": None, "name": "reward", "status": {"status_code": "OK"},
+        "attributes": {"reward": math.nan, "bound": math.inf}, "events": [], "links": [], "start_time": 1.0,
+        "end_time": 2.0, "context": None, "parent": None, "resource": {"attributes": {}, "schema_url": ""},
+    }).encode()  # fmt: skip
+    kept = daemon.post(f"{AGL}/spans", content=span, headers=JSON_TYPE)
+    named = {"reward": "NaN", "bound": "Infinity"}
+    assert (kept.status_code, kept.json()["attributes"]) == (201, named)
+    exported = proto_span("exported", b"\x01" * 8, **{
+        "agentlightning.rollout_id": handed["rollout_id"], "agentlightning.attempt_id": handed["attempt"]["attempt_id"],
+    })  # fmt: skip
+    exported.attributes.append(KeyValue(key="loss", value=AnyValue(double_value=-math.inf)))
+    assert daemon.post("/v1/traces", content=export(exported), headers=PROTOBUF).status_code == 200
+    [first, second] = spans_of(daemon, handed["rollout_id"])
+    assert (first["attributes"], second["attributes"]["loss"]) == (named, "-Infinity")
+    beat = daemon.post(f"{AGL}/workers/w-1", content=b'{"heartbeat_stats": {"cpu": NaN}}', headers=JSON_TYPE)
+    assert (beat.status_code, beat.json()["heartbeat_stats"]) == (200, {"cpu": "NaN"})
 
 
 def test_a_null_where_0_3_0_refuses_one_is_a_400(daemon: Daemon) -> None:

@@ -12,6 +12,7 @@ as rejected in the answer's `partial_success`, as OTLP provides.
 from __future__ import annotations
 
 import gzip
+import math
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -30,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agl_cli.server.broker import broker_of
+from agl_cli.server.requests import non_finite_name
 from agl_cli.store_models import Span
 
 PROTOBUF = "application/x-protobuf"
@@ -180,6 +182,8 @@ def _value(value: AnyValue) -> Any:
         return _attributes(value.kvlist_value.values)
     if kind == "bytes_value":
         return value.bytes_value.hex()
+    if kind == "double_value" and not math.isfinite(value.double_value):
+        return non_finite_name(value.double_value)  # null would not be an attribute's value
     return getattr(value, kind)
 
 

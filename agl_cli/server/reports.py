@@ -21,15 +21,12 @@ report alike (tests/test_reports.py).
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 import msgspec
-import orjson
 
 from agl_cli.models import Mode, Rollout, Task, Triplet
-from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model, too_deep
+from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model, too_deep, with_numbers_tamed
 from agl_cli.store import Report
 
 
@@ -84,44 +81,10 @@ def read_report(body: bytes) -> Report:
     try:
         return Report.of(parse_model(body, Rollout), body)
     except BadRequest:
-        tamed = with_numbers_tamed(body)
+        tamed = with_numbers_tamed(body, "null")  # kept as read: what is kept must be JSON
         if tamed is None:
             raise
         return Report.of(parse_model(tamed, Rollout), tamed)
-
-
-def with_numbers_tamed(body: bytes) -> bytes | None:
-    """`body` with its NaN, Infinity and numbers beyond a float's range written as null, if
-    it has any and is JSON but for them; else None.
-
-    A 0.3.0 worker sends a reward of NaN as Python writes it (`NaN`), and 0.3.0's server
-    kept it. Refused, the worker would drop the report with a debug line and its task run
-    again; null is what JSON writers make of such a number, and a trainer's missing reward.
-    """
-    tamed = False
-
-    def finite(text: str) -> float | None:
-        nonlocal tamed
-        number = float(text)
-        if math.isfinite(number):
-            return number
-        tamed = True
-        return None
-
-    def constant(_: str) -> None:  # NaN, Infinity, -Infinity
-        nonlocal tamed
-        tamed = True
-
-    try:
-        parsed = json.loads(body.decode(), parse_float=finite, parse_constant=constant)
-    except (ValueError, RecursionError):
-        return None
-    if not tamed:
-        return None
-    try:
-        return orjson.dumps(parsed)
-    except orjson.JSONEncodeError:  # a lone surrogate, an integer beyond 64 bits, too deep
-        return None
 
 
 def read_lean(body: bytes) -> Report | None:

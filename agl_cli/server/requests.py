@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -18,6 +20,7 @@ from agl_cli.server.responses import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+Tamed = Literal["null", "names"]  # what `with_numbers_tamed` makes of NaN and infinities
 
 
 class BadRequest(Exception):
@@ -43,14 +46,18 @@ answer with must be refused now, not fail every later read of it."""
 _HEADROOM = 255 - MAX_DEPTH
 
 
-def parse_json(body: bytes) -> Any:
-    """A request body as JSON, or the 422 that FastAPI would give for it."""
+def parse_json(body: bytes, tame: Tamed | None = None) -> Any:
+    """A request body as JSON, or the 422 that FastAPI would give for it; with `tame`, the
+    numbers JSON cannot carry are read as that makes them (`with_numbers_tamed`)."""
     if not body.strip():
         raise BadRequest(missing_body_error())
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(json_decode_error(exc.msg, exc.pos)) from None
+        tamed = with_numbers_tamed(body, tame) if tame else None
+        if tamed is None:
+            raise BadRequest(json_decode_error(exc.msg, exc.pos)) from None
+        parsed = orjson.loads(tamed)
     # Nesting deeper than MAX_DEPTH takes more than twice as many bytes; a shorter body
     # needs no look (and counting brackets costs as much as the look itself).
     if len(body) > 2 * MAX_DEPTH and too_deep(parsed):
@@ -70,13 +77,52 @@ def too_deep(parsed: Any) -> bool:
     return False
 
 
-def parse_model(body: bytes, model: type[M]) -> M:
+def parse_model(body: bytes, model: type[M], tame: Tamed | None = None) -> M:
     """A request body checked against `model`, or the 422 that lists what is wrong."""
-    payload = parse_json(body)
+    payload = parse_json(body, tame)
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise BadRequest(validation_error(exc)) from None
+
+
+def with_numbers_tamed(body: bytes, tamed_as: Tamed) -> bytes | None:
+    """`body` with its NaN, Infinity and numbers beyond a float's range written as null or
+    as their names (`"NaN"`, `"Infinity"`, `"-Infinity"`), if it has any and is JSON but
+    for them; else None.
+
+    0.3.0's clients write JSON with Python's writer, which writes a NaN (a reward, a span's
+    attribute) as `NaN`, and 0.3.0's servers read it. null is what JSON writers make of
+    such a number: a worker's report takes it (a missing reward). A span's attribute
+    cannot be null, so the store API keeps names, as OTLP's JSON writes them: agentlightning
+    reads a reward of "NaN" back as NaN.
+    """
+    tamed = False
+
+    def finite(text: str) -> float | str | None:
+        number = float(text)
+        return number if math.isfinite(number) else constant(non_finite_name(number))
+
+    def constant(name: str) -> str | None:  # NaN, Infinity, -Infinity
+        nonlocal tamed
+        tamed = True
+        return name if tamed_as == "names" else None
+
+    try:
+        parsed = json.loads(body.decode(), parse_float=finite, parse_constant=constant)
+    except (ValueError, RecursionError):
+        return None
+    if not tamed:
+        return None
+    try:
+        return orjson.dumps(parsed)
+    except orjson.JSONEncodeError:  # a lone surrogate, an integer beyond 64 bits, too deep
+        return None
+
+
+def non_finite_name(number: float) -> str:
+    """How OTLP's JSON (proto3's mapping) writes a number JSON cannot carry."""
+    return "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
 
 
 def float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
