@@ -107,7 +107,10 @@ def test_show_gives_the_whole_rollout_and_an_unknown_or_unfinished_one_is_one_li
     post_rollout(daemon, rollout_id, reward=0.25)
     shown = json.loads(agl("rollouts", "show", rollout_id, "--json", daemon=daemon).stdout)
     assert (shown["rollout_id"], shown["final_reward"]) == (rollout_id, 0.25)
-    assert agl("rollouts", "show", rollout_id, daemon=daemon).returncode == 0
+    human = agl("rollouts", "show", rollout_id, daemon=daemon)
+    assert human.returncode == 0
+    assert '"input": 1,' in [line.strip() for line in human.stdout.splitlines()]  # the task: JSON lines
+    assert "\\x0a" not in human.stdout
     assert_one_line_error(
         agl("rollouts", "show", "rollout-nope", daemon=daemon), "No rollout with id 'rollout-nope'."
     )

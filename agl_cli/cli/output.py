@@ -142,11 +142,13 @@ def brief(value: Any, width: int = 40) -> str:
 # Control characters (C0, DEL, C1) as `\x1b`: a worker chooses an unsolicited rollout's id,
 # and an escape sequence in it must not clear or retitle the terminal that lists it.
 _CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS_BUT_LINES = {code: written for code, written in _CONTROLS.items() if code != ord("\n")}
 
 
-def shown(text: str) -> str:
-    """`text` with its control characters written out, safe to print on a terminal."""
-    return text.translate(_CONTROLS)
+def shown(text: str, lines: bool = False) -> str:
+    """`text` with its control characters written out, safe to print on a terminal; with
+    `lines`, its line breaks kept (for text agl laid out in lines, such as indented JSON)."""
+    return text.translate(_CONTROLS_BUT_LINES if lines else _CONTROLS)
 
 
 def plain(text: str) -> Text:
@@ -193,10 +195,11 @@ def show_record(record: Mapping[str, Any], title: str | None = None) -> None:
 
     rows = grid()
     for key, value in record.items():
+        text: str | Text
         if key.endswith("_time") and isinstance(value, (int, float)):
             text = f"{timestamp(value)}  ({value})"
         elif isinstance(value, (dict, list)) and value:
-            text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+            text = Text(shown(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode(), lines=True))
         else:
             text = json_text(value) if not isinstance(value, str) else value
         rows.add_row(key, text)
