@@ -188,7 +188,11 @@ class WorkerRoutes:
         return _claim_answer(await self.broker.claim(wait))
 
     async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
-        body = await self._read_body(scope, receive)
+        try:
+            body = await self._read_body(scope, receive)
+        except BadRequest as refused:  # over the size limit: the only way here for such a report
+            _log_refused(refused)
+            raise
         report = _read_report(body)
         await self.broker.report(report)
         return _report_answer(report)
@@ -311,8 +315,12 @@ def _read_report(body: bytes) -> Report:
     try:
         return read_report(body)
     except BadRequest as refused:
-        log.warning("A worker's report was refused (%s): %s", refused.response.status_code, _reason(refused))
+        _log_refused(refused)
         raise
+
+
+def _log_refused(refused: BadRequest) -> None:
+    log.warning("A worker's report was refused (%s): %s", refused.response.status_code, _reason(refused))
 
 
 def _reason(refused: BadRequest) -> str:
