@@ -45,6 +45,9 @@ def backup(
         fail(f"{path} is a directory: give the copy a file name.")
     if path.exists() and not force:
         fail(f"{path} exists: give --force to replace it.")
+    if not path.parent.is_dir():
+        within = "is not a directory" if path.parent.exists() else "does not exist"
+        fail(f"Cannot write {path}: {path.parent} {within}.")
     partial = path.with_name(f".{path.name}.partial")
     try:
         handle = open_private(partial)
