@@ -283,6 +283,21 @@ def test_cancelling_the_queue_takes_what_was_queued_and_leaves_the_rest(
     assert store.counts().tasks[TaskStatus.CANCELLED] == 6 and not store.drain_step()
 
 
+def test_cancelling_the_queue_goes_in_queue_order_past_a_batch_emptied_by_hand(store: Store) -> None:
+    """A committed batch whose tasks were all moved out of `staging` by name (cancelled, say)
+    must not hide the batch after it: each write cancels the queue's first tasks."""
+    emptied, later = store.create_batch(), store.create_batch()
+    [by_hand] = stage(store, emptied, "cancelled by hand")
+    store.commit_batch(emptied)
+    [next_in_line] = stage(store, later, "next in line")
+    store.commit_batch(later)
+    [last] = queue(store, "last")
+    store.cancel_task(by_hand)
+    assert store.cancel_queued(store.last_queue_place(), 1) == 1
+    statuses = {r.rollout_id: r.status for r in store.list_tasks()}
+    assert (statuses[next_in_line], statuses[last]) == (TaskStatus.CANCELLED, TaskStatus.QUEUED)
+
+
 def test_a_task_cancelled_with_the_queue_is_as_one_cancelled_by_id(store: Store, clock: FakeClock) -> None:
     by_id, _ = queue(store, "same", "same")
     clock.advance(1)

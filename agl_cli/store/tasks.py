@@ -541,8 +541,11 @@ class TaskStore(Database):
 
     def cancel_queued(self, last_place: int, limit: int) -> int:
         with self._write() as conn:
-            if self._draining and self._draining[0].base_pos < last_place:
-                self._move_staged(conn, self._draining[0], limit)
+            while self._draining and self._draining[0].base_pos < last_place:
+                drain = self._draining[0]
+                self._move_staged(conn, drain, limit)
+                if self._draining and self._draining[0] is drain:
+                    break  # it holds more: the queue's first `limit` places are all in `tasks` now
             # `_set_phase(row, "cancelled")` for many queued tasks in one statement, four
             # times as fast (a test holds the two to the same rows)
             cancelled: int = conn.execute(
