@@ -298,6 +298,20 @@ def test_cancelling_the_queue_goes_in_queue_order_past_a_batch_emptied_by_hand(s
     assert (statuses[next_in_line], statuses[last]) == (TaskStatus.CANCELLED, TaskStatus.QUEUED)
 
 
+def test_cancelling_the_whole_queue_leaves_no_batch_behind_one_emptied_by_hand(store: Store) -> None:
+    """Its first write used to find nothing to cancel there, and so end the whole cancel."""
+    emptied, later = store.create_batch(), store.create_batch()
+    [by_hand] = stage(store, emptied, "cancelled by hand")
+    store.commit_batch(emptied)
+    stage(store, later, "one", "two")
+    store.commit_batch(later)
+    store.cancel_task(by_hand)
+    last_place = store.last_queue_place()
+    while store.cancel_queued(last_place, 1_000):
+        pass
+    assert store.counts().tasks[TaskStatus.QUEUED] == 0
+
+
 def test_a_task_cancelled_with_the_queue_is_as_one_cancelled_by_id(store: Store, clock: FakeClock) -> None:
     by_id, _ = queue(store, "same", "same")
     clock.advance(1)
