@@ -109,7 +109,7 @@ class History:
         r = self.random
         rollout, attempt = self.name("ro", "ro-000000000000"), self.name("at", "at-00000000", "latest")
         resources = self.name("rs", "default", "unpublished")
-        match r.randrange(21):
+        match r.randrange(22):
             case 0:
                 await self.call(
                     "enqueue_rollout",
@@ -224,6 +224,8 @@ class History:
                 await self.call(
                     "query_resources", **self.some(sort_by=["version", "create_time"], limit=[-1, 3])
                 )
+            case 20:
+                await self.call("get_resources_by_id", resources)
             case _:
                 query = self.some(
                     sort_by=["sequence_id", "name", "start_time"],
