@@ -4,15 +4,17 @@ after every call the two answers agree (ids and times aside), or both servers re
 The differential module walks every method through one planned history; these find the
 orders nobody planned (a status set by hand, then a new config; a batch listed newest
 first). A failure names the seed and the calls that led to it. No call sets a timeout,
-so the servers' clocks cannot decide an answer. The suite runs a few histories; to search
-wider, set AGL_HISTORIES (say, 200).
+so the servers' clocks cannot decide an answer. In the crash histories agl is killed
+(`kill -9`) and restarted between calls now and then, and must answer after each restart
+as 0.3.0's server, which never stopped, does: whatever it answered is on disk. The suite
+runs a few histories; to search wider, set AGL_HISTORIES (say, 200).
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args
 
@@ -26,11 +28,14 @@ from agentlightning.types import (
     RolloutConfig,
     RolloutStatus,
 )
+from daemon import Daemon
 from store_pair import Pair, span, start_agl, start_reference
 
 pytestmark = pytest.mark.timeout(180)
 STEPS = 300
 HISTORIES = int(os.environ.get("AGL_HISTORIES", "8"))
+CRASH_HISTORIES = int(os.environ.get("AGL_HISTORIES", "2"))
+CRASHES_PER_CALL = 0.05
 INPUTS: list[Any] = [1, "x", {"k": [1, 2]}, None, [None]]
 MODES = [None, "train", "val", "test"]
 WORKERS = ["w-1", "w-2", "w-3", None]
@@ -41,11 +46,16 @@ SPAN_IDS = ["00f067aa0ba902b7", "00f067aa0ba902b8", "00f067aa0ba902b9"]
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
+def daemon_and_pair(tmp_path: Path) -> Iterator[tuple[Daemon, Pair]]:
     """A fresh pair for each history, so that a seed replays alone."""
     reference = start_reference()
     for daemon in start_agl(tmp_path / "state"):
-        yield Pair(daemon.url, reference.url)
+        yield daemon, Pair(daemon.url, reference.url)
+
+
+@pytest.fixture
+def pair(daemon_and_pair: tuple[Daemon, Pair]) -> Pair:
+    return daemon_and_pair[1]
 
 
 class History:
@@ -54,10 +64,11 @@ class History:
     Ids are passed by the names the pair gives them (`<ro-3>`); each side gets its own id.
     An argument that holds ids inside (a span) is passed as a function of the translation."""
 
-    def __init__(self, pair: Pair, seed: int) -> None:
+    def __init__(self, pair: Pair, seed: int, crash: Callable[[], str] | None = None) -> None:
         self.pair = pair
         self.random = random.Random(seed)
         self.calls: list[str] = []
+        self.crash = crash  # kills agl and starts it again; its new address
 
     def name(self, kind: str, *strangers: str) -> str:
         """An id of that kind (`ro`, `at`, `rs`) among the last few handed out, so that calls
@@ -109,6 +120,10 @@ class History:
         r = self.random
         rollout, attempt = self.name("ro", "ro-000000000000"), self.name("at", "at-00000000", "latest")
         resources = self.name("rs", "default", "unpublished")
+        if self.crash is not None and r.random() < CRASHES_PER_CALL:
+            self.calls.append("kill -9, then a restart")
+            self.pair.urls = (self.crash(), self.pair.urls[1])
+            return
         match r.randrange(22):
             case 0:
                 await self.call(
@@ -236,12 +251,30 @@ class History:
                 await self.call("query_spans", rollout, r.choice([None, "latest", attempt]), **query)
 
 
-@pytest.mark.parametrize("seed", range(HISTORIES))
-async def test_random_calls_get_the_same_answers_from_both_servers(pair: Pair, seed: int) -> None:
-    history = History(pair, seed)
+async def play(history: History, seed: int) -> None:
     for _ in range(STEPS):
         try:
             await history.step()
         except AssertionError as disagreement:
             calls = "\n".join(history.calls[-15:])
             raise AssertionError(f"seed {seed}, after these calls (the last 15):\n{calls}") from disagreement
+
+
+@pytest.mark.parametrize("seed", range(HISTORIES))
+async def test_random_calls_get_the_same_answers_from_both_servers(pair: Pair, seed: int) -> None:
+    await play(History(pair, seed), seed)
+
+
+@pytest.mark.parametrize("seed", range(1000, 1000 + CRASH_HISTORIES))
+async def test_answers_stay_the_same_across_crashes_of_agl(
+    daemon_and_pair: tuple[Daemon, Pair], seed: int
+) -> None:
+    daemon, pair = daemon_and_pair
+
+    def crash() -> str:
+        daemon.kill()
+        return daemon.start().url
+
+    history = History(pair, seed, crash)
+    await play(history, seed)
+    assert daemon.starts > 1, "no crash in the whole history"
