@@ -6,7 +6,7 @@ expect, so that a payload produced by either side validates on the other.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, NamedTuple, TypeAlias, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,9 +45,45 @@ class TaskSpec(BaseModel):
     @field_validator("resources_id")
     @classmethod
     def _non_empty_id(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
+        if value is not None and _blank(value):
             raise ValueError("resources_id must not be empty")
         return value
+
+
+def _blank(resources_id: str) -> bool:
+    return not resources_id.strip()
+
+
+class PlainTask(NamedTuple):
+    """A task given as parsed JSON that `TaskSpec` would take exactly as it is (see
+    `plain_task`), with `TaskSpec`'s fields: for the store, as good as one."""
+
+    input: Any
+    mode: Mode | None
+    resources_id: str | None
+    metadata: dict[str, Any]
+
+
+NewTask: TypeAlias = TaskSpec | PlainTask  # a task to queue, as the store takes it
+_TASK_FIELDS = frozenset(TaskSpec.model_fields)
+_MODES = (None, *get_args(Mode))
+
+
+def plain_task(value: Any) -> PlainTask | None:
+    """`value` (parsed JSON) as a task, if it is one `TaskSpec` takes as it is; else None,
+    which means "ask `TaskSpec`" (for its reasons), not "bad". In a fraction of pydantic's
+    time, for the daemon, which reads `agl queue`'s million tasks 5,000 a request."""
+    if type(value) is not dict or "input" not in value or not _TASK_FIELDS.issuperset(value):
+        return None
+    mode, resources_id = value.get("mode"), value.get("resources_id")
+    metadata = value.get("metadata", {})
+    if (
+        mode not in _MODES
+        or (resources_id is not None and (type(resources_id) is not str or _blank(resources_id)))
+        or type(metadata) is not dict
+    ):
+        return None
+    return PlainTask(value["input"], mode, resources_id, metadata)
 
 
 class TaskIfAny(BaseModel):

@@ -24,6 +24,7 @@ from agl_cli.server.rates import RateWindow
 from agl_cli.server.writer import Batched, CommitStats, GroupCommitThreads, failure_logged
 from agl_cli.store import (
     Claim,
+    NewTask,
     Report,
     ReportOutcome,
     RewardSeries,
@@ -36,7 +37,6 @@ from agl_cli.store import (
     StoredRollout,
     TaskHistory,
     TaskRecord,
-    TaskSpec,
 )
 from agl_cli.store.base import SpansAdded, new_store_resources_id
 from agl_cli.store_models import (
@@ -250,7 +250,7 @@ class Broker:
 
     # tasks -------------------------------------------------------------------------------
 
-    async def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
+    async def queue_tasks(self, specs: Sequence[NewTask]) -> list[str]:
         queued = self._threads.write(lambda: self._store.queue_tasks(specs))
         # Waiting workers may claim right away: their claims are taken after this write,
         # so they see its tasks, and are answered only once its commit is synced.
@@ -365,7 +365,7 @@ class Broker:
     async def create_batch(self) -> str:
         return await self._threads.write(self._store.create_batch)
 
-    async def stage_tasks(self, batch_id: str, specs: Sequence[TaskSpec]) -> tuple[list[str], int]:
+    async def stage_tasks(self, batch_id: str, specs: Sequence[NewTask]) -> tuple[list[str], int]:
         """Stage tasks in a batch; their future ids, and how many the batch holds now."""
 
         def stage() -> tuple[list[str], int]:

@@ -79,7 +79,11 @@ def too_deep(parsed: Any) -> bool:
 
 def parse_model(body: bytes, model: type[M], tame: Tamed | None = None) -> M:
     """A request body checked against `model`, or the 422 that lists what is wrong."""
-    payload = parse_json(body, tame)
+    return validated(parse_json(body, tame), model)
+
+
+def validated(payload: Any, model: type[M]) -> M:
+    """A parsed body checked against `model`, or the 422 that lists what is wrong."""
     try:
         return model.model_validate(payload)
     except ValidationError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agl_cli.store.base import (
     Claim,
     InvalidTransitionError,
+    NewTask,
     Report,
     ReportOutcome,
     RewardPoint,
@@ -36,6 +37,7 @@ __all__ = [
     "Claim",
     "InvalidTransitionError",
     "MemoryStore",
+    "NewTask",
     "NotAglDatabaseError",
     "Report",
     "ReportOutcome",

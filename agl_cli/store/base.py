@@ -22,7 +22,8 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agl_cli.models import NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
-from agl_cli.models import TaskSpec as TaskSpec  # lives with the wire types; re-exported here
+from agl_cli.models import NewTask as NewTask  # lives with the wire types; re-exported here
+from agl_cli.models import TaskSpec as TaskSpec
 from agl_cli.store_models import (
     AttemptQuery,
     EnqueueRequest,
@@ -349,7 +350,7 @@ def new_batch_id() -> str:
     return f"batch-{uuid.uuid4()}"
 
 
-def new_task(rollout_id: str, spec: TaskSpec, create_time: float | None) -> Task:
+def new_task(rollout_id: str, spec: NewTask, create_time: float | None) -> Task:
     """The wire task for a spec: never claimed yet, and `resources_id` only if given."""
     return Task(
         rollout_id=rollout_id,
@@ -462,7 +463,7 @@ class Store(abc.ABC):
 
     # tasks
     @abc.abstractmethod
-    def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
+    def queue_tasks(self, specs: Sequence[NewTask]) -> list[str]:
         """Queue all of `specs` or none of them; return their rollout ids in order."""
 
     # batches: a large submission uploaded in parts, then queued all at once or not at all.
@@ -474,7 +475,7 @@ class Store(abc.ABC):
         """Open an empty batch and return its id."""
 
     @abc.abstractmethod
-    def stage_tasks(self, batch_id: str, specs: Sequence[TaskSpec]) -> list[str]:
+    def stage_tasks(self, batch_id: str, specs: Sequence[NewTask]) -> list[str]:
         """Add tasks to a batch (all of `specs` or none); return their future rollout ids."""
 
     @abc.abstractmethod

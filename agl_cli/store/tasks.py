@@ -33,12 +33,12 @@ import orjson
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.store.base import (
     Claim,
+    NewTask,
     Report,
     ReportOutcome,
     StoreCounts,
     StoredRollout,
     TaskRecord,
-    TaskSpec,
     UnknownBatchError,
     UnknownTaskError,
     check_cancellable,
@@ -143,7 +143,7 @@ class TaskStore(Database):
 
     # tasks -------------------------------------------------------------------------------
 
-    def queue_tasks(self, specs: Sequence[TaskSpec]) -> list[str]:
+    def queue_tasks(self, specs: Sequence[NewTask]) -> list[str]:
         now = self.clock()
         ids = new_rollout_ids(len(specs))
         with self._write() as conn:
@@ -177,7 +177,7 @@ class TaskStore(Database):
             )
         return batch_id
 
-    def stage_tasks(self, batch_id: str, specs: Sequence[TaskSpec]) -> list[str]:
+    def stage_tasks(self, batch_id: str, specs: Sequence[NewTask]) -> list[str]:
         ids = new_rollout_ids(len(specs))
         rows = [
             (
