@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import Span, SpanContext, TraceStatus
 from agentlightning.types.tracer import OtelResource
 from daemon import Daemon, free_port
+from histories import Names
 from pydantic import BaseModel
 
 ID = re.compile(r"^(ro|at|rs)-[0-9a-f]{6,}$")
@@ -56,20 +57,6 @@ def span(
         parent=None,
         resource=OtelResource(attributes={}, schema_url=""),
     )
-
-
-@dataclass
-class Names:
-    """Stable names for one server's generated ids, in the order they first appear."""
-
-    seen: dict[str, str] = field(default_factory=dict)
-
-    def of(self, value: str) -> str:
-        if value not in self.seen:
-            prefix = value.split("-", 1)[0]
-            count = sum(1 for name in self.seen.values() if name.startswith(f"<{prefix}-"))
-            self.seen[value] = f"<{prefix}-{count + 1}>"
-        return self.seen[value]
 
 
 def normalized(value: Any, names: Names, key: str = "") -> Any:
@@ -123,7 +110,7 @@ class Pair:
     def real(self, client: LightningStoreClient, name: str) -> str:
         """The id that `name` stands for on the server `client` talks to."""
         side = 0 if client.server_address_root == self.urls[0] else 1
-        return next(real for real, given in self.names[side].seen.items() if given == name)
+        return self.names[side].real(name)
 
     async def refused(self, call: Callable[[LightningStoreClient], Awaitable[Any]]) -> None:
         for client in self.clients():

@@ -28,6 +28,7 @@ from agentlightning.client import AgentLightningClient
 from agentlightning.server import AgentLightningServer as Reference
 from agentlightning.types import RolloutLegacy, Triplet
 from daemon import free_port
+from histories import Names, play
 from pydantic import BaseModel
 
 from agl_cli import AgentLightningServer
@@ -48,17 +49,7 @@ class Side:
     def __init__(self, server: Any) -> None:
         self.server = server
         self.client = AgentLightningClient(endpoint=server.endpoint, poll_interval=0.01, timeout=5)
-        self.names: dict[str, str] = {}
-
-    def name(self, value: str) -> str:
-        if value not in self.names:
-            kind = value.split("-", 1)[0]
-            count = sum(1 for name in self.names.values() if name.startswith(f"<{kind}-"))
-            self.names[value] = f"<{kind}-{count + 1}>"
-        return self.names[value]
-
-    def real(self, name: str) -> str:
-        return next((real for real, given in self.names.items() if given == name), name)
+        self.names = Names()
 
     def normalized(self, value: Any, key: str = "") -> Any:
         if isinstance(value, BaseModel):
@@ -68,7 +59,7 @@ class Side:
         if isinstance(value, (list, tuple)):
             return [self.normalized(v) for v in value]
         if isinstance(value, str):
-            return ID.sub(lambda match: self.name(match.group()), value)
+            return ID.sub(lambda match: self.names.of(match.group()), value)
         if key.endswith("_time") and isinstance(value, (int, float)):
             return "<t>"
         return value
@@ -119,7 +110,7 @@ class History:
                     lambda side: side.server.queue_task(
                         sample,
                         mode=mode,
-                        resources_id=side.real(some_bundle) if bundle else None,
+                        resources_id=side.names.real(some_bundle) if bundle else None,
                         metadata=metadata,
                     ),
                 )
@@ -148,7 +139,7 @@ class History:
                     f"post_rollout({task}, {reward})",
                     lambda side: side.client.post_rollout_async(
                         RolloutLegacy(
-                            rollout_id=side.real(task),
+                            rollout_id=side.names.real(task),
                             final_reward=reward,
                             triplets=[Triplet(prompt={"p": 1}, response="r", reward=reward)],
                             metadata={"w": 1},
@@ -158,7 +149,7 @@ class History:
             case 4:
                 await self.same(
                     f"get_completed_rollout({some_task})",
-                    lambda side: side.server.get_completed_rollout(side.real(some_task)),
+                    lambda side: side.server.get_completed_rollout(side.names.real(some_task)),
                 )
             case 5:
                 await self.same(
@@ -169,17 +160,8 @@ class History:
             case _:
                 await self.same(
                     f"get_resources_by_id({some_bundle})",
-                    lambda side: side.client.get_resources_by_id_async(side.real(some_bundle)),
+                    lambda side: side.client.get_resources_by_id_async(side.names.real(some_bundle)),
                 )
-
-
-async def play(history: History, seed: int) -> None:
-    for _ in range(STEPS):
-        try:
-            await history.step()
-        except AssertionError as disagreement:
-            calls = "\n".join(history.calls[-15:])
-            raise AssertionError(f"seed {seed}, after these calls (the last 15):\n{calls}") from disagreement
 
 
 @pytest.fixture
@@ -202,7 +184,7 @@ async def test_random_legacy_calls_get_the_same_answers_from_both_servers(
 ) -> None:
     ours = await started(tmp_path / "agl.db")
     try:
-        await play(History(ours, reference, seed), seed)
+        await play(History(ours, reference, seed), seed, STEPS)
     finally:
         await ours.server.stop()
 
@@ -225,7 +207,7 @@ async def test_legacy_answers_stay_the_same_across_restarts(
 
     history = History(await started(path), reference, seed, restart)
     try:
-        await play(history, seed)
+        await play(history, seed, STEPS)
     finally:
         await history.sides[0].server.stop()
     assert restarts, "no restart in the whole history"

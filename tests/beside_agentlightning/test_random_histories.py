@@ -29,6 +29,7 @@ from agentlightning.types import (
     RolloutStatus,
 )
 from daemon import Daemon
+from histories import play
 from store_pair import Pair, span, start_agl, start_reference
 
 pytestmark = pytest.mark.timeout(180)
@@ -251,18 +252,9 @@ class History:
                 await self.call("query_spans", rollout, r.choice([None, "latest", attempt]), **query)
 
 
-async def play(history: History, seed: int) -> None:
-    for _ in range(STEPS):
-        try:
-            await history.step()
-        except AssertionError as disagreement:
-            calls = "\n".join(history.calls[-15:])
-            raise AssertionError(f"seed {seed}, after these calls (the last 15):\n{calls}") from disagreement
-
-
 @pytest.mark.parametrize("seed", range(HISTORIES))
 async def test_random_calls_get_the_same_answers_from_both_servers(pair: Pair, seed: int) -> None:
-    await play(History(pair, seed), seed)
+    await play(History(pair, seed), seed, STEPS)
 
 
 @pytest.mark.parametrize("seed", range(1000, 1000 + CRASH_HISTORIES))
@@ -276,5 +268,5 @@ async def test_answers_stay_the_same_across_crashes_of_agl(
         return daemon.start().url
 
     history = History(pair, seed, crash)
-    await play(history, seed)
+    await play(history, seed, STEPS)
     assert daemon.starts > 1, "no crash in the whole history"
