@@ -313,11 +313,14 @@ def test_everything_the_store_api_answered_survives_kill_9(
             == 200
         )
     before = daemon.post(f"{AGL}/rollouts/search", json={}).json()
+    first = {"rollout_id": handed[0]["rollout_id"], "attempt_id": handed[0]["attempt"]["attempt_id"]}
+    assert daemon.post(f"{AGL}/spans/next", json=first).json() == {"sequence_id": 2}
 
     daemon.kill()
     daemon.start()
 
     assert daemon.post(f"{AGL}/rollouts/search", json={}).json() == before
+    assert daemon.post(f"{AGL}/spans/next", json=first).json() == {"sequence_id": 3}
     assert [r["status"] for r in before["items"]] == [
         "succeeded",
         "requeuing",
