@@ -22,8 +22,8 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agl_cli.models import NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
-from agl_cli.models import NewTask as NewTask  # lives with the wire types; re-exported here
-from agl_cli.models import TaskSpec as TaskSpec
+from agl_cli.models import NewTask as NewTask  # tasks to queue live with the wire types;
+from agl_cli.models import TaskSpec as TaskSpec  # both are re-exported here
 from agl_cli.store_models import (
     AttemptQuery,
     EnqueueRequest,
