@@ -31,8 +31,8 @@ class Task(BaseModel):
 class TaskSpec(BaseModel):
     """What a submitter says about a new task; the daemon fills in the rest.
 
-    Shared by the server, which validates with it, and `agl queue`, which checks a file
-    before uploading anything.
+    Shared by the server, which validates with it, and `agl queue`, which checks each task
+    of a file before uploading it.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +23,22 @@ def tasks_of(daemon: Daemon) -> list[dict[str, object]]:
 def queued_count(daemon: Daemon) -> int:
     counts: dict[str, int] = daemon.status()["tasks"]
     return counts["queued"]
+
+
+def staged_uncommitted(daemon: Daemon) -> int:
+    """Tasks staged in batches not committed (yet), read from the daemon's file."""
+    with sqlite3.connect(daemon.state_dir / "agl.db") as db:
+        [(count,)] = db.execute(
+            "SELECT count(*) FROM staging JOIN batches ON batches.id = staging.batch"
+            " WHERE batches.committed_time IS NULL"
+        )
+    return int(count)
+
+
+def numbered_tasks(path: Path, count: int, then: str = "") -> str:
+    """`count` good tasks in JSON Lines, then the line `then`, if any."""
+    path.write_text("".join(f'{{"input": {i}}}\n' for i in range(count)) + then)
+    return str(path)
 
 
 def test_json_lines_are_queued_in_order_and_their_ids_printed_one_per_line(
@@ -206,6 +224,33 @@ def test_a_batch_the_daemon_refuses_halfway_leaves_nothing_queued(
     assert result.stderr.startswith("agl: ") and "Traceback" not in result.stderr
     assert result.stdout == ""
     assert queued_count(daemon) == 0
+
+
+def test_a_bad_task_after_chunks_already_staged_is_reported_at_its_line_and_they_are_discarded(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Each chunk is checked while the daemon stages the one before: a bad task far down a
+    large file is found once earlier chunks are staged, and they go with the batch."""
+    file = numbered_tasks(tmp_path / "big.jsonl", 25_000, '{"input": 1, "colour": "red"}\n')
+    result = agl("queue", file, daemon=daemon)
+    assert_one_line_error(result, f"{file}:25001: unknown field 'colour'")
+    assert result.stdout == ""
+    assert queued_count(daemon) == 0
+    assert staged_uncommitted(daemon) == 0
+
+
+def test_ctrl_c_while_chunks_go_up_queues_nothing(daemon: Daemon, tmp_path: Path) -> None:
+    file = numbered_tasks(tmp_path / "big.jsonl", 400_000)
+    queueing = popen_agl("queue", file, daemon=daemon)
+    try:
+        wait_until(lambda: staged_uncommitted(daemon) > 0, "a chunk to be staged")
+        queueing.send_signal(signal.SIGINT)
+        stdout, stderr = queueing.communicate(timeout=60)
+    finally:
+        queueing.kill()
+    assert (queueing.returncode, stdout, stderr) == (130, "", "agl: Interrupted; nothing was queued.\n")
+    assert queued_count(daemon) == 0
+    assert staged_uncommitted(daemon) == 0
 
 
 def test_a_daemon_that_is_not_running_is_exit_3(tmp_path: Path) -> None:

@@ -1,17 +1,21 @@
-"""`agl queue`: check task files through, then queue them as one batch, all or nothing.
+"""`agl queue`: queue task files as one batch, all or nothing.
 
 Up to one request's worth goes up in a single `POST /v1/tasks`; more goes through the
 batch protocol in chunks, committed at the end and discarded on any error or Ctrl-C, so a
-failure anywhere leaves nothing queued.
+failure anywhere leaves nothing queued. The files are read once: each chunk is checked
+while the daemon stages the one before, so a large file costs the daemon's time, not the
+sum of reading and staging.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TextIO
 
 import typer
@@ -21,7 +25,7 @@ from agl_cli.cli.context import connect, target_of
 from agl_cli.cli.errors import ExitCode, fail
 
 if TYPE_CHECKING:
-    from agl_cli.cli.taskfile import Checked, Chunk, Defaults, TaskFile
+    from agl_cli.cli.taskfile import Chunk, Defaults, TaskFile
     from agl_cli.client import AglClient, Refused
 
 # Tasks per request (the API takes up to 10,000): at 5,000 the daemon's peak memory while
@@ -85,12 +89,11 @@ def queue(
     with contextlib.ExitStack() as stack:
         try:
             task_files = taskfile.open_task_files(files, lambda: stack.enter_context(taskfile.spool_file()))
-            checked = _check(task_files, show_progress)
+            if dry_run:
+                _report_dry_run(_count(task_files, show_progress), json_output)
+                return
         except taskfile.TaskFileError as exc:
             fail(str(exc))
-        if dry_run:
-            _report_dry_run(checked.tasks, json_output)
-            return
         with connect(ctx) as client:
             defaults = taskfile.Defaults(
                 mode=mode.value if mode else None,
@@ -102,7 +105,7 @@ def queue(
             from agl_cli.client import ResponseError
 
             try:
-                _upload(client, task_files, checked, defaults, sink, show_progress)
+                queued = _upload(client, task_files, defaults, sink, show_progress)
             except taskfile.TaskFileError as exc:
                 fail(str(exc))
             except ResponseError as exc:
@@ -115,12 +118,12 @@ def queue(
             if not wait:
                 sink.print()
                 if output.stderr_is_terminal():
-                    output.note(f"Queued {checked.tasks} tasks.")
+                    output.note(f"Queued {queued} tasks.")
                 return
             from agl_cli.cli import waiting
 
             if show_progress:
-                output.note(f"Queued {checked.tasks} tasks.")
+                output.note(f"Queued {queued} tasks.")
             outcome = waiting.wait_for_rollouts(
                 client, target_of(ctx), sink.expected, since, timeout, show_progress
             )
@@ -146,44 +149,75 @@ def _resources_id(client: AglClient, resources_id: str | None, latest: bool) -> 
     return resources_id
 
 
-def _check(task_files: list[TaskFile], show_progress: bool) -> Checked:
-    from agl_cli.cli.taskfile import check_files
+def _count(task_files: list[TaskFile], show_progress: bool) -> int:
+    from agl_cli.cli.taskfile import checked_tasks
 
-    total = sum(f.size for f in task_files)
-    with output.progress_bar(show_progress, "Checking", total, bytes_=True) as update:
-        return check_files(task_files, update)
+    with output.progress_bar(show_progress, "Checking", _size(task_files), bytes_=True) as update:
+        return sum(1 for _ in checked_tasks(task_files, update))
+
+
+def _size(task_files: list[TaskFile]) -> int:
+    return sum(f.size for f in task_files)
 
 
 def _upload(
     client: AglClient,
     task_files: list[TaskFile],
-    checked: Checked,
     defaults: Defaults,
     sink: _Sink,
     show_progress: bool,
-) -> None:
-    from agl_cli.cli.taskfile import chunks
+) -> int:
+    """Queue every task of the files; returns how many."""
+    from agl_cli.cli.taskfile import checked_tasks, chunks
 
-    pieces = chunks(task_files, defaults, CHUNK_TASKS, CHUNK_BYTES, keep_specs=sink.keep_specs)
-    if checked.tasks <= CHUNK_TASKS and checked.bytes < CHUNK_BYTES:
-        for chunk in pieces:  # exactly one
-            sink.add(_send(lambda body: client.queue(body), chunk), chunk)
-        return
-    batch_id = client.create_batch()
+    batch_id = None
     try:
-        with output.progress_bar(show_progress, "Queuing", checked.tasks) as update:
-            done = 0
-            for chunk in pieces:
-                staged = _send(lambda body: client.stage(batch_id, body)["rollout_ids"], chunk)
-                sink.add(staged, chunk)
-                done += len(staged)
-                update(done)
-        with _spinner(show_progress, f"Committing {checked.tasks} tasks"):
+        with output.progress_bar(show_progress, "Queuing", _size(task_files), bytes_=True) as update:
+            tasks = checked_tasks(task_files, update)
+            pieces = chunks(tasks, defaults, CHUNK_TASKS, CHUNK_BYTES, keep_specs=sink.keep_specs)
+            first = next(pieces)  # there is one: a file without tasks is refused
+            second = next(pieces, None)
+            if second is None:
+                sink.add(_send(lambda body: client.queue(body), first), first)
+                return len(first.lines)
+            batch_id = client.create_batch()
+            queued = _stage_in_turn(client, batch_id, [first, second], pieces, sink)
+        with _spinner(show_progress, f"Committing {queued} tasks"):
             client.commit_batch(batch_id)
     except BaseException:
-        with contextlib.suppress(Exception):
-            client.discard_batch(batch_id)
+        if batch_id is not None:
+            with contextlib.suppress(Exception):
+                client.discard_batch(batch_id)
         raise
+    return queued
+
+
+def _stage_in_turn(
+    client: AglClient, batch_id: str, ready: list[Chunk], rest: Iterator[Chunk], sink: _Sink
+) -> int:
+    """Stage the chunks in order, one request at a time, reading and checking the next
+    chunk here while the daemon stages the last on another thread."""
+
+    def stage(body: bytes) -> list[str]:
+        return client.stage(batch_id, body)["rollout_ids"]
+
+    queued = 0
+    in_flight: tuple[Future[list[str]], Chunk] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="agl-stage") as uploader:  # waits for it on errors
+        for chunk in itertools.chain(ready, rest):
+            if in_flight is not None:
+                queued += _staged(in_flight, sink)
+            in_flight = uploader.submit(_send, stage, chunk), chunk
+        if in_flight is not None:
+            queued += _staged(in_flight, sink)
+    return queued
+
+
+def _staged(in_flight: tuple[Future[list[str]], Chunk], sink: _Sink) -> int:
+    future, chunk = in_flight
+    ids = future.result()
+    sink.add(ids, chunk)
+    return len(ids)
 
 
 def _send(call: Callable[[bytes], list[str]], chunk: Chunk) -> list[str]:

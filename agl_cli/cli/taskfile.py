@@ -1,9 +1,9 @@
 """Task files for `agl queue`: JSON Lines, a JSON array of tasks, or JSON object(s).
 
 A file is read as a stream, one task at a time, so a million-line file never sits in
-memory whole. Each task comes out as its own raw JSON bytes and the line it starts on:
-checked once against `TaskSpec`, then, on a second read, uploaded as it is (or with the
-command line's defaults filled in).
+memory whole. Each task comes out as its own raw JSON bytes and the line it starts on,
+checked against `TaskSpec`, and goes into an upload as it is (or with the command line's
+defaults filled in).
 
 Which format: `.jsonl`/`.ndjson` files are JSON Lines; otherwise a file that starts with
 `[` is an array, one whose first line is a whole JSON value is JSON Lines, and anything
@@ -19,7 +19,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -79,7 +79,8 @@ class Defaults:
 
 
 def open_task_files(names: list[str], spool: Callable[[], IO[bytes]]) -> list[TaskFile]:
-    """The files to read; standard input (`-`) is copied to a spool file so it can be read twice."""
+    """The files to read; standard input (`-`) is copied to a spool file, which gives it a
+    size for the progress bar and lets it be read again to place a task the daemon refused."""
     files = []
     for name in names:
         if name == "-":
@@ -352,29 +353,24 @@ def _describe(exc: ValidationError, raw: bytes) -> str:
     return f"{where}: {message[:1].lower()}{message[1:]}." if where else f"{message}."
 
 
-@dataclass
-class Checked:
-    tasks: int = 0
-    bytes: int = 0
-
-
-def check_files(files: list[TaskFile], progress: Callable[[int], None] | None = None) -> Checked:
-    """Read every file through and raise at the first task that cannot be queued."""
-    checked = Checked()
+def checked_tasks(
+    files: list[TaskFile], progress: Callable[[int], None] | None = None
+) -> Iterator[tuple[str, int, bytes]]:
+    """Every task of the files in order, as (file, line, raw JSON); raises at the first
+    task that cannot be queued. `progress` is told the bytes read across all the files."""
     done = 0
     for task_file in files:
         report = None if progress is None else _offset(progress, done)
-        before = checked.tasks
+        found = False
         for line, raw in iter_tasks(task_file, report):
             reason = problem_with(raw)
             if reason is not None:
                 raise TaskFileError(task_file.name, reason, line)
-            checked.tasks += 1
-            checked.bytes += len(raw) + 1
-        if checked.tasks == before:  # most likely a file not written yet, or the wrong one
+            found = True
+            yield task_file.name, line, raw
+        if not found:  # most likely a file not written yet, or the wrong one
             raise TaskFileError(task_file.name, "there are no tasks in it.")
         done += task_file.size
-    return checked
 
 
 def _offset(progress: Callable[[int], None], done: int) -> Callable[[int], None]:
@@ -394,29 +390,28 @@ class Chunk:
 
 
 def chunks(
-    files: list[TaskFile],
+    tasks: Iterable[tuple[str, int, bytes]],
     defaults: Defaults,
     max_tasks: int,
     max_bytes: int,
     keep_specs: bool,
 ) -> Iterator[Chunk]:
-    """The checked files again, cut into uploads of at most `max_tasks` tasks / ~`max_bytes`."""
+    """The tasks cut into uploads of at most `max_tasks` tasks / ~`max_bytes`."""
     decode = keep_specs or not defaults.empty
     parts: list[bytes] = []
     lines: list[tuple[str, int]] = []
     specs: list[dict[str, Any]] = []
     size = 0
-    for task_file in files:
-        for line, raw in iter_tasks(task_file):
-            if decode:
-                spec = defaults.apply(orjson.loads(raw))
-                specs.append(spec)
-                raw = orjson.dumps(spec)
-            parts.append(raw)
-            lines.append((task_file.name, line))
-            size += len(raw) + 1
-            if len(parts) >= max_tasks or size >= max_bytes:
-                yield Chunk(b"[" + b",".join(parts) + b"]", lines, specs if keep_specs else None)
-                parts, lines, specs, size = [], [], [], 0
+    for name, line, raw in tasks:
+        if decode:
+            spec = defaults.apply(orjson.loads(raw))
+            specs.append(spec)
+            raw = orjson.dumps(spec)
+        parts.append(raw)
+        lines.append((name, line))
+        size += len(raw) + 1
+        if len(parts) >= max_tasks or size >= max_bytes:
+            yield Chunk(b"[" + b",".join(parts) + b"]", lines, specs if keep_specs else None)
+            parts, lines, specs, size = [], [], [], 0
     if parts:
         yield Chunk(b"[" + b",".join(parts) + b"]", lines, specs if keep_specs else None)
