@@ -326,8 +326,12 @@ def unreadable(files: list[TaskFile]) -> TaskFileError | None:
             try:
                 orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                return TaskFileError(task_file.name, f"invalid JSON: {exc.msg}.", line)
+                return _unreadable(task_file.name, exc, line)
     return None
+
+
+def _unreadable(name: str, exc: orjson.JSONDecodeError, line: int) -> TaskFileError:
+    return TaskFileError(name, f"invalid JSON: {exc.msg}.", line)
 
 
 def _describe(exc: ValidationError, raw: bytes) -> str:
@@ -404,7 +408,10 @@ def chunks(
     size = 0
     for name, line, raw in tasks:
         if decode:
-            spec = defaults.apply(orjson.loads(raw))
+            try:
+                spec = defaults.apply(orjson.loads(raw))
+            except orjson.JSONDecodeError as exc:  # what pydantic's reader took: NaN, 1e999
+                raise _unreadable(name, exc, line) from None
             specs.append(spec)
             raw = orjson.dumps(spec)
         parts.append(raw)
