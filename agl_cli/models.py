@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NamedTuple, TypeAlias, Union, get_args
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agl_cli.task_status import TaskStatus as TaskStatus  # re-exported: part of the models
@@ -45,12 +46,13 @@ class TaskSpec(BaseModel):
     @field_validator("resources_id")
     @classmethod
     def _non_empty_id(cls, value: str | None) -> str | None:
-        if value is not None and _blank(value):
+        if value is not None and blank(value):
             raise ValueError("resources_id must not be empty")
         return value
 
 
-def _blank(resources_id: str) -> bool:
+def blank(resources_id: str) -> bool:
+    """A resources id `TaskSpec` refuses: empty, or nothing but white space."""
     return not resources_id.strip()
 
 
@@ -64,7 +66,26 @@ class PlainTask(NamedTuple):
     metadata: dict[str, Any]
 
 
-NewTask: TypeAlias = TaskSpec | PlainTask  # a task to queue, as the store takes it
+class ScannedTask(NamedTuple):
+    """A task whose input and metadata were checked as `TaskSpec` checks them but kept as
+    the JSON text they came in (`server/task_bodies.py`), which the store keeps as it is."""
+
+    input_json: str
+    mode: Mode | None
+    resources_id: str | None
+    metadata_json: str
+
+
+NewTask: TypeAlias = TaskSpec | PlainTask | ScannedTask  # a task to queue, as the store takes it
+
+
+def task_json(task: NewTask) -> tuple[str, str]:
+    """A task's input and metadata as the JSON text the store keeps."""
+    if isinstance(task, ScannedTask):
+        return task.input_json, task.metadata_json
+    return orjson.dumps(task.input).decode(), orjson.dumps(task.metadata).decode()
+
+
 _TASK_FIELDS = frozenset(TaskSpec.model_fields)
 _MODES = (None, *get_args(Mode))
 
@@ -79,7 +100,7 @@ def plain_task(value: Any) -> PlainTask | None:
     metadata = value.get("metadata", {})
     if (
         mode not in _MODES
-        or (resources_id is not None and (type(resources_id) is not str or _blank(resources_id)))
+        or (resources_id is not None and (type(resources_id) is not str or blank(resources_id)))
         or type(metadata) is not dict
     ):
         return None

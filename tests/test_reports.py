@@ -14,6 +14,7 @@ import pytest
 from daemon import Daemon
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from json_values import JSON, SPLICES, repeats_a_key, spliced
 from pydantic import BaseModel
 
 from agl_cli.models import Rollout
@@ -174,45 +175,31 @@ def test_the_lean_way_takes_a_prompt_nested_as_deeply_as_allowed() -> None:
 
 # --- anything at all: the two ways never differ -------------------------------------------
 
-_SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**80), max_value=2**80),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=8),
-    st.sampled_from(["train", "val", "test", "1.5", ""]),
-)
-_JSON = st.recursive(
-    _SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-    max_leaves=12,
-)
-
 
 def _fields(shape: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
     """Objects with some of `shape`'s fields, each either of its kind or any JSON, and
     now and then a field `shape` does not have."""
     return st.fixed_dictionaries(
-        {}, optional={name: strategy | _JSON for name, strategy in shape.items()} | {"extra": _JSON}
+        {}, optional={name: strategy | JSON for name, strategy in shape.items()} | {"extra": JSON}
     )
 
 
 _TASK = _fields(
     {
         "rollout_id": st.text(max_size=6),
-        "input": _JSON,
+        "input": JSON,
         "mode": st.sampled_from(["train", "val", "test"]),
         "num_claims": st.integers(0, 3),
         "create_time": st.floats(0, 2e9),
-        "metadata": st.dictionaries(st.text(max_size=4), _JSON, max_size=3),
+        "metadata": st.dictionaries(st.text(max_size=4), JSON, max_size=3),
     }
 )
 _TRIPLET = _fields(
     {
-        "prompt": st.fixed_dictionaries({"token_ids": st.lists(st.integers(0, 151_000), max_size=8)}) | _JSON,
-        "response": _JSON,
+        "prompt": st.fixed_dictionaries({"token_ids": st.lists(st.integers(0, 151_000), max_size=8)}) | JSON,
+        "response": JSON,
         "reward": st.floats(allow_nan=False, allow_infinity=False) | st.none(),
-        "metadata": st.dictionaries(st.text(max_size=4), _JSON, max_size=3),
+        "metadata": st.dictionaries(st.text(max_size=4), JSON, max_size=3),
     }
 )
 _REPORT = _fields(
@@ -221,16 +208,11 @@ _REPORT = _fields(
         "task": _TASK | st.none(),
         "final_reward": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-5, 5) | st.none(),
         "triplets": st.lists(_TRIPLET, max_size=3) | st.none(),
-        "trace": st.lists(st.dictionaries(st.text(max_size=5), _JSON, max_size=4), max_size=3) | st.none(),
+        "trace": st.lists(st.dictionaries(st.text(max_size=5), JSON, max_size=4), max_size=3) | st.none(),
         "logs": st.lists(st.text(max_size=5), max_size=3) | st.none(),
-        "metadata": st.dictionaries(st.text(max_size=4), _JSON, max_size=3),
+        "metadata": st.dictionaries(st.text(max_size=4), JSON, max_size=3),
     }
 )
-# What a mangled body may have spliced in: the bytes JSON readers disagree on.
-_SPLICES = st.sampled_from(
-    [b"1e999", b"9" * 320, b"\xff", b"\xed\xa0\x80", b'"\\ud800"', b"[[[", b"]", b",", b"01", b"1.", b"-",
-     b"NaN", b"\x01", b'"', b"\\", b"e5", b"E-400", b"{}", b" ", b"true", b"nul"]
-)  # fmt: skip
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -241,13 +223,11 @@ def test_any_report_is_read_the_same_either_way(report: dict[str, Any], ascii_on
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(report=_REPORT, splice=_SPLICES, where=st.floats(0, 1), cut=st.integers(0, 3))
+@given(report=_REPORT, splice=SPLICES, where=st.floats(0, 1), cut=st.integers(0, 3))
 def test_any_mangled_report_is_read_the_same_either_way(
     report: dict[str, Any], splice: bytes, where: float, cut: int
 ) -> None:
-    body = json.dumps(report).encode()
-    at = int(where * len(body))
-    _the_same_either_way(body[:at] + splice + body[at + cut :])
+    _the_same_either_way(spliced(json.dumps(report).encode(), splice, where, cut))
 
 
 def _the_same_either_way(body: bytes) -> None:
@@ -256,19 +236,6 @@ def _the_same_either_way(body: bytes) -> None:
     if lean is not None and not repeats_a_key(body):
         assert lean == before
     assert route_read(body) in (before, lean)  # the lean way is taken for larger reports only
-
-
-def repeats_a_key(body: bytes) -> bool:
-    """Whether an object in `body` gives a key twice (Python's reader takes what orjson refuses)."""
-    repeated = False
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        nonlocal repeated
-        repeated = repeated or len({key for key, _ in items}) < len(items)
-        return dict(items)
-
-    json.loads(body, object_pairs_hook=pairs)
-    return repeated
 
 
 # --- a key given twice: its last value counts, and the earlier one is not kept -------------

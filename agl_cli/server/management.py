@@ -18,18 +18,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from agl_cli import __version__
-from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PER_REQUEST, MAX_SEQ
-from agl_cli.models import NewTask, ResourcesUpdate, TaskStatus, plain_task
-from agl_cli.server import dashboard, schemas, sign_in
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEQ
+from agl_cli.models import NewTask, ResourcesUpdate, TaskStatus
+from agl_cli.server import dashboard, schemas, sign_in, task_bodies
 from agl_cli.server.broker import broker_of
 from agl_cli.server.openapi import EVENT_STREAM, SQLITE, Endpoint, Param, build_document, routes_of
 from agl_cli.server.requests import (
     bool_param,
     choice_param,
     int_param,
-    parse_json,
     read_model,
-    validated,
 )
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
@@ -56,21 +54,7 @@ async def queue_tasks(request: Request) -> Response:
 
 
 async def read_tasks(request: Request) -> Sequence[NewTask]:
-    """The tasks of a `QueueRequest`. Plain ones, as nearly every task is, are read without
-    a pydantic model each (`agl queue` sends a million, 5,000 a request); any other body
-    is checked against the model, which gives the 422."""
-    payload = parse_json(await request.body())
-    given = payload.get("tasks") if type(payload) is dict and len(payload) == 1 else None
-    if type(given) is list and 0 < len(given) <= MAX_PER_REQUEST:
-        tasks = []
-        for value in given:
-            task = plain_task(value)
-            if task is None:
-                break
-            tasks.append(task)
-        else:
-            return tasks
-    return validated(payload, schemas.QueueRequest).tasks
+    return task_bodies.read_tasks(await request.body())
 
 
 async def list_tasks(request: Request) -> Response:

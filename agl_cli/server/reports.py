@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from agl_cli.models import Mode, Rollout, Task, Triplet
-from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model, too_deep, with_numbers_tamed
+from agl_cli.server.requests import BadRequest, parse_model, plain_scanned, too_deep, with_numbers_tamed
 from agl_cli.store import Report
 
 
@@ -64,11 +64,6 @@ MIRRORS: dict[type[Any], type[msgspec.Struct]] = {Task: _Task, Triplet: _Triplet
 LEAN_FROM = 1024
 _DECODER: msgspec.json.Decoder[_Rollout] = msgspec.json.Decoder(_Rollout)
 _ENCODER = msgspec.json.Encoder()
-# A scanned part's digits as 0, exponents as e and brackets as [, for the checks below.
-_NUMBERS = bytes.maketrans(b"0123456789E{", b"0000000000e[")
-_DIGIT = ord("0")
-# A number with more integer digits than this may be past a float's range (orjson refuses it).
-_LONG_NUMBER = b"0" * 309
 # Where a triplet's prompt and response begin: the report, its triplets, the triplet.
 _SCANNED_LEVEL = 3
 
@@ -94,7 +89,8 @@ def read_lean(body: bytes) -> Report | None:
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # the last, in a string it reads
         return None
     triplets = rollout.triplets or []
-    if not all(_plain(bytes(part)) for triplet in triplets for part in (triplet.prompt, triplet.response)):
+    parts = (bytes(part) for triplet in triplets for part in (triplet.prompt, triplet.response))
+    if not all(plain_scanned(part, _SCANNED_LEVEL) for part in parts):
         return None
     task = rollout.task
     built = {  # what msgspec built, as deep as in the report, for the nesting and the numbers
@@ -110,29 +106,3 @@ def read_lean(body: bytes) -> Report | None:
     except UnicodeDecodeError:
         return None
     return Report(rollout.rollout_id, None if task is None else task.mode, rollout.final_reward, kept)
-
-
-def _plain(part: bytes) -> bool:
-    """Whether a scanned part surely has no number out of a float's range (no exponent,
-    no 309 digits in a row) and nests no deeper than allowed where it is (it cannot nest
-    deeper than it has brackets)."""
-    if part[:1] == b'"':
-        return True  # a string: no number, no nesting
-    numbers = part.translate(_NUMBERS)
-    return (
-        not _exponent_in(numbers)
-        and _LONG_NUMBER not in numbers
-        # levels as MAX_DEPTH counts them: those above the part, its own, the innermost value
-        and _SCANNED_LEVEL + numbers.count(b"[") + 1 <= MAX_DEPTH
-    )
-
-
-def _exponent_in(numbers: bytes) -> bool:
-    """Whether an e follows a digit. Each e is found on its own (token ids have none):
-    a search for the pair would stop at every digit."""
-    at = numbers.find(b"e", 1)
-    while at != -1:
-        if numbers[at - 1] == _DIGIT:
-            return True
-        at = numbers.find(b"e", at + 1)
-    return False

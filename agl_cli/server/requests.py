@@ -44,6 +44,11 @@ MAX_DEPTH = 200
 levels deeper, and orjson writes at most 255 levels: a body it could read but never
 answer with must be refused now, not fail every later read of it."""
 _HEADROOM = 255 - MAX_DEPTH
+# A scanned part's digits as 0, exponents as e and brackets as [, for `plain_scanned`.
+_NUMBERS = bytes.maketrans(b"0123456789E{", b"0000000000e[")
+_DIGIT = ord("0")
+# A number with more integer digits than this may be past a float's range (orjson refuses it).
+_LONG_NUMBER = b"0" * 309
 
 
 def parse_json(body: bytes, tame: Tamed | None = None) -> Any:
@@ -74,6 +79,41 @@ def too_deep(parsed: Any) -> bool:
         orjson.dumps(parsed)
     except orjson.JSONEncodeError:
         return True
+    return False
+
+
+def plain_scanned(part: bytes, level: int) -> bool:
+    """Whether a part of a body that msgspec only scanned (`msgspec.Raw`), `level` levels
+    deep, surely has no number out of a float's range (no exponent, no 309 digits in a row)
+    and nests no deeper than allowed (it cannot nest deeper than it has brackets): what
+    msgspec's scan leaves unchecked of what orjson refuses, but for UTF-8."""
+    if part[:1] == b'"':
+        return True  # a string: no number, no nesting
+    numbers = part.translate(_NUMBERS)
+    return (
+        not _exponent_in(numbers)
+        and _LONG_NUMBER not in numbers
+        # levels as MAX_DEPTH counts them: those above the part, its own, the innermost value
+        and level + numbers.count(b"[") + 1 <= MAX_DEPTH
+    )
+
+
+def without_numbers(text: bytes) -> bool:
+    """Whether `text` surely has no number out of a float's range: no digit followed by an
+    exponent's e, no 309 digits in a row. For text of many e's, where a search for the
+    pair is quicker than `_exponent_in`'s."""
+    numbers = text.translate(_NUMBERS)
+    return b"0e" not in numbers and _LONG_NUMBER not in numbers
+
+
+def _exponent_in(numbers: bytes) -> bool:
+    """Whether an e follows a digit. Each e is found on its own (token ids have none):
+    a search for the pair would stop at every digit."""
+    at = numbers.find(b"e", 1)
+    while at != -1:
+        if numbers[at - 1] == _DIGIT:
+            return True
+        at = numbers.find(b"e", at + 1)
     return False
 
 

@@ -350,19 +350,6 @@ def new_batch_id() -> str:
     return f"batch-{uuid.uuid4()}"
 
 
-def new_task(rollout_id: str, spec: NewTask, create_time: float | None) -> Task:
-    """The wire task for a spec: never claimed yet, and `resources_id` only if given."""
-    return Task(
-        rollout_id=rollout_id,
-        input=spec.input,
-        mode=spec.mode,
-        resources_id=spec.resources_id,
-        create_time=create_time,
-        num_claims=0,
-        metadata=spec.metadata,
-    )
-
-
 def check_resources_id(resources_id: str) -> None:
     """Refuse names that could not be fetched back through `GET /resources/{id}`."""
     if not resources_id or resources_id != resources_id.strip():

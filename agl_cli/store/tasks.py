@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
+from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus, task_json
 from agl_cli.store.base import (
     Claim,
     NewTask,
@@ -152,15 +152,7 @@ class TaskStore(Database):
                 "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata,"
                 " create_time) VALUES (?1, ?2, 'queued', ?1, ?3, ?4, ?5, ?6, ?7)",
                 (
-                    (
-                        first + index,
-                        rollout_id,
-                        orjson.dumps(spec.input).decode(),
-                        spec.mode,
-                        spec.resources_id,
-                        orjson.dumps(spec.metadata).decode(),
-                        now,
-                    )
+                    (first + index, rollout_id, *_input_mode_resources_metadata(spec), now)
                     for index, (rollout_id, spec) in enumerate(zip(ids, specs, strict=True))
                 ),
             )
@@ -180,13 +172,7 @@ class TaskStore(Database):
     def stage_tasks(self, batch_id: str, specs: Sequence[NewTask]) -> list[str]:
         ids = new_rollout_ids(len(specs))
         rows = [
-            (
-                rollout_id,
-                orjson.dumps(spec.input).decode(),
-                spec.mode,
-                spec.resources_id,
-                orjson.dumps(spec.metadata).decode(),
-            )
+            (rollout_id, *_input_mode_resources_metadata(spec))
             for rollout_id, spec in zip(ids, specs, strict=True)
         ]
         with self._write(durable=False) as conn:
@@ -1099,3 +1085,9 @@ def _oldest_before(conn: sqlite3.Connection, oldest_first: str, limit: int, cuto
     from, up to the first one not older than `cutoff`: what the retention setting deletes."""
     rows = conn.execute(f"{oldest_first} LIMIT ?", (limit,)).fetchall()
     return list(itertools.takewhile(lambda row: row[-1] < cutoff, rows))
+
+
+def _input_mode_resources_metadata(spec: NewTask) -> tuple[str, str | None, str | None, str]:
+    """A new task's columns `input`, `mode`, `resources_id` and `metadata`."""
+    input_json, metadata_json = task_json(spec)
+    return input_json, spec.mode, spec.resources_id, metadata_json
