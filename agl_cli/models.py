@@ -79,7 +79,7 @@ class ScannedTask(NamedTuple):
 NewTask: TypeAlias = TaskSpec | PlainTask | ScannedTask  # a task to queue, as the store takes it
 
 
-def task_json(task: NewTask) -> tuple[str, str]:
+def input_and_metadata_json(task: NewTask) -> tuple[str, str]:
     """A task's input and metadata as the JSON text the store keeps."""
     if isinstance(task, ScannedTask):
         return task.input_json, task.metadata_json

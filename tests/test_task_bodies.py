@@ -18,7 +18,7 @@ from json_values import SPLICES, repeats_a_key, spliced
 from pydantic import ValidationError
 
 from agl_cli.api_limits import MAX_PER_REQUEST
-from agl_cli.models import NewTask, PlainTask, TaskSpec, plain_task, task_json
+from agl_cli.models import NewTask, PlainTask, TaskSpec, input_and_metadata_json, plain_task
 from agl_cli.server.requests import MAX_DEPTH, BadRequest
 from agl_cli.server.task_bodies import parsed_tasks, read_tasks, scanned_tasks
 
@@ -68,7 +68,7 @@ Stored = tuple[Any, str | None, str | None, Any]  # input, mode, resources id, m
 
 def stored(tasks: Sequence[NewTask]) -> list[Stored]:
     """What the store keeps of each task, read back as the store reads it (orjson)."""
-    texts = [task_json(t) for t in tasks]
+    texts = [input_and_metadata_json(t) for t in tasks]
     return [
         (orjson.loads(input_json), t.mode, t.resources_id, orjson.loads(metadata_json))
         for t, (input_json, metadata_json) in zip(tasks, texts, strict=True)

@@ -7,11 +7,12 @@ against a mirror of `QueueRequest` in which inputs and metadata are only scanned
 each is kept as the JSON it came in (`ScannedTask`).
 
 msgspec's scan checks JSON as strictly as orjson reads it but for UTF-8, numbers out of a
-float's range and nesting (`requests.plain_scanned`): checked here on the whole body at
-once where that clears it (it nearly always does), else on each part, and a part too
-short to nest too deeply needs no look. Whatever this way cannot vouch for is parsed (`parsed_tasks`): plain tasks are read from the
-parsed JSON (`models.plain_task`), and any other body is validated by the model, which
-gives the 422. `tests/test_task_bodies.py` holds the ways to the same tasks.
+float's range and nesting (`requests.plain_scanned`). UTF-8 is checked here on the whole
+body at once, numbers too, and on each part only where the body's look does not clear
+them; a part too short to nest too deeply needs no look for nesting. Whatever this way
+cannot vouch for is parsed (`parsed_tasks`): plain tasks are read from the parsed JSON
+(`models.plain_task`), and any other body is validated by the model, which gives the
+422. `tests/test_task_bodies.py` holds the two ways to the same tasks.
 """
 
 from __future__ import annotations

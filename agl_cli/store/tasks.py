@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus, task_json
+from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus, input_and_metadata_json
 from agl_cli.store.base import (
     Claim,
     NewTask,
@@ -1089,5 +1089,5 @@ def _oldest_before(conn: sqlite3.Connection, oldest_first: str, limit: int, cuto
 
 def _input_mode_resources_metadata(spec: NewTask) -> tuple[str, str | None, str | None, str]:
     """A new task's columns `input`, `mode`, `resources_id` and `metadata`."""
-    input_json, metadata_json = task_json(spec)
+    input_json, metadata_json = input_and_metadata_json(spec)
     return input_json, spec.mode, spec.resources_id, metadata_json
