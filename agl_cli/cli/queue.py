@@ -181,7 +181,7 @@ def _upload(
                 sink.add(_send(lambda body: client.queue(body), first), first)
                 return len(first.lines)
             batch_id = client.create_batch()
-            queued = _stage_in_turn(client, batch_id, [first, second], pieces, sink)
+            queued = _stage_in_turn(client, batch_id, itertools.chain([first, second], pieces), sink)
         with _spinner(show_progress, f"Committing {queued} tasks"):
             client.commit_batch(batch_id)
     except BaseException:
@@ -192,9 +192,7 @@ def _upload(
     return queued
 
 
-def _stage_in_turn(
-    client: AglClient, batch_id: str, ready: list[Chunk], rest: Iterator[Chunk], sink: _Sink
-) -> int:
+def _stage_in_turn(client: AglClient, batch_id: str, pieces: Iterator[Chunk], sink: _Sink) -> int:
     """Stage the chunks in order, one request at a time, reading and checking the next
     chunk here while the daemon stages the last on another thread."""
 
@@ -204,7 +202,7 @@ def _stage_in_turn(
     queued = 0
     in_flight: tuple[Future[list[str]], Chunk] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="agl-stage") as uploader:  # waits for it on errors
-        for chunk in itertools.chain(ready, rest):
+        for chunk in pieces:
             if in_flight is not None:
                 queued += _staged(in_flight, sink)
             in_flight = uploader.submit(_send, stage, chunk), chunk

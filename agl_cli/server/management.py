@@ -23,12 +23,7 @@ from agl_cli.models import NewTask, ResourcesUpdate, TaskStatus
 from agl_cli.server import dashboard, schemas, sign_in, task_bodies
 from agl_cli.server.broker import broker_of
 from agl_cli.server.openapi import EVENT_STREAM, SQLITE, Endpoint, Param, build_document, routes_of
-from agl_cli.server.requests import (
-    bool_param,
-    choice_param,
-    int_param,
-    read_model,
-)
+from agl_cli.server.requests import bool_param, choice_param, int_param, read_model
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
 from agl_cli.server.stream import position_params, rollout_json, stream_rollouts
