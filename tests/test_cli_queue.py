@@ -138,8 +138,7 @@ def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Da
         ),
         ("t.json", '{"input":\n', "t.json:1: invalid JSON: the file ends in the middle of this task."),
         ("t.jsonl", "\n\n", "t.jsonl: there are no tasks in it."),
-        # what Python's reader takes and the daemon's does not; JSON Lines are read by pydantic,
-        # which takes them too: once the daemon refuses them, the task is found by its reader
+        # what Python's and pydantic's readers take and the daemon's does not
         ("t.jsonl", '{"input": 1}\n{"input": [1, NaN]}\n', "t.jsonl:2: invalid JSON: unexpected character"),
         ("t.jsonl", '{"input": 1}\n{"input": 1e999}\n', "t.jsonl:2: invalid JSON: number is infinity"),
         ("t.json", '[{"input": 1},\n -Infinity]', "t.json:2: invalid JSON: -Infinity is not a JSON value"),
@@ -159,16 +158,38 @@ def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Da
             '{"input": ' + "[" * 5000 + "]" * 5000 + "}",
             "t.jsonl:1: invalid JSON: recursion limit exceeded",
         ),
+        # readable, but deeper than the daemon keeps (200 levels in a request)
+        (
+            "t.jsonl",
+            '{"input": 1}\n{"input": ' + "[" * 250 + "]" * 250 + "}\n",
+            "t.jsonl:2: invalid JSON: nested more than 198 levels deep.",
+        ),
     ],
 )
+@pytest.mark.parametrize("dry_run", [False, True], ids=["queue", "dry-run"])
 def test_a_bad_file_is_reported_at_its_line_and_nothing_is_queued(
-    daemon: Daemon, tmp_path: Path, name: str, content: str, expected: str
+    daemon: Daemon, tmp_path: Path, name: str, content: str, expected: str, dry_run: bool
 ) -> None:
+    """A dry run finds what the upload would: the same sentence, before anything goes up."""
     good = write(tmp_path / "good.jsonl", '{"input": "fine"}\n')
-    result = agl("queue", good, write(tmp_path / name, content), daemon=daemon)
+    options = ["--dry-run"] if dry_run else []
+    result = agl("queue", *options, good, write(tmp_path / name, content), daemon=daemon)
     assert_one_line_error(result, str(tmp_path / expected))
     assert result.stdout == ""
     assert queued_count(daemon) == 0
+
+
+def test_a_dry_run_takes_exactly_the_nesting_the_daemon_takes(daemon: Daemon, tmp_path: Path) -> None:
+    """Around the daemon's depth limit, each task on its own: what the dry run calls valid
+    is queued, and what it refuses the daemon refuses too when sent past the check."""
+    verdicts = []
+    for depth in range(190, 200):
+        task = {"input": json.loads("[" * depth + "]" * depth)}
+        dry = agl("queue", "--dry-run", write(tmp_path / f"{depth}.jsonl", json.dumps(task)), daemon=daemon)
+        sent = daemon.api("POST", "/v1/tasks", json={"tasks": [task]})
+        assert (dry.returncode == 0) == sent.is_success, (depth, dry.stderr, sent.text)
+        verdicts.append(sent.status_code)
+    assert 201 in verdicts and 422 in verdicts  # the limit lies inside the range tried
 
 
 @pytest.mark.parametrize("options", [["--metadata", "k=v"], ["--json"], ["--mode", "val", "--wait"]])

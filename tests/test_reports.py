@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from json_values import JSON, SPLICES, repeats_a_key, spliced
 from pydantic import BaseModel
 
+from agl_cli.api_limits import MAX_DEPTH
 from agl_cli.models import Rollout
 from agl_cli.server.reports import LEAN_FROM, MIRRORS, read_lean, read_report
-from agl_cli.server.requests import MAX_DEPTH, BadRequest, parse_model, with_numbers_tamed
+from agl_cli.server.requests import BadRequest, parse_model, with_numbers_tamed
 from agl_cli.store import Report
 from agl_cli.store.rows import rollout_from_body
 

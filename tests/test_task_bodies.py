@@ -2,7 +2,8 @@
 (`agl queue` sends a million tasks, 5,000 a request) and take exactly what `TaskSpec`
 takes, leaving the rest to it, which says why (tests/test_management_api.py has those
 422s): `plain_task` reads a task from parsed JSON without a pydantic model, and
-`scanned_tasks` reads a body without parsing inputs and metadata, kept as they came."""
+`scanned_tasks` reads a body without parsing inputs and metadata, kept as they came.
+`agl queue` checks each task of a file by the same rules before it goes up."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from hypothesis import strategies as st
 from json_values import SPLICES, repeats_a_key, spliced
 from pydantic import ValidationError
 
-from agl_cli.api_limits import MAX_PER_REQUEST
+from agl_cli.api_limits import MAX_DEPTH, MAX_PER_REQUEST
+from agl_cli.cli.taskfile import problem_with
 from agl_cli.models import NewTask, PlainTask, TaskSpec, input_and_metadata_json, plain_task
-from agl_cli.server.requests import MAX_DEPTH, BadRequest
+from agl_cli.server.requests import BadRequest
 from agl_cli.server.task_bodies import parsed_tasks, read_tasks, scanned_tasks
 
 JSON = st.recursive(
@@ -190,3 +192,36 @@ def test_an_input_whose_repeated_key_was_first_given_what_no_reader_keeps_is_par
     body = body_of({"input": "@"}, text=b'{"a": ' + earlier + b', "a": 1}')
     assert scanned_tasks(body) is None
     assert parsed(body) is None
+
+
+# --- agl queue's check of a task: the daemon's verdict on it -------------------------------
+
+
+def daemon_takes(line: bytes) -> bool:
+    """Whether the daemon queues the task `line` on its own, as `agl queue` sends it."""
+    try:
+        tasks = read_tasks(b'{"tasks":[' + line + b"]}")
+    except BadRequest:
+        return False
+    return len(tasks) == 1  # a mangled line may read as two tasks in a body, not in a file
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(task=TASKS | JSON, splice=SPLICES, where=st.floats(0, 1), cut=st.integers(0, 3), mangle=st.booleans())
+def test_agl_queue_passes_a_task_exactly_when_the_daemon_takes_it(
+    task: Any, splice: bytes, where: float, cut: int, mangle: bool
+) -> None:
+    line = json.dumps(task).encode()
+    if mangle:
+        line = spliced(line, splice, where, cut)
+    assert (problem_with(line) is None) == daemon_takes(line), line
+
+
+@pytest.mark.parametrize("depth", range(MAX_DEPTH - 6, MAX_DEPTH))
+@pytest.mark.parametrize("innermost", [b"", b"1", b'"x"', b"{}"])
+def test_agl_queue_passes_nesting_exactly_as_deep_as_the_daemon_takes(depth: int, innermost: bytes) -> None:
+    for line in (
+        b'{"input": ' + b"[" * depth + innermost + b"]" * depth + b"}",
+        b'{"input": 1, "metadata": {"k": ' + b"[" * depth + innermost + b"]" * depth + b"}}",
+    ):
+        assert (problem_with(line) is None) == daemon_takes(line), line

@@ -102,16 +102,10 @@ def queue(
             )
             since = client.last_seq() if wait else 0
             sink = stack.enter_context(_Sink(json_output, keep_ids=wait))
-            from agl_cli.client import ResponseError
-
             try:
                 queued = _upload(client, task_files, defaults, sink, show_progress)
             except taskfile.TaskFileError as exc:
                 fail(str(exc))
-            except ResponseError as exc:
-                if exc.errors[:1] and exc.errors[0].get("type") == "json_invalid":
-                    fail(str(taskfile.unreadable(task_files) or exc))
-                raise
             except KeyboardInterrupt:
                 typer.echo("agl: Interrupted; nothing was queued.", err=True)
                 raise typer.Exit(130) from None

@@ -2,7 +2,7 @@
 
 A file is read as a stream, one task at a time, so a million-line file never sits in
 memory whole. Each task comes out as its own raw JSON bytes and the line it starts on,
-checked against `TaskSpec`, and goes into an upload as it is (or with the command line's
+checked by the daemon's rules, and goes into an upload as it is (or with the command line's
 defaults filled in).
 
 Which format: `.jsonl`/`.ndjson` files are JSON Lines; otherwise a file that starts with
@@ -27,7 +27,8 @@ from typing import IO, Any
 import orjson
 from pydantic import ValidationError
 
-from agl_cli.models import TaskSpec
+from agl_cli.api_limits import MAX_DEPTH, too_deep
+from agl_cli.models import TaskSpec, plain_task
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 READ_SIZE = 1 << 20
@@ -35,6 +36,7 @@ MAX_TASK_CHARS = 64 << 20
 TASK_FIELDS = "input, mode, resources_id and metadata"
 BOM = b"\xef\xbb\xbf"
 _WHITESPACE = " \t\r\n"
+_BODY_LEVELS = 2  # above each task in a request: the body's object and its list of tasks
 
 
 class TaskFileError(Exception):
@@ -309,29 +311,36 @@ _KINDS = {"[": "an array", '"': "a string", "t": "a boolean", "f": "a boolean", 
 
 
 def problem_with(raw: bytes) -> str | None:
-    """Why this task cannot be queued, in a few words; None if it can."""
+    """Why this task cannot be queued, in a few words; None if it can.
+
+    The daemon's own rules, so that a dry run's verdict holds: its JSON reader (orjson,
+    which refuses `NaN` and `1e999`), its depth limit for the task inside a request body,
+    then `plain_task` or else `TaskSpec`, whose errors say what is wrong.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _json_problem(raw) or f"invalid JSON: {exc.msg}."
+    # only a task longer than MAX_DEPTH bytes can nest that deeply (`too_deep` costs a dump)
+    if len(raw) > MAX_DEPTH and too_deep([[value]]):  # a request's body and its task list
+        return f"invalid JSON: nested more than {MAX_DEPTH - _BODY_LEVELS} levels deep."
+    if plain_task(value) is None:
+        try:
+            TaskSpec.model_validate(value)
+        except ValidationError as exc:
+            return _describe(exc, raw)
+    return None
+
+
+def _json_problem(raw: bytes) -> str | None:
+    """pydantic's account of JSON that orjson refused, which gives its column; None where
+    pydantic's reader takes what orjson's does not (`NaN`, `1e999`)."""
     try:
         TaskSpec.model_validate_json(raw)
     except ValidationError as exc:
-        return _describe(exc, raw)
+        if exc.errors(include_url=False)[0]["type"] == "json_invalid":
+            return _describe(exc, raw)
     return None
-
-
-def unreadable(files: list[TaskFile]) -> TaskFileError | None:
-    """The first task the daemon's JSON reader refuses though pydantic's took it (`NaN`,
-    `1e999`, in JSON Lines). Looked for only once the daemon has refused a request: reading
-    every task twice would slow down every queue for a mistake this rare."""
-    for task_file in files:
-        for line, raw in iter_tasks(task_file):
-            try:
-                orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                return _unreadable(task_file.name, exc, line)
-    return None
-
-
-def _unreadable(name: str, exc: orjson.JSONDecodeError, line: int) -> TaskFileError:
-    return TaskFileError(name, f"invalid JSON: {exc.msg}.", line)
 
 
 def _describe(exc: ValidationError, raw: bytes) -> str:
@@ -408,10 +417,7 @@ def chunks(
     size = 0
     for name, line, raw in tasks:
         if decode:
-            try:
-                spec = defaults.apply(orjson.loads(raw))
-            except orjson.JSONDecodeError as exc:  # what pydantic's reader took: NaN, 1e999
-                raise _unreadable(name, exc, line) from None
+            spec = defaults.apply(orjson.loads(raw))
             specs.append(spec)
             raw = orjson.dumps(spec)
         parts.append(raw)

@@ -25,8 +25,9 @@ from typing import Any
 
 import msgspec
 
+from agl_cli.api_limits import too_deep
 from agl_cli.models import Mode, Rollout, Task, Triplet
-from agl_cli.server.requests import BadRequest, parse_model, plain_scanned, too_deep, with_numbers_tamed
+from agl_cli.server.requests import BadRequest, parse_model, plain_scanned, with_numbers_tamed
 from agl_cli.store import Report
 
 

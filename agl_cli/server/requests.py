@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from agl_cli.api_limits import MAX_DEPTH, too_deep
 from agl_cli.server.responses import (
     ORJSONResponse,
     error,
@@ -39,11 +40,6 @@ async def read_model(request: Request, model: type[M]) -> M:
     return parse_model(await request.body(), model)
 
 
-MAX_DEPTH = 200
-"""How deeply a body may nest. Whatever agl keeps is written again inside answers a few
-levels deeper, and orjson writes at most 255 levels: a body it could read but never
-answer with must be refused now, not fail every later read of it."""
-_HEADROOM = 255 - MAX_DEPTH
 # A scanned part's digits as 0, exponents as e and brackets as [, for `plain_scanned`.
 _NUMBERS = bytes.maketrans(b"0123456789E{", b"0000000000e[")
 _DIGIT = ord("0")
@@ -68,18 +64,6 @@ def parse_json(body: bytes, tame: Tamed | None = None) -> Any:
     if len(body) > 2 * MAX_DEPTH and too_deep(parsed):
         raise BadRequest(json_decode_error(f"nested more than {MAX_DEPTH} levels deep", 0))
     return parsed
-
-
-def too_deep(parsed: Any) -> bool:
-    """Whether `parsed` nests more than `MAX_DEPTH` levels, found at orjson's speed: it
-    refuses to write more than 255 levels, so wrapped in the rest it must fail."""
-    for _ in range(_HEADROOM):
-        parsed = [parsed]
-    try:
-        orjson.dumps(parsed)
-    except orjson.JSONEncodeError:
-        return True
-    return False
 
 
 def plain_scanned(part: bytes, level: int) -> bool:

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from agl_cli.api_limits import MAX_PER_REQUEST
+from agl_cli.api_limits import MAX_DEPTH, MAX_PER_REQUEST
 from agl_cli.models import Mode, NewTask, ScannedTask, blank, plain_task
 from agl_cli.server import schemas
-from agl_cli.server.requests import MAX_DEPTH, parse_json, plain_scanned, validated, without_numbers
+from agl_cli.server.requests import parse_json, plain_scanned, validated, without_numbers
 
 
 class _Task(msgspec.Struct, forbid_unknown_fields=True):
