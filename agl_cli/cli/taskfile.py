@@ -321,8 +321,8 @@ def problem_with(raw: bytes) -> str | None:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return _json_problem(raw) or f"invalid JSON: {exc.msg}."
-    # only a task longer than MAX_DEPTH bytes can nest that deeply (`too_deep` costs a dump)
-    if len(raw) > MAX_DEPTH and too_deep([[value]]):  # a request's body and its task list
+    # a task nesting that deeply has as many brackets: counting them costs less than a dump
+    if raw.count(b"[") + raw.count(b"{") >= MAX_DEPTH - _BODY_LEVELS and too_deep([[value]]):
         return f"invalid JSON: nested more than {MAX_DEPTH - _BODY_LEVELS} levels deep."
     if plain_task(value) is None:
         try:
