@@ -10,7 +10,7 @@ named that is not this machine.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,10 +149,6 @@ def connect(ctx: typer.Context, timeout: float | None = None) -> Iterator[AglCli
     target = target_of(ctx)
     with client_errors(), AglClient(target.url, target.token, timeout or DEFAULT_TIMEOUT) as client:
         yield client
-
-
-def relocator(ctx: typer.Context) -> Callable[[], str]:
-    return target_of(ctx).relocate
 
 
 def state_dir_option() -> Any:

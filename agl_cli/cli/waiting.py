@@ -12,7 +12,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from agl_cli.cli import output
 from agl_cli.cli.context import Target
@@ -138,9 +137,3 @@ def _summary(arrived: int, total: int, rewards: dict[str, list[float]]) -> str:
         for mode, values in sorted(rewards.items())
     )
     return f"{arrived} of {total} rollouts; mean reward: {means or 'none reported'}."
-
-
-def expected_from(ids: list[str], specs: list[dict[str, Any]] | None) -> dict[str, str | None]:
-    if specs is None:
-        return dict.fromkeys(ids)
-    return {rollout_id: spec.get("mode") for rollout_id, spec in zip(ids, specs, strict=True)}

@@ -32,10 +32,6 @@ class BadRequest(Exception):
         self.response = response
 
 
-async def read_json(request: Request) -> Any:
-    return parse_json(await request.body())
-
-
 async def read_model(request: Request, model: type[M]) -> M:
     return parse_model(await request.body(), model)
 
@@ -151,10 +147,6 @@ def with_numbers_tamed(body: bytes, tamed_as: Tamed) -> bytes | None:
 def non_finite_name(number: float) -> str:
     """How OTLP's JSON (proto3's mapping) writes a number JSON cannot carry."""
     return "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
-
-
-def float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
-    return number_param(request.query_params, name, default, low, high, float)
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

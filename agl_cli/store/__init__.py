@@ -25,7 +25,6 @@ from agl_cli.store.base import (
     TaskSpec,
     UnknownAttemptError,
     UnknownBatchError,
-    UnknownResourcesError,
     UnknownRolloutError,
     UnknownTaskError,
 )
@@ -59,7 +58,6 @@ __all__ = [
     "TaskSpec",
     "UnknownAttemptError",
     "UnknownBatchError",
-    "UnknownResourcesError",
     "UnknownRolloutError",
     "UnknownTaskError",
 ]

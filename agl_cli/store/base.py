@@ -66,12 +66,6 @@ class UnknownAttemptError(StoreError):
         self.attempt_id = attempt_id
 
 
-class UnknownResourcesError(StoreError):
-    def __init__(self, resources_id: str) -> None:
-        super().__init__(f"No resources with id '{resources_id}'.")
-        self.resources_id = resources_id
-
-
 class UnknownBatchError(StoreError):
     def __init__(self, batch_id: str) -> None:
         super().__init__(f"No batch with id '{batch_id}'.")
@@ -306,10 +300,6 @@ def check_retryable(rollout_id: str, status: TaskStatus) -> None:
         raise InvalidTransitionError(
             f"Task '{rollout_id}' is {status.value} and cannot be retried: only failed or cancelled tasks can."
         )
-
-
-def new_rollout_id() -> str:
-    return f"rollout-{uuid.uuid4()}"
 
 
 def new_rollout_ids(count: int) -> list[str]:
