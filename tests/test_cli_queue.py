@@ -162,7 +162,7 @@ def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Da
         (
             "t.jsonl",
             '{"input": 1}\n{"input": ' + "[" * 250 + "]" * 250 + "}\n",
-            "t.jsonl:2: invalid JSON: nested more than 198 levels deep.",
+            "t.jsonl:2: nested more than 198 levels deep, deeper than the daemon keeps.",
         ),
     ],
 )

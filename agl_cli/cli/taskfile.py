@@ -323,7 +323,7 @@ def problem_with(raw: bytes) -> str | None:
         return _json_problem(raw) or f"invalid JSON: {exc.msg}."
     # a task nesting that deeply has as many brackets: counting them costs less than a dump
     if raw.count(b"[") + raw.count(b"{") >= MAX_DEPTH - _BODY_LEVELS and too_deep([[value]]):
-        return f"invalid JSON: nested more than {MAX_DEPTH - _BODY_LEVELS} levels deep."
+        return f"nested more than {MAX_DEPTH - _BODY_LEVELS} levels deep, deeper than the daemon keeps."
     if plain_task(value) is None:
         try:
             TaskSpec.model_validate(value)
