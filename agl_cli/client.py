@@ -132,6 +132,7 @@ class Status(TypedDict, total=False):
     max_attempts: int | None
     rollout_retention: float | None
     forget_tasks: bool
+    max_body_size: int
     tasks: dict[str, int]
     forgotten: int
     rollouts: int
@@ -546,9 +547,14 @@ class AglClient:
         raise DaemonFailed(f"The daemon failed ({code}): {_lower_first(detail)}", code, detail)
 
 
+_TASKS_OPEN, _TASKS_CLOSE = b'{"tasks":', b"}"
+TASKS_BODY_OVERHEAD = len(_TASKS_OPEN) + len(_TASKS_CLOSE)
+"""What a request to queue or stage tasks adds around their encoded JSON array."""
+
+
 def _tasks_body(tasks: TaskList) -> bytes:
     if isinstance(tasks, bytes):
-        return b'{"tasks":' + tasks + b"}"
+        return _TASKS_OPEN + tasks + _TASKS_CLOSE
     return orjson.dumps({"tasks": list(tasks)})
 
 

@@ -12,6 +12,8 @@ import pytest
 from cli_runner import Worker, agl, assert_one_line_error, popen_agl, post_rollout, write
 from daemon import Daemon, wait_until
 
+from agl_cli.cli.taskfile import Chunk, Defaults, TaskFileError, chunks
+
 
 def tasks_of(daemon: Daemon) -> list[dict[str, object]]:
     response = daemon.api("GET", "/v1/tasks", params={"limit": 10_000})
@@ -245,7 +247,7 @@ def test_a_large_file_goes_up_in_chunks_and_is_queued_whole(daemon: Daemon, tmp_
     assert (first["input"], last["input"]) == (0, count - 1)
 
 
-def test_a_batch_the_daemon_refuses_halfway_leaves_nothing_queued(
+def test_a_task_larger_than_a_request_may_carry_is_refused_at_its_line_and_nothing_is_queued(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     daemon = make_daemon("--max-body-size", "2000000")
@@ -254,10 +256,55 @@ def test_a_batch_the_daemon_refuses_halfway_leaves_nothing_queued(
     lines[11_000] = json.dumps({"input": "x" * 3_000_000}) + "\n"  # valid, but over the body limit
     file.write_text("".join(lines))
     result = agl("queue", str(file), daemon=daemon)
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.startswith("agl: ") and "Traceback" not in result.stderr
+    assert_one_line_error(
+        result,
+        f"{file}:11001: this task is {len(lines[11_000]) - 1:,} bytes, more than one request to the daemon"
+        " may carry (agl serve --max-body-size).",
+    )
     assert result.stdout == ""
     assert queued_count(daemon) == 0
+    assert staged_uncommitted(daemon) == 0
+
+
+def test_a_chunk_never_carries_more_than_a_request_may() -> None:
+    most = 1_000
+    tasks = [("t.jsonl", i + 1, json.dumps({"input": "x" * (i % 90)}).encode()) for i in range(2_000)]
+    pieces = list(chunks(tasks, Defaults(), 5_000, 8 << 20, keep_specs=False, most=most))
+    assert max(len(piece.body) for piece in pieces) <= most
+    assert [task for piece in pieces for task in json.loads(piece.body)] == [
+        json.loads(t) for _, _, t in tasks
+    ]
+
+    def alone(size: int) -> list[Chunk]:  # a task of `size` bytes, between two small ones
+        task = json.dumps({"input": "y" * (size - len('{"input": ""}'))}).encode()
+        assert len(task) == size
+        return list(
+            chunks([("t", 1, b"1"), ("t", 2, task), ("t", 3, b"2")], Defaults(), 10, most, False, most)
+        )
+
+    assert [piece.body[:2] for piece in alone(most - 2)] == [b"[1", b"[{", b"[2"]  # "[task]" fills it
+    with pytest.raises(TaskFileError, match=f"^t:2: this task is {most - 1:,} bytes, more than one request"):
+        alone(most - 1)
+
+
+@pytest.mark.parametrize("options", [[], ["--metadata", "source=a-longer-value-for-every-task"]])
+def test_a_daemon_that_takes_small_bodies_gets_chunks_that_fit(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, options: list[str]
+) -> None:
+    """`agl serve --max-body-size` may be set below a chunk's usual size; `agl queue` sizes
+    its requests by it (with the options' fields filled in), and a task that just fits goes
+    up alone."""
+    limit = 100_000
+    daemon = make_daemon("--max-body-size", str(limit))
+    lines = [json.dumps({"input": f"task {i}"}) + "\n" for i in range(20_000)]
+    lines[7_000] = json.dumps({"input": "x" * (limit - 200)}) + "\n"
+    file = write(tmp_path / "tasks.jsonl", "".join(lines))
+    result = agl("queue", file, *options, daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == len(set(ids)) == len(lines) == queued_count(daemon)
+    inputs = [daemon.api("GET", f"/v1/tasks/{ids[i]}").json()["input"] for i in (0, 6_999, 7_001, -1)]
+    assert inputs == ["task 0", "task 6999", "task 7001", "task 19999"]
 
 
 def test_a_bad_task_after_chunks_already_staged_is_reported_at_its_line_and_they_are_discarded(

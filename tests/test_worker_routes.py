@@ -159,7 +159,10 @@ def test_a_body_over_the_limit_is_a_413(make_daemon: Callable[..., Daemon]) -> N
     streamed = httpx.post(daemon.url + "/rollout", content=chunks(), headers=JSON_TYPE, timeout=10)
     assert streamed.status_code == 413
     assert daemon.rollouts() == []
-    refusal = "A worker's report was refused (413): The request body is larger than the limit of 2000 bytes."
+    refusal = (
+        "A worker's report was refused (413):"
+        " The request body is larger than the limit of 2000 bytes (agl serve --max-body-size)."
+    )
     assert daemon.log_path.read_text().count(refusal) == 2  # a result lost, as for a 422
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # Tasks per request (the API takes up to 10,000): at 5,000 the daemon's peak memory while
 # it takes a million tasks is about 20 MB lower than at 10,000, at no cost in time.
 CHUNK_TASKS = 5_000
-CHUNK_BYTES = 8 << 20  # well under the daemon's default body limit of 32 MiB
+CHUNK_BYTES = 8 << 20  # well under the daemon's default body limit of 32 MiB (smaller for a smaller one)
 
 
 class ModeChoice(str, enum.Enum):
@@ -168,7 +168,8 @@ def _upload(
     try:
         with output.progress_bar(show_progress, "Queuing", _size(task_files), bytes_=True) as update:
             tasks = checked_tasks(task_files, update)
-            pieces = chunks(tasks, defaults, CHUNK_TASKS, CHUNK_BYTES, keep_specs=sink.keep_specs)
+            most = _most_per_request(client)
+            pieces = chunks(tasks, defaults, CHUNK_TASKS, CHUNK_BYTES, sink.keep_specs, most)
             first = next(pieces)  # there is one: a file without tasks is refused
             second = next(pieces, None)
             if second is None:
@@ -184,6 +185,15 @@ def _upload(
                 client.discard_batch(batch_id)
         raise
     return queued
+
+
+def _most_per_request(client: AglClient) -> int | None:
+    """How many bytes of tasks one request may carry, by the daemon's body limit (which
+    `agl serve --max-body-size` may have set below a chunk's size)."""
+    from agl_cli.client import TASKS_BODY_OVERHEAD
+
+    limit = client.status().get("max_body_size")
+    return None if limit is None else limit - TASKS_BODY_OVERHEAD
 
 
 def _stage_in_turn(client: AglClient, batch_id: str, pieces: Iterator[Chunk], sink: _Sink) -> int:

@@ -408,23 +408,40 @@ def chunks(
     max_tasks: int,
     max_bytes: int,
     keep_specs: bool,
+    most: int | None = None,
 ) -> Iterator[Chunk]:
-    """The tasks cut into uploads of at most `max_tasks` tasks / ~`max_bytes`."""
+    """The tasks cut into uploads of at most `max_tasks` tasks, each a JSON array of at
+    most `max_bytes` unless it holds one larger task; none past `most` bytes, the most one
+    request may carry (a task too large for that is refused at its line)."""
     decode = keep_specs or not defaults.empty
+    cut = max_bytes if most is None else min(max_bytes, most)
     parts: list[bytes] = []
     lines: list[tuple[str, int]] = []
     specs: list[dict[str, Any]] = []
-    size = 0
+    size = 1  # of the array: its brackets, and each task with a comma (one bracket for the last)
     for name, line, raw in tasks:
+        spec = None
         if decode:
             spec = defaults.apply(orjson.loads(raw))
-            specs.append(spec)
             raw = orjson.dumps(spec)
+        cost = len(raw) + 1
+        if parts and size + cost > cut:
+            yield Chunk(b"[" + b",".join(parts) + b"]", lines, specs if keep_specs else None)
+            parts, lines, specs, size = [], [], [], 1
+        if most is not None and size + cost > most:  # alone in its chunk
+            raise TaskFileError(
+                name,
+                f"this task is {len(raw):,} bytes, more than one request to the daemon may carry"
+                " (agl serve --max-body-size).",
+                line,
+            )
         parts.append(raw)
         lines.append((name, line))
-        size += len(raw) + 1
-        if len(parts) >= max_tasks or size >= max_bytes:
+        if spec is not None:
+            specs.append(spec)
+        size += cost
+        if len(parts) >= max_tasks:
             yield Chunk(b"[" + b",".join(parts) + b"]", lines, specs if keep_specs else None)
-            parts, lines, specs, size = [], [], [], 0
+            parts, lines, specs, size = [], [], [], 1
     if parts:
         yield Chunk(b"[" + b",".join(parts) + b"]", lines, specs if keep_specs else None)

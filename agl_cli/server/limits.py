@@ -81,7 +81,9 @@ class BodySizeLimit:
 
 
 def too_large(max_bytes: int) -> ORJSONResponse:
-    return error(413, f"The request body is larger than the limit of {max_bytes} bytes.")
+    return error(
+        413, f"The request body is larger than the limit of {max_bytes} bytes (agl serve --max-body-size)."
+    )
 
 
 def declared_too_large(scope: Scope, max_bytes: int) -> bool:

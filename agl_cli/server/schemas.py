@@ -162,6 +162,9 @@ class Status(BaseModel):
     forget_tasks: bool = Field(
         description="Whether retention deletes tasks too (`agl serve --forget-tasks`)."
     )
+    max_body_size: int = Field(
+        description="The largest request body taken, in bytes (`agl serve --max-body-size`); 413 beyond."
+    )
     tasks: dict[str, int] = Field(description="Tasks per status.")
     forgotten: int = Field(
         description="Tasks deleted with their results (`--forget-tasks`) over the store's life: not in `tasks`."

@@ -57,6 +57,7 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
         max_attempts=broker.max_attempts,
         rollout_retention=broker.rollout_retention,
         forget_tasks=broker.forget_tasks,
+        max_body_size=options.max_body_bytes,
         tasks={status.value: number for status, number in counts.tasks.items()},
         forgotten=counts.forgotten,
         rollouts=counts.rollouts,
