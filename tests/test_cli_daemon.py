@@ -35,6 +35,7 @@ def test_status_tells_what_the_daemon_is_and_what_it_holds(daemon: Daemon) -> No
     human = agl("status", daemon=daemon)
     assert human.returncode == 0, human.stderr
     assert "queued 2" in human.stdout and daemon.url in human.stdout
+    assert "request bodies up to 33.6 MB" in human.stdout  # the default --max-body-size, 32 MiB
     assert "forgotten" not in human.stdout  # said only by a daemon that forgets tasks
 
 

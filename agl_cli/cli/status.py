@@ -101,6 +101,8 @@ def render(current: Status) -> Table:
         retention = current["rollout_retention"]
         kept = "for good" if retention is None else f"{retention:g} s"
         limits.append(f"rollouts kept {kept}{', with their tasks' if current.get('forget_tasks') else ''}")
+    if "max_body_size" in current:
+        limits.append(f"request bodies up to {output.size(current['max_body_size'])}")
     if limits:
         grid.add_row("limits", ", ".join(limits))
     return grid
