@@ -12,7 +12,7 @@ import pytest
 from cli_runner import Worker, agl, assert_one_line_error, popen_agl, post_rollout, write
 from daemon import Daemon, wait_until
 
-from agl_cli.cli.taskfile import Chunk, Defaults, TaskFileError, chunks
+from agl_cli.cli.taskfile import CheckedTask, Chunk, Defaults, TaskFileError, chunks
 
 
 def tasks_of(daemon: Daemon) -> list[dict[str, object]]:
@@ -266,20 +266,29 @@ def test_a_task_larger_than_a_request_may_carry_is_refused_at_its_line_and_nothi
     assert staged_uncommitted(daemon) == 0
 
 
+def checked(file: str, line: int, raw: bytes) -> CheckedTask:
+    return CheckedTask(file, line, raw, json.loads(raw))
+
+
 def test_a_chunk_never_carries_more_than_a_request_may() -> None:
     most = 1_000
-    tasks = [("t.jsonl", i + 1, json.dumps({"input": "x" * (i % 90)}).encode()) for i in range(2_000)]
+    tasks = [checked("t.jsonl", i + 1, json.dumps({"input": "x" * (i % 90)}).encode()) for i in range(2_000)]
     pieces = list(chunks(tasks, Defaults(), 5_000, 8 << 20, keep_specs=False, most=most))
     assert max(len(piece.body) for piece in pieces) <= most
-    assert [task for piece in pieces for task in json.loads(piece.body)] == [
-        json.loads(t) for _, _, t in tasks
-    ]
+    assert [task for piece in pieces for task in json.loads(piece.body)] == [task.value for task in tasks]
 
     def alone(size: int) -> list[Chunk]:  # a task of `size` bytes, between two small ones
         task = json.dumps({"input": "y" * (size - len('{"input": ""}'))}).encode()
         assert len(task) == size
         return list(
-            chunks([("t", 1, b"1"), ("t", 2, task), ("t", 3, b"2")], Defaults(), 10, most, False, most)
+            chunks(
+                [checked("t", 1, b"1"), checked("t", 2, task), checked("t", 3, b"2")],
+                Defaults(),
+                10,
+                most,
+                False,
+                most,
+            )
         )
 
     assert [piece.body[:2] for piece in alone(most - 2)] == [b"[1", b"[{", b"[2"]  # "[task]" fills it

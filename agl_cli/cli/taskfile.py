@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -311,7 +311,12 @@ _KINDS = {"[": "an array", '"': "a string", "t": "a boolean", "f": "a boolean", 
 
 
 def problem_with(raw: bytes) -> str | None:
-    """Why this task cannot be queued, in a few words; None if it can.
+    """Why this task cannot be queued, in a few words; None if it can."""
+    return _judged(raw)[1]
+
+
+def _judged(raw: bytes) -> tuple[Any, str | None]:
+    """The task as read, and why it cannot be queued (None if it can).
 
     The daemon's own rules, so that a dry run's verdict holds: its JSON reader (orjson,
     which refuses `NaN` and `1e999`), its depth limit for the task inside a request body,
@@ -320,16 +325,19 @@ def problem_with(raw: bytes) -> str | None:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return _json_problem(raw) or f"invalid JSON: {exc.msg}."
+        return None, _json_problem(raw) or f"invalid JSON: {exc.msg}."
     # a task nesting that deeply has as many brackets: counting them costs less than a dump
     if raw.count(b"[") + raw.count(b"{") >= MAX_DEPTH - _BODY_LEVELS and too_deep([[value]]):
-        return f"nested more than {MAX_DEPTH - _BODY_LEVELS} levels deep, deeper than the daemon keeps."
+        return (
+            value,
+            f"nested more than {MAX_DEPTH - _BODY_LEVELS} levels deep, deeper than the daemon keeps.",
+        )
     if plain_task(value) is None:
         try:
             TaskSpec.model_validate(value)
         except ValidationError as exc:
-            return _describe(exc, raw)
-    return None
+            return value, _describe(exc, raw)
+    return value, None
 
 
 def _json_problem(raw: bytes) -> str | None:
@@ -366,21 +374,30 @@ def _describe(exc: ValidationError, raw: bytes) -> str:
     return f"{where}: {message[:1].lower()}{message[1:]}." if where else f"{message}."
 
 
+class CheckedTask(NamedTuple):
+    """A task that can be queued, where it is, and as it was read to check it."""
+
+    file: str
+    line: int
+    raw: bytes  # its JSON as the file has it
+    value: Any  # that JSON read, to fill in the command line's defaults without reading it again
+
+
 def checked_tasks(
     files: list[TaskFile], progress: Callable[[int], None] | None = None
-) -> Iterator[tuple[str, int, bytes]]:
-    """Every task of the files in order, as (file, line, raw JSON); raises at the first
-    task that cannot be queued. `progress` is told the bytes read across all the files."""
+) -> Iterator[CheckedTask]:
+    """Every task of the files in order; raises at the first task that cannot be queued.
+    `progress` is told the bytes read across all the files."""
     done = 0
     for task_file in files:
         report = None if progress is None else _offset(progress, done)
         found = False
         for line, raw in iter_tasks(task_file, report):
-            reason = problem_with(raw)
+            value, reason = _judged(raw)
             if reason is not None:
                 raise TaskFileError(task_file.name, reason, line)
             found = True
-            yield task_file.name, line, raw
+            yield CheckedTask(task_file.name, line, raw, value)
         if not found:  # most likely a file not written yet, or the wrong one
             raise TaskFileError(task_file.name, "there are no tasks in it.")
         done += task_file.size
@@ -403,7 +420,7 @@ class Chunk:
 
 
 def chunks(
-    tasks: Iterable[tuple[str, int, bytes]],
+    tasks: Iterable[CheckedTask],
     defaults: Defaults,
     max_tasks: int,
     max_bytes: int,
@@ -419,10 +436,10 @@ def chunks(
     lines: list[tuple[str, int]] = []
     specs: list[dict[str, Any]] = []
     size = 1  # of the array: its brackets, and each task with a comma (one bracket for the last)
-    for name, line, raw in tasks:
+    for name, line, raw, value in tasks:
         spec = None
         if decode:
-            spec = defaults.apply(orjson.loads(raw))
+            spec = defaults.apply(value)
             raw = orjson.dumps(spec)
         cost = len(raw) + 1
         if parts and size + cost > cut:
