@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import typer
 import typer.main
+from typer.testing import CliRunner
 
 from agl_cli.cli.app import app
 from agl_cli.cli.errors import ExitCode
@@ -53,6 +54,40 @@ def test_every_command_and_subcommand_has_a_page() -> None:
     assert {page.stem for page in PAGES} == set(cli_commands())
     for name in ("agl", "agl-serve", "agl-queue", "agl-resources-push", "agl-rollouts-watch"):
         assert (MAN / f"{name}.1").exists()
+
+
+def help_screen(page: str) -> str:
+    words = page.split("-")[1:]  # agl-rollouts-watch: rollouts watch
+    result = CliRunner().invoke(app, [*words, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def panel_rows(screen: str) -> list[list[str]]:
+    """The words on the first line of each row of `--help`'s panels (a required one's * left out)."""
+    return [
+        line[1:-1].replace(",", " ").removeprefix(" *").split()
+        for line in screen.splitlines()
+        if line.startswith("│ ") and line[2:6].strip()
+    ]
+
+
+def test_help_shows_a_flag_alone_and_a_value_by_its_metavar_as_the_man_pages_do() -> None:
+    """`--json <bool>` would read as if the flag took a value; `FILE <list[str]>` says nothing more."""
+    for page, (command, ctx) in cli_commands().items():
+        if not command.add_help_option:
+            continue  # agentlightning's commands: their help is theirs
+        screen = help_screen(page)
+        rows = panel_rows(screen)
+        for param in command.get_params(ctx):
+            shown = param.opts if param.param_type_name == "option" else [param.metavar]
+            row = next(row for row in rows if row[: len(shown)] == shown)
+            before_help = row[: row.index(param.help.split()[0], len(shown))]
+            if param.param_type_name == "argument" or param.is_flag:
+                assert before_help == shown, (page, shown)  # nothing beside the name
+            elif param.metavar is not None:
+                assert before_help[len(shown)] == param.metavar, (page, shown)
+        assert "<bool>" not in screen and "<list[" not in screen, page
 
 
 def test_each_paragraph_of_a_command_s_help_is_one_line_so_that_help_wraps_it_whole() -> None:

@@ -25,6 +25,9 @@ from agl_cli.cli import stop as stop_module
 from agl_cli.cli.context import Globals
 from agl_cli.cli.errors import EXIT_CODES_HELP
 from agl_cli.cli.forward import AGENTLIGHTNING_COMMANDS, forward
+from agl_cli.cli.help_screens import use_plain_labels
+
+use_plain_labels()
 
 app = typer.Typer(
     name="agl",
@@ -48,6 +51,7 @@ def root(
         None,
         "--url",
         envvar="AGL_URL",
+        metavar="URL",
         help="The daemon's address (default: STATE_DIR/address, else http://127.0.0.1:8000).",
         show_default=False,
     ),
@@ -55,6 +59,7 @@ def root(
         None,
         "--token",
         envvar="AGL_TOKEN",
+        metavar="TOKEN",
         help="The management API's token (default: STATE_DIR/token).",
         show_default=False,
     ),
@@ -62,6 +67,7 @@ def root(
         None,
         "--state-dir",
         envvar="AGL_STATE_DIR",
+        metavar="STATE_DIR",
         help="The daemon's state directory (default: $XDG_STATE_HOME/agl, else ~/.local/state/agl).",
         show_default=False,
     ),

@@ -156,6 +156,7 @@ def state_dir_option() -> Any:
     return typer.Option(
         DEFAULTS.state_dir,
         envvar="AGL_STATE_DIR",
+        metavar="STATE_DIR",
         help="Where the database, token and pidfile live.",
         show_default=False,
     )

@@ -14,9 +14,11 @@ from agl_cli.daemon_config import DEFAULTS, LOG_LEVELS, LONGEST_SECONDS, DaemonC
 def serve(
     ctx: typer.Context,
     host: str = typer.Option(
-        DEFAULTS.host, help="Address to listen on; anything but loopback needs the token."
+        DEFAULTS.host, metavar="HOST", help="Address to listen on; anything but loopback needs the token."
     ),
-    port: int = typer.Option(DEFAULTS.port, min=0, max=65535, help="Port to listen on (0 picks a free one)."),
+    port: int = typer.Option(
+        DEFAULTS.port, min=0, max=65535, metavar="PORT", help="Port to listen on (0 picks a free one)."
+    ),
     state_dir: Path | None = state_dir_option(),
     memory: bool = typer.Option(
         DEFAULTS.memory, "--memory", help="Keep state in memory only (lost at exit)."
@@ -25,15 +27,20 @@ def serve(
         DEFAULTS.task_timeout,
         min=0.001,
         max=LONGEST_SECONDS,
+        metavar="S",
         help="Seconds a worker may hold a task before it is handed out again.",
     ),
     max_attempts: int | None = typer.Option(
-        DEFAULTS.max_attempts, min=1, help="Claims per task before it is marked failed (default: unlimited)."
+        DEFAULTS.max_attempts,
+        min=1,
+        metavar="N",
+        help="Claims per task before it is marked failed (default: unlimited).",
     ),
     rollout_retention: float | None = typer.Option(
         DEFAULTS.rollout_retention,
         min=0.001,
         max=LONGEST_SECONDS,
+        metavar="S",
         help="Seconds a completed rollout is kept after it arrives; older ones are deleted,"
         " with their spans (default: kept for good).",
         show_default=False,
@@ -45,7 +52,9 @@ def serve(
         " deleted, or when it failed or was cancelled that long ago; a report for it then counts as"
         " unsolicited.",
     ),
-    log_level: str = typer.Option(DEFAULTS.log_level, help=f"One of: {', '.join(LOG_LEVELS)}."),
+    log_level: str = typer.Option(
+        DEFAULTS.log_level, metavar="LEVEL", help=f"One of: {', '.join(LOG_LEVELS)}."
+    ),
     log_json: bool = typer.Option(
         DEFAULTS.log_json,
         "--log-json",
@@ -55,23 +64,26 @@ def serve(
         DEFAULTS.no_auth, "--no-auth", help="Serve the management API without a token (loopback only)."
     ),
     max_body_size: int = typer.Option(
-        DEFAULTS.max_body_size, min=1, help="Largest request body in bytes (413 beyond)."
+        DEFAULTS.max_body_size, min=1, metavar="BYTES", help="Largest request body in bytes (413 beyond)."
     ),
     max_db_size: int | None = typer.Option(
         DEFAULTS.max_db_size,
         min=1,
+        metavar="BYTES",
         help="Largest the database may grow, in bytes; beyond it writes are refused (507) and reads go on.",
         show_default=False,
     ),
     max_requests: int = typer.Option(
         DEFAULTS.max_requests,
         min=1,
+        metavar="N",
         help="Requests served at once (long polls included); beyond it, 503 with Retry-After.",
     ),
     request_timeout: float = typer.Option(
         DEFAULTS.request_timeout,
         min=0.001,
         max=LONGEST_SECONDS,
+        metavar="S",
         help="Seconds a client may take to send a whole request, from its first byte; 408 beyond.",
     ),
     allowed_host: list[str] = typer.Option(

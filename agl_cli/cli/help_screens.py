@@ -1,0 +1,34 @@
+"""The type column of `--help`: a flag shows none, a parameter with a metavar shows that.
+
+Typer 0.29 labels every parameter with its Python type, so `--json <bool>` reads as if
+the flag took a value (`agl queue --json true` is then refused), and an argument shown
+as FILE gets `<list[str]>` beside it. The man pages already say it the plain way (a
+flag alone, a value by its metavar); `use_plain_labels` makes `--help` say the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.core import TyperArgument, TyperOption
+
+_typer_option_label = TyperOption.display_type_rich
+_typer_argument_label = TyperArgument.display_type_rich
+
+
+def _option_label(option: TyperOption, ctx: Any) -> str | None:
+    if option.is_flag or option.count:
+        return None  # nothing to type after it
+    return _typer_option_label(option, ctx)
+
+
+def _argument_label(argument: TyperArgument, ctx: Any) -> str | None:
+    if argument.metavar is not None:
+        return None  # the name column shows the metavar already
+    return _typer_argument_label(argument, ctx)
+
+
+def use_plain_labels() -> None:
+    """Render every help screen's type column the man pages' way (idempotent)."""
+    TyperOption.display_type_rich = _option_label  # type: ignore[method-assign,assignment]
+    TyperArgument.display_type_rich = _argument_label  # type: ignore[method-assign,assignment]
