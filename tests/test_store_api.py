@@ -123,6 +123,45 @@ def test_an_otlp_export_that_cannot_be_read_is_a_400(
     assert daemon.post("/v1/traces", content=body, headers=headers).status_code == status
 
 
+def test_a_gzipped_otlp_export_is_held_to_the_body_limit_once_unzipped(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A few hundred bytes of gzip can unzip to any size: the limit is for what the daemon must hold."""
+    daemon = make_daemon("--max-body-size", "100000")
+    enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    ids = {
+        "agentlightning.rollout_id": handed["rollout_id"],
+        "agentlightning.attempt_id": handed["attempt"]["attempt_id"],
+    }
+
+    def padded(name: str, size: int) -> bytes:
+        return export(proto_span(name, name.encode().ljust(8, b"-"), pad="x" * size), resource=ids)
+
+    gzipped = {**PROTOBUF, "Content-Encoding": "gzip"}
+    bomb = gzip.compress(padded("bomb", 100_000))
+    assert len(bomb) < 1_000
+    refused = daemon.post("/v1/traces", content=bomb, headers=gzipped)
+    assert (refused.status_code, refused.headers["content-type"]) == (413, "application/x-protobuf")
+    assert b"unzipped, is larger than the limit of 100000 bytes" in refused.content
+    assert spans_of(daemon, handed["rollout_id"]) == []
+    # Two gzip members (two exports, which protobuf reads as one), within the limit together.
+    members = gzip.compress(padded("first", 40_000)) + gzip.compress(padded("second", 40_000))
+    assert daemon.post("/v1/traces", content=members, headers=gzipped).status_code == 200
+    assert [span["name"] for span in spans_of(daemon, handed["rollout_id"])] == ["first", "second"]
+    truncated = gzip.compress(padded("cut", 10))[:-8]
+    assert daemon.post("/v1/traces", content=truncated, headers=gzipped).status_code == 400
+
+
+def test_unzipping_stops_at_the_limit_to_the_byte() -> None:
+    from agl_cli.server.otlp import UnzippedTooLarge, gunzip
+
+    body = gzip.compress(b"x" * 1000) + gzip.compress(b"y" * 24)
+    assert gunzip(body, 1024) == b"x" * 1000 + b"y" * 24
+    with pytest.raises(UnzippedTooLarge):
+        gunzip(body, 1023)
+
+
 @pytest.mark.parametrize("path", ["/v1/metrics", "/v1/logs"])
 def test_otlp_metrics_and_logs_are_not_kept(daemon: Daemon, path: str) -> None:
     assert daemon.post(path, content=b"", headers=PROTOBUF).status_code == 501

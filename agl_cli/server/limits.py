@@ -81,9 +81,12 @@ class BodySizeLimit:
 
 
 def too_large(max_bytes: int) -> ORJSONResponse:
-    return error(
-        413, f"The request body is larger than the limit of {max_bytes} bytes (agl serve --max-body-size)."
-    )
+    return error(413, too_large_message(max_bytes))
+
+
+def too_large_message(max_bytes: int, *, unzipped: bool = False) -> str:
+    body = "The request body, unzipped," if unzipped else "The request body"
+    return f"{body} is larger than the limit of {max_bytes} bytes (agl serve --max-body-size)."
 
 
 def declared_too_large(scope: Scope, max_bytes: int) -> bool:

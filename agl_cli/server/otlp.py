@@ -11,8 +11,8 @@ as rejected in the answer's `partial_success`, as OTLP provides.
 
 from __future__ import annotations
 
-import gzip
 import math
+import zlib
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agl_cli.server.broker import broker_of
+from agl_cli.server.limits import too_large_message
 from agl_cli.server.requests import non_finite_name
 from agl_cli.store_models import Span
 
@@ -48,11 +49,14 @@ async def export_traces(request: Request) -> Response:
     if content_type != PROTOBUF:
         return _bad_request(f"Unsupported Content-Type '{content_type}', expected '{PROTOBUF}'")
     body = await request.body()
+    max_bytes: int = request.app.state.options.max_body_bytes
     try:
         if request.headers.get("content-encoding", "").lower() == "gzip":
-            body = gzip.decompress(body)
+            body = gunzip(body, max_bytes)
         export = ExportTraceServiceRequest.FromString(body)
-    except (OSError, EOFError, DecodeError) as exc:
+    except UnzippedTooLarge:
+        return _refusal(413, too_large_message(max_bytes, unzipped=True))
+    except (OSError, EOFError, zlib.error, DecodeError) as exc:
         return _bad_request(f"Unable to parse OTLP traces payload: {exc}")
     spans, rejected, reason = spans_of(export)
     if spans:
@@ -187,8 +191,35 @@ def _value(value: AnyValue) -> Any:
     return getattr(value, kind)
 
 
+class UnzippedTooLarge(Exception):
+    pass
+
+
+def gunzip(body: bytes, max_bytes: int) -> bytes:
+    """A gzip body unzipped, member by member, never to more than `max_bytes`: a few
+    kilobytes of zeros unzip to gigabytes, so the body limit holds for what is unzipped."""
+    unzipped = bytearray()
+    while True:
+        inflater = zlib.decompressobj(wbits=31)  # a gzip header and trailer
+        unzipped += inflater.decompress(body, max_bytes + 1 - len(unzipped))
+        if len(unzipped) > max_bytes:
+            raise UnzippedTooLarge
+        if not inflater.eof:
+            raise EOFError("the gzip stream ends before its end-of-stream marker")
+        body = inflater.unused_data
+        if not body:
+            return bytes(unzipped)
+
+
 def _bad_request(message: str) -> Response:
-    return Response(Status(code=3, message=message).SerializeToString(), status_code=400, media_type=PROTOBUF)
+    return _refusal(400, message)
+
+
+def _refusal(status_code: int, message: str) -> Response:
+    """An OTLP error: a `google.rpc.Status` in protobuf (3, INVALID_ARGUMENT)."""
+    return Response(
+        Status(code=3, message=message).SerializeToString(), status_code=status_code, media_type=PROTOBUF
+    )
 
 
 routes = [
