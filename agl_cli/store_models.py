@@ -7,10 +7,11 @@ rollout and attempt life cycle these name is decided in `agl_cli.store.lifecycle
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agl_cli.models import Mode
 
@@ -231,9 +232,15 @@ class NextSequenceBody(BaseModel):
     attempt_id: str
 
 
+def _not_nan(seconds: float | None) -> float | None:
+    if seconds is not None and math.isnan(seconds):
+        raise ValueError("a timeout is a number of seconds, or null for none, not NaN")
+    return seconds
+
+
 class WaitBody(BaseModel):
     rollout_ids: list[str]
-    timeout: float | None = None
+    timeout: Annotated[float | None, AfterValidator(_not_nan)] = None  # Infinity: no limit, as null
 
 
 # --- answers (those that are not one of the records above) --------------------------------------

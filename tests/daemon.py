@@ -186,6 +186,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def connect(url: str) -> socket.socket:
+    """A raw connection to a daemon, for what an HTTP client would not send."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
     """Look at `condition` until it holds (it has no signal to wait on), failing at the deadline."""
     deadline = time.monotonic() + timeout

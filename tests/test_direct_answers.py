@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from daemon import Daemon, wait_until
+from daemon import Daemon, connect, wait_until
 
 from agl_cli.embedded import AgentLightningServer
 from agl_cli.server.protocol import DirectCycle, Protocol
@@ -79,11 +79,6 @@ class Answers:
 
     def closed(self) -> bool:
         return self.buffer == b"" and self.sock.recv(1) == b""
-
-
-def connect(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=30)
 
 
 @pytest.fixture
@@ -198,6 +193,17 @@ def test_clients_that_leave_before_their_answer_are_not_left_counted_in_flight(d
     wait_until(lambda: daemon.requests_in_flight() == 0, "the requests to leave the count")
     assert daemon.get("/task").json() == {"is_available": False, "task": None}
     assert [r["rollout_id"] for r in daemon.rollouts()] == ["rollout-same"]  # not the half one
+
+
+def test_a_long_poll_whose_client_left_ends_and_claims_nothing(daemon: Daemon) -> None:
+    """Its answer would reach nobody: a task it claimed would wait out --task-timeout."""
+    with connect(daemon.url) as sock:
+        sock.sendall(request("GET /task?wait=60 HTTP/1.1"))
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the long poll to wait")
+    wait_until(lambda: daemon.requests_in_flight() == 0, "the long poll to end with its client", timeout=15)
+    [rollout_id] = daemon.queue("for a worker still here")
+    assert daemon.get("/task").json()["task"]["rollout_id"] == rollout_id
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 1
 
 
 def test_a_worker_route_a_busy_daemon_turns_away_is_counted_as_such(

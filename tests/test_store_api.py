@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon import Daemon, wait_until
+from daemon import Daemon, connect, wait_until
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -160,6 +160,32 @@ def test_unzipping_stops_at_the_limit_to_the_byte() -> None:
     assert gunzip(body, 1024) == b"x" * 1000 + b"y" * 24
     with pytest.raises(UnzippedTooLarge):
         gunzip(body, 1023)
+
+
+def test_a_wait_for_rollouts_ends_when_its_client_leaves(make_daemon: Callable[..., Daemon]) -> None:
+    """Else each runner killed while it waited held one of --max-requests for good."""
+    daemon = make_daemon("--max-requests", "2")
+    [queued] = enqueue(daemon, "x")
+    body = json.dumps({"rollout_ids": [queued["rollout_id"]], "timeout": None})
+    head = f"POST {AGL}/waits/rollouts HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    for _ in range(2):
+        with connect(daemon.url) as sock:
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
+            wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to begin")
+        wait_until(lambda: daemon.requests_in_flight() == 0, "the wait to end with its client", timeout=15)
+    assert daemon.get(f"{AGL}/rollouts/{queued['rollout_id']}").status_code == 200
+
+
+def test_a_wait_for_rollouts_with_a_nan_timeout_is_a_422(daemon: Daemon) -> None:
+    [queued] = enqueue(daemon, "x")
+    for timeout in ("NaN", '"NaN"'):
+        body = f'{{"rollout_ids": ["{queued["rollout_id"]}"], "timeout": {timeout}}}'
+        refused = daemon.post(f"{AGL}/waits/rollouts", content=body, headers=JSON_TYPE)
+        assert refused.status_code == 422 and "not NaN" in refused.text, refused.text
+    finished = daemon.post(
+        f"{AGL}/waits/rollouts", json={"rollout_ids": [queued["rollout_id"]], "timeout": 0}
+    )
+    assert finished.json() == []
 
 
 @pytest.mark.parametrize("path", ["/v1/metrics", "/v1/logs"])

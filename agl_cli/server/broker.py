@@ -88,13 +88,21 @@ class Signal:
             self._watched = False
 
 
-async def wait_for(event: asyncio.Event, timeout: float) -> bool:
-    """Wait up to `timeout` seconds for `event`; True if it was set."""
+async def wait_for(event: asyncio.Event, timeout: float, unless: asyncio.Event | None = None) -> bool:
+    """Wait up to `timeout` seconds for `event`, or until `unless` is set; True if `event` was."""
+    if unless is None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(unless.wait())]
     try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        return False
-    return True
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    return event.is_set()
 
 
 @dataclass
@@ -257,8 +265,9 @@ class Broker:
         self._tasks_changed.notify()
         return await queued
 
-    async def claim(self, wait: float = 0.0) -> Claim | None:
-        """Hand out the next task, waiting up to `wait` seconds for one to appear."""
+    async def claim(self, wait: float = 0.0, gone: asyncio.Event | None = None) -> Claim | None:
+        """Hand out the next task, waiting up to `wait` seconds for one to appear, unless
+        the claimer is `gone` first (a task is then handed to nobody)."""
         deadline = time.monotonic() + wait
         while True:
             changed = self._tasks_changed.watch()
@@ -267,11 +276,13 @@ class Broker:
             if claim is not None:
                 return claim
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closing:
+            if remaining <= 0 or self.closing or (gone is not None and gone.is_set()):
                 return None
             if made.next_expiry is not None:
                 remaining = min(remaining, max(made.next_expiry - self._store.clock(), 0.0) + 0.001)
-            await wait_for(changed, remaining)
+            await wait_for(changed, remaining, unless=gone)
+            if gone is not None and gone.is_set():
+                return None
 
     def claim_soon(self) -> asyncio.Future[ClaimMade]:
         """A claim of the next task, without waiting for one. Pass what it made to `claimed`."""
@@ -491,10 +502,11 @@ class Broker:
         return await self._threads.read(lambda: self._store.get_rollout_shape(rollout_id))
 
     async def wait_for_rollouts(
-        self, rollout_ids: Sequence[str], timeout: float | None
+        self, rollout_ids: Sequence[str], timeout: float | None, gone: asyncio.Event | None = None
     ) -> list[dict[str, object]]:
         """The finished ones among `rollout_ids`, once every known one has finished or
-        `timeout` seconds have passed (None: no limit). Woken by each change, not polled."""
+        `timeout` seconds have passed (None: no limit), or the waiter is `gone`. Woken by
+        each change, not polled."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             changed = self._rollouts_changed.watch()
@@ -502,9 +514,9 @@ class Broker:
                 lambda: self._store.finished_rollouts(rollout_ids)
             )
             remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
-            if not unfinished or remaining <= 0 or self.closing:
+            if not unfinished or remaining <= 0 or self.closing or (gone is not None and gone.is_set()):
                 return finished
-            await wait_for(changed, min(remaining, WAIT_SLICE))
+            await wait_for(changed, min(remaining, WAIT_SLICE), unless=gone)
 
     async def query_rollouts(self, query: RolloutQuery) -> dict[str, object]:
         return await self._threads.read(lambda: self._store.query_rollouts(query))

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.models import GenericResponse, ResourcesUpdate, Rollout, TaskIfAny
 from agl_cli.server.broker import Broker, ClaimMade
+from agl_cli.server.hangups import hang_up_heard
 from agl_cli.server.limits import InFlightLimit, declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
 from agl_cli.server.openapi import Endpoint, Param
@@ -185,7 +186,10 @@ class WorkerRoutes:
         wait = 0.0
         if scope["query_string"]:
             wait = number_param(QueryParams(scope["query_string"]), "wait", 0.0, 0.0, MAX_WAIT_SECONDS, float)
-        return _claim_answer(await self.broker.claim(wait))
+        if not wait:
+            return _claim_answer(await self.broker.claim())
+        async with hang_up_heard(receive) as gone:
+            return _claim_answer(await self.broker.claim(wait, gone))
 
     async def post_rollout(self, scope: Scope, receive: Receive) -> Answer:
         try:

@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from agl_cli.models import NamedResources, ResourcesUpdate
 from agl_cli.server.broker import broker_of
+from agl_cli.server.hangups import hang_up_heard
 from agl_cli.server.openapi import Endpoint, Param, routes_of
 from agl_cli.server.requests import BadRequest, parse_json, parse_model
 from agl_cli.server.responses import ORJSONResponse, error, validation_error
@@ -227,7 +228,9 @@ async def update_attempt(request: Request) -> Response:
 async def wait_for_rollouts(request: Request) -> Response:
     """The finished rollouts among those named, once all are finished or the time is up."""
     body, _ = await _body(request, WaitBody)
-    return ORJSONResponse(await broker_of(request).wait_for_rollouts(body.rollout_ids, body.timeout))
+    async with hang_up_heard(request.receive) as gone:
+        finished = await broker_of(request).wait_for_rollouts(body.rollout_ids, body.timeout, gone)
+    return ORJSONResponse(finished)
 
 
 # --- workers, resources, spans, the whole ------------------------------------------------------
