@@ -22,6 +22,10 @@ SortOrder = Literal["asc", "desc"]
 FilterLogic = Literal["and", "or"]
 # What an SQLite integer holds: a larger number in a body is refused, not stored and then lost.
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+# A span's number leaves room above it for as many numbers again, which the store issues
+# (one more than the rollout's highest) and an SQLite integer must hold.
+MAX_SEQUENCE_ID = 2**62
+SpanNumber = Annotated[int, Field(ge=-(2**63), le=MAX_SEQUENCE_ID)]
 Item = TypeVar("Item")
 
 
@@ -115,7 +119,7 @@ class OtelResource(BaseModel):
 class Span(_Open):
     rollout_id: str
     attempt_id: str
-    sequence_id: Int64
+    sequence_id: SpanNumber
     trace_id: str
     span_id: str
     parent_id: str | None

@@ -108,6 +108,54 @@ def test_otlp_spans_that_cannot_be_placed_are_rejected_and_the_others_kept(daemo
     assert [s["name"] for s in spans_of(daemon, handed["rollout_id"])] == ["kept"]
 
 
+def test_an_otlp_span_that_is_refused_takes_no_sequence_number(daemon: Daemon) -> None:
+    """Its rollout's count of numbers stays as it was, as for a span refused with a 404."""
+    enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    ids = {"rollout_id": handed["rollout_id"], "attempt_id": handed["attempt"]["attempt_id"]}
+    strangers = [
+        proto_span("numbered", b"\x07" * 8, **{
+            "agentlightning.rollout_id": ids["rollout_id"], "agentlightning.attempt_id": "at-nope",
+            "agentlightning.span_sequence_id": 50,
+        }),
+        proto_span("unnumbered", b"\x08" * 8, **{
+            "agentlightning.rollout_id": ids["rollout_id"], "agentlightning.attempt_id": "at-nope",
+        }),
+    ]  # fmt: skip
+    answer = daemon.post("/v1/traces", content=export(*strangers), headers=PROTOBUF)
+    assert ExportTraceServiceResponse.FromString(answer.content).partial_success.rejected_spans == 2
+    kept = proto_span("kept", b"\x09" * 8, **{f"agentlightning.{key}": value for key, value in ids.items()})
+    assert daemon.post("/v1/traces", content=export(kept), headers=PROTOBUF).status_code == 200
+    assert [span["sequence_id"] for span in spans_of(daemon, ids["rollout_id"])] == [1]
+    assert daemon.post(f"{AGL}/spans/next", json=ids).json() == {"sequence_id": 2}
+
+
+def test_a_span_number_must_leave_room_for_the_next_one(daemon: Daemon) -> None:
+    """The next number is one more than the highest: above 2**62 it could pass what SQLite holds."""
+    enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    ids = {"rollout_id": handed["rollout_id"], "attempt_id": handed["attempt"]["attempt_id"]}
+
+    def span(number: int, span_id: str) -> dict[str, Any]:
+        return {
+            **ids, "sequence_id": number, "trace_id": "0" * 32, "span_id": span_id, "parent_id": None, "name": "s",
+            "status": {"status_code": "OK"}, "attributes": {}, "events": [], "links": [], "start_time": 1.0,
+            "end_time": 2.0, "context": None, "parent": None, "resource": {"attributes": {}, "schema_url": ""},
+        }  # fmt: skip
+
+    refused = daemon.post(f"{AGL}/spans", json=span(2**62 + 1, "1" * 16))
+    assert (refused.status_code, refused.json()["detail"][0]["loc"]) == (422, ["body", "sequence_id"])
+    beyond = proto_span("beyond", b"\x0a" * 8, **{
+        "agentlightning.rollout_id": ids["rollout_id"], "agentlightning.attempt_id": ids["attempt_id"],
+        "agentlightning.span_sequence_id": 2**63 - 1,
+    })  # fmt: skip
+    answer = daemon.post("/v1/traces", content=export(beyond), headers=PROTOBUF)
+    assert ExportTraceServiceResponse.FromString(answer.content).partial_success.rejected_spans == 1
+    assert daemon.post(f"{AGL}/spans", json=span(2**62, "2" * 16)).status_code == 201
+    assert daemon.post(f"{AGL}/spans/next", json=ids).json() == {"sequence_id": 2**62 + 1}
+    assert [span["sequence_id"] for span in spans_of(daemon, ids["rollout_id"])] == [2**62]
+
+
 @pytest.mark.parametrize(
     ("headers", "body", "status"),
     [

@@ -261,6 +261,13 @@ class SQLiteStore(Views):
             raise UnknownAttemptError(row.rollout_id, attempt_id)
         return AttemptRow._make(values)
 
+    def _attempt_known(self, conn: sqlite3.Connection, rollout_id: str, attempt_id: str) -> bool:
+        try:
+            self._attempt_by_id(conn, self._rollout_row(conn, rollout_id), attempt_id)
+        except (UnknownRolloutError, UnknownAttemptError):
+            return False
+        return True
+
     def _attempted_shape(self, row: TaskRow, attempt: AttemptRow | None) -> dict[str, object]:
         shape = rollout_shape(row, self._legacy_config_json)
         if attempt is not None:
@@ -407,25 +414,23 @@ class SQLiteStore(Views):
         """
         now = self.clock()
         added = SpansAdded()
+        groups: dict[tuple[str, str], list[Span]] = {}
+        for span in spans:
+            groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
         with self._write() as conn:
-            if from_otlp:
-                unnumbered = [span for span in spans if span.sequence_id < 0]
+            if from_otlp:  # numbered in the export's order; a refused span takes no number
+                placed = {key for key in groups if self._attempt_known(conn, *key)}
+                unnumbered = [
+                    s for s in spans if s.sequence_id < 0 and (s.rollout_id, s.attempt_id) in placed
+                ]
                 for span, number in zip(
                     unnumbered,
                     self._issue_sequence_ids(conn, [s.rollout_id for s in unnumbered]),
                     strict=True,
                 ):
                     span.sequence_id = number
-            groups: dict[tuple[str, str], list[Span]] = {}
-            for span in spans:
-                groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
             kept: dict[int, Span | None] = {}
             for (rollout_id, attempt_id), group in groups.items():
-                conn.execute(
-                    "INSERT INTO span_sequences VALUES (?1, ?2) ON CONFLICT (rollout_id)"
-                    " DO UPDATE SET last = max(last, ?2)",
-                    (rollout_id, max(span.sequence_id for span in group)),
-                )
                 try:
                     row = self._rollout_row(conn, rollout_id)
                     attempt = self._attempt_by_id(conn, row, attempt_id)
@@ -435,6 +440,11 @@ class SQLiteStore(Views):
                     added.rejected += len(group)
                     added.reason = str(exc)
                     continue
+                conn.execute(
+                    "INSERT INTO span_sequences VALUES (?1, ?2) ON CONFLICT (rollout_id)"
+                    " DO UPDATE SET last = max(last, ?2)",
+                    (rollout_id, max(span.sequence_id for span in group)),
+                )
                 any_kept = False
                 for span in group:
                     inserted = conn.execute(
