@@ -254,6 +254,15 @@ def test_a_rollout_for_an_id_never_issued_is_kept_as_unsolicited(daemon: Daemon)
     assert daemon.status()["unsolicited"] == 1
 
 
+def test_a_rollout_under_the_empty_id_is_kept_as_unsolicited_and_shown_by_it(daemon: Daemon) -> None:
+    daemon.queue("a task")
+    assert daemon.post("/rollout", json={"rollout_id": "", "final_reward": 1}).status_code == 200
+    shown = daemon.api("GET", "/v1/rollouts/")
+    assert (shown.status_code, shown.json()["rollout_id"], shown.json()["unsolicited"]) == (200, "", True)
+    assert daemon.api("GET", "/v1/tasks/").status_code == 404
+    assert daemon.status()["tasks"]["queued"] == 1
+
+
 def test_health_and_readiness_need_no_token(daemon: Daemon) -> None:
     assert daemon.get("/health").json()["status"] == "ok"
     assert daemon.get("/ready").json()["status"] == "ready"
