@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon import Daemon
+from daemon import Daemon, connect
 from test_bad_input import REBOUND
 
 from agl_cli.server.legacy import NO_RESOURCES
@@ -196,6 +196,38 @@ def test_a_daemon_on_loopback_serves_the_names_it_was_given_for_a_proxy(
         refused = client.get("/task", headers={"Host": "evil.test"})
     assert (refused.status_code, refused.json()["detail"]) == (403, REBOUND)
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "completed"
+
+
+def raw_answer(daemon: Daemon, request: str) -> bytes:
+    with connect(daemon.url) as sock:
+        sock.sendall(request.replace("\n", "\r\n").encode())
+        answer = b""
+        while chunk := sock.recv(1 << 16):  # `Connection: close`: read to the end
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("hosts", [("evil.test", "127.0.0.1"), ("127.0.0.1", "evil.test")])
+def test_a_header_given_twice_is_refused_if_either_of_its_values_is(
+    daemon: Daemon, hosts: tuple[str, ...]
+) -> None:
+    """Whichever value the next reader takes, the guard has judged it."""
+    [rollout_id] = daemon.queue("x")
+    host_lines = "".join(f"Host: {host}\n" for host in hosts)
+    claim = raw_answer(daemon, f"GET /task HTTP/1.1\n{host_lines}Connection: close\n\n")
+    assert claim.startswith(b"HTTP/1.1 403 ") and b"not to 'evil.test'" in claim
+    body = f'{{"rollout_id": "{rollout_id}", "final_reward": 1}}'
+    types = (
+        ("text/plain", "application/json") if hosts[0] == "evil.test" else ("application/json", "text/plain")
+    )
+    type_lines = "".join(f"Content-Type: {kind}\n" for kind in types)
+    report = raw_answer(
+        daemon,
+        f"POST /rollout HTTP/1.1\nHost: 127.0.0.1\n{type_lines}Content-Length: {len(body)}\nConnection: close\n\n{body}",
+    )
+    assert report.startswith(b"HTTP/1.1 415 ") and b"not 'text/plain'" in report
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
+    assert daemon.rollouts() == []
 
 
 # A page of a name its owner has made resolve to 127.0.0.1 (DNS rebinding) shares agl's

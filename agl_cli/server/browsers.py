@@ -46,15 +46,15 @@ class PageGuard:
         """The answer to a request a web page may have made, or None to serve it."""
         site = mode = content_type = host = None
         has_body = False
-        for name, value in headers:
+        for name, value in headers:  # of a header given twice, the one refused counts
             if name == b"host":
-                host = value
+                host = value if host is None or self.serves_host(host) else host
             elif name == b"sec-fetch-site":
                 site = value
             elif name == b"sec-fetch-mode":
                 mode = value
             elif name == b"content-type":
-                content_type = value
+                content_type = value if content_type is None or is_json(content_type) else content_type
             elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
                 has_body = True
         if host is not None and not self.serves_host(host):
