@@ -1011,3 +1011,11 @@ def test_the_document_states_the_largest_sequence_number_the_routes_accept(daemo
     assert since["maximum"] == 2**62
     assert daemon.api("GET", "/v1/rollouts", params={"since": str(2**62)}).status_code == 200
     assert daemon.api("GET", "/v1/rollouts", params={"since": str(2**62 + 1)}).status_code == 422
+
+
+def test_a_method_a_path_lacks_is_a_405_that_names_every_method_it_has(daemon: Daemon) -> None:
+    for path in ("/v1/tasks", "/v1/resources", "/v1/agl/rollouts", "/v1/agl/spans"):
+        refused = daemon.api("PUT", path)
+        allowed = {method.strip() for method in refused.headers["allow"].split(",")}
+        assert (refused.status_code, allowed) == (405, {"GET", "HEAD", "POST"}), path
+    assert daemon.status()["tasks"]["queued"] == 0

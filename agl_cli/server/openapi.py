@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from agl_cli.server import browsers
@@ -64,12 +66,27 @@ class Endpoint:
     params: Sequence[Param] = field(default_factory=tuple)
     media_type: str = JSON
 
-    def route(self) -> Route:
-        return Route(self.path, self.handler, methods=[self.method])
-
 
 def routes_of(endpoints: Iterable[Endpoint]) -> list[Route]:
-    return [endpoint.route() for endpoint in endpoints]
+    """One Starlette route per path, whatever its methods, so that a method it lacks is
+    405 with every method the path has in `Allow` (a route per method names only its own)."""
+    by_path: dict[str, dict[str, Callable[..., Awaitable[Any]]]] = {}
+    for endpoint in endpoints:
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint.handler
+    return [Route(path, _one_of(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
+
+
+def _one_of(handlers: dict[str, Callable[..., Awaitable[Any]]]) -> Callable[..., Awaitable[Any]]:
+    if len(handlers) == 1:
+        [handler] = handlers.values()
+        return handler
+
+    async def by_method(request: Request) -> Response:
+        handler = handlers.get(request.method) or handlers["GET"]  # HEAD: Starlette's GET without a body
+        response: Response = await handler(request)
+        return response
+
+    return by_method
 
 
 def build_document(
