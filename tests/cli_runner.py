@@ -22,7 +22,8 @@ def agl(
     env: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m agl_cli [--state-dir D] ARGS`, so URL and token are found as a user's would be."""
+    """`python -m agl_cli [--state-dir D] ARGS`, so URL and token are found as a user's would be;
+    in a session of its own, so that a signal it sent its process group would not reach the tests."""
     command = [sys.executable, "-m", "agl_cli"]
     where = daemon.state_dir if daemon is not None else state_dir
     if where is not None:
@@ -35,6 +36,7 @@ def agl(
         timeout=timeout,
         env={**env_without_agl(), **(env or {})},
         check=False,
+        start_new_session=True,
     )
 
 

@@ -242,6 +242,42 @@ def test_stop_removes_a_stale_pidfile_and_says_so(tmp_path: Path) -> None:
     assert not pidfile.exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (b"0\n", "no pid"),  # os.kill(0, ...) signals one's own process group
+        (b"1\n", "no pid"),
+        (b"99999999999999999999\n", "no pid"),
+        (b"\xff\xfe pid\n", "no pid"),
+    ],
+)
+def test_stop_signals_no_process_a_pidfile_cannot_name(tmp_path: Path, content: bytes, named: str) -> None:
+    (tmp_path / "agl.pid").write_bytes(content)
+    result = agl("stop", state_dir=tmp_path)
+    assert_one_line_error(result, f"named {named}, which is not a running agl, so it was removed", code=3)
+
+
+def test_stop_leaves_alone_a_process_whose_command_line_only_mentions_agl(tmp_path: Path) -> None:
+    """After a kill -9 the pid may be reused: by an editor open on notes-on-agl.txt, say."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "notes-on-agl.txt"])
+    try:
+        (tmp_path / "agl.pid").write_text(f"{other.pid}\n")
+        result = agl("stop", state_dir=tmp_path)
+        assert_one_line_error(result, f"named pid {other.pid}, which is not a running agl", code=3)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_stop_says_so_when_the_pidfile_is_not_a_file(tmp_path: Path) -> None:
+    (tmp_path / "agl.pid").mkdir()
+    result = agl("stop", state_dir=tmp_path)
+    assert_one_line_error(
+        result, "agl.pid names no pid, and it could not be removed (Is a directory)", code=3
+    )
+
+
 @pytest.mark.parametrize("args", [["--version"], ["--help"]])
 def test_version_and_help_need_no_daemon(args: list[str]) -> None:
     result = agl(*args)

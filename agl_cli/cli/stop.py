@@ -8,7 +8,6 @@ be another machine) it asks over HTTP with `POST /v1/shutdown`.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import typer
 
 from agl_cli import paths
+from agl_cli import pidfile as pidfiles
 from agl_cli.cli import output
 from agl_cli.cli.context import Target, connect, target_of
 from agl_cli.cli.errors import ExitCode, fail
@@ -38,10 +38,17 @@ def stop(
 
 
 def _stop_by_pid(pidfile: Path, timeout: float) -> None:
-    pid = _read_pid(pidfile)
+    pid = pidfiles.read_pid(pidfile)
     if pid is None or not _is_running_agl(pid):
-        pidfile.unlink(missing_ok=True)
         what = f"pid {pid}" if pid is not None else "no pid"
+        try:
+            pidfile.unlink(missing_ok=True)
+        except OSError as exc:  # a directory, say: not agl's doing, so not agl's to clear
+            fail(
+                f"agl is not running: {pidfile} names {what}, and it could not be removed"
+                f" ({exc.strerror or exc}).",
+                ExitCode.UNREACHABLE,
+            )
         fail(
             f"agl is not running: {pidfile} named {what}, which is not a running agl, so it was removed.",
             ExitCode.UNREACHABLE,
@@ -83,26 +90,11 @@ def _wait(running: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _read_pid(pidfile: Path) -> int | None:
-    try:
-        match = re.search(r"\d+", pidfile.read_text())
-    except OSError:
-        return None
-    return int(match.group()) if match else None
-
-
 def _is_running_agl(pid: int) -> bool:
-    """Alive, not a zombie, and (where /proc tells) running agl rather than a reused pid."""
+    """Alive, not a zombie (the daemon's parent may not have reaped it yet: `--detach`'s
+    is gone, a test's is not), and running agl rather than a reused pid."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc") / str(pid)
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        command = (proc / "cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return True  # no /proc here: trust the signal check
-    return state not in ("Z", "X") and b"agl" in command
+        state = ""
+    return state not in ("Z", "X") and pidfiles.is_agl_process(pid)

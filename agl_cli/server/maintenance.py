@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agl_cli import paths
-from agl_cli.server import pidfile
+from agl_cli import paths, pidfile
 from agl_cli.store import StoreError, backups
 from agl_cli.store.compaction import Compacted, compact
 from agl_cli.store.files import beside

@@ -21,10 +21,9 @@ import socket
 import stat
 from pathlib import Path
 
-from agl_cli import paths
+from agl_cli import paths, pidfile
 from agl_cli.daemon_config import DaemonConfig
 from agl_cli.net import is_loopback
-from agl_cli.server import pidfile
 
 # What `--allowed-host` takes: a name (ASCII; an IDN as its xn-- form) or an address, as a
 # Host header carries it, without the port.

@@ -1,7 +1,9 @@
 """`STATE_DIR/agl.pid`: one daemon per state directory, and where to find it.
 
-The file holds the daemon's pid while it runs. A pidfile whose process is gone (or is
-not agl, the pid having been reused) is stale, left by a crash, and is taken over.
+The file holds the daemon's pid while it runs (or that of `agl backup`, `restore` or
+`compact` on a stopped daemon's directory). A pidfile whose process is gone (or is not
+agl, the pid having been reused) is stale, left by a crash, and is taken over; `agl
+stop` signals only a process this module calls agl.
 """
 
 from __future__ import annotations
@@ -18,18 +20,26 @@ class AlreadyRunningError(Exception):
         self.pid = pid
 
 
+# A pid a signal reaches one process by: 0 and -1 name groups, 1 is init; pid_t is 32 bits.
+_PIDS = range(2, 2**31)
+
+
 def read_pid(path: Path) -> int | None:
-    """The pid in the file, or None if there is no file or it does not hold a pid."""
+    """The pid in the file, or None if there is no such file or it holds no process's pid."""
     try:
-        text = path.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
+        text = path.read_bytes().strip()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
-    return int(text) if text.isascii() and text.isdigit() else None
+    if not text.isdigit() or len(text) > 10:
+        return None
+    pid = int(text)
+    return pid if pid in _PIDS else None
 
 
 def is_agl_process(pid: int) -> bool:
-    """True if `pid` is alive and, where /proc tells, runs agl."""
-    if pid <= 0:
+    """True if `pid` is alive and, where /proc tells, runs agl: `agl ...` or
+    `python -m agl_cli ...`, not merely a command line that mentions agl."""
+    if pid not in _PIDS:
         return False
     try:
         os.kill(pid, 0)
@@ -45,7 +55,7 @@ def is_agl_process(pid: int) -> bool:
         return True
     if not cmdline:
         return False  # a zombie: it has exited
-    return b"agl" in cmdline
+    return any(arg == b"agl_cli" or os.path.basename(arg) == b"agl" for arg in cmdline.split(b"\0"))
 
 
 def acquire(path: Path) -> None:
