@@ -527,7 +527,7 @@ class AglClient:
         detail, errors = _detail(response)
         if code == 401:
             raise AuthRefused(
-                f"The daemon at {self.url} refused the request: {_lower_first(detail)} "
+                f"The daemon at {self.url} refused the request: {_lower_first(detail).removesuffix('.')} "
                 "(give the token with --token or AGL_TOKEN).",
                 code,
                 detail,

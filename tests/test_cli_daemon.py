@@ -80,7 +80,43 @@ def test_a_url_without_a_scheme_or_with_a_trailing_slash_is_taken_as_meant(daemo
 
 def test_a_wrong_token_is_exit_4(daemon: Daemon) -> None:
     result = agl("--token", "wrong", "status", daemon=daemon)
-    assert_one_line_error(result, "refused the request: the bearer token is not valid", code=4)
+    assert_one_line_error(
+        result, "refused the request: the bearer token is not valid (give the token with --token", code=4
+    )
+
+
+@pytest.mark.parametrize("token", ["\u2018pasted\u2019", "t\u00f8ken", "a\nb", "a\x01b", "a b"])
+def test_a_token_no_daemon_could_have_written_is_a_usage_error_that_does_not_show_it(
+    daemon: Daemon, token: str
+) -> None:
+    for given in (["--token", token], []):
+        result = agl(*given, "status", daemon=daemon, env={} if given else {"AGL_TOKEN": token})
+        assert_one_line_error(result, "The token in --token (or AGL_TOKEN) has a character no token", code=2)
+        assert token not in result.stderr
+
+
+def test_a_state_directory_file_that_is_not_text_is_said_to_be_so(tmp_path: Path) -> None:
+    for name in ("token", "address"):
+        (tmp_path / name).write_bytes(b"tok\xffen")
+        result = agl("status", state_dir=tmp_path)
+        assert_one_line_error(result, f"{tmp_path / name} is not a file agl wrote: it is not UTF-8 text.")
+        (tmp_path / name).unlink()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tasks", "show", "x\udcff"],  # the byte 0xff, as Python hands it over (and back)
+        ["tasks", "cancel", "x\udcff"],
+        ["queue", "--metadata", "k=x\udcff", "--dry-run", "-"],
+        ["--url", "http://127.0.0.1:1/x\udcff", "status"],
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    """Ids, names and values go into JSON and URLs, which carry only text."""
+    result = agl(*args, state_dir=tmp_path, stdin="{}")
+    assert_one_line_error(result, "Arguments must be UTF-8 text, and '", code=2)
+    assert "x\\xff' is not." in result.stderr
 
 
 def test_no_token_at_all_is_exit_4_and_agl_token_supplies_one(daemon: Daemon, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ off `app`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -23,7 +24,7 @@ from agl_cli.cli import serve as serve_module
 from agl_cli.cli import status as status_module
 from agl_cli.cli import stop as stop_module
 from agl_cli.cli.context import Globals
-from agl_cli.cli.errors import EXIT_CODES_HELP
+from agl_cli.cli.errors import EXIT_CODES_HELP, ExitCode, fail
 from agl_cli.cli.forward import AGENTLIGHTNING_COMMANDS, forward
 from agl_cli.cli.help_screens import use_plain_labels
 
@@ -76,7 +77,20 @@ def root(
     ),
 ) -> None:
     """A durable, fast daemon for the Agent Lightning task protocol."""
+    if ctx.invoked_subcommand not in AGENTLIGHTNING_COMMANDS:  # theirs take what they take
+        _refuse_undecodable(sys.argv[1:])
     ctx.obj = Globals(url=url or None, token=token or None, state_dir=state_dir)
+
+
+def _refuse_undecodable(args: list[str]) -> None:
+    """Every argument is UTF-8 text: ids, names and values go into JSON and URLs, which
+    carry nothing else (Python hands over other bytes as lone surrogates)."""
+    for arg in args:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            shown = arg.encode(errors="surrogateescape").decode("ascii", errors="backslashreplace")
+            fail(f"Arguments must be UTF-8 text, and '{shown}' is not.", ExitCode.USAGE)
 
 
 DAEMON = "Daemon"

@@ -86,18 +86,34 @@ def given_url(url: str) -> str:
 
 def discovered_url(state_dir: Path) -> str | None:
     """The address a running daemon wrote in its state directory, if any."""
-    try:
-        text = (state_dir / paths.ADDRESS_NAME).read_text().strip()
-    except OSError:
-        return None
+    text = _read_text(state_dir / paths.ADDRESS_NAME)
     return normalise_url(text) if text else None
 
 
 def read_token(state_dir: Path) -> str | None:
+    path = state_dir / paths.TOKEN_NAME
+    return checked_token(_read_text(path), str(path))
+
+
+def checked_token(token: str | None, where: str) -> str | None:
+    """A token as HTTP can carry it (the daemon's are URL-safe ASCII), or a usage error that
+    says where it came from, without showing it."""
+    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+        raise CLIError(
+            f"The token in {where} has a character no token of agl's has (they are printable ASCII).",
+            ExitCode.USAGE,
+        )
+    return token
+
+
+def _read_text(path: Path) -> str | None:
+    """A small file the daemon wrote, stripped; None if there is none (or nothing in it)."""
     try:
-        return (state_dir / paths.TOKEN_NAME).read_text().strip() or None
+        return path.read_bytes().decode().strip() or None
     except OSError:
         return None
+    except UnicodeDecodeError:
+        raise CLIError(f"{path} is not a file agl wrote: it is not UTF-8 text.") from None
 
 
 def is_local(url: str) -> bool:
@@ -110,7 +126,7 @@ def resolve(options: Globals) -> Target:
     state_dir = options.state_directory
     given = bool(options.url)
     url = given_url(options.url) if options.url else discovered_url(state_dir) or DEFAULT_URL
-    token = options.token or None
+    token = checked_token(options.token or None, "--token (or AGL_TOKEN)")
     if token is None and (not given or is_local(url)):
         token = read_token(state_dir)
     return Target(url=url, token=token, state_dir=state_dir, url_given=given)
