@@ -343,6 +343,21 @@ def test_ctrl_c_while_chunks_go_up_queues_nothing(daemon: Daemon, tmp_path: Path
     assert staged_uncommitted(daemon) == 0
 
 
+def test_ctrl_c_once_the_tasks_are_queued_says_they_are(daemon: Daemon, tmp_path: Path) -> None:
+    """Here while their ids are printed: more than a pipe holds, so agl waits on the reader."""
+    file = numbered_tasks(tmp_path / "big.jsonl", 20_000)
+    queueing = popen_agl("queue", file, daemon=daemon)
+    try:
+        wait_until(lambda: queued_count(daemon) == 20_000, "the batch to be committed")
+        queueing.send_signal(signal.SIGINT)
+        _, stderr = queueing.communicate(timeout=60)
+    finally:
+        queueing.kill()
+    said = "agl: Interrupted; the 20000 tasks were queued all the same (agl tasks list shows them).\n"
+    assert (queueing.returncode, stderr) == (130, said)
+    assert queued_count(daemon) == 20_000
+
+
 def test_a_daemon_that_is_not_running_is_exit_3(tmp_path: Path) -> None:
     file = write(tmp_path / "t.jsonl", '{"input": 1}\n')
     result = agl("--url", "http://127.0.0.1:9", "queue", file)

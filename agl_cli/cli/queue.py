@@ -100,7 +100,7 @@ def queue(
                 resources_id=_resources_id(client, resources_id, latest),
                 metadata=extra,
             )
-            since = client.last_seq() if wait else 0
+            since = client.last_seq() if wait else None
             sink = stack.enter_context(_Sink(json_output, keep_ids=wait))
             try:
                 queued = _upload(client, task_files, defaults, sink, show_progress)
@@ -109,19 +109,39 @@ def queue(
             except KeyboardInterrupt:
                 typer.echo("agl: Interrupted; nothing was queued.", err=True)
                 raise typer.Exit(130) from None
-            if not wait:
-                sink.print()
-                if output.stderr_is_terminal():
-                    output.note(f"Queued {queued} tasks.")
-                return
-            from agl_cli.cli import waiting
+            try:
+                _after_queuing(ctx, client, sink, queued, since, timeout, show_progress)
+            except KeyboardInterrupt:
+                typer.echo(
+                    f"agl: Interrupted; the {queued} tasks were queued all the same (agl tasks list shows them).",
+                    err=True,
+                )
+                raise typer.Exit(130) from None
 
-            if show_progress:
-                output.note(f"Queued {queued} tasks.")
-            outcome = waiting.wait_for_rollouts(
-                client, target_of(ctx), sink.expected, since, timeout, show_progress
-            )
-            waiting.report(sink.expected, outcome, json_output, timeout)
+
+def _after_queuing(
+    ctx: typer.Context,
+    client: AglClient,
+    sink: _Sink,
+    queued: int,
+    waiting_since: int | None,
+    timeout: float | None,
+    show_progress: bool,
+) -> None:
+    """Print the queued tasks' ids, or (with --wait, from `waiting_since`) their rollouts."""
+    if waiting_since is None:
+        sink.print()
+        if output.stderr_is_terminal():
+            output.note(f"Queued {queued} tasks.")
+        return
+    from agl_cli.cli import waiting
+
+    if show_progress:
+        output.note(f"Queued {queued} tasks.")
+    outcome = waiting.wait_for_rollouts(
+        client, target_of(ctx), sink.expected, waiting_since, timeout, show_progress
+    )
+    waiting.report(sink.expected, outcome, json_output=sink.json_output, timeout=timeout)
 
 
 def parse_metadata(pairs: list[str]) -> dict[str, str]:
