@@ -9,12 +9,16 @@ Light on purpose: the CLI imports it at start-up.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# What `--allowed-host` takes: a name (ASCII; an IDN as its xn-- form) or an address, as a
+# Host header carries it, without the port.
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 # The longest duration an option takes: ten years. Longer (`inf`, say) is a mistake, or
 # what leaving the option out already means (a result kept for good).
 LONGEST_SECONDS = 10 * 365 * 24 * 3600.0
@@ -45,6 +49,21 @@ class DaemonConfig:
         values: dict[str, Any] = {field.name: options[field.name] for field in fields(cls)}
         values["allowed_host"] = tuple(values["allowed_host"])  # the command hands over a list
         return cls(**values)
+
+    def problem(self) -> str | None:
+        """Why these options cannot serve, in one sentence; None if they can."""
+        from agl_cli.net import is_loopback
+
+        if not self.host.strip():  # the system would take it for every address, and no URL can name it
+            return "--host cannot be empty: give 0.0.0.0 (or ::) to listen on every address."
+        if self.no_auth and not is_loopback(self.host):
+            return f"Refusing to listen on {self.host} without a token: remove --no-auth."
+        for name in self.allowed_host:
+            if not HOST_NAME.fullmatch(name):
+                return f"--allowed-host takes a host name as a Host header gives it, without a port, not '{name}'."
+        if self.no_auth and self.allowed_host:
+            return "Refusing to serve a proxy's names without a token: remove --no-auth or --allowed-host."
+        return None
 
     def argv(self) -> list[str]:
         """Command-line options of `agl serve` that give back exactly this configuration."""

@@ -57,9 +57,14 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result, f"Port {port} on 127.0.0.1 is already in use")
 
 
-def test_an_empty_host_is_refused_rather_than_taken_for_every_address(tmp_path: Path) -> None:
-    result = agl("serve", "--port", "0", "--host", "", "--state-dir", str(tmp_path / "s"))
-    assert_one_line_error(result, "--host cannot be empty: give 0.0.0.0 (or ::) to listen on every address.")
+@pytest.mark.parametrize("detach", [[], ["--detach"]])
+def test_an_empty_host_is_refused_rather_than_taken_for_every_address(
+    tmp_path: Path, detach: list[str]
+) -> None:
+    result = agl("serve", *detach, "--port", "0", "--host", "", "--state-dir", str(tmp_path / "s"))
+    sentence = "--host cannot be empty: give 0.0.0.0 (or ::) to listen on every address."
+    assert_one_line_error(result, sentence, code=2)
+    assert not (tmp_path / "s").exists()  # a usage error, refused before anything is made
 
 
 @pytest.mark.parametrize(
@@ -174,7 +179,7 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
 
 def test_listening_beyond_loopback_without_a_token_is_refused(tmp_path: Path) -> None:
     result = agl("serve", "--host", "0.0.0.0", "--no-auth", "--port", "0", "--state-dir", str(tmp_path / "s"))
-    assert_one_line_error(result, "Refusing to listen on 0.0.0.0 without a token")
+    assert_one_line_error(result, "Refusing to listen on 0.0.0.0 without a token", code=2)
 
 
 @pytest.mark.parametrize(
@@ -192,8 +197,8 @@ def test_names_for_a_proxy_are_refused_without_a_token_or_with_a_port(
     tmp_path: Path, args: list[str], sentence: str
 ) -> None:
     result = agl("serve", *args, "--port", "0", "--state-dir", str(tmp_path / "s"))
-    assert_one_line_error(result, sentence)
-    assert not (tmp_path / "s" / "agl.db").exists()
+    assert_one_line_error(result, sentence, code=2)
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(

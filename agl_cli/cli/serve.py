@@ -111,6 +111,9 @@ def serve(
         )
     options = ctx.params | {"state_dir": state_dir_of(ctx, state_dir), "log_level": log_level.lower()}
     config = DaemonConfig.from_options(options)
+    problem = config.problem()
+    if problem is not None:
+        fail(problem, ExitCode.USAGE)
     if detach:
         from agl_cli.cli.detach import start_detached
 

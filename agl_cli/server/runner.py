@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import secrets
 import socket
 import stat
@@ -23,11 +22,6 @@ from pathlib import Path
 
 from agl_cli import paths, pidfile
 from agl_cli.daemon_config import DaemonConfig
-from agl_cli.net import is_loopback
-
-# What `--allowed-host` takes: a name (ASCII; an IDN as its xn-- form) or an address, as a
-# Host header carries it, without the port.
-HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 class StartupError(Exception):
@@ -98,19 +92,9 @@ def bind(host: str, port: int) -> socket.socket:
 def run(config: DaemonConfig) -> None:
     """Serve until SIGINT/SIGTERM or `POST /v1/shutdown`; in-flight requests finish, then
     the store closes. The pidfile marks the state directory as taken meanwhile."""
-    if not config.host.strip():  # the system would take it for every address, and no URL can name it
-        raise StartupError("--host cannot be empty: give 0.0.0.0 (or ::) to listen on every address.")
-    if config.no_auth and not is_loopback(config.host):
-        raise StartupError(f"Refusing to listen on {config.host} without a token: remove --no-auth.")
-    for name in config.allowed_host:
-        if not HOST_NAME.fullmatch(name):
-            raise StartupError(
-                f"--allowed-host takes a host name as a Host header gives it, without a port, not '{name}'."
-            )
-    if config.no_auth and config.allowed_host:
-        raise StartupError(
-            "Refusing to serve a proxy's names without a token: remove --no-auth or --allowed-host."
-        )
+    problem = config.problem()
+    if problem is not None:
+        raise StartupError(problem)
     state_dir = prepare_state_dir(config.state_dir or paths.default_state_dir())
     pid_path = state_dir / paths.PIDFILE_NAME
     try:
