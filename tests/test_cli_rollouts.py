@@ -87,6 +87,24 @@ def test_list_all_exports_every_rollout_however_many_as_one_json_array(daemon: D
         assert first + [r["rollout_id"] for r in pages] == ids
 
 
+def test_list_takes_a_limit_or_all_not_both(daemon: Daemon) -> None:
+    result = agl("rollouts", "list", "--all", "--limit", "5", daemon=daemon)
+    assert_one_line_error(result, "Give --limit or --all, not both: --all lists every rollout.", code=2)
+
+
+def test_a_watched_reward_too_large_for_three_decimals_is_shown_in_three_digits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for reward, shown in (
+        (0.5, "0.500"),
+        (-123456.0, "-123456.000"),
+        (1e300, "1e+300"),
+        (-2.5e6, "-2.5e+06"),
+    ):
+        print_rollout({"seq": 1, "rollout_id": "r", "final_reward": reward}, machine=False)
+        assert f" {shown} " in capsys.readouterr().out + " "
+
+
 def test_list_all_of_nothing_is_an_empty_array(daemon: Daemon) -> None:
     assert agl("rollouts", "list", "--all", "--json", daemon=daemon).stdout == "[]\n"
 

@@ -108,9 +108,11 @@ def test_cancel_queued_empties_the_queue_and_claimed_tasks_run_on(daemon: Daemon
 
 def test_cancel_takes_ids_or_queued_not_both_nor_neither(daemon: Daemon) -> None:
     [rollout_id] = daemon.queue(1)
-    for args in ([], ["--queued", rollout_id]):
-        result = agl("tasks", "cancel", *args, daemon=daemon)
-        assert_one_line_error(result, "Name the tasks to cancel, or give --queued.", code=2)
+    for args, sentence in (
+        ([], "Name the tasks to cancel, or give --queued."),
+        (["--queued", rollout_id], "Name the tasks to cancel or give --queued, not both."),
+    ):
+        assert_one_line_error(agl("tasks", "cancel", *args, daemon=daemon), sentence, code=2)
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
 
 
@@ -188,9 +190,11 @@ def test_retry_failed_queues_every_failed_task_and_leaves_cancelled_ones(daemon:
 def test_retry_takes_ids_or_failed_not_both_nor_neither(daemon: Daemon) -> None:
     [rollout_id] = daemon.queue(1)
     agl("tasks", "cancel", rollout_id, daemon=daemon)
-    for args in ([], ["--failed", rollout_id]):
-        result = agl("tasks", "retry", *args, daemon=daemon)
-        assert_one_line_error(result, "Name the tasks to retry, or give --failed.", code=2)
+    for args, sentence in (
+        ([], "Name the tasks to retry, or give --failed."),
+        (["--failed", rollout_id], "Name the tasks to retry or give --failed, not both."),
+    ):
+        assert_one_line_error(agl("tasks", "retry", *args, daemon=daemon), sentence, code=2)
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "cancelled"
 
 

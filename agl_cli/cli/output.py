@@ -129,7 +129,10 @@ def count(number: int, noun: str) -> str:
 
 
 def reward(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    """Three decimals, or three significant digits where that would be long (1e300)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.3g}"
 
 
 def brief(value: Any, width: int = 40) -> str:

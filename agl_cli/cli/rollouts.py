@@ -92,6 +92,9 @@ def list_rollouts(
     json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array."),
 ) -> None:
     """List stored rollouts, oldest first."""
+    source = ctx.get_parameter_source("limit")
+    if every and source is not None and source.name != "DEFAULT":
+        fail("Give --limit or --all, not both: --all lists every rollout.", ExitCode.USAGE)
     if every and json_output:
         with connect(ctx) as client:  # streamed as it is read, a page at a time
             output.print_json_array(client.all_rollouts(since))

@@ -102,7 +102,9 @@ class _Change(NamedTuple):
 def _change(
     ctx: typer.Context, change: _Change, rollout_ids: list[str], every: bool, json_output: bool
 ) -> None:
-    if every == bool(rollout_ids):
+    if every and rollout_ids:
+        fail(f"Name the tasks to {change.verb} or give {change.flag}, not both.", ExitCode.USAGE)
+    if not every and not rollout_ids:
         fail(f"Name the tasks to {change.verb}, or give {change.flag}.", ExitCode.USAGE)
     if len(rollout_ids or ()) > MAX_PER_REQUEST:
         fail(
