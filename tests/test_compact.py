@@ -84,8 +84,10 @@ def test_compact_waits_for_the_daemon_to_stop_then_shrinks_its_file(
     before = database.stat().st_size
     result = agl("compact", daemon=daemon)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"Compacted {database}: ") and "given back" in result.stdout
-    assert database.stat().st_size < before / 4
+    after = database.stat().st_size
+    assert after < before / 4
+    shown = f"Compacted {database}: {output.size(before)} to {output.size(after)} ({output.size(before - after)} given back).\n"
+    assert result.stdout == shown
     assert not (daemon.state_dir / "agl.pid").exists()
     daemon.start()  # and everything is as it was
     status = daemon.status()
@@ -172,3 +174,11 @@ def test_a_memory_daemon_has_no_log_and_no_disk(make_daemon: Callable[..., Daemo
     assert "agl_disk_free_bytes" not in daemon.get("/metrics").text
     shown = " ".join(agl("status", daemon=daemon).stdout.split())
     assert f"database {output.size(space['bytes'])}, in memory" in shown
+
+
+def test_compacting_a_file_with_nothing_free_says_so(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    assert daemon.terminate() == 0
+    result = agl("compact", daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(" (it had no free space to give back).\n"), result.stdout

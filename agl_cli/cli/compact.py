@@ -27,7 +27,8 @@ def compact(ctx: typer.Context, state_dir: Path | None = state_dir_option()) -> 
             done = compact_state_dir(directory, progress=update)
         except MaintenanceError as exc:
             fail(str(exc))
+    freed = done.before - done.after
     output.write_line(
-        f"Compacted {directory / paths.DATABASE_NAME}: {done.before / 1e6:,.1f} MB to"
-        f" {done.after / 1e6:,.1f} MB ({(done.before - done.after) / 1e6:,.1f} MB given back)."
+        f"Compacted {directory / paths.DATABASE_NAME}: {output.size(done.before)} to {output.size(done.after)}"
+        + (f" ({output.size(freed)} given back)." if freed > 0 else " (it had no free space to give back).")
     )
