@@ -119,6 +119,14 @@ def test_an_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, args: lis
     assert "x\\xff' is not." in result.stderr
 
 
+def test_a_state_directory_named_in_the_environment_must_be_utf8_too(tmp_path: Path) -> None:
+    result = agl("serve", "--detach", "--port", "0", env={"AGL_STATE_DIR": f"{tmp_path}/x\udcff"})
+    assert_one_line_error(
+        result, f"AGL_STATE_DIR must be UTF-8 text, and '{tmp_path}/x\\xff' is not.", code=2
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_token_at_all_is_exit_4_and_agl_token_supplies_one(daemon: Daemon, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     result = agl("--url", daemon.url, "status", state_dir=elsewhere)

@@ -9,6 +9,7 @@ off `app`.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -78,19 +79,21 @@ def root(
 ) -> None:
     """A durable, fast daemon for the Agent Lightning task protocol."""
     if ctx.invoked_subcommand not in AGENTLIGHTNING_COMMANDS:  # theirs take what they take
-        _refuse_undecodable(sys.argv[1:])
+        _refuse_undecodable("Arguments", sys.argv[1:])
+        for name in ("AGL_URL", "AGL_TOKEN", "AGL_STATE_DIR"):
+            _refuse_undecodable(name, [os.environ.get(name, "")])
     ctx.obj = Globals(url=url or None, token=token or None, state_dir=state_dir)
 
 
-def _refuse_undecodable(args: list[str]) -> None:
-    """Every argument is UTF-8 text: ids, names and values go into JSON and URLs, which
-    carry nothing else (Python hands over other bytes as lone surrogates)."""
-    for arg in args:
+def _refuse_undecodable(what: str, values: list[str]) -> None:
+    """Every argument is UTF-8 text: ids, names, values and paths go into JSON and URLs,
+    which carry nothing else (Python hands over other bytes as lone surrogates)."""
+    for value in values:
         try:
-            arg.encode()
+            value.encode()
         except UnicodeEncodeError:
-            shown = arg.encode(errors="surrogateescape").decode("ascii", errors="backslashreplace")
-            fail(f"Arguments must be UTF-8 text, and '{shown}' is not.", ExitCode.USAGE)
+            shown = value.encode(errors="surrogateescape").decode("ascii", errors="backslashreplace")
+            fail(f"{what} must be UTF-8 text, and '{shown}' is not.", ExitCode.USAGE)
 
 
 DAEMON = "Daemon"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import resource
 import signal
 import socket
@@ -168,7 +169,8 @@ def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
             max_body_bytes=config.max_body_size,
             max_requests=config.max_requests,
             address=address,
-            state_dir=str(state_dir),
+            # As text JSON can carry: a byte of the name that is not UTF-8 shows as U+FFFD.
+            state_dir=os.fsencode(state_dir).decode(errors="replace"),
             allowed_hosts=config.allowed_host,
         ),
     )
