@@ -66,13 +66,16 @@ def test_a_bad_resource_is_refused_in_one_line_and_nothing_is_published(
         ),
         ('[{"resource_type": "llm"}]', "r.json: expected a JSON object of name -> resource, not list."),
         ("{}", "r.json: the bundle has no resources."),
+        (b'{"prompt":\n  "caf\xe9"}', "r.json:2: not UTF-8 text (invalid continuation byte)."),
+        (b"\xff\xd8\xff\xe0 a picture", "r.json:1: not UTF-8 text (invalid start byte)."),
     ],
 )
 def test_a_bad_file_is_refused_before_it_reaches_the_daemon(
-    tmp_path: Path, content: str, expected: str
+    tmp_path: Path, content: str | bytes, expected: str
 ) -> None:
-    file = write(tmp_path / "r.json", content)
-    assert_one_line_error(agl("resources", "push", file, state_dir=tmp_path), f"{tmp_path}/{expected}")
+    file = tmp_path / "r.json"
+    file.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert_one_line_error(agl("resources", "push", str(file), state_dir=tmp_path), f"{tmp_path}/{expected}")
 
 
 def test_list_marks_the_latest_and_hides_api_keys(daemon: Daemon) -> None:

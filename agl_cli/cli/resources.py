@@ -32,6 +32,11 @@ def read_bundle(name: str) -> dict[str, Any]:
     except OSError as exc:
         fail(f"{label}: cannot be read ({exc.strerror or exc}).")
     try:
+        data.decode()  # orjson's error would name neither the byte's line nor its column
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        fail(f"{label}:{line}: not UTF-8 text ({exc.reason}).")
+    try:
         bundle = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         fail(f"{label}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno}).")
