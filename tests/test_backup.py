@@ -165,6 +165,11 @@ def test_backup_replaces_no_file_unless_told_and_never_the_daemons_own_database(
     assert_one_line_error(
         agl("backup", str(tmp_path), daemon=daemon), f"{tmp_path} is a directory: give the copy a file name."
     )
+    assert_one_line_error(
+        agl("backup", "", daemon=daemon),
+        "FILE is empty: give the copy a file name (or - for stdout).",
+        code=2,
+    )
     for parent, within in ((tmp_path / "no such dir", "does not exist"), (taken, "is not a directory")):
         assert_one_line_error(
             agl("backup", str(parent / "x.db"), daemon=daemon),

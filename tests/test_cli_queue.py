@@ -343,6 +343,14 @@ def test_ctrl_c_while_chunks_go_up_queues_nothing(daemon: Daemon, tmp_path: Path
     assert staged_uncommitted(daemon) == 0
 
 
+def test_standard_input_named_twice_is_refused_rather_than_read_as_empty(daemon: Daemon) -> None:
+    result = agl("queue", "-", "-", daemon=daemon, stdin='{"input": 1}\n')
+    assert_one_line_error(
+        result, "<stdin>: '-' is given more than once, and standard input can be read only once."
+    )
+    assert queued_count(daemon) == 0
+
+
 def test_ctrl_c_once_the_tasks_are_queued_says_they_are(daemon: Daemon, tmp_path: Path) -> None:
     """Here while their ids are printed: more than a pipe holds, so agl waits on the reader."""
     file = numbered_tasks(tmp_path / "big.jsonl", 20_000)

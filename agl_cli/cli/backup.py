@@ -13,7 +13,7 @@ import typer
 from agl_cli import paths
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, state_dir_of, state_dir_option, target_of
-from agl_cli.cli.errors import fail
+from agl_cli.cli.errors import ExitCode, fail
 
 if TYPE_CHECKING:
     from agl_cli.store.backups import Contents
@@ -37,6 +37,8 @@ def backup(
     if file == "-":
         _backup_to_stdout(ctx)
         return
+    if not file.strip():
+        fail("FILE is empty: give the copy a file name (or - for stdout).", ExitCode.USAGE)
     path = Path(file)
     own = target_of(ctx).state_dir / paths.DATABASE_NAME
     if path.absolute().resolve() == own.absolute().resolve():

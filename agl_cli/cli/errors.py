@@ -19,7 +19,7 @@ class ExitCode(enum.IntEnum):
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 error (bad input, unknown id, daemon refused); 2 usage; "
-    "3 daemon unreachable; 4 token refused; 5 timed out."
+    "3 daemon unreachable; 4 token refused; 5 timed out; 130 interrupted (Ctrl-C)."
 )
 
 

@@ -84,6 +84,10 @@ def open_task_files(names: list[str], spool: Callable[[], IO[bytes]]) -> list[Ta
     """The files to read; standard input (`-`) is copied to a spool file, which gives it a
     size for the progress bar and lets it be read again to place a task the daemon refused."""
     files = []
+    if names.count("-") > 1:
+        raise TaskFileError(
+            "<stdin>", "'-' is given more than once, and standard input can be read only once."
+        )
     for name in names:
         if name == "-":
             handle = spool()
