@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -58,8 +57,20 @@ def is_agl_process(pid: int) -> bool:
     return any(arg == b"agl_cli" or os.path.basename(arg) == b"agl" for arg in cmdline.split(b"\0"))
 
 
+class UnwritableError(Exception):
+    def __init__(self, path: Path, exc: OSError) -> None:
+        super().__init__(f"Cannot write the pidfile {path} ({exc.strerror or exc}).")
+
+
 def acquire(path: Path) -> None:
     """Write our pid, unless a live agl daemon holds the file already."""
+    try:
+        _take(path)
+    except OSError as exc:  # the directory is not this user's to write, say
+        raise UnwritableError(path, exc) from None
+
+
+def _take(path: Path) -> None:
     me = os.getpid()
     for _ in range(3):
         try:
@@ -82,13 +93,3 @@ def release(path: Path) -> None:
     if read_pid(path) == os.getpid():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-@contextlib.contextmanager
-def held(path: Path) -> Iterator[None]:
-    """The state directory is this process's for the block: `acquire`, then `release`."""
-    acquire(path)
-    try:
-        yield
-    finally:
-        release(path)

@@ -341,3 +341,16 @@ def test_a_restore_killed_midway_leaves_the_database_as_it_was(
     assert daemon.terminate() == 0
     again = agl("restore", str(big), daemon=daemon)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("command", [["restore", "copy.db"], ["compact"], ["serve", "--port", "0"]])
+def test_a_state_directory_whose_pidfile_cannot_be_written_says_so(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Not the backup's fault, nor the database's: the pidfile is where it fails."""
+    state = tmp_path / "state"
+    (state / "agl.pid").mkdir(parents=True)  # what a root-owned, read-only directory does to a user
+    (state / "agl.db").write_bytes(b"")
+    (tmp_path / "copy.db").write_bytes(b"")
+    result = agl(*[str(tmp_path / arg) if arg.endswith(".db") else arg for arg in command], state_dir=state)
+    assert_one_line_error(result, f"Cannot write the pidfile {state / 'agl.pid'} (Is a directory).")

@@ -53,14 +53,20 @@ def _alone(state_dir: Path, verb: str, cannot: str) -> Iterator[None]:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise MaintenanceError(paths.unusable(state_dir, exc)) from None
+    pid_path = state_dir / paths.PIDFILE_NAME
     try:
-        with pidfile.held(state_dir / paths.PIDFILE_NAME):
-            yield
+        pidfile.acquire(pid_path)
     except pidfile.AlreadyRunningError as exc:
         raise MaintenanceError(
             f"agl is running (pid {exc.pid}) on {state_dir}: stop it first (agl stop), then {verb}."
         ) from None
+    except pidfile.UnwritableError as exc:
+        raise MaintenanceError(str(exc)) from None
+    try:
+        yield
     except StoreError as exc:
         raise MaintenanceError(str(exc)) from None
     except OSError as exc:
         raise MaintenanceError(f"{cannot}: {exc.strerror or exc}.") from None
+    finally:
+        pidfile.release(pid_path)

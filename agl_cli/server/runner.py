@@ -101,8 +101,8 @@ def run(config: DaemonConfig) -> None:
         pidfile.acquire(pid_path)
     except pidfile.AlreadyRunningError as exc:
         raise StartupError(str(exc)) from None
-    except OSError as exc:
-        raise StartupError(f"Cannot write the pidfile {pid_path} ({exc.strerror or exc}).") from None
+    except pidfile.UnwritableError as exc:
+        raise StartupError(str(exc)) from None
     try:
         with bind(config.host, config.port) as sock:
             from agl_cli.server.serving import serve
