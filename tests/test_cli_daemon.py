@@ -253,6 +253,27 @@ def test_an_upgrade_whose_time_does_not_grow_with_the_file_says_no_cost(
     assert line == f"agl: bringing {state / 'agl.db'} from schema 6 up to {SCHEMA_VERSION}"
 
 
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (["status", "--bogus"], "No such option: --bogus (see agl status --help)."),
+        (["queue"], "Missing argument 'FILE' (see agl queue --help)."),
+        (["tasks", "list", "--limit", "0"], "Invalid value for '--limit': Input should be greater than or equal to 1 (see agl tasks list --help)."),
+        (["bogus"], "No such command 'bogus' (see agl --help)."),
+    ],
+)  # fmt: skip
+def test_a_command_line_the_parser_refuses_is_one_line_too(
+    tmp_path: Path, args: list[str], sentence: str
+) -> None:
+    assert_one_line_error(agl(*args, state_dir=tmp_path), sentence, code=2)
+
+
+def test_agl_alone_shows_its_help_and_exits_2(tmp_path: Path) -> None:
+    result = agl(state_dir=None)
+    assert (result.returncode, result.stderr) == (2, "")
+    assert "Usage: agl [OPTIONS] COMMAND [ARGS]..." in result.stdout
+
+
 def test_serve_detach_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -35,6 +35,15 @@ def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
     raise CLIError(message, code)
 
 
+def usage_error(exc: typer.TyperException) -> CLIError:
+    """What the parser refused, as one line like every other failure, with where to read on."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    code = ExitCode.USAGE if exc.exit_code == ExitCode.USAGE else ExitCode.ERROR
+    return CLIError(f"{message}{where}.", code)
+
+
 def report(error: CLIError) -> NoReturn:
     typer.echo(f"agl: {error}", err=True)
     raise SystemExit(int(error.code))

@@ -23,13 +23,20 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:
         sys.stdout.write(f"agl {__version__}\n")
         return
+    import typer
+
     from agl_cli.cli.app import app
-    from agl_cli.cli.errors import CLIError, report
+    from agl_cli.cli.errors import CLIError, ExitCode, report, usage_error
 
     try:
-        app()
+        code = app(prog_name="agl", standalone_mode=False)
     except CLIError as exc:
         report(exc)
+    except typer.TyperException as exc:  # the parser's: a wrong command line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help is shown already, as Typer does
+            raise SystemExit(ExitCode.USAGE) from None
+        report(usage_error(exc))
+    raise SystemExit(code if isinstance(code, int) else ExitCode.OK)
 
 
 def __getattr__(name: str) -> Any:
