@@ -162,6 +162,36 @@ def test_an_attempt_that_runs_too_long_times_out_promptly(store: Store, clock: F
     assert rollout(store, rollout_id)["status"] == "failed"
 
 
+@pytest.mark.parametrize("ended", ["timeout", "failed"])
+def test_a_rollout_running_again_after_its_attempt_ended_is_timed_by_that_attempt(
+    store: Store, clock: FakeClock, ended: str
+) -> None:
+    """A span that comes after its attempt ended (a slow runner, a tracer's late batch)
+    brings the rollout back to running; 0.3.0 then times it out by that attempt and hands
+    it out again, and so does agl, where it stayed running, never handed out nor ended."""
+    [rollout_id] = enqueue(store, "x", config=RETRY)
+    [handed] = store.dequeue_rollouts(1, "w-1")
+    attempt_id = str(plain(handed)["attempt"]["attempt_id"])
+    if ended == "timeout":
+        clock.advance(5)
+        assert store.expire_claims() == 1
+    else:
+        store.update_attempt(rollout_id, attempt_id, {"status": "failed"})
+    assert rollout(store, rollout_id)["status"] == "requeuing"
+    clock.advance(1)
+    store.add_spans([span(rollout_id, attempt_id, "late")])
+    assert (rollout(store, rollout_id)["status"], rollout(store, rollout_id)["attempt"]["status"]) == (
+        "running",
+        ended,
+    )
+    clock.advance(5)
+    assert store.expire_claims() == 1
+    shape = rollout(store, rollout_id)
+    assert (shape["status"], shape["attempt"]["status"]) == ("requeuing", "timeout")
+    [again] = store.dequeue_rollouts(1, "w-2")
+    assert plain(again)["attempt"]["sequence_id"] == 2
+
+
 def test_a_quiet_attempt_is_unresponsive_and_each_span_pushes_that_back(
     store: Store, clock: FakeClock
 ) -> None:

@@ -53,7 +53,6 @@ from agl_cli.store.base import (
 )
 from agl_cli.store.database import Database
 from agl_cli.store.lifecycle import (
-    ATTEMPT_ACTIVE,
     ATTEMPT_ENDED,
     FINISHED,
     ROLLOUT_WOKEN_BY_HEARTBEAT,
@@ -845,8 +844,10 @@ class TaskStore(Database):
         )
 
     def _deadline(self, row: TaskRow, attempt: AttemptRow | None) -> float | None:
-        """When the claim of a task whose latest attempt this is runs out, if ever."""
-        if attempt is None or attempt.status not in ATTEMPT_ACTIVE:
+        """When the claim of a task whose latest attempt this is runs out, if ever: even
+        one that ended, for a rollout running again after it (a span that came late, a new
+        status set by hand) is timed by that attempt, as 0.3.0 times it."""
+        if attempt is None:
             return None
         return attempt_deadline(self._config(row.config), attempt.start_time, attempt.last_heartbeat_time)
 
