@@ -93,7 +93,13 @@ def test_a_backup_leaves_no_file_behind_in_the_daemon_and_sends_a_database(daemo
 
 
 def test_copies_left_half_made_beside_the_database_are_deleted_when_the_store_opens(tmp_path: Path) -> None:
-    left = [tmp_path / f"agl.db{suffix}" for suffix in (f"{BACKUP_INFIX}k2j4h5", RESTORING, COMPACTING)]
+    copies = (
+        f"{BACKUP_INFIX}k2j4h5",
+        RESTORING,
+        COMPACTING,
+        f"{COMPACTING}-journal",
+    )  # a killed VACUUM INTO's journal
+    left = [tmp_path / f"agl.db{suffix}" for suffix in copies]
     others = [tmp_path / f"other.db{BACKUP_INFIX}k2j4h5", tmp_path / "agl.db.before-restore-20261129-101010"]
     for path in left + others:  # a stopped backup, restore, compaction; another database's; a kept one
         path.write_bytes(b"half a copy")

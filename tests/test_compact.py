@@ -118,8 +118,10 @@ def test_a_compaction_killed_midway_leaves_the_file_as_it_was(
     ids = [reported(store, float(n), metadata={"big": BIG + str(n)}) for n in range(400)]  # 40 MB to copy
     store.close()
     copy = path.with_name(path.name + SUFFIX)
-    kill_while_it_writes(popen_agl_in(path.parent, "compact"), copy)
+    journal = copy.with_name(copy.name + "-journal")  # SQLite's, beside the copy it writes
+    kill_while_it_writes(popen_agl_in(path.parent, "compact"), journal)
     daemon = make_daemon(state_dir=path.parent)  # takes over the pidfile it left; the copy is not read
+    assert not copy.exists() and not journal.exists()
     kept = daemon.rollouts()
     assert [rollout["rollout_id"] for rollout in kept] == ids
     assert daemon.terminate() == 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.base import StoreError
-from agl_cli.store.files import LOG_SUFFIXES, beside, log_of, sync_directory
+from agl_cli.store.files import JOURNAL_SUFFIX, LOG_SUFFIXES, beside, log_of, sync_directory
 from agl_cli.store.schema import APPLICATION_ID, NotAglDatabaseError, connect
 
 SUFFIX = ".compacting"  # the copy being written, beside the file
@@ -38,7 +38,8 @@ def compact(path: Path, progress: Callable[[int, int], None] = lambda done, tota
         raise StoreError(f"There is no database at {path}: nothing to compact.")
     before = _size(path)
     copy = beside(path, SUFFIX)
-    copy.unlink(missing_ok=True)  # left by a compaction that was stopped
+    for leftover in (copy, beside(copy, JOURNAL_SUFFIX)):  # left by a compaction that was stopped
+        leftover.unlink(missing_ok=True)
     conn = connect(path)
     try:
         [(app_id,)] = conn.execute("PRAGMA application_id").fetchall()

@@ -48,7 +48,7 @@ from typing import Any, BinaryIO
 from agl_cli.store.backups import RESTORING
 from agl_cli.store.base import Commit, Space, StorageError, StorageFullError, Store
 from agl_cli.store.compaction import SUFFIX as COMPACTING
-from agl_cli.store.files import beside, log_of
+from agl_cli.store.files import JOURNAL_SUFFIX, beside, log_of
 from agl_cli.store.schema import connect, open_connection
 
 BACKUP_INFIX = ".backup-"  # a backup being made is `agl.db.backup-XXXXXXXX`, beside the database
@@ -236,7 +236,11 @@ class Database(Store):
         """The copies that a daemon stopped in the middle of a backup, or a stopped `agl
         compact` or `agl restore`, left beside the database: nothing reads them."""
         directory, prefix = self._backup_place()
-        ours = (beside(self.path, suffix) for suffix in (COMPACTING, RESTORING))
+        ours = (
+            beside(self.path, copy + journal)
+            for copy in (COMPACTING, RESTORING)
+            for journal in ("", JOURNAL_SUFFIX)
+        )
         for leftover in (*directory.glob(f"{glob.escape(prefix)}*"), *ours):
             leftover.unlink(missing_ok=True)
 

@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 LOG_SUFFIXES = ("-wal", "-shm")  # beside `agl.db`: its write-ahead log, and the log's index
+# Beside a database SQLite writes outside WAL mode (the copy `VACUUM INTO` makes): its
+# rollback journal, left behind if the writer is killed.
+JOURNAL_SUFFIX = "-journal"
 
 
 def beside(database: Path, suffix: str) -> Path:
