@@ -93,12 +93,8 @@ def test_a_backup_leaves_no_file_behind_in_the_daemon_and_sends_a_database(daemo
 
 
 def test_copies_left_half_made_beside_the_database_are_deleted_when_the_store_opens(tmp_path: Path) -> None:
-    copies = (
-        f"{BACKUP_INFIX}k2j4h5",
-        RESTORING,
-        COMPACTING,
-        f"{COMPACTING}-journal",
-    )  # a killed VACUUM INTO's journal
+    journal = f"{COMPACTING}-journal"  # SQLite's, beside the copy a killed VACUUM INTO was writing
+    copies = (f"{BACKUP_INFIX}k2j4h5", RESTORING, COMPACTING, journal)
     left = [tmp_path / f"agl.db{suffix}" for suffix in copies]
     others = [tmp_path / f"other.db{BACKUP_INFIX}k2j4h5", tmp_path / "agl.db.before-restore-20261129-101010"]
     for path in left + others:  # a stopped backup, restore, compaction; another database's; a kept one
