@@ -53,7 +53,7 @@ def is_agl_process(pid: int) -> bool:
     except OSError:
         return True
     if not cmdline:
-        return False  # a zombie: it has exited
+        return False  # a zombie (exited, its parent not yet told): its command line is empty
     return any(arg == b"agl_cli" or os.path.basename(arg) == b"agl" for arg in cmdline.split(b"\0"))
 
 

@@ -39,7 +39,7 @@ def stop(
 
 def _stop_by_pid(pidfile: Path, timeout: float) -> None:
     pid = pidfiles.read_pid(pidfile)
-    if pid is None or not _is_running_agl(pid):
+    if pid is None or not pidfiles.is_agl_process(pid):
         what = f"pid {pid}" if pid is not None else "no pid"
         try:
             pidfile.unlink(missing_ok=True)
@@ -60,7 +60,7 @@ def _stop_by_pid(pidfile: Path, timeout: float) -> None:
         fail(f"agl (pid {pid}) exited before it could be stopped.", ExitCode.UNREACHABLE)
     except PermissionError:
         fail(f"Not allowed to signal agl (pid {pid}); it belongs to another user.")
-    _wait(lambda: _is_running_agl(pid), timeout, f"agl (pid {pid})")
+    _wait(lambda: pidfiles.is_agl_process(pid), timeout, f"agl (pid {pid})")
     pidfile.unlink(missing_ok=True)  # the daemon removes it itself; this covers a daemon that could not
     output.write_line(f"Stopped agl (pid {pid}).")
 
@@ -88,13 +88,3 @@ def _wait(running: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             fail(f"{what} was asked to stop but is still running after {timeout:g} s.", ExitCode.TIMEOUT)
         time.sleep(0.05)
-
-
-def _is_running_agl(pid: int) -> bool:
-    """Alive, not a zombie (the daemon's parent may not have reaped it yet: `--detach`'s
-    is gone, a test's is not), and running agl rather than a reused pid."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        state = ""
-    return state not in ("Z", "X") and pidfiles.is_agl_process(pid)
