@@ -19,7 +19,7 @@ from json_values import SPLICES, repeats_a_key, spliced
 from pydantic import ValidationError
 
 from agl_cli.api_limits import MAX_DEPTH, MAX_PER_REQUEST
-from agl_cli.cli.taskfile import problem_with
+from agl_cli.cli.taskfile import judged
 from agl_cli.models import NewTask, PlainTask, TaskSpec, input_and_metadata_json, plain_task
 from agl_cli.server.requests import BadRequest
 from agl_cli.server.task_bodies import parsed_tasks, read_tasks, scanned_tasks
@@ -214,7 +214,8 @@ def test_agl_queue_passes_a_task_exactly_when_the_daemon_takes_it(
     line = json.dumps(task).encode()
     if mangle:
         line = spliced(line, splice, where, cut)
-    assert (problem_with(line) is None) == daemon_takes(line), line
+    _, problem = judged(line)
+    assert (problem is None) == daemon_takes(line), line
 
 
 @pytest.mark.parametrize("depth", range(MAX_DEPTH - 6, MAX_DEPTH))
@@ -224,4 +225,5 @@ def test_agl_queue_passes_nesting_exactly_as_deep_as_the_daemon_takes(depth: int
         b'{"input": ' + b"[" * depth + innermost + b"]" * depth + b"}",
         b'{"input": 1, "metadata": {"k": ' + b"[" * depth + innermost + b"]" * depth + b"}}",
     ):
-        assert (problem_with(line) is None) == daemon_takes(line), line
+        _, problem = judged(line)
+        assert (problem is None) == daemon_takes(line), line

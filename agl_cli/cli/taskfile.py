@@ -314,12 +314,7 @@ _JSON_POSITION = re.compile(r" at line \d+ column (\d+)$")
 _KINDS = {"[": "an array", '"': "a string", "t": "a boolean", "f": "a boolean", "n": "null"}
 
 
-def problem_with(raw: bytes) -> str | None:
-    """Why this task cannot be queued, in a few words; None if it can."""
-    return _judged(raw)[1]
-
-
-def _judged(raw: bytes) -> tuple[Any, str | None]:
+def judged(raw: bytes) -> tuple[Any, str | None]:
     """The task as read, and why it cannot be queued (None if it can).
 
     The daemon's own rules, so that a dry run's verdict holds: its JSON reader (orjson,
@@ -397,7 +392,7 @@ def checked_tasks(
         report = None if progress is None else _offset(progress, done)
         found = False
         for line, raw in iter_tasks(task_file, report):
-            value, reason = _judged(raw)
+            value, reason = judged(raw)
             if reason is not None:
                 raise TaskFileError(task_file.name, reason, line)
             found = True
