@@ -252,6 +252,13 @@ def test_a_sign_in_code_is_issued_with_the_token_and_traded_for_it_once(daemon: 
     assert daemon.post(SIGN_IN_PATH, json={}).status_code == 422
 
 
+def test_the_sign_in_path_is_only_posted_to_and_only_the_listed_files_are_served(daemon: Daemon) -> None:
+    fetched = daemon.get(SIGN_IN_PATH)
+    assert (fetched.status_code, fetched.headers["allow"]) == (405, "POST")
+    for path in ("/dashboard/index.html", "/dashboard/secret", "/dashboard/dashboard.js/x"):
+        assert daemon.api("GET", path).status_code == 404, path
+
+
 def test_a_sign_in_code_expires_and_only_the_latest_few_are_kept() -> None:
     now = [0.0]
     codes = SignInCodes(lifetime=60.0, clock=lambda: now[0])

@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agl_cli.server.responses import error
 from agl_cli.server.sign_in import SIGN_IN_PATH
 
 ASSET_PREFIX = "/dashboard/"
@@ -65,18 +64,17 @@ async def page(request: Request) -> Response:
     return _file(PAGE)
 
 
-async def page_asset(request: Request) -> Response:
-    name = request.path_params["name"]
-    if name == PAGE or name not in ASSETS:
-        return error(404, f"No dashboard file named '{name}'.")
-    return _file(name)
-
-
 def _file(name: str) -> Response:
     return Response(asset(name), media_type=ASSETS[name], headers=HEADERS)
 
 
-routes = [
-    Route("/", page, methods=["GET"]),
-    Route(ASSET_PREFIX + "{name}", page_asset, methods=["GET"]),
-]
+def _asset_route(name: str) -> Route:
+    async def serve(request: Request) -> Response:
+        return _file(name)
+
+    return Route(ASSET_PREFIX + name, serve, methods=["GET"])
+
+
+# A route per file, not one for `/dashboard/{name}`: a path beside them, such as the
+# sign-in's, then answers for itself (a `GET` of it is a 405, not a missing file).
+routes = [Route("/", page, methods=["GET"]), *(_asset_route(name) for name in ASSETS if name != PAGE)]
