@@ -12,10 +12,22 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+class LogLevel(str, Enum):
+    """What `--log-level` takes: uvicorn's names, the quietest first."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
+LOG_LEVELS = tuple(level.value for level in LogLevel)
 # What `--allowed-host` takes: a name (ASCII; an IDN as its xn-- form) or an address, as a
 # Host header carries it, without the port.
 HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")

@@ -48,8 +48,9 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
     case $1:$2 in
-        ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
+        ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
         ':--state-dir'|'serve:--state-dir'|'restore:--state-dir'|'compact:--state-dir') _agl_value='@directory' ;;
+        'serve:--log-level') _agl_value='critical error warning info debug' ;;
         'queue:--mode') _agl_value='train val test' ;;
         'tasks list:--status') _agl_value='queued claimed completed failed cancelled' ;;
         'rollouts watch:--since') _agl_value='all now' ;;

@@ -70,7 +70,7 @@ complete -c agl -n "__agl_at 'serve'" -l task-timeout -x -d 'Seconds a worker ma
 complete -c agl -n "__agl_at 'serve'" -l max-attempts -x -d 'Claims per task before it is marked failed (default: unlimited)'
 complete -c agl -n "__agl_at 'serve'" -l rollout-retention -x -d 'Seconds a completed rollout is kept after it arrives; older ones are deleted,...'
 complete -c agl -n "__agl_at 'serve'" -l forget-tasks -d 'With --rollout-retention, delete a task too (its attempts included) when its...'
-complete -c agl -n "__agl_at 'serve'" -l log-level -x -d 'One of: critical, error, warning, info, debug'
+complete -c agl -n "__agl_at 'serve'" -l log-level -x -a 'critical error warning info debug' -d 'One of: critical, error, warning, info, debug'
 complete -c agl -n "__agl_at 'serve'" -l log-json -d 'Log one JSON object per line on stderr (for journald, Loki, ...)'
 complete -c agl -n "__agl_at 'serve'" -l no-auth -d 'Serve the management API without a token (loopback only)'
 complete -c agl -n "__agl_at 'serve'" -l max-body-size -x -d 'Largest request body in bytes (413 beyond)'

@@ -193,8 +193,9 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
   case $1:$2 in
-    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--log-level'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
+    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
     ':--state-dir'|'serve:--state-dir'|'restore:--state-dir'|'compact:--state-dir') REPLY='@directory' ;;
+    'serve:--log-level') REPLY='critical error warning info debug' ;;
     'queue:--mode') REPLY='train val test' ;;
     'tasks list:--status') REPLY='queued claimed completed failed cancelled' ;;
     'rollouts watch:--since') REPLY='all now' ;;

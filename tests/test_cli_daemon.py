@@ -260,6 +260,7 @@ def test_an_upgrade_whose_time_does_not_grow_with_the_file_says_no_cost(
         (["queue"], "Missing argument 'FILE' (see agl queue --help)."),
         (["tasks", "list", "--limit", "0"], "Invalid value for '--limit': Input should be greater than or equal to 1 (see agl tasks list --help)."),
         (["bogus"], "No such command 'bogus' (see agl --help)."),
+        (["serve", "--log-level", "loud"], "Invalid value for '--log-level': 'loud' is not one of 'critical', 'error', 'warning', 'info', 'debug' (see agl serve --help)."),
     ],
 )  # fmt: skip
 def test_a_command_line_the_parser_refuses_is_one_line_too(

@@ -124,6 +124,7 @@ def test_bash_offers_the_choices_of_an_option() -> None:
     assert bash_complete("agl rollouts watch --since ") == ["all", "now"]
     assert bash_complete("agl rollouts watch --since = n") == ["now"]  # --since=n, split at '='
     assert bash_complete("agl resources show ") == ["latest"]
+    assert bash_complete("agl serve --log-level ") == ["critical", "error", "warning", "info", "debug"]
 
 
 def test_bash_skips_option_values_and_global_options_on_the_way_to_the_command() -> None:

@@ -204,7 +204,7 @@ def test_names_for_a_proxy_are_refused_without_a_token_or_with_a_port(
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--log-level", "loud"], "Unknown log level 'loud'"),
+        (["--log-level", "loud"], "'loud' is not one of 'critical'"),
         (["--task-timeout", "0"], "--task-timeout"),
         (["--max-attempts", "0"], "--max-attempts"),
         (["--rollout-retention", "0"], "--rollout-retention"),

@@ -38,6 +38,7 @@ def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
 def usage_error(exc: typer.TyperException) -> CLIError:
     """What the parser refused, as one line like every other failure, with where to read on."""
     message = " ".join(exc.format_message().split()).rstrip(".")
+    message = message.replace(": Value error, ", ": ")  # how the parser words a choice refused
     ctx = getattr(exc, "ctx", None)
     where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
     code = ExitCode.USAGE if exc.exit_code == ExitCode.USAGE else ExitCode.ERROR

@@ -8,7 +8,7 @@ import typer
 
 from agl_cli.cli.context import state_dir_of, state_dir_option
 from agl_cli.cli.errors import ExitCode, fail
-from agl_cli.daemon_config import DEFAULTS, LOG_LEVELS, LONGEST_SECONDS, DaemonConfig
+from agl_cli.daemon_config import DEFAULTS, LOG_LEVELS, LONGEST_SECONDS, DaemonConfig, LogLevel
 
 
 def serve(
@@ -52,8 +52,8 @@ def serve(
         " deleted, or when it failed or was cancelled that long ago; a report for it then counts as"
         " unsolicited.",
     ),
-    log_level: str = typer.Option(
-        DEFAULTS.log_level, metavar="LEVEL", help=f"One of: {', '.join(LOG_LEVELS)}."
+    log_level: LogLevel = typer.Option(
+        DEFAULTS.log_level, case_sensitive=False, metavar="LEVEL", help=f"One of: {', '.join(LOG_LEVELS)}."
     ),
     log_json: bool = typer.Option(
         DEFAULTS.log_json,
@@ -102,14 +102,12 @@ def serve(
     ),
 ) -> None:
     """Run the daemon in the foreground until SIGINT or SIGTERM (or in the background with --detach)."""
-    if log_level.lower() not in LOG_LEVELS:
-        fail(f"Unknown log level '{log_level}'; use one of: {', '.join(LOG_LEVELS)}.", ExitCode.USAGE)
     if forget_tasks and rollout_retention is None:
         fail(
             "--forget-tasks needs --rollout-retention: tasks are forgotten as their results are deleted.",
             ExitCode.USAGE,
         )
-    options = ctx.params | {"state_dir": state_dir_of(ctx, state_dir), "log_level": log_level.lower()}
+    options = ctx.params | {"state_dir": state_dir_of(ctx, state_dir), "log_level": log_level.value}
     config = DaemonConfig.from_options(options)
     problem = config.problem()
     if problem is not None:
