@@ -55,6 +55,7 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = agl("serve", "--port", str(port), "--state-dir", str(tmp_path / "s"))
     assert_one_line_error(result, f"Port {port} on 127.0.0.1 is already in use")
+    assert not (tmp_path / "s").exists()  # made for the daemon, and taken away again
 
 
 @pytest.mark.parametrize("detach", [[], ["--detach"]])

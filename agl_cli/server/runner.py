@@ -13,6 +13,7 @@ than a second before it gives up for good.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -32,7 +33,7 @@ class StoppedError(Exception):
     """The daemon had to stop (its store can take no more writes); the message says why."""
 
 
-def prepare_state_dir(path: Path) -> Path:
+def prepare_state_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         probe = path / ".agl-write-test"
@@ -40,7 +41,6 @@ def prepare_state_dir(path: Path) -> Path:
         probe.unlink()
     except OSError as exc:
         raise StartupError(paths.unusable(path, exc)) from None
-    return path
 
 
 def keep_private(path: Path, mode: int, what: str) -> str | None:
@@ -95,7 +95,9 @@ def run(config: DaemonConfig) -> None:
     problem = config.problem()
     if problem is not None:
         raise StartupError(problem)
-    state_dir = prepare_state_dir(config.state_dir or paths.default_state_dir())
+    state_dir = config.state_dir or paths.default_state_dir()
+    made = not state_dir.exists()
+    prepare_state_dir(state_dir)
     pid_path = state_dir / paths.PIDFILE_NAME
     try:
         pidfile.acquire(pid_path)
@@ -104,9 +106,15 @@ def run(config: DaemonConfig) -> None:
     except pidfile.UnwritableError as exc:
         raise StartupError(str(exc)) from None
     try:
-        with bind(config.host, config.port) as sock:
-            from agl_cli.server.serving import serve
+        try:
+            with bind(config.host, config.port) as sock:
+                from agl_cli.server.serving import serve
 
-            serve(config, state_dir, sock)
-    finally:
-        pidfile.release(pid_path)
+                serve(config, state_dir, sock)
+        finally:
+            pidfile.release(pid_path)
+    except StartupError:
+        if made:  # a daemon that never served leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                state_dir.rmdir()
+        raise
