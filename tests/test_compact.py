@@ -98,6 +98,11 @@ def test_nothing_to_compact_or_not_an_agl_database_is_one_line(tmp_path: Path) -
     assert_one_line_error(
         agl("compact", state_dir=tmp_path / "none"), f"There is no state directory {tmp_path / 'none'}"
     )
+    (tmp_path / "a-file").write_text("notes")
+    assert_one_line_error(
+        agl("compact", state_dir=tmp_path / "a-file"),
+        f"The state directory {tmp_path / 'a-file'} is a file, not a directory.",
+    )
     assert_one_line_error(
         agl("compact", state_dir=tmp_path),
         f"There is no database at {tmp_path / 'agl.db'}: nothing to compact.",

@@ -22,7 +22,10 @@ class MaintenanceError(Exception):
 def compact_state_dir(state_dir: Path, progress: Callable[[int, int], None]) -> Compacted:
     """Compact the database in `state_dir`; refused while a daemon runs on it."""
     if not state_dir.is_dir():
-        raise MaintenanceError(f"There is no state directory {state_dir}: nothing to compact.")
+        raise MaintenanceError(
+            paths.file_in_the_way(state_dir)
+            or f"There is no state directory {state_dir}: nothing to compact."
+        )
     database = state_dir / paths.DATABASE_NAME
     with _alone(state_dir, "compact", f"Cannot compact {database}"):
         return compact(database, progress)
