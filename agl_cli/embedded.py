@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ import uvicorn
 
 from agl_cli.daemon_config import DEFAULTS
 from agl_cli.models import Mode, Rollout
+from agl_cli.net import is_loopback
 from agl_cli.server.app import ServerOptions, create_app
 from agl_cli.server.broker import Broker, wait_for
 from agl_cli.server.protocol import uvicorn_options
@@ -47,6 +49,9 @@ class AgentLightningServer:
     (with its own settings: the keywords below apply only to a store made here).
     `rollout_retention` is `agl serve --rollout-retention`: seconds a result is kept;
     `forget_tasks` is `--forget-tasks`: tasks go with what retention deletes.
+    `token` guards the `/v1` management API (the worker routes stay open, as in 0.3.0);
+    served beyond loopback without one, it gets a random token of its own (`self.token`),
+    as `agl serve` will not open that API to a network.
     """
 
     def __init__(
@@ -77,7 +82,7 @@ class AgentLightningServer:
         elif isinstance(store, (str, Path)):
             store = SQLiteStore(store, **settings)
         self._store = store
-        self._token = token
+        self.token = token if token is not None or is_loopback(host) else secrets.token_urlsafe(32)
         self._log_level = log_level
         self._server: _EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -103,7 +108,7 @@ class AgentLightningServer:
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self.endpoint = f"http://{self.host}:{self.port}"
-        app = create_app(self._store, ServerOptions(token=self._token, address=self.endpoint))
+        app = create_app(self._store, ServerOptions(token=self.token, address=self.endpoint))
         self._broker = app.state.broker
         app.state.request_shutdown = self._request_exit  # `POST /v1/shutdown` stops it too
         self._server = _EmbeddedServer(

@@ -20,6 +20,7 @@ from daemon import Daemon, env_without_agl, wait_until
 from httpx_sse import ServerSentEvent, connect_sse
 
 from agl_cli.client import AglClient, ResponseError
+from agl_cli.embedded import AgentLightningServer
 from agl_cli.models import ResourcesUpdate
 from agl_cli.server import schemas
 from agl_cli.server.app import create_app
@@ -1003,6 +1004,22 @@ def test_an_embedded_server_cannot_be_stopped_over_http() -> None:
         501,
         {"detail": "This server runs inside another program; stop it from there."},
     )
+
+
+async def test_an_embedded_server_open_to_the_network_keeps_its_management_api_closed() -> None:
+    server = AgentLightningServer(host="0.0.0.0", port=0)  # no token given, as 0.3.0 scripts give none
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            assert (await client.get("/task")).status_code == 200  # the workers' routes stay open
+            assert (await client.post("/v1/shutdown")).status_code == 401
+            assert (await client.post("/v1/tasks/cancel", json={"queued": True})).status_code == 401
+            assert server.token is not None
+            listed = await client.get("/v1/tasks", headers={"Authorization": f"Bearer {server.token}"})
+            assert listed.status_code == 200
+    finally:
+        await server.stop()
+    assert AgentLightningServer(host="127.0.0.1", port=0).token is None  # on loopback it stays open
 
 
 def test_the_document_states_the_largest_sequence_number_the_routes_accept(daemon: Daemon) -> None:
