@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+from cli_runner import assert_one_line_error
 from daemon import Daemon, env_without_agl
 from typer.core import TyperCommand, TyperGroup
 
@@ -38,14 +39,6 @@ def agl(*args: str, timeout: float = 30, run_as: Sequence[str] = ()) -> subproce
         env=env_without_agl(),
         check=False,
     )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str, code: int = 1) -> None:
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("agl: ") and fragment in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
