@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -571,6 +572,14 @@ def test_a_rollout_is_shown_by_its_id(daemon: Daemon) -> None:
     assert (record.rollout_id, record.final_reward, record.seq, record.attempt) == (rollout_id, 0.75, 1, 1)
     missing = daemon.api("GET", "/v1/rollouts/rollout-nope")
     assert (missing.status_code, missing.json()) == (404, {"detail": "No rollout with id 'rollout-nope'."})
+
+
+@pytest.mark.parametrize("odd_id", ["runs/8/b", "a b\nc", "tab\there", "\u2067rtl"])
+def test_any_id_a_worker_reported_can_be_looked_up(daemon: Daemon, odd_id: str) -> None:
+    daemon.report(odd_id, final_reward=0.5)
+    for path in ("/v1/rollouts/", "/v1/dashboard/rollouts/"):
+        response = daemon.api("GET", path + quote(odd_id, safe=""))
+        assert (response.status_code, response.json()["rollout_id"]) == (200, odd_id), path
 
 
 def test_a_task_without_a_result_is_a_404_that_says_where_the_task_is(daemon: Daemon) -> None:

@@ -310,7 +310,7 @@ ENDPOINTS: list[Endpoint] = [
         params=(Param("before", Seq, "Only rollouts with a smaller sequence number."), _LIMIT),
     ),
     Endpoint(
-        "GET", "/v1/dashboard/rollouts/{rollout_id:path}", rollout_detail, "One rollout in detail",
+        "GET", "/v1/dashboard/rollouts/{rollout_id:rest}", rollout_detail, "One rollout in detail",
         {200: schemas.RolloutDetail, 404: None},
     ),
     Endpoint(

@@ -333,9 +333,9 @@ ENDPOINTS: list[Endpoint] = [
             Param("offset", _Count, "How many matching tasks to skip."),
         ),
     ),
-    Endpoint("GET", "/v1/tasks/{rollout_id:path}", show_task, "Show a task", {200: schemas.TaskRecord, **_GONE}),
+    Endpoint("GET", "/v1/tasks/{rollout_id:rest}", show_task, "Show a task", {200: schemas.TaskRecord, **_GONE}),
     Endpoint(
-        "POST", "/v1/tasks/{rollout_id:path}/cancel", cancel_task, "Cancel a task",
+        "POST", "/v1/tasks/{rollout_id:rest}/cancel", cancel_task, "Cancel a task",
         {200: schemas.TaskRecord, **_GONE, 409: None},
     ),
     Endpoint(
@@ -399,7 +399,7 @@ ENDPOINTS: list[Endpoint] = [
         media_type=EVENT_STREAM,
     ),
     Endpoint(
-        "GET", "/v1/rollouts/{rollout_id:path}", show_rollout, "Show a rollout",
+        "GET", "/v1/rollouts/{rollout_id:rest}", show_rollout, "Show a rollout",
         {200: schemas.RolloutRecord, **_GONE},
     ),
     Endpoint("GET", "/v1/status", status, "The daemon's status", {200: schemas.Status}),

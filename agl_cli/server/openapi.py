@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,9 +29,19 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 SQLITE = "application/vnd.sqlite3"  # a database file, as `GET /v1/backup` sends it
-# A path's parameters, `{name}` or `{name:path}` (Starlette's: the rest of the path, '/'
-# included, for a rollout id a worker chose), documented as `{name}`.
-_PATH_PARAM = re.compile(r"{(\w+)(?::path)?}")
+# A path's parameters, `{name}` or `{name:rest}` (the rest of the path, for a rollout id a
+# worker chose), documented as `{name}`.
+_PATH_PARAM = re.compile(r"{(\w+)(?::rest)?}")
+
+
+class _RestOfPath(PathConvertor):
+    """The rest of the path, '/' and line breaks included (Starlette's `path` stops at a
+    line break): a rollout id is whatever a worker reported, and one may hold either."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("rest", _RestOfPath())
 
 
 def template(path: str) -> str:
