@@ -14,6 +14,7 @@ from agl_cli.models import Rollout, Task, TaskStatus
 from agl_cli.store import (
     InvalidTransitionError,
     MemoryStore,
+    Report,
     ReportOutcome,
     SQLiteStore,
     Store,
@@ -189,6 +190,27 @@ def test_a_second_rollout_for_a_task_is_counted_not_stored(
     assert (counts.rollouts, counts.duplicates) == (1, 1)
     record = store.get_task(rollout_id)
     assert record is not None and record.duplicates == 1
+
+
+@pytest.mark.parametrize("reclaimed", [True, False], ids=["claimed again", "still queued"])
+@pytest.mark.parametrize("in_a_group", [True, False], ids=["in a group", "alone"])
+def test_a_task_brought_back_after_its_result_is_ended_by_its_next_report_keeping_the_first(
+    store: Store, reclaimed: bool, in_a_group: bool
+) -> None:
+    [rollout_id] = queue(store, 1)
+    store.claim_next()
+    assert store.record_rollout(Rollout(rollout_id=rollout_id, final_reward=1.0)) is ReportOutcome.STORED
+    store.update_rollout(rollout_id, {"status": "cancelled"})  # the store API may, as 0.3.0's does
+    store.retry_tasks([rollout_id])
+    if reclaimed:
+        store.claim_next()
+    again = Rollout(rollout_id=rollout_id, final_reward=2.0)
+    outcome = store.record_reports([Report.of(again)])[0] if in_a_group else store.record_rollout(again)
+    assert outcome is ReportOutcome.DUPLICATE
+    record = store.get_task(rollout_id)
+    assert record is not None and (record.status, record.duplicates) == (TaskStatus.COMPLETED, 1)
+    assert [r.rollout.final_reward for r in store.rollouts_after(0)] == [1.0]
+    assert store.claim_next() is None
 
 
 def test_a_rollout_for_an_unknown_id_is_kept_as_unsolicited(store: Store) -> None:

@@ -381,6 +381,25 @@ def test_a_wait_for_a_retried_rollout_waits_for_its_new_end(daemon: Daemon) -> N
     assert (finished["rollout_id"], finished["status"]) == (rollout_id, "succeeded")
 
 
+def test_a_legacy_report_ends_a_task_the_store_api_brought_back_after_its_result(daemon: Daemon) -> None:
+    """Cancelled after it completed (0.3.0's update allows it), then retried: its next
+    report keeps the first result, counts as a duplicate and ends the task (it was a 500)."""
+    [rollout_id] = daemon.queue("x")
+    assert daemon.claim() is not None
+    daemon.report(rollout_id, final_reward=1.0)
+    daemon.post(f"{AGL}/rollouts/{rollout_id}", json={"status": "cancelled"}).raise_for_status()
+    daemon.api("POST", "/v1/tasks/retry", json={"rollout_ids": [rollout_id]}).raise_for_status()
+    assert daemon.claim() is not None
+    with waiting_for(daemon, rollout_id) as answer:
+        reported = daemon.post("/rollout", json={"rollout_id": rollout_id, "final_reward": 2.0})
+        assert reported.status_code == 200
+        [finished] = answer()
+    assert (finished["rollout_id"], finished["status"]) == (rollout_id, "succeeded")
+    task = daemon.api("GET", f"/v1/tasks/{rollout_id}").json()
+    assert (task["status"], task["duplicates"]) == ("completed", 1)
+    assert [r["final_reward"] for r in daemon.api("GET", "/v1/rollouts").json()["rollouts"]] == [1.0]
+
+
 def test_a_wait_returns_as_soon_as_a_claim_finds_its_rollout_timed_out(
     make_daemon: Callable[..., Daemon],
 ) -> None:

@@ -409,7 +409,8 @@ class Broker:
         self.stats.reports[outcome] += 1
         if outcome is not ReportOutcome.DUPLICATE:
             self.stats.rollout_rate.add()
-            self._rollouts_changed.notify()
+        # even a duplicate may end a task: one the store API brought back after its result
+        self._rollouts_changed.notify()
         return outcome
 
     def watch_rollouts(self) -> asyncio.Event:

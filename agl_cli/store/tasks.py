@@ -549,34 +549,31 @@ class TaskStore(Database):
             found = self._task_row(conn, "status, num_claims, mode, id", rollout_id)
             status, attempt, task_mode, task = found if found else (None, None, None, None)
             outcome = outcome_of_report(TaskStatus(status) if status else None)
-            if (
-                outcome is ReportOutcome.UNSOLICITED
-                and conn.execute("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
-            ):
-                outcome = ReportOutcome.DUPLICATE
             if outcome is ReportOutcome.DUPLICATE:
-                conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
-                conn.execute(
-                    "UPDATE tasks SET duplicates = duplicates + 1 WHERE rollout_id = ?", (rollout_id,)
-                )
-                return outcome
+                return _counted_as_duplicate(conn, rollout_id)
             now = self.clock()
             if task is not None and attempt is not None:  # both are, for a known task
                 self._report_successes(conn, [(task, attempt)], now)
+            # An unsolicited id reported before, or a task the store API brought back after
+            # its result (0.3.0 lets an update do that): ended again, the first result kept.
+            if conn.execute("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone():
+                return _counted_as_duplicate(conn, rollout_id)
             _insert_rollouts(conn, [_rollout_row(report, now, attempt, not found, task_mode)])
         return outcome
 
     def record_reports(self, reports: Sequence[Report]) -> list[ReportOutcome]:
-        """The first report for each claimed task (nearly every report) in four statements
-        for them all, not four each; any other report after them, as `record_report`
-        makes it (a second report for a task in the same group is then its duplicate)."""
+        """The first report for each claimed task without a result (nearly every report)
+        in four statements for them all, not four each; any other report after them, as
+        `record_report` makes it (a second report for a task in the same group is then its
+        duplicate)."""
         outcomes: list[ReportOutcome | None] = [None] * len(reports)
         with self._write() as conn:
             claimed: dict[str, tuple[int, int, str | None]] = {
                 rollout_id: (task, num_claims, mode)
                 for task, rollout_id, num_claims, mode in conn.execute(
                     "SELECT id, rollout_id, num_claims, mode FROM tasks WHERE +status = 'claimed'"
-                    " AND rollout_id IN (SELECT value FROM json_each(?))",
+                    " AND rollout_id IN (SELECT value FROM json_each(?))"
+                    " AND NOT EXISTS (SELECT 1 FROM rollouts WHERE rollouts.rollout_id = tasks.rollout_id)",
                     (orjson.dumps([report.rollout_id for report in reports]).decode(),),
                 )
             }
@@ -1036,6 +1033,12 @@ def _rollout_row(
         report.mode or task_mode,
         report.final_reward,
     )
+
+
+def _counted_as_duplicate(conn: sqlite3.Connection, rollout_id: str) -> ReportOutcome:
+    conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
+    conn.execute("UPDATE tasks SET duplicates = duplicates + 1 WHERE rollout_id = ?", (rollout_id,))
+    return ReportOutcome.DUPLICATE
 
 
 def _insert_rollouts(conn: sqlite3.Connection, rows: Sequence[RolloutRow]) -> None:
