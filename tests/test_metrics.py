@@ -83,6 +83,30 @@ def test_claims_reclaims_and_rollout_outcomes_are_counted(make_daemon: Callable[
     assert task_gauges(daemon)["completed"] == 1
 
 
+def test_the_store_apis_handouts_and_results_are_counted_as_the_workers_are(daemon: Daemon) -> None:
+    agl = "/v1/agl"
+    config = {"max_attempts": 2, "retry_condition": ["failed"]}
+    [queued] = daemon.post(
+        f"{agl}/queues/rollouts/enqueue", json={"rollouts": [{"input": "x", "config": config}]}
+    ).json()
+    rollout_id = queued["rollout_id"]
+
+    def dequeue_and_end(status: str) -> None:
+        [handed] = daemon.post(f"{agl}/queues/rollouts/dequeue", json={"limit": 1}).json()
+        attempt_id = handed["attempt"]["attempt_id"]
+        daemon.post(
+            f"{agl}/rollouts/{rollout_id}/attempts/{attempt_id}", json={"status": status}
+        ).raise_for_status()
+
+    dequeue_and_end("failed")  # handed out again, as its config says
+    dequeue_and_end("succeeded")
+    samples = scrape(daemon)
+    assert (value(samples, "agl_claims_total"), value(samples, "agl_reclaims_total")) == (2, 1)
+    assert value(samples, "agl_rollouts_stored_total") == 1
+    [stored] = daemon.api("GET", "/v1/rollouts").json()["rollouts"]
+    assert stored["rollout_id"] == rollout_id
+
+
 def test_commits_and_the_syncs_that_made_writes_durable_are_timed(make_daemon: Callable[..., Daemon]) -> None:
     timed = ("agl_commit_seconds", "agl_sync_seconds")
     for daemon, on_disk in (make_daemon(), True), (make_daemon("--memory"), False):

@@ -111,8 +111,9 @@ class Stats:
 
     started: float = field(default_factory=time.time)
     claims: int = 0
-    reclaims: int = 0
+    reclaims: int = 0  # of the claims, tasks handed out again (the store API's dequeues too)
     reports: dict[ReportOutcome, int] = field(default_factory=lambda: dict.fromkeys(ReportOutcome, 0))
+    results: int = 0  # stored: reports (first results, unsolicited ones) and store-API successes
     claim_rate: RateWindow = field(default_factory=RateWindow)
     rollout_rate: RateWindow = field(default_factory=RateWindow)
     pruned: int = 0  # results deleted past the retention setting
@@ -296,11 +297,15 @@ class Broker:
         claim = made.claim
         if claim is None:
             return None
+        self._count_claim(claim.num_claims)
+        return claim
+
+    def _count_claim(self, sequence_id: int) -> None:
+        """A task handed out, as its `sequence_id`th claim (or attempt)."""
         self.stats.claims += 1
         self.stats.claim_rate.add()
-        if claim.num_claims > 1:
+        if sequence_id > 1:
             self.stats.reclaims += 1
-        return claim
 
     def _claims_or_next_deadline(self, waiting: list[None]) -> list[ClaimMade]:
         """A claim for each of a group's claimers, or, once the queue runs dry, when a
@@ -408,6 +413,7 @@ class Broker:
         """Count a report's outcome and wake whoever waits for rollouts."""
         self.stats.reports[outcome] += 1
         if outcome is not ReportOutcome.DUPLICATE:
+            self.stats.results += 1
             self.stats.rollout_rate.add()
         # even a duplicate may end a task: one the store API brought back after its result
         self._rollouts_changed.notify()
@@ -468,9 +474,10 @@ class Broker:
         )
         if ran_out:
             self._claims_ran_out()
-        for _ in handed:
-            self.stats.claims += 1
-            self.stats.claim_rate.add()
+        for shape in handed:
+            attempt = shape["attempt"]
+            assert isinstance(attempt, dict)
+            self._count_claim(attempt["sequence_id"])
         return handed
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None) -> dict[str, object]:
@@ -494,6 +501,7 @@ class Broker:
 
         result, results = await self._threads.write(write)
         if results:
+            self.stats.results += results
             self.stats.rollout_rate.add(results)
         self._tasks_changed.notify()
         self._rollouts_changed.notify()

@@ -79,11 +79,15 @@ class StoreCollector(Collector):
             CounterMetricFamily(name, help_text, value=value, created=stats.started)
             for name, help_text, value in (
                 ("agl_claims", "Tasks handed out to workers.", stats.claims),
-                ("agl_reclaims", "Tasks handed out again after a claim timed out.", stats.reclaims),
+                (
+                    "agl_reclaims",
+                    "Of those, tasks handed out again (a claim ran out or failed, or the task was retried).",
+                    stats.reclaims,
+                ),
                 (
                     "agl_rollouts_stored",
-                    "Rollouts stored (the first result for a task, and unsolicited ones).",
-                    reports[ReportOutcome.STORED] + reports[ReportOutcome.UNSOLICITED],
+                    "Results stored: the first for a task (a report or a store-API success), and unsolicited ones.",
+                    stats.results,
                 ),
                 (
                     "agl_rollouts_duplicate",
