@@ -262,7 +262,9 @@ class Broker:
     async def queue_tasks(self, specs: Sequence[NewTask]) -> list[str]:
         queued = self._threads.write(lambda: self._store.queue_tasks(specs))
         # Waiting workers may claim right away: their claims are taken after this write,
-        # so they see its tasks, and are answered only once its commit is synced.
+        # so they see its tasks. A claim is answered at its commit, which may come before
+        # this write's sync: were the power to fail between the two, the tasks' sender
+        # was never answered, and the worker's report for one comes back unsolicited.
         self._tasks_changed.notify()
         return await queued
 
