@@ -5,9 +5,14 @@ replaces; and a copy that is not whole never takes a file's name."""
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +20,12 @@ from typing import Any
 import orjson
 import pytest
 from cli_runner import agl, agl_into, assert_one_line_error
-from daemon import Daemon, free_port
+from daemon import Daemon, env_without_agl, free_port
 from test_compact import kill_while_it_writes, popen_agl_in
 
 from agl_cli.cli import output
 from agl_cli.models import TaskStatus
+from agl_cli.server import maintenance
 from agl_cli.store import SQLiteStore, Store, TaskSpec, backups
 from agl_cli.store.backups import RESTORING
 from agl_cli.store.compaction import SUFFIX as COMPACTING
@@ -305,6 +311,8 @@ def test_restore_refuses_while_the_daemon_runs_and_what_is_not_a_whole_agl_datab
     whole = copy.read_bytes()
     damaged = tmp_path / "damaged.db"
     damaged.write_bytes(whole[:4096] + b"\xff" * 4096 + whole[8192:])
+    cut = tmp_path / "cut.db"
+    cut.write_bytes(whole[:40960])
     newer = tmp_path / "newer.db"
     newer.write_bytes(whole)
     with sqlite3.connect(newer) as connection:
@@ -314,6 +322,7 @@ def test_restore_refuses_while_the_daemon_runs_and_what_is_not_a_whole_agl_datab
         tmp_path: f"{tmp_path} is a directory, not a backup.",
         text: f"{text} is not an agl database (file is not a database).",
         damaged: f"{damaged} is damaged (",
+        cut: f"{cut} is damaged (",
         newer: f"{newer} was written by a newer agl (schema 99); upgrade agl to use it.",
     }
     for path, refusal in refusals.items():
@@ -322,6 +331,74 @@ def test_restore_refuses_while_the_daemon_runs_and_what_is_not_a_whole_agl_datab
     assert sorted(path.name for path in daemon.state_dir.iterdir() if path.name.startswith("agl.db")) == [
         "agl.db"
     ]
+
+
+def test_a_restore_the_disk_cannot_hold_fails_and_leaves_the_database_as_it_was(tmp_path: Path) -> None:
+    big = tmp_path / "big.db"
+    store = SQLiteStore(big)
+    store.queue_tasks([TaskSpec(input="x" * 1000 + str(n)) for n in range(1200)])  # under 2 MB: two chunks
+    store.close()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    before = SQLiteStore(state / "agl.db")
+    before.queue_tasks([TaskSpec(input="the run before")])
+    before.close()
+    as_it_was = (state / "agl.db").read_bytes()
+
+    def room_for_1_5_mb() -> None:  # a write past it is cut short, the next refused: a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "agl_cli", "--state-dir", str(state), "restore", str(big)],
+        capture_output=True, text=True, env=env_without_agl(), timeout=60, preexec_fn=room_for_1_5_mb,
+    )  # fmt: skip
+    assert_one_line_error(result, f"Cannot restore {big} into {state / 'agl.db'}: File too large.")
+    assert (state / "agl.db").read_bytes() == as_it_was
+    assert sorted(path.name for path in state.iterdir() if path.name.startswith("agl.db")) == ["agl.db"]
+
+
+def test_restores_in_the_same_second_keep_every_database_they_replace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "strftime", lambda _: "20261130-120000")
+    state = tmp_path / "state"
+    copies: dict[Path, list[str]] = {}
+    for name in ("first", "second", "third"):
+        store = SQLiteStore(tmp_path / f"{name}.db")
+        copies[tmp_path / f"{name}.db"] = store.queue_tasks([TaskSpec(input=name)])
+        store.close()
+    replaced = [maintenance.restore_state_dir(state, copy).replaced for copy in copies]
+    assert [path.name if path else None for path in replaced] == [
+        None, "agl.db.before-restore-20261130-120000", "agl.db.before-restore-20261130-120000-2",
+    ]  # fmt: skip
+    for path, held in zip(replaced[1:], list(copies.values())[:2], strict=True):
+        assert path is not None
+        kept = SQLiteStore(path)
+        assert [record.rollout_id for record in kept.list_tasks(None, 10, 0)] == held
+        kept.close()
+
+
+def test_results_stored_after_a_restore_are_numbered_after_the_replaced_databases(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """So a watch that resumes after the last number it saw misses none of them."""
+    daemon = make_daemon()
+    ids = daemon.queue("a", "b", "c", "d")
+    for _ in ids:
+        assert daemon.claim() is not None
+    daemon.report(ids[0], final_reward=1.0)
+    copy = tmp_path / "copy.db"
+    assert agl("backup", str(copy), daemon=daemon).returncode == 0  # its last result: number 1
+    daemon.report(ids[1], final_reward=1.0)
+    daemon.report(ids[2], final_reward=1.0)  # number 3
+    assert daemon.terminate() == 0
+    restored = agl("restore", str(copy), daemon=daemon)
+    assert restored.returncode == 0, restored.stderr
+    daemon.start()
+    assert daemon.status()["last_seq"] == 3
+    daemon.report(ids[3], final_reward=0.5)  # claimed in the copy too
+    assert [(r["rollout_id"], r["seq"]) for r in daemon.rollouts()] == [(ids[0], 1), (ids[3], 4)]
 
 
 def test_a_restore_killed_midway_leaves_the_database_as_it_was(

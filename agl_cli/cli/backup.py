@@ -63,6 +63,7 @@ def backup(
             output.progress_bar(show, "Backing up", 1, bytes_=True) as update,
         ):
             client.backup(handle, progress=update)
+            handle.flush()
             os.fsync(handle.fileno())
         try:
             contents = backups.check(partial)

@@ -12,7 +12,7 @@ from pathlib import Path
 from agl_cli import paths, pidfile
 from agl_cli.store import StoreError, backups
 from agl_cli.store.compaction import Compacted, compact
-from agl_cli.store.files import beside
+from agl_cli.store.files import LOG_SUFFIXES, beside
 
 
 class MaintenanceError(Exception):
@@ -41,11 +41,21 @@ def restore_state_dir(state_dir: Path, backup: Path) -> Restored:
     """Put a copy of `backup` in place of the database in `state_dir` (made if need be),
     keeping the one it replaces beside it; refused while a daemon runs on it."""
     database = state_dir / paths.DATABASE_NAME
-    aside = beside(database, f".before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
     with _alone(state_dir, "restore", f"Cannot restore {backup}"):
+        aside = _unused(beside(database, f".before-restore-{time.strftime('%Y%m%d-%H%M%S')}"))
         had_one = database.exists()
         contents = backups.restore(backup, database, aside)
         return Restored(contents, aside if had_one else None)
+
+
+def _unused(name: Path) -> Path:
+    """`name`, or `name-2`, `name-3`, ...: the first that no file (nor its log) has, so
+    that two restores in one second never put one replaced database over another."""
+    candidate, number = name, 1
+    while any(beside(candidate, suffix).exists() for suffix in ("", *LOG_SUFFIXES)):
+        number += 1
+        candidate = name.with_name(f"{name.name}-{number}")
+    return candidate
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from agl_cli.store.schema import APPLICATION_ID, SCHEMA_VERSION, NotAglDatabaseE
 
 RESTORING = ".restoring"  # the copy being put in place, beside the database
 COPY_CHUNK = 1 << 20
+SQLITE_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
 # The tasks of committed batches not yet moved into `tasks` (queued all the same), in
 # files of the schema that added commits (3) or later.
 STAGED = (
@@ -53,6 +54,8 @@ def check(path: Path) -> Contents:
         try:
             [(app_id,)] = conn.execute("PRAGMA application_id").fetchall()
         except sqlite3.DatabaseError as exc:
+            if _starts_as_a_database(path):  # a database, cut short or damaged
+                raise StoreError(f"{path} is damaged ({exc}).") from None
             raise NotAglDatabaseError(f"{path} is not an agl database ({exc}).") from None
         if app_id != APPLICATION_ID:
             raise NotAglDatabaseError(f"{path} is not an agl database.")
@@ -75,40 +78,70 @@ def check(path: Path) -> Contents:
     return Contents(tasks, rollouts, resources, path.stat().st_size)
 
 
+def _starts_as_a_database(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
 def restore(backup: Path, database: Path, aside: Path) -> Contents:
     """Put a copy of `backup` in `database`'s place; the database it replaces, if any, is
-    kept at `aside`. Nothing may have the database open. Stopped at any point, it leaves
-    the old database whole at its place, or the new one."""
+    kept at `aside` (a name nothing has). Nothing may have the database open. Stopped at
+    any point, it leaves the old database whole at its place, or the new one.
+
+    Results go on being numbered after the replaced database's last one: a client that
+    follows them from a number (`agl rollouts watch`) misses none stored after the restore."""
     contents = check(backup)
     copy = beside(database, RESTORING)
     try:
         with backup.open("rb") as source, open_private(copy) as target:
             shutil.copyfileobj(source, target, COPY_CHUNK)
+            target.flush()
             os.fsync(target.fileno())
+        if copy.stat().st_size != contents.size:
+            raise StoreError(f"Cannot restore {backup} into {database}: the copy came out cut short.")
         if database.exists():
-            _fold_log(database)
+            _number_results_after(copy, _fold_log(database))
             for suffix in LOG_SUFFIXES:  # left only if the old file could not be read
                 if beside(database, suffix).exists():
                     os.replace(beside(database, suffix), beside(aside, suffix))
-            aside.unlink(missing_ok=True)
             os.link(database, aside)  # the old file keeps its place until the new one takes it
         os.replace(copy, database)
         sync_directory(database.parent)
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         copy.unlink(missing_ok=True)
-        raise StoreError(f"Cannot restore {backup} into {database}: {exc.strerror or exc}.") from None
+        reason = exc.strerror if isinstance(exc, OSError) else None
+        raise StoreError(f"Cannot restore {backup} into {database}: {reason or exc}.") from None
+    except StoreError:
+        copy.unlink(missing_ok=True)
+        raise
     return contents
 
 
-def _fold_log(database: Path) -> None:
+def _number_results_after(copy: Path, last: int) -> None:
+    """Make `copy` number its next result after `last`, if it would not already."""
+    conn = sqlite3.connect(copy)
+    try:
+        with conn:
+            conn.execute("INSERT OR IGNORE INTO sqlite_sequence (name, seq) VALUES ('rollouts', 0)")
+            conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'rollouts'", (last,))
+    finally:
+        conn.close()  # the last connection: its log is folded into the copy and deleted
+    with open(copy, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fold_log(database: Path) -> int:
     """Copy what the database's write-ahead log holds into it: SQLite does that, and
     deletes the log, when the last connection to it closes. A file too damaged to open
-    keeps its log (the caller moves both aside)."""
+    keeps its log (the caller moves both aside). The last sequence number it gave a
+    result, 0 if it cannot be read."""
     try:
         conn = sqlite3.connect(database)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rollouts'").fetchone()
         finally:
             conn.close()
     except sqlite3.Error:
-        pass
+        return 0
+    return int(found[0]) if found else 0

@@ -24,9 +24,11 @@ def log_of(database: Path) -> Path:
     return beside(database, LOG_SUFFIXES[0])
 
 
-def open_private(path: Path) -> io.FileIO:
-    """A new file for writing that only its owner may read (a database holds the run)."""
-    return io.FileIO(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+def open_private(path: Path) -> io.BufferedWriter:
+    """A new file for writing that only its owner may read (a database holds the run).
+    Buffered, as a write the disk takes only part of must be finished or fail: a raw
+    file's `write` says how much it took, and a copy that does not ask is cut short."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def sync_directory(path: Path) -> None:
