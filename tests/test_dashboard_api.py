@@ -43,16 +43,21 @@ def complete(daemon: Daemon, rewards: dict[str, list[float]]) -> list[str]:
 
 def test_the_summary_counts_tasks_and_charts_the_reward_of_each_mode(daemon: Daemon) -> None:
     complete(daemon, {"train": [0.2, 0.4], "val": [1.0]})
+    [unrewarded] = daemon.queue("no reward", mode="train")
+    assert daemon.claim() is not None
+    daemon.report(unrewarded)
     daemon.queue("waiting")
     summary = get(daemon, "/v1/dashboard", schemas.DashboardSummary)
-    assert summary.status.tasks == {"queued": 1, "claimed": 0, "completed": 3, "failed": 0, "cancelled": 0}
-    assert summary.status.rollouts == 3
+    assert summary.status.tasks == {"queued": 1, "claimed": 0, "completed": 4, "failed": 0, "cancelled": 0}
+    assert summary.status.rollouts == 4
     lines = {line.mode: line for line in summary.rewards.lines}
     assert set(lines) == {"train", "val"}
-    assert sum(lines["train"].rollouts) == 2 and sum(lines["val"].rollouts) == 1
-    # Within a bucket, the mean is over the bucket's rollouts; the whole run's average holds.
+    assert sum(lines["train"].rollouts) == 3 and sum(lines["val"].rollouts) == 1
+    assert sum(lines["train"].rewarded) == 2 and sum(lines["val"].rewarded) == 1
+    # Within a bucket, the mean is over the bucket's rewarded rollouts; weighted by them,
+    # the whole run's average holds (the rollout without a reward counts for nothing).
     train = lines["train"]
-    weighted = sum(m * n for m, n in zip(train.means, train.rollouts, strict=True) if m is not None)
+    weighted = sum(m * n for m, n in zip(train.means, train.rewarded, strict=True) if m is not None)
     assert weighted / 2 == pytest.approx(0.3)
     assert all(t % summary.rewards.width == 0 for t in train.times)
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from chromium import launched, playwright
-from daemon import Daemon, wait_until
+from daemon import Daemon, free_port, wait_until
 
 from agl_cli.cli import output
 from agl_cli.server.sign_in import REFUSED
@@ -52,10 +52,10 @@ class Console:
 
 
 @contextlib.contextmanager
-def signed_in(browser: Any, daemon: Daemon) -> Iterator[tuple[Any, Console]]:
+def signed_in(browser: Any, daemon: Daemon, **options: Any) -> Iterator[tuple[Any, Console]]:
     """A page of `daemon`'s dashboard, signed in with its token, and what its console
-    says; closed after the block."""
-    context = browser.new_context()
+    says; closed after the block. `options`: the browser context's (its viewport...)."""
+    context = browser.new_context(**options)
     page = context.new_page()
     console = Console(page)
     page.goto(f"{daemon.url}/#token={daemon.token}")
@@ -150,7 +150,7 @@ def test_counts_rollouts_and_the_chart_follow_the_run_without_a_reload(
     expect(newest.nth(3)).to_have_text("0.900")
     expect(page.locator("#chart path.average-train")).to_have_attribute("d", _drawn(), timeout=WAIT_MS)
     expect(page.locator("#chart path.average-val")).to_have_attribute("d", _drawn())
-    expect(page.locator("#legend [data-mode=val]")).to_contain_text("rollouts")
+    expect(page.locator("#legend [data-mode=val]")).to_contain_text("rollout")
 
     more = complete(daemon, "train", [0.5])
     expect(rows.first).to_have_attribute("data-rollout-id", more[0], timeout=WAIT_MS)
@@ -160,6 +160,20 @@ def test_counts_rollouts_and_the_chart_follow_the_run_without_a_reload(
     expect(page.locator("#database-size")).to_have_text(size, timeout=WAIT_MS)
     expect(page.locator("#database-size")).to_have_attribute("title", re.compile(r" free on disk"))
     expect(page.locator("#forgotten")).to_be_hidden()  # this daemon forgets no task
+
+
+def test_the_moving_average_weighs_each_bucket_by_its_rewarded_rollouts_and_counts_in_words(
+    make_daemon: Any, browser: Any
+) -> None:
+    fresh = make_daemon()
+    complete(fresh, "test", [0.5])
+    with signed_in(browser, fresh) as (page, console):
+        legend = page.locator("#legend [data-mode=test]")
+        expect(legend).to_have_text("test: moving average 0.500 (1 rollout)", timeout=WAIT_MS)
+        # Two buckets: one rollout rewarded 0; then nine, of which one was rewarded (1).
+        line = {"means": [0.0, 1.0], "rollouts": [1, 9], "rewarded": [1, 1]}
+        assert page.evaluate("line => movingAverage(line)", line) == [0.0, 0.5]
+    assert console.errors == []
 
 
 def test_tasks_forgotten_with_their_results_are_counted_beside_the_rest(
@@ -172,6 +186,28 @@ def test_tasks_forgotten_with_their_results_are_counted_beside_the_rest(
         expect(page.locator("#forgotten")).to_be_visible()
         expect(page.locator("#count-completed")).to_have_text("0")
     assert console.errors == []
+
+
+def test_a_restarted_daemon_whose_store_started_over_is_followed_without_a_reload(
+    make_daemon: Any, browser: Any
+) -> None:
+    """A `--memory` daemon restarted holds none of the rollouts the page shows, and numbers
+    its new ones from 1 again: the page reads its data again and follows the new ones."""
+    memory = make_daemon("--memory", "--port", str(free_port()))
+    before = complete(memory, "train", [0.1, 0.2, 0.3])
+    with signed_in(browser, memory) as (page, console):
+        rows = page.locator("#rollouts tbody tr")
+        expect(rows.first).to_have_attribute("data-rollout-id", before[-1], timeout=WAIT_MS)
+        page.evaluate("window.sameDocument = true")
+        memory.kill()
+        memory.start()
+        after = complete(memory, "val", [0.9])
+        expect(rows).to_have_count(1, timeout=WAIT_MS)
+        expect(rows.first).to_have_attribute("data-rollout-id", after[0])
+        expect(page.locator("#count-rollouts")).to_have_text("1")
+        assert page.evaluate("window.sameDocument") is True
+    # the stream cut by the kill, and the retries while no daemon listens, are on the console
+    assert [error for error in console.errors if "Failed to load resource: net::ERR_" not in error] == []
 
 
 def _drawn() -> re.Pattern[str]:
@@ -248,6 +284,168 @@ def test_a_rollout_opens_in_detail_with_its_triplets_trace_logs_and_attempts(
     expect(dialog).to_be_hidden()
 
 
+LONG = 200  # characters in a name with no space (the longest id a bundle may have): wider than a screen
+
+
+def test_the_detail_dialog_wraps_token_id_previews_and_long_span_names(
+    daemon: Daemon, open_page: Any
+) -> None:
+    triplets = [{"prompt": {"token_ids": list(range(1000, 1300))}, "response": [7, 8], "reward": 1.0}]
+    trace = [{"name": "s" * LONG, "context": {"span_id": "0x1"}, "start_time": 1.0, "end_time": 2.0}]
+    [rollout_id] = complete(daemon, "train", [1.0], triplets=triplets, trace=trace)
+    page = open_page()
+    page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] button").click(timeout=WAIT_MS)
+    dialog = page.locator("#detail")
+    expect(dialog.locator("table.waterfall td").first).to_have_text("s" * LONG, timeout=WAIT_MS)
+    expect(dialog.locator("table.triplets td").nth(4)).to_contain_text("1000,1001")  # the 240-character start
+    assert _fits(dialog)
+    assert _fits(page.locator("#detail-close"))
+
+
+def test_one_long_name_does_not_widen_the_page(make_daemon: Any, browser: Any) -> None:
+    """A bundle's id, a resource's key and a worker's id with no space in them wrap (or
+    scroll) inside their panels."""
+    fresh = make_daemon()
+    fresh.publish({"k" * LONG: {"resource_type": "llm", "endpoint": "http://llm", "model": "m"}}, "r" * LONG)
+    fresh.post(f"/v1/agl/workers/{'w' * LONG}", json={"heartbeat_stats": {}}).raise_for_status()
+    with signed_in(browser, fresh, viewport={"width": 1280, "height": 900}) as (page, console):
+        expect(page.locator("#workers tbody tr")).to_have_count(1, timeout=WAIT_MS)
+        expect(page.locator("#resources tbody tr")).to_have_count(1, timeout=WAIT_MS)
+        assert _fits(page.locator("html"))
+        for panel in page.locator("section.panel").all():
+            assert _fits(panel)
+    assert console.errors == []
+
+
+def test_on_a_phone_tables_scroll_in_their_panels_the_dialog_fits_and_the_chart_stays_readable(
+    make_daemon: Any, browser: Any
+) -> None:
+    fresh = make_daemon("--task-timeout", "0.2", "--max-attempts", "1")
+    [lost] = fresh.queue("lost", mode="train")
+    wait_until(lambda: fresh.claim() is not None, "the task to be handed out", 10)
+    [rollout_id] = complete(fresh, "train", [0.5])
+    phone = {"viewport": {"width": 375, "height": 740}, "is_mobile": True, "has_touch": True}
+    with signed_in(browser, fresh, **phone) as (page, console):
+        expect(page.locator(f"#failures tr[data-rollout-id='{lost}']")).to_contain_text(
+            "failed", timeout=WAIT_MS
+        )
+        expect(page.locator("#chart path.average-train")).to_have_attribute("d", _drawn(), timeout=WAIT_MS)
+        assert _fits(page.locator("html"))
+        # the chart is drawn at the screen's scale: its 11 px labels are 11 px
+        scale = page.locator("#chart svg").evaluate(
+            "s => s.getBoundingClientRect().width / s.viewBox.baseVal.width"
+        )
+        assert scale == pytest.approx(1, abs=0.02)
+        page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] button").click()
+        expect(page.locator("#detail h3", has_text="Metadata")).to_be_visible(timeout=WAIT_MS)
+        assert _fits(page.locator("#detail"))
+        assert _fits(page.locator("#detail-close"))
+    assert console.errors == []
+
+
+def test_older_is_offered_only_when_there_are_older_rollouts(make_daemon: Any, browser: Any) -> None:
+    fresh = make_daemon()
+    complete(fresh, "train", [0.5] * 25)  # exactly a page
+    with signed_in(browser, fresh) as (page, console):
+        rows, older = page.locator("#rollouts tbody tr"), page.locator("#rollouts-older")
+        expect(rows).to_have_count(25, timeout=WAIT_MS)
+        expect(older).to_be_disabled()
+        [newest] = complete(fresh, "train", [0.5])
+        expect(rows.first).to_have_attribute("data-rollout-id", newest, timeout=WAIT_MS)
+        expect(older).to_be_enabled()
+        older.click()
+        expect(rows).to_have_count(1)
+        expect(older).to_be_disabled()
+    assert console.errors == []
+
+
+def test_a_trace_longer_than_the_daemon_sends_is_said_to_be_cut(daemon: Daemon, open_page: Any) -> None:
+    trace = [
+        {"name": f"step {i}", "context": {"span_id": hex(i)}, "start_time": i, "end_time": i + 1}
+        for i in range(600)
+    ]
+    [rollout_id] = complete(daemon, "train", [0.5], trace=trace)
+    page = open_page()
+    page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] button").click(timeout=WAIT_MS)
+    expect(page.locator("#detail h3", has_text="Spans")).to_have_text(
+        "Spans (first 500 of 600)", timeout=WAIT_MS
+    )
+    expect(page.locator("#detail table.waterfall tbody tr")).to_have_count(500)
+
+
+def test_status_colours_read_at_wcag_aa_on_panels_and_buttons(daemon: Daemon, open_page: Any) -> None:
+    page = open_page(color_scheme="light")
+    expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
+    colours = page.evaluate(
+        """() => {
+            const colour = (tag, className, property) => {
+                const element = document.createElement(tag);
+                element.className = className;
+                document.querySelector("#board").append(element);
+                const value = getComputedStyle(element)[property];
+                element.remove();
+                return value;
+            };
+            const statuses = ["completed", "succeeded", "cancelled", "claimed", "running", "failed", "timeout"];
+            return {
+                panel: colour("section", "panel", "backgroundColor"),
+                button: colour("button", "task-action", "backgroundColor"),
+                text: statuses.map((name) => colour("span", `status ${name}`, "color")),
+            };
+        }"""
+    )
+    for text in colours["text"]:
+        for background in (colours["panel"], colours["button"]):
+            assert _contrast(text, background) >= 4.5, (text, background)
+
+
+def _contrast(first: str, second: str) -> float:
+    """WCAG's contrast ratio of two CSS `rgb(...)` colours."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(part) / 255 for part in re.findall(r"\d+", colour)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    light, dark = sorted((luminance(first), luminance(second)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def _fits(element: Any) -> bool:
+    """Whether `element` is within the window's width, and its content within its own."""
+    fits: bool = element.evaluate(
+        "e => e.scrollWidth <= e.clientWidth && e.getBoundingClientRect().left >= 0"
+        " && e.getBoundingClientRect().right <= document.documentElement.clientWidth"
+    )
+    return fits
+
+
+def test_odd_rollout_ids_show_as_buttons_one_can_read_and_press(make_daemon: Any, browser: Any) -> None:
+    """A blank id shows a placeholder; a long one is cut between characters, not inside an
+    emoji; each part is isolated (FSI...PDI) so a right-to-left override stays inside."""
+    emoji = "\U0001f642" * 30  # 30 characters, 60 UTF-16 units
+    override = "\u202e" + "x" * 30
+    fresh = make_daemon()
+    for rollout_id in ("", "   ", emoji, override):
+        fresh.report(rollout_id, final_reward=0.5)  # unsolicited: no task is needed
+    shown = {
+        "": "(empty id)",
+        "   ": "(blank id)",
+        emoji: "\u2068" + "\U0001f642" * 17 + "\u2069…\u2068" + "\U0001f642" * 4 + "\u2069",
+        override: "\u2068" + override[:17] + "\u2069…\u2068xxxx\u2069",
+    }
+    with signed_in(browser, fresh) as (page, console):
+        for rollout_id, text in shown.items():
+            button = page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] button")
+            expect(button).to_have_text(text, timeout=WAIT_MS)
+            box = button.bounding_box()
+            assert box is not None and box["width"] > 20 and box["height"] > 5
+        page.locator("#rollouts tr[data-rollout-id=''] button").click()
+        expect(page.locator("#detail-title")).to_have_text("(empty id)")
+        expect(page.locator("#detail dl.facts")).to_contain_text("unsolicited", timeout=WAIT_MS)
+    assert console.errors == []
+
+
 def test_a_failed_task_shows_with_its_attempts(make_daemon: Any, browser: Any) -> None:
     """With a claim timeout and an attempt limit, a task nobody reports fails; the page
     lists it with each timed-out attempt."""
@@ -276,13 +474,55 @@ def test_a_failed_task_is_retried_from_the_page_which_says_why_if_it_cannot_be(
         refusal = f"Task '{rollout_id}' is queued and cannot be retried: only failed or cancelled tasks can."
         page.route("**/v1/tasks/retry", lambda route: route.fulfill(status=409, json={"detail": refusal}))
         retry.click()  # as if someone had retried it first
-        expect(page.locator("#problem")).to_contain_text(refusal)
-        expect(page.locator("#problem")).to_contain_text("The dashboard could not retry")
+        problem = page.locator("#problem")
+        expect(problem).to_contain_text(refusal)
+        expect(problem).to_contain_text("The dashboard could not retry")
+        _refreshed(page, f"#failures tr[data-rollout-id='{rollout_id}']")
+        expect(problem).to_contain_text(refusal)  # a refresh does not take it away unread
+        problem.get_by_role("button", name="Dismiss").click()
+        expect(problem).to_be_hidden()
+        retry.click()
+        expect(problem).to_contain_text(refusal)
         page.unroute("**/v1/tasks/retry")
         retry.click()
         expect(page.locator("#problem")).to_be_hidden(timeout=WAIT_MS)
         assert short.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
     assert [error for error in console.errors if "409" not in error] == []
+
+
+def test_the_keyboard_keeps_its_place_when_the_panels_refresh_and_when_a_dialog_closes(
+    make_daemon: Any, browser: Any
+) -> None:
+    short = make_daemon("--task-timeout", "0.2", "--max-attempts", "1")
+    [rollout_id] = short.queue("lost")
+    wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
+    with signed_in(browser, short) as (page, console):
+        row = f"#failures tr[data-rollout-id='{rollout_id}']"
+        retry = page.locator(row).get_by_role("button", name=f"Retry {rollout_id}")
+        retry.focus(timeout=WAIT_MS)
+        _refreshed(page, row)
+        expect(retry).to_be_focused()  # the new row's: the locator finds it again
+        show = page.locator(row).get_by_role("button", name=f"Show rollout {rollout_id}")
+        show.focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#detail dl.facts")).to_contain_text("failed", timeout=WAIT_MS)
+        _refreshed(page, row)  # behind the dialog
+        page.keyboard.press("Escape")
+        expect(page.locator("#detail")).to_be_hidden()
+        expect(show).to_be_focused()
+    assert console.errors == []
+
+
+def _refreshed(page: Any, row: str) -> None:
+    """Have the page refresh its lower panels now (as it does every few seconds, and when
+    the tab shows again), and wait until `row` has been drawn anew."""
+    page.locator(row).evaluate("row => { row.dataset.old = 'yes' }")
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    page.wait_for_function(
+        "row => { const shown = document.querySelector(row); return shown && !shown.dataset.old }",
+        arg=row,
+        timeout=WAIT_MS,
+    )
 
 
 def test_a_task_handed_out_again_is_cancelled_from_the_page_once_you_say_yes(
@@ -312,7 +552,7 @@ def test_a_task_handed_out_again_is_cancelled_from_the_page_once_you_say_yes(
         page.once("dialog", lambda dialog: answer(dialog, yes=False))
         cancel.click()
         assert asked == [
-            f"Cancel {rollout_id}? It is not handed out again (a result that still comes is kept)."
+            f"Cancel \u2068{rollout_id}\u2069? It is not handed out again (a result that still comes is kept)."
         ]
         assert short.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] != "cancelled"
         page.once("dialog", lambda dialog: answer(dialog, yes=True))

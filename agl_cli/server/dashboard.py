@@ -61,10 +61,13 @@ def chart_json(series: RewardSeries) -> dict[str, Any]:
     """The reward series as one line of columns per mode (the store gives them by mode)."""
     lines: dict[str | None, dict[str, Any]] = {}
     for point in series.points:
-        line = lines.setdefault(point.mode, {"mode": point.mode, "times": [], "means": [], "rollouts": []})
+        line = lines.setdefault(
+            point.mode, {"mode": point.mode, "times": [], "means": [], "rollouts": [], "rewarded": []}
+        )
         line["times"].append(point.time)
         line["means"].append(point.mean)
         line["rollouts"].append(point.rollouts)
+        line["rewarded"].append(point.rewarded)
     return {"width": series.width, "lines": list(lines.values())}
 
 

@@ -190,6 +190,7 @@ class RewardLine(BaseModel):
     times: list[float] = Field(description="Each bucket's start (epoch s).")
     means: list[float | None] = Field(description="The mean reward in each bucket (null: no rewards).")
     rollouts: list[int] = Field(description="Rollouts received in each bucket.")
+    rewarded: list[int] = Field(description="Of those, the ones with a reward: the weight of each mean.")
 
 
 class RewardChart(BaseModel):

@@ -29,12 +29,15 @@ const state = {
   summary: null,
   stream: null, // the AbortController of the open stream
   panelsTimer: null,
+  opener: null, // what had the focus when the rollout dialog opened
+  openerRows: null, // the rows it was in
 };
 
 const $ = (id) => document.getElementById(id);
 const numbers = new Intl.NumberFormat();
 
 class Refused extends Error {}
+class AnotherDaemon extends Error {}
 
 // --- talking to the daemon -------------------------------------------------------------------
 
@@ -105,11 +108,19 @@ async function follow() {
       delay = 1;
       await readEvents(response, (name, data) => {
         if (name === "rollouts") addRollouts(JSON.parse(data));
-        else if (name === "summary") showSummary(JSON.parse(data));
+        else if (name === "summary") {
+          const summary = JSON.parse(data);
+          if (anotherDaemon(summary)) throw new AnotherDaemon();
+          showSummary(summary);
+        }
       });
       setConnection("The daemon closed the stream; reconnecting…", "down");
     } catch (error) {
       if (error instanceof Refused) return refuse(error.message);
+      if (error instanceof AnotherDaemon) {
+        controller.abort();
+        return open(); // which reads everything again, and follows from there
+      }
       if (controller.signal.aborted) return;
       setConnection(`Disconnected; retrying in ${delay} s…`, "down");
     }
@@ -124,16 +135,35 @@ function setConnection(text, kind) {
   element.className = `connection ${kind || ""}`;
 }
 
+// What went wrong, in two kinds: reading from the daemon (said until the next good read),
+// and what the user did (a 409: someone else was first), said until they act again or
+// dismiss it, so that a refresh every few seconds does not take it away unread.
+const problems = { read: "", action: "" };
+
 function showProblem(error, what = "read from the daemon") {
-  const element = $("problem");
-  element.textContent = error ? `The dashboard could not ${what}: ${error.message}` : "";
-  element.hidden = !error;
+  problems.read = problemText(error, what);
+  showProblems();
 }
 
-// A failure of `what`: a refused token asks for another, anything else is said.
-function sayFailure(error, what) {
+function showActionProblem(error, what) {
+  problems.action = problemText(error, what);
+  showProblems();
+}
+
+function problemText(error, what) {
+  return error ? `The dashboard could not ${what}: ${error.message}` : "";
+}
+
+function showProblems() {
+  const said = [problems.action, problems.read].filter(Boolean);
+  $("problem-text").textContent = said.join(" ");
+  $("problem").hidden = !said.length;
+}
+
+// A failure of `what`: a refused token asks for another, anything else is said (by `show`).
+function sayFailure(error, what, show = showProblem) {
   if (error instanceof Refused) refuse(error.message);
-  else showProblem(error, what);
+  else show(error, what);
 }
 
 // --- the token ---------------------------------------------------------------------------------
@@ -186,6 +216,19 @@ function showLogin(reason) {
 }
 
 // --- the summary: counts, rates, chart -----------------------------------------------------------
+
+// Whether `summary` comes from another daemon than the one the page shows: restarted, and
+// its store may have started over (a `--memory` one) or gone back to an older backup
+// (`agl restore`), so the rollouts shown and the stream's position may not be in it.
+function anotherDaemon(summary) {
+  return state.summary !== null && state.summary.status.started_time !== summary.status.started_time;
+}
+
+// Forget where the page stood in the rollouts, to read them again from the newest.
+function startOver() {
+  Object.assign(state, { lastSeq: 0, olderThan: null, unseen: 0, failuresOffset: 0 });
+  $("rollouts-newest").textContent = "Newest";
+}
 
 function showSummary(summary) {
   const previous = state.summary;
@@ -256,18 +299,20 @@ async function togglePause() {
   const toggle = $("pause-toggle");
   const action = toggle.dataset.paused === "true" ? "resume" : "pause";
   toggle.disabled = true;
+  showActionProblem(null);
   try {
     showPaused((await api(`/v1/queue/${action}`, { method: "POST" })).paused);
-    showProblem(null);
   } catch (error) {
-    sayFailure(error, `${action} the queue`);
+    sayFailure(error, `${action} the queue`, showActionProblem);
   } finally {
     toggle.disabled = false;
   }
 }
 
 const SVG = "http://www.w3.org/2000/svg";
-const CHART = { width: 640, height: 260, left: 48, right: 12, top: 12, bottom: 28 };
+// In the SVG's units, which are the screen's pixels: the chart takes its panel's width (see
+// chartWidth), so that its labels keep their size on a phone.
+const CHART = { width: 640, minWidth: 280, height: 260, left: 48, right: 12, top: 12, bottom: 28 };
 const chart = { svg: null, grid: null, xAxis: null, lines: new Map() };
 
 function svg(name, attributes = {}, parent = null) {
@@ -289,20 +334,18 @@ function modeClass(mode) {
 function drawChart(rewards) {
   if (!chart.svg) {
     chart.svg = svg("svg", {
-      viewBox: `0 0 ${CHART.width} ${CHART.height}`,
       role: "img",
       "aria-labelledby": "chart-title chart-note",
     });
     chart.grid = svg("g", { class: "axis" }, chart.svg);
     chart.xAxis = svg("g", { class: "axis" }, chart.svg);
     chart.plot = svg("g", {}, chart.svg);
-    chart.empty = svg(
-      "text",
-      { x: CHART.width / 2, y: CHART.height / 2, "text-anchor": "middle", class: "empty-chart" },
-      chart.svg,
-    );
+    chart.empty = svg("text", { y: CHART.height / 2, "text-anchor": "middle", class: "empty-chart" }, chart.svg);
     $("chart").append(chart.svg);
   }
+  const width = chartWidth();
+  chart.svg.setAttribute("viewBox", `0 0 ${width} ${CHART.height}`);
+  chart.empty.setAttribute("x", width / 2);
   const lines = rewards.lines.map((line) => ({ ...line, average: movingAverage(line) }));
   const values = lines.flatMap((line) => line.means.concat(line.average)).filter((v) => v !== null);
   chart.empty.textContent = values.length ? "" : "No rewards yet: the chart starts with the first rewarded rollout.";
@@ -311,21 +354,22 @@ function drawChart(rewards) {
   const x1 = Math.max(...times) + rewards.width;
   let [y0, y1] = values.length ? [Math.min(0, ...values), Math.max(1, ...values)] : [0, 1];
   if (y1 - y0 < 1e-9) y1 = y0 + 1;
-  const plotWidth = CHART.width - CHART.left - CHART.right;
+  const plotWidth = width - CHART.left - CHART.right;
   const plotHeight = CHART.height - CHART.top - CHART.bottom;
   const x = (t) => CHART.left + (times.length ? ((t - x0) / (x1 - x0 || 1)) * plotWidth : 0);
   const y = (v) => CHART.top + (1 - (v - y0) / (y1 - y0)) * plotHeight;
 
   chart.grid.replaceChildren();
   for (const tick of ticks(y0, y1, 5)) {
-    svg("line", { x1: CHART.left, x2: CHART.width - CHART.right, y1: y(tick), y2: y(tick), class: "grid-line" }, chart.grid);
+    svg("line", { x1: CHART.left, x2: width - CHART.right, y1: y(tick), y2: y(tick), class: "grid-line" }, chart.grid);
     svg("text", { x: CHART.left - 6, y: y(tick) + 4, "text-anchor": "end" }, chart.grid).textContent = round(tick);
   }
   chart.xAxis.replaceChildren();
   if (times.length) {
-    for (let i = 0; i <= 4; i++) {
-      const t = x0 + ((x1 - x0) * i) / 4;
-      const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    const parts = width < 480 ? 2 : 4; // room for a clock's time every 100 px or so
+    for (let i = 0; i <= parts; i++) {
+      const t = x0 + ((x1 - x0) * i) / parts;
+      const anchor = i === 0 ? "start" : i === parts ? "end" : "middle";
       svg("text", { x: x(t), y: CHART.height - 8, "text-anchor": anchor }, chart.xAxis).textContent = clock(t);
     }
   }
@@ -361,16 +405,23 @@ function drawChart(rewards) {
   showLegend(legend, rewards.width);
 }
 
+// The chart's panel's width (the chart's default while the panel is not laid out).
+function chartWidth() {
+  const shown = $("chart").clientWidth;
+  return shown ? Math.max(CHART.minWidth, Math.round(shown)) : CHART.width;
+}
+
 function movingAverage(line) {
-  // Each point: the mean of the last AVERAGE_OF buckets' means, weighted by their rollouts.
+  // Each point: the mean of the last AVERAGE_OF buckets' means, weighted by the rollouts
+  // that had a reward (those without one are not in the mean).
   const out = [];
   for (let i = 0; i < line.means.length; i++) {
     let sum = 0;
     let weight = 0;
     for (let j = Math.max(0, i - AVERAGE_OF + 1); j <= i; j++) {
       if (line.means[j] !== null) {
-        sum += line.means[j] * line.rollouts[j];
-        weight += line.rollouts[j];
+        sum += line.means[j] * line.rewarded[j];
+        weight += line.rewarded[j];
       }
     }
     out.push(weight ? sum / weight : null);
@@ -408,7 +459,7 @@ function showLegend(items, width) {
       entry.className = modeClass(item.mode);
       entry.dataset.mode = item.key;
       const average = item.latest === undefined ? "no reward yet" : `moving average ${round(item.latest)}`;
-      entry.textContent = `${item.key}: ${average} (${numbers.format(item.count)} rollouts)`;
+      entry.textContent = `${item.key}: ${average} (${counting(item.count, "rollout")})`;
       return entry;
     }),
   );
@@ -434,15 +485,18 @@ function niceStep(raw) {
 
 async function loadRollouts() {
   const before = state.olderThan === null ? "" : `&before=${state.olderThan}`;
-  const page = await api(`/v1/dashboard/rollouts?limit=${PAGE}${before}`);
+  // one more than a page: whether there is an older one to go to
+  const page = await api(`/v1/dashboard/rollouts?limit=${PAGE + 1}${before}`);
   if (state.olderThan === null) state.lastSeq = Math.max(state.lastSeq, page.last_seq);
+  const shown = page.rollouts.slice(0, PAGE);
   const body = $("rollouts").tBodies[0];
-  body.replaceChildren(...page.rollouts.map((line) => rolloutRow(line, false)));
-  $("rollouts-empty").hidden = page.rollouts.length > 0;
+  body.replaceChildren(...shown.map((line) => rolloutRow(line, false)));
+  const empty = $("rollouts-empty");
+  empty.hidden = shown.length > 0;
+  empty.textContent = state.olderThan === null ? "No rollouts yet." : "No older rollouts."; // deleted meanwhile
   $("rollouts-newest").disabled = state.olderThan === null;
-  $("rollouts-older").disabled = page.rollouts.length < PAGE;
-  state.oldestShown = page.rollouts.length ? page.rollouts[page.rollouts.length - 1].seq : null;
-  return page;
+  $("rollouts-older").disabled = page.rollouts.length <= PAGE;
+  state.oldestShown = shown.length ? shown[shown.length - 1].seq : null;
 }
 
 function addRollouts(event) {
@@ -455,9 +509,9 @@ function addRollouts(event) {
   const body = $("rollouts").tBodies[0];
   const fresh = event.rollouts.slice(-PAGE).reverse();
   body.prepend(...fresh.map((line) => rolloutRow(line, true)));
+  if (body.rows.length > PAGE) $("rollouts-older").disabled = false; // the rows dropped are older
   while (body.rows.length > PAGE) body.deleteRow(-1);
   $("rollouts-empty").hidden = body.rows.length > 0;
-  $("rollouts-older").disabled = body.rows.length < PAGE;
   state.oldestShown = body.rows.length ? Number(body.rows[body.rows.length - 1].dataset.seq) : null;
 }
 
@@ -514,9 +568,9 @@ async function refreshPanels() {
 }
 
 function showFailures(page) {
-  const body = $("failures").tBodies[0];
-  body.replaceChildren(
-    ...page.tasks.map(({ task, attempts }) => {
+  redraw(
+    $("failures").tBodies[0],
+    page.tasks.map(({ task, attempts }) => {
       const row = document.createElement("tr");
       row.dataset.rolloutId = task.rollout_id;
       cell(row, "").append(detailButton(task.rollout_id));
@@ -534,6 +588,26 @@ function showFailures(page) {
   $("failures-older").disabled = !page.has_more;
 }
 
+// Replace the rows of a panel refreshed every few seconds, keeping the keyboard's place: the
+// control focused among the old rows is found again among the new ones by its label
+// (`Retry r-1`), else by its row (the Retry pressed is a Cancel now: its row's first button).
+function redraw(body, rows) {
+  const focused = body.contains(document.activeElement) ? document.activeElement : null;
+  body.replaceChildren(...rows);
+  if (focused) sameControl(focused, body)?.focus({ preventScroll: true });
+}
+
+// The control in `root` that stands where `control` (no longer shown) stood.
+function sameControl(control, root) {
+  const label = control.getAttribute("aria-label");
+  const buttons = [...root.querySelectorAll("button")];
+  const row = control.closest("tr")?.dataset.rolloutId;
+  return (
+    buttons.find((button) => button.getAttribute("aria-label") === label) ||
+    buttons.find((button) => row !== undefined && button.closest("tr")?.dataset.rolloutId === row)
+  );
+}
+
 // What a task's button does, by its status: queue it again (it failed or was cancelled),
 // as `agl tasks retry` does, or take it out of play (it is queued or claimed), as
 // `agl tasks cancel` does, once asked for a yes. A completed task has none.
@@ -542,7 +616,7 @@ const CANCEL = {
   verb: "cancel",
   label: "Cancel",
   title: "Take it out of play: it is not handed out again",
-  ask: (id) => `Cancel ${id}? It is not handed out again (a result that still comes is kept).`,
+  ask: (id) => `Cancel ${isolated(id)}? It is not handed out again (a result that still comes is kept).`,
 };
 const ACTIONS = { failed: RETRY, cancelled: RETRY, queued: CANCEL, claimed: CANCEL };
 
@@ -556,6 +630,7 @@ function taskButton(rolloutId, action) {
   button.addEventListener("click", async () => {
     if (action.ask && !confirm(action.ask(rolloutId))) return;
     button.disabled = true;
+    showActionProblem(null);
     const body = JSON.stringify({ rollout_ids: [rolloutId] });
     try {
       const headers = { "Content-Type": "application/json" };
@@ -563,7 +638,7 @@ function taskButton(rolloutId, action) {
       await refreshPanels();
     } catch (error) {
       await refreshPanels(); // someone may have changed it first: show the list as it is
-      sayFailure(error, `${action.verb} ${shortId(rolloutId)}`);
+      sayFailure(error, `${action.verb} ${shortId(rolloutId)}`, showActionProblem);
     }
   });
   return button;
@@ -577,7 +652,7 @@ function attemptList(attempts) {
     const label = document.createElement("span");
     label.className = `status ${attempt.status}`;
     label.textContent = attempt.status;
-    const worker = attempt.worker_id ? ` on ${attempt.worker_id}` : "";
+    const worker = attempt.worker_id ? ` on ${isolated(attempt.worker_id)}` : "";
     item.append(`#${attempt.sequence_id} `, label, worker);
     item.title = `${attempt.attempt_id}, started ${clock(attempt.start_time)}`;
     list.append(item);
@@ -592,11 +667,11 @@ function statusCell(row, status) {
 }
 
 function showWorkers(page) {
-  const body = $("workers").tBodies[0];
-  body.replaceChildren(
-    ...page.workers.map((worker) => {
+  redraw(
+    $("workers").tBodies[0],
+    page.workers.map((worker) => {
       const row = document.createElement("tr");
-      cell(row, worker.worker_id);
+      cell(row, worker.worker_id, "text");
       statusCell(row, worker.status);
       cell(row, worker.last_heartbeat_time ? ago(worker.last_heartbeat_time) : "never");
       const current = cell(row, worker.current_rollout_id ? "" : "–");
@@ -608,19 +683,19 @@ function showWorkers(page) {
 }
 
 function showResources(page) {
-  const body = $("resources").tBodies[0];
-  body.replaceChildren(
-    ...page.resources.map((bundle) => {
+  redraw(
+    $("resources").tBodies[0],
+    page.resources.map((bundle) => {
       const row = document.createElement("tr");
       const name = bundle.resources_id + (bundle.resources_id === page.latest_id ? " (latest)" : "");
-      cell(row, name);
+      cell(row, name, "text");
       cell(row, String(bundle.version), "number");
       cell(row, clock(bundle.update_time, true));
       const contents = Object.entries(bundle.resources).map(([key, resource]) => {
         const what = resource.model ? `${resource.resource_type} ${resource.model}` : resource.resource_type;
         return `${key}: ${what}`;
       });
-      cell(row, contents.join(", "));
+      cell(row, contents.join(", "), "text");
       return row;
     }),
   );
@@ -632,9 +707,13 @@ function showResources(page) {
 async function showDetail(rolloutId) {
   const dialog = $("detail");
   const body = $("detail-body");
-  $("detail-title").textContent = rolloutId;
+  $("detail-title").textContent = rolloutId.trim() ? rolloutId : shortId(rolloutId);
   body.replaceChildren(paragraph("Loading…"));
-  if (!dialog.open) dialog.showModal();
+  if (!dialog.open) {
+    state.opener = document.activeElement;
+    state.openerRows = state.opener.closest("tbody") || document; // rows are redrawn, not their tbody
+    dialog.showModal();
+  }
   try {
     renderDetail(body, await api(`/v1/dashboard/rollouts/${encodeURIComponent(rolloutId)}`));
   } catch (error) {
@@ -673,6 +752,7 @@ function renderDetail(body, detail) {
       heading("Attempts"),
       table(
         ["#", "Attempt", "Status", "Worker", "Started", "Took"],
+        ["", "text", "", "text"],
         detail.task.attempts.map((a) => [
           String(a.sequence_id),
           a.attempt_id,
@@ -685,11 +765,12 @@ function renderDetail(body, detail) {
     );
   }
   if (result) {
-    parts.push(heading(`Triplets (${numbers.format(result.triplets_total)})`));
+    parts.push(heading(`Triplets (${howMany(result.triplets.length, result.triplets_total, "first")})`));
     parts.push(
       result.triplets.length
         ? table(
             ["#", "Prompt tokens", "Response tokens", "Reward", "Prompt", "Response"],
+            ["", "", "", "", "preview", "preview"],
             result.triplets.map((t, i) => [
               String(i + 1),
               t.prompt_tokens === null ? "–" : numbers.format(t.prompt_tokens),
@@ -703,10 +784,10 @@ function renderDetail(body, detail) {
         : paragraph("None were reported."),
     );
   }
-  parts.push(heading(`Spans (${numbers.format(detail.spans_total)})`));
+  parts.push(heading(`Spans (${howMany(detail.spans.length, detail.spans_total, "first")})`));
   parts.push(detail.spans.length ? waterfall(detail.spans) : paragraph("No spans or trace."));
   if (result) {
-    parts.push(heading(`Logs (${numbers.format(result.logs_total)} lines)`));
+    parts.push(heading(`Logs (${howMany(result.logs.length, result.logs_total, "last")} ${plural(result.logs_total, "line")})`));
     parts.push(result.logs.length ? pre(result.logs.join("\n")) : paragraph("No logs."));
     parts.push(heading("Metadata"), pre(JSON.stringify(result.metadata, null, 2)));
   }
@@ -733,10 +814,12 @@ function waterfall(spans) {
     }
     return [span.name, start === null ? "–" : `+${duration(start - t0)}`, took === null ? "–" : duration(took), span.status || "–", bar];
   });
-  return table(["Span", "Start", "Took", "Status", "Timeline"], rows, "waterfall");
+  return table(["Span", "Start", "Took", "Status", "Timeline"], ["text"], rows, "waterfall");
 }
 
-function table(headers, rows, className = "") {
+// A table in a box that scrolls sideways should it be wider than the dialog; `columns`: the
+// class of each column's cells (`text` wraps anywhere, `preview` too, in smaller type).
+function table(headers, columns, rows, className = "") {
   const element = document.createElement("table");
   element.className = `grid ${className}`;
   const head = element.createTHead().insertRow();
@@ -749,13 +832,21 @@ function table(headers, rows, className = "") {
   const body = element.createTBody();
   for (const values of rows) {
     const row = body.insertRow();
-    for (const value of values) {
+    values.forEach((value, i) => {
       const td = row.insertCell();
+      if (columns[i]) td.className = columns[i];
       if (value instanceof Node) td.append(value);
       else td.textContent = value;
-    }
+    });
   }
-  return element;
+  return scrolling(element);
+}
+
+function scrolling(element) {
+  const box = document.createElement("div");
+  box.className = "table-scroll";
+  box.append(element);
+  return box;
 }
 
 function definitionList(pairs) {
@@ -815,8 +906,33 @@ function ago(epoch) {
   return `${duration(seconds)} ago`;
 }
 
+// "1 rollout", "2 rollouts".
+function counting(count, noun) {
+  return `${numbers.format(count)} ${plural(count, noun)}`;
+}
+
+function plural(count, noun) {
+  return count === 1 ? noun : `${noun}s`;
+}
+
+// How many a list holds, saying so when the daemon sent only part of it ("first 500 of 600").
+function howMany(shown, total, which) {
+  return shown < total ? `${which} ${numbers.format(shown)} of ${numbers.format(total)}` : numbers.format(total);
+}
+
+// An id as the page says it: a placeholder if it is blank; if long, its first 17 and last
+// 4 characters (code points: an emoji is not cut in two); isolated, so that a right-to-left
+// mark in it reorders nothing around it.
 function shortId(id) {
-  return id.length > 22 ? `${id.slice(0, 17)}…${id.slice(-4)}` : id;
+  if (!id.trim()) return id ? "(blank id)" : "(empty id)";
+  const points = [...id];
+  if (points.length <= 22) return isolated(id);
+  return `${isolated(points.slice(0, 17).join(""))}…${isolated(points.slice(-4).join(""))}`;
+}
+
+// Text between a first-strong isolate and its pop: its direction stays inside.
+function isolated(text) {
+  return `\u2068${text}\u2069`;
 }
 
 // --- start ---------------------------------------------------------------------------------------
@@ -825,8 +941,10 @@ async function open() {
   $("login").hidden = true;
   setConnection("Connecting…");
   try {
-    showSummary(await api("/v1/dashboard"));
-    $("board").hidden = false;
+    const summary = await api("/v1/dashboard");
+    if (anotherDaemon(summary)) startOver();
+    $("board").hidden = false; // first, so that the chart is drawn to its panel's width
+    showSummary(summary);
     await loadRollouts();
     await refreshPanels();
   } catch (error) {
@@ -868,7 +986,17 @@ function wire() {
     refreshPanels();
   });
   $("detail-close").addEventListener("click", () => $("detail").close());
+  $("detail").addEventListener("close", () => {
+    // the browser gives focus back to the button that opened it, unless a refresh has
+    // redrawn its panel since: then to the one that stands in its place
+    const opener = state.opener;
+    if (opener && !opener.isConnected) sameControl(opener, state.openerRows)?.focus();
+  });
   $("pause-toggle").addEventListener("click", togglePause);
+  $("problem-dismiss").addEventListener("click", () => {
+    Object.assign(problems, { read: "", action: "" });
+    showProblems();
+  });
   document.addEventListener("visibilitychange", refreshPanels);
 }
 
