@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -52,10 +53,11 @@ def test_a_compacted_file_holds_all_it_held_in_the_space_it_needs(tmp_path: Path
     kept = reported(store, 1.0)
     assert store.prune_rollouts(100) == 40
     store.close()
+    path.chmod(0o600)
     seen: list[tuple[int, int]] = []
     compacted = compact(path, progress=lambda written, total: seen.append((written, total)))
     assert compacted.before > 4_000_000 and compacted.after < 500_000
-    assert path.stat().st_size == compacted.after
+    assert (path.stat().st_size, stat.S_IMODE(path.stat().st_mode)) == (compacted.after, 0o600)
     assert seen[-1][0] == seen[-1][1] > 0
     assert not path.with_name(path.name + SUFFIX).exists()
     reopened = SQLiteStore(path, clock=clock, rollout_retention=60)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ def _replace(path: Path, copy: Path) -> None:
     try:
         with copy.open("rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(copy, stat.S_IMODE(path.stat().st_mode))  # SQLite made it as any new file
         os.replace(copy, path)
         sync_directory(path.parent)
     except OSError as exc:
