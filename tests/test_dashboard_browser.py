@@ -461,12 +461,18 @@ def test_a_failed_task_shows_with_its_attempts(make_daemon: Any, browser: Any) -
     assert console.errors == []
 
 
-def test_a_failed_task_is_retried_from_the_page_which_says_why_if_it_cannot_be(
-    make_daemon: Any, browser: Any
-) -> None:
+def failed_once(make_daemon: Any) -> tuple[Daemon, str]:
+    """A daemon whose one task failed: its only claim ran out."""
     short = make_daemon("--task-timeout", "0.2", "--max-attempts", "1")
     [rollout_id] = short.queue("lost")
     wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
+    return short, rollout_id
+
+
+def test_a_failed_task_is_retried_from_the_page_which_says_why_if_it_cannot_be(
+    make_daemon: Any, browser: Any
+) -> None:
+    short, rollout_id = failed_once(make_daemon)
     with signed_in(browser, short) as (page, console):
         row = page.locator(f"#failures tr[data-rollout-id='{rollout_id}']")
         retry = row.get_by_role("button", name=f"Retry {rollout_id}")
@@ -493,9 +499,7 @@ def test_a_failed_task_is_retried_from_the_page_which_says_why_if_it_cannot_be(
 def test_the_keyboard_keeps_its_place_when_the_panels_refresh_and_when_a_dialog_closes(
     make_daemon: Any, browser: Any
 ) -> None:
-    short = make_daemon("--task-timeout", "0.2", "--max-attempts", "1")
-    [rollout_id] = short.queue("lost")
-    wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
+    short, rollout_id = failed_once(make_daemon)
     with signed_in(browser, short) as (page, console):
         row = f"#failures tr[data-rollout-id='{rollout_id}']"
         retry = page.locator(row).get_by_role("button", name=f"Retry {rollout_id}")
