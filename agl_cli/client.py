@@ -360,7 +360,7 @@ class AglClient:
         self,
         since: int | Literal["now"] = 0,
         *,
-        relocate: Callable[[], str] | None = None,
+        relocate: Callable[[], str | None] | None = None,
         on_disconnect: Callable[[AglClientError], None] | None = None,
         on_reconnect: Callable[[int], None] | None = None,
         max_delay: float = 2.0,
@@ -370,10 +370,10 @@ class AglClient:
         When the connection drops (the daemon restarted, the network failed) it reconnects,
         with a growing pause, and resumes after the last sequence number it yielded:
         nothing is missed, nothing comes twice. `relocate` gives the address again before
-        each reconnect, for a daemon that may come back on another port; `on_disconnect` and
-        `on_reconnect` are told when an outage starts and when it ends (with the sequence
-        number it resumes after). An unreachable daemon at the start, or a refusal (401,
-        4xx) at any time, is raised.
+        each reconnect, for a daemon that may come back on another port (None keeps the
+        last one known); `on_disconnect` and `on_reconnect` are told when an outage starts
+        and when it ends (with the sequence number it resumes after). An unreachable daemon
+        at the start, or a refusal (401, 4xx) at any time, is raised.
         """
         last = self.last_seq() if since == "now" else since
         connected_once = False
@@ -406,7 +406,7 @@ class AglClient:
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
             if relocate is not None:
-                self.url = relocate()
+                self.url = relocate() or self.url
 
     def _stream_rollouts(self, after: int) -> Generator[RolloutRecord | None, None, None]:
         """One connection to the stream: None once it is open, then its rollouts."""
@@ -559,7 +559,11 @@ def _tasks_body(tasks: TaskList) -> bytes:
 
 
 def _segment(value: str) -> str:
-    """An id as one path segment: resources ids are the publisher's choice, '?' included."""
+    """An id as one path segment: resources ids are the publisher's choice, '?' included,
+    and a worker chooses an unsolicited rollout's, '.' and '..' included, which a URL would
+    take as steps of its path unless written as escapes (the daemon decodes them)."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
     return quote(value, safe="")
 
 

@@ -16,8 +16,9 @@ import pytest
 from cli_runner import agl, assert_one_line_error, popen_agl, post_rollout
 from daemon import Daemon
 
+from agl_cli.cli.context import Globals, resolve
 from agl_cli.cli.rollouts import print_rollout
-from agl_cli.client import AglClient
+from agl_cli.client import AglClient, RolloutRecord
 
 
 class Lines:
@@ -140,8 +141,9 @@ def test_show_gives_the_whole_rollout_and_an_unknown_or_unfinished_one_is_one_li
 
 def test_any_rollout_id_a_worker_chose_is_shown_and_an_empty_one_is_unknown(daemon: Daemon) -> None:
     """An unsolicited rollout keeps the id its worker sent, '/' and all: what the list
-    shows, show finds (the id is one segment of the URL, however it is spelled)."""
-    chosen = ["runs/7/a", "a b?c=d#e", "100%", "../status", "/lead", "trail/"]
+    shows, show finds (the id is one segment of the URL, however it is spelled, '.' and
+    '..' too, which a URL would otherwise take for steps of its path)."""
+    chosen = ["runs/7/a", "a b?c=d#e", "100%", "../status", "/lead", "trail/", ".", ".."]
     for rollout_id in chosen:
         post_rollout(daemon, rollout_id, reward=0.5)
     for rollout_id in chosen:
@@ -151,6 +153,9 @@ def test_any_rollout_id_a_worker_chose_is_shown_and_an_empty_one_is_unknown(daem
         assert_one_line_error(
             agl("tasks", "show", rollout_id, daemon=daemon), f"No task with id '{rollout_id}'."
         )
+    for dots in (".", ".."):  # neither the list of tasks nor that of bundles
+        for command in (["tasks", "show", "--json"], ["resources", "show"]):
+            assert_one_line_error(agl(*command, dots, daemon=daemon), f" with id '{dots}'.")
     for command in (["rollouts", "show"], ["tasks", "show"], ["tasks", "cancel"]):
         assert_one_line_error(agl(*command, "", daemon=daemon), "with id ''.")
 
@@ -261,6 +266,54 @@ def test_watch_survives_a_crash_and_restart_missing_nothing_and_repeating_nothin
     assert watcher.lines.empty()
     assert code in (0, 130) and "Traceback" not in stderr
     assert "Reconnected; resuming after rollout" in stderr
+
+
+def test_watch_keeps_the_last_address_while_the_state_directory_names_none(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A daemon stopped gracefully takes its address file with it: the watch keeps trying
+    the address it knew, never the default port, where another daemon may listen and would
+    be sent this run's token, until the state directory names the new one."""
+    daemon = make_daemon()
+    first, second = daemon.queue(1, 2)
+    post_rollout(daemon, first)
+    target = resolve(Globals(state_dir=daemon.state_dir))
+    tried: list[str] = []  # the address of each attempt to reconnect
+    outage_seen, halt = threading.Event(), threading.Event()
+    arrived: queue.Queue[RolloutRecord | Exception] = queue.Queue()
+
+    def relocate() -> str | None:
+        if halt.is_set():
+            raise RuntimeError("the test is over")
+        tried.append(api.url)
+        if len(tried) == 4:
+            outage_seen.set()
+        return target.relocate()
+
+    def follow() -> None:
+        try:
+            for record in api.watch_rollouts(0, relocate=relocate, max_delay=0.2):
+                arrived.put(record)
+        except Exception as exc:
+            arrived.put(exc)
+
+    def next_id() -> str:
+        record = arrived.get(timeout=20)
+        assert not isinstance(record, Exception), record
+        return record["rollout_id"]
+
+    with AglClient(target.url, target.token) as api:
+        threading.Thread(target=follow, daemon=True).start()
+        assert next_id() == first
+        old = daemon.url
+        daemon.terminate()
+        assert target.relocate() is None
+        assert outage_seen.wait(20)
+        assert tried[:4] == [old] * 4
+        daemon.start()  # on another port, written in the state directory
+        post_rollout(daemon, second)
+        assert next_id() == second
+        halt.set()
 
 
 def test_watch_of_a_daemon_that_is_not_running_is_exit_3() -> None:

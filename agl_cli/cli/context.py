@@ -50,11 +50,11 @@ class Target:
     state_dir: Path
     url_given: bool  # by --url or AGL_URL, rather than found
 
-    def relocate(self) -> str:
-        """The address again: a found daemon may have restarted on another port."""
-        if self.url_given:
-            return self.url
-        return discovered_url(self.state_dir) or DEFAULT_URL
+    def relocate(self) -> str | None:
+        """The address again, as a found daemon may have restarted on another port; None
+        while the state directory names none (the daemon is stopped), to keep the last
+        address known rather than send the token to whatever listens on the default port."""
+        return None if self.url_given else discovered_url(self.state_dir)
 
 
 def globals_of(ctx: typer.Context) -> Globals:
