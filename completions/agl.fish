@@ -141,7 +141,7 @@ complete -c agl -n "__agl_at 'tasks list'" -l offset -x -d 'Skip the first M'
 complete -c agl -n "__agl_at 'tasks list'" -l json -d 'Machine output: a JSON array'
 complete -c agl -n "__agl_at 'tasks list'" -l help -d 'Show this message and exit'
 
-complete -c agl -n "__agl_at 'tasks show'" -l json -d 'Machine output: the task as JSON'
+complete -c agl -n "__agl_at 'tasks show'" -l json -d 'Machine output: the task as JSON, its latest attempts under `attempts`'
 complete -c agl -n "__agl_at 'tasks show'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'tasks cancel'" -l queued -d 'Cancel every task queued now instead; claimed ones run on'

@@ -135,7 +135,7 @@ _agl_options() {
         '--help:Show this message and exit'
       ) ;;
     'tasks show') _agl_items=(
-        '--json:Machine output: the task as JSON'
+        '--json:Machine output: the task as JSON, its latest attempts under `attempts`'
         '--help:Show this message and exit'
       ) ;;
     'tasks cancel') _agl_items=(

@@ -36,7 +36,7 @@ def exit_codes() -> list[tuple[int, str]]:
     listed = EXIT_CODES_HELP.removeprefix("Exit codes:").strip().removesuffix(".")
     said = {int(code): meaning for code, meaning in (item.split(" ", 1) for item in listed.split("; "))}
     codes = [(int(code), said.get(int(code), code.name.lower())) for code in ExitCode]
-    return [*codes, INTERRUPTED]
+    return sorted([*codes, INTERRUPTED])
 
 
 def outputs(root: Command) -> dict[Path, str]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -65,6 +69,29 @@ def popen_agl(*args: str, daemon: Daemon) -> subprocess.Popen[str]:
         env=env_without_agl(),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def on_a_terminal(*args: str, daemon: Daemon, columns: int) -> list[str]:
+    """What `agl ARGS` shows on a terminal `columns` wide, line by line, without its styles."""
+    leader, follower = pty.openpty()
+    command = [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args]
+    env = {**env_without_agl(), "COLUMNS": str(columns), "LINES": "50"}
+    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, env=env)
+    os.close(follower)
+    shown = b""
+    deadline = time.monotonic() + 60
+    while select.select([leader], [], [], max(deadline - time.monotonic(), 0))[0]:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command has closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).splitlines()
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str, code: int = 1) -> None:

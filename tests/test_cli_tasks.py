@@ -60,7 +60,10 @@ def test_show_lists_the_latest_attempts_of_a_task(daemon: Daemon) -> None:
         (str(SHOWN_ATTEMPTS + 2), "preparing"),
     ]
     as_json = json.loads(agl("tasks", "show", rollout_id, "--json", daemon=daemon).stdout)
-    assert "attempts" not in as_json and as_json["num_claims"] == SHOWN_ATTEMPTS + 2
+    assert as_json["num_claims"] == SHOWN_ATTEMPTS + 2
+    assert [(a["sequence_id"], a["status"]) for a in as_json["attempts"]] == [
+        (int(number), status) for number, status in ((row[0], row[2]) for row in rows)
+    ]  # the same attempts as the human output
 
 
 def test_cancel_takes_a_task_out_of_the_queue(daemon: Daemon) -> None:

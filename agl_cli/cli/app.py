@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from agl_cli import __version__
 from agl_cli.cli import backup as backup_module
@@ -25,13 +27,26 @@ from agl_cli.cli import serve as serve_module
 from agl_cli.cli import status as status_module
 from agl_cli.cli import stop as stop_module
 from agl_cli.cli.context import Globals
-from agl_cli.cli.errors import EXIT_CODES_HELP, ExitCode, fail
+from agl_cli.cli.errors import EXIT_CODES_HELP, ExitCode, fail, reader_gone
 from agl_cli.cli.forward import AGENTLIGHTNING_COMMANDS, forward
 from agl_cli.cli.help_screens import use_plain_labels
 
 use_plain_labels()
 
+
+class _Commands(TyperGroup):
+    """agl's commands: one whose stdout's reader went away ends as `reader_gone` says,
+    whichever it is (Typer would end it with exit 1)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            reader_gone()
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="agl",
     help=f"A durable, fast daemon for the Agent Lightning task protocol.\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,

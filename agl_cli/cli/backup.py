@@ -29,7 +29,7 @@ def backup(
 ) -> None:
     """Save a copy of the daemon's whole store to FILE, while it serves.
 
-    It holds everything the daemon had answered for when it began, checked page by page.
+    It holds everything the daemon had answered for when it began, checked page by page. FILE is made readable by its owner only (0600); with -, the shell makes the file (agl backup - > FILE), with the mode it gives.
     """
     from agl_cli.store import StoreError, backups
     from agl_cli.store.files import open_private, sync_directory
@@ -81,9 +81,14 @@ def backup(
 def _backup_to_stdout(ctx: typer.Context) -> None:
     if output.stdout_is_terminal():
         fail("agl backup - writes a database file to stdout: send it to a file or a pipe.")
-    with connect(ctx) as client:
-        client.backup(sys.stdout.buffer)
-    sys.stdout.buffer.flush()
+    try:
+        with connect(ctx) as client:
+            client.backup(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise  # its reader went away: ended quietly, as for every command
+    except OSError as exc:  # a full disk, /dev/full
+        fail(f"Cannot write the copy to stdout: {exc.strerror or exc}.")
 
 
 def restore(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import os
+import sys
 from typing import NoReturn
 
 import typer
@@ -15,11 +17,13 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 3  # no daemon answers at the address
     AUTH = 4  # the daemon refused the token
     TIMEOUT = 5  # a --timeout passed before the work was done
+    READER_GONE = 141  # what reads stdout went away (`agl ... | head`): as SIGPIPE's victims exit
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 error (bad input, unknown id, daemon refused); 2 usage; "
-    "3 daemon unreachable; 4 token refused; 5 timed out; 130 interrupted (Ctrl-C)."
+    "3 daemon unreachable; 4 token refused; 5 timed out; 130 interrupted (Ctrl-C); "
+    "141 what read the output went away (as head does), quietly."
 )
 
 
@@ -48,3 +52,13 @@ def usage_error(exc: typer.TyperException) -> CLIError:
 def report(error: CLIError) -> NoReturn:
     typer.echo(f"agl: {error}", err=True)
     raise SystemExit(int(error.code))
+
+
+def reader_gone() -> NoReturn:
+    """End quietly, as a Unix tool killed by SIGPIPE does, when what reads stdout went away.
+
+    Whatever is still buffered goes to /dev/null: flushed into the closed pipe at exit, it
+    would make Python print "Exception ignored ... BrokenPipeError"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(ExitCode.READER_GONE)

@@ -26,10 +26,13 @@ def main() -> None:
     import typer
 
     from agl_cli.cli.app import app
-    from agl_cli.cli.errors import CLIError, ExitCode, report, usage_error
+    from agl_cli.cli.errors import CLIError, ExitCode, reader_gone, report, usage_error
 
     try:
         code = app(prog_name="agl", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe is found here rather than as Python exits
+    except BrokenPipeError:
+        reader_gone()
     except CLIError as exc:
         report(exc)
     except typer.TyperException as exc:  # the parser's: a wrong command line

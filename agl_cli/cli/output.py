@@ -8,22 +8,32 @@ each record as it happens.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import datetime
 import functools
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from rich.console import Console, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.style import StyleType
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
+
+from agl_cli.cli.errors import reader_gone
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        reader_gone()  # as every command does, rather than rich's own exit 1
 
 
 @functools.cache
 def out() -> Console:
-    console = Console(soft_wrap=True, highlight=False)
+    console = _Console(soft_wrap=True, highlight=False)
     if not console.is_terminal:  # a pipe or a file: never cut a line to fit an imaginary screen
         console.width = 10_000
     return console
@@ -160,14 +170,55 @@ def plain(text: str) -> Text:
     return Text(shown(text))
 
 
+GAP = 2  # between two columns of a `table`: the right padding of one, the left of the next
+MIN_SHRUNK = 10  # the narrowest a shrinking column is cut to before it goes
+
+
 class _Table(Table):
-    """A rich table whose text cells are `plain`: what the daemon sends is shown as it is."""
+    """A rich table whose text cells are `plain`: what the daemon sends is shown as it is.
+
+    On a narrow screen it leaves out its `droppable` columns, the first first, the
+    `shrinkable` one cut with '…' to the room left before it goes; it never cuts or wraps
+    a word of the others (an id, a status, a header), and if they are wider than the
+    screen, the lines are longer than the screen rather than an id cut short."""
+
+    droppable: Sequence[str] = ()
+    shrinkable: str | None = None
 
     def add_row(
         self, *renderables: RenderableType | None, style: StyleType | None = None, end_section: bool = False
     ) -> None:
         cells = [plain(cell) if isinstance(cell, str) else cell for cell in renderables]
         super().add_row(*cells, style=style, end_section=end_section)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        fitted = copy.copy(self)
+        fitted.columns = self._fit(options.max_width)
+        width = max(options.max_width, _width(fitted.columns))
+        yield from Table.__rich_console__(fitted, console, options.update(width=width))
+
+    def _fit(self, width: int) -> list[Column]:
+        columns = list(self.columns)
+        leaving = [column for name in self.droppable for column in columns if column.header == name]
+        while leaving and _width(columns) > width:
+            column = leaving.pop(0)
+            if column.header == self.shrinkable:
+                room = width - _width([other for other in columns if other is not column]) - GAP
+                if room >= MIN_SHRUNK:
+                    columns[columns.index(column)] = dataclasses.replace(column, max_width=room)
+                    break
+            columns.remove(column)
+        return columns
+
+
+def _width(columns: Sequence[Column]) -> int:
+    """The width of a table of these columns, each as wide as its widest cell, uncut."""
+    widths = [max(_cell_width(cell) for cell in (str(column.header), *column.cells)) for column in columns]
+    return sum(widths) + GAP * max(len(widths) - 1, 0)
+
+
+def _cell_width(cell: RenderableType) -> int:
+    return cell.cell_len if isinstance(cell, Text) else cell_len(str(cell))
 
 
 def grid(label_style: str = "bold") -> Table:
@@ -178,17 +229,14 @@ def grid(label_style: str = "bold") -> Table:
     return rows
 
 
-IDENTIFIERS = ("id", "rollout")
-
-
-def table(*columns: str) -> Table:
-    """A plain table; ids are never wrapped, so they can be copied whole."""
+def table(*columns: str, drop: Sequence[str] = (), shrink: str | None = None) -> Table:
+    """A plain table of one-line cells: ids are never cut nor wrapped, so they can be copied
+    whole. A narrow screen goes without the columns named in `drop`, the first first;
+    `shrink`, one of them, is free text cut to the room left before it goes."""
     grid = _Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
+    grid.droppable, grid.shrinkable = drop, shrink
     for column in columns:
-        if column in IDENTIFIERS:
-            grid.add_column(column, no_wrap=True, min_width=20)
-        else:
-            grid.add_column(column, overflow="fold")
+        grid.add_column(column, no_wrap=True, overflow="ellipsis" if column == shrink else "ignore")
     return grid
 
 

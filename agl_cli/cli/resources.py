@@ -84,7 +84,10 @@ def list_resources(
     if json_output:
         output.print_json(listing["resources"])
         return
-    grid = output.table("", "id", "version", "published", "resources")
+    grid = output.table(
+        "", "id", "version", "published", "resources",
+        drop=("published", "resources", "version"), shrink="resources",
+    )  # fmt: skip
     for update in listing["resources"]:
         names = ", ".join(
             f"{name} ({resource.get('resource_type', '?')})" for name, resource in update["resources"].items()

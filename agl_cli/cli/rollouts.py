@@ -106,7 +106,10 @@ def list_rollouts(
     if json_output:
         output.print_json(rollouts)
         return
-    grid = output.table("seq", "rollout", "mode", "reward", "triplets", "attempt", "received")
+    grid = output.table(
+        "seq", "rollout", "mode", "reward", "triplets", "attempt", "received",
+        drop=("received", "triplets", "attempt", "mode", "seq", "reward"),
+    )  # fmt: skip
     for record in rollouts:
         grid.add_row(
             str(record.get("seq", "")),
@@ -140,7 +143,10 @@ def show(
 
 def spans_table(spans: list[dict[str, Any]]) -> Table:
     """One line per span: its place, its attempt, what it was, how long it took."""
-    grid = output.table("seq", "attempt", "name", "status", "duration", "span")
+    grid = output.table(
+        "seq", "attempt", "name", "status", "duration", "span",
+        drop=("attempt", "status", "duration", "name"), shrink="name",
+    )  # fmt: skip
     for span in spans:
         start, end = span.get("start_time"), span.get("end_time")
         took = (

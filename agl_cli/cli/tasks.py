@@ -40,7 +40,10 @@ def list_tasks(
     if json_output:
         output.print_json(tasks)
         return
-    grid = output.table("rollout", "status", "mode", "claims", "created", "input")
+    grid = output.table(
+        "rollout", "status", "mode", "claims", "created", "input",
+        drop=("input", "created", "claims", "mode", "status"), shrink="input",
+    )  # fmt: skip
     for task in tasks:
         grid.add_row(
             task["rollout_id"],
@@ -57,22 +60,26 @@ def list_tasks(
 def show(
     ctx: typer.Context,
     rollout_id: str = typer.Argument(..., metavar="ID", help="The task's rollout id.", show_default=False),
-    json_output: bool = typer.Option(False, "--json", help="Machine output: the task as JSON."),
+    json_output: bool = typer.Option(
+        False, "--json", help="Machine output: the task as JSON, its latest attempts under `attempts`."
+    ),
 ) -> None:
     """Show one task and where it is in its life, with its latest attempts."""
     with connect(ctx) as client:
         task = client.get_task(rollout_id)
-        if json_output:
-            output.print_json(task)
-            return
         attempts, total = client.attempts(rollout_id, SHOWN_ATTEMPTS)
+    if json_output:
+        output.print_json({**task, "attempts": attempts})
+        return
     output.show_record(task)
     if attempts:
         _show_attempts(attempts, total)
 
 
 def _show_attempts(attempts: list[Attempt], total: int) -> None:
-    grid = output.table("#", "attempt", "status", "worker", "started", "took")
+    grid = output.table(
+        "#", "attempt", "status", "worker", "started", "took", drop=("started", "worker", "took", "status")
+    )
     for attempt in attempts:
         end = attempt["end_time"]
         grid.add_row(

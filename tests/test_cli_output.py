@@ -1,0 +1,79 @@
+"""What every command's output does where it goes: a pipe closed early, a full disk."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from cli_runner import agl_into, on_a_terminal, popen_agl, post_rollout
+from daemon import Daemon, env_without_agl
+
+from agl_cli.cli.errors import ExitCode
+
+
+def reader_gone_at_once(*args: str, daemon: Daemon) -> tuple[int, str]:
+    """`agl ARGS` into a pipe nobody reads: the exit status and everything said on stderr."""
+    process = popen_agl(*args, daemon=daemon)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    code = process.wait(30)
+    return code, process.stderr.read()
+
+
+def test_a_command_whose_reader_goes_away_ends_quietly_as_sigpipe_would(daemon: Daemon) -> None:
+    """Whatever the command, and whether the output is a table or JSON, one document or a
+    stream: exit 141, as a Unix tool killed by SIGPIPE, and not a word on stderr. (Like
+    such a tool, one whose whole output fit in the pipe before its reader left ends with 0.)"""
+    daemon.queue(*range(2000))
+    with httpx.Client(base_url=daemon.url, timeout=30) as client:  # more than a pipe holds
+        for number in range(50):
+            rollout = {"rollout_id": f"r{number}", "final_reward": 1.0, "logs": ["x" * 2000]}
+            client.post("/rollout", json=rollout).raise_for_status()
+    for command in (
+        ["rollouts", "watch", "--since", "all"],
+        ["rollouts", "list", "--all", "--json"],
+        ["tasks", "list", "--limit", "2000"],
+        ["tasks", "list", "--limit", "2000", "--json"],
+    ):
+        assert reader_gone_at_once(*command, daemon=daemon) == (ExitCode.READER_GONE, ""), command
+
+
+def test_backup_to_stdout_on_a_full_disk_is_one_line(daemon: Daemon) -> None:
+    result = agl_into(Path("/dev/full"), "backup", "-", daemon=daemon)
+    assert result.returncode == ExitCode.ERROR
+    assert result.stderr.decode() == "agl: Cannot write the copy to stdout: No space left on device.\n"
+
+
+def test_backup_to_a_pipe_closed_early_ends_quietly(daemon: Daemon) -> None:
+    daemon.queue(*range(2000))  # a copy larger than a pipe holds
+    command = [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), "backup", "-"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_without_agl())
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(100)
+    process.stdout.close()
+    assert (process.wait(30), process.stderr.read()) == (ExitCode.READER_GONE, b"")
+
+
+def test_a_table_on_a_narrow_terminal_keeps_ids_whole_and_words_unbroken(daemon: Daemon) -> None:
+    """A narrow screen goes without the columns that matter least (input, dates first):
+    every row stays on one line, its id whole, never a word of it broken."""
+    ids = daemon.queue(
+        {"question": "What is the capital of France, and why that city?"}, "short", mode="train"
+    )
+    claimed = daemon.claim()
+    assert claimed is not None
+    post_rollout(daemon, claimed["rollout_id"])
+    post_rollout(daemon, "a-rollout-no-task-asked-for")
+    rollout_ids = [ids[0], "a-rollout-no-task-asked-for"]
+    for columns in (40, 80):
+        tasks = on_a_terminal("tasks", "list", daemon=daemon, columns=columns)
+        assert [line.split()[0] for line in tasks] == ["rollout", *ids], tasks  # one line each
+        rollouts = on_a_terminal("rollouts", "list", daemon=daemon, columns=columns)
+        assert (
+            len(rollouts) == 3 and [rollout_ids[n] in rollouts[n + 1].split() for n in (0, 1)] == [True] * 2
+        )
+        assert "…" not in "".join(tasks + rollouts)
+    assert tasks[0].split()[:2] == ["rollout", "status"] and tasks[1].split()[1] == "completed"
+    assert "unsolicited" in rollouts[2].split()
