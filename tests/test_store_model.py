@@ -193,6 +193,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = self.open()
         self.model = Model()
         self.saved: tuple[Path, Model] | None = None  # the last backup, and the model as of it
+        self.restores = 0
 
     def open(self) -> Store:
         options = {
@@ -468,14 +469,19 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def restore(self) -> None:
         """Go back to the last backup (`agl restore`, then a restart): the store is as it
-        was then, whatever came since. A memory store's backup carries on as a file."""
+        was then, whatever came since, but for the numbers of results, which go on after
+        the replaced database's. A memory store's backup carries on as a file."""
         assert self.saved is not None
         saved, model = self.saved
         self.store.close()
-        backups.restore(saved, self.database, self.database.with_name("replaced.db"))
+        replaced = self.database.with_name(f"replaced-{self.restores}.db")
+        given = self.model.given if self.database.exists() else 0  # a memory store has no file
+        self.restores += 1
+        backups.restore(saved, self.database, replaced)
         self.kind = "sqlite"
         self.store = self.open()
         self.model = copy_of(model)
+        self.model.given = max(self.model.given, given)
         self.forget_what_a_restart_forgets()
         self.walk_leftovers()
 
