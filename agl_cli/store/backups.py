@@ -119,6 +119,8 @@ def restore(backup: Path, database: Path, aside: Path) -> Contents:
 
 def _number_results_after(copy: Path, last: int) -> None:
     """Make `copy` number its next result after `last`, if it would not already."""
+    if last <= 0:
+        return
     conn = sqlite3.connect(copy)
     try:
         with conn:
