@@ -32,7 +32,7 @@ def backup(
     It holds everything the daemon had answered for when it began, checked page by page. FILE is made readable by its owner only (0600); with -, the shell makes the file (agl backup - > FILE), with the mode it gives.
     """
     from agl_cli.store import StoreError, backups
-    from agl_cli.store.files import open_private, sync_directory
+    from agl_cli.store.files import open_private, sync_to_disk
 
     if file == "-":
         _backup_to_stdout(ctx)
@@ -70,7 +70,7 @@ def backup(
         except StoreError as exc:
             fail(f"The copy the daemon sent failed its check, so {path} was not written: {exc}")
         os.replace(partial, path)
-        sync_directory(path.parent)
+        sync_to_disk(path.parent)
     except OSError as exc:
         fail(f"Cannot write {path}: {exc.strerror or exc}.")
     finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.base import StoreError
-from agl_cli.store.files import LOG_SUFFIXES, beside, open_private, sync_directory
+from agl_cli.store.files import LOG_SUFFIXES, beside, open_private, sync_to_disk
 from agl_cli.store.schema import APPLICATION_ID, SCHEMA_VERSION, NotAglDatabaseError
 
 RESTORING = ".restoring"  # the copy being put in place, beside the database
@@ -106,7 +106,7 @@ def restore(backup: Path, database: Path, aside: Path) -> Contents:
                     os.replace(beside(database, suffix), beside(aside, suffix))
             os.link(database, aside)  # the old file keeps its place until the new one takes it
         os.replace(copy, database)
-        sync_directory(database.parent)
+        sync_to_disk(database.parent)
     except (OSError, sqlite3.Error) as exc:
         copy.unlink(missing_ok=True)
         reason = exc.strerror if isinstance(exc, OSError) else None
@@ -128,8 +128,7 @@ def _number_results_after(copy: Path, last: int) -> None:
             conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'rollouts'", (last,))
     finally:
         conn.close()  # the last connection: its log is folded into the copy and deleted
-    with open(copy, "rb+") as handle:
-        os.fsync(handle.fileno())
+    sync_to_disk(copy)
 
 
 def _fold_log(database: Path) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.base import StoreError
-from agl_cli.store.files import JOURNAL_SUFFIX, LOG_SUFFIXES, beside, log_of, sync_directory
+from agl_cli.store.files import JOURNAL_SUFFIX, LOG_SUFFIXES, beside, log_of, sync_to_disk
 from agl_cli.store.schema import APPLICATION_ID, NotAglDatabaseError, connect
 
 SUFFIX = ".compacting"  # the copy being written, beside the file
@@ -84,11 +84,10 @@ def _replace(path: Path, copy: Path) -> None:
         copy.unlink(missing_ok=True)
         raise StoreError(f"{path} is in use by another process (its log {log} is not empty).")
     try:
-        with copy.open("rb+") as handle:
-            os.fsync(handle.fileno())
+        sync_to_disk(copy)
         os.chmod(copy, stat.S_IMODE(path.stat().st_mode))  # SQLite made it as any new file
         os.replace(copy, path)
-        sync_directory(path.parent)
+        sync_to_disk(path.parent)
     except OSError as exc:
         copy.unlink(missing_ok=True)
         raise StoreError(

@@ -31,10 +31,11 @@ def open_private(path: Path) -> io.BufferedWriter:
     return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
-def sync_directory(path: Path) -> None:
-    """Make the names in directory `path` durable (a file renamed into it, say)."""
-    directory = os.open(path, os.O_RDONLY)
+def sync_to_disk(path: Path) -> None:
+    """Make `path` durable: a file's contents, or the names in a directory (a file renamed
+    into it, say)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
