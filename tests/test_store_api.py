@@ -315,6 +315,20 @@ def test_numbers_json_cannot_carry_are_kept_by_name_as_otlps_json_writes_them(da
     assert (beat.status_code, beat.json()["heartbeat_stats"]) == (200, {"cpu": "NaN"})
 
 
+def test_a_traced_reward_that_is_no_number_leaves_the_result_readable_without_a_reward(daemon: Daemon) -> None:
+    enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    traced = proto_span("reward", b"\x02" * 8, **{
+        "agentlightning.rollout_id": handed["rollout_id"], "agentlightning.attempt_id": handed["attempt"]["attempt_id"],
+        "agentlightning.reward.0.value": "high",
+    })  # fmt: skip
+    assert daemon.post("/v1/traces", content=export(traced), headers=PROTOBUF).status_code == 200
+    end_attempt(daemon, handed, "succeeded")
+    [result] = daemon.api("GET", "/v1/rollouts").json()["rollouts"]
+    assert (result["rollout_id"], result["final_reward"]) == (handed["rollout_id"], None)
+    assert daemon.api("GET", f"/v1/rollouts/{handed['rollout_id']}").json()["final_reward"] is None
+
+
 def test_a_null_where_0_3_0_refuses_one_is_a_400(daemon: Daemon) -> None:
     [queued] = enqueue(daemon, "x")
     response = daemon.post(f"{AGL}/rollouts/{queued['rollout_id']}", json={"status": None})

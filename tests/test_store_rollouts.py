@@ -4,6 +4,8 @@ store/lifecycle.py, and results that are never lost or doubled."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,40 @@ def test_a_success_through_the_store_api_joins_the_results_with_its_reward_once(
     assert result.rollout.task is not None and result.rollout.task.mode == "train"
     record = store.get_task(rollout_id)
     assert record is not None and record.status is TaskStatus.COMPLETED
+
+
+@pytest.mark.parametrize("value", ["0.5 points", [1, 2], True, "NaN"])
+def test_a_reward_span_whose_value_is_no_number_gives_a_result_without_a_reward(store: Store, value: Any) -> None:
+    """A span's attribute may hold anything (0.3.0's client writes a NaN as "NaN"); a
+    result's reward is a number or none, and the reward chart counts the result as such."""
+    [rollout_id] = store.queue_tasks([TaskSpec(input=1, mode="train")])
+    [handed] = store.dequeue_rollouts(1, "w-1")
+    attempt_id = str(plain(handed)["attempt"]["attempt_id"])
+    store.add_spans([span(rollout_id, attempt_id, "a1", 1, **{"agentlightning.reward.0.value": 0.75})])
+    store.add_spans([span(rollout_id, attempt_id, "a2", 2, **{"agentlightning.reward.0.value": value})])
+    store.update_attempt(rollout_id, attempt_id, {"status": "succeeded"})
+    [result] = store.rollouts_after(0)
+    assert (result.rollout.rollout_id, result.rollout.final_reward) == (rollout_id, None)
+    [point] = store.reward_series(240).points
+    assert (point.rollouts, point.mean) == (1, None)
+
+
+def test_a_result_an_older_agl_kept_with_a_reward_that_is_no_number_reads_as_without_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = SQLiteStore(tmp_path / "agl.db", clock=clock)
+    [rollout_id] = store.queue_tasks([TaskSpec(input=1)])
+    [handed] = store.dequeue_rollouts(1, "w-1")
+    attempt_id = str(plain(handed)["attempt"]["attempt_id"])
+    store.update_attempt(rollout_id, attempt_id, {"status": "succeeded"})
+    store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "agl.db")) as older, older:
+        older.execute("UPDATE rollouts SET body = json_set(body, '$.final_reward', 'not a number')")
+    store = SQLiteStore(tmp_path / "agl.db", clock=clock)
+    [result] = store.rollouts_after(0)
+    stored = store.get_rollout(rollout_id)
+    assert (result.rollout.final_reward, stored and stored.rollout.final_reward) == (None, None)
+    store.close()
 
 
 def test_a_failed_attempt_is_retried_while_the_config_allows(store: Store) -> None:

@@ -184,8 +184,14 @@ def record_from_row(row: TaskRow) -> TaskRecord:
 def rollout_from_body(body: str) -> Rollout:
     """A kept report, read back with the parser that accepted it (orjson: an integer too
     large for 64 bits became a float then, and must not come back as one that cannot be
-    written again)."""
-    return Rollout.model_validate(orjson.loads(body))
+    written again). A result of the store API kept by an older agl may hold a reward
+    span's value that is no number (a string, a list): read as no reward, as agl now keeps
+    it, rather than a result no read can take."""
+    fields = orjson.loads(body)
+    reward = fields.get("final_reward")
+    if isinstance(reward, bool) or not isinstance(reward, (int, float, type(None))):
+        fields["final_reward"] = None
+    return Rollout.model_validate(fields)
 
 
 def stored_from_row(values: Sequence[Any]) -> StoredRollout:

@@ -885,13 +885,17 @@ class TaskStore(Database):
 
     def _record_result(self, conn: sqlite3.Connection, row: TaskRow, now: float) -> None:
         """A rollout that succeeded through the store API joins the sequence of results, as a
-        legacy worker's report would (once: a second success is not a second result)."""
+        legacy worker's report would (once: a second success is not a second result). Its
+        reward is its attempt's latest reward span's, if that is a number: a span's
+        attribute may hold anything (a string, a list, "NaN" for a NaN), a result's reward
+        only a number, as a legacy report's."""
         attempt = self._attempt(conn, row.rollout_id, row.num_claims)
         reward = None
         if attempt is not None:
             found = conn.execute(
-                "SELECT reward FROM (SELECT id, sequence_id, json_extract(body, ?) AS reward FROM spans"
-                " WHERE rollout_id = ? AND attempt_id = ?) WHERE reward IS NOT NULL"
+                "SELECT CASE WHEN kind IN ('integer', 'real') THEN reward END FROM (SELECT id, sequence_id,"
+                " json_extract(body, ?1) AS reward, json_type(body, ?1) AS kind FROM spans"
+                " WHERE rollout_id = ?2 AND attempt_id = ?3) WHERE reward IS NOT NULL"
                 " ORDER BY sequence_id DESC, id DESC LIMIT 1",
                 (REWARD_PATH, row.rollout_id, attempt.attempt_id),
             ).fetchone()
