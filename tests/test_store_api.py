@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 AGL = "/v1/agl"
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -76,7 +76,9 @@ def test_otlp_spans_are_kept_with_their_ids_from_the_resource_or_the_span(daemon
         "agentlightning.attempt_id": handed["attempt"]["attempt_id"],
     }
     first = proto_span("llm", b"\x01" * 8, tokens=12)
+    first.status.code = Status.STATUS_CODE_ERROR
     second = proto_span("tool", b"\x02" * 8, **ids, **{"agentlightning.span_sequence_id": 40})
+    second.parent_span_id, second.status.code = b"\x01\x02", 5  # a short id, and a code of a newer OTLP's
     response = daemon.post("/v1/traces", content=gzip.compress(export(first, second, resource=ids)),
                            headers={**PROTOBUF, "Content-Encoding": "gzip"})  # fmt: skip
     assert (response.status_code, response.headers["content-type"]) == (200, "application/x-protobuf")
@@ -88,6 +90,8 @@ def test_otlp_spans_are_kept_with_their_ids_from_the_resource_or_the_span(daemon
     ]
     assert kept[0]["attributes"] == {"tokens": 12}
     assert (kept[0]["start_time"], kept[0]["trace_id"]) == (1_700_000_000.0, bytes(range(16)).hex())
+    assert (kept[0]["parent_id"], kept[1]["parent_id"]) == (None, "0000000000000102")
+    assert [s["status"]["status_code"] for s in kept] == ["ERROR", "UNSET"]
     assert daemon.get(f"{AGL}/rollouts/{handed['rollout_id']}").json()["status"] == "running"
 
 
@@ -163,6 +167,7 @@ def test_a_span_number_must_leave_room_for_the_next_one(daemon: Daemon) -> None:
         (PROTOBUF, b"\xff\xff not protobuf", 400),
         ({**PROTOBUF, "Content-Encoding": "gzip"}, b"not gzip", 400),
         (PROTOBUF, b"", 200),  # an empty export
+        ({**PROTOBUF, "Content-Encoding": "gzip"}, b"", 200),  # the same, as 0.3.0 takes it
     ],
 )
 def test_an_otlp_export_that_cannot_be_read_is_a_400(

@@ -40,7 +40,8 @@ ROLLOUT_ID = "agentlightning.rollout_id"
 ATTEMPT_ID = "agentlightning.attempt_id"
 SEQUENCE_ID = "agentlightning.span_sequence_id"
 UNNUMBERED = -1  # the store numbers these (store.add_spans)
-_STATUS_CODES = {ProtoStatus.STATUS_CODE_UNSET: "UNSET", ProtoStatus.STATUS_CODE_OK: "OK"}
+# A code beyond these (a newer OTLP's) is read as unset, as 0.3.0 reads it.
+_STATUS_CODES = {ProtoStatus.STATUS_CODE_OK: "OK", ProtoStatus.STATUS_CODE_ERROR: "ERROR"}
 
 
 async def export_traces(request: Request) -> Response:
@@ -51,7 +52,7 @@ async def export_traces(request: Request) -> Response:
     body = await request.body()
     max_bytes: int = request.app.state.options.max_body_bytes
     try:
-        if request.headers.get("content-encoding", "").lower() == "gzip":
+        if body and request.headers.get("content-encoding", "").lower() == "gzip":  # empty: no spans
             body = gunzip(body, max_bytes)
         export = ExportTraceServiceRequest.FromString(body)
     except UnzippedTooLarge:
@@ -120,10 +121,10 @@ def _span(
         "sequence_id": _sequence_id(attributes.get(SEQUENCE_ID, resource.get(SEQUENCE_ID))),
         "trace_id": trace_id,
         "span_id": span_id,
-        "parent_id": proto.parent_span_id.hex() or None,
+        "parent_id": _hex(proto.parent_span_id, 16) if proto.parent_span_id else None,
         "name": proto.name,
         "status": {
-            "status_code": _STATUS_CODES.get(proto.status.code, "ERROR"),
+            "status_code": _STATUS_CODES.get(proto.status.code, "UNSET"),
             "description": proto.status.message or None,
         },
         "attributes": attributes,
