@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 AGL = "/v1/agl"
@@ -105,10 +105,20 @@ def test_otlp_spans_that_cannot_be_placed_are_rejected_and_the_others_kept(daemo
     stranger = proto_span("stranger", b"\x05" * 8, **{
         "agentlightning.rollout_id": "ro-000000000000", "agentlightning.attempt_id": "at-00000000",
     })  # fmt: skip
+    mapped = proto_span("mapped", b"\x06" * 8, **{
+        "agentlightning.rollout_id": handed["rollout_id"], "agentlightning.attempt_id": handed["attempt"]["attempt_id"],
+    })  # fmt: skip
+    mapped.attributes.append(
+        KeyValue(key="usage", value=AnyValue(kvlist_value=KeyValueList(values=[attribute("in", 3)])))
+    )
     response = daemon.post("/v1/traces", content=export(good, nameless, stranger), headers=PROTOBUF)
     assert response.status_code == 200
     partial = ExportTraceServiceResponse.FromString(response.content).partial_success
     assert partial.rejected_spans == 2 and partial.error_message
+    response = daemon.post("/v1/traces", content=export(mapped), headers=PROTOBUF)
+    assert ExportTraceServiceResponse.FromString(response.content).partial_success.error_message == (
+        "A span cannot be kept: its attribute 'usage' holds no string, number or boolean, nor a list of one kind of them."
+    )
     assert [s["name"] for s in spans_of(daemon, handed["rollout_id"])] == ["kept"]
 
 
@@ -320,7 +330,9 @@ def test_numbers_json_cannot_carry_are_kept_by_name_as_otlps_json_writes_them(da
     assert (beat.status_code, beat.json()["heartbeat_stats"]) == (200, {"cpu": "NaN"})
 
 
-def test_a_traced_reward_that_is_no_number_leaves_the_result_readable_without_a_reward(daemon: Daemon) -> None:
+def test_a_traced_reward_that_is_no_number_leaves_the_result_readable_without_a_reward(
+    daemon: Daemon,
+) -> None:
     enqueue(daemon, "x")
     handed = dequeue(daemon)
     traced = proto_span("reward", b"\x02" * 8, **{

@@ -133,7 +133,9 @@ def test_a_success_through_the_store_api_joins_the_results_with_its_reward_once(
 
 
 @pytest.mark.parametrize("value", ["0.5 points", [1, 2], True, "NaN"])
-def test_a_reward_span_whose_value_is_no_number_gives_a_result_without_a_reward(store: Store, value: Any) -> None:
+def test_a_reward_span_whose_value_is_no_number_gives_a_result_without_a_reward(
+    store: Store, value: Any
+) -> None:
     """A span's attribute may hold anything (0.3.0's client writes a NaN as "NaN"); a
     result's reward is a number or none, and the reward chart counts the result as such."""
     [rollout_id] = store.queue_tasks([TaskSpec(input=1, mode="train")])

@@ -102,7 +102,7 @@ def spans_of(export: ExportTraceServiceRequest) -> tuple[list[Span], int, str]:
                     )
                 except ValidationError as exc:
                     rejected += 1
-                    reason = f"A span cannot be kept: {exc.errors(include_url=False)[0]['msg']}."
+                    reason = _why_not(exc)
     return spans, rejected, reason
 
 
@@ -149,6 +149,21 @@ def _span(
         "parent": None,
         "resource": {"attributes": resource, "schema_url": schema_url},
     }
+
+
+def _why_not(refused: ValidationError) -> str:
+    """Why a span cannot be kept, naming what in it: an attribute's value that is a map,
+    nothing, or a list of mixed kinds is the likely cause (0.3.0 fails on those too)."""
+    error = refused.errors(include_url=False)[0]
+    where = [str(part) for part in error["loc"]]
+    if "attributes" in where[:-1]:
+        at = where.index("attributes")
+        holder = f" (of its {'.'.join(where[:at])})" if at else ""
+        return (
+            f"A span cannot be kept: its attribute '{where[at + 1]}'{holder} holds no string, number"
+            " or boolean, nor a list of one kind of them."
+        )
+    return f"A span cannot be kept: {'.'.join(where)}: {error['msg']}."
 
 
 def _context(trace_id: str, span_id: str) -> dict[str, Any]:
