@@ -450,6 +450,20 @@ def test_a_wait_returns_as_soon_as_a_claim_finds_its_rollout_timed_out(
     assert (finished["rollout_id"], finished["status"]) == (rollout_id, "failed")
 
 
+def test_a_rollout_a_legacy_worker_holds_without_time_limits_ends_when_the_claim_runs_out(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Its config sets no time limit, and the legacy worker that claimed it sends no sign
+    of life: after --task-timeout it ends as its config says (one attempt: failed)."""
+    daemon = make_daemon("--task-timeout", "1")
+    [queued] = enqueue(daemon, "x")
+    assert daemon.claim() is not None
+    with waiting_for(daemon, queued["rollout_id"]) as answer:
+        [finished] = answer()
+    [attempt] = daemon.get(f"{AGL}/rollouts/{queued['rollout_id']}/attempts").json()["items"]
+    assert (finished["status"], attempt["status"]) == ("failed", "unresponsive")
+
+
 def test_everything_the_store_api_answered_survives_kill_9(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:

@@ -181,6 +181,25 @@ def test_a_failed_attempt_is_retried_while_the_config_allows(store: Store) -> No
     assert store.dequeue_rollouts(1, None) == []
 
 
+@pytest.mark.parametrize("claims", ["one", "many"])
+def test_a_rollout_without_time_limits_a_legacy_worker_claimed_runs_out_after_the_claim_timeout(
+    store: Store, clock: FakeClock, claims: str
+) -> None:
+    """A legacy worker sends no heartbeat: one that dies must not hold the rollout for good.
+    Its config then decides, as for any attempt gone quiet (the default: one attempt)."""
+    [held, dequeued] = enqueue(store, "legacy", "runner")
+    [claim] = [store.claim()] if claims == "one" else store.claim_many(1)
+    assert claim is not None and claim.rollout_id == held
+    store.dequeue_rollouts(1, "w-1")
+    assert store.next_deadline() == clock.now + 10  # the claim timeout; the dequeue has none
+    clock.advance(10)
+    assert store.expire_claims() == 1
+    shape = rollout(store, held)
+    assert (shape["status"], shape["attempt"]["status"]) == ("failed", "unresponsive")
+    assert rollout(store, dequeued)["status"] == "preparing"
+    assert store.next_deadline() is None
+
+
 def test_an_attempt_that_runs_too_long_times_out_promptly(store: Store, clock: FakeClock) -> None:
     [rollout_id] = enqueue(store, "x", config=RETRY)
     store.dequeue_rollouts(1, "w-1")

@@ -301,7 +301,7 @@ class TaskStore(Database):
 
     def claim(self) -> Claim | None:
         with self._write(durable=False) as conn:
-            claimed = self._claim_head(conn, None)
+            claimed = self._claim_head(conn, None, legacy=True)
         if claimed is None:
             return None
         row, _ = claimed
@@ -328,7 +328,7 @@ class TaskStore(Database):
             for task, *values in claimed:
                 row = TaskRow._make(values)
                 if row.config is not None:  # a store-API rollout: its config sets the deadline
-                    row = row._replace(deadline=self._attempt_deadline(row, now))
+                    row = row._replace(deadline=self._attempt_deadline(row, now, legacy=True))
                     conn.execute("UPDATE tasks SET deadline = ? WHERE id = ?", (row.deadline, task))
                 if row.deadline is not None:
                     self._earliest_deadline = min(self._earliest_deadline, row.deadline)
@@ -343,10 +343,11 @@ class TaskStore(Database):
         return claims
 
     def _claim_head(
-        self, conn: sqlite3.Connection, worker_id: str | None
+        self, conn: sqlite3.Connection, worker_id: str | None, legacy: bool = False
     ) -> tuple[TaskRow, AttemptRow] | None:
-        """Put back expired claims, then hand out the head of the queue; the task as it
-        is now and its new attempt, or None if the queue is empty or paused."""
+        """Put back expired claims, then hand out the head of the queue (to a legacy worker,
+        `GET /task`, or through the store API); the task as it is now and its new attempt,
+        or None if the queue is empty or paused."""
         self._expire(conn)
         if self._paused:
             return None
@@ -358,10 +359,10 @@ class TaskStore(Database):
         ).fetchone()
         if values is None:
             return None
-        return self._start_attempt(conn, TaskRow._make(values), worker_id, self.clock())
+        return self._start_attempt(conn, TaskRow._make(values), worker_id, self.clock(), legacy)
 
     def _start_attempt(
-        self, conn: sqlite3.Connection, row: TaskRow, worker_id: str | None, now: float
+        self, conn: sqlite3.Connection, row: TaskRow, worker_id: str | None, now: float, legacy: bool = False
     ) -> tuple[TaskRow, AttemptRow]:
         """A new attempt at the task: it leaves the queue, preparing, claimed until the
         attempt's deadline (a legacy task's: the claim timeout)."""
@@ -376,7 +377,7 @@ class TaskStore(Database):
             None,
             None,
         )
-        deadline = self._attempt_deadline(row, now)
+        deadline = self._attempt_deadline(row, now, legacy)
         conn.execute(
             "UPDATE tasks SET status = 'claimed', phase = 'preparing', queue_pos = NULL, num_claims = ?,"
             " last_claim_time = ?, deadline = ? WHERE rollout_id = ?",
@@ -398,12 +399,15 @@ class TaskStore(Database):
         )
         return claimed, attempt
 
-    def _attempt_deadline(self, row: TaskRow, now: float) -> float | None:
+    def _attempt_deadline(self, row: TaskRow, now: float, legacy: bool) -> float | None:
         """When an attempt started now at the task runs out: a legacy task's after the
-        claim timeout, a store-API rollout's as its config says (maybe never)."""
+        claim timeout, a store-API rollout's as its config says, and when that is never
+        but a legacy worker has it, after the claim timeout too: it sends no heartbeat, and
+        could die holding the rollout for good."""
         if row.config is None:
             return now + self.task_timeout
-        return attempt_deadline(self._config(row.config), now, None)
+        deadline = attempt_deadline(self._config(row.config), now, None)
+        return now + self.task_timeout if deadline is None and legacy else deadline
 
     def expire_claims(self) -> int:
         with self._write(durable=False) as conn:
