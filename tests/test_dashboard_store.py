@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import FakeClock, StoreFactory, database_of_schema, vm_steps
 
 from agl_cli.models import Rollout, Task, TaskSpec, TaskStatus
-from agl_cli.store import MemoryStore, SQLiteStore, Store
+from agl_cli.store import CHART_POINTS, MemoryStore, SQLiteStore, Store
 from agl_cli.store.schema import SCHEMA_VERSION
 
 
@@ -75,6 +75,28 @@ def test_rewards_are_summed_per_mode_and_bucket_and_the_buckets_widen_with_the_r
     wide = store.reward_series(240)
     assert wide.width == 60 and len(wide.points) == 3
     assert all(point.time % 60 == 0 for point in wide.points)
+
+
+def test_sums_of_rewards_no_chart_reads_any_more_are_deleted_and_the_chart_is_as_before(
+    store: Store, clock: FakeClock
+) -> None:
+    """A run only grows longer: once its chart sums minutes, the sums per second are never
+    read again, but for the run's first and last second, which give its length."""
+    store.queue_tasks([TaskSpec(input=i, mode="train") for i in range(40)])
+    for i in range(20):  # twenty seconds of results: the chart reads every second
+        report(store, i / 20)
+        clock.advance(1)
+    assert store.thin_rewards(10_000) == 0
+    clock.advance(3 * 3600)
+    for i in range(20):
+        report(store, i / 20)
+        clock.advance(1)
+    before = store.reward_series(CHART_POINTS)
+    assert before.width == 60
+    assert [store.thin_rewards(15), store.thin_rewards(15), store.thin_rewards(15)] == [15, 15, 8]
+    assert store.reward_series(CHART_POINTS) == before
+    widest = store.reward_series(1)  # four hours a bucket, summed from the hours: kept too
+    assert (widest.width, sum(point.rollouts for point in widest.points)) == (14400, 40)
 
 
 def test_recent_rollouts_page_back_from_the_newest(store: Store) -> None:

@@ -51,6 +51,10 @@ from agl_cli.store_models import (
 )
 
 SWEEP_INTERVAL = 1.0
+# Every minute, the sums of rewards no chart reads any more are deleted, this many at most
+# (a run adds 60 a minute for each mode; a first pass over an older file catches up).
+THIN_REWARDS_EVERY = 60.0
+THIN_REWARDS_LIMIT = 10_000
 # Results past the retention setting (then the spans of rollouts that ended without one)
 # are deleted this many at a time (a write of about 2 ms with 48 KB rollouts, so claims
 # and reports between two are not held up for long), for up to this long a sweep, so
@@ -150,6 +154,7 @@ class Broker:
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
+        self._next_thinning = 0.0  # time.monotonic() of the next `thin_rewards`
         self._leftovers: tuple[int, int] | None = None  # the walk of `forget_leftovers`: next id, end
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
@@ -218,8 +223,8 @@ class Broker:
         await self._threads.close()
 
     async def _sweep_forever(self) -> None:
-        """Move expired claims on even when no worker asks, so states stay truthful, and
-        delete the results past the retention setting."""
+        """Move expired claims on even when no worker asks, so states stay truthful, delete
+        the results past the retention setting, and the sums of rewards no chart reads."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             if self.lost is not None:
@@ -230,6 +235,10 @@ class Broker:
             if self.rollout_retention is not None:
                 with failure_logged("deleting old rollouts"):
                     await self._prune()
+            if time.monotonic() >= self._next_thinning:
+                self._next_thinning = time.monotonic() + THIN_REWARDS_EVERY
+                with failure_logged("thinning the sums of rewards"):
+                    await self._threads.write(lambda: self._store.thin_rewards(THIN_REWARDS_LIMIT))
 
     async def _prune(self) -> None:
         """Results first, then the spans of rollouts that ended without one, then the tasks

@@ -2,7 +2,7 @@
 
 Everything here is aggregated or paged on the server, so that the page stays light with
 a million tasks in the store and a hundred rollouts a second arriving: the summary reads
-counters (`Store.counts`) and a reward chart of at most `MAX_POINTS` buckets per mode;
+counters (`Store.counts`) and a reward chart of at most `CHART_POINTS` buckets per mode;
 lists come a page at a time, newest first; the stream sends rollouts in one line each,
 gathered for `GATHER_SECONDS`, and the summary once a second. A rollout's bulk (its
 triplets, trace and logs) is summarised here, not shipped to the browser.
@@ -30,10 +30,9 @@ from agl_cli.server.requests import int_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
 from agl_cli.server.stream import PING_SECONDS, Seq, position_params, start_position
-from agl_cli.store import RewardSeries, RolloutSummary, StoredRollout, TaskHistory
+from agl_cli.store import CHART_POINTS, RewardSeries, RolloutSummary, StoredRollout, TaskHistory
 from agl_cli.store_models import WorkerQuery
 
-MAX_POINTS = 240  # buckets per mode in the reward chart
 MAX_PAGE = 500  # the most lines one page (or one stream event) carries
 DEFAULT_PAGE = 25
 MAX_SPANS = 500
@@ -53,7 +52,7 @@ async def summary(request: Request) -> Response:
 
 
 async def summary_json(request: Request) -> dict[str, Any]:
-    snapshot, series = await broker_of(request).overview(MAX_POINTS)
+    snapshot, series = await broker_of(request).overview(CHART_POINTS)
     return {"time": time.time(), "status": status_json(request, snapshot), "rewards": chart_json(series)}
 
 

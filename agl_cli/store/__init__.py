@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agl_cli.store.base import (
+    CHART_POINTS,
     Claim,
     InvalidTransitionError,
     NewTask,
@@ -33,6 +34,7 @@ from agl_cli.store.schema import NotAglDatabaseError
 from agl_cli.store.sqlite import SQLiteStore
 
 __all__ = [
+    "CHART_POINTS",
     "Claim",
     "InvalidTransitionError",
     "MemoryStore",

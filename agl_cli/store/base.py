@@ -213,6 +213,11 @@ class RewardPoint(NamedTuple):
     mean: float | None
 
 
+# The most buckets per mode in the dashboard's reward chart. The store keeps the rewards
+# summed per second only while a chart of the run can still read them (`thin_rewards`).
+CHART_POINTS = 240
+
+
 @dataclass(frozen=True)
 class RewardSeries:
     """Rewards over the whole run, in at most a few hundred buckets `width` seconds wide."""
@@ -702,6 +707,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def reward_series(self, max_points: int) -> RewardSeries:
         """Rewards per mode over the whole run, in at most `max_points` buckets per mode."""
+
+    @abc.abstractmethod
+    def thin_rewards(self, limit: int) -> int:
+        """Delete up to `limit` sums of rewards that no chart of `CHART_POINTS` buckets can
+        read any more, as the run grew longer; how many went."""
 
     @abc.abstractmethod
     def troubled_tasks(self, limit: int, offset: int) -> list[TaskHistory]:
