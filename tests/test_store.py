@@ -586,6 +586,28 @@ def test_a_discarded_batch_queues_nothing(store: Store) -> None:
     assert store.list_tasks() == []
 
 
+def test_a_batch_nothing_was_staged_to_for_a_while_is_discarded_as_its_client_is_gone(
+    store: Store, clock: FakeClock
+) -> None:
+    idle, busy, committed = store.create_batch(), store.create_batch(), store.create_batch()
+    stage(store, idle, 1, 2)
+    [queued] = stage(store, committed, 3)
+    store.commit_batch(committed)
+    clock.advance(30)
+    stage(store, busy, 4)  # staged to since: not idle
+    clock.advance(30)
+    assert store.discard_idle_batches(60) == 0  # not idle for over a minute yet
+    clock.advance(0.5)
+    assert store.discard_idle_batches(60) == 1
+    with pytest.raises(UnknownBatchError):
+        stage(store, idle, 5)
+    assert store.batch_size(busy) == 1
+    assert [r.rollout_id for r in store.list_tasks()] == [queued]
+    clock.advance(60)
+    assert store.discard_idle_batches(60) == 1
+    assert store.discard_idle_batches(60) == 0
+
+
 def test_a_batch_ends_when_committed_or_discarded(store: Store) -> None:
     committed, discarded = store.create_batch(), store.create_batch()
     store.commit_batch(committed)

@@ -52,9 +52,12 @@ from agl_cli.store_models import (
 
 SWEEP_INTERVAL = 1.0
 # Every minute, the sums of rewards no chart reads any more are deleted, this many at most
-# (a run adds 60 a minute for each mode; a first pass over an older file catches up).
-THIN_REWARDS_EVERY = 60.0
+# (a run adds 60 a minute for each mode; a first pass over an older file catches up), and
+# so are the uncommitted batches nothing was staged to for an hour: the client that staged
+# them is gone (`agl queue` killed), and what they hold fills the disk unseen.
+TIDY_EVERY = 60.0
 THIN_REWARDS_LIMIT = 10_000
+BATCH_IDLE_SECONDS = 3600.0
 # Results past the retention setting (then the spans of rollouts that ended without one)
 # are deleted this many at a time (a write of about 2 ms with 48 KB rollouts, so claims
 # and reports between two are not held up for long), for up to this long a sweep, so
@@ -154,7 +157,7 @@ class Broker:
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
-        self._next_thinning = 0.0  # time.monotonic() of the next `thin_rewards`
+        self._next_tidying = 0.0  # time.monotonic() of the next `thin_rewards` and `discard_idle_batches`
         self._leftovers: tuple[int, int] | None = None  # the walk of `forget_leftovers`: next id, end
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
@@ -224,7 +227,7 @@ class Broker:
 
     async def _sweep_forever(self) -> None:
         """Move expired claims on even when no worker asks, so states stay truthful, delete
-        the results past the retention setting, and the sums of rewards no chart reads."""
+        the results past the retention setting, and tidy up (see `TIDY_EVERY`)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             if self.lost is not None:
@@ -235,10 +238,12 @@ class Broker:
             if self.rollout_retention is not None:
                 with failure_logged("deleting old rollouts"):
                     await self._prune()
-            if time.monotonic() >= self._next_thinning:
-                self._next_thinning = time.monotonic() + THIN_REWARDS_EVERY
+            if time.monotonic() >= self._next_tidying:
+                self._next_tidying = time.monotonic() + TIDY_EVERY
                 with failure_logged("thinning the sums of rewards"):
                     await self._threads.write(lambda: self._store.thin_rewards(THIN_REWARDS_LIMIT))
+                with failure_logged("discarding batches left idle"):
+                    await self._threads.write(lambda: self._store.discard_idle_batches(BATCH_IDLE_SECONDS))
 
     async def _prune(self) -> None:
         """Results first, then the spans of rollouts that ended without one, then the tasks

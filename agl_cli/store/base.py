@@ -451,7 +451,8 @@ class Store(abc.ABC):
     # batches: a large submission uploaded in parts, then queued all at once or not at all.
     # Staged tasks are invisible until their batch is committed; a commit queues them in
     # staging order with the commit time as their `create_time`, and ends the batch. A
-    # batch that is never committed does not outlive the store: reopening drops it.
+    # batch that is never committed does not outlive the store: reopening drops it, and so
+    # does `discard_idle_batches` once nothing has been staged to it for a while.
     @abc.abstractmethod
     def create_batch(self) -> str:
         """Open an empty batch and return its id."""
@@ -471,6 +472,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def discard_batch(self, batch_id: str) -> int:
         """Drop the batch and what it staged; return how many tasks were dropped."""
+
+    @abc.abstractmethod
+    def discard_idle_batches(self, idle_seconds: float) -> int:
+        """Drop the batches nothing was staged to for `idle_seconds` (their client is gone:
+        killed in the middle of an upload); return how many."""
 
     def drain_step(self) -> bool:
         """Do a bounded part of the work a commit left to do; True if some is left.

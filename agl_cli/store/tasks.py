@@ -106,6 +106,7 @@ class TaskStore(Database):
         self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
         self._draining: list[_Drain] = []  # committed batches not yet moved into `tasks`, oldest first
         self._paused = False  # the queue hands out nothing (`set_paused`)
+        self._batches_touched: dict[int, float] = {}  # uncommitted batches: when last staged to
         with self._write(durable=False) as conn:  # uncommitted batches never outlive the daemon
             if conn.execute("SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1").fetchone():
                 conn.execute(
@@ -127,8 +128,8 @@ class TaskStore(Database):
         self._legacy_config_json = self._legacy_config.model_dump_json()
 
     def _relearn(self) -> None:
-        """Forget what undone writes taught the writer: read the batches still to move
-        again, and look for the earliest claim deadline at the next claim. (The last queue
+        """Forget what undone writes taught the writer: read the batches still to move and
+        those still open again, and look for the earliest claim deadline at the next claim. (The last queue
         place handed out only grows; places an undone write took are simply left unused.)"""
         self._earliest_deadline = 0.0
         self._draining = [
@@ -139,6 +140,11 @@ class TaskStore(Database):
         ]
         paused = self._conn.execute("SELECT value FROM counters WHERE name = 'paused'").fetchone()
         self._paused = bool(paused and paused[0])
+        open_batches = {
+            key for (key,) in self._conn.execute("SELECT id FROM batches WHERE committed_time IS NULL")
+        }
+        now = self.clock()
+        self._batches_touched = {key: self._batches_touched.get(key, now) for key in open_batches}
 
     # tasks -------------------------------------------------------------------------------
 
@@ -163,9 +169,11 @@ class TaskStore(Database):
     def create_batch(self) -> str:
         batch_id = new_batch_id()
         with self._write(durable=False) as conn:
-            conn.execute(
-                "INSERT INTO batches (batch_id, created_time) VALUES (?, ?)", (batch_id, self.clock())
-            )
+            now = self.clock()
+            key = conn.execute(
+                "INSERT INTO batches (batch_id, created_time) VALUES (?, ?)", (batch_id, now)
+            ).lastrowid
+            self._batches_touched[int(key or 0)] = now
         return batch_id
 
     def stage_tasks(self, batch_id: str, specs: Sequence[NewTask]) -> list[str]:
@@ -182,6 +190,7 @@ class TaskStore(Database):
                 ((key, staged + index + 1, *row) for index, row in enumerate(rows)),
             )
             conn.execute("UPDATE batches SET staged = staged + ? WHERE id = ?", (len(rows), key))
+            self._batches_touched[key] = self.clock()
         return ids
 
     def batch_size(self, batch_id: str) -> int:
@@ -191,6 +200,7 @@ class TaskStore(Database):
     def commit_batch(self, batch_id: str) -> int:
         with self._write() as conn:
             key, staged = self._batch(conn, batch_id)
+            self._batches_touched.pop(key, None)
             if not staged:
                 self._drop_batch(conn, key)
                 return 0
@@ -274,7 +284,18 @@ class TaskStore(Database):
         with self._write(durable=False) as conn:
             key, staged = self._batch(conn, batch_id)
             self._drop_batch(conn, key)
+            self._batches_touched.pop(key, None)
         return staged
+
+    def discard_idle_batches(self, idle_seconds: float) -> int:
+        cutoff = self.clock() - idle_seconds
+        idle = [key for key, touched in self._batches_touched.items() if touched < cutoff]
+        if idle:
+            with self._write(durable=False) as conn:
+                for key in idle:
+                    self._drop_batch(conn, key)
+                    del self._batches_touched[key]
+        return len(idle)
 
     def _batch(self, conn: sqlite3.Connection, batch_id: str) -> tuple[int, int]:
         row = conn.execute(
