@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic_core import to_jsonable_python
 
 from agl_cli.daemon_config import DEFAULTS
 from agl_cli.models import Mode, Rollout
@@ -46,10 +48,13 @@ class AgentLightningServer:
 
     `store` chooses where state lives: `None` keeps it in memory (as 0.3.0 does), a path
     opens (or creates) a durable SQLite database there, and a `Store` is used as given
-    (with its own settings: the keywords below apply only to a store made here).
+    (with its own settings: the keywords below apply only to a store made here). Stopping
+    closes the store; a `start()` after `stop()` opens a store made here again (in memory:
+    a new, empty one), and refuses to serve a given one, closed.
     `rollout_retention` is `agl serve --rollout-retention`: seconds a result is kept;
     `forget_tasks` is `--forget-tasks`: tasks go with what retention deletes.
-    `token` guards the `/v1` management API (the worker routes stay open, as in 0.3.0);
+    `max_body_size` is `--max-body-size`: the largest request body taken, in bytes (0.3.0
+    takes any); `token` guards the `/v1` management API (the worker routes stay open, as in 0.3.0);
     served beyond loopback without one, it gets a random token of its own (`self.token`),
     as `agl serve` will not open that API to a network.
     """
@@ -66,6 +71,7 @@ class AgentLightningServer:
         forget_tasks: bool = False,
         token: str | None = None,
         log_level: str = "warning",
+        max_body_size: int = DEFAULTS.max_body_size,
     ) -> None:
         self.host = host
         self.port = port
@@ -77,13 +83,15 @@ class AgentLightningServer:
             "rollout_retention": rollout_retention,
             "forget_tasks": forget_tasks,
         }
+        self._make_store: Callable[[], Store] | None = None  # None: the store was given
         if store is None:
-            store = MemoryStore(**settings)
+            self._make_store = functools.partial(MemoryStore, **settings)
         elif isinstance(store, (str, Path)):
-            store = SQLiteStore(store, **settings)
-        self._store = store
+            self._make_store = functools.partial(SQLiteStore, store, **settings)
+        self._store: Store | None = store if isinstance(store, Store) else self._make()
         self.token = token if token is not None or is_loopback(host) else secrets.token_urlsafe(32)
         self._log_level = log_level
+        self._max_body_size = max_body_size
         self._server: _EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self._broker: Broker | None = None
@@ -92,6 +100,13 @@ class AgentLightningServer:
         # serves on, and an event set while it serves.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.startup_event = threading.Event()
+
+    def _make(self) -> Store:
+        if self._make_store is None:
+            raise RuntimeError(
+                "The store given to this server was closed when it stopped; start a new server with a new store."
+            )
+        return self._make_store()
 
     @property
     def broker(self) -> Broker:
@@ -105,10 +120,13 @@ class AgentLightningServer:
         """Start serving in the background; return once the server answers requests."""
         if self._serving is not None:
             return
+        if self._store is None:
+            self._store = self._make()
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self.endpoint = f"http://{self.host}:{self.port}"
-        app = create_app(self._store, ServerOptions(token=self.token, address=self.endpoint))
+        options = ServerOptions(token=self.token, max_body_bytes=self._max_body_size, address=self.endpoint)
+        app = create_app(self._store, options)
         self._broker = app.state.broker
         app.state.request_shutdown = self._request_exit  # `POST /v1/shutdown` stops it too
         self._server = _EmbeddedServer(
@@ -122,8 +140,15 @@ class AgentLightningServer:
         self._serving = asyncio.create_task(self._serve(sock), name="agl-embedded-server")
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not self._server.started:
-            if self._serving.done():
-                self._serving.result()  # raises what stopped it
+            if self._serving.done():  # what stopped it is raised; a later `start()` begins anew
+                serving, self._serving, self._server, self._broker, self._store = (
+                    self._serving,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+                serving.result()
                 raise RuntimeError("The server stopped while starting.")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"The server did not start within {STARTUP_TIMEOUT:g} s.")
@@ -136,6 +161,8 @@ class AgentLightningServer:
         assert self._server is not None
         try:
             await self._server.serve(sockets=[sock])
+        except SystemExit as exc:  # uvicorn's, when the app cannot start: not the host program's exit
+            raise RuntimeError("The server could not start; its log says why.") from exc
         finally:
             sock.close()
             self.startup_event.clear()
@@ -146,9 +173,11 @@ class AgentLightningServer:
         if self._server is None or self._serving is None:
             return
         self._request_exit()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._serving
-        self._server = self._serving = self._broker = None
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serving
+        finally:
+            self._server = self._serving = self._broker = self._store = None  # the app closed the store
 
     def _request_exit(self) -> None:
         if self._server is not None:
@@ -157,7 +186,8 @@ class AgentLightningServer:
             self._broker.begin_shutdown()
 
     async def run_forever(self) -> None:
-        """Serve until `stop()` is called (from another task) or the task is cancelled."""
+        """Serve until `stop()` is called (from another task). Cancelled, it stops waiting
+        and the server goes on, as in 0.3.0: `stop()` stops it."""
         await self.start()
         assert self._serving is not None
         await asyncio.shield(self._serving)
@@ -171,8 +201,15 @@ class AgentLightningServer:
         resources_id: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """Queue one task and return its rollout id."""
-        spec = TaskSpec(input=sample, mode=mode, resources_id=resources_id, metadata=metadata or {})
+        """Queue one task and return its rollout id. The sample and metadata reach the
+        worker as pydantic writes them, as in 0.3.0 (a model, a set, bytes, a `Decimal`, a
+        `Path`, a dict with int keys); what pydantic cannot write is a `PydanticSerializationError`."""
+        spec = TaskSpec(
+            input=to_jsonable_python(sample),
+            mode=mode,
+            resources_id=resources_id,
+            metadata=to_jsonable_python(metadata) if metadata else {},
+        )
         return (await self.broker.queue_tasks([spec]))[0]
 
     async def update_resources(self, resources: Mapping[str, Any]) -> str:

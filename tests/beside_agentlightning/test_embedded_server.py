@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Coroutine
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +19,10 @@ import pytest
 from agentlightning import LLM, PromptTemplate, ProxyLLM
 from agentlightning.client import AgentLightningClient
 from agentlightning.types import RolloutLegacy, Triplet
+from pydantic import BaseModel
 
 from agl_cli import AgentLightningServer
+from agl_cli.store import MemoryStore
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests" / "compat" / "workers" / "fit_v0_run.py"
@@ -143,6 +146,80 @@ async def test_a_rollout_is_consumed_once(server: AgentLightningServer) -> None:
     assert [r.rollout_id for r in await server.retrieve_completed_rollouts()] == ids[1:]
     assert await server.retrieve_completed_rollouts() == []
     assert await server.poll_completed_rollout(ids[1], timeout=0.2) is None
+
+
+async def test_samples_reach_the_worker_as_pydantic_writes_them_as_with_the_legacy_server(
+    server: AgentLightningServer,
+) -> None:
+    class Question(BaseModel):
+        text: str
+        answer: int
+
+    samples = [
+        Question(text="1 + 1", answer=2),
+        {3},
+        b"raw",
+        Decimal("1.50"),
+        Path("data/x.json"),
+        {0: "zero"},
+    ]
+    ids = [await server.queue_task(sample, metadata={"tags": {"a"}}) for sample in samples]
+    client = client_for(server)
+    tasks = [await client.poll_next_task_async() for _ in samples]
+    assert [(t.rollout_id, t.input, t.metadata) for t in tasks if t] == [
+        (rollout_id, written, {"tags": ["a"]})
+        for rollout_id, written in zip(
+            ids,
+            [{"text": "1 + 1", "answer": 2}, [3], "raw", "1.50", "data/x.json", {"0": "zero"}],
+            strict=True,
+        )
+    ]
+
+
+async def test_a_server_started_again_after_stop_serves_again() -> None:
+    """Stopping closes the store: one made in memory is made anew (empty, as a new 0.3.0
+    server), a database is opened again, and a store given by the caller is refused."""
+    in_memory = AgentLightningServer(port=0)
+    await in_memory.start()
+    await in_memory.queue_task("before")
+    await in_memory.stop()
+    await in_memory.start()
+    again = await in_memory.queue_task("after")
+    task = await client_for(in_memory).poll_next_task_async()
+    await in_memory.stop()
+    assert task is not None and (task.rollout_id, task.input) == (again, "after")
+
+
+async def test_a_database_server_started_again_after_stop_has_what_it_had(tmp_path: Path) -> None:
+    on_disk = AgentLightningServer(port=0, store=tmp_path / "run.db")
+    await on_disk.start()
+    before = await on_disk.queue_task("before")
+    await on_disk.stop()
+    await on_disk.start()
+    task = await client_for(on_disk).poll_next_task_async()
+    await on_disk.stop()
+    assert task is not None and task.rollout_id == before
+
+
+async def test_a_store_given_to_a_stopped_server_is_not_served_closed() -> None:
+    given = AgentLightningServer(port=0, store=MemoryStore())
+    await given.start()
+    await given.stop()
+    with pytest.raises(RuntimeError, match="The store given to this server was closed when it stopped"):
+        await given.start()
+
+
+async def test_the_body_limit_is_set_by_a_keyword() -> None:
+    server = AgentLightningServer(port=0, max_body_size=4096)
+    await server.start()
+    rollout_id = await server.queue_task("big")
+    async with httpx.AsyncClient(base_url=server.endpoint) as http:
+        refused = await http.post(
+            "/rollout", json={"rollout_id": rollout_id, "metadata": {"text": "x" * 8192}}
+        )
+        taken = await http.post("/rollout", json={"rollout_id": rollout_id, "metadata": {"text": "x" * 2048}})
+    await server.stop()
+    assert (refused.status_code, taken.status_code) == (413, 200)
 
 
 async def test_a_late_second_result_is_not_returned_twice(server: AgentLightningServer) -> None:
