@@ -1,14 +1,18 @@
 """`STATE_DIR/agl.pid`: one daemon per state directory, and where to find it.
 
 The file holds the daemon's pid while it runs (or that of `agl backup`, `restore` or
-`compact` on a stopped daemon's directory). A pidfile whose process is gone (or is not
-agl, the pid having been reused) is stale, left by a crash, and is taken over; `agl
-stop` signals only a process this module calls agl.
+`compact` on a stopped daemon's directory), and its holder keeps it locked (`flock`, which
+the kernel lets go of when the process ends, however it ends): of two agl started at once,
+the second finds it locked, where by the pid alone it could read the file before the first
+wrote it. A pidfile nobody locks whose process is gone (or is not agl, the pid having been
+reused) is stale, left by a crash, and is taken over; `agl stop` signals only a process
+this module calls agl.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -70,26 +74,46 @@ def acquire(path: Path) -> None:
         raise UnwritableError(path, exc) from None
 
 
+_held: dict[Path, int] = {}  # a pidfile taken -> the descriptor that holds its lock
+
+
 def _take(path: Path) -> None:
     me = os.getpid()
     for _ in range(3):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _still_named(fd, path):  # its holder removed it as it stopped: take the next
+                os.close(fd)
+                continue
             pid = read_pid(path)
-            if pid is not None and pid != me and is_agl_process(pid):
-                raise AlreadyRunningError(pid) from None
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # stale: its daemon died without cleaning up
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{me}\n")
+            if pid is not None and pid != me and is_agl_process(pid):  # an agl that took no lock
+                raise AlreadyRunningError(pid)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunningError(read_pid(path) or 0) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{me}\n".encode(), 0)
+        _held[path] = fd
         return
     raise AlreadyRunningError(read_pid(path) or 0)
 
 
+def _still_named(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def release(path: Path) -> None:
-    """Remove the pidfile if it is still ours."""
+    """Remove the pidfile if it is still ours, then let go of its lock."""
     if read_pid(path) == os.getpid():
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # a file system gone read-only: the next start takes it over
             path.unlink()
+    fd = _held.pop(path, None)
+    if fd is not None:
+        os.close(fd)

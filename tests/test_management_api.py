@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import os
 import signal
 import subprocess
@@ -864,6 +865,22 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(daemon: Daemon) -> Non
     assert result.stderr.strip() == f"agl: agl is already running (pid {daemon.proc.pid})."
     assert (daemon.state_dir / "agl.pid").read_text().strip() == str(daemon.proc.pid)
     assert daemon.get("/ready").status_code == 200
+
+
+def test_a_state_dir_whose_pidfile_is_locked_is_refused_whatever_pid_it_holds(tmp_path: Path) -> None:
+    """A daemon starting locks its pidfile before it writes its pid: one started at the
+    same moment must not take the file for stale meanwhile (it holds no agl's pid yet)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    with open(state / "agl.pid", "w") as held:
+        held.write(f"{os.getpid()}\n")  # this test's own: alive, but not agl
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = serve(state)
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"agl: agl is already running (pid {os.getpid()}).",
+    )
 
 
 def test_a_pidfile_left_by_a_crash_is_taken_over(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
