@@ -138,6 +138,25 @@ def test_a_disk_that_fails_writes_gets_a_503_keeps_nothing_half_written_and_reco
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
+def test_a_daemon_restarted_on_a_full_disk_serves_reads_and_refuses_writes_with_a_507(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash or a reboot while the disk is full: the daemon must come back for reads."""
+    state = tmp_path / "state"
+    first = make_daemon(state_dir=state)
+    [kept] = first.queue("kept")
+    first.kill()
+    full = tmp_path / "the disk is full"
+    full.touch()
+    daemon = faulty_daemon(make_daemon, failing_writes, monkeypatch, state, AGL_DISK_FULL=full)
+    assert daemon.api("GET", f"/v1/tasks/{kept}").json()["status"] == "queued"
+    refused = daemon.api("POST", "/v1/tasks", json={"tasks": [{"input": "more"}]})
+    assert (refused.status_code, refused.json()) == (507, {"detail": FULL})
+    full.unlink()  # room again
+    assert daemon.api("POST", "/v1/tasks", json={"tasks": [{"input": "more"}]}).status_code == 201
+    assert "Traceback" not in daemon.log_path.read_text()
+
+
 def test_a_failed_sync_is_a_503_and_the_daemon_stops_so_that_no_later_write_is_answered_with_success(
     make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

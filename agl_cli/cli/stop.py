@@ -7,6 +7,7 @@ be another machine) it asks over HTTP with `POST /v1/shutdown`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -61,7 +62,8 @@ def _stop_by_pid(pidfile: Path, timeout: float) -> None:
     except PermissionError:
         fail(f"Not allowed to signal agl (pid {pid}); it belongs to another user.")
     _wait(lambda: pidfiles.is_agl_process(pid), timeout, f"agl (pid {pid})")
-    pidfile.unlink(missing_ok=True)  # the daemon removes it itself; this covers a daemon that could not
+    with contextlib.suppress(OSError):  # the daemon removes it itself; this covers one that could not
+        pidfile.unlink(missing_ok=True)  # (on a file system gone read-only, the next start takes it over)
     output.write_line(f"Stopped agl (pid {pid}).")
 
 

@@ -190,7 +190,15 @@ def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
     broker.on_lost(server.request_exit)  # no write can be made: stop, and say why (below)
     app.state.request_shutdown = server.request_exit
     address_file = state_dir / paths.ADDRESS_NAME
-    address_file.write_text(address + "\n")
+    try:
+        address_file.write_text(address + "\n")
+    except OSError as exc:  # a full disk: serve all the same (reads go on, writes get a 507)
+        with contextlib.suppress(OSError):
+            address_file.unlink(missing_ok=True)
+        logs.announce(
+            f"agl: cannot write {address_file} ({exc.strerror or exc}); give the CLI --url {address}.",
+            config.log_json,
+        )
     where = "in memory" if config.memory else str(state_dir / paths.DATABASE_NAME)
     logs.announce(
         f"agl {__version__} listening on {address} (store: {where})",
@@ -211,6 +219,7 @@ def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
     try:
         _run_on_fastest_loop(server.serve(sockets=[sock]))
     finally:
-        address_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a file system gone read-only: the next start replaces it
+            address_file.unlink(missing_ok=True)
     if broker.lost is not None:
         raise StoppedError(str(broker.lost))

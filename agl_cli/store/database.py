@@ -284,7 +284,10 @@ class Database(Store):
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
-            self._conn.execute("PRAGMA optimize")
+            with contextlib.suppress(
+                sqlite3.Error
+            ):  # a disk gone read-only: only a hint for the planner is lost
+                self._conn.execute("PRAGMA optimize")
             self._conn.close()
 
 
