@@ -119,6 +119,21 @@ def test_an_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, args: lis
     assert "x\\xff' is not." in result.stderr
 
 
+@pytest.mark.parametrize("given", ["environment", "option"])
+def test_a_state_directory_given_as_home_relative_is_under_home(tmp_path: Path, given: str) -> None:
+    """`~` where no shell expands it: systemd's Environment=, a Docker ENV, `--state-dir=~/x`."""
+    env = {"HOME": str(tmp_path), "AGL_URL": DEAD_URL}
+    if given == "environment":
+        result = agl("stop", env={**env, "AGL_STATE_DIR": "~/state"})
+    else:
+        result = agl("--state-dir=~/state", "stop", env=env)
+    assert_one_line_error(
+        result,
+        f"agl is not running: there is no pidfile in {tmp_path}/state and no daemon answers at {DEAD_URL}.",
+        code=3,
+    )
+
+
 def test_a_state_directory_named_in_the_environment_must_be_utf8_too(tmp_path: Path) -> None:
     result = agl("serve", "--detach", "--port", "0", env={"AGL_STATE_DIR": f"{tmp_path}/x\udcff"})
     assert_one_line_error(

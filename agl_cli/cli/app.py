@@ -97,7 +97,9 @@ def root(
         _refuse_undecodable("Arguments", sys.argv[1:])
         for name in ("AGL_URL", "AGL_TOKEN", "AGL_STATE_DIR"):
             _refuse_undecodable(name, [os.environ.get(name, "")])
-    ctx.obj = Globals(url=url or None, token=token or None, state_dir=state_dir)
+    ctx.obj = Globals(  # a `~` no shell expanded (a unit's Environment=, `--state-dir=~/x`) is home
+        url=url or None, token=token or None, state_dir=state_dir.expanduser() if state_dir else None
+    )
 
 
 def _refuse_undecodable(what: str, values: list[str]) -> None:

@@ -182,5 +182,6 @@ def state_dir_of(ctx: typer.Context, own: Path | None) -> Path | None:
     """The command's own --state-dir, else the global one, else AGL_STATE_DIR (else the default)."""
     source = ctx.get_parameter_source("state_dir")
     if own is not None and source is not None and source.name == "COMMANDLINE":
-        return own
-    return globals_of(ctx).state_dir or own
+        return own.expanduser()
+    found = globals_of(ctx).state_dir or own
+    return found.expanduser() if found is not None else None
