@@ -329,12 +329,16 @@ def test_a_bad_task_after_chunks_already_staged_is_reported_at_its_line_and_they
     assert staged_uncommitted(daemon) == 0
 
 
-def test_ctrl_c_while_chunks_go_up_queues_nothing(daemon: Daemon, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_while_chunks_go_up_queues_nothing(
+    daemon: Daemon, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """So do a cancelled job's SIGTERM and a closed terminal's SIGHUP: nothing is left staged."""
     file = numbered_tasks(tmp_path / "big.jsonl", 400_000)
     queueing = popen_agl("queue", file, daemon=daemon)
     try:
         wait_until(lambda: staged_uncommitted(daemon) > 0, "a chunk to be staged")
-        queueing.send_signal(signal.SIGINT)
+        queueing.send_signal(stop)
         stdout, stderr = queueing.communicate(timeout=60)
     finally:
         queueing.kill()

@@ -13,6 +13,7 @@ import contextlib
 import enum
 import itertools
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -103,7 +104,8 @@ def queue(
             since = client.last_seq() if wait else None
             sink = stack.enter_context(_Sink(json_output, keep_ids=wait))
             try:
-                queued = _upload(client, task_files, defaults, sink, show_progress)
+                with _stopped_as_by_ctrl_c():
+                    queued = _upload(client, task_files, defaults, sink, show_progress)
             except taskfile.TaskFileError as exc:
                 fail(str(exc))
             except KeyboardInterrupt:
@@ -117,6 +119,26 @@ def queue(
                     err=True,
                 )
                 raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def _stopped_as_by_ctrl_c() -> Iterator[None]:
+    """While the upload goes on, SIGTERM (a cancelled CI job, `timeout`) and SIGHUP (the
+    terminal closed) discard the staged batch as Ctrl-C does: killed outright, agl would
+    leave it on the daemon's disk, unseen, for an hour. A signal ignored (`nohup`) stays so."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    taken = {signum: handler for signum, handler in before.items() if handler not in (signal.SIG_IGN, None)}
+    for signum in taken:
+        signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in taken.items():
+            signal.signal(signum, handler)
 
 
 def _after_queuing(
