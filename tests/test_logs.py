@@ -19,7 +19,7 @@ from cli_runner import agl
 from daemon import READY_LINE, Daemon, env_without_agl
 
 from agl_cli import __version__
-from agl_cli.server.logs import JsonFormatter
+from agl_cli.server.logs import JsonFormatter, Repeats
 
 FIELDS = {"time", "level", "logger", "message"}
 
@@ -146,3 +146,23 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_warning_is_logged_ten_times_a_minute_then_the_rest_are_counted() -> None:
+    repeats = Repeats()
+
+    def warning(logger: str, at: float, reason: str) -> logging.LogRecord:
+        fields = {"name": logger, "levelno": logging.WARNING, "levelname": "WARNING", "created": at}
+        return logging.makeLogRecord({**fields, "msg": "A report was refused: %s", "args": (reason,)})
+
+    burst = [warning("agl.legacy", i / 10, f"reason {i}") for i in range(25)]
+    assert [r.getMessage() for r in burst if repeats.filter(r)] == [
+        f"A report was refused: reason {i}" for i in range(10)
+    ]
+    assert (
+        sum(repeats.filter(warning("uvicorn.error", i / 10, "theirs")) for i in range(25)) == 10
+    )  # counted apart
+    late = warning("agl.legacy", 60.0, "late")
+    assert repeats.filter(late)
+    assert late.getMessage() == "A report was refused: late (and 15 more like it, left out of the log)"
+    assert JsonFormatter().format(late).count('"left_out":15') == 1

@@ -143,6 +143,12 @@ def test_a_refused_report_is_logged_with_its_reason(
     assert "A worker's report was refused (422): byte 20: JSON decode error (" in log
 
 
+def test_a_worker_stuck_sending_bad_reports_does_not_fill_the_log(daemon: Daemon) -> None:
+    for _ in range(40):
+        assert daemon.post("/rollout", json={"rollout_id": "r", "final_reward": "high"}).status_code == 422
+    assert daemon.log_path.read_text().count("A worker's report was refused (422)") == 10  # in a minute
+
+
 def test_a_body_over_the_limit_is_a_413(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon("--max-body-size", "2000")
     big = {"rollout_id": "r", "logs": ["x" * 3000]}

@@ -9,6 +9,7 @@ access line) are fields of the object rather than text in the message.
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import sys
@@ -53,18 +54,57 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(body, default=repr).decode()
 
 
+class Repeats(logging.Filter):
+    """At most `most` lines a minute of each warning or error (by its wording, its
+    arguments aside): a worker stuck sending bad reports, a client sending what is not
+    HTTP, or a full disk failing every checkpoint must not fill the disk with the log. The
+    first line of the next minute counts those left out (`left_out` in JSON)."""
+
+    def __init__(self, most: int = 10, window: float = 60.0) -> None:
+        super().__init__()
+        self.most, self.window = most, window
+        self._windows: dict[tuple[str, object], tuple[float, int]] = {}  # wording: its window's start, lines
+        self._left_out: collections.Counter[tuple[str, object]] = collections.Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.msg)
+        start, lines = self._windows.get(key, (record.created, 0))
+        if record.created >= start + self.window:
+            start, lines = record.created, 0
+        if lines >= self.most:
+            self._left_out[key] += 1
+            return False
+        self._windows[key] = (start, lines + 1)
+        left_out = self._left_out.pop(key, 0)
+        if left_out:
+            record.msg = f"{record.msg} (and {left_out} more like it, left out of the log)"
+            record.left_out = left_out
+        return True
+
+
 def log_config(level: str, json_lines: bool) -> dict[str, Any]:
     """The logging configuration for uvicorn's `log_config`, agl's loggers included."""
     level = level.upper()
+    repeats = {"repeats": {"()": Repeats}}
     if not json_lines:
-        # uvicorn's own configuration as it is; agl's loggers print the way uvicorn's do.
+        # uvicorn's own configuration; agl's loggers print the way uvicorn's do.
         config = copy.deepcopy(LOGGING_CONFIG)
+        config["filters"] = repeats
+        config["handlers"]["default"]["filters"] = ["repeats"]
         config["loggers"]["agl"] = {"handlers": ["default"], "level": level, "propagate": False}
         return config
-    to_stderr = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    to_stderr = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "stream": "ext://sys.stderr",
+        "filters": ["repeats"],
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
+        "filters": repeats,
         "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {"stderr": to_stderr},
         "loggers": {
