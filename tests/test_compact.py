@@ -137,6 +137,32 @@ def test_a_compaction_killed_midway_leaves_the_file_as_it_was(
     assert not copy.exists()
 
 
+def test_a_compaction_stopped_by_ctrl_c_says_so_and_leaves_the_file_as_it_was(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "state" / "agl.db"
+    path.parent.mkdir(mode=0o700)
+    store = SQLiteStore(path, clock=clock)
+    for n in range(400):  # 40 MB to copy
+        reported(store, float(n), metadata={"big": BIG + str(n)})
+    store.close()
+    before = path.read_bytes()
+    copy = path.with_name(path.name + SUFFIX)
+    command = subprocess.Popen(
+        [sys.executable, "-m", "agl_cli", "--state-dir", str(path.parent), "compact"],
+        stderr=subprocess.PIPE,
+        env=env_without_agl(),
+    )
+    deadline = time.monotonic() + 30
+    while not copy.with_name(copy.name + "-journal").exists():  # as it begins writing its copy
+        assert command.poll() is None and time.monotonic() < deadline, "the copy was never begun"
+    command.send_signal(signal.SIGINT)
+    _, stderr = command.communicate(timeout=30)
+    assert (command.returncode, stderr) == (130, b"agl: Interrupted; the database is as it was.\n")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["agl.db"]
+
+
 def test_status_and_metrics_say_how_large_the_database_is_and_what_compact_would_give_back(
     make_daemon: Callable[..., Daemon],
 ) -> None:

@@ -27,6 +27,9 @@ def compact(ctx: typer.Context, state_dir: Path | None = state_dir_option()) -> 
             done = compact_state_dir(directory, progress=update)
         except MaintenanceError as exc:
             fail(str(exc))
+        except KeyboardInterrupt:
+            typer.echo("agl: Interrupted; the database is as it was.", err=True)
+            raise typer.Exit(130) from None
     freed = done.before - done.after
     output.write_line(
         f"Compacted {directory / paths.DATABASE_NAME}: {output.size(done.before)} to {output.size(done.after)}"

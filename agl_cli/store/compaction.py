@@ -61,6 +61,8 @@ def compact(path: Path, progress: Callable[[int, int], None] = lambda done, tota
         conn.set_progress_handler(None, 0)
     except sqlite3.DatabaseError as exc:
         copy.unlink(missing_ok=True)
+        if str(exc) == "interrupted":  # Ctrl-C, which stopped the copy at the next look
+            raise KeyboardInterrupt from None
         if "full" in str(exc):
             raise StoreError(
                 f"Not enough free space beside {path} for its compacted copy (up to {before / 1e6:,.1f} MB)."
