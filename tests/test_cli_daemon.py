@@ -119,6 +119,19 @@ def test_an_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, args: lis
     assert "x\\xff' is not." in result.stderr
 
 
+def test_a_relative_state_directory_is_shown_as_the_one_it_names_from_anywhere(tmp_path: Path) -> None:
+    serve = [sys.executable, "-m", "agl_cli", "--state-dir", "rel", "serve", "--detach", "--port", "0"]
+    started = subprocess.run(
+        serve, cwd=tmp_path, env=env_without_agl(), capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        status = json.loads(agl("status", "--json", state_dir=tmp_path / "rel").stdout)
+        assert status["state_dir"] == str(tmp_path / "rel")
+    finally:
+        assert agl("stop", state_dir=tmp_path / "rel").returncode == 0
+
+
 @pytest.mark.parametrize("given", ["environment", "option"])
 def test_a_state_directory_given_as_home_relative_is_under_home(tmp_path: Path, given: str) -> None:
     """`~` where no shell expands it: systemd's Environment=, a Docker ENV, `--state-dir=~/x`."""

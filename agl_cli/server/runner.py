@@ -95,7 +95,8 @@ def run(config: DaemonConfig) -> None:
     problem = config.problem()
     if problem is not None:
         raise StartupError(problem)
-    state_dir = config.state_dir or paths.default_state_dir()
+    # Absolute, as `agl status` shows it: a relative one would mean nothing from elsewhere.
+    state_dir = (config.state_dir or paths.default_state_dir()).absolute()
     made = not state_dir.exists()
     prepare_state_dir(state_dir)
     pid_path = state_dir / paths.PIDFILE_NAME
