@@ -19,7 +19,7 @@ from cli_runner import agl
 from daemon import READY_LINE, Daemon, env_without_agl
 
 from agl_cli import __version__
-from agl_cli.server.logs import JsonFormatter, Repeats
+from agl_cli.server.logs import TIMED, JsonFormatter, Repeats, untimed
 
 FIELDS = {"time", "level", "logger", "message"}
 
@@ -86,12 +86,31 @@ def test_json_logs_go_to_stderr_and_nothing_to_stdout(tmp_path: Path) -> None:
     assert any(r["logger"] == "uvicorn.access" for r in json_lines(stderr.read_text()))
 
 
-def test_without_log_json_the_output_stays_human(make_daemon: Callable[..., Daemon]) -> None:
+def test_without_log_json_the_output_stays_human_each_line_timed_in_a_file(
+    make_daemon: Callable[..., Daemon],
+) -> None:
     daemon = make_daemon("--log-level", "info")
     assert daemon.terminate() == 0
     lines = daemon.log_path.read_text().splitlines()
-    assert lines[0] == f"agl {__version__} listening on {daemon.url} (store: {daemon.state_dir / 'agl.db'})"
-    assert "INFO:     Application startup complete." in lines
+    assert all(TIMED.match(line) for line in lines), lines
+    said = [untimed(line) for line in lines]
+    assert said[0] == f"agl {__version__} listening on {daemon.url} (store: {daemon.state_dir / 'agl.db'})"
+    assert "INFO:     Application startup complete." in said
+
+
+def test_lines_to_journald_are_not_timed_as_it_times_them(tmp_path: Path) -> None:
+    journald = {**env_without_agl(), "JOURNAL_STREAM": "8:1234"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--memory"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=journald,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith(f"agl {__version__} listening on "), first
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def test_a_detached_json_daemon_is_found_and_stopped(tmp_path: Path) -> None:

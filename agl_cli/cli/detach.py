@@ -65,9 +65,12 @@ def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None
 
 
 def _message(line: str) -> str:
-    """What a line of the log says: the line itself, or with `--log-json` its message."""
+    """What a line of the log says: the line itself (after its time), or with `--log-json`
+    its message."""
     if not line.startswith("{"):
-        return line
+        from agl_cli.server.logs import untimed
+
+        return untimed(line)
     import orjson
 
     try:

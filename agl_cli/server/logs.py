@@ -1,5 +1,8 @@
 """The daemon's logging: uvicorn's human lines, or one JSON object per line (`--log-json`).
 
+Human lines begin with the time when they go to a file or a pipe (`agl serve --detach`
+writes `agl.log`), but not on a terminal, nor to journald, which times them itself.
+
 Both are a `logging.config.dictConfig` dictionary handed to uvicorn as its `log_config`,
 so that uvicorn applies it instead of its own and agl's loggers and uvicorn's (error and
 access) go through the same handlers. JSON lines are for journald, Loki and the like:
@@ -12,7 +15,10 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+import os
+import re
 import sys
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +32,9 @@ _STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {
     "taskName",
     "color_message",  # uvicorn's coloured copy of the message
 }
+# What a human line begins with where it is timed (see the module's docstring).
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+TIMED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 # uvicorn's access records carry these as their arguments, in this order.
 _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
 
@@ -91,6 +100,10 @@ def log_config(level: str, json_lines: bool) -> dict[str, Any]:
     if not json_lines:
         # uvicorn's own configuration; agl's loggers print the way uvicorn's do.
         config = copy.deepcopy(LOGGING_CONFIG)
+        if _timed():
+            for formatter in config["formatters"].values():
+                formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
+                formatter["datefmt"] = TIME_FORMAT
         config["filters"] = repeats
         config["handlers"]["default"]["filters"] = ["repeats"]
         config["loggers"]["agl"] = {"handlers": ["default"], "level": level, "propagate": False}
@@ -127,9 +140,18 @@ def capture_warnings(json_lines: bool) -> None:
 def announce(message: str, json_lines: bool, **fields: Any) -> None:
     """Print a line that must appear whatever the log level (the address at start-up)."""
     if not json_lines:
-        print(message, file=sys.stderr, flush=True)
+        print(f"{time.strftime(TIME_FORMAT)} {message}" if _timed() else message, file=sys.stderr, flush=True)
         return
     record = logging.makeLogRecord(
         {"name": "agl", "levelno": logging.INFO, "levelname": "INFO", "msg": message, **fields}
     )
     print(JsonFormatter().format(record), file=sys.stderr, flush=True)
+
+
+def _timed() -> bool:
+    return not sys.stderr.isatty() and "JOURNAL_STREAM" not in os.environ
+
+
+def untimed(line: str) -> str:
+    """A human line without the time it may begin with."""
+    return TIMED.sub("", line, count=1) if TIMED.match(line) else line
