@@ -115,8 +115,9 @@ def _log_since(log_path: Path, start: int) -> str:
 def _fail_with_log(log_path: Path, start: int, reason: str) -> NoReturn:
     """The daemon's own one-line error if it gave one; else the end of its log, then why."""
     lines = [line for line in _log_since(log_path, start).splitlines() if line.strip()]
-    if lines and lines[-1].startswith("agl: "):
-        fail(lines[-1].removeprefix("agl: "))
+    last = _message(lines[-1]) if lines else ""
+    if last.startswith("agl: "):
+        fail(last.removeprefix("agl: "))
     for line in lines[-10:]:
         typer.echo(f"  {line}", err=True)
     fail(f"{reason}; the end of its log ({log_path}) is above." if lines else f"{reason}; its log is empty.")
