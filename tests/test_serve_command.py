@@ -25,6 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from agl_cli.cli.app import app as cli_app
 from agl_cli.daemon_config import DEFAULTS, DaemonConfig
+from agl_cli.server.runner import keep_private
 from agl_cli.store import SQLiteStore
 from agl_cli.store.schema import SCHEMA_VERSION
 
@@ -118,7 +119,7 @@ def test_a_read_only_database_is_one_line_and_left_alone(shared_dir: Path) -> No
     before = (state / "agl.db").read_bytes()
     result = agl_as_another_user("serve", "--port", "0", "--state-dir", str(state))
     assert_one_line_error(
-        result, "agl.db: The store could not be written (attempt to write a readonly database)."
+        result, "agl.db: The store could not be written (the file is read-only for this user)."
     )
     assert (state / "agl.db").read_bytes() == before
 
@@ -231,6 +232,25 @@ def test_a_state_directory_and_token_others_could_read_are_made_private_and_said
     assert f"agl: The state directory {state} could be read by others (mode 755); it is now 700." in log
     assert f"agl: The token file {state / 'token'} could be read by others (mode 644); it is now 600." in log
     assert daemon.token == "a-token"
+
+
+def test_a_state_directory_another_user_owns_is_served_from_with_a_word_on_its_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a file's owner may change its mode: a shared directory stays as it is."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+
+    def not_the_owner(path: object, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", not_the_owner)
+    said = keep_private(shared, 0o700, "state directory")
+    assert (
+        said
+        == f"The state directory {shared} can be read by others (mode 777), and only its owner can change that."
+    )
 
 
 def test_the_token_is_created_once_and_readable_by_its_owner_only(make_daemon: Callable[..., Daemon]) -> None:

@@ -49,7 +49,12 @@ def keep_private(path: Path, mode: int, what: str) -> str | None:
     found = stat.S_IMODE(path.stat().st_mode)
     if not found & 0o077:
         return None
-    os.chmod(path, mode)
+    try:
+        os.chmod(path, mode)
+    except PermissionError:  # another user's (a shared directory, say): serve, and say so
+        return (
+            f"The {what} {path} can be read by others (mode {found:o}), and only its owner can change that."
+        )
     return f"The {what} {path} could be read by others (mode {found:o}); it is now {mode:o}."
 
 

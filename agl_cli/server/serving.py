@@ -53,6 +53,10 @@ def open_store(config: DaemonConfig, state_dir: Path) -> Store:
             + (f" ({'; '.join(costs)})" if costs else ""),
             config.log_json,
         )
+    if database.exists() and not os.access(database, os.W_OK):  # its start writes nothing to tell
+        raise StartupError(
+            f"{database}: The store could not be written (the file is read-only for this user)."
+        )
     try:
         return SQLiteStore(database, **options)
     except StorageError as exc:  # a file agl may not write: read-only, locked, on a failing disk
