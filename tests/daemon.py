@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from agl_cli.server.logs import untimed
+
 READY_LINE = re.compile(r"listening on (http://\S+)")
 
 
@@ -33,6 +35,10 @@ class Daemon:
     @property
     def log_path(self) -> Path:
         return self.state_dir.parent / f"{self.state_dir.name}-daemon-{self.starts}.log"
+
+    def said(self) -> list[str]:
+        """The lines of this start's log, each without the time it begins with."""
+        return [untimed(line) for line in self.log_path.read_text().splitlines()]
 
     def start(self, timeout: float = 20.0) -> Daemon:
         self.spawn()

@@ -20,7 +20,6 @@ from daemon import Daemon, env_without_agl
 from agl_cli.cli.context import DEFAULT_URL, Globals, resolve
 from agl_cli.cli.detach import start_detached
 from agl_cli.daemon_config import DaemonConfig
-from agl_cli.server.logs import untimed
 from agl_cli.store.schema import SCHEMA_VERSION
 
 DEAD_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there
@@ -278,7 +277,7 @@ def test_an_upgrade_whose_time_does_not_grow_with_the_file_says_no_cost(
     state.mkdir(mode=0o700)
     database_of_schema(state / "agl.db", 6).close()  # 7 replaces a trigger; 8 lists failed tasks, not all
     daemon = make_daemon(state_dir=state)
-    [line] = [untimed(line) for line in daemon.log_path.read_text().splitlines() if "bringing" in line]
+    [line] = [line for line in daemon.said() if "bringing" in line]
     assert line == f"agl: bringing {state / 'agl.db'} from schema 6 up to {SCHEMA_VERSION}"
 
 

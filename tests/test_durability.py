@@ -94,7 +94,7 @@ def test_a_pause_survives_kill_9(make_daemon: Callable[..., Daemon], tmp_path: P
 
     assert daemon.status()["paused"] and daemon.claim() is None
     said = "agl: the queue is paused, as it was left: workers get no tasks until agl resume."
-    assert said in daemon.log_path.read_text().splitlines()
+    assert said in daemon.said()
 
 
 def test_rollouts_answered_while_under_load_all_survive_kill_9(

@@ -19,7 +19,7 @@ from cli_runner import agl
 from daemon import READY_LINE, Daemon, env_without_agl
 
 from agl_cli import __version__
-from agl_cli.server.logs import TIMED, JsonFormatter, Repeats, untimed
+from agl_cli.server.logs import TIMED, JsonFormatter, Repeats
 
 FIELDS = {"time", "level", "logger", "message"}
 
@@ -93,7 +93,7 @@ def test_without_log_json_the_output_stays_human_each_line_timed_in_a_file(
     assert daemon.terminate() == 0
     lines = daemon.log_path.read_text().splitlines()
     assert all(TIMED.match(line) for line in lines), lines
-    said = [untimed(line) for line in lines]
+    said = daemon.said()
     assert said[0] == f"agl {__version__} listening on {daemon.url} (store: {daemon.state_dir / 'agl.db'})"
     assert "INFO:     Application startup complete." in said
 
