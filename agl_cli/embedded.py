@@ -141,13 +141,8 @@ class AgentLightningServer:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not self._server.started:
             if self._serving.done():  # what stopped it is raised; a later `start()` begins anew
-                serving, self._serving, self._server, self._broker, self._store = (
-                    self._serving,
-                    None,
-                    None,
-                    None,
-                    None,
-                )
+                serving = self._serving
+                self._serving = self._server = self._broker = self._store = None
                 serving.result()
                 raise RuntimeError("The server stopped while starting.")
             if time.monotonic() > deadline:

@@ -284,9 +284,8 @@ class Database(Store):
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
-            with contextlib.suppress(
-                sqlite3.Error
-            ):  # a disk gone read-only: only a hint for the planner is lost
+            # On a disk gone read-only this fails, and only a hint for the planner is lost.
+            with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA optimize")
             self._conn.close()
 

@@ -132,8 +132,9 @@ class TaskStore(Database):
 
     def _relearn(self) -> None:
         """Forget what undone writes taught the writer: read the batches still to move and
-        those still open again, and look for the earliest claim deadline at the next claim. (The last queue
-        place handed out only grows; places an undone write took are simply left unused.)"""
+        those still open again, and look for the earliest claim deadline at the next
+        claim. (The last queue place handed out only grows; places an undone write took
+        are simply left unused.)"""
         self._earliest_deadline = 0.0
         self._draining = [
             _Drain(*row)
