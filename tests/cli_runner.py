@@ -58,8 +58,7 @@ def agl_into(out: Path, *args: str, daemon: Daemon) -> subprocess.CompletedProce
 
 
 def popen_agl(*args: str, daemon: Daemon) -> subprocess.Popen[str]:
-    """`agl` in the background, taking Ctrl-C (SIGINT) as from a terminal, even where the
-    suite itself runs in the background, which starts everything with SIGINT ignored."""
+    """`agl` in the background, taking signals as from a terminal (`as_on_a_terminal`)."""
     command = [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args]
     return subprocess.Popen(
         command,
@@ -67,8 +66,16 @@ def popen_agl(*args: str, daemon: Daemon) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env_without_agl(),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_on_a_terminal,
     )
+
+
+def as_on_a_terminal() -> None:
+    """Ctrl-C (SIGINT) and a closed terminal's SIGHUP do what they do to a command run on
+    a terminal, even where the suite itself runs in the background (`nohup`, `&`), which
+    starts everything with them ignored."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def on_a_terminal(*args: str, daemon: Daemon, columns: int) -> list[str]:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cli_runner import agl, assert_one_line_error
+from cli_runner import agl, as_on_a_terminal, assert_one_line_error
 from conftest import FakeClock
 from daemon import Daemon, env_without_agl, wait_until
 from test_retention import reported
@@ -152,6 +152,7 @@ def test_a_compaction_stopped_by_ctrl_c_says_so_and_leaves_the_file_as_it_was(
         [sys.executable, "-m", "agl_cli", "--state-dir", str(path.parent), "compact"],
         stderr=subprocess.PIPE,
         env=env_without_agl(),
+        preexec_fn=as_on_a_terminal,
     )
     deadline = time.monotonic() + 30
     while not copy.with_name(copy.name + "-journal").exists():  # as it begins writing its copy
