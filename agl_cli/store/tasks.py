@@ -108,16 +108,11 @@ class TaskStore(Database):
         self._paused = False  # the queue hands out nothing (`set_paused`)
         self._batches_touched: dict[int, float] = {}  # uncommitted batches: when last staged to
         with self._write(durable=False) as conn:  # uncommitted batches never outlive the daemon
-            # Written only if there are some: a daemon restarted on a full disk must start,
-            # serve reads and answer writes with 507, and even an empty DELETE writes a page.
-            if conn.execute("SELECT 1 FROM batches WHERE committed_time IS NULL LIMIT 1").fetchone():
-                if conn.execute("SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1").fetchone():
-                    conn.execute(
-                        "DELETE FROM staging WHERE batch IN (SELECT id FROM batches WHERE committed_time IS NULL)"
-                    )
-                else:  # without a WHERE, SQLite drops the table's pages at once instead of row by row
-                    conn.execute("DELETE FROM staging")
-                conn.execute("DELETE FROM batches WHERE committed_time IS NULL")
+            # Dropped one by one, so nothing is written when there are none: a daemon restarted
+            # on a full disk must start, serve reads and answer writes with 507, and even an
+            # empty DELETE writes a page.
+            for (key,) in conn.execute("SELECT id FROM batches WHERE committed_time IS NULL").fetchall():
+                self._drop_batch(conn, key)
             self._relearn()
             [last] = conn.execute(
                 "SELECT max((SELECT coalesce(max(id), 0) FROM tasks),"
