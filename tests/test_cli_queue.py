@@ -13,6 +13,7 @@ from cli_runner import Worker, agl, assert_one_line_error, popen_agl, post_rollo
 from daemon import Daemon, wait_until
 
 from agl_cli.cli.taskfile import CheckedTask, Chunk, Defaults, TaskFileError, chunks
+from agl_cli.store.schema import PLACES_PER_BATCH
 
 
 def tasks_of(daemon: Daemon) -> list[dict[str, object]]:
@@ -31,8 +32,9 @@ def staged_uncommitted(daemon: Daemon) -> int:
     """Tasks staged in batches not committed (yet), read from the daemon's file."""
     with sqlite3.connect(daemon.state_dir / "agl.db") as db:
         [(count,)] = db.execute(
-            "SELECT count(*) FROM staging JOIN batches ON batches.id = staging.batch"
-            " WHERE batches.committed_time IS NULL"
+            "SELECT count(*) FROM staging JOIN batches ON batches.id = staging.place / ?"
+            " WHERE batches.committed_time IS NULL",
+            (PLACES_PER_BATCH,),
         )
     return int(count)
 

@@ -161,7 +161,10 @@ def test_a_rollout_that_failed_before_the_upgrade_to_schema_8_loses_its_spans_in
     store.close()
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as older:  # as schema 7 had it
         older.executescript(
-            "DROP TRIGGER ended_without_result_kept; DROP TABLE ended_without_result; PRAGMA user_version = 7;"
+            "DROP TRIGGER ended_without_result_kept; DROP TABLE ended_without_result; DROP TABLE staging;"
+            " CREATE TABLE staging (batch INTEGER NOT NULL, pos INTEGER NOT NULL, rollout_id TEXT NOT NULL,"
+            " input TEXT NOT NULL, mode TEXT, resources_id TEXT, metadata TEXT NOT NULL,"
+            " PRIMARY KEY (batch, pos)) WITHOUT ROWID; PRAGMA user_version = 7;"
         )
     store = SQLiteStore(path, clock=clock, rollout_retention=60)
     clock.advance(61)

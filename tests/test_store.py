@@ -746,6 +746,63 @@ def test_a_schema_5_store_keeps_every_attempt_once_they_are_kept_in_task_order(
     upgraded.close()
 
 
+def test_a_schema_8_store_keeps_its_staged_tasks_in_their_places(tmp_path: Path, clock: FakeClock) -> None:
+    """Schema 9 keeps staged tasks in a rowid table: a committed batch not yet moved into
+    `tasks` keeps its order and places in the queue; an uncommitted one is dropped, as at
+    any start."""
+    path = tmp_path / "agl.db"
+    old = database_of_schema(path, 8)
+    old.execute(
+        "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, metadata, create_time)"
+        " VALUES (10, 'rollout-before', 'queued', 10, '0', '{}', 1.0)"
+    )
+    old.executemany(
+        "INSERT INTO batches (id, batch_id, created_time, staged, committed_time, base_pos, moved)"
+        " VALUES (?, ?, 2.0, ?, ?, ?, ?)",
+        [(1, "batch-committed", 3, 3.0, 10, 1), (2, "batch-open", 2, None, None, 0)],
+    )
+    old.executemany(
+        "INSERT INTO staging (batch, pos, rollout_id, input, mode, resources_id, metadata)"
+        " VALUES (?, ?, ?, ?, NULL, NULL, '{}')",
+        [
+            (1, 2, "rollout-second", "2"),
+            (1, 3, "rollout-third", "3"),
+            (2, 1, "rollout-x", "9"),
+            (2, 2, "rollout-y", "9"),
+        ],
+    )
+    old.close()
+
+    upgraded = SQLiteStore(path, clock=clock)
+    assert upgraded._read("SELECT place, rollout_id FROM staging ORDER BY place") == [
+        (schema.PLACES_PER_BATCH + 2, "rollout-second"), (schema.PLACES_PER_BATCH + 3, "rollout-third"),
+    ]  # fmt: skip
+    assert [(r.rollout_id, r.status) for r in upgraded.list_tasks()] == [
+        ("rollout-before", TaskStatus.QUEUED), ("rollout-second", TaskStatus.QUEUED),
+        ("rollout-third", TaskStatus.QUEUED),
+    ]  # fmt: skip
+    claimed = [upgraded.claim_next() for _ in range(4)]
+    assert [task and (task.rollout_id, task.input) for task in claimed] == [
+        ("rollout-before", 0), ("rollout-second", 2), ("rollout-third", 3), None,
+    ]  # fmt: skip
+    assert upgraded._read("SELECT count(*) FROM staging") == [(0,)]
+    upgraded.close()
+
+
+def test_tasks_of_a_kilobyte_or_so_take_about_their_size_while_staged(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Staged tasks used to be kept WITHOUT ROWID, where SQLite puts each row of more than
+    about 1 KB partly on a page of its own: 1.2 KB tasks took 4.6 KB each."""
+    store = SQLiteStore(tmp_path / "agl.db", clock=clock)
+    [(before,)] = store._read("PRAGMA page_count")
+    stage(store, store.create_batch(), *["x" * 1200] * 1000)
+    [(after,)] = store._read("PRAGMA page_count")
+    [(page_size,)] = store._read("PRAGMA page_size")
+    assert (after - before) * page_size < 1.5 * 1000 * 1200
+    store.close()
+
+
 @pytest.fixture
 def small_drain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Committed batches move into place two tasks per step, so a test sees them halfway."""

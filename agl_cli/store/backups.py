@@ -23,9 +23,11 @@ RESTORING = ".restoring"  # the copy being put in place, beside the database
 COPY_CHUNK = 1 << 20
 SQLITE_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
 # The tasks of committed batches not yet moved into `tasks` (queued all the same), in
-# files of the schema that added commits (3) or later.
+# files of the schema that added commits (3) or later: an uncommitted batch has all its
+# tasks staged, and whatever else is staged is committed.
 STAGED = (
-    "SELECT count(*) FROM staging JOIN batches ON batches.id = staging.batch WHERE committed_time IS NOT NULL"
+    "SELECT (SELECT count(*) FROM staging)"
+    " - (SELECT coalesce(sum(staged), 0) FROM batches WHERE committed_time IS NULL)"
 )
 COMMITTED_BATCHES = 3
 

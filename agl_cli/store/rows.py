@@ -11,6 +11,7 @@ import orjson
 
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.store.base import StoredRollout, TaskRecord
+from agl_cli.store.schema import PLACES_PER_BATCH
 
 
 class TaskRow(NamedTuple):
@@ -51,15 +52,15 @@ class ResourcesRow(NamedTuple):
 TASK_COLUMNS = ", ".join(TaskRow._fields)
 # Tasks of committed batches still in `staging`, as rows of `tasks` will hold them (with `id`).
 STAGED_TASKS = (
-    "SELECT b.base_pos + s.pos AS id, s.rollout_id AS rollout_id, 'queued' AS status, NULL AS deadline,"
-    " s.input AS input, s.mode AS mode, s.resources_id AS resources_id, s.metadata AS metadata,"
+    f"SELECT b.base_pos + s.place - b.id * {PLACES_PER_BATCH} AS id, s.rollout_id AS rollout_id, 'queued' AS status,"
+    " NULL AS deadline, s.input AS input, s.mode AS mode, s.resources_id AS resources_id, s.metadata AS metadata,"
     " b.committed_time AS create_time, NULL AS last_claim_time, 0 AS num_claims, NULL AS completed_time,"
     " 0 AS duplicates, 'queuing' AS phase, NULL AS config, NULL AS end_time"
-    " FROM staging s JOIN batches b ON b.id = s.batch WHERE b.committed_time IS NOT NULL"
+    f" FROM staging s JOIN batches b ON b.id = s.place / {PLACES_PER_BATCH}"
+    " WHERE b.committed_time IS NOT NULL"
 )
 # How many tasks of committed batches are still in `staging`, without counting them.
 STAGED_COUNT = "SELECT coalesce(sum(staged - moved), 0) FROM batches WHERE committed_time IS NOT NULL"
-MAX_POS = 2**62
 ROLLOUT_COLUMNS = ", ".join(RolloutRow._fields)
 RESOURCES_COLUMNS = ", ".join(ResourcesRow._fields)
 

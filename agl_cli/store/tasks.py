@@ -66,7 +66,6 @@ from agl_cli.store.lifecycle import (
 )
 from agl_cli.store.rows import (
     ATTEMPT_COLUMNS,
-    MAX_POS,
     RESOURCES_COLUMNS,
     REWARD_PATH,
     ROLLOUT_WITH_TASK,
@@ -84,6 +83,7 @@ from agl_cli.store.rows import (
     stored_from_row,
     wire_task,
 )
+from agl_cli.store.schema import PLACES_PER_BATCH
 from agl_cli.store_models import (
     RolloutConfig,
     RolloutStatus,
@@ -183,10 +183,11 @@ class TaskStore(Database):
         ]
         with self._write(durable=False) as conn:
             key, staged = self._batch(conn, batch_id)
+            first = _places(key)[0] + staged + 1
             conn.executemany(
-                "INSERT INTO staging (batch, pos, rollout_id, input, mode, resources_id, metadata)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((key, staged + index + 1, *row) for index, row in enumerate(rows)),
+                "INSERT INTO staging (place, rollout_id, input, mode, resources_id, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                ((first + index, *row) for index, row in enumerate(rows)),
             )
             conn.execute("UPDATE batches SET staged = staged + ? WHERE id = ?", (len(rows), key))
             self._batches_touched[key] = self.clock()
@@ -220,10 +221,12 @@ class TaskStore(Database):
 
     def _move_staged(self, conn: sqlite3.Connection, drain: _Drain, count: int) -> None:
         """Move the next `count` staged tasks of a committed batch into their places."""
+        first, end = _places(drain.key)
         last = conn.execute(
-            "SELECT pos FROM staging WHERE batch = ? ORDER BY pos LIMIT 1 OFFSET ?", (drain.key, count - 1)
+            "SELECT place FROM staging WHERE place BETWEEN ? AND ? ORDER BY place LIMIT 1 OFFSET ?",
+            (first, end, count - 1),
         ).fetchone()
-        self._move_positions(conn, drain, 0, last[0] if last else MAX_POS)
+        self._move_places(conn, drain, first, last[0] if last else end)
         if last is None:
             conn.execute("DELETE FROM batches WHERE id = ?", (drain.key,))
             self._draining.remove(drain)
@@ -235,24 +238,24 @@ class TaskStore(Database):
         Only needed by a write that names a task fresh from a large batch; without an
         index on staged ids (which would make staging four times slower) it reads
         through the staged tasks."""
-        found = conn.execute("SELECT batch, pos FROM staging WHERE rollout_id = ?", (rollout_id,)).fetchone()
+        found = conn.execute("SELECT place FROM staging WHERE rollout_id = ?", (rollout_id,)).fetchone()
         for drain in self._draining:
-            if found is not None and drain.key == found[0]:
-                self._move_positions(conn, drain, found[1], found[1])
+            if found is not None and found[0] // PLACES_PER_BATCH == drain.key:
+                self._move_places(conn, drain, found[0], found[0])
                 return True
         return False
 
-    def _move_positions(self, conn: sqlite3.Connection, drain: _Drain, low: int, high: int) -> None:
-        """Move a committed batch's staged tasks from `low` to `high` (in staging order)
-        into `tasks`, each at the place the commit reserved for it."""
+    def _move_places(self, conn: sqlite3.Connection, drain: _Drain, low: int, high: int) -> None:
+        """Move a committed batch's staged tasks from place `low` to `high` (in staging
+        order) into `tasks`, each at the place in the queue the commit reserved for it."""
         moved = conn.execute(
             "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time)"
-            " SELECT ?1 + pos, rollout_id, 'queued', ?1 + pos, input, mode, resources_id, metadata, ?2"
-            " FROM staging WHERE batch = ?3 AND pos BETWEEN ?4 AND ?5 ORDER BY pos",
-            (drain.base_pos, drain.committed_time, drain.key, low, high),
+            " SELECT ?1 + place, rollout_id, 'queued', ?1 + place, input, mode, resources_id, metadata, ?2"
+            " FROM staging WHERE place BETWEEN ?3 AND ?4 ORDER BY place",
+            (drain.base_pos - _places(drain.key)[0], drain.committed_time, low, high),
         ).rowcount
         conn.execute("UPDATE batches SET moved = moved + ? WHERE id = ?", (moved, drain.key))
-        conn.execute("DELETE FROM staging WHERE batch = ? AND pos BETWEEN ? AND ?", (drain.key, low, high))
+        conn.execute("DELETE FROM staging WHERE place BETWEEN ? AND ?", (low, high))
 
     def _task_row(self, conn: sqlite3.Connection, columns: str, rollout_id: str) -> Any:
         """`columns` of a task by id, moved out of `staging` first if a committed batch
@@ -268,7 +271,9 @@ class TaskStore(Database):
         (and some after it). A batch with nothing left in `staging` is done with."""
         while self._draining:
             drain = self._draining[0]
-            [first] = conn.execute("SELECT min(pos) FROM staging WHERE batch = ?", (drain.key,)).fetchone()
+            [first] = conn.execute(
+                "SELECT min(place) - ?1 FROM staging WHERE place BETWEEN ?1 AND ?2", _places(drain.key)
+            ).fetchone()
             if first is None:
                 self._move_staged(conn, drain, CLAIM_DRAIN)  # ends the batch
                 continue
@@ -308,7 +313,7 @@ class TaskStore(Database):
     def _drop_batch(self, conn: sqlite3.Connection, key: int) -> None:
         others = conn.execute("SELECT 1 FROM batches WHERE id != ? LIMIT 1", (key,)).fetchone()
         if others:
-            conn.execute("DELETE FROM staging WHERE batch = ?", (key,))
+            conn.execute("DELETE FROM staging WHERE place BETWEEN ? AND ?", _places(key))
         else:  # without a WHERE, SQLite drops the table's pages at once instead of row by row
             conn.execute("DELETE FROM staging")
         conn.execute("DELETE FROM batches WHERE id = ?", (key,))
@@ -1035,6 +1040,12 @@ class TaskStore(Database):
 def _queued_again(row: TaskRow) -> RolloutStatus:
     """A retried task waits in the queue as one never tried, or as one tried before."""
     return "requeuing" if row.num_claims else "queuing"
+
+
+def _places(key: int) -> tuple[int, int]:
+    """The first and last place in `staging` of the batch whose key is `key`."""
+    first = key * PLACES_PER_BATCH
+    return first, first + PLACES_PER_BATCH - 1
 
 
 class _Drain(NamedTuple):
