@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import agl, assert_one_line_error
-from conftest import FakeClock, StoreFactory
+from conftest import FakeClock, StoreFactory, database_of_schema
 from daemon import Daemon, wait_until
 from test_retention import kept, reported, running_with_a_span, span_ids
 from test_store_rollouts import enqueue, plain
@@ -123,6 +123,32 @@ def test_a_task_that_failed_again_after_a_retry_stays_until_its_last_end_is_that
     clock.advance(40)
     assert store.prune_ended(100) == 1
     assert forgotten(store, rollout_id)
+
+
+def test_tasks_that_failed_or_were_cancelled_in_a_schema_3_file_are_forgotten_in_time_too(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """agl before schema 4 kept no end for them; the upgrade takes their last claim (or
+    their creation) as their end, the time they were listed by for retention."""
+    path = tmp_path / "agl.db"
+    old = database_of_schema(path, 3)
+    old.executemany(
+        "INSERT INTO tasks (id, rollout_id, status, input, metadata, create_time, last_claim_time, num_claims)"
+        " VALUES (?, ?, ?, '1', '{}', ?, ?, ?)",
+        [(1, "rollout-failed", "failed", clock.now, clock.now + 10, 3), (2, "rollout-cancelled", "cancelled",
+         clock.now + 20, None, 0)],
+    )  # fmt: skip
+    old.close()
+    store = SQLiteStore(path, clock=clock, rollout_retention=60, forget_tasks=True)
+    assert [store.get_rollout_shape(i)["end_time"] for i in ("rollout-failed", "rollout-cancelled")] == [
+        clock.now + 10, clock.now + 20,
+    ]  # fmt: skip
+    clock.advance(75)
+    assert store.prune_ended(100) == 1 and forgotten(store, "rollout-failed")
+    assert store.get_task("rollout-cancelled") is not None
+    clock.advance(10)
+    assert store.prune_ended(100) == 1 and forgotten(store, "rollout-cancelled")
+    store.close()
 
 
 def test_once_every_task_is_forgotten_the_database_holds_no_row_of_them(

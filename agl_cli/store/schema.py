@@ -294,7 +294,12 @@ END;
     # Staged tasks in a rowid table: keyed by (batch, pos) WITHOUT ROWID, a task of more
     # than about 1 KB spilled into a page of its own (SQLite keeps less of a row on the
     # page in such a table), so staging tasks of 1-2 KB took three times their size.
+    # And an end for the tasks that failed or were cancelled under schema 1 to 3, which
+    # left `completed_time` (schema 4's source of `end_time`) empty for them: the end
+    # schema 8 listed them by, so that retention takes them when it comes.
     9: f"""
+UPDATE tasks SET end_time = coalesce(completed_time, last_claim_time, create_time)
+WHERE status IN ('failed', 'cancelled') AND end_time IS NULL;
 CREATE TABLE staging_by_place (
     place        INTEGER PRIMARY KEY,
     rollout_id   TEXT NOT NULL,
