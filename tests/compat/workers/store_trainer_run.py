@@ -13,8 +13,10 @@ The agent emits one OpenTelemetry span and returns ``input["x"] / 10`` as its re
 algorithm publishes a prompt, enqueues every sample (retried on failure, timeout or
 silence), waits until all have finished and reads their spans. The tracer exports to
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (recent exporters ignore 0.3.0's own endpoint
-override), which the test points at ``url/v1/traces``. The last stdout line is one JSON
-object describing every rollout as the algorithm saw it.
+override), which the test points at ``url/v1/traces``. ``HEALTH_RETRY_DELAYS`` (seconds,
+comma-separated) gives the client the patience docs/store-api.md advises for a daemon that
+a supervisor restarts after a pause. The last stdout line is one JSON object describing
+every rollout as the algorithm saw it.
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ class EnqueueAndWait(Algorithm):
         self.summary = {"ids": ids, "rollouts": rollouts}
 
 
+def patience() -> dict[str, Any]:
+    delays = os.environ.get("HEALTH_RETRY_DELAYS")
+    return {"health_retry_delays": [float(d) for d in delays.split(",")]} if delays else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
@@ -101,7 +108,7 @@ def main() -> None:
     if args.direct:
         strategy["managed_store"] = False
     trainer = Trainer(
-        store=LightningStoreClient(args.url),
+        store=LightningStoreClient(args.url, **patience()),
         n_runners=args.runners,
         algorithm=algorithm,
         tracer=OtelTracer(),
