@@ -61,6 +61,23 @@ def is_agl_process(pid: int) -> bool:
     return any(arg == b"agl_cli" or os.path.basename(arg) == b"agl" for arg in cmdline.split(b"\0"))
 
 
+def held(path: Path) -> bool:
+    """Whether an agl holds the pidfile at `path` now: its lock, or, for an agl from before
+    the lock, its live pid. A crash lets go of both, and a clean stop removes the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    pid = read_pid(path)
+    return pid is not None and is_agl_process(pid)
+
+
 class UnwritableError(Exception):
     def __init__(self, path: Path, exc: OSError) -> None:
         super().__init__(f"Cannot write the pidfile {path} ({exc.strerror or exc}).")

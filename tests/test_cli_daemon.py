@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from cli_runner import agl, assert_one_line_error, popen_agl
 from conftest import database_of_schema, schema_5_file
 from daemon import Daemon, env_without_agl
 
-from agl_cli.cli.context import DEFAULT_URL, Globals, resolve
+from agl_cli import pidfile
+from agl_cli.cli.context import DEFAULT_URL, Globals, Target, resolve
 from agl_cli.cli.detach import start_detached
 from agl_cli.daemon_config import DaemonConfig
 from agl_cli.store.schema import SCHEMA_VERSION
@@ -98,7 +101,7 @@ def test_a_token_no_daemon_could_have_written_is_a_usage_error_that_does_not_sho
 def test_a_state_directory_file_that_is_not_text_is_said_to_be_so(tmp_path: Path) -> None:
     for name in ("token", "address"):
         (tmp_path / name).write_bytes(b"tok\xffen")
-        result = agl("status", state_dir=tmp_path)
+        result = agl(*(["--url", DEAD_URL] if name == "token" else []), "status", state_dir=tmp_path)
         assert_one_line_error(result, f"{tmp_path / name} is not a file agl wrote: it is not UTF-8 text.")
         (tmp_path / name).unlink()
 
@@ -165,10 +168,47 @@ def test_no_token_at_all_is_exit_4_and_agl_token_supplies_one(daemon: Daemon, tm
 
 def test_the_token_file_is_never_sent_to_a_host_the_user_named(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("local-secret\n")
-    assert resolve(Globals(state_dir=tmp_path)).token == "local-secret"
     assert resolve(Globals(url="http://127.0.0.1:8123", state_dir=tmp_path)).token == "local-secret"
     assert resolve(Globals(url="https://agl.example.com", state_dir=tmp_path)).token is None
     assert resolve(Globals(url="https://agl.example.com", token="t", state_dir=tmp_path)).token == "t"
+
+
+def test_the_token_file_goes_to_the_address_file_only_while_its_daemon_holds_the_state_directory(
+    tmp_path: Path,
+) -> None:
+    """Stopped, the default address may be another user's; crashed, the address it left
+    may be by now: the token goes to neither."""
+    (tmp_path / "token").write_text("local-secret\n")
+    assert resolve(Globals(state_dir=tmp_path)) == Target(DEFAULT_URL, None, tmp_path, url_given=False)
+    (tmp_path / "address").write_text(DEAD_URL + "\n")
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    (tmp_path / "agl.pid").write_text(f"{ended.pid}\n")  # left by a crash
+    assert resolve(Globals(state_dir=tmp_path)) == Target(DEAD_URL, None, tmp_path, url_given=False)
+    pidfile.acquire(tmp_path / "agl.pid")  # held (here, by this process)
+    try:
+        assert resolve(Globals(state_dir=tmp_path)).token == "local-secret"
+    finally:
+        pidfile.release(tmp_path / "agl.pid")
+
+
+def test_a_crashed_daemon_s_port_taken_by_another_gets_no_token(daemon: Daemon) -> None:
+    daemon.kill()  # its address file stays
+    heard: list[str | None] = []
+
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            heard.append(self.headers.get("Authorization"))
+            self.send_response(404)
+            self.end_headers()
+
+    port = int(daemon.url.rsplit(":", 1)[1])
+    with http.server.HTTPServer(("127.0.0.1", port), Listener) as listener:
+        thread = threading.Thread(target=listener.handle_request)
+        thread.start()
+        result = agl("status", daemon=daemon)
+        thread.join(30)
+    assert result.returncode != 0 and heard == [None]
 
 
 def test_help_and_status_load_neither_the_server_nor_the_store(daemon: Daemon) -> None:

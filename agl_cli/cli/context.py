@@ -3,8 +3,8 @@ every command, and the one place where client errors become exit codes.
 
 The URL is `--url`, else `AGL_URL`, else the address file a running daemon writes in its
 state directory, else http://127.0.0.1:8000. The token is `--token`, else `AGL_TOKEN`,
-else the state directory's token file — but that file is never sent to a host the user
-named that is not this machine.
+else the state directory's token file — but that file goes only to the state directory's
+daemon while it runs, or to an address on this machine the user named.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ class Target:
 
     def relocate(self) -> str | None:
         """The address again, as a found daemon may have restarted on another port; None
-        while the state directory names none (the daemon is stopped), to keep the last
-        address known rather than send the token to whatever listens on the default port."""
-        return None if self.url_given else discovered_url(self.state_dir)
+        while no daemon runs there, to keep the last address known rather than send the
+        token to whatever listens on the default port or has taken the address since."""
+        return None if self.url_given else running_daemon_url(self.state_dir)
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -122,12 +122,31 @@ def is_local(url: str) -> bool:
     return is_loopback(urlsplit(url).hostname or "")
 
 
+def running_daemon_url(state_dir: Path) -> str | None:
+    """The address the state directory's daemon wrote, while it runs."""
+    found = discovered_url(state_dir)
+    return found if found is not None and is_running(state_dir) else None
+
+
+def is_running(state_dir: Path) -> bool:
+    """Whether a daemon holds the state directory. One that crashed left its address file
+    behind, and its port may be anyone's by now."""
+    from agl_cli import pidfile
+
+    return pidfile.held(state_dir / paths.PIDFILE_NAME)
+
+
 def resolve(options: Globals) -> Target:
+    """The daemon the options name. The state directory's token goes only to its own
+    daemon while it runs, or to an address on this machine the user named: never to the
+    default port, which anyone on the machine may hold while the daemon is stopped, nor
+    to the address a daemon that crashed left behind."""
     state_dir = options.state_directory
     given = bool(options.url)
-    url = given_url(options.url) if options.url else discovered_url(state_dir) or DEFAULT_URL
+    found = None if given else discovered_url(state_dir)
+    url = given_url(options.url) if options.url else found or DEFAULT_URL
     token = checked_token(options.token or None, "--token (or AGL_TOKEN)")
-    if token is None and (not given or is_local(url)):
+    if token is None and (is_local(url) if given else found is not None and is_running(state_dir)):
         token = read_token(state_dir)
     return Target(url=url, token=token, state_dir=state_dir, url_given=given)
 
