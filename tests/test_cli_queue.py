@@ -120,6 +120,11 @@ def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Da
             "t.jsonl:3: invalid JSON: EOF while parsing",
         ),
         ("t.jsonl", '{"input": 1}\n{"input": 2, "colour": "red"}\n', "t.jsonl:2: unknown field 'colour'"),
+        (  # quoted with its escape sequences written out, not sent to the terminal
+            "t.jsonl",
+            '{"input": 1, "\\u001b]52;c;aGk=\\u0007\\u202e": 2}\n',
+            "t.jsonl:1: unknown field '\\x1b]52;c;aGk=\\x07\\u202e'",
+        ),
         ("t.jsonl", '{"input": 1}\n[1, 2]\n', "t.jsonl:2: a task must be a JSON object, not an array."),
         (
             "t.jsonl",

@@ -166,8 +166,8 @@ def test_what_a_worker_put_in_an_id_is_shown_as_written_never_as_markup_or_termi
     """Anyone who can reach the worker routes chooses an unsolicited rollout's id: rich
     markup in it is shown as typed (a stray closing tag used to crash the list), and an
     escape sequence is written out rather than sent to the terminal."""
-    markup, escape = "[/oops] [bold]loud", "clear\x1b[2J\x1b]0;title\x07"
-    for rollout_id in (markup, escape):
+    markup, escape, bidi = "[/oops] [bold]loud", "clear\x1b[2J\x1b]0;title\x07", "abc\u202edef"
+    for rollout_id in (markup, escape, bidi):
         post_rollout(daemon, rollout_id)
     seen = "clear\\x1b[2J\\x1b]0;title\\x07"  # as printed: backslash, x, 1, b
     for command in (["rollouts", "list"], ["rollouts", "show", escape]):
@@ -175,7 +175,8 @@ def test_what_a_worker_put_in_an_id_is_shown_as_written_never_as_markup_or_termi
         assert result.returncode == 0, result.stderr
         assert "\x1b" not in result.stdout and "\x07" not in result.stdout
         assert seen in result.stdout
-        assert command[1] == "show" or markup in result.stdout
+        assert command[1] == "show" or (markup in result.stdout and "abc\\u202edef" in result.stdout)
+        assert "\u202e" not in result.stdout  # a right-to-left override reorders nothing after it
     [task_id] = daemon.queue("red \x1b[31mtext")
     listed = agl("tasks", "list", daemon=daemon)
     assert "red \\x1b[31mtext" in listed.stdout and "\x1b" not in listed.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cli_runner import agl, assert_one_line_error, post_rollout
+from cli_runner import agl, assert_one_line_error, on_a_terminal, post_rollout
 from daemon import Daemon
 
 from agl_cli.api_limits import MAX_PER_REQUEST
@@ -41,6 +41,13 @@ def test_show_gives_the_task_and_its_state(daemon: Daemon) -> None:
     )
     human = agl("tasks", "show", rollout_id, daemon=daemon)
     assert human.returncode == 0 and "queued" in human.stdout
+
+
+def test_show_folds_a_long_value_to_the_screen_without_widening_every_line(daemon: Daemon) -> None:
+    (rollout_id,) = daemon.queue("a long prompt " * 400)
+    lines = on_a_terminal("tasks", "show", rollout_id, daemon=daemon, columns=100)
+    assert max(len(line) for line in lines) <= 100 and len(lines) < 100
+    assert "".join(lines).replace(" ", "").count("alongprompt") == 400  # folded, none of it lost
 
 
 def test_show_lists_the_latest_attempts_of_a_task(daemon: Daemon) -> None:

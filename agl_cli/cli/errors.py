@@ -50,7 +50,11 @@ def usage_error(exc: typer.TyperException) -> CLIError:
 
 
 def report(error: CLIError) -> NoReturn:
-    typer.echo(f"agl: {error}", err=True)
+    from agl_cli.cli.output import shown  # here: output imports this module
+
+    # The message may quote what others wrote (a task file's field, a bundle's name, the
+    # daemon's detail): its control characters are written out, as in every table.
+    typer.echo(f"agl: {shown(str(error))}", err=True)
     raise SystemExit(int(error.code))
 
 

@@ -155,6 +155,10 @@ def brief(value: Any, width: int = 40) -> str:
 # Control characters (C0, DEL, C1) as `\x1b`: a worker chooses an unsolicited rollout's id,
 # and an escape sequence in it must not clear or retitle the terminal that lists it.
 _CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+# Bidi formatting characters as `\u202e`: an override in someone else's id must not
+# reorder the rest of the line it is printed on (as the dashboard isolates them).
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_CONTROLS.update({code: f"\\u{code:04x}" for code in _BIDI})
 _CONTROLS_BUT_LINES = {code: written for code, written in _CONTROLS.items() if code != ord("\n")}
 
 
@@ -221,9 +225,17 @@ def _cell_width(cell: RenderableType) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(str(cell))
 
 
+class _FoldingTable(_Table):
+    """A `_Table` whose values fold to the screen: widened to its longest value, as the
+    others are, it would pad every line to it."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        return Table.__rich_console__(self, console, options)
+
+
 def grid(label_style: str = "bold") -> Table:
     """Two columns, `label  value`, without lines; values are `plain` and fold."""
-    rows = _Table.grid(padding=(0, 2))
+    rows = _FoldingTable.grid(padding=(0, 2))
     rows.add_column(style=label_style)
     rows.add_column(overflow="fold")
     return rows
