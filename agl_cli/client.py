@@ -369,7 +369,9 @@ class AglClient:
 
         When the connection drops (the daemon restarted, the network failed) it reconnects,
         with a growing pause, and resumes after the last sequence number it yielded:
-        nothing is missed, nothing comes twice. `relocate` gives the address again before
+        nothing is missed, nothing comes twice. A store that is not the one it followed (a
+        `--memory` daemon restarted, which numbers its results from 1 again) is followed
+        from its first result. `relocate` gives the address again before
         each reconnect, for a daemon that may come back on another port (None keeps the
         last one known); `on_disconnect` and `on_reconnect` are told when an outage starts
         and when it ends (with the sequence number it resumes after). An unreachable daemon
@@ -379,8 +381,20 @@ class AglClient:
         connected_once = False
         outage: AglClientError | None = None
         delay = 0.1
+        known: Status | None = None  # the status of the daemon last connected to
         while True:
             try:
+                try:
+                    current: Status | None = self.status()
+                except DaemonFailed:  # busy (503): the stream below says when to come back
+                    current = None
+                if current is not None:
+                    if known is not None and _started_over(known, current):
+                        # Its store numbers results from 1 again (a --memory daemon restarted,
+                        # or another store): resuming "after #last" would skip its first
+                        # `last` results without a word. (`agl restore` numbers on.)
+                        last = 0
+                    known = current
                 with contextlib.closing(self._stream_rollouts(last)) as stream:
                     for record in stream:
                         if record is None:  # connected: the stream answered 200
@@ -595,6 +609,13 @@ def _detail(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
 def _sentence(text: str) -> str:
     text = text.strip()
     return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _started_over(before: Status, now: Status) -> bool:
+    """Whether the daemon's store is not the one seen before: a restarted --memory daemon
+    starts empty, and no store's last sequence number ever goes down."""
+    restarted = now.get("started_time") != before.get("started_time")
+    return (restarted and now.get("store") == "memory") or now.get("last_seq", 0) < before.get("last_seq", 0)
 
 
 def _lower_first(text: str) -> str:

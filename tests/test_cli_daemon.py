@@ -54,6 +54,23 @@ def test_status_watch_refreshes_every_second_until_ctrl_c(daemon: Daemon) -> Non
     assert "Traceback" not in watcher.stderr.read()
 
 
+def test_status_watch_in_json_goes_on_through_a_restart(make_daemon: Callable[..., Daemon]) -> None:
+    """As the view for people does: a monitor fed by it must not die with the daemon."""
+    daemon = make_daemon()
+    watcher = popen_agl("status", "--watch", "--json", daemon=daemon)
+    assert watcher.stdout is not None and watcher.stderr is not None
+    assert json.loads(watcher.stdout.readline())["tasks"]["queued"] == 0
+    daemon.kill()
+    daemon.start()
+    daemon.queue(1)
+    lines = (json.loads(watcher.stdout.readline() or "null") for _ in range(30))  # a second apart
+    assert any(line is not None and line["tasks"]["queued"] == 1 for line in lines)
+    watcher.send_signal(signal.SIGINT)
+    assert watcher.wait(10) in (0, 130)
+    said = watcher.stderr.read()
+    assert "Retrying every second" in said and "The daemon answers again." in said and "Traceback" not in said
+
+
 def test_an_address_file_left_by_a_dead_daemon_is_exit_3_naming_it(tmp_path: Path) -> None:
     (tmp_path / "address").write_text(DEAD_URL + "\n")
     assert_one_line_error(agl("status", state_dir=tmp_path), f"No agl daemon answers at {DEAD_URL}.", code=3)

@@ -269,6 +269,31 @@ def test_watch_survives_a_crash_and_restart_missing_nothing_and_repeating_nothin
     assert "Reconnected; resuming after rollout" in stderr
 
 
+def test_watch_follows_a_restarted_memory_daemon_from_its_first_result(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Its new store numbers results from 1 again: resuming after the last number seen
+    would skip as many of them, without a word."""
+    daemon = make_daemon("--memory")
+    first, second = daemon.queue(1, 2)
+    watcher = Lines(popen_agl("rollouts", "watch", "--since", "all", daemon=daemon))
+    for rollout_id in (first, second):
+        post_rollout(daemon, rollout_id)
+    seen = watcher.take(2)
+    daemon.kill()
+    daemon.start()
+    ids = daemon.queue(3, 4, 5)
+    for rollout_id in ids:
+        post_rollout(daemon, rollout_id)
+    seen += watcher.take(3)
+    code, stderr = watcher.stop()
+    assert [(r["rollout_id"], r["seq"]) for r in seen] == [
+        (first, 1), (second, 2), (ids[0], 1), (ids[1], 2), (ids[2], 3),
+    ]  # fmt: skip
+    assert watcher.lines.empty() and code in (0, 130)
+    assert "Reconnected; from the first rollout." in stderr
+
+
 def test_watch_keeps_the_last_address_while_the_state_directory_names_none(
     make_daemon: Callable[..., Daemon],
 ) -> None:

@@ -60,7 +60,11 @@ def watch(
         output.note(f"{error} Retrying until it is back…")
 
     def back(after: int) -> None:
-        output.note(f"Reconnected; resuming after rollout #{after}.")
+        output.note(
+            f"Reconnected; resuming after rollout #{after}."
+            if after
+            else "Reconnected; from the first rollout."
+        )
 
     printed = 0
     with connect(ctx) as client:

@@ -10,12 +10,12 @@ from rich.table import Table
 from rich.text import Text
 
 from agl_cli.cli import output
-from agl_cli.cli.context import connect
+from agl_cli.cli.context import connect, target_of
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
+    from collections.abc import Callable, Iterator
 
-    from agl_cli.client import DatabaseSpace, Status
+    from agl_cli.client import AglClient, AglClientError, DatabaseSpace, Status
 
 TASK_STATES = ("queued", "claimed", "completed", "failed", "cancelled")
 WORTH_COMPACTING = 1_000_000  # bytes that deletions freed inside the database, worth a mention
@@ -28,30 +28,51 @@ def status(
 ) -> None:
     """Show the daemon's version, uptime, address, task counts, rates, resources and database size."""
     with connect(ctx) as client:
+        current = client.status()  # a daemon that is not there at the start is an error, watched or not
         if not watch:
-            current = client.status()
             if json_output:
                 output.print_json(current)
             else:
                 output.out().print(render(current))
             return
+        updates = _every_second(client, target_of(ctx).relocate)
         if json_output:
-            while True:
-                output.print_json_line(client.status())
-                time.sleep(1.0)
+            output.print_json_line(current)
+            down = False
+            for update in updates:
+                if isinstance(update, Exception):
+                    if not down:
+                        output.note(f"{update} Retrying every second…")
+                    down = True
+                    continue
+                if down:
+                    output.note("The daemon answers again.")
+                down = False
+                output.print_json_line(update)
         from rich.live import Live
 
-        from agl_cli.client import DaemonUnreachable
-
-        with Live(render(client.status()), console=output.out(), auto_refresh=False) as live:
-            while True:
-                time.sleep(1.0)
-                view: RenderableType
-                try:
-                    view = render(client.status())
-                except DaemonUnreachable as exc:  # keep watching: it may be restarting
-                    view = Text(f"{exc} Retrying every second…", style="yellow")
+        with Live(render(current), console=output.out(), auto_refresh=False) as live:
+            for update in updates:
+                view = (
+                    Text(f"{update} Retrying every second…", style="yellow")
+                    if isinstance(update, Exception)
+                    else render(update)
+                )
                 live.update(view, refresh=True)
+
+
+def _every_second(client: AglClient, relocate: Callable[[], str | None]) -> Iterator[Status | AglClientError]:
+    """The status once a second, or why there is none this time: a watch goes on while
+    the daemon restarts (found again at its new address) or is busy (503)."""
+    from agl_cli.client import DaemonFailed, DaemonUnreachable
+
+    while True:
+        time.sleep(1.0)
+        try:
+            yield client.status()
+        except (DaemonUnreachable, DaemonFailed) as exc:
+            client.url = relocate() or client.url
+            yield exc
 
 
 def render(current: Status) -> Table:
