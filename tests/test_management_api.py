@@ -977,6 +977,24 @@ def test_every_management_route_needs_the_token(daemon: Daemon, method: str, pat
     assert (response.status_code, response.json()) == (401, {"detail": "A bearer token is required."})
 
 
+def test_the_token_is_taken_after_bearer_in_any_case_and_nothing_else(daemon: Daemon) -> None:
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        assert httpx.get(
+            daemon.url + "/v1/status", headers={"Authorization": f"{scheme} {daemon.token}"}
+        ).is_success
+    for wrong in (
+        f"Basic {daemon.token}",
+        daemon.token,
+        f"Bearer  {daemon.token}",
+        "Bearer",
+    ):
+        response = httpx.get(daemon.url + "/v1/status", headers={"Authorization": wrong})
+        assert (response.status_code, response.json()) == (
+            401,
+            {"detail": "The bearer token is not valid."},
+        ), wrong
+
+
 def test_the_daemon_stops_on_sigterm_with_status_0(daemon: Daemon) -> None:
     assert daemon.proc is not None
     os.kill(daemon.proc.pid, signal.SIGTERM)

@@ -24,14 +24,15 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.expected is None or _is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
+        scheme, _, credentials = given.partition(b" ")  # the scheme in any case (RFC 9110)
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials, self.expected):
             reason = "A bearer token is required." if not given else "The bearer token is not valid."
             response = error(401, reason)
             response.headers["WWW-Authenticate"] = "Bearer"
