@@ -133,8 +133,8 @@ def test_tasks_that_failed_or_were_cancelled_in_a_schema_3_file_are_forgotten_in
     path = tmp_path / "agl.db"
     old = database_of_schema(path, 3)
     old.executemany(
-        "INSERT INTO tasks (id, rollout_id, status, input, metadata, create_time, last_claim_time, num_claims)"
-        " VALUES (?, ?, ?, '1', '{}', ?, ?, ?)",
+        "INSERT INTO tasks (id, rollout_id, status, input, metadata, create_time, last_claim_time,"
+        " num_claims) VALUES (?, ?, ?, '1', '{}', ?, ?, ?)",
         [(1, "rollout-failed", "failed", clock.now, clock.now + 10, 3), (2, "rollout-cancelled", "cancelled",
          clock.now + 20, None, 0)],
     )  # fmt: skip

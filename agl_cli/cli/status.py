@@ -28,7 +28,7 @@ def status(
 ) -> None:
     """Show the daemon's version, uptime, address, task counts, rates, resources and database size."""
     with connect(ctx) as client:
-        current = client.status()  # a daemon that is not there at the start is an error, watched or not
+        current = client.status()  # no daemon at the start is an error, watched or not
         if not watch:
             if json_output:
                 output.print_json(current)
