@@ -52,8 +52,9 @@ _QUERIES = {
     " (SELECT max(bucket) FROM rewards WHERE width = 1) + 1",
     "rewards": "SELECT mode, bucket / ?, sum(rollouts), sum(rewarded), sum(total) FROM rewards"
     " WHERE width = ? AND bucket >= ? GROUP BY 1, 2 ORDER BY 1, 2",
-    "thin_rewards": "DELETE FROM rewards WHERE (width, bucket, mode) IN (SELECT width, bucket, mode FROM rewards"
-    " WHERE width = ?1 AND NOT (width = 1 AND bucket IN (?2, ?3)) LIMIT ?4)",
+    "thin_rewards": "DELETE FROM rewards WHERE (width, bucket, mode) IN"
+    " (SELECT width, bucket, mode FROM rewards WHERE width = ?1"
+    " AND NOT (width = 1 AND bucket IN (?2, ?3)) LIMIT ?4)",
     "resources": f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT ? OFFSET ?",
     "spans": "SELECT attempt_id, sequence_id, span_id, parent_id, name, start_time, end_time,"
     " json_extract(body, '$.status.status_code') FROM spans WHERE rollout_id = ?"
