@@ -107,6 +107,15 @@ def test_the_store_apis_handouts_and_results_are_counted_as_the_workers_are(daem
     assert stored["rollout_id"] == rollout_id
 
 
+def test_rollouts_and_attempts_a_runner_starts_itself_are_counted_as_claims(daemon: Daemon) -> None:
+    agl = "/v1/agl"
+    started = daemon.post(f"{agl}/rollouts", json={"input": "x"}).json()
+    daemon.post(f"{agl}/rollouts/{started['rollout_id']}/attempts", json={}).raise_for_status()
+    samples = scrape(daemon)
+    assert (value(samples, "agl_claims_total"), value(samples, "agl_reclaims_total")) == (2, 1)
+    assert daemon.status()["rates"]["claims_per_second"] > 0
+
+
 def test_commits_and_the_syncs_that_made_writes_durable_are_timed(make_daemon: Callable[..., Daemon]) -> None:
     timed = ("agl_commit_seconds", "agl_sync_seconds")
     for daemon, on_disk in (make_daemon(), True), (make_daemon("--memory"), False):

@@ -482,7 +482,7 @@ class Broker:
         return await queued
 
     async def start_rollout(self, request: StartRolloutBody) -> dict[str, object]:
-        return await self._threads.write(lambda: self._store.start_rollout(request))
+        return self._counted(await self._threads.write(lambda: self._store.start_rollout(request)))
 
     async def dequeue_rollouts(self, limit: int, worker_id: str | None) -> list[dict[str, object]]:
         handed, ran_out = await self._threads.write(
@@ -490,14 +490,20 @@ class Broker:
         )
         if ran_out:
             self._claims_ran_out()
-        for shape in handed:
-            attempt = shape["attempt"]
-            assert isinstance(attempt, dict)
-            self._count_claim(attempt["sequence_id"])
-        return handed
+        return [self._counted(shape) for shape in handed]
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None) -> dict[str, object]:
-        return await self._threads.write(lambda: self._store.start_attempt(rollout_id, worker_id))
+        return self._counted(
+            await self._threads.write(lambda: self._store.start_attempt(rollout_id, worker_id))
+        )
+
+    def _counted(self, attempted: dict[str, object]) -> dict[str, object]:
+        """An attempted rollout, its attempt counted as a claim: dequeued, or started by
+        the runner itself, it is a task being worked on all the same."""
+        attempt = attempted["attempt"]
+        assert isinstance(attempt, dict)
+        self._count_claim(attempt["sequence_id"])
+        return attempted
 
     async def update_rollout(self, rollout_id: str, changes: Mapping[str, Any]) -> dict[str, object]:
         return await self._changed(lambda: self._store.update_rollout(rollout_id, changes))

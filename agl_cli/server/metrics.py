@@ -78,7 +78,11 @@ class StoreCollector(Collector):
         yield from (
             CounterMetricFamily(name, help_text, value=value, created=stats.started)
             for name, help_text, value in (
-                ("agl_claims", "Tasks handed out to workers.", stats.claims),
+                (
+                    "agl_claims",
+                    "Tasks handed out to workers, and rollouts and attempts the store API's runners started.",
+                    stats.claims,
+                ),
                 (
                     "agl_reclaims",
                     "Of those, tasks handed out again (a claim ran out or failed, or the task was retried).",
