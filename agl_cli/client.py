@@ -110,6 +110,7 @@ class Staged(TypedDict):
 class Rates(TypedDict):
     claims_per_second: float
     rollouts_per_second: float
+    seconds: float
 
 
 class DatabaseSpace(TypedDict):

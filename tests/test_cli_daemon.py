@@ -40,6 +40,8 @@ def test_status_tells_what_the_daemon_is_and_what_it_holds(daemon: Daemon) -> No
     assert "queued 2" in human.stdout and daemon.url in human.stdout
     assert "request bodies up to 33.6 MB" in human.stdout  # the default --max-body-size, 32 MiB
     assert "forgotten" not in human.stdout  # said only by a daemon that forgets tasks
+    rates = re.search(r"rollouts/s \(last (\d+) s\)", human.stdout)
+    assert rates is not None and int(rates[1]) < 60  # the rates are over its uptime so far
 
 
 def test_status_watch_refreshes_every_second_until_ctrl_c(daemon: Daemon) -> None:

@@ -205,6 +205,7 @@ def test_a_restarted_daemon_whose_store_started_over_is_followed_without_a_reloa
         expect(rows).to_have_count(1, timeout=WAIT_MS)
         expect(rows.first).to_have_attribute("data-rollout-id", after[0])
         expect(page.locator("#count-rollouts")).to_have_text("1")
+        expect(page.locator("#rate-seconds")).to_have_text(re.compile(r"^[1-5]?\d$"))  # rates over its uptime
         assert page.evaluate("window.sameDocument") is True
     # the stream cut by the kill, and the retries while no daemon listens, are on the console
     assert [error for error in console.errors if "Failed to load resource: net::ERR_" not in error] == []

@@ -102,10 +102,11 @@ def render(current: Status) -> Table:
     )
     rates = current.get("rates")
     if rates:
+        window = f" (last {rates['seconds']:.0f} s)" if "seconds" in rates else ""  # an older agl: none
         grid.add_row(
             "rates",
             f"{rates.get('claims_per_second', 0):.2f} claims/s, "
-            f"{rates.get('rollouts_per_second', 0):.2f} rollouts/s (last 60 s)",
+            f"{rates.get('rollouts_per_second', 0):.2f} rollouts/s{window}",
         )
     if "database" in current:
         grid.add_row("database", _space(current["database"], current.get("store")))

@@ -29,7 +29,7 @@ class RateWindow:
         self._counts[slot] += count
 
     def per_second(self) -> float:
-        """The mean rate over the window, or over the time since start if that is shorter."""
+        """The mean rate over `seconds()`."""
         now = self._clock()
         second = int(now)
         total = sum(
@@ -37,4 +37,10 @@ class RateWindow:
             for seen, count in zip(self._seconds, self._counts, strict=True)
             if second - self.span < seen <= second
         )
-        return total / min(float(self.span), max(now - self._started, 1.0))
+        return total / self.seconds(now)
+
+    def seconds(self, now: float | None = None) -> float:
+        """What the rate is a mean over: the window, or the time since start if that is
+        shorter (at least a second)."""
+        elapsed = (self._clock() if now is None else now) - self._started
+        return min(float(self.span), max(elapsed, 1.0))

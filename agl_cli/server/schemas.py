@@ -131,6 +131,9 @@ class RolloutList(BaseModel):
 class Rates(BaseModel):
     claims_per_second: float
     rollouts_per_second: float
+    seconds: float = Field(
+        description="What the rates are means over: the last 60 s, or the uptime if shorter."
+    )
 
 
 class DatabaseSpace(BaseModel):
@@ -177,7 +180,7 @@ class Status(BaseModel):
     latest_resources_id: str | None
     paused: bool = Field(description="Whether the queue is paused (`POST /v1/queue/pause`).")
     database: DatabaseSpace
-    rates: Rates = Field(description="Over the last 60 seconds.")
+    rates: Rates
 
 
 # --- the dashboard ------------------------------------------------------------------------

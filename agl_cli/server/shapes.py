@@ -77,6 +77,7 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
         rates=schemas.Rates(
             claims_per_second=broker.stats.claim_rate.per_second(),
             rollouts_per_second=broker.stats.rollout_rate.per_second(),
+            seconds=broker.stats.claim_rate.seconds(),
         ),
     )
     return body.model_dump(mode="json")

@@ -254,6 +254,7 @@ function showSummary(summary) {
   });
   $("rate-claims").textContent = status.rates.claims_per_second.toFixed(1);
   $("rate-rollouts").textContent = status.rates.rollouts_per_second.toFixed(1);
+  $("rate-seconds").textContent = Math.round(status.rates.seconds);
   $("count-rollouts").textContent = numbers.format(status.rollouts);
   $("count-duplicates").textContent = numbers.format(status.duplicates);
   // with --forget-tasks the counts above go down as tasks are deleted: say how many went
