@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -48,6 +48,23 @@ class Lines:
         self.reader.join(10)
         assert self.process.stderr is not None
         return code, self.process.stderr.read()
+
+
+@pytest.fixture
+def watch() -> Iterator[Callable[[Daemon], Lines]]:
+    """Start `agl rollouts watch --since all` on a daemon; whatever a failing test left
+    running is killed at its end."""
+    started: list[Lines] = []
+
+    def start(daemon: Daemon) -> Lines:
+        started.append(Lines(popen_agl("rollouts", "watch", "--since", "all", daemon=daemon)))
+        return started[-1]
+
+    yield start
+    for lines in started:
+        if lines.process.poll() is None:
+            lines.process.kill()
+            lines.process.wait(10)
 
 
 def test_list_gives_rollouts_oldest_first_after_a_sequence_number(daemon: Daemon) -> None:
@@ -242,11 +259,11 @@ def test_watch_since_now_skips_what_was_there_before(daemon: Daemon) -> None:
 
 
 def test_watch_survives_a_crash_and_restart_missing_nothing_and_repeating_nothing(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: Callable[..., Daemon], watch: Callable[[Daemon], Lines]
 ) -> None:
     daemon = make_daemon()
     ids = daemon.queue(*range(30))
-    watcher = Lines(popen_agl("rollouts", "watch", "--since", "all", daemon=daemon))
+    watcher = watch(daemon)
     for rollout_id in ids[:10]:
         post_rollout(daemon, rollout_id)
     seen = watcher.take(10)
@@ -270,13 +287,13 @@ def test_watch_survives_a_crash_and_restart_missing_nothing_and_repeating_nothin
 
 
 def test_watch_follows_a_restarted_memory_daemon_from_its_first_result(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: Callable[..., Daemon], watch: Callable[[Daemon], Lines]
 ) -> None:
     """Its new store numbers results from 1 again: resuming after the last number seen
     would skip as many of them, without a word."""
     daemon = make_daemon("--memory")
     first, second = daemon.queue(1, 2)
-    watcher = Lines(popen_agl("rollouts", "watch", "--since", "all", daemon=daemon))
+    watcher = watch(daemon)
     for rollout_id in (first, second):
         post_rollout(daemon, rollout_id)
     seen = watcher.take(2)
