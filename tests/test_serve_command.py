@@ -234,6 +234,26 @@ def test_a_state_directory_and_token_others_could_read_are_made_private_and_said
     assert daemon.token == "a-token"
 
 
+def test_the_database_and_its_log_are_readable_by_their_owner_only(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    fresh = make_daemon()
+    fresh.queue("x")
+    for name in ("agl.db", "agl.db-wal", "agl.db-shm"):
+        assert stat.S_IMODE((fresh.state_dir / name).stat().st_mode) == 0o600, name
+
+    state = tmp_path / "older"
+    daemon = make_daemon(state_dir=state)
+    assert daemon.terminate() == 0
+    (state / "agl.db").chmod(0o644)  # as an older agl left it: made as any new file
+    daemon.start()
+    daemon.queue("y")
+    for name in ("agl.db", "agl.db-wal", "agl.db-shm"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    log = daemon.log_path.read_text()
+    assert f"agl: The database {state / 'agl.db'} could be read by others (mode 644); it is now 600." in log
+
+
 def test_a_state_directory_another_user_owns_is_served_from_with_a_word_on_its_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ from agl_cli.server.broker import Broker
 from agl_cli.server.protocol import uvicorn_options
 from agl_cli.server.runner import StartupError, StoppedError, keep_private, load_or_create_token
 from agl_cli.store import MemoryStore, SQLiteStore, StorageError, Store, StoreError, schema
+from agl_cli.store.files import LOG_SUFFIXES, beside
 
 SWITCH_INTERVAL = 0.001
 YOUNG_OBJECTS = 20_000  # see `_collect_garbage_rarely`
@@ -150,19 +151,26 @@ def _run_on_fastest_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
 
 
+def _private(config: DaemonConfig, state_dir: Path) -> list[tuple[Path, int, str]]:
+    """The files only their owner may read, with their mode: the token, and the run (an
+    older agl made its database as any new file, which the umask may leave readable)."""
+    private = [(state_dir, 0o700, "state directory"), (state_dir / paths.TOKEN_NAME, 0o600, "token file")]
+    if not config.memory:
+        database = state_dir / paths.DATABASE_NAME
+        private.append((database, 0o600, "database"))
+        private += [(beside(database, suffix), 0o600, f"database's {suffix} file") for suffix in LOG_SUFFIXES]
+    return private
+
+
 def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
     """Open the store and serve on `sock` (listening already) until told to stop."""
     _open_as_many_files_as_allowed()
+    # Before the store opens, so that the log SQLite makes beside the database takes its mode.
+    tightened = [
+        keep_private(path, mode, what) for path, mode, what in _private(config, state_dir) if path.exists()
+    ]
     store = open_store(config, state_dir)
     token = load_or_create_token(state_dir) if not config.no_auth else None
-    tightened = [
-        keep_private(path, mode, what)
-        for path, mode, what in (
-            (state_dir, 0o700, "state directory"),
-            (state_dir / paths.TOKEN_NAME, 0o600, "token file"),
-        )
-        if path.exists()
-    ]
     port = sock.getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
     address = f"http://{host}:{port}"
