@@ -18,7 +18,9 @@ from daemon import Daemon, env_without_agl, wait_until
 from test_retention import reported
 
 from agl_cli.cli import output
+from agl_cli.cli.context import Globals, Target, resolve
 from agl_cli.models import TaskStatus
+from agl_cli.server.maintenance import compact_state_dir
 from agl_cli.store import SQLiteStore
 from agl_cli.store.compaction import SUFFIX, compact
 
@@ -94,6 +96,21 @@ def test_compact_waits_for_the_daemon_to_stop_then_shrinks_its_file(
     daemon.start()  # and everything is as it was
     status = daemon.status()
     assert (status["tasks"]["completed"], status["rollouts"], status["last_seq"]) == (30, 0, 30)
+
+
+def test_a_crashed_daemon_s_address_gets_no_token_while_its_directory_is_compacted(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """The compaction holds the state directory as a daemon does; the address the crashed
+    daemon left may be another program's by now."""
+    daemon = make_daemon()
+    daemon.queue("x")
+    daemon.kill()  # its address file stays
+    meanwhile: list[Target] = []
+    compact_state_dir(
+        daemon.state_dir, lambda done, total: meanwhile.append(resolve(Globals(state_dir=daemon.state_dir)))
+    )
+    assert meanwhile and all(target.token is None for target in meanwhile)
 
 
 def test_nothing_to_compact_or_not_an_agl_database_is_one_line(tmp_path: Path) -> None:

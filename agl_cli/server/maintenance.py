@@ -76,6 +76,9 @@ def _alone(state_dir: Path, verb: str, cannot: str) -> Iterator[None]:
     except pidfile.UnwritableError as exc:
         raise MaintenanceError(str(exc)) from None
     try:
+        # A crashed daemon's address: the CLI, seeing the directory held, would send the
+        # token to whatever has taken its port since.
+        (state_dir / paths.ADDRESS_NAME).unlink(missing_ok=True)
         yield
     except StoreError as exc:
         raise MaintenanceError(str(exc)) from None
