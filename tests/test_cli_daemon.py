@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.server
 import json
 import os
@@ -11,13 +12,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cli_runner import agl, assert_one_line_error, popen_agl
 from conftest import database_of_schema, schema_5_file
-from daemon import Daemon, env_without_agl
+from daemon import Daemon, env_without_agl, wait_until
 
 from agl_cli import pidfile
 from agl_cli.cli.context import DEFAULT_URL, Globals, Target, resolve
@@ -250,6 +252,10 @@ def test_help_and_status_load_neither_the_server_nor_the_store(daemon: Daemon) -
         assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
 
 
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -311,9 +317,19 @@ def test_serve_detach_waits_past_its_timeout_while_an_older_file_is_brought_up_t
     detached start says so too and waits for it, however long the timeout."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    schema_5_file(state / "agl.db", 300_000)  # its upgrade takes longer than the 1 s timeout below
+    schema_5_file(state / "agl.db", 100_000)  # an upgrade of half a second or more
+    timeout = 5.0
     try:
-        start_detached(DaemonConfig(state_dir=state, port=0), timeout=1.0)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            began = time.monotonic()
+            detached = pool.submit(start_detached, DaemonConfig(state_dir=state, port=0), timeout)
+            wait_until(lambda: "agl: bringing" in _text(state / "agl.log"), "the upgrade to begin", 30)
+            daemon = int((state / "agl.pid").read_text().split()[0])
+            os.kill(daemon, signal.SIGSTOP)  # the upgrade, held until the timeout has passed
+            time.sleep(max(began + timeout + 1 - time.monotonic(), 0))
+            os.kill(daemon, signal.SIGCONT)
+            detached.result(60)
+        assert time.monotonic() - began > timeout
         printed = capsys.readouterr().out.splitlines()
         upgrading = f"bringing {state / 'agl.db'} from schema 5 up to {SCHEMA_VERSION}"
         assert printed[0] == f"agl is {upgrading} first; waiting for it."
