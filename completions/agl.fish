@@ -39,7 +39,7 @@ end
 
 complete -c agl -f
 
-complete -c agl -n "__agl_at ''" -a 'serve' -d 'Run the daemon in the foreground until SIGINT or SIGTERM (or in the backgroun...'
+complete -c agl -n "__agl_at ''" -a 'serve' -d 'Run the daemon in the foreground until SIGINT, SIGTERM or SIGHUP (or in the b...'
 complete -c agl -n "__agl_at ''" -a 'stop' -d 'Stop the daemon gracefully: in-flight requests finish, then it exits'
 complete -c agl -n "__agl_at ''" -a 'status' -d 'Show the daemon\'s version, uptime, address, task counts, rates, resources and...'
 complete -c agl -n "__agl_at ''" -a 'dashboard' -d 'Open the live dashboard in your browser, signed in'

@@ -7,7 +7,7 @@
 _agl_subcommands() {
   case $1 in
     '') _agl_items=(
-        'serve:Run the daemon in the foreground until SIGINT or SIGTERM (or in the backgroun...'
+        'serve:Run the daemon in the foreground until SIGINT, SIGTERM or SIGHUP (or in the b...'
         'stop:Stop the daemon gracefully: in-flight requests finish, then it exits'
         'status:Show the daemon'\''s version, uptime, address, task counts, rates, resources and...'
         'dashboard:Open the live dashboard in your browser, signed in'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import sqlite3
 import threading
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import schema_5_file
 from daemon import Daemon, free_port, wait_until
 
@@ -138,19 +140,39 @@ def test_rollouts_answered_while_under_load_all_survive_kill_9(
     assert {r["rollout_id"] for r in daemon.rollouts()} == kept
 
 
-def test_sigterm_answers_a_waiting_long_poll_and_exits_cleanly(daemon: Daemon) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_a_closed_terminal_answers_a_waiting_long_poll_and_exits_cleanly(
+    daemon: Daemon, stop: signal.Signals
+) -> None:
     answers: list[httpx.Response] = []
     poller = threading.Thread(target=lambda: answers.append(daemon.get("/task", params={"wait": 60})))
     poller.start()
     wait_until(lambda: daemon.requests_in_flight() == 1, "the long poll to wait")
     started = time.monotonic()
-    assert daemon.terminate() == 0
+    assert daemon.proc is not None
+    daemon.proc.send_signal(stop)
+    assert daemon.wait() == 0
     poller.join(10)
     assert time.monotonic() - started < 10
     assert [a.json() for a in answers] == [{"is_available": False, "task": None}]
     database = sqlite3.connect(daemon.state_dir / "agl.db")
     assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     database.close()
+
+
+def test_a_daemon_started_under_nohup_outlives_its_terminal(make_daemon: Callable[..., Daemon]) -> None:
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it to the daemon
+    try:
+        daemon = make_daemon()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert daemon.proc is not None
+    ignored = next(
+        line
+        for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines()
+        if line.startswith("SigIgn:")
+    )
+    assert int(ignored.split()[1], 16) & (1 << (signal.SIGHUP - 1))
 
 
 def version_and_attempts(path: Path) -> tuple[int, int]:

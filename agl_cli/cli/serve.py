@@ -101,7 +101,7 @@ def serve(
         help="Start in the background, return once it is ready; its output goes to STATE_DIR/agl.log.",
     ),
 ) -> None:
-    """Run the daemon in the foreground until SIGINT or SIGTERM (or in the background with --detach)."""
+    """Run the daemon in the foreground until SIGINT, SIGTERM or SIGHUP (or in the background with --detach)."""
     if forget_tasks and rollout_retention is None:
         fail(
             "--forget-tasks needs --rollout-retention: tasks are forgotten as their results are deleted.",

@@ -68,7 +68,8 @@ def open_store(config: DaemonConfig, state_dir: Path) -> Store:
 
 class _Server(uvicorn.Server):
     """uvicorn, told to answer long polls at once when asked to stop, and to exit 0
-    after a graceful stop instead of re-raising the signal that asked for it."""
+    after a graceful stop instead of re-raising the signal that asked for it. A closed
+    terminal's SIGHUP stops it as gracefully, unless it was started to ignore that (nohup)."""
 
     broker: Broker | None = None
 
@@ -77,7 +78,10 @@ class _Server(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stops = [signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            stops.append(signal.SIGHUP)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
         try:
             yield
         finally:
