@@ -186,6 +186,27 @@ def test_a_failed_sync_is_a_503_and_the_daemon_stops_so_that_no_later_write_is_a
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
+@pytest.mark.parametrize("gone", ["deleted", "moved"])
+def test_a_state_directory_deleted_or_moved_under_the_daemon_stops_it_before_a_write_is_answered(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, gone: str
+) -> None:
+    """Its writes would go on into a file no restart finds (or none at all, once deleted)."""
+    state = tmp_path / "state"
+    daemon = make_daemon(state_dir=state)
+    [rollout_id] = daemon.queue("kept")
+    assert daemon.claim() is not None
+    if gone == "deleted":
+        shutil.rmtree(state)
+    else:
+        state.rename(tmp_path / "elsewhere")
+    refused = daemon.post("/rollout", json={"rollout_id": rollout_id, "final_reward": 1.0})
+    said = f"The database {state / 'agl.db'} was deleted, moved or replaced while agl ran: {SINCE_THE_LAST_GOOD_SYNC}."
+    assert (refused.status_code, refused.json()) == (503, {"detail": said})
+    assert daemon.wait() == 1
+    log = daemon.log_path.read_text()
+    assert f"agl: {said}" in log and "Traceback" not in log
+
+
 @pytest.mark.parametrize(
     ("fault", "answer"),
     [

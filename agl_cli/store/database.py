@@ -54,6 +54,15 @@ from agl_cli.store.schema import connect, open_connection
 BACKUP_INFIX = ".backup-"  # a backup being made is `agl.db.backup-XXXXXXXX`, beside the database
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names (its device and inode), None if none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 class Database(Store):
     """One SQLite file: its write connection, a read connection per reading thread, and
     the transactions that group writes."""
@@ -62,6 +71,7 @@ class Database(Store):
         super().__init__(**options)
         self.path = Path(path).absolute()  # connections opened later must find the same file
         self._conn = self._open()
+        self._file = _identity(self.path)  # the file this connection writes, whatever its name comes to
         self._delete_leftovers()
         self.max_size = max_size
         if max_size is not None:  # writes that would grow the file beyond it fail as a full disk does
@@ -155,6 +165,10 @@ class Database(Store):
     def sync(self) -> None:
         """fsync the WAL: every commit written to it so far is then on disk. Safe to run on
         another thread while the next transaction writes (it only flushes more)."""
+        if _identity(self.path) != self._file:  # its writes went to a file no restart finds
+            raise StorageError(
+                f"The database {self.path} was deleted, moved or replaced while agl ran", undone=False
+            )
         try:
             fd = os.open(self._wal, os.O_RDONLY)
         except FileNotFoundError:  # checkpointed and removed: it is all in the synced database
