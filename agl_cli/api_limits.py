@@ -10,6 +10,8 @@ MAX_PER_REQUEST = 10_000  # tasks queued, or rollout ids cancelled or retried, i
 MAX_LIST_LIMIT = 10_000  # tasks or rollouts in one page of a list
 DEFAULT_LIST_LIMIT = 100
 MAX_SEQ = 2**62  # the largest sequence number or offset a request may name (SQLite's integers reach 2**63)
+STREAM_PING_SECONDS = 15  # the rollout stream sends a comment this often when idle
+STREAM_READ_TIMEOUT = 3 * STREAM_PING_SECONDS  # a client that hears nothing for three pings: a dead link
 MAX_DEPTH = 200
 """How deeply a body may nest, counting its innermost values. Whatever agl keeps is
 written again inside answers a few levels deeper, and orjson writes at most 255 levels: a

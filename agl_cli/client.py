@@ -18,11 +18,9 @@ import httpx
 import orjson
 from httpx_sse import connect_sse
 
-from agl_cli.api_limits import DEFAULT_LIST_LIMIT
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, STREAM_READ_TIMEOUT
 
 DEFAULT_TIMEOUT = 30.0
-# The daemon sends a comment every 15 s on an idle stream; three missed mean a dead link.
-STREAM_READ_TIMEOUT = 45.0
 # What the daemon answers for a path none of its routes takes (its own 404s are sentences):
 # an older daemon's answer to a newer client's call.
 NO_ROUTE = "Not Found"

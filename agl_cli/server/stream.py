@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agl_cli.api_limits import MAX_SEQ, is_seq
+from agl_cli.api_limits import MAX_SEQ, STREAM_PING_SECONDS, is_seq
 from agl_cli.server.broker import Broker, broker_of, wait_for
 from agl_cli.server.openapi import Param
 from agl_cli.server.requests import BadRequest
@@ -29,7 +29,6 @@ SINCE_NOW = Literal["now"]
 LAST_EVENT_ID = "Last-Event-ID"
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 PAGE = 200
-PING_SECONDS = 15
 IDLE_WAKEUP = 300.0  # the broker wakes the stream; this only re-reads now and then, as a safety net
 
 
@@ -38,7 +37,7 @@ async def stream_rollouts(request: Request) -> Response:
     arrive; `Last-Event-ID` wins over `since`, and `since=now` skips what is already stored."""
     broker = broker_of(request)
     after = await start_position(request, broker)
-    return EventSourceResponse(_events(broker, after), ping=PING_SECONDS)
+    return EventSourceResponse(_events(broker, after), ping=STREAM_PING_SECONDS)
 
 
 async def start_position(request: Request, broker: Broker) -> int:
