@@ -12,6 +12,7 @@ import orjson
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.store.base import StoredRollout, TaskRecord
 from agl_cli.store.schema import PLACES_PER_BATCH
+from agl_cli.store_models import AttemptStatus, RolloutStatus
 
 
 class TaskRow(NamedTuple):
@@ -27,7 +28,7 @@ class TaskRow(NamedTuple):
     num_claims: int
     completed_time: float | None
     duplicates: int
-    phase: str  # the store API's RolloutStatus; `status` is derived from it
+    phase: RolloutStatus  # `status` is derived from it (lifecycle.TASK_STATUS)
     config: str | None  # RolloutConfig JSON; None: the daemon's legacy policy
     end_time: float | None
 
@@ -71,7 +72,7 @@ class AttemptRow(NamedTuple):
     sequence_id: int
     start_time: float
     end_time: float | None
-    status: str
+    status: AttemptStatus
     worker_id: str | None
     last_heartbeat_time: float | None
     metadata: str | None

@@ -472,7 +472,7 @@ class TaskStore(Database):
         [(deadline,)] = self._read(
             "SELECT min(deadline) FROM tasks INDEXED BY tasks_deadline WHERE status = 'claimed'"
         )
-        return deadline  # type: ignore[no-any-return]
+        return float(deadline) if deadline is not None else None
 
     def get_task(self, rollout_id: str) -> TaskRecord | None:
         with self.snapshot():  # a task moved out of `staging` meanwhile is found in `tasks`
@@ -976,7 +976,7 @@ class TaskStore(Database):
     def _follow_latest_attempt(
         self, conn: sqlite3.Connection, row: TaskRow, attempt: AttemptRow, now: float
     ) -> None:
-        phase = rollout_status_after(attempt.status, attempt.sequence_id, self._config(row.config))  # type: ignore[arg-type]
+        phase = rollout_status_after(attempt.status, attempt.sequence_id, self._config(row.config))
         if phase != row.phase:
             self._set_phase(conn, row, phase, now, attempt)
         elif row.status == "claimed":
@@ -1010,7 +1010,7 @@ class TaskStore(Database):
         and unknown once it timed out or went quiet. (An attempt without a worker: nothing.)"""
         if not attempt.worker_id:
             return
-        status = worker_status_after(attempt.status)  # type: ignore[arg-type]
+        status = worker_status_after(attempt.status)
         busy = status == "busy"
         conn.execute(
             "INSERT INTO workers (worker_id) VALUES (?) ON CONFLICT (worker_id) DO NOTHING",
