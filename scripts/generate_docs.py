@@ -24,19 +24,15 @@ from cli_model import Command, read  # noqa: E402
 
 from agl_cli import __version__  # noqa: E402
 from agl_cli.cli.app import app  # noqa: E402
-from agl_cli.cli.errors import EXIT_CODES_HELP, ExitCode  # noqa: E402
+from agl_cli.cli.errors import MEANINGS, ExitCode  # noqa: E402
 
 COMPLETIONS = ROOT / "completions"
 MAN = ROOT / "man"
-INTERRUPTED = (130, "interrupted by Ctrl-C (SIGINT); a queue upload is discarded")
 
 
 def exit_codes() -> list[tuple[int, str]]:
     """Every `ExitCode`, in the words of the help text's `Exit codes:` line."""
-    listed = EXIT_CODES_HELP.removeprefix("Exit codes:").strip().removesuffix(".")
-    said = {int(code): meaning for code, meaning in (item.split(" ", 1) for item in listed.split("; "))}
-    codes = [(int(code), said.get(int(code), code.name.lower())) for code in ExitCode]
-    return sorted([*codes, INTERRUPTED])
+    return [(int(code), MEANINGS[code]) for code in ExitCode]
 
 
 def outputs(root: Command) -> dict[Path, str]:

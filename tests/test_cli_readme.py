@@ -10,6 +10,7 @@ from typing import Any
 import typer.main
 
 from agl_cli.cli.app import app
+from agl_cli.cli.errors import ExitCode
 from agl_cli.cli.forward import AGENTLIGHTNING_COMMANDS
 
 README = Path(__file__).parent.parent / "README.md"
@@ -36,3 +37,9 @@ def test_the_command_table_names_every_option_of_every_command() -> None:
         assert said, f"the README's command table has no row for {path}"
         missing = [option for option in options if option not in said]
         assert not missing, f"the README's command table leaves out {missing} of {path}"
+
+
+def test_the_exit_code_table_lists_every_exit_code_and_no_other() -> None:
+    text = README.read_text().split("**Errors and exit codes.**", 1)[1].split("\n\n", 2)[1]
+    codes = [int(match) for match in re.findall(r"^\| (\d+) \|", text, flags=re.MULTILINE)]
+    assert codes == [int(code) for code in ExitCode]

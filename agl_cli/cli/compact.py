@@ -13,7 +13,7 @@ import typer
 from agl_cli import paths
 from agl_cli.cli import output
 from agl_cli.cli.context import state_dir_of, state_dir_option
-from agl_cli.cli.errors import fail
+from agl_cli.cli.errors import ExitCode, fail
 
 
 def compact(ctx: typer.Context, state_dir: Path | None = state_dir_option()) -> None:
@@ -29,7 +29,7 @@ def compact(ctx: typer.Context, state_dir: Path | None = state_dir_option()) -> 
             fail(str(exc))
         except KeyboardInterrupt:
             typer.echo("agl: Interrupted; the database is as it was.", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
     freed = done.before - done.after
     output.write_line(
         f"Compacted {directory / paths.DATABASE_NAME}: {output.size(done.before)} to {output.size(done.after)}"

@@ -17,14 +17,22 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 3  # no daemon answers at the address
     AUTH = 4  # the daemon refused the token
     TIMEOUT = 5  # a --timeout passed before the work was done
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports a command it interrupted
     READER_GONE = 141  # what reads stdout went away (`agl ... | head`): as SIGPIPE's victims exit
 
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 1 error (bad input, unknown id, daemon refused); 2 usage; "
-    "3 daemon unreachable; 4 token refused; 5 timed out; 130 interrupted (Ctrl-C); "
-    "141 what read the output went away (as head does), quietly."
-)
+# What each code means, in the words of `agl --help` and the man pages (one entry per code).
+MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "ok",
+    ExitCode.ERROR: "error (bad input, unknown id, daemon refused)",
+    ExitCode.USAGE: "usage",
+    ExitCode.UNREACHABLE: "daemon unreachable",
+    ExitCode.AUTH: "token refused",
+    ExitCode.TIMEOUT: "timed out",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.READER_GONE: "what read the output went away (as head does), quietly",
+}
+EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{int(code)} {MEANINGS[code]}" for code in ExitCode) + "."
 
 
 class CLIError(Exception):

@@ -110,7 +110,7 @@ def queue(
                 fail(str(exc))
             except KeyboardInterrupt:
                 typer.echo("agl: Interrupted; nothing was queued.", err=True)
-                raise typer.Exit(130) from None
+                raise typer.Exit(ExitCode.INTERRUPTED) from None
             try:
                 _after_queuing(ctx, client, sink, queued, since, timeout, show_progress)
             except KeyboardInterrupt:
@@ -118,7 +118,7 @@ def queue(
                     f"agl: Interrupted; the {queued} tasks were queued all the same (agl tasks list shows them).",
                     err=True,
                 )
-                raise typer.Exit(130) from None
+                raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
 @contextlib.contextmanager
