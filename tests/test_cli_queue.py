@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -11,8 +12,11 @@ from pathlib import Path
 import pytest
 from cli_runner import Worker, agl, assert_one_line_error, popen_agl, post_rollout, write
 from daemon import Daemon, wait_until
+from typer.testing import CliRunner
 
+from agl_cli.cli.app import app
 from agl_cli.cli.taskfile import CheckedTask, Chunk, Defaults, TaskFileError, chunks
+from agl_cli.client import AglClient
 from agl_cli.store.schema import PLACES_PER_BATCH
 
 
@@ -374,6 +378,54 @@ def test_ctrl_c_once_the_tasks_are_queued_says_they_are(daemon: Daemon, tmp_path
         queueing.kill()
     said = "agl: Interrupted; the 20000 tasks were queued all the same (agl tasks list shows them).\n"
     assert (queueing.returncode, stderr) == (130, said)
+    assert queued_count(daemon) == 20_000
+
+
+def test_ctrl_c_after_the_daemon_committed_but_before_its_answer_came_says_the_tasks_were_queued(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch can no longer be discarded, and its first task is visible: agl asks."""
+    file = numbered_tasks(tmp_path / "big.jsonl", 20_000)  # more than one request: a batch
+    commit = AglClient.commit_batch
+
+    def committed_then_interrupted(client: AglClient, batch_id: str, timeout: float = 600.0) -> int:
+        commit(client, batch_id, timeout)
+        raise KeyboardInterrupt  # Ctrl-C as the answer was on its way
+
+    monkeypatch.setattr(AglClient, "commit_batch", committed_then_interrupted)
+    for name in ("AGL_URL", "AGL_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["--state-dir", str(daemon.state_dir), "queue", file])
+    assert (result.exit_code, result.stderr) == (
+        130,
+        "agl: Interrupted; the 20000 tasks were queued all the same (agl tasks list shows them).\n",
+    )
+    assert queued_count(daemon) == 20_000
+
+
+def test_ctrl_c_as_the_daemon_committed_and_went_away_says_how_to_find_out(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = numbered_tasks(tmp_path / "big.jsonl", 20_000)
+    commit = AglClient.commit_batch
+
+    def committed_then_crashed(client: AglClient, batch_id: str, timeout: float = 600.0) -> int:
+        commit(client, batch_id, timeout)
+        daemon.kill()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AglClient, "commit_batch", committed_then_crashed)
+    for name in ("AGL_URL", "AGL_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["--state-dir", str(daemon.state_dir), "queue", file])
+    said = re.fullmatch(
+        r"agl: Interrupted while the daemon committed the tasks; agl tasks show (\S+) tells whether it did"
+        r" \(all of them or none\)\.\n",
+        result.stderr,
+    )
+    assert result.exit_code == 130 and said is not None, result.stderr
+    daemon.start()
+    assert daemon.api("GET", f"/v1/tasks/{said[1]}").json()["status"] == "queued"
     assert queued_count(daemon) == 20_000
 
 

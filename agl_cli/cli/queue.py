@@ -17,7 +17,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import typer
 
@@ -108,17 +108,40 @@ def queue(
                     queued = _upload(client, task_files, defaults, sink, show_progress)
             except taskfile.TaskFileError as exc:
                 fail(str(exc))
+            except _MaybeCommitted as exc:
+                if exc.queued is None:
+                    typer.echo(
+                        f"agl: Interrupted while the daemon committed the tasks; agl tasks show {exc.first_id} "
+                        "tells whether it did (all of them or none).",
+                        err=True,
+                    )
+                    raise typer.Exit(ExitCode.INTERRUPTED) from None
+                _interrupted_after_queuing(exc.queued)
             except KeyboardInterrupt:
                 typer.echo("agl: Interrupted; nothing was queued.", err=True)
                 raise typer.Exit(ExitCode.INTERRUPTED) from None
             try:
                 _after_queuing(ctx, client, sink, queued, since, timeout, show_progress)
             except KeyboardInterrupt:
-                typer.echo(
-                    f"agl: Interrupted; the {queued} tasks were queued all the same (agl tasks list shows them).",
-                    err=True,
-                )
-                raise typer.Exit(ExitCode.INTERRUPTED) from None
+                _interrupted_after_queuing(queued)
+
+
+def _interrupted_after_queuing(queued: int) -> NoReturn:
+    typer.echo(
+        f"agl: Interrupted; the {queued} tasks were queued all the same (agl tasks list shows them).",
+        err=True,
+    )
+    raise typer.Exit(ExitCode.INTERRUPTED)
+
+
+class _MaybeCommitted(KeyboardInterrupt):
+    """Interrupted while the daemon committed the batch: it did (`queued` tasks), or it
+    could not be asked (None)."""
+
+    def __init__(self, queued: int | None, first_id: str) -> None:
+        super().__init__()
+        self.queued = queued
+        self.first_id = first_id
 
 
 @contextlib.contextmanager
@@ -221,11 +244,37 @@ def _upload(
             queued = _stage_in_turn(client, batch_id, itertools.chain([first, second], pieces), sink)
         with _spinner(show_progress, f"Committing {queued} tasks"):
             client.commit_batch(batch_id)
+    except KeyboardInterrupt:
+        if batch_id is not None and not _discarded(client, batch_id) and sink.first_id is not None:
+            anyway = _queued_anyway(client, sink.first_id, queued)
+            if anyway != 0:
+                raise _MaybeCommitted(anyway, sink.first_id) from None
+        raise
     except BaseException:
         if batch_id is not None:
-            with contextlib.suppress(Exception):
-                client.discard_batch(batch_id)
+            _discarded(client, batch_id)
         raise
+    return queued
+
+
+def _discarded(client: AglClient, batch_id: str) -> bool:
+    with contextlib.suppress(Exception):
+        client.discard_batch(batch_id)
+        return True
+    return False
+
+
+def _queued_anyway(client: AglClient, first_id: str, queued: int) -> int | None:
+    """A batch that could not be discarded was committed, if its first task is visible
+    (staged ones are not): `queued`, 0 if not, None if the daemon cannot say."""
+    from agl_cli.client import AglClientError, NotFound
+
+    try:
+        client.get_task(first_id)
+    except NotFound:
+        return 0
+    except AglClientError:
+        return None
     return queued
 
 
@@ -294,6 +343,7 @@ class _Sink:
         self.json_output = json_output
         self.keep_ids = keep_ids
         self.keep_specs = json_output or keep_ids
+        self.first_id: str | None = None  # of the batch: visible once it is committed
         self.expected: dict[str, str | None] = {}
         self._spool: TextIO = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by __exit__
 
@@ -304,6 +354,8 @@ class _Sink:
         self._spool.close()
 
     def add(self, ids: list[str], chunk: Chunk) -> None:
+        if self.first_id is None and ids:
+            self.first_id = ids[0]
         specs = chunk.specs or []
         if self.keep_ids:
             for rollout_id, spec in zip(ids, specs, strict=True):
