@@ -13,3 +13,7 @@ class TaskStatus(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+# Ended with no result: none comes but a late report (`agl tasks retry` queues them again).
+ENDED_WITHOUT_RESULT = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})

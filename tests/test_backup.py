@@ -25,8 +25,7 @@ from test_compact import kill_while_it_writes, popen_agl_in
 
 from agl_cli.cli import output
 from agl_cli.models import TaskStatus
-from agl_cli.server import maintenance
-from agl_cli.store import SQLiteStore, Store, TaskSpec, backups
+from agl_cli.store import SQLiteStore, Store, TaskSpec, backups, maintenance
 from agl_cli.store.backups import RESTORING
 from agl_cli.store.compaction import SUFFIX as COMPACTING
 from agl_cli.store.database import BACKUP_INFIX

@@ -20,9 +20,9 @@ from test_retention import reported
 from agl_cli.cli import output
 from agl_cli.cli.context import Globals, Target, resolve
 from agl_cli.models import TaskStatus
-from agl_cli.server.maintenance import compact_state_dir
 from agl_cli.store import SQLiteStore
 from agl_cli.store.compaction import SUFFIX, compact
+from agl_cli.store.maintenance import compact_state_dir
 
 BIG = "x" * 100_000
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from daemon import Daemon, env_without_agl, wait_until
 from httpx_sse import ServerSentEvent, connect_sse
 
+from agl_cli.api_limits import MAX_LIST_LIMIT, MAX_PER_REQUEST
 from agl_cli.client import AglClient, ResponseError
 from agl_cli.embedded import AgentLightningServer
 from agl_cli.models import ResourcesUpdate
@@ -1081,3 +1083,10 @@ def test_a_method_a_path_lacks_is_a_405_that_names_every_method_it_has(daemon: D
         allowed = {method.strip() for method in refused.headers["allow"].split(",")}
         assert (refused.status_code, allowed) == (405, {"GET", "HEAD", "POST"}), path
     assert daemon.status()["tasks"]["queued"] == 0
+
+
+def test_the_api_reference_gives_the_limits_the_daemon_enforces() -> None:
+    reference = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    assert set(re.findall(r"\(1 to ([\d,]+)\)", reference)) == {f"{MAX_PER_REQUEST:,}"}
+    [tasks_listed] = [line for line in reference.splitlines() if line.startswith("| `GET /v1/tasks?")]
+    assert f"limit 1..{MAX_LIST_LIMIT:,}," in tasks_listed

@@ -26,7 +26,7 @@ from agl_cli.cli import queue as queue_module
 from agl_cli.cli import serve as serve_module
 from agl_cli.cli import status as status_module
 from agl_cli.cli import stop as stop_module
-from agl_cli.cli.context import Globals
+from agl_cli.cli.context import DEFAULT_URL, Globals
 from agl_cli.cli.errors import EXIT_CODES_HELP, ExitCode, fail, reader_gone
 from agl_cli.cli.forward import AGENTLIGHTNING_COMMANDS, forward
 from agl_cli.cli.help_screens import use_plain_labels
@@ -69,7 +69,7 @@ def root(
         "--url",
         envvar="AGL_URL",
         metavar="URL",
-        help="The daemon's address (default: STATE_DIR/address, else http://127.0.0.1:8000).",
+        help=f"The daemon's address (default: STATE_DIR/address, else {DEFAULT_URL}).",
         show_default=False,
     ),
     token: str | None = typer.Option(

@@ -101,7 +101,7 @@ def restore(
 
     The database it replaces is kept beside it, as agl.db.before-restore-TIME.
     """
-    from agl_cli.server.maintenance import MaintenanceError, restore_state_dir
+    from agl_cli.store.maintenance import MaintenanceError, restore_state_dir
 
     directory = state_dir_of(ctx, state_dir) or paths.default_state_dir()
     try:

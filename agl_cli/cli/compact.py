@@ -18,7 +18,7 @@ from agl_cli.cli.errors import ExitCode, fail
 
 def compact(ctx: typer.Context, state_dir: Path | None = state_dir_option()) -> None:
     """Shrink the database file to what it holds; the daemon must be stopped."""
-    from agl_cli.server.maintenance import MaintenanceError, compact_state_dir
+    from agl_cli.store.maintenance import MaintenanceError, compact_state_dir
 
     directory = state_dir_of(ctx, state_dir) or paths.default_state_dir()
     label = f"Compacting {directory / paths.DATABASE_NAME}"

@@ -25,7 +25,7 @@ from agl_cli.daemon_config import DEFAULTS
 if TYPE_CHECKING:
     from agl_cli.client import AglClient, AglClientError
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_URL = f"http://{DEFAULTS.host}:{DEFAULTS.port}"
 
 
 @dataclass(frozen=True)

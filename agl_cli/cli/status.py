@@ -11,13 +11,14 @@ from rich.text import Text
 
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, target_of
+from agl_cli.task_status import TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from agl_cli.client import AglClient, AglClientError, DatabaseSpace, Status
 
-TASK_STATES = ("queued", "claimed", "completed", "failed", "cancelled")
+TASK_STATES = tuple(status.value for status in TaskStatus)
 WORTH_COMPACTING = 1_000_000  # bytes that deletions freed inside the database, worth a mention
 
 

@@ -17,10 +17,12 @@ from agl_cli.cli import output
 from agl_cli.cli.context import Target
 from agl_cli.cli.errors import ExitCode, fail
 from agl_cli.client import AglClient, AglClientError, RolloutRecord
+from agl_cli.task_status import ENDED_WITHOUT_RESULT
 
 # How often to look for tasks that ended without a rollout, and how many at a time.
 ENDED_CHECK_INTERVAL = 3.0
 ENDED_CHECK_BATCH = 50
+_ENDED_WITHOUT_RESULT = {status.value for status in ENDED_WITHOUT_RESULT}  # as the daemon names them
 
 
 @dataclass
@@ -90,7 +92,7 @@ def _check_ended(client: AglClient, pending: dict[str, None], outcome: Outcome) 
     for rollout_id in list(pending)[:ENDED_CHECK_BATCH]:
         with contextlib.suppress(AglClientError):
             status = client.get_task(rollout_id)["status"]
-            if status in ("failed", "cancelled"):
+            if status in _ENDED_WITHOUT_RESULT:
                 outcome.ended[rollout_id] = status
                 del pending[rollout_id]
 

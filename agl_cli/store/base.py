@@ -34,6 +34,7 @@ from agl_cli.store_models import (
     StartRolloutBody,
     WorkerQuery,
 )
+from agl_cli.task_status import ENDED_WITHOUT_RESULT
 
 Clock = Callable[[], float]
 
@@ -292,7 +293,7 @@ def outcome_of_report(status: TaskStatus | None) -> ReportOutcome:
 
 
 CANCELLABLE = frozenset({TaskStatus.QUEUED, TaskStatus.CLAIMED})
-RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})  # ended without a result
+RETRYABLE = ENDED_WITHOUT_RESULT
 
 
 def check_cancellable(rollout_id: str, status: TaskStatus) -> None:
