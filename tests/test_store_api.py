@@ -216,6 +216,40 @@ def test_a_gzipped_otlp_export_is_held_to_the_body_limit_once_unzipped(
     assert daemon.post("/v1/traces", content=truncated, headers=gzipped).status_code == 400
 
 
+def test_an_export_of_more_spans_than_exporters_send_is_refused_whole(daemon: Daemon) -> None:
+    """Empty spans take two bytes each: a few megabytes of them would take gigabytes and
+    minutes to convert. OpenTelemetry's exporters send 512 at a time."""
+    from agl_cli.server.otlp import MAX_SPANS_PER_EXPORT
+
+    enqueue(daemon, "x")
+    handed = dequeue(daemon)
+    ids = {
+        "agentlightning.rollout_id": handed["rollout_id"],
+        "agentlightning.attempt_id": handed["attempt"]["attempt_id"],
+    }
+    many = export(*[Span()] * (MAX_SPANS_PER_EXPORT + 1), resource=ids)
+    refused = daemon.post("/v1/traces", content=many, headers=PROTOBUF)
+    assert (refused.status_code, refused.headers["content-type"]) == (413, "application/x-protobuf")
+    assert f"at most {MAX_SPANS_PER_EXPORT} spans".encode() in refused.content
+    assert spans_of(daemon, handed["rollout_id"]) == []
+    most = export(*[proto_span("s", b"\x01" * 8)] * MAX_SPANS_PER_EXPORT, resource=ids)
+    assert daemon.post("/v1/traces", content=most, headers=PROTOBUF).status_code == 200
+
+
+def test_a_gzip_body_of_more_members_than_exporters_send_is_a_400(daemon: Daemon) -> None:
+    """Exporters send one; each is unzipped on its own."""
+    from agl_cli.server.otlp import MAX_GZIP_MEMBERS
+
+    gzipped = {**PROTOBUF, "Content-Encoding": "gzip"}
+    assert (
+        daemon.post("/v1/traces", content=gzip.compress(b"") * MAX_GZIP_MEMBERS, headers=gzipped).status_code
+        == 200
+    )
+    too_many = gzip.compress(b"") * (MAX_GZIP_MEMBERS + 1)
+    refused = daemon.post("/v1/traces", content=too_many, headers=gzipped)
+    assert refused.status_code == 400 and f"more than {MAX_GZIP_MEMBERS} members".encode() in refused.content
+
+
 def test_unzipping_stops_at_the_limit_to_the_byte() -> None:
     from agl_cli.server.otlp import UnzippedTooLarge, gunzip
 

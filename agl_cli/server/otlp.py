@@ -11,6 +11,7 @@ as rejected in the answer's `partial_success`, as OTLP provides.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import zlib
 from typing import Any
@@ -40,6 +41,11 @@ ROLLOUT_ID = "agentlightning.rollout_id"
 ATTEMPT_ID = "agentlightning.attempt_id"
 SEQUENCE_ID = "agentlightning.span_sequence_id"
 UNNUMBERED = -1  # the store numbers these (store.add_spans)
+# What one export may hold: OpenTelemetry's exporters send batches of 512 spans. Past it, a
+# body of a few megabytes of empty spans (2 bytes each) would take gigabytes to convert.
+MAX_SPANS_PER_EXPORT = 65_536
+MAX_GZIP_MEMBERS = 64  # exporters send one; each costs a pass of its own
+_GZIP_SLICE = 1 << 16  # fed to the inflater at a time, so that what it leaves over stays small
 # A code beyond these (a newer OTLP's) is read as unset, as 0.3.0 reads it.
 _STATUS_CODES = {ProtoStatus.STATUS_CODE_OK: "OK", ProtoStatus.STATUS_CODE_ERROR: "ERROR"}
 
@@ -51,15 +57,12 @@ async def export_traces(request: Request) -> Response:
         return _bad_request(f"Unsupported Content-Type '{content_type}', expected '{PROTOBUF}'")
     body = await request.body()
     max_bytes: int = request.app.state.options.max_body_bytes
-    try:
-        if body and request.headers.get("content-encoding", "").lower() == "gzip":  # empty: no spans
-            body = gunzip(body, max_bytes)
-        export = ExportTraceServiceRequest.FromString(body)
-    except UnzippedTooLarge:
-        return _refusal(413, too_large_message(max_bytes, unzipped=True))
-    except (OSError, EOFError, zlib.error, DecodeError) as exc:
-        return _bad_request(f"Unable to parse OTLP traces payload: {exc}")
-    spans, rejected, reason = spans_of(export)
+    gzipped = bool(body) and request.headers.get("content-encoding", "").lower() == "gzip"  # empty: no spans
+    # Unzipping, parsing and converting take CPU in proportion to the body: off the event loop.
+    read = await asyncio.to_thread(_read_export, body, gzipped, max_bytes)
+    if isinstance(read, Response):
+        return read
+    spans, rejected, reason = read
     if spans:
         added = await broker_of(request).add_spans(spans, from_otlp=True)
         rejected += added.rejected
@@ -70,6 +73,37 @@ async def export_traces(request: Request) -> Response:
             ExportTracePartialSuccess(rejected_spans=rejected, error_message=reason)
         )
     return Response(answer.SerializeToString(), media_type=PROTOBUF)
+
+
+def _read_export(body: bytes, gzipped: bool, max_bytes: int) -> Response | tuple[list[Span], int, str]:
+    try:
+        if gzipped:
+            body = gunzip(body, max_bytes)
+        export = ExportTraceServiceRequest.FromString(body)
+    except UnzippedTooLarge:
+        return _refusal(413, too_large_message(max_bytes, unzipped=True))
+    except (OSError, EOFError, zlib.error, DecodeError) as exc:
+        return _bad_request(f"Unable to parse OTLP traces payload: {exc}")
+    if _more_spans_than(export, MAX_SPANS_PER_EXPORT):
+        return _refusal(
+            413,
+            f"An export may hold at most {MAX_SPANS_PER_EXPORT} spans (or groups of them); send them in batches.",
+        )
+    return spans_of(export)
+
+
+def _more_spans_than(export: ExportTraceServiceRequest, limit: int) -> bool:
+    """Whether the export holds more than `limit` spans, or groups of them (empty groups
+    cost as much to read): counted with `len`, stopping as soon as either is over."""
+    spans = groups = 0
+    for resource_spans in export.resource_spans:
+        groups += 1 + len(resource_spans.scope_spans)
+        if groups > limit:
+            return True
+        spans += sum(len(scope_spans.spans) for scope_spans in resource_spans.scope_spans)
+        if spans > limit:
+            return True
+    return False
 
 
 async def not_implemented(request: Request) -> Response:
@@ -213,18 +247,26 @@ class UnzippedTooLarge(Exception):
 
 def gunzip(body: bytes, max_bytes: int) -> bytes:
     """A gzip body unzipped, member by member, never to more than `max_bytes`: a few
-    kilobytes of zeros unzip to gigabytes, so the body limit holds for what is unzipped."""
+    kilobytes of zeros unzip to gigabytes, so the body limit holds for what is unzipped.
+    The body is fed in slices: given all of it, zlib copies what follows a member's end
+    (`unused_data`) at every member, which for many small members is quadratic."""
     unzipped = bytearray()
-    while True:
+    view = memoryview(body)
+    at = members = 0
+    while at < len(body):
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            raise EOFError(f"the gzip body has more than {MAX_GZIP_MEMBERS} members")
         inflater = zlib.decompressobj(wbits=31)  # a gzip header and trailer
-        unzipped += inflater.decompress(body, max_bytes + 1 - len(unzipped))
-        if len(unzipped) > max_bytes:
-            raise UnzippedTooLarge
-        if not inflater.eof:
-            raise EOFError("the gzip stream ends before its end-of-stream marker")
-        body = inflater.unused_data
-        if not body:
-            return bytes(unzipped)
+        while not inflater.eof:
+            if at >= len(body):
+                raise EOFError("the gzip stream ends before its end-of-stream marker")
+            piece = view[at : at + _GZIP_SLICE]
+            unzipped += inflater.decompress(piece, max_bytes + 1 - len(unzipped))
+            if len(unzipped) > max_bytes:
+                raise UnzippedTooLarge
+            at += len(piece) - len(inflater.unused_data) - len(inflater.unconsumed_tail)
+    return bytes(unzipped)
 
 
 def _bad_request(message: str) -> Response:
