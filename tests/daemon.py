@@ -24,10 +24,13 @@ READY_LINE = re.compile(r"listening on (http://\S+)")
 class Daemon:
     """One daemon on one state directory; `kill()` then `start()` is a crash and a restart."""
 
-    def __init__(self, state_dir: Path, *args: str, open_files: int | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *args: str, open_files: int | None = None, open_files_hard: bool = False
+    ) -> None:
         self.state_dir = state_dir
         self.args = list(args)
         self.open_files = open_files  # a soft limit on open files to start it with
+        self.open_files_hard = open_files_hard  # and as the hard limit, which it cannot raise
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.starts = 0
@@ -76,7 +79,9 @@ class Daemon:
     def _limits(self) -> None:
         if self.open_files is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (self.open_files, self.open_files if self.open_files_hard else hard)
+            )
 
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:

@@ -49,6 +49,31 @@ def test_idle_connections_beyond_the_open_file_limit_it_started_with_do_not_stop
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_a_durable_write_with_every_descriptor_taken_is_answered_and_the_daemon_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Connections may take every descriptor the daemon may have: a sync that needed one
+    of its own failed, and was taken for a failed fsync, which stops the daemon."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard)
+    )  # for this test's own sockets
+    daemon = Daemon(tmp_path / "state", open_files=DAEMON_OPEN_FILES, open_files_hard=True).start()
+    try:
+        [rollout_id] = daemon.queue("work")
+        with httpx.Client(base_url=daemon.url, timeout=10) as worker, ExitStack() as held:
+            assert worker.get("/task").json()["task"]["rollout_id"] == rollout_id  # its connection, kept
+            for connection in idle_connections(daemon.url, DAEMON_OPEN_FILES + 100):
+                held.enter_context(connection)
+            reported = worker.post("/rollout", json={"rollout_id": rollout_id, "final_reward": 1.0})
+            assert reported.status_code == 200, reported.text
+        assert daemon.status()["tasks"]["completed"] == 1
+        assert daemon.proc is not None and daemon.proc.poll() is None
+    finally:
+        daemon.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_a_connection_that_sends_nothing_is_closed_after_the_idle_limit(daemon: Daemon) -> None:
     [connection] = idle_connections(daemon.url, 1)
     with connection:

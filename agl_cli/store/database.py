@@ -34,12 +34,14 @@ the WAL is synced once after the commit if any write in the group needs it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -51,6 +53,8 @@ from agl_cli.store.compaction import SUFFIX as COMPACTING
 from agl_cli.store.files import JOURNAL_SUFFIX, beside, log_of
 from agl_cli.store.schema import connect, open_connection
 
+LOG_OPEN_TRIES = 500  # while no descriptor is free, the log is opened again every 10 ms, for 5 s
+LOG_OPEN_PAUSE = 0.01
 BACKUP_INFIX = ".backup-"  # a backup being made is `agl.db.backup-XXXXXXXX`, beside the database
 
 
@@ -83,6 +87,8 @@ class Database(Store):
         self._readers = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._wal = log_of(self.path)
+        self._log_lock = threading.Lock()
+        self._log_fd: int | None = None  # the log, once a sync has opened it
 
     def _open(self) -> sqlite3.Connection:
         """The write connection."""
@@ -169,9 +175,8 @@ class Database(Store):
             raise StorageError(
                 f"The database {self.path} was deleted, moved or replaced while agl ran", undone=False
             )
-        try:
-            fd = os.open(self._wal, os.O_RDONLY)
-        except FileNotFoundError:  # checkpointed and removed: it is all in the synced database
+        fd = self._log()
+        if fd is None:  # checkpointed and removed: it is all in the synced database
             return
         try:
             os.fsync(fd)
@@ -179,8 +184,28 @@ class Database(Store):
             raise StorageError(
                 f"The store could not be synced to disk ({exc.strerror or exc})", undone=False
             ) from exc
-        finally:
-            os.close(fd)
+
+    def _log(self) -> int | None:
+        """The write-ahead log, kept open (None if there is none): opened for each sync, a
+        sync needed a free descriptor, and connections may take every one the daemon may
+        have; the open failed then, and was taken for a failed sync, which stops it. An
+        open that finds none free is tried again for a while: the writes wait for it."""
+        with self._log_lock:
+            if self._log_fd is not None and os.fstat(self._log_fd).st_nlink == 0:  # SQLite removed it
+                os.close(self._log_fd)
+                self._log_fd = None
+            for _ in range(LOG_OPEN_TRIES):
+                if self._log_fd is not None:
+                    break
+                try:
+                    self._log_fd = os.open(self._wal, os.O_RDONLY)
+                except FileNotFoundError:
+                    return None
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                        raise
+                    time.sleep(LOG_OPEN_PAUSE)
+            return self._log_fd
 
     def checkpoint(self) -> None:
         # PASSIVE: copies what no reader still needs, without waiting for readers or writers.
@@ -302,6 +327,10 @@ class Database(Store):
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA optimize")
             self._conn.close()
+        with self._log_lock:
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
 
 
 def storage_error(exc: BaseException) -> BaseException:
