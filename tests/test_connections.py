@@ -17,7 +17,7 @@ import pytest
 from daemon import Daemon
 
 from agl_cli import AgentLightningServer
-from agl_cli.server.protocol import CoalescedWrites
+from agl_cli.server.protocol import MAX_HEAD_BYTES, CoalescedWrites
 
 DAEMON_OPEN_FILES = 256
 
@@ -151,6 +151,28 @@ def test_a_pipelined_request_not_sent_in_full_gets_408_after_the_answer_before_i
         while chunk := client.recv(4096):
             answer += chunk
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"408"]
+
+
+def test_headers_past_the_limit_get_431_and_the_connection_closed(daemon: Daemon) -> None:
+    """The parser keeps a request's headers until they are whole: without a limit, one
+    connection could make the daemon hold gigabytes of them."""
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    line = b"X-Pad: " + b"x" * 1000 + b"\r\n"
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=30) as client:  # 30 s: the deadline
+        client.sendall(b"GET /task HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(4 * MAX_HEAD_BYTES // len(line)):  # the reads of it but the first count
+                client.sendall(line * 16)
+        with contextlib.suppress(ConnectionError):
+            while chunk := client.recv(4096):
+                answer += chunk
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 ") and b"connection: close" in status
+    assert json.loads(body) == {
+        "detail": f"The request's line and headers are larger than {MAX_HEAD_BYTES} bytes."
+    }
+    assert daemon.get("/task").json() == {"is_available": False, "task": None}
 
 
 class RecordingTransport:

@@ -26,6 +26,9 @@ Respond = Callable[[Answer], None]
 DirectRoute = Callable[[bytes, Respond], None]
 
 IDLE_CONNECTION_SECONDS = 5  # uvicorn's default: a connection quiet this long is closed
+# A request's line and headers, 431 beyond: httptools, which keeps them until they are
+# whole, sets no limit (h11, uvicorn's other parser, 16 KB).
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class Protocol(HttpToolsProtocol):
@@ -36,7 +39,9 @@ class Protocol(HttpToolsProtocol):
     - a connection that sends nothing at all after it opens is closed after
       `timeout_keep_alive` seconds, as uvicorn closes one quiet after a response;
     - a request must arrive in full, headers and body, within `request_timeout` seconds
-      of its first byte, or it is answered 408 and the connection closed.
+      of its first byte, or it is answered 408 and the connection closed;
+    - its line and headers may take `MAX_HEAD_BYTES` (and the bytes that came with its
+      first), or it is answered 431 and the connection closed.
 
     A request the app can answer directly (it says so in `direct`, see
     `legacy.WorkerRoutes`) is handed to it once it has arrived, instead of starting an
@@ -49,6 +54,10 @@ class Protocol(HttpToolsProtocol):
     request_timeout: float = DEFAULTS.request_timeout
     _request_timer: asyncio.TimerHandle | None = None
     _request_begun = False  # a request's first byte has come, and not yet its last
+    _in_head = False  # a request's first byte has come, and not yet the end of its headers
+    _heads = 0  # requests begun on the connection
+    _head_bytes = 0  # received in later reads than the one that began the head
+    _refused = False  # answered with a refusal, and closing
     _direct: Callable[[bytes, bytes, Headers], DirectRoute | None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -61,6 +70,7 @@ class Protocol(HttpToolsProtocol):
             self._direct = getattr(self.app, "direct", None)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if (
             self._direct is not None
             and (self.cycle is None or self.cycle.response_complete)
@@ -75,13 +85,26 @@ class Protocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # nothing more of it is read
+        heads = self._heads
         super().data_received(data)
+        if self._in_head and self._heads == heads:  # the same head, still not whole
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(
+                    "431 Request Header Fields Too Large",
+                    f"The request's line and headers are larger than {MAX_HEAD_BYTES} bytes.",
+                )
+                return
         if self._request_begun and self._request_timer is None:
             self._request_timer = self.loop.call_later(self.request_timeout, self._request_too_slow)
 
     def on_message_begin(self) -> None:  # the request's first byte (pipelined ones too)
         super().on_message_begin()
-        self._request_begun = True
+        self._request_begun = self._in_head = True
+        self._heads += 1
+        self._head_bytes = 0
 
     def on_message_complete(self) -> None:
         self._request_begun = False
@@ -101,15 +124,19 @@ class Protocol(HttpToolsProtocol):
         self._request_timer = None
         if self.transport.is_closing() or (self.cycle is not None and self.cycle.response_started):
             return  # answered already (a 413 before the body, say): the response ends it
-        body = orjson.dumps(
-            {
-                "detail": f"The request did not arrive in full within {self.request_timeout:g} s "
-                "(agl serve --request-timeout)."
-            }
+        self._refuse(
+            "408 Request Timeout",
+            f"The request did not arrive in full within {self.request_timeout:g} s (agl serve --request-timeout).",
         )
-        head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+
+    def _refuse(self, status: str, detail: str) -> None:
+        """Answer `status` and close the connection (a handler waiting for the rest of the
+        body hears a disconnect)."""
+        self._refused = True
+        body = orjson.dumps({"detail": detail})
+        head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
         self.transport.write(head.encode() + body)
-        self.transport.close()  # the handler waiting for the rest of the body hears a disconnect
+        self.transport.close()
 
 
 class DirectCycle:
