@@ -19,6 +19,7 @@ import orjson
 from httpx_sse import connect_sse
 
 from agl_cli.api_limits import DEFAULT_LIST_LIMIT, STREAM_READ_TIMEOUT
+from agl_cli.net import is_loopback
 
 DEFAULT_TIMEOUT = 30.0
 # What the daemon answers for a path none of its routes takes (its own 404s are sentences):
@@ -201,7 +202,12 @@ class AglClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = timeout
         self._http = httpx.Client(
-            base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout, connect=5.0)
+            base_url=url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            # A proxy ($HTTP_PROXY) is another host: it would be sent the token in clear, and
+            # would dial its own loopback, not this machine's.
+            trust_env=not is_loopback(httpx.URL(url).host),
         )
 
     @property

@@ -213,6 +213,31 @@ def test_the_token_file_goes_to_the_address_file_only_while_its_daemon_holds_the
         pidfile.release(tmp_path / "agl.pid")
 
 
+def test_a_daemon_on_this_machine_is_reached_directly_never_through_a_proxy(daemon: Daemon) -> None:
+    """A proxy is another host: it would be sent the token in clear, and dial its own loopback."""
+    heard: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            heard.append(self.path)
+            self.send_response(502)
+            self.end_headers()
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Proxy) as proxy:
+        thread = threading.Thread(target=proxy.serve_forever)
+        thread.start()
+        try:
+            address = f"http://127.0.0.1:{proxy.server_address[1]}"
+            result = agl(
+                "status", "--json", daemon=daemon, env={"HTTP_PROXY": address, "http_proxy": address}
+            )
+        finally:
+            proxy.shutdown()
+            thread.join(30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["address"] == daemon.url and heard == []
+
+
 def test_a_crashed_daemon_s_port_taken_by_another_gets_no_token(daemon: Daemon) -> None:
     daemon.kill()  # its address file stays
     heard: list[str | None] = []
