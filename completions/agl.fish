@@ -75,7 +75,7 @@ complete -c agl -n "__agl_at 'serve'" -l log-json -d 'Log one JSON object per li
 complete -c agl -n "__agl_at 'serve'" -l no-auth -d 'Serve the management API without a token (loopback only)'
 complete -c agl -n "__agl_at 'serve'" -l max-body-size -x -d 'Largest request body in bytes (413 beyond)'
 complete -c agl -n "__agl_at 'serve'" -l max-db-size -x -d 'Largest the database may grow, in bytes; beyond it writes are refused (507) a...'
-complete -c agl -n "__agl_at 'serve'" -l max-requests -x -d 'Requests served at once (long polls included); beyond it, 503 with Retry-After'
+complete -c agl -n "__agl_at 'serve'" -l max-requests -x -d 'Requests served at once, and as many more that wait (long polls, waits, strea...'
 complete -c agl -n "__agl_at 'serve'" -l request-timeout -x -d 'Seconds a client may take to send a whole request, from its first byte; 408 b...'
 complete -c agl -n "__agl_at 'serve'" -l allowed-host -x -d 'On loopback, also answer requests addressed to NAME (the public name a proxy...'
 complete -c agl -n "__agl_at 'serve'" -l detach -s d -d 'Start in the background, return once it is ready; its output goes to STATE_DI...'

@@ -69,7 +69,7 @@ _agl_options() {
         '--no-auth:Serve the management API without a token (loopback only)'
         '--max-body-size:Largest request body in bytes (413 beyond)'
         '--max-db-size:Largest the database may grow, in bytes; beyond it writes are refused (507) a...'
-        '--max-requests:Requests served at once (long polls included); beyond it, 503 with Retry-After'
+        '--max-requests:Requests served at once, and as many more that wait (long polls, waits, strea...'
         '--request-timeout:Seconds a client may take to send a whole request, from its first byte; 408 b...'
         '--allowed-host:On loopback, also answer requests addressed to NAME (the public name a proxy...'
         '--detach:Start in the background, return once it is ready; its output goes to STATE_DI...'

@@ -1,31 +1,73 @@
 """More requests than the daemon takes at once: the rest are answered 503 with
-`Retry-After` at once, what was accepted is answered in full, and probes always pass."""
+`Retry-After` at once, what was accepted is answered in full, and probes always pass.
+Requests that wait (long polls, waits, streams) are limited apart, so that idle workers
+never turn away the reports and the queueing they wait for."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
+import socket
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import httpx
 from daemon import Daemon, wait_until
+
+ENQUEUE = json.dumps({"rollouts": [{"input": "slow"}]}).encode()
+
+
+def slow_enqueue(daemon: Daemon) -> socket.socket:
+    """A store-API enqueue whose body has not all come yet: served, and waiting for it."""
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(
+        b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(ENQUEUE)}\r\n\r\n".encode()
+        + ENQUEUE[:1]
+    )
+    return sock
 
 
 def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepted_ones_are_answered(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     daemon = make_daemon("--max-requests", "2")
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        polls = [
-            pool.submit(httpx.get, f"{daemon.url}/task", params={"wait": 3}, timeout=30) for _ in range(2)
-        ]
-        wait_until(lambda: daemon.requests_in_flight() == 2, "both long polls to be waiting")
+    with ExitStack() as held:
+        slow = [held.enter_context(slow_enqueue(daemon)) for _ in range(2)]
+        wait_until(lambda: daemon.requests_in_flight() == 2, "both requests to be served")
         refused = httpx.get(f"{daemon.url}/task", timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert refused.json()["detail"].startswith("agl is serving as many requests as it takes at once (2)")
         assert daemon.get("/health").status_code == 200  # probes always pass
-        answers = [poll.result(timeout=30) for poll in polls]
-    assert [a.json() for a in answers] == [{"is_available": False, "task": None}] * 2
-    wait_until(lambda: daemon.requests_in_flight() == 0, "the long polls to end")
+        for sock in slow:
+            sock.sendall(ENQUEUE[1:])
+        answers = [sock.recv(4096) for sock in slow]
+    assert [answer.split(b" ", 2)[:2] for answer in answers] == [[b"HTTP/1.1", b"201"]] * 2
+    wait_until(lambda: daemon.requests_in_flight() == 0, "the requests to end")
     assert httpx.get(f"{daemon.url}/task", timeout=10).status_code == 200
     assert re.search(r"^agl_requests_turned_away_total 1\.0$", daemon.get("/metrics").text, re.M)
+
+
+def test_waiting_workers_have_a_limit_of_their_own_and_turn_away_no_report_or_queueing(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon("--max-requests", "2")
+    [first] = daemon.queue("first")
+    assert daemon.claim() is not None
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        polls = [
+            pool.submit(httpx.get, f"{daemon.url}/task", params={"wait": 30}, timeout=60) for _ in range(2)
+        ]
+        wait_until(lambda: daemon.requests_in_flight() == 2, "both long polls to be waiting")
+        refused = httpx.get(f"{daemon.url}/task", params={"wait": 30}, timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json()["detail"].startswith(
+            "agl is serving as many waiting requests (long polls, waits, streams) as it takes at once (2)"
+        )
+        daemon.report(first, final_reward=1.0)  # what the waiting workers wait for goes on
+        assert daemon.status()["tasks"]["completed"] == 1
+        second, third = daemon.queue("second", "third")
+        handed = [poll.result(timeout=30).json()["task"]["rollout_id"] for poll in polls]
+    assert sorted(handed) == sorted([second, third])

@@ -77,7 +77,7 @@ def serve(
         DEFAULTS.max_requests,
         min=1,
         metavar="N",
-        help="Requests served at once (long polls included); beyond it, 503 with Retry-After.",
+        help="Requests served at once, and as many more that wait (long polls, waits, streams); beyond, 503 with Retry-After.",
     ),
     request_timeout: float = typer.Option(
         DEFAULTS.request_timeout,

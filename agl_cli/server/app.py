@@ -28,7 +28,7 @@ from agl_cli.server.broker import Broker
 from agl_cli.server.legacy import WorkerRoutes
 from agl_cli.server.limits import BodySizeLimit, InFlightLimit
 from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
-from agl_cli.server.openapi import build_document, routes_of
+from agl_cli.server.openapi import EVENT_STREAM, build_document, routes_of
 from agl_cli.server.protocol import DirectRoute, Headers
 from agl_cli.server.requests import BadRequest
 from agl_cli.server.responses import ORJSONResponse, error, storage_failure
@@ -48,11 +48,15 @@ class ServerOptions:
 class AglApp(Starlette):
     """Starlette, with the worker routes answered before its middleware stack: they are
     the hot path, and need none of it (see `legacy.WorkerRoutes`). Probes (`/health`,
-    `/ready`, `/metrics`) pass the limit on requests in flight; every other request is
-    counted in it. What a web page may have sent is refused first (`browsers`)."""
+    `/ready`, `/metrics`) pass the limit on requests in flight; requests that wait (long
+    polls, the store API's waits, streams) have a limit of their own, so that idle
+    workers cannot turn away the reports and the queueing they wait for; every other
+    request is counted in `limit`. What a web page may have sent is refused first
+    (`browsers`)."""
 
     worker_routes: WorkerRoutes
     limit: InFlightLimit
+    waits: InFlightLimit
     metrics: Metrics
     guard: browsers.PageGuard
 
@@ -67,14 +71,15 @@ class AglApp(Starlette):
         if scope["type"] != "http" or scope["path"] in PROBES:
             await self.worker_routes(scope, receive, send)
             return
-        refusal = self.limit.enter()
+        limit = self.waits if _waits(scope) else self.limit
+        refusal = limit.enter()
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         try:
             await self.worker_routes(scope, receive, send)
         finally:
-            self.limit.leave()
+            limit.leave()
 
     def direct(self, method: bytes, url: bytes, headers: Headers) -> DirectRoute | None:
         """What the HTTP protocol asks of the app it serves: how to answer a request
@@ -129,6 +134,9 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.limit = InFlightLimit(broker.stats, options.max_requests)
+    app.waits = InFlightLimit(
+        broker.stats, options.max_requests, "waiting requests (long polls, waits, streams)"
+    )
     app.metrics = metrics
     app.guard = browsers.PageGuard(
         otlp.PATHS,
@@ -150,6 +158,18 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
 
 
 PROBES = frozenset({"/health", "/ready", "/metrics"})
+WAITS = frozenset(
+    endpoint.path
+    for endpoint in (*management.ENDPOINTS, *store_api.ENDPOINTS)
+    if endpoint.media_type == EVENT_STREAM or endpoint.handler is store_api.wait_for_rollouts
+)
+
+
+def _waits(scope: Scope) -> bool:
+    """A request that may wait for long: a long poll (`GET /task?wait=S`; 0.3.0's workers
+    poll without), a store-API wait, a stream."""
+    path = scope["path"]
+    return path in WAITS or (path == "/task" and b"wait=" in scope["query_string"])
 
 
 async def health(request: Request) -> Response:

@@ -12,27 +12,32 @@ from agl_cli.server.responses import ORJSONResponse, error
 class InFlightLimit:
     """At most `limit` requests are served at once: beyond, a request is answered 503
     with `Retry-After` at once, so that overload makes the daemon answer slower, never
-    run out of memory or drop what it accepted. Counted in `stats` (status, metrics)."""
+    run out of memory or drop what it accepted. Counted in `stats` (status, metrics)
+    with those of the other limits."""
 
-    def __init__(self, stats: Stats, limit: int) -> None:
+    def __init__(self, stats: Stats, limit: int, what: str = "requests") -> None:
         self.stats = stats
         self.limit = limit
+        self.what = what
+        self.count = 0
 
     def enter(self) -> ORJSONResponse | None:
         """Take a request in (None), or the answer that turns it away; one taken in must
         `leave` once answered."""
-        stats = self.stats
-        if stats.in_flight >= self.limit:
-            stats.turned_away += 1
+        if self.count >= self.limit:
+            self.stats.turned_away += 1
             response = error(
-                503, f"agl is serving as many requests as it takes at once ({self.limit}); try again shortly."
+                503,
+                f"agl is serving as many {self.what} as it takes at once ({self.limit}); try again shortly.",
             )
             response.headers["Retry-After"] = "1"
             return response
-        stats.in_flight += 1
+        self.count += 1
+        self.stats.in_flight += 1
         return None
 
     def leave(self) -> None:
+        self.count -= 1
         self.stats.in_flight -= 1
 
 
