@@ -175,6 +175,24 @@ def test_a_daemon_started_under_nohup_outlives_its_terminal(make_daemon: Callabl
     assert int(ignored.split()[1], 16) & (1 << (signal.SIGHUP - 1))
 
 
+def test_a_long_poll_whose_worker_hung_up_before_it_was_answered_leaves_the_task_queued(
+    daemon: Daemon,
+) -> None:
+    """Its answer would go to nobody, and the task would wait out the task timeout: it
+    claims nothing, or hands back at once what it claimed as the hang-up was heard."""
+    [rollout_id] = daemon.queue("for a worker that is there")
+    assert daemon.proc is not None
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    daemon.proc.send_signal(signal.SIGSTOP)  # the request and the hang-up, heard together
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(b"GET /task?wait=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: daemon.requests_in_flight() == 0, "the long poll to end")
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "queued"
+
+
 def version_and_attempts(path: Path) -> tuple[int, int]:
     check = sqlite3.connect(path)
     try:

@@ -101,6 +101,21 @@ def test_an_expired_claim_is_handed_out_again_with_one_more_claim(store: Store, 
     assert again.last_claim_time > first.last_claim_time
 
 
+def test_a_claim_whose_worker_hung_up_ends_at_once_as_one_that_timed_out(
+    store: Store, clock: FakeClock
+) -> None:
+    [rollout_id] = queue(store, "handed to nobody")
+    first = store.claim_next()
+    assert first is not None
+    assert store.abandon_claim(rollout_id, first.num_claims - 1) is False  # not that claim
+    assert store.abandon_claim(rollout_id, first.num_claims) is True
+    assert store.abandon_claim(rollout_id, first.num_claims) is False  # ended already
+    record = store.get_task(rollout_id)
+    assert record is not None and record.status is TaskStatus.QUEUED
+    again = store.claim_next()  # before the task timeout has passed
+    assert again is not None and (again.rollout_id, again.num_claims) == (rollout_id, 2)
+
+
 def test_a_requeued_task_goes_to_the_back_of_the_queue(store: Store, clock: FakeClock) -> None:
     [first_id] = queue(store, "first")
     store.claim_next()

@@ -284,12 +284,18 @@ class Broker:
 
     async def claim(self, wait: float = 0.0, gone: asyncio.Event | None = None) -> Claim | None:
         """Hand out the next task, waiting up to `wait` seconds for one to appear, unless
-        the claimer is `gone` first (a task is then handed to nobody)."""
+        the claimer is `gone` first (a task is then handed to nobody; one claimed as it
+        hung up is handed back at once)."""
         deadline = time.monotonic() + wait
         while True:
+            if gone is not None and gone.is_set():
+                return None
             changed = self._tasks_changed.watch()
             made = await self.claim_soon()
             claim = self.claimed(made)
+            if claim is not None and gone is not None and gone.is_set():
+                await self._abandon(claim)
+                return None
             if claim is not None:
                 return claim
             remaining = deadline - time.monotonic()
@@ -300,6 +306,15 @@ class Broker:
             await wait_for(changed, remaining, unless=gone)
             if gone is not None and gone.is_set():
                 return None
+
+    async def _abandon(self, claim: Claim) -> None:
+        ran_out = await self._threads.write(
+            lambda: self._watching_expiry(
+                lambda: self._store.abandon_claim(claim.rollout_id, claim.num_claims)
+            )[1]
+        )
+        if ran_out:
+            self._claims_ran_out()
 
     def claim_soon(self) -> asyncio.Future[ClaimMade]:
         """A claim of the next task, without waiting for one. Pass what it made to `claimed`."""

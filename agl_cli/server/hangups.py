@@ -25,6 +25,7 @@ async def hang_up_heard(receive: Receive) -> AsyncIterator[asyncio.Event]:
         gone.set()
 
     listener = asyncio.create_task(listen())
+    await asyncio.sleep(0)  # a client gone before its request was served is heard at once
     try:
         yield gone
     finally:

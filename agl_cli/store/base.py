@@ -513,6 +513,11 @@ class Store(abc.ABC):
         """Requeue (or fail) claims whose deadline has passed; return how many changed."""
 
     @abc.abstractmethod
+    def abandon_claim(self, rollout_id: str, num_claims: int) -> bool:
+        """End now, as one that timed out, a claim whose worker hung up as it was made
+        (nobody works on it); whether it was still that claim."""
+
+    @abc.abstractmethod
     def next_deadline(self) -> float | None:
         """The earliest claim deadline, so a waiter knows when a task may come back."""
 

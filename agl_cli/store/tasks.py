@@ -438,6 +438,18 @@ class TaskStore(Database):
         with self._write(durable=False) as conn:
             return self._expire(conn)
 
+    def abandon_claim(self, rollout_id: str, num_claims: int) -> bool:
+        with self._write(durable=False) as conn:
+            now = self.clock()
+            changed = conn.execute(
+                "UPDATE tasks SET deadline = ? WHERE rollout_id = ? AND status = 'claimed' AND num_claims = ?",
+                (now, rollout_id, num_claims),
+            ).rowcount
+            if changed:
+                self._earliest_deadline = now
+                self._expire(conn)
+            return bool(changed)
+
     def _expire(self, conn: sqlite3.Connection) -> int:
         """End up to `EXPIRE_BATCH` attempts whose deadline has passed (timed out, or
         unresponsive), which puts their tasks back in the queue or fails them.
