@@ -97,7 +97,7 @@ REBOUND = (
     "This agl daemon listens on loopback and answers only requests addressed to localhost, 127.0.0.1 or [::1]"
     " (or a name given with --allowed-host), not to 'evil.test'."
 )
-CROSS_SITE = "agl does not serve requests a browser sends for another site (Sec-Fetch-Site: cross-site)."
+CROSS_SITE = "agl does not serve requests a browser sends for another origin (Sec-Fetch-Site: cross-site)."
 
 
 def cross_site(mode: str) -> dict[str, str]:

@@ -34,10 +34,10 @@ def report(daemon: Daemon, rollout_id: str, headers: dict[str, str]) -> httpx.Re
         {"Content-Type": "application/json; charset=utf-8"},
         {"Content-Type": "application/vnd.agl+json"},
         {"Content-Type": "application/json", "Sec-Fetch-Site": "same-origin"},  # the dashboard's own page
-        {"Content-Type": "application/json", "Sec-Fetch-Site": "same-site"},  # another port of this host
         {"Content-Type": "application/json", "Sec-Fetch-Site": "none"},  # typed in by the user
+        {"Content-Type": "application/json", "User-Agent": "Python/3.11 aiohttp/3.9.5"},  # 0.3.0's client
     ],
-    ids=["json", "json-charset", "plus-json", "same-origin", "same-site", "user-initiated"],
+    ids=["json", "json-charset", "plus-json", "same-origin", "user-initiated", "aiohttp"],
 )
 def test_reports_that_programs_and_the_own_page_send_are_stored(
     daemon: Daemon, headers: dict[str, str]
@@ -58,6 +58,27 @@ def test_a_claim_another_site_sends_leaves_the_task_queued_for_a_worker(daemon: 
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
     claimed = daemon.claim()
     assert claimed is not None and claimed["rollout_id"] == rollout_id
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors"},  # another port of this host
+        {
+            "User-Agent": "Mozilla/5.0 (X11; Linux x86_64)"
+        },  # sends no Sec-Fetch-Site (http://0.0.0.0, a LAN name)
+    ],
+    ids=["another-port", "no-fetch-metadata"],
+)
+def test_a_claim_or_report_a_page_of_another_origin_sends_changes_nothing(
+    daemon: Daemon, page: dict[str, str]
+) -> None:
+    [rollout_id] = daemon.queue({"x": 1})
+    assert httpx.get(daemon.url + "/task", headers=page).status_code == 403
+    assert report(daemon, rollout_id, {"Content-Type": "application/json", **page}).status_code == 403
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
+    typed_in = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)", "Sec-Fetch-Site": "none"}  # by its user
+    assert httpx.get(daemon.url + "/task", headers=typed_in).json()["task"]["rollout_id"] == rollout_id
 
 
 def test_a_link_from_another_site_opens_the_dashboard_page(daemon: Daemon) -> None:
@@ -260,4 +281,26 @@ def test_a_page_whose_name_is_rebound_to_loopback_reads_nothing_in_chromium(daem
     assert (latest_status, claim_status) == (403, 403)
     assert "sk-only-for-workers" not in latest_body and "evil.test" in latest_body
     assert refused_so_far(daemon) == refused + 2
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
+
+
+def test_a_page_rebound_to_a_daemon_beyond_loopback_reads_nothing_in_chromium(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Beyond loopback agl answers any name, so the rebound page's requests are its own
+    origin's; over plain http to a name not localhost, the browser marks them with no
+    Sec-Fetch-Site: its User-Agent tells it, on the routes no page of agl's calls."""
+    from chromium import launched  # skips this test alone where there is no browser
+
+    daemon = make_daemon("--host", "0.0.0.0")
+    daemon.publish({"main_llm": {**LLM, "api_key": "sk-only-for-workers"}})
+    [rollout_id] = daemon.queue({"x": 1})
+    rebound = f"http://evil.test:{daemon.url.rsplit(':', 1)[1]}"
+    with launched(*REBINDING) as browser:
+        page = browser.new_page()
+        page.route(rebound + "/", lambda route: route.fulfill(body="<!doctype html><title>rebound</title>"))
+        page.goto(rebound + "/")
+        latest_status, latest_body, claim_status = page.evaluate(READ_WHAT_A_REBOUND_PAGE_MAY)
+    assert (latest_status, claim_status) == (403, 403)
+    assert "sk-only-for-workers" not in latest_body
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0

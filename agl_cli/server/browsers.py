@@ -8,8 +8,11 @@ machine could then report results, enqueue rollouts, or point the workers' LLM a
 server of its own. agl's clients are programs, never pages, so three rules close that
 without touching them:
 
-- a request the browser marks as sent for another site (`Sec-Fetch-Site: cross-site`)
-  is refused with 403, but for opening the dashboard from a link;
+- a request the browser marks as sent for another origin (`Sec-Fetch-Site` but
+  `same-origin` or `none`: `same-site` is a page on another port of this host) is
+  refused with 403, but for opening the dashboard from a link; on the routes no page of
+  agl's calls, so is a browser's that carries no mark (plain http to a name other than
+  localhost, where browsers send none), told by its `User-Agent`;
 - a body that is not declared as JSON is refused with 415, as 0.3.0's server refuses it
   on a current FastAPI (with a 422), but on the routes that take another type (OTLP's
   protobuf), which a page cannot send without asking first. A body with no type at all
@@ -32,6 +35,14 @@ from agl_cli.server.responses import ORJSONResponse, error
 
 DASHBOARD_PAGE = "/"
 BODILESS = frozenset({"GET", "HEAD"})  # no route of agl's reads a body of these
+# What a browser marks a request for this very origin (or typed by its user) with. `same-site`
+# is not enough: a page on http://localhost:3000 is the same site as agl on localhost:8000.
+OWN_SITE = frozenset({b"same-origin", b"none"})
+# The routes no page of agl's calls (the workers' and the store API): a browser has no
+# business there, and over plain http to a name that is not localhost (or to 0.0.0.0) it
+# sends no Sec-Fetch-Site at all, so its User-Agent is what tells it. agentlightning's
+# clients (aiohttp, requests, OpenTelemetry's exporter) never call themselves Mozilla.
+WORKER_PREFIXES = ("/task", "/resources", "/rollout", "/v1/agl", "/v1/traces")
 
 
 @dataclass(frozen=True)
@@ -45,9 +56,11 @@ class PageGuard:
     ) -> ORJSONResponse | None:
         """The answer to a request a web page may have made, or None to serve it."""
         site = mode = content_type = host = None
-        has_body = False
+        has_body = browser = False
         for name, value in headers:  # of a header given twice, the one refused counts
-            if name == b"host":
+            if name == b"user-agent":
+                browser = browser or value.startswith(b"Mozilla/")
+            elif name == b"host":
                 host = value if host is None or self.serves_host(host) else host
             elif name == b"sec-fetch-site":
                 site = value
@@ -64,13 +77,18 @@ class PageGuard:
                 " localhost, 127.0.0.1 or [::1] (or a name given with --allowed-host),"
                 f" not to '{host.decode('latin-1')}'.",
             )
-        if site == b"cross-site" and not (
-            method in BODILESS and path == DASHBOARD_PAGE and mode == b"navigate"
+        if (
+            site is not None
+            and site not in OWN_SITE
+            and not (method in BODILESS and path == DASHBOARD_PAGE and mode == b"navigate")
         ):
             return error(
                 403,
-                "agl does not serve requests a browser sends for another site (Sec-Fetch-Site: cross-site).",
+                "agl does not serve requests a browser sends for another origin"
+                f" (Sec-Fetch-Site: {site.decode('latin-1')}).",
             )
+        if browser and site not in OWN_SITE and _is_worker_route(path):
+            return error(403, "agl does not serve a browser's requests on the worker and store routes.")
         if not has_body or method in BODILESS or path in self.not_json:
             return None  # an empty body typed otherwise is nothing to read: aiohttp's `json=None`
         if content_type is None:
@@ -90,6 +108,10 @@ class PageGuard:
             or names_loopback(host)
             or (bool(self.allowed) and without_port(host).lower() in self.allowed)
         )
+
+
+def _is_worker_route(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in WORKER_PREFIXES)
 
 
 @functools.lru_cache(maxsize=64)  # a daemon is named a few ways; a worker's request asks each time

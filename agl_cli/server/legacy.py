@@ -273,6 +273,7 @@ def _method_not_allowed(allowed: str) -> ORJSONResponse:
 
 
 _NOT_PLAIN = frozenset({b"transfer-encoding", b"sec-fetch-site"})
+_BROWSER = b"Mozilla/"
 
 
 def _plain_length(headers: Headers, serves_host: Callable[[bytes], bool]) -> int | None:
@@ -292,7 +293,11 @@ def _plain_length(headers: Headers, serves_host: Callable[[bytes], bool]) -> int
             if value != b"application/json":
                 return None
             typed = True
-        elif name in _NOT_PLAIN or (name == b"host" and not serves_host(value)):
+        elif (
+            name in _NOT_PLAIN
+            or (name == b"host" and not serves_host(value))
+            or (name == b"user-agent" and value.startswith(_BROWSER))  # `browsers` judges it
+        ):
             return None
     return length if typed or length == 0 else None
 
