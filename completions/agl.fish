@@ -77,7 +77,7 @@ complete -c agl -n "__agl_at 'serve'" -l max-body-size -x -d 'Largest request bo
 complete -c agl -n "__agl_at 'serve'" -l max-db-size -x -d 'Largest the database may grow, in bytes; beyond it writes are refused (507) a...'
 complete -c agl -n "__agl_at 'serve'" -l max-requests -x -d 'Requests served at once, and as many more that wait (long polls, waits, strea...'
 complete -c agl -n "__agl_at 'serve'" -l request-timeout -x -d 'Seconds a client may take to send a whole request, from its first byte; 408 b...'
-complete -c agl -n "__agl_at 'serve'" -l allowed-host -x -d 'On loopback, also answer requests addressed to NAME (the public name a proxy...'
+complete -c agl -n "__agl_at 'serve'" -l allowed-host -x -d 'Also answer requests addressed to NAME (the public name a proxy on this machi...'
 complete -c agl -n "__agl_at 'serve'" -l detach -s d -d 'Start in the background, return once it is ready; its output goes to STATE_DI...'
 complete -c agl -n "__agl_at 'serve'" -l help -d 'Show this message and exit'
 

@@ -71,7 +71,7 @@ _agl_options() {
         '--max-db-size:Largest the database may grow, in bytes; beyond it writes are refused (507) a...'
         '--max-requests:Requests served at once, and as many more that wait (long polls, waits, strea...'
         '--request-timeout:Seconds a client may take to send a whole request, from its first byte; 408 b...'
-        '--allowed-host:On loopback, also answer requests addressed to NAME (the public name a proxy...'
+        '--allowed-host:Also answer requests addressed to NAME (the public name a proxy on this machi...'
         '--detach:Start in the background, return once it is ready; its output goes to STATE_DI...'
         '-d:Start in the background, return once it is ready; its output goes to STATE_DI...'
         '--help:Show this message and exit'

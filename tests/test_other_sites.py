@@ -197,6 +197,24 @@ def test_a_daemon_beyond_loopback_serves_any_name(make_daemon: Callable[..., Dae
     assert answer.status_code == 200
 
 
+def test_a_daemon_beyond_loopback_given_names_serves_only_those_and_addresses(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Names its workers reach it by: a page rebound to its address names its own."""
+    daemon = make_daemon("--host", "0.0.0.0", "--allowed-host", "agl.internal")
+    url = daemon.url.replace("0.0.0.0", "127.0.0.1")
+    for host in ("agl.internal:8000", "AGL.internal", "10.1.2.3:8000", "[2001:db8::1]", "localhost"):
+        assert httpx.get(url + "/health", headers={"Host": host}).status_code == 200, host
+    [rollout_id] = daemon.queue("x")
+    refused = httpx.get(url + "/task", headers={"Host": "evil.test:8000"})
+    assert (refused.status_code, refused.json()["detail"]) == (
+        403,
+        "This agl daemon answers only requests addressed to an IP address or a name given with --allowed-host,"
+        " not to 'evil.test:8000'.",
+    )
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
+
+
 def test_a_daemon_on_loopback_serves_the_names_it_was_given_for_a_proxy(
     make_daemon: Callable[..., Daemon],
 ) -> None:

@@ -90,8 +90,8 @@ def serve(
         DEFAULTS.allowed_host,
         "--allowed-host",
         metavar="NAME",
-        help="On loopback, also answer requests addressed to NAME (the public name a proxy on this"
-        " machine passes on as Host); repeatable.",
+        help="Also answer requests addressed to NAME (the public name a proxy on this machine passes on"
+        " as Host); beyond loopback, answer no other name but addresses (DNS rebinding); repeatable.",
         show_default=False,
     ),
     detach: bool = typer.Option(

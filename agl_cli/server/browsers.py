@@ -19,7 +19,8 @@ without touching them:
   (a page's `fetch` of a `Blob`) is refused too;
 - a daemon listening on loopback answers only requests addressed to a loopback name
   (`localhost`, `127.0.0.1`, `[::1]`), or to a name it was given (`--allowed-host`: a
-  proxy's). A page whose own name it has made resolve to 127.0.0.1 (DNS rebinding) is
+  proxy's); one listening beyond loopback that was given names, only those and
+  addresses. A page whose own name it has made resolve to 127.0.0.1 (DNS rebinding) is
   of the daemon's origin in the browser's eyes, and could read every answer, an LLM's
   API key included; its requests still name it (`Host`).
 """
@@ -27,6 +28,7 @@ without touching them:
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -71,12 +73,7 @@ class PageGuard:
             elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
                 has_body = True
         if host is not None and not self.serves_host(host):
-            return error(
-                403,
-                "This agl daemon listens on loopback and answers only requests addressed to"
-                " localhost, 127.0.0.1 or [::1] (or a name given with --allowed-host),"
-                f" not to '{host.decode('latin-1')}'.",
-            )
+            return error(403, self._answers_only() + f", not to '{host.decode('latin-1')}'.")
         if (
             site is not None
             and site not in OWN_SITE
@@ -101,13 +98,20 @@ class PageGuard:
         return None
 
     def serves_host(self, host: bytes) -> bool:
-        """Whether a request addressed to `host` (a `Host` header) is served: any name
-        beyond loopback; on loopback, a loopback name or one the daemon was given."""
-        return (
-            not self.loopback
-            or names_loopback(host)
-            or (bool(self.allowed) and without_port(host).lower() in self.allowed)
-        )
+        """Whether a request addressed to `host` (a `Host` header) is served: a loopback
+        name, or one the daemon was given; beyond loopback also any address, and if it
+        was given no name, any name (which of them reach it, agl cannot know)."""
+        if names_loopback(host) or (self.allowed and without_port(host).lower() in self.allowed):
+            return True
+        return not self.loopback and (not self.allowed or names_an_address(host))
+
+    def _answers_only(self) -> str:
+        if self.loopback:
+            return (
+                "This agl daemon listens on loopback and answers only requests addressed to"
+                " localhost, 127.0.0.1 or [::1] (or a name given with --allowed-host)"
+            )
+        return "This agl daemon answers only requests addressed to an IP address or a name given with --allowed-host"
 
 
 def _is_worker_route(path: str) -> bool:
@@ -120,6 +124,16 @@ def names_loopback(host: bytes) -> bool:
     unspecified one, which a client on this machine may dial to reach it)."""
     name = without_port(host)
     return name in _UNSPECIFIED or is_loopback(name.decode("latin-1").lower())
+
+
+@functools.lru_cache(maxsize=64)
+def names_an_address(host: bytes) -> bool:
+    """Whether a `Host` header names an IP address (no name a page could rebind)."""
+    try:
+        ipaddress.ip_address(without_port(host).strip(b"[]").decode("latin-1"))
+    except ValueError:
+        return False
+    return True
 
 
 def without_port(host: bytes) -> bytes:
