@@ -17,7 +17,7 @@ import pytest
 from daemon import Daemon
 
 from agl_cli import AgentLightningServer
-from agl_cli.server.protocol import MAX_HEAD_BYTES, CoalescedWrites
+from agl_cli.server.protocol import MAX_HEAD_BYTES, MIN_BYTES_PER_SECOND, CoalescedWrites
 
 DAEMON_OPEN_FILES = 256
 
@@ -151,6 +151,26 @@ def test_a_pipelined_request_not_sent_in_full_gets_408_after_the_answer_before_i
         while chunk := client.recv(4096):
             answer += chunk
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"408"]
+
+
+def test_a_request_that_trickles_in_is_refused_after_the_grace_and_frees_its_place(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Else as many as --max-requests of them turned every worker away for the whole
+    --request-timeout (60 s), and again as soon as they were refused."""
+    daemon = make_daemon("--max-requests", "1")
+    [rollout_id] = daemon.queue("work")
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as slow:  # 30 s: the deadline
+        slow.sendall(SLOW_REQUESTS["a store API enqueue"])
+        assert httpx.get(f"{daemon.url}/task", timeout=10).status_code == 503  # its place is taken
+        answer = slow.recv(4096)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {
+        "detail": f"The request came at fewer than {MIN_BYTES_PER_SECOND} bytes a second; send it whole."
+    }
+    assert httpx.get(f"{daemon.url}/task", timeout=10).json()["task"]["rollout_id"] == rollout_id
 
 
 def test_headers_past_the_limit_get_431_and_the_connection_closed(daemon: Daemon) -> None:

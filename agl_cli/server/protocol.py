@@ -29,6 +29,13 @@ IDLE_CONNECTION_SECONDS = 5  # uvicorn's default: a connection quiet this long i
 # A request's line and headers, 431 beyond: httptools, which keeps them until they are
 # whole, sets no limit (h11, uvicorn's other parser, 16 KB).
 MAX_HEAD_BYTES = 64 * 1024
+# A request still coming after this many seconds must have come at this many bytes a
+# second or more, 408 else: one that trickles in holds one of the requests served at once
+# (`--max-requests`), and enough of them would turn every worker away for the whole
+# `--request-timeout`. A worker's 40 KB rollout comes in milliseconds.
+PACE_GRACE_SECONDS = 5.0
+MIN_BYTES_PER_SECOND = 240
+_TIMER_SLACK = 0.01  # the loop may run a timer this much before its time
 
 
 class Protocol(HttpToolsProtocol):
@@ -41,7 +48,9 @@ class Protocol(HttpToolsProtocol):
     - a request must arrive in full, headers and body, within `request_timeout` seconds
       of its first byte, or it is answered 408 and the connection closed;
     - its line and headers may take `MAX_HEAD_BYTES` (and the bytes that came with its
-      first), or it is answered 431 and the connection closed.
+      first), or it is answered 431 and the connection closed;
+    - one still coming after `PACE_GRACE_SECONDS` must have come at
+      `MIN_BYTES_PER_SECOND` or more, or it is answered 408 (checked every grace period).
 
     A request the app can answer directly (it says so in `direct`, see
     `legacy.WorkerRoutes`) is handed to it once it has arrived, instead of starting an
@@ -54,6 +63,8 @@ class Protocol(HttpToolsProtocol):
     request_timeout: float = DEFAULTS.request_timeout
     _request_timer: asyncio.TimerHandle | None = None
     _request_begun = False  # a request's first byte has come, and not yet its last
+    _request_started = 0.0  # when its first byte came (the loop's clock)
+    _request_bytes = 0  # received since (and a little before, in the read that began it)
     _in_head = False  # a request's first byte has come, and not yet the end of its headers
     _heads = 0  # requests begun on the connection
     _head_bytes = 0  # received in later reads than the one that began the head
@@ -97,14 +108,18 @@ class Protocol(HttpToolsProtocol):
                     f"The request's line and headers are larger than {MAX_HEAD_BYTES} bytes.",
                 )
                 return
+        self._request_bytes += len(data)
         if self._request_begun and self._request_timer is None:
-            self._request_timer = self.loop.call_later(self.request_timeout, self._request_too_slow)
+            self._request_started = self.loop.time()
+            self._request_timer = self.loop.call_later(
+                min(PACE_GRACE_SECONDS, self.request_timeout), self._request_too_slow
+            )
 
     def on_message_begin(self) -> None:  # the request's first byte (pipelined ones too)
         super().on_message_begin()
         self._request_begun = self._in_head = True
         self._heads += 1
-        self._head_bytes = 0
+        self._head_bytes = self._request_bytes = 0
 
     def on_message_complete(self) -> None:
         self._request_begun = False
@@ -121,13 +136,29 @@ class Protocol(HttpToolsProtocol):
             self._request_timer = None
 
     def _request_too_slow(self) -> None:
+        """A request still coming: refused if its time is up, or if it comes too slowly;
+        else looked at again later."""
         self._request_timer = None
         if self.transport.is_closing() or (self.cycle is not None and self.cycle.response_started):
             return  # answered already (a 413 before the body, say): the response ends it
-        self._refuse(
-            "408 Request Timeout",
-            f"The request did not arrive in full within {self.request_timeout:g} s (agl serve --request-timeout).",
-        )
+        elapsed = self.loop.time() - self._request_started
+        if elapsed >= self.request_timeout - _TIMER_SLACK:
+            self._refuse(
+                "408 Request Timeout",
+                f"The request did not arrive in full within {self.request_timeout:g} s (agl serve --request-timeout).",
+            )
+        elif (
+            elapsed >= PACE_GRACE_SECONDS - _TIMER_SLACK
+            and self._request_bytes < MIN_BYTES_PER_SECOND * elapsed
+        ):
+            self._refuse(
+                "408 Request Timeout",
+                f"The request came at fewer than {MIN_BYTES_PER_SECOND} bytes a second; send it whole.",
+            )
+        else:
+            self._request_timer = self.loop.call_later(
+                min(PACE_GRACE_SECONDS, self.request_timeout - elapsed), self._request_too_slow
+            )
 
     def _refuse(self, status: str, detail: str) -> None:
         """Answer `status` and close the connection (a handler waiting for the rest of the
