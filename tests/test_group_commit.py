@@ -16,9 +16,10 @@ import pytest
 from daemon import Daemon
 
 from agl_cli import AgentLightningServer
-from agl_cli.models import TaskStatus
+from agl_cli.models import Rollout, TaskStatus
 from agl_cli.server.writer import CHECKPOINT_EVERY, SINCE_THE_LAST_GOOD_SYNC, Batched, GroupCommitThreads
-from agl_cli.store import MemoryStore, SQLiteStore, StorageError, TaskSpec, UnknownTaskError
+from agl_cli.store import MemoryStore, Report, SQLiteStore, StorageError, TaskSpec, UnknownTaskError
+from agl_cli.store_models import EnqueueRequest
 
 WAIT = 10.0  # seconds any single step may take before the test gives up
 
@@ -481,3 +482,45 @@ def test_the_write_ahead_log_starts_over_as_workers_report_while_a_watcher_follo
     written = int(daemon.metric("agl_commit_seconds_count")) * PAGE
     assert written > 16 * 1024 * 1024, "too short a run to tell"
     assert largest < written / 4, (largest, written)
+
+
+async def answered_only_once_synced(
+    threads: GroupCommitThreads, write: Callable[[], asyncio.Future[Any]]
+) -> Any:
+    """Run `write` while the sync is held back: it must not be answered until it is let go."""
+    store = threads.store
+    assert isinstance(store, GatedStore)
+    store.syncing.clear()
+    store.may_sync.clear()
+    answer = asyncio.ensure_future(write())
+    assert await asyncio.to_thread(store.syncing.wait, WAIT), "the write was never synced"
+    assert not answer.done(), "answered before its commit was on disk"
+    store.may_sync.set()
+    return await asyncio.wait_for(answer, WAIT)
+
+
+async def test_a_workers_report_is_answered_only_once_its_commit_is_synced(
+    threads: GroupCommitThreads,
+) -> None:
+    store = threads.store
+    [rollout_id] = await threads.write(queue(store, "x"))
+    assert (await threads.write(store.claim)).rollout_id == rollout_id
+    reports = Batched(store.record_reports)  # as the broker makes a group's reports
+    report = Report.of(Rollout(rollout_id=rollout_id, final_reward=1.0))
+    await answered_only_once_synced(threads, lambda: threads.write_batched(reports, report))
+
+
+async def test_a_published_bundle_is_answered_only_once_its_commit_is_synced(
+    threads: GroupCommitThreads,
+) -> None:
+    store = threads.store
+    bundle = {"prompt": {"resource_type": "prompt_template", "template": "{x}", "engine": "f-string"}}
+    await answered_only_once_synced(threads, lambda: threads.write(lambda: store.publish_resources(bundle)))
+
+
+async def test_a_store_api_enqueue_is_answered_only_once_its_commit_is_synced(
+    threads: GroupCommitThreads,
+) -> None:
+    store = threads.store
+    request = EnqueueRequest(input={"x": 1})
+    await answered_only_once_synced(threads, lambda: threads.write(lambda: store.enqueue_rollouts([request])))

@@ -468,3 +468,24 @@ def test_every_statement_on_attempts_finds_them_through_their_tasks_key(
         plan = [step for *_, step in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
         whole = [step for step in plan if step.startswith("SCAN") and step.split()[1] in ("attempts", "a")]
         assert whole == [], (sql, plan)
+
+
+@pytest.mark.parametrize("late", ["failed", "succeeded"])
+def test_a_late_word_from_an_earlier_attempt_leaves_the_rollout_to_its_latest_attempt(
+    store: Store, clock: FakeClock, late: str
+) -> None:
+    """As 0.3.0: only the latest attempt's status is the rollout's. A runner whose attempt
+    timed out and reports late must not end a rollout another runner now works on."""
+    [rollout_id] = enqueue(store, "x", config=RETRY)
+    [first] = store.dequeue_rollouts(1, "w-1")
+    clock.advance(5)
+    assert store.expire_claims() == 1  # the first attempt timed out: the rollout is queued again
+    [second] = store.dequeue_rollouts(1, "w-2")
+    assert plain(second)["attempt"]["sequence_id"] == 2
+    store.update_attempt(rollout_id, plain(first)["attempt"]["attempt_id"], {"status": late})
+    shape = rollout(store, rollout_id)
+    assert (shape["status"], shape["attempt"]["attempt_id"]) == (
+        "preparing",
+        plain(second)["attempt"]["attempt_id"],
+    )
+    assert store.dequeue_rollouts(1, "w-3") == []

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
-from daemon import Daemon
+from daemon import Daemon, wait_until
+
+from agl_cli import AgentLightningServer
+from agl_cli.server import broker
 
 JSON_TYPE = {"Content-Type": "application/json"}  # what every worker's report is typed
 
@@ -280,3 +285,74 @@ def test_the_management_api_needs_the_token(daemon: Daemon) -> None:
     assert wrong.status_code == 401
     assert wrong.json() == {"detail": "The bearer token is not valid."}
     assert daemon.status()["tasks"]["queued"] == 0
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["with-a-length", "streamed"])
+def test_a_report_of_exactly_the_body_limit_is_taken_and_one_byte_more_is_a_413(
+    make_daemon: Callable[..., Daemon], streamed: bool
+) -> None:
+    daemon = make_daemon("--max-body-size", "2000")
+
+    def body(size: int, rollout_id: str) -> bytes:
+        start, end = b'{"rollout_id": "' + rollout_id.encode() + b'", "logs": ["', b'"]}'
+        return start + b"y" * (size - len(start) - len(end)) + end
+
+    def post(content: bytes) -> httpx.Response:
+        def chunks() -> Iterator[bytes]:  # no Content-Length
+            yield from (content[i : i + 500] for i in range(0, len(content), 500))
+
+        sent = chunks() if streamed else content
+        return httpx.post(daemon.url + "/rollout", content=sent, headers={"Content-Type": "application/json"})
+
+    assert post(body(2000, "at-the-limit")).status_code == 200
+    assert post(body(2001, "beyond")).status_code == 413
+    assert [r["rollout_id"] for r in daemon.rollouts()] == ["at-the-limit"]
+
+
+def commits(daemon: Daemon) -> float:
+    found = re.search(r"^agl_commit_group_size_count (\S+)$", daemon.get("/metrics").text, re.M)
+    assert found is not None
+    return float(found[1])
+
+
+def test_a_long_poll_on_an_empty_queue_waits_without_claiming_over_and_over(daemon: Daemon) -> None:
+    """The wake-up a queued task gave is spent once it is taken."""
+    with ThreadPoolExecutor(1) as pool:
+        woken = pool.submit(lambda: daemon.get("/task", params={"wait": 10}).json())
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the long poll to wait")
+        [rollout_id] = daemon.queue("x")
+        assert woken.result(timeout=10)["task"]["rollout_id"] == rollout_id
+    before = commits(daemon)
+    assert daemon.get("/task", params={"wait": 1}).json() == {"is_available": False, "task": None}
+    assert commits(daemon) - before <= 5, "an idle long poll kept the writer busy"
+
+
+async def test_a_long_poll_gets_a_timed_out_task_at_its_deadline_not_at_the_next_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(broker, "SWEEP_INTERVAL", 3600.0)  # no sweep will come to the rescue
+    server = AgentLightningServer(port=0, task_timeout_seconds=0.5)
+    await server.start()
+    try:
+        rollout_id = await server.queue_task({"x": 1})
+        async with httpx.AsyncClient(base_url=server.endpoint, timeout=30) as client:
+            first = (await client.get("/task")).json()["task"]
+            assert first["rollout_id"] == rollout_id
+            again = (await client.get("/task", params={"wait": 20})).json()["task"]
+    finally:
+        await server.stop()
+    assert again is not None and (again["rollout_id"], again["num_claims"]) == (rollout_id, 2)
+
+
+def test_a_rollout_the_store_api_gave_null_metadata_reaches_a_legacy_worker_with_an_empty_object(
+    daemon: Daemon,
+) -> None:
+    """0.3.0's `Task.metadata` is a dict: its client cannot read null."""
+    [rollout] = daemon.post(
+        "/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": {"x": 1}}]}
+    ).json()
+    assert (
+        daemon.post(f"/v1/agl/rollouts/{rollout['rollout_id']}", json={"metadata": None}).status_code == 200
+    )
+    task = daemon.get("/task").json()["task"]
+    assert (task["rollout_id"], task["metadata"]) == (rollout["rollout_id"], {})
