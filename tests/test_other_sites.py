@@ -283,34 +283,12 @@ READ_WHAT_A_REBOUND_PAGE_MAY = """async () => {
 }"""
 
 
-def test_a_page_whose_name_is_rebound_to_loopback_reads_nothing_in_chromium(daemon: Daemon) -> None:
-    from chromium import launched  # skips this test alone where there is no browser
+def what_a_rebound_page_reads(daemon: Daemon) -> tuple[int, str, int]:
+    """In Chromium, a page of `evil.test`, made to resolve to 127.0.0.1, asks the daemon
+    for the latest resources (an API key among them) and a task: the two statuses, and the
+    resources' body. The task stays unclaimed."""
+    from chromium import launched  # skips the test alone where there is no browser
 
-    daemon.publish({"main_llm": {**LLM, "api_key": "sk-only-for-workers"}})
-    [rollout_id] = daemon.queue({"x": 1})
-    port = daemon.url.rsplit(":", 1)[1]
-    rebound = f"http://evil.test:{port}"
-    refused = refused_so_far(daemon)
-    with launched(*REBINDING) as browser:
-        page = browser.new_page()
-        page.route(rebound + "/", lambda route: route.fulfill(body="<!doctype html><title>rebound</title>"))
-        page.goto(rebound + "/")
-        latest_status, latest_body, claim_status = page.evaluate(READ_WHAT_A_REBOUND_PAGE_MAY)
-    assert (latest_status, claim_status) == (403, 403)
-    assert "sk-only-for-workers" not in latest_body and "evil.test" in latest_body
-    assert refused_so_far(daemon) == refused + 2
-    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
-
-
-def test_a_page_rebound_to_a_daemon_beyond_loopback_reads_nothing_in_chromium(
-    make_daemon: Callable[..., Daemon],
-) -> None:
-    """Beyond loopback agl answers any name, so the rebound page's requests are its own
-    origin's; over plain http to a name not localhost, the browser marks them with no
-    Sec-Fetch-Site: its User-Agent tells it, on the routes no page of agl's calls."""
-    from chromium import launched  # skips this test alone where there is no browser
-
-    daemon = make_daemon("--host", "0.0.0.0")
     daemon.publish({"main_llm": {**LLM, "api_key": "sk-only-for-workers"}})
     [rollout_id] = daemon.queue({"x": 1})
     rebound = f"http://evil.test:{daemon.url.rsplit(':', 1)[1]}"
@@ -319,6 +297,23 @@ def test_a_page_rebound_to_a_daemon_beyond_loopback_reads_nothing_in_chromium(
         page.route(rebound + "/", lambda route: route.fulfill(body="<!doctype html><title>rebound</title>"))
         page.goto(rebound + "/")
         latest_status, latest_body, claim_status = page.evaluate(READ_WHAT_A_REBOUND_PAGE_MAY)
-    assert (latest_status, claim_status) == (403, 403)
     assert "sk-only-for-workers" not in latest_body
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
+    return latest_status, latest_body, claim_status
+
+
+def test_a_page_whose_name_is_rebound_to_loopback_reads_nothing_in_chromium(daemon: Daemon) -> None:
+    refused = refused_so_far(daemon)
+    latest_status, latest_body, claim_status = what_a_rebound_page_reads(daemon)
+    assert (latest_status, claim_status) == (403, 403) and "evil.test" in latest_body
+    assert refused_so_far(daemon) == refused + 2
+
+
+def test_a_page_rebound_to_a_daemon_beyond_loopback_reads_nothing_in_chromium(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Beyond loopback agl answers any name, so the rebound page's requests are its own
+    origin's; over plain http to a name not localhost, the browser marks them with no
+    Sec-Fetch-Site: its User-Agent tells it, on the routes no page of agl's calls."""
+    latest_status, _, claim_status = what_a_rebound_page_reads(make_daemon("--host", "0.0.0.0"))
+    assert (latest_status, claim_status) == (403, 403)
