@@ -25,12 +25,20 @@ class Daemon:
     """One daemon on one state directory; `kill()` then `start()` is a crash and a restart."""
 
     def __init__(
-        self, state_dir: Path, *args: str, open_files: int | None = None, open_files_hard: bool = False
+        self,
+        state_dir: Path,
+        *args: str,
+        open_files: int | None = None,
+        open_files_hard: bool = False,
+        under_nohup: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.args = list(args)
         self.open_files = open_files  # a soft limit on open files to start it with
         self.open_files_hard = open_files_hard  # and as the hard limit, which it cannot raise
+        self.under_nohup = (
+            under_nohup  # started with SIGHUP ignored; else as from a terminal, whatever the suite's
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.starts = 0
@@ -77,6 +85,7 @@ class Daemon:
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits)
 
     def _limits(self) -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if self.under_nohup else signal.SIG_DFL)
         if self.open_files is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(

@@ -210,9 +210,14 @@ def test_a_worker_route_a_busy_daemon_turns_away_is_counted_as_such(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     daemon = make_daemon("--max-requests", "1")
-    with connect(daemon.url) as held:
-        held.sendall(request("GET /task?wait=30 HTTP/1.1"))
-        wait_until(lambda: daemon.requests_in_flight() == 1, "the long poll to wait")
+    with connect(daemon.url) as held:  # a request whose body has not all come: served, and waiting for it
+        held.sendall(
+            request(
+                "POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\nContent-Type: application/json\nContent-Length: 100",
+                b"{",
+            )
+        )
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the request to be served")
         with connect(daemon.url) as sock:
             sock.sendall(request("GET /task HTTP/1.1") + report())
             answers = Answers(sock)

@@ -160,19 +160,15 @@ def test_sigterm_or_a_closed_terminal_answers_a_waiting_long_poll_and_exits_clea
     database.close()
 
 
-def test_a_daemon_started_under_nohup_outlives_its_terminal(make_daemon: Callable[..., Daemon]) -> None:
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it to the daemon
+def test_a_daemon_started_under_nohup_outlives_its_terminal(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", under_nohup=True).start()  # serving: past setting its handlers
     try:
-        daemon = make_daemon()
+        assert daemon.proc is not None
+        status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+        [ignored] = [line for line in status.splitlines() if line.startswith("SigIgn:")]
+        assert int(ignored.split()[1], 16) & (1 << (signal.SIGHUP - 1))  # as nohup left it
     finally:
-        signal.signal(signal.SIGHUP, previous)
-    assert daemon.proc is not None
-    ignored = next(
-        line
-        for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines()
-        if line.startswith("SigIgn:")
-    )
-    assert int(ignored.split()[1], 16) & (1 << (signal.SIGHUP - 1))
+        daemon.close()
 
 
 def test_a_long_poll_whose_worker_hung_up_before_it_was_answered_leaves_the_task_queued(

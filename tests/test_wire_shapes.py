@@ -134,6 +134,7 @@ def test_the_comparison_notices_a_field_the_server_does_not_have() -> None:
     class Rates(TypedDict):
         claims_per_second: float
         rollouts_per_second: int
+        seconds: float
 
     mine = _schema_of(Rates)
     yours = schemas.Rates.model_json_schema(mode="serialization")
