@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from agl_cli.cli.app import app
 from agl_cli.cli.taskfile import CheckedTask, Chunk, Defaults, TaskFileError, chunks
-from agl_cli.client import AglClient
+from agl_cli.client import AglClient, Staged, TaskList
 from agl_cli.store.schema import PLACES_PER_BATCH
 
 
@@ -427,6 +427,27 @@ def test_ctrl_c_as_the_daemon_committed_and_went_away_says_how_to_find_out(
     daemon.start()
     assert daemon.api("GET", f"/v1/tasks/{said[1]}").json()["status"] == "queued"
     assert queued_count(daemon) == 20_000
+
+
+def test_ctrl_c_while_staging_with_the_daemon_gone_says_nothing_was_queued(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit was never asked for: whatever the daemon can say, nothing was queued."""
+    file = numbered_tasks(tmp_path / "big.jsonl", 20_000)
+    stage = AglClient.stage
+
+    def staged_then_crashed(client: AglClient, batch_id: str, tasks: TaskList) -> Staged:
+        stage(client, batch_id, tasks)
+        daemon.kill()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AglClient, "stage", staged_then_crashed)
+    for name in ("AGL_URL", "AGL_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["--state-dir", str(daemon.state_dir), "queue", file])
+    assert (result.exit_code, result.stderr) == (130, "agl: Interrupted; nothing was queued.\n")
+    daemon.start()
+    assert queued_count(daemon) == 0
 
 
 def test_a_daemon_that_is_not_running_is_exit_3(tmp_path: Path) -> None:

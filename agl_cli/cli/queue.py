@@ -229,7 +229,7 @@ def _upload(
     """Queue every task of the files; returns how many."""
     from agl_cli.cli.taskfile import checked_tasks, chunks
 
-    batch_id = None
+    batch_id, committing = None, 0  # committing: the tasks the commit was asked for
     try:
         with output.progress_bar(show_progress, "Queuing", _size(task_files), bytes_=True) as update:
             tasks = checked_tasks(task_files, update)
@@ -243,10 +243,11 @@ def _upload(
             batch_id = client.create_batch()
             queued = _stage_in_turn(client, batch_id, itertools.chain([first, second], pieces), sink)
         with _spinner(show_progress, f"Committing {queued} tasks"):
+            committing = queued
             client.commit_batch(batch_id)
     except KeyboardInterrupt:
-        if batch_id is not None and not _discarded(client, batch_id) and sink.first_id is not None:
-            anyway = _queued_anyway(client, sink.first_id, queued)
+        if batch_id is not None and not _discarded(client, batch_id) and committing and sink.first_id:
+            anyway = _queued_anyway(client, sink.first_id, committing)
             if anyway != 0:
                 raise _MaybeCommitted(anyway, sink.first_id) from None
         raise
