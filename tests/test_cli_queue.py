@@ -434,10 +434,13 @@ def test_ctrl_c_while_staging_with_the_daemon_gone_says_nothing_was_queued(
 ) -> None:
     """The commit was never asked for: whatever the daemon can say, nothing was queued."""
     file = numbered_tasks(tmp_path / "big.jsonl", 20_000)
-    stage = AglClient.stage
+    stage, calls = AglClient.stage, []
 
     def staged_then_crashed(client: AglClient, batch_id: str, tasks: TaskList) -> Staged:
-        stage(client, batch_id, tasks)
+        staged = stage(client, batch_id, tasks)
+        calls.append(batch_id)
+        if len(calls) == 1:  # the first chunk's ids are taken in; the daemon dies with the second
+            return staged
         daemon.kill()
         raise KeyboardInterrupt
 
