@@ -4,7 +4,9 @@ answered before its commit is on disk."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ from agl_cli import AgentLightningServer
 from agl_cli.models import Rollout, TaskStatus
 from agl_cli.server.writer import CHECKPOINT_EVERY, SINCE_THE_LAST_GOOD_SYNC, Batched, GroupCommitThreads
 from agl_cli.store import MemoryStore, Report, SQLiteStore, StorageError, TaskSpec, UnknownTaskError
+from agl_cli.store.database import LOG_OPEN_TRIES
 from agl_cli.store_models import EnqueueRequest
 
 WAIT = 10.0  # seconds any single step may take before the test gives up
@@ -524,3 +527,30 @@ async def test_a_store_api_enqueue_is_answered_only_once_its_commit_is_synced(
     store = threads.store
     request = EnqueueRequest(input={"x": 1})
     await answered_only_once_synced(threads, lambda: threads.write(lambda: store.enqueue_rollouts([request])))
+
+
+@pytest.mark.parametrize("free_after", [3, None], ids=["freed", "never-freed"])
+def test_a_sync_with_no_descriptor_free_waits_for_one_and_never_passes_for_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_after: int | None
+) -> None:
+    """Connections may take every descriptor: opening the log to sync it waits for one
+    to come free, and, if none does, fails as a sync does (it never counts as synced)."""
+    store = SQLiteStore(tmp_path / "agl.db")
+    opening, refused = os.open, []
+
+    def crowded(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith("-wal") and (free_after is None or len(refused) < free_after):
+            refused.append(path)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return opening(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", crowded)
+    monkeypatch.setattr("agl_cli.store.database.LOG_OPEN_PAUSE", 0.001)
+    if free_after is None:
+        with pytest.raises(OSError, match="Too many open files"):
+            store.queue_tasks([TaskSpec(input="x")])
+        assert len(refused) == LOG_OPEN_TRIES
+    else:
+        store.queue_tasks([TaskSpec(input="x")])
+        assert len(refused) == free_after
+    store.close()

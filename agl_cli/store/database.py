@@ -194,16 +194,16 @@ class Database(Store):
             if self._log_fd is not None and os.fstat(self._log_fd).st_nlink == 0:  # SQLite removed it
                 os.close(self._log_fd)
                 self._log_fd = None
-            for _ in range(LOG_OPEN_TRIES):
-                if self._log_fd is not None:
-                    break
+            tries = 0
+            while self._log_fd is None:
                 try:
                     self._log_fd = os.open(self._wal, os.O_RDONLY)
                 except FileNotFoundError:
                     return None
                 except OSError as exc:
-                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                        raise
+                    tries += 1
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE) or tries >= LOG_OPEN_TRIES:
+                        raise  # not synced: the writer takes it for a failed sync
                     time.sleep(LOG_OPEN_PAUSE)
             return self._log_fd
 
