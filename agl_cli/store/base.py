@@ -91,6 +91,11 @@ class InvalidTransitionError(StoreError):
     """The task is in a state that does not allow the requested change."""
 
 
+class InvalidResourcesError(StoreError, ValueError):
+    """A bundle (or its id) 0.3.0's workers could not read: a `ValueError` too, as 0.3.0's
+    `update_resources` raises for one (pydantic's)."""
+
+
 class ReportOutcome(str, enum.Enum):
     """What happened to a reported rollout."""
 
@@ -349,15 +354,17 @@ def new_batch_id() -> str:
 def check_resources_id(resources_id: str) -> None:
     """Refuse names that could not be fetched back through `GET /resources/{id}`."""
     if not resources_id or resources_id != resources_id.strip():
-        raise StoreError("A resources id must be non-empty and have no surrounding spaces.")
+        raise InvalidResourcesError("A resources id must be non-empty and have no surrounding spaces.")
     if resources_id == "latest":
-        raise StoreError("'latest' is reserved and cannot be used as a resources id.")
+        raise InvalidResourcesError("'latest' is reserved and cannot be used as a resources id.")
     if resources_id in (".", ".."):
-        raise StoreError(f"'{resources_id}' cannot be a resources id: no URL can name it.")
+        raise InvalidResourcesError(f"'{resources_id}' cannot be a resources id: no URL can name it.")
     if "/" in resources_id or len(resources_id) > 200:
-        raise StoreError("A resources id must be at most 200 characters and contain no '/'.")
+        raise InvalidResourcesError("A resources id must be at most 200 characters and contain no '/'.")
     if any(character < " " or character == "\x7f" for character in resources_id):
-        raise StoreError("A resources id must not contain control characters (a newline, NUL, a tab).")
+        raise InvalidResourcesError(
+            "A resources id must not contain control characters (a newline, NUL, a tab)."
+        )
 
 
 # --- the interface ------------------------------------------------------------------------
@@ -755,7 +762,7 @@ def validate_resources(resources: Mapping[str, Any]) -> NamedResources:
     try:
         return _RESOURCES_ADAPTER.validate_python(plain)
     except ValidationError as exc:
-        raise StoreError(describe_resource_error(exc)) from None
+        raise InvalidResourcesError(describe_resource_error(exc)) from None
 
 
 def describe_resource_error(exc: ValidationError) -> str:

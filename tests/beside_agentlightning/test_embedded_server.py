@@ -339,3 +339,27 @@ def test_a_server_on_its_own_thread_is_driven_as_the_verl_v0_trainer_drives_it()
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert server.loop is None and not server.startup_event.is_set()
+
+
+@pytest.mark.parametrize(
+    "bundle",
+    [{"llm": {"resource_type": "bogus"}}, {"llm": {"resource_type": "llm", "model": "m"}}],
+    ids=["unknown-type", "no-endpoint"],
+)
+async def test_a_bundle_workers_could_not_read_is_a_value_error_as_from_the_legacy_server(
+    server: AgentLightningServer, bundle: dict[str, Any]
+) -> None:
+    from agentlightning.server import AgentLightningServer as Reference
+    from daemon import free_port
+
+    reference = Reference(host="127.0.0.1", port=free_port())
+    await reference.start()
+    try:
+        with pytest.raises(ValueError):
+            await reference.update_resources(bundle)
+    finally:
+        await reference.stop()
+    with pytest.raises(ValueError, match="'llm"):
+        await server.update_resources(bundle)
+    async with httpx.AsyncClient(base_url=server.endpoint) as http:
+        assert (await http.get("/resources/latest")).status_code == 404  # nothing was published
