@@ -173,6 +173,41 @@ def test_a_request_that_trickles_in_is_refused_after_the_grace_and_frees_its_pla
     assert httpx.get(f"{daemon.url}/task", timeout=10).json()["task"]["rollout_id"] == rollout_id
 
 
+def test_a_burst_at_its_start_does_not_buy_a_trickling_request_the_whole_time_limit(
+    daemon: Daemon,
+) -> None:
+    """The pace is taken over the last two checks, not since the first byte."""
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as slow:  # 30 s: the deadline (60 s before)
+        slow.sendall(
+            b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + b" " * 15_000
+        )
+        answer = slow.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"fewer than 240 bytes a second" in answer
+
+
+def test_a_request_pipelined_behind_a_long_poll_waits_for_it_unhurried(daemon: Daemon) -> None:
+    """agl reads it only once the poll is answered: that time is not the client's."""
+    [rollout_id] = daemon.queue("x")
+    assert daemon.claim() is not None
+    body = json.dumps({"rollout_id": rollout_id, "final_reward": 1.0}).encode()
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as worker:
+        worker.sendall(
+            b"GET /task?wait=7 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"POST /rollout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:1]
+        )
+        first = worker.recv(4096)  # the poll's answer, after its 7 s: no task
+        worker.sendall(body[1:])
+        second = worker.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200 ") and b'"task":null' in first.replace(b" ", b"")
+    assert second.startswith(b"HTTP/1.1 200 ")
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "completed"
+
+
 def test_headers_past_the_limit_get_431_and_the_connection_closed(daemon: Daemon) -> None:
     """The parser keeps a request's headers until they are whole: without a limit, one
     connection could make the daemon hold gigabytes of them."""

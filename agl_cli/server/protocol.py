@@ -50,7 +50,8 @@ class Protocol(HttpToolsProtocol):
     - its line and headers may take `MAX_HEAD_BYTES` (and the bytes that came with its
       first), or it is answered 431 and the connection closed;
     - one still coming after `PACE_GRACE_SECONDS` must have come at
-      `MIN_BYTES_PER_SECOND` or more, or it is answered 408 (checked every grace period).
+      `MIN_BYTES_PER_SECOND` or more over the last two grace periods, or it is answered
+      408 (checked every grace period; not while agl itself is not reading it).
 
     A request the app can answer directly (it says so in `direct`, see
     `legacy.WorkerRoutes`) is handed to it once it has arrived, instead of starting an
@@ -65,6 +66,8 @@ class Protocol(HttpToolsProtocol):
     _request_begun = False  # a request's first byte has come, and not yet its last
     _request_started = 0.0  # when its first byte came (the loop's clock)
     _request_bytes = 0  # received since (and a little before, in the read that began it)
+    _paced_from: tuple[float, int] = (0.0, 0)  # (elapsed, bytes) at the check before the last
+    _paced_last: tuple[float, int] = (0.0, 0)  # (elapsed, bytes) at the last check
     _in_head = False  # a request's first byte has come, and not yet the end of its headers
     _heads = 0  # requests begun on the connection
     _head_bytes = 0  # received in later reads than the one that began the head
@@ -120,6 +123,7 @@ class Protocol(HttpToolsProtocol):
         self._request_begun = self._in_head = True
         self._heads += 1
         self._head_bytes = self._request_bytes = 0
+        self._paced_from = self._paced_last = (0.0, 0)
 
     def on_message_complete(self) -> None:
         self._request_begun = False
@@ -141,16 +145,22 @@ class Protocol(HttpToolsProtocol):
         self._request_timer = None
         if self.transport.is_closing() or (self.cycle is not None and self.cycle.response_started):
             return  # answered already (a 413 before the body, say): the response ends it
+        if self.pipeline or self.flow.read_paused:
+            # agl is not reading it (it waits behind an earlier request on the connection,
+            # or for the app to take its body): that time is not the client's.
+            self._request_started, self._request_bytes = self.loop.time(), 0
+            self._paced_from = self._paced_last = (0.0, 0)
+            self._request_timer = self.loop.call_later(
+                min(PACE_GRACE_SECONDS, self.request_timeout), self._request_too_slow
+            )
+            return
         elapsed = self.loop.time() - self._request_started
         if elapsed >= self.request_timeout - _TIMER_SLACK:
             self._refuse(
                 "408 Request Timeout",
                 f"The request did not arrive in full within {self.request_timeout:g} s (agl serve --request-timeout).",
             )
-        elif (
-            elapsed >= PACE_GRACE_SECONDS - _TIMER_SLACK
-            and self._request_bytes < MIN_BYTES_PER_SECOND * elapsed
-        ):
+        elif elapsed >= PACE_GRACE_SECONDS - _TIMER_SLACK and self._too_slow_lately(elapsed):
             self._refuse(
                 "408 Request Timeout",
                 f"The request came at fewer than {MIN_BYTES_PER_SECOND} bytes a second; send it whole.",
@@ -159,6 +169,15 @@ class Protocol(HttpToolsProtocol):
             self._request_timer = self.loop.call_later(
                 min(PACE_GRACE_SECONDS, self.request_timeout - elapsed), self._request_too_slow
             )
+
+    def _too_slow_lately(self, elapsed: float) -> bool:
+        """Whether the request came at fewer than `MIN_BYTES_PER_SECOND` over the last two
+        checks (up to 2 grace periods), not since its first byte: a burst at the start
+        would else buy the whole `request_timeout` (15 KB for 60 s). A stall of up to one
+        grace period (a lost packet's retransmissions) is still forgiven."""
+        since, before = self._paced_from
+        self._paced_from, self._paced_last = self._paced_last, (elapsed, self._request_bytes)
+        return self._request_bytes - before < MIN_BYTES_PER_SECOND * (elapsed - since)
 
     def _refuse(self, status: str, detail: str) -> None:
         """Answer `status` and close the connection (a handler waiting for the rest of the
