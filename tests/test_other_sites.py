@@ -203,7 +203,14 @@ def test_a_daemon_beyond_loopback_given_names_serves_only_those_and_addresses(
     """Names its workers reach it by: a page rebound to its address names its own."""
     daemon = make_daemon("--host", "0.0.0.0", "--allowed-host", "agl.internal")
     url = daemon.url.replace("0.0.0.0", "127.0.0.1")
-    for host in ("agl.internal:8000", "AGL.internal", "10.1.2.3:8000", "[2001:db8::1]", "localhost"):
+    for host in (
+        "agl.internal:8000",
+        "AGL.internal",
+        "agl.internal.",
+        "10.1.2.3:8000",
+        "[2001:db8::1]",
+        "localhost",
+    ):
         assert httpx.get(url + "/health", headers={"Host": host}).status_code == 200, host
     [rollout_id] = daemon.queue("x")
     refused = httpx.get(url + "/task", headers={"Host": "evil.test:8000"})

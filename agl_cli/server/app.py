@@ -141,7 +141,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
     app.guard = browsers.PageGuard(
         otlp.PATHS,
         loopback=is_loopback(urlsplit(options.address or "").hostname or ""),
-        allowed=frozenset(name.lower().encode() for name in options.allowed_hosts),
+        allowed=frozenset(name.lower().rstrip(".").encode() for name in options.allowed_hosts),
     )
     app.worker_routes = WorkerRoutes(
         app.serve_rest, broker, metrics, options.max_body_bytes, app.limit, app.guard.serves_host

@@ -101,7 +101,7 @@ class PageGuard:
         """Whether a request addressed to `host` (a `Host` header) is served: a loopback
         name, or one the daemon was given; beyond loopback also any address, and if it
         was given no name, any name (which of them reach it, agl cannot know)."""
-        if names_loopback(host) or (self.allowed and without_port(host).lower() in self.allowed):
+        if names_loopback(host) or (self.allowed and without_port(host).lower().rstrip(b".") in self.allowed):
             return True
         return not self.loopback and (not self.allowed or names_an_address(host))
 
