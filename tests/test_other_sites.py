@@ -175,6 +175,7 @@ def test_a_page_of_another_site_in_chromium_changes_nothing(daemon: Daemon, anot
         "127.0.0.1:{port}",
         "localhost:{port}",
         "LOCALHOST",
+        "localhost.:{port}",
         "127.0.0.2:{port}",
         "[::1]:{port}",
         "0.0.0.0:{port}",

@@ -122,7 +122,7 @@ def _is_worker_route(path: str) -> bool:
 def names_loopback(host: bytes) -> bool:
     """Whether a `Host` header names a loopback address, with or without a port (or the
     unspecified one, which a client on this machine may dial to reach it)."""
-    name = without_port(host)
+    name = without_port(host).rstrip(b".")  # `localhost.`, as a fully qualified name
     return name in _UNSPECIFIED or is_loopback(name.decode("latin-1").lower())
 
 
