@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cli_runner import Worker, agl, assert_one_line_error, popen_agl, post_rollout, write
 from daemon import Daemon, wait_until
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from agl_cli.cli.app import app
 from agl_cli.cli.taskfile import CheckedTask, Chunk, Defaults, TaskFileError, chunks
@@ -381,6 +381,13 @@ def test_ctrl_c_once_the_tasks_are_queued_says_they_are(daemon: Daemon, tmp_path
     assert queued_count(daemon) == 20_000
 
 
+def queued_in_process(daemon: Daemon, file: str, monkeypatch: pytest.MonkeyPatch) -> Result:
+    """`agl queue FILE` run in this process, so that a test may interrupt it where it likes."""
+    for name in ("AGL_URL", "AGL_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return CliRunner().invoke(app, ["--state-dir", str(daemon.state_dir), "queue", file])
+
+
 def test_ctrl_c_after_the_daemon_committed_but_before_its_answer_came_says_the_tasks_were_queued(
     daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,9 +400,7 @@ def test_ctrl_c_after_the_daemon_committed_but_before_its_answer_came_says_the_t
         raise KeyboardInterrupt  # Ctrl-C as the answer was on its way
 
     monkeypatch.setattr(AglClient, "commit_batch", committed_then_interrupted)
-    for name in ("AGL_URL", "AGL_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    result = CliRunner().invoke(app, ["--state-dir", str(daemon.state_dir), "queue", file])
+    result = queued_in_process(daemon, file, monkeypatch)
     assert (result.exit_code, result.stderr) == (
         130,
         "agl: Interrupted; the 20000 tasks were queued all the same (agl tasks list shows them).\n",
@@ -415,9 +420,7 @@ def test_ctrl_c_as_the_daemon_committed_and_went_away_says_how_to_find_out(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(AglClient, "commit_batch", committed_then_crashed)
-    for name in ("AGL_URL", "AGL_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    result = CliRunner().invoke(app, ["--state-dir", str(daemon.state_dir), "queue", file])
+    result = queued_in_process(daemon, file, monkeypatch)
     said = re.fullmatch(
         r"agl: Interrupted while the daemon committed the tasks; agl tasks show (\S+) tells whether it did"
         r" \(all of them or none\)\.\n",
@@ -445,9 +448,7 @@ def test_ctrl_c_while_staging_with_the_daemon_gone_says_nothing_was_queued(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(AglClient, "stage", staged_then_crashed)
-    for name in ("AGL_URL", "AGL_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    result = CliRunner().invoke(app, ["--state-dir", str(daemon.state_dir), "queue", file])
+    result = queued_in_process(daemon, file, monkeypatch)
     assert (result.exit_code, result.stderr) == (130, "agl: Interrupted; nothing was queued.\n")
     daemon.start()
     assert queued_count(daemon) == 0
