@@ -195,12 +195,12 @@ def test_a_request_pipelined_behind_a_long_poll_waits_for_it_unhurried(daemon: D
     host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as worker:
         worker.sendall(
-            b"GET /task?wait=7 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /task?wait=6 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
             b"POST /rollout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body[:1]
         )
-        first = worker.recv(4096)  # the poll's answer, after its 7 s: no task
+        first = worker.recv(4096)  # the poll's answer, after its 6 s: no task
         worker.sendall(body[1:])
         second = worker.recv(4096)
     assert first.startswith(b"HTTP/1.1 200 ") and b'"task":null' in first.replace(b" ", b"")
