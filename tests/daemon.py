@@ -36,9 +36,8 @@ class Daemon:
         self.args = list(args)
         self.open_files = open_files  # a soft limit on open files to start it with
         self.open_files_hard = open_files_hard  # and as the hard limit, which it cannot raise
-        self.under_nohup = (
-            under_nohup  # started with SIGHUP ignored; else as from a terminal, whatever the suite's
-        )
+        # started with SIGHUP ignored; else as from a terminal, whatever the suite's
+        self.under_nohup = under_nohup
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.starts = 0
