@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,15 +43,23 @@ needs_wrk = pytest.mark.skipif(
 
 
 def bench(script: str, *args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run `bench/<script>` with this Python; its output, whatever its exit."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """Run `bench/<script>` with this Python; its output, whatever its exit. Stopped short
+    (its timeout, the test's), it is interrupted as by Ctrl-C, on which it stops the servers
+    it started (each in a group of its own), and killed if it has not ended 15 s later."""
+    command = [sys.executable, str(ROOT / "bench" / script), *args]
+    with subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @needs_wrk
