@@ -113,17 +113,13 @@ class Protocol(HttpToolsProtocol):
                 return
         self._request_bytes += len(data)
         if self._request_begun and self._request_timer is None:
-            self._request_started = self.loop.time()
-            self._request_timer = self.loop.call_later(
-                min(PACE_GRACE_SECONDS, self.request_timeout), self._request_too_slow
-            )
+            self._time_request(self._request_bytes)
 
     def on_message_begin(self) -> None:  # the request's first byte (pipelined ones too)
         super().on_message_begin()
         self._request_begun = self._in_head = True
         self._heads += 1
         self._head_bytes = self._request_bytes = 0
-        self._paced_from = self._paced_last = (0.0, 0)
 
     def on_message_complete(self) -> None:
         self._request_begun = False
@@ -139,6 +135,15 @@ class Protocol(HttpToolsProtocol):
             self._request_timer.cancel()
             self._request_timer = None
 
+    def _time_request(self, received: int) -> None:
+        """Time the request from now, `received` bytes of it in: looked at again after a
+        grace period, or at the end of its time if that comes first."""
+        self._request_started, self._request_bytes = self.loop.time(), received
+        self._paced_from = self._paced_last = (0.0, 0)
+        self._request_timer = self.loop.call_later(
+            min(PACE_GRACE_SECONDS, self.request_timeout), self._request_too_slow
+        )
+
     def _request_too_slow(self) -> None:
         """A request still coming: refused if its time is up, or if it comes too slowly;
         else looked at again later."""
@@ -148,11 +153,7 @@ class Protocol(HttpToolsProtocol):
         if self.pipeline or self.flow.read_paused:
             # agl is not reading it (it waits behind an earlier request on the connection,
             # or for the app to take its body): that time is not the client's.
-            self._request_started, self._request_bytes = self.loop.time(), 0
-            self._paced_from = self._paced_last = (0.0, 0)
-            self._request_timer = self.loop.call_later(
-                min(PACE_GRACE_SECONDS, self.request_timeout), self._request_too_slow
-            )
+            self._time_request(0)
             return
         elapsed = self.loop.time() - self._request_started
         if elapsed >= self.request_timeout - _TIMER_SLACK:
