@@ -293,19 +293,17 @@ class Broker:
             changed = self._tasks_changed.watch()
             made = await self.claim_soon()
             claim = self.claimed(made)
-            if claim is not None and gone is not None and gone.is_set():
-                await self._abandon(claim)
-                return None
             if claim is not None:
+                if gone is not None and gone.is_set():  # heard while the claim was made
+                    await self._abandon(claim)
+                    return None
                 return claim
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.closing or (gone is not None and gone.is_set()):
                 return None
             if made.next_expiry is not None:
                 remaining = min(remaining, max(made.next_expiry - self._store.clock(), 0.0) + 0.001)
-            await wait_for(changed, remaining, unless=gone)
-            if gone is not None and gone.is_set():
-                return None
+            await wait_for(changed, remaining, unless=gone)  # a hang-up meanwhile ends it at the top
 
     async def _abandon(self, claim: Claim) -> None:
         ran_out = await self._threads.write(
