@@ -45,6 +45,7 @@ OWN_SITE = frozenset({b"same-origin", b"none"})
 # sends no Sec-Fetch-Site at all, so its User-Agent is what tells it. agentlightning's
 # clients (aiohttp, requests, OpenTelemetry's exporter) never call themselves Mozilla.
 WORKER_PREFIXES = ("/task", "/resources", "/rollout", "/v1/agl", "/v1/traces")
+BROWSER_AGENT = b"Mozilla/"  # how every browser's User-Agent begins
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class PageGuard:
         has_body = browser = False
         for name, value in headers:  # of a header given twice, the one refused counts
             if name == b"user-agent":
-                browser = browser or value.startswith(b"Mozilla/")
+                browser = browser or value.startswith(BROWSER_AGENT)
             elif name == b"host":
                 host = value if host is None or self.serves_host(host) else host
             elif name == b"sec-fetch-site":

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.models import GenericResponse, ResourcesUpdate, Rollout, TaskIfAny
 from agl_cli.server.broker import Broker, ClaimMade
+from agl_cli.server.browsers import BROWSER_AGENT
 from agl_cli.server.hangups import hang_up_heard
 from agl_cli.server.limits import InFlightLimit, declared_too_large, too_large
 from agl_cli.server.metrics import Metrics
@@ -273,7 +274,6 @@ def _method_not_allowed(allowed: str) -> ORJSONResponse:
 
 
 _NOT_PLAIN = frozenset({b"transfer-encoding", b"sec-fetch-site"})
-_BROWSER = b"Mozilla/"
 
 
 def _plain_length(headers: Headers, serves_host: Callable[[bytes], bool]) -> int | None:
@@ -296,7 +296,7 @@ def _plain_length(headers: Headers, serves_host: Callable[[bytes], bool]) -> int
         elif (
             name in _NOT_PLAIN
             or (name == b"host" and not serves_host(value))
-            or (name == b"user-agent" and value.startswith(_BROWSER))  # `browsers` judges it
+            or (name == b"user-agent" and value.startswith(BROWSER_AGENT))  # `browsers` judges it
         ):
             return None
     return length if typed or length == 0 else None
