@@ -207,7 +207,7 @@ async def commit_a_batch(threads: GroupCommitThreads, size: int) -> tuple[GatedS
 async def test_the_writer_moves_a_committed_batch_into_place_when_it_has_nothing_else_to_do(
     threads: GroupCommitThreads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agl_cli.store.tasks.DRAIN_CHUNK", 7)
+    monkeypatch.setattr("agl_cli.store.batches.DRAIN_CHUNK", 7)
     store, staged = await commit_a_batch(threads, 50)
     assert await asyncio.to_thread(store.drained.wait, WAIT)
     assert store._read("SELECT count(*) FROM staging") == [(0,)]
@@ -217,7 +217,7 @@ async def test_the_writer_moves_a_committed_batch_into_place_when_it_has_nothing
 async def test_reads_see_a_batch_whole_while_the_writer_moves_it_into_place(
     threads: GroupCommitThreads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agl_cli.store.tasks.DRAIN_CHUNK", 1)
+    monkeypatch.setattr("agl_cli.store.batches.DRAIN_CHUNK", 1)
     store, staged = await commit_a_batch(threads, 500)
     reads = 0
     while not store.drained.is_set() or not reads:

@@ -821,8 +821,8 @@ def test_tasks_of_a_kilobyte_or_so_take_about_their_size_while_staged(
 @pytest.fixture
 def small_drain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Committed batches move into place two tasks per step, so a test sees them halfway."""
-    monkeypatch.setattr("agl_cli.store.tasks.DRAIN_CHUNK", 2)
-    monkeypatch.setattr("agl_cli.store.tasks.CLAIM_DRAIN", 1)
+    monkeypatch.setattr("agl_cli.store.batches.DRAIN_CHUNK", 2)
+    monkeypatch.setattr("agl_cli.store.batches.CLAIM_DRAIN", 1)
 
 
 @pytest.mark.usefixtures("small_drain_steps")
