@@ -38,7 +38,8 @@ from agl_cli.store import (
     TaskHistory,
     TaskRecord,
 )
-from agl_cli.store.base import SpansAdded, new_store_resources_id
+from agl_cli.store.ids import new_store_resources_id
+from agl_cli.store.records import SpansAdded
 from agl_cli.store_models import (
     AttemptQuery,
     EnqueueRequest,

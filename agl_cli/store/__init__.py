@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from agl_cli.store.base import (
+from agl_cli.store.base import NewTask, Store, TaskSpec
+from agl_cli.store.errors import (
+    InvalidTransitionError,
+    StorageError,
+    StorageFullError,
+    StoreError,
+    UnknownAttemptError,
+    UnknownBatchError,
+    UnknownRolloutError,
+    UnknownTaskError,
+)
+from agl_cli.store.memory import MemoryStore
+from agl_cli.store.records import (
     CHART_POINTS,
     Claim,
-    InvalidTransitionError,
-    NewTask,
     Report,
     ReportOutcome,
     RewardPoint,
@@ -15,21 +25,11 @@ from agl_cli.store.base import (
     RolloutSummary,
     Space,
     SpanSummary,
-    StorageError,
-    StorageFullError,
-    Store,
     StoreCounts,
     StoredRollout,
-    StoreError,
     TaskHistory,
     TaskRecord,
-    TaskSpec,
-    UnknownAttemptError,
-    UnknownBatchError,
-    UnknownRolloutError,
-    UnknownTaskError,
 )
-from agl_cli.store.memory import MemoryStore
 from agl_cli.store.schema import NotAglDatabaseError
 from agl_cli.store.sqlite import SQLiteStore
 

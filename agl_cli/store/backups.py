@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from agl_cli.store.base import StoreError
+from agl_cli.store.errors import StoreError
 from agl_cli.store.files import LOG_SUFFIXES, beside, open_private, sync_to_disk
 from agl_cli.store.schema import APPLICATION_ID, SCHEMA_VERSION, NotAglDatabaseError
 

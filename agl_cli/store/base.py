@@ -1,29 +1,41 @@
 """The store interface: what the server needs from any place that keeps agl's state.
 
-The task life cycle is decided here, once, by the small pure functions below; each
-implementation only records the outcome in its own data structures.
+The life cycle is decided once, in `lifecycle.py`; each implementation only records the
+outcome in its own data structures. What a store hands back is in `records.py`, what it
+refuses in `errors.py`.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import enum
 import math
-import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO, ClassVar, NamedTuple
+from typing import Any, BinaryIO, ClassVar
 
 import orjson
-from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from agl_cli.models import NamedResources, ResourcesUpdate, Rollout, Task, TaskStatus
-from agl_cli.models import NewTask as NewTask  # tasks to queue live with the wire types;
-from agl_cli.models import TaskSpec as TaskSpec  # both are re-exported here
+# Tasks to queue live with the wire types; `NewTask` and `TaskSpec` are re-exported here.
+from agl_cli.models import NewTask as NewTask
+from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
+from agl_cli.models import TaskSpec as TaskSpec
+from agl_cli.store.records import (
+    Claim,
+    Commit,
+    Report,
+    ReportOutcome,
+    RewardSeries,
+    RolloutDetail,
+    RolloutSummary,
+    Space,
+    SpansAdded,
+    StoreCounts,
+    StoredRollout,
+    TaskHistory,
+    TaskRecord,
+)
 from agl_cli.store_models import (
     AttemptQuery,
     EnqueueRequest,
@@ -34,337 +46,8 @@ from agl_cli.store_models import (
     StartRolloutBody,
     WorkerQuery,
 )
-from agl_cli.task_status import ENDED_WITHOUT_RESULT
 
 Clock = Callable[[], float]
-
-
-class StoreError(Exception):
-    """A request the store cannot carry out; the message is fit to show a user."""
-
-
-class UnknownTaskError(StoreError):
-    def __init__(self, rollout_id: str) -> None:
-        super().__init__(f"No task with id '{rollout_id}'.")
-        self.rollout_id = rollout_id
-
-
-class UnknownRolloutError(UnknownTaskError):
-    """A store-API call named a rollout agl does not have."""
-
-    def __init__(self, rollout_id: str) -> None:
-        StoreError.__init__(self, f"No rollout with id '{rollout_id}'.")
-        self.rollout_id = rollout_id
-
-
-class UnknownAttemptError(StoreError):
-    def __init__(self, rollout_id: str, attempt_id: str | None) -> None:
-        if attempt_id is None:
-            super().__init__(f"Rollout '{rollout_id}' has no attempts yet.")
-        else:
-            super().__init__(f"Rollout '{rollout_id}' has no attempt '{attempt_id}'.")
-        self.rollout_id = rollout_id
-        self.attempt_id = attempt_id
-
-
-class UnknownBatchError(StoreError):
-    def __init__(self, batch_id: str) -> None:
-        super().__init__(f"No batch with id '{batch_id}'.")
-        self.batch_id = batch_id
-
-
-class StorageError(StoreError):
-    """The database could not be written (an I/O error, a read-only file): the write that
-    met it was undone, nothing of it kept (`undone`, which the message says). `reason` is
-    the sentence without that, for where there was no write to undo (at start-up)."""
-
-    def __init__(self, reason: str, undone: bool = True) -> None:
-        super().__init__(f"{reason}; nothing was written." if undone else f"{reason}.")
-        self.reason = reason
-
-
-class StorageFullError(StorageError):
-    """No room for the write: the disk is full, or the store reached `--max-db-size`."""
-
-
-class InvalidTransitionError(StoreError):
-    """The task is in a state that does not allow the requested change."""
-
-
-class InvalidResourcesError(StoreError, ValueError):
-    """A bundle (or its id) 0.3.0's workers could not read: a `ValueError` too, as 0.3.0's
-    `update_resources` raises for one (pydantic's)."""
-
-
-class ReportOutcome(str, enum.Enum):
-    """What happened to a reported rollout."""
-
-    STORED = "stored"  # the first result for a task agl handed out
-    DUPLICATE = "duplicate"  # the task already has a result: counted, not stored
-    UNSOLICITED = "unsolicited"  # an id agl never issued: stored, marked as such
-
-
-class Report(NamedTuple):
-    """A worker's report as a store takes it: the fields agl reads of it, and its JSON to
-    keep (as it came, or as the server's lean reader wrote back what it read)."""
-
-    rollout_id: str
-    mode: str | None  # the mode its task says it ran in, if it says
-    final_reward: float | None
-    body: str
-
-    @classmethod
-    def of(cls, rollout: Rollout, body: bytes | None = None) -> Report:
-        """`rollout`'s report, as `body` if that is the JSON it was validated from."""
-        return cls(
-            rollout.rollout_id,
-            rollout.task.mode if rollout.task is not None else None,
-            rollout.final_reward,
-            rollout.model_dump_json() if body is None else body.decode(),
-        )
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """A task as the management side sees it: the wire task plus its life-cycle state."""
-
-    task: Task
-    status: TaskStatus
-    deadline: float | None = None
-    completed_time: float | None = None
-    duplicates: int = 0
-
-    @property
-    def rollout_id(self) -> str:
-        return self.task.rollout_id
-
-
-@dataclass(frozen=True)
-class StoredRollout:
-    """A kept rollout with its place in the arrival order, and agl's task for it (None
-    for an unsolicited one). `rollout` is kept as the worker sent it."""
-
-    seq: int
-    rollout: Rollout
-    received_time: float
-    attempt: int | None
-    unsolicited: bool
-    consumed: bool = False
-    task: Task | None = None
-
-    def completed(self) -> Rollout:
-        """The rollout with what its worker left out taken from its task (the whole task,
-        or its `mode` and `input`), so that every reader sees the mode it ran in: legacy
-        workers usually send no task at all."""
-        task = self.task
-        if task is None:
-            return self.rollout
-        sent = self.rollout.task
-        if sent is None:
-            return self.rollout.model_copy(update={"task": task})
-        missing = {name: getattr(task, name) for name in ("mode", "input") if getattr(sent, name) is None}
-        if not missing:
-            return self.rollout
-        return self.rollout.model_copy(update={"task": sent.model_copy(update=missing)})
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A task just handed out, as `GET /task` sends it to the worker."""
-
-    rollout_id: str
-    num_claims: int
-    wire: bytes  # the task as JSON
-
-
-@dataclass
-class SpansAdded:
-    """What became of spans sent to the store: each kept one, or None where it was kept
-    before; and how many were refused (an unknown rollout or attempt), with why."""
-
-    spans: list[Any] = field(default_factory=list)
-    rejected: int = 0
-    reason: str | None = None
-
-
-@dataclass
-class Commit:
-    """What a transaction holds: how many writes inside must be on disk before they are
-    answered, counted as they are made. Without any, the commit needs no `Store.sync()`;
-    and the writer answers the others (claims) as soon as the commit is made."""
-
-    durable_writes: int = 0
-
-
-class RolloutSummary(NamedTuple):
-    """A kept rollout in one line, without its body: what a list of many shows."""
-
-    seq: int
-    rollout_id: str
-    mode: str | None
-    reward: float | None
-    attempt: int | None
-    unsolicited: bool
-    received_time: float
-    started_time: float | None  # when the attempt that sent it began (None: unsolicited)
-
-
-class RewardPoint(NamedTuple):
-    """The rollouts of one mode that arrived in one bucket of time, and their rewards."""
-
-    mode: str | None
-    time: float  # the bucket's start, epoch s
-    rollouts: int
-    rewarded: int  # how many of them had a reward
-    mean: float | None
-
-
-# The most buckets per mode in the dashboard's reward chart. The store keeps the rewards
-# summed per second only while a chart of the run can still read them (`thin_rewards`).
-CHART_POINTS = 240
-
-
-@dataclass(frozen=True)
-class RewardSeries:
-    """Rewards over the whole run, in at most a few hundred buckets `width` seconds wide."""
-
-    width: int
-    points: list[RewardPoint]
-
-
-class SpanSummary(NamedTuple):
-    """A span without its attributes: enough to draw a waterfall."""
-
-    attempt_id: str | None
-    sequence_id: int | None
-    span_id: str | None
-    parent_id: str | None
-    name: str
-    start_time: float | None
-    end_time: float | None
-    status: str | None
-
-
-@dataclass(frozen=True)
-class TaskHistory:
-    """A task and every attempt at it, oldest first (store-API `Attempt` shapes)."""
-
-    record: TaskRecord
-    attempts: list[dict[str, object]]
-
-
-@dataclass(frozen=True)
-class RolloutDetail:
-    """Everything kept about one rollout id: its task and attempts, its result if one
-    came, and the first of the spans its attempts sent."""
-
-    history: TaskHistory | None
-    stored: StoredRollout | None
-    spans: list[SpanSummary]
-    spans_total: int
-
-
-@dataclass
-class StoreCounts:
-    tasks: dict[TaskStatus, int] = field(default_factory=lambda: dict.fromkeys(TaskStatus, 0))
-    rollouts: int = 0
-    unsolicited: int = 0
-    duplicates: int = 0
-    forgotten: int = 0  # tasks `forget_tasks` deleted, over the store's life
-    resources: int = 0
-
-
-@dataclass(frozen=True)
-class Space:
-    """The room the store takes and has, in bytes."""
-
-    size: int  # the database: its pages, in use or free
-    free: int  # of those, the pages deletions freed: used again before the file grows
-    log: int  # the write-ahead log beside it
-    limit: int | None  # `--max-db-size`
-    disk_free: int | None  # on the database's file system; None in memory
-
-
-# --- the life cycle, decided once -------------------------------------------------------
-
-
-def outcome_of_report(status: TaskStatus | None) -> ReportOutcome:
-    """The first result for a task wins, whatever state the task was in when it came."""
-    if status is None:
-        return ReportOutcome.UNSOLICITED
-    if status is TaskStatus.COMPLETED:
-        return ReportOutcome.DUPLICATE
-    return ReportOutcome.STORED
-
-
-CANCELLABLE = frozenset({TaskStatus.QUEUED, TaskStatus.CLAIMED})
-RETRYABLE = ENDED_WITHOUT_RESULT
-
-
-def check_cancellable(rollout_id: str, status: TaskStatus) -> None:
-    if status not in CANCELLABLE:
-        raise InvalidTransitionError(f"Task '{rollout_id}' is {status.value} and cannot be cancelled.")
-
-
-def check_retryable(rollout_id: str, status: TaskStatus) -> None:
-    if status not in RETRYABLE:
-        raise InvalidTransitionError(
-            f"Task '{rollout_id}' is {status.value} and cannot be retried: only failed or cancelled tasks can."
-        )
-
-
-def new_rollout_ids(count: int) -> list[str]:
-    """`count` fresh `rollout-<uuid4>` ids, in ascending order.
-
-    Sorted so that SQLite adds a batch to its index of ids in one sweep instead of at
-    random places (a third faster for large batches); built from one `os.urandom` call
-    because `uuid.uuid4()` per id costs more than the rest of queueing a task.
-    """
-    raw = os.urandom(16 * count).hex()
-    ids = []
-    for start in range(0, 32 * count, 32):
-        h = raw[start : start + 32]
-        variant = "89ab"[int(h[16], 16) & 3]  # RFC 4122 variant bits 10xx
-        ids.append(f"rollout-{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
-    ids.sort()
-    return ids
-
-
-def new_store_rollout_id() -> str:
-    """A rollout id as 0.3.0's store API makes them: `ro-` and 12 hex digits."""
-    return f"ro-{os.urandom(6).hex()}"
-
-
-def new_attempt_id() -> str:
-    return f"at-{os.urandom(4).hex()}"
-
-
-def new_store_resources_id() -> str:
-    return f"rs-{os.urandom(6).hex()}"
-
-
-def new_resources_id() -> str:
-    return f"res-{uuid.uuid4()}"
-
-
-def new_batch_id() -> str:
-    return f"batch-{uuid.uuid4()}"
-
-
-def check_resources_id(resources_id: str) -> None:
-    """Refuse names that could not be fetched back through `GET /resources/{id}`."""
-    if not resources_id or resources_id != resources_id.strip():
-        raise InvalidResourcesError("A resources id must be non-empty and have no surrounding spaces.")
-    if resources_id == "latest":
-        raise InvalidResourcesError("'latest' is reserved and cannot be used as a resources id.")
-    if resources_id in (".", ".."):
-        raise InvalidResourcesError(f"'{resources_id}' cannot be a resources id: no URL can name it.")
-    if "/" in resources_id or len(resources_id) > 200:
-        raise InvalidResourcesError("A resources id must be at most 200 characters and contain no '/'.")
-    if any(character < " " or character == "\x7f" for character in resources_id):
-        raise InvalidResourcesError(
-            "A resources id must not contain control characters (a newline, NUL, a tab)."
-        )
 
 
 # --- the interface ------------------------------------------------------------------------
@@ -751,37 +434,3 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
         """Release what the store holds open."""
-
-
-def validate_resources(resources: Mapping[str, Any]) -> NamedResources:
-    """Check a bundle against the resource types that 0.3.0 workers understand."""
-    plain = {
-        name: value.model_dump() if isinstance(value, BaseModel) else value
-        for name, value in resources.items()
-    }
-    try:
-        return _RESOURCES_ADAPTER.validate_python(plain)
-    except ValidationError as exc:
-        raise InvalidResourcesError(describe_resource_error(exc)) from None
-
-
-def describe_resource_error(exc: ValidationError) -> str:
-    """Turn pydantic's first complaint about a bundle into one sentence."""
-    first = exc.errors(include_url=False)[0]
-    loc = list(first["loc"])
-    if len(loc) > 1 and loc[1] in _RESOURCE_TYPES:
-        del loc[1]  # pydantic names the union member; the user only needs the field
-    where = ".".join(str(part) for part in loc)
-    if first["type"] == "union_tag_invalid":
-        tag = first.get("ctx", {}).get("tag")
-        return (
-            f"Resource '{first['loc'][0]}' has unknown resource_type '{tag}'; "
-            f"expected one of: {', '.join(_RESOURCE_TYPES)}."
-        )
-    if first["type"] == "union_tag_not_found":
-        return f"Resource '{first['loc'][0]}' has no resource_type; expected one of: {', '.join(_RESOURCE_TYPES)}."
-    return f"Resource field '{where}': {first['msg']}."
-
-
-_RESOURCE_TYPES = ("llm", "proxy_llm", "prompt_template")
-_RESOURCES_ADAPTER: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)

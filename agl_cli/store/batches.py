@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from agl_cli.models import input_and_metadata_json
-from agl_cli.store.base import NewTask, UnknownBatchError, new_batch_id, new_rollout_ids
+from agl_cli.store.base import NewTask
 from agl_cli.store.database import Database
+from agl_cli.store.errors import UnknownBatchError
+from agl_cli.store.ids import new_batch_id, new_rollout_ids
 from agl_cli.store.schema import PLACES_PER_BATCH
 
 DRAIN_CHUNK = 1_000  # staged tasks moved into place per step: ~5 ms of writing

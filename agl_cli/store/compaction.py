@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agl_cli.store.base import StoreError
+from agl_cli.store.errors import StoreError
 from agl_cli.store.files import JOURNAL_SUFFIX, LOG_SUFFIXES, beside, log_of, sync_to_disk
 from agl_cli.store.schema import APPLICATION_ID, NotAglDatabaseError, connect
 

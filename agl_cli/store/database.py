@@ -48,9 +48,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from agl_cli.store.backups import RESTORING
-from agl_cli.store.base import Commit, Space, StorageError, StorageFullError, Store
+from agl_cli.store.base import Store
 from agl_cli.store.compaction import SUFFIX as COMPACTING
+from agl_cli.store.errors import StorageError, StorageFullError
 from agl_cli.store.files import JOURNAL_SUFFIX, beside, log_of
+from agl_cli.store.records import Commit, Space
 from agl_cli.store.schema import connect, open_connection
 
 LOG_OPEN_TRIES = 500  # while no descriptor is free, the log is opened again every 10 ms, for 5 s

@@ -11,8 +11,10 @@ after `max_attempts` claims if that is set.
 
 from __future__ import annotations
 
+from agl_cli.store.errors import InvalidTransitionError
+from agl_cli.store.records import ReportOutcome
 from agl_cli.store_models import AttemptStatus, RolloutConfig, RolloutStatus, WorkerStatus
-from agl_cli.task_status import TaskStatus
+from agl_cli.task_status import ENDED_WITHOUT_RESULT, TaskStatus
 
 UNLIMITED_ATTEMPTS = 2**31 - 1  # how "no limit" reads where the store API needs a number
 
@@ -86,3 +88,28 @@ def worker_status_after(status: AttemptStatus) -> WorkerStatus:
     if status in ATTEMPT_ACTIVE:
         return "busy"
     return "unknown"  # timed out or unresponsive: nobody knows what the worker does
+
+
+def outcome_of_report(status: TaskStatus | None) -> ReportOutcome:
+    """The first result for a task wins, whatever state the task was in when it came."""
+    if status is None:
+        return ReportOutcome.UNSOLICITED
+    if status is TaskStatus.COMPLETED:
+        return ReportOutcome.DUPLICATE
+    return ReportOutcome.STORED
+
+
+CANCELLABLE = frozenset({TaskStatus.QUEUED, TaskStatus.CLAIMED})
+RETRYABLE = ENDED_WITHOUT_RESULT
+
+
+def check_cancellable(rollout_id: str, status: TaskStatus) -> None:
+    if status not in CANCELLABLE:
+        raise InvalidTransitionError(f"Task '{rollout_id}' is {status.value} and cannot be cancelled.")
+
+
+def check_retryable(rollout_id: str, status: TaskStatus) -> None:
+    if status not in RETRYABLE:
+        raise InvalidTransitionError(
+            f"Task '{rollout_id}' is {status.value} and cannot be retried: only failed or cancelled tasks can."
+        )

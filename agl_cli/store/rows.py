@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
-from agl_cli.store.base import StoredRollout, TaskRecord
+from agl_cli.store.records import StoredRollout, TaskRecord
 from agl_cli.store.schema import PLACES_PER_BATCH
 from agl_cli.store_models import AttemptStatus, RolloutStatus
 

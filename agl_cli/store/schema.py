@@ -13,7 +13,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from agl_cli.store.base import StoreError
+from agl_cli.store.errors import StoreError
 
 APPLICATION_ID = 0x41474C31  # "AGL1"
 SCHEMA_VERSION = 9

@@ -17,14 +17,11 @@ from typing import Any
 
 import orjson
 
-from agl_cli.store.base import (
-    SpansAdded,
-    UnknownAttemptError,
-    UnknownRolloutError,
-    new_store_rollout_id,
-)
+from agl_cli.store.errors import UnknownAttemptError, UnknownRolloutError
+from agl_cli.store.ids import new_store_rollout_id
 from agl_cli.store.lifecycle import FINISHED
 from agl_cli.store.paging import Where, order_by, page
+from agl_cli.store.records import SpansAdded
 from agl_cli.store.rows import (
     ATTEMPT_COLUMNS,
     ATTEMPT_SORT_COLUMNS,

@@ -20,25 +20,10 @@ from typing import Any
 import orjson
 
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
-from agl_cli.store.base import (
-    Claim,
-    NewTask,
-    Report,
-    ReportOutcome,
-    StoreCounts,
-    StoredRollout,
-    TaskRecord,
-    UnknownTaskError,
-    check_cancellable,
-    check_resources_id,
-    check_retryable,
-    new_attempt_id,
-    new_resources_id,
-    new_rollout_ids,
-    outcome_of_report,
-    validate_resources,
-)
+from agl_cli.store.base import NewTask
 from agl_cli.store.batches import LAST_FORGOTTEN, Batches, task_columns
+from agl_cli.store.errors import UnknownTaskError
+from agl_cli.store.ids import new_attempt_id, new_resources_id, new_rollout_ids
 from agl_cli.store.lifecycle import (
     ATTEMPT_ENDED,
     FINISHED,
@@ -46,11 +31,16 @@ from agl_cli.store.lifecycle import (
     TASK_STATUS,
     WOKEN_BY_HEARTBEAT,
     attempt_deadline,
+    check_cancellable,
+    check_retryable,
     legacy_config,
+    outcome_of_report,
     rollout_status_after,
     verdict,
     worker_status_after,
 )
+from agl_cli.store.records import Claim, Report, ReportOutcome, StoreCounts, StoredRollout, TaskRecord
+from agl_cli.store.resources import check_resources_id, validate_resources
 from agl_cli.store.rows import (
     ATTEMPT_COLUMNS,
     RESOURCES_COLUMNS,

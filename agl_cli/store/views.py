@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agl_cli.models import ResourcesUpdate
-from agl_cli.store.base import (
+from agl_cli.store.records import (
     CHART_POINTS,
     RewardPoint,
     RewardSeries,
