@@ -31,6 +31,7 @@ class Daemon:
         open_files: int | None = None,
         open_files_hard: bool = False,
         under_nohup: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.args = list(args)
@@ -38,6 +39,7 @@ class Daemon:
         self.open_files_hard = open_files_hard  # and as the hard limit, which it cannot raise
         # started with SIGHUP ignored; else as from a terminal, whatever the suite's
         self.under_nohup = under_nohup
+        self.env = env  # variables to add to the suite's environment
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.starts = 0
@@ -81,7 +83,10 @@ class Daemon:
         ]
         command += ["--log-level", "warning", *self.args]
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits)
+        env = None if self.env is None else {**os.environ, **self.env}
+        self.proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits, env=env
+        )
 
     def _limits(self) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN if self.under_nohup else signal.SIG_DFL)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from agl_cli.store import (
     TaskHistory,
     TaskRecord,
 )
+from agl_cli.store.base import SteadyClock
 from agl_cli.store.ids import new_store_resources_id
 from agl_cli.store.records import SpansAdded
 from agl_cli.store_models import (
@@ -51,7 +53,10 @@ from agl_cli.store_models import (
     WorkerQuery,
 )
 
+log = logging.getLogger("agl.broker")
+
 SWEEP_INTERVAL = 1.0
+CLOCK_STEP_SAID = 1.0  # a step of the wall clock worth a line in the log, in seconds
 # Every minute, the sums of rewards no chart reads any more are deleted, this many at most
 # (a run adds 60 a minute for each mode; a first pass over an older file catches up), and
 # so are the uncommitted batches nothing was staged to for an hour: the client that staged
@@ -154,7 +159,8 @@ class Broker:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._threads = GroupCommitThreads(store)
-        self.stats = Stats()
+        self.stats = Stats(started=store.clock())
+        self._clock_step = 0.0  # the wall clock's step from the store's, as last said in the log
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
@@ -171,6 +177,10 @@ class Broker:
     @property
     def store_kind(self) -> str:
         return self._store.kind
+
+    def now(self) -> float:
+        """The store's clock (epoch seconds): what the times it records are read against."""
+        return self._store.clock()
 
     @property
     def task_timeout(self) -> float:
@@ -236,6 +246,7 @@ class Broker:
             with failure_logged("expiring claims"):  # keep sweeping: the next sweep retries
                 if await self._threads.write(self._store.expire_claims):
                     self._claims_ran_out()
+            self._say_clock_step()
             if self.rollout_retention is not None:
                 with failure_logged("deleting old rollouts"):
                     await self._prune()
@@ -245,6 +256,22 @@ class Broker:
                     await self._threads.write(lambda: self._store.thin_rewards(THIN_REWARDS_LIMIT))
                 with failure_logged("discarding batches left idle"):
                     await self._threads.write(lambda: self._store.discard_idle_batches(BATCH_IDLE_SECONDS))
+
+    def _say_clock_step(self) -> None:
+        """Tell whoever runs the daemon that the wall clock stepped away from the store's
+        (which times every claim on, whatever the wall clock does), and by how much."""
+        clock = self._store.clock
+        if not isinstance(clock, SteadyClock):
+            return
+        step = clock.step()
+        if abs(step - self._clock_step) >= CLOCK_STEP_SAID:
+            self._clock_step = step
+            log.warning(
+                "The wall clock stepped: it is now %+.1f s from the clock agl started with. Time-outs"
+                " still count the time that passed; the times agl records keep that difference"
+                " until it is restarted.",
+                step,
+            )
 
     async def _prune(self) -> None:
         """Results first, then the spans of rollouts that ended without one, then the tasks

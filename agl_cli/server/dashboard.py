@@ -53,7 +53,11 @@ async def summary(request: Request) -> Response:
 
 async def summary_json(request: Request) -> dict[str, Any]:
     snapshot, series = await broker_of(request).overview(CHART_POINTS)
-    return {"time": time.time(), "status": status_json(request, snapshot), "rewards": chart_json(series)}
+    return {
+        "time": broker_of(request).now(),
+        "status": status_json(request, snapshot),
+        "rewards": chart_json(series),
+    }
 
 
 def chart_json(series: RewardSeries) -> dict[str, Any]:

@@ -5,7 +5,6 @@ wherever it is shown."""
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -49,7 +48,7 @@ def status_json(request: Request, snapshot: Snapshot) -> dict[str, Any]:
         version=__version__,
         pid=os.getpid(),
         started_time=broker.stats.started,
-        uptime=time.time() - broker.stats.started,
+        uptime=broker.now() - broker.stats.started,
         address=options.address,
         state_dir=options.state_dir,
         store=broker.store_kind,

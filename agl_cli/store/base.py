@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,33 @@ from agl_cli.store_models import (
 )
 
 Clock = Callable[[], float]
+# The time that has passed, whatever the wall clock does: on Linux counting a suspend too,
+# as the wall clock does; elsewhere the monotonic clock.
+_elapsed: Clock = (
+    functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+    if hasattr(time, "CLOCK_BOOTTIME")
+    else time.monotonic
+)
+
+
+class SteadyClock:
+    """Epoch seconds that start at the wall clock and then advance by the time that passes.
+
+    What a store decides by time (a claim's time-out, an attempt's, a heartbeat's age,
+    retention) rests on this clock: were it the wall clock, a step of it while the daemon
+    runs (NTP correcting a bad source, `date -s`) would time out every claimed task at
+    once, or hold a dead worker's claim for as long as a step back. The times a store
+    records then differ from the wall clock by the step, until the next start."""
+
+    def __init__(self) -> None:
+        self._start = time.time() - _elapsed()
+
+    def __call__(self) -> float:
+        return self._start + _elapsed()
+
+    def step(self) -> float:
+        """How far the wall clock has stepped away from this one since the start."""
+        return time.time() - self()
 
 
 # --- the interface ------------------------------------------------------------------------
@@ -79,7 +107,7 @@ class Store(abc.ABC):
         max_claims: int | None = None,
         rollout_retention: float | None = None,
         forget_tasks: bool = False,
-        clock: Clock = time.time,
+        clock: Clock | None = None,  # a `SteadyClock` of its own if None
     ):
         if not 0 < task_timeout < math.inf:  # not NaN either
             raise ValueError("task_timeout must be a positive, finite number of seconds")
@@ -95,7 +123,7 @@ class Store(abc.ABC):
         self.max_claims = max_claims
         self.rollout_retention = rollout_retention
         self.forget_tasks = forget_tasks
-        self.clock = clock
+        self.clock: Clock = SteadyClock() if clock is None else clock
         # Claims found run out so far, by any write (a claim looks before the sweep does):
         # a change says that tasks went back to the queue or rollouts ended.
         self.expirations = 0

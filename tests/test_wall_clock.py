@@ -1,0 +1,95 @@
+"""A step of the wall clock while the daemon runs (NTP correcting a bad source, `date -s`)
+moves no time-out: a claim times out when its time has passed, not when the clock says so.
+
+The daemon runs with a `sitecustomize` that adds to `time.time()` what a file says, as a
+stepped clock would; the monotonic clocks are left alone, as a step leaves them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon, wait_until
+
+STEPPED_CLOCK = """
+import os, time
+
+_offset_file = os.environ["STEPPED_CLOCK_FILE"]
+_wall = time.time
+
+
+def _stepped() -> float:
+    with open(_offset_file) as offset:
+        return _wall() + float(offset.read() or 0)
+
+
+time.time = _stepped
+"""
+AN_HOUR = 3600.0
+
+
+@pytest.fixture
+def stepped(tmp_path: Path) -> Path:
+    """The file whose number of seconds the daemon's wall clock is moved by."""
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "sitecustomize.py").write_text(STEPPED_CLOCK)
+    offset = tmp_path / "offset"
+    offset.write_text("0")
+    return offset
+
+
+@pytest.fixture
+def make_stepped_daemon(tmp_path: Path, stepped: Path) -> object:
+    daemons: list[Daemon] = []
+
+    def make(*args: str) -> Daemon:
+        env = {"PYTHONPATH": str(tmp_path / "shim"), "STEPPED_CLOCK_FILE": str(stepped)}
+        daemon = Daemon(tmp_path / "state", *args, env=env)
+        daemons.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in daemons:
+        daemon.close()
+
+
+def step_said(daemon: Daemon) -> bool:
+    """Whether the daemon has logged the step: a sweep has looked for expired claims since."""
+    return any("The wall clock stepped" in line for line in daemon.said())
+
+
+def test_a_step_forward_times_out_no_claim(make_stepped_daemon, stepped: Path) -> None:
+    daemon = make_stepped_daemon("--task-timeout", "60")
+    [rollout_id] = daemon.queue("q")
+    assert daemon.claim()["rollout_id"] == rollout_id
+
+    stepped.write_text(str(AN_HOUR))
+    wait_until(lambda: step_said(daemon), "the daemon to log the step")
+
+    assert daemon.claim() is None  # not handed out again
+    assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["status"] == "claimed"
+    assert any("+3600.0 s" in line for line in daemon.said())
+
+
+def test_a_step_back_does_not_hold_a_dead_workers_claim(make_stepped_daemon, stepped: Path) -> None:
+    daemon = make_stepped_daemon("--task-timeout", "1")
+    [rollout_id] = daemon.queue("q")
+    assert daemon.claim()["rollout_id"] == rollout_id  # and the worker dies
+
+    stepped.write_text(str(-AN_HOUR))
+    handed = daemon.get("/task", params={"wait": 20}).json()["task"]
+
+    assert handed is not None and handed["rollout_id"] == rollout_id  # after its 1 s, not an hour
+    assert handed["num_claims"] == 2
+
+
+def test_status_counts_uptime_in_time_passed(make_stepped_daemon, stepped: Path) -> None:
+    daemon = make_stepped_daemon()
+    stepped.write_text(str(-AN_HOUR))
+    wait_until(lambda: step_said(daemon), "the daemon to log the step")
+
+    status = daemon.status()
+
+    assert 0 <= status["uptime"] < AN_HOUR
