@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock, StoreFactory
+from conftest import FakeClock, StoreFactory, vm_steps
 
 from agl_cli.models import Rollout, TaskStatus
-from agl_cli.store import Report, SQLiteStore, Store, TaskSpec, UnknownAttemptError, UnknownRolloutError
+from agl_cli.store import (
+    MemoryStore,
+    Report,
+    SQLiteStore,
+    Store,
+    TaskSpec,
+    UnknownAttemptError,
+    UnknownRolloutError,
+)
 from agl_cli.store.lifecycle import UNLIMITED_ATTEMPTS
 from agl_cli.store_models import (
     AttemptQuery,
@@ -383,6 +392,22 @@ def test_queries_filter_sort_and_page_with_the_total_of_all_matches(store: Store
     assert sorted(r["rollout_id"] for r in either["items"]) == sorted([ids[0], ids[1]])
     assert plain(store.query_attempts(ids[0], AttemptQuery()))["total"] == 1
     assert plain(store.query_workers(WorkerQuery(status_in=["idle"])))["total"] == 1
+
+
+def test_a_status_filter_reads_the_tasks_of_that_status_only(clock: FakeClock) -> None:
+    """What an algorithm polls for (the rollouts running, or still queued) costs as much
+    beside 20,000 queued tasks as beside 20: the filter reads the status index."""
+    costs = []
+    for queued in (20, 20_000):
+        store = MemoryStore(clock=clock)
+        store.queue_tasks([TaskSpec(input=i) for i in range(queued)])
+        store.claim_many(3)
+        query = RolloutQuery(status_in=["preparing", "running"], limit=10)
+        assert plain(store.query_rollouts(query))["total"] == 3
+        costs.append(vm_steps(store, partial(store.query_rollouts, query)))
+        store.close()
+    few, many = costs
+    assert many <= 2 * few + 5, costs
 
 
 def test_a_batch_is_listed_newest_first_with_its_last_rollout_first(store: Store, clock: FakeClock) -> None:

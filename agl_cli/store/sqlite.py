@@ -19,7 +19,7 @@ import orjson
 
 from agl_cli.store.errors import UnknownAttemptError, UnknownRolloutError
 from agl_cli.store.ids import new_store_rollout_id
-from agl_cli.store.lifecycle import FINISHED
+from agl_cli.store.lifecycle import FINISHED, TASK_STATUS
 from agl_cli.store.paging import Where, order_by, page
 from agl_cli.store.records import SpansAdded
 from agl_cli.store.rows import (
@@ -310,7 +310,8 @@ class SQLiteStore(Views):
         return [found[rollout_id] for rollout_id in rollout_ids if rollout_id in found], unfinished
 
     def query_rollouts(self, query: RolloutQuery) -> dict[str, object]:
-        where = Where(query.filter_logic).within("t.phase", query.status_in)
+        statuses = sorted({TASK_STATUS[phase].value for phase in query.status_in or ()})
+        where = Where(query.filter_logic).within_implied("t.phase", query.status_in, "t.status", statuses)
         where.within("t.rollout_id", query.rollout_id_in).contains("t.rollout_id", query.rollout_id_contains)
         clause, params = where.sql()
         order = order_by(query.sort_by, query.sort_order, ROLLOUT_SORT_COLUMNS, "t.id")
