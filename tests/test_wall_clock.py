@@ -1,16 +1,20 @@
 """A step of the wall clock while the daemon runs (NTP correcting a bad source, `date -s`)
-moves no time-out: a claim times out when its time has passed, not when the clock says so.
+moves no time-out: a claim times out when its time has passed, not when the clock says so,
+and the store's clock catches up with the wall clock gradually.
 
-The daemon runs with a `sitecustomize` that adds to `time.time()` what a file says, as a
-stepped clock would; the monotonic clocks are left alone, as a step leaves them.
+The daemons here run with a `sitecustomize` that adds to `time.time()` what a file says, as
+a stepped clock would; the monotonic clocks are left alone, as a step leaves them.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from agl_cli.store import clock
+from agl_cli.store.clock import CATCH_UP, SteadyClock
 from tests.daemon import Daemon, wait_until
 
 STEPPED_CLOCK = """
@@ -53,6 +57,49 @@ def make_stepped_daemon(tmp_path: Path, stepped: Path) -> object:
     yield make
     for daemon in daemons:
         daemon.close()
+
+
+class Machine:
+    """A wall clock and the time passed, moved by hand."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.wall, self.passed = 1_000_000.0, 50.0
+        monkeypatch.setattr(time, "time", lambda: self.wall)
+        monkeypatch.setattr(clock, "elapsed", lambda: self.passed)
+
+    def wait(self, seconds: float) -> None:
+        self.wall += seconds
+        self.passed += seconds
+
+
+def test_the_steady_clock_goes_on_through_a_step_and_catches_up_gradually(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    machine = Machine(monkeypatch)
+    steady = SteadyClock()
+    assert steady() == machine.wall
+
+    machine.wall += AN_HOUR
+    machine.wait(10)
+    assert steady() == pytest.approx(1_000_010 + 10 * CATCH_UP)  # not an hour ahead
+    stepped, apart = steady.take_steps()
+    assert stepped == AN_HOUR and apart == pytest.approx(AN_HOUR - 10 * CATCH_UP)
+    assert steady.take_steps()[0] == 0  # each step is told once
+
+    machine.wait(AN_HOUR / CATCH_UP)
+    assert steady() == pytest.approx(machine.wall)  # caught up
+
+
+def test_the_steady_clock_never_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    machine = Machine(monkeypatch)
+    steady = SteadyClock()
+    readings = [steady()]
+    machine.wall -= AN_HOUR
+    for _ in range(100):
+        machine.wait(1)
+        readings.append(steady())
+    assert readings == sorted(readings)
+    assert readings[-1] - readings[0] == pytest.approx(100 * (1 - CATCH_UP))  # slower, until it has caught up
 
 
 def step_said(daemon: Daemon) -> bool:

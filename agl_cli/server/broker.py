@@ -39,7 +39,7 @@ from agl_cli.store import (
     TaskHistory,
     TaskRecord,
 )
-from agl_cli.store.base import SteadyClock
+from agl_cli.store.clock import CATCH_UP, SteadyClock
 from agl_cli.store.ids import new_store_resources_id
 from agl_cli.store.records import SpansAdded
 from agl_cli.store_models import (
@@ -56,7 +56,6 @@ from agl_cli.store_models import (
 log = logging.getLogger("agl.broker")
 
 SWEEP_INTERVAL = 1.0
-CLOCK_STEP_SAID = 1.0  # a step of the wall clock worth a line in the log, in seconds
 # Every minute, the sums of rewards no chart reads any more are deleted, this many at most
 # (a run adds 60 a minute for each mode; a first pass over an older file catches up), and
 # so are the uncommitted batches nothing was staged to for an hour: the client that staged
@@ -160,7 +159,6 @@ class Broker:
         self._store = store
         self._threads = GroupCommitThreads(store)
         self.stats = Stats(started=store.clock())
-        self._clock_step = 0.0  # the wall clock's step from the store's, as last said in the log
         self._tasks_changed = Signal()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
@@ -258,20 +256,18 @@ class Broker:
                     await self._threads.write(lambda: self._store.discard_idle_batches(BATCH_IDLE_SECONDS))
 
     def _say_clock_step(self) -> None:
-        """Tell whoever runs the daemon that the wall clock stepped away from the store's
-        (which times every claim on, whatever the wall clock does), and by how much."""
+        """Tell whoever runs the daemon that the wall clock stepped, and that the store's
+        clock (which times every claim) catches up with it gradually (`clock.py`)."""
         clock = self._store.clock
         if not isinstance(clock, SteadyClock):
             return
-        step = clock.step()
-        if abs(step - self._clock_step) >= CLOCK_STEP_SAID:
-            self._clock_step = step
+        stepped, apart = clock.take_steps()
+        if stepped:
             log.warning(
-                "The wall clock stepped: it is now %+.1f s from the clock agl started with. Time-outs"
-                " still count the time that passed; the times agl records keep that difference"
-                " until it is restarted.",
-                step,
-            )
+                "The wall clock stepped by %+.1f s. agl's clock, which times claims, goes on by the"
+                " time that passes and catches up with it at %d s a minute (%+.1f s to go).",
+                stepped, CATCH_UP * 60, apart,
+            )  # fmt: skip
 
     async def _prune(self) -> None:
         """Results first, then the spans of rollouts that ended without one, then the tasks

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import functools
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, ClassVar
 
@@ -22,6 +20,7 @@ import orjson
 from agl_cli.models import NewTask as NewTask
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.models import TaskSpec as TaskSpec
+from agl_cli.store.clock import Clock, SteadyClock
 from agl_cli.store.records import (
     Claim,
     Commit,
@@ -47,36 +46,6 @@ from agl_cli.store_models import (
     StartRolloutBody,
     WorkerQuery,
 )
-
-Clock = Callable[[], float]
-# The time that has passed, whatever the wall clock does: on Linux counting a suspend too,
-# as the wall clock does; elsewhere the monotonic clock.
-_elapsed: Clock = (
-    functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
-    if hasattr(time, "CLOCK_BOOTTIME")
-    else time.monotonic
-)
-
-
-class SteadyClock:
-    """Epoch seconds that start at the wall clock and then advance by the time that passes.
-
-    What a store decides by time (a claim's time-out, an attempt's, a heartbeat's age,
-    retention) rests on this clock: were it the wall clock, a step of it while the daemon
-    runs (NTP correcting a bad source, `date -s`) would time out every claimed task at
-    once, or hold a dead worker's claim for as long as a step back. The times a store
-    records then differ from the wall clock by the step, until the next start."""
-
-    def __init__(self) -> None:
-        self._start = time.time() - _elapsed()
-
-    def __call__(self) -> float:
-        return self._start + _elapsed()
-
-    def step(self) -> float:
-        """How far the wall clock has stepped away from this one since the start."""
-        return time.time() - self()
-
 
 # --- the interface ------------------------------------------------------------------------
 
