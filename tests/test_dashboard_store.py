@@ -161,3 +161,25 @@ def test_the_chart_of_a_dense_run_reads_no_more_than_that_of_a_sparse_one(clock:
         store.close()
     dense, sparse = costs
     assert dense <= 2 * sparse + 5, costs
+
+
+def test_a_result_stamped_ahead_of_the_clock_leaves_the_chart_and_its_sums_alone(
+    store: Store, clock: FakeClock
+) -> None:
+    """A rollout that came while the clock was a year ahead (a daemon started before NTP set
+    the clock right) is left out of the chart until its time: counted, it would widen the
+    run to a year of one-day buckets, and the tidying would delete the run's finer sums."""
+    a_year = 365 * 86_400.0
+    store.queue_tasks([TaskSpec(input=i, mode="train") for i in range(3)])
+    first, ahead, last = store.claim_many(3)
+    store.record_rollout(Rollout(rollout_id=first.rollout_id, final_reward=0.5))
+    clock.advance(a_year)
+    store.record_rollout(Rollout(rollout_id=ahead.rollout_id, final_reward=0.5))
+    clock.advance(10 - a_year)
+    store.record_rollout(Rollout(rollout_id=last.rollout_id, final_reward=0.5))
+
+    series = store.reward_series(CHART_POINTS)
+
+    assert series.width == 1 and sum(point.rollouts for point in series.points) == 2
+    store.thin_rewards(10_000)
+    assert store.reward_series(CHART_POINTS) == series

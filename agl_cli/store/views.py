@@ -48,10 +48,13 @@ _QUERIES = {
     "summaries_before": f"{ROLLOUT_SUMMARIES} WHERE r.seq < ? ORDER BY r.seq DESC LIMIT ?",
     # From the rewards, which keep the rollouts the retention setting has deleted; two
     # subqueries, as SQLite reads one end of the index for a lone min() or max() only.
-    "run_span": "SELECT (SELECT min(bucket) FROM rewards WHERE width = 1),"
-    " (SELECT max(bucket) FROM rewards WHERE width = 1) + 1",
+    # Buckets stamped in the future (the wall clock was ahead when their rollouts came)
+    # are left out: one such stamp would widen the chart to days and have `thin_rewards`
+    # delete the run's finer sums for good.
+    "run_span": "SELECT (SELECT min(bucket) FROM rewards WHERE width = 1 AND bucket <= ?1),"
+    " (SELECT max(bucket) FROM rewards WHERE width = 1 AND bucket <= ?1) + 1",
     "rewards": "SELECT mode, bucket / ?, sum(rollouts), sum(rewarded), sum(total) FROM rewards"
-    " WHERE width = ? AND bucket >= ? GROUP BY 1, 2 ORDER BY 1, 2",
+    " WHERE width = ? AND bucket >= ? AND bucket < ? GROUP BY 1, 2 ORDER BY 1, 2",
     "thin_rewards": "DELETE FROM rewards WHERE (width, bucket, mode) IN"
     " (SELECT width, bucket, mode FROM rewards WHERE width = ?1"
     " AND NOT (width = 1 AND bucket IN (?2, ?3)) LIMIT ?4)",
@@ -85,13 +88,14 @@ class Views(TaskStore):
         """Buckets as wide as needed for the run to fit in `max_points`, summed from the
         widest kept width that divides them."""
         with self.snapshot():
-            [(first, last)] = self._read(_QUERIES["run_span"])
+            [(first, last)] = self._read(_QUERIES["run_span"], (int(self.clock()),))
             if first is None:
                 return RewardSeries(CHART_WIDTHS[0], [])
             width, kept = _chart_widths(first, last, max_points)
             factor = width // kept
             start = int(first // width) * factor
-            rows = self._read(_QUERIES["rewards"], (factor, kept, start))
+            end = (int(last - 1) // width + 1) * factor
+            rows = self._read(_QUERIES["rewards"], (factor, kept, start, end))
         points = [
             RewardPoint(
                 mode or None,
@@ -112,7 +116,7 @@ class Views(TaskStore):
         last second stay, as they give its length."""
         deleted = 0
         with self._write(durable=False) as conn:
-            [(first, last)] = conn.execute(_QUERIES["run_span"]).fetchall()
+            [(first, last)] = conn.execute(_QUERIES["run_span"], (int(self.clock()),)).fetchall()
             if first is None:
                 return 0
             _, kept = _chart_widths(first, last, CHART_POINTS)
