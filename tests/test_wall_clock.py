@@ -8,6 +8,7 @@ a stepped clock would; the monotonic clocks are left alone, as a step leaves the
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def make_stepped_daemon(tmp_path: Path, stepped: Path) -> object:
     daemons: list[Daemon] = []
 
     def make(*args: str) -> Daemon:
-        env = {"PYTHONPATH": str(tmp_path / "shim"), "STEPPED_CLOCK_FILE": str(stepped)}
+        path = os.pathsep.join(filter(None, [str(tmp_path / "shim"), os.environ.get("PYTHONPATH")]))
+        env = {"PYTHONPATH": path, "STEPPED_CLOCK_FILE": str(stepped)}
         daemon = Daemon(tmp_path / "state", *args, env=env)
         daemons.append(daemon)
         return daemon.start()
@@ -130,6 +132,24 @@ def test_a_step_back_does_not_hold_a_dead_workers_claim(make_stepped_daemon, ste
 
     assert handed is not None and handed["rollout_id"] == rollout_id  # after its 1 s, not an hour
     assert handed["num_claims"] == 2
+
+
+def test_a_restart_goes_on_catching_up_instead_of_stepping(make_stepped_daemon, stepped: Path) -> None:
+    """The clock was an hour ahead when the daemon started, then was set right: a claim
+    made since, by a worker that then died, is handed out again after its time-out, also
+    when the daemon restarts before its clock has caught up with the wall clock."""
+    stepped.write_text(str(AN_HOUR))
+    daemon = make_stepped_daemon("--task-timeout", "1")
+    stepped.write_text("0")
+    wait_until(lambda: step_said(daemon), "the daemon to log the step")  # and to keep how far apart
+    [rollout_id] = daemon.queue("q")
+    assert daemon.claim()["rollout_id"] == rollout_id  # and the worker dies
+
+    daemon.kill()
+    daemon.start()
+    handed = daemon.get("/task", params={"wait": 20}).json()["task"]
+
+    assert handed is not None and handed["rollout_id"] == rollout_id
 
 
 def test_status_counts_uptime_in_time_passed(make_stepped_daemon, stepped: Path) -> None:

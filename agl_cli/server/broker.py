@@ -56,6 +56,7 @@ from agl_cli.store_models import (
 log = logging.getLogger("agl.broker")
 
 SWEEP_INTERVAL = 1.0
+CLOCK_APART_KEPT = 1.0  # a change of the clock's distance from the wall clock worth a write, in seconds
 # Every minute, the sums of rewards no chart reads any more are deleted, this many at most
 # (a run adds 60 a minute for each mode; a first pass over an older file catches up), and
 # so are the uncommitted batches nothing was staged to for an hour: the client that staged
@@ -163,6 +164,7 @@ class Broker:
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
         self._next_tidying = 0.0  # time.monotonic() of the next `thin_rewards` and `discard_idle_batches`
+        self._clock_apart = 0.0  # what the store last kept of it (`_follow_clock`)
         self._leftovers: tuple[int, int] | None = None  # the walk of `forget_leftovers`: next id, end
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
@@ -244,7 +246,8 @@ class Broker:
             with failure_logged("expiring claims"):  # keep sweeping: the next sweep retries
                 if await self._threads.write(self._store.expire_claims):
                     self._claims_ran_out()
-            self._say_clock_step()
+            with failure_logged("keeping the clock's distance from the wall clock"):
+                await self._follow_clock()
             if self.rollout_retention is not None:
                 with failure_logged("deleting old rollouts"):
                     await self._prune()
@@ -255,13 +258,16 @@ class Broker:
                 with failure_logged("discarding batches left idle"):
                     await self._threads.write(lambda: self._store.discard_idle_batches(BATCH_IDLE_SECONDS))
 
-    def _say_clock_step(self) -> None:
-        """Tell whoever runs the daemon that the wall clock stepped, and that the store's
-        clock (which times every claim) catches up with it gradually (`clock.py`)."""
+    async def _follow_clock(self) -> None:
+        """Keep how far the store's clock is behind a stepped wall clock, for the next start,
+        and tell whoever runs the daemon of each step (`clock.py`)."""
         clock = self._store.clock
         if not isinstance(clock, SteadyClock):
             return
         stepped, apart = clock.take_steps()
+        if abs(apart - self._clock_apart) >= CLOCK_APART_KEPT:
+            await self._threads.write(lambda: self._store.keep_clock_apart(apart))
+            self._clock_apart = apart
         if stepped:
             log.warning(
                 "The wall clock stepped by %+.1f s. agl's clock, which times claims, goes on by the"

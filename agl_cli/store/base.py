@@ -429,5 +429,8 @@ class Store(abc.ABC):
     def counts(self) -> StoreCounts:
         """Tasks per status and the other totals, read from counters, not counted."""
 
+    def keep_clock_apart(self, apart: float) -> None:  # noqa: B027 - only a file has a next start
+        """Keep how far the store's clock is behind the wall clock (`SteadyClock.resume`)."""
+
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
         """Release what the store holds open."""

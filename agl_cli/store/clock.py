@@ -7,7 +7,8 @@ pause) would time out every claimed task at once, or hold a dead worker's claim 
 long as a step back. `SteadyClock` goes on by the time that passes instead, and catches
 up with a stepped wall clock gradually (`CATCH_UP`), the way NTP slews: time-outs then
 run a little fast or slow for a while, and the times recorded come back to the wall
-clock's.
+clock's. A store keeps how far behind the wall clock it is (`keep_clock_apart`), so that
+its next start goes on from there (`resume`) instead of stepping.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ class SteadyClock:
             self._offset += min(max(wall_offset - self._offset, -most), most)
             self._read = now
             return self._offset + now
+
+    def resume(self, apart: float) -> None:
+        """Go on `apart` seconds behind the wall clock (ahead if negative), where an earlier
+        process of the same store was in catching up: else a restart would step the times
+        recorded, and every deadline kept since the wall clock stepped would move by what
+        was left of the step."""
+        with self._lock:
+            self._read = elapsed()
+            self._wall_offset = time.time() - self._read
+            self._offset = self._wall_offset - apart
 
     def take_steps(self) -> tuple[float, float]:
         """How far the wall clock stepped since the last call, and how far it is now from

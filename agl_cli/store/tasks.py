@@ -22,6 +22,7 @@ import orjson
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
 from agl_cli.store.base import NewTask
 from agl_cli.store.batches import LAST_FORGOTTEN, Batches, task_columns
+from agl_cli.store.clock import SteadyClock
 from agl_cli.store.errors import UnknownTaskError
 from agl_cli.store.ids import new_attempt_id, new_resources_id, new_rollout_ids
 from agl_cli.store.lifecycle import (
@@ -68,6 +69,7 @@ from agl_cli.store_models import (
 EXPIRE_BATCH = 500
 INSERT_ROWS = 500  # rows of one multi-row INSERT: 7 values each, well within SQLite's 32,766
 FORGOTTEN = "forgotten_tasks"  # a row of `counters`: how many tasks retention deleted, ever
+CLOCK_APART = "clock_apart_ms"  # a row of `counters`: how far the clock was behind the wall clock
 
 
 class TaskStore(Batches):
@@ -78,6 +80,9 @@ class TaskStore(Batches):
         self._earliest_deadline = 0.0  # no claim expires before this; 0: look in the database
         self._paused = False  # the queue hands out nothing (`set_paused`)
         super().__init__(path, **options)
+        if isinstance(self.clock, SteadyClock):  # before anything is stamped
+            kept = self._conn.execute("SELECT value FROM counters WHERE name = ?", (CLOCK_APART,)).fetchone()
+            self.clock.resume(kept[0] / 1000 if kept else 0.0)
         self._relearn()
         self._opened = self.clock()
         self._legacy_config = legacy_config(self.task_timeout, self.max_claims)
@@ -353,6 +358,13 @@ class TaskStore(Batches):
                 (int(paused),),
             )
             self._paused = paused
+
+    def keep_clock_apart(self, apart: float) -> None:
+        with self._write(durable=False) as conn:  # a power cut costs a step at the next start
+            conn.execute(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (CLOCK_APART, round(apart * 1000)),
+            )
 
     def last_queue_place(self) -> int:
         return self._queue_pos
