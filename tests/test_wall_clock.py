@@ -150,6 +150,10 @@ def test_a_restart_goes_on_catching_up_instead_of_stepping(make_stepped_daemon, 
     handed = daemon.get("/task", params={"wait": 20}).json()["task"]
 
     assert handed is not None and handed["rollout_id"] == rollout_id
+    assert any(
+        line.startswith("agl's clock goes on 35") and "s ahead of the wall clock" in line
+        for line in daemon.said()
+    )
 
 
 def test_status_counts_uptime_in_time_passed(make_stepped_daemon, stepped: Path) -> None:

@@ -218,6 +218,15 @@ class Broker:
         self._latest = await self._threads.read(self._store.latest_resources)
         if self.forget_tasks:
             self._leftovers = (0, await self._threads.write(self._store.last_queue_place))
+        clock = self._store.clock
+        if isinstance(clock, SteadyClock):  # where the last start left it (`clock.py`)
+            self._clock_apart = clock.take_steps()[1]
+            if abs(self._clock_apart) >= CLOCK_APART_KEPT:
+                log.warning(
+                    "agl's clock goes on %.1f s %s the wall clock, where it was catching up with a step"
+                    " of it before this start (at %d s a minute).",
+                    abs(self._clock_apart), "behind" if self._clock_apart > 0 else "ahead of", CATCH_UP * 60,
+                )  # fmt: skip
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="agl-sweeper")
 
     def begin_shutdown(self) -> None:
