@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ def _stepped() -> float:
 time.time = _stepped
 """
 AN_HOUR = 3600.0
+StartDaemon = Callable[..., Daemon]
 
 
 @pytest.fixture
@@ -46,7 +48,8 @@ def stepped(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_stepped_daemon(tmp_path: Path, stepped: Path) -> object:
+def make_stepped_daemon(tmp_path: Path, stepped: Path) -> Iterator[StartDaemon]:
+    """Start daemons whose wall clock `stepped` moves; all are killed at the end."""
     daemons: list[Daemon] = []
 
     def make(*args: str) -> Daemon:
@@ -109,7 +112,7 @@ def step_said(daemon: Daemon) -> bool:
     return any("The wall clock stepped" in line for line in daemon.said())
 
 
-def test_a_step_forward_times_out_no_claim(make_stepped_daemon, stepped: Path) -> None:
+def test_a_step_forward_times_out_no_claim(make_stepped_daemon: StartDaemon, stepped: Path) -> None:
     daemon = make_stepped_daemon("--task-timeout", "60")
     [rollout_id] = daemon.queue("q")
     assert daemon.claim()["rollout_id"] == rollout_id
@@ -122,7 +125,9 @@ def test_a_step_forward_times_out_no_claim(make_stepped_daemon, stepped: Path) -
     assert any("+3600.0 s" in line for line in daemon.said())
 
 
-def test_a_step_back_does_not_hold_a_dead_workers_claim(make_stepped_daemon, stepped: Path) -> None:
+def test_a_step_back_does_not_hold_a_dead_workers_claim(
+    make_stepped_daemon: StartDaemon, stepped: Path
+) -> None:
     daemon = make_stepped_daemon("--task-timeout", "1")
     [rollout_id] = daemon.queue("q")
     assert daemon.claim()["rollout_id"] == rollout_id  # and the worker dies
@@ -134,7 +139,9 @@ def test_a_step_back_does_not_hold_a_dead_workers_claim(make_stepped_daemon, ste
     assert handed["num_claims"] == 2
 
 
-def test_a_restart_goes_on_catching_up_instead_of_stepping(make_stepped_daemon, stepped: Path) -> None:
+def test_a_restart_goes_on_catching_up_instead_of_stepping(
+    make_stepped_daemon: StartDaemon, stepped: Path
+) -> None:
     """The clock was an hour ahead when the daemon started, then was set right: a claim
     made since, by a worker that then died, is handed out again after its time-out, also
     when the daemon restarts before its clock has caught up with the wall clock."""
@@ -155,7 +162,7 @@ def test_a_restart_goes_on_catching_up_instead_of_stepping(make_stepped_daemon, 
     )
 
 
-def test_status_counts_uptime_in_time_passed(make_stepped_daemon, stepped: Path) -> None:
+def test_status_counts_uptime_in_time_passed(make_stepped_daemon: StartDaemon, stepped: Path) -> None:
     daemon = make_stepped_daemon()
     stepped.write_text(str(-AN_HOUR))
     wait_until(lambda: step_said(daemon), "the daemon to log the step")
