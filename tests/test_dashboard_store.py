@@ -166,9 +166,9 @@ def test_the_chart_of_a_dense_run_reads_no_more_than_that_of_a_sparse_one(clock:
 def test_a_result_stamped_ahead_of_the_clock_leaves_the_chart_and_its_sums_alone(
     store: Store, clock: FakeClock
 ) -> None:
-    """A rollout that came while the clock was a year ahead (a daemon started before NTP set
-    the clock right) is left out of the chart until its time: counted, it would widen the
-    run to a year of one-day buckets, and the tidying would delete the run's finer sums."""
+    """A rollout that came while the clock was a year ahead (a daemon that ran so, restarted
+    once the clock was set right) is left out of the chart until its time: counted, it would
+    widen the run to a year of one-day buckets, and the tidying would delete the finer sums."""
     a_year = 365 * 86_400.0
     store.queue_tasks([TaskSpec(input=i, mode="train") for i in range(3)])
     first, ahead, last = store.claim_many(3)

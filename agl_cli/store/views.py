@@ -48,9 +48,9 @@ _QUERIES = {
     "summaries_before": f"{ROLLOUT_SUMMARIES} WHERE r.seq < ? ORDER BY r.seq DESC LIMIT ?",
     # From the rewards, which keep the rollouts the retention setting has deleted; two
     # subqueries, as SQLite reads one end of the index for a lone min() or max() only.
-    # Buckets stamped in the future (the wall clock was ahead when their rollouts came)
-    # are left out: one such stamp would widen the chart to days and have `thin_rewards`
-    # delete the run's finer sums for good.
+    # Buckets stamped after now (by a start whose clock was ahead, before a restart once it
+    # was set right) are left out: one such stamp would widen the chart to days and have
+    # `thin_rewards` delete the run's finer sums for good.
     "run_span": "SELECT (SELECT min(bucket) FROM rewards WHERE width = 1 AND bucket <= ?1),"
     " (SELECT max(bucket) FROM rewards WHERE width = 1 AND bucket <= ?1) + 1",
     "rewards": "SELECT mode, bucket / ?, sum(rollouts), sum(rewarded), sum(total) FROM rewards"
