@@ -341,7 +341,7 @@ class Broker:
             if remaining <= 0 or self.closing or (gone is not None and gone.is_set()):
                 return None
             if made.next_expiry is not None:
-                remaining = min(remaining, max(made.next_expiry - self._store.clock(), 0.0) + 0.001)
+                remaining = min(remaining, max(made.next_expiry - self.now(), 0.0) + 0.001)
             await wait_for(changed, remaining, unless=gone)  # a hang-up meanwhile ends it at the top
 
     async def _abandon(self, claim: Claim) -> None:
