@@ -237,3 +237,26 @@ def test_a_backup_the_disk_cannot_take_is_refused_with_the_reason_and_leaves_not
     trigger.unlink()
     assert daemon.api("GET", "/v1/backup").status_code == 200
     assert "Traceback" not in daemon.log_path.read_text()
+
+
+def test_a_big_page_the_temporary_directory_cannot_take_is_a_503_with_the_reason(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trigger = tmp_path / "no room for temporary files"
+    daemon = faulty_daemon(
+        make_daemon, failing_writes, monkeypatch, tmp_path / "state", AGL_TEMP_FULL=trigger
+    )
+    rollouts = [{"input": "x" * 2_000} for _ in range(600)]  # more JSON than a page keeps in memory
+    assert daemon.post("/v1/agl/queues/rollouts/enqueue", json={"rollouts": rollouts}).status_code == 201
+
+    trigger.touch()
+    refused = daemon.get("/v1/agl/rollouts")
+    detail = "The page could not be written to a temporary file (No space left on device)."
+    assert (refused.status_code, refused.json()) == (503, {"detail": detail})
+    assert refused.headers["retry-after"] == "5"
+    assert (
+        daemon.get("/v1/agl/rollouts", params={"limit": 10}).json()["total"] == 600
+    )  # a small page still comes
+    trigger.unlink()
+    assert daemon.get("/v1/agl/rollouts").json()["total"] == 600
+    assert "Traceback" not in daemon.log_path.read_text()

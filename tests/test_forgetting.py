@@ -17,7 +17,7 @@ from cli_runner import agl, assert_one_line_error
 from conftest import FakeClock, StoreFactory, database_of_schema
 from daemon import Daemon, wait_until
 from test_retention import kept, reported, running_with_a_span, span_ids
-from test_store_rollouts import enqueue, plain
+from test_store_rollouts import enqueue, paged
 
 from agl_cli.embedded import AgentLightningServer
 from agl_cli.models import Rollout, TaskStatus
@@ -30,7 +30,7 @@ def forgotten(store: Store, rollout_id: str) -> bool:
     return (
         store.get_task(rollout_id) is None
         and store.latest_attempt(rollout_id) is None
-        and plain(store.query_attempts(rollout_id, AttemptQuery()))["total"] == 0
+        and paged(store.query_attempts(rollout_id, AttemptQuery()))["total"] == 0
         and span_ids(store, rollout_id) == []
     )
 

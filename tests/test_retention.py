@@ -19,7 +19,7 @@ import test_store_api as store_api
 from cli_runner import agl, assert_one_line_error
 from conftest import FakeClock, StoreFactory
 from daemon import Daemon, wait_until
-from test_store_rollouts import enqueue, plain, span
+from test_store_rollouts import enqueue, paged, plain, span
 
 from agl_cli.embedded import AgentLightningServer
 from agl_cli.models import Rollout, TaskStatus
@@ -41,7 +41,7 @@ def kept(store: Store) -> list[str]:
 
 
 def span_ids(store: Store, rollout_id: str) -> list[str]:
-    return [item["span_id"] for item in plain(store.query_spans(SpanQuery(rollout_id=rollout_id)))["items"]]
+    return [item["span_id"] for item in paged(store.query_spans(SpanQuery(rollout_id=rollout_id)))["items"]]
 
 
 def test_without_a_setting_no_result_is_ever_deleted(store: Store, clock: FakeClock) -> None:
@@ -127,7 +127,7 @@ def test_the_spans_of_a_rollout_that_ended_without_a_result_go_once_it_ended_tha
         "failed", "cancelled"
     ]  # fmt: skip
     assert (
-        plain(store.query_attempts(failed, AttemptQuery()))["total"] == 1
+        paged(store.query_attempts(failed, AttemptQuery()))["total"] == 1
     )  # the rollout stays, attempts and all
     clock.advance(30)
     assert (store.prune_ended(100), span_ids(store, young), store.prune_ended(100)) == (1, [], 0)

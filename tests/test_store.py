@@ -755,7 +755,8 @@ def test_a_schema_5_store_keeps_every_attempt_once_they_are_kept_in_task_order(
     ]  # fmt: skip
     assert upgraded.latest_attempt("rollout-b") == upgraded.get_rollout_shape("rollout-b")["attempt"]
     upgraded.start_attempt("rollout-b", "w-1")
-    page = upgraded.query_attempts("rollout-b", AttemptQuery())
+    with upgraded.query_attempts("rollout-b", AttemptQuery()) as opened:
+        page = opened.whole()
     assert [a["attempt_id"] for a in page["items"]][:2] == ["at-b1", "at-b2"]
     assert [a["sequence_id"] for a in page["items"]] == [1, 2, 3]
     upgraded.close()

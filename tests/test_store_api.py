@@ -9,6 +9,8 @@ import contextlib
 import gzip
 import json
 import math
+import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from agl_cli.server.query_pages import IN_MEMORY
 
 AGL = "/v1/agl"
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -551,3 +555,56 @@ def test_a_dequeue_hands_out_at_most_a_thousand_rollouts_at_once(daemon: Daemon)
     rest = daemon.post(f"{AGL}/queues/rollouts/dequeue", json={"limit": 5_000}).json()
     assert (len(first), len(rest)) == (1_000, 1)
     assert [r["input"] for r in first + rest] == list(range(1_001))
+
+
+def big_page(daemon: Daemon, rollouts: int, each: int) -> list[str]:
+    """Queue `rollouts` rollouts of about `each` bytes of input; their ids in order."""
+    ids = []
+    for start in range(0, rollouts, 500):
+        inputs = [f"{n:06d}" + "x" * each for n in range(start, min(start + 500, rollouts))]
+        ids += [r["rollout_id"] for r in enqueue(daemon, *inputs)]
+    return ids
+
+
+def spools_open(daemon: Daemon) -> int:
+    """The unnamed temporary files the daemon holds open (big pages on their way out)."""
+    held = 0
+    for fd in Path(f"/proc/{daemon.proc.pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            held += os.readlink(fd).endswith("(deleted)")
+    return held
+
+
+def test_a_page_too_big_for_memory_comes_whole_with_its_length(daemon: Daemon) -> None:
+    ids = big_page(daemon, 600, 2_000)
+    for answer in (daemon.get(f"{AGL}/rollouts"), daemon.post(f"{AGL}/rollouts/search", json={})):
+        assert answer.status_code == 200
+        assert len(answer.content) > IN_MEMORY  # so it went by way of a temporary file
+        assert answer.headers["content-length"] == str(len(answer.content))
+        assert "transfer-encoding" not in answer.headers
+        page = answer.json()
+        assert (page["limit"], page["offset"], page["total"]) == (-1, 0, 600)
+        halves = [daemon.get(f"{AGL}/rollouts", params={"limit": 300, "offset": o}).json() for o in (0, 300)]
+        assert page["items"] == halves[0]["items"] + halves[1]["items"]
+        assert [r["rollout_id"] for r in page["items"]] == ids
+
+
+def test_clients_slow_to_read_big_pages_hold_no_reader_and_leave_no_file(daemon: Daemon) -> None:
+    """A big page is written out before it is sent: the snapshot and the reading thread are
+    free while a client reads it slowly, and its file goes when the client does."""
+    big_page(daemon, 2_000, 4_000)  # 8 MB: more than the kernel buffers between the two
+    before = spools_open(daemon)
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    slow = []
+    for _ in range(3):  # more than the daemon's reading threads
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect((host, int(port)))
+        client.sendall(f"GET {AGL}/rollouts HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        slow.append(client)
+    assert spools_open(daemon) == before + 3
+    assert daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 2_000
+    for client in slow:
+        client.close()
+    wait_until(lambda: spools_open(daemon) == before, "the pages' files to be closed", timeout=10)

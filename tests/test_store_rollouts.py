@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from conftest import FakeClock, StoreFactory, vm_steps
 from agl_cli.models import Rollout, TaskStatus
 from agl_cli.store import (
     MemoryStore,
+    QueryPage,
     Report,
     SQLiteStore,
     Store,
@@ -54,6 +56,12 @@ def plain(value: Any) -> Any:
     import orjson
 
     return orjson.loads(orjson.dumps(value))
+
+
+def paged(opened: AbstractContextManager[QueryPage]) -> Any:
+    """A store-API query's page, whole, in plain values."""
+    with opened as page:
+        return plain(page.whole())
 
 
 def span(rollout_id: str, attempt_id: str, span_id: str, sequence_id: int = 1, **attributes: Any) -> Span:
@@ -373,7 +381,7 @@ def test_spans_are_kept_once_and_numbered_per_rollout(store: Store) -> None:
     lost = span("ro-nope", attempt_id, "c", -1)
     added = store.add_spans([unnumbered, lost], from_otlp=True)
     assert (added.spans[0].sequence_id, added.spans[1], added.rejected) == (10, None, 1)
-    page = plain(store.query_spans(SpanQuery(rollout_id=rollout_id, attempt_id="latest")))
+    page = paged(store.query_spans(SpanQuery(rollout_id=rollout_id, attempt_id="latest")))
     assert ([s["span_id"] for s in page["items"]], page["total"]) == (["a", "b"], 2)
 
 
@@ -381,17 +389,17 @@ def test_queries_filter_sort_and_page_with_the_total_of_all_matches(store: Store
     ids = enqueue(store, "a", "b", "c", "d")
     store.dequeue_rollouts(1, "w-1")
     store.update_attempt(ids[0], "latest", {"status": "succeeded"})
-    page = plain(store.query_rollouts(RolloutQuery(status_in=["queuing"], limit=2, offset=1)))
+    page = paged(store.query_rollouts(RolloutQuery(status_in=["queuing"], limit=2, offset=1)))
     assert ([r["rollout_id"] for r in page["items"]], page["total"]) == (ids[2:4], 3)
-    ended_first = plain(store.query_rollouts(RolloutQuery(sort_by="end_time")))
+    ended_first = paged(store.query_rollouts(RolloutQuery(sort_by="end_time")))
     assert ended_first["items"][0]["rollout_id"] == ids[0]  # a missing time sorts last
     assert "attempt" in ended_first["items"][0] and "attempt" not in ended_first["items"][1]
-    either = plain(
+    either = paged(
         store.query_rollouts(RolloutQuery(rollout_id_in=[ids[1]], status_in=["succeeded"], filter_logic="or"))
     )
     assert sorted(r["rollout_id"] for r in either["items"]) == sorted([ids[0], ids[1]])
-    assert plain(store.query_attempts(ids[0], AttemptQuery()))["total"] == 1
-    assert plain(store.query_workers(WorkerQuery(status_in=["idle"])))["total"] == 1
+    assert paged(store.query_attempts(ids[0], AttemptQuery()))["total"] == 1
+    assert paged(store.query_workers(WorkerQuery(status_in=["idle"])))["total"] == 1
 
 
 def test_a_status_filter_reads_the_tasks_of_that_status_only(clock: FakeClock) -> None:
@@ -403,8 +411,8 @@ def test_a_status_filter_reads_the_tasks_of_that_status_only(clock: FakeClock) -
         store.queue_tasks([TaskSpec(input=i) for i in range(queued)])
         store.claim_many(3)
         query = RolloutQuery(status_in=["preparing", "running"], limit=10)
-        assert plain(store.query_rollouts(query))["total"] == 3
-        costs.append(vm_steps(store, partial(store.query_rollouts, query)))
+        assert paged(store.query_rollouts(query))["total"] == 3
+        costs.append(vm_steps(store, partial(paged, store.query_rollouts(query))))
         store.close()
     few, many = costs
     assert many <= 2 * few + 5, costs
@@ -414,7 +422,7 @@ def test_a_batch_is_listed_newest_first_with_its_last_rollout_first(store: Store
     """Each rollout of a batch starts after the one before, also when the clock stands still
     (as the fake one does), so newest-first is the batch's order reversed."""
     ids = enqueue(store, "a", "b", "c")
-    newest = plain(store.query_rollouts(RolloutQuery(sort_by="start_time", sort_order="desc")))
+    newest = paged(store.query_rollouts(RolloutQuery(sort_by="start_time", sort_order="desc")))
     assert [r["rollout_id"] for r in newest["items"]] == ids[::-1]
     times = [r["start_time"] for r in newest["items"]]
     assert times[0] > times[1] > times[2] == clock.now
@@ -425,7 +433,7 @@ def test_a_committed_batch_is_seen_and_changed_through_the_store_api_before_it_i
     [first, second] = store.stage_tasks(batch, [TaskSpec(input=1), TaskSpec(input=2)])
     store.commit_batch(batch)
     assert rollout(store, second)["status"] == "queuing"
-    assert plain(store.query_rollouts(RolloutQuery()))["total"] == 2
+    assert paged(store.query_rollouts(RolloutQuery()))["total"] == 2
     store.update_rollout(second, {"status": "cancelled"})
     assert [r["rollout_id"] for r in map(plain, store.dequeue_rollouts(5, None))] == [first]
 
@@ -445,7 +453,7 @@ def test_everything_of_a_run_survives_reopening(tmp_path: Path, clock: FakeClock
     assert (shape["status"], shape["config"]["max_attempts"], shape["attempt"]["attempt_id"]) == (
         "running", 2, attempt_id,
     )  # fmt: skip
-    assert plain(reopened.query_spans(SpanQuery(rollout_id=rollout_id)))["total"] == 1
+    assert paged(reopened.query_spans(SpanQuery(rollout_id=rollout_id)))["total"] == 1
     assert plain(reopened.get_worker("w-1"))["heartbeat_stats"] == {"cpu": 1}
     clock.advance(5)
     assert reopened.expire_claims() == 1  # its deadline survived too
@@ -477,10 +485,10 @@ def test_every_statement_on_attempts_finds_them_through_their_tasks_key(
     store.expire_claims()
     store.start_rollout(StartRolloutBody(input="now", worker_id="w-3"))
     store.record_report(Report.of(Rollout(rollout_id=api, final_reward=0.5)))
-    store.query_attempts(api, AttemptQuery())
+    paged(store.query_attempts(api, AttemptQuery()))
     store.latest_attempt(api)
     store.get_rollout_shape(api)
-    store.query_rollouts(RolloutQuery())
+    paged(store.query_rollouts(RolloutQuery()))
     store.troubled_tasks(10, 0)
     store.rollout_detail(api, 10)
     store.rollout_summaries(0, 10)

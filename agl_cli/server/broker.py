@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, BinaryIO, NamedTuple, TypeVar
@@ -21,6 +22,7 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar
 from starlette.requests import Request
 
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
+from agl_cli.server.query_pages import PageBody
 from agl_cli.server.rates import RateWindow
 from agl_cli.server.writer import Batched, CommitStats, GroupCommitThreads, failure_logged
 from agl_cli.store import (
@@ -41,7 +43,7 @@ from agl_cli.store import (
 )
 from agl_cli.store.clock import CATCH_UP, SteadyClock
 from agl_cli.store.ids import new_store_resources_id
-from agl_cli.store.records import SpansAdded
+from agl_cli.store.records import QueryPage, SpansAdded
 from agl_cli.store_models import (
     AttemptQuery,
     EnqueueRequest,
@@ -601,11 +603,20 @@ class Broker:
                 return finished
             await wait_for(changed, min(remaining, WAIT_SLICE), unless=gone)
 
-    async def query_rollouts(self, query: RolloutQuery) -> dict[str, object]:
-        return await self._threads.read(lambda: self._store.query_rollouts(query))
+    async def _page(self, opened: Callable[[], AbstractContextManager[QueryPage]]) -> PageBody:
+        """A store-API page, written as JSON on the reading thread within its snapshot."""
 
-    async def query_attempts(self, rollout_id: str, query: AttemptQuery) -> dict[str, object]:
-        return await self._threads.read(lambda: self._store.query_attempts(rollout_id, query))
+        def read() -> PageBody:
+            with opened() as page:
+                return PageBody(page)
+
+        return await self._threads.read(read)
+
+    async def query_rollouts(self, query: RolloutQuery) -> PageBody:
+        return await self._page(lambda: self._store.query_rollouts(query))
+
+    async def query_attempts(self, rollout_id: str, query: AttemptQuery) -> PageBody:
+        return await self._page(lambda: self._store.query_attempts(rollout_id, query))
 
     async def latest_attempt(self, rollout_id: str) -> dict[str, object] | None:
         return await self._threads.read(lambda: self._store.latest_attempt(rollout_id))
@@ -616,8 +627,8 @@ class Broker:
     async def next_span_sequence_ids(self, rollout_ids: Sequence[str]) -> list[int]:
         return await self._threads.write(lambda: self._store.next_span_sequence_ids(rollout_ids))
 
-    async def query_spans(self, query: SpanQuery) -> dict[str, object]:
-        return await self._threads.read(lambda: self._store.query_spans(query))
+    async def query_spans(self, query: SpanQuery) -> PageBody:
+        return await self._page(lambda: self._store.query_spans(query))
 
     async def heartbeat_worker(self, worker_id: str, stats: Mapping[str, Any] | None) -> dict[str, object]:
         return await self._threads.write(lambda: self._store.heartbeat_worker(worker_id, stats))
@@ -625,11 +636,20 @@ class Broker:
     async def get_worker(self, worker_id: str) -> dict[str, object] | None:
         return await self._threads.read(lambda: self._store.get_worker(worker_id))
 
-    async def query_workers(self, query: WorkerQuery) -> dict[str, object]:
-        return await self._threads.read(lambda: self._store.query_workers(query))
+    async def query_workers(self, query: WorkerQuery) -> PageBody:
+        return await self._page(lambda: self._store.query_workers(query))
 
-    async def query_resources(self, query: ResourcesQuery) -> dict[str, object]:
-        return await self._threads.read(lambda: self._store.query_resources(query))
+    async def workers(self, query: WorkerQuery) -> dict[str, object]:
+        """A page of workers, whole: for the dashboard, whose pages are small."""
+
+        def read() -> dict[str, object]:
+            with self._store.query_workers(query) as page:
+                return page.whole()
+
+        return await self._threads.read(read)
+
+    async def query_resources(self, query: ResourcesQuery) -> PageBody:
+        return await self._page(lambda: self._store.query_resources(query))
 
     async def publish_store_resources(
         self, resources: Mapping[str, Any], resources_id: str | None

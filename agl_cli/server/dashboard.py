@@ -148,7 +148,7 @@ async def workers(request: Request) -> Response:
     limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     offset = int_param(request, "offset", 0, 0, MAX_SEQ)
     query = WorkerQuery(sort_by="worker_id", limit=limit, offset=offset)
-    page = await broker_of(request).query_workers(query)
+    page = await broker_of(request).workers(query)
     return ORJSONResponse({"workers": page["items"], "total": page["total"]})
 
 

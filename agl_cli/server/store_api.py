@@ -24,6 +24,7 @@ from agl_cli.models import NamedResources, ResourcesUpdate
 from agl_cli.server.broker import broker_of
 from agl_cli.server.hangups import hang_up_heard
 from agl_cli.server.openapi import Endpoint, Param, routes_of
+from agl_cli.server.query_pages import PageBody
 from agl_cli.server.requests import BadRequest, parse_json, parse_model
 from agl_cli.server.responses import ORJSONResponse, error, validation_error
 from agl_cli.store import StorageError, StoreError, UnknownAttemptError, UnknownRolloutError
@@ -124,7 +125,7 @@ def _paged(
     name: str,
     model: type[Query],
     target: type[BaseModel],
-    fetch: Callable[[Request, Query], Awaitable[object]],
+    fetch: Callable[[Request, Query], Awaitable[PageBody]],
 ) -> tuple[Handler, Handler]:
     """A query's two routes, as 0.3.0 has them: `GET` with query parameters, and `POST
     .../search` with the same fields in a JSON body; both check the page and the sort.
@@ -133,12 +134,12 @@ def _paged(
     async def by_parameters(request: Request) -> Response:
         query = _query(request, model)
         _check_page(query, target)
-        return ORJSONResponse(await fetch(request, query))
+        return (await fetch(request, query)).response()
 
     async def by_body(request: Request) -> Response:
         query, _ = await _body(request, model)
         _check_page(query, target)
-        return ORJSONResponse(await fetch(request, query))
+        return (await fetch(request, query)).response()
 
     by_parameters.__name__, by_body.__name__ = f"query_{name}", f"search_{name}"
     return by_parameters, by_body

@@ -17,6 +17,7 @@ from agl_cli.store.memory import MemoryStore
 from agl_cli.store.records import (
     CHART_POINTS,
     Claim,
+    QueryPage,
     Report,
     ReportOutcome,
     RewardPoint,
@@ -40,6 +41,7 @@ __all__ = [
     "MemoryStore",
     "NewTask",
     "NotAglDatabaseError",
+    "QueryPage",
     "Report",
     "ReportOutcome",
     "RewardPoint",

@@ -306,10 +306,14 @@ class Database(Store):
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run a query on this thread's read connection; inside a transaction, on the write
         connection, so that the transaction sees its own writes."""
+        return self._rows(sql, params).fetchall()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """`_read`'s rows as they come: fetch them before the snapshot ends."""
         group = self._group
         if group is not None and group.owner == threading.get_ident():
-            return self._conn.execute(sql, params).fetchall()
-        return self._reader().execute(sql, params).fetchall()
+            return self._conn.execute(sql, params)
+        return self._reader().execute(sql, params)
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)

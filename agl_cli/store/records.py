@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -196,3 +197,23 @@ class Space:
     log: int  # the write-ahead log beside it
     limit: int | None  # `--max-db-size`
     disk_free: int | None  # on the database's file system; None in memory
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    """A page of a store-API query: how many match in all, and the page's items, read a
+    chunk at a time inside the snapshot the page was opened in (so a page of millions is
+    never whole in memory). Iterate `chunks` before leaving that snapshot."""
+
+    limit: int
+    offset: int
+    total: int
+    chunks: Iterable[list[object]]
+
+    def about(self) -> dict[str, int]:
+        """What the wire shape holds beside the items."""
+        return {"limit": self.limit, "offset": self.offset, "total": self.total}
+
+    def whole(self) -> dict[str, object]:
+        """The page in the wire shape, every item at once: for pages known to be small."""
+        return {"items": [item for chunk in self.chunks for item in chunk], **self.about()}

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from agl_cli.store.errors import UnknownAttemptError, UnknownRolloutError
 from agl_cli.store.ids import new_store_rollout_id
 from agl_cli.store.lifecycle import FINISHED, TASK_STATUS
 from agl_cli.store.paging import Where, order_by, page
-from agl_cli.store.records import SpansAdded
+from agl_cli.store.records import QueryPage, SpansAdded
 from agl_cli.store.rows import (
     ATTEMPT_COLUMNS,
     ATTEMPT_SORT_COLUMNS,
@@ -57,6 +58,13 @@ from agl_cli.store_models import (
     StartRolloutBody,
     WorkerQuery,
 )
+
+QUERY_CHUNK = 500  # rows of a store-API page read and shaped at a time
+
+
+def _shaped(rows: sqlite3.Cursor, shape: Callable[[Any], object]) -> Iterator[list[object]]:
+    while found := rows.fetchmany(QUERY_CHUNK):
+        yield [shape(values) for values in found]
 
 
 class SQLiteStore(Views):
@@ -309,7 +317,8 @@ class SQLiteStore(Views):
                         unfinished += 1
         return [found[rollout_id] for rollout_id in rollout_ids if rollout_id in found], unfinished
 
-    def query_rollouts(self, query: RolloutQuery) -> dict[str, object]:
+    @contextmanager
+    def query_rollouts(self, query: RolloutQuery) -> Iterator[QueryPage]:
         statuses = sorted({TASK_STATUS[phase].value for phase in query.status_in or ()})
         where = Where(query.filter_logic).within_implied("t.phase", query.status_in, "t.status", statuses)
         where.within("t.rollout_id", query.rollout_id_in).contains("t.rollout_id", query.rollout_id_contains)
@@ -321,23 +330,21 @@ class SQLiteStore(Views):
             if self._read("SELECT 1 FROM batches WHERE committed_time IS NOT NULL LIMIT 1"):
                 source = f"(SELECT id, {TASK_COLUMNS} FROM tasks UNION ALL {STAGED_TASKS})"
             [(total,)] = self._read(f"SELECT count(*) FROM {source} t{clause}", params)
-            found = self._read(
+            found = self._rows(
                 f"SELECT {prefixed('t', TaskRow)}, {prefixed('a', AttemptRow)} FROM {source} t"
                 " LEFT JOIN attempts a ON a.task = t.id AND a.sequence_id = t.num_claims"
                 f"{clause}{order}{limit}",
                 [*params, *limit_params],
             )
-        width = len(TaskRow._fields)
-        items = [
-            self._attempted_shape(
-                TaskRow._make(values[:width]),
-                AttemptRow._make(values[width:]) if values[width] is not None else None,
-            )
-            for values in found
-        ]
-        return {"items": items, "limit": query.limit, "offset": query.offset, "total": total}
+            yield QueryPage(query.limit, query.offset, total, _shaped(found, self._attempted_row_shape))
 
-    def query_attempts(self, rollout_id: str, query: AttemptQuery) -> dict[str, object]:
+    def _attempted_row_shape(self, values: Sequence[Any]) -> dict[str, object]:
+        """A rollout's shape from a row of its task's columns then its attempt's (NULLs if none)."""
+        width = len(TaskRow._fields)
+        attempt = AttemptRow._make(values[width:]) if values[width] is not None else None
+        return self._attempted_shape(TaskRow._make(values[:width]), attempt)
+
+    def query_attempts(self, rollout_id: str, query: AttemptQuery) -> AbstractContextManager[QueryPage]:
         where = Where().require(f"task = {TASK_ID}", rollout_id)
         return self._page(
             "attempts", ATTEMPT_COLUMNS, where, query, ATTEMPT_SORT_COLUMNS, "sequence_id",
@@ -351,6 +358,7 @@ class SQLiteStore(Views):
         )
         return attempt_shape(AttemptRow._make(found[0])) if found else None
 
+    @contextmanager
     def _page(
         self,
         table: str,
@@ -360,22 +368,17 @@ class SQLiteStore(Views):
         sort_columns: Mapping[str, str],
         insertion: str,
         shape: Callable[[Any], object],
-    ) -> dict[str, object]:
+    ) -> Iterator[QueryPage]:
         """One page of a table's rows that match, with the count of all that do."""
         clause, params = where.sql()
         order = order_by(query.sort_by, query.sort_order, sort_columns, insertion)
         limit, limit_params = page(query.limit, query.offset)
         with self.snapshot():
             [(total,)] = self._read(f"SELECT count(*) FROM {table}{clause}", params)
-            found = self._read(
+            found = self._rows(
                 f"SELECT {columns} FROM {table}{clause}{order}{limit}", [*params, *limit_params]
             )
-        return {
-            "items": [shape(values) for values in found],
-            "limit": query.limit,
-            "offset": query.offset,
-            "total": total,
-        }
+            yield QueryPage(query.limit, query.offset, total, _shaped(found, shape))
 
     # the store API: spans -------------------------------------------------------------------
 
@@ -470,12 +473,12 @@ class SQLiteStore(Views):
         added.spans = [kept.get(id(span)) for span in spans]
         return added
 
-    def query_spans(self, query: SpanQuery) -> dict[str, object]:
+    def query_spans(self, query: SpanQuery) -> AbstractContextManager[QueryPage]:
         where = Where(query.filter_logic).require("rollout_id = ?", query.rollout_id)
         if query.attempt_id == "latest":
             latest = self.latest_attempt(query.rollout_id)
             if latest is None:
-                return {"items": [], "limit": query.limit, "offset": query.offset, "total": 0}
+                return nullcontext(QueryPage(query.limit, query.offset, 0, ()))
             where.require("attempt_id = ?", latest["attempt_id"])
         elif query.attempt_id is not None:
             where.require("attempt_id = ?", query.attempt_id)
@@ -509,7 +512,7 @@ class SQLiteStore(Views):
         found = self._read(f"SELECT {WORKER_COLUMNS} FROM workers WHERE worker_id = ?", (worker_id,))
         return worker_shape(WorkerRow._make(found[0])) if found else None
 
-    def query_workers(self, query: WorkerQuery) -> dict[str, object]:
+    def query_workers(self, query: WorkerQuery) -> AbstractContextManager[QueryPage]:
         where = Where(query.filter_logic).within("status", query.status_in)
         where.contains("worker_id", query.worker_id_contains)
         return self._page(
@@ -517,7 +520,7 @@ class SQLiteStore(Views):
             lambda values: worker_shape(WorkerRow._make(values)),
         )  # fmt: skip
 
-    def query_resources(self, query: ResourcesQuery) -> dict[str, object]:
+    def query_resources(self, query: ResourcesQuery) -> AbstractContextManager[QueryPage]:
         where = Where().equals("resources_id", query.resources_id)
         where.contains("resources_id", query.resources_id_contains)
         return self._page(

@@ -5,6 +5,7 @@ on both servers."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from agentlightning.store.client_server import LightningStoreClient
 from agentlightning.types import LLM, EnqueueRolloutRequest, PromptTemplate, RolloutConfig
 from opentelemetry.sdk.trace import TracerProvider
 from store_pair import CLIENT_METHODS, Pair, span, start_agl, start_reference
+
+from agl_cli.server.query_pages import IN_MEMORY
 
 pytestmark = pytest.mark.timeout(120)
 PROMPT = PromptTemplate(template="Say {x}", engine="f-string")
@@ -290,6 +293,15 @@ async def _statistics(client: LightningStoreClient) -> dict[str, Any]:
         return dict(await client.statistics())
     finally:
         await client.close()
+
+
+async def test_a_page_too_big_for_memory_is_the_same_page(pair: Pair) -> None:
+    """agl writes such a page to a temporary file before it sends it (docs/store-api.md)."""
+    inputs = [f"{n:04d}" + "x" * 2_000 for n in range(600)]
+    await pair.same(lambda c: c.enqueue_many_rollouts([EnqueueRolloutRequest(input=i) for i in inputs]))
+    page = await pair.same(lambda c: c.query_rollouts(status_in=["queuing"]))
+    assert len(json.dumps(page)) > IN_MEMORY
+    assert [r["input"] for r in page["items"]][-600:] == inputs
 
 
 def test_every_client_method_was_compared(pair: Pair) -> None:

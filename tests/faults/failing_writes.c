@@ -2,8 +2,9 @@
  * named by AGL_FAIL_WRITES exists, every write to or sync of the SQLite database or its
  * journal fails with EIO, as a dying disk's would; while the one named by AGL_FAIL_SYNCS
  * exists, only the syncs do (the writes land in the page cache); while the one named by
- * AGL_DISK_FULL exists, the writes fail with ENOSPC, as on a full disk. Everything else
- * passes through. */
+ * AGL_DISK_FULL exists, the writes fail with ENOSPC, as on a full disk; while the one
+ * named by AGL_TEMP_FULL exists, writes to unnamed temporary files do, as in a full
+ * temporary directory. Everything else passes through. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -14,7 +15,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-static int failing_while(const char *variable, int fd, int error) {
+static int failing_while(const char *variable, int fd, int error, const char *name) {
     const char *trigger = getenv(variable);
     if (trigger == NULL || access(trigger, F_OK) != 0) return 0;
     char link[64], target[PATH_MAX];
@@ -22,7 +23,7 @@ static int failing_while(const char *variable, int fd, int error) {
     ssize_t n = readlink(link, target, sizeof target - 1);
     if (n < 0) return 0;
     target[n] = '\0';
-    if (strstr(target, "agl.db") == NULL) return 0;
+    if (strstr(target, name) == NULL) return 0;
     /* A full disk still lets the first connection after a crash rebuild the shared-memory
      * index in the room it held (it truncates the file, then writes it again). */
     if (error == ENOSPC && strstr(target, "agl.db-shm") != NULL) return 0;
@@ -31,10 +32,11 @@ static int failing_while(const char *variable, int fd, int error) {
 }
 
 static int failing(int fd) {
-    return failing_while("AGL_FAIL_WRITES", fd, EIO) || failing_while("AGL_DISK_FULL", fd, ENOSPC);
+    return failing_while("AGL_FAIL_WRITES", fd, EIO, "agl.db") || failing_while("AGL_DISK_FULL", fd, ENOSPC, "agl.db")
+        || failing_while("AGL_TEMP_FULL", fd, ENOSPC, " (deleted)");
 }
 static int failing_sync(int fd) {
-    return failing_while("AGL_FAIL_WRITES", fd, EIO) || failing_while("AGL_FAIL_SYNCS", fd, EIO);
+    return failing_while("AGL_FAIL_WRITES", fd, EIO, "agl.db") || failing_while("AGL_FAIL_SYNCS", fd, EIO, "agl.db");
 }
 
 #define REAL(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
