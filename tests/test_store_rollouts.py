@@ -26,6 +26,7 @@ from agl_cli.store import (
     UnknownRolloutError,
 )
 from agl_cli.store.lifecycle import UNLIMITED_ATTEMPTS
+from agl_cli.store.sqlite import QUERY_CHUNK
 from agl_cli.store_models import (
     AttemptQuery,
     EnqueueRequest,
@@ -400,6 +401,18 @@ def test_queries_filter_sort_and_page_with_the_total_of_all_matches(store: Store
     assert sorted(r["rollout_id"] for r in either["items"]) == sorted([ids[0], ids[1]])
     assert paged(store.query_attempts(ids[0], AttemptQuery()))["total"] == 1
     assert paged(store.query_workers(WorkerQuery(status_in=["idle"])))["total"] == 1
+
+
+def test_a_page_left_before_its_end_holds_no_snapshot(tmp_path: Path) -> None:
+    """Its JSON could not be written, say: the log can still be checkpointed whole."""
+    store = SQLiteStore(tmp_path / "agl.db")
+    store.queue_tasks([TaskSpec(input=i) for i in range(2_000)])
+    with store.query_rollouts(RolloutQuery()) as page:
+        first = next(iter(page.chunks))
+    store.queue_tasks([TaskSpec(input="after")])
+    [(busy, _, _)] = store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # type: ignore[attr-defined]
+    assert (len(first), busy) == (QUERY_CHUNK, 0)  # a chunk read, and then no reader in the way
+    store.close()
 
 
 def test_a_status_filter_reads_the_tasks_of_that_status_only(clock: FakeClock) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from typing import Any
 
 import orjson
@@ -336,7 +336,8 @@ class SQLiteStore(Views):
                 f"{clause}{order}{limit}",
                 [*params, *limit_params],
             )
-            yield QueryPage(query.limit, query.offset, total, _shaped(found, self._attempted_row_shape))
+            with closing(found):  # a page left before its end holds no snapshot
+                yield QueryPage(query.limit, query.offset, total, _shaped(found, self._attempted_row_shape))
 
     def _attempted_row_shape(self, values: Sequence[Any]) -> dict[str, object]:
         """A rollout's shape from a row of its task's columns then its attempt's (NULLs if none)."""
@@ -378,7 +379,8 @@ class SQLiteStore(Views):
             found = self._rows(
                 f"SELECT {columns} FROM {table}{clause}{order}{limit}", [*params, *limit_params]
             )
-            yield QueryPage(query.limit, query.offset, total, _shaped(found, shape))
+            with closing(found):
+                yield QueryPage(query.limit, query.offset, total, _shaped(found, shape))
 
     # the store API: spans -------------------------------------------------------------------
 
