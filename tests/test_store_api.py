@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from agl_cli.server.protocol import GRACEFUL_SHUTDOWN_SECONDS
 from agl_cli.server.query_pages import IN_MEMORY
 
 AGL = "/v1/agl"
@@ -589,22 +590,37 @@ def test_a_page_too_big_for_memory_comes_whole_with_its_length(daemon: Daemon) -
         assert [r["rollout_id"] for r in page["items"]] == ids
 
 
-def test_clients_slow_to_read_big_pages_hold_no_reader_and_leave_no_file(daemon: Daemon) -> None:
-    """A big page is written out before it is sent: the snapshot and the reading thread are
-    free while a client reads it slowly, and its file goes when the client does."""
+def stuck_on_a_big_page(daemon: Daemon) -> socket.socket:
+    """A client that asks for every rollout, reads the first bytes, and reads no more."""
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect((host, int(port)))
+    client.sendall(f"GET {AGL}/rollouts HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    assert client.recv(4096).startswith(b"HTTP/1.1 200")
+    return client
+
+
+def test_clients_slow_to_read_big_pages_hold_no_reader_no_place_and_leave_no_file(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A big page is written out before it is sent: the snapshot, the reading thread and
+    the place among the requests served at once are free while a client reads it slowly,
+    and its file goes when the client does."""
+    daemon = make_daemon("--max-requests", "2")
     big_page(daemon, 2_000, 4_000)  # 8 MB: more than the kernel buffers between the two
     before = spools_open(daemon)
-    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
-    slow = []
-    for _ in range(3):  # more than the daemon's reading threads
-        client = socket.socket()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.connect((host, int(port)))
-        client.sendall(f"GET {AGL}/rollouts HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        assert client.recv(4096).startswith(b"HTTP/1.1 200")
-        slow.append(client)
+    slow = [stuck_on_a_big_page(daemon) for _ in range(3)]  # more than the readers and the places
     assert spools_open(daemon) == before + 3
     assert daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 2_000
     for client in slow:
         client.close()
     wait_until(lambda: spools_open(daemon) == before, "the pages' files to be closed", timeout=10)
+
+
+def test_a_daemon_stopped_while_a_client_is_stuck_on_a_big_page_cuts_it_off_quietly(daemon: Daemon) -> None:
+    big_page(daemon, 2_000, 4_000)
+    with stuck_on_a_big_page(daemon):
+        assert daemon.terminate(timeout=GRACEFUL_SHUTDOWN_SECONDS + 10) == 0
+    log = daemon.log_path.read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log

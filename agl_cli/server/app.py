@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from agl_cli import __version__
 from agl_cli.daemon_config import DEFAULTS
@@ -51,7 +51,8 @@ class AglApp(Starlette):
     `/ready`, `/metrics`) pass the limit on requests in flight; requests that wait (long
     polls, the store API's waits, streams) have a limit of their own, so that idle
     workers cannot turn away the reports and the queueing they wait for; every other
-    request is counted in `limit`. What a web page may have sent is refused first
+    request is counted in `limit` until its answer starts (what is left is sending it: a
+    client slow to read a big store-API page holds no place). What a web page may have sent is refused first
     (`browsers`)."""
 
     worker_routes: WorkerRoutes
@@ -76,10 +77,23 @@ class AglApp(Starlette):
         if refusal is not None:
             await refusal(scope, receive, send)
             return
+        held = True
+
+        def leave() -> None:
+            nonlocal held
+            if held:
+                held = False
+                limit.leave()
+
+        async def leave_once_started(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                leave()
+            await send(message)
+
         try:
-            await self.worker_routes(scope, receive, send)
+            await self.worker_routes(scope, receive, send if limit is self.waits else leave_once_started)
         finally:
-            limit.leave()
+            leave()
 
     def direct(self, method: bytes, url: bytes, headers: Headers) -> DirectRoute | None:
         """What the HTTP protocol asks of the app it serves: how to answer a request

@@ -36,6 +36,10 @@ MAX_HEAD_BYTES = 64 * 1024
 PACE_GRACE_SECONDS = 5.0
 MIN_BYTES_PER_SECOND = 240
 _TIMER_SLACK = 0.01  # the loop may run a timer this much before its time
+# At shutdown, uvicorn waits this long for requests to end, then cancels their tasks; a
+# response still being sent a little before is cut off (see `Protocol.shutdown`).
+GRACEFUL_SHUTDOWN_SECONDS = 30
+SHUTDOWN_SENDING_SECONDS = GRACEFUL_SHUTDOWN_SECONDS - 5
 
 
 class Protocol(HttpToolsProtocol):
@@ -129,6 +133,21 @@ class Protocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_request_timer()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """uvicorn's, and a response still being sent (a big page to a client that reads
+        slowly, or not at all) is cut off shortly before uvicorn's graceful shutdown
+        runs out: its task then ends as for any hang-up, not by a cancellation that
+        uvicorn logs as an exception in the app."""
+        super().shutdown()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.loop.call_later(SHUTDOWN_SENDING_SECONDS, self._cut_off_sending)
+
+    def _cut_off_sending(self) -> None:
+        cycle = self.cycle
+        sending = cycle is not None and cycle.response_started and not cycle.response_complete
+        if sending and not self.transport.is_closing():
+            self.transport.abort()
 
     def _stop_request_timer(self) -> None:
         if self._request_timer is not None:
@@ -318,6 +337,7 @@ def uvicorn_options(request_timeout: float) -> dict[str, Any]:
     return {
         "http": protocol_with(request_timeout),
         "timeout_keep_alive": IDLE_CONNECTION_SECONDS,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
         "proxy_headers": False,
         "lifespan": "on",
     }

@@ -196,7 +196,6 @@ def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
             log_config=logs.log_config(config.log_level, config.log_json),
             log_level=config.log_level,
             access_log=config.log_level == "debug",
-            timeout_graceful_shutdown=30,
             **uvicorn_options(config.request_timeout),
         )
     )
