@@ -52,8 +52,8 @@ class AglApp(Starlette):
     polls, the store API's waits, streams) have a limit of their own, so that idle
     workers cannot turn away the reports and the queueing they wait for; every other
     request is counted in `limit` until its answer starts (what is left is sending it: a
-    client slow to read a big store-API page holds no place). What a web page may have sent is refused first
-    (`browsers`)."""
+    client slow to read a big store-API page holds no place). What a web page may have
+    sent is refused first (`browsers`)."""
 
     worker_routes: WorkerRoutes
     limit: InFlightLimit
