@@ -324,7 +324,9 @@ def test_a_long_poll_on_an_empty_queue_waits_without_claiming_over_and_over(daem
         assert woken.result(timeout=10)["task"]["rollout_id"] == rollout_id
     before = commits(daemon)
     assert daemon.get("/task", params={"wait": 1}).json() == {"is_available": False, "task": None}
-    assert commits(daemon) - before <= 5, "an idle long poll kept the writer busy"
+    # Its two claims and the sweep's writes (a few a second; two sweeps on a busy machine),
+    # where a poll woken over and over would claim hundreds of times.
+    assert commits(daemon) - before <= 20, "an idle long poll kept the writer busy"
 
 
 async def test_a_long_poll_gets_a_timed_out_task_at_its_deadline_not_at_the_next_sweep(
