@@ -603,20 +603,23 @@ class Broker:
                 return finished
             await wait_for(changed, min(remaining, WAIT_SLICE), unless=gone)
 
-    async def _page(self, opened: Callable[[], AbstractContextManager[QueryPage]]) -> PageBody:
-        """A store-API page, written as JSON on the reading thread within its snapshot."""
+    async def _page(
+        self, opened: Callable[[], AbstractContextManager[QueryPage]], made: Callable[[QueryPage], T]
+    ) -> T:
+        """A store-API page, `made` into its answer (`PageBody`: its JSON) on the reading
+        thread, within the page's snapshot."""
 
-        def read() -> PageBody:
+        def read() -> T:
             with opened() as page:
-                return PageBody(page)
+                return made(page)
 
         return await self._threads.read(read)
 
     async def query_rollouts(self, query: RolloutQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_rollouts(query))
+        return await self._page(lambda: self._store.query_rollouts(query), PageBody)
 
     async def query_attempts(self, rollout_id: str, query: AttemptQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_attempts(rollout_id, query))
+        return await self._page(lambda: self._store.query_attempts(rollout_id, query), PageBody)
 
     async def latest_attempt(self, rollout_id: str) -> dict[str, object] | None:
         return await self._threads.read(lambda: self._store.latest_attempt(rollout_id))
@@ -628,7 +631,7 @@ class Broker:
         return await self._threads.write(lambda: self._store.next_span_sequence_ids(rollout_ids))
 
     async def query_spans(self, query: SpanQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_spans(query))
+        return await self._page(lambda: self._store.query_spans(query), PageBody)
 
     async def heartbeat_worker(self, worker_id: str, stats: Mapping[str, Any] | None) -> dict[str, object]:
         return await self._threads.write(lambda: self._store.heartbeat_worker(worker_id, stats))
@@ -637,19 +640,14 @@ class Broker:
         return await self._threads.read(lambda: self._store.get_worker(worker_id))
 
     async def query_workers(self, query: WorkerQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_workers(query))
+        return await self._page(lambda: self._store.query_workers(query), PageBody)
 
     async def workers(self, query: WorkerQuery) -> dict[str, object]:
         """A page of workers, whole: for the dashboard, whose pages are small."""
-
-        def read() -> dict[str, object]:
-            with self._store.query_workers(query) as page:
-                return page.whole()
-
-        return await self._threads.read(read)
+        return await self._page(lambda: self._store.query_workers(query), QueryPage.whole)
 
     async def query_resources(self, query: ResourcesQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_resources(query))
+        return await self._page(lambda: self._store.query_resources(query), PageBody)
 
     async def publish_store_resources(
         self, resources: Mapping[str, Any], resources_id: str | None
