@@ -60,6 +60,7 @@ from agl_cli.store_models import (
 )
 
 QUERY_CHUNK = 500  # rows of a store-API page read and shaped at a time
+TASK_WIDTH = len(TaskRow._fields)  # where a task's columns end in a row of a task and its attempt
 
 
 def _shaped(rows: sqlite3.Cursor, shape: Callable[[Any], object]) -> Iterator[list[object]]:
@@ -341,9 +342,8 @@ class SQLiteStore(Views):
 
     def _attempted_row_shape(self, values: Sequence[Any]) -> dict[str, object]:
         """A rollout's shape from a row of its task's columns then its attempt's (NULLs if none)."""
-        width = len(TaskRow._fields)
-        attempt = AttemptRow._make(values[width:]) if values[width] is not None else None
-        return self._attempted_shape(TaskRow._make(values[:width]), attempt)
+        attempt = AttemptRow._make(values[TASK_WIDTH:]) if values[TASK_WIDTH] is not None else None
+        return self._attempted_shape(TaskRow._make(values[:TASK_WIDTH]), attempt)
 
     def query_attempts(self, rollout_id: str, query: AttemptQuery) -> AbstractContextManager[QueryPage]:
         where = Where().require(f"task = {TASK_ID}", rollout_id)
