@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import pytest
 from conftest import FakeClock, StoreFactory, database_of_schema, vm_steps
 
 from agl_cli.models import Rollout, Task, TaskSpec, TaskStatus
@@ -77,6 +78,33 @@ def test_rewards_are_summed_per_mode_and_bucket_and_the_buckets_widen_with_the_r
     assert all(point.time % 60 == 0 for point in wide.points)
 
 
+@pytest.mark.parametrize(
+    ("start", "length"),
+    [
+        (1_000_004, 1_199),  # 1,199 s: under 240 buckets of 5 s, but the run touches 241 of them
+        (1_000_000, 300 * 86_400),  # 300 days: more than 240 of the widest fixed width, a day
+        (1_000_000, 10 * 365 * 86_400),
+    ],
+)
+def test_a_run_of_any_length_touches_at_most_the_chart_s_buckets(
+    store: Store, clock: FakeClock, start: float, length: int
+) -> None:
+    """The buckets start at multiples of their width: a result in the run's first second and
+    one in its last are in the first and the last bucket the chart has."""
+    store.queue_tasks([TaskSpec(input=i, mode="train") for i in range(2)])
+    clock.now = start
+    report(store, 0.0)
+    clock.advance(length - 1)
+    report(store, 1.0)
+
+    series = store.reward_series(CHART_POINTS)
+
+    first, last = series.points
+    assert (first.rollouts, last.rollouts) == (1, 1)
+    assert (last.time - first.time) / series.width + 1 <= CHART_POINTS
+    assert first.time <= start < first.time + series.width
+
+
 def test_sums_of_rewards_no_chart_reads_any_more_are_deleted_and_the_chart_is_as_before(
     store: Store, clock: FakeClock
 ) -> None:
@@ -95,8 +123,8 @@ def test_sums_of_rewards_no_chart_reads_any_more_are_deleted_and_the_chart_is_as
     assert before.width == 60
     assert [store.thin_rewards(15), store.thin_rewards(15), store.thin_rewards(15)] == [15, 15, 8]
     assert store.reward_series(CHART_POINTS) == before
-    widest = store.reward_series(1)  # four hours a bucket, summed from the hours: kept too
-    assert (widest.width, sum(point.rollouts for point in widest.points)) == (14400, 40)
+    widest = store.reward_series(1)  # the run in one bucket of six hours, summed from the hours: kept too
+    assert (widest.width, sum(point.rollouts for point in widest.points)) == (21600, 40)
 
 
 def test_recent_rollouts_page_back_from_the_newest(store: Store) -> None:

@@ -9,6 +9,7 @@ PLAN`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,9 +38,11 @@ from agl_cli.store.rows import (
 from agl_cli.store.schema import REWARD_WIDTHS, TROUBLED
 from agl_cli.store.tasks import TaskStore
 
-# The widths a chart's buckets may have, in seconds: each a multiple of a width the
-# `rewards` table keeps, so that a chart of any run reads at most a few thousand rows.
+# The widths a chart's buckets may have, in seconds (then whole days): each a multiple of
+# a width the `rewards` table keeps, so that a chart of a run of up to `CHART_POINTS` days
+# reads at most a few thousand rows (a longer run's, its hours: 8,760 rows a year).
 CHART_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
+DAY = 86_400
 
 _QUERIES = {
     "troubled": f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_troubled WHERE ({TROUBLED})"
@@ -66,11 +69,20 @@ _QUERIES = {
 }
 
 
-def _chart_widths(first: float, last: float, max_points: int) -> tuple[int, int]:
-    """How wide a chart's buckets are for a run from `first` to `last` (seconds), and the
-    widest width `rewards` keeps that divides it (the one its buckets are summed from)."""
-    span = max(last - first, 0.0)
-    width = next((w for w in CHART_WIDTHS if span / w < max_points), CHART_WIDTHS[-1])
+def _chart_widths(first: int, last: int, max_points: int) -> tuple[int, int]:
+    """How wide a chart's buckets are for a run over the seconds `first` to `last` (not
+    included), and the widest width `rewards` keeps that divides it (the one its buckets
+    are summed from). The buckets start at multiples of their width, so it is the buckets
+    the run touches that must number at most `max_points`, not its length over the width;
+    a run longer than `max_points` days gets buckets of as many whole days as it needs."""
+
+    def fits(width: int) -> bool:
+        return (last - 1) // width - first // width < max_points
+
+    width = next((w for w in CHART_WIDTHS if fits(w)), None)
+    if width is None:
+        days = max(2, -(-(last - first) // (DAY * max_points)))
+        width = next(DAY * n for n in itertools.count(days) if fits(DAY * n))
     return width, max(k for k in REWARD_WIDTHS if width % k == 0)
 
 
