@@ -1,6 +1,6 @@
 """`bench/side_by_side.py --quick`, `bench/store_api.py --quick`, a small
-`bench/dashboard.py` run, a short `bench/paired.py` run and a small
-`bench/commit_pages.py` run end to end and report every figure as a number.
+`bench/dashboard.py` run, a short `bench/paired.py` run, a small `bench/commit_pages.py`
+run and a small `bench/large_enqueue.py` run end to end and report every figure as a number.
 
 A smoke test of the benchmark itself: it never asserts a timing (the bench only prints
 figures), only that the run succeeds and its JSON has everything the table promises.
@@ -120,6 +120,16 @@ def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
     assert [scenario for scenario, _, _ in ratios] == ["cycle", "enqueue", "spans", "otlp"]
     assert all(math.isfinite(float(ratio)) for _, ratio, _ in ratios)
     assert "start to first answer" in result.stdout
+
+
+def test_a_small_large_enqueue_run_times_the_dequeues_beside_it(tmp_path: Path) -> None:
+    result = bench("large_enqueue.py", "--rollouts", "10000", "--no-legacy", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    [row] = re.findall(
+        r"^  agl \(durable\) +([\d.]+) +(\d+) +([\d.]+) +([\d.]+) +([\d.]+)$", result.stdout, re.M
+    )
+    took, dequeues, *waits = row
+    assert float(took) > 0 and int(dequeues) > 0 and all(math.isfinite(float(wait)) for wait in waits)
 
 
 def test_a_small_dashboard_run_times_every_read(tmp_path: Path) -> None:

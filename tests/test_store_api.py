@@ -7,10 +7,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import gzip
+import itertools
 import json
 import math
 import os
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -556,6 +558,92 @@ def test_a_dequeue_hands_out_at_most_a_thousand_rollouts_at_once(daemon: Daemon)
     rest = daemon.post(f"{AGL}/queues/rollouts/dequeue", json={"limit": 5_000}).json()
     assert (len(first), len(rest)) == (1_000, 1)
     assert [r["input"] for r in first + rest] == list(range(1_001))
+
+
+def test_a_large_enqueue_is_queued_in_order_with_its_configs_and_start_times(daemon: Daemon) -> None:
+    """Past a thousand rollouts an enqueue is staged in parts and queued by one commit: its
+    answer, the rollouts as stored, and the order they are handed out are as for a small one."""
+    config = {
+        "timeout_seconds": 30.0,
+        "unresponsive_seconds": None,
+        "max_attempts": 3,
+        "retry_condition": ["failed"],
+    }
+    answered = enqueue(daemon, *range(2_500), mode="val", config=config)
+
+    assert [r["input"] for r in answered] == list(range(2_500))
+    assert all(r["config"] == config and r["mode"] == "val" for r in answered)
+    assert all(a["start_time"] < b["start_time"] for a, b in itertools.pairwise(answered))
+    stored = daemon.get(f"{AGL}/rollouts", params={"limit": 3_000}).json()
+    assert sorted(stored["items"], key=lambda r: r["input"]) == answered
+    handed = daemon.post(f"{AGL}/queues/rollouts/dequeue", json={"limit": 1_000}).json()
+    assert [r["rollout_id"] for r in handed] == [r["rollout_id"] for r in answered[:1_000]]
+    assert handed[0]["config"] == config
+
+
+def staged_rollouts(daemon: Daemon) -> int:
+    """Rollouts staged in batches not committed (yet), read from the daemon's file."""
+    with contextlib.closing(sqlite3.connect(daemon.state_dir / "agl.db")) as db:
+        [(count,)] = db.execute(
+            "SELECT coalesce(sum(staged), 0) FROM batches WHERE committed_time IS NULL"
+        ).fetchall()
+    return int(count)
+
+
+def large_enqueue(
+    daemon: Daemon, pool: concurrent.futures.Executor
+) -> concurrent.futures.Future[httpx.Response]:
+    """An enqueue of 60,000 rollouts, under way once its first part is staged."""
+    body = {"rollouts": [{"input": n} for n in range(60_000)]}
+    sent = pool.submit(httpx.post, f"{daemon.url}{AGL}/queues/rollouts/enqueue", json=body, timeout=120)
+    wait_until(lambda: staged_rollouts(daemon) > 0 or sent.done(), "the enqueue's first part staged")
+    assert not sent.done(), "the enqueue was written at once"
+    return sent
+
+
+def test_claims_are_answered_while_a_large_enqueue_is_written_and_it_is_queued_at_once(
+    daemon: Daemon,
+) -> None:
+    enqueue(daemon, "first")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = large_enqueue(daemon, pool)
+
+        claimed = httpx.get(f"{daemon.url}/task", timeout=30).json()
+        total = daemon.get(f"{AGL}/statistics").json()["total_rollouts"]
+        assert not sent.done()
+        answer = sent.result()
+
+    assert claimed["is_available"] and claimed["task"]["input"] == "first"
+    assert total == 1  # none of the enqueue's rollouts were seen before its commit
+    assert answer.status_code == 201 and len(answer.json()) == 60_000
+    assert daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 60_001
+
+
+def test_a_large_enqueue_cut_short_by_kill_9_leaves_nothing(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    enqueue(daemon, "kept")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = large_enqueue(daemon, pool)
+        daemon.kill()
+        with pytest.raises(httpx.TransportError):
+            sent.result()
+
+    daemon.start()
+
+    assert [r["input"] for r in daemon.get(f"{AGL}/rollouts").json()["items"]] == ["kept"]
+    assert staged_rollouts(daemon) == 0
+
+
+def test_a_bad_rollout_deep_in_a_large_enqueue_is_the_same_422_and_changes_nothing(daemon: Daemon) -> None:
+    rollouts: list[dict[str, Any]] = [{"input": n} for n in range(2_500)]
+    rollouts[1_700]["mode"] = "bogus"
+    response = daemon.post(f"{AGL}/queues/rollouts/enqueue", json={"rollouts": rollouts})
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["body", "rollouts", 1_700, "mode"]
+    assert daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 0
 
 
 def big_page(daemon: Daemon, rollouts: int, each: int) -> list[str]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
 from starlette.requests import Request
 
@@ -79,6 +79,7 @@ PRUNE_SECONDS_PER_SWEEP = 0.5
 # forget) are looked for once a start, among this many ids a write: at most as many
 # tasks forgotten in one write as the chunks above delete.
 LEFTOVER_SPAN = 100
+ENQUEUE_AT_ONCE = 1_000  # store-API rollouts written in one transaction (about 20 ms)
 WAIT_SLICE = 60.0  # a wait without a limit still looks again this often
 T = TypeVar("T")
 
@@ -531,9 +532,29 @@ class Broker:
     # the store API (agentlightning 0.3.0's LightningStore) ----------------------------------
 
     async def enqueue_rollouts(self, requests: Sequence[EnqueueRequest]) -> list[dict[str, object]]:
+        """Queue all of them or none. More than `ENQUEUE_AT_ONCE` are staged as a batch, a
+        part a write, then queued at once by its commit, as `agl queue` does: written in
+        one transaction, 100,000 held every claim for 2.7 s."""
+        if len(requests) > ENQUEUE_AT_ONCE:
+            return await self._enqueue_staged(requests)
         queued = self._threads.write(lambda: self._store.enqueue_rollouts(requests))
         self._tasks_changed.notify()  # as for `queue_tasks`
         return await queued
+
+    async def _enqueue_staged(self, requests: Sequence[EnqueueRequest]) -> list[dict[str, object]]:
+        batch_id = await self.create_batch()
+        try:
+            shapes: list[dict[str, object]] = []
+            for start in range(0, len(requests), ENQUEUE_AT_ONCE):
+                part = requests[start : start + ENQUEUE_AT_ONCE]
+                after = cast(float, shapes[-1]["start_time"]) if shapes else None
+                shapes += await self._threads.write(partial(self._store.stage_rollouts, batch_id, part, after))
+            await self.commit_batch(batch_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # else dropped as idle, or at the next start
+                await self.discard_batch(batch_id)
+            raise
+        return shapes
 
     async def start_rollout(self, request: StartRolloutBody) -> dict[str, object]:
         return self._counted(await self._threads.write(lambda: self._store.start_rollout(request)))

@@ -11,6 +11,7 @@ credentials.
 
 from __future__ import annotations
 
+import asyncio
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from agl_cli.server.broker import broker_of
 from agl_cli.server.hangups import hang_up_heard
 from agl_cli.server.openapi import Endpoint, Param, routes_of
 from agl_cli.server.query_pages import PageBody
-from agl_cli.server.requests import BadRequest, parse_json, parse_model
+from agl_cli.server.requests import BadRequest, parse_json, parse_model, validated
 from agl_cli.server.responses import ORJSONResponse, error, validation_error
 from agl_cli.store import StorageError, StoreError, UnknownAttemptError, UnknownRolloutError
 from agl_cli.store_models import (
@@ -35,6 +36,7 @@ from agl_cli.store_models import (
     AttemptQuery,
     DequeueBody,
     EnqueueBody,
+    EnqueueRequest,
     Health,
     NextSequenceBody,
     Page,
@@ -57,6 +59,8 @@ from agl_cli.store_models import (
 
 PREFIX = "/v1/agl"
 MAX_DEQUEUE = 1_000  # "up to `limit`": a runner asking for a million gets them a thousand at a time
+CHECKED_AT_ONCE = 1_000  # rollouts of an enqueue checked in one turn of the event loop (about 12 ms)
+_ROLLOUTS = TypeAdapter(list[EnqueueRequest])
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -153,8 +157,27 @@ async def health(request: Request) -> Response:
 
 
 async def enqueue(request: Request) -> Response:
-    body, _ = await _body(request, EnqueueBody)
-    return ORJSONResponse(await broker_of(request).enqueue_rollouts(body.rollouts), status_code=201)
+    payload = parse_json(await request.body(), tame="names")
+    given = payload.get("rollouts") if isinstance(payload, dict) else None
+    if isinstance(given, list) and len(given) > CHECKED_AT_ONCE:
+        rollouts = await _checked_in_parts(payload, given)
+    else:
+        rollouts = validated(payload, EnqueueBody).rollouts
+    return ORJSONResponse(await broker_of(request).enqueue_rollouts(rollouts), status_code=201)
+
+
+async def _checked_in_parts(payload: Any, given: list[Any]) -> list[EnqueueRequest]:
+    """A large enqueue's rollouts checked a part at a time, with a turn of the event loop
+    for other requests between two parts: 100,000 of them take pydantic about a second.
+    A part that fails is told as the whole body's check tells it."""
+    checked: list[EnqueueRequest] = []
+    for start in range(0, len(given), CHECKED_AT_ONCE):
+        try:
+            checked += _ROLLOUTS.validate_python(given[start : start + CHECKED_AT_ONCE])
+        except ValidationError:
+            return validated(payload, EnqueueBody).rollouts
+        await asyncio.sleep(0)
+    return checked
 
 
 async def dequeue(request: Request) -> Response:

@@ -335,6 +335,12 @@ class Store(abc.ABC):
         """Queue all of them or none; they are tasks like any other."""
 
     @abc.abstractmethod
+    def stage_rollouts(
+        self, batch_id: str, requests: Sequence[EnqueueRequest], after: float | None
+    ) -> list[dict[str, object]]:
+        """Stage rollouts in a batch, started after `after`; `commit_batch` queues them."""
+
+    @abc.abstractmethod
     def start_rollout(self, request: StartRolloutBody) -> dict[str, object]: ...
 
     @abc.abstractmethod

@@ -82,18 +82,22 @@ class Batches(Database):
 
     def stage_tasks(self, batch_id: str, specs: Sequence[NewTask]) -> list[str]:
         ids = new_rollout_ids(len(specs))
-        rows = [(rollout_id, *task_columns(spec)) for rollout_id, spec in zip(ids, specs, strict=True)]
+        rows = [StagedRow(rollout_id, *task_columns(spec)) for rollout_id, spec in zip(ids, specs, strict=True)]
         with self._write(durable=False) as conn:
-            key, staged = self._batch(conn, batch_id)
-            first = _places(key)[0] + staged + 1
-            conn.executemany(
-                "INSERT INTO staging (place, rollout_id, input, mode, resources_id, metadata)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                ((first + index, *row) for index, row in enumerate(rows)),
-            )
-            conn.execute("UPDATE batches SET staged = staged + ? WHERE id = ?", (len(rows), key))
-            self._batches_touched[key] = self.clock()
+            self._stage(conn, batch_id, rows)
         return ids
+
+    def _stage(self, conn: sqlite3.Connection, batch_id: str, rows: Sequence[StagedRow]) -> None:
+        """Add `rows` to the end of an open batch, inside a write."""
+        key, staged = self._batch(conn, batch_id)
+        first = _places(key)[0] + staged + 1
+        conn.executemany(
+            "INSERT INTO staging (place, rollout_id, input, mode, resources_id, metadata, config, create_time)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ((first + index, *row) for index, row in enumerate(rows)),
+        )
+        conn.execute("UPDATE batches SET staged = staged + ? WHERE id = ?", (len(rows), key))
+        self._batches_touched[key] = self.clock()
 
     def batch_size(self, batch_id: str) -> int:
         with self._lock:
@@ -151,9 +155,10 @@ class Batches(Database):
         """Move a committed batch's staged tasks from place `low` to `high` (in staging
         order) into `tasks`, each at the place in the queue the commit reserved for it."""
         moved = conn.execute(
-            "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time)"
-            " SELECT ?1 + place, rollout_id, 'queued', ?1 + place, input, mode, resources_id, metadata, ?2"
-            " FROM staging WHERE place BETWEEN ?3 AND ?4 ORDER BY place",
+            "INSERT INTO tasks"
+            " (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time, config)"
+            " SELECT ?1 + place, rollout_id, 'queued', ?1 + place, input, mode, resources_id, metadata,"
+            " coalesce(create_time, ?2), config FROM staging WHERE place BETWEEN ?3 AND ?4 ORDER BY place",
             (drain.base_pos - _places(drain.key)[0], drain.committed_time, low, high),
         ).rowcount
         conn.execute("UPDATE batches SET moved = moved + ? WHERE id = ?", (moved, drain.key))
@@ -229,6 +234,18 @@ def _places(key: int) -> tuple[int, int]:
     """The first and last place in `staging` of the batch whose key is `key`."""
     first = key * PLACES_PER_BATCH
     return first, first + PLACES_PER_BATCH - 1
+
+
+class StagedRow(NamedTuple):
+    """A task as `staging` holds it until its batch is moved into `tasks`."""
+
+    rollout_id: str
+    input: str
+    mode: str | None
+    resources_id: str | None
+    metadata: str
+    config: str | None = None  # None: the daemon's legacy policy
+    create_time: float | None = None  # None: the batch's commit time
 
 
 class _Drain(NamedTuple):

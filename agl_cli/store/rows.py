@@ -55,8 +55,9 @@ TASK_COLUMNS = ", ".join(TaskRow._fields)
 STAGED_TASKS = (
     f"SELECT b.base_pos + s.place - b.id * {PLACES_PER_BATCH} AS id, s.rollout_id AS rollout_id,"
     " 'queued' AS status, NULL AS deadline, s.input AS input, s.mode AS mode, s.resources_id AS resources_id,"
-    " s.metadata AS metadata, b.committed_time AS create_time, NULL AS last_claim_time, 0 AS num_claims,"
-    " NULL AS completed_time, 0 AS duplicates, 'queuing' AS phase, NULL AS config, NULL AS end_time"
+    " s.metadata AS metadata, coalesce(s.create_time, b.committed_time) AS create_time,"
+    " NULL AS last_claim_time, 0 AS num_claims, NULL AS completed_time, 0 AS duplicates, 'queuing' AS phase,"
+    " s.config AS config, NULL AS end_time"
     f" FROM staging s JOIN batches b ON b.id = s.place / {PLACES_PER_BATCH}"
     " WHERE b.committed_time IS NOT NULL"
 )

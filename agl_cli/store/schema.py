@@ -16,7 +16,7 @@ from pathlib import Path
 from agl_cli.store.errors import StoreError
 
 APPLICATION_ID = 0x41474C31  # "AGL1"
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 SCHEMA = """
@@ -314,6 +314,13 @@ INSERT INTO staging_by_place
     SELECT batch * {PLACES_PER_BATCH} + pos, rollout_id, input, mode, resources_id, metadata FROM staging;
 DROP TABLE staging;
 ALTER TABLE staging_by_place RENAME TO staging;
+""",
+    # A store-API enqueue too large for one write is staged as a batch: its rollouts keep
+    # their own config and start time (NULL for a task of `agl queue`: the policy and the
+    # commit's time).
+    10: """
+ALTER TABLE staging ADD COLUMN config TEXT;
+ALTER TABLE staging ADD COLUMN create_time REAL;
 """,
 }
 

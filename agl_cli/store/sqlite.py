@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from agl_cli.store.batches import StagedRow
 from agl_cli.store.errors import UnknownAttemptError, UnknownRolloutError
 from agl_cli.store.ids import new_store_rollout_id
 from agl_cli.store.lifecycle import FINISHED, TASK_STATUS
@@ -104,13 +105,37 @@ class SQLiteStore(Views):
             self._queue_pos = first + len(rows) - 1
         return [rollout_shape(row, self._legacy_config_json) for row in rows]
 
-    def _moments(self, count: int) -> list[float]:
+    def stage_rollouts(
+        self, batch_id: str, requests: Sequence[EnqueueRequest], after: float | None
+    ) -> list[dict[str, object]]:
+        """Stage a part of an enqueue too large to write at once (`enqueue_rollouts`, one
+        transaction, holds every claim while it lasts); its rollouts start after `after`,
+        the last start time of the part before."""
+        with self._write(durable=False) as conn:
+            latest = self._latest_resources_id(conn)
+            rows = [
+                self._new_rollout_row(request, latest, now)
+                for request, now in zip(requests, self._moments(len(requests), after), strict=True)
+            ]
+            self._stage(
+                conn,
+                batch_id,
+                [
+                    StagedRow(r.rollout_id, r.input, r.mode, r.resources_id, r.metadata, r.config, r.create_time)
+                    for r in rows
+                ],
+            )
+        return [rollout_shape(row, self._legacy_config_json) for row in rows]
+
+    def _moments(self, count: int, after: float | None = None) -> list[float]:
         """A start time for each rollout of a batch, each after the one before: 0.3.0 reads
         the clock as it makes each one, so its newest-first lists show a batch last first."""
         moments: list[float] = []
+        last = after
         for _ in range(count):
             now = self.clock()
-            moments.append(now if not moments or now > moments[-1] else math.nextafter(moments[-1], math.inf))
+            last = now if last is None or now > last else math.nextafter(last, math.inf)
+            moments.append(last)
         return moments
 
     def start_rollout(self, request: StartRolloutBody) -> dict[str, object]:
