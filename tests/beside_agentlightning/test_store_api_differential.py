@@ -271,6 +271,17 @@ async def test_a_batch_is_listed_newest_first_with_its_last_rollout_first(pair: 
     assert [r["input"] for r in newest["items"]] == [2, 1, 0]
 
 
+async def test_a_batch_too_large_to_write_at_once_is_queued_and_listed_alike(pair: Pair) -> None:
+    """agl stages an enqueue of more than 1,000 rollouts a part at a time (docs/store-api.md)."""
+    requests = [EnqueueRolloutRequest(input=n, mode="train", config=RETRY_TWICE) for n in range(2_500)]
+    queued = await pair.same(lambda c: c.enqueue_many_rollouts(requests))
+    assert [r["input"] for r in queued] == list(range(2_500))
+    newest = await pair.same(lambda c: c.query_rollouts(sort_by="start_time", sort_order="desc", limit=3))
+    assert [r["input"] for r in newest["items"]] == [2_499, 2_498, 2_497]
+    handed = await pair.same(lambda c: c.dequeue_many_rollouts(limit=3, worker_id="w-1"))
+    assert [r["input"] for r in handed] == [0, 1, 2]
+
+
 async def test_queries_filter_sort_and_page_alike(pair: Pair) -> None:
     await pair.same(lambda c: c.query_rollouts())
     await pair.same(lambda c: c.query_rollouts(status_in=["failed", "succeeded"], sort_by="status"))
