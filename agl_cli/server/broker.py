@@ -548,7 +548,9 @@ class Broker:
             for start in range(0, len(requests), ENQUEUE_AT_ONCE):
                 part = requests[start : start + ENQUEUE_AT_ONCE]
                 after = cast(float, shapes[-1]["start_time"]) if shapes else None
-                shapes += await self._threads.write(partial(self._store.stage_rollouts, batch_id, part, after))
+                shapes += await self._threads.write(
+                    partial(self._store.stage_rollouts, batch_id, part, after)
+                )
             await self.commit_batch(batch_id)
         except BaseException:
             with contextlib.suppress(Exception):  # else dropped as idle, or at the next start

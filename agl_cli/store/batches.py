@@ -82,7 +82,9 @@ class Batches(Database):
 
     def stage_tasks(self, batch_id: str, specs: Sequence[NewTask]) -> list[str]:
         ids = new_rollout_ids(len(specs))
-        rows = [StagedRow(rollout_id, *task_columns(spec)) for rollout_id, spec in zip(ids, specs, strict=True)]
+        rows = [
+            StagedRow(rollout_id, *task_columns(spec)) for rollout_id, spec in zip(ids, specs, strict=True)
+        ]
         with self._write(durable=False) as conn:
             self._stage(conn, batch_id, rows)
         return ids

@@ -121,7 +121,9 @@ class SQLiteStore(Views):
                 conn,
                 batch_id,
                 [
-                    StagedRow(r.rollout_id, r.input, r.mode, r.resources_id, r.metadata, r.config, r.create_time)
+                    StagedRow(
+                        r.rollout_id, r.input, r.mode, r.resources_id, r.metadata, r.config, r.create_time
+                    )
                     for r in rows
                 ],
             )
