@@ -9,6 +9,7 @@ import resource
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -190,6 +191,43 @@ def test_backup_replaces_no_file_unless_told_and_never_the_daemons_own_database(
     assert sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("state")) == [
         "taken.db"
     ]
+
+
+def test_backup_never_replaces_a_link_a_device_or_a_pipe_even_when_told(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Renamed over a device node, the copy would take its place (as root, `/dev/null`'s)."""
+    kept = tmp_path / "kept.db"
+    kept.write_bytes(b"someone's file")
+    link = tmp_path / "link.db"
+    link.symlink_to(kept)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for path in (link, pipe):
+        assert_one_line_error(
+            agl("backup", str(path), "--force", daemon=daemon),
+            f"{path} is not a regular file (a link, a device or a pipe): give the copy a file name, or - for stdout.",
+        )
+    assert link.is_symlink() and kept.read_bytes() == b"someone's file"
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+
+
+def test_backup_writes_its_copy_afresh_whatever_a_copy_cut_short_left(daemon: Daemon, tmp_path: Path) -> None:
+    """A file left under the copy's temporary name is removed, never written through: it may
+    be readable by others, or a link to another file."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"someone's file")
+    readable, linked = tmp_path / "readable.db", tmp_path / "linked.db"
+    (tmp_path / ".readable.db.partial").write_bytes(b"old")
+    (tmp_path / ".readable.db.partial").chmod(0o644)
+    (tmp_path / ".linked.db.partial").symlink_to(elsewhere)
+
+    for target in (readable, linked):
+        result = agl("backup", str(target), daemon=daemon)
+        assert result.returncode == 0, result.stderr
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600 and not target.is_symlink()
+    assert elsewhere.read_bytes() == b"someone's file"
+    assert not any(path.name.endswith(".partial") for path in tmp_path.iterdir())
 
 
 def test_backup_from_a_daemon_without_the_route_says_it_may_be_older(daemon: Daemon, tmp_path: Path) -> None:

@@ -45,6 +45,10 @@ def backup(
         fail(f"{path} is the daemon's own database: save the copy to another file.")
     if path.is_dir():
         fail(f"{path} is a directory: give the copy a file name.")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        fail(
+            f"{path} is not a regular file (a link, a device or a pipe): give the copy a file name, or - for stdout."
+        )
     if path.exists() and not force:
         fail(f"{path} exists: give --force to replace it.")
     if not path.parent.is_dir():

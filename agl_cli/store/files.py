@@ -26,9 +26,12 @@ def log_of(database: Path) -> Path:
 
 def open_private(path: Path) -> io.BufferedWriter:
     """A new file for writing that only its owner may read (a database holds the run).
-    Buffered, as a write the disk takes only part of must be finished or fail: a raw
-    file's `write` says how much it took, and a copy that does not ask is cut short."""
-    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+    Whatever has the name already (a copy cut short) is removed, not written through: it
+    may have another mode, or be a link to another file. Buffered, as a write the disk
+    takes only part of must be finished or fail: a raw file's `write` says how much it
+    took, and a copy that does not ask is cut short."""
+    path.unlink(missing_ok=True)
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
 
 
 def sync_to_disk(path: Path) -> None:
