@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from httpx_sse import connect_sse
+from httpx_sse import SSEError, connect_sse
 
 from agl_cli.api_limits import DEFAULT_LIST_LIMIT, STREAM_READ_TIMEOUT
 from agl_cli.net import is_loopback
@@ -452,6 +452,8 @@ class AglClient:
                         yield cast(RolloutRecord, orjson.loads(event.data))
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+        except SSEError:  # no event stream: not agl's
+            raise self._not_agl(response) from None
 
     # the daemon -------------------------------------------------------------------------
 
@@ -475,6 +477,8 @@ class AglClient:
                 if response.status_code != 200:
                     response.read()
                     self._raise_for(response)
+                if "Content-Length" not in response.headers:
+                    raise self._not_agl(response)
                 total = int(response.headers["Content-Length"])
                 for chunk in response.iter_bytes():
                     into.write(chunk)
@@ -532,7 +536,21 @@ class AglClient:
             raise self._unreachable(exc) from None
         if response.status_code >= 300:
             self._raise_for(response)
-        return cast(dict[str, Any], orjson.loads(response.content))
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise self._not_agl(response)
+        return body
+
+    def _not_agl(self, response: httpx.Response) -> DaemonUnreachable:
+        """Something answered, with what no agl daemon answers (a web page, another server's)."""
+        request = f"{response.request.method} {response.request.url.path}"
+        return DaemonUnreachable(
+            self.url,
+            f"What answers at {self.url} is not an agl daemon: its answer to {request} is not agl's.",
+        )
 
     def _unreachable(self, exc: httpx.TransportError) -> DaemonUnreachable:
         if isinstance(exc, httpx.ReadTimeout):

@@ -97,6 +97,59 @@ def test_a_url_that_cannot_be_a_daemon_s_address_is_a_usage_error(tmp_path: Path
     assert_one_line_error(agl("tasks", "list", state_dir=tmp_path, env={"AGL_URL": url}), expected, code=2)
 
 
+def test_a_url_with_a_query_or_a_fragment_is_a_usage_error(tmp_path: Path) -> None:
+    """httpx would put the route after the query: agl would ask `/?x=1/v1/status`."""
+    for url in ("http://127.0.0.1:8000?x=1", "http://127.0.0.1:8000/#top"):
+        assert_one_line_error(
+            agl("--url", url, "status", state_dir=tmp_path),
+            f"--url (or AGL_URL) must be an address without a query or fragment, such as {DEFAULT_URL},",
+            code=2,
+        )
+
+
+def test_a_url_with_a_password_is_a_usage_error_that_never_shows_it(tmp_path: Path) -> None:
+    """httpx would send them as Basic credentials in place of the token."""
+    for url in ("http://user:s3cret@127.0.0.1:8000", "http://user:s3cret@[::1"):
+        result = agl("tasks", "list", state_dir=tmp_path, env={"AGL_URL": url})
+        assert_one_line_error(
+            result,
+            "--url (or AGL_URL) must not hold a user name or password: give the token with --token or AGL_TOKEN.",
+            code=2,
+        )
+        assert "s3cret" not in result.stderr
+
+
+def test_a_server_that_is_not_agl_is_exit_3_in_one_sentence(tmp_path: Path) -> None:
+    """A page where a daemon's JSON, event stream or database was expected (a proxy's landing
+    page, another server on the port)."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>Welcome</html>")
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page) as page:
+        thread = threading.Thread(target=page.serve_forever)
+        thread.start()
+        address = f"http://127.0.0.1:{page.server_address[1]}"
+        try:
+            results = {
+                command: agl("--url", address, *command.split(), state_dir=tmp_path)
+                for command in ("status", "tasks list", "rollouts watch", f"backup {tmp_path / 'copy.db'}")
+            }
+        finally:
+            page.shutdown()
+            thread.join(30)
+    for command, result in results.items():
+        assert_one_line_error(
+            result, f"What answers at {address} is not an agl daemon: its answer to GET /v1/", code=3
+        )
+        assert "is not agl's." in result.stderr, command
+    assert not (tmp_path / "copy.db").exists()
+
+
 def test_a_url_without_a_scheme_or_with_a_trailing_slash_is_taken_as_meant(daemon: Daemon) -> None:
     for url in (daemon.url.removeprefix("http://"), daemon.url + "/"):
         assert agl("--url", url, "status", daemon=daemon).returncode == 0

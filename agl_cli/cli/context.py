@@ -71,11 +71,21 @@ def given_url(url: str) -> str:
     """`--url` (or `AGL_URL`) as the client takes it: `http://` added if no scheme is
     given; a usage error, in one sentence, if it cannot be a daemon's address."""
     normal = normalise_url(url)
+    if "@" in normal.partition("://")[2].partition("/")[0]:  # never echoed: it may hold a password
+        raise CLIError(
+            "--url (or AGL_URL) must not hold a user name or password: give the token with --token or AGL_TOKEN.",
+            ExitCode.USAGE,
+        )
     try:
         parts = urlsplit(normal)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
     except ValueError:  # a port out of range, an unclosed '[' of an IPv6 address
         usable = False
+    if usable and ("?" in normal or "#" in normal):  # httpx would put the route after it
+        raise CLIError(
+            f"--url (or AGL_URL) must be an address without a query or fragment, such as {DEFAULT_URL}, not '{url}'.",
+            ExitCode.USAGE,
+        )
     if not usable:
         raise CLIError(
             f"--url (or AGL_URL) must be an http:// or https:// address such as {DEFAULT_URL}, not '{url}'.",
