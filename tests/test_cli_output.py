@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,48 @@ def test_a_command_whose_reader_goes_away_ends_quietly_as_sigpipe_would(daemon: 
         ["tasks", "list", "--limit", "2000", "--json"],
     ):
         assert reader_gone_at_once(*command, daemon=daemon) == (ExitCode.READER_GONE, ""), command
+
+
+def test_help_and_the_version_whose_reader_goes_away_end_quietly_too(tmp_path: Path) -> None:
+    """`agl --version` is answered before the command line is read; help screens are drawn by
+    Typer's own console, which rich would end with 1."""
+    for command in (["--version"], ["--help"], ["queue", "--help"], ["tasks"]):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agl_cli", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env_without_agl() | {"AGL_STATE_DIR": str(tmp_path)},
+        )
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        assert (process.wait(30), process.stderr.read()) == (ExitCode.READER_GONE, b""), command
+
+
+def started_without(stream: int, *args: str, daemon: Daemon) -> subprocess.CompletedProcess[bytes]:
+    """`agl ARGS` started with standard stream number `stream` closed (`<&-`, `>&-`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args],
+        stdout=subprocess.DEVNULL if stream != 1 else None,
+        stderr=subprocess.PIPE,
+        env=env_without_agl(),
+        preexec_fn=lambda: os.close(stream),
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_command_started_without_stdin_or_stdout_reads_nothing_and_writes_nowhere(daemon: Daemon) -> None:
+    """As from /dev/null: Python would leave the stream as None, which every read and write
+    trips over with a traceback."""
+    without_stdin = started_without(0, "queue", "-", daemon=daemon)
+    assert (without_stdin.returncode, without_stdin.stderr) == (
+        1,
+        b"agl: <stdin>: there are no tasks in it.\n",
+    )
+    for command in (["--version"], ["tasks", "list", "--json"], ["status"]):
+        without_stdout = started_without(1, *command, daemon=daemon)
+        assert (without_stdout.returncode, without_stdout.stderr) == (0, b""), command
+    assert daemon.status()["tasks"]["queued"] == 0
 
 
 def test_backup_to_stdout_on_a_full_disk_is_one_line(daemon: Daemon) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer.rich_utils
 from typer.core import TyperArgument, TyperOption
+
+from agl_cli.cli.output import QuietConsole
 
 _typer_option_label = TyperOption.display_type_rich
 _typer_argument_label = TyperArgument.display_type_rich
@@ -29,6 +32,8 @@ def _argument_label(argument: TyperArgument, ctx: Any) -> str | None:
 
 
 def use_plain_labels() -> None:
-    """Render every help screen's type column the man pages' way (idempotent)."""
+    """Render every help screen's type column the man pages' way, and end one cut short by
+    its reader (`agl --help | head -1`) as every command does (idempotent)."""
     TyperOption.display_type_rich = _option_label  # type: ignore[method-assign,assignment]
     TyperArgument.display_type_rich = _argument_label  # type: ignore[method-assign,assignment]
+    typer.rich_utils.Console = QuietConsole  # type: ignore[attr-defined]

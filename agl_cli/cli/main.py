@@ -7,6 +7,7 @@ application in `agl_cli.cli.app`, imported on demand.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,15 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Run `agl` on `sys.argv`; a `CLIError` ends as one line on stderr and its exit code."""
+    _reopen_closed_streams()
     if sys.argv[1:] == ["--version"]:
-        sys.stdout.write(f"agl {__version__}\n")
+        try:
+            sys.stdout.write(f"agl {__version__}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            from agl_cli.cli.errors import reader_gone
+
+            reader_gone()
         return
     import typer
 
@@ -40,6 +48,16 @@ def main() -> None:
             raise SystemExit(ExitCode.USAGE) from None
         report(usage_error(exc))
     raise SystemExit(code if isinstance(code, int) else ExitCode.OK)
+
+
+def _reopen_closed_streams() -> None:
+    """A stream agl was started without (`<&-`, `>&-`, as some supervisors start programs)
+    reads nothing and takes what is written, as /dev/null does: Python leaves it None, which
+    every read and write would trip over. Opened in the order of their numbers, each gets
+    its own (a new file takes the lowest free number)."""
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))  # noqa: SIM115 (it lives as long as the process)
 
 
 def __getattr__(name: str) -> Any:

@@ -26,14 +26,17 @@ from rich.text import Text
 from agl_cli.cli.errors import reader_gone
 
 
-class _Console(Console):
+class QuietConsole(Console):
+    """Ends as every command does when what reads its output goes away, rather than with
+    rich's own exit 1."""
+
     def on_broken_pipe(self) -> None:
-        reader_gone()  # as every command does, rather than rich's own exit 1
+        reader_gone()
 
 
 @functools.cache
 def out() -> Console:
-    console = _Console(soft_wrap=True, highlight=False)
+    console = QuietConsole(soft_wrap=True, highlight=False)
     if not console.is_terminal:  # a pipe or a file: never cut a line to fit an imaginary screen
         console.width = 10_000
     return console
