@@ -212,13 +212,14 @@ def _envvars(param: Any) -> tuple[str, ...]:
 
 
 def _kind(param: Any) -> ValueKind:
-    """Paths are files, or directories when they cannot be files or are named `..._dir`."""
+    """Paths are files, or directories when they cannot be files or are named `..._dir`; a
+    value read by a parser of its own is a path when its metavar names one."""
     descriptor = getattr(param, "type_descriptor", None)
     click_type = getattr(param, "type", None)
     info = getattr(descriptor, "parameter_info", None)
     is_path = bool(getattr(descriptor, "is_path", False)) or type(click_type).__name__ == "Path"
     metavar = (param.metavar or "").removesuffix("...")
-    if not (is_path or metavar in ("FILE", "PATH", "DIR")):
+    if not (is_path or metavar in ("FILE", "PATH", "DIR") or metavar.endswith("_DIR")):
         return "text"
     file_okay = getattr(info if descriptor is not None else click_type, "file_okay", True)
     if file_okay is False or metavar == "DIR" or (param.name or "").endswith("_dir"):

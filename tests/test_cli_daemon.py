@@ -97,6 +97,32 @@ def test_a_url_that_cannot_be_a_daemon_s_address_is_a_usage_error(tmp_path: Path
     assert_one_line_error(agl("tasks", "list", state_dir=tmp_path, env={"AGL_URL": url}), expected, code=2)
 
 
+def test_an_empty_state_dir_is_a_usage_error_and_the_current_directory_is_left_alone(tmp_path: Path) -> None:
+    """`--state-dir "$UNSET"` would name the current directory: `agl serve` would fill it and
+    make it its owner's alone."""
+    tmp_path.chmod(0o755)
+    for command in (
+        ["--state-dir", "", "status"],
+        ["serve", "--state-dir", " "],
+        ["compact", "--state-dir", ""],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "agl_cli", *command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env_without_agl(),
+            timeout=60,
+            check=False,
+        )
+        assert_one_line_error(
+            result,
+            "Invalid value for '--state-dir' (env var: 'AGL_STATE_DIR'): it is empty: name a directory",
+            code=2,
+        )
+    assert list(tmp_path.iterdir()) == [] and tmp_path.stat().st_mode & 0o777 == 0o755
+
+
 def test_a_url_with_a_query_or_a_fragment_is_a_usage_error(tmp_path: Path) -> None:
     """httpx would put the route after the query: agl would ask `/?x=1/v1/status`."""
     for url in ("http://127.0.0.1:8000?x=1", "http://127.0.0.1:8000/#top"):

@@ -26,7 +26,7 @@ from agl_cli.cli import queue as queue_module
 from agl_cli.cli import serve as serve_module
 from agl_cli.cli import status as status_module
 from agl_cli.cli import stop as stop_module
-from agl_cli.cli.context import DEFAULT_URL, Globals
+from agl_cli.cli.context import DEFAULT_URL, Globals, state_dir_named
 from agl_cli.cli.errors import EXIT_CODES_HELP, ExitCode, fail, reader_gone
 from agl_cli.cli.forward import AGENTLIGHTNING_COMMANDS, forward
 from agl_cli.cli.help_screens import use_plain_labels
@@ -84,6 +84,7 @@ def root(
         None,
         "--state-dir",
         envvar="AGL_STATE_DIR",
+        parser=state_dir_named,
         metavar="STATE_DIR",
         help="The daemon's state directory (default: $XDG_STATE_HOME/agl, else ~/.local/state/agl).",
         show_default=False,

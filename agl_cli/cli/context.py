@@ -196,11 +196,20 @@ def connect(ctx: typer.Context, timeout: float | None = None) -> Iterator[AglCli
         yield client
 
 
+def state_dir_named(text: str) -> Path:
+    """A --state-dir given on the command line. An empty one (`--state-dir "$UNSET"`) would
+    be the current directory, which `agl serve` would fill and make its owner's alone."""
+    if not text.strip():
+        raise typer.BadParameter("it is empty: name a directory")
+    return Path(text)
+
+
 def state_dir_option() -> Any:
     """The command's own --state-dir (serve's, compact's), beside the global one."""
     return typer.Option(
         DEFAULTS.state_dir,
         envvar="AGL_STATE_DIR",
+        parser=state_dir_named,
         metavar="STATE_DIR",
         help="Where the database, token and pidfile live.",
         show_default=False,
