@@ -16,6 +16,7 @@ import pytest
 from cli_runner import agl, assert_one_line_error, popen_agl, post_rollout
 from daemon import Daemon
 
+from agl_cli.api_limits import ROLLOUT_PAGE_BYTES
 from agl_cli.cli.context import Globals, resolve
 from agl_cli.cli.rollouts import print_rollout
 from agl_cli.client import AglClient, RolloutRecord
@@ -103,6 +104,26 @@ def test_list_all_exports_every_rollout_however_many_as_one_json_array(daemon: D
         [later] = daemon.queue("reported while the export runs")
         post_rollout(daemon, later)
         assert first + [r["rollout_id"] for r in pages] == ids
+
+
+def test_a_page_of_big_results_comes_short_and_every_listing_asks_on_for_the_rest(daemon: Daemon) -> None:
+    """Results with token ids are often a megabyte each; made whole as objects, a page of a
+    thousand of them would take the daemon some ten gigabytes."""
+    big = "x" * 1_000_000
+    with httpx.Client(base_url=daemon.url, timeout=30) as client:
+        for number in range(10):
+            body = {"rollout_id": f"big-{number}", "final_reward": 0.5, "logs": [big]}
+            client.post("/rollout", json=body).raise_for_status()
+    page = daemon.api("GET", "/v1/rollouts", params={"limit": 10}).json()
+    assert 1 <= len(page["rollouts"]) < 10 and page["last_seq"] == 10
+    assert sum(len(r["logs"][0]) for r in page["rollouts"]) >= ROLLOUT_PAGE_BYTES - 1_000_000
+
+    everything = [f"big-{number}" for number in range(10)]
+    for command in (("list", "--limit", "10", "--json"), ("list", "--all", "--json")):
+        listed = json.loads(agl("rollouts", *command, daemon=daemon).stdout)
+        assert [r["rollout_id"] for r in listed] == everything, command
+    watched = agl("rollouts", "watch", "--since", "all", "--count", "10", daemon=daemon)
+    assert [json.loads(line)["rollout_id"] for line in watched.stdout.splitlines()] == everything
 
 
 def test_list_takes_a_limit_or_all_not_both(daemon: Daemon) -> None:

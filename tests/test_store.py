@@ -248,6 +248,19 @@ def test_rollouts_keep_arrival_order_and_resume_from_a_sequence_number(store: St
     assert store.last_seq() == everything[-1].seq
 
 
+def test_a_page_of_rollouts_ends_once_its_bodies_hold_max_bytes_after_the_first(store: Store) -> None:
+    for number in range(4):
+        store.record_rollout(Rollout(rollout_id=f"r{number}", logs=["x" * 1_000]))
+    size = len(store.rollouts_after(0, limit=1)[0].rollout.model_dump_json())
+    assert [len(store.rollouts_after(0, max_bytes=cap)) for cap in (1, size, size + 1, 2 * size + 1)] == [
+        1,
+        1,
+        2,
+        3,
+    ]
+    assert len(store.rollouts_after(0, limit=2, max_bytes=10**9)) == 2
+
+
 def test_unknown_rollout_fields_are_kept(store: Store) -> None:
     store.record_rollout(Rollout.model_validate({"rollout_id": "x", "future_field": [1, 2]}))
     stored = store.get_rollout("x")

@@ -5,6 +5,7 @@ Reading never consumes: any number of watchers and listings see the same rollout
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -103,9 +104,11 @@ def list_rollouts(
         with connect(ctx) as client:  # streamed as it is read, a page at a time
             output.print_json_array(client.all_rollouts(since))
         return
-    with connect(ctx) as client:
-        rollouts = (
-            list(client.all_rollouts(since)) if every else client.list_rollouts(since, limit)["rollouts"]
+    with connect(ctx) as client:  # a page of big results comes short: the rest are asked for
+        rollouts = list(
+            client.all_rollouts(since)
+            if every
+            else itertools.islice(client.all_rollouts(since, limit), limit)
         )
     if json_output:
         output.print_json(rollouts)

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
 from starlette.requests import Request
 
+from agl_cli.api_limits import ROLLOUT_PAGE_BYTES
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.query_pages import PageBody
 from agl_cli.server.rates import RateWindow
@@ -495,7 +496,8 @@ class Broker:
         return self._rollouts_changed.watch()
 
     async def rollouts_after(self, seq: int, limit: int) -> list[StoredRollout]:
-        return await self._threads.read(lambda: self._store.rollouts_after(seq, limit))
+        """Up to `limit` kept rollouts after `seq`, fewer once they hold `ROLLOUT_PAGE_BYTES`."""
+        return await self._threads.read(lambda: self._store.rollouts_after(seq, limit, ROLLOUT_PAGE_BYTES))
 
     async def get_rollout(self, rollout_id: str) -> StoredRollout | None:
         return await self._threads.read(lambda: self._store.get_rollout(rollout_id))

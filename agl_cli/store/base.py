@@ -276,8 +276,9 @@ class Store(abc.ABC):
         return self.record_report(Report.of(rollout, body))
 
     @abc.abstractmethod
-    def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:
-        """Kept rollouts with a sequence number greater than `seq`, oldest first."""
+    def rollouts_after(self, seq: int, limit: int = 100, max_bytes: int | None = None) -> list[StoredRollout]:
+        """Kept rollouts with a sequence number greater than `seq`, oldest first; with
+        `max_bytes`, no more once their bodies hold that much (after the first)."""
 
     @abc.abstractmethod
     def get_rollout(self, rollout_id: str) -> StoredRollout | None: ...

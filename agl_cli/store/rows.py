@@ -109,6 +109,7 @@ ROLLOUT_WITH_TASK = (
     " FROM rollouts r LEFT JOIN tasks t ON t.rollout_id = r.rollout_id"
 )
 _ROLLOUT_WIDTH = len(RolloutRow._fields)
+ROLLOUT_BODY = RolloutRow._fields.index("body")  # where a row of `ROLLOUT_WITH_TASK` has it
 # A kept rollout in one line (`RolloutSummary`), with the start of the attempt that sent it.
 ROLLOUT_SUMMARIES = (
     "SELECT r.seq, r.rollout_id, r.mode, r.reward, r.attempt, r.unsolicited, r.received_time, a.start_time"

@@ -11,6 +11,7 @@ index and sorts every queued task on each claim.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +47,7 @@ from agl_cli.store.rows import (
     ATTEMPT_COLUMNS,
     RESOURCES_COLUMNS,
     REWARD_PATH,
+    ROLLOUT_BODY,
     ROLLOUT_WITH_TASK,
     STAGED_COUNT,
     STAGED_TASKS,
@@ -465,9 +467,17 @@ class TaskStore(Batches):
             (TASK_STATUS["succeeded"].value, now, pairs),
         )
 
-    def rollouts_after(self, seq: int, limit: int = 100) -> list[StoredRollout]:
-        rows = self._read(f"{ROLLOUT_WITH_TASK} WHERE r.seq > ? ORDER BY r.seq LIMIT ?", (seq, limit))
-        return [stored_from_row(values) for values in rows]
+    def rollouts_after(self, seq: int, limit: int = 100, max_bytes: int | None = None) -> list[StoredRollout]:
+        found: list[StoredRollout] = []
+        held = 0
+        sql = f"{ROLLOUT_WITH_TASK} WHERE r.seq > ? ORDER BY r.seq LIMIT ?"
+        with contextlib.closing(self._rows(sql, (seq, limit))) as rows:  # left early: its read ends
+            for values in rows:
+                found.append(stored_from_row(values))
+                held += len(values[ROLLOUT_BODY])
+                if max_bytes is not None and held >= max_bytes:
+                    break
+        return found
 
     def get_rollout(self, rollout_id: str) -> StoredRollout | None:
         rows = self._read(f"{ROLLOUT_WITH_TASK} WHERE r.rollout_id = ?", (rollout_id,))
