@@ -50,6 +50,32 @@ def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepte
     assert re.search(r"^agl_requests_turned_away_total 1\.0$", daemon.get("/metrics").text, re.M)
 
 
+def test_a_wait_written_as_routing_reads_it_takes_no_place_kept_for_quick_requests(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """`%77ait=` is `wait=` once decoded, and a route's `$` matches before a path's final line
+    break: both wait as long as asked, so they must count against the waits' own limit."""
+    daemon = make_daemon("--max-requests", "2")
+    rollout = daemon.post("/v1/agl/rollouts", json={"input": 1}).json()  # running: a wait for it waits
+    body = json.dumps({"rollout_ids": [rollout["rollout_id"]], "timeout": 30}).encode()
+    requests = [
+        b"GET /task?%77ait=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"POST /v1/agl/waits/rollouts%0A HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body,
+    ]
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    with ExitStack() as held:
+        for request in requests:
+            held.enter_context(socket.create_connection((host, int(port)), timeout=30)).sendall(request)
+        wait_until(lambda: daemon.requests_in_flight() == 2, "both waits to be waiting")
+        assert daemon.status()["tasks"]["queued"] == 0  # quick requests still have both places
+        assert (
+            daemon.post("/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 2}]}).status_code
+            == 201
+        )
+
+
 def test_waiting_workers_have_a_limit_of_their_own_and_turn_away_no_report_or_queueing(
     make_daemon: Callable[..., Daemon],
 ) -> None:
