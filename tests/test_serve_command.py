@@ -124,6 +124,50 @@ def test_a_read_only_database_is_one_line_and_left_alone(shared_dir: Path) -> No
     assert (state / "agl.db").read_bytes() == before
 
 
+def _a_directory(token: Path) -> None:
+    token.mkdir()
+
+
+def _not_utf8(token: Path) -> None:
+    token.write_bytes(b"\xff\xfe")
+
+
+def _unreadable(token: Path) -> None:
+    token.write_text("t" * 43)
+    token.chmod(0)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "fault"),
+    [
+        (_a_directory, "cannot be read (Is a directory)."),
+        (_not_utf8, "is not UTF-8 text."),
+        (_unreadable, "cannot be read (Permission denied)."),
+    ],
+)
+def test_a_token_file_that_cannot_be_read_is_named_in_one_line_before_a_database_is_made(
+    shared_dir: Path, spoil: Callable[[Path], None], fault: str
+) -> None:
+    state = shared_dir / "state"
+    state.mkdir()
+    state.chmod(0o777)  # another user's to write in; the token file stays this one's
+    spoil(state / "token")
+    result = agl_as_another_user("serve", "--port", "0", "--state-dir", str(state))
+    assert_one_line_error(result, f"The token file {state / 'token'} {fault}")
+    assert not (state / "agl.db").exists()
+
+
+@pytest.mark.parametrize("spoil", [_a_directory, _not_utf8])
+def test_serve_detach_says_in_one_line_that_the_token_file_cannot_be_read(
+    tmp_path: Path, spoil: Callable[[Path], None]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    spoil(state / "token")
+    result = agl("serve", "--detach", "--port", "0", "--state-dir", str(state))
+    assert_one_line_error(result, f"The token file {state / 'token'} ")
+
+
 def test_a_database_that_is_not_agls_is_refused_and_left_alone(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()

@@ -61,18 +61,28 @@ def keep_private(path: Path, mode: int, what: str) -> str | None:
 def load_or_create_token(state_dir: Path) -> str:
     """The management API's token: made once, readable by its owner only (mode 0600)."""
     token_path = state_dir / paths.TOKEN_NAME
-    try:
-        token = token_path.read_text().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
+    token = _read_token(token_path)
+    if token:
+        return token
     token = secrets.token_urlsafe(32)
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     os.chmod(token_path, 0o600)
     return token
+
+
+def _read_token(path: Path) -> str:
+    """The token in `path` ("" if there is none). One that cannot be read refuses the start
+    rather than being replaced: its clients may hold it already."""
+    try:
+        return path.read_bytes().decode().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise StartupError(f"The token file {path} cannot be read ({exc.strerror or exc}).") from None
+    except UnicodeDecodeError:
+        raise StartupError(f"The token file {path} is not UTF-8 text.") from None
 
 
 def bind(host: str, port: int) -> socket.socket:

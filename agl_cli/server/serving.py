@@ -169,12 +169,13 @@ def _private(config: DaemonConfig, state_dir: Path) -> list[tuple[Path, int, str
 def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
     """Open the store and serve on `sock` (listening already) until told to stop."""
     _open_as_many_files_as_allowed()
+    # A token file that cannot be served from refuses the start before a database is made or upgraded.
+    token = load_or_create_token(state_dir) if not config.no_auth else None
     # Before the store opens, so that the log SQLite makes beside the database takes its mode.
     tightened = [
         keep_private(path, mode, what) for path, mode, what in _private(config, state_dir) if path.exists()
     ]
     store = open_store(config, state_dir)
-    token = load_or_create_token(state_dir) if not config.no_auth else None
     port = sock.getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
     address = f"http://{host}:{port}"
