@@ -498,6 +498,20 @@ def test_stop_over_http_when_given_a_url(daemon: Daemon) -> None:
     assert daemon.proc is not None and daemon.proc.wait(10) == 0
 
 
+@pytest.mark.parametrize(("content", "code"), [(b"my team token\n", 2), (b"tok\xffen\n", 1)])
+def test_stop_by_pid_reads_no_token_but_stop_over_http_needs_one(
+    daemon: Daemon, content: bytes, code: int
+) -> None:
+    """A token file spoilt while the daemon runs stops only what needs it: a request."""
+    (daemon.state_dir / "token").write_bytes(content)
+    over_http = agl("--url", daemon.url, "stop", daemon=daemon)
+    assert_one_line_error(over_http, str(daemon.state_dir / "token"), code=code)
+    result = agl("stop", daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    assert daemon.proc is not None and result.stdout.strip() == f"Stopped agl (pid {daemon.proc.pid})."
+    assert daemon.proc.wait(10) == 0
+
+
 def test_stop_when_nothing_runs_is_exit_3(tmp_path: Path) -> None:
     (tmp_path / "address").write_text(DEAD_URL)
     assert_one_line_error(agl("stop", state_dir=tmp_path), "agl is not running: there is no pidfile", code=3)

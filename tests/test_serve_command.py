@@ -168,6 +168,22 @@ def test_serve_detach_says_in_one_line_that_the_token_file_cannot_be_read(
     assert_one_line_error(result, f"The token file {state / 'token'} ")
 
 
+@pytest.mark.parametrize("detach", [[], ["--detach"]])
+@pytest.mark.parametrize("token", ["my team token", "jeton-d\u00e9t\u00e9"])
+def test_a_token_file_no_command_could_send_refuses_the_start_in_one_line(
+    tmp_path: Path, detach: list[str], token: str
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "token").write_text(token + "\n")
+    result = agl("serve", *detach, "--port", "0", "--state-dir", str(state))
+    assert_one_line_error(
+        result, f"The token in {state / 'token'} has a character no token of agl's may have"
+    )
+    assert token not in result.stderr
+    assert not (state / "agl.db").exists()
+
+
 def test_a_database_that_is_not_agls_is_refused_and_left_alone(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from agl_cli import paths
+from agl_cli import paths, tokens
 from agl_cli.cli.errors import CLIError, ExitCode
 from agl_cli.daemon_config import DEFAULTS
 
@@ -106,13 +106,10 @@ def read_token(state_dir: Path) -> str | None:
 
 
 def checked_token(token: str | None, where: str) -> str | None:
-    """A token as HTTP can carry it (the daemon's are URL-safe ASCII), or a usage error that
-    says where it came from, without showing it."""
-    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
-        raise CLIError(
-            f"The token in {where} has a character no token of agl's has (they are printable ASCII).",
-            ExitCode.USAGE,
-        )
+    """A token as HTTP can carry it, or a usage error that says where it came from."""
+    sentence = tokens.problem(token, where) if token is not None else None
+    if sentence is not None:
+        raise CLIError(sentence, ExitCode.USAGE)
     return token
 
 

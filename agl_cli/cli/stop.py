@@ -19,7 +19,7 @@ import typer
 from agl_cli import paths
 from agl_cli import pidfile as pidfiles
 from agl_cli.cli import output
-from agl_cli.cli.context import Target, connect, target_of
+from agl_cli.cli.context import Target, connect, globals_of, target_of
 from agl_cli.cli.errors import ExitCode, fail
 
 
@@ -30,12 +30,12 @@ def stop(
     ),
 ) -> None:
     """Stop the daemon gracefully: in-flight requests finish, then it exits."""
-    target = target_of(ctx)
-    pidfile = target.state_dir / paths.PIDFILE_NAME
-    if not target.url_given and pidfile.exists():
+    options = globals_of(ctx)
+    pidfile = options.state_directory / paths.PIDFILE_NAME
+    if not options.url and pidfile.exists():  # a signal needs no token: its file is not read
         _stop_by_pid(pidfile, timeout)
     else:
-        _stop_by_request(ctx, target, timeout)
+        _stop_by_request(ctx, target_of(ctx), timeout)
 
 
 def _stop_by_pid(pidfile: Path, timeout: float) -> None:

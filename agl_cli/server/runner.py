@@ -21,7 +21,7 @@ import socket
 import stat
 from pathlib import Path
 
-from agl_cli import paths, pidfile
+from agl_cli import paths, pidfile, tokens
 from agl_cli.daemon_config import DaemonConfig
 
 
@@ -63,6 +63,9 @@ def load_or_create_token(state_dir: Path) -> str:
     token_path = state_dir / paths.TOKEN_NAME
     token = _read_token(token_path)
     if token:
+        sentence = tokens.problem(token, str(token_path))
+        if sentence is not None:  # served, no command of agl's could send it
+            raise StartupError(sentence)
         return token
     token = secrets.token_urlsafe(32)
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
