@@ -22,6 +22,9 @@ from agl_cli.store import MemoryStore
 LLM = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen", "api_key": "sk-secret"}
 
 
+DASHBOARD_AND_ROLLOUT_STREAMS = ("/v1/dashboard/stream", "/v1/rollouts/stream")
+
+
 def get(daemon: Daemon, path: str, model: type[Any], **params: Any) -> Any:
     """A dashboard route's answer, checked against its published model."""
     response = daemon.api("GET", path, params=params)
@@ -200,6 +203,35 @@ def test_the_stream_sends_new_rollouts_and_the_summary_and_resumes_after_an_id(d
     follow({"Last-Event-ID": str(first_seq - 1)})
     replayed = schemas.RolloutLines.model_validate(next(e for e in seen if e.event == "rollouts").json())
     assert [line.rollout_id for line in replayed.rollouts][:2] == [before, after]
+
+
+def test_a_daemon_stopped_ends_open_streams_cleanly_and_logs_no_error(daemon: Daemon) -> None:
+    ended: dict[str, str] = {}
+    chunks = dict.fromkeys(DASHBOARD_AND_ROLLOUT_STREAMS, 0)
+
+    def follow(path: str) -> None:
+        headers = {"Authorization": f"Bearer {daemon.token}"}
+        try:
+            with httpx.stream("GET", daemon.url + path, headers=headers, timeout=30) as response:
+                for _ in response.iter_bytes():
+                    chunks[path] += 1
+            ended[path] = "whole"
+        except httpx.HTTPError as exc:
+            ended[path] = f"cut: {exc!r}"
+
+    readers = [threading.Thread(target=follow, args=(path,)) for path in DASHBOARD_AND_ROLLOUT_STREAMS]
+    for reader in readers:
+        reader.start()
+    # A second summary, a second after the first: the dashboard's stream is in its stride.
+    wait_until(lambda: chunks["/v1/dashboard/stream"] >= 2, "the dashboard's second summary", 10)
+    wait_until(lambda: daemon.requests_in_flight() == 2, "both streams to be open")
+    assert daemon.api("POST", "/v1/shutdown").status_code == 202
+    for reader in readers:
+        reader.join(30)
+
+    assert daemon.wait() == 0
+    assert ended == dict.fromkeys(DASHBOARD_AND_ROLLOUT_STREAMS, "whole")
+    assert [line for line in daemon.said() if "ERROR" in line] == []
 
 
 def test_a_bad_stream_position_or_page_is_a_422(daemon: Daemon) -> None:

@@ -29,7 +29,7 @@ from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param
 from agl_cli.server.requests import int_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
-from agl_cli.server.stream import Seq, position_params, start_position
+from agl_cli.server.stream import STREAM_SHUTDOWN_GRACE, Seq, position_params, start_position
 from agl_cli.store import CHART_POINTS, RewardSeries, RolloutSummary, StoredRollout, TaskHistory
 from agl_cli.store_models import WorkerQuery
 
@@ -81,7 +81,9 @@ async def stream_dashboard(request: Request) -> Response:
     `Last-Event-ID` or `since` says where the rollouts start."""
     broker = broker_of(request)
     after = await start_position(request, broker)
-    return EventSourceResponse(_events(request, after), ping=STREAM_PING_SECONDS)
+    return EventSourceResponse(
+        _events(request, after), ping=STREAM_PING_SECONDS, shutdown_grace_period=STREAM_SHUTDOWN_GRACE
+    )
 
 
 async def _events(request: Request, after: int) -> AsyncIterator[ServerSentEvent]:
@@ -99,6 +101,8 @@ async def _events(request: Request, after: int) -> AsyncIterator[ServerSentEvent
             summary_due = time.monotonic() + SUMMARY_SECONDS
         if len(lines) < MAX_PAGE:
             await wait_for(changed, max(summary_due - time.monotonic(), 0.0))
+            if broker.closing:  # woken by the shutdown: end before its grace for streams runs out
+                break
             await asyncio.sleep(GATHER_SECONDS)
 
 
