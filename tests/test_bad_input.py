@@ -142,6 +142,8 @@ CATALOGUE = [
         raw(b'{"rollout_id": "r", "metadata": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"), 422, "json_invalid"),
     Row("task: wait not a number", "GET", "/task", {"params": {"wait": "soon"}}, 422,
         "Query parameter 'wait' must be a number, not 'soon'."),
+    Row("task: wait written as no JSON number is", "GET", "/task", {"params": {"wait": "1_0"}}, 422,
+        "Query parameter 'wait' must be a number, not '1_0'."),
     Row("task: wait negative", "GET", "/task", {"params": {"wait": "-1"}}, 422,
         "Query parameter 'wait' must be between 0 and 600."),
     Row("task: wait out of range", "GET", "/task", {"params": {"wait": "1e9"}}, 422,

@@ -169,6 +169,9 @@ def test_tasks_are_listed_by_status_and_in_pages(daemon: Daemon) -> None:
         ({"limit": "0"}, "Query parameter 'limit' must be between 1 and 10000."),
         ({"limit": "10001"}, "Query parameter 'limit' must be between 1 and 10000."),
         ({"limit": "many"}, "Query parameter 'limit' must be a whole number, not 'many'."),
+        ({"limit": "1_0"}, "Query parameter 'limit' must be a whole number, not '1_0'."),
+        ({"limit": " 7 "}, "Query parameter 'limit' must be a whole number, not ' 7 '."),
+        ({"limit": "٣"}, "Query parameter 'limit' must be a whole number, not '٣'."),
         ({"offset": "-1"}, "Query parameter 'offset' must be between 0 and 4611686018427387904."),
     ],
 )

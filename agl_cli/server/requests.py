@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -155,6 +156,12 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
 
 N = TypeVar("N", int, float)
 _KINDS: dict[Callable[[str], Any], str] = {float: "a number", int: "a whole number"}
+# What a query's number is written as: ASCII, as JSON writes one (Python's own readers also
+# take `1_0`, surrounding spaces, and digits of other scripts such as `٣`).
+_WRITTEN: dict[Callable[[str], Any], re.Pattern[str]] = {
+    float: re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"),
+    int: re.compile(r"-?[0-9]+"),
+}
 
 
 def number_param(
@@ -166,6 +173,8 @@ def number_param(
     if raw is None:
         return default
     try:
+        if not _WRITTEN[parse].fullmatch(raw):
+            raise ValueError(raw)
         value = parse(raw)
     except ValueError:
         raise BadRequest(error(422, f"Query parameter '{name}' must be {kind}, not '{raw}'.")) from None
