@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
+import queue
 import re
 import select
 import signal
@@ -68,6 +70,52 @@ def popen_agl(*args: str, daemon: Daemon) -> subprocess.Popen[str]:
         env=env_without_agl(),
         preexec_fn=as_on_a_terminal,
     )
+
+
+class Lines:
+    """The stdout of a running command, line by line, readable with a timeout; as a
+    context manager, what a failing test left running is killed at its end."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert process.stdout is not None
+        stdout = process.stdout
+        self.reader = threading.Thread(target=lambda: [self.lines.put(line) for line in stdout], daemon=True)
+        self.reader.start()
+
+    def __enter__(self) -> Lines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def line(self, timeout: float = 20.0) -> str:
+        """The next line, without its end."""
+        try:
+            return self.lines.get(timeout=timeout).rstrip("\n")
+        except queue.Empty:
+            raise AssertionError(f"no line came in {timeout:g} s") from None
+
+    def take(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """The next `count` lines, each a JSON document."""
+        deadline = time.monotonic() + timeout
+        taken = []
+        while len(taken) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"only {len(taken)} of {count} lines came: {taken}"
+            taken.append(json.loads(self.lines.get(timeout=remaining)))
+        return taken
+
+    def stop(self) -> tuple[int, str]:
+        """Ctrl-C, then everything it printed on stderr."""
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(10)
+        self.reader.join(10)
+        assert self.process.stderr is not None
+        return code, self.process.stderr.read()
 
 
 def as_on_a_terminal() -> None:

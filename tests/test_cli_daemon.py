@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_runner import agl, assert_one_line_error, popen_agl
+from cli_runner import Lines, agl, assert_one_line_error, popen_agl
 from conftest import database_of_schema, schema_5_file
 from daemon import Daemon, env_without_agl, wait_until
 
@@ -73,6 +73,17 @@ def test_status_watch_in_json_goes_on_through_a_restart(make_daemon: Callable[..
     assert watcher.wait(10) in (0, 130)
     said = watcher.stderr.read()
     assert "Retrying every second" in said and "The daemon answers again." in said and "Traceback" not in said
+
+
+def test_status_watch_into_a_pipe_prints_each_refresh_as_it_comes(daemon: Daemon) -> None:
+    """Nothing can be redrawn in a pipe or a file: each refresh is the table again, flushed
+    at once, so that `agl status --watch | head -1` gets its line and ends."""
+    with Lines(popen_agl("status", "--watch", daemon=daemon)) as watcher:
+        assert watcher.line().startswith("daemon ")
+        daemon.queue(1)
+        wait_until(lambda: "queued 1" in watcher.line(), "a refresh that counts the task queued", 30)
+        code, said = watcher.stop()
+    assert code in (0, 130) and "Traceback" not in said
 
 
 def test_an_address_file_left_by_a_dead_daemon_is_exit_3_naming_it(tmp_path: Path) -> None:

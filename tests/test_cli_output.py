@@ -19,7 +19,10 @@ def reader_gone_at_once(*args: str, daemon: Daemon) -> tuple[int, str]:
     process = popen_agl(*args, daemon=daemon)
     assert process.stdout is not None and process.stderr is not None
     process.stdout.close()
-    code = process.wait(30)
+    try:
+        code = process.wait(30)
+    finally:
+        process.kill()  # a watch that never noticed would go on for ever
     return code, process.stderr.read()
 
 
@@ -37,6 +40,8 @@ def test_a_command_whose_reader_goes_away_ends_quietly_as_sigpipe_would(daemon: 
         ["rollouts", "list", "--all", "--json"],
         ["tasks", "list", "--limit", "2000"],
         ["tasks", "list", "--limit", "2000", "--json"],
+        ["status", "--watch"],
+        ["status", "--watch", "--json"],
     ):
         assert reader_gone_at_once(*command, daemon=daemon) == (ExitCode.READER_GONE, ""), command
 

@@ -4,51 +4,19 @@ from __future__ import annotations
 
 import json
 import queue
-import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
-from cli_runner import agl, assert_one_line_error, popen_agl, post_rollout
+from cli_runner import Lines, agl, assert_one_line_error, popen_agl, post_rollout
 from daemon import Daemon
 
 from agl_cli.api_limits import ROLLOUT_PAGE_BYTES
 from agl_cli.cli.context import Globals, resolve
 from agl_cli.cli.rollouts import print_rollout
 from agl_cli.client import AglClient, RolloutRecord
-
-
-class Lines:
-    """The stdout of a running command, line by line, readable with a timeout."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.lines: queue.Queue[str] = queue.Queue()
-        assert process.stdout is not None
-        stdout = process.stdout
-        self.reader = threading.Thread(target=lambda: [self.lines.put(line) for line in stdout], daemon=True)
-        self.reader.start()
-
-    def take(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        taken = []
-        while len(taken) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"only {len(taken)} of {count} lines came: {taken}"
-            taken.append(json.loads(self.lines.get(timeout=remaining)))
-        return taken
-
-    def stop(self) -> tuple[int, str]:
-        """Ctrl-C, then everything it printed on stderr."""
-        self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(10)
-        self.reader.join(10)
-        assert self.process.stderr is not None
-        return code, self.process.stderr.read()
 
 
 @pytest.fixture

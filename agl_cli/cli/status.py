@@ -38,28 +38,50 @@ def status(
             return
         updates = _every_second(client, target_of(ctx).relocate)
         if json_output:
-            output.print_json_line(current)
-            down = False
-            for update in updates:
-                if isinstance(update, Exception):
-                    if not down:
-                        output.note(f"{update} Retrying every second…")
-                    down = True
-                    continue
-                if down:
-                    output.note("The daemon answers again.")
-                down = False
-                output.print_json_line(update)
-        from rich.live import Live
+            _follow(current, updates, output.print_json_line)
+        elif not output.stdout_is_terminal():  # rich's Live draws nothing there until it ends
+            _follow(current, updates, _print_plain)
+        else:
+            _redraw(current, updates)
 
-        with Live(render(current), console=output.out(), auto_refresh=False) as live:
-            for update in updates:
-                view = (
-                    Text(f"{update} Retrying every second…", style="yellow")
-                    if isinstance(update, Exception)
-                    else render(update)
-                )
-                live.update(view, refresh=True)
+
+def _follow(
+    current: Status, updates: Iterator[Status | AglClientError], show: Callable[[Status], None]
+) -> None:
+    """Each refresh `show`n as it comes, for a pipe or a file; why one is missing on stderr,
+    once an outage."""
+    show(current)
+    down = False
+    for update in updates:
+        if isinstance(update, Exception):
+            if not down:
+                output.note(f"{update} Retrying every second…")
+            down = True
+            continue
+        if down:
+            output.note("The daemon answers again.")
+        down = False
+        show(update)
+
+
+def _print_plain(current: Status) -> None:
+    """The table, then a blank line that parts it from the next refresh."""
+    output.out().print(render(current))
+    output.out().line()
+
+
+def _redraw(current: Status, updates: Iterator[Status | AglClientError]) -> None:
+    """The table redrawn in place on the terminal, or why there is none this second."""
+    from rich.live import Live
+
+    with Live(render(current), console=output.out(), auto_refresh=False) as live:
+        for update in updates:
+            view = (
+                Text(f"{update} Retrying every second…", style="yellow")
+                if isinstance(update, Exception)
+                else render(update)
+            )
+            live.update(view, refresh=True)
 
 
 def _every_second(client: AglClient, relocate: Callable[[], str | None]) -> Iterator[Status | AglClientError]:
