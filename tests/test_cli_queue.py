@@ -502,3 +502,43 @@ def test_wait_counts_tasks_that_ended_without_a_rollout_and_exits_1(daemon: Daem
         stderr.strip()
         == "agl: 1 task ended without a rollout (1 cancelled); agl tasks retry queues it again."
     )
+
+
+def test_wait_counts_tasks_the_daemon_no_longer_has_as_lost_and_exits_1(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A --memory daemon that restarts has lost its tasks: no rollout will come for them,
+    and --json names them where their rollouts would have been."""
+    daemon = make_daemon("--memory", "--log-level", "debug")  # debug: its access lines
+    file = write(tmp_path / "t.jsonl", '{"input": 1}\n{"input": 2}\n')
+    waiting = popen_agl("queue", file, "--wait", "--timeout", "60", "--json", daemon=daemon)
+    try:
+        wait_until(
+            lambda: any("/v1/rollouts/stream" in line for line in daemon.said()),
+            "the wait to follow the rollout stream",
+        )
+        ids = [task["rollout_id"] for task in daemon.api("GET", "/v1/tasks").json()["tasks"]]
+        daemon.kill()
+        daemon.start()
+        stdout, stderr = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 1, stderr
+    assert [json.loads(line) for line in stdout.splitlines()] == [
+        {"rollout_id": rollout_id, "status": "lost"} for rollout_id in ids
+    ]
+    assert stderr.strip().splitlines()[-1] == (
+        "agl: 2 tasks ended without a rollout (2 lost: the daemon no longer has them)."
+    )
+
+
+def test_the_sentence_for_tasks_that_ended_offers_retry_for_those_the_daemon_still_has() -> None:
+    from agl_cli.cli.waiting import ended_sentence
+
+    assert ended_sentence({"a": "cancelled", "b": "lost", "c": "lost"}) == (
+        "3 tasks ended without a rollout (1 cancelled and 2 lost: the daemon no longer has them);"
+        " agl tasks retry queues the other again."
+    )
+    assert ended_sentence({"a": "failed", "b": "failed"}) == (
+        "2 tasks ended without a rollout (2 failed); agl tasks retry queues them again."
+    )

@@ -2,7 +2,7 @@
 
 The stream is read on a thread that feeds a queue, so the main thread stays free to keep
 the deadline, draw progress, notice tasks that ended without a rollout (failed after
-their last attempt, or cancelled), and take Ctrl-C.
+their last attempt, cancelled, or lost: the daemon no longer has them), and take Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,19 +16,21 @@ from dataclasses import dataclass, field
 from agl_cli.cli import output
 from agl_cli.cli.context import Target
 from agl_cli.cli.errors import ExitCode, fail
-from agl_cli.client import AglClient, AglClientError, RolloutRecord
+from agl_cli.client import AglClient, AglClientError, NotFound, RolloutRecord
 from agl_cli.task_status import ENDED_WITHOUT_RESULT
 
 # How often to look for tasks that ended without a rollout, and how many at a time.
 ENDED_CHECK_INTERVAL = 3.0
 ENDED_CHECK_BATCH = 50
 _ENDED_WITHOUT_RESULT = {status.value for status in ENDED_WITHOUT_RESULT}  # as the daemon names them
+# A task the daemon no longer has (a --memory daemon restarted, --forget-tasks removed it).
+LOST = "lost"
 
 
 @dataclass
 class Outcome:
     arrived: dict[str, RolloutRecord] = field(default_factory=dict)
-    ended: dict[str, str] = field(default_factory=dict)  # rollout id -> failed / cancelled
+    ended: dict[str, str] = field(default_factory=dict)  # rollout id -> failed / cancelled / lost
     timed_out: bool = False
 
 
@@ -72,6 +74,7 @@ def wait_for_rollouts(
                 item = events.get(timeout=wait)
             except queue.Empty:
                 if time.monotonic() >= next_check:
+                    client.url = target.relocate() or client.url  # as the stream follows a restart
                     _check_ended(client, pending, outcome)
                     update(len(expected) - len(pending))
                     next_check = time.monotonic() + ENDED_CHECK_INTERVAL
@@ -88,11 +91,14 @@ def wait_for_rollouts(
 
 
 def _check_ended(client: AglClient, pending: dict[str, None], outcome: Outcome) -> None:
-    """Drop the oldest pending tasks that failed or were cancelled: no rollout will come."""
+    """Drop the oldest pending tasks that failed, were cancelled or are lost: no rollout will come."""
     for rollout_id in list(pending)[:ENDED_CHECK_BATCH]:
-        with contextlib.suppress(AglClientError):
-            status = client.get_task(rollout_id)["status"]
-            if status in _ENDED_WITHOUT_RESULT:
+        with contextlib.suppress(AglClientError):  # unreachable for now: the next check will tell
+            try:
+                status: str = client.get_task(rollout_id)["status"]
+            except NotFound:
+                status = LOST
+            if status in _ENDED_WITHOUT_RESULT or status == LOST:
                 outcome.ended[rollout_id] = status
                 del pending[rollout_id]
 
@@ -100,13 +106,17 @@ def _check_ended(client: AglClient, pending: dict[str, None], outcome: Outcome) 
 def report(
     expected: dict[str, str | None], outcome: Outcome, json_output: bool, timeout: float | None
 ) -> None:
-    """The rollouts in queue order, then a summary; exit 5 on a timeout, 1 if tasks ended."""
+    """The rollouts in queue order, then a summary; exit 5 on a timeout, 1 if tasks ended.
+    With `json_output`, a lost task is a line `{"rollout_id": ..., "status": "lost"}` where
+    its rollout would have been: its id is nowhere else to be found."""
     from agl_cli.cli.rollouts import print_rollout
 
     rewards: dict[str, list[float]] = {}
     for rollout_id, mode in expected.items():
         record = outcome.arrived.get(rollout_id)
         if record is None:
+            if json_output and outcome.ended.get(rollout_id) == LOST:
+                output.print_json_line({"rollout_id": rollout_id, "status": LOST})
             continue
         print_rollout(record, json_output, mode=mode)
         value = record.get("final_reward")
@@ -123,14 +133,26 @@ def report(
             ExitCode.TIMEOUT,
         )
     if outcome.ended:
-        counts: dict[str, int] = {}
-        for status in outcome.ended.values():
-            counts[status] = counts.get(status, 0) + 1
-        what = " and ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        tasks, them = ("task", "it") if len(outcome.ended) == 1 else ("tasks", "them")
-        fail(
-            f"{len(outcome.ended)} {tasks} ended without a rollout ({what}); agl tasks retry queues {them} again."
-        )
+        fail(ended_sentence(outcome.ended))
+
+
+def ended_sentence(ended: dict[str, str]) -> str:
+    """`3 tasks ended without a rollout (1 cancelled and 2 lost: the daemon no longer has
+    them); agl tasks retry queues the others again.`: retry cannot bring back the lost."""
+    counts: dict[str, int] = {}
+    for status in ended.values():
+        counts[status] = counts.get(status, 0) + 1
+    what = " and ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    lost = counts.get(LOST, 0)
+    if lost:
+        what += f": the daemon no longer has {'it' if lost == 1 else 'them'}"
+    sentence = f"{len(ended)} {'task' if len(ended) == 1 else 'tasks'} ended without a rollout ({what})"
+    retried = len(ended) - lost
+    if not retried:
+        return f"{sentence}."
+    if lost:
+        return f"{sentence}; agl tasks retry queues the other{'' if retried == 1 else 's'} again."
+    return f"{sentence}; agl tasks retry queues {'it' if retried == 1 else 'them'} again."
 
 
 def _summary(arrived: int, total: int, rewards: dict[str, list[float]]) -> str:
