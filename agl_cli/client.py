@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from typing import Any, BinaryIO, Literal, TypedDict, cast
+from typing import Any, BinaryIO, Literal, NamedTuple, TypedDict, cast
 from urllib.parse import quote
 
 import httpx
@@ -195,15 +195,25 @@ class DaemonFailed(ResponseError):
 TaskList = Sequence[Mapping[str, Any]] | bytes
 
 
+class Address(NamedTuple):
+    """Where a daemon is, and the token it takes there."""
+
+    url: str
+    token: str | None
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class AglClient:
     """One daemon's management API. Use it as a context manager, or call `close()`."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = timeout
         self._http = httpx.Client(
             base_url=url.rstrip("/"),
-            headers=headers,
+            headers=_bearer(token),
             timeout=httpx.Timeout(timeout, connect=5.0),
             # A proxy ($HTTP_PROXY) is another host: it would be sent the token in clear, and
             # would dial its own loopback, not this machine's.
@@ -217,6 +227,15 @@ class AglClient:
     @url.setter
     def url(self, value: str) -> None:
         self._http.base_url = httpx.URL(value.rstrip("/"))
+
+    def move_to(self, address: Address | None) -> None:
+        """Talk to the daemon at `address` from now on: one that restarted on another port,
+        or with another token. None keeps the last one known."""
+        if address is None:
+            return
+        self.url = address.url
+        self._http.headers.pop("Authorization", None)
+        self._http.headers.update(_bearer(address.token))
 
     def close(self) -> None:
         self._http.close()
@@ -365,7 +384,7 @@ class AglClient:
         self,
         since: int | Literal["now"] = 0,
         *,
-        relocate: Callable[[], str | None] | None = None,
+        relocate: Callable[[], Address | None] | None = None,
         on_disconnect: Callable[[AglClientError], None] | None = None,
         on_reconnect: Callable[[int], None] | None = None,
         max_delay: float = 2.0,
@@ -376,10 +395,10 @@ class AglClient:
         with a growing pause, and resumes after the last sequence number it yielded:
         nothing is missed, nothing comes twice. A store that is not the one it followed (a
         `--memory` daemon restarted, which numbers its results from 1 again) is followed
-        from its first result. `relocate` gives the address again before
-        each reconnect, for a daemon that may come back on another port (None keeps the
-        last one known); `on_disconnect` and `on_reconnect` are told when an outage starts
-        and when it ends (with the sequence number it resumes after). An unreachable daemon
+        from its first result. `relocate` gives the address again before each reconnect,
+        for a daemon that may come back on another port or with another token (None keeps
+        the last one known); `on_disconnect` and `on_reconnect` are told when an outage
+        starts and when it ends (with the sequence number it resumes after). An unreachable daemon
         at the start, or a refusal (401, 4xx) at any time, is raised.
         """
         last = self.last_seq() if since == "now" else since
@@ -425,7 +444,7 @@ class AglClient:
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
             if relocate is not None:
-                self.url = relocate() or self.url
+                self.move_to(relocate())
 
     def _stream_rollouts(self, after: int) -> Generator[RolloutRecord | None, None, None]:
         """One connection to the stream: None once it is open, then its rollouts."""

@@ -86,6 +86,31 @@ def test_status_watch_into_a_pipe_prints_each_refresh_as_it_comes(daemon: Daemon
     assert code in (0, 130) and "Traceback" not in said
 
 
+def test_status_watch_follows_a_restart_that_made_a_new_token(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    with Lines(popen_agl("status", "--watch", "--json", daemon=daemon)) as watcher:
+        assert watcher.take(1)[0]["tasks"]["queued"] == 0
+        daemon.kill()
+        (daemon.state_dir / "token").unlink()
+        daemon.start()
+        daemon.queue(1)
+        wait_until(
+            lambda: json.loads(watcher.line())["tasks"]["queued"] == 1, "a refresh from the new daemon", 60
+        )
+        code, said = watcher.stop()
+    assert code in (0, 130) and "Traceback" not in said
+
+
+def test_a_relocated_target_reads_the_token_again_unless_it_was_given(daemon: Daemon) -> None:
+    from agl_cli.client import Address
+
+    found = resolve(Globals(state_dir=daemon.state_dir))
+    (daemon.state_dir / "token").write_text("rotated\n")
+    assert found.relocate() == Address(daemon.url, "rotated")
+    given = resolve(Globals(token="given", state_dir=daemon.state_dir))
+    assert given.relocate() == Address(daemon.url, "given")
+
+
 def test_an_address_file_left_by_a_dead_daemon_is_exit_3_naming_it(tmp_path: Path) -> None:
     (tmp_path / "address").write_text(DEAD_URL + "\n")
     assert_one_line_error(agl("status", state_dir=tmp_path), f"No agl daemon answers at {DEAD_URL}.", code=3)

@@ -7,6 +7,7 @@ import queue
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -17,6 +18,9 @@ from agl_cli.api_limits import ROLLOUT_PAGE_BYTES
 from agl_cli.cli.context import Globals, resolve
 from agl_cli.cli.rollouts import print_rollout
 from agl_cli.client import AglClient, RolloutRecord
+
+if TYPE_CHECKING:
+    from agl_cli.client import Address
 
 
 @pytest.fixture
@@ -275,6 +279,28 @@ def test_watch_survives_a_crash_and_restart_missing_nothing_and_repeating_nothin
     assert "Reconnected; resuming after rollout" in stderr
 
 
+def test_watch_follows_a_restart_that_made_a_new_token(
+    make_daemon: Callable[..., Daemon], watch: Callable[[Daemon], Lines]
+) -> None:
+    """A token read from the state directory is read again with the address: the one it
+    started with would be refused by a daemon that made a new one (its file removed)."""
+    daemon = make_daemon()
+    first, second = daemon.queue(1, 2)
+    watcher = watch(daemon)
+    post_rollout(daemon, first)
+    seen = watcher.take(1)
+    old_token = daemon.token
+    daemon.kill()
+    (daemon.state_dir / "token").unlink()
+    daemon.start()
+    assert daemon.token != old_token
+    post_rollout(daemon, second)
+    seen += watcher.take(1)
+    code, stderr = watcher.stop()
+    assert [r["rollout_id"] for r in seen] == [first, second]
+    assert code in (0, 130) and "Traceback" not in stderr
+
+
 def test_watch_follows_a_restarted_memory_daemon_from_its_first_result(
     make_daemon: Callable[..., Daemon], watch: Callable[[Daemon], Lines]
 ) -> None:
@@ -314,7 +340,7 @@ def test_watch_keeps_the_last_address_while_the_state_directory_names_none(
     outage_seen, halt = threading.Event(), threading.Event()
     arrived: queue.Queue[RolloutRecord | Exception] = queue.Queue()
 
-    def relocate() -> str | None:
+    def relocate() -> Address | None:
         if halt.is_set():
             raise RuntimeError("the test is over")
         tried.append(api.url)

@@ -23,7 +23,7 @@ from agl_cli.cli.errors import CLIError, ExitCode
 from agl_cli.daemon_config import DEFAULTS
 
 if TYPE_CHECKING:
-    from agl_cli.client import AglClient, AglClientError
+    from agl_cli.client import Address, AglClient, AglClientError
 
 DEFAULT_URL = f"http://{DEFAULTS.host}:{DEFAULTS.port}"
 
@@ -49,12 +49,19 @@ class Target:
     token: str | None
     state_dir: Path
     url_given: bool  # by --url or AGL_URL, rather than found
+    token_given: bool = False  # by --token or AGL_TOKEN, rather than read
 
-    def relocate(self) -> str | None:
-        """The address again, as a found daemon may have restarted on another port; None
-        while no daemon runs there, to keep the last address known rather than send the
-        token to whatever listens on the default port or has taken the address since."""
-        return None if self.url_given else running_daemon_url(self.state_dir)
+    def relocate(self) -> Address | None:
+        """The address again, as a found daemon may have restarted on another port, and
+        the token again unless given, as it may have made a new one; None while no daemon
+        runs there, to keep the last address known rather than send the token to whatever
+        listens on the default port or has taken the address since."""
+        from agl_cli.client import Address
+
+        url = None if self.url_given else running_daemon_url(self.state_dir)
+        if url is None:
+            return None
+        return Address(url, self.token if self.token_given else read_token(self.state_dir))
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -153,9 +160,10 @@ def resolve(options: Globals) -> Target:
     found = None if given else discovered_url(state_dir)
     url = given_url(options.url) if options.url else found or DEFAULT_URL
     token = checked_token(options.token or None, "--token (or AGL_TOKEN)")
-    if token is None and (is_local(url) if given else found is not None and is_running(state_dir)):
+    token_given = token is not None
+    if not token_given and (is_local(url) if given else found is not None and is_running(state_dir)):
         token = read_token(state_dir)
-    return Target(url=url, token=token, state_dir=state_dir, url_given=given)
+    return Target(url=url, token=token, state_dir=state_dir, url_given=given, token_given=token_given)
 
 
 def target_of(ctx: typer.Context) -> Target:

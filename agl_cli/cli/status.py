@@ -16,7 +16,7 @@ from agl_cli.task_status import TaskStatus
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from agl_cli.client import AglClient, AglClientError, DatabaseSpace, Status
+    from agl_cli.client import Address, AglClient, AglClientError, DatabaseSpace, Status
 
 TASK_STATES = tuple(status.value for status in TaskStatus)
 WORTH_COMPACTING = 1_000_000  # bytes that deletions freed inside the database, worth a mention
@@ -84,9 +84,11 @@ def _redraw(current: Status, updates: Iterator[Status | AglClientError]) -> None
             live.update(view, refresh=True)
 
 
-def _every_second(client: AglClient, relocate: Callable[[], str | None]) -> Iterator[Status | AglClientError]:
+def _every_second(
+    client: AglClient, relocate: Callable[[], Address | None]
+) -> Iterator[Status | AglClientError]:
     """The status once a second, or why there is none this time: a watch goes on while
-    the daemon restarts (found again at its new address) or is busy (503)."""
+    the daemon restarts (found again at its new address, with its new token) or is busy (503)."""
     from agl_cli.client import DaemonFailed, DaemonUnreachable
 
     while True:
@@ -94,7 +96,7 @@ def _every_second(client: AglClient, relocate: Callable[[], str | None]) -> Iter
         try:
             yield client.status()
         except (DaemonUnreachable, DaemonFailed) as exc:
-            client.url = relocate() or client.url
+            client.move_to(relocate())
             yield exc
 
 

@@ -74,7 +74,7 @@ def wait_for_rollouts(
                 item = events.get(timeout=wait)
             except queue.Empty:
                 if time.monotonic() >= next_check:
-                    client.url = target.relocate() or client.url  # as the stream follows a restart
+                    client.move_to(target.relocate())  # as the stream follows a restart
                     _check_ended(client, pending, outcome)
                     update(len(expected) - len(pending))
                     next_check = time.monotonic() + ENDED_CHECK_INTERVAL
