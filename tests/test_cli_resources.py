@@ -103,5 +103,8 @@ def test_show_gives_the_latest_by_default_and_reveals_keys_only_when_asked(daemo
 
 
 def test_show_of_an_unknown_id_is_one_line(daemon: Daemon) -> None:
-    assert_one_line_error(agl("resources", "show", "nope", daemon=daemon), "No resources with id 'nope'.")
+    for unknown in ("nope", "", "a/b", "latest/"):  # as tasks and rollouts say it, whatever the id holds
+        assert_one_line_error(
+            agl("resources", "show", unknown, daemon=daemon), f"No resources with id '{unknown}'."
+        )
     assert_one_line_error(agl("resources", "show", daemon=daemon), "No resources have been published yet.")

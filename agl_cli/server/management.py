@@ -384,7 +384,7 @@ ENDPOINTS: list[Endpoint] = [
         {200: schemas.ResourcesList, **_INVALID}, params=(_REVEAL,),
     ),
     Endpoint(
-        "GET", "/v1/resources/{resources_id}", show_resources, "Show resources (an id, or `latest`)",
+        "GET", "/v1/resources/{resources_id:rest}", show_resources, "Show resources (an id, or `latest`)",
         {200: ResourcesUpdate, **_GONE, **_INVALID}, params=(_REVEAL,),
     ),
     Endpoint(
