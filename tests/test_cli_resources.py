@@ -64,7 +64,8 @@ def test_a_bad_resource_is_refused_in_one_line_and_nothing_is_published(
             '{\n  "prompt": {"resource_type": "prompt_template",\n  }\n}',
             "r.json:2: invalid JSON: trailing comma",
         ),
-        ('[{"resource_type": "llm"}]', "r.json: expected a JSON object of name -> resource, not list."),
+        ('[{"resource_type": "llm"}]', "r.json: expected a JSON object of name -> resource, not an array."),
+        ("null", "r.json: expected a JSON object of name -> resource, not null."),
         ("{}", "r.json: the bundle has no resources."),
         (b'{"prompt":\n  "caf\xe9"}', "r.json:2: not UTF-8 text (invalid continuation byte)."),
         (b"\xff\xd8\xff\xe0 a picture", "r.json:1: not UTF-8 text (invalid start byte)."),
@@ -76,6 +77,17 @@ def test_a_bad_file_is_refused_before_it_reaches_the_daemon(
     file = tmp_path / "r.json"
     file.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert_one_line_error(agl("resources", "push", str(file), state_dir=tmp_path), f"{tmp_path}/{expected}")
+
+
+def test_a_bundle_saved_with_a_byte_order_mark_and_crlf_is_published(daemon: Daemon, tmp_path: Path) -> None:
+    """As an editor on Windows saves it, and as `agl queue` takes a task file."""
+    file = tmp_path / "r.json"
+    file.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"prompt": PROMPT}, indent=2).replace("\n", "\r\n").encode()
+    )
+    result = agl("resources", "push", str(file), daemon=daemon)
+    assert result.returncode == 0, result.stderr
+    assert resources_count(daemon) == 1
 
 
 def test_list_marks_the_latest_and_hides_api_keys(daemon: Daemon) -> None:

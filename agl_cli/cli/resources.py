@@ -22,9 +22,21 @@ app = typer.Typer(
 )
 
 
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+
 def read_bundle(name: str) -> dict[str, Any]:
     """The file's JSON object of name -> resource, or one line saying what is wrong with it."""
     import orjson  # here rather than at the top: `agl --help` reads no JSON
+
+    from agl_cli.cli.taskfile import BOM
 
     label = "<stdin>" if name == "-" else name
     try:
@@ -36,12 +48,13 @@ def read_bundle(name: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         fail(f"{label}:{line}: not UTF-8 text ({exc.reason}).")
+    data = data.removeprefix(BOM)  # as an editor on Windows saves it; `agl queue` takes it too
     try:
         bundle = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         fail(f"{label}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno}).")
     if not isinstance(bundle, dict):
-        fail(f"{label}: expected a JSON object of name -> resource, not {type(bundle).__name__}.")
+        fail(f"{label}: expected a JSON object of name -> resource, not {_JSON_KINDS[type(bundle)]}.")
     if not bundle:
         fail(f"{label}: the bundle has no resources.")
     return bundle
