@@ -71,7 +71,10 @@ def queue(
         help="One JSON object per task (its rollout id and spec), or per rollout with --wait.",
     ),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Check the files and count the tasks; queue nothing."
+        False,
+        "--dry-run",
+        help="Check the files and count the tasks; queue nothing. The daemon is not asked, so its body"
+        " limit and the resources ids are checked only when queuing.",
     ),
 ) -> None:
     """Queue tasks from files: all of them, or none if any is bad.
