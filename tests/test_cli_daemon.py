@@ -274,7 +274,9 @@ def test_a_relative_state_directory_is_shown_as_the_one_it_names_from_anywhere(t
 @pytest.mark.parametrize("given", ["environment", "option"])
 def test_a_state_directory_given_as_home_relative_is_under_home(tmp_path: Path, given: str) -> None:
     """`~` where no shell expands it: systemd's Environment=, a Docker ENV, `--state-dir=~/x`."""
-    env = {"HOME": str(tmp_path), "AGL_URL": DEAD_URL}
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "address").write_text(DEAD_URL + "\n")  # left by a daemon that crashed
+    env = {"HOME": str(tmp_path)}
     if given == "environment":
         result = agl("stop", env={**env, "AGL_STATE_DIR": "~/state"})
     else:
@@ -284,6 +286,12 @@ def test_a_state_directory_given_as_home_relative_is_under_home(tmp_path: Path, 
         f"agl is not running: there is no pidfile in {tmp_path}/state and no daemon answers at {DEAD_URL}.",
         code=3,
     )
+
+
+def test_stop_at_a_given_address_that_nothing_answers_says_only_that(tmp_path: Path) -> None:
+    """No pidfile is looked for when the address is given, so none is blamed."""
+    result = agl("--url", DEAD_URL, "stop", state_dir=tmp_path)
+    assert_one_line_error(result, f"No agl daemon answers at {DEAD_URL}.", code=3)
 
 
 def test_a_state_directory_named_in_the_environment_must_be_utf8_too(tmp_path: Path) -> None:

@@ -73,7 +73,9 @@ def _stop_by_request(ctx: typer.Context, target: Target, timeout: float) -> None
     with connect(ctx) as client:
         try:
             pid = client.status().get("pid")
-        except DaemonUnreachable:
+        except DaemonUnreachable as exc:
+            if target.url_given:  # the address was given: no pidfile was looked for
+                fail(str(exc), ExitCode.UNREACHABLE)
             fail(
                 f"agl is not running: there is no pidfile in {target.state_dir} "
                 f"and no daemon answers at {target.url}.",
