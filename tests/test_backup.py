@@ -153,6 +153,11 @@ def test_backup_to_stdout_pipes_the_same_database(daemon: Daemon, tmp_path: Path
     assert result.returncode == 0, result.stderr
     contents = backups.check(piped)
     assert (contents.tasks, contents.rollouts, contents.resources) == (6, 2, 1)
+    both = agl_into(tmp_path / "both.db", "backup", "-", "--json", daemon=daemon)
+    assert (both.returncode, both.stderr.decode()) == (
+        2,
+        "agl: Give - or --json, not both: with -, the copy itself goes to stdout.\n",
+    )
 
 
 def test_backup_replaces_no_file_unless_told_and_never_the_daemons_own_database(

@@ -35,6 +35,8 @@ def backup(
     from agl_cli.store.files import open_private, sync_to_disk
 
     if file == "-":
+        if json_output:  # stdout holds the copy
+            fail("Give - or --json, not both: with -, the copy itself goes to stdout.", ExitCode.USAGE)
         _backup_to_stdout(ctx)
         return
     if not file.strip():
