@@ -160,10 +160,16 @@ class Daemon:
         return result
 
     def rollouts(self) -> list[dict[str, Any]]:
-        response = self.api("GET", "/v1/rollouts", params={"limit": 10_000})
-        response.raise_for_status()
-        rollouts: list[dict[str, Any]] = response.json()["rollouts"]
-        return rollouts
+        """Every kept rollout, oldest first, a page at a time (a page of big ones comes short)."""
+        rollouts: list[dict[str, Any]] = []
+        while True:
+            since = rollouts[-1]["seq"] if rollouts else 0
+            response = self.api("GET", "/v1/rollouts", params={"since": since, "limit": 10_000})
+            response.raise_for_status()
+            page = response.json()
+            rollouts += page["rollouts"]
+            if not page["rollouts"] or rollouts[-1]["seq"] >= page["last_seq"]:
+                return rollouts
 
     def metric(self, name: str) -> float:
         """The value of one sample of the daemon's metrics (a name without labels)."""
