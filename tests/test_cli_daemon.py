@@ -24,6 +24,7 @@ from daemon import Daemon, env_without_agl, wait_until
 from agl_cli import pidfile
 from agl_cli.cli.context import DEFAULT_URL, Globals, Target, resolve
 from agl_cli.cli.detach import start_detached
+from agl_cli.cli.errors import CLIError
 from agl_cli.daemon_config import DaemonConfig
 from agl_cli.store.schema import SCHEMA_VERSION
 
@@ -533,6 +534,22 @@ def test_serve_detach_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> 
         port = taken.getsockname()[1]
         result = agl("serve", "--detach", "--port", str(port), state_dir=tmp_path / "s")
     assert_one_line_error(result, f"Port {port} on 127.0.0.1 is already in use")
+
+
+def test_serve_detach_with_a_directory_where_its_log_goes_names_the_log(tmp_path: Path) -> None:
+    (tmp_path / "s" / "agl.log").mkdir(parents=True)
+    result = agl("serve", "--detach", "--port", "0", state_dir=tmp_path / "s")
+    assert_one_line_error(result, f"The log {tmp_path}/s/agl.log is a directory, not a file.")
+
+
+def test_serve_detach_whose_python_cannot_be_run_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = tmp_path / "python"  # as when the Python agl runs under is another user's
+    monkeypatch.setattr(sys, "executable", str(gone))
+    with pytest.raises(CLIError) as refused:
+        start_detached(DaemonConfig(state_dir=tmp_path / "s", port=0))
+    assert str(refused.value) == f"Cannot start the daemon with {gone} (No such file or directory)."
 
 
 def test_stop_over_http_when_given_a_url(daemon: Daemon) -> None:

@@ -35,17 +35,29 @@ def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None
     state_dir = config.state_dir or paths.default_state_dir()
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        log_path = state_dir / paths.LOGFILE_NAME
+    except OSError as exc:
+        fail(paths.unusable(state_dir, exc))
+    log_path = state_dir / paths.LOGFILE_NAME
+    try:
         log = log_path.open("ab")
     except OSError as exc:
+        if log_path.is_dir():  # the directory is fine: the log is in the way
+            fail(f"The log {log_path} is a directory, not a file.")
         fail(paths.unusable(state_dir, exc))
     with log:
         start = log.tell()
         config = dataclasses.replace(config, state_dir=state_dir)
         command = [sys.executable, "-m", "agl_cli", "serve", *config.argv()]
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:  # this Python cannot be run (another user's, since removed)
+            fail(f"Cannot start the daemon with {sys.executable} ({exc.strerror or exc}).")
     url = _wait_until_listening(process, log_path, start, time.monotonic() + timeout)
     from agl_cli.client import AglClient
 
