@@ -541,7 +541,9 @@ class AglClient:
         content: bytes | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"} if content is not None else None
+        headers = {"Accept": "application/json"}  # `/v1/rollouts/stream` is then a rollout's id
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         try:
             response = self._http.request(
                 method,

@@ -170,6 +170,19 @@ def test_any_rollout_id_a_worker_chose_is_shown_and_an_empty_one_is_unknown(daem
         assert_one_line_error(agl(*command, "", daemon=daemon), "with id ''.")
 
 
+def test_a_rollout_a_worker_named_stream_is_shown_and_the_stream_still_streams(daemon: Daemon) -> None:
+    """`/v1/rollouts/stream` is the stream's path; asked for JSON, it is that rollout's."""
+    post_rollout(daemon, "stream", reward=0.25)
+    shown = agl("rollouts", "show", "stream", "--json", daemon=daemon, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert (json.loads(shown.stdout)["rollout_id"], json.loads(shown.stdout)["final_reward"]) == (
+        "stream",
+        0.25,
+    )
+    watched = agl("rollouts", "watch", "--since", "all", "--count", "1", daemon=daemon, timeout=30)
+    assert json.loads(watched.stdout)["rollout_id"] == "stream"
+
+
 def test_what_a_worker_put_in_an_id_is_shown_as_written_never_as_markup_or_terminal_codes(
     daemon: Daemon,
 ) -> None:

@@ -241,7 +241,19 @@ async def list_rollouts(request: Request) -> Response:
 
 async def show_rollout(request: Request) -> Response:
     """One kept rollout by its id; for a task without one, where that task is."""
-    rollout_id = request.path_params["rollout_id"]
+    return await _show_rollout(request, request.path_params["rollout_id"])
+
+
+async def stream_or_show_rollout(request: Request) -> Response:
+    """The stream of rollouts; asked for JSON and not for events (as agl's own client asks
+    for everything), the rollout whose id is `stream`, which a worker may have chosen."""
+    accept = request.headers.get("accept", "")
+    if "application/json" in accept and EVENT_STREAM not in accept:
+        return await _show_rollout(request, "stream")
+    return await stream_rollouts(request)
+
+
+async def _show_rollout(request: Request, rollout_id: str) -> Response:
     broker = broker_of(request)
     # The task first, then its rollout: a task that finishes between the two reads is
     # shown with its result, never as unfinished.
@@ -393,7 +405,7 @@ ENDPOINTS: list[Endpoint] = [
         params=(Param("since", _Count, "Only rollouts with a greater sequence number."), _LIMIT),
     ),
     Endpoint(  # before /v1/rollouts/{rollout_id}, which would take "stream" for an id
-        "GET", "/v1/rollouts/stream", stream_rollouts, "Follow rollouts as they arrive",
+        "GET", "/v1/rollouts/stream", stream_or_show_rollout, "Follow rollouts as they arrive",
         {200: schemas.RolloutRecord, **_INVALID},
         params=position_params("Start after this sequence number, or after the last one."),
         media_type=EVENT_STREAM,
