@@ -9,10 +9,11 @@ from typing import Any
 MAX_PER_REQUEST = 10_000  # tasks queued, or rollout ids cancelled or retried, in one request
 MAX_LIST_LIMIT = 10_000  # tasks or rollouts in one page of a list
 DEFAULT_LIST_LIMIT = 100
-# A page of results stops early once it holds this much of them (after the first): made
-# whole as objects, a result takes about nine times its JSON, and results with token ids
-# are often a megabyte each. Whoever pages on from the last `seq` given gets the rest.
-ROLLOUT_PAGE_BYTES = 4 << 20
+# A page of results or tasks stops early once it holds this much of them (after the first):
+# made whole as objects, one takes about nine times its JSON, and results with token ids
+# are often a megabyte each. Whoever pages on (from the last `seq`, or the next offset)
+# gets the rest.
+PAGE_BYTES = 4 << 20
 MAX_SEQ = 2**62  # the largest sequence number or offset a request may name (SQLite's integers reach 2**63)
 STREAM_PING_SECONDS = 15  # the rollout stream sends a comment this often when idle
 STREAM_READ_TIMEOUT = 3 * STREAM_PING_SECONDS  # a client that hears nothing for three pings: a dead link

@@ -279,10 +279,18 @@ class AglClient:
     def list_tasks(
         self, status: TaskStatus | None = None, limit: int = DEFAULT_LIST_LIMIT, offset: int = 0
     ) -> list[TaskRecord]:
-        params: dict[str, Any] = {"limit": limit, "offset": offset}
-        if status is not None:
-            params["status"] = status
-        return cast(list[TaskRecord], self._call("GET", "/v1/tasks", params=params)["tasks"])
+        """Up to `limit` tasks from `offset` on, asked for a page at a time: a page of big
+        tasks comes short."""
+        found: list[TaskRecord] = []
+        while len(found) < limit:
+            params: dict[str, Any] = {"limit": limit - len(found), "offset": offset + len(found)}
+            if status is not None:
+                params["status"] = status
+            page = cast(list[TaskRecord], self._call("GET", "/v1/tasks", params=params)["tasks"])
+            if not page:
+                break
+            found += page
+        return found
 
     def get_task(self, rollout_id: str) -> TaskRecord:
         return cast(TaskRecord, self._call("GET", f"/v1/tasks/{_segment(rollout_id)}"))

@@ -21,10 +21,15 @@ from agl_cli.store.schema import PLACES_PER_BATCH
 
 
 def tasks_of(daemon: Daemon) -> list[dict[str, object]]:
-    response = daemon.api("GET", "/v1/tasks", params={"limit": 10_000})
-    response.raise_for_status()
-    tasks: list[dict[str, object]] = response.json()["tasks"]
-    return tasks
+    """Every task in queue order, a page at a time (a page of big ones comes short)."""
+    tasks: list[dict[str, object]] = []
+    while True:
+        response = daemon.api("GET", "/v1/tasks", params={"limit": 10_000, "offset": len(tasks)})
+        response.raise_for_status()
+        page: list[dict[str, object]] = response.json()["tasks"]
+        if not page:
+            return tasks
+        tasks += page
 
 
 def queued_count(daemon: Daemon) -> int:

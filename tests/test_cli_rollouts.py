@@ -14,7 +14,7 @@ import pytest
 from cli_runner import Lines, agl, assert_one_line_error, popen_agl, post_rollout
 from daemon import Daemon
 
-from agl_cli.api_limits import ROLLOUT_PAGE_BYTES
+from agl_cli.api_limits import PAGE_BYTES
 from agl_cli.cli.context import Globals, resolve
 from agl_cli.cli.rollouts import print_rollout
 from agl_cli.client import AglClient, RolloutRecord
@@ -88,7 +88,7 @@ def test_a_page_of_big_results_comes_short_and_every_listing_asks_on_for_the_res
             client.post("/rollout", json=body).raise_for_status()
     page = daemon.api("GET", "/v1/rollouts", params={"limit": 10}).json()
     assert 1 <= len(page["rollouts"]) < 10 and page["last_seq"] == 10
-    assert sum(len(r["logs"][0]) for r in page["rollouts"]) >= ROLLOUT_PAGE_BYTES - 1_000_000
+    assert sum(len(r["logs"][0]) for r in page["rollouts"]) >= PAGE_BYTES - 1_000_000
 
     everything = [f"big-{number}" for number in range(10)]
     for command in (("list", "--limit", "10", "--json"), ("list", "--all", "--json")):

@@ -7,7 +7,7 @@ import json
 from cli_runner import agl, assert_one_line_error, on_a_terminal, post_rollout
 from daemon import Daemon
 
-from agl_cli.api_limits import MAX_PER_REQUEST
+from agl_cli.api_limits import MAX_PER_REQUEST, PAGE_BYTES
 from agl_cli.cli.tasks import SHOWN_ATTEMPTS
 
 
@@ -23,6 +23,18 @@ def test_list_shows_tasks_in_queue_order_and_filters_by_status(daemon: Daemon) -
     assert table.returncode == 0, table.stderr
     assert first in table.stdout and second in table.stdout and third not in table.stdout
     assert "claimed" in table.stdout
+
+
+def test_a_page_of_big_tasks_comes_short_and_the_listing_asks_on_for_the_rest(daemon: Daemon) -> None:
+    ids = daemon.queue(*(f"{n}" + "x" * 1_000_000 for n in range(6)))
+    page = daemon.api("GET", "/v1/tasks", params={"limit": 6}).json()["tasks"]
+    assert 1 <= len(page) < 6 and sum(len(task["input"]) for task in page) >= PAGE_BYTES - 1_000_000
+    listed = json.loads(agl("tasks", "list", "--limit", "6", "--json", daemon=daemon).stdout)
+    assert [task["rollout_id"] for task in listed] == ids
+    assert [
+        task["rollout_id"]
+        for task in json.loads(agl("tasks", "list", "--limit", "2", "--json", daemon=daemon).stdout)
+    ] == ids[:2]
 
 
 def test_a_bad_status_is_a_usage_error(daemon: Daemon) -> None:

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
 from starlette.requests import Request
 
-from agl_cli.api_limits import ROLLOUT_PAGE_BYTES
+from agl_cli.api_limits import PAGE_BYTES
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.query_pages import PageBody
 from agl_cli.server.rates import RateWindow
@@ -446,7 +446,8 @@ class Broker:
         return await self._threads.read(lambda: self._store.get_task(rollout_id))
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int) -> list[TaskRecord]:
-        return await self._threads.read(lambda: self._store.list_tasks(status, limit, offset))
+        """Up to `limit` tasks from `offset` on, fewer once they hold `PAGE_BYTES`."""
+        return await self._threads.read(lambda: self._store.list_tasks(status, limit, offset, PAGE_BYTES))
 
     # batches -----------------------------------------------------------------------------
 
@@ -496,8 +497,8 @@ class Broker:
         return self._rollouts_changed.watch()
 
     async def rollouts_after(self, seq: int, limit: int) -> list[StoredRollout]:
-        """Up to `limit` kept rollouts after `seq`, fewer once they hold `ROLLOUT_PAGE_BYTES`."""
-        return await self._threads.read(lambda: self._store.rollouts_after(seq, limit, ROLLOUT_PAGE_BYTES))
+        """Up to `limit` kept rollouts after `seq`, fewer once they hold `PAGE_BYTES`."""
+        return await self._threads.read(lambda: self._store.rollouts_after(seq, limit, PAGE_BYTES))
 
     async def get_rollout(self, rollout_id: str) -> StoredRollout | None:
         return await self._threads.read(lambda: self._store.get_rollout(rollout_id))

@@ -214,8 +214,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_tasks(
-        self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
-    ) -> list[TaskRecord]: ...
+        self,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        max_bytes: int | None = None,
+    ) -> list[TaskRecord]:
+        """Tasks in queue order; with `max_bytes`, no more once their inputs and metadata
+        hold that much (after the first)."""
 
     def cancel_task(self, rollout_id: str) -> TaskRecord:
         [record] = self.cancel_tasks([rollout_id])

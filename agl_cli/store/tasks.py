@@ -295,7 +295,11 @@ class TaskStore(Batches):
         return record_from_row(TaskRow._make(rows[0])) if rows else None
 
     def list_tasks(
-        self, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
+        self,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        max_bytes: int | None = None,
     ) -> list[TaskRecord]:
         where, params = ("", []) if status is None else (" WHERE status = ?", [status.value])
         sql = f"SELECT {TASK_COLUMNS} FROM tasks{where} ORDER BY id LIMIT ? OFFSET ?"
@@ -307,8 +311,18 @@ class TaskStore(Batches):
                     f"SELECT {TASK_COLUMNS} FROM (SELECT id, {TASK_COLUMNS} FROM tasks{where}"
                     f" UNION ALL {STAGED_TASKS}) ORDER BY id LIMIT ? OFFSET ?"
                 )
-            rows = self._read(sql, [*params, limit, offset])
-        return [record_from_row(TaskRow._make(values)) for values in rows]
+            found: list[TaskRecord] = []
+            held = 0
+            with contextlib.closing(
+                self._rows(sql, [*params, limit, offset])
+            ) as rows:  # left early: its read ends
+                for values in rows:
+                    row = TaskRow._make(values)
+                    found.append(record_from_row(row))
+                    held += len(row.input) + len(row.metadata)
+                    if max_bytes is not None and held >= max_bytes:
+                        break
+        return found
 
     def cancel_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         return self._move_each(rollout_ids, check_cancellable, lambda row: "cancelled")
