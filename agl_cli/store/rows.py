@@ -51,6 +51,7 @@ class ResourcesRow(NamedTuple):
 
 
 TASK_COLUMNS = ", ".join(TaskRow._fields)
+TASK_INPUT, TASK_METADATA = TaskRow._fields.index("input"), TaskRow._fields.index("metadata")
 # Tasks of committed batches still in `staging`, as rows of `tasks` will hold them (with `id`).
 STAGED_TASKS = (
     f"SELECT b.base_pos + s.place - b.id * {PLACES_PER_BATCH} AS id, s.rollout_id AS rollout_id,"

@@ -53,6 +53,8 @@ from agl_cli.store.rows import (
     STAGED_TASKS,
     TASK_COLUMNS,
     TASK_ID,
+    TASK_INPUT,
+    TASK_METADATA,
     AttemptRow,
     ResourcesRow,
     TaskRow,
@@ -311,18 +313,13 @@ class TaskStore(Batches):
                     f"SELECT {TASK_COLUMNS} FROM (SELECT id, {TASK_COLUMNS} FROM tasks{where}"
                     f" UNION ALL {STAGED_TASKS}) ORDER BY id LIMIT ? OFFSET ?"
                 )
-            found: list[TaskRecord] = []
-            held = 0
-            with contextlib.closing(
-                self._rows(sql, [*params, limit, offset])
-            ) as rows:  # left early: its read ends
-                for values in rows:
-                    row = TaskRow._make(values)
-                    found.append(record_from_row(row))
-                    held += len(row.input) + len(row.metadata)
-                    if max_bytes is not None and held >= max_bytes:
-                        break
-        return found
+            rows = self._rows_holding(
+                sql,
+                [*params, limit, offset],
+                max_bytes,
+                lambda values: len(values[TASK_INPUT]) + len(values[TASK_METADATA]),
+            )
+        return [record_from_row(TaskRow._make(values)) for values in rows]
 
     def cancel_tasks(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         return self._move_each(rollout_ids, check_cancellable, lambda row: "cancelled")
@@ -482,13 +479,21 @@ class TaskStore(Batches):
         )
 
     def rollouts_after(self, seq: int, limit: int = 100, max_bytes: int | None = None) -> list[StoredRollout]:
-        found: list[StoredRollout] = []
-        held = 0
         sql = f"{ROLLOUT_WITH_TASK} WHERE r.seq > ? ORDER BY r.seq LIMIT ?"
-        with contextlib.closing(self._rows(sql, (seq, limit))) as rows:  # left early: its read ends
+        rows = self._rows_holding(sql, (seq, limit), max_bytes, lambda values: len(values[ROLLOUT_BODY]))
+        return [stored_from_row(values) for values in rows]
+
+    def _rows_holding(
+        self, sql: str, params: Sequence[Any], max_bytes: int | None, size: Callable[[Sequence[Any]], int]
+    ) -> list[Any]:
+        """`sql`'s rows, no more once their `size`s add up to `max_bytes` (after the first):
+        a page of big tasks or results stops short. Its read ends there (the cursor is closed)."""
+        found: list[Any] = []
+        held = 0
+        with contextlib.closing(self._rows(sql, params)) as rows:
             for values in rows:
-                found.append(stored_from_row(values))
-                held += len(values[ROLLOUT_BODY])
+                found.append(values)
+                held += size(values)
                 if max_bytes is not None and held >= max_bytes:
                     break
         return found
