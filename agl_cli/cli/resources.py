@@ -22,21 +22,11 @@ app = typer.Typer(
 )
 
 
-_JSON_KINDS = {
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
-}
-
-
 def read_bundle(name: str) -> dict[str, Any]:
     """The file's JSON object of name -> resource, or one line saying what is wrong with it."""
     import orjson  # here rather than at the top: `agl --help` reads no JSON
 
-    from agl_cli.cli.taskfile import BOM
+    from agl_cli.cli.taskfile import BOM, json_kind
 
     label = "<stdin>" if name == "-" else name
     try:
@@ -54,7 +44,7 @@ def read_bundle(name: str) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         fail(f"{label}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno}).")
     if not isinstance(bundle, dict):
-        fail(f"{label}: expected a JSON object of name -> resource, not {_JSON_KINDS[type(bundle)]}.")
+        fail(f"{label}: expected a JSON object of name -> resource, not {json_kind(data)}.")
     if not bundle:
         fail(f"{label}: the bundle has no resources.")
     return bundle

@@ -314,6 +314,11 @@ _JSON_POSITION = re.compile(r" at line \d+ column (\d+)$")
 _KINDS = {"[": "an array", '"': "a string", "t": "a boolean", "f": "a boolean", "n": "null"}
 
 
+def json_kind(raw: bytes) -> str:
+    """What the JSON value `raw` (no object) is, as JSON names it: read off its first character."""
+    return _KINDS.get(raw.lstrip()[:1].decode(errors="replace"), "a number")
+
+
 def judged(raw: bytes) -> tuple[Any, str | None]:
     """The task as read, and why it cannot be queued (None if it can).
 
@@ -357,8 +362,7 @@ def _describe(exc: ValidationError, raw: bytes) -> str:
         text = _JSON_POSITION.sub(r" (column \1)", str(first.get("ctx", {}).get("error", message)))
         return f"invalid JSON: {text}."
     if kind == "model_type" and not loc:
-        what = _KINDS.get(raw[:1].decode(errors="replace"), "a number")
-        return f"a task must be a JSON object, not {what}."
+        return f"a task must be a JSON object, not {json_kind(raw)}."
     if kind == "missing" and loc == ("input",):
         return f"a task needs an 'input' field (a task has {TASK_FIELDS})."
     if kind == "extra_forbidden":
