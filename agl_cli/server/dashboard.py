@@ -18,18 +18,18 @@ from typing import Annotated, Any
 
 import orjson
 from pydantic import Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agl_cli.api_limits import MAX_SEQ, STREAM_PING_SECONDS
+from agl_cli.api_limits import MAX_SEQ
 from agl_cli.server import schemas
 from agl_cli.server.broker import broker_of, wait_for
 from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param
 from agl_cli.server.requests import int_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
-from agl_cli.server.stream import STREAM_SHUTDOWN_GRACE, Seq, position_params, start_position
+from agl_cli.server.stream import Seq, event_stream, position_params, start_position
 from agl_cli.store import CHART_POINTS, RewardSeries, RolloutSummary, StoredRollout, TaskHistory
 from agl_cli.store_models import WorkerQuery
 
@@ -81,9 +81,7 @@ async def stream_dashboard(request: Request) -> Response:
     `Last-Event-ID` or `since` says where the rollouts start."""
     broker = broker_of(request)
     after = await start_position(request, broker)
-    return EventSourceResponse(
-        _events(request, after), ping=STREAM_PING_SECONDS, shutdown_grace_period=STREAM_SHUTDOWN_GRACE
-    )
+    return event_stream(_events(request, after))
 
 
 async def _events(request: Request, after: int) -> AsyncIterator[ServerSentEvent]:

@@ -31,7 +31,7 @@ Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 PAGE = 200
 # How long a stream has to end by itself once the daemon stops (the broker wakes it at once)
 # before the SSE library cuts it off, mid-event, with an error in the log.
-STREAM_SHUTDOWN_GRACE = 1.0
+SHUTDOWN_GRACE = 1.0
 IDLE_WAKEUP = 300.0  # the broker wakes the stream; this only re-reads now and then, as a safety net
 
 
@@ -40,9 +40,12 @@ async def stream_rollouts(request: Request) -> Response:
     arrive; `Last-Event-ID` wins over `since`, and `since=now` skips what is already stored."""
     broker = broker_of(request)
     after = await start_position(request, broker)
-    return EventSourceResponse(
-        _events(broker, after), ping=STREAM_PING_SECONDS, shutdown_grace_period=STREAM_SHUTDOWN_GRACE
-    )
+    return event_stream(_events(broker, after))
+
+
+def event_stream(events: AsyncIterator[ServerSentEvent]) -> Response:
+    """`events` as server-sent events, kept open by a ping, and ended cleanly at shutdown."""
+    return EventSourceResponse(events, ping=STREAM_PING_SECONDS, shutdown_grace_period=SHUTDOWN_GRACE)
 
 
 async def start_position(request: Request, broker: Broker) -> int:
