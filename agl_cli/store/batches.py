@@ -30,6 +30,7 @@ from agl_cli.store.schema import PLACES_PER_BATCH
 DRAIN_CHUNK = 1_000  # staged tasks moved into place per step: ~5 ms of writing
 CLAIM_DRAIN = 64  # moved at once when a claim reaches a batch's tasks before the steps do
 LAST_FORGOTTEN = "last_forgotten_task"  # a row of `counters`: the largest id retention deleted
+FORGOTTEN = "forgotten_tasks"  # a row of `counters`: how many tasks retention deleted, ever
 
 
 class Batches(Database):

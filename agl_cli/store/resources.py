@@ -1,4 +1,5 @@
-"""What a resource bundle and its id must be for 0.3.0's workers to read them."""
+"""Resource bundles: what one and its id must be for 0.3.0's workers to read them, and the
+versions kept of each (publishing a bundle under a known id makes its next version)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from agl_cli.models import NamedResources
+from agl_cli.models import NamedResources, ResourcesUpdate
+from agl_cli.store.batches import Batches
 from agl_cli.store.errors import InvalidResourcesError
+from agl_cli.store.ids import new_resources_id
+from agl_cli.store.rows import RESOURCES_COLUMNS, ResourcesRow, resources_from_row
 
 
 def check_resources_id(resources_id: str) -> None:
@@ -59,3 +63,58 @@ def describe_resource_error(exc: ValidationError) -> str:
 
 _RESOURCE_TYPES = ("llm", "proxy_llm", "prompt_template")
 _RESOURCES_ADAPTER: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
+
+
+class Resources(Batches):
+    """The published bundles, each at its latest version, in the order they were published."""
+
+    def publish_resources(
+        self, resources: Mapping[str, Any], resources_id: str | None = None
+    ) -> ResourcesUpdate:
+        checked = validate_resources(resources)
+        if resources_id is not None:
+            check_resources_id(resources_id)
+        now = self.clock()
+        with self._write() as conn:
+            previous = (  # (create_time, version)
+                conn.execute(
+                    "SELECT create_time, version FROM resources WHERE resources_id = ?", (resources_id,)
+                ).fetchone()
+                if resources_id
+                else None
+            )
+            update = ResourcesUpdate(
+                resources_id=resources_id or new_resources_id(),
+                create_time=previous[0] if previous else now,
+                update_time=now,
+                version=previous[1] + 1 if previous else 1,
+                resources=checked,
+            )
+            conn.execute(
+                "INSERT INTO resources (resources_id, publish_seq, create_time, update_time, version, body)"
+                " VALUES (?1, (SELECT coalesce(max(publish_seq), 0) + 1 FROM resources), ?2, ?3, ?4, ?5)"
+                " ON CONFLICT (resources_id) DO UPDATE SET publish_seq = excluded.publish_seq,"
+                " update_time = ?3, version = ?4, body = ?5",
+                (
+                    update.resources_id,
+                    update.create_time,
+                    update.update_time,
+                    update.version,
+                    update.model_dump_json(include={"resources"}),
+                ),
+            )
+        return update
+
+    def get_resources(self, resources_id: str) -> ResourcesUpdate | None:
+        rows = self._read(
+            f"SELECT {RESOURCES_COLUMNS} FROM resources WHERE resources_id = ?", (resources_id,)
+        )
+        return resources_from_row(ResourcesRow._make(rows[0])) if rows else None
+
+    def latest_resources(self) -> ResourcesUpdate | None:
+        rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT 1")
+        return resources_from_row(ResourcesRow._make(rows[0])) if rows else None
+
+    def list_resources(self) -> list[ResourcesUpdate]:
+        rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq")
+        return [resources_from_row(ResourcesRow._make(values)) for values in rows]

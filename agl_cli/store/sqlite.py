@@ -1,11 +1,12 @@
 """The default store: one SQLite file, so that a `kill -9` loses nothing answered.
 
-It is made in five layers, a module each: `database.py` (the file, its connections and
-transactions), `batches.py` (the queue's places, and batches staged apart),
-`tasks.py` (the queue and the life cycle of claims and attempts),
-`views.py` (what the dashboard reads: pages and aggregates) and this one, the store
-API's view of the same tables (rollouts, attempts, spans, workers) and the store as a
-whole.
+It is made in eight layers, a module each, every one on the one before: `database.py`
+(the file, its connections and transactions), `batches.py` (the queue's places, and
+batches staged apart), `resources.py` (the published bundles), `tasks.py` (the queue and
+the life cycle of claims and attempts), `results.py` (legacy reports and the sequence of
+results), `retention.py` (what ages out), `views.py` (what the dashboard reads: pages and
+aggregates) and this one, the store API's view of the same tables (rollouts, attempts,
+spans, workers) and the store as a whole.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The queue of tasks on SQLite, and the life cycle of every claim as an attempt (the rules
-are in `lifecycle.py`; this records them): queueing, claims, time-outs, legacy reports,
-resources. The queue's places and its batches are `batches.py`'s layer, below this one.
+are in `lifecycle.py`; this records them): queueing, claims, time-outs, cancels and
+retries, and the counts. The queue's places and its batches are `batches.py`'s layer,
+below this one; legacy reports (`results.py`) and retention (`retention.py`) are above.
 
 Every statement on the request path is an index probe: the queue is read through a
 partial index of queued tasks, and expired claims through a partial index of claim
@@ -12,7 +13,6 @@ index and sorts every queued task on each claim.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 
-from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
+from agl_cli.models import Task, TaskStatus
 from agl_cli.store.base import NewTask
-from agl_cli.store.batches import LAST_FORGOTTEN, Batches, task_columns
+from agl_cli.store.batches import FORGOTTEN, task_columns
 from agl_cli.store.clock import SteadyClock
 from agl_cli.store.errors import UnknownTaskError
-from agl_cli.store.ids import new_attempt_id, new_resources_id, new_rollout_ids
+from agl_cli.store.ids import new_attempt_id, new_rollout_ids
 from agl_cli.store.lifecycle import (
     ATTEMPT_ENDED,
     FINISHED,
@@ -36,19 +36,15 @@ from agl_cli.store.lifecycle import (
     check_cancellable,
     check_retryable,
     legacy_config,
-    outcome_of_report,
     rollout_status_after,
     verdict,
     worker_status_after,
 )
-from agl_cli.store.records import Claim, Report, ReportOutcome, StoreCounts, StoredRollout, TaskRecord
-from agl_cli.store.resources import check_resources_id, validate_resources
+from agl_cli.store.records import Claim, StoreCounts, TaskRecord
+from agl_cli.store.resources import Resources
 from agl_cli.store.rows import (
     ATTEMPT_COLUMNS,
-    RESOURCES_COLUMNS,
     REWARD_PATH,
-    ROLLOUT_BODY,
-    ROLLOUT_WITH_TASK,
     STAGED_COUNT,
     STAGED_TASKS,
     TASK_COLUMNS,
@@ -56,13 +52,9 @@ from agl_cli.store.rows import (
     TASK_INPUT,
     TASK_METADATA,
     AttemptRow,
-    ResourcesRow,
     TaskRow,
     legacy_metadata,
     record_from_row,
-    resources_from_row,
-    rollout_from_body,
-    stored_from_row,
     wire_task,
 )
 from agl_cli.store_models import (
@@ -72,11 +64,10 @@ from agl_cli.store_models import (
 
 EXPIRE_BATCH = 500
 INSERT_ROWS = 500  # rows of one multi-row INSERT: 7 values each, well within SQLite's 32,766
-FORGOTTEN = "forgotten_tasks"  # a row of `counters`: how many tasks retention deleted, ever
 CLOCK_APART = "clock_apart_ms"  # a row of `counters`: how far the clock was behind the wall clock
 
 
-class TaskStore(Batches):
+class TaskStore(Resources):
     """The queue and its claims, and the life cycle of each attempt."""
 
     def __init__(self, path: str | Path, **options: Any) -> None:
@@ -399,90 +390,6 @@ class TaskStore(Batches):
             ).rowcount
         return cancelled
 
-    # rollouts ----------------------------------------------------------------------------
-
-    def record_report(self, report: Report) -> ReportOutcome:
-        rollout_id = report.rollout_id
-        with self._write() as conn:
-            found = self._task_row(conn, "status, num_claims, mode, id", rollout_id)
-            status, attempt, task_mode, task = found if found else (None, None, None, None)
-            outcome = outcome_of_report(TaskStatus(status) if status else None)
-            if outcome is ReportOutcome.DUPLICATE:
-                return _counted_as_duplicate(conn, rollout_id)
-            now = self.clock()
-            if task is not None and attempt is not None:  # both are, for a known task
-                self._report_successes(conn, [(task, attempt)], now)
-            # An unsolicited id reported before, or a task the store API brought back after
-            # its result (0.3.0 lets an update do that): ended again, the first result kept.
-            if conn.execute("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone():
-                return _counted_as_duplicate(conn, rollout_id)
-            _insert_rollouts(conn, [_rollout_row(report, now, attempt, not found, task_mode)])
-        return outcome
-
-    def record_reports(self, reports: Sequence[Report]) -> list[ReportOutcome]:
-        """The first report for each claimed task without a result (nearly every report)
-        in four statements for them all, not four each; any other report after them, as
-        `record_report` makes it (a second report for a task in the same group is then its
-        duplicate)."""
-        outcomes: list[ReportOutcome | None] = [None] * len(reports)
-        with self._write() as conn:
-            claimed: dict[str, tuple[int, int, str | None]] = {
-                rollout_id: (task, num_claims, mode)
-                for task, rollout_id, num_claims, mode in conn.execute(
-                    "SELECT id, rollout_id, num_claims, mode FROM tasks WHERE +status = 'claimed'"
-                    " AND rollout_id IN (SELECT value FROM json_each(?))"
-                    " AND NOT EXISTS (SELECT 1 FROM rollouts WHERE rollouts.rollout_id = tasks.rollout_id)",
-                    (orjson.dumps([report.rollout_id for report in reports]).decode(),),
-                )
-            }
-            first: dict[str, int] = {}
-            for index, report in enumerate(reports):
-                if report.rollout_id in claimed:
-                    first.setdefault(report.rollout_id, index)
-            if first:
-                now = self.clock()
-                self._report_successes(conn, [claimed[rollout_id][:2] for rollout_id in first], now)
-                rows = []
-                for rollout_id, index in first.items():
-                    _, sequence_id, task_mode = claimed[rollout_id]
-                    rows.append(_rollout_row(reports[index], now, sequence_id, False, task_mode))
-                    outcomes[index] = ReportOutcome.STORED
-                _insert_rollouts(conn, rows)
-        return [
-            self.record_report(reports[index]) if outcome is None else outcome
-            for index, outcome in enumerate(outcomes)
-        ]
-
-    def _report_successes(
-        self, conn: sqlite3.Connection, attempts: list[tuple[int, int]], now: float
-    ) -> None:
-        """Workers' reports: the latest attempt at each task, (task id, sequence id),
-        succeeded (whoever made it), and with it the task. `_set_phase` and
-        `_change_attempt` in two statements for any number of tasks, for the hot path."""
-        pairs = orjson.dumps(attempts).decode()
-        ended = conn.execute(
-            "UPDATE attempts SET status = 'succeeded', end_time = ? FROM (SELECT value ->> 0 AS task,"
-            " value ->> 1 AS sequence_id FROM json_each(?)) AS ended WHERE attempts.task = ended.task"
-            " AND attempts.sequence_id = ended.sequence_id"
-            " RETURNING attempts.rollout_id, attempts.sequence_id, attempts.worker_id",
-            (now, pairs),
-        ).fetchall()
-        for rollout_id, sequence_id, worker_id in ended:
-            if worker_id:  # an attempt of a store-API runner: the worker is idle now
-                attempt = self._attempt(conn, rollout_id, sequence_id)
-                assert attempt is not None
-                self._sync_worker(conn, attempt, now)
-        conn.execute(
-            "UPDATE tasks SET status = ?, phase = 'succeeded', queue_pos = NULL, deadline = NULL,"
-            " completed_time = ?2, end_time = ?2 WHERE id IN (SELECT value ->> 0 FROM json_each(?3))",
-            (TASK_STATUS["succeeded"].value, now, pairs),
-        )
-
-    def rollouts_after(self, seq: int, limit: int = 100, max_bytes: int | None = None) -> list[StoredRollout]:
-        sql = f"{ROLLOUT_WITH_TASK} WHERE r.seq > ? ORDER BY r.seq LIMIT ?"
-        rows = self._rows_holding(sql, (seq, limit), max_bytes, lambda values: len(values[ROLLOUT_BODY]))
-        return [stored_from_row(values) for values in rows]
-
     def _rows_holding(
         self, sql: str, params: Sequence[Any], max_bytes: int | None, size: Callable[[Sequence[Any]], int]
     ) -> list[Any]:
@@ -497,166 +404,6 @@ class TaskStore(Batches):
                 if max_bytes is not None and held >= max_bytes:
                     break
         return found
-
-    def get_rollout(self, rollout_id: str) -> StoredRollout | None:
-        rows = self._read(f"{ROLLOUT_WITH_TASK} WHERE r.rollout_id = ?", (rollout_id,))
-        return stored_from_row(rows[0]) if rows else None
-
-    def consume_rollout(self, rollout_id: str) -> Rollout | None:
-        with self._write() as conn:
-            found = conn.execute(
-                "SELECT seq, body FROM rollouts WHERE rollout_id = ? AND consumed = 0", (rollout_id,)
-            ).fetchone()
-            if found is None:
-                return None
-            seq, body = found
-            conn.execute("UPDATE rollouts SET consumed = 1 WHERE seq = ?", (seq,))
-        return rollout_from_body(body)
-
-    def consume_all(self) -> list[Rollout]:
-        with self._write() as conn:
-            rows = conn.execute("SELECT body FROM rollouts WHERE consumed = 0 ORDER BY seq").fetchall()
-            conn.execute("UPDATE rollouts SET consumed = 1 WHERE consumed = 0")
-        return [rollout_from_body(body) for (body,) in rows]
-
-    def last_seq(self) -> int:
-        # The largest ever given out (AUTOINCREMENT's record), kept when its rollout is not.
-        [(seq,)] = self._read("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'rollouts'), 0)")
-        return int(seq)
-
-    def prune_rollouts(self, limit: int) -> int:
-        """Results go oldest first, by sequence number, until the first one still young
-        enough (not synced: a prune a crash undoes is made again)."""
-        if self.rollout_retention is None:
-            return 0
-        cutoff = self.clock() - self.rollout_retention
-        with self._write(durable=False) as conn:
-            old = _oldest_before(conn, "SELECT seq, received_time FROM rollouts ORDER BY seq", limit, cutoff)
-            if old:
-                pruned = {"first": old[0][0], "last": old[-1][0]}
-                in_range = "SELECT rollout_id FROM rollouts WHERE seq BETWEEN :first AND :last"
-                conn.execute(f"DELETE FROM spans WHERE rollout_id IN ({in_range})", pruned)
-                if self.forget_tasks:
-                    _forget(
-                        conn,
-                        conn.execute(
-                            # each task found by its rollout id (CROSS JOIN: not among every completed one)
-                            "SELECT tasks.id, tasks.rollout_id FROM rollouts CROSS JOIN tasks"
-                            " ON tasks.rollout_id = rollouts.rollout_id"
-                            " WHERE rollouts.seq BETWEEN :first AND :last AND tasks.status = 'completed'",
-                            pruned,
-                        ).fetchall(),
-                    )
-                conn.execute("DELETE FROM rollouts WHERE seq BETWEEN :first AND :last", pruned)
-        return len(old)
-
-    def prune_ended(self, limit: int) -> int:
-        """Rollouts that ended without a result go by end time, as results go by sequence
-        number. One revived since it was listed (0.3.0 lets an attempt update do that)
-        keeps its spans: if it succeeds, they go with its result; if it ends so again, it
-        is listed again, with its new end."""
-        if self.rollout_retention is None:
-            return 0
-        cutoff = self.clock() - self.rollout_retention
-        with self._write(durable=False) as conn:
-            ended = _oldest_before(
-                conn,
-                "SELECT rollout_id, end_time FROM ended_without_result ORDER BY end_time, rollout_id",
-                limit,
-                cutoff,
-            )
-            if ended:
-                still = conn.execute(
-                    # each task found by its id (CROSS JOIN: not by its status, among every failed one)
-                    "SELECT tasks.id, tasks.rollout_id FROM json_each(?1)"
-                    " CROSS JOIN tasks ON tasks.rollout_id = json_each.value"
-                    " WHERE tasks.status IN ('failed', 'cancelled') AND tasks.end_time < ?2",
-                    (orjson.dumps([rollout_id for rollout_id, _ in ended]).decode(), cutoff),
-                ).fetchall()
-                _delete_spans(conn, still)
-                if self.forget_tasks:
-                    _forget(conn, still)
-                last_id, last_end = ended[-1]
-                conn.execute(
-                    "DELETE FROM ended_without_result WHERE (end_time, rollout_id) <= (?, ?)",
-                    (last_end, last_id),
-                )
-        return len(ended)
-
-    def forget_leftovers(self, after: int, span: int) -> int:
-        """Forget the tasks with ids `after + 1` to `after + span` that retention would have
-        taken with it, had it forgotten tasks when it deleted their results or spans (the
-        store was opened without `forget_tasks` then): completed ones whose result is gone,
-        failed or cancelled ones that ended longer than `rollout_retention` ago. How many;
-        the caller walks on from `after + span`, up to the last place given out."""
-        if not self.forget_tasks or self.rollout_retention is None:
-            return 0
-        with self._write(durable=False) as conn:
-            leftovers = conn.execute(
-                "SELECT id, rollout_id FROM tasks WHERE id > :after AND id <= :after + :span AND ("
-                " (status = 'completed'"
-                " AND NOT EXISTS (SELECT 1 FROM rollouts WHERE rollouts.rollout_id = tasks.rollout_id))"
-                " OR (status IN ('failed', 'cancelled')"
-                " AND coalesce(end_time, completed_time, last_claim_time, create_time) < :cutoff))",
-                {"after": after, "span": span, "cutoff": self.clock() - self.rollout_retention},
-            ).fetchall()
-            if leftovers:
-                _delete_spans(conn, leftovers)
-                _forget(conn, leftovers)
-        return len(leftovers)
-
-    # resources ---------------------------------------------------------------------------
-
-    def publish_resources(
-        self, resources: Mapping[str, Any], resources_id: str | None = None
-    ) -> ResourcesUpdate:
-        checked = validate_resources(resources)
-        if resources_id is not None:
-            check_resources_id(resources_id)
-        now = self.clock()
-        with self._write() as conn:
-            previous = (  # (create_time, version)
-                conn.execute(
-                    "SELECT create_time, version FROM resources WHERE resources_id = ?", (resources_id,)
-                ).fetchone()
-                if resources_id
-                else None
-            )
-            update = ResourcesUpdate(
-                resources_id=resources_id or new_resources_id(),
-                create_time=previous[0] if previous else now,
-                update_time=now,
-                version=previous[1] + 1 if previous else 1,
-                resources=checked,
-            )
-            conn.execute(
-                "INSERT INTO resources (resources_id, publish_seq, create_time, update_time, version, body)"
-                " VALUES (?1, (SELECT coalesce(max(publish_seq), 0) + 1 FROM resources), ?2, ?3, ?4, ?5)"
-                " ON CONFLICT (resources_id) DO UPDATE SET publish_seq = excluded.publish_seq,"
-                " update_time = ?3, version = ?4, body = ?5",
-                (
-                    update.resources_id,
-                    update.create_time,
-                    update.update_time,
-                    update.version,
-                    update.model_dump_json(include={"resources"}),
-                ),
-            )
-        return update
-
-    def get_resources(self, resources_id: str) -> ResourcesUpdate | None:
-        rows = self._read(
-            f"SELECT {RESOURCES_COLUMNS} FROM resources WHERE resources_id = ?", (resources_id,)
-        )
-        return resources_from_row(ResourcesRow._make(rows[0])) if rows else None
-
-    def latest_resources(self) -> ResourcesUpdate | None:
-        rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT 1")
-        return resources_from_row(ResourcesRow._make(rows[0])) if rows else None
-
-    def list_resources(self) -> list[ResourcesUpdate]:
-        rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq")
-        return [resources_from_row(ResourcesRow._make(values)) for values in rows]
 
     def counts(self) -> StoreCounts:
         with self.snapshot():
@@ -881,77 +628,3 @@ class TaskStore(Batches):
 def _queued_again(row: TaskRow) -> RolloutStatus:
     """A retried task waits in the queue as one never tried, or as one tried before."""
     return "requeuing" if row.num_claims else "queuing"
-
-
-RolloutRow = tuple[str, float, int | None, int, str, str | None, float | None]
-
-
-def _rollout_row(
-    report: Report, now: float, attempt: int | None, unsolicited: bool, task_mode: str | None
-) -> RolloutRow:
-    """A report as a row of `rollouts`, with the mode it says, else its task's."""
-    return (
-        report.rollout_id,
-        now,
-        attempt,
-        int(unsolicited),
-        report.body,
-        report.mode or task_mode,
-        report.final_reward,
-    )
-
-
-def _counted_as_duplicate(conn: sqlite3.Connection, rollout_id: str) -> ReportOutcome:
-    conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
-    conn.execute("UPDATE tasks SET duplicates = duplicates + 1 WHERE rollout_id = ?", (rollout_id,))
-    return ReportOutcome.DUPLICATE
-
-
-def _insert_rollouts(conn: sqlite3.Connection, rows: Sequence[RolloutRow]) -> None:
-    """Rows of `rollouts` in one `INSERT` per `INSERT_ROWS` of them."""
-    for start in range(0, len(rows), INSERT_ROWS):
-        chunk = rows[start : start + INSERT_ROWS]
-        conn.execute(
-            "INSERT INTO rollouts (rollout_id, received_time, attempt, unsolicited, body, mode, reward)"
-            f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(chunk))}",
-            [value for row in chunk for value in row],
-        )
-
-
-def _delete_spans(conn: sqlite3.Connection, tasks: Sequence[tuple[int, str]]) -> None:
-    """Delete the spans of these tasks (their ids and rollout ids)."""
-    conn.execute(
-        "DELETE FROM spans WHERE rollout_id IN (SELECT value FROM json_each(?))",
-        (orjson.dumps([rollout_id for _, rollout_id in tasks]).decode(),),
-    )
-
-
-def _forget(conn: sqlite3.Connection, tasks: Sequence[tuple[int, str]]) -> None:
-    """Delete these tasks (their ids and rollout ids) with their attempts and span
-    numbering; their spans and result are the caller's. The largest id is written down,
-    so that a restart does not hand out the place of a task forgotten last."""
-    if not tasks:
-        return
-    ids = orjson.dumps([task_id for task_id, _ in tasks]).decode()
-    conn.execute("DELETE FROM attempts WHERE task IN (SELECT value FROM json_each(?))", (ids,))
-    conn.execute(
-        "DELETE FROM span_sequences WHERE rollout_id IN (SELECT value FROM json_each(?))",
-        (orjson.dumps([rollout_id for _, rollout_id in tasks]).decode(),),
-    )
-    # the rows deleted, not `len(tasks)`: a task cancelled twice is listed twice by the sweep
-    deleted = conn.execute("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))", (ids,)).rowcount
-    conn.execute(
-        "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = max(value, ?2)",
-        (LAST_FORGOTTEN, max(task_id for task_id, _ in tasks)),
-    )
-    conn.execute(
-        "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + ?2",
-        (FORGOTTEN, deleted),
-    )
-
-
-def _oldest_before(conn: sqlite3.Connection, oldest_first: str, limit: int, cutoff: float) -> list[Any]:
-    """The first `limit` rows of `oldest_first`, whose last column is the time each is aged
-    from, up to the first one not older than `cutoff`: what the retention setting deletes."""
-    rows = conn.execute(f"{oldest_first} LIMIT ?", (limit,)).fetchall()
-    return list(itertools.takewhile(lambda row: row[-1] < cutoff, rows))

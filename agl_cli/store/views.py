@@ -23,6 +23,7 @@ from agl_cli.store.records import (
     SpanSummary,
     TaskHistory,
 )
+from agl_cli.store.retention import Retention
 from agl_cli.store.rows import (
     ATTEMPT_COLUMNS,
     RESOURCES_COLUMNS,
@@ -36,7 +37,6 @@ from agl_cli.store.rows import (
     resources_from_row,
 )
 from agl_cli.store.schema import REWARD_WIDTHS, TROUBLED
-from agl_cli.store.tasks import TaskStore
 
 # The widths a chart's buckets may have, in seconds (then whole days): each a multiple of
 # a width the `rewards` table keeps, so that a chart of a run of up to `CHART_POINTS` days
@@ -86,8 +86,8 @@ def _chart_widths(first: int, last: int, max_points: int) -> tuple[int, int]:
     return width, max(k for k in REWARD_WIDTHS if width % k == 0)
 
 
-class Views(TaskStore):
-    """The dashboard's reads, on the tables `TaskStore` keeps."""
+class Views(Retention):
+    """The dashboard's reads, on the tables the layers below keep."""
 
     def rollout_summaries(self, after: int, limit: int) -> list[RolloutSummary]:
         return [_summary(values) for values in self._read(_QUERIES["summaries_after"], (after, limit))]
