@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from cli_runner import agl_into, on_a_terminal, popen_agl, post_rollout
+from cli_runner import agl, agl_into, on_a_terminal, popen_agl, post_rollout
 from daemon import Daemon, env_without_agl
 
 from agl_cli.cli.errors import ExitCode
@@ -125,3 +125,21 @@ def test_a_table_on_a_narrow_terminal_keeps_ids_whole_and_words_unbroken(daemon:
         assert "…" not in "".join(tasks + rollouts)
     assert tasks[0].split()[:2] == ["rollout", "status"] and tasks[1].split()[1] == "completed"
     assert "unsolicited" in rollouts[2].split()
+
+
+def test_tables_and_records_into_a_pipe_end_each_line_at_its_last_character(daemon: Daemon) -> None:
+    """Into a pipe, a line of a table or of a record view is as long as what it says: the
+    padding that lines up a screen's last column would only trouble grep, awk or a diff."""
+    ids = daemon.queue({"question": "a question longer than the other one"}, "short")
+    outputs = {
+        "status": agl("status", daemon=daemon),
+        "tasks list": agl("tasks", "list", daemon=daemon),
+        "tasks show": agl("tasks", "show", ids[0], daemon=daemon),
+    }
+    for name, result in outputs.items():
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) > 2 and not [line for line in lines if line != line.rstrip()], (name, lines)
+    listed = outputs["tasks list"].stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["rollout", *ids]
+    assert listed[2].endswith("short") and len(listed[2]) < len(listed[1])  # its own length, not the widest

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.segment import Segment
 from rich.style import StyleType
 from rich.table import Column, Table
 from rich.text import Text
@@ -202,7 +203,9 @@ class _Table(Table):
         fitted = copy.copy(self)
         fitted.columns = self._fit(options.max_width)
         width = max(options.max_width, _width(fitted.columns))
-        yield from Table.__rich_console__(fitted, console, options.update(width=width))
+        yield from _unpadded(
+            Table.__rich_console__(fitted, console, options.update(width=width)), console, options
+        )
 
     def _fit(self, width: int) -> list[Column]:
         columns = list(self.columns)
@@ -233,7 +236,28 @@ class _FoldingTable(_Table):
     others are, it would pad every line to it."""
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        return Table.__rich_console__(self, console, options)
+        return _unpadded(Table.__rich_console__(self, console, options), console, options)
+
+
+def _unpadded(rendered: RenderResult, console: Console, options: ConsoleOptions) -> RenderResult:
+    """A table's lines without the spaces that fill out its last column, into a pipe or a
+    file, where they are only noise for `grep`, `awk` or a diff; as they are on a screen."""
+    if options.is_terminal:
+        yield from rendered
+        return
+    segments = (
+        piece
+        for part in rendered
+        for piece in ((part,) if isinstance(part, Segment) else console.render(part, options))
+    )
+    for line in Segment.split_lines(segments):
+        while line and not line[-1].control and not line[-1].text.strip(" "):
+            line.pop()
+        if line and not line[-1].control:
+            last = line.pop()
+            line.append(Segment(last.text.rstrip(" "), last.style))
+        yield from line
+        yield Segment.line()
 
 
 def grid(label_style: str = "bold") -> Table:
