@@ -76,18 +76,19 @@ class Resources(Batches):
             check_resources_id(resources_id)
         now = self.clock()
         with self._write() as conn:
-            previous = (  # (create_time, version)
+            previous = (
                 conn.execute(
                     "SELECT create_time, version FROM resources WHERE resources_id = ?", (resources_id,)
                 ).fetchone()
                 if resources_id
                 else None
             )
+            create_time, version = previous or (now, 0)  # a new id: its first version
             update = ResourcesUpdate(
                 resources_id=resources_id or new_resources_id(),
-                create_time=previous[0] if previous else now,
+                create_time=create_time,
                 update_time=now,
-                version=previous[1] + 1 if previous else 1,
+                version=version + 1,
                 resources=checked,
             )
             conn.execute(
