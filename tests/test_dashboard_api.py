@@ -22,6 +22,7 @@ from agl_cli.store import MemoryStore
 LLM = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen", "api_key": "sk-secret"}
 
 
+JSON_TYPE = {"Content-Type": "application/json"}
 DASHBOARD_AND_ROLLOUT_STREAMS = ("/v1/dashboard/stream", "/v1/rollouts/stream")
 
 
@@ -63,6 +64,25 @@ def test_the_summary_counts_tasks_and_charts_the_reward_of_each_mode(daemon: Dae
     weighted = sum(m * n for m, n in zip(train.means, train.rewarded, strict=True) if m is not None)
     assert weighted / 2 == pytest.approx(0.3)
     assert all(t % summary.rewards.width == 0 for t in train.times)
+
+
+def test_a_reward_no_reader_is_shown_is_not_charted_either(daemon: Daemon) -> None:
+    """A reward of "NaN" or "-Infinity" as a string, or too large for a float, reads as a
+    float that JSON cannot carry; the rollout is read back with none, and so it is charted
+    and summed: as a rollout without a reward, beside the one whose reward is a number."""
+    rewards: list[Any] = ["NaN", "-Infinity", "Infinity", 0.5]
+    *ids, last = daemon.queue(*range(len(rewards) + 1), mode="val")
+    for rollout_id, reward in zip(ids, rewards, strict=True):
+        assert daemon.claim() is not None
+        daemon.report(rollout_id, final_reward=reward)
+    assert daemon.claim() is not None
+    too_large = f'{{"rollout_id": "{last}", "final_reward": 1e400}}'.encode()
+    assert daemon.post("/rollout", content=too_large, headers=JSON_TYPE).status_code == 200
+    read_back = daemon.api("GET", "/v1/rollouts").json()["rollouts"]
+    assert [rollout["final_reward"] for rollout in read_back] == [None, None, None, 0.5, None]
+    [line] = get(daemon, "/v1/dashboard", schemas.DashboardSummary).rewards.lines
+    assert (sum(line.rollouts), sum(line.rewarded)) == (5, 1)
+    assert [mean for mean in line.means if mean is not None] == [0.5]
 
 
 def test_recent_rollouts_come_newest_first_with_their_tasks_mode_and_page_back(daemon: Daemon) -> None:

@@ -29,6 +29,7 @@ from agl_cli.api_limits import too_deep
 from agl_cli.models import Mode, Rollout, Task, Triplet
 from agl_cli.server.requests import BadRequest, parse_model, plain_scanned, with_numbers_tamed
 from agl_cli.store import Report
+from agl_cli.store.records import kept_reward
 
 
 class _Task(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -106,4 +107,6 @@ def read_lean(body: bytes) -> Report | None:
         kept = _ENCODER.encode(rollout).decode()  # also the scanned parts' UTF-8
     except UnicodeDecodeError:
         return None
-    return Report(rollout.rollout_id, None if task is None else task.mode, rollout.final_reward, kept)
+    return Report(
+        rollout.rollout_id, None if task is None else task.mode, kept_reward(rollout.final_reward), kept
+    )

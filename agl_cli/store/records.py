@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -33,9 +34,16 @@ class Report(NamedTuple):
         return cls(
             rollout.rollout_id,
             rollout.task.mode if rollout.task is not None else None,
-            rollout.final_reward,
+            kept_reward(rollout.final_reward),
             rollout.model_dump_json() if body is None else body.decode(),
         )
+
+
+def kept_reward(reward: float | None) -> float | None:
+    """A report's reward as its result is charted and summed: none unless finite. The
+    strings "NaN" and "-Infinity" read as such floats, and are read back as null, as JSON
+    writes them: a chart that counted them would count what no reader is shown."""
+    return reward if reward is not None and math.isfinite(reward) else None
 
 
 @dataclass(frozen=True)
