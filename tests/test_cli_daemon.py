@@ -114,7 +114,24 @@ def test_a_relocated_target_reads_the_token_again_unless_it_was_given(daemon: Da
 
 def test_an_address_file_left_by_a_dead_daemon_is_exit_3_naming_it(tmp_path: Path) -> None:
     (tmp_path / "address").write_text(DEAD_URL + "\n")
-    assert_one_line_error(agl("status", state_dir=tmp_path), f"No agl daemon answers at {DEAD_URL}.", code=3)
+    assert_one_line_error(
+        agl("status", state_dir=tmp_path),
+        f"agl: agl is not running in {tmp_path}; no agl daemon answers at {DEAD_URL}.",
+        code=3,
+    )
+
+
+def test_with_no_daemon_in_the_state_directory_every_command_says_where_it_looked(
+    daemon: Daemon,
+) -> None:
+    """The state directory is named first: the default address tried for want of its
+    daemon is rarely where the user thought agl was."""
+    daemon.terminate()
+    for args in (("status",), ("tasks", "list"), ("dashboard", "--print"), ("resources", "list")):
+        result = agl(*args, daemon=daemon)
+        assert_one_line_error(
+            result, f"agl is not running in {daemon.state_dir}; no agl daemon answers at", 3
+        )
 
 
 def test_url_and_agl_url_take_precedence_over_the_address_file(daemon: Daemon) -> None:

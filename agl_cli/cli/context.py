@@ -181,14 +181,24 @@ def exit_code_for(error: AglClientError) -> ExitCode:
 
 
 @contextlib.contextmanager
-def client_errors() -> Iterator[None]:
-    """Turn the client's exceptions into `agl: <sentence>` and the documented exit code."""
-    from agl_cli.client import AglClientError
+def client_errors(target: Target | None = None) -> Iterator[None]:
+    """Turn the client's exceptions into `agl: <sentence>` and the documented exit code.
+    Where nothing answers at an address that was not given, the sentence first says that
+    no daemon runs in the state directory: that is why agl looked there."""
+    from agl_cli.client import AglClientError, DaemonUnreachable
 
     try:
         yield
     except AglClientError as exc:
-        raise CLIError(str(exc), exit_code_for(exc)) from None
+        message = str(exc)
+        if (
+            isinstance(exc, DaemonUnreachable)
+            and target is not None
+            and not target.url_given
+            and not is_running(target.state_dir)
+        ):
+            message = f"agl is not running in {target.state_dir}; {message[:1].lower()}{message[1:]}"
+        raise CLIError(message, exit_code_for(exc)) from None
 
 
 @contextlib.contextmanager
@@ -197,7 +207,7 @@ def connect(ctx: typer.Context, timeout: float | None = None) -> Iterator[AglCli
     from agl_cli.client import DEFAULT_TIMEOUT, AglClient
 
     target = target_of(ctx)
-    with client_errors(), AglClient(target.url, target.token, timeout or DEFAULT_TIMEOUT) as client:
+    with client_errors(target), AglClient(target.url, target.token, timeout or DEFAULT_TIMEOUT) as client:
         yield client
 
 
