@@ -138,6 +138,28 @@ def test_an_unsolicited_rollout_whose_id_has_slashes_has_a_detail(daemon: Daemon
     assert (detail.rollout_id, detail.task, detail.result is not None) == ("runs/8/b", None, True)
 
 
+def test_any_rollout_id_has_a_detail_by_query_dots_and_the_empty_one_too(daemon: Daemon) -> None:
+    """A browser resolves `.` and `..` in a path, even written `%2E`: the page asks with the
+    id in the query, which nothing rewrites."""
+    rewards = {".": 0.1, "..": 0.2, "": 0.3, "runs/8/b?x=1&y=#z": 0.4}
+    for rollout_id, reward in rewards.items():
+        daemon.report(rollout_id, final_reward=reward)
+    for rollout_id, reward in rewards.items():
+        detail = get(daemon, "/v1/dashboard/rollout", schemas.RolloutDetail, rollout_id=rollout_id)
+        assert detail.rollout_id == rollout_id
+        assert detail.result is not None and detail.result.final_reward == reward
+    unknown = daemon.api("GET", "/v1/dashboard/rollout", params={"rollout_id": "rollout-nope"})
+    assert (unknown.status_code, unknown.json()) == (
+        404,
+        {"detail": "No rollout or task with id 'rollout-nope'."},
+    )
+    missing = daemon.api("GET", "/v1/dashboard/rollout")
+    assert (missing.status_code, missing.json()) == (
+        422,
+        {"detail": "Query parameter 'rollout_id' is required."},
+    )
+
+
 def test_failed_and_retried_tasks_are_listed_with_every_attempt(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon("--task-timeout", "0.2", "--max-attempts", "2")
     lost, retried = daemon.queue("lost", "retried")

@@ -447,6 +447,26 @@ def test_odd_rollout_ids_show_as_buttons_one_can_read_and_press(make_daemon: Any
     assert console.errors == []
 
 
+def test_every_rollout_id_opens_its_own_rollout_dots_and_the_empty_one_too(
+    make_daemon: Any, browser: Any
+) -> None:
+    """A browser resolves the path segments `.` and `..` (even written `%2E`): an id in the
+    path would open another rollout, or the summary, in place of its own."""
+    rewards = {".": "0.100", "..": "0.200", "": "0.300", "ro-plain": "0.400"}
+    fresh = make_daemon()
+    for rollout_id, reward in rewards.items():
+        fresh.report(rollout_id, final_reward=float(reward))  # unsolicited: no task is needed
+    with signed_in(browser, fresh) as (page, console):
+        dialog = page.locator("#detail")
+        for rollout_id, reward in rewards.items():
+            page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] button").click(timeout=WAIT_MS)
+            expect(dialog.locator("dl.facts dd").nth(2)).to_have_text(reward, timeout=WAIT_MS)  # its reward
+            expect(dialog.locator("dl.facts dd").first).to_have_text("unsolicited")
+            page.keyboard.press("Escape")
+            expect(dialog).to_be_hidden()
+    assert console.errors == []
+
+
 def test_a_failed_task_shows_with_its_attempts(make_daemon: Any, browser: Any) -> None:
     """With a claim timeout and an attempt limit, a task nobody reports fails; the page
     lists it with each timed-out attempt."""

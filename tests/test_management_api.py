@@ -583,7 +583,7 @@ def test_a_rollout_is_shown_by_its_id(daemon: Daemon) -> None:
 @pytest.mark.parametrize("odd_id", ["runs/8/b", "a b\nc", "tab\there", "\u2067rtl"])
 def test_any_id_a_worker_reported_can_be_looked_up(daemon: Daemon, odd_id: str) -> None:
     daemon.report(odd_id, final_reward=0.5)
-    for path in ("/v1/rollouts/", "/v1/dashboard/rollouts/"):
+    for path in ("/v1/rollouts/", "/v1/dashboard/rollouts/", "/v1/dashboard/rollout?rollout_id="):
         response = daemon.api("GET", path + quote(odd_id, safe=""))
         assert (response.status_code, response.json()["rollout_id"]) == (200, odd_id), path
 
@@ -928,7 +928,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/resources/{resources_id}"), ("get", "/v1/rollouts"), ("get", "/v1/rollouts/stream"),
     ("get", "/v1/rollouts/{rollout_id}"), ("get", "/v1/status"), ("post", "/v1/shutdown"), ("get", "/v1/backup"),
     ("get", "/v1/openapi.json"), ("get", "/v1/dashboard"), ("get", "/v1/dashboard/stream"),
-    ("get", "/v1/dashboard/rollouts"), ("get", "/v1/dashboard/rollouts/{rollout_id}"),
+    ("get", "/v1/dashboard/rollouts"), ("get", "/v1/dashboard/rollouts/{rollout_id}"), ("get", "/v1/dashboard/rollout"),
     ("get", "/v1/dashboard/failures"), ("get", "/v1/dashboard/workers"), ("get", "/v1/dashboard/resources"),
     ("post", "/v1/dashboard/sign-in-codes"),
 }  # fmt: skip

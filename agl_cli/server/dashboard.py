@@ -176,7 +176,20 @@ async def resources(request: Request) -> Response:
 async def rollout_detail(request: Request) -> Response:
     """A rollout (or a task without a result yet): its task and attempts, its triplets
     and logs summarised, and the spans of its trace."""
-    rollout_id = request.path_params["rollout_id"]
+    return await _detail(request, request.path_params["rollout_id"])
+
+
+async def rollout_detail_by_query(request: Request) -> Response:
+    """The same as `GET /v1/dashboard/rollouts/{rollout_id}`, for an id in the query: a
+    browser takes the path segments `.` and `..` (even written `%2E`) out of a path, so
+    the page asks here for any id."""
+    rollout_id = request.query_params.get("rollout_id")
+    if rollout_id is None:
+        return error(422, "Query parameter 'rollout_id' is required.")
+    return await _detail(request, rollout_id)
+
+
+async def _detail(request: Request, rollout_id: str) -> Response:
     detail = await broker_of(request).rollout_detail(rollout_id, MAX_SPANS)
     if detail is None:
         return error(404, f"No rollout or task with id '{rollout_id}'.")
@@ -320,6 +333,11 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "GET", "/v1/dashboard/rollouts/{rollout_id:rest}", rollout_detail, "One rollout in detail",
         {200: schemas.RolloutDetail, 404: None},
+    ),
+    Endpoint(
+        "GET", "/v1/dashboard/rollout", rollout_detail_by_query, "One rollout in detail, its id in the query",
+        {200: schemas.RolloutDetail, 404: None, 422: None},
+        params=(Param("rollout_id", str, "The rollout's id, whatever it is ('.', '..' or empty).", required=True),),
     ),
     Endpoint(
         "GET", "/v1/dashboard/failures", failures, "Failed and retried tasks with their attempts",

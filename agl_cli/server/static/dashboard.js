@@ -716,7 +716,8 @@ async function showDetail(rolloutId) {
     dialog.showModal();
   }
   try {
-    renderDetail(body, await api(`/v1/dashboard/rollouts/${encodeURIComponent(rolloutId)}`));
+    // in the query: in a path, the browser would take an id of "." or ".." for a segment to resolve
+    renderDetail(body, await api(`/v1/dashboard/rollout?rollout_id=${encodeURIComponent(rolloutId)}`));
   } catch (error) {
     if (error instanceof Refused) {
       dialog.close();
