@@ -620,6 +620,33 @@ def test_a_wrong_token_is_refused_in_one_clear_message_and_shows_no_data(
     expect(page.locator("#count-completed")).to_have_text(counted(daemon, "completed"), timeout=WAIT_MS)
 
 
+def test_a_token_no_header_can_carry_is_refused_in_one_sentence_and_not_kept(
+    daemon: Daemon, open_page: Any
+) -> None:
+    """Curly quotes pasted around the token: fetch() cannot send it (a character past
+    Latin-1), so it is refused as a wrong one is, with the field to paste the right one."""
+    unsendable = (
+        "This token holds a character no token has (a curly quote, perhaps):"
+        " paste the token again as it is in its file."
+    )
+    page = open_page("token=%E2%80%9Cnot-the-token%E2%80%9D")
+    reason = page.locator("#login-reason")
+    expect(reason).to_have_text(unsendable, timeout=WAIT_MS)
+    expect(page.locator("#token")).to_be_visible()
+    expect(page.locator("#board")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('agl-token')") is None
+
+    reason.evaluate("reason => { reason.textContent = '' }")
+    page.fill("#token", f"\u201c{daemon.token}\u201d")  # the field refuses it the same
+    page.press("#token", "Enter")
+    expect(reason).to_have_text(unsendable)
+    assert page.evaluate("sessionStorage.getItem('agl-token')") is None
+
+    page.fill("#token", daemon.token)
+    page.press("#token", "Enter")
+    expect(page.locator("#count-completed")).to_have_text(counted(daemon, "completed"), timeout=WAIT_MS)
+
+
 def test_screenshots_light_and_dark(daemon: Daemon, open_page: Any) -> None:
     """The pictures to look at (and the README's): a run with three modes, a published
     bundle, a worker of the store API and a cancelled task."""

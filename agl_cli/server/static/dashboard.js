@@ -194,6 +194,20 @@ async function redeem(code) {
   return body.token;
 }
 
+// Whether `token` can be sent at all: a header holds no line break and no character past
+// Latin-1 (a curly quote pasted with it, say), and fetch() throws on one it cannot hold.
+function sendable(token) {
+  try {
+    new Headers({ Authorization: `Bearer ${token}` });
+    return true;
+  } catch (_) {
+    return false;
+  }
+}
+
+const UNSENDABLE =
+  "This token holds a character no token has (a curly quote, perhaps): paste the token again as it is in its file.";
+
 function refuse(reason) {
   showLogin(
     state.token
@@ -940,6 +954,7 @@ function isolated(text) {
 // --- start ---------------------------------------------------------------------------------------
 
 async function open() {
+  if (state.token !== null && !sendable(state.token)) return showLogin(UNSENDABLE); // which forgets it
   $("login").hidden = true;
   setConnection("Connecting…");
   try {
