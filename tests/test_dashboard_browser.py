@@ -423,7 +423,7 @@ def _fits(element: Any) -> bool:
 
 def test_odd_rollout_ids_show_as_buttons_one_can_read_and_press(make_daemon: Any, browser: Any) -> None:
     """A blank id shows a placeholder; a long one is cut between characters, not inside an
-    emoji; each part is isolated (FSI...PDI) so a right-to-left override stays inside."""
+    emoji; each part is isolated (in a <bdi>) so a right-to-left override stays inside."""
     emoji = "\U0001f642" * 30  # 30 characters, 60 UTF-16 units
     override = "\u202e" + "x" * 30
     fresh = make_daemon()
@@ -432,8 +432,8 @@ def test_odd_rollout_ids_show_as_buttons_one_can_read_and_press(make_daemon: Any
     shown = {
         "": "(empty id)",
         "   ": "(blank id)",
-        emoji: "\u2068" + "\U0001f642" * 17 + "\u2069…\u2068" + "\U0001f642" * 4 + "\u2069",
-        override: "\u2068" + override[:17] + "\u2069…\u2068xxxx\u2069",
+        emoji: "\U0001f642" * 17 + "…" + "\U0001f642" * 4,
+        override: override[:17] + "…xxxx",
     }
     with signed_in(browser, fresh) as (page, console):
         for rollout_id, text in shown.items():
@@ -441,6 +441,9 @@ def test_odd_rollout_ids_show_as_buttons_one_can_read_and_press(make_daemon: Any
             expect(button).to_have_text(text, timeout=WAIT_MS)
             box = button.bounding_box()
             assert box is not None and box["width"] > 20 and box["height"] > 5
+        # the override reverses its own part only: the last four characters still come after
+        overridden = page.locator(f"#rollouts tr[data-rollout-id='{override}'] button")
+        assert _in_order(overridden.locator("bdi bdi").first, overridden.locator("bdi bdi").last)
         page.locator("#rollouts tr[data-rollout-id=''] button").click()
         expect(page.locator("#detail-title")).to_have_text("(empty id)")
         expect(page.locator("#detail dl.facts")).to_contain_text("unsolicited", timeout=WAIT_MS)
@@ -464,6 +467,48 @@ def test_every_rollout_id_opens_its_own_rollout_dots_and_the_empty_one_too(
             expect(dialog.locator("dl.facts dd").first).to_have_text("unsolicited")
             page.keyboard.press("Escape")
             expect(dialog).to_be_hidden()
+    assert console.errors == []
+
+
+def _in_order(first: Any, second: Any) -> bool:
+    """Whether `second` is laid out to the right of `first` (on the same line)."""
+    left, right = first.bounding_box(), second.bounding_box()
+    assert left is not None and right is not None
+    return bool(left["x"] + left["width"] <= right["x"] + 0.5)
+
+
+def _selected(element: Any) -> str:
+    """What a copy of `element` holds: the page's selection of its contents, as text."""
+    text: str = element.evaluate(
+        """element => {
+            const range = document.createRange();
+            range.selectNodeContents(element);
+            getSelection().removeAllRanges();
+            getSelection().addRange(range);
+            return getSelection().toString();
+        }"""
+    )
+    return text
+
+
+def test_a_copied_id_is_the_id_itself_with_no_character_added(make_daemon: Any, browser: Any) -> None:
+    """Ids are isolated by markup: characters inserted around them would be copied too, and
+    `agl tasks show` would find no such task."""
+    fresh = make_daemon("--max-attempts", "1")
+    rollout_id = "ro-97ef5d72e4d0"  # as the store API names them: short enough to show whole
+    fresh.report(rollout_id, final_reward=0.5)
+    fresh.post("/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 1}]}).raise_for_status()
+    [handed] = fresh.post("/v1/agl/queues/rollouts/dequeue", json={"worker_id": "runner-1"}).json()
+    failed = handed["rollout_id"]
+    fresh.fail_attempt(failed)
+    with signed_in(browser, fresh) as (page, console):
+        cell = page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] td").nth(1)
+        expect(cell).to_have_text(rollout_id, timeout=WAIT_MS)
+        assert _selected(cell) == rollout_id
+        row = page.locator(f"#failures tr[data-rollout-id='{failed}']")
+        expect(row.locator(".history li")).to_have_text("#1 failed on runner-1", timeout=WAIT_MS)
+        assert _selected(row.locator("td").first) == failed
+        assert _selected(row.locator(".history li")) == "#1 failed on runner-1"
     assert console.errors == []
 
 

@@ -137,8 +137,9 @@ function setConnection(text, kind) {
 
 // What went wrong, in two kinds: reading from the daemon (said until the next good read),
 // and what the user did (a 409: someone else was first), said until they act again or
-// dismiss it, so that a refresh every few seconds does not take it away unread.
-const problems = { read: "", action: "" };
+// dismiss it, so that a refresh every few seconds does not take it away unread. Each is a
+// list of what to show: text, and the elements that isolate an id in it.
+const problems = { read: [], action: [] };
 
 function showProblem(error, what = "read from the daemon") {
   problems.read = problemText(error, what);
@@ -150,13 +151,14 @@ function showActionProblem(error, what) {
   showProblems();
 }
 
+// `what`: text, or a list of text and elements.
 function problemText(error, what) {
-  return error ? `The dashboard could not ${what}: ${error.message}` : "";
+  return error ? ["The dashboard could not ", ...[what].flat(), `: ${error.message}`] : [];
 }
 
 function showProblems() {
-  const said = [problems.action, problems.read].filter(Boolean);
-  $("problem-text").textContent = said.join(" ");
+  const said = [problems.action, problems.read].filter((parts) => parts.length);
+  $("problem-text").replaceChildren(...said.flatMap((parts, i) => (i ? [" ", ...parts] : parts)));
   $("problem").hidden = !said.length;
 }
 
@@ -556,7 +558,7 @@ function detailButton(rolloutId) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = "link";
-  button.textContent = shortId(rolloutId);
+  button.append(shortId(rolloutId));
   button.title = rolloutId;
   button.setAttribute("aria-label", `Show rollout ${rolloutId}`);
   button.addEventListener("click", () => showDetail(rolloutId));
@@ -631,7 +633,8 @@ const CANCEL = {
   verb: "cancel",
   label: "Cancel",
   title: "Take it out of play: it is not handed out again",
-  ask: (id) => `Cancel ${isolated(id)}? It is not handed out again (a result that still comes is kept).`,
+  // a native dialog holds text only: the id is isolated by characters there
+  ask: (id) => `Cancel \u2068${id}\u2069? It is not handed out again (a result that still comes is kept).`,
 };
 const ACTIONS = { failed: RETRY, cancelled: RETRY, queued: CANCEL, claimed: CANCEL };
 
@@ -653,7 +656,7 @@ function taskButton(rolloutId, action) {
       await refreshPanels();
     } catch (error) {
       await refreshPanels(); // someone may have changed it first: show the list as it is
-      sayFailure(error, `${action.verb} ${shortId(rolloutId)}`, showActionProblem);
+      sayFailure(error, [`${action.verb} `, shortId(rolloutId)], showActionProblem);
     }
   });
   return button;
@@ -667,8 +670,8 @@ function attemptList(attempts) {
     const label = document.createElement("span");
     label.className = `status ${attempt.status}`;
     label.textContent = attempt.status;
-    const worker = attempt.worker_id ? ` on ${isolated(attempt.worker_id)}` : "";
-    item.append(`#${attempt.sequence_id} `, label, worker);
+    item.append(`#${attempt.sequence_id} `, label);
+    if (attempt.worker_id) item.append(" on ", isolated(attempt.worker_id));
     item.title = `${attempt.attempt_id}, started ${clock(attempt.start_time)}`;
     list.append(item);
   }
@@ -722,7 +725,7 @@ function showResources(page) {
 async function showDetail(rolloutId) {
   const dialog = $("detail");
   const body = $("detail-body");
-  $("detail-title").textContent = rolloutId.trim() ? rolloutId : shortId(rolloutId);
+  $("detail-title").replaceChildren(rolloutId.trim() ? rolloutId : shortId(rolloutId));
   body.replaceChildren(paragraph("Loading…"));
   if (!dialog.open) {
     state.opener = document.activeElement;
@@ -936,19 +939,22 @@ function howMany(shown, total, which) {
   return shown < total ? `${which} ${numbers.format(shown)} of ${numbers.format(total)}` : numbers.format(total);
 }
 
-// An id as the page says it: a placeholder if it is blank; if long, its first 17 and last
+// An id as the page shows it: a placeholder if it is blank; if long, its first 17 and last
 // 4 characters (code points: an emoji is not cut in two); isolated, so that a right-to-left
 // mark in it reorders nothing around it.
 function shortId(id) {
   if (!id.trim()) return id ? "(blank id)" : "(empty id)";
   const points = [...id];
   if (points.length <= 22) return isolated(id);
-  return `${isolated(points.slice(0, 17).join(""))}…${isolated(points.slice(-4).join(""))}`;
+  const shown = document.createElement("bdi");
+  shown.append(isolated(points.slice(0, 17).join("")), "…", isolated(points.slice(-4).join("")));
+  return shown;
 }
 
-// Text between a first-strong isolate and its pop: its direction stays inside.
+// Text in a <bdi>: its direction stays inside, by markup rather than by isolate characters
+// around it, which a copy of it would carry (and `agl tasks show` would not find).
 function isolated(text) {
-  return `\u2068${text}\u2069`;
+  return textElement("bdi", text);
 }
 
 // --- start ---------------------------------------------------------------------------------------
@@ -1011,7 +1017,7 @@ function wire() {
   });
   $("pause-toggle").addEventListener("click", togglePause);
   $("problem-dismiss").addEventListener("click", () => {
-    Object.assign(problems, { read: "", action: "" });
+    Object.assign(problems, { read: [], action: [] });
     showProblems();
   });
   document.addEventListener("visibilitychange", refreshPanels);
