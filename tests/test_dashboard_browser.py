@@ -512,6 +512,48 @@ def test_a_copied_id_is_the_id_itself_with_no_character_added(make_daemon: Any, 
     assert console.errors == []
 
 
+def _box_of(element: Any, text: str) -> dict[str, float]:
+    """Where the first `text` in `element`'s text (within one of its text nodes) is laid out."""
+    box: dict[str, float] = element.evaluate(
+        """(element, text) => {
+            const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+            for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                const at = node.data.indexOf(text);
+                if (at < 0) continue;
+                const range = document.createRange();
+                range.setStart(node, at);
+                range.setEnd(node, at + text.length);
+                const { x, width } = range.getBoundingClientRect();
+                return { x, width };
+            }
+            throw new Error(`no ${text} in ${element.textContent}`);
+        }""",
+        text,
+    )
+    return box
+
+
+def _before(element: Any, first: str, second: str) -> bool:
+    """Whether `first` is laid out left of `second` in `element` (on one line)."""
+    left, right = _box_of(element, first), _box_of(element, second)
+    return left["x"] + left["width"] <= right["x"] + 0.5
+
+
+def test_a_right_to_left_override_in_a_bundle_id_or_a_resource_name_reverses_nothing_around_it(
+    make_daemon: Any, browser: Any
+) -> None:
+    fresh = make_daemon()
+    llm = {"resource_type": "llm", "endpoint": "http://llm", "model": "m"}
+    fresh.publish({"k\u202eRTL": llm}, "\u202eRTL")
+    with signed_in(browser, fresh) as (page, console):
+        cells = page.locator("#resources tbody tr").first.locator("td")
+        expect(cells.first).to_contain_text("(latest)", timeout=WAIT_MS)
+        assert _before(cells.first, "RTL", "(latest)")
+        assert _before(cells.nth(3), "RTL", "llm")
+        assert _selected(cells.first) == "\u202eRTL (latest)"
+    assert console.errors == []
+
+
 def test_a_failed_task_shows_with_its_attempts(make_daemon: Any, browser: Any) -> None:
     """With a claim timeout and an attempt limit, a task nobody reports fails; the page
     lists it with each timed-out attempt."""

@@ -705,15 +705,19 @@ function showResources(page) {
     $("resources").tBodies[0],
     page.resources.map((bundle) => {
       const row = document.createElement("tr");
-      const name = bundle.resources_id + (bundle.resources_id === page.latest_id ? " (latest)" : "");
-      cell(row, name, "text");
+      // ids and names are whatever was published: each isolated, so that a right-to-left
+      // character in one reorders nothing of the page's own words around it
+      const name = cell(row, "", "text");
+      name.append(isolated(bundle.resources_id));
+      if (bundle.resources_id === page.latest_id) name.append(" (latest)");
       cell(row, String(bundle.version), "number");
       cell(row, clock(bundle.update_time, true));
-      const contents = Object.entries(bundle.resources).map(([key, resource]) => {
-        const what = resource.model ? `${resource.resource_type} ${resource.model}` : resource.resource_type;
-        return `${key}: ${what}`;
+      const contents = cell(row, "", "text");
+      Object.entries(bundle.resources).forEach(([key, resource], i) => {
+        if (i) contents.append(", ");
+        contents.append(isolated(key), ": ", isolated(String(resource.resource_type)));
+        if (resource.model) contents.append(" ", isolated(String(resource.model)));
       });
-      cell(row, contents.join(", "), "text");
       return row;
     }),
   );
