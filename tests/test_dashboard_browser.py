@@ -318,6 +318,43 @@ def test_one_long_name_does_not_widen_the_page(make_daemon: Any, browser: Any) -
     assert console.errors == []
 
 
+def test_long_worker_ids_bundle_ids_and_resource_names_are_shortened_and_copied_whole(
+    make_daemon: Any, browser: Any
+) -> None:
+    """As rollout ids are: the first 17 and last 4 characters, the whole in the title and in
+    a copy, so that one worker or resource does not make the page thousands of pixels long."""
+    worker, key, bundle = "w" * 2999 + "1", "k" * 4999 + "2", "b" * (LONG - 1) + "3"
+    model = "m" * 99 + "4"
+    fresh = make_daemon("--max-attempts", "1")
+    fresh.publish({key: {"resource_type": "llm", "endpoint": "http://llm", "model": model}}, bundle)
+    fresh.post("/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 1}]}).raise_for_status()
+    [handed] = fresh.post("/v1/agl/queues/rollouts/dequeue", json={"worker_id": worker}).json()
+    fresh.fail_attempt(handed["rollout_id"])
+    with signed_in(browser, fresh, viewport={"width": 1280, "height": 900}) as (page, console):
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        shown = {
+            page.locator("#workers tbody td").first: "w" * 17 + "…www1",
+            page.locator("#resources tbody td").first: "b" * 17 + "…bbb3 (latest)",
+            page.locator("#resources tbody td").nth(3): "k" * 17 + "…kkk2: llm " + "m" * 40 + "…mmmmmmm4",
+            page.locator("#failures .history li").first: "#1 failed on " + "w" * 17 + "…www1",
+        }
+        for element, text in shown.items():
+            expect(element).to_have_text(text, timeout=WAIT_MS)
+        assert page.locator("#workers tbody td").first.locator("bdi").first.get_attribute("title") == worker
+        assert page.evaluate("document.documentElement.scrollHeight") < 2000
+        for element, whole in [
+            (page.locator("#workers tbody td").first, worker),
+            (page.locator("#resources tbody td").nth(3).locator("bdi.shortened").first, key),
+        ]:
+            _selected(element)
+            page.keyboard.press("Control+C")
+            assert page.evaluate("navigator.clipboard.readText()") == whole
+        page.locator("#failures tbody td button").first.click()
+        attempt = page.locator("#detail table.grid tbody tr").first.locator("td")
+        expect(attempt.nth(3)).to_have_text("w" * 17 + "…www1", timeout=WAIT_MS)  # its worker
+    assert console.errors == []
+
+
 def test_on_a_phone_tables_scroll_in_their_panels_the_dialog_fits_and_the_chart_stays_readable(
     make_daemon: Any, browser: Any
 ) -> None:

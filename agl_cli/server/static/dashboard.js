@@ -671,7 +671,7 @@ function attemptList(attempts) {
     label.className = `status ${attempt.status}`;
     label.textContent = attempt.status;
     item.append(`#${attempt.sequence_id} `, label);
-    if (attempt.worker_id) item.append(" on ", isolated(attempt.worker_id));
+    if (attempt.worker_id) item.append(" on ", shown(attempt.worker_id));
     item.title = `${attempt.attempt_id}, started ${clock(attempt.start_time)}`;
     list.append(item);
   }
@@ -689,7 +689,7 @@ function showWorkers(page) {
     $("workers").tBodies[0],
     page.workers.map((worker) => {
       const row = document.createElement("tr");
-      cell(row, worker.worker_id, "text");
+      cell(row, "", "text").append(shown(worker.worker_id));
       statusCell(row, worker.status);
       cell(row, worker.last_heartbeat_time ? ago(worker.last_heartbeat_time) : "never");
       const current = cell(row, worker.current_rollout_id ? "" : "–");
@@ -708,15 +708,15 @@ function showResources(page) {
       // ids and names are whatever was published: each isolated, so that a right-to-left
       // character in one reorders nothing of the page's own words around it
       const name = cell(row, "", "text");
-      name.append(isolated(bundle.resources_id));
+      name.append(shown(bundle.resources_id));
       if (bundle.resources_id === page.latest_id) name.append(" (latest)");
       cell(row, String(bundle.version), "number");
       cell(row, clock(bundle.update_time, true));
       const contents = cell(row, "", "text");
       Object.entries(bundle.resources).forEach(([key, resource], i) => {
         if (i) contents.append(", ");
-        contents.append(isolated(key), ": ", isolated(String(resource.resource_type)));
-        if (resource.model) contents.append(" ", isolated(String(resource.model)));
+        contents.append(shown(key), ": ", shown(String(resource.resource_type), ...ROOMY));
+        if (resource.model) contents.append(" ", shown(String(resource.model), ...ROOMY));
       });
       return row;
     }),
@@ -780,7 +780,7 @@ function renderDetail(body, detail) {
           String(a.sequence_id),
           a.attempt_id,
           a.status,
-          a.worker_id || "–",
+          a.worker_id ? shown(a.worker_id) : "–",
           clock(a.start_time),
           a.end_time ? duration(a.end_time - a.start_time) : "–",
         ]),
@@ -943,16 +943,39 @@ function howMany(shown, total, which) {
   return shown < total ? `${which} ${numbers.format(shown)} of ${numbers.format(total)}` : numbers.format(total);
 }
 
-// An id as the page shows it: a placeholder if it is blank; if long, its first 17 and last
-// 4 characters (code points: an emoji is not cut in two); isolated, so that a right-to-left
-// mark in it reorders nothing around it.
+// An id as the page shows it: a placeholder if it is blank, else as `shown` shows it.
 function shortId(id) {
   if (!id.trim()) return id ? "(blank id)" : "(empty id)";
-  const points = [...id];
-  if (points.length <= 22) return isolated(id);
-  const shown = document.createElement("bdi");
-  shown.append(isolated(points.slice(0, 17).join("")), "…", isolated(points.slice(-4).join("")));
-  return shown;
+  return shown(id);
+}
+
+// What someone chose (an id, a name) as the page shows it, isolated (a right-to-left mark in
+// it reorders nothing around it); if longer than `head` + `tail` + 1 characters, only its
+// first `head` and last `tail` (code points: an emoji is not cut in two), so that no name
+// makes the page long, with the whole in its title and in a copy of it (`copyWhole`).
+function shown(text, head = 17, tail = 4) {
+  const points = [...text];
+  if (points.length <= head + tail + 1) return isolated(text);
+  const element = document.createElement("bdi");
+  element.className = "shortened";
+  element.title = text;
+  element.append(isolated(points.slice(0, head).join("")), "…", isolated(points.slice(-tail).join("")));
+  return element;
+}
+
+const ROOMY = [40, 8]; // a model's or a resource type's name: ids are rarely read, these are
+
+// A copy of a selection that holds nothing but (part of) one shortened name is the whole
+// name: the part shown would find nothing where it is pasted (`agl tasks show`, a search).
+function copyWhole(event) {
+  const selection = getSelection();
+  if (!selection.rangeCount || selection.isCollapsed) return;
+  const range = selection.getRangeAt(0);
+  const touched = [...document.querySelectorAll(".shortened")].filter((element) => range.intersectsNode(element));
+  const text = selection.toString().trim();
+  if (touched.length !== 1 || !text || !touched[0].textContent.includes(text)) return;
+  event.clipboardData.setData("text/plain", touched[0].title);
+  event.preventDefault();
 }
 
 // Text in a <bdi>: its direction stays inside, by markup rather than by isolate characters
@@ -1025,6 +1048,7 @@ function wire() {
     showProblems();
   });
   document.addEventListener("visibilitychange", refreshPanels);
+  document.addEventListener("copy", copyWhole);
 }
 
 wire();
