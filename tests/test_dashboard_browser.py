@@ -381,6 +381,24 @@ def test_on_a_phone_tables_scroll_in_their_panels_the_dialog_fits_and_the_chart_
     assert console.errors == []
 
 
+def test_on_a_narrow_phone_the_empty_chart_says_its_whole_message_inside_the_chart(
+    make_daemon: Any, browser: Any
+) -> None:
+    fresh = make_daemon()
+    phone = {"viewport": {"width": 360, "height": 740}, "is_mobile": True, "has_touch": True}
+    with signed_in(browser, fresh, **phone) as (page, console):
+        empty = page.locator("#chart .empty-chart")
+        expect(empty).to_have_text(
+            "No rewards yet: the chart starts with the first rewarded rollout.", timeout=WAIT_MS
+        )
+        expect(empty).to_be_visible()
+        chart, said = page.locator("#chart").bounding_box(), empty.bounding_box()
+        assert chart is not None and said is not None
+        assert chart["x"] <= said["x"] and said["x"] + said["width"] <= chart["x"] + chart["width"]
+        assert _fits(empty)
+    assert console.errors == []
+
+
 def test_older_is_offered_only_when_there_are_older_rollouts(make_daemon: Any, browser: Any) -> None:
     fresh = make_daemon()
     complete(fresh, "train", [0.5] * 25)  # exactly a page

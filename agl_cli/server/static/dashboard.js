@@ -357,15 +357,16 @@ function drawChart(rewards) {
     chart.grid = svg("g", { class: "axis" }, chart.svg);
     chart.xAxis = svg("g", { class: "axis" }, chart.svg);
     chart.plot = svg("g", {}, chart.svg);
-    chart.empty = svg("text", { y: CHART.height / 2, "text-anchor": "middle", class: "empty-chart" }, chart.svg);
-    $("chart").append(chart.svg);
+    // in HTML over the plot, not in the SVG, whose text never wraps: on a phone it would be cut
+    chart.empty = textElement("p", "No rewards yet: the chart starts with the first rewarded rollout.");
+    chart.empty.className = "empty-chart";
+    $("chart").append(chart.svg, chart.empty);
   }
   const width = chartWidth();
   chart.svg.setAttribute("viewBox", `0 0 ${width} ${CHART.height}`);
-  chart.empty.setAttribute("x", width / 2);
   const lines = rewards.lines.map((line) => ({ ...line, average: movingAverage(line) }));
   const values = lines.flatMap((line) => line.means.concat(line.average)).filter((v) => v !== null);
-  chart.empty.textContent = values.length ? "" : "No rewards yet: the chart starts with the first rewarded rollout.";
+  chart.empty.hidden = values.length > 0;
   const times = lines.flatMap((line) => line.times);
   const x0 = Math.min(...times);
   const x1 = Math.max(...times) + rewards.width;
