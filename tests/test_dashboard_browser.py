@@ -399,6 +399,43 @@ def test_on_a_narrow_phone_the_empty_chart_says_its_whole_message_inside_the_cha
     assert console.errors == []
 
 
+def _words_broken(element: Any) -> list[str]:
+    """The words in `element` that are laid out over more than one line."""
+    broken: list[str] = element.evaluate(
+        """element => {
+            const broken = [];
+            const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+            for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                for (const word of node.data.matchAll(/\\S+/g)) {
+                    const range = document.createRange();
+                    range.setStart(node, word.index);
+                    range.setEnd(node, word.index + word[0].length);
+                    const lines = new Set([...range.getClientRects()].map((rect) => Math.round(rect.top)));
+                    if (lines.size > 1) broken.push(word[0]);
+                }
+            }
+            return broken;
+        }"""
+    )
+    return broken
+
+
+def test_on_a_narrow_phone_the_attempt_history_breaks_no_word(make_daemon: Any, browser: Any) -> None:
+    short = make_daemon("--task-timeout", "0.2")
+    [rollout_id] = short.queue("slow", mode="train")
+    for _ in range(2):  # the first claim runs out: the task is handed out again
+        wait_until(lambda: short.claim() is not None, "the task to be handed out", 10)
+    short.report(rollout_id, final_reward=1.0)
+    phone = {"viewport": {"width": 360, "height": 740}, "is_mobile": True, "has_touch": True}
+    with signed_in(browser, short, **phone) as (page, console):
+        history = page.locator(f"#failures tr[data-rollout-id='{rollout_id}'] .history")
+        expect(history).to_contain_text("succeeded", timeout=WAIT_MS)
+        expect(history).to_contain_text("timeout")
+        assert _words_broken(history) == []
+        assert _fits(page.locator("html"))
+    assert console.errors == []
+
+
 def test_older_is_offered_only_when_there_are_older_rollouts(make_daemon: Any, browser: Any) -> None:
     fresh = make_daemon()
     complete(fresh, "train", [0.5] * 25)  # exactly a page
