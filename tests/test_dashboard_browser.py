@@ -135,6 +135,18 @@ def test_a_used_sign_in_code_is_refused_in_one_clear_message_and_shows_no_data(
     assert again.evaluate("sessionStorage.getItem('agl-token')") is None
 
 
+def test_a_sign_in_code_too_long_to_be_one_is_refused_in_one_sentence(daemon: Daemon, open_page: Any) -> None:
+    """The daemon's 422 lists every problem with the body (a list, not a sentence): the page
+    says in its own words what is wrong."""
+    page = open_page("code=" + "x" * 101, clean=False)  # the daemon's 422 is on the console
+    expect(page.locator("#login-reason")).to_have_text(
+        "This sign-in link is not one the daemon gave: run agl dashboard again, or paste the token.",
+        timeout=WAIT_MS,
+    )
+    expect(page.locator("#token")).to_be_visible()
+    expect(page.locator("#board")).to_be_hidden()
+
+
 def test_counts_rollouts_and_the_chart_follow_the_run_without_a_reload(
     daemon: Daemon, open_page: Any
 ) -> None:

@@ -48,18 +48,29 @@ function headers() {
 async function api(path, init = {}) {
   const response = await fetch(path, { cache: "no-store", ...init, headers: { ...headers(), ...init.headers } });
   if (response.status === 401) {
-    throw new Refused((await response.json()).detail);
+    throw new Refused(reasonOf(await bodyOf(response), NOT_VALID));
   }
   if (!response.ok) {
-    let reason = response.statusText;
-    try {
-      reason = (await response.json()).detail;
-    } catch (_) {
-      // not JSON: keep the status text
-    }
-    throw new Error(`${path}: ${response.status} ${reason}`);
+    throw new Error(`${path}: ${response.status} ${reasonOf(await bodyOf(response), response.statusText)}`);
   }
   return response.json();
+}
+
+const NOT_VALID = "The bearer token is not valid."; // what the daemon says, should its 401 have no JSON
+
+// An answer's JSON, or null if it has none.
+async function bodyOf(response) {
+  try {
+    return await response.json();
+  } catch (_) {
+    return null;
+  }
+}
+
+// The daemon's reason for a refusal, as one sentence whatever the shape of its answer: that
+// of a body which does not validate lists every problem found, which no one would read here.
+function reasonOf(body, otherwise) {
+  return typeof body?.detail === "string" ? body.detail : otherwise;
 }
 
 // Server-sent events from a fetch() body: `onEvent(name, data, id)` for each event.
@@ -102,7 +113,7 @@ async function follow() {
         signal: controller.signal,
         cache: "no-store",
       });
-      if (response.status === 401) throw new Refused((await response.json()).detail);
+      if (response.status === 401) throw new Refused(reasonOf(await bodyOf(response), NOT_VALID));
       if (!response.ok) throw new Error(`the stream answered ${response.status}`);
       setConnection("Live", "live");
       delay = 1;
@@ -183,6 +194,8 @@ async function takeToken() {
   state.token = sessionStorage.getItem(TOKEN_KEY);
 }
 
+const NOT_A_CODE = "This sign-in link is not one the daemon gave: run agl dashboard again, or paste the token.";
+
 // The token for a sign-in code; a code is good once, for a minute.
 async function redeem(code) {
   const response = await fetch(SIGN_IN, {
@@ -191,8 +204,9 @@ async function redeem(code) {
     body: JSON.stringify({ code }),
     cache: "no-store",
   });
-  const body = await response.json();
-  if (!response.ok) throw new Refused(body.detail);
+  const body = await bodyOf(response);
+  if (response.status === 401 || response.status === 422) throw new Refused(reasonOf(body, NOT_A_CODE));
+  if (!response.ok) throw new Error(`${response.status} ${reasonOf(body, response.statusText)}`);
   return body.token;
 }
 
