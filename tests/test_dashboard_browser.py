@@ -200,6 +200,20 @@ def test_tasks_forgotten_with_their_results_are_counted_beside_the_rest(
     assert console.errors == []
 
 
+def test_rollouts_all_deleted_by_the_retention_setting_are_said_to_be_so_not_yet_to_come(
+    make_daemon: Any, browser: Any
+) -> None:
+    short = make_daemon("--rollout-retention", "0.2")
+    complete(short, "train", [0.5, 0.7])
+    wait_until(lambda: short.metric("agl_rollouts_pruned_total") == 2, "the results to be deleted", 30)
+    with signed_in(browser, short) as (page, console):
+        expect(page.locator("#count-completed")).to_have_text("2", timeout=WAIT_MS)
+        expect(page.locator("#rollouts-empty")).to_have_text(
+            "No rollout is kept: --rollout-retention deleted every one that came (the chart keeps their rewards)."
+        )
+    assert console.errors == []
+
+
 def test_a_restarted_daemon_whose_store_started_over_is_followed_without_a_reload(
     make_daemon: Any, browser: Any
 ) -> None:

@@ -525,7 +525,12 @@ async function loadRollouts() {
   body.replaceChildren(...shown.map((line) => rolloutRow(line, false)));
   const empty = $("rollouts-empty");
   empty.hidden = shown.length > 0;
-  empty.textContent = state.olderThan === null ? "No rollouts yet." : "No older rollouts."; // deleted meanwhile
+  empty.textContent =
+    state.olderThan !== null
+      ? "No older rollouts." // deleted meanwhile
+      : page.last_seq > 0 // the last sequence number given out: some came, and retention deleted them
+        ? "No rollout is kept: --rollout-retention deleted every one that came (the chart keeps their rewards)."
+        : "No rollouts yet.";
   $("rollouts-newest").disabled = state.olderThan === null;
   $("rollouts-older").disabled = page.rollouts.length <= PAGE;
   state.oldestShown = shown.length ? shown[shown.length - 1].seq : null;
