@@ -237,6 +237,26 @@ def test_a_restarted_daemon_whose_store_started_over_is_followed_without_a_reloa
     assert [error for error in console.errors if "Failed to load resource: net::ERR_" not in error] == []
 
 
+def test_a_first_load_that_fails_is_retried_until_the_daemon_answers(browser: Any, daemon: Daemon) -> None:
+    """As the stream is after a disconnect: the daemon may be starting, or restarting."""
+    context = browser.new_context()
+    try:
+        context.route("**/v1/dashboard", lambda route: route.abort())  # as if nothing listened
+        page = context.new_page()
+        console = Console(page)
+        page.goto(f"{daemon.url}/#token={daemon.token}")
+        connection = page.locator("#connection")
+        expect(connection).to_have_text(re.compile(r"^The daemon did not answer; retrying in \d+ s…$"))
+        context.unroute("**/v1/dashboard")
+        expect(connection).to_have_text("Live", timeout=WAIT_MS)
+        expect(page.locator("#count-completed")).to_have_text(counted(daemon, "completed"))
+        expect(page.locator("#problem")).to_be_hidden()
+    finally:
+        context.close()
+    # the requests refused on purpose are on the console
+    assert [error for error in console.errors if "Failed to load resource: net::ERR_" not in error] == []
+
+
 def _drawn() -> re.Pattern[str]:
     """A path's `d` once the chart has drawn at least one point."""
     return re.compile(r"^M[\d.]+,[\d.]+")

@@ -29,6 +29,7 @@ const state = {
   summary: null,
   stream: null, // the AbortController of the open stream
   panelsTimer: null,
+  opening: 0, // counts the loads begun: a load retrying gives up once another has begun
   opener: null, // what had the focus when the rollout dialog opened
   openerRows: null, // the rows it was in
 };
@@ -233,6 +234,7 @@ function refuse(reason) {
 }
 
 function showLogin(reason) {
+  state.opening += 1; // a load that is retrying stops
   if (state.stream) state.stream.abort();
   clearInterval(state.panelsTimer);
   sessionStorage.removeItem(TOKEN_KEY);
@@ -1010,18 +1012,25 @@ async function open() {
   if (state.token !== null && !sendable(state.token)) return showLogin(UNSENDABLE); // which forgets it
   $("login").hidden = true;
   setConnection("Connecting…");
-  try {
-    const summary = await api("/v1/dashboard");
-    if (anotherDaemon(summary)) startOver();
-    $("board").hidden = false; // first, so that the chart is drawn to its panel's width
-    showSummary(summary);
-    await loadRollouts();
-    await refreshPanels();
-  } catch (error) {
-    if (error instanceof Refused) return refuse(error.message);
-    showProblem(error);
-    setConnection("The daemon did not answer", "down");
-    return;
+  const opening = ++state.opening;
+  // Until the daemon answers, as the stream does after a disconnect: it may be starting, or
+  // restarting (a new daemon found by the stream is read again here).
+  for (let delay = 1; ; delay = Math.min(delay * 2, 10)) {
+    try {
+      const summary = await api("/v1/dashboard");
+      if (anotherDaemon(summary)) startOver();
+      $("board").hidden = false; // first, so that the chart is drawn to its panel's width
+      showSummary(summary);
+      await loadRollouts();
+      await refreshPanels();
+      break;
+    } catch (error) {
+      if (error instanceof Refused) return refuse(error.message);
+      showProblem(error);
+      setConnection(`The daemon did not answer; retrying in ${delay} s…`, "down");
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay * 1000));
+    if (opening !== state.opening) return;
   }
   clearInterval(state.panelsTimer);
   state.panelsTimer = setInterval(refreshPanels, PANEL_SECONDS * 1000);
