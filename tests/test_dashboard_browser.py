@@ -188,6 +188,26 @@ def test_the_moving_average_weighs_each_bucket_by_its_rewarded_rollouts_and_coun
     assert console.errors == []
 
 
+def test_the_charts_tick_labels_of_huge_rewards_are_short_and_whole_inside_the_chart(
+    make_daemon: Any, browser: Any
+) -> None:
+    fresh = make_daemon()
+    complete(fresh, "train", [1e300])
+    complete(fresh, "val", [-1.5e300])
+    with signed_in(browser, fresh) as (page, console):
+        expect(page.locator("#chart path.average-val")).to_have_attribute("d", _drawn(), timeout=WAIT_MS)
+        labels = page.locator("#chart svg g.axis").first.locator("text")
+        chart = page.locator("#chart svg").bounding_box()
+        assert chart is not None
+        for label in labels.all():
+            box = label.bounding_box()
+            assert box is not None and box["x"] >= chart["x"], label.text_content()
+        expect(labels.first).to_have_text("-1.5e+300")
+        expect(labels.last).to_have_text("1e+300")
+        expect(labels.nth(1)).to_have_text("-1e+300")
+    assert console.errors == []
+
+
 def test_tasks_forgotten_with_their_results_are_counted_beside_the_rest(
     make_daemon: Any, browser: Any
 ) -> None:

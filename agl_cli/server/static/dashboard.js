@@ -388,16 +388,25 @@ function drawChart(rewards) {
   const x1 = Math.max(...times) + rewards.width;
   let [y0, y1] = values.length ? [Math.min(0, ...values), Math.max(1, ...values)] : [0, 1];
   if (y1 - y0 < 1e-9) y1 = y0 + 1;
-  const plotWidth = width - CHART.left - CHART.right;
   const plotHeight = CHART.height - CHART.top - CHART.bottom;
-  const x = (t) => CHART.left + (times.length ? ((t - x0) / (x1 - x0 || 1)) * plotWidth : 0);
   const y = (v) => CHART.top + (1 - (v - y0) / (y1 - y0)) * plotHeight;
 
   chart.grid.replaceChildren();
-  for (const tick of ticks(y0, y1, 5)) {
-    svg("line", { x1: CHART.left, x2: width - CHART.right, y1: y(tick), y2: y(tick), class: "grid-line" }, chart.grid);
-    svg("text", { x: CHART.left - 6, y: y(tick) + 4, "text-anchor": "end" }, chart.grid).textContent = round(tick);
+  const step = niceStep((y1 - y0) / 5);
+  const marks = ticks(y0, y1, step).map((tick) => {
+    const label = svg("text", { y: y(tick) + 4, "text-anchor": "end" }, chart.grid);
+    label.textContent = tickLabel(tick, step);
+    return { tick, label };
+  });
+  // the plot starts right of the widest label, should one be wider than the usual margin
+  const widest = Math.max(0, ...marks.map(({ label }) => label.getComputedTextLength()));
+  const left = Math.max(CHART.left, Math.ceil(widest) + 10);
+  for (const { tick, label } of marks) {
+    label.setAttribute("x", left - 6);
+    svg("line", { x1: left, x2: width - CHART.right, y1: y(tick), y2: y(tick), class: "grid-line" }, chart.grid);
   }
+  const plotWidth = width - left - CHART.right;
+  const x = (t) => left + (times.length ? ((t - x0) / (x1 - x0 || 1)) * plotWidth : 0);
   chart.xAxis.replaceChildren();
   if (times.length) {
     const parts = width < 480 ? 2 : 4; // room for a clock's time every 100 px or so
@@ -502,11 +511,21 @@ function showLegend(items, width) {
     : "";
 }
 
-function ticks(low, high, count) {
-  const step = niceStep((high - low) / count);
+// The multiples of `step` from `low` to `high` (each a product, not a sum that drifts).
+function ticks(low, high, step) {
   const out = [];
-  for (let t = Math.ceil(low / step) * step; t <= high + step / 1e6; t += step) out.push(t);
+  for (let k = Math.ceil(low / step); k * step <= high + step / 1e6; k++) out.push(k * step);
   return out;
+}
+
+// A tick's label, with the decimals its step needs; past a million, or with a step under a
+// ten-thousandth, in exponent form (1e300's ticks read "8e+299", not 300 digits).
+function tickLabel(value, step) {
+  if (value === 0) return "0";
+  const places = -Math.floor(Math.log10(step) + 1e-9); // 0.2: 1; 5: 0; 200: -2
+  if (Math.abs(value) < 1e6 && places <= 4) return value.toFixed(Math.max(0, places));
+  const digits = Math.floor(Math.log10(Math.abs(value)) + 1e-9) + places; // after the first
+  return value.toExponential(Math.min(Math.max(0, digits), 4)).replace(/\.?0+e/, "e"); // 1.0e+300: 1e+300
 }
 
 function niceStep(raw) {
