@@ -106,13 +106,16 @@ def test_the_quick_side_by_side_run_reports_every_figure(tmp_path: Path) -> None
 
 
 @needs_wrk
-# About 35 s, most of it 0.3.0 starting and the bodies being made; but the first test of a
-# worker to ask for the 0.3.0 environment waits while it is built (minutes on a fresh clone).
+# About 35 s, most of it 0.3.0 starting and the bodies being made (over 85 s on a loaded
+# machine: the deadline only stops a hang); but the first test of a worker to ask for the
+# 0.3.0 environment waits while it is built (minutes on a fresh clone).
 @pytest.mark.timeout(600)
 def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
     tmp_path: Path, compat_python: Path
 ) -> None:
-    result = bench("store_api.py", "--quick", "--legacy-python", str(compat_python), cwd=tmp_path, timeout=85)
+    result = bench(
+        "store_api.py", "--quick", "--legacy-python", str(compat_python), cwd=tmp_path, timeout=300
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     ratios = re.findall(
         r"^  (\w+) +agl \(durable\) / 0\.3\.0 in memory +([\d.]+) +(met|missed)$", result.stdout, re.M
