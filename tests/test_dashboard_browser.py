@@ -351,6 +351,25 @@ def test_a_rollout_opens_in_detail_with_its_triplets_trace_logs_and_attempts(
     expect(dialog).to_be_hidden()
 
 
+def test_integers_too_long_for_a_javascript_number_are_shown_as_they_are_kept(
+    daemon: Daemon, open_page: Any
+) -> None:
+    """A seed in an input or a hash in a result's metadata keeps every digit on the page, as
+    the daemon keeps it: JavaScript's numbers would show 9223372036854775807 as ...808."""
+    seed, digest = 2**63 - 1, 2**64 - 1
+    [rollout_id] = daemon.queue({"seed": seed, "step": 0.5}, mode="test")
+    claimed = daemon.claim()
+    assert claimed is not None and claimed["rollout_id"] == rollout_id
+    daemon.report(rollout_id, final_reward=0.5, metadata={"hash": digest})
+    page = open_page()
+    page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] button").click()
+    dialog = page.locator("#detail")
+    expect(dialog.locator("pre", has_text=f'"seed": {seed},')).to_be_visible(timeout=WAIT_MS)
+    expect(dialog.locator("pre", has_text='"step": 0.5')).to_be_visible()
+    expect(dialog.locator("pre", has_text=f'"hash": {digest}')).to_be_visible()
+    page.keyboard.press("Escape")
+
+
 LONG = 200  # characters in a name with no space (the longest id a bundle may have): wider than a screen
 
 

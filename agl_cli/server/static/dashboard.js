@@ -54,7 +54,19 @@ async function api(path, init = {}) {
   if (!response.ok) {
     throw new Error(`${path}: ${response.status} ${reasonOf(await bodyOf(response), response.statusText)}`);
   }
-  return response.json();
+  return exactJSON(await response.text());
+}
+
+// JSON whose integers too long for a JavaScript number (a seed, a hash in an input or in
+// metadata) are kept as written, so that the dialog shows them as the daemon keeps them:
+// JSON.parse would round 9223372036854775807 to ...808. Browsers without JSON.rawJSON round.
+function exactJSON(text) {
+  if (typeof JSON.rawJSON !== "function") return JSON.parse(text);
+  return JSON.parse(text, (_key, value, context) =>
+    typeof value === "number" && !Number.isSafeInteger(value) && /^-?\d+$/.test(context?.source ?? "")
+      ? JSON.rawJSON(context.source)
+      : value,
+  );
 }
 
 const NOT_VALID = "The bearer token is not valid."; // what the daemon says, should its 401 have no JSON
