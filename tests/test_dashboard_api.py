@@ -67,9 +67,10 @@ def test_the_summary_counts_tasks_and_charts_the_reward_of_each_mode(daemon: Dae
 
 
 def test_a_reward_no_reader_is_shown_is_not_charted_either(daemon: Daemon) -> None:
-    """A reward of "NaN" or "-Infinity" as a string, or too large for a float, reads as a
-    float that JSON cannot carry; the rollout is read back with none, and so it is charted
-    and summed: as a rollout without a reward, beside the one whose reward is a number."""
+    """A reward of "NaN", "Infinity" or "-Infinity" as a string reads as a float that JSON
+    cannot carry, and one too large for a float (1e400) as none; each rollout is read back
+    with none, and so it is charted and summed: as a rollout without a reward, beside the
+    one whose reward is a number."""
     rewards: list[Any] = ["NaN", "-Infinity", "Infinity", 0.5]
     *ids, last = daemon.queue(*range(len(rewards) + 1), mode="val")
     for rollout_id, reward in zip(ids, rewards, strict=True):
