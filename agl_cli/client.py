@@ -519,6 +519,10 @@ class AglClient:
         """A code that signs the dashboard in once, within a minute, in place of the token."""
         return cast(str, self._call("POST", "/v1/dashboard/sign-in-codes")["code"])
 
+    def shown_rollout(self, rollout_id: str) -> dict[str, Any]:
+        """A rollout (or a task without one yet) as the dashboard's dialog shows it."""
+        return self._call("GET", "/v1/dashboard/rollout", params={"rollout_id": rollout_id})
+
     def shutdown(self) -> None:
         """Ask the daemon to stop gracefully, as SIGTERM would; returns before it has."""
         self._call("POST", "/v1/shutdown")

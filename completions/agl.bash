@@ -20,7 +20,7 @@ _agl_options() {
         'serve') _agl_words='--host --port --state-dir --memory --task-timeout --max-attempts --rollout-retention --forget-tasks --log-level --log-json --no-auth --max-body-size --max-db-size --max-requests --request-timeout --allowed-host --detach -d --help' ;;
         'stop') _agl_words='--timeout --help' ;;
         'status') _agl_words='--watch -w --json --help' ;;
-        'dashboard') _agl_words='--print --no-browser --help' ;;
+        'dashboard') _agl_words='--print --no-browser --rollout --help' ;;
         'backup') _agl_words='--force --json --help' ;;
         'restore') _agl_words='--state-dir --json --help' ;;
         'compact') _agl_words='--state-dir --help' ;;
@@ -48,7 +48,7 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
     case $1:$2 in
-        ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
+        ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'dashboard:--rollout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
         ':--state-dir'|'serve:--state-dir'|'restore:--state-dir'|'compact:--state-dir') _agl_value='@directory' ;;
         'serve:--log-level') _agl_value='critical error warning info debug' ;;
         'queue:--mode') _agl_value='train val test' ;;

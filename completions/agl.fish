@@ -3,7 +3,7 @@
 
 # Whether option $argv[2] of command $argv[1] ("" is agl itself) takes a value.
 function __agl_takes_value
-    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'serve:--allowed-host' 'stop:--timeout' 'restore:--state-dir' 'compact:--state-dir' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
+    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'serve:--allowed-host' 'stop:--timeout' 'dashboard:--rollout' 'restore:--state-dir' 'compact:--state-dir' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
 end
 
 # Whether $argv[1] ("rollouts watch") is a command of agl.
@@ -89,6 +89,7 @@ complete -c agl -n "__agl_at 'status'" -l json -d 'Machine output: JSON (JSON Li
 complete -c agl -n "__agl_at 'status'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'dashboard'" -l print -l no-browser -d 'Print the address (with the token) instead of opening it'
+complete -c agl -n "__agl_at 'dashboard'" -l rollout -x -d 'Open the page on this rollout (or task) in detail'
 complete -c agl -n "__agl_at 'dashboard'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'backup'" -l force -d 'Replace FILE if it exists'

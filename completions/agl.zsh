@@ -89,6 +89,7 @@ _agl_options() {
     'dashboard') _agl_items=(
         '--print:Print the address (with the token) instead of opening it'
         '--no-browser:Print the address (with the token) instead of opening it'
+        '--rollout:Open the page on this rollout (or task) in detail'
         '--help:Show this message and exit'
       ) ;;
     'backup') _agl_items=(
@@ -193,7 +194,7 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
   case $1:$2 in
-    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
+    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'dashboard:--rollout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
     ':--state-dir'|'serve:--state-dir'|'restore:--state-dir'|'compact:--state-dir') REPLY='@directory' ;;
     'serve:--log-level') REPLY='critical error warning info debug' ;;
     'queue:--mode') REPLY='train val test' ;;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +59,22 @@ def test_print_shows_the_address_even_where_a_browser_could_open(daemon: Daemon,
     result = agl("dashboard", "--print", daemon=daemon, env=env)
     assert (result.returncode, result.stdout.strip()) == (0, f"{daemon.url}/#token={daemon.token}")
     assert not opened.exists()
+
+
+def test_a_rollout_named_rides_in_the_address_and_an_unknown_one_is_one_line(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    odd = "a b&c=d#e"  # what a parameter of the fragment must escape
+    daemon.report(odd, final_reward=0.5)  # unsolicited: no task is needed
+    printed = agl("dashboard", "--print", "--rollout", odd, daemon=daemon, env=NO_DISPLAY)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() == f"{daemon.url}/#token={daemon.token}&rollout=a+b%26c%3Dd%23e"
+    env, opened = fake_browser(tmp_path)
+    assert agl("dashboard", "--rollout", odd, daemon=daemon, env=env).returncode == 0
+    assert re.fullmatch(rf"{re.escape(daemon.url)}/#code=[^&]+&rollout=a\+b%26c%3Dd%23e", opened.read_text())
+    unknown = agl("dashboard", "--print", "--rollout", "nope", daemon=daemon, env=NO_DISPLAY)
+    assert_one_line_error(unknown, "No rollout or task with id 'nope'.")
+    assert unknown.stdout == ""
 
 
 def test_no_daemon_or_a_wrong_token_is_one_line_and_its_exit_code(daemon: Daemon, tmp_path: Path) -> None:

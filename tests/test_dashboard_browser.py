@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -354,6 +355,65 @@ def test_a_rollout_opens_in_detail_with_its_triplets_trace_logs_and_attempts(
     page.screenshot(path=str(_artifact("dashboard-detail.png")))
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
+
+
+def test_an_open_rollout_is_in_the_address_back_closes_it_and_forward_opens_it_again(
+    make_daemon: Any, browser: Any
+) -> None:
+    fresh = make_daemon()
+    [rollout_id] = complete(fresh, "train", [0.25])
+    with signed_in(browser, fresh) as (page, console):
+        dialog, title = page.locator("#detail"), page.locator("#detail-title")
+        page.locator(f"#rollouts tr[data-rollout-id='{rollout_id}'] button").click(timeout=WAIT_MS)
+        expect(dialog).to_be_visible()
+        expect(page).to_have_url(f"{fresh.url}/#rollout={rollout_id}")
+        page.go_back()
+        expect(dialog).to_be_hidden()
+        expect(page).to_have_url(f"{fresh.url}/")
+        page.go_forward()
+        expect(title).to_have_text(rollout_id)
+        expect(dialog.locator("dl.facts")).to_contain_text("0.250", timeout=WAIT_MS)
+        page.keyboard.press("Escape")  # closing it takes its step back
+        expect(dialog).to_be_hidden()
+        expect(page).to_have_url(f"{fresh.url}/")
+    assert console.errors == []
+
+
+def test_a_link_to_a_rollout_opens_it_once_signed_in_and_says_so_of_an_unknown_one(
+    make_daemon: Any, browser: Any
+) -> None:
+    fresh = make_daemon()
+    odd = "a b&c=d#e/ü"  # what a fragment's parameter must escape
+    fresh.report(odd, final_reward=0.75)  # unsolicited: no task is needed
+    link = f"{fresh.url}/#{urlencode({'rollout': odd})}"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        console = Console(page)
+        page.goto(link)  # a teammate's link: the token is not in it
+        page.fill("#token", fresh.token)
+        page.press("#token", "Enter")
+        title = page.locator("#detail-title")
+        expect(title).to_have_text(odd, timeout=WAIT_MS)
+        expect(page.locator("#detail dl.facts")).to_contain_text("unsolicited", timeout=WAIT_MS)
+        page.reload()  # the address alone opens it again
+        expect(title).to_have_text(odd, timeout=WAIT_MS)
+        expect(page.locator("#detail dl.facts")).to_contain_text("unsolicited", timeout=WAIT_MS)
+        page.keyboard.press("Escape")  # arrived at by a link: the rollout leaves the address
+        expect(page).to_have_url(f"{fresh.url}/")
+        page.goto(f"{fresh.url}/#rollout=nope")
+        expect(title).to_have_text("nope")
+        expect(page.locator("#detail-body")).to_have_text(
+            "No rollout or task with id 'nope'.", timeout=WAIT_MS
+        )
+        # a sign-in address that names a rollout, as a printed one would: the token leaves it
+        page.goto(f"{fresh.url}/?again#token={fresh.token}&{urlencode({'rollout': odd})}")
+        expect(title).to_have_text(odd, timeout=WAIT_MS)
+        expect(page).to_have_url(f"{fresh.url}/?again#{urlencode({'rollout': odd})}")
+    finally:
+        context.close()
+    # the browser's own lines: the first load, before the token; the unknown rollout
+    assert [re.sub(r".*status of (\d+).*", r"\1", error) for error in console.errors] == ["401", "404"]
 
 
 def test_integers_too_long_for_a_javascript_number_are_shown_as_they_are_kept(

@@ -4,7 +4,8 @@ The browser is handed a one-time sign-in code (`/#code=...`), never the token: a
 browser's command line can be read by every user of the machine. A printed address
 carries the token itself (`/#token=...`), since it may be opened elsewhere much later.
 Either rides in the address's fragment, which a browser never sends to any server, and
-the page moves it out of the address bar at once.
+the page moves it out of the address bar at once. `--rollout` names a rollout there too,
+whose dialog the page opens.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def dashboard(
     print_only: bool = typer.Option(
         False, "--print", "--no-browser", help="Print the address (with the token) instead of opening it."
     ),
+    rollout: str | None = typer.Option(
+        None, "--rollout", metavar="ID", help="Open the page on this rollout (or task) in detail."
+    ),
 ) -> None:
     """Open the live dashboard in your browser, signed in.
 
@@ -38,6 +42,8 @@ def dashboard(
     browse = not print_only and has_browser()
     with connect(ctx) as client:
         status = client.status()  # the daemon answers and takes the token, or one line says why not
+        if rollout is not None:
+            client.shown_rollout(rollout)  # an unknown id is said here, in one line
         code = None
         if browse and target.token is not None:
             try:
@@ -48,10 +54,10 @@ def dashboard(
                     f" sign a browser in: restart it to run agl {__version__}, or open the address"
                     " `agl dashboard --print` shows."
                 )
-    if browse and open_browser(dashboard_url(target.url, code=code)):
+    if browse and open_browser(dashboard_url(target.url, code=code, rollout=rollout)):
         output.note(f"Opened the dashboard of {target.url} in your browser.")
         return
-    output.write_line(dashboard_url(target.url, token=target.token))
+    output.write_line(dashboard_url(target.url, token=target.token, rollout=rollout))
     if not print_only:
         output.note("No browser could be opened here: open the address above in yours.")
     if is_local(target.url):
@@ -62,9 +68,13 @@ def dashboard(
         )
 
 
-def dashboard_url(base: str, *, token: str | None = None, code: str | None = None) -> str:
-    """The page's address, with the token or a sign-in code in its fragment."""
-    fragment = urlencode({name: value for name, value in (("token", token), ("code", code)) if value})
+def dashboard_url(
+    base: str, *, token: str | None = None, code: str | None = None, rollout: str | None = None
+) -> str:
+    """The page's address, with the token or a sign-in code in its fragment, and the rollout
+    whose dialog it opens."""
+    named = {name: value for name, value in (("token", token), ("code", code)) if value}
+    fragment = urlencode(named if rollout is None else {**named, "rollout": rollout})
     return f"{base}/#{fragment}" if fragment else f"{base}/"
 
 

@@ -6,12 +6,14 @@
 // code that the page trades for the token (the token itself would be on the browser's
 // command line); a printed address is `/#token=...`. A fragment never leaves the browser
 // (not to the server, not in a Referer); the page takes it out of the address bar, keeps
-// the token in this tab's session storage, and sends it as a bearer header.
+// the token in this tab's session storage, and sends it as a bearer header. The rollout
+// whose dialog is open is in the fragment too (`#rollout=ID`), so that a link opens it.
 // EventSource cannot send headers, so the stream is read with fetch() and the small
 // parser below.
 "use strict";
 
 const TOKEN_KEY = "agl-token";
+const ROLLOUT_KEY = "rollout"; // the fragment's name for the rollout whose dialog is open
 const SIGN_IN = "/dashboard/sign-in";
 const PAGE = 25;
 const PANEL_SECONDS = 5;
@@ -38,6 +40,13 @@ const $ = (id) => document.getElementById(id);
 const numbers = new Intl.NumberFormat();
 
 class Refused extends Error {}
+// An answer other than success or 401: `reason` is the daemon's, `message` also names the path.
+class Failed extends Error {
+  constructor(path, status, reason) {
+    super(`${path}: ${status} ${reason}`);
+    Object.assign(this, { status, reason });
+  }
+}
 class AnotherDaemon extends Error {}
 
 // --- talking to the daemon -------------------------------------------------------------------
@@ -52,7 +61,7 @@ async function api(path, init = {}) {
     throw new Refused(reasonOf(await bodyOf(response), NOT_VALID));
   }
   if (!response.ok) {
-    throw new Error(`${path}: ${response.status} ${reasonOf(await bodyOf(response), response.statusText)}`);
+    throw new Failed(path, response.status, reasonOf(await bodyOf(response), response.statusText));
   }
   return exactJSON(await response.text());
 }
@@ -197,7 +206,7 @@ function sayFailure(error, what, show = showProblem) {
 async function takeToken() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   if (fragment.has("token") || fragment.has("code")) {
-    history.replaceState(null, "", location.pathname + location.search);
+    history.replaceState(null, "", address(fragment.get(ROLLOUT_KEY))); // a rollout named stays
   }
   if (fragment.has("token")) sessionStorage.setItem(TOKEN_KEY, fragment.get("token"));
   if (fragment.has("code")) {
@@ -779,9 +788,37 @@ function showResources(page) {
 
 // --- one rollout ---------------------------------------------------------------------------------
 
+// The address of this page with the dialog of `rolloutId` open (null: none open).
+function address(rolloutId) {
+  const page = location.pathname + location.search;
+  return rolloutId === null ? page : `${page}#${new URLSearchParams({ [ROLLOUT_KEY]: rolloutId })}`;
+}
+
+// The rollout the address names, or null.
+function linkedRollout() {
+  return new URLSearchParams(location.hash.slice(1)).get(ROLLOUT_KEY);
+}
+
+// Opening a rollout's dialog is a step in the tab's history: Back closes it, Forward opens it
+// again, and the address is a link to it.
+function showLinked() {
+  const rolloutId = linkedRollout();
+  if (rolloutId !== null) showDetail(rolloutId);
+  else if ($("detail").open) $("detail").close();
+}
+
+// Closed by Escape or its button, the dialog's step is taken back (or, arrived at by a link,
+// taken out of the address); closed by Back, the address names no rollout already.
+function forgetLinked() {
+  if (linkedRollout() === null) return;
+  if (history.state?.[ROLLOUT_KEY] !== undefined) history.back();
+  else history.replaceState(null, "", address(null));
+}
+
 async function showDetail(rolloutId) {
   const dialog = $("detail");
   const body = $("detail-body");
+  if (linkedRollout() !== rolloutId) history.pushState({ [ROLLOUT_KEY]: rolloutId }, "", address(rolloutId));
   $("detail-title").replaceChildren(rolloutId.trim() ? rolloutId : shortId(rolloutId));
   body.replaceChildren(paragraph("Loading…"));
   if (!dialog.open) {
@@ -797,7 +834,8 @@ async function showDetail(rolloutId) {
       dialog.close();
       refuse(error.message);
     } else {
-      body.replaceChildren(paragraph(error.message));
+      // an unknown id (a link from another daemon, say): the daemon's sentence is enough
+      body.replaceChildren(paragraph(error instanceof Failed && error.status === 404 ? error.reason : error.message));
     }
   }
 }
@@ -1054,6 +1092,7 @@ async function open() {
       showSummary(summary);
       await loadRollouts();
       await refreshPanels();
+      if (linkedRollout() !== null && !$("detail").open) showLinked();
       break;
     } catch (error) {
       if (error instanceof Refused) return refuse(error.message);
@@ -1096,7 +1135,9 @@ function wire() {
     refreshPanels();
   });
   $("detail-close").addEventListener("click", () => $("detail").close());
+  window.addEventListener("popstate", () => state.token !== null && showLinked());
   $("detail").addEventListener("close", () => {
+    forgetLinked();
     // the browser gives focus back to the button that opened it, unless a refresh has
     // redrawn its panel since: then to the one that stands in its place
     const opener = state.opener;
