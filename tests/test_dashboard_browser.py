@@ -416,6 +416,25 @@ def test_a_link_to_a_rollout_opens_it_once_signed_in_and_says_so_of_an_unknown_o
     assert [re.sub(r".*status of (\d+).*", r"\1", error) for error in console.errors] == ["401", "404"]
 
 
+def test_a_long_rollout_id_is_shortened_in_the_dialogs_heading_and_copied_whole(
+    make_daemon: Any, browser: Any
+) -> None:
+    fresh = make_daemon()
+    long_id = "r" * 2999 + "9"
+    fresh.report(long_id, final_reward=0.5)  # unsolicited: no task is needed
+    with signed_in(browser, fresh) as (page, console):
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.locator("#rollouts tbody tr button").first.click(timeout=WAIT_MS)
+        title = page.locator("#detail-title")
+        expect(title).to_have_text("r" * 40 + "…" + "r" * 7 + "9")
+        assert title.locator("bdi.shortened").get_attribute("title") == long_id
+        assert _fits(title)
+        _selected(title)
+        page.keyboard.press("Control+C")
+        assert page.evaluate("navigator.clipboard.readText()") == long_id
+    assert console.errors == []
+
+
 def test_integers_too_long_for_a_javascript_number_are_shown_as_they_are_kept(
     daemon: Daemon, open_page: Any
 ) -> None:

@@ -819,7 +819,7 @@ async function showDetail(rolloutId) {
   const dialog = $("detail");
   const body = $("detail-body");
   if (linkedRollout() !== rolloutId) history.pushState({ [ROLLOUT_KEY]: rolloutId }, "", address(rolloutId));
-  $("detail-title").replaceChildren(rolloutId.trim() ? rolloutId : shortId(rolloutId));
+  $("detail-title").replaceChildren(rolloutId.trim() ? shown(rolloutId, ...ROOMY) : shortId(rolloutId));
   body.replaceChildren(paragraph("Loading…"));
   if (!dialog.open) {
     state.opener = document.activeElement;
@@ -1054,7 +1054,7 @@ function shown(text, head = 17, tail = 4) {
   return element;
 }
 
-const ROOMY = [40, 8]; // a model's or a resource type's name: ids are rarely read, these are
+const ROOMY = [40, 8]; // a model's or a resource type's name, an id as a heading: read, unlike ids in rows
 
 // A copy of a selection that holds nothing but (part of) one shortened name is the whole
 // name: the part shown would find nothing where it is pasted (`agl tasks show`, a search).
