@@ -61,7 +61,7 @@ def _build(with_agl: bool, lock_fd: int) -> None:
     shutil.rmtree(COMPAT_VENV, ignore_errors=True)
     pip_args = [COMPAT_REQUIREMENT]
     if with_agl:
-        pip_args += ["-e", f"{REPO_ROOT}[test]"]  # [test]: the embedded suite runs pytest there
+        pip_args += ["-e", f"{REPO_ROOT}[beside]"]  # [beside]: what the embedded suite runs with there
     with BUILD_LOG.open("w", encoding="utf-8") as log:
         _run([sys.executable, "-m", "venv", str(COMPAT_VENV)], log, lock_fd)
         python = _venv_python(COMPAT_VENV)
