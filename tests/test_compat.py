@@ -87,16 +87,13 @@ def test_agentlightning_commands_are_handed_on_and_python_m_agl_cli_stays_agl(co
             check=False,
         )
 
-    forwarded = run("-m", "agl_cli", "store", "--help")
-    assert forwarded.returncode == 0, forwarded.stderr
-    assert "usage: agl store" in forwarded.stdout  # agentlightning's own argparse help
     missing = run("-m", "agl_cli", "vllm", "serve", "m")  # vllm is an optional extra of agentlightning
     assert missing.returncode == 1
     assert missing.stderr.strip() == "agl: 'agl vllm' needs the Python module 'vllm', which is not installed."
     own = run("-m", "agl_cli", "--version")
     assert own.stdout.startswith("agl ")
     # Whichever package wrote bin/agl last, the agentlightning commands are there, and their
-    # usage errors come through as argparse made them.
+    # usage errors come through as agentlightning's argparse made them, with its exit status.
     script = compat_python.parent / "agl"
     via_script = subprocess.run(
         [str(script), "store", "--no-such-flag"],

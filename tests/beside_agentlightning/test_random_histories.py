@@ -34,7 +34,7 @@ from store_pair import Pair, span, start_agl, start_reference
 
 pytestmark = pytest.mark.timeout(180)
 STEPS = 300
-HISTORIES = int(os.environ.get("AGL_HISTORIES", "8"))
+HISTORIES = int(os.environ.get("AGL_HISTORIES", "5"))
 CRASH_HISTORIES = int(os.environ.get("AGL_HISTORIES", "1"))
 CRASHES_PER_CALL = 0.05
 INPUTS: list[Any] = [1, "x", {"k": [1, 2]}, None, [None]]
