@@ -38,6 +38,7 @@ with open(out, 'w') as handle:
 SERVER = ("uvicorn", "starlette", "sse_starlette", "agl_cli.server", "agl_cli.store", "sqlite3")
 COMMAND_ONLY = ("agl_cli.client", "agl_cli.models", "httpx", "httpcore", "orjson", "agl_cli.cli.taskfile")
 COMMAND_ONLY += ("agl_cli.cli.waiting", "agl_cli.cli.detach", "rich.progress", "rich.live")
+HELP_SCREENS = ("typer.rich_utils", "rich.markdown", "markdown_it")  # Typer's help, in Markdown
 
 
 def imported(tmp_path: Path, *args: str) -> list[str]:
@@ -95,7 +96,7 @@ def test_version_says_the_same_on_the_fast_path_and_through_typer() -> None:
 @pytest.mark.parametrize("path", help_paths(), ids=lambda path: " ".join(["agl", *path, "--help"]))
 def test_help_imports_neither_the_server_nor_what_only_commands_need(tmp_path: Path, path: list[str]) -> None:
     modules = imported(tmp_path, *path, "--help")
-    assert "agl_cli.cli.app" in modules
+    assert "agl_cli.cli.app" in modules and "typer.rich_utils" in modules
     assert loaded(modules, SERVER + COMMAND_ONLY) == []
 
 
@@ -105,3 +106,4 @@ def test_status_imports_the_http_client_but_not_the_server_or_other_commands_nee
     assert loaded(modules, SERVER) == []
     others = ("agl_cli.models", "agl_cli.cli.taskfile", "agl_cli.cli.waiting", "agl_cli.cli.detach")
     assert loaded(modules, others) == []
+    assert loaded(modules, HELP_SCREENS) == []  # they come with a help screen only

@@ -8,15 +8,17 @@ flag alone, a value by its metavar); `use_plain_labels` makes `--help` say the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import typer.rich_utils
-from typer.core import TyperArgument, TyperOption
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from agl_cli.cli.output import QuietConsole
 
 _typer_option_label = TyperOption.display_type_rich
 _typer_argument_label = TyperArgument.display_type_rich
+_typer_command_help = TyperCommand.format_help
+_typer_group_help = TyperGroup.format_help
 
 
 def _option_label(option: TyperOption, ctx: Any) -> str | None:
@@ -31,9 +33,24 @@ def _argument_label(argument: TyperArgument, ctx: Any) -> str | None:
     return _typer_argument_label(argument, ctx)
 
 
+def _quietly(format_help: Callable[..., None]) -> Callable[..., None]:
+    """`format_help`, with Typer's help screens written by a `QuietConsole`. Typer's rich
+    help (and the Markdown reader it brings) is imported here, when a help screen is asked
+    for: every other command, and the daemon, start without it."""
+
+    def format_quietly(command: Any, ctx: Any, formatter: Any) -> None:
+        import typer.rich_utils
+
+        typer.rich_utils.Console = QuietConsole  # type: ignore[attr-defined]
+        format_help(command, ctx, formatter)
+
+    return format_quietly
+
+
 def use_plain_labels() -> None:
     """Render every help screen's type column the man pages' way, and end one cut short by
     its reader (`agl --help | head -1`) as every command does (idempotent)."""
     TyperOption.display_type_rich = _option_label  # type: ignore[method-assign,assignment]
     TyperArgument.display_type_rich = _argument_label  # type: ignore[method-assign,assignment]
-    typer.rich_utils.Console = QuietConsole  # type: ignore[attr-defined]
+    TyperCommand.format_help = _quietly(_typer_command_help)  # type: ignore[method-assign]
+    TyperGroup.format_help = _quietly(_typer_group_help)  # type: ignore[method-assign]
