@@ -1092,7 +1092,7 @@ async function open() {
       showSummary(summary);
       await loadRollouts();
       await refreshPanels();
-      if (linkedRollout() !== null && !$("detail").open) showLinked();
+      if (!$("detail").open) showLinked(); // a rollout the address names
       break;
     } catch (error) {
       if (error instanceof Refused) return refuse(error.message);
