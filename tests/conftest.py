@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import compileall
 import importlib.util
 import sqlite3
 import uuid
@@ -10,11 +11,20 @@ import pytest
 from compat_env import ensure_compat_python
 from daemon import Daemon
 
+import agl_cli
 from agl_cli.store import MemoryStore, SQLiteStore, Store, schema
 
 # tests/beside_agentlightning/ imports agentlightning 0.3.0: tests/test_compat.py runs it in
 # the environment that has it; here it is not collected at all (rather than skipped).
 collect_ignore = [] if importlib.util.find_spec("agentlightning") else ["beside_agentlightning"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile agl's modules once, before any test process starts: the suite starts about
+    a thousand daemons and commands that import them from this checkout, and where
+    PYTHONDONTWRITEBYTECODE is set, each of them would compile them all again."""
+    if not hasattr(config, "workerinput"):  # the controller, not each xdist worker
+        compileall.compile_dir(Path(agl_cli.__file__).parent, quiet=1)
 
 
 @pytest.fixture(autouse=True)
