@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from daemon import Daemon, env_without_agl
+from daemon import Daemon, env_without_agl, fetch
 
 
 def agl(
@@ -179,7 +179,9 @@ class Worker(threading.Thread):
     def run(self) -> None:
         while not self.halt.is_set() and (self.limit is None or self.done < self.limit):
             try:
-                task = httpx.get(self.daemon_.url + "/task", params={"wait": 0.2}, timeout=5).json()["task"]
+                task = fetch("GET", self.daemon_.url + "/task", params={"wait": 0.2}, timeout=5).json()[
+                    "task"
+                ]
                 if task is None:
                     continue
                 self.report(task)
@@ -198,7 +200,7 @@ class Worker(threading.Thread):
             "final_reward": reward,
             "triplets": [{"prompt": "p", "response": "r", "reward": reward}],
         }
-        httpx.post(self.daemon_.url + "/rollout", json=rollout, timeout=5).raise_for_status()
+        fetch("POST", self.daemon_.url + "/rollout", json=rollout, timeout=5).raise_for_status()
 
     def stop(self) -> None:
         self.halt.set()
@@ -207,4 +209,4 @@ class Worker(threading.Thread):
 
 def post_rollout(daemon: Daemon, rollout_id: str, reward: float = 0.5) -> None:
     body = {"rollout_id": rollout_id, "final_reward": reward}
-    httpx.post(daemon.url + "/rollout", json=body, timeout=10).raise_for_status()
+    fetch("POST", daemon.url + "/rollout", json=body, timeout=10).raise_for_status()

@@ -54,6 +54,16 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon()
 
 
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the tests of a module that only read, or send what must be refused
+    (each of those checks that nothing changed): a daemon per case would cost more than
+    the cases."""
+    daemon = Daemon(tmp_path_factory.mktemp("shared") / "state").start()
+    yield daemon
+    daemon.close()
+
+
 @pytest.fixture(scope="session")
 def compat_python() -> Path:
     """The python of the environment with the real agentlightning 0.3.0 (built once)."""

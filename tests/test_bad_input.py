@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from daemon import Daemon
+from daemon import Daemon, fetch
 
 DEEP = "@DEEP@"
 
@@ -54,10 +54,10 @@ def prompt_free_llm(sampling: Any) -> dict[str, Any]:
     ],
 )  # fmt: skip
 def test_json_nested_too_deeply_to_answer_with_is_a_422_and_the_connection_goes_on(
-    daemon: Daemon, levels: int, where: str, method: str, path: str, body: Any
+    shared_daemon: Daemon, levels: int, where: str, method: str, path: str, body: Any
 ) -> None:
-    headers = {"Authorization": f"Bearer {daemon.token}"}
-    with httpx.Client(base_url=daemon.url, headers=headers, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {shared_daemon.token}"}
+    with httpx.Client(base_url=shared_daemon.url, headers=headers, timeout=30) as client:
         content = with_nesting(body(DEEP), levels)
         refused = client.request(method, path, content=content, headers={"Content-Type": "application/json"})
         assert refused.status_code == 422, where
@@ -259,13 +259,6 @@ CATALOGUE = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("catalogue") / "state").start()
-    yield daemon
-    daemon.close()
-
-
 def state_of(daemon: Daemon) -> tuple[Any, ...]:
     status = daemon.status()
     statistics = daemon.get("/v1/agl/statistics").json()
@@ -275,20 +268,22 @@ def state_of(daemon: Daemon) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("row", CATALOGUE, ids=[row.name for row in CATALOGUE])
-def test_each_bad_input_is_refused_with_its_reason_and_changes_nothing(shared: Daemon, row: Row) -> None:
-    before = state_of(shared)
+def test_each_bad_input_is_refused_with_its_reason_and_changes_nothing(
+    shared_daemon: Daemon, row: Row
+) -> None:
+    before = state_of(shared_daemon)
     request = dict(row.request)
     headers = dict(request.pop("headers", {}))
     if row.token is not None:
-        headers["Authorization"] = f"Bearer {shared.token if row.token else 'not-the-token'}"
-    response = httpx.request(row.method, shared.url + row.path, headers=headers, timeout=60, **request)
+        headers["Authorization"] = f"Bearer {shared_daemon.token if row.token else 'not-the-token'}"
+    response = fetch(row.method, shared_daemon.url + row.path, headers=headers, timeout=60, **request)
     assert response.status_code == row.status
     if isinstance(row.answer, bytes):
         assert response.content.startswith(row.answer)
     elif row.answer is not None:
         detail = response.json()["detail"]
         assert (detail if isinstance(detail, str) else detail[0]["type"]) == row.answer
-    assert state_of(shared) == before
+    assert state_of(shared_daemon) == before
 
 
 def test_the_catalogue_has_the_forty_rows_the_docs_promise() -> None:

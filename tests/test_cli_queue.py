@@ -186,15 +186,15 @@ def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Da
 )
 @pytest.mark.parametrize("dry_run", [False, True], ids=["queue", "dry-run"])
 def test_a_bad_file_is_reported_at_its_line_and_nothing_is_queued(
-    daemon: Daemon, tmp_path: Path, name: str, content: str, expected: str, dry_run: bool
+    shared_daemon: Daemon, tmp_path: Path, name: str, content: str, expected: str, dry_run: bool
 ) -> None:
     """A dry run finds what the upload would: the same sentence, before anything goes up."""
     good = write(tmp_path / "good.jsonl", '{"input": "fine"}\n')
     options = ["--dry-run"] if dry_run else []
-    result = agl("queue", *options, good, write(tmp_path / name, content), daemon=daemon)
+    result = agl("queue", *options, good, write(tmp_path / name, content), daemon=shared_daemon)
     assert_one_line_error(result, str(tmp_path / expected))
     assert result.stdout == ""
-    assert queued_count(daemon) == 0
+    assert queued_count(shared_daemon) == 0
 
 
 def test_a_dry_run_takes_exactly_the_nesting_the_daemon_takes(daemon: Daemon, tmp_path: Path) -> None:

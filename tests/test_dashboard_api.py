@@ -312,9 +312,9 @@ def test_the_page_and_its_assets_are_served_without_the_token_and_may_reach_no_o
 
 
 @pytest.mark.parametrize("path", ["/dashboard/secret", "/dashboard/", "/index.html", "/x", "/v1/dashboard"])
-def test_nothing_else_is_open_and_data_needs_the_right_token(daemon: Daemon, path: str) -> None:
-    assert daemon.get(path).status_code == 401
-    wrong = daemon.get(path, headers={"Authorization": "Bearer wrong"})
+def test_nothing_else_is_open_and_data_needs_the_right_token(shared_daemon: Daemon, path: str) -> None:
+    assert shared_daemon.get(path).status_code == 401
+    wrong = shared_daemon.get(path, headers={"Authorization": "Bearer wrong"})
     assert (wrong.status_code, wrong.json()) == (401, {"detail": "The bearer token is not valid."})
 
 

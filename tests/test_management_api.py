@@ -19,7 +19,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
-from daemon import Daemon, env_without_agl, wait_until
+from daemon import Daemon, env_without_agl, fetch, wait_until
 from httpx_sse import ServerSentEvent, connect_sse
 
 from agl_cli.api_limits import MAX_LIST_LIMIT, MAX_PER_REQUEST
@@ -114,12 +114,14 @@ def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) 
         "array",
     ],
 )
-def test_a_bad_batch_of_tasks_is_a_422_and_queues_nothing(daemon: Daemon, body: Any, error_type: str) -> None:
-    response = daemon.api("POST", "/v1/tasks", json=body)
+def test_a_bad_batch_of_tasks_is_a_422_and_queues_nothing(
+    shared_daemon: Daemon, body: Any, error_type: str
+) -> None:
+    response = shared_daemon.api("POST", "/v1/tasks", json=body)
     assert response.status_code == 422
     assert error_type in [issue["type"] for issue in detail(response)]
     schemas.ValidationErrors.model_validate(response.json())
-    assert queued_count(daemon) == 0
+    assert queued_count(shared_daemon) == 0
 
 
 def test_a_body_that_is_not_json_is_a_422(daemon: Daemon) -> None:
@@ -176,9 +178,9 @@ def test_tasks_are_listed_by_status_and_in_pages(daemon: Daemon) -> None:
     ],
 )
 def test_a_bad_task_listing_is_a_422_that_says_why(
-    daemon: Daemon, params: dict[str, str], message: str
+    shared_daemon: Daemon, params: dict[str, str], message: str
 ) -> None:
-    response = daemon.api("GET", "/v1/tasks", params=params)
+    response = shared_daemon.api("GET", "/v1/tasks", params=params)
     assert (response.status_code, detail(response)) == (422, message)
 
 
@@ -527,17 +529,17 @@ def test_no_resources_at_all_is_an_empty_list_and_a_404_for_latest(daemon: Daemo
     ],
 )
 def test_a_bad_bundle_is_a_422_in_one_sentence_and_publishes_nothing(
-    daemon: Daemon, body: dict[str, Any], message: str
+    shared_daemon: Daemon, body: dict[str, Any], message: str
 ) -> None:
-    response = daemon.api("POST", "/v1/resources", json=body)
+    response = shared_daemon.api("POST", "/v1/resources", json=body)
     assert (response.status_code, response.json()) == (422, {"detail": message})
-    assert daemon.api("GET", "/v1/resources").json()["resources"] == []
-    assert daemon.get("/resources/latest").status_code == 404
+    assert shared_daemon.api("GET", "/v1/resources").json()["resources"] == []
+    assert shared_daemon.get("/resources/latest").status_code == 404
 
 
 @pytest.mark.parametrize("body", [{"resources": {}}, {"resources": {"p": PROMPT}, "extra": 1}, {}])
-def test_a_publish_body_of_the_wrong_shape_is_a_422(daemon: Daemon, body: dict[str, Any]) -> None:
-    response = daemon.api("POST", "/v1/resources", json=body)
+def test_a_publish_body_of_the_wrong_shape_is_a_422(shared_daemon: Daemon, body: dict[str, Any]) -> None:
+    response = shared_daemon.api("POST", "/v1/resources", json=body)
     assert response.status_code == 422
     schemas.ValidationErrors.model_validate(response.json())
 
@@ -615,8 +617,8 @@ def test_a_task_without_a_result_is_a_404_that_says_where_the_task_is(daemon: Da
         ({"limit": "0"}, "Query parameter 'limit' must be between 1 and 10000."),
     ],
 )
-def test_a_bad_rollout_listing_is_a_422(daemon: Daemon, params: dict[str, str], message: str) -> None:
-    response = daemon.api("GET", "/v1/rollouts", params=params)
+def test_a_bad_rollout_listing_is_a_422(shared_daemon: Daemon, params: dict[str, str], message: str) -> None:
+    response = shared_daemon.api("GET", "/v1/rollouts", params=params)
     assert (response.status_code, detail(response)) == (422, message)
 
 
@@ -771,10 +773,10 @@ def test_many_stored_rollouts_are_replayed_in_order(make_daemon: Callable[..., D
     ],
 )
 def test_a_bad_stream_position_is_a_422(
-    daemon: Daemon, params: dict[str, str], last_event_id: str | None, message: str
+    shared_daemon: Daemon, params: dict[str, str], last_event_id: str | None, message: str
 ) -> None:
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    response = daemon.api("GET", "/v1/rollouts/stream", params=params, headers=headers)
+    response = shared_daemon.api("GET", "/v1/rollouts/stream", params=params, headers=headers)
     assert (response.status_code, detail(response)) == (422, message)
 
 
@@ -977,9 +979,9 @@ def test_the_openapi_document_describes_every_route_with_generated_schemas(daemo
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(EXPECTED_OPERATIONS))
-def test_every_management_route_needs_the_token(daemon: Daemon, method: str, path: str) -> None:
+def test_every_management_route_needs_the_token(shared_daemon: Daemon, method: str, path: str) -> None:
     concrete = path.format(rollout_id="r", batch_id="b", resources_id="latest")
-    response = httpx.request(method, daemon.url + concrete, timeout=10)
+    response = fetch(method, shared_daemon.url + concrete, timeout=10)
     assert (response.status_code, response.json()) == (401, {"detail": "A bearer token is required."})
 
 

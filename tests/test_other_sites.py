@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon import Daemon, connect
+from daemon import Daemon, connect, fetch
 from test_bad_input import REBOUND
 
 from agl_cli.server.legacy import NO_RESOURCES
@@ -182,10 +182,10 @@ def test_a_page_of_another_site_in_chromium_changes_nothing(daemon: Daemon, anot
     ],
 )
 def test_a_daemon_on_loopback_serves_every_loopback_name_it_is_addressed_by(
-    daemon: Daemon, host: str
+    shared_daemon: Daemon, host: str
 ) -> None:
-    port = daemon.url.rsplit(":", 1)[1]
-    answer = httpx.get(daemon.url + "/resources/latest", headers={"Host": host.format(port=port)})
+    port = shared_daemon.url.rsplit(":", 1)[1]
+    answer = fetch("GET", shared_daemon.url + "/resources/latest", headers={"Host": host.format(port=port)})
     assert (answer.status_code, answer.json()) == (404, {"detail": NO_RESOURCES})
 
 

@@ -188,9 +188,9 @@ def test_a_span_number_must_leave_room_for_the_next_one(daemon: Daemon) -> None:
     ],
 )
 def test_an_otlp_export_that_cannot_be_read_is_a_400(
-    daemon: Daemon, headers: dict[str, str], body: bytes, status: int
+    shared_daemon: Daemon, headers: dict[str, str], body: bytes, status: int
 ) -> None:
-    assert daemon.post("/v1/traces", content=body, headers=headers).status_code == status
+    assert shared_daemon.post("/v1/traces", content=body, headers=headers).status_code == status
 
 
 def test_a_gzipped_otlp_export_is_held_to_the_body_limit_once_unzipped(
@@ -320,9 +320,9 @@ def test_an_unknown_rollout_or_attempt_is_a_404_at_once_where_0_3_0_fails_with_a
     ],
 )
 def test_a_bad_page_or_sort_is_a_400_in_0_3_0s_words(
-    daemon: Daemon, params: dict[str, str], message: str
+    shared_daemon: Daemon, params: dict[str, str], message: str
 ) -> None:
-    response = daemon.get(f"{AGL}/rollouts", params=params)
+    response = shared_daemon.get(f"{AGL}/rollouts", params=params)
     assert response.status_code == 400 and response.json()["detail"].startswith(message)
 
 
@@ -337,12 +337,12 @@ def test_a_bad_page_or_sort_is_a_400_in_0_3_0s_words(
     ],
 )  # fmt: skip
 def test_a_body_that_does_not_validate_is_fastapis_422_and_changes_nothing(
-    daemon: Daemon, path: str, body: Any, loc: list[Any]
+    shared_daemon: Daemon, path: str, body: Any, loc: list[Any]
 ) -> None:
-    response = daemon.post(path, json=body)
+    response = shared_daemon.post(path, json=body)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == loc
-    assert daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 0
+    assert shared_daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 0
 
 
 def test_numbers_json_cannot_carry_are_kept_by_name_as_otlps_json_writes_them(daemon: Daemon) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon import Daemon, wait_until
+from daemon import Daemon, fetch, wait_until
 
 from agl_cli import AgentLightningServer
 from agl_cli.server import broker
@@ -122,17 +122,17 @@ BAD_ROLLOUTS: list[tuple[str, bytes, str]] = [
 
 @pytest.mark.parametrize(("case", "body", "error_type"), BAD_ROLLOUTS, ids=[c[0] for c in BAD_ROLLOUTS])
 def test_a_bad_rollout_is_a_422_that_changes_nothing(
-    daemon: Daemon, case: str, body: bytes, error_type: str
+    shared_daemon: Daemon, case: str, body: bytes, error_type: str
 ) -> None:
-    response = daemon.post("/rollout", content=body, headers={"content-type": "application/json"})
+    response = shared_daemon.post("/rollout", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, case
     details = response.json()["detail"]
     assert isinstance(details, list) and details
     assert {"type", "loc", "msg", "input"} <= set(details[0])
     assert details[0]["loc"][0] == "body"
     assert error_type in [d["type"] for d in details]
-    assert daemon.rollouts() == []
-    assert daemon.status()["rollouts"] == 0
+    assert shared_daemon.rollouts() == []
+    assert shared_daemon.status()["rollouts"] == 0
 
 
 @pytest.mark.parametrize("args", [(), ("--log-level", "debug")], ids=["direct", "the ASGI way"])
@@ -190,7 +190,7 @@ def test_another_method_on_a_worker_route_is_a_405_that_claims_nothing(
     daemon: Daemon, method: str, path: str, allowed: str
 ) -> None:
     daemon.queue("kept")
-    response = httpx.request(method, daemon.url + path, timeout=10)
+    response = fetch(method, daemon.url + path, timeout=10)
     assert (response.status_code, response.headers["allow"]) == (405, allowed)
     if method != "HEAD":
         assert response.json() == {"detail": "Method Not Allowed"}
