@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from compat_env import REPO_ROOT, WORKERS_DIR, compat_env, run_json
@@ -19,15 +20,32 @@ LLM = {"resource_type": "llm", "endpoint": "http://127.0.0.1:9/v1", "model": "ti
 PROMPT = {"resource_type": "prompt_template", "template": "What is {x}?", "engine": "f-string"}
 
 
-@pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_the_0_3_0_client_fetches_resources_claims_and_reports(
-    compat_python: Path, daemon: Daemon, flavour: str
+    compat_python: Path, make_daemon: Callable[..., Daemon]
 ) -> None:
-    published = daemon.publish({"main_llm": LLM, "prompt": PROMPT})
-    [rollout_id] = daemon.queue({"x": 3}, mode="train", resources_id=published["resources_id"])
-    args = [str(WORKERS_DIR / "client_calls.py"), daemon.url] + (["--async"] if flavour == "async" else [])
-    seen = run_json(compat_python, *args)
+    """Its sync methods against one daemon, its async ones against another."""
+    daemons = {flavour: make_daemon() for flavour in ("sync", "async")}
+    published = {
+        flavour: daemon.publish({"main_llm": LLM, "prompt": PROMPT}) for flavour, daemon in daemons.items()
+    }
+    queued = {
+        flavour: daemon.queue({"x": 3}, mode="train", resources_id=published[flavour]["resources_id"])[0]
+        for flavour, daemon in daemons.items()
+    }
+    seen = run_json(
+        compat_python,
+        str(WORKERS_DIR / "client_calls.py"),
+        "--sync",
+        daemons["sync"].url,
+        "--async",
+        daemons["async"].url,
+    )
+    assert set(seen) == {"sync", "async"}
+    for flavour, daemon in daemons.items():
+        client_saw(seen[flavour], daemon, published[flavour], queued[flavour])
 
+
+def client_saw(seen: dict[str, Any], daemon: Daemon, published: dict[str, Any], rollout_id: str) -> None:
     assert seen["latest"]["resources_id"] == published["resources_id"]
     assert seen["latest"]["resource_classes"] == {"main_llm": "LLM", "prompt": "PromptTemplate"}
     assert seen["latest"]["resources"]["main_llm"]["api_key"] == "sk-secret"  # workers get the real key
@@ -51,29 +69,38 @@ def test_the_0_3_0_client_fetches_resources_claims_and_reports(
     assert daemon.status()["tasks"]["completed"] == 1
 
 
-@pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_fit_v0_with_two_workers_completes_every_task_once(
-    compat_python: Path, make_daemon: Callable[..., Daemon], flavour: str
+    compat_python: Path, make_daemon: Callable[..., Daemon]
 ) -> None:
-    daemon = make_daemon("--task-timeout", "60")
-    daemon.publish({"main_llm": LLM, "prompt": PROMPT})
+    """A sync agent's run against one daemon, then an async agent's against another."""
+    daemons = {flavour: make_daemon("--task-timeout", "60") for flavour in ("sync", "async")}
     per_worker, workers = 3, 2  # fit_v0's max_tasks counts per worker
-    ids = daemon.queue(*({"x": k} for k in range(per_worker * workers)), mode="train")
-    args = [str(WORKERS_DIR / "fit_v0_run.py"), daemon.url, "--max-tasks", str(per_worker)]
-    args += ["--workers", str(workers), "--poll-interval", "0.1"] + (
-        ["--async"] if flavour == "async" else []
+    queued = {}
+    for flavour, daemon in daemons.items():
+        daemon.publish({"main_llm": LLM, "prompt": PROMPT})
+        queued[flavour] = daemon.queue(*({"x": k} for k in range(per_worker * workers)), mode="train")
+    args = ["--sync", daemons["sync"].url, "--async", daemons["async"].url, "--max-tasks", str(per_worker)]
+    summary = run_json(
+        compat_python,
+        str(WORKERS_DIR / "fit_v0_run.py"),
+        *args,
+        "--workers",
+        str(workers),
+        "--poll-interval",
+        "0.1",
     )
-    summary = run_json(compat_python, *args)
 
-    assert summary["ok"] is True
-    rollouts = daemon.rollouts()
-    assert sorted(r["rollout_id"] for r in rollouts) == sorted(ids)
-    inputs = {t["rollout_id"]: t["input"] for t in summary["seen"]}
-    assert {r["rollout_id"]: r["final_reward"] for r in rollouts} == {
-        rollout_id: inputs[rollout_id]["x"] / 10 for rollout_id in ids
-    }
-    status = daemon.status()
-    assert (status["tasks"]["completed"], status["duplicates"], status["unsolicited"]) == (6, 0, 0)
+    assert set(summary) == {"sync", "async"}
+    for flavour, daemon in daemons.items():
+        assert summary[flavour]["ok"] is True
+        rollouts, ids = daemon.rollouts(), queued[flavour]
+        assert sorted(r["rollout_id"] for r in rollouts) == sorted(ids), flavour
+        inputs = {t["rollout_id"]: t["input"] for t in summary[flavour]["seen"]}
+        assert {r["rollout_id"]: r["final_reward"] for r in rollouts} == {
+            rollout_id: inputs[rollout_id]["x"] / 10 for rollout_id in ids
+        }
+        status = daemon.status()
+        assert (status["tasks"]["completed"], status["duplicates"], status["unsolicited"]) == (6, 0, 0)
 
 
 def test_agentlightning_commands_are_handed_on_and_python_m_agl_cli_stays_agl(compat_python: Path) -> None:

@@ -2,12 +2,13 @@
 
 Run with the compat venv's python (see ``tests/compat_env.py``)::
 
-    python client_calls.py http://127.0.0.1:PORT [--async]
+    python client_calls.py [--sync http://127.0.0.1:PORT] [--async http://127.0.0.1:PORT]
 
-The server must have resources published and at least one task queued (the poll
-blocks until one shows up). The last stdout line is one JSON object with what the
-client observed, so a pytest test can assert on it without importing
-agentlightning itself.
+The sync methods against one server, then the *_async ones against another, in one
+process (importing agentlightning is the most of its time). Each server must have
+resources published and at least one task queued (the poll blocks until one shows up).
+The last stdout line is one JSON object with what the client observed in each flavour,
+so a pytest test can assert on it without importing agentlightning itself.
 """
 
 from __future__ import annotations
@@ -104,15 +105,18 @@ def report(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("url")
-    parser.add_argument("--async", dest="use_async", action="store_true", help="use the *_async methods")
+    parser.add_argument("--sync", dest="sync_url", help="the server to use the sync methods on")
+    parser.add_argument("--async", dest="async_url", help="the server to use the *_async methods on")
     parser.add_argument("--deadline", type=float, default=60.0, help="dump stacks and exit after N seconds")
     args = parser.parse_args()
     # poll_next_task never gives up on its own; make a hang fail loudly instead.
     faulthandler.dump_traceback_later(args.deadline, exit=True)
-    result = asyncio.run(run_async(args.url)) if args.use_async else run_sync(args.url)
-    result["mode"] = "async" if args.use_async else "sync"
-    print(json.dumps(result), flush=True)
+    seen = {}
+    if args.sync_url:
+        seen["sync"] = run_sync(args.sync_url)
+    if args.async_url:
+        seen["async"] = asyncio.run(run_async(args.async_url))
+    print(json.dumps(seen), flush=True)
 
 
 if __name__ == "__main__":

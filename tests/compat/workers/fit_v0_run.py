@@ -2,7 +2,10 @@
 
 Run with the compat venv's python (see ``tests/compat_env.py``)::
 
-    python fit_v0_run.py http://127.0.0.1:PORT --max-tasks N --workers W [--async] [--poll-interval S]
+    python fit_v0_run.py [--sync URL] [--async URL] --max-tasks N --workers W [--poll-interval S]
+
+With both, a sync agent's run against one server, then an async agent's against another,
+in one process (importing agentlightning is much of its time).
 
 What the test must arrange, learned from the 0.3.0 source:
 
@@ -15,7 +18,7 @@ What the test must arrange, learned from the 0.3.0 source:
   the rollouts the server received, or on ``seen`` below.
 
 The agent's reward is ``input["x"] / 10``. The last stdout line is one JSON
-object: ``{"ok": true, "seen": [...one entry per rollout the agent ran...]}``.
+object, by flavour: ``{"sync": {"ok": true, "seen": [...one entry per rollout the agent ran...]}}``.
 """
 
 from __future__ import annotations
@@ -94,10 +97,12 @@ def arm_deadline(seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("url")
+    parser.add_argument("--sync", dest="sync_url", help="the server for a sync agent's run")
+    parser.add_argument(
+        "--async", dest="async_url", help="the server for an async agent's run (aiohttp client)"
+    )
     parser.add_argument("--max-tasks", type=int, required=True, help="tasks per worker")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--async", dest="use_async", action="store_true", help="async agent (aiohttp client)")
     parser.add_argument(
         "--poll-interval",
         type=float,
@@ -107,19 +112,26 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=120.0, help="kill everything after N seconds")
     args = parser.parse_args()
     arm_deadline(args.deadline)
+    runs = {"sync": (SyncAgent(), args.sync_url), "async": (AsyncAgent(), args.async_url)}
+    summary = {}
+    for flavour, (agent, url) in runs.items():
+        if url:
+            summary[flavour] = fit(agent, url, args)
+    print(json.dumps(summary), flush=True)
 
-    agent = AsyncAgent() if args.use_async else SyncAgent()
-    backend: str | AgentLightningClient = args.url
+
+def fit(agent: LitAgent[Any], url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One `fit_v0` run to its end, and what its workers saw."""
+    backend: str | AgentLightningClient = url
     if args.poll_interval is not None:
-        backend = AgentLightningClient(endpoint=args.url, poll_interval=args.poll_interval)
+        backend = AgentLightningClient(endpoint=url, poll_interval=args.poll_interval)
     started = time.monotonic()
     Trainer(n_workers=args.workers, max_tasks=args.max_tasks).fit_v0(agent, backend)
     elapsed = time.monotonic() - started
-
     seen = []
     while not SEEN.empty():
         seen.append(SEEN.get())
-    print(json.dumps({"ok": True, "fit_seconds": round(elapsed, 3), "seen": seen}), flush=True)
+    return {"ok": True, "fit_seconds": round(elapsed, 3), "seen": seen}
 
 
 if __name__ == "__main__":
