@@ -211,13 +211,18 @@ class AglClient:
 
     def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.timeout = timeout
+        parts = httpx.URL(url)
+        # Plain HTTP to this machine goes through no TLS, and no proxy: its TLS settings are
+        # not built (loading the certificate store costs about a tenth of a command's time).
+        self._plain = parts.scheme == "http" and is_loopback(parts.host)
         self._http = httpx.Client(
             base_url=url.rstrip("/"),
             headers=_bearer(token),
             timeout=httpx.Timeout(timeout, connect=5.0),
             # A proxy ($HTTP_PROXY) is another host: it would be sent the token in clear, and
             # would dial its own loopback, not this machine's.
-            trust_env=not is_loopback(httpx.URL(url).host),
+            trust_env=not is_loopback(parts.host),
+            verify=not self._plain,
         )
 
     @property
@@ -226,7 +231,10 @@ class AglClient:
 
     @url.setter
     def url(self, value: str) -> None:
-        self._http.base_url = httpx.URL(value.rstrip("/"))
+        url = httpx.URL(value.rstrip("/"))
+        if self._plain and url.scheme != "http":
+            raise ValueError(f"A client made for plain HTTP cannot move to {value}.")
+        self._http.base_url = url
 
     def move_to(self, address: Address | None) -> None:
         """Talk to the daemon at `address` from now on: one that restarted on another port,

@@ -7,6 +7,7 @@ Each probe runs the real entry point in a fresh interpreter and reports what it 
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from daemon import env_without_agl
 
 from agl_cli import __version__
 from agl_cli.cli.app import app
+from agl_cli.client import Address, AglClient
 
 DEAD_URL = "http://127.0.0.1:9"  # the discard port: nothing answers
 
@@ -107,3 +109,38 @@ def test_status_imports_the_http_client_but_not_the_server_or_other_commands_nee
     others = ("agl_cli.models", "agl_cli.cli.taskfile", "agl_cli.cli.waiting", "agl_cli.cli.detach")
     assert loaded(modules, others) == []
     assert loaded(modules, HELP_SCREENS) == []  # they come with a help screen only
+
+
+@pytest.mark.parametrize(
+    ("url", "stores_read"),
+    [
+        ("http://127.0.0.1:9", 0),
+        ("http://[::1]:9", 0),
+        ("https://127.0.0.1:9", 1),
+        ("http://agl.example:9", 1),
+    ],
+)
+def test_a_client_reads_a_certificate_store_only_where_tls_or_a_proxy_may_be_met(
+    monkeypatch: pytest.MonkeyPatch, url: str, stores_read: int
+) -> None:
+    """Reading one costs about a tenth of a command's time, and plain HTTP to this machine
+    needs none."""
+    reads: list[object] = []
+    read = ssl.SSLContext.load_verify_locations
+
+    def counted(context: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        reads.append(args)
+        read(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    AglClient(url).close()
+    assert len(reads) == stores_read
+
+
+def test_a_client_for_plain_http_does_not_move_to_https() -> None:
+    client = AglClient("http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="cannot move to https://"):
+        client.move_to(Address("https://127.0.0.1:9", None))
+    client.move_to(Address("http://127.0.0.1:10", None))  # a restart on another port
+    assert client.url == "http://127.0.0.1:10"
+    client.close()
