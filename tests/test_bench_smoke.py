@@ -151,9 +151,9 @@ def test_rounds_are_summed_up_by_the_median_of_each_figure_and_the_total_of_each
 
 
 @needs_wrk
-# About 35 s, most of it 0.3.0 starting and the bodies being made (over 85 s on a loaded
-# machine: the deadline only stops a hang); but the first test of a worker to ask for the
-# 0.3.0 environment waits while it is built (minutes on a fresh clone).
+# About 35 s, a third of it 0.3.0 starting (longer on a loaded machine: the deadline only
+# stops a hang); but the first test of a worker to ask for the 0.3.0 environment waits
+# while it is built (minutes on a fresh clone).
 @pytest.mark.timeout(600)
 def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
     tmp_path: Path, compat_python: Path
