@@ -244,10 +244,10 @@ def test_a_wrong_token_is_exit_4(daemon: Daemon) -> None:
 
 @pytest.mark.parametrize("token", ["\u2018pasted\u2019", "t\u00f8ken", "a\nb", "a\x01b", "a b"])
 def test_a_token_no_daemon_could_have_written_is_a_usage_error_that_does_not_show_it(
-    daemon: Daemon, token: str
+    shared_daemon: Daemon, token: str
 ) -> None:
     for given in (["--token", token], []):
-        result = agl(*given, "status", daemon=daemon, env={} if given else {"AGL_TOKEN": token})
+        result = agl(*given, "status", daemon=shared_daemon, env={} if given else {"AGL_TOKEN": token})
         assert_one_line_error(result, "The token in --token (or AGL_TOKEN) has a character no token", code=2)
         assert token not in result.stderr
 

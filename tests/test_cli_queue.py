@@ -212,15 +212,15 @@ def test_a_dry_run_takes_exactly_the_nesting_the_daemon_takes(daemon: Daemon, tm
 
 @pytest.mark.parametrize("options", [["--metadata", "k=v"], ["--json"], ["--mode", "val", "--wait"]])
 def test_a_task_the_daemon_cannot_read_is_refused_at_its_line_when_the_command_fills_it_in(
-    daemon: Daemon, tmp_path: Path, options: list[str]
+    shared_daemon: Daemon, tmp_path: Path, options: list[str]
 ) -> None:
     """Options that fill in fields make the command read each task again, with the
     daemon's reader; a NaN that pydantic's took is refused there, in one sentence."""
     file = write(tmp_path / "t.jsonl", '{"input": 1}\n{"input": [1, NaN]}\n')
-    result = agl("queue", file, *options, daemon=daemon)
+    result = agl("queue", file, *options, daemon=shared_daemon)
     assert_one_line_error(result, f"{file}:2: invalid JSON: unexpected character")
     assert result.stdout == ""
-    assert queued_count(daemon) == 0
+    assert queued_count(shared_daemon) == 0
 
 
 def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
