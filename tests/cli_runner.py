@@ -179,9 +179,8 @@ class Worker(threading.Thread):
     def run(self) -> None:
         while not self.halt.is_set() and (self.limit is None or self.done < self.limit):
             try:
-                task = fetch("GET", self.daemon_.url + "/task", params={"wait": 0.2}, timeout=5).json()[
-                    "task"
-                ]
+                answer = fetch("GET", self.daemon_.url + "/task", params={"wait": 0.2}, timeout=5)
+                task = answer.json()["task"]
                 if task is None:
                     continue
                 self.report(task)

@@ -23,7 +23,7 @@ READY_LINE = re.compile(r"listening on (http://\S+)")
 
 # httpx.get(), httpx.post() and the like build their TLS settings anew at every call, loading
 # the certificate store: about 40 ms of CPU, and the suite makes thousands of calls, none over
-# TLS. `http` shares one set; each call still opens and closes its own connection.
+# TLS. `fetch` shares one set; each call still opens and closes its own connection.
 _TLS_SETTINGS = ssl.create_default_context()
 
 

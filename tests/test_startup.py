@@ -112,16 +112,16 @@ def test_status_imports_the_http_client_but_not_the_server_or_other_commands_nee
 
 
 @pytest.mark.parametrize(
-    ("url", "stores_read"),
+    ("url", "reads_a_store"),
     [
-        ("http://127.0.0.1:9", 0),
-        ("http://[::1]:9", 0),
-        ("https://127.0.0.1:9", 1),
-        ("http://agl.example:9", 1),
+        ("http://127.0.0.1:9", False),
+        ("http://[::1]:9", False),
+        ("https://127.0.0.1:9", True),
+        ("http://agl.example:9", True),  # and one more for each proxy set in the environment
     ],
 )
 def test_a_client_reads_a_certificate_store_only_where_tls_or_a_proxy_may_be_met(
-    monkeypatch: pytest.MonkeyPatch, url: str, stores_read: int
+    monkeypatch: pytest.MonkeyPatch, url: str, reads_a_store: bool
 ) -> None:
     """Reading one costs about a tenth of a command's time, and plain HTTP to this machine
     needs none."""
@@ -134,7 +134,7 @@ def test_a_client_reads_a_certificate_store_only_where_tls_or_a_proxy_may_be_met
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
     AglClient(url).close()
-    assert len(reads) == stores_read
+    assert bool(reads) is reads_a_store
 
 
 def test_a_client_for_plain_http_does_not_move_to_https() -> None:

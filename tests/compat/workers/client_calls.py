@@ -5,7 +5,7 @@ Run with the compat venv's python (see ``tests/compat_env.py``)::
     python client_calls.py [--sync http://127.0.0.1:PORT] [--async http://127.0.0.1:PORT]
 
 The sync methods against one server, then the *_async ones against another, in one
-process (importing agentlightning is the most of its time). Each server must have
+process (importing agentlightning is most of its time). Each server must have
 resources published and at least one task queued (the poll blocks until one shows up).
 The last stdout line is one JSON object with what the client observed in each flavour,
 so a pytest test can assert on it without importing agentlightning itself.
