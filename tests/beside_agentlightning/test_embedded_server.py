@@ -275,6 +275,7 @@ def test_the_migration_example_runs_with_real_fit_v0_workers(tmp_path: Path) -> 
             [
                 sys.executable,
                 str(WORKER),
+                "--sync",
                 match.group(1),
                 "--max-tasks",
                 "4",
