@@ -18,6 +18,6 @@ if ! command -v wrk >/dev/null 2>&1; then
     $SUDO apt-get install -y wrk
 fi
 
-"$PYTHON" -m pip install --disable-pip-version-check py-spy pyinstrument
+"$PYTHON" -m pip install --disable-pip-version-check py-spy pyinstrument uv
 
 "$PYTHON" -c 'import sys; sys.path.insert(0, "tests"); import compat_env; print(compat_env.ensure_compat_python())'

@@ -40,7 +40,7 @@ class CompatEnvError(RuntimeError):
 def ensure_compat_python(with_agl: bool = True) -> Path:
     """Return the compat venv's python, building the venv first if needed.
 
-    With ``with_agl`` the repo is installed editable in the same pip call as
+    With ``with_agl`` the repo is installed editable in the same install as
     ``agentlightning==0.3.0``, so the resolver proves the two can co-install.
     Safe to call from several processes at once: all but one wait on a lock.
     """
@@ -56,17 +56,22 @@ def ensure_compat_python(with_agl: bool = True) -> Path:
 
 
 def _build(with_agl: bool, lock_fd: int) -> None:
-    """Recreate the venv from scratch; a half-built one cannot be trusted."""
+    """Recreate the venv from scratch; a half-built one cannot be trusted.
+
+    uv builds it: the same 164 packages that pip chose (compared once), in about
+    a third of pip's CPU time. ``--seed`` puts pip in it too, for ``pip check``.
+    """
     READY_MARKER.unlink(missing_ok=True)
     shutil.rmtree(COMPAT_VENV, ignore_errors=True)
-    pip_args = [COMPAT_REQUIREMENT]
+    install_args = [COMPAT_REQUIREMENT]
     if with_agl:
-        pip_args += ["-e", f"{REPO_ROOT}[beside]"]  # [beside]: what the embedded suite runs with there
+        install_args += ["-e", f"{REPO_ROOT}[beside]"]  # [beside]: what the embedded suite runs with there
+    uv = [sys.executable, "-m", "uv"]
     with BUILD_LOG.open("w", encoding="utf-8") as log:
-        _run([sys.executable, "-m", "venv", str(COMPAT_VENV)], log, lock_fd)
+        _run([*uv, "venv", "--seed", "--python", sys.executable, str(COMPAT_VENV)], log, lock_fd)
         python = _venv_python(COMPAT_VENV)
         _run(
-            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *pip_args],
+            [*uv, "pip", "install", "--python", str(python), "--compile-bytecode", *install_args],
             log,
             lock_fd,
         )
@@ -76,7 +81,7 @@ def _run(cmd: list[str], log: TextIO, lock_fd: int) -> None:
     """Run one build step with its output in the log, which the error points to.
 
     The step inherits the lock, so if our process is killed mid-build, an orphaned
-    pip keeps the lock until it exits instead of racing the next builder.
+    uv keeps the lock until it exits instead of racing the next builder.
     """
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
