@@ -58,8 +58,8 @@ def ensure_compat_python(with_agl: bool = True) -> Path:
 def _build(with_agl: bool, lock_fd: int) -> None:
     """Recreate the venv from scratch; a half-built one cannot be trusted.
 
-    uv builds it: the same 164 packages that pip chose (compared once), in about
-    a third of pip's CPU time. ``--seed`` puts pip in it too, for ``pip check``.
+    uv builds it: the same 164 packages that pip chose (compared once), in well
+    under half of pip's CPU time. ``--seed`` puts pip in it too, for ``pip check``.
     """
     READY_MARKER.unlink(missing_ok=True)
     shutil.rmtree(COMPAT_VENV, ignore_errors=True)
