@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from daemon import Daemon
+from daemon import Daemon, fetch
 
 from agl_cli import AgentLightningServer
 from agl_cli.server.protocol import MAX_HEAD_BYTES, MIN_BYTES_PER_SECOND, CoalescedWrites
@@ -41,7 +41,7 @@ def test_idle_connections_beyond_the_open_file_limit_it_started_with_do_not_stop
         with ExitStack() as held:
             for connection in idle_connections(daemon.url, DAEMON_OPEN_FILES + 100):
                 held.enter_context(connection)
-            answer = httpx.get(f"{daemon.url}/task", timeout=10).json()
+            answer = fetch("GET", f"{daemon.url}/task", timeout=10).json()
         assert answer["task"]["rollout_id"] == rollout_id
         assert "Too many open files" not in daemon.log_path.read_text()
     finally:
@@ -91,7 +91,7 @@ def test_idle_connections_and_a_slowly_sent_body_do_not_hold_up_a_worker(daemon:
         slow.sendall(
             b"POST /rollout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
         )
-        answer = httpx.get(f"{daemon.url}/task", timeout=10).json()
+        answer = fetch("GET", f"{daemon.url}/task", timeout=10).json()
     assert answer["task"]["rollout_id"] == rollout_id
 
 
@@ -163,14 +163,14 @@ def test_a_request_that_trickles_in_is_refused_after_the_grace_and_frees_its_pla
     host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as slow:  # 30 s: the deadline
         slow.sendall(SLOW_REQUESTS["a store API enqueue"])
-        assert httpx.get(f"{daemon.url}/task", timeout=10).status_code == 503  # its place is taken
+        assert fetch("GET", f"{daemon.url}/task", timeout=10).status_code == 503  # its place is taken
         answer = slow.recv(4096)
     status, _, body = answer.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 408 ")
     assert json.loads(body) == {
         "detail": f"The request came at fewer than {MIN_BYTES_PER_SECOND} bytes a second; send it whole."
     }
-    assert httpx.get(f"{daemon.url}/task", timeout=10).json()["task"]["rollout_id"] == rollout_id
+    assert fetch("GET", f"{daemon.url}/task", timeout=10).json()["task"]["rollout_id"] == rollout_id
 
 
 def test_a_burst_at_its_start_does_not_buy_a_trickling_request_the_whole_time_limit(

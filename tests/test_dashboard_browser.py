@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from chromium import launched, playwright
-from daemon import Daemon, free_port, wait_until
+from daemon import Daemon, fetch, free_port, wait_until
 
 from agl_cli.cli import output
 from agl_cli.server.sign_in import REFUSED
@@ -1003,11 +1002,13 @@ def test_screenshots_light_and_dark(daemon: Daemon, open_page: Any) -> None:
     complete(daemon, "val", [r - 0.1 for r in rewards[::2]])
     llm = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "qwen2.5-7b", "api_key": "sk-x"}
     daemon.publish({"main_llm": llm})
-    httpx.post(
-        daemon.url + "/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 1, "mode": "train"}]}
+    fetch(
+        "POST",
+        daemon.url + "/v1/agl/queues/rollouts/enqueue",
+        json={"rollouts": [{"input": 1, "mode": "train"}]},
     )
-    httpx.post(daemon.url + "/v1/agl/queues/rollouts/dequeue", json={"worker_id": "runner-0"})
-    httpx.post(daemon.url + "/v1/agl/workers/runner-0", json={"heartbeat_stats": {"gpu": 0}})
+    fetch("POST", daemon.url + "/v1/agl/queues/rollouts/dequeue", json={"worker_id": "runner-0"})
+    fetch("POST", daemon.url + "/v1/agl/workers/runner-0", json={"heartbeat_stats": {"gpu": 0}})
     [cancelled] = daemon.queue("never mind")
     daemon.api("POST", f"/v1/tasks/{cancelled}/cancel").raise_for_status()
     for scheme in ("light", "dark"):

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
-from daemon import Daemon
+from daemon import Daemon, fetch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
@@ -181,7 +180,8 @@ def _shorten_waits(case: Any) -> None:
 def test_an_otlp_export_that_is_not_protobuf_gets_400_never_a_server_error(
     fuzzed: Daemon, body: bytes
 ) -> None:
-    response = httpx.post(
+    response = fetch(
+        "POST",
         f"{fuzzed.url}/v1/traces",
         content=body,
         headers={"Content-Type": "application/x-protobuf"},

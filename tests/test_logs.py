@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 from cli_runner import agl
-from daemon import READY_LINE, Daemon, env_without_agl
+from daemon import READY_LINE, Daemon, env_without_agl, fetch
 
 from agl_cli import __version__
 from agl_cli.server.logs import TIMED, JsonFormatter, Repeats
@@ -75,7 +75,7 @@ def test_json_logs_go_to_stderr_and_nothing_to_stdout(tmp_path: Path) -> None:
         while not _ready(url):
             assert time.monotonic() < deadline, stderr.read_text()
             time.sleep(0.02)
-        assert httpx.get(url + "/task", timeout=10).status_code == 200
+        assert fetch("GET", url + "/task", timeout=10).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -154,7 +154,7 @@ def test_extra_fields_and_exceptions_become_fields() -> None:
 
 def _ready(url: str) -> bool:
     try:
-        return httpx.get(url + "/ready", timeout=1).status_code == 200
+        return fetch("GET", url + "/ready", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
 

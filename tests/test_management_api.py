@@ -987,8 +987,8 @@ def test_every_management_route_needs_the_token(shared_daemon: Daemon, method: s
 
 def test_the_token_is_taken_after_bearer_in_any_case_and_nothing_else(daemon: Daemon) -> None:
     for scheme in ("Bearer", "bearer", "BEARER"):
-        assert httpx.get(
-            daemon.url + "/v1/status", headers={"Authorization": f"{scheme} {daemon.token}"}
+        assert fetch(
+            "GET", daemon.url + "/v1/status", headers={"Authorization": f"{scheme} {daemon.token}"}
         ).is_success
     for wrong in (
         f"Basic {daemon.token}",
@@ -996,7 +996,7 @@ def test_the_token_is_taken_after_bearer_in_any_case_and_nothing_else(daemon: Da
         f"Bearer  {daemon.token}",
         "Bearer",
     ):
-        response = httpx.get(daemon.url + "/v1/status", headers={"Authorization": wrong})
+        response = fetch("GET", daemon.url + "/v1/status", headers={"Authorization": wrong})
         assert (response.status_code, response.json()) == (
             401,
             {"detail": "The bearer token is not valid."},

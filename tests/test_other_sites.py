@@ -24,7 +24,7 @@ LLM = {"resource_type": "llm", "endpoint": "http://127.0.0.1:9/v1", "model": "ti
 
 def report(daemon: Daemon, rollout_id: str, headers: dict[str, str]) -> httpx.Response:
     body = b'{"rollout_id": "%s", "final_reward": 0.5}' % rollout_id.encode()
-    return httpx.post(daemon.url + "/rollout", content=body, headers=headers, timeout=10)
+    return fetch("POST", daemon.url + "/rollout", content=body, headers=headers, timeout=10)
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,8 @@ def test_reports_that_programs_and_the_own_page_send_are_stored(
 def test_a_claim_another_site_sends_leaves_the_task_queued_for_a_worker(daemon: Daemon) -> None:
     [rollout_id] = daemon.queue({"x": 1})
     image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
-    assert httpx.get(daemon.url + "/task", headers=image).status_code == 403
-    long_poll = httpx.get(daemon.url + "/task", params={"wait": "1"}, headers=image)
+    assert fetch("GET", daemon.url + "/task", headers=image).status_code == 403
+    long_poll = fetch("GET", daemon.url + "/task", params={"wait": "1"}, headers=image)
     assert long_poll.status_code == 403
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
     claimed = daemon.claim()
@@ -74,22 +74,22 @@ def test_a_claim_or_report_a_page_of_another_origin_sends_changes_nothing(
     daemon: Daemon, page: dict[str, str]
 ) -> None:
     [rollout_id] = daemon.queue({"x": 1})
-    assert httpx.get(daemon.url + "/task", headers=page).status_code == 403
+    assert fetch("GET", daemon.url + "/task", headers=page).status_code == 403
     assert report(daemon, rollout_id, {"Content-Type": "application/json", **page}).status_code == 403
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
     typed_in = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)", "Sec-Fetch-Site": "none"}  # by its user
-    assert httpx.get(daemon.url + "/task", headers=typed_in).json()["task"]["rollout_id"] == rollout_id
+    assert fetch("GET", daemon.url + "/task", headers=typed_in).json()["task"]["rollout_id"] == rollout_id
 
 
 def test_a_link_from_another_site_opens_the_dashboard_page(daemon: Daemon) -> None:
     link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
-    page = httpx.get(daemon.url + "/", headers=link)
+    page = fetch("GET", daemon.url + "/", headers=link)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
 def test_otlp_keeps_its_own_type_and_its_own_answer_to_another(daemon: Daemon) -> None:
     """Protobuf is not JSON, yet OTLP's route takes it; what it refuses, it refuses itself."""
-    plain = httpx.post(daemon.url + "/v1/traces", content=b"x", headers={"Content-Type": "text/plain"})
+    plain = fetch("POST", daemon.url + "/v1/traces", content=b"x", headers={"Content-Type": "text/plain"})
     assert plain.status_code == 400 and plain.headers["content-type"] == "application/x-protobuf"
 
 
@@ -135,7 +135,7 @@ def refused_so_far(daemon: Daemon) -> float:
     """403s on agl's routes. Not on unknown paths: driven by Playwright before 1.50,
     Chromium also asks the page's own server (the daemon, after rebinding) for its icon,
     outside the page."""
-    text = httpx.get(daemon.url + "/metrics").text
+    text = fetch("GET", daemon.url + "/metrics").text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -166,7 +166,7 @@ def test_a_page_of_another_site_in_chromium_changes_nothing(daemon: Daemon, anot
         before["resources"],
     )
     assert daemon.api("GET", f"/v1/tasks/{rollout_id}").json()["num_claims"] == 0
-    assert httpx.get(daemon.url + "/v1/agl/resources/latest").json() is None
+    assert fetch("GET", daemon.url + "/v1/agl/resources/latest").json() is None
 
 
 @pytest.mark.parametrize(
@@ -192,8 +192,8 @@ def test_a_daemon_on_loopback_serves_every_loopback_name_it_is_addressed_by(
 def test_a_daemon_beyond_loopback_serves_any_name(make_daemon: Callable[..., Daemon]) -> None:
     """Its names are the network's: which of them reach it, agl cannot know."""
     daemon = make_daemon("--host", "0.0.0.0")
-    answer = httpx.get(
-        daemon.url.replace("0.0.0.0", "127.0.0.1") + "/health", headers={"Host": "agl.example:8000"}
+    answer = fetch(
+        "GET", daemon.url.replace("0.0.0.0", "127.0.0.1") + "/health", headers={"Host": "agl.example:8000"}
     )
     assert answer.status_code == 200
 
@@ -212,9 +212,9 @@ def test_a_daemon_beyond_loopback_given_names_serves_only_those_and_addresses(
         "[2001:db8::1]",
         "localhost",
     ):
-        assert httpx.get(url + "/health", headers={"Host": host}).status_code == 200, host
+        assert fetch("GET", url + "/health", headers={"Host": host}).status_code == 200, host
     [rollout_id] = daemon.queue("x")
-    refused = httpx.get(url + "/task", headers={"Host": "evil.test:8000"})
+    refused = fetch("GET", url + "/task", headers={"Host": "evil.test:8000"})
     assert (refused.status_code, refused.json()["detail"]) == (
         403,
         "This agl daemon answers only requests addressed to an IP address or a name given with --allowed-host,"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 import httpx
-from daemon import Daemon, wait_until
+from daemon import Daemon, fetch, wait_until
 
 ENQUEUE = json.dumps({"rollouts": [{"input": "slow"}]}).encode()
 
@@ -37,7 +37,7 @@ def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepte
     with ExitStack() as held:
         slow = [held.enter_context(slow_enqueue(daemon)) for _ in range(2)]
         wait_until(lambda: daemon.requests_in_flight() == 2, "both requests to be served")
-        refused = httpx.get(f"{daemon.url}/task", timeout=10)
+        refused = fetch("GET", f"{daemon.url}/task", timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert refused.json()["detail"].startswith("agl is serving as many requests as it takes at once (2)")
         assert daemon.get("/health").status_code == 200  # probes always pass
@@ -46,7 +46,7 @@ def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepte
         answers = [sock.recv(4096) for sock in slow]
     assert [answer.split(b" ", 2)[:2] for answer in answers] == [[b"HTTP/1.1", b"201"]] * 2
     wait_until(lambda: daemon.requests_in_flight() == 0, "the requests to end")
-    assert httpx.get(f"{daemon.url}/task", timeout=10).status_code == 200
+    assert fetch("GET", f"{daemon.url}/task", timeout=10).status_code == 200
     assert re.search(r"^agl_requests_turned_away_total 1\.0$", daemon.get("/metrics").text, re.M)
 
 
@@ -87,7 +87,7 @@ def test_waiting_workers_have_a_limit_of_their_own_and_turn_away_no_report_or_qu
             pool.submit(httpx.get, f"{daemon.url}/task", params={"wait": 30}, timeout=60) for _ in range(2)
         ]
         wait_until(lambda: daemon.requests_in_flight() == 2, "both long polls to be waiting")
-        refused = httpx.get(f"{daemon.url}/task", params={"wait": 30}, timeout=10)
+        refused = fetch("GET", f"{daemon.url}/task", params={"wait": 30}, timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert refused.json()["detail"].startswith(
             "agl is serving as many waiting requests (long polls, waits, streams) as it takes at once (2)"

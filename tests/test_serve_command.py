@@ -16,11 +16,10 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import httpx
 import pytest
 import typer
 from cli_runner import assert_one_line_error
-from daemon import Daemon, env_without_agl
+from daemon import Daemon, env_without_agl, fetch
 from typer.core import TyperCommand, TyperGroup
 
 from agl_cli.cli.app import app as cli_app
@@ -415,10 +414,10 @@ def test_a_detached_daemon_runs_with_the_options_it_was_given(tmp_path: Path) ->
     assert started.returncode == 0, started.stderr
     try:
         url = json.loads(agl_in(state, "status", "--json").stdout)["address"]
-        status = httpx.get(f"{url}/v1/status").json()  # --no-auth: no token needed
+        status = fetch("GET", f"{url}/v1/status").json()  # --no-auth: no token needed
         assert (status["store"], status["task_timeout"], status["max_attempts"]) == ("memory", 7.5, 2)
-        too_large = httpx.post(
-            f"{url}/rollout", content=b"x" * 5001, headers={"Content-Type": "application/json"}
+        too_large = fetch(
+            "POST", f"{url}/rollout", content=b"x" * 5001, headers={"Content-Type": "application/json"}
         )
         assert too_large.status_code == 413
     finally:

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon import Daemon, connect, wait_until
+from daemon import Daemon, connect, fetch, wait_until
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -608,7 +608,7 @@ def test_claims_are_answered_while_a_large_enqueue_is_written_and_it_is_queued_a
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sent = large_enqueue(daemon, pool)
 
-        claimed = httpx.get(f"{daemon.url}/task", timeout=30).json()
+        claimed = fetch("GET", f"{daemon.url}/task", timeout=30).json()
         total = daemon.get(f"{AGL}/statistics").json()["total_rollouts"]
         assert not sent.done()
         answer = sent.result()

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from compat_env import WORKERS_DIR, compat_env, run_json
-from daemon import Daemon, free_port, wait_until
+from daemon import Daemon, fetch, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 TRAINER = WORKERS_DIR / "store_trainer_run.py"
@@ -105,5 +104,5 @@ def test_a_trainer_survives_a_kill_9_of_agl_and_nothing_is_lost_or_doubled(
 
 def test_the_store_api_is_open_like_the_worker_routes_and_the_management_api_is_not(daemon: Daemon) -> None:
     assert daemon.get("/v1/agl/health").json() == {"status": "ok"}
-    assert httpx.post(f"{daemon.url}/v1/agl/queues/rollouts/dequeue").status_code == 200
-    assert httpx.get(f"{daemon.url}/v1/tasks").status_code == 401
+    assert fetch("POST", f"{daemon.url}/v1/agl/queues/rollouts/dequeue").status_code == 200
+    assert fetch("GET", f"{daemon.url}/v1/tasks").status_code == 401

@@ -167,7 +167,7 @@ def test_a_body_over_the_limit_is_a_413(make_daemon: Callable[..., Daemon]) -> N
             yield b"y" * 500
         yield b'"]}'
 
-    streamed = httpx.post(daemon.url + "/rollout", content=chunks(), headers=JSON_TYPE, timeout=10)
+    streamed = fetch("POST", daemon.url + "/rollout", content=chunks(), headers=JSON_TYPE, timeout=10)
     assert streamed.status_code == 413
     assert daemon.rollouts() == []
     refusal = (
@@ -302,7 +302,9 @@ def test_a_report_of_exactly_the_body_limit_is_taken_and_one_byte_more_is_a_413(
             yield from (content[i : i + 500] for i in range(0, len(content), 500))
 
         sent = chunks() if streamed else content
-        return httpx.post(daemon.url + "/rollout", content=sent, headers={"Content-Type": "application/json"})
+        return fetch(
+            "POST", daemon.url + "/rollout", content=sent, headers={"Content-Type": "application/json"}
+        )
 
     assert post(body(2000, "at-the-limit")).status_code == 200
     assert post(body(2001, "beyond")).status_code == 413
