@@ -79,11 +79,15 @@ def test_fit_v0_with_two_workers_completes_every_task_once(
     for flavour, daemon in daemons.items():
         daemon.publish({"main_llm": LLM, "prompt": PROMPT})
         queued[flavour] = daemon.queue(*({"x": k} for k in range(per_worker * workers)), mode="train")
-    args = ["--sync", daemons["sync"].url, "--async", daemons["async"].url, "--max-tasks", str(per_worker)]
     summary = run_json(
         compat_python,
         str(WORKERS_DIR / "fit_v0_run.py"),
-        *args,
+        "--sync",
+        daemons["sync"].url,
+        "--async",
+        daemons["async"].url,
+        "--max-tasks",
+        str(per_worker),
         "--workers",
         str(workers),
         "--poll-interval",
