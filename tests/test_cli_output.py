@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
-from cli_runner import agl, agl_into, on_a_terminal, popen_agl, post_rollout
+from cli_runner import agl, agl_into, as_on_a_terminal, on_a_terminal, popen_agl, post_rollout
 from daemon import Daemon, env_without_agl
 
 from agl_cli.cli.errors import ExitCode
@@ -59,6 +60,46 @@ def test_help_and_the_version_whose_reader_goes_away_end_quietly_too(tmp_path: P
         assert process.stdout is not None and process.stderr is not None
         process.stdout.close()
         assert (process.wait(30), process.stderr.read()) == (ExitCode.READER_GONE, b""), command
+
+
+# `agl ARGS` that says when it starts loading its commands, then loads them only once
+# interrupted (standard input is never closed).
+LOADING_UNTIL_INTERRUPTED = """
+import sys
+
+class Interruptible:
+    def find_spec(self, name, path=None, target=None):
+        if name == "agl_cli.cli.app":
+            print("loading", flush=True)
+            sys.stdin.read()
+        return None
+
+sys.meta_path.insert(0, Interruptible())
+sys.argv = ["agl", *sys.argv[1:]]
+from agl_cli.cli.main import main
+main()
+"""
+
+
+def test_ctrl_c_while_a_command_is_still_loading_ends_it_quietly(tmp_path: Path) -> None:
+    """Ctrl-C during the first few tenths of a second, as Typer and the commands load, ends
+    `agl` as it does later on: exit 130 and nothing on stderr, not a traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", LOADING_UNTIL_INTERRUPTED, "status"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_without_agl() | {"AGL_STATE_DIR": str(tmp_path)},
+        preexec_fn=as_on_a_terminal,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "loading\n"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert (process.returncode, out, err) == (ExitCode.INTERRUPTED, "", "")
 
 
 def started_without(stream: int, *args: str, daemon: Daemon) -> subprocess.CompletedProcess[bytes]:

@@ -1,13 +1,16 @@
-"""Exit codes and the one-line error every command ends with when something goes wrong."""
+"""Exit codes and the one-line error every command ends with when something goes wrong.
+
+Typer is imported only to report an error: `agl` reads its exit codes before Typer loads."""
 
 from __future__ import annotations
 
 import enum
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
 
 class ExitCode(enum.IntEnum):
@@ -58,6 +61,8 @@ def usage_error(exc: typer.TyperException) -> CLIError:
 
 
 def report(error: CLIError) -> NoReturn:
+    import typer
+
     from agl_cli.cli.output import shown  # here: output imports this module
 
     # The message may quote what others wrote (a task file's field, a bundle's name, the

@@ -22,6 +22,15 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Run `agl` on `sys.argv`; a `CLIError` ends as one line on stderr and its exit code."""
     _reopen_closed_streams()
+    try:
+        _run()
+    except KeyboardInterrupt:  # while Typer and the commands load: quietly, as Typer ends one running
+        from agl_cli.cli.errors import ExitCode  # without Typer: quick
+
+        raise SystemExit(ExitCode.INTERRUPTED) from None
+
+
+def _run() -> None:
     if sys.argv[1:] == ["--version"]:
         try:
             sys.stdout.write(f"agl {__version__}\n")
