@@ -15,7 +15,6 @@ before it.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,7 +99,7 @@ class Batches(Database):
                 _STAGE_QUEUED,
                 [
                     (place, rollout_id, *task_columns(spec))
-                    for place, rollout_id, spec in zip(itertools.count(first), ids, specs)
+                    for place, (rollout_id, spec) in enumerate(zip(ids, specs, strict=True), first)
                 ],
             )
         return ids
@@ -108,7 +107,7 @@ class Batches(Database):
     def _stage(self, conn: sqlite3.Connection, batch_id: str, rows: Sequence[StagedRow]) -> None:
         """Add `rows` to the end of an open batch, inside a write."""
         first = self._make_room(conn, batch_id, len(rows))
-        conn.executemany(_STAGE_ENQUEUED, [(place, *row) for place, row in zip(itertools.count(first), rows)])
+        conn.executemany(_STAGE_ENQUEUED, [(place, *row) for place, row in enumerate(rows, first)])
 
     def _make_room(self, conn: sqlite3.Connection, batch_id: str, count: int) -> int:
         """Count `count` more tasks in an open batch, inside a write; the place of the first."""
