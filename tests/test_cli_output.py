@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -94,7 +95,9 @@ def test_ctrl_c_while_a_command_is_still_loading_ends_it_quietly(tmp_path: Path)
         preexec_fn=as_on_a_terminal,
     )
     try:
-        assert process.stdout is not None and process.stdout.readline() == "loading\n"
+        assert process.stdout is not None
+        assert select.select([process.stdout], [], [], 30)[0], "agl never began to load its commands"
+        assert process.stdout.readline() == "loading\n"
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     finally:
