@@ -356,8 +356,10 @@ class AglClient:
             body["resources_id"] = resources_id
         return cast(ResourcesUpdate, self._call("POST", "/v1/resources", content=orjson.dumps(body)))
 
-    def list_resources(self, reveal: bool = False) -> ResourcesList:
-        return cast(ResourcesList, self._call("GET", "/v1/resources", params=_reveal(reveal)))
+    def list_resources(self, reveal: bool = False, last: int | None = None) -> ResourcesList:
+        """Every bundle, or the `last` published, oldest publish first."""
+        params = _reveal(reveal) | ({} if last is None else {"last": str(last)})
+        return cast(ResourcesList, self._call("GET", "/v1/resources", params=params))
 
     def get_resources(self, resources_id: str = "latest", reveal: bool = False) -> ResourcesUpdate:
         return cast(

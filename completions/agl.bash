@@ -34,7 +34,7 @@ _agl_options() {
         'tasks retry') _agl_words='--failed --json --help' ;;
         'resources') _agl_words='--help' ;;
         'resources push') _agl_words='--id --json --help' ;;
-        'resources list') _agl_words='--json --help' ;;
+        'resources list') _agl_words='--last --all --json --help' ;;
         'resources show') _agl_words='--reveal --json --help' ;;
         'rollouts') _agl_words='--help' ;;
         'rollouts watch') _agl_words='--since --count --json --help' ;;
@@ -48,7 +48,7 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
     case $1:$2 in
-        ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'dashboard:--rollout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
+        ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'dashboard:--rollout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'resources list:--last'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') _agl_value='@text' ;;
         ':--state-dir'|'serve:--state-dir'|'restore:--state-dir'|'compact:--state-dir') _agl_value='@directory' ;;
         'serve:--log-level') _agl_value='critical error warning info debug' ;;
         'queue:--mode') _agl_value='train val test' ;;

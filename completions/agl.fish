@@ -3,7 +3,7 @@
 
 # Whether option $argv[2] of command $argv[1] ("" is agl itself) takes a value.
 function __agl_takes_value
-    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'serve:--allowed-host' 'stop:--timeout' 'dashboard:--rollout' 'restore:--state-dir' 'compact:--state-dir' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
+    contains -- "$argv[1]:$argv[2]" ':--url' ':--token' ':--state-dir' 'serve:--host' 'serve:--port' 'serve:--state-dir' 'serve:--task-timeout' 'serve:--max-attempts' 'serve:--rollout-retention' 'serve:--log-level' 'serve:--max-body-size' 'serve:--max-db-size' 'serve:--max-requests' 'serve:--request-timeout' 'serve:--allowed-host' 'stop:--timeout' 'dashboard:--rollout' 'restore:--state-dir' 'compact:--state-dir' 'queue:--mode' 'queue:--resources-id' 'queue:--metadata' 'queue:--timeout' 'tasks list:--status' 'tasks list:--limit' 'tasks list:--offset' 'resources push:--id' 'resources list:--last' 'rollouts watch:--since' 'rollouts watch:--count' 'rollouts list:--since' 'rollouts list:--limit'
 end
 
 # Whether $argv[1] ("rollouts watch") is a command of agl.
@@ -154,7 +154,7 @@ complete -c agl -n "__agl_at 'tasks retry'" -l json -d 'Machine output: each ret
 complete -c agl -n "__agl_at 'tasks retry'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'resources'" -a 'push' -d 'Publish a resource bundle; it becomes the latest'
-complete -c agl -n "__agl_at 'resources'" -a 'list' -d 'List published bundles, oldest first; the latest is marked'
+complete -c agl -n "__agl_at 'resources'" -a 'list' -d 'List the bundles published last, oldest first; the latest is marked'
 complete -c agl -n "__agl_at 'resources'" -a 'show' -d 'Show one bundle (the latest by default)'
 complete -c agl -n "__agl_at 'resources'" -l help -d 'Show this message and exit'
 
@@ -163,6 +163,8 @@ complete -c agl -n "__agl_at 'resources push'" -l json -d 'Machine output: the p
 complete -c agl -n "__agl_at 'resources push'" -l help -d 'Show this message and exit'
 complete -c agl -n "__agl_at 'resources push'" -F
 
+complete -c agl -n "__agl_at 'resources list'" -l last -x -d 'The N bundles published last'
+complete -c agl -n "__agl_at 'resources list'" -l all -d 'Every bundle published, however many'
 complete -c agl -n "__agl_at 'resources list'" -l json -d 'Machine output: a JSON array (api keys hidden)'
 complete -c agl -n "__agl_at 'resources list'" -l help -d 'Show this message and exit'
 

@@ -33,7 +33,7 @@ _agl_subcommands() {
       ) ;;
     'resources') _agl_items=(
         'push:Publish a resource bundle; it becomes the latest'
-        'list:List published bundles, oldest first; the latest is marked'
+        'list:List the bundles published last, oldest first; the latest is marked'
         'show:Show one bundle (the latest by default)'
       ) ;;
     'rollouts') _agl_items=(
@@ -158,6 +158,8 @@ _agl_options() {
         '--help:Show this message and exit'
       ) ;;
     'resources list') _agl_items=(
+        '--last:The N bundles published last'
+        '--all:Every bundle published, however many'
         '--json:Machine output: a JSON array (api keys hidden)'
         '--help:Show this message and exit'
       ) ;;
@@ -194,7 +196,7 @@ _agl_options() {
 # Fails for a flag, which takes none.
 _agl_option_value() {
   case $1:$2 in
-    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'dashboard:--rollout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
+    ':--url'|':--token'|'serve:--host'|'serve:--port'|'serve:--task-timeout'|'serve:--max-attempts'|'serve:--rollout-retention'|'serve:--max-body-size'|'serve:--max-db-size'|'serve:--max-requests'|'serve:--request-timeout'|'serve:--allowed-host'|'stop:--timeout'|'dashboard:--rollout'|'queue:--resources-id'|'queue:--metadata'|'queue:--timeout'|'tasks list:--limit'|'tasks list:--offset'|'resources push:--id'|'resources list:--last'|'rollouts watch:--count'|'rollouts list:--since'|'rollouts list:--limit') REPLY='@text' ;;
     ':--state-dir'|'serve:--state-dir'|'restore:--state-dir'|'compact:--state-dir') REPLY='@directory' ;;
     'serve:--log-level') REPLY='critical error warning info debug' ;;
     'queue:--mode') REPLY='train val test' ;;

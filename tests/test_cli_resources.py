@@ -103,6 +103,26 @@ def test_list_marks_the_latest_and_hides_api_keys(daemon: Daemon) -> None:
     assert listing[0]["resources"]["llm"]["api_key"] == "***"
 
 
+def test_list_shows_the_hundred_published_last_unless_asked_for_more_or_fewer(daemon: Daemon) -> None:
+    published = [daemon.publish({"prompt": PROMPT})["resources_id"] for _ in range(101)]
+
+    def listed(*options: str) -> list[str]:
+        result = agl("resources", "list", "--json", *options, daemon=daemon)
+        assert result.returncode == 0, result.stderr
+        return [bundle["resources_id"] for bundle in json.loads(result.stdout)]
+
+    assert listed() == published[1:]
+    assert listed("--last", "3") == published[-3:]
+    assert listed("--all") == published
+    table = agl("resources", "list", "--last", "1", daemon=daemon).stdout
+    assert published[-1] in table and published[-2] not in table
+
+
+def test_list_takes_a_count_or_all_not_both(tmp_path: Path) -> None:
+    result = agl("resources", "list", "--last", "5", "--all", state_dir=tmp_path)
+    assert_one_line_error(result, "Give --last or --all, not both: --all lists every bundle.", code=2)
+
+
 def test_show_gives_the_latest_by_default_and_reveals_keys_only_when_asked(daemon: Daemon) -> None:
     published = daemon.publish({"llm": LLM})
     hidden = json.loads(agl("resources", "show", "--json", daemon=daemon).stdout)

@@ -478,6 +478,21 @@ def test_resources_are_listed_in_publish_order_and_a_named_id_gets_versions(daem
     assert daemon.get("/resources/latest").json()["version"] == 2
 
 
+def test_a_listing_of_resources_can_keep_to_those_published_last(daemon: Daemon) -> None:
+    """A run that publishes a bundle a training step soon has thousands: `last` keeps the
+    listing to the newest, still oldest first; a bundle published again counts from then."""
+    first, second, third = (daemon.publish({"prompt": PROMPT})["resources_id"] for _ in range(3))
+    daemon.publish({"prompt": PROMPT}, resources_id=first)
+
+    def listed(**params: str) -> list[str]:
+        listing = daemon.api("GET", "/v1/resources", params=params).json()
+        assert listing["latest_id"] == first
+        return [bundle["resources_id"] for bundle in listing["resources"]]
+
+    assert listed(last="2") == [third, first]
+    assert listed(last="10") == listed() == [second, third, first]
+
+
 def test_no_resources_at_all_is_an_empty_list_and_a_404_for_latest(daemon: Daemon) -> None:
     assert daemon.api("GET", "/v1/resources").json() == {"resources": [], "latest_id": None}
     latest = daemon.api("GET", "/v1/resources/latest")

@@ -513,6 +513,8 @@ def test_resources_get_versions_and_the_latest_wins(store: Store, clock: FakeClo
     fetched = store.get_resources(first.resources_id)
     assert fetched == first
     assert [r.resources_id for r in store.list_resources()] == [first.resources_id, "prod"]
+    assert [r.resources_id for r in store.list_resources(last=1)] == ["prod"]
+    assert [r.resources_id for r in store.list_resources(last=3)] == [first.resources_id, "prod"]
 
 
 @pytest.mark.parametrize(

@@ -231,6 +231,14 @@ def state_dir_option() -> Any:
     )
 
 
+def refuse_beside_all(ctx: typer.Context, option: str, every: bool, what: str) -> None:
+    """A usage error if `option` (a count of what to list) was given beside --all, which
+    lists every `what`: one of them would be ignored."""
+    source = ctx.get_parameter_source(option.removeprefix("--"))
+    if every and source is not None and source.name != "DEFAULT":
+        raise CLIError(f"Give {option} or --all, not both: --all lists every {what}.", ExitCode.USAGE)
+
+
 def state_dir_of(ctx: typer.Context, own: Path | None) -> Path | None:
     """The command's own --state-dir, else the global one, else AGL_STATE_DIR (else the default)."""
     source = ctx.get_parameter_source("state_dir")

@@ -13,8 +13,9 @@ from typing import Any
 
 import typer
 
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from agl_cli.cli import output
-from agl_cli.cli.context import connect
+from agl_cli.cli.context import connect, refuse_beside_all
 from agl_cli.cli.errors import fail
 
 app = typer.Typer(
@@ -79,11 +80,21 @@ def push(
 @app.command("list")
 def list_resources(
     ctx: typer.Context,
+    last: int = typer.Option(
+        DEFAULT_LIST_LIMIT,
+        "--last",
+        min=1,
+        max=MAX_LIST_LIMIT,
+        metavar="N",
+        help="The N bundles published last.",
+    ),
+    every: bool = typer.Option(False, "--all", help="Every bundle published, however many."),
     json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array (api keys hidden)."),
 ) -> None:
-    """List published bundles, oldest first; the latest is marked."""
+    """List the bundles published last, oldest first; the latest is marked."""
+    refuse_beside_all(ctx, "--last", every, "bundle")
     with connect(ctx) as client:
-        listing = client.list_resources()
+        listing = client.list_resources(last=None if every else last)
     if json_output:
         output.print_json(listing["resources"])
         return

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEQ, is_seq
 from agl_cli.cli import output
-from agl_cli.cli.context import connect, target_of
+from agl_cli.cli.context import connect, refuse_beside_all, target_of
 from agl_cli.cli.errors import ExitCode, fail
 
 if TYPE_CHECKING:
@@ -97,9 +97,7 @@ def list_rollouts(
     json_output: bool = typer.Option(False, "--json", help="Machine output: a JSON array."),
 ) -> None:
     """List stored rollouts, oldest first."""
-    source = ctx.get_parameter_source("limit")
-    if every and source is not None and source.name != "DEFAULT":
-        fail("Give --limit or --all, not both: --all lists every rollout.", ExitCode.USAGE)
+    refuse_beside_all(ctx, "--limit", every, "rollout")
     if every and json_output:
         with connect(ctx) as client:  # streamed as it is read, a page at a time
             output.print_json_array(client.all_rollouts(since))

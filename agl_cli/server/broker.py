@@ -529,8 +529,8 @@ class Broker:
             return latest
         return await self._threads.read(lambda: self._store.get_resources(resources_id))
 
-    async def list_resources(self) -> list[ResourcesUpdate]:
-        return await self._threads.read(self._store.list_resources)
+    async def list_resources(self, last: int | None = None) -> list[ResourcesUpdate]:
+        return await self._threads.read(lambda: self._store.list_resources(last))
 
     # the store API (agentlightning 0.3.0's LightningStore) ----------------------------------
 

@@ -197,10 +197,12 @@ async def publish_resources(request: Request) -> Response:
 
 
 async def list_resources(request: Request) -> Response:
-    """Every published bundle, oldest publish first, and which one is the latest."""
+    """Every published bundle, or the `last` published, oldest publish first, and which one
+    is the latest."""
     reveal = bool_param(request, "reveal")
+    last = int_param(request, "last", 0, 1, MAX_LIST_LIMIT) or None  # absent: every bundle
     broker = broker_of(request)
-    updates = await broker.list_resources()
+    updates = await broker.list_resources(last)
     latest = broker.latest_resources()
     return ORJSONResponse(
         {
@@ -393,7 +395,8 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint(
         "GET", "/v1/resources", list_resources, "List resources",
-        {200: schemas.ResourcesList, **_INVALID}, params=(_REVEAL,),
+        {200: schemas.ResourcesList, **_INVALID},
+        params=(_REVEAL, Param("last", _Limit, "Only the N published last (default: every bundle).")),
     ),
     Endpoint(
         "GET", "/v1/resources/{resources_id:rest}", show_resources, "Show resources (an id, or `latest`)",

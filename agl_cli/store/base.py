@@ -333,7 +333,9 @@ class Store(abc.ABC):
     def latest_resources(self) -> ResourcesUpdate | None: ...
 
     @abc.abstractmethod
-    def list_resources(self) -> list[ResourcesUpdate]: ...
+    def list_resources(self, last: int | None = None) -> list[ResourcesUpdate]:
+        """Every bundle, or the `last` published, oldest publish first (a bundle published
+        again counts from then): a long run publishes one a training step."""
 
     # the store API (agentlightning 0.3.0's LightningStore): the same tasks seen as
     # rollouts, each claim an attempt; shapes are JSON-ready dicts of `agl_cli.store_models`

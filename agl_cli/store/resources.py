@@ -116,6 +116,10 @@ class Resources(Batches):
         rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT 1")
         return resources_from_row(ResourcesRow._make(rows[0])) if rows else None
 
-    def list_resources(self) -> list[ResourcesUpdate]:
-        rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq")
+    def list_resources(self, last: int | None = None) -> list[ResourcesUpdate]:
+        if last is None:
+            rows = self._read(f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq")
+        else:
+            newest_first = f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT ?"
+            rows = self._read(newest_first, (last,))[::-1]
         return [resources_from_row(ResourcesRow._make(values)) for values in rows]
