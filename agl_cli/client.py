@@ -50,6 +50,11 @@ class TaskRecord(TypedDict):
     duplicates: int
 
 
+class TaskPage(TypedDict):
+    tasks: list[TaskRecord]
+    total: int
+
+
 AttemptStatus = Literal["preparing", "running", "failed", "succeeded", "unresponsive", "timeout"]
 
 
@@ -99,6 +104,7 @@ class ResourcesUpdate(TypedDict):
 class ResourcesList(TypedDict):
     resources: list[ResourcesUpdate]
     latest_id: str | None
+    total: int
 
 
 class Staged(TypedDict):
@@ -289,16 +295,24 @@ class AglClient:
     ) -> list[TaskRecord]:
         """Up to `limit` tasks from `offset` on, asked for a page at a time: a page of big
         tasks comes short."""
+        return self.tasks_and_total(status, limit, offset)[0]
+
+    def tasks_and_total(
+        self, status: TaskStatus | None = None, limit: int = DEFAULT_LIST_LIMIT, offset: int = 0
+    ) -> tuple[list[TaskRecord], int]:
+        """`list_tasks`, and how many tasks there are (in `status`) as of its last page."""
         found: list[TaskRecord] = []
+        total = 0
         while len(found) < limit:
             params: dict[str, Any] = {"limit": limit - len(found), "offset": offset + len(found)}
             if status is not None:
                 params["status"] = status
-            page = cast(list[TaskRecord], self._call("GET", "/v1/tasks", params=params)["tasks"])
-            if not page:
+            page = cast(TaskPage, self._call("GET", "/v1/tasks", params=params))
+            total = page["total"]
+            if not page["tasks"]:
                 break
-            found += page
-        return found
+            found += page["tasks"]
+        return found, total
 
     def get_task(self, rollout_id: str) -> TaskRecord:
         return cast(TaskRecord, self._call("GET", f"/v1/tasks/{_segment(rollout_id)}"))

@@ -126,12 +126,14 @@ def as_on_a_terminal() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def on_a_terminal(*args: str, daemon: Daemon, columns: int) -> list[str]:
-    """What `agl ARGS` shows on a terminal `columns` wide, line by line, without its styles."""
+def on_a_terminal(*args: str, daemon: Daemon, columns: int, stderr_too: bool = False) -> list[str]:
+    """What `agl ARGS` shows on a terminal `columns` wide, line by line, without its styles:
+    its stdout, and its stderr too if `stderr_too` (else that goes to a pipe)."""
     leader, follower = pty.openpty()
     command = [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args]
     env = {**env_without_agl(), "COLUMNS": str(columns), "LINES": "50"}
-    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, env=env)
+    stderr = follower if stderr_too else subprocess.PIPE
+    process = subprocess.Popen(command, stdout=follower, stderr=stderr, env=env)
     os.close(follower)
     shown = b""
     deadline = time.monotonic() + 60
@@ -144,8 +146,8 @@ def on_a_terminal(*args: str, daemon: Daemon, columns: int) -> list[str]:
             break
         shown += chunk
     os.close(leader)
-    _, stderr = process.communicate(timeout=10)
-    assert process.returncode == 0, stderr
+    _, errors = process.communicate(timeout=10)
+    assert process.returncode == 0, errors or shown
     return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).splitlines()
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_runner import agl, assert_one_line_error, write
+from cli_runner import agl, assert_one_line_error, on_a_terminal, write
 from daemon import Daemon
 
 LLM = {"resource_type": "llm", "endpoint": "http://llm:8000/v1", "model": "m", "api_key": "sk-secret"}
@@ -114,8 +114,15 @@ def test_list_shows_the_hundred_published_last_unless_asked_for_more_or_fewer(da
     assert listed() == published[1:]
     assert listed("--last", "3") == published[-3:]
     assert listed("--all") == published
-    table = agl("resources", "list", "--last", "1", daemon=daemon).stdout
-    assert published[-1] in table and published[-2] not in table
+    table = agl("resources", "list", "--last", "1", daemon=daemon)
+    assert published[-1] in table.stdout and published[-2] not in table.stdout
+    assert table.stderr == ""  # what was left out is said only on a terminal:
+
+    def shown(*options: str) -> list[str]:
+        return on_a_terminal("resources", "list", *options, daemon=daemon, columns=200, stderr_too=True)
+
+    assert shown()[-1] == "The last 100 of 101 bundles shown; --last N or --all shows more."
+    assert published[0] in shown("--all")[1] and "shown;" not in shown("--all")[-1]
 
 
 def test_list_takes_a_count_or_all_not_both(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from cli_runner import Lines, agl, assert_one_line_error, popen_agl, post_rollout
+from cli_runner import Lines, agl, assert_one_line_error, on_a_terminal, popen_agl, post_rollout
 from daemon import Daemon
 
 from agl_cli.api_limits import PAGE_BYTES
@@ -55,6 +55,21 @@ def test_list_gives_rollouts_oldest_first_after_a_sequence_number(daemon: Daemon
     assert [r["rollout_id"] for r in later] == ids[1:2]
     table = agl("rollouts", "list", daemon=daemon)
     assert table.returncode == 0 and all(rollout_id in table.stdout for rollout_id in ids)
+
+
+def test_a_list_cut_short_says_on_a_terminal_where_the_next_rollouts_begin(daemon: Daemon) -> None:
+    for rollout_id in daemon.queue(1, 2, 3):
+        post_rollout(daemon, rollout_id)
+    first, second, _ = (r["seq"] for r in json.loads(agl("rollouts", "list", "--json", daemon=daemon).stdout))
+
+    def note(*options: str) -> str:
+        return on_a_terminal("rollouts", "list", *options, daemon=daemon, columns=200, stderr_too=True)[-1]
+
+    assert note("--limit", "2") == f"More rollouts follow; --since {second} shows the next, --all every one."
+    assert "follow" not in note("--since", str(first), "--limit", "2")  # exactly the rest
+    assert "follow" not in note("--limit", "3")
+    piped = agl("rollouts", "list", "--limit", "2", daemon=daemon)
+    assert (piped.returncode, piped.stderr) == (0, "")
 
 
 def test_list_all_exports_every_rollout_however_many_as_one_json_array(daemon: Daemon) -> None:

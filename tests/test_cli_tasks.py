@@ -25,6 +25,24 @@ def test_list_shows_tasks_in_queue_order_and_filters_by_status(daemon: Daemon) -
     assert "claimed" in table.stdout
 
 
+def test_a_list_cut_short_says_on_a_terminal_which_tasks_it_shows_of_how_many(daemon: Daemon) -> None:
+    daemon.queue("a", "b", "c", "d")
+    daemon.claim()
+
+    def note(*options: str) -> str:
+        return on_a_terminal("tasks", "list", *options, daemon=daemon, columns=200, stderr_too=True)[-1]
+
+    assert note("--limit", "2", "--offset", "1") == "Tasks 2 to 3 of 4 shown; --offset 3 shows the next."
+    assert (
+        note("--status", "queued", "--limit", "2")
+        == "Queued tasks 1 to 2 of 3 shown; --offset 2 shows the next."
+    )
+    assert "shown;" not in note("--offset", "2")  # the rest, to the last
+    assert "shown;" not in note("--offset", "9")  # nothing there: nothing is shown, or said
+    piped = agl("tasks", "list", "--limit", "2", daemon=daemon)
+    assert (piped.returncode, piped.stderr) == (0, "")  # nothing for a script reading stderr
+
+
 def test_a_page_of_big_tasks_comes_short_and_the_listing_asks_on_for_the_rest(daemon: Daemon) -> None:
     ids = daemon.queue(*(f"{n}" + "x" * 1_000_000 for n in range(6)))
     page = daemon.api("GET", "/v1/tasks", params={"limit": 6}).json()["tasks"]

@@ -141,14 +141,16 @@ def test_the_client_says_why_the_daemon_could_not_read_a_body(daemon: Daemon) ->
     )
 
 
-def test_tasks_are_listed_by_status_and_in_pages(daemon: Daemon) -> None:
+def test_tasks_are_listed_by_status_and_in_pages_with_how_many_there_are(daemon: Daemon) -> None:
     ids = daemon.queue("a", "b", "c", "d")
     daemon.claim()
     assert daemon.api("POST", f"/v1/tasks/{ids[3]}/cancel").status_code == 200
+    in_all = {None: 4, "queued": 2, "claimed": 1, "cancelled": 1, "completed": 0}
 
     def listed(**params: Any) -> list[str]:
         response = daemon.api("GET", "/v1/tasks", params=params)
         assert response.status_code == 200
+        assert response.json()["total"] == in_all[params.get("status")]  # whatever the page
         return [task["rollout_id"] for task in response.json()["tasks"]]
 
     assert listed() == ids
@@ -480,13 +482,14 @@ def test_resources_are_listed_in_publish_order_and_a_named_id_gets_versions(daem
 
 def test_a_listing_of_resources_can_keep_to_those_published_last(daemon: Daemon) -> None:
     """A run that publishes a bundle a training step soon has thousands: `last` keeps the
-    listing to the newest, still oldest first; a bundle published again counts from then."""
+    listing to the newest, still oldest first, and says how many there are; a bundle
+    published again counts from then, and once."""
     first, second, third = (daemon.publish({"prompt": PROMPT})["resources_id"] for _ in range(3))
     daemon.publish({"prompt": PROMPT}, resources_id=first)
 
     def listed(**params: str) -> list[str]:
         listing = daemon.api("GET", "/v1/resources", params=params).json()
-        assert listing["latest_id"] == first
+        assert (listing["latest_id"], listing["total"]) == (first, 3)
         return [bundle["resources_id"] for bundle in listing["resources"]]
 
     assert listed(last="2") == [third, first]
@@ -494,7 +497,7 @@ def test_a_listing_of_resources_can_keep_to_those_published_last(daemon: Daemon)
 
 
 def test_no_resources_at_all_is_an_empty_list_and_a_404_for_latest(daemon: Daemon) -> None:
-    assert daemon.api("GET", "/v1/resources").json() == {"resources": [], "latest_id": None}
+    assert daemon.api("GET", "/v1/resources").json() == {"resources": [], "latest_id": None, "total": 0}
     latest = daemon.api("GET", "/v1/resources/latest")
     assert (latest.status_code, latest.json()) == (404, {"detail": "No resources have been published yet."})
     unknown = daemon.api("GET", "/v1/resources/res-nope")

@@ -20,6 +20,7 @@ from agl_cli.server import schemas
 
 PAIRS: list[tuple[Any, type[BaseModel]]] = [
     (client.TaskRecord, schemas.TaskRecord),
+    (client.TaskPage, schemas.TaskPage),
     (client.RolloutRecord, schemas.RolloutRecord),
     (client.RolloutList, schemas.RolloutList),
     (client.ResourcesUpdate, models.ResourcesUpdate),

@@ -61,6 +61,12 @@ def note(message: str) -> None:
     err().print(Text(message, style="dim"))
 
 
+def aside(message: str) -> None:
+    """A `note` only for a person at a terminal: a script reading stderr gets nothing."""
+    if stderr_is_terminal():
+        note(message)
+
+
 def write_line(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()

@@ -179,8 +179,7 @@ def _after_queuing(
     """Print the queued tasks' ids, or (with --wait, from `waiting_since`) their rollouts."""
     if waiting_since is None:
         sink.print()
-        if output.stderr_is_terminal():
-            output.note(f"Queued {queued} tasks.")
+        output.aside(f"Queued {queued} tasks.")
         return
     from agl_cli.cli import waiting
 

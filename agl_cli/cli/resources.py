@@ -73,8 +73,7 @@ def push(
         output.print_json_line(update)
         return
     output.write_line(update["resources_id"])
-    if output.stderr_is_terminal():
-        output.note(f"Published version {update['version']}; it is now the latest.")
+    output.aside(f"Published version {update['version']}; it is now the latest.")
 
 
 @app.command("list")
@@ -114,6 +113,9 @@ def list_resources(
             names,
         )
     output.out().print(grid)
+    shown, total = len(listing["resources"]), listing["total"]
+    if shown < total:
+        output.aside(f"The last {shown:,} of {total:,} bundles shown; --last N or --all shows more.")
 
 
 @app.command()

@@ -108,6 +108,13 @@ def list_rollouts(
             if every
             else itertools.islice(client.all_rollouts(since, limit), limit)
         )
+        more = (  # asked only where it would be said
+            len(rollouts) == limit
+            and not every
+            and not json_output
+            and output.stderr_is_terminal()
+            and bool(client.list_rollouts(rollouts[-1]["seq"], 1)["rollouts"])
+        )
     if json_output:
         output.print_json(rollouts)
         return
@@ -126,6 +133,8 @@ def list_rollouts(
             output.timestamp(record.get("received_time")),
         )
     output.out().print(grid)
+    if more:
+        output.note(f"More rollouts follow; --since {rollouts[-1]['seq']} shows the next, --all every one.")
 
 
 @app.command()

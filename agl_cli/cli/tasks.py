@@ -36,7 +36,7 @@ def list_tasks(
 ) -> None:
     """List tasks in the order they were queued."""
     with connect(ctx) as client:
-        tasks = client.list_tasks(status.value if status else None, limit, offset)
+        tasks, total = client.tasks_and_total(status.value if status else None, limit, offset)
     if json_output:
         output.print_json(tasks)
         return
@@ -54,6 +54,13 @@ def list_tasks(
             output.brief(task.get("input")),
         )
     output.out().print(grid)
+    shown_to = offset + len(tasks)
+    if tasks and shown_to < total:
+        which = f"{status.value} tasks" if status else "tasks"
+        output.aside(
+            f"{which.capitalize()} {offset + 1:,} to {shown_to:,} of {total:,} shown;"
+            f" --offset {shown_to} shows the next."
+        )
 
 
 @app.command()

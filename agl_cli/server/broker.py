@@ -445,9 +445,19 @@ class Broker:
     async def get_task(self, rollout_id: str) -> TaskRecord | None:
         return await self._threads.read(lambda: self._store.get_task(rollout_id))
 
-    async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int) -> list[TaskRecord]:
-        """Up to `limit` tasks from `offset` on, fewer once they hold `PAGE_BYTES`."""
-        return await self._threads.read(lambda: self._store.list_tasks(status, limit, offset, PAGE_BYTES))
+    async def list_tasks(
+        self, status: TaskStatus | None, limit: int, offset: int
+    ) -> tuple[list[TaskRecord], int]:
+        """Up to `limit` tasks from `offset` on, fewer once they hold `PAGE_BYTES`, and how
+        many there are (in `status`), read together."""
+
+        def read() -> tuple[list[TaskRecord], int]:
+            with self._store.snapshot():
+                counts = self._store.counts().tasks
+                total = counts[status] if status is not None else sum(counts.values())
+                return self._store.list_tasks(status, limit, offset, PAGE_BYTES), total
+
+        return await self._threads.read(read)
 
     # batches -----------------------------------------------------------------------------
 
@@ -529,8 +539,14 @@ class Broker:
             return latest
         return await self._threads.read(lambda: self._store.get_resources(resources_id))
 
-    async def list_resources(self, last: int | None = None) -> list[ResourcesUpdate]:
-        return await self._threads.read(lambda: self._store.list_resources(last))
+    async def list_resources(self, last: int | None = None) -> tuple[list[ResourcesUpdate], int]:
+        """Every bundle, or the `last` published, and how many there are, read together."""
+
+        def read() -> tuple[list[ResourcesUpdate], int]:
+            with self._store.snapshot():
+                return self._store.list_resources(last), self._store.counts().resources
+
+        return await self._threads.read(read)
 
     # the store API (agentlightning 0.3.0's LightningStore) ----------------------------------
 

@@ -53,12 +53,15 @@ async def read_tasks(request: Request) -> Sequence[NewTask]:
 
 
 async def list_tasks(request: Request) -> Response:
-    """Tasks in the order they were queued, optionally only those in one status."""
+    """Tasks in the order they were queued, optionally only those in one status, and how
+    many there are."""
     status = choice_param(request, "status", STATUSES)
     limit = int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
     offset = int_param(request, "offset", 0, 0, MAX_SEQ)
-    records = await broker_of(request).list_tasks(TaskStatus(status) if status else None, limit, offset)
-    return ORJSONResponse({"tasks": [task_json(record) for record in records]})
+    records, total = await broker_of(request).list_tasks(
+        TaskStatus(status) if status else None, limit, offset
+    )
+    return ORJSONResponse({"tasks": [task_json(record) for record in records], "total": total})
 
 
 async def show_task(request: Request) -> Response:
@@ -197,17 +200,18 @@ async def publish_resources(request: Request) -> Response:
 
 
 async def list_resources(request: Request) -> Response:
-    """Every published bundle, or the `last` published, oldest publish first, and which one
-    is the latest."""
+    """Every published bundle, or the `last` published, oldest publish first, which one is
+    the latest, and how many there are."""
     reveal = bool_param(request, "reveal")
     last = int_param(request, "last", 0, 1, MAX_LIST_LIMIT) or None  # absent: every bundle
     broker = broker_of(request)
-    updates = await broker.list_resources(last)
+    updates, total = await broker.list_resources(last)
     latest = broker.latest_resources()
     return ORJSONResponse(
         {
             "resources": [resources_json(update, reveal) for update in updates],
             "latest_id": latest.resources_id if latest else None,
+            "total": total,
         }
     )
 
@@ -340,7 +344,7 @@ ENDPOINTS: list[Endpoint] = [
         {201: schemas.RolloutIds, **_INVALID}, body=schemas.QueueRequest,
     ),
     Endpoint(
-        "GET", "/v1/tasks", list_tasks, "List tasks", {200: schemas.TaskList, **_INVALID},
+        "GET", "/v1/tasks", list_tasks, "List tasks", {200: schemas.TaskPage, **_INVALID},
         params=(
             Param("status", TaskStatus, "Only tasks in this status."),
             _LIMIT,

@@ -118,9 +118,16 @@ class TaskList(BaseModel):
     tasks: list[TaskRecord]
 
 
+class TaskPage(TaskList):
+    total: int = Field(
+        description="How many tasks there are (in `status`, if one is given), as of this page."
+    )
+
+
 class ResourcesList(BaseModel):
     resources: list[ResourcesUpdate]
     latest_id: str | None
+    total: int = Field(description="How many bundles there are, as of this list.")
 
 
 class RolloutList(BaseModel):
