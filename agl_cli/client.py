@@ -299,16 +299,17 @@ class AglClient:
 
     def tasks_and_total(
         self, status: TaskStatus | None = None, limit: int = DEFAULT_LIST_LIMIT, offset: int = 0
-    ) -> tuple[list[TaskRecord], int]:
-        """`list_tasks`, and how many tasks there are (in `status`) as of its last page."""
+    ) -> tuple[list[TaskRecord], int | None]:
+        """`list_tasks`, and how many tasks there are (in `status`) as of its last page: None
+        from a daemon older than that count."""
         found: list[TaskRecord] = []
-        total = 0
+        total = None
         while len(found) < limit:
             params: dict[str, Any] = {"limit": limit - len(found), "offset": offset + len(found)}
             if status is not None:
                 params["status"] = status
             page = cast(TaskPage, self._call("GET", "/v1/tasks", params=params))
-            total = page["total"]
+            total = page.get("total")
             if not page["tasks"]:
                 break
             found += page["tasks"]

@@ -90,12 +90,26 @@ def test_no_daemon_or_a_wrong_token_is_one_line_and_its_exit_code(daemon: Daemon
     )
 
 
+OLDER_TASK = {
+    "rollout_id": "rollout-1", "input": 1, "mode": None, "resources_id": None, "create_time": 1.0,
+    "last_claim_time": None, "num_claims": 0, "metadata": {}, "status": "queued", "deadline": None,
+    "completed_time": None, "duplicates": 0,
+}  # fmt: skip
+
+
 class OlderDaemon(BaseHTTPRequestHandler):
-    """A daemon of an agl from before sign-in codes, as it answers: its status, and 404s."""
+    """A daemon of an agl from before sign-in codes, as it answers: its status, lists
+    without the counts a later agl gives with them, and 404s."""
 
     def do_GET(self) -> None:
-        if self.path == "/v1/status":
-            self.answer(200, {"version": "0.0.9"})
+        answers: dict[str, object] = {
+            "/v1/status": {"version": "0.0.9"},
+            "/v1/tasks": {"tasks": [OLDER_TASK]},
+            "/v1/resources": {"resources": [], "latest_id": None},
+        }
+        path = urlsplit(self.path).path
+        if path in answers:
+            self.answer(200, answers[path])
         else:
             self.do_POST()
 
@@ -135,6 +149,15 @@ def test_a_daemon_started_before_an_upgrade_is_named_with_what_to_do(
     assert not opened.exists()
     printed = agl("--url", older_daemon, "--token", "t", "dashboard", "--print", state_dir=tmp_path, env=env)
     assert (printed.returncode, printed.stdout.strip()) == (0, f"{older_daemon}/#token=t")
+
+
+def test_an_older_daemon_lists_without_saying_how_many_and_that_is_all(
+    older_daemon: str, tmp_path: Path
+) -> None:
+    tasks = agl("--url", older_daemon, "--token", "t", "tasks", "list", "--limit", "1", state_dir=tmp_path)
+    assert (tasks.returncode, tasks.stderr) == (0, "") and "rollout-1" in tasks.stdout
+    bundles = agl("--url", older_daemon, "--token", "t", "resources", "list", state_dir=tmp_path)
+    assert (bundles.returncode, bundles.stderr) == (0, "")
 
 
 def test_a_command_an_older_daemon_has_no_route_for_is_told_so(older_daemon: str, tmp_path: Path) -> None:

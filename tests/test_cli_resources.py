@@ -122,7 +122,8 @@ def test_list_shows_the_hundred_published_last_unless_asked_for_more_or_fewer(da
         return on_a_terminal("resources", "list", *options, daemon=daemon, columns=200, stderr_too=True)
 
     assert shown()[-1] == "The last 100 of 101 bundles shown; --last N or --all shows more."
-    assert published[0] in shown("--all")[1] and "shown;" not in shown("--all")[-1]
+    every = shown("--all")
+    assert published[0] in every[1] and "shown;" not in every[-1]
 
 
 def test_list_takes_a_count_or_all_not_both(tmp_path: Path) -> None:

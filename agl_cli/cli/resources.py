@@ -113,8 +113,8 @@ def list_resources(
             names,
         )
     output.out().print(grid)
-    shown, total = len(listing["resources"]), listing["total"]
-    if shown < total:
+    shown, total = len(listing["resources"]), listing.get("total")  # None: a daemon older than it
+    if total is not None and shown < total:
         output.aside(f"The last {shown:,} of {total:,} bundles shown; --last N or --all shows more.")
 
 

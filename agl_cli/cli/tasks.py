@@ -55,7 +55,7 @@ def list_tasks(
         )
     output.out().print(grid)
     shown_to = offset + len(tasks)
-    if tasks and shown_to < total:
+    if tasks and total is not None and shown_to < total:
         which = f"{status.value} tasks" if status else "tasks"
         output.aside(
             f"{which.capitalize()} {offset + 1:,} to {shown_to:,} of {total:,} shown;"
