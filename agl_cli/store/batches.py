@@ -171,12 +171,13 @@ class Batches(Database):
     def _move_places(self, conn: sqlite3.Connection, drain: _Drain, low: int, high: int) -> None:
         """Move a committed batch's staged tasks from place `low` to `high` (in staging
         order) into `tasks`, each at the place in the queue the commit reserved for it."""
+        shift = drain.base_pos - _places(drain.key)[0]  # from a place in `staging` to one in the queue
         moved = conn.execute(
             "INSERT INTO tasks"
             " (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata, create_time, config)"
-            " SELECT ?1 + place, rollout_id, 'queued', ?1 + place, input, mode, resources_id, metadata,"
-            " coalesce(create_time, ?2), config FROM staging WHERE place BETWEEN ?3 AND ?4 ORDER BY place",
-            (drain.base_pos - _places(drain.key)[0], drain.committed_time, low, high),
+            " SELECT ? + place, rollout_id, 'queued', ? + place, input, mode, resources_id, metadata,"
+            " coalesce(create_time, ?), config FROM staging WHERE place BETWEEN ? AND ? ORDER BY place",
+            (shift, shift, drain.committed_time, low, high),
         ).rowcount
         conn.execute("UPDATE batches SET moved = moved + ? WHERE id = ?", (moved, drain.key))
         conn.execute("DELETE FROM staging WHERE place BETWEEN ? AND ?", (low, high))
@@ -195,8 +196,9 @@ class Batches(Database):
         (and some after it). A batch with nothing left in `staging` is done with."""
         while self._draining:
             drain = self._draining[0]
+            low, high = _places(drain.key)
             [first] = conn.execute(
-                "SELECT min(place) - ?1 FROM staging WHERE place BETWEEN ?1 AND ?2", _places(drain.key)
+                "SELECT min(place) - ? FROM staging WHERE place BETWEEN ? AND ?", (low, low, high)
             ).fetchone()
             if first is None:
                 self._move_staged(conn, drain, CLAIM_DRAIN)  # ends the batch

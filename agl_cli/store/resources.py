@@ -93,9 +93,9 @@ class Resources(Batches):
             )
             conn.execute(
                 "INSERT INTO resources (resources_id, publish_seq, create_time, update_time, version, body)"
-                " VALUES (?1, (SELECT coalesce(max(publish_seq), 0) + 1 FROM resources), ?2, ?3, ?4, ?5)"
+                " VALUES (?, (SELECT coalesce(max(publish_seq), 0) + 1 FROM resources), ?, ?, ?, ?)"
                 " ON CONFLICT (resources_id) DO UPDATE SET publish_seq = excluded.publish_seq,"
-                " update_time = ?3, version = ?4, body = ?5",
+                " update_time = excluded.update_time, version = excluded.version, body = excluded.body",
                 (
                     update.resources_id,
                     update.create_time,

@@ -94,8 +94,8 @@ class Results(TaskStore):
                 self._sync_worker(conn, attempt, now)
         conn.execute(
             "UPDATE tasks SET status = ?, phase = 'succeeded', queue_pos = NULL, deadline = NULL,"
-            " completed_time = ?2, end_time = ?2 WHERE id IN (SELECT value ->> 0 FROM json_each(?3))",
-            (TASK_STATUS["succeeded"].value, now, pairs),
+            " completed_time = ?, end_time = ? WHERE id IN (SELECT value ->> 0 FROM json_each(?))",
+            (TASK_STATUS["succeeded"].value, now, now, pairs),
         )
 
     def rollouts_after(self, seq: int, limit: int = 100, max_bytes: int | None = None) -> list[StoredRollout]:

@@ -63,9 +63,9 @@ class Retention(Results):
             if ended:
                 still = conn.execute(
                     # each task found by its id (CROSS JOIN: not by its status, among every failed one)
-                    "SELECT tasks.id, tasks.rollout_id FROM json_each(?1)"
+                    "SELECT tasks.id, tasks.rollout_id FROM json_each(?)"
                     " CROSS JOIN tasks ON tasks.rollout_id = json_each.value"
-                    " WHERE tasks.status IN ('failed', 'cancelled') AND tasks.end_time < ?2",
+                    " WHERE tasks.status IN ('failed', 'cancelled') AND tasks.end_time < ?",
                     (orjson.dumps([rollout_id for rollout_id, _ in ended]).decode(), cutoff),
                 ).fetchall()
                 _delete_spans(conn, still)
@@ -124,11 +124,11 @@ def _forget(conn: sqlite3.Connection, tasks: Sequence[tuple[int, str]]) -> None:
     # the rows deleted, not `len(tasks)`: a task cancelled twice is listed twice by the sweep
     deleted = conn.execute("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))", (ids,)).rowcount
     conn.execute(
-        "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = max(value, ?2)",
+        "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
         (LAST_FORGOTTEN, max(task_id for task_id, _ in tasks)),
     )
     conn.execute(
-        "INSERT INTO counters VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + ?2",
+        "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
         (FORGOTTEN, deleted),
     )
 

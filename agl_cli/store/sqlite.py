@@ -88,11 +88,12 @@ class SQLiteStore(Views):
             first = self._queue_pos + 1
             conn.executemany(
                 "INSERT INTO tasks (id, rollout_id, status, phase, queue_pos, input, mode, resources_id, metadata,"
-                " create_time, config) VALUES (?1, ?2, 'queued', 'queuing', ?1, ?3, ?4, ?5, ?6, ?7, ?8)",
+                " create_time, config) VALUES (?, ?, 'queued', 'queuing', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (
                         first + index,
                         r.rollout_id,
+                        first + index,
                         r.input,
                         r.mode,
                         r.resources_id,
@@ -213,10 +214,11 @@ class SQLiteStore(Views):
 
     def _worker_found_nothing(self, conn: sqlite3.Connection, worker_id: str, now: float) -> None:
         conn.execute(
-            "INSERT INTO workers (worker_id, status, last_idle_time, last_dequeue_time) VALUES (?1, 'idle', ?2, ?2)"
-            " ON CONFLICT (worker_id) DO UPDATE SET last_dequeue_time = ?2,"
-            " last_idle_time = CASE WHEN status = 'idle' THEN last_idle_time ELSE ?2 END, status = 'idle'",
-            (worker_id, now),
+            "INSERT INTO workers (worker_id, status, last_idle_time, last_dequeue_time) VALUES (?, 'idle', ?, ?)"
+            " ON CONFLICT (worker_id) DO UPDATE SET last_dequeue_time = excluded.last_dequeue_time,"
+            " last_idle_time = CASE WHEN status = 'idle' THEN last_idle_time ELSE excluded.last_idle_time END,"
+            " status = 'idle'",
+            (worker_id, now, now),
         )
 
     def start_attempt(self, rollout_id: str, worker_id: str | None) -> dict[str, object]:
@@ -425,7 +427,7 @@ class SQLiteStore(Views):
         after: dict[str, int] = {}
         for rollout_id, count in wanted.items():
             [(last,)] = conn.execute(
-                "INSERT INTO span_sequences VALUES (?1, ?2) ON CONFLICT (rollout_id) DO UPDATE SET last = last + ?2"
+                "INSERT INTO span_sequences VALUES (?, ?) ON CONFLICT (rollout_id) DO UPDATE SET last = last + excluded.last"
                 " RETURNING last",
                 (rollout_id, count),
             ).fetchall()
@@ -473,8 +475,8 @@ class SQLiteStore(Views):
                     added.reason = str(exc)
                     continue
                 conn.execute(
-                    "INSERT INTO span_sequences VALUES (?1, ?2) ON CONFLICT (rollout_id)"
-                    " DO UPDATE SET last = max(last, ?2)",
+                    "INSERT INTO span_sequences VALUES (?, ?) ON CONFLICT (rollout_id)"
+                    " DO UPDATE SET last = max(last, excluded.last)",
                     (rollout_id, max(span.sequence_id for span in group)),
                 )
                 any_kept = False
@@ -528,9 +530,9 @@ class SQLiteStore(Views):
         stats_json = None if stats is None else orjson.dumps(stats).decode()
         with self._write(durable=False) as conn:
             conn.execute(
-                "INSERT INTO workers (worker_id, last_heartbeat_time, heartbeat_stats) VALUES (?1, ?2, ?3)"
-                " ON CONFLICT (worker_id) DO UPDATE SET last_heartbeat_time = ?2,"
-                " heartbeat_stats = coalesce(?3, heartbeat_stats)",
+                "INSERT INTO workers (worker_id, last_heartbeat_time, heartbeat_stats) VALUES (?, ?, ?)"
+                " ON CONFLICT (worker_id) DO UPDATE SET last_heartbeat_time = excluded.last_heartbeat_time,"
+                " heartbeat_stats = coalesce(excluded.heartbeat_stats, heartbeat_stats)",
                 (worker_id, now, stats_json),
             )
             values = conn.execute(

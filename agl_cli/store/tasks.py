@@ -101,9 +101,9 @@ class TaskStore(Resources):
             first = self._queue_pos + 1
             conn.executemany(
                 "INSERT INTO tasks (id, rollout_id, status, queue_pos, input, mode, resources_id, metadata,"
-                " create_time) VALUES (?1, ?2, 'queued', ?1, ?3, ?4, ?5, ?6, ?7)",
+                " create_time) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                 (
-                    (first + index, rollout_id, *task_columns(spec), now)
+                    (first + index, rollout_id, first + index, *task_columns(spec), now)
                     for index, (rollout_id, spec) in enumerate(zip(ids, specs, strict=True))
                 ),
             )
@@ -136,9 +136,9 @@ class TaskStore(Resources):
             now = self.clock()
             claimed = conn.execute(
                 "UPDATE tasks SET status = 'claimed', phase = 'preparing', queue_pos = NULL,"
-                " num_claims = num_claims + 1, last_claim_time = ?1, deadline = ?2 WHERE id IN"
+                " num_claims = num_claims + 1, last_claim_time = ?, deadline = ? WHERE id IN"
                 " (SELECT id FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'"
-                f" ORDER BY queue_pos LIMIT ?3) RETURNING id, {TASK_COLUMNS}",
+                f" ORDER BY queue_pos LIMIT ?) RETURNING id, {TASK_COLUMNS}",
                 (now, now + self.task_timeout, count),
             ).fetchall()
             claims, attempts = [], []
@@ -383,9 +383,9 @@ class TaskStore(Resources):
             # `_set_phase(row, "cancelled")` for many queued tasks in one statement, four
             # times as fast (a test holds the two to the same rows)
             cancelled: int = conn.execute(
-                "UPDATE tasks SET phase = 'cancelled', status = 'cancelled', queue_pos = NULL, end_time = ?1"
+                "UPDATE tasks SET phase = 'cancelled', status = 'cancelled', queue_pos = NULL, end_time = ?"
                 " WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_queue"
-                " WHERE status = 'queued' AND queue_pos <= ?2 ORDER BY queue_pos LIMIT ?3)",
+                " WHERE status = 'queued' AND queue_pos <= ? ORDER BY queue_pos LIMIT ?)",
                 (self.clock(), last_place, limit),
             ).rowcount
         return cancelled
@@ -487,9 +487,9 @@ class TaskStore(Resources):
         end_time = now if phase in FINISHED else row.end_time
         completed_time = row.completed_time or (now if phase == "succeeded" else None)
         conn.execute(
-            "UPDATE tasks SET phase = ?1, status = ?2, queue_pos = CASE WHEN ?2 = 'queued' THEN coalesce(queue_pos, ?3)"
-            " END, deadline = ?4, end_time = ?5, completed_time = ?6 WHERE rollout_id = ?7",
-            (phase, status.value, position, deadline, end_time, completed_time, row.rollout_id),
+            "UPDATE tasks SET phase = ?, status = ?, queue_pos = CASE WHEN ? = 'queued' THEN coalesce(queue_pos, ?)"
+            " END, deadline = ?, end_time = ?, completed_time = ? WHERE rollout_id = ?",
+            (phase, status.value, status.value, position, deadline, end_time, completed_time, row.rollout_id),
         )
         if deadline is not None:
             self._earliest_deadline = min(self._earliest_deadline, deadline)
@@ -515,10 +515,10 @@ class TaskStore(Resources):
         if attempt is not None:
             found = conn.execute(
                 "SELECT CASE WHEN kind IN ('integer', 'real') THEN reward END FROM (SELECT id, sequence_id,"
-                " json_extract(body, ?1) AS reward, json_type(body, ?1) AS kind FROM spans"
-                " WHERE rollout_id = ?2 AND attempt_id = ?3) WHERE reward IS NOT NULL"
+                " json_extract(body, ?) AS reward, json_type(body, ?) AS kind FROM spans"
+                " WHERE rollout_id = ? AND attempt_id = ?) WHERE reward IS NOT NULL"
                 " ORDER BY sequence_id DESC, id DESC LIMIT 1",
-                (REWARD_PATH, row.rollout_id, attempt.attempt_id),
+                (REWARD_PATH, REWARD_PATH, row.rollout_id, attempt.attempt_id),
             ).fetchone()
             reward = found[0] if found else None
         body = orjson.dumps(
@@ -609,19 +609,19 @@ class TaskStore(Resources):
             (attempt.worker_id,),
         )
         conn.execute(
-            "UPDATE workers SET status = ?, current_rollout_id = ?, current_attempt_id = ?,"
-            " last_busy_time = CASE WHEN ?4 THEN ?5 ELSE last_busy_time END,"
-            " last_idle_time = CASE WHEN ?4 THEN last_idle_time ELSE ?5 END,"
-            " last_dequeue_time = CASE WHEN ?6 THEN ?5 ELSE last_dequeue_time END WHERE worker_id = ?7",
-            (
-                status,
-                attempt.rollout_id if busy else None,
-                attempt.attempt_id if busy else None,
-                busy,
-                now,
-                dequeued,
-                attempt.worker_id,
-            ),
+            "UPDATE workers SET status = :status, current_rollout_id = :rollout_id, current_attempt_id = :attempt_id,"
+            " last_busy_time = CASE WHEN :busy THEN :now ELSE last_busy_time END,"
+            " last_idle_time = CASE WHEN :busy THEN last_idle_time ELSE :now END,"
+            " last_dequeue_time = CASE WHEN :dequeued THEN :now ELSE last_dequeue_time END WHERE worker_id = :worker_id",
+            {
+                "status": status,
+                "rollout_id": attempt.rollout_id if busy else None,
+                "attempt_id": attempt.attempt_id if busy else None,
+                "busy": busy,
+                "now": now,
+                "dequeued": dequeued,
+                "worker_id": attempt.worker_id,
+            },
         )
 
 

@@ -54,13 +54,13 @@ _QUERIES = {
     # Buckets stamped after now (by a start whose clock was ahead, before a restart once it
     # was set right) are left out: one such stamp would widen the chart to days and have
     # `thin_rewards` delete the run's finer sums for good.
-    "run_span": "SELECT (SELECT min(bucket) FROM rewards WHERE width = 1 AND bucket <= ?1),"
-    " (SELECT max(bucket) FROM rewards WHERE width = 1 AND bucket <= ?1) + 1",
+    "run_span": "SELECT (SELECT min(bucket) FROM rewards WHERE width = 1 AND bucket <= ?),"
+    " (SELECT max(bucket) FROM rewards WHERE width = 1 AND bucket <= ?) + 1",
     "rewards": "SELECT mode, bucket / ?, sum(rollouts), sum(rewarded), sum(total) FROM rewards"
     " WHERE width = ? AND bucket >= ? AND bucket < ? GROUP BY 1, 2 ORDER BY 1, 2",
     "thin_rewards": "DELETE FROM rewards WHERE (width, bucket, mode) IN"
-    " (SELECT width, bucket, mode FROM rewards WHERE width = ?1"
-    " AND NOT (width = 1 AND bucket IN (?2, ?3)) LIMIT ?4)",
+    " (SELECT width, bucket, mode FROM rewards WHERE width = ?"
+    " AND NOT (width = 1 AND bucket IN (?, ?)) LIMIT ?)",
     "resources": f"SELECT {RESOURCES_COLUMNS} FROM resources ORDER BY publish_seq DESC LIMIT ? OFFSET ?",
     "spans": "SELECT attempt_id, sequence_id, span_id, parent_id, name, start_time, end_time,"
     " json_extract(body, '$.status.status_code') FROM spans WHERE rollout_id = ?"
@@ -100,7 +100,7 @@ class Views(Retention):
         """Buckets as wide as needed for the run to fit in `max_points`, summed from the
         widest kept width that divides them."""
         with self.snapshot():
-            [(first, last)] = self._read(_QUERIES["run_span"], (int(self.clock()),))
+            [(first, last)] = self._read(_QUERIES["run_span"], (int(self.clock()),) * 2)
             if first is None:
                 return RewardSeries(CHART_WIDTHS[0], [])
             width, kept = _chart_widths(first, last, max_points)
@@ -128,7 +128,7 @@ class Views(Retention):
         last second stay, as they give its length."""
         deleted = 0
         with self._write(durable=False) as conn:
-            [(first, last)] = conn.execute(_QUERIES["run_span"], (int(self.clock()),)).fetchall()
+            [(first, last)] = conn.execute(_QUERIES["run_span"], (int(self.clock()),) * 2).fetchall()
             if first is None:
                 return 0
             _, kept = _chart_widths(first, last, CHART_POINTS)
