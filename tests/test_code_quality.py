@@ -1,4 +1,5 @@
-"""The code is formatted, lint-clean and type-checked: the same tools the developers run."""
+"""The code is formatted, lint-clean and type-checked (the same tools the developers run), and
+its SQL binds values as every Python agl runs on reads them."""
 
 from __future__ import annotations
 
