@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import prefork
 from daemon import Daemon, env_without_agl, fetch
 
 
@@ -28,21 +29,17 @@ def agl(
     env: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m agl_cli [--state-dir D] ARGS`, so URL and token are found as a user's would be;
-    in a session of its own, so that a signal it sent its process group would not reach the tests."""
-    command = [sys.executable, "-m", "agl_cli"]
+    """`python -m agl_cli [--state-dir D] ARGS`, so URL and token are found as a user's would be
+    (forked from the pre-fork server of `prefork.py` where it can be); in a session of its own,
+    so that a signal it sent its process group would not reach the tests."""
     where = daemon.state_dir if daemon is not None else state_dir
-    if where is not None:
-        command += ["--state-dir", str(where)]
-    return subprocess.run(
-        [*command, *args],
-        capture_output=True,
-        text=True,
+    before = ["--state-dir", str(where)] if where is not None else []
+    return prefork.run(
+        [*before, *args],
+        env={**env_without_agl(), **(env or {})},
         input=stdin,
         timeout=timeout,
-        env={**env_without_agl(), **(env or {})},
-        check=False,
-        start_new_session=True,
+        new_session=True,
     )
 
 

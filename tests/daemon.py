@@ -1,4 +1,5 @@
-"""A real `agl serve` process for tests: started on an ephemeral port, killed for real."""
+"""A real `agl serve` process for tests: started on an ephemeral port (forked from the
+pre-fork server of `prefork.py` where it can be), killed for real."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ import resource
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import prefork
 
 from agl_cli.server.logs import untimed
 
@@ -51,7 +51,7 @@ class Daemon:
         # started with SIGHUP ignored; else as from a terminal, whatever the suite's
         self.under_nohup = under_nohup
         self.env = env  # variables to add to the suite's environment
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: prefork.Process | None = None
         self.url = ""
         self.starts = 0
 
@@ -82,29 +82,29 @@ class Daemon:
         """Start the process, without waiting for it to listen."""
         self.starts += 1
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as agl makes it
-        command = [
-            sys.executable,
-            "-m",
-            "agl_cli",
+        args = [
             "serve",
             "--port",
             "0",
             "--state-dir",
             str(self.state_dir),
+            "--log-level",
+            "warning",
+            *self.args,
         ]
-        command += ["--log-level", "warning", *self.args]
-        log = self.log_path.open("wb")
-        env = None if self.env is None else {**os.environ, **self.env}
-        self.proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits, env=env
-        )
-
-    def _limits(self) -> None:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN if self.under_nohup else signal.SIG_DFL)
+        open_files = None
         if self.open_files is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (self.open_files, self.open_files if self.open_files_hard else hard)
+            hard = self.open_files if self.open_files_hard else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            open_files = (self.open_files, hard)
+        with self.log_path.open("wb") as log:
+            self.proc = prefork.start(
+                args,
+                env={**os.environ, **(self.env or {})},
+                stdin=0,  # the suite's own, as a daemon inherits it
+                stdout=log.fileno(),
+                stderr=log.fileno(),
+                ignore_sighup=self.under_nohup,
+                open_files=open_files,
             )
 
     def _wait_ready(self, deadline: float) -> None:
