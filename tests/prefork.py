@@ -18,6 +18,7 @@ lines only for one it found at its start), or `NO_PREFORK=1` for a whole run.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import locale
@@ -186,8 +187,21 @@ class Forker:
             self._socket = ours
         return self._socket
 
+    def close(self) -> None:
+        """Let the server end, and wait for it: so that its CPU time, and that of every
+        process it forked and reaped, counts as this test process's children's."""
+        if self._socket is None or self._server is None:
+            return
+        self._socket.close()
+        try:
+            self._server.wait(30)
+        except subprocess.TimeoutExpired:
+            self._server.kill()
+            self._server.wait()
+
 
 FORKER = Forker({k: v for k, v in os.environ.items() if not k.startswith("AGL_")})
+atexit.register(FORKER.close)
 
 
 def start(
@@ -345,8 +359,9 @@ def _serve(control: socket.socket) -> dict[str, object]:
                 _reap(statuses)
                 continue
             message, fds, _, _ = socket.recv_fds(control, 1 << 20, 4)
-            if not message:
-                sys.exit(0)  # the test process has ended
+            if not message:  # the test process is ending
+                _reap(statuses)  # those that have ended; any other is left to init, as it would be
+                sys.exit(0)
             request = json.loads(message)
             sys.stdout.flush()
             sys.stderr.flush()
