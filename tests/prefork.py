@@ -2,7 +2,7 @@
 
 The suite starts about a thousand daemons and commands, and each new interpreter spends
 most of a second of CPU importing agl's stack before it does anything. A pre-fork server
-(this file, run as a script) imports that stack once; every process asked of it is a
+(`prefork_server.py`, which this module starts) imports that stack once; every process asked of it is a
 `fork()` of that server that then runs `python -m agl_cli ARGS` as a new interpreter
 would: its own pid, environment, working directory, standard streams and signal
 dispositions, no file descriptor of the server's, and an ordinary exit. What they share is
@@ -19,17 +19,13 @@ lines only for one it found at its start), or `NO_PREFORK=1` for a whole run.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import locale
 import os
-import resource
-import runpy
 import select
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,10 +34,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import prefork_server
+
 PACKAGE = "agl_cli"  # what `python -m` runs; the server's command line names it, as agl's pid check asks
 # What the commands and `serve` import: the server imports them before it forks anything.
 PRELOAD = ("agl_cli.cli.app", "agl_cli.server.serving", "agl_cli.client")
-STATUS = struct.Struct("i")  # a child's wait status, as the server writes it when it reaps the child
 VOLATILE = frozenset({"PYTEST_CURRENT_TEST"})  # set by pytest at every test; nothing reads it on import
 
 
@@ -96,11 +93,11 @@ class Forked:
 
     def _read_status(self) -> None:
         assert self._status is not None
-        data = os.read(self._status, STATUS.size)
+        data = os.read(self._status, prefork_server.STATUS.size)
         self._close()
-        if len(data) != STATUS.size:
+        if len(data) != prefork_server.STATUS.size:
             raise RuntimeError(f"the pre-fork server ended before process {self.pid} did")
-        self.returncode = os.waitstatus_to_exitcode(STATUS.unpack(data)[0])
+        self.returncode = os.waitstatus_to_exitcode(prefork_server.STATUS.unpack(data)[0])
 
     def _close(self) -> None:
         if self._status is not None:
@@ -177,7 +174,7 @@ class Forker:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             with theirs:
                 self._server = subprocess.Popen(
-                    [sys.executable, __file__, str(theirs.fileno()), PACKAGE, *PRELOAD],
+                    [sys.executable, prefork_server.__file__, str(theirs.fileno()), PACKAGE, *PRELOAD],
                     pass_fds=[theirs.fileno()],
                     env=self.env,
                     stdin=subprocess.DEVNULL,
@@ -235,17 +232,8 @@ def start(
         stderr=stderr,
         env=dict(env),
         start_new_session=new_session,
-        preexec_fn=lambda: _hang_up_and_limit(ignore_sighup, open_files),
+        preexec_fn=lambda: prefork_server.hang_up_and_limit(ignore_sighup, open_files),
     )
-
-
-def _hang_up_and_limit(ignore_sighup: bool | None, open_files: Sequence[int] | None) -> None:
-    """What a daemon asks of its process before agl runs: SIGHUP ignored or not (None: as the
-    suite has it, as `subprocess` leaves it), and a soft and hard limit on open files."""
-    if ignore_sighup is not None:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_sighup else signal.SIG_DFL)
-    if open_files is not None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files[0], open_files[1]))
 
 
 def run(
@@ -337,80 +325,3 @@ def _wait_until(process: Forked, deadline: float) -> int | None:
         return process.wait(max(deadline - time.monotonic(), 0))
     except subprocess.TimeoutExpired:
         return None
-
-
-# the server --------------------------------------------------------------------------------
-
-
-def _serve(control: socket.socket) -> dict[str, object]:
-    """Fork a child for every request until the client goes away; in a child, return its request."""
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    signal.set_wakeup_fd(wake_write)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop through the pipe
-    statuses: dict[int, int] = {}  # a living child's pid -> the write end of its status pipe
-    selector = selectors.DefaultSelector()
-    selector.register(control, selectors.EVENT_READ)
-    selector.register(wake_read, selectors.EVENT_READ)
-    while True:
-        for key, _ in selector.select():
-            if key.fileobj is not control:
-                os.read(wake_read, 4096)
-                _reap(statuses)
-                continue
-            message, fds, _, _ = socket.recv_fds(control, 1 << 20, 4)
-            if not message:  # the test process is ending
-                _reap(statuses)  # those that have ended; any other is left to init, as it would be
-                sys.exit(0)
-            request = json.loads(message)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                selector.close()
-                control.close()
-                for fd in (wake_read, wake_write, *statuses.values()):
-                    os.close(fd)
-                _become_child(request, fds)
-                return dict(request)
-            statuses[pid] = fds[3]
-            for fd in fds[:3]:
-                os.close(fd)
-            control.send(json.dumps({"pid": pid}).encode())
-
-
-def _reap(statuses: dict[int, int]) -> None:
-    while statuses:
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid == 0:
-            return
-        fd = statuses.pop(pid)
-        with contextlib.suppress(BrokenPipeError):  # nobody waits for it any more
-            os.write(fd, STATUS.pack(status))
-        os.close(fd)
-
-
-def _become_child(request: dict[str, object], fds: list[int]) -> None:
-    """Everything a new interpreter started by `subprocess.Popen` would have differently."""
-    os.close(fds[3])
-    if request["new_session"]:
-        os.setsid()
-    for target, fd in enumerate(fds[:3]):
-        os.dup2(fd, target)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    _hang_up_and_limit(request["ignore_sighup"], request["open_files"])  # type: ignore[arg-type]
-    os.chdir(str(request["cwd"]))
-    os.environ.clear()
-    os.environ.update(request["env"])  # type: ignore[arg-type]
-    sys.path[0] = os.getcwd()  # as `python -m` puts it
-
-
-if __name__ == "__main__":
-    fd, package, *preload = sys.argv[1:]
-    for module in preload:
-        __import__(module)
-    child = _serve(socket.socket(fileno=int(fd)))
-    sys.argv = [package, *child["args"]]  # type: ignore[list-item]
-    runpy.run_module(package, run_name="__main__", alter_sys=True)
