@@ -293,7 +293,10 @@ def report(figures: list[Figure], scenarios: list[str], started: list[StoreServe
     by = {(f.scenario, f.server): f for f in figures}
     for scenario in scenarios:
         ours, theirs = by[(scenario, "agl (durable)")], by[(scenario, "0.3.0 store")]
-        ratio = ours.per_second / theirs.per_second if theirs.per_second else float("inf")
+        if not theirs.per_second:
+            print(f"  {scenario:<9} agl (durable) / 0.3.0 in memory  no figure: 0.3.0 finished nothing")
+            continue
+        ratio = ours.per_second / theirs.per_second
         print(
             f"  {scenario:<9} agl (durable) / 0.3.0 in memory  {ratio:6.2f}  {'met' if ratio >= 2 else 'missed'}"
         )

@@ -162,11 +162,20 @@ def test_the_quick_store_api_run_compares_every_scenario_with_0_3_0(
         "store_api.py", "--quick", "--legacy-python", str(compat_python), cwd=tmp_path, timeout=300
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    ratios = re.findall(
-        r"^  (\w+) +agl \(durable\) / 0\.3\.0 in memory +([\d.]+) +(met|missed)$", result.stdout, re.M
+    rows = re.findall(
+        r"^  (\w+) +(agl \(durable\)|agl \(memory\)|0\.3\.0 store) +([\d,]+) .* (\d+)$", result.stdout, re.M
     )
-    assert [scenario for scenario, _, _ in ratios] == ["cycle", "enqueue", "spans", "otlp"]
-    assert all(math.isfinite(float(ratio)) for _, ratio, _ in ratios)
+    assert len(rows) == 12 and all(errors == "0" for *_, errors in rows), result.stdout
+    assert all(int(rate.replace(",", "")) > 0 for _, server, rate, _ in rows if server.startswith("agl"))
+    ratios = re.findall(
+        r"^  (\w+) +agl \(durable\) / 0\.3\.0 in memory +(?:([\d.]+) +(?:met|missed)|no figure: .+)$",
+        result.stdout,
+        re.M,
+    )
+    assert [scenario for scenario, _ in ratios] == ["cycle", "enqueue", "spans", "otlp"]
+    # On a loaded machine 0.3.0 may finish no cycle in the quick second: the bench then says
+    # so rather than print a ratio, so only a figure it did print is checked.
+    assert any(ratio for _, ratio in ratios) and all(math.isfinite(float(r)) for _, r in ratios if r)
     assert "start to first answer" in result.stdout
 
 
