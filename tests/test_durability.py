@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import sqlite3
@@ -11,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import prefork
 import pytest
 from conftest import schema_5_file
-from daemon import Daemon, free_port, wait_until
+from daemon import Daemon, env_without_agl, free_port, wait_until
 
+from agl_cli import paths
 from agl_cli.store import schema
 
 
@@ -158,6 +162,37 @@ def test_sigterm_or_a_closed_terminal_answers_a_waiting_long_poll_and_exits_clea
     database = sqlite3.connect(daemon.state_dir / "agl.db")
     assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     database.close()
+
+
+def test_a_sigterm_sent_as_soon_as_agl_says_it_listens_stops_it_as_gracefully(tmp_path: Path) -> None:
+    """The daemon is held on that line, its log a full pipe that nobody reads yet, when
+    the signal is sent: its stop is a clean one, not the default action's abrupt end."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filled += os.write(write, bytes(65536))
+    os.set_blocking(write, True)
+    state = tmp_path / "state"
+    try:
+        args = ["serve", "--port", "0", "--state-dir", str(state)]
+        proc = prefork.start(args, env=env_without_agl(), stdin=0, stdout=write, stderr=write)
+    finally:
+        os.close(write)
+    try:
+        # Left just before the line is written, which blocks: the signal lands on the line.
+        wait_until(lambda: (state / paths.ADDRESS_NAME).exists() or proc.poll() is not None, "the address")
+        proc.send_signal(signal.SIGTERM)
+        with os.fdopen(read, "rb") as log:
+            said = log.read()  # to the end, once the daemon has exited
+        assert proc.wait(30) == 0, said[filled:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert b"listening on" in said[filled:]
+    assert not (state / paths.PIDFILE_NAME).exists() and not (state / paths.ADDRESS_NAME).exists()
 
 
 def test_a_daemon_started_under_nohup_outlives_its_terminal(tmp_path: Path) -> None:

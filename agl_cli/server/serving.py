@@ -166,6 +166,39 @@ def _private(config: DaemonConfig, state_dir: Path) -> list[tuple[Path, int, str
     return private
 
 
+def _announce(
+    config: DaemonConfig, state_dir: Path, address: str, tightened: list[str | None], *, paused: bool
+) -> Path:
+    """Leave the address for the CLI and say that agl listens (the line scripts wait for);
+    returns the address file, which the daemon removes when it stops."""
+    address_file = state_dir / paths.ADDRESS_NAME
+    try:
+        address_file.write_text(address + "\n")
+    except OSError as exc:  # a full disk: serve all the same (reads go on, writes get a 507)
+        with contextlib.suppress(OSError):
+            address_file.unlink(missing_ok=True)
+        logs.announce(
+            f"agl: cannot write {address_file} ({exc.strerror or exc}); give the CLI --url {address}.",
+            config.log_json,
+        )
+    where = "in memory" if config.memory else str(state_dir / paths.DATABASE_NAME)
+    logs.announce(
+        f"agl {__version__} listening on {address} (store: {where})",
+        config.log_json,
+        version=__version__,
+        address=address,
+        store=where,
+    )
+    for note in filter(None, tightened):
+        logs.announce(f"agl: {note}", config.log_json)
+    if paused:  # kept from before a restart: say so, or idle workers would be a riddle
+        logs.announce(
+            "agl: the queue is paused, as it was left: workers get no tasks until agl resume.",
+            config.log_json,
+        )
+    return address_file
+
+
 def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
     """Open the store and serve on `sock` (listening already) until told to stop."""
     _open_as_many_files_as_allowed()
@@ -205,37 +238,16 @@ def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
     server.broker = broker
     broker.on_lost(server.request_exit)  # no write can be made: stop, and say why (below)
     app.state.request_shutdown = server.request_exit
-    address_file = state_dir / paths.ADDRESS_NAME
-    try:
-        address_file.write_text(address + "\n")
-    except OSError as exc:  # a full disk: serve all the same (reads go on, writes get a 507)
-        with contextlib.suppress(OSError):
-            address_file.unlink(missing_ok=True)
-        logs.announce(
-            f"agl: cannot write {address_file} ({exc.strerror or exc}); give the CLI --url {address}.",
-            config.log_json,
-        )
-    where = "in memory" if config.memory else str(state_dir / paths.DATABASE_NAME)
-    logs.announce(
-        f"agl {__version__} listening on {address} (store: {where})",
-        config.log_json,
-        version=__version__,
-        address=address,
-        store=where,
-    )
-    for note in filter(None, tightened):
-        logs.announce(f"agl: {note}", config.log_json)
-    if broker.paused:  # kept from before a restart: say so, or idle workers would be a riddle
-        logs.announce(
-            "agl: the queue is paused, as it was left: workers get no tasks until agl resume.",
-            config.log_json,
-        )
-    _collect_garbage_rarely()
-    _hand_the_gil_back_sooner()
-    try:
-        _run_on_fastest_loop(server.serve(sockets=[sock]))
-    finally:
-        with contextlib.suppress(OSError):  # a file system gone read-only: the next start replaces it
-            address_file.unlink(missing_ok=True)
+    # From the first sign that it listens, a stop signal stops it as gracefully as later:
+    # with the default action in place, a SIGTERM sent on that sign ended it abruptly.
+    with server.capture_signals():
+        address_file = _announce(config, state_dir, address, tightened, paused=broker.paused)
+        _collect_garbage_rarely()
+        _hand_the_gil_back_sooner()
+        try:
+            _run_on_fastest_loop(server.serve(sockets=[sock]))
+        finally:
+            with contextlib.suppress(OSError):  # a file system gone read-only: the next start replaces it
+                address_file.unlink(missing_ok=True)
     if broker.lost is not None:
         raise StoppedError(str(broker.lost))
