@@ -43,7 +43,9 @@ def agl(
     )
 
 
-def agl_into(out: Path, *args: str, daemon: Daemon) -> subprocess.CompletedProcess[bytes]:
+def agl_into(
+    out: Path, *args: str, daemon: Daemon, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """`agl ARGS` with its stdout going to the file `out`, as `agl ARGS > out` (binary output)."""
     with out.open("wb") as stdout:
         return subprocess.run(
@@ -51,7 +53,7 @@ def agl_into(out: Path, *args: str, daemon: Daemon) -> subprocess.CompletedProce
             stdout=stdout,
             stderr=subprocess.PIPE,
             timeout=60,
-            env=env_without_agl(),
+            env=env or env_without_agl(),
             check=False,
         )
 

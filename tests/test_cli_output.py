@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import select
 import signal
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import httpx
+import pytest
 from cli_runner import agl, agl_into, as_on_a_terminal, on_a_terminal, popen_agl, post_rollout
-from daemon import Daemon, env_without_agl
+from daemon import Daemon, env_without_agl, wait_until
 
 from agl_cli.cli.errors import ExitCode
 
@@ -132,10 +136,62 @@ def test_a_command_started_without_stdin_or_stdout_reads_nothing_and_writes_nowh
     assert daemon.status()["tasks"]["queued"] == 0
 
 
-def test_backup_to_stdout_on_a_full_disk_is_one_line(daemon: Daemon) -> None:
-    result = agl_into(Path("/dev/full"), "backup", "-", daemon=daemon)
-    assert result.returncode == ExitCode.ERROR
-    assert result.stderr.decode() == "agl: Cannot write the copy to stdout: No space left on device.\n"
+def python_env(unbuffered: bool) -> dict[str, str]:
+    """The suite's environment, with Python's stdout unbuffered (PYTHONUNBUFFERED, as many
+    container images set it) or buffered as by default."""
+    env = {k: v for k, v in env_without_agl().items() if k != "PYTHONUNBUFFERED"}
+    return env | {"PYTHONUNBUFFERED": "1"} if unbuffered else env
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_output_onto_a_full_disk_is_one_line_whatever_the_command(daemon: Daemon, unbuffered: bool) -> None:
+    daemon.queue(*range(10))
+    for command in (["backup", "-"], ["tasks", "list", "--json"], ["tasks", "list"], ["--version"]):
+        result = agl_into(Path("/dev/full"), *command, daemon=daemon, env=python_env(unbuffered))
+        assert (result.returncode, result.stderr.decode()) == (
+            ExitCode.ERROR,
+            "agl: Cannot write to stdout: No space left on device.\n",
+        ), command
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_reader_gone_half_way_through_a_write_ends_it_as_sigpipe_would(
+    daemon: Daemon, unbuffered: bool
+) -> None:
+    """The output, larger than a pipe holds, is written at once; its reader leaves once the
+    pipe is full. Unbuffered, Python took the write the kernel cut short as done and agl
+    exited 0, the rest of its output lost."""
+    daemon.queue(*range(2000))
+    for command in (["tasks", "list", "--limit", "2000"], ["tasks", "list", "--limit", "2000", "--json"]):
+        ended = reader_gone_once_full(*command, daemon=daemon, env=python_env(unbuffered))
+        assert ended == (ExitCode.READER_GONE, b""), command
+
+
+def reader_gone_once_full(*args: str, daemon: Daemon, env: dict[str, str]) -> tuple[int, bytes]:
+    """`agl ARGS` into a pipe whose reader reads nothing and leaves once the pipe is full:
+    the exit status and everything said on stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    pipe = process.stdout.fileno()
+    size = fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
+    try:
+        wait_until(lambda: waiting_in(pipe) == size or process.poll() is not None, "the pipe to fill")
+        process.stdout.close()
+        return process.wait(30), process.stderr.read()
+    finally:
+        process.kill()
+
+
+def waiting_in(pipe: int) -> int:
+    """How many bytes wait to be read in `pipe`."""
+    waiting = array.array("i", [0])
+    fcntl.ioctl(pipe, termios.FIONREAD, waiting)
+    return waiting[0]
 
 
 def test_backup_to_a_pipe_closed_early_ends_quietly(daemon: Daemon) -> None:

@@ -13,7 +13,7 @@ import typer
 from agl_cli import paths
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, state_dir_of, state_dir_option, target_of
-from agl_cli.cli.errors import ExitCode, fail
+from agl_cli.cli.errors import ExitCode, fail, stdout_failed
 
 if TYPE_CHECKING:
     from agl_cli.store.backups import Contents
@@ -94,7 +94,7 @@ def _backup_to_stdout(ctx: typer.Context) -> None:
     except BrokenPipeError:
         raise  # its reader went away: ended quietly, as for every command
     except OSError as exc:  # a full disk, /dev/full
-        fail(f"Cannot write the copy to stdout: {exc.strerror or exc}.")
+        stdout_failed(exc)
 
 
 def restore(

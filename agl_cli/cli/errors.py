@@ -71,11 +71,25 @@ def report(error: CLIError) -> NoReturn:
     raise SystemExit(int(error.code))
 
 
-def reader_gone() -> NoReturn:
-    """End quietly, as a Unix tool killed by SIGPIPE does, when what reads stdout went away.
+class StdoutError(OSError):
+    """stdout refused a write for a reason of its own (a full disk, an I/O error); a reader
+    gone away is a BrokenPipeError instead, which ends agl quietly."""
 
-    Whatever is still buffered goes to /dev/null: flushed into the closed pipe at exit, it
-    would make Python print "Exception ignored ... BrokenPipeError"."""
+
+def reader_gone() -> NoReturn:
+    """End quietly, as a Unix tool killed by SIGPIPE does, when what reads stdout went away."""
+    _drop_unwritten()
+    raise SystemExit(ExitCode.READER_GONE)
+
+
+def stdout_failed(error: OSError) -> NoReturn:
+    """End as any failure does, with one line, when the output could not be written."""
+    _drop_unwritten()
+    report(CLIError(f"Cannot write to stdout: {error.strerror or error}."))
+
+
+def _drop_unwritten() -> None:
+    """Whatever is still buffered for stdout goes to /dev/null: flushed at exit into a closed
+    pipe or onto a full disk, it would make Python print "Exception ignored ..."."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    raise SystemExit(ExitCode.READER_GONE)
