@@ -1,18 +1,22 @@
 """When the disk says no: a full store refuses writes with a 507 that says so, keeps
 serving reads, keeps nothing half-written, and takes writes again once there is room; a
-failing disk's writes are a 503; a failed sync stops the daemon, to be restarted."""
+failing disk's writes are a 503; a failed sync stops the daemon, to be restarted; `agl
+queue` without room for its temporary files says so and queues nothing."""
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from unittest.mock import ANY
 
 import httpx
+import orjson
 import pytest
+from cli_runner import agl, assert_one_line_error, write
 from daemon import Daemon
 
 from agl_cli.server.writer import SINCE_THE_LAST_GOOD_SYNC
@@ -259,3 +263,30 @@ def test_a_big_page_the_temporary_directory_cannot_take_is_a_503_with_the_reason
     trigger.unlink()
     assert daemon.get("/v1/agl/rollouts").json()["total"] == 600
     assert "Traceback" not in daemon.log_path.read_text()
+
+
+def test_agl_queue_with_no_room_for_temporary_files_says_so_and_queues_nothing(
+    daemon: Daemon, tmp_path: Path, failing_writes: Path
+) -> None:
+    """`agl queue` keeps what it will print, past one request's worth, and a copy of its
+    standard input in temporary files: without room for them it ends with one line and
+    discards the staged batch. One request's worth is kept in memory, and goes through."""
+    trigger = tmp_path / "no room for temporary files"
+    trigger.touch()
+    full = {"LD_PRELOAD": str(failing_writes), "AGL_TEMP_FULL": str(trigger)}
+    large = "".join(orjson.dumps({"input": "x" * 4_000}).decode() + "\n" for _ in range(6_000))  # 24 MB
+    printed = agl("queue", "--json", write(tmp_path / "large.jsonl", large), daemon=daemon, env=full)
+    assert_one_line_error(
+        printed, f"The rollout ids could not be kept in a temporary file in {tempfile.gettempdir()}"
+    )
+    assert printed.stderr.endswith(" (No space left on device); nothing was queued.\n")
+    copied = agl("queue", "-", stdin='{"input": 1}\n', daemon=daemon, env=full)
+    assert_one_line_error(copied, "<stdin>: cannot be copied to a temporary file in ")
+    assert daemon.status()["tasks"]["queued"] == 0
+    database = sqlite3.connect(daemon.state_dir / "agl.db")
+    assert database.execute("SELECT count(*) FROM batches").fetchone() == (0,)  # discarded, not left staged
+    database.close()
+
+    few = agl("queue", write(tmp_path / "few.jsonl", '{"input": 1}\n' * 10), daemon=daemon, env=full)
+    assert few.returncode == 0 and len(few.stdout.split()) == 10, few.stderr
+    assert daemon.status()["tasks"]["queued"] == 10

@@ -17,7 +17,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 # it takes a million tasks is about 20 MB lower than at 10,000, at no cost in time.
 CHUNK_TASKS = 5_000
 CHUNK_BYTES = 8 << 20  # well under the daemon's default body limit of 32 MiB (smaller for a smaller one)
+# What `agl queue` prints is kept in memory up to this size, more than one chunk's worth,
+# then on disk: a batch of one chunk, queued in one request, never needs the disk after it.
+PRINTED_IN_MEMORY = 2 * CHUNK_BYTES
 
 
 class ModeChoice(str, enum.Enum):
@@ -340,7 +343,10 @@ def _refused_task(exc: Refused, chunk: Chunk) -> tuple[str, int] | None:
 
 class _Sink:
     """Where rollout ids go until the batch is committed: a spool file, so that a million
-    of them cost no memory, and, for --wait, the ids and modes to wait for."""
+    of them cost no memory, and, for --wait, the ids and modes to wait for.
+
+    What the spool cannot write (a full temporary directory) stops the queuing while the
+    batch is only staged: each chunk's ids are written through as they come."""
 
     def __init__(self, json_output: bool, keep_ids: bool) -> None:
         self.json_output = json_output
@@ -348,7 +354,7 @@ class _Sink:
         self.keep_specs = json_output or keep_ids
         self.first_id: str | None = None  # of the batch: visible once it is committed
         self.expected: dict[str, str | None] = {}
-        self._spool: TextIO = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by __exit__
+        self._spool = tempfile.SpooledTemporaryFile(PRINTED_IN_MEMORY, "w+", encoding="utf-8")  # noqa: SIM115 - closed by __exit__
 
     def __enter__(self) -> _Sink:
         return self
@@ -363,13 +369,26 @@ class _Sink:
         if self.keep_ids:
             for rollout_id, spec in zip(ids, specs, strict=True):
                 self.expected[rollout_id] = spec.get("mode")
-        elif self.json_output:
-            self._spool.writelines(
+            return
+        lines = (
+            (
                 output.json_text({"rollout_id": rollout_id, **spec}) + "\n"
                 for rollout_id, spec in zip(ids, specs, strict=True)
             )
-        else:
-            self._spool.writelines(rollout_id + "\n" for rollout_id in ids)
+            if self.json_output
+            else (rollout_id + "\n" for rollout_id in ids)
+        )
+        try:
+            self._spool.writelines(lines)
+            self._spool.flush()
+        except OSError as exc:  # the batch is discarded on the way out (`_upload`)
+            with contextlib.suppress(OSError):  # and what the spool kept is dropped, not tried again
+                self._spool.close()
+            where = tempfile.gettempdir()
+            fail(
+                f"The rollout ids could not be kept in a temporary file in {where} ({exc.strerror or exc});"
+                " nothing was queued."
+            )
 
     def print(self) -> None:
         import sys

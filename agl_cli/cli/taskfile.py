@@ -12,6 +12,7 @@ else (a pretty-printed object, say) is read as a sequence of JSON values.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -91,8 +92,16 @@ def open_task_files(names: list[str], spool: Callable[[], IO[bytes]]) -> list[Ta
     for name in names:
         if name == "-":
             handle = spool()
-            shutil.copyfileobj(sys.stdin.buffer, handle, READ_SIZE)
-            handle.flush()
+            try:
+                shutil.copyfileobj(sys.stdin.buffer, handle, READ_SIZE)
+                handle.flush()
+            except OSError as exc:  # no room in the temporary directory, most likely
+                with contextlib.suppress(OSError):  # and what it kept is dropped, not tried again
+                    handle.close()
+                raise TaskFileError(
+                    "<stdin>",
+                    f"cannot be copied to a temporary file in {tempfile.gettempdir()} ({exc.strerror or exc}).",
+                ) from None
             files.append(TaskFile("<stdin>", Path(handle.name)))
             continue
         path = Path(name)

@@ -3,8 +3,9 @@
  * journal fails with EIO, as a dying disk's would; while the one named by AGL_FAIL_SYNCS
  * exists, only the syncs do (the writes land in the page cache); while the one named by
  * AGL_DISK_FULL exists, the writes fail with ENOSPC, as on a full disk; while the one
- * named by AGL_TEMP_FULL exists, writes to unnamed temporary files do, as in a full
- * temporary directory. Everything else passes through. */
+ * named by AGL_TEMP_FULL exists, writes to unnamed temporary files and to `agl queue`'s
+ * copy of its standard input do, as in a full temporary directory. Everything else
+ * passes through. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -33,7 +34,8 @@ static int failing_while(const char *variable, int fd, int error, const char *na
 
 static int failing(int fd) {
     return failing_while("AGL_FAIL_WRITES", fd, EIO, "agl.db") || failing_while("AGL_DISK_FULL", fd, ENOSPC, "agl.db")
-        || failing_while("AGL_TEMP_FULL", fd, ENOSPC, " (deleted)");
+        || failing_while("AGL_TEMP_FULL", fd, ENOSPC, " (deleted)")
+        || failing_while("AGL_TEMP_FULL", fd, ENOSPC, "/agl-queue-");
 }
 static int failing_sync(int fd) {
     return failing_while("AGL_FAIL_WRITES", fd, EIO, "agl.db") || failing_while("AGL_FAIL_SYNCS", fd, EIO, "agl.db");
