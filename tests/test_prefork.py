@@ -26,11 +26,16 @@ pytestmark = pytest.mark.skipif(os.environ.get("NO_PREFORK") == "1", reason="NO_
 
 
 def serve(state_dir: Path, log: Path, *, forked: bool) -> prefork.Process:
+    """A daemon reading /dev/null (not the suite's stdin: a terminal under `pytest -s`)."""
     args = ["serve", "--port", "0", "--state-dir", str(state_dir), "--log-level", "warning"]
-    with log.open("wb") as out:
+    with log.open("wb") as out, open(os.devnull, "rb") as nothing:
         if forked:
-            return prefork.start(args, env=os.environ, stdin=0, stdout=out.fileno(), stderr=out.fileno())
-        return subprocess.Popen([sys.executable, "-m", "agl_cli", *args], stdout=out, stderr=out)
+            return prefork.start(
+                args, env=os.environ, stdin=nothing.fileno(), stdout=out.fileno(), stderr=out.fileno()
+            )
+        return subprocess.Popen(
+            [sys.executable, "-m", "agl_cli", *args], stdin=nothing, stdout=out, stderr=out
+        )
 
 
 def ready(process: prefork.Process, log: Path) -> None:
@@ -153,8 +158,8 @@ def test_a_forked_command_past_its_timeout_is_killed_and_said_to_have_timed_out(
 def test_what_could_tell_a_fork_from_a_new_interpreter_gets_a_new_interpreter(tmp_path: Path) -> None:
     base = env_without_agl()
     log = tmp_path / "log"
-    with log.open("wb") as out:
-        fds = (0, out.fileno(), out.fileno())
+    with log.open("wb") as out, open(os.devnull, "rb") as nothing:
+        fds = (nothing.fileno(), out.fileno(), out.fileno())
         leader, terminal = os.openpty()
         try:
             assert prefork.FORKER.can_fork(base, fds)
