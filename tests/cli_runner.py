@@ -44,29 +44,31 @@ def agl(
 
 
 def agl_into(
-    out: Path, *args: str, daemon: Daemon, env: dict[str, str] | None = None
+    out: Path, *args: str, daemon: Daemon, environment: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """`agl ARGS` with its stdout going to the file `out`, as `agl ARGS > out` (binary output)."""
+    """`agl ARGS` with its stdout going to the file `out`, as `agl ARGS > out` (binary output);
+    `environment` is the whole of it (by default the suite's without agl's variables)."""
     with out.open("wb") as stdout:
         return subprocess.run(
             [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args],
             stdout=stdout,
             stderr=subprocess.PIPE,
             timeout=60,
-            env=env or env_without_agl(),
+            env=environment or env_without_agl(),
             check=False,
         )
 
 
-def popen_agl(*args: str, daemon: Daemon) -> subprocess.Popen[str]:
-    """`agl` in the background, taking signals as from a terminal (`as_on_a_terminal`)."""
+def popen_agl(*args: str, daemon: Daemon, environment: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`agl` in the background, taking signals as from a terminal (`as_on_a_terminal`);
+    `environment` as for `agl_into`."""
     command = [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args]
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env_without_agl(),
+        env=environment or env_without_agl(),
         preexec_fn=as_on_a_terminal,
     )
 

@@ -20,16 +20,29 @@ from daemon import Daemon, env_without_agl, wait_until
 from agl_cli.cli.errors import ExitCode
 
 
-def reader_gone_at_once(*args: str, daemon: Daemon) -> tuple[int, str]:
-    """`agl ARGS` into a pipe nobody reads: the exit status and everything said on stderr."""
-    process = popen_agl(*args, daemon=daemon)
+def reader_gone(
+    *args: str, daemon: Daemon, once_full: bool = False, environment: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """`agl ARGS` into a pipe whose reader reads nothing and leaves at once, or once the pipe
+    is full: the exit status and everything said on stderr."""
+    process = popen_agl(*args, daemon=daemon, environment=environment)
     assert process.stdout is not None and process.stderr is not None
-    process.stdout.close()
     try:
-        code = process.wait(30)
+        if once_full:
+            pipe = process.stdout.fileno()
+            size = fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
+            wait_until(lambda: waiting_in(pipe) == size or process.poll() is not None, "the pipe to fill")
+        process.stdout.close()
+        return process.wait(30), process.stderr.read()
     finally:
         process.kill()  # a watch that never noticed would go on for ever
-    return code, process.stderr.read()
+
+
+def waiting_in(pipe: int) -> int:
+    """How many bytes wait to be read in `pipe`."""
+    waiting = array.array("i", [0])
+    fcntl.ioctl(pipe, termios.FIONREAD, waiting)
+    return waiting[0]
 
 
 def test_a_command_whose_reader_goes_away_ends_quietly_as_sigpipe_would(daemon: Daemon) -> None:
@@ -49,7 +62,7 @@ def test_a_command_whose_reader_goes_away_ends_quietly_as_sigpipe_would(daemon: 
         ["status", "--watch"],
         ["status", "--watch", "--json"],
     ):
-        assert reader_gone_at_once(*command, daemon=daemon) == (ExitCode.READER_GONE, ""), command
+        assert reader_gone(*command, daemon=daemon) == (ExitCode.READER_GONE, ""), command
 
 
 def test_help_and_the_version_whose_reader_goes_away_end_quietly_too(tmp_path: Path) -> None:
@@ -147,7 +160,7 @@ def python_env(unbuffered: bool) -> dict[str, str]:
 def test_output_onto_a_full_disk_is_one_line_whatever_the_command(daemon: Daemon, unbuffered: bool) -> None:
     daemon.queue(*range(10))
     for command in (["backup", "-"], ["tasks", "list", "--json"], ["tasks", "list"], ["--version"]):
-        result = agl_into(Path("/dev/full"), *command, daemon=daemon, env=python_env(unbuffered))
+        result = agl_into(Path("/dev/full"), *command, daemon=daemon, environment=python_env(unbuffered))
         assert (result.returncode, result.stderr.decode()) == (
             ExitCode.ERROR,
             "agl: Cannot write to stdout: No space left on device.\n",
@@ -163,35 +176,8 @@ def test_a_reader_gone_half_way_through_a_write_ends_it_as_sigpipe_would(
     exited 0, the rest of its output lost."""
     daemon.queue(*range(2000))
     for command in (["tasks", "list", "--limit", "2000"], ["tasks", "list", "--limit", "2000", "--json"]):
-        ended = reader_gone_once_full(*command, daemon=daemon, env=python_env(unbuffered))
-        assert ended == (ExitCode.READER_GONE, b""), command
-
-
-def reader_gone_once_full(*args: str, daemon: Daemon, env: dict[str, str]) -> tuple[int, bytes]:
-    """`agl ARGS` into a pipe whose reader reads nothing and leaves once the pipe is full:
-    the exit status and everything said on stderr."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    pipe = process.stdout.fileno()
-    size = fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
-    try:
-        wait_until(lambda: waiting_in(pipe) == size or process.poll() is not None, "the pipe to fill")
-        process.stdout.close()
-        return process.wait(30), process.stderr.read()
-    finally:
-        process.kill()
-
-
-def waiting_in(pipe: int) -> int:
-    """How many bytes wait to be read in `pipe`."""
-    waiting = array.array("i", [0])
-    fcntl.ioctl(pipe, termios.FIONREAD, waiting)
-    return waiting[0]
+        ended = reader_gone(*command, daemon=daemon, once_full=True, environment=python_env(unbuffered))
+        assert ended == (ExitCode.READER_GONE, ""), command
 
 
 def test_backup_to_a_pipe_closed_early_ends_quietly(daemon: Daemon) -> None:
