@@ -4,9 +4,10 @@ The file holds the daemon's pid while it runs (or that of `agl backup`, `restore
 `compact` on a stopped daemon's directory), and its holder keeps it locked (`flock`, which
 the kernel lets go of when the process ends, however it ends): of two agl started at once,
 the second finds it locked, where by the pid alone it could read the file before the first
-wrote it. A pidfile nobody locks whose process is gone (or is not agl, the pid having been
-reused) is stale, left by a crash, and is taken over; `agl stop` signals only a process
-this module calls agl.
+wrote it. A pidfile nobody locks is stale, left by a crash, and is taken over, unless its
+pid runs `agl serve` (a daemon from before the lock); not when the pid, reused, runs
+another program or another agl command (`agl rollouts watch`). `agl stop` signals only
+the process that holds the file so.
 """
 
 from __future__ import annotations
@@ -42,28 +43,46 @@ def read_pid(path: Path) -> int | None:
 def is_agl_process(pid: int) -> bool:
     """True if `pid` is alive and, where /proc tells, runs agl: `agl ...` or
     `python -m agl_cli ...`, not merely a command line that mentions agl."""
+    return _agl_arguments(pid) is not None
+
+
+def _serves_unlocked(pid: int) -> bool:
+    """True if `pid` runs `agl serve`, where /proc tells: a daemon from before the lock."""
+    arguments = _agl_arguments(pid)
+    return arguments is not None and (arguments == _UNTOLD or b"serve" in arguments)
+
+
+_UNTOLD = [b"?"]  # the arguments of a live process whose command line cannot be read
+
+
+def _agl_arguments(pid: int) -> list[bytes] | None:
+    """What follows `agl` (or `-m agl_cli`) on the command line of live process `pid`,
+    `_UNTOLD` where that cannot be read; None if it is gone or runs something else."""
     if pid not in _PIDS:
-        return False
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
         pass  # alive, someone else's
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
-        return not Path("/proc/self").exists()  # no /proc here: trust the live pid
+        return None if Path("/proc/self").exists() else _UNTOLD  # no /proc here: trust the live pid
     except OSError:
-        return True
-    if not cmdline:
-        return False  # a zombie (exited, its parent not yet told): its command line is empty
-    return any(arg == b"agl_cli" or os.path.basename(arg) == b"agl" for arg in cmdline.split(b"\0"))
+        return _UNTOLD
+    # A zombie (exited, its parent not yet told) has an empty command line.
+    arguments = cmdline.split(b"\0")
+    for at, argument in enumerate(arguments):
+        if argument == b"agl_cli" or os.path.basename(argument) == b"agl":
+            return arguments[at + 1 :]
+    return None
 
 
 def held(path: Path) -> bool:
-    """Whether an agl holds the pidfile at `path` now: its lock, or, for an agl from before
-    the lock, its live pid. A crash lets go of both, and a clean stop removes the file."""
+    """Whether an agl holds the pidfile at `path` now: its lock, or, for a daemon from
+    before the lock, its live pid. A crash lets go of both, and a clean stop removes the file."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -75,7 +94,7 @@ def held(path: Path) -> bool:
     finally:
         os.close(fd)
     pid = read_pid(path)
-    return pid is not None and is_agl_process(pid)
+    return pid is not None and _serves_unlocked(pid)
 
 
 class UnwritableError(Exception):
@@ -104,7 +123,7 @@ def _take(path: Path) -> None:
                 os.close(fd)
                 continue
             pid = read_pid(path)
-            if pid is not None and pid != me and is_agl_process(pid):  # an agl that took no lock
+            if pid is not None and pid != me and _serves_unlocked(pid):  # a daemon that took no lock
                 raise AlreadyRunningError(pid)
         except BlockingIOError:
             os.close(fd)

@@ -334,6 +334,36 @@ def test_restore_keeps_the_database_it_replaces_whole_even_after_a_crash(
     old.close()
 
 
+ONLY_THE_COPYS_TASKS = {"queued": 20, "claimed": 0, "completed": 0, "failed": 0, "cancelled": 0}
+
+
+def test_restore_where_a_database_was_deleted_without_its_log_keeps_that_log_out_of_the_copy(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """SQLite reads a log beside a database into it, whichever database it came from."""
+    state = tmp_path / "state"
+    daemon = make_daemon(state_dir=state)
+    daemon.queue(*range(20))
+    copy = tmp_path / "copy.db"
+    assert agl("backup", str(copy), daemon=daemon).returncode == 0
+    daemon.queue("after the copy")
+    assert daemon.claim() is not None
+    daemon.kill()  # its last writes are in its log only
+    (state / "agl.db").unlink()
+
+    result = agl("restore", str(copy), daemon=daemon)
+
+    assert result.returncode == 0, result.stderr
+    [log] = state.glob("agl.db.before-restore-*-wal")
+    assert result.stdout.endswith(
+        f"). A write-ahead log left there without its database is kept as {log}."
+        " Start the daemon (agl serve) to use it.\n"
+    )
+    assert daemon.start().status()["tasks"] == ONLY_THE_COPYS_TASKS
+    with sqlite3.connect(state / "agl.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
 def test_restore_refuses_while_the_daemon_runs_and_what_is_not_a_whole_agl_database(
     daemon: Daemon, tmp_path: Path
 ) -> None:

@@ -602,7 +602,7 @@ def test_stop_removes_a_stale_pidfile_and_says_so(tmp_path: Path) -> None:
     pidfile.write_text(f"{gone.pid}\n")
     result = agl("stop", state_dir=tmp_path)
     assert_one_line_error(
-        result, f"named pid {gone.pid}, which is not a running agl, so it was removed", code=3
+        result, f"named pid {gone.pid}, which is not a running agl daemon, so it was removed", code=3
     )
     assert not pidfile.exists()
 
@@ -619,7 +619,9 @@ def test_stop_removes_a_stale_pidfile_and_says_so(tmp_path: Path) -> None:
 def test_stop_signals_no_process_a_pidfile_cannot_name(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "agl.pid").write_bytes(content)
     result = agl("stop", state_dir=tmp_path)
-    assert_one_line_error(result, "named no pid, which is not a running agl, so it was removed", code=3)
+    assert_one_line_error(
+        result, "named no pid, which is not a running agl daemon, so it was removed", code=3
+    )
 
 
 def test_stop_leaves_alone_a_process_whose_command_line_only_mentions_agl(tmp_path: Path) -> None:
@@ -633,6 +635,28 @@ def test_stop_leaves_alone_a_process_whose_command_line_only_mentions_agl(tmp_pa
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_pidfile_naming_another_agl_command_is_stale_to_stop_and_to_serve(
+    daemon: Daemon, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """After a crash the pid may be reused by `agl rollouts watch`, say: agl, but no daemon,
+    as it holds no pidfile's lock."""
+    watcher = popen_agl("rollouts", "watch", daemon=daemon)  # returns once it runs agl
+    try:
+        state = tmp_path / "crashed"
+        state.mkdir(mode=0o700)
+        (state / "agl.pid").write_text(f"{watcher.pid}\n")
+        result = agl("stop", state_dir=state)
+        assert_one_line_error(result, f"named pid {watcher.pid}, which is not a running agl daemon", code=3)
+        assert watcher.poll() is None
+        (state / "agl.pid").write_text(f"{watcher.pid}\n")
+        started = make_daemon(state_dir=state)
+        assert (state / "agl.pid").read_text() == f"{started.proc.pid}\n"  # type: ignore[union-attr]
+        assert watcher.poll() is None
+    finally:
+        watcher.kill()
+        watcher.wait()
 
 
 def test_stop_says_so_when_the_pidfile_is_not_a_file(tmp_path: Path) -> None:

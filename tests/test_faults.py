@@ -18,6 +18,7 @@ import orjson
 import pytest
 from cli_runner import agl, assert_one_line_error, write
 from daemon import Daemon
+from test_backup import ONLY_THE_COPYS_TASKS
 
 from agl_cli.server.writer import SINCE_THE_LAST_GOOD_SYNC
 
@@ -209,6 +210,38 @@ def test_a_state_directory_deleted_or_moved_under_the_daemon_stops_it_before_a_w
     assert daemon.wait() == 1
     log = daemon.log_path.read_text()
     assert f"agl: {said}" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("then", ["replaced", "deleted, then restored"])
+def test_the_log_of_a_database_replaced_or_deleted_under_the_daemon_is_kept_where_no_database_reads_it(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, then: str
+) -> None:
+    """SQLite could not fold the log into a file gone from its name, and would read it into
+    the database put there next (a copy moved in, a restore), corrupting it."""
+    state = tmp_path / "state"
+    daemon = make_daemon(state_dir=state)
+    daemon.queue(*range(20))
+    copy = tmp_path / "copy.db"
+    assert agl("backup", str(copy), daemon=daemon).returncode == 0
+    daemon.queue("after the copy")
+    assert daemon.claim() is not None
+    database = state / "agl.db"
+    if then == "replaced":
+        shutil.copy(copy, tmp_path / "moved in")
+        (tmp_path / "moved in").replace(database)
+    else:
+        database.unlink()
+
+    assert daemon.api("POST", "/v1/tasks", json={"tasks": [{"input": "refused"}]}).status_code == 503
+    assert daemon.wait() == 1
+    [log] = state.glob("agl.db.orphaned-*-wal")
+    said = f"while agl ran: {SINCE_THE_LAST_GOOD_SYNC}. Its write-ahead log, which the next database there"
+    assert f"{said} must not read, is kept as {log}." in daemon.log_path.read_text()
+    if then != "replaced":
+        assert agl("restore", str(copy), daemon=daemon).returncode == 0
+    assert daemon.start().status()["tasks"] == ONLY_THE_COPYS_TASKS
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 @pytest.mark.parametrize(

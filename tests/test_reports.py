@@ -297,11 +297,18 @@ TAMED = {
     "NaN": (b'{"r": NaN}', b'{"r":null}'),
     "Infinity and -Infinity": (b"[Infinity, -Infinity, 1.5]", b"[null,null,1.5]"),
     "numbers beyond a float's range": (b'{"r": 1e999, "s": [-2E400, 0.25]}', b'{"r":null,"s":[null,0.25]}'),
+    "NaN beside integers of 64 bits and more": (
+        b"[NaN, 18446744073709551615, -9223372036854775808, 18446744073709551616, -1" + b"0" * 30 + b"]",
+        b"[null,18446744073709551615,-9223372036854775808,1.8446744073709552e+19,-1e+30]",
+    ),
+    "an integer beyond a float's range": (b'{"r": 1' + b"0" * 400 + b"}", b'{"r":null}'),
 }
 NAMES = {  # the same, with names, as OTLP's JSON writes them
     b'{"r": NaN}': (b'"NaN"',),
     b"[Infinity, -Infinity, 1.5]": (b'"Infinity"', b'"-Infinity"'),
     b'{"r": 1e999, "s": [-2E400, 0.25]}': (b'"Infinity"', b'"-Infinity"'),
+    TAMED["NaN beside integers of 64 bits and more"][0]: (b'"NaN"',),
+    TAMED["an integer beyond a float's range"][0]: (b'"Infinity"',),
 }
 
 
@@ -316,7 +323,6 @@ UNTAMED = {
     "nothing to tame": b'{"r": 1.5, "s": "NaN"}',
     "not JSON even so": b'{"r": NaN',
     "a lone surrogate": b'["\\ud800", NaN]',
-    "an integer beyond 64 bits": b"[NaN, 1" + b"0" * 30 + b"]",
     "a byte order mark": b"\xef\xbb\xbf[NaN]",
     "nested too deeply to write": b"[" * 300 + b"NaN" + b"]" * 300,
     "nested too deeply to read": b"[" * 100_000 + b"NaN" + b"]" * 100_000,

@@ -367,8 +367,9 @@ def test_numbers_json_cannot_carry_are_kept_by_name_as_otlps_json_writes_them(da
     assert daemon.post("/v1/traces", content=export(exported), headers=PROTOBUF).status_code == 200
     [first, second] = spans_of(daemon, handed["rollout_id"])
     assert (first["attributes"], second["attributes"]["loss"]) == (named, "-Infinity")
-    beat = daemon.post(f"{AGL}/workers/w-1", content=b'{"heartbeat_stats": {"cpu": NaN}}', headers=JSON_TYPE)
-    assert (beat.status_code, beat.json()["heartbeat_stats"]) == (200, {"cpu": "NaN"})
+    beat = daemon.post(f"{AGL}/workers/w-1", content=b'{"heartbeat_stats": {"cpu": NaN, "io": %d}}' % 2**70,
+                       headers=JSON_TYPE)  # fmt: skip
+    assert (beat.status_code, beat.json()["heartbeat_stats"]) == (200, {"cpu": "NaN", "io": float(2**70)})
 
 
 def test_a_traced_reward_that_is_no_number_leaves_the_result_readable_without_a_reward(

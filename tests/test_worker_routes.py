@@ -84,13 +84,14 @@ def test_a_rollout_is_acknowledged_like_0_3_0(daemon: Daemon) -> None:
 
 def test_numbers_json_cannot_carry_are_kept_as_null_as_json_writers_write_them(daemon: Daemon) -> None:
     """NaN and Infinity as Python writes them (a 0.3.0 worker's reward may be NaN; its
-    server kept it), and a number beyond a float's range: the report is kept, not lost."""
+    server kept it), and a number beyond a float's range: the report is kept, not lost,
+    an integer beyond 64 bits beside them as the nearest float, as it is without them."""
     [rollout_id] = daemon.queue(1)
     daemon.claim()
     body = (
         b'{"rollout_id": "%s", "final_reward": NaN, "triplets": [{"prompt": {"token_ids": [1]},'
-        b' "response": {"token_ids": [-Infinity]}, "reward": 1e999}], "metadata": {"kept": 1.5}}'
-        % rollout_id.encode()
+        b' "response": {"token_ids": [-Infinity]}, "reward": 1e999}], "metadata": {"kept": 1.5, "seed": %d}}'
+        % (rollout_id.encode(), 2**70)
     )
     response = daemon.post("/rollout", content=body, headers=JSON_TYPE)
     assert response.status_code == 200
@@ -98,10 +99,28 @@ def test_numbers_json_cannot_carry_are_kept_as_null_as_json_writers_write_them(d
     assert (stored["final_reward"], stored["triplets"][0]["reward"], stored["metadata"]) == (
         None,
         None,
-        {"kept": 1.5},
+        {"kept": 1.5, "seed": float(2**70)},
     )
     assert stored["triplets"][0]["response"] == {"token_ids": [None]}
     assert daemon.status()["tasks"]["completed"] == 1
+
+
+def test_a_reward_sent_as_text_or_a_boolean_is_the_number_pydantic_reads_wherever_it_is_shown(
+    daemon: Daemon,
+) -> None:
+    """0.3.0's server read such a reward as its model does, a number, and kept that; agl's
+    reward column did too while the kept rollout read back without one."""
+    rewards = {b'"0.25"': 0.25, b"true": 1.0, b'" 2 "': 2.0, b'"NaN"': None}
+    daemon.queue(*range(len(rewards)))
+    for sent in rewards:
+        task = daemon.claim()
+        assert task is not None
+        body = b'{"rollout_id": "%s", "final_reward": %s}' % (task["rollout_id"].encode(), sent)
+        assert daemon.post("/rollout", content=body, headers=JSON_TYPE).status_code == 200
+    expected = list(rewards.values())
+    assert [stored["final_reward"] for stored in daemon.rollouts()] == expected
+    lines = daemon.api("GET", "/v1/dashboard/rollouts").json()["rollouts"]
+    assert [line["reward"] for line in reversed(lines)] == expected
 
 
 BAD_ROLLOUTS: list[tuple[str, bytes, str]] = [

@@ -117,8 +117,14 @@ def restore(
     database = directory / paths.DATABASE_NAME
     replaced = restored.replaced
     kept = f" The database it replaced is kept as {replaced}." if replaced else ""
+    orphaned = restored.orphaned_log
+    kept += f" A write-ahead log left there without its database is kept as {orphaned}." if orphaned else ""
     kept += " Start the daemon (agl serve) to use it."
-    facts = {"database": str(database), "replaced": str(replaced) if replaced else None}
+    facts = {
+        "database": str(database),
+        "replaced": str(replaced) if replaced else None,
+        "orphaned_log": str(orphaned) if orphaned else None,
+    }
     _say(json_output, f"Restored {file} into {database}", facts, restored.contents, kept)
 
 

@@ -40,7 +40,7 @@ def stop(
 
 def _stop_by_pid(pidfile: Path, timeout: float) -> None:
     pid = pidfiles.read_pid(pidfile)
-    if pid is None or not pidfiles.is_agl_process(pid):
+    if pid is None or not pidfiles.held(pidfile):  # a pid reused, by another agl command even
         what = f"pid {pid}" if pid is not None else "no pid"
         try:
             pidfile.unlink(missing_ok=True)
@@ -51,7 +51,7 @@ def _stop_by_pid(pidfile: Path, timeout: float) -> None:
                 ExitCode.UNREACHABLE,
             )
         fail(
-            f"agl is not running: {pidfile} named {what}, which is not a running agl, so it was removed.",
+            f"agl is not running: {pidfile} named {what}, which is not a running agl daemon, so it was removed.",
             ExitCode.UNREACHABLE,
         )
     try:

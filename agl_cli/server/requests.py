@@ -120,9 +120,15 @@ def with_numbers_tamed(body: bytes, tamed_as: Tamed) -> bytes | None:
     attribute) as `NaN`, and 0.3.0's servers read it. null is what JSON writers make of
     such a number: a worker's report takes it (a missing reward). A span's attribute
     cannot be null, so the store API keeps names, as OTLP's JSON writes them: agentlightning
-    reads a reward of "NaN" back as NaN.
+    reads a reward of "NaN" back as NaN. An integer beyond 64 bits becomes the nearest
+    float, as orjson reads one in a body with nothing to tame.
     """
     tamed = False
+
+    def whole(text: str) -> int | float | str | None:  # as orjson reads one: past 64 bits, a float
+        if len(text) <= 20 and -(2**63) <= (number := int(text)) < 2**64:
+            return number
+        return finite(text)
 
     def finite(text: str) -> float | str | None:
         number = float(text)
@@ -134,14 +140,14 @@ def with_numbers_tamed(body: bytes, tamed_as: Tamed) -> bytes | None:
         return name if tamed_as == "names" else None
 
     try:
-        parsed = json.loads(body.decode(), parse_float=finite, parse_constant=constant)
+        parsed = json.loads(body.decode(), parse_float=finite, parse_int=whole, parse_constant=constant)
     except (ValueError, RecursionError):
         return None
     if not tamed:
         return None
     try:
         return orjson.dumps(parsed)
-    except orjson.JSONEncodeError:  # a lone surrogate, an integer beyond 64 bits, too deep
+    except orjson.JSONEncodeError:  # a lone surrogate, nested too deeply
         return None
 
 

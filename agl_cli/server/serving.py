@@ -250,4 +250,6 @@ def serve(config: DaemonConfig, state_dir: Path, sock: socket.socket) -> None:
             with contextlib.suppress(OSError):  # a file system gone read-only: the next start replaces it
                 address_file.unlink(missing_ok=True)
     if broker.lost is not None:
-        raise StoppedError(str(broker.lost))
+        orphaned = store.orphaned_log if isinstance(store, SQLiteStore) else None
+        kept = f" Its write-ahead log, which the next database there must not read, is kept as {orphaned}."
+        raise StoppedError(str(broker.lost) + (kept if orphaned else ""))

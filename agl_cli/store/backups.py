@@ -87,7 +87,8 @@ def _starts_as_a_database(path: Path) -> bool:
 
 def restore(backup: Path, database: Path, aside: Path) -> Contents:
     """Put a copy of `backup` in `database`'s place; the database it replaces, if any, is
-    kept at `aside` (a name nothing has). Nothing may have the database open. Stopped at
+    kept at `aside` (a name nothing has), and so is a log left there without its database
+    (one deleted while a daemon ran on it). Nothing may have the database open. Stopped at
     any point, it leaves the old database whole at its place, or the new one.
 
     Results go on being numbered after the replaced database's last one: a client that
@@ -103,9 +104,10 @@ def restore(backup: Path, database: Path, aside: Path) -> Contents:
             raise StoreError(f"Cannot restore {backup} into {database}: the copy came out cut short.")
         if database.exists():
             _number_results_after(copy, _fold_log(database))
-            for suffix in LOG_SUFFIXES:  # left only if the old file could not be read
-                if beside(database, suffix).exists():
-                    os.replace(beside(database, suffix), beside(aside, suffix))
+        for suffix in LOG_SUFFIXES:  # left if the old file could not be read, or is gone without them
+            if beside(database, suffix).exists():
+                os.replace(beside(database, suffix), beside(aside, suffix))
+        if database.exists():
             os.link(database, aside)  # the old file keeps its place until the new one takes it
         os.replace(copy, database)
         sync_to_disk(database.parent)

@@ -51,7 +51,7 @@ from agl_cli.store.backups import RESTORING
 from agl_cli.store.base import Store
 from agl_cli.store.compaction import SUFFIX as COMPACTING
 from agl_cli.store.errors import StorageError, StorageFullError
-from agl_cli.store.files import JOURNAL_SUFFIX, beside, log_of
+from agl_cli.store.files import JOURNAL_SUFFIX, LOG_SUFFIXES, beside, hold, log_of, put_aside
 from agl_cli.store.records import Commit, Space
 from agl_cli.store.schema import connect, open_connection
 
@@ -76,8 +76,11 @@ class Database(Store):
     def __init__(self, path: str | Path, *, max_size: int | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.path = Path(path).absolute()  # connections opened later must find the same file
+        self._holder: int | None = None  # the descriptor whose lock says the file is this store's
         self._conn = self._open()
         self._file = _identity(self.path)  # the file this connection writes, whatever its name comes to
+        self._logs = {suffix: _identity(beside(self.path, suffix)) for suffix in LOG_SUFFIXES}
+        self.orphaned_log: Path | None = None  # where `close()` put the log of a database gone
         self._delete_leftovers()
         self.max_size = max_size
         if max_size is not None:  # writes that would grow the file beyond it fail as a full disk does
@@ -93,8 +96,13 @@ class Database(Store):
         self._log_fd: int | None = None  # the log, once a sync has opened it
 
     def _open(self) -> sqlite3.Connection:
-        """The write connection."""
-        return open_connection(self.path)
+        """The write connection, once the file is this store's alone (`_hold`)."""
+        self._holder = hold(self.path)
+        try:
+            return open_connection(self.path)
+        except BaseException:
+            os.close(self._holder)
+            raise
 
     # transactions ------------------------------------------------------------------------
 
@@ -173,10 +181,7 @@ class Database(Store):
     def sync(self) -> None:
         """fsync the WAL: every commit written to it so far is then on disk. Safe to run on
         another thread while the next transaction writes (it only flushes more)."""
-        if _identity(self.path) != self._file:  # its writes went to a file no restart finds
-            raise StorageError(
-                f"The database {self.path} was deleted, moved or replaced while agl ran", undone=False
-            )
+        self._still_in_place()  # else its writes went to a file no restart finds
         fd = self._log()
         if fd is None:  # checkpointed and removed: it is all in the synced database
             return
@@ -186,6 +191,13 @@ class Database(Store):
             raise StorageError(
                 f"The store could not be synced to disk ({exc.strerror or exc})", undone=False
             ) from exc
+
+    def _still_in_place(self) -> None:
+        """Refuse to go on once the database's name leads to another file or none."""
+        if _identity(self.path) != self._file:
+            raise StorageError(
+                f"The database {self.path} was deleted, moved or replaced while agl ran", undone=False
+            )
 
     def _log(self) -> int | None:
         """The write-ahead log, kept open (None if there is none): opened for each sync, a
@@ -200,6 +212,8 @@ class Database(Store):
             while self._log_fd is None:
                 try:
                     self._log_fd = os.open(self._wal, os.O_RDONLY)
+                    found = os.fstat(self._log_fd)
+                    self._logs[LOG_SUFFIXES[0]] = found.st_dev, found.st_ino
                 except FileNotFoundError:
                     return None
                 except OSError as exc:
@@ -318,6 +332,9 @@ class Database(Store):
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
         if conn is None:
+            # A new connection would open the file put in its place, read this one's log
+            # into it, or make an empty database where it was deleted (and drop that log).
+            self._still_in_place()
             conn = self._readers.conn = connect(self.path)
             conn.execute("PRAGMA query_only=1")
             with self._lock:
@@ -337,6 +354,29 @@ class Database(Store):
             if self._log_fd is not None:
                 os.close(self._log_fd)
                 self._log_fd = None
+        if _identity(self.path) != self._file:
+            self._put_log_aside()
+        if self._holder is not None:  # last, after every connection (`hold`)
+            os.close(self._holder)
+            self._holder = None
+
+    def _put_log_aside(self) -> None:
+        """Move the log of a database that was deleted, moved or replaced while open away
+        from its name. SQLite could not copy it into its file (gone from here) and leaves it
+        there, where it would read its pages into whatever database takes the name next (a
+        restore, a file moved in) and corrupt it. Only the files this store opened move."""
+        ours = [
+            suffix
+            for suffix, known in self._logs.items()
+            if known is not None and _identity(beside(self.path, suffix)) == known
+        ]
+        if not ours:
+            return
+        aside = put_aside(self.path, "orphaned")
+        with contextlib.suppress(OSError):  # a directory gone read-only: nothing more can be done here
+            for suffix in ours:
+                os.replace(beside(self.path, suffix), beside(aside, suffix))
+            self.orphaned_log = log_of(aside)
 
 
 def storage_error(exc: BaseException) -> BaseException:

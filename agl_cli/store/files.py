@@ -3,9 +3,13 @@ file so that it, and its name, survive a power cut."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import time
 from pathlib import Path
+
+from agl_cli.store.errors import StoreError
 
 LOG_SUFFIXES = ("-wal", "-shm")  # beside `agl.db`: its write-ahead log, and the log's index
 # Beside a database SQLite writes outside WAL mode (the copy `VACUUM INTO` makes): its
@@ -22,6 +26,42 @@ def beside(database: Path, suffix: str) -> Path:
 def log_of(database: Path) -> Path:
     """The write-ahead log of `database`."""
     return beside(database, LOG_SUFFIXES[0])
+
+
+def hold(database: Path) -> int:
+    """A descriptor of the database file (made if need be) that holds a lock on it (`flock`,
+    apart from SQLite's own locks) until it is closed or the process ends. Two agl on one
+    file would each count the queue's places on their own, and the second's tasks collide
+    with the first's. The state directory's pidfile keeps two daemons apart; this also keeps
+    apart a program that embeds agl's server, and a daemon reaching the file by another
+    name (a link). Close it only after every connection: closing a file drops the locks the
+    process holds on it, SQLite's too."""
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"Cannot open the database {database}: {exc}.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(
+            f"Another agl has the database {database} open (a daemon, or a program that embeds"
+            " agl's server): one agl at a time may use it."
+        ) from None
+    return fd
+
+
+def put_aside(database: Path, why: str) -> Path:
+    """A name beside `database` for a file (and its log) kept aside, that nothing has yet:
+    `agl.db.WHY-TIME`, or `-2`, `-3`, ... after it, so that nothing put aside in the same
+    second goes over another."""
+    name = beside(database, f".{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    candidate, number = name, 1
+    while any(beside(candidate, suffix).exists() for suffix in ("", *LOG_SUFFIXES)):
+        number += 1
+        candidate = name.with_name(f"{name.name}-{number}")
+    return candidate
 
 
 def open_private(path: Path) -> io.BufferedWriter:

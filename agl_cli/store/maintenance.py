@@ -3,7 +3,7 @@ database (`agl compact`), putting a backup in its place (`agl restore`)."""
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +12,7 @@ from pathlib import Path
 from agl_cli import paths, pidfile
 from agl_cli.store import StoreError, backups
 from agl_cli.store.compaction import Compacted, compact
-from agl_cli.store.files import LOG_SUFFIXES, beside
+from agl_cli.store.files import hold, log_of, put_aside
 
 
 class MaintenanceError(Exception):
@@ -35,6 +35,7 @@ def compact_state_dir(state_dir: Path, progress: Callable[[int, int], None]) -> 
 class Restored:
     contents: backups.Contents
     replaced: Path | None  # where the database it replaced is kept
+    orphaned_log: Path | None  # where a log left without its database is kept
 
 
 def restore_state_dir(state_dir: Path, backup: Path) -> Restored:
@@ -42,20 +43,12 @@ def restore_state_dir(state_dir: Path, backup: Path) -> Restored:
     keeping the one it replaces beside it; refused while a daemon runs on it."""
     database = state_dir / paths.DATABASE_NAME
     with _alone(state_dir, "restore", f"Cannot restore {backup}"):
-        aside = _unused(beside(database, f".before-restore-{time.strftime('%Y%m%d-%H%M%S')}"))
-        had_one = database.exists()
+        aside = put_aside(database, "before-restore")
+        had_one, had_log = database.exists(), log_of(database).exists()
         contents = backups.restore(backup, database, aside)
-        return Restored(contents, aside if had_one else None)
-
-
-def _unused(name: Path) -> Path:
-    """`name`, or `name-2`, `name-3`, ...: the first that no file (nor its log) has, so
-    that two restores in one second never put one replaced database over another."""
-    candidate, number = name, 1
-    while any(beside(candidate, suffix).exists() for suffix in ("", *LOG_SUFFIXES)):
-        number += 1
-        candidate = name.with_name(f"{name.name}-{number}")
-    return candidate
+        return Restored(
+            contents, aside if had_one else None, log_of(aside) if had_log and not had_one else None
+        )
 
 
 @contextmanager
@@ -79,7 +72,13 @@ def _alone(state_dir: Path, verb: str, cannot: str) -> Iterator[None]:
         # A crashed daemon's address: the CLI, seeing the directory held, would send the
         # token to whatever has taken its port since.
         (state_dir / paths.ADDRESS_NAME).unlink(missing_ok=True)
-        yield
+        database = state_dir / paths.DATABASE_NAME
+        holder = hold(database) if database.exists() else None  # nor a program embedding agl's server
+        try:
+            yield
+        finally:
+            if holder is not None:
+                os.close(holder)
     except StoreError as exc:
         raise MaintenanceError(str(exc)) from None
     except OSError as exc:

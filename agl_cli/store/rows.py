@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import orjson
+from pydantic import ValidationError
 
 from agl_cli.models import ResourcesUpdate, Rollout, Task, TaskStatus
-from agl_cli.store.records import StoredRollout, TaskRecord
+from agl_cli.store.records import StoredRollout, TaskRecord, kept_reward
 from agl_cli.store.schema import PLACES_PER_BATCH
 from agl_cli.store_models import AttemptStatus, RolloutStatus
 
@@ -189,14 +190,19 @@ def record_from_row(row: TaskRow) -> TaskRecord:
 def rollout_from_body(body: str) -> Rollout:
     """A kept report, read back with the parser that accepted it (orjson: an integer too
     large for 64 bits became a float then, and must not come back as one that cannot be
-    written again). A result of the store API kept by an older agl may hold a reward
-    span's value that is no number (a string, a list): read as no reward, as agl now keeps
-    it, rather than a result no read can take."""
+    written again), and its reward as it was counted when kept (`kept_reward`): a reward
+    sent as `"0.25"` or `true`, which pydantic reads as a number as 0.3.0 did, is that
+    number; one of `"NaN"` is none. A result of the store API kept by an older agl may hold
+    a reward span's value that no reading makes a number (a word, a list): read as no
+    reward, as agl now keeps it, rather than a result no read can take."""
     fields = orjson.loads(body)
-    reward = fields.get("final_reward")
-    if isinstance(reward, bool) or not isinstance(reward, (int, float, type(None))):
+    try:
+        rollout = Rollout.model_validate(fields)
+    except ValidationError:
         fields["final_reward"] = None
-    return Rollout.model_validate(fields)
+        return Rollout.model_validate(fields)
+    reward = kept_reward(rollout.final_reward)
+    return rollout if reward is rollout.final_reward else rollout.model_copy(update={"final_reward": reward})
 
 
 def stored_from_row(values: Sequence[Any]) -> StoredRollout:
