@@ -591,7 +591,14 @@ class AglClient:
                 timeout=httpx.Timeout(timeout, connect=5.0) if timeout else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
+            raise self._unreachable(exc, changing=method != "GET") from None
+        except httpx.InvalidURL as exc:  # an id of 64 KB, say
+            why = (
+                "its URL would be too long (an id or a value of 64 KB or more)"
+                if "too long" in str(exc)
+                else exc
+            )
+            raise AglClientError(f"The request cannot be sent: {str(why).rstrip('.')}.") from None
         if response.status_code >= 300:
             self._raise_for(response)
         try:
@@ -610,9 +617,12 @@ class AglClient:
             f"What answers at {self.url} is not an agl daemon: its answer to {request} is not agl's.",
         )
 
-    def _unreachable(self, exc: httpx.TransportError) -> DaemonUnreachable:
+    def _unreachable(self, exc: httpx.TransportError, changing: bool = False) -> DaemonUnreachable:
+        """`changing`: the request asked for a change, which a daemon that took it and did
+        not answer in time may have made (a script that tries again must look first)."""
         if isinstance(exc, httpx.ReadTimeout):
-            return DaemonUnreachable(self.url, f"The agl daemon at {self.url} did not answer in time.")
+            maybe = "; it may have made the change all the same" if changing else ""
+            return DaemonUnreachable(self.url, f"The agl daemon at {self.url} did not answer in time{maybe}.")
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
             return DaemonUnreachable(self.url)
         return DaemonUnreachable(self.url, f"The connection to the agl daemon at {self.url} broke.")

@@ -175,6 +175,14 @@ def test_backup_replaces_no_file_unless_told_and_never_the_daemons_own_database(
         agl("backup", str(own), "--force", daemon=daemon),
         f"{own} is the daemon's own database: save the copy to another file.",
     )
+    for name in ("agl.db-wal", "agl.db-shm", "token", "agl.pid", "address"):  # its log above all
+        theirs = daemon.state_dir / name
+        held = theirs.stat().st_ino  # a copy would have taken its name
+        assert_one_line_error(
+            agl("backup", str(theirs), "--force", daemon=daemon),
+            f"{theirs} is one of the daemon's own files: save the copy to another file.",
+        )
+        assert theirs.stat().st_ino == held
     assert_one_line_error(
         agl("backup", str(tmp_path), daemon=daemon), f"{tmp_path} is a directory: give the copy a file name."
     )
@@ -396,9 +404,15 @@ def test_restore_refuses_while_the_daemon_runs_and_what_is_not_a_whole_agl_datab
         damaged: f"{damaged} is damaged (",
         cut: f"{cut} is damaged (",
         newer: f"{newer} was written by a newer agl (schema 99); upgrade agl to use it.",
+        Path("/dev/null"): "/dev/null is not a regular file (a device or a pipe), not a backup.",
     }
     for path, refusal in refusals.items():
         assert_one_line_error(agl("restore", str(path), daemon=daemon), refusal)
+    assert_one_line_error(
+        agl("restore", "", daemon=daemon),
+        "FILE is empty: give the file of the copy agl backup saved.",
+        code=2,
+    )
     assert database.read_bytes() == as_it_was
     assert sorted(path.name for path in daemon.state_dir.iterdir() if path.name.startswith("agl.db")) == [
         "agl.db"

@@ -168,6 +168,26 @@ def test_output_onto_a_full_disk_is_one_line_whatever_the_command(daemon: Daemon
 
 
 @pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_change_made_before_its_output_failed_is_said_to_be_made(
+    daemon: Daemon, tmp_path: Path, unbuffered: bool
+) -> None:
+    """A script told only that stdout failed would queue the tasks again."""
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"input": 1}\n{"input": 2}\n')
+    said = {
+        ("queue", str(tasks)): "the 2 tasks were queued",
+        ("tasks", "cancel", "--queued"): "2 queued tasks were cancelled",
+    }
+    for command, done in said.items():
+        result = agl_into(Path("/dev/full"), *command, daemon=daemon, environment=python_env(unbuffered))
+        assert (result.returncode, result.stderr.decode()) == (
+            ExitCode.ERROR,
+            f"agl: Cannot write to stdout: No space left on device; {done} all the same.\n",
+        ), command
+    assert daemon.status()["tasks"]["cancelled"] == 2
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
 def test_a_reader_gone_half_way_through_a_write_ends_it_as_sigpipe_would(
     daemon: Daemon, unbuffered: bool
 ) -> None:

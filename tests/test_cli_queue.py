@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +76,19 @@ def test_an_array_a_pretty_object_and_stdin_are_all_task_files(daemon: Daemon, t
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) == 4
     assert sorted(str(t["input"]) for t in tasks_of(daemon)) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_pipe_is_a_task_file_too(daemon: Daemon, tmp_path: Path, dry_run: bool) -> None:
+    """`agl queue <(make-tasks)`, or a FIFO: read once, as it is written."""
+    fifo = tmp_path / "tasks"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(b'[\n  {"input": "p"},\n  {"input": "q"}\n]\n',))
+    writer.start()
+    result = agl("queue", str(fifo), *(["--dry-run"] if dry_run else []), daemon=daemon)
+    writer.join()
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(t["input"]) for t in tasks_of(daemon)) == ([] if dry_run else ["p", "q"])
 
 
 def test_json_output_gives_each_rollout_id_with_the_spec_the_options_filled_in(

@@ -185,6 +185,21 @@ def test_an_unknown_task_id_is_one_line(daemon: Daemon) -> None:
     )
 
 
+def test_an_id_too_long_for_a_url_is_one_line_whatever_asks_for_it(daemon: Daemon) -> None:
+    """httpx refuses a URL of 64 KB or more before it sends anything."""
+    long = "x" * 66_000
+    for command in (
+        ["tasks", "show"],
+        ["rollouts", "show"],
+        ["resources", "show"],
+        ["dashboard", "--print", "--rollout"],
+    ):
+        assert_one_line_error(
+            agl(*command, long, daemon=daemon),
+            "The request cannot be sent: its URL would be too long (an id or a value of 64 KB or more).",
+        )
+
+
 def test_retry_queues_failed_and_cancelled_tasks_again_at_the_back(daemon: Daemon) -> None:
     failed, cancelled, waiting = daemon.queue(1, 2, 3)
     daemon.claim()

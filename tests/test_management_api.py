@@ -23,7 +23,7 @@ from daemon import Daemon, env_without_agl, fetch, wait_until
 from httpx_sse import ServerSentEvent, connect_sse
 
 from agl_cli.api_limits import MAX_LIST_LIMIT, MAX_PER_REQUEST
-from agl_cli.client import AglClient, ResponseError
+from agl_cli.client import AglClient, DaemonUnreachable, ResponseError
 from agl_cli.embedded import AgentLightningServer
 from agl_cli.models import ResourcesUpdate
 from agl_cli.server import schemas
@@ -139,6 +139,27 @@ def test_the_client_says_why_the_daemon_could_not_read_a_body(daemon: Daemon) ->
     assert str(refused.value) == (
         "The daemon could not read the request as JSON (unexpected character, expected a JSON value)."
     )
+
+
+def test_a_change_unanswered_in_time_may_have_been_made_and_the_client_says_so(daemon: Daemon) -> None:
+    """The daemon took the request, then did not answer (stopped, here, by SIGSTOP)."""
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGSTOP)
+    stat = Path(f"/proc/{daemon.proc.pid}/stat")
+    wait_until(lambda: stat.read_text().rpartition(")")[2].split()[0] == "T", "the daemon to stop", 30)
+    try:
+        with AglClient(daemon.url, daemon.token, timeout=1.0) as client:
+            with pytest.raises(DaemonUnreachable) as unanswered:
+                client.pause()
+            assert str(unanswered.value) == (
+                f"The agl daemon at {daemon.url} did not answer in time; it may have made the change all the same."
+            )
+            with pytest.raises(DaemonUnreachable) as unanswered:
+                client.status()
+            assert str(unanswered.value) == f"The agl daemon at {daemon.url} did not answer in time."
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: daemon.status()["paused"], "the pause it had taken to be made", 30)  # it was
 
 
 def test_tasks_are_listed_by_status_and_in_pages_with_how_many_there_are(daemon: Daemon) -> None:

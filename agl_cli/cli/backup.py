@@ -32,7 +32,7 @@ def backup(
     It holds everything the daemon had answered for when it began, checked page by page. FILE is made readable by its owner only (0600); with -, the shell makes the file (agl backup - > FILE), with the mode it gives.
     """
     from agl_cli.store import StoreError, backups
-    from agl_cli.store.files import open_private, sync_to_disk
+    from agl_cli.store.files import LOG_SUFFIXES, beside, open_private, sync_to_disk
 
     if file == "-":
         if json_output:  # stdout holds the copy
@@ -42,9 +42,14 @@ def backup(
     if not file.strip():
         fail("FILE is empty: give the copy a file name (or - for stdout).", ExitCode.USAGE)
     path = Path(file)
-    own = target_of(ctx).state_dir / paths.DATABASE_NAME
-    if path.absolute().resolve() == own.absolute().resolve():
+    state_dir = target_of(ctx).state_dir.absolute().resolve()
+    own = state_dir / paths.DATABASE_NAME
+    if path.absolute().resolve() == own:
         fail(f"{path} is the daemon's own database: save the copy to another file.")
+    names = (paths.TOKEN_NAME, paths.PIDFILE_NAME, paths.LOGFILE_NAME, paths.ADDRESS_NAME)
+    others = {state_dir / name for name in names} | {beside(own, suffix) for suffix in LOG_SUFFIXES}
+    if path.absolute().resolve() in others:  # its log above all: replaced, it loses what it holds
+        fail(f"{path} is one of the daemon's own files: save the copy to another file.")
     if path.is_dir():
         fail(f"{path} is a directory: give the copy a file name.")
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -99,7 +104,7 @@ def _backup_to_stdout(ctx: typer.Context) -> None:
 
 def restore(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., metavar="FILE", help="A copy agl backup saved."),
+    file: str = typer.Argument(..., metavar="FILE", help="A copy agl backup saved."),
     state_dir: Path | None = state_dir_option(),
     json_output: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
@@ -109,9 +114,11 @@ def restore(
     """
     from agl_cli.store.maintenance import MaintenanceError, restore_state_dir
 
+    if not file.strip():
+        fail("FILE is empty: give the file of the copy agl backup saved.", ExitCode.USAGE)
     directory = state_dir_of(ctx, state_dir) or paths.default_state_dir()
     try:
-        restored = restore_state_dir(directory, file)
+        restored = restore_state_dir(directory, Path(file))
     except MaintenanceError as exc:
         fail(str(exc))
     database = directory / paths.DATABASE_NAME

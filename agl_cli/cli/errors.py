@@ -4,9 +4,11 @@ Typer is imported only to report an error: `agl` reads its exit codes before Typ
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
@@ -82,10 +84,27 @@ def reader_gone() -> NoReturn:
     raise SystemExit(ExitCode.READER_GONE)
 
 
-def stdout_failed(error: OSError) -> NoReturn:
-    """End as any failure does, with one line, when the output could not be written."""
+def stdout_failed(error: OSError, done: str = "") -> NoReturn:
+    """End as any failure does, with one line, when the output could not be written; `done`
+    says what was changed all the same (`the 3 tasks were queued`)."""
     _drop_unwritten()
-    report(CLIError(f"Cannot write to stdout: {error.strerror or error}."))
+    report(
+        CLIError(
+            f"Cannot write to stdout: {error.strerror or error}"
+            + (f"; {done} all the same." if done else ".")
+        )
+    )
+
+
+@contextlib.contextmanager
+def said_of_a_change(done: str) -> Iterator[None]:
+    """Around the output of a change already made (`done`, as `stdout_failed` takes it): a
+    script told only that stdout failed would take it for undone, and make it again."""
+    try:
+        yield
+        sys.stdout.flush()
+    except StdoutError as exc:
+        stdout_failed(exc, done)
 
 
 def _drop_unwritten() -> None:

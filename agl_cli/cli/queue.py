@@ -23,7 +23,7 @@ import typer
 
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, target_of
-from agl_cli.cli.errors import ExitCode, fail
+from agl_cli.cli.errors import ExitCode, fail, said_of_a_change
 
 if TYPE_CHECKING:
     from agl_cli.cli.taskfile import Chunk, Defaults, TaskFile
@@ -127,7 +127,8 @@ def queue(
                 typer.echo("agl: Interrupted; nothing was queued.", err=True)
                 raise typer.Exit(ExitCode.INTERRUPTED) from None
             try:
-                _after_queuing(ctx, client, sink, queued, since, timeout, show_progress)
+                with said_of_a_change(f"the {queued} tasks were queued"):
+                    _after_queuing(ctx, client, sink, queued, since, timeout, show_progress)
             except KeyboardInterrupt:
                 _interrupted_after_queuing(queued)
 

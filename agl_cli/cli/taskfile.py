@@ -16,8 +16,10 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -82,8 +84,9 @@ class Defaults:
 
 
 def open_task_files(names: list[str], spool: Callable[[], IO[bytes]]) -> list[TaskFile]:
-    """The files to read; standard input (`-`) is copied to a spool file, which gives it a
-    size for the progress bar and lets it be read again to place a task the daemon refused."""
+    """The files to read. Standard input (`-`), and any file that is not a regular one (a
+    pipe: `<(...)`, a FIFO), is copied to a spool file, which gives it a size for the
+    progress bar and lets it be read again to place a task the daemon refused."""
     files = []
     if names.count("-") > 1:
         raise TaskFileError(
@@ -91,29 +94,35 @@ def open_task_files(names: list[str], spool: Callable[[], IO[bytes]]) -> list[Ta
         )
     for name in names:
         if name == "-":
-            handle = spool()
-            try:
-                shutil.copyfileobj(sys.stdin.buffer, handle, READ_SIZE)
-                handle.flush()
-            except OSError as exc:  # no room in the temporary directory, most likely
-                with contextlib.suppress(OSError):  # and what it kept is dropped, not tried again
-                    handle.close()
-                raise TaskFileError(
-                    "<stdin>",
-                    f"cannot be copied to a temporary file in {tempfile.gettempdir()} ({exc.strerror or exc}).",
-                ) from None
-            files.append(TaskFile("<stdin>", Path(handle.name)))
+            files.append(TaskFile("<stdin>", _copied("<stdin>", sys.stdin.buffer, spool)))
             continue
         path = Path(name)
-        try:
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise TaskFileError(name, f"cannot be read ({exc.strerror or exc}).") from None
         if path.is_dir():
             raise TaskFileError(name, "is a directory, not a file of tasks.")
-        files.append(TaskFile(name, path))
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise TaskFileError(name, f"cannot be read ({exc.strerror or exc}).") from None
+        with handle:  # opened once: a pipe's writer may write only once
+            regular = stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
+            files.append(TaskFile(name, path if regular else _copied(name, handle, spool)))
     return files
+
+
+def _copied(name: str, source: IO[bytes], spool: Callable[[], IO[bytes]]) -> Path:
+    """Where `source`, which can be read only once, was copied to."""
+    handle = spool()
+    try:
+        shutil.copyfileobj(source, handle, READ_SIZE)
+        handle.flush()
+    except OSError as exc:  # no room in the temporary directory, most likely
+        with contextlib.suppress(OSError):  # and what it kept is dropped, not tried again
+            handle.close()
+        raise TaskFileError(
+            name,
+            f"cannot be copied to a temporary file in {tempfile.gettempdir()} ({exc.strerror or exc}).",
+        ) from None
+    return Path(handle.name)
 
 
 def spool_file() -> IO[bytes]:

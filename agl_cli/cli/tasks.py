@@ -11,7 +11,7 @@ from rich.text import Text
 from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_PER_REQUEST, MAX_SEQ
 from agl_cli.cli import output
 from agl_cli.cli.context import connect
-from agl_cli.cli.errors import ExitCode, fail
+from agl_cli.cli.errors import ExitCode, fail, said_of_a_change
 from agl_cli.task_status import TaskStatus
 
 if TYPE_CHECKING:
@@ -129,18 +129,20 @@ def _change(
     if every:
         with connect(ctx) as client:
             count = change.of_every(client)
-        if json_output:
-            output.print_json({change.done.lower(): count})
-        else:
-            output.write_line(f"{change.done} {count} {change.kind} task{'' if count == 1 else 's'}.")
+        with said_of_a_change(f"{count} {change.kind} tasks were {change.done.lower()}"):
+            if json_output:
+                output.print_json({change.done.lower(): count})
+            else:
+                output.write_line(f"{change.done} {count} {change.kind} task{'' if count == 1 else 's'}.")
         return
     with connect(ctx) as client:
         tasks = change.of_ids(client, rollout_ids)
-    if json_output:
-        output.print_json_lines(tasks)
-    else:
-        for task in tasks:
-            output.write_line(f"{change.done} {task['rollout_id']}.")
+    with said_of_a_change(f"the {len(tasks)} tasks were {change.done.lower()}"):
+        if json_output:
+            output.print_json_lines(tasks)
+        else:
+            for task in tasks:
+                output.write_line(f"{change.done} {task['rollout_id']}.")
 
 
 _IDS_HELP = "The tasks' rollout ids."

@@ -46,8 +46,10 @@ def check(path: Path) -> Contents:
     newer agl. The file is only read."""
     if path.is_dir():
         raise StoreError(f"{path} is a directory, not a backup.")
-    if not path.is_file():
+    if not path.exists():
         raise StoreError(f"There is no file {path}.")
+    if not path.is_file():
+        raise StoreError(f"{path} is not a regular file (a device or a pipe), not a backup.")
     try:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True)
     except sqlite3.Error as exc:
