@@ -629,7 +629,10 @@ class AglClient:
 
     def _raise_for(self, response: httpx.Response) -> None:
         code = response.status_code
-        detail, errors = _detail(response)
+        said, errors = _detail(response)
+        if said is None and (400 <= code < 500 or code == 501) and code != 401:
+            raise self._not_agl(response)  # a web server's 404 page: agl's say why in `detail`
+        detail = said or f"HTTP {code} {response.reason_phrase}".strip()  # a proxy's 502, say
         if code == 401:
             raise AuthRefused(
                 f"The daemon at {self.url} refused the request: {_lower_first(detail).removesuffix('.')} "
@@ -676,13 +679,13 @@ def _reveal(reveal: bool) -> dict[str, str]:
     return {"reveal": "true"} if reveal else {}
 
 
-def _detail(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
-    """The daemon's reason: its `detail` sentence, or the first complaint of a 422 list."""
-    fallback = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+def _detail(response: httpx.Response) -> tuple[str | None, list[dict[str, Any]]]:
+    """The daemon's reason: its `detail` sentence, or the first complaint of a 422 list;
+    None if the answer has neither, as no answer of agl's."""
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
-        return fallback, []
+        return None, []
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, str):
         return detail, []
@@ -694,7 +697,7 @@ def _detail(response: httpx.Response) -> tuple[str, list[dict[str, Any]]]:
         where = ".".join(str(part) for part in first.get("loc", []) if part != "body")
         message = str(first.get("msg", "invalid"))
         return (f"{where}: {message}" if where else message), detail
-    return fallback, []
+    return None, []
 
 
 def _sentence(text: str) -> str:

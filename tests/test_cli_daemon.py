@@ -199,32 +199,42 @@ def test_a_url_with_a_password_is_a_usage_error_that_never_shows_it(tmp_path: Pa
         assert "s3cret" not in result.stderr
 
 
-def test_a_server_that_is_not_agl_is_exit_3_in_one_sentence(tmp_path: Path) -> None:
+class LandingPage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>Welcome</html>")
+
+
+@pytest.mark.parametrize("server", [LandingPage, http.server.SimpleHTTPRequestHandler], ids=["page", "files"])
+def test_a_server_that_is_not_agl_is_exit_3_in_one_sentence(
+    tmp_path: Path, server: type[http.server.BaseHTTPRequestHandler]
+) -> None:
     """A page where a daemon's JSON, event stream or database was expected (a proxy's landing
-    page, another server on the port)."""
-
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(b"<html>Welcome</html>")
-
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page) as page:
+    page, another server on the port), or its refusal (a file server's 404, its 501 to a POST)."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), server) as page:
         thread = threading.Thread(target=page.serve_forever)
         thread.start()
         address = f"http://127.0.0.1:{page.server_address[1]}"
         try:
             results = {
                 command: agl("--url", address, *command.split(), state_dir=tmp_path)
-                for command in ("status", "tasks list", "rollouts watch", f"backup {tmp_path / 'copy.db'}")
+                for command in (
+                    "status",
+                    "tasks list",
+                    "rollouts watch",
+                    f"backup {tmp_path / 'copy.db'}",
+                    "pause",
+                )
             }
         finally:
             page.shutdown()
             thread.join(30)
     for command, result in results.items():
+        method = "POST" if command == "pause" else "GET"
         assert_one_line_error(
-            result, f"What answers at {address} is not an agl daemon: its answer to GET /v1/", code=3
+            result, f"What answers at {address} is not an agl daemon: its answer to {method} /v1/", code=3
         )
         assert "is not agl's." in result.stderr, command
     assert not (tmp_path / "copy.db").exists()

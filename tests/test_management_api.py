@@ -100,7 +100,7 @@ def test_queued_tasks_are_listed_in_order_with_their_life_cycle(daemon: Daemon) 
         ({"tasks": []}, "too_short"),
         ({"tasks": [{"input": i} for i in range(10_001)]}, "too_long"),
         ({"task": [{"input": 1}]}, "missing"),
-        ([{"input": 1}], "model_type"),
+        ([{"input": 1}], "model_attributes_type"),
     ],
     ids=[
         "unknown field",

@@ -126,7 +126,7 @@ def test_a_reward_sent_as_text_or_a_boolean_is_the_number_pydantic_reads_whereve
 BAD_ROLLOUTS: list[tuple[str, bytes, str]] = [
     ("not JSON", b"{bad", "json_invalid"),
     ("empty body", b"", "missing"),
-    ("a JSON array", b"[1, 2]", "model_type"),
+    ("a JSON array", b"[1, 2]", "model_attributes_type"),
     ("no rollout_id", b'{"final_reward": 1.0}', "missing"),
     ("a string reward", b'{"rollout_id": "r", "final_reward": "high"}', "float_parsing"),
     (

@@ -104,9 +104,11 @@ def parse_model(body: bytes, model: type[M], tame: Tamed | None = None) -> M:
 
 
 def validated(payload: Any, model: type[M]) -> M:
-    """A parsed body checked against `model`, or the 422 that lists what is wrong."""
+    """A parsed body checked against `model`, or the 422 that lists what is wrong. As
+    FastAPI checks a body (`from_attributes`, which parsed JSON has none of), so that one
+    that is no object is refused in its words (`model_attributes_type`)."""
     try:
-        return model.model_validate(payload)
+        return model.model_validate(payload, from_attributes=True)
     except ValidationError as exc:
         raise BadRequest(validation_error(exc)) from None
 

@@ -22,17 +22,32 @@ def error(status_code: int, detail: str) -> ORJSONResponse:
 
 
 def validation_error(exc: ValidationError, prefix: str = "body") -> ORJSONResponse:
-    """A 422 listing every problem as `{type, loc, msg, input}`, like 0.3.0's FastAPI."""
-    details = [
-        {
+    """A 422 listing every problem as `{type, loc, msg, input}` and, where pydantic says
+    more (the values a field may take, its bounds), `ctx`: like 0.3.0's FastAPI."""
+    details = []
+    for e in exc.errors(include_url=False):
+        detail = {
             "type": e["type"],
             "loc": [prefix, *e["loc"]],
             "msg": e["msg"],
             "input": _jsonable(_redacted(e.get("input"))),
         }
-        for e in exc.errors(include_url=False)
-    ]
+        if "ctx" in e:
+            detail["ctx"] = {key: _context(value) for key, value in e["ctx"].items()}
+        details.append(detail)
     return ORJSONResponse({"detail": details}, status_code=422)
+
+
+def _context(value: Any) -> Any:
+    """A value of an error's `ctx` as FastAPI's encoder writes it: an exception (a
+    validator's) as `{}`, what JSON cannot carry as its text."""
+    if isinstance(value, BaseException):
+        return {}
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return str(value)
+    return value
 
 
 def json_decode_error(message: str, position: int) -> ORJSONResponse:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from agentlightning import PromptTemplate
 from agentlightning.client import AgentLightningClient
@@ -38,6 +39,7 @@ STEPS = 200
 HISTORIES = int(os.environ.get("AGL_HISTORIES", "4"))
 RESTART_HISTORIES = int(os.environ.get("AGL_HISTORIES", "2"))
 RESTARTS_PER_CALL = 0.05
+JSON_TYPE = {"Content-Type": "application/json"}
 HOUR = 3600.0
 ID = re.compile(r"\b(rollout|res)-[0-9a-f-]{36}\b")
 SAMPLES: list[Any] = [1, "x", {"q": [1, None]}, None]
@@ -211,3 +213,28 @@ async def test_legacy_answers_stay_the_same_across_restarts(
     finally:
         await history.sides[0].server.stop()
     assert restarts, "no restart in the whole history"
+
+
+BAD_REPORTS = {
+    "a JSON array": b"[1, 2]",
+    "a mode no task has": b'{"rollout_id": "r", "task": {"rollout_id": "r", "input": 1, "mode": "sideways"}}',
+    "a reward that is no number": b'{"rollout_id": "r", "final_reward": "high"}',
+    "no rollout id": b'{"final_reward": 1.0}',
+}
+
+
+@pytest.mark.parametrize("body", BAD_REPORTS.values(), ids=BAD_REPORTS.keys())
+async def test_a_bad_report_is_the_same_422_word_for_word(
+    reference: Side, tmp_path: Path, body: bytes
+) -> None:
+    """Both servers run in this test's event loop: asked without blocking it."""
+    ours = await started(tmp_path / "agl.db")
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            answers = [
+                await http.post(f"{side.server.endpoint}/rollout", content=body, headers=JSON_TYPE)
+                for side in (ours, reference)
+            ]
+    finally:
+        await ours.server.stop()
+    assert [(answer.status_code, answer.json()) for answer in answers] == [(422, answers[1].json())] * 2

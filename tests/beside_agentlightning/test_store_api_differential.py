@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from agentlightning.store.client_server import LightningStoreClient
 from agentlightning.types import LLM, EnqueueRolloutRequest, PromptTemplate, RolloutConfig
@@ -313,6 +314,31 @@ async def test_a_page_too_big_for_memory_is_the_same_page(pair: Pair) -> None:
     page = await pair.same(lambda c: c.query_rollouts(status_in=["queuing"]))
     assert len(json.dumps(page)) > IN_MEMORY
     assert [r["input"] for r in page["items"]][-600:] == inputs
+
+
+BAD_REQUESTS = {
+    "a mode no rollout has": (
+        "/v1/agl/queues/rollouts/enqueue",
+        {"rollouts": [{"input": 1, "mode": "sideways"}]},
+    ),
+    "no attempts at all": (
+        "/v1/agl/queues/rollouts/enqueue",
+        {"rollouts": [{"input": 1, "config": {"max_attempts": 0}}]},
+    ),
+    "a status no rollout has": ("/v1/agl/rollouts/search", {"status_in": ["bogus"]}),
+    "a sort order neither way": ("/v1/agl/rollouts/search", {"sort_order": "sideways"}),
+    "a resource of no known type": ("/v1/agl/resources", {"x": {"resource_type": "nope"}}),
+    "an array for a body": ("/v1/agl/queues/rollouts/enqueue", [1]),
+    "an array for a rollout": ("/v1/agl/queues/rollouts/enqueue", {"rollouts": [[1]]}),
+}
+
+
+@pytest.mark.parametrize(("path", "body"), BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_a_bad_request_is_the_same_422_word_for_word(pair: Pair, path: str, body: Any) -> None:
+    """What a field may be, or its bound, included (FastAPI's `ctx`)."""
+    ours, theirs = (httpx.post(url + path, json=body, timeout=30) for url in pair.urls)
+    assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json())
+    assert ours.status_code == 422
 
 
 def test_every_client_method_was_compared(pair: Pair) -> None:
