@@ -176,7 +176,7 @@ class ResponseError(AglClientError):
         super().__init__(message)
         self.status_code = status_code
         self.detail = detail
-        self.errors = errors or []  # a 422's list of {type, loc, msg, input}
+        self.errors = errors or []  # a 422's list of {type, loc, msg, input, ctx?}
 
 
 class AuthRefused(ResponseError):

@@ -25,7 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 from agl_cli.cli.app import app as cli_app
 from agl_cli.daemon_config import DEFAULTS, DaemonConfig
 from agl_cli.server.runner import keep_private
-from agl_cli.store import SQLiteStore
+from agl_cli.store import SQLiteStore, StoreError
 from agl_cli.store.schema import SCHEMA_VERSION
 
 
@@ -208,6 +208,34 @@ def test_a_database_locked_by_another_process_is_one_line(tmp_path: Path) -> Non
         holder.execute("ROLLBACK")
         holder.close()
     assert_one_line_error(result, "The store's database is locked by another program")
+
+
+def test_a_database_another_agl_has_open_is_refused_whichever_way_it_is_reached(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """The pidfile keeps a second daemon off a state directory; the database's own lock
+    keeps off one that reaches the file by a link, and a program that embeds agl's server."""
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    database = daemon.state_dir / "agl.db"
+    daemon.queue("a task")
+    linked = tmp_path / "linked"
+    linked.mkdir(mode=0o700)
+    (linked / "agl.db").symlink_to(database)
+    held = "open (a daemon, or a program that embeds agl's server): one agl at a time may use it."
+    result = agl("serve", "--port", "0", "--state-dir", str(linked))
+    assert_one_line_error(result, f"Another agl has the database {linked / 'agl.db'} {held}")
+    with pytest.raises(StoreError, match=r"^Another agl has the database .* may use it[.]$"):
+        SQLiteStore(database)
+    assert daemon.terminate() == 0
+    embedded = SQLiteStore(database)  # a training script's, once the daemon stopped
+    try:
+        for command in ("compact", "restore"):
+            result = agl(command, *([str(tmp_path / "copy.db")] if command == "restore" else []),
+                         "--state-dir", str(daemon.state_dir))  # fmt: skip
+            assert_one_line_error(result, f"Another agl has the database {database} {held}")
+    finally:
+        embedded.close()
+    assert daemon.start().status()["tasks"]["queued"] == 1
 
 
 def test_a_database_from_a_newer_agl_is_refused_and_left_alone(tmp_path: Path) -> None:
