@@ -345,17 +345,24 @@ def test_restore_keeps_the_database_it_replaces_whole_even_after_a_crash(
 ONLY_THE_COPYS_TASKS = {"queued": 20, "claimed": 0, "completed": 0, "failed": 0, "cancelled": 0}
 
 
-def test_restore_where_a_database_was_deleted_without_its_log_keeps_that_log_out_of_the_copy(
-    make_daemon: Callable[..., Daemon], tmp_path: Path
-) -> None:
-    """SQLite reads a log beside a database into it, whichever database it came from."""
-    state = tmp_path / "state"
-    daemon = make_daemon(state_dir=state)
+def copied_then_changed(make_daemon: Callable[..., Daemon], tmp_path: Path) -> tuple[Daemon, Path]:
+    """A daemon on `tmp_path / "state"` with a copy of its 20 tasks at `tmp_path / "copy.db"`
+    (`ONLY_THE_COPYS_TASKS`), and a task queued and claimed since, in its log."""
+    daemon = make_daemon(state_dir=tmp_path / "state")
     daemon.queue(*range(20))
     copy = tmp_path / "copy.db"
     assert agl("backup", str(copy), daemon=daemon).returncode == 0
     daemon.queue("after the copy")
     assert daemon.claim() is not None
+    return daemon, copy
+
+
+def test_restore_where_a_database_was_deleted_without_its_log_keeps_that_log_out_of_the_copy(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """SQLite reads a log beside a database into it, whichever database it came from."""
+    daemon, copy = copied_then_changed(make_daemon, tmp_path)
+    state = daemon.state_dir
     daemon.kill()  # its last writes are in its log only
     (state / "agl.db").unlink()
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from cli_runner import agl, assert_one_line_error, write
 from daemon import Daemon
-from test_backup import ONLY_THE_COPYS_TASKS
+from test_backup import ONLY_THE_COPYS_TASKS, copied_then_changed
 
 from agl_cli.server.writer import SINCE_THE_LAST_GOOD_SYNC
 
@@ -218,13 +218,8 @@ def test_the_log_of_a_database_replaced_or_deleted_under_the_daemon_is_kept_wher
 ) -> None:
     """SQLite could not fold the log into a file gone from its name, and would read it into
     the database put there next (a copy moved in, a restore), corrupting it."""
-    state = tmp_path / "state"
-    daemon = make_daemon(state_dir=state)
-    daemon.queue(*range(20))
-    copy = tmp_path / "copy.db"
-    assert agl("backup", str(copy), daemon=daemon).returncode == 0
-    daemon.queue("after the copy")
-    assert daemon.claim() is not None
+    daemon, copy = copied_then_changed(make_daemon, tmp_path)
+    state = daemon.state_dir
     database = state / "agl.db"
     if then == "replaced":
         shutil.copy(copy, tmp_path / "moved in")
