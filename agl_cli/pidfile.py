@@ -4,10 +4,10 @@ The file holds the daemon's pid while it runs (or that of `agl backup`, `restore
 `compact` on a stopped daemon's directory), and its holder keeps it locked (`flock`, which
 the kernel lets go of when the process ends, however it ends): of two agl started at once,
 the second finds it locked, where by the pid alone it could read the file before the first
-wrote it. A pidfile nobody locks is stale, left by a crash, and is taken over, unless its
-pid runs `agl serve` (a daemon from before the lock); not when the pid, reused, runs
-another program or another agl command (`agl rollouts watch`). `agl stop` signals only
-the process that holds the file so.
+wrote it. A pidfile nobody locks is stale, left by a crash, and is taken over, whatever
+its pid runs now (another program, another agl command such as `agl rollouts watch`),
+but for `agl serve` (a daemon from before the lock). `agl stop` signals only the process
+that holds the file so.
 """
 
 from __future__ import annotations

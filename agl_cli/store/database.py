@@ -96,7 +96,7 @@ class Database(Store):
         self._log_fd: int | None = None  # the log, once a sync has opened it
 
     def _open(self) -> sqlite3.Connection:
-        """The write connection, once the file is this store's alone (`_hold`)."""
+        """The write connection, once the file is this store's alone (`files.hold`)."""
         self._holder = hold(self.path)
         try:
             return open_connection(self.path)
