@@ -26,7 +26,7 @@ from agl_cli.api_limits import MAX_SEQ
 from agl_cli.server import schemas
 from agl_cli.server.broker import broker_of, wait_for
 from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param
-from agl_cli.server.requests import int_param
+from agl_cli.server.requests import int_param, query_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
 from agl_cli.server.stream import Seq, event_stream, position_params, start_position
@@ -183,7 +183,7 @@ async def rollout_detail_by_query(request: Request) -> Response:
     """The same as `GET /v1/dashboard/rollouts/{rollout_id}`, for an id in the query: a
     browser takes the path segments `.` and `..` (even written `%2E`) out of a path, so
     the page asks here for any id."""
-    rollout_id = request.query_params.get("rollout_id")
+    rollout_id = query_param(request, "rollout_id")
     if rollout_id is None:
         return error(422, "Query parameter 'rollout_id' is required.")
     return await _detail(request, rollout_id)

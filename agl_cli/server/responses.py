@@ -26,11 +26,13 @@ def validation_error(exc: ValidationError, prefix: str = "body") -> ORJSONRespon
     more (the values a field may take, its bounds), `ctx`: like 0.3.0's FastAPI."""
     details = []
     for e in exc.errors(include_url=False):
+        # FastAPI reads each query parameter alone: one missing was given as nothing at all.
+        given = None if prefix == "query" and e["type"] == "missing" else e.get("input")
         detail = {
             "type": e["type"],
             "loc": [prefix, *e["loc"]],
             "msg": e["msg"],
-            "input": _jsonable(_redacted(e.get("input"))),
+            "input": _jsonable(_redacted(given)),
         }
         if "ctx" in e:
             detail["ctx"] = {key: _context(value) for key, value in e["ctx"].items()}

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from agl_cli.api_limits import MAX_SEQ, STREAM_PING_SECONDS, is_seq
 from agl_cli.server.broker import Broker, broker_of, wait_for
 from agl_cli.server.openapi import Param
-from agl_cli.server.requests import BadRequest
+from agl_cli.server.requests import BadRequest, query_param
 from agl_cli.server.responses import error
 from agl_cli.store import StoredRollout
 
@@ -60,7 +60,7 @@ async def start_position(request: Request, broker: Broker) -> int:
                 )
             )
         return int(last_event_id)
-    since = request.query_params.get("since")
+    since = query_param(request, "since")
     if since is None:
         return 0
     if since == "now":

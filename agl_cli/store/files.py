@@ -40,7 +40,7 @@ def hold(database: Path) -> int:
         database.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise StoreError(f"Cannot open the database {database}: {exc}.") from None
+        raise StoreError(f"Cannot open the database {database}: {exc.strerror or exc}.") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -49,6 +49,8 @@ def hold(database: Path) -> int:
             f"Another agl has the database {database} open (a daemon, or a program that embeds"
             " agl's server): one agl at a time may use it."
         ) from None
+    except OSError:  # a file system that has no such locks (some network ones): the pidfile alone
+        pass
     return fd
 
 
