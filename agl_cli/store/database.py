@@ -80,7 +80,8 @@ class Database(Store):
         self._conn = self._open()
         self._file = _identity(self.path)  # the file this connection writes, whatever its name comes to
         self._logs = {suffix: _identity(beside(self.path, suffix)) for suffix in LOG_SUFFIXES}
-        self.orphaned_log: Path | None = None  # where `close()` put the log of a database gone
+        self.orphaned_log: Path | None = None  # where the log of a database gone was put
+        self._aside_lock = threading.Lock()
         self._delete_leftovers()
         self.max_size = max_size
         if max_size is not None:  # writes that would grow the file beyond it fail as a full disk does
@@ -193,8 +194,11 @@ class Database(Store):
             ) from exc
 
     def _still_in_place(self) -> None:
-        """Refuse to go on once the database's name leads to another file or none."""
+        """Refuse to go on once the database's name leads to another file or none, and move
+        its log away from that name then, not at the stop that follows: a `kill -9` meanwhile
+        would leave it there."""
         if _identity(self.path) != self._file:
+            self._put_log_aside()
             raise StorageError(
                 f"The database {self.path} was deleted, moved or replaced while agl ran", undone=False
             )
@@ -354,7 +358,7 @@ class Database(Store):
             if self._log_fd is not None:
                 os.close(self._log_fd)
                 self._log_fd = None
-        if _identity(self.path) != self._file:
+        if _identity(self.path) != self._file:  # unnoticed until now: no write since
             self._put_log_aside()
         if self._holder is not None:  # last, after every connection (`hold`)
             os.close(self._holder)
@@ -364,19 +368,21 @@ class Database(Store):
         """Move the log of a database that was deleted, moved or replaced while open away
         from its name. SQLite could not copy it into its file (gone from here) and leaves it
         there, where it would read its pages into whatever database takes the name next (a
-        restore, a file moved in) and corrupt it. Only the files this store opened move."""
-        ours = [
-            suffix
-            for suffix, known in self._logs.items()
-            if known is not None and _identity(beside(self.path, suffix)) == known
-        ]
-        if not ours:
-            return
-        aside = put_aside(self.path, "orphaned")
-        with contextlib.suppress(OSError):  # a directory gone read-only: nothing more can be done here
-            for suffix in ours:
-                os.replace(beside(self.path, suffix), beside(aside, suffix))
-            self.orphaned_log = log_of(aside)
+        restore, a file moved in) and corrupt it. Only the files this store opened move;
+        SQLite goes on writing the log through the descriptors it holds."""
+        with self._aside_lock:  # the writer, the syncer and readers may each notice
+            ours = [
+                suffix
+                for suffix, known in self._logs.items()
+                if known is not None and _identity(beside(self.path, suffix)) == known
+            ]
+            if not ours:
+                return
+            aside = put_aside(self.path, "orphaned")
+            with contextlib.suppress(OSError):  # a directory gone read-only: nothing more can be done here
+                for suffix in ours:
+                    os.replace(beside(self.path, suffix), beside(aside, suffix))
+                self.orphaned_log = log_of(aside)
 
 
 def storage_error(exc: BaseException) -> BaseException:
