@@ -593,12 +593,9 @@ class AglClient:
         except httpx.TransportError as exc:
             raise self._unreachable(exc, changing=method != "GET") from None
         except httpx.InvalidURL as exc:  # an id of 64 KB, say
-            why = (
-                "its URL would be too long (an id or a value of 64 KB or more)"
-                if "too long" in str(exc)
-                else exc
-            )
-            raise AglClientError(f"The request cannot be sent: {str(why).rstrip('.')}.") from None
+            too_long = "too long" in str(exc)
+            why = "its URL would be too long (an id or a value of 64 KB or more)" if too_long else str(exc)
+            raise AglClientError(f"The request cannot be sent: {why.rstrip('.')}.") from None
         if response.status_code >= 300:
             self._raise_for(response)
         try:

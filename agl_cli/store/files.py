@@ -29,7 +29,8 @@ def log_of(database: Path) -> Path:
 
 
 def hold(database: Path) -> int:
-    """A descriptor of the database file (made if need be) that holds a lock on it (`flock`,
+    """A descriptor of the database file (made if need be, its owner's alone, as its logs
+    will be) that holds a lock on it (`flock`,
     apart from SQLite's own locks) until it is closed or the process ends. Two agl on one
     file would each count the queue's places on their own, and the second's tasks collide
     with the first's. The state directory's pidfile keeps two daemons apart; this also keeps

@@ -8,8 +8,6 @@ file from version v - 1 to v when it is opened (each in one transaction).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
 from pathlib import Path
 
@@ -330,11 +328,9 @@ class NotAglDatabaseError(StoreError):
 
 
 def open_connection(path: Path) -> sqlite3.Connection:
-    """Open (creating if new) an agl database, refusing files that are not agl's."""
+    """Open an agl database (a new one is the empty file `files.hold` made), refusing files
+    that are not agl's."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # a new one is its owner's alone, as its logs
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = connect(path)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"Cannot open the database {path}: {exc}.") from None
