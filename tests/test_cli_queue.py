@@ -481,7 +481,8 @@ def test_a_daemon_that_is_not_running_is_exit_3(tmp_path: Path) -> None:
 
 
 def test_wait_prints_every_rollout_in_queue_order_and_a_summary(daemon: Daemon, tmp_path: Path) -> None:
-    tasks = [{"input": {"reward": r}, "mode": m} for r, m in [(1.0, "train"), (0.0, "train"), (0.5, "val")]]
+    sent = [(1.0, "train"), (0.0, "train"), (0.5, "val"), (1e300, "test")]
+    tasks = [{"input": {"reward": r}, "mode": m} for r, m in sent]
     file = write(tmp_path / "t.jsonl", "".join(json.dumps(t) + "\n" for t in tasks))
     worker = Worker(daemon)
     worker.start()
@@ -491,9 +492,10 @@ def test_wait_prints_every_rollout_in_queue_order_and_a_summary(daemon: Daemon, 
         worker.stop()
     assert result.returncode == 0, result.stderr
     rollouts = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["final_reward"] for r in rollouts] == [1.0, 0.0, 0.5]
+    assert [r["final_reward"] for r in rollouts] == [1.0, 0.0, 0.5, 1e300]
     assert all(isinstance(r["seq"], int) for r in rollouts)
-    assert "3 of 3 rollouts; mean reward: train 0.500 (n=2), val 0.500 (n=1)." in result.stderr
+    # A mean of a size no table shows in full is written as the tables write it.
+    assert "4 of 4 rollouts; mean reward: test 1e+300 (n=1), train 0.500 (n=2), val 0.500 (n=1)." in result.stderr
 
 
 def test_wait_gives_up_at_the_timeout_with_exit_5(daemon: Daemon, tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ def ended_sentence(ended: dict[str, str]) -> str:
 
 def _summary(arrived: int, total: int, rewards: dict[str, list[float]]) -> str:
     means = ", ".join(
-        f"{mode} {sum(values) / len(values):.3f} (n={len(values)})"
+        f"{mode} {output.reward(sum(values) / len(values))} (n={len(values)})"
         for mode, values in sorted(rewards.items())
     )
     return f"{arrived} of {total} rollouts; mean reward: {means or 'none reported'}."
