@@ -495,7 +495,10 @@ def test_wait_prints_every_rollout_in_queue_order_and_a_summary(daemon: Daemon, 
     assert [r["final_reward"] for r in rollouts] == [1.0, 0.0, 0.5, 1e300]
     assert all(isinstance(r["seq"], int) for r in rollouts)
     # A mean of a size no table shows in full is written as the tables write it.
-    assert "4 of 4 rollouts; mean reward: test 1e+300 (n=1), train 0.500 (n=2), val 0.500 (n=1)." in result.stderr
+    assert (
+        "4 of 4 rollouts; mean reward: test 1e+300 (n=1), train 0.500 (n=2), val 0.500 (n=1)."
+        in result.stderr
+    )
 
 
 def test_wait_gives_up_at_the_timeout_with_exit_5(daemon: Daemon, tmp_path: Path) -> None:

@@ -200,6 +200,24 @@ def test_an_id_too_long_for_a_url_is_one_line_whatever_asks_for_it(daemon: Daemo
         )
 
 
+def test_a_long_id_is_quoted_by_its_start_and_its_length_wherever_a_sentence_names_it(daemon: Daemon) -> None:
+    """An id sent in a body is not held to a URL's length; a sentence quoting 70 KB of it
+    would fill the screen."""
+    long = "rollout-" + "x" * 70_000
+    quoted = "'rollout-" + "x" * 72 + "…' (70,008 characters)"
+    assert_one_line_error(agl("tasks", "cancel", long, daemon=daemon), f"No task with id {quoted}.")
+    assert_one_line_error(agl("tasks", "retry", long, daemon=daemon), f"No task with id {quoted}.")
+    worker_chosen = "rollout-" + "y" * 1_000  # a URL carries it: the same sentence, shown its way
+    shown = agl("rollouts", "show", worker_chosen, daemon=daemon)
+    assert_one_line_error(shown, "No rollout with id 'rollout-" + "y" * 72 + "…' (1,008 characters).")
+    assert daemon.api("GET", f"/v1/tasks/{'z' * 101}").json() == {
+        "detail": "No task with id '" + "z" * 80 + "…' (101 characters)."
+    }
+    assert daemon.api("GET", f"/v1/tasks/{'z' * 100}").json() == {
+        "detail": "No task with id '" + "z" * 100 + "'."
+    }
+
+
 def test_retry_queues_failed_and_cancelled_tasks_again_at_the_back(daemon: Daemon) -> None:
     failed, cancelled, waiting = daemon.queue(1, 2, 3)
     daemon.claim()

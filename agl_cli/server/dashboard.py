@@ -30,7 +30,7 @@ from agl_cli.server.requests import int_param, query_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
 from agl_cli.server.stream import Seq, event_stream, position_params, start_position
-from agl_cli.store import CHART_POINTS, RewardSeries, RolloutSummary, StoredRollout, TaskHistory
+from agl_cli.store import CHART_POINTS, RewardSeries, RolloutSummary, StoredRollout, TaskHistory, quoted
 from agl_cli.store_models import WorkerQuery
 
 MAX_PAGE = 500  # the most lines one page (or one stream event) carries
@@ -192,7 +192,7 @@ async def rollout_detail_by_query(request: Request) -> Response:
 async def _detail(request: Request, rollout_id: str) -> Response:
     detail = await broker_of(request).rollout_detail(rollout_id, MAX_SPANS)
     if detail is None:
-        return error(404, f"No rollout or task with id '{rollout_id}'.")
+        return error(404, f"No rollout or task with id {quoted(rollout_id)}.")
     spans = [span._asdict() for span in detail.spans]
     spans_total = detail.spans_total
     if not spans and detail.stored is not None and detail.stored.rollout.trace:

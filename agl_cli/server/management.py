@@ -34,6 +34,7 @@ from agl_cli.store import (
     TaskRecord,
     UnknownBatchError,
     UnknownTaskError,
+    quoted,
 )
 
 STATUSES = tuple(status.value for status in TaskStatus)
@@ -228,7 +229,7 @@ async def show_resources(request: Request) -> Response:
     else:
         update = await broker.get_resources(resources_id)
         if update is None:
-            return error(404, f"No resources with id '{resources_id}'.")
+            return error(404, f"No resources with id {quoted(resources_id)}.")
     return ORJSONResponse(resources_json(update, reveal))
 
 
@@ -267,8 +268,8 @@ async def _show_rollout(request: Request, rollout_id: str) -> Response:
     stored = await broker.get_rollout(rollout_id)
     if stored is None:
         if record is None:
-            return _unknown(request, f"No rollout with id '{rollout_id}'.")
-        return error(404, f"Rollout '{rollout_id}' {_WHY_NO_RESULT[record.status]}.")
+            return _unknown(request, f"No rollout with id {quoted(rollout_id)}.")
+        return error(404, f"Rollout {quoted(rollout_id)} {_WHY_NO_RESULT[record.status]}.")
     return ORJSONResponse(rollout_json(stored))
 
 

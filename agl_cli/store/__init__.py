@@ -12,6 +12,7 @@ from agl_cli.store.errors import (
     UnknownBatchError,
     UnknownRolloutError,
     UnknownTaskError,
+    quoted,
 )
 from agl_cli.store.memory import MemoryStore
 from agl_cli.store.records import (
@@ -64,4 +65,5 @@ __all__ = [
     "UnknownBatchError",
     "UnknownRolloutError",
     "UnknownTaskError",
+    "quoted",
 ]

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+# Ids no longer than this are quoted whole in a sentence; a longer one (a URL may carry 64 KB)
+# by its start and its length, so that the sentence stays one line a terminal can show.
+_QUOTED_WHOLE = 100
+
+
+def quoted(name: str) -> str:
+    """An id as agl's sentences quote it: `'rollout-1'`, or `'rollout-1…' (70,000 characters)`."""
+    if len(name) <= _QUOTED_WHOLE:
+        return f"'{name}'"
+    return f"'{name[: _QUOTED_WHOLE - 20]}…' ({len(name):,} characters)"
+
 
 class StoreError(Exception):
     """A request the store cannot carry out; the message is fit to show a user."""
@@ -9,7 +20,7 @@ class StoreError(Exception):
 
 class UnknownTaskError(StoreError):
     def __init__(self, rollout_id: str) -> None:
-        super().__init__(f"No task with id '{rollout_id}'.")
+        super().__init__(f"No task with id {quoted(rollout_id)}.")
         self.rollout_id = rollout_id
 
 
@@ -17,23 +28,23 @@ class UnknownRolloutError(UnknownTaskError):
     """A store-API call named a rollout agl does not have."""
 
     def __init__(self, rollout_id: str) -> None:
-        StoreError.__init__(self, f"No rollout with id '{rollout_id}'.")
+        StoreError.__init__(self, f"No rollout with id {quoted(rollout_id)}.")
         self.rollout_id = rollout_id
 
 
 class UnknownAttemptError(StoreError):
     def __init__(self, rollout_id: str, attempt_id: str | None) -> None:
         if attempt_id is None:
-            super().__init__(f"Rollout '{rollout_id}' has no attempts yet.")
+            super().__init__(f"Rollout {quoted(rollout_id)} has no attempts yet.")
         else:
-            super().__init__(f"Rollout '{rollout_id}' has no attempt '{attempt_id}'.")
+            super().__init__(f"Rollout {quoted(rollout_id)} has no attempt {quoted(attempt_id)}.")
         self.rollout_id = rollout_id
         self.attempt_id = attempt_id
 
 
 class UnknownBatchError(StoreError):
     def __init__(self, batch_id: str) -> None:
-        super().__init__(f"No batch with id '{batch_id}'.")
+        super().__init__(f"No batch with id {quoted(batch_id)}.")
         self.batch_id = batch_id
 
 

@@ -11,7 +11,7 @@ after `max_attempts` claims if that is set.
 
 from __future__ import annotations
 
-from agl_cli.store.errors import InvalidTransitionError
+from agl_cli.store.errors import InvalidTransitionError, quoted
 from agl_cli.store.records import ReportOutcome
 from agl_cli.store_models import AttemptStatus, RolloutConfig, RolloutStatus, WorkerStatus
 from agl_cli.task_status import ENDED_WITHOUT_RESULT, TaskStatus
@@ -105,11 +105,11 @@ RETRYABLE = ENDED_WITHOUT_RESULT
 
 def check_cancellable(rollout_id: str, status: TaskStatus) -> None:
     if status not in CANCELLABLE:
-        raise InvalidTransitionError(f"Task '{rollout_id}' is {status.value} and cannot be cancelled.")
+        raise InvalidTransitionError(f"Task {quoted(rollout_id)} is {status.value} and cannot be cancelled.")
 
 
 def check_retryable(rollout_id: str, status: TaskStatus) -> None:
     if status not in RETRYABLE:
         raise InvalidTransitionError(
-            f"Task '{rollout_id}' is {status.value} and cannot be retried: only failed or cancelled tasks can."
+            f"Task {quoted(rollout_id)} is {status.value} and cannot be retried: only failed or cancelled tasks can."
         )
