@@ -342,6 +342,41 @@ def test_restore_keeps_the_database_it_replaces_whole_even_after_a_crash(
     old.close()
 
 
+SERVICE_USER = 65534  # nobody, as a service's own user
+
+
+def owner(path: Path) -> tuple[int, int]:
+    found = path.stat()
+    return found.st_uid, found.st_gid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes files another user owns")
+def test_compact_and_restore_run_by_root_leave_the_database_to_the_state_directorys_owner(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A service's daemon runs as its own user; root compacting or restoring its directory
+    must not leave it a database that user cannot open."""
+    daemon = make_daemon(state_dir=tmp_path / "state")
+    daemon.queue(1, 2)
+    copy = tmp_path / "copy.db"
+    assert agl("backup", str(copy), daemon=daemon).returncode == 0
+    assert daemon.terminate() == 0
+    fresh = tmp_path / "fresh"  # a service's directory, its database not yet restored
+    fresh.mkdir(mode=0o700)
+    for path in [daemon.state_dir, *daemon.state_dir.iterdir(), fresh]:
+        os.chown(path, SERVICE_USER, SERVICE_USER)
+    database = daemon.state_dir / "agl.db"
+
+    assert agl("compact", daemon=daemon).returncode == 0
+    assert owner(database) == (SERVICE_USER, SERVICE_USER)
+    assert agl("restore", str(copy), daemon=daemon).returncode == 0
+    assert owner(database) == (SERVICE_USER, SERVICE_USER)
+    assert agl("--state-dir", str(fresh), "restore", str(copy)).returncode == 0
+    assert owner(fresh / "agl.db") == (SERVICE_USER, SERVICE_USER)
+    assert stat.S_IMODE((fresh / "agl.db").stat().st_mode) == 0o600
+    assert owner(copy) == (0, 0)  # what it copied from is left as it was
+
+
 ONLY_THE_COPYS_TASKS = {"queued": 20, "claimed": 0, "completed": 0, "failed": 0, "cancelled": 0}
 
 

@@ -37,7 +37,7 @@ def test_systemd_analyze_verify_finds_nothing_to_complain_about(tmp_path: Path) 
     agl = shutil.which("agl")
     assert agl is not None, "agl must be installed for its ExecStart to resolve"
     unit = tmp_path / "agl.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/agl", agl))
+    unit.write_text(UNIT.read_text().replace("/opt/agl/bin/agl", agl))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)],
         capture_output=True,

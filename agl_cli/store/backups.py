@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.errors import StoreError
-from agl_cli.store.files import LOG_SUFFIXES, beside, open_private, sync_to_disk
+from agl_cli.store.files import LOG_SUFFIXES, beside, open_private, owned_as, sync_to_disk
 from agl_cli.store.schema import APPLICATION_ID, SCHEMA_VERSION, NotAglDatabaseError
 
 RESTORING = ".restoring"  # the copy being put in place, beside the database
@@ -104,6 +104,7 @@ def restore(backup: Path, database: Path, aside: Path) -> Contents:
             os.fsync(target.fileno())
         if copy.stat().st_size != contents.size:
             raise StoreError(f"Cannot restore {backup} into {database}: the copy came out cut short.")
+        owned_as(copy, database if database.exists() else database.parent)
         if database.exists():
             _number_results_after(copy, _fold_log(database))
         for suffix in LOG_SUFFIXES:  # left if the old file could not be read, or is gone without them

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agl_cli.store.errors import StoreError
-from agl_cli.store.files import JOURNAL_SUFFIX, LOG_SUFFIXES, beside, log_of, sync_to_disk
+from agl_cli.store.files import JOURNAL_SUFFIX, LOG_SUFFIXES, beside, log_of, owned_as, sync_to_disk
 from agl_cli.store.schema import APPLICATION_ID, NotAglDatabaseError, connect
 
 SUFFIX = ".compacting"  # the copy being written, beside the file
@@ -88,6 +88,7 @@ def _replace(path: Path, copy: Path) -> None:
     try:
         sync_to_disk(copy)
         os.chmod(copy, stat.S_IMODE(path.stat().st_mode))  # SQLite made it as any new file
+        owned_as(copy, path)
         os.replace(copy, path)
         sync_to_disk(path.parent)
     except OSError as exc:

@@ -77,6 +77,16 @@ def open_private(path: Path) -> io.BufferedWriter:
     return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
 
 
+def owned_as(path: Path, model: Path) -> None:
+    """Give the new file `path` the owner and group of `model` (the file it replaces, else
+    its directory), where they differ and this process may: root running `agl compact` or
+    `agl restore` on a service's state directory would otherwise leave a database the
+    service's own user cannot open."""
+    made, wanted = path.stat(), model.stat()
+    if (made.st_uid, made.st_gid) != (wanted.st_uid, wanted.st_gid) and os.geteuid() == 0:
+        os.chown(path, wanted.st_uid, wanted.st_gid)
+
+
 def sync_to_disk(path: Path) -> None:
     """Make `path` durable: a file's contents, or the names in a directory (a file renamed
     into it, say)."""
