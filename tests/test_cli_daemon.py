@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_runner import Lines, agl, assert_one_line_error, popen_agl
 from conftest import database_of_schema, schema_5_file
 from daemon import Daemon, env_without_agl, wait_until
 
-from agl_cli import pidfile
+from agl_cli import __version__, pidfile
 from agl_cli.cli.context import DEFAULT_URL, Globals, Target, resolve
 from agl_cli.cli.detach import start_detached
 from agl_cli.cli.errors import CLIError
@@ -467,6 +470,49 @@ def test_serve_detach_returns_once_ready_and_stop_ends_it(tmp_path: Path) -> Non
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_detached_start_never_takes_the_address_another_daemon_logged_for_its_own(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `agl serve --detach` at once share the state directory's log: the one whose
+    daemon lost found the winner's address logged after its own start, and said it had
+    started, naming its own daemon, which had exited already. Here the winner's line
+    comes into the log as the loser's daemon starts."""
+    spawn = subprocess.Popen
+
+    def spawned_as_the_winner_logs_its_address(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        started = spawn(*args, **kwargs)
+        with (daemon.state_dir / "agl.log").open("a") as log:
+            log.write(f"agl {__version__} listening on {daemon.url} (store: {daemon.state_dir / 'agl.db'})\n")
+        return started
+
+    monkeypatch.setattr(subprocess, "Popen", spawned_as_the_winner_logs_its_address)
+    with pytest.raises(CLIError) as refused:
+        start_detached(DaemonConfig(state_dir=daemon.state_dir, port=0))
+    assert daemon.proc is not None
+    assert str(refused.value) == f"agl is already running (pid {daemon.proc.pid})."
+
+
+def test_serve_detach_runs_the_agl_installed_whatever_directory_it_is_started_in(tmp_path: Path) -> None:
+    """`python -m agl_cli` looks in the working directory first: a checkout of another agl
+    there ran in its place, with this one's environment."""
+    impostor = tmp_path / "agl_cli"
+    impostor.mkdir()
+    (impostor / "__init__.py").write_text("")
+    (impostor / "__main__.py").write_text("import sys\nprint('not this agl')\nsys.exit(1)\n")
+    # As the `agl` script starts: agl_cli from where it is installed, not the directory.
+    command = [sys.executable, "-I", "-c", "from agl_cli.cli.main import main; main()"]
+    state = tmp_path / "state"
+    started = subprocess.run(
+        [*command, "serve", "--detach", "--port", "0", "--state-dir", str(state)],
+        cwd=tmp_path, env=env_without_agl(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "not this agl" not in (state / "agl.log").read_text()
+    finally:
+        agl("stop", state_dir=state)
+
+
 @pytest.mark.parametrize("logging", [[], ["--log-json"]], ids=["plain log", "JSON log"])
 def test_serve_detach_passes_on_what_the_daemon_noted_as_it_started(
     tmp_path: Path, logging: list[str]
@@ -645,6 +691,52 @@ def test_stop_leaves_alone_a_process_whose_command_line_only_mentions_agl(tmp_pa
     finally:
         other.kill()
         other.wait()
+
+
+@contextlib.contextmanager
+def a_stranger_to(directory: Path) -> Iterator[list[str]]:
+    """A command prefix under which `directory` cannot be read, as a service's directory
+    cannot by anyone but its user: root without its power to read any file, the directory
+    another user's; anyone else, with the directory closed for the while."""
+    if os.geteuid() != 0:
+        directory.chmod(0o000)
+        try:
+            yield []
+        finally:
+            directory.chmod(0o700)
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    os.chown(directory, 65534, 65534)
+    yield ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_a_state_directory_this_user_cannot_read_is_said_so_not_taken_for_no_daemon(daemon: Daemon) -> None:
+    """A user running `agl status` with a service's AGL_STATE_DIR was told that no daemon
+    ran there (and `agl stop` died in a traceback)."""
+    state = daemon.state_dir
+    cases = [
+        (["status"], "address", "--url and --token"),
+        (["tasks", "list"], "address", "--url and --token"),
+        (["stop"], "agl.pid", "--url and --token"),
+        (["--url", daemon.url, "status"], "token", "--token"),
+    ]
+    with a_stranger_to(state) as stranger:
+        for args, file, instead in cases:
+            result = subprocess.run(
+                [*stranger, sys.executable, "-m", "agl_cli", "--state-dir", str(state), *args],
+                capture_output=True, text=True, env=env_without_agl(), timeout=60, check=False,
+            )  # fmt: skip
+            assert_one_line_error(
+                result,
+                f"Cannot read {state / file} (Permission denied): run agl as the daemon's user, or give its {instead}.",
+            )
+        detached = subprocess.run(
+            [*stranger, sys.executable, "-m", "agl_cli", "serve", "--state-dir", str(state), "--port", "0", "--detach"],
+            capture_output=True, text=True, env=env_without_agl(), timeout=60, check=False,
+        )  # fmt: skip
+        assert_one_line_error(detached, f"The state directory {state} is not writable (Permission denied).")
+    assert daemon.status()["pid"] == daemon.proc.pid  # and nothing was stopped
 
 
 def test_a_pidfile_naming_another_agl_command_is_stale_to_stop_and_to_serve(

@@ -103,13 +103,13 @@ def given_url(url: str) -> str:
 
 def discovered_url(state_dir: Path) -> str | None:
     """The address a running daemon wrote in its state directory, if any."""
-    text = _read_text(state_dir / paths.ADDRESS_NAME)
+    text = _read_text(state_dir / paths.ADDRESS_NAME, "--url and --token")
     return normalise_url(text) if text else None
 
 
 def read_token(state_dir: Path) -> str | None:
     path = state_dir / paths.TOKEN_NAME
-    return checked_token(_read_text(path), str(path))
+    return checked_token(_read_text(path, "--token"), str(path))
 
 
 def checked_token(token: str | None, where: str) -> str | None:
@@ -120,14 +120,23 @@ def checked_token(token: str | None, where: str) -> str | None:
     return token
 
 
-def _read_text(path: Path) -> str | None:
-    """A small file the daemon wrote, stripped; None if there is none (or nothing in it)."""
+def _read_text(path: Path, instead: str) -> str | None:
+    """A small file the daemon wrote, stripped; None if there is none (or nothing in it).
+    One this user may not read is an error that says to give `instead`."""
     try:
         return path.read_bytes().decode().strip() or None
+    except PermissionError as exc:  # a service's directory: no daemon is not what it means
+        raise CLIError(unreadable(path, exc, instead)) from None
     except OSError:
         return None
     except UnicodeDecodeError:
         raise CLIError(f"{path} is not a file agl wrote: it is not UTF-8 text.") from None
+
+
+def unreadable(path: Path, exc: OSError, instead: str) -> str:
+    """Why agl cannot tell whether a daemon runs, or which token it takes, when a file of
+    its state directory is another user's to read (a service's, in /var/lib/agl)."""
+    return f"Cannot read {path} ({exc.strerror or exc}): run agl as the daemon's user, or give its {instead}."
 
 
 def is_local(url: str) -> bool:

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import typer
 
-from agl_cli import paths
+from agl_cli import paths, pidfile
 from agl_cli.cli import output
 from agl_cli.cli.errors import fail
 from agl_cli.daemon_config import DaemonConfig
@@ -32,7 +32,7 @@ START_TIMEOUT = 30.0
 
 
 def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None:
-    state_dir = config.state_dir or paths.default_state_dir()
+    state_dir = (config.state_dir or paths.default_state_dir()).absolute()
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -41,7 +41,7 @@ def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None
     try:
         log = log_path.open("ab")
     except OSError as exc:
-        if log_path.is_dir():  # the directory is fine: the log is in the way
+        if isinstance(exc, IsADirectoryError):  # the directory is fine: the log is in the way
             fail(f"The log {log_path} is a directory, not a file.")
         fail(paths.unusable(state_dir, exc))
     with log:
@@ -55,10 +55,13 @@ def start_detached(config: DaemonConfig, timeout: float = START_TIMEOUT) -> None
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # As daemons do, so as to hold no directory busy; and `-m` looks for agl_cli
+                # in the working directory first, which may be a checkout of another agl.
+                cwd="/",
             )
         except OSError as exc:  # this Python cannot be run (another user's, since removed)
             fail(f"Cannot start the daemon with {sys.executable} ({exc.strerror or exc}).")
-    url = _wait_until_listening(process, log_path, start, time.monotonic() + timeout)
+    url = _wait_until_listening(process, state_dir, start, time.monotonic() + timeout)
     from agl_cli.client import AglClient
 
     deadline = time.monotonic() + timeout
@@ -94,15 +97,20 @@ def _message(line: str) -> str:
 
 
 def _wait_until_listening(
-    process: subprocess.Popen[bytes], log_path: Path, start: int, deadline: float
+    process: subprocess.Popen[bytes], state_dir: Path, start: int, deadline: float
 ) -> str:
     """The daemon's address once it listens. Should it first bring an older database up
-    to date, say so, and wait for that as long as the daemon is alive."""
+    to date, say so, and wait for that as long as the daemon is alive.
+
+    The log is shared: of two `agl serve --detach` at once, the one whose daemon did not
+    take the state directory finds the other's address there, so an address counts only
+    once the pidfile names this daemon."""
+    log_path, pid_path = state_dir / paths.LOGFILE_NAME, state_dir / paths.PIDFILE_NAME
     upgrading = False
     while True:
         logged = _log_since(log_path, start)
         match = READY_LINE.search(logged)
-        if match:
+        if match and pidfile.read_pid(pid_path) == process.pid:
             return match.group(1)
         upgrade = None if upgrading else UPGRADE_LINE.search(logged)
         if upgrade:
@@ -112,6 +120,9 @@ def _wait_until_listening(
             )
             upgrading = True
         if process.poll() is not None:
+            holder = pidfile.read_pid(pid_path)
+            if holder not in (None, process.pid) and pidfile.held(pid_path):  # what its own log line says
+                fail(str(pidfile.AlreadyRunningError(holder)))
             _fail_with_log(log_path, start, "The daemon exited while starting")
         if not upgrading and time.monotonic() > deadline:
             _fail_with_log(log_path, start, "The daemon did not start listening in time")

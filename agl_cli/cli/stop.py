@@ -19,7 +19,7 @@ import typer
 from agl_cli import paths
 from agl_cli import pidfile as pidfiles
 from agl_cli.cli import output
-from agl_cli.cli.context import Target, connect, globals_of, target_of
+from agl_cli.cli.context import Target, connect, globals_of, target_of, unreadable
 from agl_cli.cli.errors import ExitCode, fail
 
 
@@ -32,7 +32,11 @@ def stop(
     """Stop the daemon gracefully: in-flight requests finish, then it exits."""
     options = globals_of(ctx)
     pidfile = options.state_directory / paths.PIDFILE_NAME
-    if not options.url and pidfile.exists():  # a signal needs no token: its file is not read
+    try:
+        signalled = not options.url and pidfile.exists()  # a signal needs no token: its file is not read
+    except PermissionError as exc:
+        fail(unreadable(pidfile, exc, "--url and --token"))
+    if signalled:
         _stop_by_pid(pidfile, timeout)
     else:
         _stop_by_request(ctx, target_of(ctx), timeout)
