@@ -119,10 +119,12 @@ ROLLOUT_SUMMARIES = (
     " LEFT JOIN attempts a ON a.task = t.id AND a.sequence_id = r.attempt"
 )
 
-# What a store-API query may sort by (the model's fields), as the SQL that reads each.
+# What a store-API query may sort by (the model's fields), as the SQL that reads each. An
+# input by its value, as 0.3.0 sorts one (numbers as numbers, text unescaped); an object by
+# its JSON text, where 0.3.0 fails.
 ROLLOUT_SORT_COLUMNS = {
     "rollout_id": "t.rollout_id",
-    "input": "t.input",
+    "input": "json_extract(t.input, '$')",
     "start_time": "t.create_time",
     "end_time": "t.end_time",
     "mode": "t.mode",

@@ -293,6 +293,26 @@ async def test_queries_filter_sort_and_page_alike(pair: Pair) -> None:
     await pair.same(lambda c: c.query_rollouts(status_in=[]))
 
 
+@pytest.mark.parametrize(
+    "inputs", [[3, 10, 1, -1, 2.5, 11, 0, True], ["b", "a\tb", "a\\b", "é", "Z", ""]], ids=["numbers", "text"]
+)
+async def test_rollouts_sorted_by_an_input_of_numbers_or_of_text_are_in_its_values_order(
+    pair: Pair, inputs: list[Any]
+) -> None:
+    """By the value, not its JSON text: 10 after 3, a tab before a backslash."""
+    queued = await pair.same(
+        lambda c: c.enqueue_many_rollouts([EnqueueRolloutRequest(input=x) for x in inputs])
+    )
+    names = [rollout["rollout_id"] for rollout in queued]
+    for order in ("asc", "desc"):
+        page = await pair.same(
+            lambda c, order=order: c.query_rollouts(
+                rollout_id_in=[pair.real(c, name) for name in names], sort_by="input", sort_order=order
+            )
+        )
+        assert [rollout["input"] for rollout in page["items"]] == sorted(inputs, reverse=order == "desc")
+
+
 async def test_the_statistics_count_the_same_things(pair: Pair) -> None:
     ours, theirs = [await _statistics(client) for client in pair.clients()]
     counted = ("total_rollouts", "total_attempts", "total_spans", "total_resources", "total_workers")
