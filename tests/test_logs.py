@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from cli_runner import agl
 from daemon import READY_LINE, Daemon, env_without_agl, fetch
 
@@ -98,16 +99,26 @@ def test_without_log_json_the_output_stays_human_each_line_timed_in_a_file(
     assert "INFO:     Application startup complete." in said
 
 
-def test_lines_to_journald_are_not_timed_as_it_times_them(tmp_path: Path) -> None:
-    journald = {**env_without_agl(), "JOURNAL_STREAM": "8:1234"}
+@pytest.mark.parametrize("named", ["its stderr", "another stream"])
+def test_lines_to_journald_are_not_timed_as_it_times_them_and_others_are(tmp_path: Path, named: str) -> None:
+    """systemd names the stream it reads in JOURNAL_STREAM; the programs a service starts
+    inherit the variable, their output going elsewhere (a file, such as agl.log)."""
+    reader, writer = os.pipe()
+    elsewhere = tmp_path / "journal"
+    elsewhere.touch()
+    stream = os.fstat(writer) if named == "its stderr" else elsewhere.stat()
+    journald = {**env_without_agl(), "JOURNAL_STREAM": f"{stream.st_dev}:{stream.st_ino}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--memory"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=journald,
+        stdout=subprocess.DEVNULL, stderr=writer, env=journald,
     )  # fmt: skip
+    os.close(writer)
     try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-        assert first.startswith(f"agl {__version__} listening on "), first
+        with os.fdopen(reader) as stderr:
+            first = stderr.readline()
+            listening = f"agl {__version__} listening on "
+            assert first.startswith(listening) if named == "its stderr" else TIMED.match(first), first
+            assert listening in first
     finally:
         proc.terminate()
         proc.communicate(timeout=30)

@@ -149,7 +149,21 @@ def announce(message: str, json_lines: bool, **fields: Any) -> None:
 
 
 def _timed() -> bool:
-    return not sys.stderr.isatty() and "JOURNAL_STREAM" not in os.environ
+    return not sys.stderr.isatty() and not _to_the_journal()
+
+
+def _to_the_journal() -> bool:
+    """Whether stderr is journald's stream, which times each line itself. systemd names
+    that stream in JOURNAL_STREAM (device:inode); the variable alone says nothing, as every
+    program started from a service, a detached daemon writing to agl.log too, inherits it."""
+    named = os.environ.get("JOURNAL_STREAM")
+    if not named:
+        return False
+    try:
+        stream = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or replaced by an object with no file
+        return False
+    return named == f"{stream.st_dev}:{stream.st_ino}"
 
 
 def untimed(line: str) -> str:
