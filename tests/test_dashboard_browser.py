@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,32 @@ def test_the_charts_tick_labels_of_huge_rewards_are_short_and_whole_inside_the_c
         expect(labels.first).to_have_text("-1.5e+300")
         expect(labels.last).to_have_text("1e+300")
         expect(labels.nth(1)).to_have_text("-1e+300")
+    assert console.errors == []
+
+
+def test_rewards_at_the_edge_of_a_floats_range_are_charted_and_the_page_still_loads(
+    make_daemon: Any, browser: Any
+) -> None:
+    """Any worker may send them (the worker routes are open): one of 1.8e308 made the page's
+    axis span infinite and its ticks endless, so the page never loaded again; two summed
+    past a float's range read as no reward."""
+    fresh = make_daemon()
+    largest = sys.float_info.max
+    ids = complete(fresh, "train", [largest, largest]) + complete(fresh, "val", [-largest])
+    with signed_in(browser, fresh) as (page, console):
+        expect(page.locator("#connection")).to_have_text("Live", timeout=WAIT_MS)
+        expect(page.locator("#rollouts tbody tr").first).to_have_attribute("data-rollout-id", ids[-1])
+        for mode, mean, count in (("train", largest, "2 rollouts"), ("val", -largest, "1 rollout")):
+            legend = page.locator(f"#legend [data-mode={mode}]")
+            expect(legend).to_have_text(
+                f"{mode}: moving average {mean!r} ({count})"
+            )  # as JavaScript writes it
+            expect(page.locator(f"#chart path.average-{mode}")).to_have_attribute("d", _drawn())
+        assert page.evaluate(_LABELS_LEFT_OF_THE_CHART) == []
+        assert (
+            page.evaluate("line => movingAverage(line)", {"means": [largest] * 3, "rewarded": [1, 2, 3]})
+            == pytest.approx([largest] * 3)  # each a number, none past the range
+        )
     assert console.errors == []
 
 

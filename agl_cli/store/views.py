@@ -10,6 +10,8 @@ PLAN`.
 from __future__ import annotations
 
 import itertools
+import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +88,16 @@ def _chart_widths(first: int, last: int, max_points: int) -> tuple[int, int]:
     return width, max(k for k in REWARD_WIDTHS if width % k == 0)
 
 
+def _mean(total: float | None, rewarded: int) -> float | None:
+    """A bucket's mean reward. Rewards near 1e308 make a sum past a float's range (kept as
+    an infinity): its mean is then read as the largest float of its sign, at the chart's
+    edge, rather than as none. (+inf and -inf summed, which SQLite reads as NULL, give none.)"""
+    if not rewarded or total is None:
+        return None
+    mean = total / rewarded
+    return mean if math.isfinite(mean) else math.copysign(sys.float_info.max, mean)
+
+
 class Views(Retention):
     """The dashboard's reads, on the tables the layers below keep."""
 
@@ -114,7 +126,7 @@ class Views(Retention):
                 float(bucket * width),
                 rollouts,
                 rewarded,
-                total / rewarded if rewarded else None,
+                _mean(total, rewarded),
             )
             for mode, bucket, rollouts, rewarded, total in rows
             if rollouts > 0

@@ -366,7 +366,7 @@ async function togglePause() {
 const SVG = "http://www.w3.org/2000/svg";
 // In the SVG's units, which are the screen's pixels: the chart takes its panel's width (see
 // chartWidth), so that its labels keep their size on a phone.
-const CHART = { width: 640, minWidth: 280, height: 260, left: 48, right: 12, top: 12, bottom: 28 };
+const CHART = { width: 640, minWidth: 280, height: 260, left: 48, right: 12, top: 12, bottom: 28, limit: 1e307 };
 const chart = { svg: null, grid: null, xAxis: null, lines: new Map() };
 
 function svg(name, attributes = {}, parent = null) {
@@ -402,7 +402,10 @@ function drawChart(rewards) {
   const width = chartWidth();
   chart.svg.setAttribute("viewBox", `0 0 ${width} ${CHART.height}`);
   const lines = rewards.lines.map((line) => ({ ...line, average: movingAverage(line) }));
-  const values = lines.flatMap((line) => line.means.concat(line.average)).filter((v) => v !== null);
+  const values = lines
+    .flatMap((line) => line.means.concat(line.average))
+    .filter((v) => v !== null)
+    .map(drawable);
   chart.empty.hidden = values.length > 0;
   const times = lines.flatMap((line) => line.times);
   const x0 = Math.min(...times);
@@ -410,7 +413,7 @@ function drawChart(rewards) {
   let [y0, y1] = values.length ? [Math.min(0, ...values), Math.max(1, ...values)] : [0, 1];
   if (y1 - y0 < 1e-9) y1 = y0 + 1;
   const plotHeight = CHART.height - CHART.top - CHART.bottom;
-  const y = (v) => CHART.top + (1 - (v - y0) / (y1 - y0)) * plotHeight;
+  const y = (v) => CHART.top + (1 - (drawable(v) - y0) / (y1 - y0)) * plotHeight;
 
   chart.grid.replaceChildren();
   const step = niceStep((y1 - y0) / 5);
@@ -475,20 +478,24 @@ function chartWidth() {
   return shown ? Math.max(CHART.minWidth, Math.round(shown)) : CHART.width;
 }
 
+// A value as the chart draws it: within ±1e307, so that the span of its axis, and each
+// step of it, is a number (a reward of 1.7e308 less one of -1.7e308 is not).
+function drawable(value) {
+  return Math.min(Math.max(value, -CHART.limit), CHART.limit);
+}
+
 function movingAverage(line) {
   // Each point: the mean of the last AVERAGE_OF buckets' means, weighted by the rollouts
-  // that had a reward (those without one are not in the mean).
+  // that had a reward (those without one are not in the mean). Each mean is weighted by
+  // its share of them, so that no sum of products outgrows a number (rewards near 1e308).
   const out = [];
   for (let i = 0; i < line.means.length; i++) {
-    let sum = 0;
-    let weight = 0;
+    const window = [];
     for (let j = Math.max(0, i - AVERAGE_OF + 1); j <= i; j++) {
-      if (line.means[j] !== null) {
-        sum += line.means[j] * line.rewarded[j];
-        weight += line.rewarded[j];
-      }
+      if (line.means[j] !== null) window.push(j);
     }
-    out.push(weight ? sum / weight : null);
+    const weight = window.reduce((sum, j) => sum + line.rewarded[j], 0);
+    out.push(weight ? window.reduce((sum, j) => sum + line.means[j] * (line.rewarded[j] / weight), 0) : null);
   }
   return out;
 }
