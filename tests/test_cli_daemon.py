@@ -582,6 +582,8 @@ def test_an_upgrade_whose_time_does_not_grow_with_the_file_says_no_cost(
     ("args", "sentence"),
     [
         (["status", "--bogus"], "No such option: --bogus (see agl status --help)."),
+        (["status", "--state-dir", "/x"], "--state-dir is an option of agl itself: give it before the command (agl --state-dir ... status)."),
+        (["tasks", "list", "--url=http://x"], "--url is an option of agl itself: give it before the command (agl --url ... tasks list)."),
         (["queue"], "Missing argument 'FILE' (see agl queue --help)."),
         (["tasks", "list", "--limit", "0"], "Invalid value for '--limit': Input should be greater than or equal to 1 (see agl tasks list --help)."),
         (["bogus"], "No such command 'bogus' (see agl --help)."),

@@ -57,9 +57,26 @@ def usage_error(exc: typer.TyperException) -> CLIError:
     message = " ".join(exc.format_message().split()).rstrip(".")
     message = message.replace(": Value error, ", ": ")  # how the parser words a choice refused
     ctx = getattr(exc, "ctx", None)
+    own = _agls_own_option(exc, ctx)
+    if own is not None:
+        return CLIError(own, ExitCode.USAGE)
     where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
     code = ExitCode.USAGE if exc.exit_code == ExitCode.USAGE else ExitCode.ERROR
     return CLIError(f"{message}{where}.", code)
+
+
+def _agls_own_option(exc: typer.TyperException, ctx: typer.Context | None) -> str | None:
+    """The sentence for an option of agl itself given after a command (`agl status
+    --state-dir DIR`, as `agl serve --state-dir DIR` takes one): where it goes. Not for
+    `--version`, which means nothing after a command."""
+    name = getattr(exc, "option_name", None)  # of an option the command does not know
+    if name is None or ctx is None or ctx.parent is None:
+        return None
+    root = ctx.find_root()
+    if not any(name in param.opts and not getattr(param, "is_flag", False) for param in root.command.params):
+        return None
+    command = ctx.command_path.removeprefix(root.command_path).strip()
+    return f"{name} is an option of agl itself: give it before the command (agl {name} ... {command})."
 
 
 def report(error: CLIError) -> NoReturn:
