@@ -616,13 +616,14 @@ class AglClient:
 
     def _unreachable(self, exc: httpx.TransportError, changing: bool = False) -> DaemonUnreachable:
         """`changing`: the request asked for a change, which a daemon that took it and did
-        not answer in time may have made (a script that tries again must look first)."""
-        if isinstance(exc, httpx.ReadTimeout):
-            maybe = "; it may have made the change all the same" if changing else ""
-            return DaemonUnreachable(self.url, f"The agl daemon at {self.url} did not answer in time{maybe}.")
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        not answer (in time, or at all: it died) may have made; a script that tries again
+        must look first."""
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):  # nothing was sent
             return DaemonUnreachable(self.url)
-        return DaemonUnreachable(self.url, f"The connection to the agl daemon at {self.url} broke.")
+        maybe = "; it may have made the change all the same" if changing else ""
+        if isinstance(exc, httpx.ReadTimeout):
+            return DaemonUnreachable(self.url, f"The agl daemon at {self.url} did not answer in time{maybe}.")
+        return DaemonUnreachable(self.url, f"The connection to the agl daemon at {self.url} broke{maybe}.")
 
     def _raise_for(self, response: httpx.Response) -> None:
         code = response.status_code

@@ -17,6 +17,7 @@ from daemon import Daemon, wait_until
 from typer.testing import CliRunner, Result
 
 from agl_cli.cli.app import app
+from agl_cli.cli.errors import CLIError
 from agl_cli.cli.taskfile import CheckedTask, Chunk, Defaults, TaskFileError, chunks
 from agl_cli.client import AglClient, Staged, TaskList
 from agl_cli.store.schema import PLACES_PER_BATCH
@@ -447,6 +448,33 @@ def test_ctrl_c_as_the_daemon_committed_and_went_away_says_how_to_find_out(
         result.stderr,
     )
     assert result.exit_code == 130 and said is not None, result.stderr
+    daemon.start()
+    assert daemon.api("GET", f"/v1/tasks/{said[1]}").json()["status"] == "queued"
+    assert queued_count(daemon) == 20_000
+
+
+def test_a_daemon_gone_as_it_committed_is_said_to_have_maybe_queued_them_not_to_be_unreachable(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after its commit, before its answer left: the tasks are queued, and a user
+    told only that no daemon answered would queue them again."""
+    file = numbered_tasks(tmp_path / "big.jsonl", 20_000)
+    commit = AglClient.commit_batch
+
+    def committed_then_crashed(client: AglClient, batch_id: str, timeout: float = 600.0) -> int:
+        commit(client, batch_id, timeout)
+        daemon.kill()
+        return commit(client, batch_id, timeout)  # the answer that never came
+
+    monkeypatch.setattr(AglClient, "commit_batch", committed_then_crashed)
+    failure = queued_in_process(daemon, file, monkeypatch).exception
+    assert isinstance(failure, CLIError) and failure.code == 3, failure
+    said = re.fullmatch(  # after "agl is not running in DIR; ", as it is not now
+        rf".*; the agl daemon at {re.escape(daemon.url)} stopped answering as it committed the tasks;"
+        r" agl tasks show (\S+) tells whether it did \(all of them or none\)\.",
+        str(failure),
+    )
+    assert said is not None, failure
     daemon.start()
     assert daemon.api("GET", f"/v1/tasks/{said[1]}").json()["status"] == "queued"
     assert queued_count(daemon) == 20_000

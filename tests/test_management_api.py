@@ -162,6 +162,37 @@ def test_a_change_unanswered_in_time_may_have_been_made_and_the_client_says_so(d
     wait_until(lambda: daemon.status()["paused"], "the pause it had taken to be made", 30)  # it was
 
 
+def _received_unread(port: int) -> bool:
+    """Whether a connection to `port` on this machine holds bytes its server has not read."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, _, state, queues = line.split()[1:5]
+            if int(local.rpartition(":")[2], 16) == port and state == "01" and int(queues.split(":")[1], 16):
+                return True
+    return False
+
+
+def test_a_change_whose_daemon_died_before_answering_may_have_been_made_and_the_client_says_so(
+    daemon: Daemon,
+) -> None:
+    """The connection broke, not refused: the daemon had the request (here, in its socket,
+    stopped by SIGSTOP, then killed), so it may have made the change before it went."""
+    assert daemon.proc is not None
+    port = int(daemon.url.rpartition(":")[2])
+    with AglClient(daemon.url, daemon.token, timeout=30.0) as client:
+        client.status()  # the connection the change goes on, open while the daemon runs
+        daemon.proc.send_signal(signal.SIGSTOP)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pausing = pool.submit(client.pause)
+            wait_until(lambda: _received_unread(port), "the request to reach the daemon's socket", 30)
+            daemon.proc.kill()
+            with pytest.raises(DaemonUnreachable) as unanswered:
+                pausing.result(30)
+    assert str(unanswered.value) == (
+        f"The connection to the agl daemon at {daemon.url} broke; it may have made the change all the same."
+    )
+
+
 def test_tasks_are_listed_by_status_and_in_pages_with_how_many_there_are(daemon: Daemon) -> None:
     ids = daemon.queue("a", "b", "c", "d")
     daemon.claim()

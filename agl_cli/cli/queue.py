@@ -234,6 +234,7 @@ def _upload(
 ) -> int:
     """Queue every task of the files; returns how many."""
     from agl_cli.cli.taskfile import checked_tasks, chunks
+    from agl_cli.client import DaemonUnreachable
 
     batch_id, committing = None, 0  # committing: the tasks the commit was asked for
     try:
@@ -250,7 +251,14 @@ def _upload(
             queued = _stage_in_turn(client, batch_id, itertools.chain([first, second], pieces), sink)
         with _spinner(show_progress, f"Committing {queued} tasks"):
             committing = queued
-            client.commit_batch(batch_id)
+            try:
+                client.commit_batch(batch_id)
+            except DaemonUnreachable as exc:  # it may have committed first: all of them, or none
+                raise DaemonUnreachable(
+                    exc.url,
+                    f"The agl daemon at {exc.url} stopped answering as it committed the tasks;"
+                    f" agl tasks show {sink.first_id} tells whether it did (all of them or none).",
+                ) from None
     except KeyboardInterrupt:
         if batch_id is not None and not _discarded(client, batch_id) and committing and sink.first_id:
             anyway = _queued_anyway(client, sink.first_id, committing)
