@@ -147,8 +147,10 @@ def _still_named(fd: int, path: Path) -> bool:
 
 def release(path: Path) -> None:
     """Remove the pidfile if it is still ours, then let go of its lock."""
-    if read_pid(path) == os.getpid():
-        with contextlib.suppress(OSError):  # a file system gone read-only: the next start takes it over
+    with contextlib.suppress(
+        OSError
+    ):  # a file system gone read-only or failing: the next start takes it over
+        if read_pid(path) == os.getpid():
             path.unlink()
     fd = _held.pop(path, None)
     if fd is not None:

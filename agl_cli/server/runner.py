@@ -23,6 +23,7 @@ from pathlib import Path
 
 from agl_cli import paths, pidfile, tokens
 from agl_cli.daemon_config import DaemonConfig
+from agl_cli.store.files import sync_to_disk
 
 
 class StartupError(Exception):
@@ -59,7 +60,9 @@ def keep_private(path: Path, mode: int, what: str) -> str | None:
 
 
 def load_or_create_token(state_dir: Path) -> str:
-    """The management API's token: made once, readable by its owner only (mode 0600)."""
+    """The management API's token: made once, readable by its owner only (mode 0600), and
+    synced before it is used: after a power cut, a token lost would be made anew, and
+    every client holding the old one refused."""
     token_path = state_dir / paths.TOKEN_NAME
     token = _read_token(token_path)
     if token:
@@ -71,7 +74,10 @@ def load_or_create_token(state_dir: Path) -> str:
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.chmod(token_path, 0o600)
+    sync_to_disk(state_dir)  # its name
     return token
 
 
