@@ -453,6 +453,47 @@ def test_ctrl_c_as_the_daemon_committed_and_went_away_says_how_to_find_out(
     assert queued_count(daemon) == 20_000
 
 
+def test_ctrl_c_while_one_request_queues_the_tasks_waits_for_its_answer_to_say_what_it_did(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that goes in one request has no id to ask about afterwards: agl said nothing
+    was queued, while the daemon had queued every task."""
+    file = numbered_tasks(tmp_path / "small.jsonl", 3)
+    queue = AglClient.queue
+
+    def interrupted_as_it_queues(client: AglClient, tasks: TaskList) -> list[str]:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C with the request on its way
+        return queue(client, tasks)
+
+    monkeypatch.setattr(AglClient, "queue", interrupted_as_it_queues)
+    result = queued_in_process(daemon, file, monkeypatch)
+    assert (result.exit_code, result.stderr) == (
+        130,
+        "agl: Waiting for the daemon to say whether it queued the tasks (again to stop).\n"
+        "agl: Interrupted; the 3 tasks were queued all the same (agl tasks list shows them).\n",
+    )
+    assert queued_count(daemon) == 3
+
+
+def test_ctrl_c_twice_while_one_request_queues_the_tasks_says_they_may_have_been_queued(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = numbered_tasks(tmp_path / "small.jsonl", 3)
+
+    def interrupted_twice(client: AglClient, tasks: TaskList) -> list[str]:
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the second Ctrl-C stops the wait")
+
+    monkeypatch.setattr(AglClient, "queue", interrupted_twice)
+    result = queued_in_process(daemon, file, monkeypatch)
+    assert (result.exit_code, result.stderr.splitlines()[-1]) == (
+        130,
+        "agl: Interrupted again before the daemon answered; the tasks may have been queued all the same"
+        " (agl tasks list shows the queue).",
+    )
+
+
 def test_a_daemon_gone_as_it_committed_is_said_to_have_maybe_queued_them_not_to_be_unreachable(
     daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -115,6 +115,13 @@ def queue(
             except taskfile.TaskFileError as exc:
                 fail(str(exc))
             except _MaybeCommitted as exc:
+                if exc.queued is None and exc.first_id is None:
+                    typer.echo(
+                        "agl: Interrupted again before the daemon answered; the tasks may have been"
+                        " queued all the same (agl tasks list shows the queue).",
+                        err=True,
+                    )
+                    raise typer.Exit(ExitCode.INTERRUPTED) from None
                 if exc.queued is None:
                     typer.echo(
                         f"agl: Interrupted while the daemon committed the tasks; agl tasks show {exc.first_id} "
@@ -142,10 +149,10 @@ def _interrupted_after_queuing(queued: int) -> NoReturn:
 
 
 class _MaybeCommitted(KeyboardInterrupt):
-    """Interrupted while the daemon committed the batch: it did (`queued` tasks), or it
-    could not be asked (None)."""
+    """Interrupted while the daemon committed the tasks: it did (`queued` tasks), or it
+    could not be asked (None) whether the task `first_id` (None: not known) is queued."""
 
-    def __init__(self, queued: int | None, first_id: str) -> None:
+    def __init__(self, queued: int | None, first_id: str | None) -> None:
         super().__init__()
         self.queued = queued
         self.first_id = first_id
@@ -160,15 +167,46 @@ def _stopped_as_by_ctrl_c() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    taken = {signum: handler for signum, handler in before.items() if handler not in (signal.SIG_IGN, None)}
+    with _handled((signal.SIGTERM, signal.SIGHUP), interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def _handled(signals: tuple[signal.Signals, ...], handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for those of `signals` that are not ignored, for the block."""
+    before = {signum: signal.getsignal(signum) for signum in signals}
+    taken = {signum: previous for signum, previous in before.items() if previous not in (signal.SIG_IGN, None)}
     for signum in taken:
-        signal.signal(signum, interrupt)
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        for signum, handler in taken.items():
-            signal.signal(signum, handler)
+        for signum, previous in taken.items():
+            signal.signal(signum, previous)
+
+
+class _Held:
+    signalled = False
+
+
+@contextlib.contextmanager
+def _held_until_answered() -> Iterator[_Held]:
+    """While one request queues the tasks, a first Ctrl-C (or SIGTERM, SIGHUP) waits for
+    its answer, which says whether they were queued; the request carries no id to ask about
+    afterwards. A second one stops the wait."""
+    held = _Held()
+
+    def hold(signum: int, frame: object) -> None:
+        if held.signalled:
+            raise KeyboardInterrupt
+        held.signalled = True
+        with contextlib.suppress(OSError):
+            typer.echo(
+                "agl: Waiting for the daemon to say whether it queued the tasks (again to stop).", err=True
+            )
+
+    with _handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), hold):
+        yield held
 
 
 def _after_queuing(
@@ -245,7 +283,14 @@ def _upload(
             first = next(pieces)  # there is one: a file without tasks is refused
             second = next(pieces, None)
             if second is None:
-                sink.add(_send(lambda body: client.queue(body), first), first)
+                with _held_until_answered() as held:
+                    try:
+                        ids = _send(lambda body: client.queue(body), first)
+                    except KeyboardInterrupt:
+                        raise _MaybeCommitted(None, None) from None
+                sink.add(ids, first)
+                if held.signalled:
+                    raise _MaybeCommitted(len(ids), None)
                 return len(first.lines)
             batch_id = client.create_batch()
             queued = _stage_in_turn(client, batch_id, itertools.chain([first, second], pieces), sink)
