@@ -182,6 +182,11 @@ def test_an_unknown_resources_id_is_refused_before_anything_is_queued(daemon: Da
             '{"input": 1e999}\n',
             "t.json:1: invalid JSON: the number 1e999 is beyond a float's range.",
         ),
+        (  # Python's reader stops past 4,300 digits, with a ValueError of its own
+            "t.json",
+            '[{"input": 1},\n {"input": ' + "9" * 5000 + "}]",
+            "t.json:2: invalid JSON: the number 99999999999999999999… (5,000 digits) is beyond a float's range.",
+        ),
         (
             "t.json",
             '{"input": ' + "[" * 5000 + "]" * 5000 + "}",

@@ -175,7 +175,9 @@ def _stopped_as_by_ctrl_c() -> Iterator[None]:
 def _handled(signals: tuple[signal.Signals, ...], handler: Callable[[int, object], None]) -> Iterator[None]:
     """`handler` for those of `signals` that are not ignored, for the block."""
     before = {signum: signal.getsignal(signum) for signum in signals}
-    taken = {signum: previous for signum, previous in before.items() if previous not in (signal.SIG_IGN, None)}
+    taken = {
+        signum: previous for signum, previous in before.items() if previous not in (signal.SIG_IGN, None)
+    }
     for signum in taken:
         signal.signal(signum, handler)
     try:

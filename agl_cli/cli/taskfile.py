@@ -291,11 +291,22 @@ def _finite(text: str) -> float:
     return number
 
 
+def _whole(text: str) -> int:
+    """An integer as the daemon reads one: with more digits than a float's range has, it
+    is refused (and Python's own reader would stop past 4,300 digits with a ValueError)."""
+    if len(text.lstrip("-")) > _FLOAT_DIGITS:
+        raise _NotJSON(f"the number {text[:20]}… ({len(text):,} digits) is beyond a float's range")
+    return int(text)
+
+
+_FLOAT_DIGITS = 309  # digits of the largest float, 1.8e308
+
+
 def _iter_values(
     name: str, handle: IO[bytes], progress: Callable[[int], None] | None
 ) -> Iterator[tuple[int, bytes]]:
     stream = _TextStream(name, handle, progress)
-    decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+    decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite, parse_int=_whole)
     if stream.peek() != "[":
         while stream.peek():
             yield stream.value(decoder)
