@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvicorn
 from pydantic_core import to_jsonable_python
 
@@ -41,6 +42,31 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as pydantic writes it, with an integer beyond 64 bits, which the store's JSON
+    writer does not take, as the nearest float (none past a float's range): as agl reads
+    one wherever it reads JSON."""
+    jsonable = to_jsonable_python(value)
+    try:
+        orjson.dumps(jsonable)
+    except orjson.JSONEncodeError:
+        return _with_floats_for_long_integers(jsonable)
+    return jsonable
+
+
+def _with_floats_for_long_integers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _with_floats_for_long_integers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_floats_for_long_integers(item) for item in value]
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    return value
 
 
 class AgentLightningServer:
@@ -200,10 +226,10 @@ class AgentLightningServer:
         worker as pydantic writes them, as in 0.3.0 (a model, a set, bytes, a `Decimal`, a
         `Path`, a dict with int keys); what pydantic cannot write is a `PydanticSerializationError`."""
         spec = TaskSpec(
-            input=to_jsonable_python(sample),
+            input=_jsonable(sample),
             mode=mode,
             resources_id=resources_id,
-            metadata=to_jsonable_python(metadata) if metadata else {},
+            metadata=_jsonable(metadata) if metadata else {},
         )
         return (await self.broker.queue_tasks([spec]))[0]
 

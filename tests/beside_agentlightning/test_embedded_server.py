@@ -162,6 +162,7 @@ async def test_samples_reach_the_worker_as_pydantic_writes_them_as_with_the_lega
         Decimal("1.50"),
         Path("data/x.json"),
         {0: "zero"},
+        {"seed": 2**64, "beyond": 10**400},  # a TypeError of the store's JSON writer, it was
     ]
     ids = [await server.queue_task(sample, metadata={"tags": {"a"}}) for sample in samples]
     client = client_for(server)
@@ -170,7 +171,16 @@ async def test_samples_reach_the_worker_as_pydantic_writes_them_as_with_the_lega
         (rollout_id, written, {"tags": ["a"]})
         for rollout_id, written in zip(
             ids,
-            [{"text": "1 + 1", "answer": 2}, [3], "raw", "1.50", "data/x.json", {"0": "zero"}],
+            # an integer beyond 64 bits as agl reads one everywhere: the nearest float (none past its range)
+            [
+                {"text": "1 + 1", "answer": 2},
+                [3],
+                "raw",
+                "1.50",
+                "data/x.json",
+                {"0": "zero"},
+                {"seed": 2.0**64, "beyond": None},
+            ],
             strict=True,
         )
     ]
