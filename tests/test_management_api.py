@@ -577,7 +577,7 @@ def test_no_resources_at_all_is_an_empty_list_and_a_404_for_latest(daemon: Daemo
         ),
         (
             {"resources": {"p": PROMPT}, "resources_id": "a/b"},
-            "A resources id must be at most 200 characters and contain no '/'.",
+            "A resources id must be at most 200 characters, without '/', '?', '#' or '%' (0.3.0's workers put it in a URL as it is).",
         ),
         (
             {"resources": {"p": PROMPT}, "resources_id": "v1\nv2"},

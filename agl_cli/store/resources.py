@@ -14,6 +14,10 @@ from agl_cli.store.errors import InvalidResourcesError
 from agl_cli.store.ids import new_resources_id
 from agl_cli.store.rows import RESOURCES_COLUMNS, ResourcesRow, resources_from_row
 
+# What ends a path segment in a URL, or begins an escape: 0.3.0's workers put an id in the
+# URL of `GET /resources/{id}` as it is, so such an id fetches nothing or another bundle.
+_CUT_IN_A_URL = frozenset("/?#%")
+
 
 def check_resources_id(resources_id: str) -> None:
     """Refuse names that could not be fetched back through `GET /resources/{id}`."""
@@ -23,8 +27,10 @@ def check_resources_id(resources_id: str) -> None:
         raise InvalidResourcesError("'latest' is reserved and cannot be used as a resources id.")
     if resources_id in (".", ".."):
         raise InvalidResourcesError(f"'{resources_id}' cannot be a resources id: no URL can name it.")
-    if "/" in resources_id or len(resources_id) > 200:
-        raise InvalidResourcesError("A resources id must be at most 200 characters and contain no '/'.")
+    if len(resources_id) > 200 or any(character in _CUT_IN_A_URL for character in resources_id):
+        raise InvalidResourcesError(
+            "A resources id must be at most 200 characters, without '/', '?', '#' or '%' (0.3.0's workers put it in a URL as it is)."
+        )
     if any(character < " " or character == "\x7f" for character in resources_id):
         raise InvalidResourcesError(
             "A resources id must not contain control characters (a newline, NUL, a tab)."
