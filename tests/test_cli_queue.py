@@ -268,6 +268,11 @@ def test_conflicting_options_are_usage_errors(tmp_path: Path) -> None:
     assert agl("queue", file, "--latest", "--resources-id", "x").returncode == 2
     assert agl("queue", file, "--timeout", "3").returncode == 2
     assert_one_line_error(agl("queue", file, "--metadata", "novalue"), "--metadata takes KEY=VALUE", code=2)
+    assert_one_line_error(  # its tasks would name no bundle, and 0.3.0's workers keep the first fetched so
+        agl("queue", file, "--resources-id", "latest"),
+        "--resources-id latest names no bundle: give --latest for the one that is latest now.",
+        code=2,
+    )
 
 
 def test_a_large_file_goes_up_in_chunks_and_is_queued_whole(daemon: Daemon, tmp_path: Path) -> None:

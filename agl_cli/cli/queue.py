@@ -86,6 +86,11 @@ def queue(
     """
     if resources_id is not None and latest:
         fail("Give --resources-id or --latest, not both.", ExitCode.USAGE)
+    if resources_id == "latest":  # the tasks would name no bundle, and a worker keeps the first it fetches so
+        fail(
+            "--resources-id latest names no bundle: give --latest for the one that is latest now.",
+            ExitCode.USAGE,
+        )
     if timeout is not None and not wait:
         fail("--timeout only makes sense with --wait.", ExitCode.USAGE)
     extra = parse_metadata(metadata)
