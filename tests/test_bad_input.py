@@ -165,6 +165,8 @@ CATALOGUE = [
         "The bearer token is not valid.", token=None),
     Row("api: whether an id exists, without a token", "GET", "/v1/tasks/rollout-nope", {}, 401,
         "A bearer token is required.", token=None),
+    Row("a path that is no route, without a token (a worker sent to a wrong address)", "GET", "/api/task", {},
+        404, "Not Found", token=None),
     Row("tasks: no input", "POST", "/v1/tasks", {"json": {"tasks": [{"mode": "train"}]}}, 422, "missing"),
     Row("tasks: an unknown mode", "POST", "/v1/tasks", {"json": {"tasks": [{"input": 1, "mode": "eval"}]}}, 422,
         "literal_error"),

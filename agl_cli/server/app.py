@@ -138,7 +138,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         middleware=[
             Middleware(RequestLatency, metrics=metrics),
             Middleware(BodySizeLimit, max_bytes=options.max_body_bytes),
-            Middleware(BearerAuth, token=options.token),
+            Middleware(BearerAuth, token=options.token, routes=routes),
         ],
         exception_handlers={
             BadRequest: _bad_request,

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl_cli.server.page import OPEN_PATHS
@@ -20,14 +22,22 @@ OPEN_PREFIXES = (
 
 
 class BearerAuth:
-    """Requires `Authorization: Bearer <token>` on every path outside `OPEN_PREFIXES`."""
+    """Requires `Authorization: Bearer <token>` on every path of `routes` outside
+    `OPEN_PREFIXES`. A path of none is the router's 404, token or not: a worker sent to a
+    wrong address (`/api/task`) was told a token was missing."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.expected = token.encode() if token else None
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.expected is None or _is_open(scope["path"]):
+        if (
+            scope["type"] != "http"
+            or self.expected is None
+            or _is_open(scope["path"])
+            or not any(route.matches(scope)[0] != Match.NONE for route in self.routes)
+        ):
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
