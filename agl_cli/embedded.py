@@ -244,8 +244,9 @@ class AgentLightningServer:
         return await self.broker.consume_rollout(rollout_id)
 
     async def poll_completed_rollout(self, rollout_id: str, timeout: float | None = None) -> Rollout | None:
-        """Wait for the rollout of `rollout_id` (forever if `timeout` is None); consume it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Wait for the rollout of `rollout_id` (forever if `timeout` is None, or 0, as 0.3.0
+        waits: a program written for it may give 0 for "no limit"); consume it."""
+        deadline = None if not timeout else time.monotonic() + timeout
         while True:
             changed = self.broker.watch_rollouts()
             rollout = await self.get_completed_rollout(rollout_id)

@@ -148,6 +148,19 @@ async def test_a_rollout_is_consumed_once(server: AgentLightningServer) -> None:
     assert await server.poll_completed_rollout(ids[1], timeout=0.2) is None
 
 
+async def test_a_poll_with_a_timeout_of_0_waits_for_the_rollout_as_0_3_0s_does(
+    server: AgentLightningServer,
+) -> None:
+    """0.3.0 takes a timeout of 0 for none (a program may give 0 for "no limit")."""
+    [rollout_id] = [await server.queue_task("q")]
+    polling = asyncio.ensure_future(server.poll_completed_rollout(rollout_id, timeout=0))
+    with pytest.raises(asyncio.TimeoutError):  # still waiting: it gave up at once, with None
+        await asyncio.wait_for(asyncio.shield(polling), 0.5)
+    await client_for(server).post_rollout_async(rollout_for(rollout_id, 1.0))
+    rollout = await asyncio.wait_for(polling, 30)
+    assert rollout is not None and rollout.rollout_id == rollout_id
+
+
 async def test_samples_reach_the_worker_as_pydantic_writes_them_as_with_the_legacy_server(
     server: AgentLightningServer,
 ) -> None:
