@@ -123,6 +123,25 @@ def test_a_reward_sent_as_text_or_a_boolean_is_the_number_pydantic_reads_whereve
     assert [line["reward"] for line in reversed(lines)] == expected
 
 
+def test_bodies_that_begin_with_a_byte_order_mark_are_read_as_0_3_0_reads_them(daemon: Daemon) -> None:
+    """Python's JSON reader, under 0.3.0's servers, skips the mark some writers put first."""
+    mark = b"\xef\xbb\xbf"
+    queued = daemon.api(
+        "POST", "/v1/tasks", content=mark + b'{"tasks": [{"input": 1}, {"input": 2}]}', headers=JSON_TYPE
+    )
+    assert queued.status_code == 201, queued.text
+    for reward, padding in ((0.5, ""), (1.0, "x" * 2_000)):  # the lean reading of a report too
+        task = daemon.claim()
+        assert task is not None
+        body = b'{"rollout_id": "%s", "final_reward": %r, "metadata": {"pad": "%s"}}' % (
+            task["rollout_id"].encode(),
+            reward,
+            padding.encode(),
+        )
+        assert daemon.post("/rollout", content=mark + body, headers=JSON_TYPE).status_code == 200
+    assert [stored["final_reward"] for stored in daemon.rollouts()] == [0.5, 1.0]
+
+
 BAD_ROLLOUTS: list[tuple[str, bytes, str]] = [
     ("not JSON", b"{bad", "json_invalid"),
     ("empty body", b"", "missing"),

@@ -27,7 +27,7 @@ import msgspec
 
 from agl_cli.api_limits import too_deep
 from agl_cli.models import Mode, Rollout, Task, Triplet
-from agl_cli.server.requests import BadRequest, parse_model, plain_scanned, with_numbers_tamed
+from agl_cli.server.requests import UTF8_BOM, BadRequest, parse_model, plain_scanned, with_numbers_tamed
 from agl_cli.store import Report
 from agl_cli.store.records import kept_reward
 
@@ -72,6 +72,7 @@ _SCANNED_LEVEL = 3
 
 def read_report(body: bytes) -> Report:
     """The report in `body`, or `BadRequest` with the 422 that says what is wrong."""
+    body = body.removeprefix(UTF8_BOM)  # kept as it is read: without it
     report = read_lean(body) if len(body) >= LEAN_FROM else None
     if report is not None:
         return report

@@ -22,6 +22,8 @@ from agl_cli.server.responses import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+# What some writers put before UTF-8 text; 0.3.0's servers, on Python's JSON reader, skip it.
+UTF8_BOM = b"\xef\xbb\xbf"
 Tamed = Literal["null", "names"]  # what `with_numbers_tamed` makes of NaN and infinities
 
 
@@ -52,6 +54,8 @@ def parse_json(body: bytes, tame: Tamed | None = None) -> Any:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if body.startswith(UTF8_BOM):
+            return parse_json(body.removeprefix(UTF8_BOM), tame)
         tamed = with_numbers_tamed(body, tame) if tame else None
         if tamed is None:
             raise BadRequest(json_decode_error(exc.msg, exc.pos)) from None
