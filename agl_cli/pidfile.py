@@ -147,9 +147,8 @@ def _still_named(fd: int, path: Path) -> bool:
 
 def release(path: Path) -> None:
     """Remove the pidfile if it is still ours, then let go of its lock."""
-    with contextlib.suppress(
-        OSError
-    ):  # a file system gone read-only or failing: the next start takes it over
+    # A file system gone read-only, or failing (read too): the next start takes it over.
+    with contextlib.suppress(OSError):
         if read_pid(path) == os.getpid():
             path.unlink()
     fd = _held.pop(path, None)

@@ -291,15 +291,15 @@ def _finite(text: str) -> float:
     return number
 
 
+_FLOAT_DIGITS = 309  # digits of the largest float, 1.8e308
+
+
 def _whole(text: str) -> int:
     """An integer as the daemon reads one: with more digits than a float's range has, it
     is refused (and Python's own reader would stop past 4,300 digits with a ValueError)."""
     if len(text.lstrip("-")) > _FLOAT_DIGITS:
         raise _NotJSON(f"the number {text[:20]}… ({len(text):,} digits) is beyond a float's range")
     return int(text)
-
-
-_FLOAT_DIGITS = 309  # digits of the largest float, 1.8e308
 
 
 def _iter_values(

@@ -29,7 +29,8 @@ def check_resources_id(resources_id: str) -> None:
         raise InvalidResourcesError(f"'{resources_id}' cannot be a resources id: no URL can name it.")
     if len(resources_id) > 200 or any(character in _CUT_IN_A_URL for character in resources_id):
         raise InvalidResourcesError(
-            "A resources id must be at most 200 characters, without '/', '?', '#' or '%' (0.3.0's workers put it in a URL as it is)."
+            "A resources id must be at most 200 characters, without '/', '?', '#' or '%'"
+            " (0.3.0's workers put it in a URL as it is)."
         )
     if any(character < " " or character == "\x7f" for character in resources_id):
         raise InvalidResourcesError(
