@@ -8,7 +8,7 @@ import re
 import signal
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -463,6 +463,18 @@ def test_ctrl_c_as_the_daemon_committed_and_went_away_says_how_to_find_out(
     assert queued_count(daemon) == 20_000
 
 
+@pytest.fixture
+def ctrl_c_heard() -> Iterator[None]:
+    """SIGINT as a terminal's Ctrl-C reaches Python: a suite started in the background by a
+    shell runs with it ignored, and a command then never hears it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_heard")
 def test_ctrl_c_while_one_request_queues_the_tasks_waits_for_its_answer_to_say_what_it_did(
     daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -485,6 +497,7 @@ def test_ctrl_c_while_one_request_queues_the_tasks_waits_for_its_answer_to_say_w
     assert queued_count(daemon) == 3
 
 
+@pytest.mark.usefixtures("ctrl_c_heard")
 def test_ctrl_c_twice_while_one_request_queues_the_tasks_says_they_may_have_been_queued(
     daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
