@@ -32,17 +32,14 @@ class BearerAuth:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or self.expected is None
-            or _is_open(scope["path"])
-            or not any(route.matches(scope)[0] != Match.NONE for route in self.routes)
-        ):
+        if scope["type"] != "http" or self.expected is None or _is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, credentials = given.partition(b" ")  # the scheme in any case (RFC 9110)
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials, self.expected):
+        refused = scheme.lower() != b"bearer" or not hmac.compare_digest(credentials, self.expected)
+        # Looked up only for a request refused: a path of no route is then the router's 404.
+        if refused and any(route.matches(scope)[0] != Match.NONE for route in self.routes):
             reason = "A bearer token is required." if not given else "The bearer token is not valid."
             response = error(401, reason)
             response.headers["WWW-Authenticate"] = "Bearer"
