@@ -17,6 +17,7 @@ PAGE_BYTES = 4 << 20
 MAX_SEQ = 2**62  # the largest sequence number or offset a request may name (SQLite's integers reach 2**63)
 STREAM_PING_SECONDS = 15  # the rollout stream sends a comment this often when idle
 STREAM_READ_TIMEOUT = 3 * STREAM_PING_SECONDS  # a client that hears nothing for three pings: a dead link
+FLOAT_DIGITS = 309  # digits of the largest float (1.8e308): an integer with more is past its range
 MAX_DEPTH = 200
 """How deeply a body may nest, counting its innermost values. Whatever agl keeps is
 written again inside answers a few levels deeper, and orjson writes at most 255 levels: a

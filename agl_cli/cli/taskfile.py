@@ -30,7 +30,7 @@ from typing import IO, Any, NamedTuple
 import orjson
 from pydantic import ValidationError
 
-from agl_cli.api_limits import MAX_DEPTH, too_deep
+from agl_cli.api_limits import FLOAT_DIGITS, MAX_DEPTH, too_deep
 from agl_cli.models import TaskSpec, plain_task
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
@@ -291,13 +291,10 @@ def _finite(text: str) -> float:
     return number
 
 
-_FLOAT_DIGITS = 309  # digits of the largest float, 1.8e308
-
-
 def _whole(text: str) -> int:
     """An integer as the daemon reads one: with more digits than a float's range has, it
     is refused (and Python's own reader would stop past 4,300 digits with a ValueError)."""
-    if len(text.lstrip("-")) > _FLOAT_DIGITS:
+    if len(text.lstrip("-")) > FLOAT_DIGITS:
         raise _NotJSON(f"the number {text[:20]}… ({len(text):,} digits) is beyond a float's range")
     return int(text)
 

@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from agl_cli.api_limits import MAX_DEPTH, too_deep
+from agl_cli.api_limits import FLOAT_DIGITS, MAX_DEPTH, too_deep
 from agl_cli.server.responses import (
     ORJSONResponse,
     error,
@@ -43,7 +43,7 @@ async def read_model(request: Request, model: type[M]) -> M:
 _NUMBERS = bytes.maketrans(b"0123456789E{", b"0000000000e[")
 _DIGIT = ord("0")
 # A number with more integer digits than this may be past a float's range (orjson refuses it).
-_LONG_NUMBER = b"0" * 309
+_LONG_NUMBER = b"0" * FLOAT_DIGITS
 
 
 def parse_json(body: bytes, tame: Tamed | None = None) -> Any:
