@@ -337,6 +337,12 @@ def _iter_values(
 
 
 _JSON_POSITION = re.compile(r" at line \d+ column (\d+)$")
+# pydantic's reader's words for a \u escape of half a UTF-16 pair alone, said plainly.
+_LONE_SURROGATE = "a \\u escape is half of a UTF-16 surrogate pair, without its other half"
+_PLAIN_WORDS = {
+    "unexpected end of hex escape": _LONE_SURROGATE,
+    "lone leading surrogate in hex escape": _LONE_SURROGATE,
+}
 _KINDS = {"[": "an array", '"': "a string", "t": "a boolean", "f": "a boolean", "n": "null"}
 
 
@@ -385,8 +391,10 @@ def _describe(exc: ValidationError, raw: bytes) -> str:
     first = exc.errors(include_url=False)[0]
     kind, loc, message = first["type"], first["loc"], first["msg"]
     if kind == "json_invalid":
-        text = _JSON_POSITION.sub(r" (column \1)", str(first.get("ctx", {}).get("error", message)))
-        return f"invalid JSON: {text}."
+        error = str(first.get("ctx", {}).get("error", message))
+        words, position = _JSON_POSITION.sub("", error), _JSON_POSITION.search(error)
+        column = f" (column {position[1]})" if position else ""
+        return f"invalid JSON: {_PLAIN_WORDS.get(words, words)}{column}."
     if kind == "model_type" and not loc:
         return f"a task must be a JSON object, not {json_kind(raw)}."
     if kind == "missing" and loc == ("input",):
