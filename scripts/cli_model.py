@@ -17,6 +17,8 @@ from typing import Any, Literal
 import typer
 import typer.main
 
+from agl_cli.cli.help_screens import limits, plain_number
+
 # What a value is, for completion: a free text, a file, a directory (choices aside).
 ValueKind = Literal["text", "file", "directory"]
 
@@ -187,9 +189,7 @@ def _metavar_words(metavar: str | None) -> tuple[str, ...]:
 def _plain(value: Any) -> str:
     if isinstance(value, enum.Enum):
         value = value.value
-    if isinstance(value, float):  # 0.001, 300, 315360000: never an exponent
-        return f"{value:.0f}" if value.is_integer() else f"{value:g}"
-    return str(value)
+    return plain_number(value) if isinstance(value, float) else str(value)
 
 
 def _default(param: Any) -> str | None:
@@ -233,10 +233,4 @@ def _limits(param: Any) -> str | None:
     if low is None and high is None:
         click_type = getattr(param, "type", None)
         low, high = getattr(click_type, "min", None), getattr(click_type, "max", None)
-    if low is not None and high is not None:
-        return f"{_plain(low)} to {_plain(high)}"
-    if low is not None:
-        return f"at least {_plain(low)}"
-    if high is not None:
-        return f"at most {_plain(high)}"
-    return None
+    return limits(low, high)

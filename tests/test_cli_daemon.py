@@ -587,6 +587,10 @@ def test_an_upgrade_whose_time_does_not_grow_with_the_file_says_no_cost(
         (["queue"], "Missing argument 'FILE' (see agl queue --help)."),
         (["tasks", "list", "--limit", "0"], "Invalid value for '--limit': Input should be greater than or equal to 1 (see agl tasks list --help)."),
         (["bogus"], "No such command 'bogus' (see agl --help)."),
+        (["serve", "--task-timeout", "nan"], "Invalid value for '--task-timeout': nan is not a finite number of seconds (see agl serve --help)."),
+        (["serve", "--request-timeout", "0"], "Invalid value for '--request-timeout': 0 is out of range (0.001 to 315360000) (see agl serve --help)."),
+        (["queue", "--wait", "--timeout", "-inf", "f.json"], "Invalid value for '--timeout': -inf is not a finite number of seconds (see agl queue --help)."),
+        (["stop", "--timeout", "soon"], "Invalid value for '--timeout': 'soon' is not a number of seconds (see agl stop --help)."),
         (["serve", "--log-level", "loud"], "Invalid value for '--log-level': 'loud' is not one of 'critical', 'error', 'warning', 'info', 'debug' (see agl serve --help)."),
     ],
 )  # fmt: skip

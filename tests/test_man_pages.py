@@ -90,6 +90,17 @@ def test_help_shows_a_flag_alone_and_a_value_by_its_metavar_as_the_man_pages_do(
         assert "<bool>" not in screen and "<list[" not in screen, page
 
 
+def test_help_says_a_range_as_the_man_page_does_beside_its_metavar_on_an_80_column_terminal() -> None:
+    """`[0.001<=x<=315360000.0` on one line and a lone `]` on the next read as nothing at all."""
+    serve = CliRunner().invoke(app, ["serve", "--help"], terminal_width=80).output
+    for option in ("--task-timeout", "--rollout-retention", "--request-timeout"):
+        [row] = [line for line in serve.splitlines() if f" {option} " in line]
+        assert " S [0.001 to 315360000] " in row, row
+    assert "Range: 0.001 to 315360000." in (MAN / "agl-serve.1").read_text()
+    port = next(line for line in serve.splitlines() if " --port " in line)
+    assert " PORT [0 to 65535] " in port, port
+
+
 def test_each_paragraph_of_a_command_s_help_is_one_line_so_that_help_wraps_it_whole() -> None:
     """`--help` keeps a docstring's line breaks: one inside a paragraph shows as a line cut short."""
     broken = [

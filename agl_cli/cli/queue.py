@@ -24,6 +24,7 @@ import typer
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, target_of
 from agl_cli.cli.errors import ExitCode, fail, said_of_a_change
+from agl_cli.cli.seconds import seconds_option
 
 if TYPE_CHECKING:
     from agl_cli.cli.taskfile import Chunk, Defaults, TaskFile
@@ -65,8 +66,8 @@ def queue(
     wait: bool = typer.Option(
         False, "--wait", help="Wait for every task's rollout, then print the rollouts and a summary."
     ),
-    timeout: float | None = typer.Option(
-        None, "--timeout", min=0.0, metavar="S", help="With --wait: give up after S seconds (exit 5)."
+    timeout: float | None = seconds_option(
+        None, "--timeout", least=0.0, help="With --wait: give up after S seconds (exit 5)."
     ),
     json_output: bool = typer.Option(
         False,

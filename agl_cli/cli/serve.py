@@ -8,6 +8,7 @@ import typer
 
 from agl_cli.cli.context import state_dir_of, state_dir_option
 from agl_cli.cli.errors import ExitCode, fail
+from agl_cli.cli.seconds import seconds_option
 from agl_cli.daemon_config import DEFAULTS, LOG_LEVELS, LONGEST_SECONDS, DaemonConfig, LogLevel
 
 
@@ -23,11 +24,10 @@ def serve(
     memory: bool = typer.Option(
         DEFAULTS.memory, "--memory", help="Keep state in memory only (lost at exit)."
     ),
-    task_timeout: float = typer.Option(
+    task_timeout: float = seconds_option(
         DEFAULTS.task_timeout,
-        min=0.001,
-        max=LONGEST_SECONDS,
-        metavar="S",
+        least=0.001,
+        most=LONGEST_SECONDS,
         help="Seconds a worker may hold a task before it is handed out again.",
     ),
     max_attempts: int | None = typer.Option(
@@ -36,11 +36,10 @@ def serve(
         metavar="N",
         help="Claims per task before it is marked failed (default: unlimited).",
     ),
-    rollout_retention: float | None = typer.Option(
+    rollout_retention: float | None = seconds_option(
         DEFAULTS.rollout_retention,
-        min=0.001,
-        max=LONGEST_SECONDS,
-        metavar="S",
+        least=0.001,
+        most=LONGEST_SECONDS,
         help="Seconds a completed rollout is kept after it arrives; older ones are deleted,"
         " with their spans (default: kept for good).",
         show_default=False,
@@ -79,11 +78,10 @@ def serve(
         metavar="N",
         help="Requests served at once, and as many more that wait (long polls, waits, streams); beyond, 503 with Retry-After.",
     ),
-    request_timeout: float = typer.Option(
+    request_timeout: float = seconds_option(
         DEFAULTS.request_timeout,
-        min=0.001,
-        max=LONGEST_SECONDS,
-        metavar="S",
+        least=0.001,
+        most=LONGEST_SECONDS,
         help="Seconds a client may take to send a whole request, from its first byte; 408 beyond.",
     ),
     allowed_host: list[str] = typer.Option(

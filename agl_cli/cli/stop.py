@@ -21,12 +21,13 @@ from agl_cli import pidfile as pidfiles
 from agl_cli.cli import output
 from agl_cli.cli.context import Target, connect, globals_of, target_of, unreadable
 from agl_cli.cli.errors import ExitCode, fail
+from agl_cli.cli.seconds import seconds_option
 
 
 def stop(
     ctx: typer.Context,
-    timeout: float = typer.Option(
-        60.0, "--timeout", min=0.0, metavar="S", help="Seconds to wait for it to exit (exit 5 beyond)."
+    timeout: float = seconds_option(
+        60.0, "--timeout", least=0.0, help="Seconds to wait for it to exit (exit 5 beyond)."
     ),
 ) -> None:
     """Stop the daemon gracefully: in-flight requests finish, then it exits."""
