@@ -13,6 +13,10 @@ LOGFILE_NAME = "agl.log"
 ADDRESS_NAME = "address"
 
 
+# Where the state lives when neither --state-dir nor $AGL_STATE_DIR says, as `--help` says it.
+DEFAULT_STATE_DIR_WORDS = "$XDG_STATE_HOME/agl, else ~/.local/state/agl"
+
+
 def default_state_dir() -> Path:
     """`$AGL_STATE_DIR`, else `$XDG_STATE_HOME/agl`, else `~/.local/state/agl`."""
     explicit = os.environ.get("AGL_STATE_DIR")

@@ -64,7 +64,7 @@ complete -c agl -n "__agl_at ''" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'serve'" -l host -x -d 'Address to listen on; anything but loopback needs the token'
 complete -c agl -n "__agl_at 'serve'" -l port -x -d 'Port to listen on (0 picks a free one)'
-complete -c agl -n "__agl_at 'serve'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live'
+complete -c agl -n "__agl_at 'serve'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
 complete -c agl -n "__agl_at 'serve'" -l memory -d 'Keep state in memory only (lost at exit)'
 complete -c agl -n "__agl_at 'serve'" -l task-timeout -x -d 'Seconds a worker may hold a task before it is handed out again'
 complete -c agl -n "__agl_at 'serve'" -l max-attempts -x -d 'Claims per task before it is marked failed (default: unlimited)'
@@ -97,12 +97,12 @@ complete -c agl -n "__agl_at 'backup'" -l json -d 'Machine output: what the copy
 complete -c agl -n "__agl_at 'backup'" -l help -d 'Show this message and exit'
 complete -c agl -n "__agl_at 'backup'" -F
 
-complete -c agl -n "__agl_at 'restore'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live'
+complete -c agl -n "__agl_at 'restore'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
 complete -c agl -n "__agl_at 'restore'" -l json -d 'Machine output: what the copy holds, as JSON'
 complete -c agl -n "__agl_at 'restore'" -l help -d 'Show this message and exit'
 complete -c agl -n "__agl_at 'restore'" -F
 
-complete -c agl -n "__agl_at 'compact'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live'
+complete -c agl -n "__agl_at 'compact'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
 complete -c agl -n "__agl_at 'compact'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'queue'" -l mode -x -a 'train val test' -d 'Mode of tasks that do not give one'

@@ -58,7 +58,7 @@ _agl_options() {
     'serve') _agl_items=(
         '--host:Address to listen on; anything but loopback needs the token'
         '--port:Port to listen on (0 picks a free one)'
-        '--state-dir:Where the database, token and pidfile live'
+        '--state-dir:Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
         '--memory:Keep state in memory only (lost at exit)'
         '--task-timeout:Seconds a worker may hold a task before it is handed out again'
         '--max-attempts:Claims per task before it is marked failed (default: unlimited)'
@@ -98,12 +98,12 @@ _agl_options() {
         '--help:Show this message and exit'
       ) ;;
     'restore') _agl_items=(
-        '--state-dir:Where the database, token and pidfile live'
+        '--state-dir:Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
         '--json:Machine output: what the copy holds, as JSON'
         '--help:Show this message and exit'
       ) ;;
     'compact') _agl_items=(
-        '--state-dir:Where the database, token and pidfile live'
+        '--state-dir:Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
         '--help:Show this message and exit'
       ) ;;
     'queue') _agl_items=(

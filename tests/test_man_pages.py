@@ -101,6 +101,19 @@ def test_help_says_a_range_as_the_man_page_does_beside_its_metavar_on_an_80_colu
     assert " PORT [0 to 65535] " in port, port
 
 
+def test_every_state_dir_option_names_the_directory_taken_without_it() -> None:
+    """`agl serve --state-dir`, `agl compact --state-dir` and `agl --state-dir` all say it."""
+    helps = [
+        param.help
+        for command, ctx in cli_commands().values()
+        for param in command.get_params(ctx)
+        if "--state-dir" in getattr(param, "opts", ())
+    ]
+    assert len(helps) >= 4
+    for help_text in helps:
+        assert "(default: $XDG_STATE_HOME/agl, else ~/.local/state/agl)" in help_text, help_text
+
+
 def test_each_paragraph_of_a_command_s_help_is_one_line_so_that_help_wraps_it_whole() -> None:
     """`--help` keeps a docstring's line breaks: one inside a paragraph shows as a line cut short."""
     broken = [

@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from agl_cli import __version__
+from agl_cli import __version__, paths
 from agl_cli.cli import backup as backup_module
 from agl_cli.cli import compact as compact_module
 from agl_cli.cli import dashboard as dashboard_module
@@ -86,7 +86,7 @@ def root(
         envvar="AGL_STATE_DIR",
         parser=state_dir_named,
         metavar="STATE_DIR",
-        help="The daemon's state directory (default: $XDG_STATE_HOME/agl, else ~/.local/state/agl).",
+        help=f"The daemon's state directory (default: {paths.DEFAULT_STATE_DIR_WORDS}).",
         show_default=False,
     ),
     version: bool = typer.Option(

@@ -235,7 +235,7 @@ def state_dir_option() -> Any:
         envvar="AGL_STATE_DIR",
         parser=state_dir_named,
         metavar="STATE_DIR",
-        help="Where the database, token and pidfile live.",
+        help=f"Where the database, token and pidfile live (default: {paths.DEFAULT_STATE_DIR_WORDS}).",
         show_default=False,
     )
 
