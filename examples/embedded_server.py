@@ -1,7 +1,8 @@
 """A training script written for agentlightning 0.3.0's legacy server, moved to agl.
 
 The one line that changed is the import of `AgentLightningServer`. Run it, then start
-workers against the printed endpoint (for example `python examples/worker.py URL`):
+workers against the printed endpoint (`python examples/worker.py URL`, which needs
+agentlightning 0.3.0):
 
     python examples/embedded_server.py --port 8000 --tasks 8
 """

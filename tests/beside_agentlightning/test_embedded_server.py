@@ -25,7 +25,6 @@ from agl_cli import AgentLightningServer
 from agl_cli.store import MemoryStore
 
 REPO = Path(__file__).resolve().parents[2]
-WORKER = REPO / "tests" / "compat" / "workers" / "fit_v0_run.py"
 pytestmark = pytest.mark.timeout(120)
 T = TypeVar("T")
 
@@ -283,7 +282,7 @@ async def test_many_concurrent_workers_lose_nothing_and_duplicate_nothing() -> N
         await server.stop()
 
 
-def test_the_migration_example_runs_with_real_fit_v0_workers(tmp_path: Path) -> None:
+def test_the_migration_example_runs_with_its_example_workers_real_fit_v0_ones(tmp_path: Path) -> None:
     example = subprocess.Popen(
         [sys.executable, str(REPO / "examples" / "embedded_server.py"), "--port", "0", "--tasks", "8"],
         stdout=subprocess.PIPE,
@@ -297,10 +296,9 @@ def test_the_migration_example_runs_with_real_fit_v0_workers(tmp_path: Path) -> 
         worker = subprocess.run(
             [
                 sys.executable,
-                str(WORKER),
-                "--sync",
+                str(REPO / "examples" / "worker.py"),
                 match.group(1),
-                "--max-tasks",
+                "--tasks-per-worker",
                 "4",
                 "--workers",
                 "2",
