@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 from daemon import Daemon, wait_until
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,6 +54,19 @@ def test_metrics_need_no_token_and_parse_as_prometheus_text(daemon: Daemon) -> N
     ):
         assert value(samples, name) == 0, name
     assert "process_resident_memory_bytes" in samples or "python_info" in samples
+
+
+def test_every_metric_of_agls_own_is_in_the_readmes_table(daemon: Daemon) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(agl_\w+)", readme, flags=re.MULTILINE))
+    response = daemon.get("/metrics")
+    served = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(response.text)
+        if family.name.startswith("agl_") and not family.name.endswith("_created")  # a counter's start
+    }
+    assert len(served) >= 20
+    assert served - documented == set()
 
 
 def test_queue_depth_per_status_follows_the_tasks(daemon: Daemon) -> None:
