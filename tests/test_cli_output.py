@@ -174,9 +174,12 @@ def test_a_change_made_before_its_output_failed_is_said_to_be_made(
     """A script told only that stdout failed would queue the tasks again."""
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text('{"input": 1}\n{"input": 2}\n')
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"input": 3}\n')
     said = {
         ("queue", str(tasks)): "the 2 tasks were queued",
-        ("tasks", "cancel", "--queued"): "2 queued tasks were cancelled",
+        ("queue", str(one)): "the task was queued",
+        ("tasks", "cancel", "--queued"): "3 queued tasks were cancelled",
     }
     for command, done in said.items():
         result = agl_into(Path("/dev/full"), *command, daemon=daemon, environment=python_env(unbuffered))
@@ -184,7 +187,7 @@ def test_a_change_made_before_its_output_failed_is_said_to_be_made(
             ExitCode.ERROR,
             f"agl: Cannot write to stdout: No space left on device; {done} all the same.\n",
         ), command
-    assert daemon.status()["tasks"]["cancelled"] == 2
+    assert daemon.status()["tasks"]["cancelled"] == 3
 
 
 @pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])

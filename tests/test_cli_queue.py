@@ -415,7 +415,7 @@ def test_ctrl_c_once_the_tasks_are_queued_says_they_are(daemon: Daemon, tmp_path
         _, stderr = queueing.communicate(timeout=60)
     finally:
         queueing.kill()
-    said = "agl: Interrupted; the 20000 tasks were queued all the same (agl tasks list shows them).\n"
+    said = "agl: Interrupted; the 20,000 tasks were queued all the same (agl tasks list shows them).\n"
     assert (queueing.returncode, stderr) == (130, said)
     assert queued_count(daemon) == 20_000
 
@@ -442,7 +442,7 @@ def test_ctrl_c_after_the_daemon_committed_but_before_its_answer_came_says_the_t
     result = queued_in_process(daemon, file, monkeypatch)
     assert (result.exit_code, result.stderr) == (
         130,
-        "agl: Interrupted; the 20000 tasks were queued all the same (agl tasks list shows them).\n",
+        "agl: Interrupted; the 20,000 tasks were queued all the same (agl tasks list shows them).\n",
     )
     assert queued_count(daemon) == 20_000
 

@@ -148,6 +148,14 @@ def count(number: int, noun: str) -> str:
     return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
+def were(number: int, noun: str, done: str, *, the: bool = False) -> str:
+    """What a change did, in words: `2,500 tasks were queued`, `1 task was queued`, and
+    with `the`, `the 3 tasks were queued`, `the task was queued`."""
+    if number == 1:
+        return f"{'the' if the else '1'} {noun} was {done}"
+    return f"{'the ' if the else ''}{number:,} {noun}s were {done}"
+
+
 def reward(value: Any) -> str:
     """Three decimals, or three significant digits where that would be long (1e300)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):

@@ -140,7 +140,7 @@ def queue(
                 typer.echo("agl: Interrupted; nothing was queued.", err=True)
                 raise typer.Exit(ExitCode.INTERRUPTED) from None
             try:
-                with said_of_a_change(f"the {queued} tasks were queued"):
+                with said_of_a_change(output.were(queued, "task", "queued", the=True)):
                     _after_queuing(ctx, client, sink, queued, since, timeout, show_progress)
             except KeyboardInterrupt:
                 _interrupted_after_queuing(queued)
@@ -148,7 +148,8 @@ def queue(
 
 def _interrupted_after_queuing(queued: int) -> NoReturn:
     typer.echo(
-        f"agl: Interrupted; the {queued} tasks were queued all the same (agl tasks list shows them).",
+        f"agl: Interrupted; {output.were(queued, 'task', 'queued', the=True)} all the same"
+        f" (agl tasks list shows {'it' if queued == 1 else 'them'}).",
         err=True,
     )
     raise typer.Exit(ExitCode.INTERRUPTED)

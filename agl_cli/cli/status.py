@@ -123,7 +123,8 @@ def render(current: Status) -> Table:
     grid.add_row(
         "rollouts",
         f"{current.get('rollouts', 0)} stored (last seq {current.get('last_seq', 0)}), "
-        f"{current.get('unsolicited', 0)} unsolicited, {current.get('duplicates', 0)} duplicates ignored",
+        f"{current.get('unsolicited', 0)} unsolicited,"
+        f" {output.count(current.get('duplicates', 0), 'duplicate')} ignored",
     )
     rates = current.get("rates")
     if rates:

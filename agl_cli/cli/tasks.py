@@ -129,7 +129,7 @@ def _change(
     if every:
         with connect(ctx) as client:
             count = change.of_every(client)
-        with said_of_a_change(f"{count} {change.kind} tasks were {change.done.lower()}"):
+        with said_of_a_change(output.were(count, f"{change.kind} task", change.done.lower())):
             if json_output:
                 output.print_json({change.done.lower(): count})
             else:
@@ -137,7 +137,7 @@ def _change(
         return
     with connect(ctx) as client:
         tasks = change.of_ids(client, rollout_ids)
-    with said_of_a_change(f"the {len(tasks)} tasks were {change.done.lower()}"):
+    with said_of_a_change(output.were(len(tasks), "task", change.done.lower(), the=True)):
         if json_output:
             output.print_json_lines(tasks)
         else:
