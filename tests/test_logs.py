@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -97,6 +99,29 @@ def test_without_log_json_the_output_stays_human_each_line_timed_in_a_file(
     said = daemon.said()
     assert said[0] == f"agl {__version__} listening on {daemon.url} (store: {daemon.state_dir / 'agl.db'})"
     assert "INFO:     Application startup complete." in said
+
+
+@pytest.mark.parametrize("no_color", ["", "1"], ids=["coloured", "NO_COLOR"])
+def test_on_a_terminal_the_lines_are_coloured_unless_no_color_is_set(tmp_path: Path, no_color: str) -> None:
+    """NO_COLOR set to anything but nothing turns colour off, as no-color.org asks."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agl_cli", "serve", "--port", "0", "--memory", "--log-level", "info"],
+        stdout=follower, stderr=follower, env={**env_without_agl(), "NO_COLOR": no_color},
+    )  # fmt: skip
+    os.close(follower)
+    shown, deadline = b"", time.monotonic() + 60
+    try:
+        while b"startup complete" not in shown:
+            if not select.select([leader], [], [], max(deadline - time.monotonic(), 0))[0]:
+                break
+            shown += os.read(leader, 65536)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+        os.close(leader)
+    assert b"INFO" in shown and b"startup complete" in shown, shown
+    assert (b"\x1b[" in shown) == (no_color == ""), shown
 
 
 @pytest.mark.parametrize("named", ["its stderr", "another stream"])

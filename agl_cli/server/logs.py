@@ -1,7 +1,8 @@
 """The daemon's logging: uvicorn's human lines, or one JSON object per line (`--log-json`).
 
 Human lines begin with the time when they go to a file or a pipe (`agl serve --detach`
-writes `agl.log`), but not on a terminal, nor to journald, which times them itself.
+writes `agl.log`), but not on a terminal, nor to journald, which times them itself. On a
+terminal they are coloured, as uvicorn colours them, unless NO_COLOR is set.
 
 Both are a `logging.config.dictConfig` dictionary handed to uvicorn as its `log_config`,
 so that uvicorn applies it instead of its own and agl's loggers and uvicorn's (error and
@@ -100,10 +101,13 @@ def log_config(level: str, json_lines: bool) -> dict[str, Any]:
     if not json_lines:
         # uvicorn's own configuration; agl's loggers print the way uvicorn's do.
         config = copy.deepcopy(LOGGING_CONFIG)
-        if _timed():
-            for formatter in config["formatters"].values():
+        timed, colourless = _timed(), bool(os.environ.get("NO_COLOR"))  # set and not empty: no-color.org
+        for formatter in config["formatters"].values():
+            if timed:
                 formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
                 formatter["datefmt"] = TIME_FORMAT
+            if colourless:
+                formatter["use_colors"] = False
         config["filters"] = repeats
         config["handlers"]["default"]["filters"] = ["repeats"]
         config["loggers"]["agl"] = {"handlers": ["default"], "level": level, "propagate": False}
