@@ -37,6 +37,12 @@ function __agl_at --description 'Whether the cursor is in agl command $argv[1]'
     test "$command" = "$argv[1]"
 end
 
+# Directories for the word at the cursor, the option in `--state-dir=DIR` left out: fish
+# puts the option back in front of each, and would name it twice.
+function __agl_directories
+    __fish_complete_directories (string replace -r -- '^-[^=]*=' '' (commandline -ct))
+end
+
 complete -c agl -f
 
 complete -c agl -n "__agl_at ''" -a 'serve' -d 'Run the daemon in the foreground until SIGINT, SIGTERM or SIGHUP (or in the b...'
@@ -58,13 +64,13 @@ complete -c agl -n "__agl_at ''" -a 'resources' -d 'Resource bundles: publish on
 complete -c agl -n "__agl_at ''" -a 'rollouts' -d 'Completed rollouts: watch them arrive, list them, show one'
 complete -c agl -n "__agl_at ''" -l url -x -d 'The daemon\'s address (default: STATE_DIR/address, else http://127.0.0.1:8000)'
 complete -c agl -n "__agl_at ''" -l token -x -d 'The management API\'s token (default: STATE_DIR/token)'
-complete -c agl -n "__agl_at ''" -l state-dir -x -a '(__fish_complete_directories)' -d 'The daemon\'s state directory (default: $XDG_STATE_HOME/agl, else ~/.local/sta...'
+complete -c agl -n "__agl_at ''" -l state-dir -x -a '(__agl_directories)' -d 'The daemon\'s state directory (default: $XDG_STATE_HOME/agl, else ~/.local/sta...'
 complete -c agl -n "__agl_at ''" -l version -d 'Print the version and exit'
 complete -c agl -n "__agl_at ''" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'serve'" -l host -x -d 'Address to listen on; anything but loopback needs the token'
 complete -c agl -n "__agl_at 'serve'" -l port -x -d 'Port to listen on (0 picks a free one)'
-complete -c agl -n "__agl_at 'serve'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
+complete -c agl -n "__agl_at 'serve'" -l state-dir -x -a '(__agl_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
 complete -c agl -n "__agl_at 'serve'" -l memory -d 'Keep state in memory only (lost at exit)'
 complete -c agl -n "__agl_at 'serve'" -l task-timeout -x -d 'Seconds a worker may hold a task before it is handed out again'
 complete -c agl -n "__agl_at 'serve'" -l max-attempts -x -d 'Claims per task before it is marked failed (default: unlimited)'
@@ -97,12 +103,12 @@ complete -c agl -n "__agl_at 'backup'" -l json -d 'Machine output: what the copy
 complete -c agl -n "__agl_at 'backup'" -l help -d 'Show this message and exit'
 complete -c agl -n "__agl_at 'backup'" -F
 
-complete -c agl -n "__agl_at 'restore'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
+complete -c agl -n "__agl_at 'restore'" -l state-dir -x -a '(__agl_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
 complete -c agl -n "__agl_at 'restore'" -l json -d 'Machine output: what the copy holds, as JSON'
 complete -c agl -n "__agl_at 'restore'" -l help -d 'Show this message and exit'
 complete -c agl -n "__agl_at 'restore'" -F
 
-complete -c agl -n "__agl_at 'compact'" -l state-dir -x -a '(__fish_complete_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
+complete -c agl -n "__agl_at 'compact'" -l state-dir -x -a '(__agl_directories)' -d 'Where the database, token and pidfile live (default: $XDG_STATE_HOME/agl, els...'
 complete -c agl -n "__agl_at 'compact'" -l help -d 'Show this message and exit'
 
 complete -c agl -n "__agl_at 'queue'" -l mode -x -a 'train val test' -d 'Mode of tasks that do not give one'

@@ -349,7 +349,7 @@ def fish(root: Command, version: str) -> str:
         if spec == "@file":
             lines.append(f"complete -c agl {condition} -F")
         elif spec == "@directory":
-            lines.append(f"complete -c agl {condition} -a '(__fish_complete_directories)'")
+            lines.append(f"complete -c agl {condition} -a '(__agl_directories)'")
         elif spec and not spec.startswith("@"):
             lines.append(f"complete -c agl {condition} -a {fish_quote(spec)}")
     return "\n".join(lines) + "\n"
@@ -369,7 +369,7 @@ def _fish_option(option: Option) -> str:
         elif option.kind == "file":
             parts.append("-r -F")
         elif option.kind == "directory":
-            parts.append("-x -a '(__fish_complete_directories)'")
+            parts.append("-x -a '(__agl_directories)'")
         else:
             parts.append("-x")
     parts.append(f"-d {fish_quote(describe(option))}")
@@ -411,5 +411,11 @@ end
 function __agl_at --description 'Whether the cursor is in agl command $argv[1]'
     set -l command (__agl_command)
     test "$command" = "$argv[1]"
+end
+
+# Directories for the word at the cursor, the option in `--state-dir=DIR` left out: fish
+# puts the option back in front of each, and would name it twice.
+function __agl_directories
+    __fish_complete_directories (string replace -r -- '^-[^=]*=' '' (commandline -ct))
 end
 """

@@ -196,10 +196,15 @@ def test_zsh_offers_subcommands_options_and_choices() -> None:
     assert zsh_complete("agl queue ") == ["<files >"]
 
 
-def fish_complete(line: str) -> list[str]:
+def fish_complete(line: str, cwd: Path | None = None) -> list[str]:
     script = f"source {COMPLETIONS / 'agl.fish'}; complete --do-complete='{line}'"
     result = subprocess.run(
-        ["fish", "--no-config", "-c", script], capture_output=True, text=True, timeout=30, check=False
+        ["fish", "--no-config", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=cwd,
     )
     assert result.returncode == 0 and not result.stderr, result.stderr
     return [entry.split("\t")[0] for entry in result.stdout.splitlines()]
@@ -217,3 +222,14 @@ def test_fish_offers_subcommands_options_and_choices() -> None:
     assert sorted(fish_complete("agl rollouts ")) == ["list", "show", "watch"]
     assert set(fish_complete("agl rollouts watch --")) == cli_options("rollouts watch")
     assert sorted(fish_complete("agl --url x tasks list --status c")) == ["cancelled", "claimed", "completed"]
+
+
+@needs_fish
+def test_fish_completes_a_directory_after_an_option_and_its_equals_sign_naming_the_option_once(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "stats.txt").touch()
+    assert fish_complete("agl --state-dir=", cwd=tmp_path) == ["--state-dir=state/"]
+    assert fish_complete("agl serve --state-dir=st", cwd=tmp_path) == ["--state-dir=state/"]
+    assert fish_complete("agl compact --state-dir st", cwd=tmp_path) == ["state/"]
