@@ -6,7 +6,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 import httpx
@@ -367,6 +367,30 @@ def test_a_long_poll_on_an_empty_queue_waits_without_claiming_over_and_over(daem
     # Its two claims and the sweep's writes (a few a second; two sweeps on a busy machine),
     # where a poll woken over and over would claim hundreds of times.
     assert commits(daemon) - before <= 20, "an idle long poll kept the writer busy"
+
+
+def writes(daemon: Daemon) -> float:
+    found = re.search(r"^agl_commit_group_size_sum (\S+)$", daemon.get("/metrics").text, re.M)
+    assert found is not None
+    return float(found[1])
+
+
+def test_a_task_queued_wakes_one_of_many_long_polls_not_every_one(daemon: Daemon) -> None:
+    """Each poll woken makes a claim: a hundred woken for one task would make a hundred,
+    and the cost of every task would grow with the workers waiting."""
+    polls = 100
+    with ThreadPoolExecutor(polls) as pool:
+        waiting = [pool.submit(daemon.get, "/task", params={"wait": 60}) for _ in range(polls)]
+        wait_until(lambda: daemon.requests_in_flight() >= polls, "every long poll to wait")
+        before = writes(daemon)
+        [first] = daemon.queue("first")
+        answered = wait(waiting, timeout=30, return_when=FIRST_COMPLETED).done
+        assert [future.result().json()["task"]["rollout_id"] for future in answered] == [first]
+        # the queuing, one claim, and the sweep's few writes a second
+        assert writes(daemon) - before <= 20, "every long poll was woken to claim"
+        rest = set(daemon.queue(*range(polls - 1)))
+        handed = [future.result(timeout=30).json()["task"]["rollout_id"] for future in waiting]
+    assert sorted(handed) == sorted(rest | {first})  # each task to one poll, and none left waiting
 
 
 async def test_a_long_poll_gets_a_timed_out_task_at_its_deadline_not_at_the_next_sweep(

@@ -105,6 +105,43 @@ class Signal:
             self._watched = False
 
 
+class Handout:
+    """Claimers waiting for a task, each with an event of its own, woken first come first
+    served, as many as tasks appeared: a task queued wakes one of a thousand long polls,
+    not all of them (each one woken makes a claim, and all but one would find nothing).
+
+    A waiter woken that leaves without claiming hands its wake-up on (`leave`), so that
+    no task sits queued while others wait for it."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.Event, None] = {}  # in the order they came
+
+    def watch(self) -> asyncio.Event:
+        """A place in the line; `drop` or `leave` it once done with it."""
+        turn = asyncio.Event()
+        self._waiting[turn] = None
+        return turn
+
+    def wake(self, count: int | None = None) -> None:
+        """Wake the first `count` waiters (None: all of them)."""
+        while self._waiting and (count is None or count > 0):
+            turn = next(iter(self._waiting))
+            del self._waiting[turn]
+            turn.set()
+            if count is not None:
+                count -= 1
+
+    def drop(self, turn: asyncio.Event) -> None:
+        """Out of the line: its wake-up, if it had one, is about to be used by a claim."""
+        self._waiting.pop(turn, None)
+
+    def leave(self, turn: asyncio.Event) -> None:
+        """Out of the line for good: a wake-up it got goes on to the next waiter."""
+        self.drop(turn)
+        if turn.is_set():
+            self.wake(1)
+
+
 async def wait_for(event: asyncio.Event, timeout: float, unless: asyncio.Event | None = None) -> bool:
     """Wait up to `timeout` seconds for `event`, or until `unless` is set; True if `event` was."""
     if unless is None:
@@ -144,7 +181,7 @@ class ClaimMade(NamedTuple):
 
     claim: Claim | None
     next_expiry: float | None
-    ran_out: bool
+    ran_out: int  # claims found run out
 
 
 @dataclass(frozen=True)
@@ -164,7 +201,7 @@ class Broker:
         self._store = store
         self._threads = GroupCommitThreads(store)
         self.stats = Stats(started=store.clock())
-        self._tasks_changed = Signal()
+        self._claimers = Handout()
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
         self._next_tidying = 0.0  # time.monotonic() of the next `thin_rewards` and `discard_idle_batches`
@@ -236,7 +273,7 @@ class Broker:
     def begin_shutdown(self) -> None:
         """Answer every long poll now, so that shutdown does not wait out their timeouts."""
         self.closing = True
-        self._tasks_changed.notify()
+        self._claimers.wake()
         self._rollouts_changed.notify()
 
     async def stop(self) -> None:
@@ -257,8 +294,8 @@ class Broker:
             if self.lost is not None:
                 continue  # no write can be made (the writer has said why)
             with failure_logged("expiring claims"):  # keep sweeping: the next sweep retries
-                if await self._threads.write(self._store.expire_claims):
-                    self._claims_ran_out()
+                if ran_out := await self._threads.write(self._store.expire_claims):
+                    self._claims_ran_out(ran_out)
             with failure_logged("keeping the clock's distance from the wall clock"):
                 await self._follow_clock()
             if self.rollout_retention is not None:
@@ -322,7 +359,7 @@ class Broker:
         # so they see its tasks. A claim is answered at its commit, which may come before
         # this write's sync: were the power to fail between the two, the tasks' sender
         # was never answered, and the worker's report for one comes back unsolicited.
-        self._tasks_changed.notify()
+        self._claimers.wake(len(specs))
         return await queued
 
     async def claim(self, wait: float = 0.0, gone: asyncio.Event | None = None) -> Claim | None:
@@ -330,23 +367,29 @@ class Broker:
         the claimer is `gone` first (a task is then handed to nobody; one claimed as it
         hung up is handed back at once)."""
         deadline = time.monotonic() + wait
-        while True:
-            if gone is not None and gone.is_set():
-                return None
-            changed = self._tasks_changed.watch()
-            made = await self.claim_soon()
-            claim = self.claimed(made)
-            if claim is not None:
-                if gone is not None and gone.is_set():  # heard while the claim was made
-                    await self._abandon(claim)
+        turn: asyncio.Event | None = None
+        try:
+            while not (gone is not None and gone.is_set()):
+                if turn is not None:
+                    self._claimers.drop(turn)  # this claim takes its wake-up, if any
+                turn = self._claimers.watch()
+                made = await self.claim_soon()
+                claim = self.claimed(made)
+                if claim is not None:
+                    if gone is not None and gone.is_set():  # heard while the claim was made
+                        await self._abandon(claim)
+                        return None
+                    return claim
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closing or (gone is not None and gone.is_set()):
                     return None
-                return claim
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.closing or (gone is not None and gone.is_set()):
-                return None
-            if made.next_expiry is not None:
-                remaining = min(remaining, max(made.next_expiry - self.now(), 0.0) + 0.001)
-            await wait_for(changed, remaining, unless=gone)  # a hang-up meanwhile ends it at the top
+                if made.next_expiry is not None:
+                    remaining = min(remaining, max(made.next_expiry - self.now(), 0.0) + 0.001)
+                await wait_for(turn, remaining, unless=gone)  # a hang-up meanwhile ends it at the top
+            return None
+        finally:
+            if turn is not None:
+                self._claimers.leave(turn)
 
     async def _abandon(self, claim: Claim) -> None:
         ran_out = await self._threads.write(
@@ -355,7 +398,7 @@ class Broker:
             )[1]
         )
         if ran_out:
-            self._claims_ran_out()
+            self._claims_ran_out(ran_out)
 
     def claim_soon(self) -> asyncio.Future[ClaimMade]:
         """A claim of the next task, without waiting for one. Pass what it made to `claimed`."""
@@ -365,7 +408,7 @@ class Broker:
         """Count a claim that `claim_soon` made (None if the queue was empty), and wake the
         waits if it found claims run out."""
         if made.ran_out:
-            self._claims_ran_out()
+            self._claims_ran_out(made.ran_out)
         claim = made.claim
         if claim is None:
             return None
@@ -388,15 +431,16 @@ class Broker:
             made += [ClaimMade(None, self._store.next_deadline(), ran_out)] * (len(waiting) - len(made))
         return made
 
-    def _watching_expiry(self, claim: Callable[[], T]) -> tuple[T, bool]:
-        """Make a claim (on the writer thread), and say whether it found claims run out:
+    def _watching_expiry(self, claim: Callable[[], T]) -> tuple[T, int]:
+        """Make a claim (on the writer thread), and say how many claims it found run out:
         the sweep will not find those any more, so its caller must wake the waits, once
         the claim is committed."""
         before = self._store.expirations
-        return claim(), self._store.expirations != before
+        return claim(), self._store.expirations - before
 
-    def _claims_ran_out(self) -> None:
-        self._tasks_changed.notify()
+    def _claims_ran_out(self, count: int) -> None:
+        """`count` claims ran out: their tasks may be queued again, for as many claimers."""
+        self._claimers.wake(count)
         self._rollouts_changed.notify()  # an attempt that ran out may have failed its rollout
 
     async def cancel(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
@@ -423,12 +467,12 @@ class Broker:
         """Pause the queue (claims get nothing), or resume it and wake the waiting workers."""
         await self._threads.write(lambda: self._store.set_paused(paused))
         if not paused:
-            self._tasks_changed.notify()
+            self._claimers.wake()
 
     async def retry(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Queue failed or cancelled tasks again (all or none), for waiting workers to claim."""
         retried = self._threads.write(lambda: self._store.retry_tasks(rollout_ids))
-        self._tasks_changed.notify()  # as for `queue_tasks`
+        self._claimers.wake(len(rollout_ids))  # as for `queue_tasks`
         return await retried
 
     async def retry_failed(self) -> int:
@@ -440,7 +484,7 @@ class Broker:
             if not count:
                 return retried
             retried += count
-            self._tasks_changed.notify()
+            self._claimers.wake(count)
 
     async def get_task(self, rollout_id: str) -> TaskRecord | None:
         return await self._threads.read(lambda: self._store.get_task(rollout_id))
@@ -475,8 +519,7 @@ class Broker:
     async def commit_batch(self, batch_id: str) -> int:
         """Queue a staged batch at once, and wake the workers waiting for tasks."""
         queued = await self._threads.write(lambda: self._store.commit_batch(batch_id))
-        if queued:
-            self._tasks_changed.notify()
+        self._claimers.wake(queued)
         return queued
 
     async def discard_batch(self, batch_id: str) -> int:
@@ -557,7 +600,7 @@ class Broker:
         if len(requests) > ENQUEUE_AT_ONCE:
             return await self._enqueue_staged(requests)
         queued = self._threads.write(lambda: self._store.enqueue_rollouts(requests))
-        self._tasks_changed.notify()  # as for `queue_tasks`
+        self._claimers.wake(len(requests))  # as for `queue_tasks`
         return await queued
 
     async def _enqueue_staged(self, requests: Sequence[EnqueueRequest]) -> list[dict[str, object]]:
@@ -585,7 +628,7 @@ class Broker:
             lambda: self._watching_expiry(lambda: self._store.dequeue_rollouts(limit, worker_id))
         )
         if ran_out:
-            self._claims_ran_out()
+            self._claims_ran_out(ran_out)
         return [self._counted(shape) for shape in handed]
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None) -> dict[str, object]:
@@ -613,15 +656,16 @@ class Broker:
         """A write that may have requeued or finished a rollout (and stored its result):
         wake whoever waits on either, and count the result."""
 
-        def write() -> tuple[T, int]:
-            before = self._store.last_seq()
-            return change(), self._store.last_seq() - before
+        def write() -> tuple[T, int, int]:
+            results, places = self._store.last_seq(), self._store.last_queue_place()
+            changed = change()
+            return changed, self._store.last_seq() - results, self._store.last_queue_place() - places
 
-        result, results = await self._threads.write(write)
+        result, results, requeued = await self._threads.write(write)
         if results:
             self.stats.results += results
             self.stats.rollout_rate.add(results)
-        self._tasks_changed.notify()
+        self._claimers.wake(requeued)
         self._rollouts_changed.notify()
         return result
 
