@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from conftest import schema_5_file
 from daemon import Daemon, env_without_agl, free_port, wait_until
 
 from agl_cli import paths
+from agl_cli.server import hangups
 from agl_cli.store import schema
 
 
@@ -279,3 +282,29 @@ def test_a_client_that_comes_back_while_the_daemon_restarts_is_kept_waiting_not_
             assert early.recv(100).startswith(b"HTTP/1.1 200 ")  # answered once it serves
     finally:
         daemon.close()
+
+
+@pytest.mark.parametrize(
+    ("ending", "gone"),
+    [("none", False), ("another request", False), ("a close", True), ("a reset", True)],
+)
+def test_a_hang_up_is_heard_from_the_socket_before_uvicorn_hears_it(ending: str, gone: bool) -> None:
+    """What a long poll asks before its claim is answered: a close or a reset is a hang-up
+    (as to uvicorn), a request sent behind it is not, and asking reads nothing."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname(), timeout=10)
+        served, _ = server.accept()
+        with served:
+            if ending == "another request":
+                client.sendall(b"GET /task HTTP/1.1\r\n\r\n")
+            elif ending == "a reset":
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if ending in ("a close", "a reset"):
+                client.close()
+            if ending != "none":  # what the client did has reached the served end
+                assert select.select([served], [], [], 10)[0]
+            assert hangups._closed_by_peer(served.fileno()) is gone
+            assert served.fileno() >= 0  # still open: asking closed nothing
+            if ending == "another request":
+                assert served.recv(100) == b"GET /task HTTP/1.1\r\n\r\n"  # and read nothing
+        client.close()

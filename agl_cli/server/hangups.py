@@ -9,15 +9,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 from starlette.types import Receive
 
 
+class HangUp(asyncio.Event):
+    """Set once the client has gone. Where `receive` is uvicorn's own, `is_set` also asks
+    the socket itself, which knows of a close before uvicorn has heard of it, and uvicorn
+    before the listener has run: a claim made in between would be answered to nobody and
+    its task held until it timed out, where it can be handed back at once."""
+
+    def __init__(self, receive: Receive) -> None:
+        super().__init__()
+        self._cycle = getattr(receive, "__self__", None)  # uvicorn's request-response cycle
+        transport = getattr(self._cycle, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        self._fd: int = sock.fileno() if sock is not None else -1
+
+    def is_set(self) -> bool:
+        return (
+            super().is_set()
+            or getattr(self._cycle, "disconnected", False) is True
+            or (self._fd >= 0 and _closed_by_peer(self._fd))
+        )
+
+
+def _closed_by_peer(fd: int) -> bool:
+    """Whether the client closed or reset the connection on socket `fd`, as uvicorn would
+    hear at its next read (an end of the stream is a hang-up to it too), without reading."""
+    probe = socket.socket(fileno=fd)
+    try:
+        return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # open, nothing more sent
+    except OSError:
+        return True  # reset
+    finally:
+        probe.detach()
+
+
 @contextlib.asynccontextmanager
 async def hang_up_heard(receive: Receive) -> AsyncIterator[asyncio.Event]:
     """An event set once the client has gone; the request's body must be read already."""
-    gone = asyncio.Event()
+    gone = HangUp(receive)
 
     async def listen() -> None:
         while (await receive())["type"] != "http.disconnect":
