@@ -6,7 +6,9 @@ import concurrent.futures
 import fcntl
 import os
 import re
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -860,6 +862,24 @@ def test_an_open_stream_ends_when_the_daemon_stops_and_does_not_hold_it_up(
     assert daemon.terminate(timeout=20) == 0
     assert time.monotonic() - started < 5
     assert stream.ended.wait(10)
+
+
+def test_a_stream_nobody_reads_any_more_does_not_hold_up_the_stop_nor_log_an_error(daemon: Daemon) -> None:
+    """Its answer waits for a reader that never comes: it is cut off, not waited for."""
+    for index in range(150):  # 4.5 MB to replay: far more than the sockets' buffers hold
+        daemon.report(f"r{index}", logs=["x" * 30_000])
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as reader:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.sendall(
+            b"GET /v1/rollouts/stream?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {daemon.token}\r\n\r\n".encode()
+        )
+        assert select.select([reader], [], [], 10)[0]  # the replay began, and is never read
+        started = time.monotonic()
+        assert daemon.terminate(timeout=30) == 0
+        assert time.monotonic() - started < 10  # uvicorn would wait out its 30 s
+    assert not [line for line in daemon.said() if "ERROR" in line or "Traceback" in line]
 
 
 # --- the daemon ----------------------------------------------------------------------------

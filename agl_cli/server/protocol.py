@@ -8,6 +8,7 @@ a byte at a time, hold the daemon's connections and files for as long as they li
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,6 +41,7 @@ _TIMER_SLACK = 0.01  # the loop may run a timer this much before its time
 # response still being sent a little before is cut off (see `Protocol.shutdown`).
 GRACEFUL_SHUTDOWN_SECONDS = 30
 SHUTDOWN_SENDING_SECONDS = GRACEFUL_SHUTDOWN_SECONDS - 5
+CUT_OFF_LOOKS_SECONDS = 0.25  # how often a response being sent at shutdown is looked at
 
 
 class Protocol(HttpToolsProtocol):
@@ -76,6 +78,7 @@ class Protocol(HttpToolsProtocol):
     _heads = 0  # requests begun on the connection
     _head_bytes = 0  # received in later reads than the one that began the head
     _refused = False  # answered with a refusal, and closing
+    _cut_off_at = 0.0  # at shutdown, when a response still being sent is cut off (the loop's clock)
     _direct: Callable[[bytes, bytes, Headers], DirectRoute | None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -135,19 +138,30 @@ class Protocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
-        """uvicorn's, and a response still being sent (a big page to a client that reads
-        slowly, or not at all) is cut off shortly before uvicorn's graceful shutdown
-        runs out: its task then ends as for any hang-up, not by a cancellation that
-        uvicorn logs as an exception in the app."""
+        """uvicorn's, and a response still being sent is cut off once it cannot end well:
+        as soon as its client is seen to have stopped reading (what waits to be sent
+        did not shrink between two looks: a stream nobody reads, which would hold the
+        stop up for good), else shortly before uvicorn's graceful shutdown runs out (a
+        big page to a client that reads slowly). Its task then ends as for any hang-up,
+        not by a cancellation that uvicorn logs as an error in the app."""
         super().shutdown()
         if self.cycle is not None and not self.cycle.response_complete:
-            self.loop.call_later(SHUTDOWN_SENDING_SECONDS, self._cut_off_sending)
+            self._cut_off_at = self.loop.time() + SHUTDOWN_SENDING_SECONDS
+            self._cut_off_sending(math.inf)
 
-    def _cut_off_sending(self) -> None:
+    def _cut_off_sending(self, waiting_before: float) -> None:
         cycle = self.cycle
-        sending = cycle is not None and cycle.response_started and not cycle.response_complete
-        if sending and not self.transport.is_closing():
+        if cycle is None or cycle.response_complete or cycle.disconnected:
+            return  # answered in full, or the client is gone
+        waiting = self.transport.get_write_buffer_size()
+        if cycle.response_started and (
+            0 < waiting >= waiting_before
+            or self.transport.is_closing()
+            or self.loop.time() >= self._cut_off_at
+        ):
             self.transport.abort()
+            return
+        self.loop.call_later(CUT_OFF_LOOKS_SECONDS, self._cut_off_sending, waiting)
 
     def _stop_request_timer(self) -> None:
         if self._request_timer is not None:
