@@ -14,12 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import anyio
 import httpx
+import psutil
 import pytest
 from daemon import Daemon, env_without_agl, fetch, wait_until
 from httpx_sse import ServerSentEvent, connect_sse
@@ -880,6 +882,38 @@ def test_a_stream_nobody_reads_any_more_does_not_hold_up_the_stop_nor_log_an_err
         assert daemon.terminate(timeout=30) == 0
         assert time.monotonic() - started < 10  # uvicorn would wait out its 30 s
     assert not [line for line in daemon.said() if "ERROR" in line or "Traceback" in line]
+
+
+def replaying(reader: socket.socket) -> bool:
+    return b"event: rollout" in reader.recv(4096, socket.MSG_PEEK)
+
+
+def test_streams_nobody_reads_hold_little_of_what_they_replay(daemon: Daemon) -> None:
+    """A replay waits in the daemon while its reader does not read (`agl rollouts watch
+    --since all | a stalled pipe`): as text, a little at a time, not as pages of parsed
+    rollouts, each several times the size of its JSON with its token ids."""
+    triplet = {"prompt": {"token_ids": list(range(3000))}, "response": {"token_ids": list(range(3000))}}
+    for index in range(300):  # 30 KB of JSON each, 9 MB in all
+        daemon.report(f"r{index}", triplets=[triplet])
+    assert daemon.proc is not None
+    process = psutil.Process(daemon.proc.pid)
+    before = process.memory_info().rss
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    readers = [socket.create_connection((host, int(port)), timeout=10) for _ in range(10)]
+    try:
+        for reader in readers:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.sendall(
+                b"GET /v1/rollouts/stream?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + f"Authorization: Bearer {daemon.token}\r\n\r\n".encode()
+            )
+        for reader in readers:  # its replay began, and is never read
+            wait_until(partial(replaying, reader), "the replay")
+        grown = process.memory_info().rss - before
+    finally:
+        for reader in readers:
+            reader.close()
+    assert grown < 60 << 20, f"10 streams nobody reads took {grown >> 20} MB"  # 400 MB as pages
 
 
 # --- the daemon ----------------------------------------------------------------------------

@@ -549,9 +549,9 @@ class Broker:
         """The event set when the next rollout is stored (see `Signal`)."""
         return self._rollouts_changed.watch()
 
-    async def rollouts_after(self, seq: int, limit: int) -> list[StoredRollout]:
-        """Up to `limit` kept rollouts after `seq`, fewer once they hold `PAGE_BYTES`."""
-        return await self._threads.read(lambda: self._store.rollouts_after(seq, limit, PAGE_BYTES))
+    async def rollouts_after(self, seq: int, limit: int, max_bytes: int = PAGE_BYTES) -> list[StoredRollout]:
+        """Up to `limit` kept rollouts after `seq`, fewer once they hold `max_bytes`."""
+        return await self._threads.read(lambda: self._store.rollouts_after(seq, limit, max_bytes))
 
     async def get_rollout(self, rollout_id: str) -> StoredRollout | None:
         return await self._threads.read(lambda: self._store.get_rollout(rollout_id))

@@ -9,6 +9,7 @@ wakes the stream and it ends, so an open stream never holds up a graceful stop.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,9 @@ SINCE_NOW = Literal["now"]
 LAST_EVENT_ID = "Last-Event-ID"
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 PAGE = 200
+# The JSON a stream reads at once: its events wait in memory while the reader takes them,
+# so one that stops reading holds this much, not a whole page of `PAGE_BYTES` parsed.
+STREAM_PAGE_BYTES = 512 << 10
 # How long a stream has to end by itself once the daemon stops (the broker wakes it at once)
 # before the SSE library cuts it off, mid-event, with an error in the log.
 SHUTDOWN_GRACE = 1.0
@@ -86,15 +90,20 @@ def position_params(since: str) -> tuple[Param, Param]:
 async def _events(broker: Broker, after: int) -> AsyncIterator[ServerSentEvent]:
     while not broker.closing:
         changed = broker.watch_rollouts()
-        page = await broker.rollouts_after(after, PAGE)
-        for stored in page:
-            yield ServerSentEvent(
-                data=orjson.dumps(rollout_json(stored)).decode(), id=str(stored.seq), event="rollout"
-            )
-            after = stored.seq
-        if not page:
+        events = _as_text(await broker.rollouts_after(after, PAGE, STREAM_PAGE_BYTES))
+        if not events:
             # `changed` was taken before the read, so a rollout stored since is not missed.
             await wait_for(changed, IDLE_WAKEUP)
+        while events:
+            after, data = events.popleft()
+            yield ServerSentEvent(data=data, id=str(after), event="rollout")
+
+
+def _as_text(page: list[StoredRollout]) -> collections.deque[tuple[int, str]]:
+    """A page's events as text (sequence number, data), to be let go one by one as they
+    are sent: parsed, rollouts with their token ids take several times as much, held for
+    as long as the reader does not read."""
+    return collections.deque((stored.seq, orjson.dumps(rollout_json(stored)).decode()) for stored in page)
 
 
 def rollout_json(stored: StoredRollout) -> dict[str, Any]:
