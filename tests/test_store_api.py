@@ -4,6 +4,7 @@ itself), its refusals, and its durability: what was answered survives `kill -9`.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import gzip
@@ -27,6 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from agl_cli import AgentLightningServer
+from agl_cli.server import query_pages
 from agl_cli.server.protocol import GRACEFUL_SHUTDOWN_SECONDS
 from agl_cli.server.query_pages import IN_MEMORY
 
@@ -679,9 +682,9 @@ def test_a_page_too_big_for_memory_comes_whole_with_its_length(daemon: Daemon) -
         assert [r["rollout_id"] for r in page["items"]] == ids
 
 
-def stuck_on_a_big_page(daemon: Daemon) -> socket.socket:
+def stuck_on_a_big_page(url: str) -> socket.socket:
     """A client that asks for every rollout, reads the first bytes, and reads no more."""
-    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     client.connect((host, int(port)))
@@ -699,7 +702,7 @@ def test_clients_slow_to_read_big_pages_hold_no_reader_no_place_and_leave_no_fil
     daemon = make_daemon("--max-requests", "2")
     big_page(daemon, 2_000, 4_000)  # 8 MB: more than the kernel buffers between the two
     before = spools_open(daemon)
-    slow = [stuck_on_a_big_page(daemon) for _ in range(3)]  # more than the readers and the places
+    slow = [stuck_on_a_big_page(daemon.url) for _ in range(3)]  # more than the readers and the places
     assert spools_open(daemon) == before + 3
     assert daemon.get(f"{AGL}/statistics").json()["total_rollouts"] == 2_000
     for client in slow:
@@ -707,9 +710,40 @@ def test_clients_slow_to_read_big_pages_hold_no_reader_no_place_and_leave_no_fil
     wait_until(lambda: spools_open(daemon) == before, "the pages' files to be closed", timeout=10)
 
 
+async def test_the_files_of_big_pages_being_sent_are_bounded_and_a_page_beyond_is_a_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The routes are open: without a bound, enough clients that read slowly would fill
+    the disk with the files of their pages, the disk the store writes to."""
+    monkeypatch.setattr(query_pages, "SPOOLED_AT_ONCE", 20 << 20)  # two pages of 8 MB, not three
+    server = AgentLightningServer(port=0)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.endpoint, timeout=60) as client:
+            for start in range(0, 2_000, 500):  # 8 MB: more than the kernel buffers between the two
+                rollouts = [{"input": f"{n:06d}" + "x" * 4_000} for n in range(start, start + 500)]
+                enqueued = await client.post(f"{AGL}/queues/rollouts/enqueue", json={"rollouts": rollouts})
+                assert enqueued.status_code == 201
+            stuck = [await asyncio.to_thread(stuck_on_a_big_page, server.endpoint) for _ in range(2)]
+            refused = await client.get(f"{AGL}/rollouts")
+            assert (refused.status_code, refused.headers["retry-after"]) == (503, "5")
+            assert "bytes of temporary files already" in refused.json()["detail"]
+            assert (await client.get(f"{AGL}/rollouts", params={"limit": 10})).status_code == 200  # small
+            stuck.pop().close()
+            for _ in range(200):  # until the daemon has heard it go, with a deadline
+                answer = await client.get(f"{AGL}/rollouts")
+                if answer.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert answer.status_code == 200 and answer.json()["total"] == 2_000
+            stuck.pop().close()
+    finally:
+        await server.stop()
+
+
 def test_a_daemon_stopped_while_a_client_is_stuck_on_a_big_page_cuts_it_off_quietly(daemon: Daemon) -> None:
     big_page(daemon, 2_000, 4_000)
-    with stuck_on_a_big_page(daemon):
+    with stuck_on_a_big_page(daemon.url):
         assert daemon.terminate(timeout=GRACEFUL_SHUTDOWN_SECONDS + 10) == 0
     log = daemon.log_path.read_text()
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log

@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from agl_cli.api_limits import PAGE_BYTES
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
-from agl_cli.server.query_pages import PageBody
+from agl_cli.server.query_pages import PageBody, Spools
 from agl_cli.server.rates import RateWindow
 from agl_cli.server.writer import Batched, CommitStats, GroupCommitThreads, failure_logged
 from agl_cli.store import (
@@ -202,6 +202,7 @@ class Broker:
         self._threads = GroupCommitThreads(store)
         self.stats = Stats(started=store.clock())
         self._claimers = Handout()
+        self._spools = Spools()  # the temporary files of the store-API pages being sent
         self._rollouts_changed = Signal()
         self._sweeper: asyncio.Task[None] | None = None
         self._next_tidying = 0.0  # time.monotonic() of the next `thin_rewards` and `discard_idle_batches`
@@ -699,7 +700,10 @@ class Broker:
             with opened() as page:
                 return made(page)
 
-        return await self._threads.read(read)
+        body = await self._threads.read(read)
+        if isinstance(body, PageBody):
+            self._spools.take(body)  # beyond the files allowed at once, refused
+        return body
 
     async def query_rollouts(self, query: RolloutQuery) -> PageBody:
         return await self._page(lambda: self._store.query_rollouts(query), PageBody)
