@@ -418,6 +418,28 @@ def end_attempt(daemon: Daemon, handed: dict[str, Any], status: str) -> None:
     daemon.post(path, json={"status": status}).raise_for_status()
 
 
+@pytest.mark.parametrize("timeout", [None, 60])
+def test_a_wait_the_daemons_stop_cuts_short_is_a_503_for_0_3_0s_client_to_ask_again(
+    daemon: Daemon, timeout: float | None
+) -> None:
+    """Answered with what finished so far, a wait with no time limit (or time left) would
+    read as over: an algorithm would go on with the rollouts it waits for unfinished."""
+    [queued] = enqueue(daemon, "x")
+    wait = {"rollout_ids": [queued["rollout_id"]], "timeout": timeout}
+    with (
+        httpx.Client(base_url=daemon.url, timeout=90) as client,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        waiting = pool.submit(client.post, f"{AGL}/waits/rollouts", json=wait)
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to begin")
+        assert daemon.terminate() == 0
+        answer = waiting.result(timeout=10)
+    assert (answer.status_code, answer.headers["retry-after"]) == (503, "5")
+    assert answer.json() == {
+        "detail": "agl is stopping before the rollouts waited for have finished; ask again once it is back."
+    }
+
+
 def test_a_wait_returns_as_soon_as_the_last_rollout_finishes(daemon: Daemon) -> None:
     [queued] = enqueue(daemon, "x")
     handed = dequeue(daemon)

@@ -105,6 +105,10 @@ class Signal:
             self._watched = False
 
 
+class StoppingError(Exception):
+    """A wait the daemon's stop cut short: the waiter must ask again once it is back."""
+
+
 class Handout:
     """Claimers waiting for a task, each with an event of its own, woken first come first
     served, as many as tasks appeared: a task queued wakes one of a thousand long polls,
@@ -686,8 +690,10 @@ class Broker:
                 lambda: self._store.finished_rollouts(rollout_ids)
             )
             remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
-            if not unfinished or remaining <= 0 or self.closing or (gone is not None and gone.is_set()):
+            if not unfinished or remaining <= 0 or (gone is not None and gone.is_set()):
                 return finished
+            if self.closing:  # answered as if in time, the waiter would take them for ended
+                raise StoppingError("agl is stopping before the rollouts waited for have finished")
             await wait_for(changed, min(remaining, WAIT_SLICE), unless=gone)
 
     async def _page(

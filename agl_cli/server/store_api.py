@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agl_cli.models import NamedResources, ResourcesUpdate
-from agl_cli.server.broker import broker_of
+from agl_cli.server.broker import StoppingError, broker_of
 from agl_cli.server.hangups import hang_up_heard
 from agl_cli.server.openapi import Endpoint, Param, routes_of
 from agl_cli.server.query_pages import PageBody
@@ -253,7 +253,12 @@ async def wait_for_rollouts(request: Request) -> Response:
     """The finished rollouts among those named, once all are finished or the time is up."""
     body, _ = await _body(request, WaitBody)
     async with hang_up_heard(request.receive) as gone:
-        finished = await broker_of(request).wait_for_rollouts(body.rollout_ids, body.timeout, gone)
+        try:
+            finished = await broker_of(request).wait_for_rollouts(body.rollout_ids, body.timeout, gone)
+        except StoppingError as exc:  # 0.3.0's client asks again, once /health answers
+            response = error(503, f"{exc}; ask again once it is back.")
+            response.headers["Retry-After"] = "5"
+            return response
     return ORJSONResponse(finished)
 
 
