@@ -102,6 +102,32 @@ def test_a_trainer_survives_a_kill_9_of_agl_and_nothing_is_lost_or_doubled(
     assert all(r["final_reward"] is not None for r in results)
 
 
+def test_a_wait_with_no_time_limit_goes_on_across_a_stop_and_a_restart_of_agl(
+    compat_python: Path, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """The stop answers the wait 503, 0.3.0's client asks again once agl is back, and the
+    wait ends when the rollout does: not with the nothing that had finished at the stop."""
+    daemon = make_daemon("--port", str(free_port()), state_dir=tmp_path / "state")
+    [queued] = daemon.post("/v1/agl/queues/rollouts/enqueue", json={"rollouts": [{"input": 1}]}).json()
+    waiter = subprocess.Popen(
+        [str(compat_python), str(WORKERS_DIR / "store_wait_run.py"), daemon.url, queued["rollout_id"]],
+        env=compat_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: daemon.requests_in_flight() == 1, "the wait to reach agl", timeout=120)
+        assert daemon.terminate() == 0
+        daemon.start()  # the same port and state directory
+        handed = daemon.post("/v1/agl/queues/rollouts/dequeue", json={"limit": 1}).json()[0]
+        attempt = f"/v1/agl/rollouts/{queued['rollout_id']}/attempts/{handed['attempt']['attempt_id']}"
+        daemon.post(attempt, json={"status": "succeeded"}).raise_for_status()
+        output, errors = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, errors.decode(errors="replace")[-3000:]
+    last = json.loads(output.decode().strip().splitlines()[-1])
+    assert last == {"finished": [{"rollout_id": queued["rollout_id"], "status": "succeeded"}]}
+
+
 def test_the_store_api_is_open_like_the_worker_routes_and_the_management_api_is_not(daemon: Daemon) -> None:
     assert daemon.get("/v1/agl/health").json() == {"status": "ok"}
     assert fetch("POST", f"{daemon.url}/v1/agl/queues/rollouts/dequeue").status_code == 200
