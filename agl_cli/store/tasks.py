@@ -584,7 +584,9 @@ class TaskStore(Resources):
 
     def _heartbeat(self, conn: sqlite3.Connection, row: TaskRow, attempt: AttemptRow, now: float) -> None:
         """A sign of life from an attempt (a span arrived): it is running, and so is its
-        rollout if it was still preparing (or waiting to be retried) for it."""
+        rollout if it was still preparing (or waiting to be retried) for it. A rollout in
+        any other status keeps it, as in 0.3.0, whatever its attempt's: only its deadline
+        moves (one marked running by hand over an ended attempt is not retried by a span)."""
         status = "running" if attempt.status in WOKEN_BY_HEARTBEAT else attempt.status
         attempt = attempt._replace(last_heartbeat_time=now, status=status)
         self._write_attempt(conn, attempt)
@@ -593,7 +595,7 @@ class TaskStore(Resources):
         if row.phase in ROLLOUT_WOKEN_BY_HEARTBEAT:
             self._set_phase(conn, row, "running", now, attempt)
         elif row.status == "claimed":
-            self._follow_latest_attempt(conn, row, attempt, now)
+            self._refresh_deadline(conn, row, attempt)
 
     def _sync_worker(
         self, conn: sqlite3.Connection, attempt: AttemptRow, now: float, dequeued: bool = False

@@ -212,6 +212,29 @@ async def test_a_status_set_by_hand_outlasts_a_new_config(pair: Pair) -> None:
         assert kept["status"] == "running"
 
 
+async def test_a_span_on_an_ended_attempt_leaves_a_rollout_marked_running_by_hand_running(
+    pair: Pair,
+) -> None:
+    """A span is a heartbeat: it wakes a rollout preparing or waiting to be retried, and
+    leaves any other as it is, rather than work out its status again from the attempt."""
+    ids: dict[str, tuple[str, str]] = {}
+
+    async def start(c: LightningStoreClient) -> Any:
+        rollout = await c.start_rollout(input="by hand", config=RETRY_TWICE)
+        ids[c.server_address_root] = (rollout.rollout_id, rollout.attempt.attempt_id)
+        return rollout
+
+    await pair.same(start)
+    rid = lambda c: ids[c.server_address_root][0]  # noqa: E731
+    aid = lambda c: ids[c.server_address_root][1]  # noqa: E731
+    for ending in ("failed", "succeeded"):
+        await pair.same(lambda c, ending=ending: c.update_attempt(rid(c), aid(c), status=ending))
+        await pair.same(lambda c: c.update_rollout(rid(c), status="running"))
+        await pair.same(lambda c: c.add_span(span(rid(c), aid(c), 1, "00f067aa0ba902c1", "late")))
+        assert (await pair.same(lambda c: c.get_rollout_by_id(rid(c))))["status"] == "running"
+    assert await pair.same(lambda c: c.dequeue_rollout()) is None  # not handed out again
+
+
 async def test_an_attempt_that_runs_too_long_times_out_and_is_retried(pair: Pair) -> None:
     ids: dict[str, str] = {}
     config = RolloutConfig(timeout_seconds=0.3, max_attempts=2, retry_condition=["timeout"])
