@@ -32,6 +32,7 @@ from agl_cli import AgentLightningServer
 from agl_cli.server import query_pages
 from agl_cli.server.protocol import GRACEFUL_SHUTDOWN_SECONDS
 from agl_cli.server.query_pages import IN_MEMORY
+from agl_cli.store import MemoryStore
 
 AGL = "/v1/agl"
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -438,6 +439,50 @@ def test_a_wait_the_daemons_stop_cuts_short_is_a_503_for_0_3_0s_client_to_ask_ag
     assert answer.json() == {
         "detail": "agl is stopping before the rollouts waited for have finished; ask again once it is back."
     }
+
+
+async def test_a_rollout_that_ends_wakes_the_waits_for_it_not_every_wait() -> None:
+    """Each wait woken reads its rollouts again: were every wait woken by every result,
+    the cost of a result would grow with the waits open, and the route is open."""
+    store = MemoryStore()
+    reads = 0
+    finished_rollouts = store.finished_rollouts
+
+    def counted(rollout_ids: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return finished_rollouts(rollout_ids)
+
+    store.finished_rollouts = counted  # type: ignore[method-assign]
+    server = AgentLightningServer(port=0, store=store)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.endpoint, timeout=60) as client:
+            enqueued = await client.post(
+                f"{AGL}/queues/rollouts/enqueue", json={"rollouts": [{"input": 1}] * 2}
+            )
+            awaited, other = (rollout["rollout_id"] for rollout in enqueued.json())
+            await client.post(f"{AGL}/queues/rollouts/dequeue", json={"limit": 2})
+            wait = {"rollout_ids": [awaited], "timeout": 60}
+            waits = [asyncio.create_task(client.post(f"{AGL}/waits/rollouts", json=wait)) for _ in range(50)]
+            give_up = asyncio.get_running_loop().time() + 30
+            while reads < 50:  # every wait has read once, and sleeps
+                assert asyncio.get_running_loop().time() < give_up, "the waits never began"
+                await asyncio.sleep(0.01)
+            before = reads
+            for rollout_id in (other, awaited):
+                attempt = f"{AGL}/rollouts/{rollout_id}/attempts/latest"
+                (await client.post(attempt, json={"status": "succeeded"})).raise_for_status()
+                if rollout_id == other:  # woken, the waits would read again within the second
+                    give_up = asyncio.get_running_loop().time() + 1.0
+                    while reads == before and asyncio.get_running_loop().time() < give_up:
+                        await asyncio.sleep(0.01)
+                    assert reads == before, "the waits for another rollout were woken"
+            answers = await asyncio.gather(*waits)
+    finally:
+        await server.stop()
+    assert {answer.json()[0]["status"] for answer in answers} == {"succeeded"}
+    assert reads == before + 50  # each wait woken once, by its own rollout
 
 
 def test_a_wait_returns_as_soon_as_the_last_rollout_finishes(daemon: Daemon) -> None:

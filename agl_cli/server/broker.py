@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -146,6 +146,41 @@ class Handout:
             self.wake(1)
 
 
+class RolloutWaits:
+    """Waits for rollouts to end, each woken by a change to one of its own rollouts, not
+    to any: a result stored wakes the waits for it, not a hundred others (each woken one
+    reads its rollouts again). A change whose rollouts are not known wakes them all."""
+
+    def __init__(self) -> None:
+        self._by_rollout: dict[str, set[asyncio.Event]] = {}
+
+    def watch(self, rollout_ids: Collection[str]) -> asyncio.Event:
+        """The event a change to one of `rollout_ids` sets; `drop` it once done with it."""
+        event = asyncio.Event()
+        for rollout_id in rollout_ids:
+            self._by_rollout.setdefault(rollout_id, set()).add(event)
+        return event
+
+    def drop(self, event: asyncio.Event, rollout_ids: Collection[str]) -> None:
+        for rollout_id in rollout_ids:
+            waits = self._by_rollout.get(rollout_id)
+            if waits is not None:
+                waits.discard(event)
+                if not waits:
+                    del self._by_rollout[rollout_id]
+
+    def wake(self, rollout_ids: Iterable[str] | None = None) -> None:
+        """Wake the waits for `rollout_ids` (None: every one)."""
+        if not self._by_rollout:
+            return
+        if rollout_ids is None:
+            waits = [event for events in self._by_rollout.values() for event in events]
+        else:
+            waits = [event for rollout_id in rollout_ids for event in self._by_rollout.get(rollout_id, ())]
+        for event in waits:
+            event.set()
+
+
 async def wait_for(event: asyncio.Event, timeout: float, unless: asyncio.Event | None = None) -> bool:
     """Wait up to `timeout` seconds for `event`, or until `unless` is set; True if `event` was."""
     if unless is None:
@@ -207,7 +242,8 @@ class Broker:
         self.stats = Stats(started=store.clock())
         self._claimers = Handout()
         self._spools = Spools()  # the temporary files of the store-API pages being sent
-        self._rollouts_changed = Signal()
+        self._rollouts_changed = Signal()  # any rollout stored or ended: streams, dashboards
+        self._rollout_waits = RolloutWaits()  # the store API's waits, by the rollouts they wait for
         self._sweeper: asyncio.Task[None] | None = None
         self._next_tidying = 0.0  # time.monotonic() of the next `thin_rewards` and `discard_idle_batches`
         self._clock_apart = 0.0  # what the store last kept of it (`_follow_clock`)
@@ -279,7 +315,7 @@ class Broker:
         """Answer every long poll now, so that shutdown does not wait out their timeouts."""
         self.closing = True
         self._claimers.wake()
-        self._rollouts_changed.notify()
+        self._rollouts_ended()
 
     async def stop(self) -> None:
         """Stop sweeping, answer the waiters, finish the writes taken, close the store."""
@@ -446,12 +482,12 @@ class Broker:
     def _claims_ran_out(self, count: int) -> None:
         """`count` claims ran out: their tasks may be queued again, for as many claimers."""
         self._claimers.wake(count)
-        self._rollouts_changed.notify()  # an attempt that ran out may have failed its rollout
+        self._rollouts_ended()  # an attempt that ran out may have failed its rollout
 
     async def cancel(self, rollout_ids: Sequence[str]) -> list[TaskRecord]:
         """Cancel tasks (all or none), and wake whoever waits for their rollouts to finish."""
         records = await self._threads.write(lambda: self._store.cancel_tasks(rollout_ids))
-        self._rollouts_changed.notify()
+        self._rollouts_ended(rollout_ids)
         return records
 
     async def cancel_queued(self) -> int:
@@ -461,7 +497,7 @@ class Broker:
         cancelled = 0
         while count := await self._threads.write(lambda: self._store.cancel_queued(last_place, CANCEL_CHUNK)):
             cancelled += count
-            self._rollouts_changed.notify()
+            self._rollouts_ended()
         return cancelled
 
     @property
@@ -534,21 +570,27 @@ class Broker:
 
     async def report(self, report: Report) -> ReportOutcome:
         """Store a worker's report."""
-        return self.reported(await self.report_soon(report))
+        return self.reported(await self.report_soon(report), report.rollout_id)
 
     def report_soon(self, report: Report) -> asyncio.Future[ReportOutcome]:
         """`report`, in two halves: the write, whose outcome goes to `reported`."""
         return self._threads.write_batched(self._reports, report)
 
-    def reported(self, outcome: ReportOutcome) -> ReportOutcome:
-        """Count a report's outcome and wake whoever waits for rollouts."""
+    def reported(self, outcome: ReportOutcome, rollout_id: str) -> ReportOutcome:
+        """Count a report's outcome (for `rollout_id`) and wake whoever waits for it."""
         self.stats.reports[outcome] += 1
         if outcome is not ReportOutcome.DUPLICATE:
             self.stats.results += 1
             self.stats.rollout_rate.add()
         # even a duplicate may end a task: one the store API brought back after its result
-        self._rollouts_changed.notify()
+        self._rollouts_ended((rollout_id,))
         return outcome
+
+    def _rollouts_ended(self, rollout_ids: Iterable[str] | None = None) -> None:
+        """Rollouts may have been stored or ended (`rollout_ids`, None if not known which):
+        wake the streams, and the waits for them."""
+        self._rollouts_changed.notify()
+        self._rollout_waits.wake(rollout_ids)
 
     def watch_rollouts(self) -> asyncio.Event:
         """The event set when the next rollout is stored (see `Signal`)."""
@@ -650,16 +692,18 @@ class Broker:
         return attempted
 
     async def update_rollout(self, rollout_id: str, changes: Mapping[str, Any]) -> dict[str, object]:
-        return await self._changed(lambda: self._store.update_rollout(rollout_id, changes))
+        return await self._changed(rollout_id, lambda: self._store.update_rollout(rollout_id, changes))
 
     async def update_attempt(
         self, rollout_id: str, attempt_id: str, changes: Mapping[str, Any]
     ) -> dict[str, object]:
-        return await self._changed(lambda: self._store.update_attempt(rollout_id, attempt_id, changes))
+        return await self._changed(
+            rollout_id, lambda: self._store.update_attempt(rollout_id, attempt_id, changes)
+        )
 
-    async def _changed(self, change: Callable[[], T]) -> T:
-        """A write that may have requeued or finished a rollout (and stored its result):
-        wake whoever waits on either, and count the result."""
+    async def _changed(self, rollout_id: str, change: Callable[[], T]) -> T:
+        """A write that may have requeued or finished rollout `rollout_id` (and stored its
+        result): wake whoever waits on either, and count the result."""
 
         def write() -> tuple[T, int, int]:
             results, places = self._store.last_seq(), self._store.last_queue_place()
@@ -671,7 +715,7 @@ class Broker:
             self.stats.results += results
             self.stats.rollout_rate.add(results)
         self._claimers.wake(requeued)
-        self._rollouts_changed.notify()
+        self._rollouts_ended((rollout_id,))
         return result
 
     async def get_rollout_shape(self, rollout_id: str) -> dict[str, object] | None:
@@ -684,17 +728,21 @@ class Broker:
         `timeout` seconds have passed (None: no limit), or the waiter is `gone`. Woken by
         each change, not polled."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        named = frozenset(rollout_ids)
         while True:
-            changed = self._rollouts_changed.watch()
-            finished, unfinished = await self._threads.read(
-                lambda: self._store.finished_rollouts(rollout_ids)
-            )
-            remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
-            if not unfinished or remaining <= 0 or (gone is not None and gone.is_set()):
-                return finished
-            if self.closing:  # answered as if in time, the waiter would take them for ended
-                raise StoppingError("agl is stopping before the rollouts waited for have finished")
-            await wait_for(changed, min(remaining, WAIT_SLICE), unless=gone)
+            changed = self._rollout_waits.watch(named)
+            try:
+                finished, unfinished = await self._threads.read(
+                    lambda: self._store.finished_rollouts(rollout_ids)
+                )
+                remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                if not unfinished or remaining <= 0 or (gone is not None and gone.is_set()):
+                    return finished
+                if self.closing:  # answered as if in time, the waiter would take them for ended
+                    raise StoppingError("agl is stopping before the rollouts waited for have finished")
+                await wait_for(changed, min(remaining, WAIT_SLICE), unless=gone)
+            finally:
+                self._rollout_waits.drop(changed, named)
 
     async def _page(
         self, opened: Callable[[], AbstractContextManager[QueryPage]], made: Callable[[QueryPage], T]

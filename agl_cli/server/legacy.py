@@ -113,7 +113,7 @@ class WorkerRoutes:
         self._serve(REPORT_PATH, "POST", respond, start)
 
     def _reported(self, report: Report, outcome: ReportOutcome) -> Answer:
-        self.broker.reported(outcome)
+        self.broker.reported(outcome, report.rollout_id)
         return _report_answer(report)
 
     def _serve(
