@@ -143,7 +143,7 @@ CATALOGUE = [
         raw(b'{"rollout_id": "r", "metadata": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"), 422, "json_invalid"),
     Row("task: wait not a number", "GET", "/task", {"params": {"wait": "soon"}}, 422,
         "Query parameter 'wait' must be a number, not 'soon'."),
-    Row("task: wait written as no JSON number is", "GET", "/task", {"params": {"wait": "1_0"}}, 422,
+    Row("task: wait written as no decimal number is", "GET", "/task", {"params": {"wait": "1_0"}}, 422,
         "Query parameter 'wait' must be a number, not '1_0'."),
     Row("task: wait negative", "GET", "/task", {"params": {"wait": "-1"}}, 422,
         "Query parameter 'wait' must be between 0 and 600."),
