@@ -276,6 +276,19 @@ async def test_a_response_written_in_parts_goes_out_in_one_send_and_before_a_clo
     assert transport.get_extra_info("peername") == "the socket's peername"
 
 
+async def test_a_response_completed_goes_out_at_once_not_at_the_next_turn_of_the_loop() -> None:
+    """What the protocol does as each response completes: a long poll's answer leaves
+    right after its last look for a hang-up, not after every other answer of the turn."""
+    underlying = RecordingTransport()
+    transport = CoalescedWrites(underlying, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"{}")
+    transport.flush()
+    assert underlying.sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]  # one send, now
+    await asyncio.sleep(0)
+    assert len(underlying.sends) == 1, "nothing is sent twice"
+
+
 def received(sock: socket.socket) -> bytes:
     """Everything the other end has sent so far."""
     sock.setblocking(False)

@@ -137,6 +137,14 @@ class Protocol(HttpToolsProtocol):
         self._stop_request_timer()
         super().connection_lost(exc)
 
+    def on_response_complete(self) -> None:
+        """A whole response goes out now, not at the next turn of the loop: a long poll's
+        claim is answered as soon as it has looked for a hang-up, not after every other
+        answer made in the same turn (hundreds, when a batch wakes as many polls), by
+        which time its client may have gone, and the task with it until it times out."""
+        self.writes.flush()
+        super().on_response_complete()
+
     def shutdown(self) -> None:
         """uvicorn's, and a response still being sent is cut off once it cannot end well:
         as soon as its client is seen to have stopped reading (what waits to be sent
@@ -309,6 +317,10 @@ class CoalescedWrites:
                 self._send(data)
         else:
             self._pending.append(data)
+
+    def flush(self) -> None:
+        """Send what is pending now (one send), not when the loop comes round to it."""
+        self._flush()
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
