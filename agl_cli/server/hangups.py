@@ -24,16 +24,17 @@ class HangUp(asyncio.Event):
     def __init__(self, receive: Receive) -> None:
         super().__init__()
         self._cycle = getattr(receive, "__self__", None)  # uvicorn's request-response cycle
-        transport = getattr(self._cycle, "transport", None)
-        sock = transport.get_extra_info("socket") if transport is not None else None
+        self._transport = getattr(self._cycle, "transport", None)
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
         self._fd: int = sock.fileno() if sock is not None else -1
 
     def is_set(self) -> bool:
-        return (
-            super().is_set()
-            or getattr(self._cycle, "disconnected", False) is True
-            or (self._fd >= 0 and _closed_by_peer(self._fd))
-        )
+        if super().is_set() or getattr(self._cycle, "disconnected", False) is True:
+            return True
+        if self._fd < 0 or self._transport is None:
+            return False
+        # A closing connection answers nobody, and its descriptor may soon be another's.
+        return self._transport.is_closing() or _closed_by_peer(self._fd)
 
 
 def _closed_by_peer(fd: int) -> bool:
