@@ -153,7 +153,7 @@ def were(number: int, noun: str, done: str, *, the: bool = False) -> str:
     with `the`, `the 3 tasks were queued`, `the task was queued`."""
     if number == 1:
         return f"{'the' if the else '1'} {noun} was {done}"
-    return f"{'the ' if the else ''}{number:,} {noun}s were {done}"
+    return f"{'the ' if the else ''}{count(number, noun)} were {done}"
 
 
 def reward(value: Any) -> str:

@@ -754,16 +754,20 @@ class Broker:
             with opened() as page:
                 return made(page)
 
-        body = await self._threads.read(read)
-        if isinstance(body, PageBody):
-            self._spools.take(body)  # beyond the files allowed at once, refused
+        return await self._threads.read(read)
+
+    async def _page_body(self, opened: Callable[[], AbstractContextManager[QueryPage]]) -> PageBody:
+        """A store-API page as its JSON answer, its temporary file (if any) counted
+        among those being sent: beyond the files allowed at once, refused."""
+        body = await self._page(opened, PageBody)
+        self._spools.take(body)
         return body
 
     async def query_rollouts(self, query: RolloutQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_rollouts(query), PageBody)
+        return await self._page_body(lambda: self._store.query_rollouts(query))
 
     async def query_attempts(self, rollout_id: str, query: AttemptQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_attempts(rollout_id, query), PageBody)
+        return await self._page_body(lambda: self._store.query_attempts(rollout_id, query))
 
     async def latest_attempt(self, rollout_id: str) -> dict[str, object] | None:
         return await self._threads.read(lambda: self._store.latest_attempt(rollout_id))
@@ -775,7 +779,7 @@ class Broker:
         return await self._threads.write(lambda: self._store.next_span_sequence_ids(rollout_ids))
 
     async def query_spans(self, query: SpanQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_spans(query), PageBody)
+        return await self._page_body(lambda: self._store.query_spans(query))
 
     async def heartbeat_worker(self, worker_id: str, stats: Mapping[str, Any] | None) -> dict[str, object]:
         return await self._threads.write(lambda: self._store.heartbeat_worker(worker_id, stats))
@@ -784,14 +788,14 @@ class Broker:
         return await self._threads.read(lambda: self._store.get_worker(worker_id))
 
     async def query_workers(self, query: WorkerQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_workers(query), PageBody)
+        return await self._page_body(lambda: self._store.query_workers(query))
 
     async def workers(self, query: WorkerQuery) -> dict[str, object]:
         """A page of workers, whole: for the dashboard, whose pages are small."""
         return await self._page(lambda: self._store.query_workers(query), QueryPage.whole)
 
     async def query_resources(self, query: ResourcesQuery) -> PageBody:
-        return await self._page(lambda: self._store.query_resources(query), PageBody)
+        return await self._page_body(lambda: self._store.query_resources(query))
 
     async def publish_store_resources(
         self, resources: Mapping[str, Any], resources_id: str | None
