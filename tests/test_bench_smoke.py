@@ -1,6 +1,7 @@
 """`bench/side_by_side.py --quick`, `bench/store_api.py --quick`, a small
-`bench/dashboard.py` run, a short `bench/paired.py` run, a small `bench/commit_pages.py`
-run and a small `bench/large_enqueue.py` run end to end and report every figure as a number.
+`bench/dashboard.py` run, a short `bench/paired.py` run, and small runs of
+`bench/commit_pages.py`, `bench/large_enqueue.py`, `bench/retention.py`,
+`bench/queue_million.py` and `bench/streams.py` end to end and report every figure as a number.
 
 A smoke test of the benchmark itself: it never asserts a timing (the bench only prints
 figures), only that the run succeeds and its JSON has everything the table promises.
@@ -264,3 +265,13 @@ def test_a_small_queue_run_then_backs_up_and_cancels_the_queue_beside_a_worker(t
     cancelled = re.search(r"^agl tasks cancel --queued: ([\d,]+) cancelled in [\d.]+ s; a worker's claims meanwhile"
                           r" \([\d,]+\): p50 [\d.]+ ms, p99 [\d.]+ ms$", result.stdout, re.M)  # fmt: skip
     assert cancelled and 0 < int(cancelled.group(1).replace(",", "")) <= 2000
+
+
+def test_a_small_streams_run_prints_the_cpu_of_a_report_and_of_an_idle_second(tmp_path: Path) -> None:
+    result = bench(
+        "streams.py", "--streams", "1,5", "--reports", "3", "--idle", "0.2", cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    rows = re.findall(r"^ +([\d,]+) +([\d.]+) +([\d.]+)$", result.stdout, re.M)
+    assert [streams for streams, _, _ in rows] == ["1", "5"]
+    assert all(float(report) > 0 and float(idle) >= 0 for _, report, idle in rows)

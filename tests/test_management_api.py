@@ -916,6 +916,65 @@ def test_streams_nobody_reads_hold_little_of_what_they_replay(daemon: Daemon) ->
     assert grown < 60 << 20, f"10 streams nobody reads took {grown >> 20} MB"  # 400 MB as pages
 
 
+async def test_streams_at_the_same_place_share_each_read_and_what_it_sends() -> None:
+    """Every open stream wakes when a rollout is stored: were each to read the page and make
+    its JSON itself, what a report costs would grow with the dashboards and watches open."""
+    store = MemoryStore()
+    reads = {"rollouts_after": 0, "rollout_summaries": 0}
+    for name in reads:
+        read = getattr(store, name)
+
+        def counted(*args: Any, _read: Any = read, _name: str = name) -> Any:
+            reads[_name] += 1
+            return _read(*args)
+
+        setattr(store, name, counted)
+    streams = 20
+    server = AgentLightningServer(port=0, store=store)
+    await server.start()
+    seen = [0] * (2 * streams)
+    everyone_has = anyio.Event()
+
+    async def follow(index: int, path: str) -> None:
+        nonlocal everyone_has
+        async with client.stream("GET", path) as events:
+            async for line in events.aiter_lines():
+                if line == "event: rollout" or line.startswith('data: {"rollouts"'):
+                    seen[index] += max(line.count('"rollout_id"'), 1)
+                    if min(seen) == max(seen):
+                        everyone_has.set()
+                        everyone_has = anyio.Event()
+
+    async def report_and_wait(index: int) -> None:
+        waiting = everyone_has
+        (
+            await client.post("/rollout", json={"rollout_id": f"r{index}", "final_reward": 0.5})
+        ).raise_for_status()
+        with anyio.fail_after(30):
+            await waiting.wait()
+
+    try:
+        async with (
+            httpx.AsyncClient(base_url=server.endpoint, timeout=60) as client,
+            anyio.create_task_group() as tasks,
+        ):
+            for index in range(streams):
+                tasks.start_soon(follow, 2 * index, "/v1/rollouts/stream?since=0")
+                tasks.start_soon(follow, 2 * index + 1, "/v1/dashboard/stream?since=0")
+            await report_and_wait(0)  # every stream is under way
+            before = dict(reads)
+            for index in range(1, 4):
+                await report_and_wait(index)
+            tasks.cancel_scope.cancel()
+    finally:
+        await server.stop()
+    assert seen == [4] * (2 * streams)
+    made = {name: reads[name] - before[name] for name in reads}
+    # About a read of the page and one of the tail a report (were each stream to read for
+    # itself, it would be 20 of each): 138 and 60 reads before they were shared.
+    assert max(made.values()) <= 3 * 4, made
+
+
 # --- the daemon ----------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ Everything here is aggregated or paged on the server, so that the page stays lig
 a million tasks in the store and a hundred rollouts a second arriving: the summary reads
 counters (`Store.counts`) and a reward chart of at most `CHART_POINTS` buckets per mode;
 lists come a page at a time, newest first; the stream sends rollouts in one line each,
-gathered for `GATHER_SECONDS`, and the summary once a second. A rollout's bulk (its
+gathered for `GATHER_SECONDS`, and the summary once a second. Open streams share their
+reads and the JSON made of them (`SharedReads`): a hundred dashboards cost little more
+than one. A rollout's bulk (its
 triplets, trace and logs) is summarised here, not shipped to the browser.
 """
 
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import orjson
 from pydantic import Field
@@ -24,11 +27,12 @@ from starlette.responses import Response
 
 from agl_cli.api_limits import MAX_SEQ
 from agl_cli.server import schemas
-from agl_cli.server.broker import broker_of, wait_for
+from agl_cli.server.broker import Broker, broker_of, wait_for
 from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param
 from agl_cli.server.requests import int_param, query_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
+from agl_cli.server.shared_reads import SharedReads
 from agl_cli.server.stream import Seq, event_stream, position_params, start_position
 from agl_cli.store import CHART_POINTS, RewardSeries, RolloutSummary, StoredRollout, TaskHistory, quoted
 from agl_cli.store_models import WorkerQuery
@@ -40,6 +44,7 @@ MAX_TRIPLETS = 200
 MAX_LOG_LINES = 200
 PREVIEW_CHARS = 240
 SUMMARY_SECONDS = 1.0
+SUMMARY_SHARED_SECONDS = 0.25  # how old a summary the streams share may be when sent
 GATHER_SECONDS = 0.25  # rollouts that arrive within this go out in one event
 
 
@@ -84,24 +89,49 @@ async def stream_dashboard(request: Request) -> Response:
     return event_stream(_events(request, after))
 
 
+class Lines(NamedTuple):
+    """A `rollouts` event: its data, and the last sequence number in it."""
+
+    data: str
+    last_seq: int
+    full: bool  # as many lines as an event holds: more may be waiting
+
+
+_LINES: SharedReads[Lines | None] = SharedReads()
+_SUMMARIES: SharedReads[str] = SharedReads(max_age=SUMMARY_SHARED_SECONDS)
+
+
 async def _events(request: Request, after: int) -> AsyncIterator[ServerSentEvent]:
     broker = broker_of(request)
     summary_due = 0.0
     while not broker.closing:
         changed = broker.watch_rollouts()  # before the read: a rollout stored meanwhile wakes us
-        lines = await broker.rollout_summaries(after, MAX_PAGE)
+        # Keyed by `changed` too: a read shared is one begun since the last rollout stored.
+        lines = await _LINES.get((broker, after, changed), functools.partial(_lines, broker, after))
         if lines:
-            after = lines[-1].seq
-            body = {"rollouts": [line_json(line) for line in lines], "last_seq": after}
-            yield ServerSentEvent(data=orjson.dumps(body).decode(), id=str(after), event="rollouts")
+            after = lines.last_seq
+            yield ServerSentEvent(data=lines.data, id=str(after), event="rollouts")
         if time.monotonic() >= summary_due:
-            yield ServerSentEvent(data=orjson.dumps(await summary_json(request)).decode(), event="summary")
+            summary = await _SUMMARIES.get(broker, functools.partial(_summary_text, request))
+            yield ServerSentEvent(data=summary, event="summary")
             summary_due = time.monotonic() + SUMMARY_SECONDS
-        if len(lines) < MAX_PAGE:
+        if not (lines and lines.full):
             await wait_for(changed, max(summary_due - time.monotonic(), 0.0))
             if broker.closing:  # woken by the shutdown: end before its grace for streams runs out
                 break
             await asyncio.sleep(GATHER_SECONDS)
+
+
+async def _lines(broker: Broker, after: int) -> Lines | None:
+    lines = await broker.rollout_summaries(after, MAX_PAGE)
+    if not lines:
+        return None
+    body = {"rollouts": [line_json(line) for line in lines], "last_seq": lines[-1].seq}
+    return Lines(orjson.dumps(body).decode(), lines[-1].seq, len(lines) == MAX_PAGE)
+
+
+async def _summary_text(request: Request) -> str:
+    return orjson.dumps(await summary_json(request)).decode()
 
 
 # --- pages ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`GET /v1/rollouts/stream`: kept rollouts as server-sent events, resumable by sequence number.
 
 The stream first replays what was stored after the reader's position, page by page,
-then sleeps on the broker until a worker reports a rollout: no polling. Every event's
+then sleeps on the broker until a worker reports a rollout: no polling. Streams at the
+same position share one read of each page, and its JSON (`SharedReads`). Every event's
 id is the rollout's sequence number, so a client that reconnects with `Last-Event-ID`
 misses nothing and sees nothing twice. When the daemon begins to shut down, the broker
 wakes the stream and it ends, so an open stream never holds up a graceful stop.
@@ -9,7 +10,7 @@ wakes the stream and it ends, so an open stream never holds up a graceful stop.
 
 from __future__ import annotations
 
-import collections
+import functools
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from agl_cli.server.broker import Broker, broker_of, wait_for
 from agl_cli.server.openapi import Param
 from agl_cli.server.requests import BadRequest, query_param
 from agl_cli.server.responses import error
+from agl_cli.server.shared_reads import SharedReads
 from agl_cli.store import StoredRollout
 
 SINCE_NOW = Literal["now"]
@@ -33,6 +35,7 @@ PAGE = 200
 # The JSON a stream reads at once: its events wait in memory while the reader takes them,
 # so one that stops reading holds this much, not a whole page of `PAGE_BYTES` parsed.
 STREAM_PAGE_BYTES = 512 << 10
+Events = tuple[tuple[int, str], ...]  # a page as (sequence number, data) of each event
 # How long a stream has to end by itself once the daemon stops (the broker wakes it at once)
 # before the SSE library cuts it off, mid-event, with an error in the log.
 SHUTDOWN_GRACE = 1.0
@@ -87,23 +90,26 @@ def position_params(since: str) -> tuple[Param, Param]:
     )
 
 
+_PAGES: SharedReads[Events] = SharedReads()
+
+
 async def _events(broker: Broker, after: int) -> AsyncIterator[ServerSentEvent]:
     while not broker.closing:
         changed = broker.watch_rollouts()
-        events = _as_text(await broker.rollouts_after(after, PAGE, STREAM_PAGE_BYTES))
+        # Keyed by `changed` too: a read shared is one begun since the last rollout stored.
+        events = await _PAGES.get((broker, after, changed), functools.partial(_page, broker, after))
         if not events:
             # `changed` was taken before the read, so a rollout stored since is not missed.
             await wait_for(changed, IDLE_WAKEUP)
-        while events:
-            after, data = events.popleft()
+        for after, data in events:
             yield ServerSentEvent(data=data, id=str(after), event="rollout")
 
 
-def _as_text(page: list[StoredRollout]) -> collections.deque[tuple[int, str]]:
-    """A page's events as text (sequence number, data), to be let go one by one as they
-    are sent: parsed, rollouts with their token ids take several times as much, held for
-    as long as the reader does not read."""
-    return collections.deque((stored.seq, orjson.dumps(rollout_json(stored)).decode()) for stored in page)
+async def _page(broker: Broker, after: int) -> Events:
+    """A page's events as text: parsed, rollouts with their token ids take several times
+    as much, held for as long as the reader does not read."""
+    page = await broker.rollouts_after(after, PAGE, STREAM_PAGE_BYTES)
+    return tuple((stored.seq, orjson.dumps(rollout_json(stored)).decode()) for stored in page)
 
 
 def rollout_json(stored: StoredRollout) -> dict[str, Any]:
