@@ -99,6 +99,7 @@ REBOUND = (
     " (or a name given with --allowed-host), not to 'evil.test'."
 )
 CROSS_SITE = "agl does not serve requests a browser sends for another origin (Sec-Fetch-Site: cross-site)."
+ANOTHER_ORIGIN = "agl does not serve requests a web page of another origin sends (Origin: {})."
 
 
 def cross_site(mode: str) -> dict[str, str]:
@@ -258,6 +259,16 @@ CATALOGUE = [
     Row("another site: store-API resources", "POST", "/v1/agl/resources",
         {"json": {"llm": {"resource_type": "prompt_template", "template": "x"}}, "headers": cross_site("cors")}, 403,
         CROSS_SITE),
+    Row("another origin: a form's cancel of the queue (no Sec-Fetch-Site, as to 0.0.0.0)", "POST",
+        "/v1/queue/cancel", {"headers": {"Origin": "http://evil.test:8000", "Content-Type": "text/plain"}}, 403,
+        ANOTHER_ORIGIN.format("http://evil.test:8000")),
+    Row("another origin: another port of this host", "POST", "/v1/queue/pause",
+        {"headers": {"Origin": "http://127.0.0.1:3000"}}, 403, ANOTHER_ORIGIN.format("http://127.0.0.1:3000")),
+    Row("another origin: a report", "POST", "/rollout",
+        {"json": {"rollout_id": "r", "final_reward": 1}, "headers": {"Origin": "https://evil.test"}}, 403,
+        ANOTHER_ORIGIN.format("https://evil.test")),
+    Row("another origin: a sandboxed page's claim", "GET", "/task", {"headers": {"Origin": "null"}}, 403,
+        ANOTHER_ORIGIN.format("null")),
     Row("a rebound name: the latest resources, API key and all", "GET", "/resources/latest",
         {"headers": {"Host": "evil.test"}}, 403, REBOUND),
     Row("a rebound name: a report", "POST", "/rollout",

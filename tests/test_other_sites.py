@@ -169,6 +169,37 @@ def test_a_page_of_another_site_in_chromium_changes_nothing(daemon: Daemon, anot
     assert fetch("GET", daemon.url + "/v1/agl/resources/latest").json() is None
 
 
+class _AFormOfAnotherSite(_AnotherSite):
+    """A form posting nothing to the daemon at 0.0.0.0, where browsers send no `Sec-Fetch-Site`."""
+
+    page = (
+        b"<!doctype html><title>another site</title><form method='POST' enctype='text/plain'"
+        b" action='{agl}/v1/queue/pause'><button id='pause'>pause</button></form>"
+    )
+
+
+def test_a_form_of_another_site_cannot_pause_a_daemon_without_a_token_in_chromium(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    from chromium import launched
+
+    daemon = make_daemon("--no-auth")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AFormOfAnotherSite)
+    server.agl_url = daemon.url.replace("127.0.0.1", "0.0.0.0")  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with launched() as browser:
+            page = browser.new_page()
+            page.goto(f"http://localhost:{server.server_address[1]}/")
+            page.click("#pause")
+            page.wait_for_url("**/v1/queue/pause")
+            assert "of another origin sends (Origin: http://localhost:" in page.content()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert fetch("GET", daemon.url + "/v1/status").json()["paused"] is False  # no token to give
+
+
 @pytest.mark.parametrize(
     "host",
     [

@@ -5,7 +5,7 @@ credentials). A web page cannot read their answers, but it can have the browser 
 them requests: a link or an image GETs `/task` and claims a task, and a script may POST
 a body it declares `text/plain` without asking the server first. Any page open on the
 machine could then report results, enqueue rollouts, or point the workers' LLM at a
-server of its own. agl's clients are programs, never pages, so three rules close that
+server of its own. agl's clients are programs, never pages, so four rules close that
 without touching them:
 
 - a request the browser marks as sent for another origin (`Sec-Fetch-Site` but
@@ -13,6 +13,10 @@ without touching them:
   refused with 403, but for opening the dashboard from a link; on the routes no page of
   agl's calls, so is a browser's that carries no mark (plain http to a name other than
   localhost, where browsers send none), told by its `User-Agent`;
+- a request whose `Origin` is not the daemon's (what it was addressed to, or a name it
+  was given) is refused with 403: a browser sends `Origin` with every POST a page makes,
+  a form's too, marked or not, so this closes a page posting to `http://0.0.0.0:8000`
+  (unmarked) on a daemon without a token;
 - a body that is not declared as JSON is refused with 415, as 0.3.0's server refuses it
   on a current FastAPI (with a 422), but on the routes that take another type (OTLP's
   protobuf), which a page cannot send without asking first. A body with no type at all
@@ -58,7 +62,7 @@ class PageGuard:
         self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]
     ) -> ORJSONResponse | None:
         """The answer to a request a web page may have made, or None to serve it."""
-        site = mode = content_type = host = None
+        site = mode = content_type = host = origin = None
         has_body = browser = False
         for name, value in headers:  # of a header given twice, the one refused counts
             if name == b"user-agent":
@@ -69,6 +73,8 @@ class PageGuard:
                 site = value
             elif name == b"sec-fetch-mode":
                 mode = value
+            elif name == b"origin":
+                origin = value
             elif name == b"content-type":
                 content_type = value if content_type is None or is_json(content_type) else content_type
             elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
@@ -84,6 +90,11 @@ class PageGuard:
                 403,
                 "agl does not serve requests a browser sends for another origin"
                 f" (Sec-Fetch-Site: {site.decode('latin-1')}).",
+            )
+        if origin is not None and not self._own_origin(origin, host):
+            return error(
+                403,
+                f"agl does not serve requests a web page of another origin sends (Origin: {origin.decode('latin-1')}).",
             )
         if browser and site not in OWN_SITE and _is_worker_route(path):
             return error(403, "agl does not serve a browser's requests on the worker and store routes.")
@@ -105,6 +116,17 @@ class PageGuard:
         if names_loopback(host) or (self.allowed and without_port(host).lower().rstrip(b".") in self.allowed):
             return True
         return not self.loopback and (not self.allowed or names_an_address(host))
+
+    def _own_origin(self, origin: bytes, host: bytes | None) -> bool:
+        """Whether a page of `origin` is the daemon's own: the one its request is addressed
+        to (`host`), or, behind a proxy that may send another `Host`, a name it was given."""
+        scheme, _, address = origin.lower().partition(b"://")
+        if not address or scheme not in _DEFAULT_PORTS:  # `null`: a sandboxed page, a file's
+            return False
+        default = _DEFAULT_PORTS[scheme]
+        if host is not None and address.removesuffix(default) == host.lower().removesuffix(default):
+            return True
+        return without_port(address).rstrip(b".") in self.allowed
 
     def _answers_only(self) -> str:
         if self.loopback:
@@ -143,6 +165,7 @@ def without_port(host: bytes) -> bytes:
 
 
 _UNSPECIFIED = frozenset({b"0.0.0.0", b"[::]"})
+_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}  # what an `Origin` or a `Host` may leave out
 
 
 def is_json(content_type: bytes) -> bool:

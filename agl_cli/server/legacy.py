@@ -273,14 +273,14 @@ def _method_not_allowed(allowed: str) -> ORJSONResponse:
     return ORJSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allowed})
 
 
-_NOT_PLAIN = frozenset({b"transfer-encoding", b"sec-fetch-site"})
+_NOT_PLAIN = frozenset({b"transfer-encoding", b"sec-fetch-site", b"origin"})
 
 
 def _plain_length(headers: Headers, serves_host: Callable[[bytes], bool]) -> int | None:
     """The body's length as its headers give it (0 without one), or None where the
     request is not plainly a worker's: a chunked body, a length that is not a number, a
     body typed other than `application/json` to the letter (or not typed), a browser's
-    request, or one addressed to a host the daemon does not serve. Those go the ASGI
+    request or a page's (`Origin`), or one addressed to a host the daemon does not serve. Those go the ASGI
     way, which judges them (see `browsers`)."""
     length = 0
     typed = False
