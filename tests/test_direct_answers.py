@@ -6,13 +6,16 @@ meanwhile. Everything else on those routes goes the ASGI way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import json
 import logging
 import re
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psutil
 import pytest
 from daemon import Daemon, connect, wait_until
 
@@ -157,6 +160,38 @@ def test_pipelined_requests_are_answered_in_order_whichever_way_each_goes(daemon
         (200, b'{"is_available":false,"task":null}'),
         (405, b'{"detail":"Method Not Allowed"}'),
     ]
+
+
+def test_hundreds_of_pipelined_claims_each_get_their_own_task_in_order(daemon: Daemon) -> None:
+    """Past `MAX_PIPELINED` waiting, the rest are read as the first are answered."""
+    daemon.queue(*(f"task {index}" for index in range(300)))
+    with connect(daemon.url) as sock:
+        sock.sendall(request("GET /task HTTP/1.1") * 300 + request("GET /health HTTP/1.1"))
+        answers = Answers(sock)
+        claims = [answers.next() for _ in range(300)]
+        health = answers.next()
+    assert [json.loads(body)["task"]["input"] for _, _, body in claims] == [f"task {i}" for i in range(300)]
+    assert health[0] == 200
+    assert daemon.status()["tasks"]["claimed"] == 300
+
+
+def test_a_client_that_pipelines_requests_without_reading_answers_is_left_unread(daemon: Daemon) -> None:
+    """uvicorn read on after every answer, parsing thousands of waiting requests at a
+    time: 40 MB of pipelined claims, never read, took the daemon past 1.6 GB. Now it
+    stops reading, and the client's sends block."""
+    assert daemon.proc is not None
+    process = psutil.Process(daemon.proc.pid)
+    before = process.memory_info().rss
+    with connect(daemon.url) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(2)
+        sent, burst = 0, request("GET /task HTTP/1.1") * 2000
+        with contextlib.suppress(TimeoutError):  # the daemon reads no more of it
+            while sent < 40 << 20:
+                sent += sock.send(burst)
+        grown = process.memory_info().rss - before
+    assert sent < 20 << 20, f"the daemon read {sent >> 20} MB of requests it had not answered"
+    assert grown < 60 << 20, f"the daemon grew by {grown >> 20} MB"
 
 
 def test_a_report_far_larger_than_the_read_buffer_is_taken_in_full(daemon: Daemon) -> None:

@@ -42,6 +42,12 @@ _TIMER_SLACK = 0.01  # the loop may run a timer this much before its time
 GRACEFUL_SHUTDOWN_SECONDS = 30
 SHUTDOWN_SENDING_SECONDS = GRACEFUL_SHUTDOWN_SECONDS - 5
 CUT_OFF_LOOKS_SECONDS = 0.25  # how often a response being sent at shutdown is looked at
+# Requests a client sends ahead of its answers (pipelining) are parsed and wait, each a
+# few KB of Python objects; past this many, what it sends is kept unread until they are
+# answered. uvicorn reads on after every answer, so a client that pipelines without
+# reading made it hold gigabytes. agl's clients send a request at a time.
+MAX_PIPELINED = 16
+PARSED_AT_ONCE = 16 * 1024  # of a read, so that few requests go past MAX_PIPELINED
 
 
 class Protocol(HttpToolsProtocol):
@@ -57,7 +63,9 @@ class Protocol(HttpToolsProtocol):
       first), or it is answered 431 and the connection closed;
     - one still coming after `PACE_GRACE_SECONDS` must have come at
       `MIN_BYTES_PER_SECOND` or more over the last two grace periods, or it is answered
-      408 (checked every grace period; not while agl itself is not reading it).
+      408 (checked every grace period; not while agl itself is not reading it);
+    - past `MAX_PIPELINED` requests waiting their turn on a connection, or while its
+      answers wait for the client to read them, the connection is not read.
 
     A request the app can answer directly (it says so in `direct`, see
     `legacy.WorkerRoutes`) is handed to it once it has arrived, instead of starting an
@@ -79,6 +87,8 @@ class Protocol(HttpToolsProtocol):
     _head_bytes = 0  # received in later reads than the one that began the head
     _refused = False  # answered with a refusal, and closing
     _cut_off_at = 0.0  # at shutdown, when a response still being sent is cut off (the loop's clock)
+    _unread: bytes = b""  # received behind `MAX_PIPELINED` waiting requests, parsed once they go
+    _paused_for_answers = False  # not read while its answers wait to be sent
     _direct: Callable[[bytes, bytes, Headers], DirectRoute | None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -108,6 +118,19 @@ class Protocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # nothing more of it is read
+        if self._unread:
+            self._unread += data
+            return
+        for start in range(0, len(data), PARSED_AT_ONCE):
+            if len(self.pipeline) >= MAX_PIPELINED:
+                self._unread = data[start:]
+                self.flow.pause_reading()
+                return
+            self._parse(data[start : start + PARSED_AT_ONCE] if len(data) > PARSED_AT_ONCE else data)
+            if self._refused:
+                return
+
+    def _parse(self, data: bytes) -> None:
         heads = self._heads
         super().data_received(data)
         if self._in_head and self._heads == heads:  # the same head, still not whole
@@ -144,6 +167,26 @@ class Protocol(HttpToolsProtocol):
         which time its client may have gone, and the task with it until it times out."""
         self.writes.flush()
         super().on_response_complete()
+        if self._unread:
+            self.flow.pause_reading()
+            if len(self.pipeline) < MAX_PIPELINED:  # at the next turn: an answer may come at once
+                self.loop.call_soon(self._parse_unread)
+        elif self.flow.write_paused and not self.flow.read_paused:
+            self.flow.pause_reading()
+            self._paused_for_answers = True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._paused_for_answers:
+            self._paused_for_answers = False
+            self.flow.resume_reading()
+
+    def _parse_unread(self) -> None:
+        unread, self._unread = self._unread, b""
+        if unread and not self.transport.is_closing():
+            self.data_received(unread)
+            if not self._unread:
+                self.flow.resume_reading()
 
     def shutdown(self) -> None:
         """uvicorn's, and a response still being sent is cut off once it cannot end well:
