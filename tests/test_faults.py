@@ -213,6 +213,33 @@ def test_a_state_directory_deleted_or_moved_under_the_daemon_stops_it_before_a_w
 
 
 @pytest.mark.parametrize(
+    "deleted", [["agl.db-wal"], ["agl.db-wal", "agl.db-shm"]], ids=["log", "log and index"]
+)
+def test_a_log_deleted_under_the_daemon_is_copied_into_the_database_before_it_stops(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, deleted: list[str]
+) -> None:
+    """SQLite goes on writing the log it holds open, which no restart finds: the writes
+    answered since the last checkpoint, and those after, were lost to the next kill."""
+    state = tmp_path / "state"
+    daemon = make_daemon(state_dir=state)
+    kept = daemon.queue(*(f"task {index}" for index in range(100)))
+    for name in deleted:
+        (state / name).unlink()
+    refused = daemon.api("POST", "/v1/tasks", json={"tasks": [{"input": "after"}]})
+    said = (
+        f"The write-ahead log {state / 'agl.db-wal'} was deleted while agl ran; what it held was copied"
+        f" into the database first: {SINCE_THE_LAST_GOOD_SYNC}."
+    )
+    assert (refused.status_code, refused.json()) == (503, {"detail": said})
+    daemon.kill()  # whether or not it has stopped by itself yet
+    again = make_daemon(state_dir=state)
+    listed = again.api("GET", "/v1/tasks", params={"limit": 1000}).json()["tasks"]
+    assert set(kept) <= {task["rollout_id"] for task in listed}
+    with sqlite3.connect(state / "agl.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.parametrize(
     "then", ["replaced", "replaced, the daemon killed at the 503", "deleted, then restored"]
 )
 def test_the_log_of_a_database_replaced_or_deleted_under_the_daemon_is_kept_where_no_database_reads_it(

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from agl_cli.store.backups import RESTORING
 from agl_cli.store.base import Store
@@ -184,8 +184,8 @@ class Database(Store):
         another thread while the next transaction writes (it only flushes more)."""
         self._still_in_place()  # else its writes went to a file no restart finds
         fd = self._log()
-        if fd is None:  # checkpointed and removed: it is all in the synced database
-            return
+        if fd is None:
+            self._log_deleted()
         try:
             os.fsync(fd)
         except OSError as exc:
@@ -204,14 +204,15 @@ class Database(Store):
             )
 
     def _log(self) -> int | None:
-        """The write-ahead log, kept open (None if there is none): opened for each sync, a
+        """The write-ahead log, kept open (None if it was deleted): opened for each sync, a
         sync needed a free descriptor, and connections may take every one the daemon may
         have; the open failed then, and was taken for a failed sync, which stops it. An
         open that finds none free is tried again for a while: the writes wait for it."""
         with self._log_lock:
-            if self._log_fd is not None and os.fstat(self._log_fd).st_nlink == 0:  # SQLite removed it
+            if self._log_fd is not None and os.fstat(self._log_fd).st_nlink == 0:
                 os.close(self._log_fd)
                 self._log_fd = None
+                return None
             tries = 0
             while self._log_fd is None:
                 try:
@@ -226,6 +227,26 @@ class Database(Store):
                         raise  # not synced: the writer takes it for a failed sync
                     time.sleep(LOG_OPEN_PAUSE)
             return self._log_fd
+
+    def _log_deleted(self) -> NoReturn:
+        """The log is gone from its name while the store is open: deleted by hand (SQLite
+        removes it only once its last connection closes). SQLite goes on writing the file
+        it holds open, which no restart finds: every commit since the last checkpoint,
+        answered or not, would be lost to a crash. They are copied into the database
+        through the write connection, which still holds the log, and writing stops."""
+        with self._lock:  # the writer's group ends first; a new connection would make a new log
+            try:
+                [(busy, frames, copied)] = self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+            except sqlite3.Error:
+                busy, frames, copied = 1, 0, -1
+        outcome = (
+            "what it held was copied into the database first"
+            if not busy and copied == frames
+            else "what it held since the last checkpoint could not be copied into the database"
+        )
+        raise StorageError(
+            f"The write-ahead log {self._wal} was deleted while agl ran; {outcome}", undone=False
+        )
 
     def checkpoint(self) -> None:
         # PASSIVE: copies what no reader still needs, without waiting for readers or writers.
