@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from compat_env import ensure_compat_python
 from daemon import Daemon
+from failing_disk import build_library
 
 import agl_cli
 from agl_cli.store import MemoryStore, SQLiteStore, Store, schema
@@ -25,6 +26,12 @@ def pytest_configure(config: pytest.Config) -> None:
     PYTHONDONTWRITEBYTECODE is set, each of them would compile them all again."""
     if not hasattr(config, "workerinput"):  # the controller, not each xdist worker
         compileall.compile_dir(Path(agl_cli.__file__).parent, quiet=1)
+
+
+@pytest.fixture(scope="session")
+def failing_writes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The preload library that makes the database's writes fail on demand (`failing_disk`)."""
+    return build_library(tmp_path_factory.mktemp("faults"))
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,13 @@ import logging
 import re
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from daemon import Daemon, connect, wait_until
+from failing_disk import faulty_daemon
 
 from agl_cli.embedded import AgentLightningServer
 from agl_cli.server.protocol import DirectCycle, Protocol
@@ -242,14 +244,26 @@ def test_a_long_poll_whose_client_left_ends_and_claims_nothing(daemon: Daemon) -
 
 
 def test_a_worker_route_a_busy_daemon_turns_away_is_counted_as_such(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    daemon = make_daemon("--max-requests", "1")
-    with connect(daemon.url) as held:  # a request whose body has not all come: served, and waiting for it
+    syncs_held = tmp_path / "the disk is slow to sync"
+    daemon = faulty_daemon(
+        make_daemon,
+        failing_writes,
+        monkeypatch,
+        tmp_path / "state",
+        "--max-requests",
+        "1",
+        AGL_HOLD_SYNCS=syncs_held,
+    )
+    syncs_held.touch()
+    with connect(daemon.url) as held:  # a request served, its answer waiting for its sync
+        body = b'{"rollouts": [{"input": 1}]}'
         held.sendall(
             request(
-                "POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\nContent-Type: application/json\nContent-Length: 100",
-                b"{",
+                "POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\nContent-Type: application/json\n"
+                f"Content-Length: {len(body)}",
+                body,
             )
         )
         wait_until(lambda: daemon.requests_in_flight() == 1, "the request to be served")
@@ -257,6 +271,7 @@ def test_a_worker_route_a_busy_daemon_turns_away_is_counted_as_such(
             sock.sendall(request("GET /task HTTP/1.1") + report())
             answers = Answers(sock)
             refused = [answers.next() for _ in range(2)]
+        syncs_held.unlink()
     assert [(status, ("retry-after", "1") in headers) for status, headers, _ in refused] == [(503, True)] * 2
     metrics = daemon.get("/metrics").text
     for route in ("/task", "/rollout"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import orjson
 import pytest
 from cli_runner import agl, assert_one_line_error, write
 from daemon import Daemon
+from failing_disk import faulty_daemon
 from test_backup import ONLY_THE_COPYS_TASKS, copied_then_changed
 
 from agl_cli.server.writer import SINCE_THE_LAST_GOOD_SYNC
@@ -59,36 +59,9 @@ def test_a_full_store_refuses_writes_with_a_507_serves_reads_and_recovers(
     assert roomy.status()["tasks"]["queued"] == accepted + 1
 
 
-FAILING_WRITES = Path(__file__).parent / "faults" / "failing_writes.c"
 PROMPT = {"resource_type": "prompt_template", "template": "t", "engine": "jinja"}
 WRITE_FAILED = "The store could not be written (disk I/O error); nothing was written."
 LOST = f"The store could not be synced to disk (Input/output error): {SINCE_THE_LAST_GOOD_SYNC}."
-
-
-@pytest.fixture(scope="session")
-def failing_writes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The preload library that makes the database's writes fail on demand, built here."""
-    if shutil.which("cc") is None:
-        pytest.skip("No C compiler (scripts/install-test-tools installs gcc)")
-    library = tmp_path_factory.mktemp("faults") / "failing_writes.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", library, FAILING_WRITES, "-ldl"], check=True)
-    return library
-
-
-def faulty_daemon(
-    make_daemon: Callable[..., Daemon],
-    library: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    state: Path,
-    **triggers: Path,
-) -> Daemon:
-    """A daemon with the preload library, its database failing while each trigger file
-    (named by the library's variable) exists."""
-    with monkeypatch.context() as env:  # for the daemon only
-        env.setenv("LD_PRELOAD", str(library))
-        for variable, trigger in triggers.items():
-            env.setenv(variable, str(trigger))
-        return make_daemon(state_dir=state)
 
 
 def test_a_disk_that_fails_writes_gets_a_503_keeps_nothing_half_written_and_recovers(

@@ -1,7 +1,8 @@
 """More requests than the daemon takes at once: the rest are answered 503 with
 `Retry-After` at once, what was accepted is answered in full, and probes always pass.
 Requests that wait (long polls, waits, streams) are limited apart, so that idle workers
-never turn away the reports and the queueing they wait for."""
+never turn away the reports and the queueing they wait for; a request whose body is
+still coming is not counted yet."""
 
 from __future__ import annotations
 
@@ -11,43 +12,74 @@ import re
 import socket
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
+import pytest
 from daemon import Daemon, fetch, wait_until
+from failing_disk import faulty_daemon
 
 ENQUEUE = json.dumps({"rollouts": [{"input": "slow"}]}).encode()
 
 
-def slow_enqueue(daemon: Daemon) -> socket.socket:
-    """A store-API enqueue whose body has not all come yet: served, and waiting for it."""
+def enqueue(daemon: Daemon, sent: int = len(ENQUEUE)) -> socket.socket:
+    """A store-API enqueue with the first `sent` bytes of its body sent."""
     host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=30)
     sock.sendall(
         b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(ENQUEUE)}\r\n\r\n".encode()
-        + ENQUEUE[:1]
+        + ENQUEUE[:sent]
     )
     return sock
 
 
 def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepted_ones_are_answered(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    daemon = make_daemon("--max-requests", "2")
+    syncs_held = tmp_path / "the disk is slow to sync"
+    daemon = faulty_daemon(
+        make_daemon,
+        failing_writes,
+        monkeypatch,
+        tmp_path / "state",
+        "--max-requests",
+        "2",
+        AGL_HOLD_SYNCS=syncs_held,
+    )
+    syncs_held.touch()
     with ExitStack() as held:
-        slow = [held.enter_context(slow_enqueue(daemon)) for _ in range(2)]
+        served = [held.enter_context(enqueue(daemon)) for _ in range(2)]  # each waits for its sync
         wait_until(lambda: daemon.requests_in_flight() == 2, "both requests to be served")
         refused = fetch("GET", f"{daemon.url}/task", timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert refused.json()["detail"].startswith("agl is serving as many requests as it takes at once (2)")
         assert daemon.get("/health").status_code == 200  # probes always pass
-        for sock in slow:
-            sock.sendall(ENQUEUE[1:])
-        answers = [sock.recv(4096) for sock in slow]
+        syncs_held.unlink()
+        answers = [sock.recv(4096) for sock in served]
     assert [answer.split(b" ", 2)[:2] for answer in answers] == [[b"HTTP/1.1", b"201"]] * 2
     wait_until(lambda: daemon.requests_in_flight() == 0, "the requests to end")
     assert fetch("GET", f"{daemon.url}/task", timeout=10).status_code == 200
     assert re.search(r"^agl_requests_turned_away_total 1\.0$", daemon.get("/metrics").text, re.M)
+
+
+def test_requests_whose_bodies_are_still_coming_take_no_place_from_the_workers(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Else bodies trickling in at the pace the daemon allows (240 bytes a second each)
+    held every place, and every worker was turned away."""
+    daemon = make_daemon("--max-requests", "3")
+    [rollout_id] = daemon.queue("work")
+    with ExitStack() as held:
+        trickling = [
+            held.enter_context(enqueue(daemon, sent=1)) for _ in range(3)
+        ]  # as many as there are places
+        assert fetch("GET", f"{daemon.url}/task", timeout=10).json()["task"]["rollout_id"] == rollout_id
+        assert daemon.api("POST", "/v1/tasks", json={"tasks": [{"input": "more"}]}).status_code == 201
+        for sock in trickling:
+            sock.sendall(ENQUEUE[1:])
+        answers = [sock.recv(4096) for sock in trickling]
+    assert [answer.split(b" ", 2)[:2] for answer in answers] == [[b"HTTP/1.1", b"201"]] * 3
 
 
 def test_a_wait_written_as_routing_reads_it_takes_no_place_kept_for_quick_requests(

@@ -27,7 +27,7 @@ from agl_cli.server import browsers, legacy, management, otlp, page, sign_in, st
 from agl_cli.server.auth import BearerAuth
 from agl_cli.server.broker import Broker
 from agl_cli.server.legacy import WorkerRoutes
-from agl_cli.server.limits import BodySizeLimit, InFlightLimit
+from agl_cli.server.limits import BodySizeLimit, InFlightLimit, body_first, has_body
 from agl_cli.server.metrics import Metrics, RequestLatency, metrics_endpoint
 from agl_cli.server.openapi import EVENT_STREAM, build_document, routes_of
 from agl_cli.server.protocol import DirectRoute, Headers
@@ -53,10 +53,13 @@ class AglApp(Starlette):
     polls, the store API's waits, streams) have a limit of their own, so that idle
     workers cannot turn away the reports and the queueing they wait for; every other
     request is counted in `limit` until its answer starts (what is left is sending it: a
-    client slow to read a big store-API page holds no place). What a web page may have
-    sent is refused first (`browsers`)."""
+    client slow to read a big store-API page holds no place). A request is counted only
+    once its body has come, as on the worker routes' direct way: bodies trickling in at
+    the pace the protocol allows held every place, and every worker was turned away.
+    What a web page may have sent is refused first (`browsers`)."""
 
     worker_routes: WorkerRoutes
+    max_body_bytes: int
     limit: InFlightLimit
     waits: InFlightLimit
     metrics: Metrics
@@ -73,6 +76,11 @@ class AglApp(Starlette):
         if scope["type"] != "http" or scope["path"] in PROBES:
             await self.worker_routes(scope, receive, send)
             return
+        if has_body(scope["headers"]):
+            whole = await body_first(scope, receive, self.max_body_bytes)
+            if whole is None:
+                return  # the client is gone
+            receive = whole
         limit = self.waits if _waits(scope) else self.limit
         refusal = limit.enter()
         if refusal is not None:
@@ -148,6 +156,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.max_body_bytes = options.max_body_bytes
     app.limit = InFlightLimit(broker.stats, options.max_requests)
     app.waits = InFlightLimit(
         broker.stats, options.max_requests, "waiting requests (long polls, waits, streams)"

@@ -1,7 +1,10 @@
 """The limits on what a request may take: the size of its body, enforced while it
-streams in (413 beyond), and the number of requests served at once (503 beyond)."""
+streams in (413 beyond), and the number of requests served at once (503 beyond), each
+counted once its body has come (`body_first`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,6 +86,48 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         await too_large(self.max_bytes)(scope, receive, send)
+
+
+def has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+async def body_first(scope: Scope, receive: Receive, max_bytes: int) -> Receive | None:
+    """What the app is to receive, once the request's body has come (None if the client
+    left first): as it came, in one message. Once past `max_bytes` (or if it says it
+    will be), the rest is left for the app, which refuses it."""
+    if declared_too_large(scope, max_bytes):
+        return receive
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        seen += len(chunk)
+        more = message.get("more_body", False)
+        if not more or seen > max_bytes:
+            return _replaying(b"".join(chunks), more, receive)
+
+
+def _replaying(body: bytes, more: bool, receive: Receive) -> Receive:
+    """`receive` with what was read of the body given first, in one message."""
+    unread: bytes | None = body
+
+    async def replay() -> Message:
+        nonlocal unread
+        if unread is None:
+            return await receive()  # the rest of the body, or a disconnect
+        message: Message = {"type": "http.request", "body": unread, "more_body": more}
+        unread = None
+        return message
+
+    return replay
 
 
 def too_large(max_bytes: int) -> ORJSONResponse:

@@ -4,8 +4,9 @@
  * exists, only the syncs do (the writes land in the page cache); while the one named by
  * AGL_DISK_FULL exists, the writes fail with ENOSPC, as on a full disk; while the one
  * named by AGL_TEMP_FULL exists, writes to unnamed temporary files and to `agl queue`'s
- * copy of its standard input do, as in a full temporary directory. Everything else
- * passes through. */
+ * copy of its standard input do, as in a full temporary directory; while the one named by
+ * AGL_HOLD_SYNCS exists, the database's syncs wait for it to go (a disk slow to sync, which
+ * holds durable writes unanswered). Everything else passes through. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -41,6 +42,10 @@ static int failing_sync(int fd) {
     return failing_while("AGL_FAIL_WRITES", fd, EIO, "agl.db") || failing_while("AGL_FAIL_SYNCS", fd, EIO, "agl.db");
 }
 
+static void held_while_told(int fd) {
+    while (failing_while("AGL_HOLD_SYNCS", fd, 0, "agl.db")) usleep(10000);
+}
+
 #define REAL(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
 
 ssize_t write(int fd, const void *buf, size_t count) {
@@ -52,5 +57,11 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
 ssize_t pwrite64(int fd, const void *buf, size_t count, off64_t offset) {
     return failing(fd) ? -1 : REAL(pwrite64)(fd, buf, count, offset);
 }
-int fsync(int fd) { return failing_sync(fd) ? -1 : REAL(fsync)(fd); }
-int fdatasync(int fd) { return failing_sync(fd) ? -1 : REAL(fdatasync)(fd); }
+int fsync(int fd) {
+    held_while_told(fd);
+    return failing_sync(fd) ? -1 : REAL(fsync)(fd);
+}
+int fdatasync(int fd) {
+    held_while_told(fd);
+    return failing_sync(fd) ? -1 : REAL(fdatasync)(fd);
+}
