@@ -5,9 +5,9 @@ The file holds the daemon's pid while it runs (or that of `agl backup`, `restore
 the kernel lets go of when the process ends, however it ends): of two agl started at once,
 the second finds it locked, where by the pid alone it could read the file before the first
 wrote it. A pidfile nobody locks is stale, left by a crash, and is taken over, whatever
-its pid runs now (another program, another agl command such as `agl rollouts watch`),
-but for `agl serve` (a daemon from before the lock). `agl stop` signals only the process
-that holds the file so.
+its pid runs now (another program, another agl command such as `agl rollouts watch`,
+another directory's daemon), but for `agl serve` with this directory's database open (a
+daemon from before the lock). `agl stop` signals only the process that holds the file so.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+
+from agl_cli.paths import DATABASE_NAME
 
 
 class AlreadyRunningError(Exception):
@@ -46,10 +48,26 @@ def is_agl_process(pid: int) -> bool:
     return _agl_arguments(pid) is not None
 
 
-def _serves_unlocked(pid: int) -> bool:
-    """True if `pid` runs `agl serve`, where /proc tells: a daemon from before the lock."""
+def _serves_unlocked(pid: int, pidfile: Path) -> bool:
+    """True if `pid` runs `agl serve` on the directory of `pidfile`, where /proc tells: a
+    daemon from before the lock. After a crash and a reboot, its pid may be another
+    directory's daemon's, which must be neither signalled nor taken for this one."""
     arguments = _agl_arguments(pid)
-    return arguments is not None and (arguments == _UNTOLD or b"serve" in arguments)
+    if arguments is None or (arguments != _UNTOLD and b"serve" not in arguments):
+        return False
+    try:
+        descriptors = os.scandir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # gone, or no /proc here: trust the live pid
+    except OSError:
+        return True  # another user's: its command line is all there is to go by
+    database = os.path.realpath(pidfile.parent / DATABASE_NAME)
+    with descriptors:
+        for descriptor in descriptors:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                if os.readlink(descriptor.path) == database:
+                    return True
+    return False
 
 
 _UNTOLD = [b"?"]  # the arguments of a live process whose command line cannot be read
@@ -94,7 +112,7 @@ def held(path: Path) -> bool:
     finally:
         os.close(fd)
     pid = read_pid(path)
-    return pid is not None and _serves_unlocked(pid)
+    return pid is not None and _serves_unlocked(pid, path)
 
 
 class UnwritableError(Exception):
@@ -123,7 +141,7 @@ def _take(path: Path) -> None:
                 os.close(fd)
                 continue
             pid = read_pid(path)
-            if pid is not None and pid != me and _serves_unlocked(pid):  # a daemon that took no lock
+            if pid is not None and pid != me and _serves_unlocked(pid, path):  # a daemon that took no lock
                 raise AlreadyRunningError(pid)
         except BlockingIOError:
             os.close(fd)

@@ -767,6 +767,30 @@ def test_a_pidfile_naming_another_agl_command_is_stale_to_stop_and_to_serve(
         watcher.wait()
 
 
+def test_a_pidfile_naming_another_directorys_daemon_is_stale_to_stop_and_to_serve(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """After a crash and a reboot the pid may be another directory's daemon's: `agl stop`
+    signalled that one, and this directory's daemon would not start."""
+    other = tmp_path / "other"
+    started = agl("serve", "--detach", "--port", "0", state_dir=other)  # `agl serve` on its command line
+    assert started.returncode == 0, started.stderr
+    pid = int((other / "agl.pid").read_text())
+    try:
+        state = tmp_path / "crashed"
+        state.mkdir(mode=0o700)
+        (state / "agl.pid").write_text(f"{pid}\n")
+        result = agl("stop", state_dir=state)
+        assert_one_line_error(result, f"named pid {pid}, which is not a running agl daemon", code=3)
+        (state / "agl.pid").write_text(f"{pid}\n")
+        daemon = make_daemon(state_dir=state)
+        assert (state / "agl.pid").read_text() == f"{daemon.proc.pid}\n"  # type: ignore[union-attr]
+        assert _running(pid)
+    finally:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_stop_says_so_when_the_pidfile_is_not_a_file(tmp_path: Path) -> None:
     (tmp_path / "agl.pid").mkdir()
     result = agl("stop", state_dir=tmp_path)
