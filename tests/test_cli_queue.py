@@ -7,13 +7,15 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cli_runner import Worker, agl, assert_one_line_error, popen_agl, post_rollout, write
-from daemon import Daemon, wait_until
+from daemon import Daemon, env_without_agl, wait_until
 from typer.testing import CliRunner, Result
 
 from agl_cli.cli.app import app
@@ -667,3 +669,28 @@ def test_the_sentence_for_tasks_that_ended_offers_retry_for_those_the_daemon_sti
     assert ended_sentence({"a": "failed", "b": "failed"}) == (
         "2 tasks ended without a rollout (2 failed); agl tasks retry queues them again."
     )
+
+
+def test_queue_killed_while_it_copies_standard_input_leaves_no_copy_of_it_behind(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """It copies a pipe to a temporary file before it reads it; a named one stayed, as large
+    as the input, in the temporary directory for good."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    queuing = subprocess.Popen(
+        [sys.executable, "-m", "agl_cli", "--state-dir", str(daemon.state_dir), "queue", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**env_without_agl(), "TMPDIR": str(temporary)},
+    )
+    assert queuing.stdin is not None
+    # A pipe holds 64 KB: once 1 MB has gone in, agl is copying it, and waits for more.
+    queuing.stdin.write(b'{"input": 1}\n' * 80_000)
+    queuing.stdin.flush()
+    queuing.kill()
+    queuing.wait()
+    queuing.stdin.close()
+    assert list(temporary.iterdir()) == []
+    assert daemon.status()["tasks"]["queued"] == 0

@@ -122,10 +122,17 @@ def _copied(name: str, source: IO[bytes], spool: Callable[[], IO[bytes]]) -> Pat
             name,
             f"cannot be copied to a temporary file in {tempfile.gettempdir()} ({exc.strerror or exc}).",
         ) from None
-    return Path(handle.name)
+    return Path(handle.name) if isinstance(handle.name, str) else Path(f"{OWN_FILES}/{handle.name}")
+
+
+OWN_FILES = "/proc/self/fd"  # where Linux names the files a process has open, named or not
 
 
 def spool_file() -> IO[bytes]:
+    """Where standard input is copied: a file with no name where it can be opened again
+    by its descriptor, so that `agl queue -` killed leaves no copy of its input behind."""
+    if os.path.isdir(OWN_FILES):
+        return tempfile.TemporaryFile(prefix="agl-queue-", suffix=".json")
     return tempfile.NamedTemporaryFile(prefix="agl-queue-", suffix=".json")
 
 
