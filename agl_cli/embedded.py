@@ -26,7 +26,7 @@ from agl_cli.daemon_config import DEFAULTS
 from agl_cli.models import Mode, Rollout
 from agl_cli.net import is_loopback
 from agl_cli.server.app import ServerOptions, create_app
-from agl_cli.server.broker import Broker, wait_for
+from agl_cli.server.broker import Broker
 from agl_cli.server.protocol import uvicorn_options
 from agl_cli.server.runner import bind
 from agl_cli.store import MemoryStore, SQLiteStore, Store, TaskSpec
@@ -246,16 +246,7 @@ class AgentLightningServer:
     async def poll_completed_rollout(self, rollout_id: str, timeout: float | None = None) -> Rollout | None:
         """Wait for the rollout of `rollout_id` (forever if `timeout` is None, or 0, as 0.3.0
         waits: a program written for it may give 0 for "no limit"); consume it."""
-        deadline = None if not timeout else time.monotonic() + timeout
-        while True:
-            changed = self.broker.watch_rollouts()
-            rollout = await self.get_completed_rollout(rollout_id)
-            if rollout is not None:
-                return rollout
-            remaining = 3600.0 if deadline is None else deadline - time.monotonic()
-            if remaining <= 0 or self.broker.closing:
-                return None
-            await wait_for(changed, remaining)
+        return await self.broker.wait_to_consume(rollout_id, timeout or None)
 
     async def retrieve_completed_rollouts(self) -> list[Rollout]:
         """Return every rollout not yet consumed, oldest first, and consume them."""

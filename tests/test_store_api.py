@@ -485,6 +485,47 @@ async def test_a_rollout_that_ends_wakes_the_waits_for_it_not_every_wait() -> No
     assert reads == before + 50  # each wait woken once, by its own rollout
 
 
+async def test_an_embedded_poll_for_a_rollout_is_woken_by_its_own_result_not_every_one() -> None:
+    """Each poll woken consumes again, which is a write: were every poll woken by every
+    result, a program polling for many rollouts would make a write per poll per result."""
+    store = MemoryStore()
+    consumed = 0
+    consume_rollout = store.consume_rollout
+
+    def counted(rollout_id: str) -> Any:
+        nonlocal consumed
+        consumed += 1
+        return consume_rollout(rollout_id)
+
+    store.consume_rollout = counted  # type: ignore[method-assign]
+    server = AgentLightningServer(port=0, store=store)
+    await server.start()
+    try:
+        awaited, other = [await server.queue_task(sample) for sample in ("awaited", "other")]
+        polls = [asyncio.ensure_future(server.poll_completed_rollout(awaited, timeout=60)) for _ in range(20)]
+        give_up = asyncio.get_running_loop().time() + 30
+        while consumed < 20:  # every poll has looked once, and sleeps
+            assert asyncio.get_running_loop().time() < give_up, "the polls never began"
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=server.endpoint, timeout=60) as client:
+            (
+                await client.post("/rollout", json={"rollout_id": other, "final_reward": 1.0})
+            ).raise_for_status()
+            give_up = asyncio.get_running_loop().time() + 1.0  # woken, they would consume within the second
+            while consumed == 20 and asyncio.get_running_loop().time() < give_up:
+                await asyncio.sleep(0.01)
+            assert consumed == 20, "the polls for another rollout were woken"
+            (
+                await client.post("/rollout", json={"rollout_id": awaited, "final_reward": 1.0})
+            ).raise_for_status()
+        done, waiting = await asyncio.wait(polls, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        [got] = [poll.result() for poll in done]
+        assert got is not None and got.rollout_id == awaited
+    finally:
+        await server.stop()
+    assert all(poll.result() is None for poll in waiting)  # the stop ended them
+
+
 def test_a_wait_returns_as_soon_as_the_last_rollout_finishes(daemon: Daemon) -> None:
     [queued] = enqueue(daemon, "x")
     handed = dequeue(daemon)

@@ -609,6 +609,23 @@ class Broker:
     async def consume_rollout(self, rollout_id: str) -> Rollout | None:
         return await self._threads.write(lambda: self._store.consume_rollout(rollout_id))
 
+    async def wait_to_consume(self, rollout_id: str, timeout: float | None) -> Rollout | None:
+        """The rollout of `rollout_id`, consumed once it comes; None once `timeout` seconds
+        have passed (None: no limit) or the daemon stops. Woken by a result for it, not by
+        every result: each wake is a write, and a program may poll for many at once."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        named = (rollout_id,)
+        while True:
+            changed = self._rollout_waits.watch(named)
+            try:
+                rollout = await self.consume_rollout(rollout_id)
+                remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                if rollout is not None or remaining <= 0 or self.closing:
+                    return rollout
+                await wait_for(changed, min(remaining, WAIT_SLICE))
+            finally:
+                self._rollout_waits.drop(changed, named)
+
     async def consume_all(self) -> list[Rollout]:
         return await self._threads.write(self._store.consume_all)
 
