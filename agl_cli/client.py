@@ -18,15 +18,16 @@ import httpx
 import orjson
 from httpx_sse import SSEError, connect_sse
 
-from agl_cli.api_limits import DEFAULT_LIST_LIMIT, STREAM_READ_TIMEOUT
+from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_SEQ, STREAM_READ_TIMEOUT
 from agl_cli.net import is_loopback
 
 DEFAULT_TIMEOUT = 30.0
 # What the daemon answers for a path none of its routes takes (its own 404s are sentences):
 # an older daemon's answer to a newer client's call.
 NO_ROUTE = "Not Found"
-# The largest sequence number the daemon accepts in `since`: asks for nothing, learns last_seq.
-_BEYOND_ANY_SEQ = 2**62
+# How long the calls that answer only once much is done may take: a batch's commit,
+# cancelling or retrying a whole queue, a backup the daemon copies before it sends it.
+LONG_CALL_TIMEOUT = 600.0
 
 TaskStatus = Literal["queued", "claimed", "completed", "failed", "cancelled"]
 Mode = Literal["train", "val", "test"]
@@ -281,7 +282,7 @@ class AglClient:
             self._call("POST", f"/v1/batches/{_segment(batch_id)}/tasks", content=_tasks_body(tasks)),
         )
 
-    def commit_batch(self, batch_id: str, timeout: float = 600.0) -> int:
+    def commit_batch(self, batch_id: str, timeout: float = LONG_CALL_TIMEOUT) -> int:
         """Queue every staged task in one transaction; a million takes a while, hence the timeout."""
         return cast(
             int, self._call("POST", f"/v1/batches/{_segment(batch_id)}/commit", timeout=timeout)["queued"]
@@ -334,7 +335,7 @@ class AglClient:
         """Cancel them all, or none if any is unknown or has ended."""
         return self._change_tasks("/v1/tasks/cancel", rollout_ids)
 
-    def cancel_queued(self, timeout: float = 600.0) -> int:
+    def cancel_queued(self, timeout: float = LONG_CALL_TIMEOUT) -> int:
         """Cancel every task queued now (claimed ones run on); a million takes a while."""
         return cast(int, self._call("POST", "/v1/queue/cancel", timeout=timeout)["cancelled"])
 
@@ -356,7 +357,7 @@ class AglClient:
         body = orjson.dumps({"rollout_ids": list(rollout_ids)})
         return cast(list[TaskRecord], self._call("POST", path, content=body)["tasks"])
 
-    def retry_failed(self, timeout: float = 600.0) -> int:
+    def retry_failed(self, timeout: float = LONG_CALL_TIMEOUT) -> int:
         """Queue every failed task again, oldest first; how many were."""
         return cast(int, self._call("POST", "/v1/tasks/retry-failed", timeout=timeout)["retried"])
 
@@ -411,7 +412,7 @@ class AglClient:
 
     def last_seq(self) -> int:
         """The sequence number of the newest stored rollout (0 when there is none)."""
-        return self.list_rollouts(since=_BEYOND_ANY_SEQ, limit=1)["last_seq"]
+        return self.list_rollouts(since=MAX_SEQ, limit=1)["last_seq"]
 
     def watch_rollouts(
         self,
@@ -516,7 +517,7 @@ class AglClient:
         self,
         into: BinaryIO,
         progress: Callable[[int, int], None] = lambda done, total: None,
-        timeout: float = 600.0,
+        timeout: float = LONG_CALL_TIMEOUT,
     ) -> int:
         """Write a copy of the daemon's whole store, an SQLite file a daemon can be started
         on, to `into`; return its size. `progress(bytes written, bytes in all)` is called as

@@ -1,7 +1,7 @@
 """`agl compact`: give the space that deleted rollouts leave back to the file system.
 
 It needs the database to itself: it runs only while no daemon does (see
-`server.maintenance`).
+`store.maintenance`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The Starlette application: worker routes (served in front of it), health, and the
-management API."""
+"""The Starlette application: the worker routes (served in front of it), the probes
+(`/health`, `/ready`, `/metrics`), the management API, the store API, OTLP's trace
+export, the dashboard's page and its sign-in."""
 
 from __future__ import annotations
 

@@ -28,9 +28,8 @@ from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
 from agl_cli.server.stream import position_params, rollout_json, stream_rollouts
 from agl_cli.store import (
+    InvalidResourcesError,
     InvalidTransitionError,
-    StorageError,
-    StoreError,
     TaskRecord,
     UnknownBatchError,
     UnknownTaskError,
@@ -193,9 +192,7 @@ async def publish_resources(request: Request) -> Response:
     reveal = bool_param(request, "reveal")
     try:
         update = await broker_of(request).publish(body.resources, body.resources_id)
-    except StorageError:
-        raise  # the disk's failure, not the request's: answered by the app (507/503)
-    except StoreError as exc:
+    except InvalidResourcesError as exc:
         return error(422, str(exc))
     return ORJSONResponse(resources_json(update, reveal), status_code=201)
 

@@ -52,7 +52,7 @@ PARSED_AT_ONCE = 16 * 1024  # of a read, so that few requests go past MAX_PIPELI
 
 class Protocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol, writing each response in one send, answering the worker
-    routes' everyday requests directly, and with two limits it lacks (without them,
+    routes' everyday requests directly, and with the limits it lacks (without them,
     enough slow or silent clients exhaust the daemon):
 
     - a connection that sends nothing at all after it opens is closed after

@@ -28,7 +28,7 @@ from agl_cli.server.openapi import Endpoint, Param, routes_of
 from agl_cli.server.query_pages import PageBody
 from agl_cli.server.requests import BadRequest, parse_json, parse_model, validated
 from agl_cli.server.responses import ORJSONResponse, error, validation_error
-from agl_cli.store import StorageError, StoreError, UnknownAttemptError, UnknownRolloutError
+from agl_cli.store import InvalidResourcesError, StoreError, UnknownAttemptError, UnknownRolloutError
 from agl_cli.store_models import (
     Attempt,
     AttemptChanges,
@@ -311,9 +311,7 @@ async def _publish(request: Request, resources_id: str | None, status_code: int)
         return validation_error(exc)
     try:
         update = await broker_of(request).publish_store_resources(resources, resources_id)
-    except StorageError:
-        raise  # the disk's failure, not the request's: answered by the app (507/503)
-    except StoreError as exc:  # an id agl cannot serve back (`latest`, too long)
+    except InvalidResourcesError as exc:  # an id agl cannot serve back (`latest`, too long)
         return error(400, str(exc))
     return ORJSONResponse(update.model_dump(mode="json"), status_code=status_code)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agl_cli.store.base import NewTask, Store, TaskSpec
 from agl_cli.store.errors import (
+    InvalidResourcesError,
     InvalidTransitionError,
     StorageError,
     StorageFullError,
@@ -38,6 +39,7 @@ from agl_cli.store.sqlite import SQLiteStore
 __all__ = [
     "CHART_POINTS",
     "Claim",
+    "InvalidResourcesError",
     "InvalidTransitionError",
     "MemoryStore",
     "NewTask",

@@ -65,7 +65,6 @@ STAGED_TASKS = (
 )
 # How many tasks of committed batches are still in `staging`, without counting them.
 STAGED_COUNT = "SELECT coalesce(sum(staged - moved), 0) FROM batches WHERE committed_time IS NOT NULL"
-ROLLOUT_COLUMNS = ", ".join(RolloutRow._fields)
 RESOURCES_COLUMNS = ", ".join(ResourcesRow._fields)
 
 
