@@ -66,7 +66,7 @@ async def held_write(threads: GroupCommitThreads) -> tuple[asyncio.Future[None],
         started.set()
         assert release.wait(WAIT)
 
-    future = asyncio.ensure_future(threads.write(hold))
+    future = threads.write(hold)
     assert await asyncio.to_thread(started.wait, WAIT), "the writer never took the first write"
     return future, release
 
@@ -77,8 +77,7 @@ def queue(store: Any, value: object) -> Callable[[], list[str]]:
 
 async def test_writes_that_wait_together_share_one_commit(threads: GroupCommitThreads) -> None:
     first, release = await held_write(threads)
-    waiting = [asyncio.ensure_future(threads.write(queue(threads.store, n))) for n in range(9)]
-    await asyncio.sleep(0)  # one turn of the loop: every write is in the writer's queue
+    waiting = [threads.write(queue(threads.store, n)) for n in range(9)]
     release.set()
     await first
     ids = [ids for [ids] in await asyncio.gather(*waiting)]
@@ -97,10 +96,9 @@ async def test_a_failing_write_fails_alone_and_the_rest_of_its_group_commits(
 ) -> None:
     store = threads.store
     first, release = await held_write(threads)
-    before = asyncio.ensure_future(threads.write(queue(store, "before")))
-    failing = asyncio.ensure_future(threads.write(lambda: store.cancel_task("rollout-unknown")))
-    after = asyncio.ensure_future(threads.write(queue(store, "after")))
-    await asyncio.sleep(0)
+    before = threads.write(queue(store, "before"))
+    failing = threads.write(lambda: store.cancel_task("rollout-unknown"))
+    after = threads.write(queue(store, "after"))
     release.set()
     await first
     with pytest.raises(UnknownTaskError):
@@ -126,18 +124,16 @@ async def test_writes_of_a_batched_kind_are_made_together_unless_a_write_of_thei
     answered = []
     for failing in False, True:
         first, release = await held_write(threads)
-        writes = [asyncio.ensure_future(threads.write_batched(kind, f"{failing}-{n}")) for n in range(3)]
+        writes = [threads.write_batched(kind, f"{failing}-{n}") for n in range(3)]
         if failing:
-            refused = asyncio.ensure_future(threads.write(lambda: store.cancel_task("rollout-unknown")))
-        await asyncio.sleep(0)  # one turn of the loop: every write is in the writer's queue
+            refused = threads.write(lambda: store.cancel_task("rollout-unknown"))
         release.set()
         await first
         answered += await asyncio.gather(*writes)
     with pytest.raises(UnknownTaskError):
         await refused
     first, release = await held_write(threads)
-    writes = [asyncio.ensure_future(threads.write_batched(kind, value)) for value in ("ok-0", "bad", "ok-1")]
-    await asyncio.sleep(0)
+    writes = [threads.write_batched(kind, value) for value in ("ok-0", "bad", "ok-1")]
     release.set()
     await first
     with pytest.raises(ValueError):
@@ -159,7 +155,7 @@ async def test_no_write_is_answered_before_its_commit_is_synced(threads: GroupCo
     store = threads.store
     assert isinstance(store, GatedStore)
     store.may_sync.clear()
-    write = asyncio.ensure_future(threads.write(queue(store, "durable")))
+    write = threads.write(queue(store, "durable"))
     # Answers reach the loop in the order they were sent, and one sent before the sync
     # began would have been sent before the sync's signal that brought us back here.
     assert await asyncio.to_thread(store.syncing.wait, WAIT)
@@ -177,9 +173,8 @@ async def test_a_claim_is_answered_once_committed_while_its_group_waits_for_the_
     store.syncing.clear()  # set again when the shared group's sync begins
     store.may_sync.clear()
     first, release = await held_write(threads)
-    durable = asyncio.ensure_future(threads.write(queue(store, "durable")))
-    claim = asyncio.ensure_future(threads.write(store.claim))
-    await asyncio.sleep(0)  # one turn of the loop: both writes are in the writer's queue
+    durable = threads.write(queue(store, "durable"))
+    claim = threads.write(store.claim)
     release.set()
     claimed = await asyncio.wait_for(claim, WAIT)
     assert claimed is not None and claimed.rollout_id == queued
@@ -365,7 +360,7 @@ async def test_a_memory_store_read_waits_for_the_group_being_written_and_sees_it
     def read_tasks() -> tuple[str, list[Any]]:
         return threading.current_thread().name, [record.task.input for record in store.list_tasks()]
 
-    group = asyncio.ensure_future(threads.write(queue_two_then_hold))
+    group = threads.write(queue_two_then_hold)
     assert await asyncio.to_thread(started.wait, WAIT)
     read = asyncio.ensure_future(threads.read(read_tasks))
     release.set()
@@ -383,9 +378,8 @@ async def test_a_memory_store_read_that_fails_fails_alone_and_its_group_commits_
         raise LookupError("nothing there")
 
     first, release = await held_write(threads)
-    write = asyncio.ensure_future(threads.write(queue(store, "kept")))
+    write = threads.write(queue(store, "kept"))
     failing = asyncio.ensure_future(threads.read(failing_read))
-    await asyncio.sleep(0)  # one turn of the loop: both are in the writer's queue
     release.set()
     await first
     with pytest.raises(LookupError):

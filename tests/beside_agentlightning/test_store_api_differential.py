@@ -5,6 +5,7 @@ on both servers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -271,7 +272,7 @@ async def both_until(pair: Pair, read: Any, statuses: tuple[str, ...], timeout: 
         try:
             while (await read(client)).status not in statuses:
                 assert time.monotonic() < deadline, f"{client.server_address} never reached {statuses}"
-                time.sleep(0.05)
+                await asyncio.sleep(0.05)
         finally:
             await client.close()
     return str((await pair.same(read))["status"])
