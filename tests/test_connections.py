@@ -153,17 +153,14 @@ def test_a_pipelined_request_not_sent_in_full_gets_408_after_the_answer_before_i
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"408"]
 
 
-def test_a_request_that_trickles_in_is_refused_after_the_grace_and_frees_its_place(
-    make_daemon: Callable[..., Daemon],
-) -> None:
-    """Else as many as --max-requests of them turned every worker away for the whole
-    --request-timeout (60 s), and again as soon as they were refused."""
+def test_a_request_that_trickles_in_is_refused_after_the_grace(make_daemon: Callable[..., Daemon]) -> None:
+    """It holds a connection, and what it sent, for as long as it trickles: not for the
+    whole --request-timeout (60 s)."""
     daemon = make_daemon("--max-requests", "1")
     [rollout_id] = daemon.queue("work")
     host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as slow:  # 30 s: the deadline
         slow.sendall(SLOW_REQUESTS["a store API enqueue"])
-        assert fetch("GET", f"{daemon.url}/task", timeout=10).status_code == 503  # its place is taken
         answer = slow.recv(4096)
     status, _, body = answer.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 408 ")

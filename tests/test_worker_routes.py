@@ -14,7 +14,7 @@ import pytest
 from daemon import Daemon, fetch, wait_until
 
 from agl_cli import AgentLightningServer
-from agl_cli.server import broker
+from agl_cli.server import sweeper
 
 JSON_TYPE = {"Content-Type": "application/json"}  # what every worker's report is typed
 
@@ -396,7 +396,7 @@ def test_a_task_queued_wakes_one_of_many_long_polls_not_every_one(daemon: Daemon
 async def test_a_long_poll_gets_a_timed_out_task_at_its_deadline_not_at_the_next_sweep(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(broker, "SWEEP_INTERVAL", 3600.0)  # no sweep will come to the rescue
+    monkeypatch.setattr(sweeper, "SWEEP_INTERVAL", 3600.0)  # no sweep will come to the rescue
     server = AgentLightningServer(port=0, task_timeout_seconds=0.5)
     await server.start()
     try:

@@ -1,4 +1,4 @@
-"""The one door into the store, with the wake-ups that long polls and watchers wait on.
+"""The one door into the store, and the wake-ups (`wakeups`) that long polls and watchers wait on.
 
 Every route, the stream, the metrics and the embedded Python API go through one
 `Broker`: writes to the writer thread (group commit), reads to the reader threads (the
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
@@ -24,8 +23,10 @@ from starlette.requests import Request
 from agl_cli.api_limits import PAGE_BYTES
 from agl_cli.models import ResourcesUpdate, Rollout, TaskStatus
 from agl_cli.server.query_pages import PageBody, Spools
-from agl_cli.server.rates import RateWindow
-from agl_cli.server.writer import Batched, CommitStats, GroupCommitThreads, failure_logged
+from agl_cli.server.stats import Stats
+from agl_cli.server.sweeper import Sweeper
+from agl_cli.server.wakeups import Handout, RolloutWaits, Signal, StoppingError, wait_for
+from agl_cli.server.writer import Batched, CommitStats, GroupCommitThreads
 from agl_cli.store import (
     Claim,
     NewTask,
@@ -42,7 +43,6 @@ from agl_cli.store import (
     TaskHistory,
     TaskRecord,
 )
-from agl_cli.store.clock import CATCH_UP, SteadyClock
 from agl_cli.store.ids import new_store_resources_id
 from agl_cli.store.records import QueryPage, SpansAdded
 from agl_cli.store_models import (
@@ -56,162 +56,11 @@ from agl_cli.store_models import (
     WorkerQuery,
 )
 
-log = logging.getLogger("agl.broker")
-
-SWEEP_INTERVAL = 1.0
-CLOCK_APART_KEPT = 1.0  # a change of the clock's distance from the wall clock worth a write, in seconds
-# Every minute, the sums of rewards no chart reads any more are deleted, this many at most
-# (a run adds 60 a minute for each mode; a first pass over an older file catches up), and
-# so are the uncommitted batches nothing was staged to for an hour: the client that staged
-# them is gone (`agl queue` killed), and what they hold fills the disk unseen.
-TIDY_EVERY = 60.0
-THIN_REWARDS_LIMIT = 10_000
-BATCH_IDLE_SECONDS = 3600.0
-# Results past the retention setting (then the spans of rollouts that ended without one)
-# are deleted this many at a time (a write of about 2 ms with 48 KB rollouts, so claims
-# and reports between two are not held up for long), for up to this long a sweep, so
-# that expired claims are still looked for every 1.5 s (`bench/retention.py`: 20,000
-# went in 2.7 s, claims meanwhile at a p99 of 5 ms).
-PRUNE_CHUNK = 100
 CANCEL_CHUNK = 250  # queued tasks cancelled in one write (a claim beside it waits for one)
 RETRY_CHUNK = 100  # failed tasks queued again in one write: an UPDATE each, so fewer than CANCEL_CHUNK
-PRUNE_SECONDS_PER_SWEEP = 0.5
-# With --forget-tasks, the tasks retention left behind before (while the daemon did not
-# forget) are looked for once a start, among this many ids a write: at most as many
-# tasks forgotten in one write as the chunks above delete.
-LEFTOVER_SPAN = 100
 ENQUEUE_AT_ONCE = 1_000  # store-API rollouts written in one write (about 10 ms)
 WAIT_SLICE = 60.0  # a wait without a limit still looks again this often
 T = TypeVar("T")
-
-
-class Signal:
-    """A broadcast wake-up: `notify()` sets the event that `watch()` handed out, and every
-    waiter on it returns. Watch before reading what you wait on, so that a change made
-    between the read and the wait is not missed."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self._watched = False  # nobody holds the current event: a notify has nothing to do
-
-    def watch(self) -> asyncio.Event:
-        self._watched = True
-        return self._event
-
-    def notify(self) -> None:
-        if self._watched:
-            self._event.set()
-            self._event = asyncio.Event()
-            self._watched = False
-
-
-class StoppingError(Exception):
-    """A wait the daemon's stop cut short: the waiter must ask again once it is back."""
-
-
-class Handout:
-    """Claimers waiting for a task, each with an event of its own, woken first come first
-    served, as many as tasks appeared: a task queued wakes one of a thousand long polls,
-    not all of them (each one woken makes a claim, and all but one would find nothing).
-
-    A waiter woken that leaves without claiming hands its wake-up on (`leave`), so that
-    no task sits queued while others wait for it."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[asyncio.Event, None] = {}  # in the order they came
-
-    def watch(self) -> asyncio.Event:
-        """A place in the line; `drop` or `leave` it once done with it."""
-        turn = asyncio.Event()
-        self._waiting[turn] = None
-        return turn
-
-    def wake(self, count: int | None = None) -> None:
-        """Wake the first `count` waiters (None: all of them)."""
-        while self._waiting and (count is None or count > 0):
-            turn = next(iter(self._waiting))
-            del self._waiting[turn]
-            turn.set()
-            if count is not None:
-                count -= 1
-
-    def drop(self, turn: asyncio.Event) -> None:
-        """Out of the line: its wake-up, if it had one, is about to be used by a claim."""
-        self._waiting.pop(turn, None)
-
-    def leave(self, turn: asyncio.Event) -> None:
-        """Out of the line for good: a wake-up it got goes on to the next waiter."""
-        self.drop(turn)
-        if turn.is_set():
-            self.wake(1)
-
-
-class RolloutWaits:
-    """Waits for rollouts to end, each woken by a change to one of its own rollouts, not
-    to any: a result stored wakes the waits for it, not a hundred others (each woken one
-    reads its rollouts again). A change whose rollouts are not known wakes them all."""
-
-    def __init__(self) -> None:
-        self._by_rollout: dict[str, set[asyncio.Event]] = {}
-
-    def watch(self, rollout_ids: Collection[str]) -> asyncio.Event:
-        """The event a change to one of `rollout_ids` sets; `drop` it once done with it."""
-        event = asyncio.Event()
-        for rollout_id in rollout_ids:
-            self._by_rollout.setdefault(rollout_id, set()).add(event)
-        return event
-
-    def drop(self, event: asyncio.Event, rollout_ids: Collection[str]) -> None:
-        for rollout_id in rollout_ids:
-            waits = self._by_rollout.get(rollout_id)
-            if waits is not None:
-                waits.discard(event)
-                if not waits:
-                    del self._by_rollout[rollout_id]
-
-    def wake(self, rollout_ids: Iterable[str] | None = None) -> None:
-        """Wake the waits for `rollout_ids` (None: every one)."""
-        if not self._by_rollout:
-            return
-        if rollout_ids is None:
-            waits = [event for events in self._by_rollout.values() for event in events]
-        else:
-            waits = [event for rollout_id in rollout_ids for event in self._by_rollout.get(rollout_id, ())]
-        for event in waits:
-            event.set()
-
-
-async def wait_for(event: asyncio.Event, timeout: float, unless: asyncio.Event | None = None) -> bool:
-    """Wait up to `timeout` seconds for `event`, or until `unless` is set; True if `event` was."""
-    if unless is None:
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(unless.wait())]
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
-    return event.is_set()
-
-
-@dataclass
-class Stats:
-    """Counts since start-up, for status and metrics."""
-
-    started: float = field(default_factory=time.time)
-    claims: int = 0
-    reclaims: int = 0  # of the claims, tasks handed out again (the store API's dequeues too)
-    reports: dict[ReportOutcome, int] = field(default_factory=lambda: dict.fromkeys(ReportOutcome, 0))
-    results: int = 0  # stored: reports (first results, unsolicited ones) and store-API successes
-    claim_rate: RateWindow = field(default_factory=RateWindow)
-    rollout_rate: RateWindow = field(default_factory=RateWindow)
-    pruned: int = 0  # results deleted past the retention setting
-    in_flight: int = 0  # requests being served now
-    turned_away: int = 0  # answered 503 because `in_flight` was at the limit
 
 
 class ClaimMade(NamedTuple):
@@ -244,10 +93,7 @@ class Broker:
         self._spools = Spools()  # the temporary files of the store-API pages being sent
         self._rollouts_changed = Signal()  # any rollout stored or ended: streams, dashboards
         self._rollout_waits = RolloutWaits()  # the store API's waits, by the rollouts they wait for
-        self._sweeper: asyncio.Task[None] | None = None
-        self._next_tidying = 0.0  # time.monotonic() of the next `thin_rewards` and `discard_idle_batches`
-        self._clock_apart = 0.0  # what the store last kept of it (`_follow_clock`)
-        self._leftovers: tuple[int, int] | None = None  # the walk of `forget_leftovers`: next id, end
+        self._sweeper = Sweeper(store, self._threads, self.stats, self._claims_ran_out)
         self._latest: ResourcesUpdate | None = None  # every publish comes through here
         self.closing = False
         # The writer makes a group's claims, and its reports, each in a few statements.
@@ -298,18 +144,7 @@ class Broker:
     async def start(self) -> None:
         self._threads.start()
         self._latest = await self._threads.read(self._store.latest_resources)
-        if self.forget_tasks:
-            self._leftovers = (0, await self._threads.write(self._store.last_queue_place))
-        clock = self._store.clock
-        if isinstance(clock, SteadyClock):  # where the last start left it (`clock.py`)
-            self._clock_apart = clock.take_steps()[1]
-            if abs(self._clock_apart) >= CLOCK_APART_KEPT:
-                log.warning(
-                    "agl's clock goes on %.1f s %s the wall clock, where it was catching up with a step"
-                    " of it before this start (at %d s a minute).",
-                    abs(self._clock_apart), "behind" if self._clock_apart > 0 else "ahead of", CATCH_UP * 60,
-                )  # fmt: skip
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="agl-sweeper")
+        await self._sweeper.start()
 
     def begin_shutdown(self) -> None:
         """Answer every long poll now, so that shutdown does not wait out their timeouts."""
@@ -319,78 +154,9 @@ class Broker:
 
     async def stop(self) -> None:
         """Stop sweeping, answer the waiters, finish the writes taken, close the store."""
-        if self._sweeper:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await self._sweeper.stop()
         self.begin_shutdown()
         await self._threads.close()
-
-    async def _sweep_forever(self) -> None:
-        """Move expired claims on even when no worker asks, so states stay truthful, delete
-        the results past the retention setting, and tidy up (see `TIDY_EVERY`)."""
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            if self.lost is not None:
-                continue  # no write can be made (the writer has said why)
-            with failure_logged("expiring claims"):  # keep sweeping: the next sweep retries
-                if ran_out := await self._threads.write(self._store.expire_claims):
-                    self._claims_ran_out(ran_out)
-            with failure_logged("keeping the clock's distance from the wall clock"):
-                await self._follow_clock()
-            if self.rollout_retention is not None:
-                with failure_logged("deleting old rollouts"):
-                    await self._prune()
-            if time.monotonic() >= self._next_tidying:
-                self._next_tidying = time.monotonic() + TIDY_EVERY
-                with failure_logged("thinning the sums of rewards"):
-                    await self._threads.write(lambda: self._store.thin_rewards(THIN_REWARDS_LIMIT))
-                with failure_logged("discarding batches left idle"):
-                    await self._threads.write(lambda: self._store.discard_idle_batches(BATCH_IDLE_SECONDS))
-
-    async def _follow_clock(self) -> None:
-        """Keep how far the store's clock is behind a stepped wall clock, for the next start,
-        and tell whoever runs the daemon of each step (`clock.py`)."""
-        clock = self._store.clock
-        if not isinstance(clock, SteadyClock):
-            return
-        stepped, apart = clock.take_steps()
-        if abs(apart - self._clock_apart) >= CLOCK_APART_KEPT:
-            await self._threads.write(lambda: self._store.keep_clock_apart(apart))
-            self._clock_apart = apart
-        if stepped:
-            log.warning(
-                "The wall clock stepped by %+.1f s. agl's clock, which times claims, goes on by the"
-                " time that passes and catches up with it at %d s a minute (%+.1f s to go).",
-                stepped, CATCH_UP * 60, apart,
-            )  # fmt: skip
-
-    async def _prune(self) -> None:
-        """Results first, then the spans of rollouts that ended without one, then the tasks
-        retention left behind before this start, a chunk to a write, for as long as the
-        sweep may take; each goes on while its last chunk was full."""
-        until = time.monotonic() + PRUNE_SECONDS_PER_SWEEP
-        for step in (self._prune_results, self._prune_ended, self._forget_leftovers):
-            while time.monotonic() < until and await step():
-                pass
-
-    async def _prune_results(self) -> bool:
-        pruned = await self._threads.write(lambda: self._store.prune_rollouts(PRUNE_CHUNK))
-        self.stats.pruned += pruned
-        return pruned == PRUNE_CHUNK
-
-    async def _prune_ended(self) -> bool:
-        return await self._threads.write(lambda: self._store.prune_ended(PRUNE_CHUNK)) == PRUNE_CHUNK
-
-    async def _forget_leftovers(self) -> bool:
-        if self._leftovers is None:
-            return False
-        after, end = self._leftovers
-        await self._threads.write(lambda: self._store.forget_leftovers(after, LEFTOVER_SPAN))
-        after += LEFTOVER_SPAN
-        self._leftovers = (after, end) if after < end else None
-        return self._leftovers is not None
 
     # tasks -------------------------------------------------------------------------------
 

@@ -27,13 +27,14 @@ from starlette.responses import Response
 
 from agl_cli.api_limits import MAX_SEQ
 from agl_cli.server import schemas
-from agl_cli.server.broker import Broker, broker_of, wait_for
+from agl_cli.server.broker import Broker, broker_of
 from agl_cli.server.openapi import EVENT_STREAM, Endpoint, Param
 from agl_cli.server.requests import int_param, query_param
 from agl_cli.server.responses import ORJSONResponse, error
 from agl_cli.server.shapes import resources_json, status_json, task_json
 from agl_cli.server.shared_reads import SharedReads
 from agl_cli.server.stream import Seq, event_stream, position_params, start_position
+from agl_cli.server.wakeups import wait_for
 from agl_cli.store import CHART_POINTS, RewardSeries, RolloutSummary, StoredRollout, TaskHistory, quoted
 from agl_cli.store_models import WorkerQuery
 

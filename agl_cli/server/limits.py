@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agl_cli.server.broker import Stats
 from agl_cli.server.responses import ORJSONResponse, error
+from agl_cli.server.stats import Stats
 
 
 class InFlightLimit:

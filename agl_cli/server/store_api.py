@@ -22,12 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agl_cli.models import NamedResources, ResourcesUpdate
-from agl_cli.server.broker import StoppingError, broker_of
+from agl_cli.server.broker import broker_of
 from agl_cli.server.hangups import hang_up_heard
 from agl_cli.server.openapi import Endpoint, Param, routes_of
 from agl_cli.server.query_pages import PageBody
 from agl_cli.server.requests import BadRequest, parse_json, parse_model, validated
 from agl_cli.server.responses import ORJSONResponse, error, validation_error
+from agl_cli.server.wakeups import StoppingError
 from agl_cli.store import InvalidResourcesError, StoreError, UnknownAttemptError, UnknownRolloutError
 from agl_cli.store_models import (
     Attempt,

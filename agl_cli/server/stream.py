@@ -21,11 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agl_cli.api_limits import MAX_SEQ, STREAM_PING_SECONDS, is_seq
-from agl_cli.server.broker import Broker, broker_of, wait_for
+from agl_cli.server.broker import Broker, broker_of
 from agl_cli.server.openapi import Param
 from agl_cli.server.requests import BadRequest, query_param
 from agl_cli.server.responses import error
 from agl_cli.server.shared_reads import SharedReads
+from agl_cli.server.wakeups import wait_for
 from agl_cli.store import StoredRollout
 
 SINCE_NOW = Literal["now"]

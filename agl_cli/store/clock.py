@@ -17,6 +17,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 Clock = Callable[[], float]  # epoch seconds
 
@@ -31,6 +32,13 @@ elapsed: Clock = (
 # 6 s a minute, an hour's step in ten hours.
 CATCH_UP = 0.1
 STEP = 1.0  # a jump of the wall clock against the time passed that counts as a step, in seconds
+
+
+class Steps(NamedTuple):
+    """Of the wall clock, in seconds, positive when it is ahead."""
+
+    stepped: float  # since the steps were last taken
+    apart: float  # from the store's clock now
 
 
 class SteadyClock:
@@ -65,10 +73,10 @@ class SteadyClock:
             self._wall_offset = time.time() - self._read
             self._offset = self._wall_offset - apart
 
-    def take_steps(self) -> tuple[float, float]:
+    def take_steps(self) -> Steps:
         """How far the wall clock stepped since the last call, and how far it is now from
-        this clock (both in seconds, positive when the wall clock is ahead)."""
+        this clock."""
         now = self()
         with self._lock:
             stepped, self._stepped = self._stepped, 0.0
-        return stepped, time.time() - now
+        return Steps(stepped, time.time() - now)
