@@ -47,7 +47,7 @@ CUT_OFF_LOOKS_SECONDS = 0.25  # how often a response being sent at shutdown is l
 # answered. uvicorn reads on after every answer, so a client that pipelines without
 # reading made it hold gigabytes. agl's clients send a request at a time.
 MAX_PIPELINED = 16
-PARSED_AT_ONCE = 16 * 1024  # of a read, so that few requests go past MAX_PIPELINED
+PARSED_AT_ONCE = 64 * 1024  # of a read, so that few go past MAX_PIPELINED (and a 42 KB report goes at once)
 
 
 class Protocol(HttpToolsProtocol):
