@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from cli_runner import Lines, agl, assert_one_line_error, on_a_terminal, popen_agl, post_rollout
-from daemon import Daemon
+from daemon import Daemon, env_without_agl
 
 from agl_cli.api_limits import PAGE_BYTES
 from agl_cli.cli.context import Globals, resolve
@@ -260,6 +262,35 @@ def test_watch_since_all_prints_json_lines_and_stops_after_count(daemon: Daemon)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["rollout_id"] for r in records] == ids[:2]
     assert all("seq" in r and "final_reward" in r for r in records)
+
+
+def test_watch_ends_as_soon_as_what_reads_it_is_gone_not_at_the_next_rollout(daemon: Daemon) -> None:
+    """`agl rollouts watch | head -1` learnt that `head` was gone only when it wrote the
+    next rollout: on an idle run, never."""
+    [rollout_id] = daemon.queue("only")
+    post_rollout(daemon, rollout_id)
+    read, written = os.pipe()
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agl_cli",
+            "--state-dir",
+            str(daemon.state_dir),
+            "rollouts",
+            "watch",
+            "--since",
+            "all",
+        ],
+        stdout=written,
+        stderr=subprocess.PIPE,
+        env=env_without_agl(),
+    )
+    os.close(written)
+    with os.fdopen(read, "rb") as head:
+        assert json.loads(head.readline())["rollout_id"] == rollout_id
+    _, stderr = watcher.communicate(timeout=15)  # the deadline: without it, it waits for good
+    assert (watcher.returncode, stderr) == (141, b"")
 
 
 def test_watch_since_now_skips_what_was_there_before(daemon: Daemon) -> None:

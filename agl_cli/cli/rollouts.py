@@ -16,6 +16,7 @@ from agl_cli.api_limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_SEQ, is_s
 from agl_cli.cli import output
 from agl_cli.cli.context import connect, refuse_beside_all, target_of
 from agl_cli.cli.errors import ExitCode, fail
+from agl_cli.cli.reader_watch import end_when_reader_goes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -56,6 +57,7 @@ def watch(
     start = parse_since(since)
     machine = json_output or not output.stdout_is_terminal()
     target = target_of(ctx)
+    end_when_reader_goes()
 
     def lost(error: Exception) -> None:
         output.note(f"{error} Retrying until it is back…")
