@@ -38,3 +38,18 @@ def faulty_daemon(
         for variable, trigger in triggers.items():
             env.setenv(variable, str(trigger))
         return make_daemon(*args, state_dir=state)
+
+
+def with_syncs_held(
+    make_daemon: Callable[..., Daemon],
+    library: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    *args: str,
+) -> tuple[Daemon, Path]:
+    """A daemon whose durable writes go unanswered while the file returned exists (made
+    already): each holds its place among the requests served at once until it goes."""
+    held = tmp_path / "the disk is slow to sync"
+    daemon = faulty_daemon(make_daemon, library, monkeypatch, tmp_path / "state", *args, AGL_HOLD_SYNCS=held)
+    held.touch()
+    return daemon, held

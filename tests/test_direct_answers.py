@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 from daemon import Daemon, connect, wait_until
-from failing_disk import faulty_daemon
+from failing_disk import with_syncs_held
 
 from agl_cli.embedded import AgentLightningServer
 from agl_cli.server.protocol import DirectCycle, Protocol
@@ -246,17 +246,9 @@ def test_a_long_poll_whose_client_left_ends_and_claims_nothing(daemon: Daemon) -
 def test_a_worker_route_a_busy_daemon_turns_away_is_counted_as_such(
     make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    syncs_held = tmp_path / "the disk is slow to sync"
-    daemon = faulty_daemon(
-        make_daemon,
-        failing_writes,
-        monkeypatch,
-        tmp_path / "state",
-        "--max-requests",
-        "1",
-        AGL_HOLD_SYNCS=syncs_held,
+    daemon, syncs_held = with_syncs_held(
+        make_daemon, failing_writes, monkeypatch, tmp_path, "--max-requests", "1"
     )
-    syncs_held.touch()
     with connect(daemon.url) as held:  # a request served, its answer waiting for its sync
         body = b'{"rollouts": [{"input": 1}]}'
         held.sendall(

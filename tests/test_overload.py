@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from daemon import Daemon, fetch, wait_until
-from failing_disk import faulty_daemon
+from failing_disk import with_syncs_held
 
 ENQUEUE = json.dumps({"rollouts": [{"input": "slow"}]}).encode()
 
@@ -37,17 +37,9 @@ def enqueue(daemon: Daemon, sent: int = len(ENQUEUE)) -> socket.socket:
 def test_beyond_max_requests_a_request_is_a_503_with_retry_after_and_the_accepted_ones_are_answered(
     make_daemon: Callable[..., Daemon], tmp_path: Path, failing_writes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    syncs_held = tmp_path / "the disk is slow to sync"
-    daemon = faulty_daemon(
-        make_daemon,
-        failing_writes,
-        monkeypatch,
-        tmp_path / "state",
-        "--max-requests",
-        "2",
-        AGL_HOLD_SYNCS=syncs_held,
+    daemon, syncs_held = with_syncs_held(
+        make_daemon, failing_writes, monkeypatch, tmp_path, "--max-requests", "2"
     )
-    syncs_held.touch()
     with ExitStack() as held:
         served = [held.enter_context(enqueue(daemon)) for _ in range(2)]  # each waits for its sync
         wait_until(lambda: daemon.requests_in_flight() == 2, "both requests to be served")

@@ -34,7 +34,7 @@ from agl_cli.models import GenericResponse, ResourcesUpdate, Rollout, TaskIfAny
 from agl_cli.server.broker import Broker, ClaimMade
 from agl_cli.server.browsers import BROWSER_AGENT
 from agl_cli.server.hangups import hang_up_heard
-from agl_cli.server.limits import InFlightLimit, declared_too_large, too_large
+from agl_cli.server.limits import InFlightLimit, declared_too_large, read_body, too_large
 from agl_cli.server.metrics import Metrics
 from agl_cli.server.openapi import Endpoint, Param
 from agl_cli.server.protocol import Answer, DirectRoute, Headers, Respond
@@ -218,19 +218,13 @@ class WorkerRoutes:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         if declared_too_large(scope, self.max_body_bytes):
             raise BadRequest(too_large(self.max_body_bytes))
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise BadRequest(too_large(self.max_body_bytes))
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        read = await read_body(receive, self.max_body_bytes)
+        if read is None:
+            raise _Disconnected
+        body, _ = read
+        if len(body) > self.max_body_bytes:  # it stopped once past the limit
+            raise BadRequest(too_large(self.max_body_bytes))
+        return body
 
 
 ENDPOINTS = [

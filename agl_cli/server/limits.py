@@ -101,6 +101,13 @@ async def body_first(scope: Scope, receive: Receive, max_bytes: int) -> Receive 
     will be), the rest is left for the app, which refuses it."""
     if declared_too_large(scope, max_bytes):
         return receive
+    read = await read_body(receive, max_bytes)
+    return None if read is None else _replaying(*read, receive)
+
+
+async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes, bool] | None:
+    """A request's body as it comes, until its end or once past `max_bytes` (then True:
+    there is more); None if the client left first."""
     chunks: list[bytes] = []
     seen = 0
     while True:
@@ -112,7 +119,7 @@ async def body_first(scope: Scope, receive: Receive, max_bytes: int) -> Receive 
         seen += len(chunk)
         more = message.get("more_body", False)
         if not more or seen > max_bytes:
-            return _replaying(b"".join(chunks), more, receive)
+            return b"".join(chunks), more
 
 
 def _replaying(body: bytes, more: bool, receive: Receive) -> Receive:
