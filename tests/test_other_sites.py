@@ -36,8 +36,22 @@ def report(daemon: Daemon, rollout_id: str, headers: dict[str, str]) -> httpx.Re
         {"Content-Type": "application/json", "Sec-Fetch-Site": "same-origin"},  # the dashboard's own page
         {"Content-Type": "application/json", "Sec-Fetch-Site": "none"},  # typed in by the user
         {"Content-Type": "application/json", "User-Agent": "Python/3.11 aiohttp/3.9.5"},  # 0.3.0's client
+        # the dashboard's own page behind nginx, which forwards `Host: 127.0.0.1:8000`
+        {
+            "Content-Type": "application/json",
+            "Sec-Fetch-Site": "same-origin",
+            "Origin": "https://agl.example.com",
+        },
     ],
-    ids=["json", "json-charset", "plus-json", "same-origin", "user-initiated", "aiohttp"],
+    ids=[
+        "json",
+        "json-charset",
+        "plus-json",
+        "same-origin",
+        "user-initiated",
+        "aiohttp",
+        "own-page-behind-a-proxy",
+    ],
 )
 def test_reports_that_programs_and_the_own_page_send_are_stored(
     daemon: Daemon, headers: dict[str, str]

@@ -13,10 +13,12 @@ without touching them:
   refused with 403, but for opening the dashboard from a link; on the routes no page of
   agl's calls, so is a browser's that carries no mark (plain http to a name other than
   localhost, where browsers send none), told by its `User-Agent`;
-- a request whose `Origin` is not the daemon's (what it was addressed to, or a name it
-  was given) is refused with 403: a browser sends `Origin` with every POST a page makes,
-  a form's too, marked or not, so this closes a page posting to `http://0.0.0.0:8000`
-  (unmarked) on a daemon without a token;
+- a request with no such mark whose `Origin` is not the daemon's (what it was addressed
+  to, or a name it was given) is refused with 403: a browser sends `Origin` with every
+  POST a page makes, a form's too, so this closes a page posting to `http://0.0.0.0:8000`
+  (unmarked) on a daemon without a token. A marked request is judged by its mark: behind
+  a proxy that forwards `Host: 127.0.0.1:8000`, the daemon's own page has another origin
+  than that, and the browser marks its requests `same-origin`;
 - a body that is not declared as JSON is refused with 415, as 0.3.0's server refuses it
   on a current FastAPI (with a 422), but on the routes that take another type (OTLP's
   protobuf), which a page cannot send without asking first. A body with no type at all
@@ -91,7 +93,7 @@ class PageGuard:
                 "agl does not serve requests a browser sends for another origin"
                 f" (Sec-Fetch-Site: {site.decode('latin-1')}).",
             )
-        if origin is not None and not self._own_origin(origin, host):
+        if site is None and origin is not None and not self._own_origin(origin, host):
             return error(
                 403,
                 f"agl does not serve requests a web page of another origin sends (Origin: {origin.decode('latin-1')}).",
