@@ -190,6 +190,16 @@ def test_a_url_with_a_query_or_a_fragment_is_a_usage_error(tmp_path: Path) -> No
         )
 
 
+def test_a_url_that_names_no_host_a_url_can_name_is_a_usage_error(tmp_path: Path) -> None:
+    """It was looked up as a host name, and said to be a daemon that does not answer (exit 3)."""
+    for url in ("not a url", "http://a b:8000", "http://{host}"):
+        assert_one_line_error(
+            agl("--url", url, "status", state_dir=tmp_path),
+            f"--url (or AGL_URL) must be an http:// or https:// address such as {DEFAULT_URL}, not '{url}'.",
+            code=2,
+        )
+
+
 def test_a_url_with_a_password_is_a_usage_error_that_never_shows_it(tmp_path: Path) -> None:
     """httpx would send them as Basic credentials in place of the token."""
     for url in ("http://user:s3cret@127.0.0.1:8000", "http://user:s3cret@[::1"):

@@ -74,6 +74,10 @@ def normalise_url(url: str) -> str:
     return (url if "://" in url else f"http://{url}").rstrip("/")
 
 
+# What no host name holds (`agl --url 'not a url'` was looked up as a name, and not found).
+NOT_IN_A_HOST_NAME = frozenset(' \t\r\n"<>\\^`{|}')
+
+
 def given_url(url: str) -> str:
     """`--url` (or `AGL_URL`) as the client takes it: `http://` added if no scheme is
     given; a usage error, in one sentence, if it cannot be a daemon's address."""
@@ -85,7 +89,12 @@ def given_url(url: str) -> str:
         )
     try:
         parts = urlsplit(normal)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        usable = (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and not NOT_IN_A_HOST_NAME.intersection(parts.hostname or "")
+            and parts.port != 0
+        )
     except ValueError:  # a port out of range, an unclosed '[' of an IPv6 address
         usable = False
     if usable and ("?" in normal or "#" in normal):  # httpx would put the route after it
