@@ -755,6 +755,18 @@ def test_a_state_directory_this_user_cannot_read_is_said_so_not_taken_for_no_dae
     assert daemon.status()["pid"] == daemon.proc.pid  # and nothing was stopped
 
 
+def stale_to_stop_and_to_serve(pid: int, state: Path, make_daemon: Callable[..., Daemon]) -> None:
+    """A pidfile in a new `state` naming `pid`, alive but not this directory's daemon:
+    `agl stop` removes it, and `agl serve` takes it over."""
+    state.mkdir(mode=0o700)
+    (state / "agl.pid").write_text(f"{pid}\n")
+    result = agl("stop", state_dir=state)
+    assert_one_line_error(result, f"named pid {pid}, which is not a running agl daemon", code=3)
+    (state / "agl.pid").write_text(f"{pid}\n")
+    started = make_daemon(state_dir=state)
+    assert (state / "agl.pid").read_text() == f"{started.proc.pid}\n"  # type: ignore[union-attr]
+
+
 def test_a_pidfile_naming_another_agl_command_is_stale_to_stop_and_to_serve(
     daemon: Daemon, make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
@@ -762,16 +774,8 @@ def test_a_pidfile_naming_another_agl_command_is_stale_to_stop_and_to_serve(
     as it holds no pidfile's lock."""
     watcher = popen_agl("rollouts", "watch", daemon=daemon)  # returns once it runs agl
     try:
-        state = tmp_path / "crashed"
-        state.mkdir(mode=0o700)
-        (state / "agl.pid").write_text(f"{watcher.pid}\n")
-        result = agl("stop", state_dir=state)
-        assert_one_line_error(result, f"named pid {watcher.pid}, which is not a running agl daemon", code=3)
-        assert watcher.poll() is None
-        (state / "agl.pid").write_text(f"{watcher.pid}\n")
-        started = make_daemon(state_dir=state)
-        assert (state / "agl.pid").read_text() == f"{started.proc.pid}\n"  # type: ignore[union-attr]
-        assert watcher.poll() is None
+        stale_to_stop_and_to_serve(watcher.pid, tmp_path / "crashed", make_daemon)
+        assert watcher.poll() is None  # never signalled
     finally:
         watcher.kill()
         watcher.wait()
@@ -787,15 +791,8 @@ def test_a_pidfile_naming_another_directorys_daemon_is_stale_to_stop_and_to_serv
     assert started.returncode == 0, started.stderr
     pid = int((other / "agl.pid").read_text())
     try:
-        state = tmp_path / "crashed"
-        state.mkdir(mode=0o700)
-        (state / "agl.pid").write_text(f"{pid}\n")
-        result = agl("stop", state_dir=state)
-        assert_one_line_error(result, f"named pid {pid}, which is not a running agl daemon", code=3)
-        (state / "agl.pid").write_text(f"{pid}\n")
-        daemon = make_daemon(state_dir=state)
-        assert (state / "agl.pid").read_text() == f"{daemon.proc.pid}\n"  # type: ignore[union-attr]
-        assert _running(pid)
+        stale_to_stop_and_to_serve(pid, tmp_path / "crashed", make_daemon)
+        assert _running(pid)  # never signalled
     finally:
         if _running(pid):
             os.kill(pid, signal.SIGKILL)

@@ -23,6 +23,7 @@ import anyio
 import httpx
 import psutil
 import pytest
+from calls import count_calls
 from daemon import Daemon, env_without_agl, fetch, wait_until
 from httpx_sse import ServerSentEvent, connect_sse
 
@@ -920,15 +921,7 @@ async def test_streams_at_the_same_place_share_each_read_and_what_it_sends() -> 
     """Every open stream wakes when a rollout is stored: were each to read the page and make
     its JSON itself, what a report costs would grow with the dashboards and watches open."""
     store = MemoryStore()
-    reads = {"rollouts_after": 0, "rollout_summaries": 0}
-    for name in reads:
-        read = getattr(store, name)
-
-        def counted(*args: Any, _read: Any = read, _name: str = name) -> Any:
-            reads[_name] += 1
-            return _read(*args)
-
-        setattr(store, name, counted)
+    reads = count_calls(store, "rollouts_after", "rollout_summaries")
     streams = 20
     server = AgentLightningServer(port=0, store=store)
     await server.start()
@@ -962,14 +955,14 @@ async def test_streams_at_the_same_place_share_each_read_and_what_it_sends() -> 
                 tasks.start_soon(follow, 2 * index, "/v1/rollouts/stream?since=0")
                 tasks.start_soon(follow, 2 * index + 1, "/v1/dashboard/stream?since=0")
             await report_and_wait(0)  # every stream is under way
-            before = dict(reads)
+            before = reads.copy()
             for index in range(1, 4):
                 await report_and_wait(index)
             tasks.cancel_scope.cancel()
     finally:
         await server.stop()
     assert seen == [4] * (2 * streams)
-    made = {name: reads[name] - before[name] for name in reads}
+    made = {name: reads[name] - before[name] for name in ("rollouts_after", "rollout_summaries")}
     # About a read of the page and one of the tail a report (were each stream to read for
     # itself, it would be 20 of each): 138 and 60 reads before they were shared.
     assert max(made.values()) <= 3 * 4, made

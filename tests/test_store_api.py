@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from calls import count_calls, eventually, still_after
 from daemon import Daemon, connect, fetch, wait_until
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -445,15 +446,7 @@ async def test_a_rollout_that_ends_wakes_the_waits_for_it_not_every_wait() -> No
     """Each wait woken reads its rollouts again: were every wait woken by every result,
     the cost of a result would grow with the waits open, and the route is open."""
     store = MemoryStore()
-    reads = 0
-    finished_rollouts = store.finished_rollouts
-
-    def counted(rollout_ids: Any) -> Any:
-        nonlocal reads
-        reads += 1
-        return finished_rollouts(rollout_ids)
-
-    store.finished_rollouts = counted  # type: ignore[method-assign]
+    reads = count_calls(store, "finished_rollouts")
     server = AgentLightningServer(port=0, store=store)
     await server.start()
     try:
@@ -465,56 +458,39 @@ async def test_a_rollout_that_ends_wakes_the_waits_for_it_not_every_wait() -> No
             await client.post(f"{AGL}/queues/rollouts/dequeue", json={"limit": 2})
             wait = {"rollout_ids": [awaited], "timeout": 60}
             waits = [asyncio.create_task(client.post(f"{AGL}/waits/rollouts", json=wait)) for _ in range(50)]
-            give_up = asyncio.get_running_loop().time() + 30
-            while reads < 50:  # every wait has read once, and sleeps
-                assert asyncio.get_running_loop().time() < give_up, "the waits never began"
-                await asyncio.sleep(0.01)
-            before = reads
+            await eventually(lambda: reads["finished_rollouts"] >= 50, "every wait reading once")
+            before = reads["finished_rollouts"]
             for rollout_id in (other, awaited):
                 attempt = f"{AGL}/rollouts/{rollout_id}/attempts/latest"
                 (await client.post(attempt, json={"status": "succeeded"})).raise_for_status()
                 if rollout_id == other:  # woken, the waits would read again within the second
-                    give_up = asyncio.get_running_loop().time() + 1.0
-                    while reads == before and asyncio.get_running_loop().time() < give_up:
-                        await asyncio.sleep(0.01)
-                    assert reads == before, "the waits for another rollout were woken"
+                    unread = await still_after(lambda: reads["finished_rollouts"] == before, 1.0)
+                    assert unread, "the waits for another rollout were woken"
             answers = await asyncio.gather(*waits)
     finally:
         await server.stop()
     assert {answer.json()[0]["status"] for answer in answers} == {"succeeded"}
-    assert reads == before + 50  # each wait woken once, by its own rollout
+    assert reads["finished_rollouts"] == before + 50  # each wait woken once, by its own rollout
 
 
 async def test_an_embedded_poll_for_a_rollout_is_woken_by_its_own_result_not_every_one() -> None:
     """Each poll woken consumes again, which is a write: were every poll woken by every
     result, a program polling for many rollouts would make a write per poll per result."""
     store = MemoryStore()
-    consumed = 0
-    consume_rollout = store.consume_rollout
-
-    def counted(rollout_id: str) -> Any:
-        nonlocal consumed
-        consumed += 1
-        return consume_rollout(rollout_id)
-
-    store.consume_rollout = counted  # type: ignore[method-assign]
+    consumed = count_calls(store, "consume_rollout")
     server = AgentLightningServer(port=0, store=store)
     await server.start()
     try:
         awaited, other = [await server.queue_task(sample) for sample in ("awaited", "other")]
         polls = [asyncio.ensure_future(server.poll_completed_rollout(awaited, timeout=60)) for _ in range(20)]
-        give_up = asyncio.get_running_loop().time() + 30
-        while consumed < 20:  # every poll has looked once, and sleeps
-            assert asyncio.get_running_loop().time() < give_up, "the polls never began"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: consumed["consume_rollout"] >= 20, "every poll looking once")
         async with httpx.AsyncClient(base_url=server.endpoint, timeout=60) as client:
             (
                 await client.post("/rollout", json={"rollout_id": other, "final_reward": 1.0})
             ).raise_for_status()
-            give_up = asyncio.get_running_loop().time() + 1.0  # woken, they would consume within the second
-            while consumed == 20 and asyncio.get_running_loop().time() < give_up:
-                await asyncio.sleep(0.01)
-            assert consumed == 20, "the polls for another rollout were woken"
+            # woken, they would consume within the second
+            unconsumed = await still_after(lambda: consumed["consume_rollout"] == 20, 1.0)
+            assert unconsumed, "the polls for another rollout were woken"
             (
                 await client.post("/rollout", json={"rollout_id": awaited, "final_reward": 1.0})
             ).raise_for_status()
