@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agl_cli.net import is_loopback
+from agl_cli.server.limits import declares_body
 from agl_cli.server.responses import ORJSONResponse, error
 
 DASHBOARD_PAGE = "/"
@@ -79,7 +80,7 @@ class PageGuard:
                 origin = value
             elif name == b"content-type":
                 content_type = value if content_type is None or is_json(content_type) else content_type
-            elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            elif declares_body(name, value):
                 has_body = True
         if host is not None and not self.serves_host(host):
             return error(403, self._answers_only() + f", not to '{host.decode('latin-1')}'.")

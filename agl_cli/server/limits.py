@@ -89,10 +89,12 @@ class BodySizeLimit:
 
 
 def has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-            return True
-    return False
+    return any(declares_body(name, value) for name, value in headers)
+
+
+def declares_body(name: bytes, value: bytes) -> bool:
+    """Whether this header says a body follows."""
+    return name == b"transfer-encoding" or (name == b"content-length" and value != b"0")
 
 
 async def body_first(scope: Scope, receive: Receive, max_bytes: int) -> Receive | None:

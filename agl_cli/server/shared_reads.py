@@ -2,7 +2,7 @@
 
 Every open stream wakes when a rollout is stored, and those following the run live are
 all at the same position: each reading the same page, and making the same JSON of it,
-cost a report about half a millisecond of CPU per stream. A read under way is handed
+cost a report about a third of a millisecond of CPU per stream. A read under way is handed
 to every caller that asks with the same key instead, and kept for `max_age` seconds
 once done. What it gives must not be changed by its callers: they all hold the same one.
 """
